@@ -1,0 +1,39 @@
+# The two commands a newcomer needs: `make run` and `make test`. Everything they need is installed
+# on first use (the torch wheel into a cache outside the checkout, web assets from npm, Chromium for
+# the browser test).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+CARGO := scripts/with-torch.sh cargo
+ARGS ?=
+
+.PHONY: run test build lint fmt bench setup web
+
+## Start the application on its embedded defaults (http://127.0.0.1:8080, ./data).
+run: build
+	target/release/cggm serve $(ARGS)
+
+## Run the whole test suite (unit, API, end-to-end, browser).
+test: web
+	scripts/setup-browser.sh
+	$(CARGO) test --workspace --all-targets $(ARGS)
+
+## Build target/release/cggm (rpath to libtorch: runs without LD_LIBRARY_PATH).
+build: web
+	$(CARGO) build --release -p cggm-server --bin cggm
+
+setup:
+	scripts/setup-python.sh >/dev/null
+
+web:
+	scripts/setup-web.sh
+
+lint:
+	cargo fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+## Benchmarks (numbers for the README): loader throughput, train step joint vs cggm, inference.
+bench: build
+	target/release/cggm bench $(ARGS)

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the PyPI torch wheel that tch expects (its libtorch is what we link against) plus nibabel,
+# the independent NIfTI reader our tests use as an oracle, into a virtual environment in a cache
+# folder outside the checkout. Idempotent: a second run (or another clone) costs well under a second.
+set -euo pipefail
+TORCH_VERSION="${CGGM_TORCH_VERSION:-2.13.0}"
+CACHE_ROOT="${CGGM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cggm-studio}"
+VENV="$CACHE_ROOT/venv-torch-$TORCH_VERSION"
+STAMP="$VENV/.cggm-ready"
+if [ -f "$STAMP" ]; then
+  echo "$VENV"
+  exit 0
+fi
+mkdir -p "$CACHE_ROOT"
+PY="${PYTHON:-python3}"
+# Build in a temporary folder and move it into place, so an interrupted install is never mistaken
+# for a finished one.
+TMP="$VENV.partial.$$"
+rm -rf "$TMP"
+"$PY" -m venv "$TMP" >&2
+"$TMP/bin/python" -m pip install --quiet --upgrade pip >&2
+"$TMP/bin/python" -m pip install --quiet "torch==$TORCH_VERSION" nibabel numpy >&2
+rm -rf "$VENV"
+mv "$TMP" "$VENV"
+# A venv records its absolute path in scripts; the interpreter itself works after a move, and we
+# only ever call "$VENV/bin/python", so that is enough.
+touch "$STAMP"
+echo "$VENV"

@@ -1,0 +1,1 @@
+//! CGGM Studio web application.
