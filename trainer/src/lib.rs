@@ -1,6 +1,18 @@
 //! CGGM Studio trainer: NIfTI/BraTS data, multimodal segmentation models, classifier-guided
 //! gradient modulation (CGGM, NeurIPS 2024), evaluation and inference.
 
+pub mod cggm;
+pub mod checkpoint;
 pub mod cli;
+pub mod config;
 pub mod data;
+pub mod device;
+pub mod eval;
 pub mod events;
+pub mod infer;
+pub mod metrics;
+pub mod model;
+pub mod optim;
+pub mod run;
+pub mod step;
+pub mod task;

@@ -1,11 +1,36 @@
 //! The trainer's subcommands of the `cggm` binary. The binary itself lives in the server crate and
 //! adds `serve`.
 
+pub mod bench;
+pub mod data_commands;
+pub mod run_commands;
+
 use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Write a synthetic BraTS-2021-layout dataset (the demo and test data).
+    Synth(data_commands::SynthArgs),
+    /// Check every case of a dataset folder and print a report.
+    Validate(data_commands::ValidateArgs),
+    /// Train a multimodal segmentation model (CGGM or a baseline).
+    Train(run_commands::TrainArgs),
+    /// Evaluate a run's best checkpoint per case in 3-D (Dice, HD95, per-modality Dice).
+    Eval(run_commands::EvalArgs),
+    /// Segment one study with a trained run.
+    Infer(run_commands::InferArgs),
+    /// Benchmarks: data loader, training step (joint vs CGGM), inference.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
 
 pub fn run(command: Command) -> anyhow::Result<()> {
-    match command {}
+    match command {
+        Command::Synth(args) => data_commands::synth(args),
+        Command::Validate(args) => data_commands::validate(args),
+        Command::Train(args) => run_commands::run_train(args),
+        Command::Eval(args) => run_commands::run_eval(args),
+        Command::Infer(args) => run_commands::run_infer(args),
+        Command::Bench(cmd) => bench::run(cmd),
+    }
 }

@@ -1,0 +1,272 @@
+//! `cggm train`, `cggm eval` and `cggm infer`.
+
+use crate::checkpoint;
+use crate::config::{DirectionSource, TrainConfig};
+use crate::cggm::BalanceFormula;
+use crate::eval::{evaluate, format_table};
+use crate::events::EventSink;
+use crate::infer::infer;
+use crate::optim::OptimizerKind;
+use crate::run::{dataset_split, open_run, train};
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Dataset folder (BraTS 2021 or MSD Task01 layout).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// joint, cggm, cggm-magnitude, cggm-direction, mrd, mslr or unimodal:<flair|t1ce|t1|t2>.
+    #[arg(long)]
+    pub method: Option<String>,
+    /// paper, cpu-small or tiny.
+    #[arg(long)]
+    pub preset: Option<String>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Run directory (config, checkpoints, metrics).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// JSON file with any part of the run configuration (see config.json of a run), applied over
+    /// the preset and under the flags.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Where progress events go as JSON lines: a file, or `-` for stdout.
+    #[arg(long)]
+    pub events: Option<PathBuf>,
+    /// auto, cpu or cuda:N.
+    #[arg(long)]
+    pub device: Option<String>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long)]
+    pub rho: Option<f64>,
+    #[arg(long)]
+    pub lambda: Option<f64>,
+    /// Peak learning rate of the model.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Learning rate of the per-modality classifiers.
+    #[arg(long)]
+    pub cls_lr: Option<f64>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub crop: Option<usize>,
+    #[arg(long)]
+    pub steps_per_epoch: Option<usize>,
+    /// Validate on at most N cases per epoch.
+    #[arg(long)]
+    pub val_cases: Option<usize>,
+    /// sgd, adam or adamw.
+    #[arg(long)]
+    pub optimizer: Option<OptimizerKind>,
+    /// guarded (default) or raw: the paper's balance formula without the guard.
+    #[arg(long, value_parser = parse_balance)]
+    pub balance: Option<BalanceFormula>,
+    /// gradient (the paper) or authors-weight-cosine (the authors' code).
+    #[arg(long, value_parser = parse_direction)]
+    pub direction: Option<DirectionSource>,
+    #[arg(long)]
+    pub grad_clip: Option<f64>,
+    /// Background threads preparing batches.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Mixed precision (CUDA only; ignored on CPU).
+    #[arg(long)]
+    pub mixed_precision: bool,
+    /// Continue the run in --out from its last checkpoint, with its saved configuration.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+fn parse_balance(s: &str) -> Result<BalanceFormula, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| format!("unknown balance formula {s:?}: use guarded or raw"))
+}
+
+fn parse_direction(s: &str) -> Result<DirectionSource, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| format!("unknown direction source {s:?}: use gradient or authors-weight-cosine"))
+}
+
+/// Recursively overlays `patch` onto `base` (objects merge, everything else replaces).
+fn merge_json(base: &mut serde_json::Value, patch: serde_json::Value) {
+    match (base, patch) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(p)) => {
+            for (k, v) in p {
+                merge_json(b.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (b, p) => *b = p,
+    }
+}
+
+impl TrainArgs {
+    /// preset < config file < flags; with --resume the saved config.json is the base.
+    pub fn to_config(&self) -> Result<TrainConfig> {
+        let mut cfg = if self.resume {
+            checkpoint::read_config(&self.out)?
+        } else {
+            let preset = self.preset.as_deref().unwrap_or("cpu-small");
+            TrainConfig::preset(preset).map_err(anyhow::Error::msg)?
+        };
+        if let Some(path) = &self.config {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+            let patch: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+            let mut value = serde_json::to_value(&cfg)?;
+            merge_json(&mut value, patch);
+            cfg = serde_json::from_value(value).with_context(|| format!("{} does not fit the run configuration", path.display()))?;
+        }
+        if let Some(v) = &self.data {
+            cfg.data = v.clone();
+        }
+        if let Some(v) = &self.method {
+            cfg.method = v.parse().map_err(anyhow::Error::msg)?;
+        }
+        macro_rules! set {
+            ($field:expr, $arg:expr) => {
+                if let Some(v) = $arg.clone() {
+                    $field = v;
+                }
+            };
+        }
+        set!(cfg.epochs, self.epochs);
+        set!(cfg.device, self.device);
+        set!(cfg.seed, self.seed);
+        set!(cfg.cggm.rho, self.rho);
+        set!(cfg.cggm.lambda, self.lambda);
+        set!(cfg.schedule.lr, self.lr);
+        set!(cfg.schedule.classifier_lr, self.cls_lr);
+        set!(cfg.sampler.batch_size, self.batch_size);
+        set!(cfg.sampler.crop, self.crop);
+        set!(cfg.sampler.workers, self.workers);
+        set!(cfg.optimizer.kind, self.optimizer);
+        set!(cfg.cggm.balance, self.balance);
+        set!(cfg.cggm.direction, self.direction);
+        if self.steps_per_epoch.is_some() {
+            cfg.steps_per_epoch = self.steps_per_epoch;
+        }
+        if self.val_cases.is_some() {
+            cfg.val_cases = self.val_cases;
+        }
+        if self.grad_clip.is_some() {
+            cfg.grad_clip = self.grad_clip;
+        }
+        if self.mixed_precision {
+            cfg.mixed_precision = true;
+        }
+        if cfg.data.as_os_str().is_empty() {
+            bail!("no dataset given: pass --data DIR (a BraTS 2021 or MSD Task01 folder; `cggm synth` makes one)");
+        }
+        Ok(cfg)
+    }
+}
+
+pub fn run_train(args: TrainArgs) -> Result<()> {
+    let cfg = args.to_config()?;
+    let events = EventSink::from_arg(args.events.as_deref()).context("opening the events file")?;
+    let metrics = train(cfg, &args.out, &events, args.resume)?;
+    eprintln!(
+        "finished: best validation mean Dice {:.4} at epoch {}; run saved in {}",
+        metrics.best_val_dice.as_ref().map_or(f64::NAN, |d| d.mean),
+        metrics.best_epoch,
+        args.out.display()
+    );
+    if let Some(test) = &metrics.test {
+        eprintln!("test split:\n{}", format_table(test));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EvalSplit {
+    /// The run's test split (the same seed gives the same split).
+    Test,
+    Val,
+    /// Every case of the dataset.
+    All,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// A run directory (its best checkpoint is used).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Dataset folder; default: the run's own dataset.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "test")]
+    pub split: EvalSplit,
+    /// Where to write the JSON report (default RUN_DIR/eval-<split>.json).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+pub fn run_eval(args: EvalArgs) -> Result<()> {
+    let trainer = open_run(&args.checkpoint, args.device.as_deref())?;
+    let mut cfg = trainer.cfg.clone();
+    let foreign = args.data.as_ref().is_some_and(|d| d != &cfg.data);
+    if let Some(d) = &args.data {
+        cfg.data = d.clone();
+    }
+    let split = dataset_split(&cfg)?;
+    let cases = match (args.split, foreign) {
+        // A dataset the run never saw: all of it is test data.
+        (_, true) | (EvalSplit::All, _) => [split.train, split.val, split.test].concat(),
+        (EvalSplit::Test, false) => split.test,
+        (EvalSplit::Val, false) => split.val,
+    };
+    if cases.is_empty() {
+        bail!("the {:?} split of {} is empty: use --split all", args.split, cfg.data.display());
+    }
+    let report = evaluate(&trainer.predictor(), &cases, trainer.classifiers.is_some())?;
+    print!("{}", format_table(&report));
+    let out = args.out.unwrap_or_else(|| args.checkpoint.join(format!("eval-{:?}.json", args.split).to_lowercase()));
+    checkpoint::write_json_atomic(&out, &report)?;
+    eprintln!("report written to {}", out.display());
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InferArgs {
+    /// A run directory (its best checkpoint is used).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// A BraTS case folder, the four modality files (repeat --case), or one MSD 4-D file.
+    #[arg(long = "case", required = true)]
+    pub cases: Vec<PathBuf>,
+    /// Output segmentation (.nii.gz or .nii), BraTS labels, the input's geometry.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// JSON summary path (default: next to --out, `<name>.json`).
+    #[arg(long)]
+    pub summary: Option<PathBuf>,
+    #[arg(long)]
+    pub events: Option<PathBuf>,
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+pub fn run_infer(args: InferArgs) -> Result<()> {
+    let events = EventSink::from_arg(args.events.as_deref()).context("opening the events file")?;
+    let summary = infer(&args.checkpoint, &args.cases, &args.out, args.device.as_deref(), &events)?;
+    let summary_path = args.summary.unwrap_or_else(|| {
+        let name = args.out.file_name().and_then(|n| n.to_str()).unwrap_or("segmentation");
+        let stem = name.trim_end_matches(".gz").trim_end_matches(".nii");
+        args.out.with_file_name(format!("{stem}.json"))
+    });
+    checkpoint::write_json_atomic(&summary_path, &summary)?;
+    eprintln!(
+        "segmentation written to {} (WT {:.1} ml, TC {:.1} ml, ET {:.1} ml) in {:.2} s; summary {}",
+        args.out.display(),
+        summary.volumes_ml.wt,
+        summary.volumes_ml.tc,
+        summary.volumes_ml.et,
+        summary.seconds_total,
+        summary_path.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,35 @@
+//! `--device auto|cpu|cuda:N`.
+
+use tch::Device;
+
+pub fn parse_device(spec: &str) -> Result<Device, String> {
+    let spec = spec.trim().to_ascii_lowercase();
+    match spec.as_str() {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => cuda(0),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => cuda(n),
+            _ => Err(format!("unknown device {spec:?}: use auto, cpu or cuda:N")),
+        },
+    }
+}
+
+fn cuda(n: usize) -> Result<Device, String> {
+    let count = tch::Cuda::device_count() as usize;
+    if n < count {
+        Ok(Device::Cuda(n))
+    } else if count == 0 {
+        Err(format!("cuda:{n} requested but no CUDA device is available (libtorch sees none): use --device cpu"))
+    } else {
+        Err(format!("cuda:{n} requested but only {count} CUDA device(s) exist: use cuda:0..cuda:{}", count - 1))
+    }
+}
+
+pub fn describe(device: Device) -> String {
+    match device {
+        Device::Cpu => format!("cpu ({} threads)", tch::get_num_threads()),
+        Device::Cuda(n) => format!("cuda:{n}"),
+        other => format!("{other:?}"),
+    }
+}

@@ -1,0 +1,250 @@
+//! Segmentation metrics the BraTS challenge reports: Dice and the 95th-percentile Hausdorff distance
+//! per region (WT = {NCR, ED, ET}, TC = {NCR, ET}, ET), computed per case in 3-D.
+//!
+//! Labels here are the internal classes: 0 background, 1 NCR/NET, 2 oedema, 3 enhancing tumour.
+
+use crate::events::RegionScores;
+use ndarray::{Array3, ArrayView3, Zip};
+
+/// HD95 reported when exactly one of prediction and ground truth is empty: the diagonal of the
+/// 240x240x155 BraTS grid in mm, as the BraTS 2021 evaluation does.
+pub const HD95_EMPTY_PENALTY: f64 = 373.128_664_383_461_2;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Region {
+    Wt,
+    Tc,
+    Et,
+}
+
+impl Region {
+    pub const ALL: [Region; 3] = [Region::Wt, Region::Tc, Region::Et];
+
+    pub fn contains(self, class: u8) -> bool {
+        match self {
+            Region::Wt => matches!(class, 1..=3),
+            Region::Tc => class == 1 || class == 3,
+            Region::Et => class == 3,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Region::Wt => "wt",
+            Region::Tc => "tc",
+            Region::Et => "et",
+        }
+    }
+}
+
+/// Dice from overlap counts, with the BraTS convention for an empty ground truth: 1 if the
+/// prediction is empty too, else 0.
+pub fn dice_from_counts(intersection: u64, predicted: u64, truth: u64) -> f64 {
+    if truth == 0 {
+        return if predicted == 0 { 1.0 } else { 0.0 };
+    }
+    2.0 * intersection as f64 / (predicted + truth) as f64
+}
+
+/// Dice of one region over any two label arrays of equal shape.
+pub fn region_dice<'a>(pred: impl IntoIterator<Item = &'a u8>, truth: impl IntoIterator<Item = &'a u8>, region: Region) -> f64 {
+    let (mut inter, mut p, mut t) = (0u64, 0u64, 0u64);
+    for (&a, &b) in pred.into_iter().zip(truth) {
+        let (pa, tb) = (region.contains(a), region.contains(b));
+        p += pa as u64;
+        t += tb as u64;
+        inter += (pa && tb) as u64;
+    }
+    dice_from_counts(inter, p, t)
+}
+
+/// Dice per region and their mean.
+pub fn dice_scores(pred: &[u8], truth: &[u8]) -> RegionScores {
+    let d = |r| region_dice(pred, truth, r);
+    RegionScores::new(d(Region::Wt), d(Region::Tc), d(Region::Et))
+}
+
+/// HD95 per region (mm) on a 3-D case; `spacing` in mm along the three axes.
+pub fn hd95_scores(pred: &ArrayView3<u8>, truth: &ArrayView3<u8>, spacing: [f64; 3]) -> RegionScores {
+    let h = |r: Region| {
+        let p = pred.mapv(|c| r.contains(c));
+        let t = truth.mapv(|c| r.contains(c));
+        hd95(&p.view(), &t.view(), spacing)
+    };
+    RegionScores::new(h(Region::Wt), h(Region::Tc), h(Region::Et))
+}
+
+/// Symmetric 95th-percentile Hausdorff distance between the surfaces of two masks:
+/// max(P95 of d(surface A -> B), P95 of d(surface B -> A)), as MedPy and the BraTS toolkit do.
+/// Both empty: 0. One empty: `HD95_EMPTY_PENALTY`.
+pub fn hd95(a: &ArrayView3<bool>, b: &ArrayView3<bool>, spacing: [f64; 3]) -> f64 {
+    let (a_any, b_any) = (a.iter().any(|&v| v), b.iter().any(|&v| v));
+    match (a_any, b_any) {
+        (false, false) => return 0.0,
+        (true, false) | (false, true) => return HD95_EMPTY_PENALTY,
+        _ => {}
+    }
+    let (sa, sb) = (surface(a), surface(b));
+    let da = distance_to(&sb, spacing);
+    let db = distance_to(&sa, spacing);
+    let directed = |surf: &Array3<bool>, dist: &Array3<f64>| {
+        let mut d: Vec<f64> = Zip::from(surf).and(dist).fold(Vec::new(), |mut acc, &s, &v| {
+            if s {
+                acc.push(v);
+            }
+            acc
+        });
+        percentile(&mut d, 95.0)
+    };
+    directed(&sa, &da).max(directed(&sb, &db))
+}
+
+/// Voxels of the mask with at least one 6-neighbour outside it (or on the border).
+fn surface(mask: &ArrayView3<bool>) -> Array3<bool> {
+    let (nx, ny, nz) = mask.dim();
+    Array3::from_shape_fn((nx, ny, nz), |(x, y, z)| {
+        if !mask[[x, y, z]] {
+            return false;
+        }
+        let outside = |dx: isize, dy: isize, dz: isize| {
+            let (i, j, k) = (x as isize + dx, y as isize + dy, z as isize + dz);
+            i < 0
+                || j < 0
+                || k < 0
+                || i >= nx as isize
+                || j >= ny as isize
+                || k >= nz as isize
+                || !mask[[i as usize, j as usize, k as usize]]
+        };
+        outside(-1, 0, 0) || outside(1, 0, 0) || outside(0, -1, 0) || outside(0, 1, 0) || outside(0, 0, -1) || outside(0, 0, 1)
+    })
+}
+
+/// Exact Euclidean distance (mm) from every voxel to the nearest `true` voxel of `targets`:
+/// separable squared-distance transform (Felzenszwalb & Huttenlocher, 2012), one axis at a time.
+fn distance_to(targets: &Array3<bool>, spacing: [f64; 3]) -> Array3<f64> {
+    let big = 1e20;
+    let mut d = targets.mapv(|t| if t { 0.0 } else { big });
+    for (axis, &step) in spacing.iter().enumerate() {
+        for mut lane in d.lanes_mut(ndarray::Axis(axis)) {
+            let f: Vec<f64> = lane.iter().copied().collect();
+            let out = squared_edt_1d(&f, step * step);
+            for (dst, v) in lane.iter_mut().zip(out) {
+                *dst = v;
+            }
+        }
+    }
+    d.mapv_inplace(f64::sqrt);
+    d
+}
+
+/// Lower envelope of parabolas: out[q] = min_p (f[p] + w (q - p)^2).
+fn squared_edt_1d(f: &[f64], w: f64) -> Vec<f64> {
+    let n = f.len();
+    let mut v = vec![0usize; n];
+    let mut z = vec![0f64; n + 1];
+    let mut k = 0usize;
+    z[0] = f64::NEG_INFINITY;
+    z[1] = f64::INFINITY;
+    let inter = |q: usize, p: usize| ((f[q] + w * (q * q) as f64) - (f[p] + w * (p * p) as f64)) / (2.0 * w * (q as f64 - p as f64));
+    for q in 1..n {
+        let mut s = inter(q, v[k]);
+        while s <= z[k] {
+            k -= 1;
+            s = inter(q, v[k]);
+        }
+        k += 1;
+        v[k] = q;
+        z[k] = s;
+        z[k + 1] = f64::INFINITY;
+    }
+    let mut out = vec![0f64; n];
+    k = 0;
+    for (q, o) in out.iter_mut().enumerate() {
+        while z[k + 1] < q as f64 {
+            k += 1;
+        }
+        let dq = q as f64 - v[k] as f64;
+        *o = w * dq * dq + f[v[k]];
+    }
+    out
+}
+
+/// Linear-interpolated percentile (numpy's default).
+fn percentile(values: &mut [f64], pct: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    let pos = (values.len() - 1) as f64 * pct / 100.0;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    values[lo] + (values[hi] - values[lo]) * (pos - lo as f64)
+}
+
+/// Mean of region scores over cases (NaN-free inputs).
+pub fn mean_scores(scores: &[RegionScores]) -> RegionScores {
+    if scores.is_empty() {
+        return RegionScores::default();
+    }
+    let n = scores.len() as f64;
+    RegionScores::new(
+        scores.iter().map(|s| s.wt).sum::<f64>() / n,
+        scores.iter().map(|s| s.tc).sum::<f64>() / n,
+        scores.iter().map(|s| s.et).sum::<f64>() / n,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dice_follows_the_brats_convention_for_empty_regions() {
+        assert_eq!(dice_from_counts(0, 0, 0), 1.0);
+        assert_eq!(dice_from_counts(0, 5, 0), 0.0);
+        assert_eq!(dice_from_counts(0, 0, 5), 0.0);
+        assert!((dice_from_counts(3, 4, 6) - 0.6).abs() < 1e-12);
+    }
+
+    #[test]
+    fn regions_nest_as_in_brats() {
+        let truth = [0u8, 1, 2, 3, 3, 0];
+        let pred = [0u8, 1, 2, 2, 3, 3];
+        let s = dice_scores(&pred, &truth);
+        // WT: pred {1..5}, truth {1..4}: 2*4/(5+4)
+        assert!((s.wt - 8.0 / 9.0).abs() < 1e-12);
+        // TC: pred {1,4,5}, truth {1,3,4}: 2*2/6
+        assert!((s.tc - 4.0 / 6.0).abs() < 1e-12);
+        // ET: pred {4,5}, truth {3,4}: 2*1/4
+        assert!((s.et - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn hd95_of_shifted_cubes_is_the_shift() {
+        let mut a = Array3::from_elem((20, 20, 20), false);
+        let mut b = a.clone();
+        for x in 5..10 {
+            for y in 5..10 {
+                for z in 5..10 {
+                    a[[x, y, z]] = true;
+                    b[[x + 3, y, z]] = true;
+                }
+            }
+        }
+        let h = hd95(&a.view(), &b.view(), [1.0, 1.0, 1.0]);
+        assert!((h - 3.0).abs() < 1e-9, "{h}");
+        let h2 = hd95(&a.view(), &b.view(), [2.0, 1.0, 1.0]);
+        assert!((h2 - 6.0).abs() < 1e-9, "anisotropic spacing: {h2}");
+        assert_eq!(hd95(&a.view(), &a.view(), [1.0; 3]), 0.0);
+        let empty = Array3::from_elem((20, 20, 20), false);
+        assert_eq!(hd95(&a.view(), &empty.view(), [1.0; 3]), HD95_EMPTY_PENALTY);
+        assert_eq!(hd95(&empty.view(), &empty.view(), [1.0; 3]), 0.0);
+    }
+
+    #[test]
+    fn edt_matches_brute_force() {
+        let f = [1e20, 0.0, 1e20, 1e20, 1e20, 0.0, 1e20];
+        let out = squared_edt_1d(&f, 1.0);
+        assert_eq!(out, vec![1.0, 0.0, 1.0, 4.0, 1.0, 0.0, 1.0]);
+    }
+}

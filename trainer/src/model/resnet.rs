@@ -1,0 +1,204 @@
+//! ResNet backbone (He et al., 2016) for one MRI modality, with the dilated last stages DeepLabv3+
+//! uses (Chen et al., 2018) to reach output stride 16 or 8.
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, nn::ModuleT, Tensor};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResNetConfig {
+    /// 18, 34 (basic blocks) or 50, 101 (bottlenecks).
+    pub depth: usize,
+    /// Multiplies every stage's width (1.0 = the standard 64-128-256-512).
+    pub width: f64,
+    /// 16 or 8: the last one or two stages are dilated instead of strided.
+    pub output_stride: usize,
+    pub in_channels: i64,
+}
+
+impl ResNetConfig {
+    fn blocks(&self) -> [usize; 4] {
+        match self.depth {
+            18 => [2, 2, 2, 2],
+            34 | 50 => [3, 4, 6, 3],
+            101 => [3, 4, 23, 3],
+            other => panic!("ResNet depth {other} is not one of 18, 34, 50, 101"),
+        }
+    }
+
+    fn bottleneck(&self) -> bool {
+        self.depth >= 50
+    }
+
+    fn expansion(&self) -> i64 {
+        if self.bottleneck() {
+            4
+        } else {
+            1
+        }
+    }
+
+    fn stage_width(&self, stage: usize) -> i64 {
+        ((64 << stage) as f64 * self.width).round().max(4.0) as i64
+    }
+
+    /// Channels of the low-level feature (end of stage 1, stride 4).
+    pub fn low_level_channels(&self) -> i64 {
+        self.stage_width(0) * self.expansion()
+    }
+
+    /// Channels of the high-level feature (end of stage 4).
+    pub fn high_level_channels(&self) -> i64 {
+        self.stage_width(3) * self.expansion()
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if ![18, 34, 50, 101].contains(&self.depth) {
+            return Err(format!("backbone depth {} is not one of 18, 34, 50, 101", self.depth));
+        }
+        if ![8, 16].contains(&self.output_stride) {
+            return Err(format!("output stride {} is not 8 or 16", self.output_stride));
+        }
+        if !(self.width > 0.0 && self.width <= 4.0) {
+            return Err(format!("width multiplier {} is not in (0, 4]", self.width));
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn conv_bn(p: &nn::Path, cin: i64, cout: i64, k: i64, stride: i64, dilation: i64) -> ConvBn {
+    ConvBn::new(p, cin, cout, k, stride, dilation)
+}
+
+/// conv (no bias) + batch norm; the ReLU is left to the caller.
+#[derive(Debug)]
+pub(crate) struct ConvBn {
+    conv: nn::Conv2D,
+    bn: nn::BatchNorm,
+}
+
+impl ConvBn {
+    fn new(p: &nn::Path, cin: i64, cout: i64, k: i64, stride: i64, dilation: i64) -> Self {
+        let cfg = nn::ConvConfig {
+            stride,
+            padding: dilation * (k - 1) / 2,
+            dilation,
+            bias: false,
+            ws_init: nn::Init::Kaiming {
+                dist: nn::init::NormalOrUniform::Normal,
+                fan: nn::init::FanInOut::FanOut,
+                non_linearity: nn::init::NonLinearity::ReLU,
+            },
+            ..Default::default()
+        };
+        Self {
+            conv: nn::conv2d(p / "conv", cin, cout, k, cfg),
+            bn: nn::batch_norm2d(p / "bn", cout, Default::default()),
+        }
+    }
+}
+
+impl ModuleT for ConvBn {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        xs.apply(&self.conv).apply_t(&self.bn, train)
+    }
+}
+
+#[derive(Debug)]
+struct Block {
+    convs: Vec<ConvBn>,
+    downsample: Option<ConvBn>,
+}
+
+impl Block {
+    #[allow(clippy::too_many_arguments)]
+    fn new(p: &nn::Path, cfg: &ResNetConfig, cin: i64, width: i64, stride: i64, dilation: i64) -> Self {
+        let cout = width * cfg.expansion();
+        let convs = if cfg.bottleneck() {
+            vec![
+                conv_bn(&(p / "c1"), cin, width, 1, 1, 1),
+                conv_bn(&(p / "c2"), width, width, 3, stride, dilation),
+                conv_bn(&(p / "c3"), width, cout, 1, 1, 1),
+            ]
+        } else {
+            vec![
+                conv_bn(&(p / "c1"), cin, width, 3, stride, dilation),
+                conv_bn(&(p / "c2"), width, cout, 3, 1, dilation),
+            ]
+        };
+        let downsample = (stride != 1 || cin != cout).then(|| conv_bn(&(p / "down"), cin, cout, 1, stride, 1));
+        Self { convs, downsample }
+    }
+}
+
+impl ModuleT for Block {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let last = self.convs.len() - 1;
+        let mut ys = xs.shallow_clone();
+        for (i, conv) in self.convs.iter().enumerate() {
+            ys = conv.forward_t(&ys, train);
+            if i != last {
+                ys = ys.relu();
+            }
+        }
+        let shortcut = match &self.downsample {
+            Some(down) => down.forward_t(xs, train),
+            None => xs.shallow_clone(),
+        };
+        (ys + shortcut).relu()
+    }
+}
+
+#[derive(Debug)]
+pub struct ResNet {
+    stem: ConvBn,
+    stages: Vec<Vec<Block>>,
+}
+
+/// The two features DeepLabv3+ needs from a backbone.
+pub struct BackboneFeatures {
+    /// [B, low_level_channels, H/4, W/4]
+    pub low: Tensor,
+    /// [B, high_level_channels, H/OS, W/OS]
+    pub high: Tensor,
+}
+
+impl ResNet {
+    pub fn new(p: &nn::Path, cfg: &ResNetConfig) -> Self {
+        let stem = conv_bn(&(p / "stem"), cfg.in_channels, cfg.stage_width(0), 7, 2, 1);
+        // (stride, dilation) per stage; dilation replaces the stride of the last stages.
+        let plan: [(i64, i64); 4] = if cfg.output_stride == 8 {
+            [(1, 1), (2, 1), (1, 2), (1, 4)]
+        } else {
+            [(1, 1), (2, 1), (2, 1), (1, 2)]
+        };
+        let mut cin = cfg.stage_width(0);
+        let mut stages = Vec::new();
+        for (s, (&n, &(stride, dilation))) in cfg.blocks().iter().zip(plan.iter()).enumerate() {
+            let sp = p / format!("layer{}", s + 1);
+            let width = cfg.stage_width(s);
+            let mut blocks = Vec::new();
+            for b in 0..n {
+                let stride = if b == 0 { stride } else { 1 };
+                blocks.push(Block::new(&(&sp / b), cfg, cin, width, stride, dilation));
+                cin = width * cfg.expansion();
+            }
+            stages.push(blocks);
+        }
+        Self { stem, stages }
+    }
+
+    /// xs: [B, in_channels, H, W]
+    pub fn features(&self, xs: &Tensor, train: bool) -> BackboneFeatures {
+        let mut ys = self.stem.forward_t(xs, train).relu().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        let mut low = None;
+        for (s, blocks) in self.stages.iter().enumerate() {
+            for block in blocks {
+                ys = block.forward_t(&ys, train);
+            }
+            if s == 0 {
+                low = Some(ys.shallow_clone());
+            }
+        }
+        BackboneFeatures { low: low.expect("ResNet has four stages"), high: ys }
+    }
+}

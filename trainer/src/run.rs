@@ -1,0 +1,262 @@
+//! A whole training run: data discovery and split, the epoch loop, validation, checkpoints,
+//! resume, the final test evaluation, and progress events.
+
+use crate::checkpoint::{self, CheckpointState};
+use crate::config::TrainConfig;
+use crate::data::{discover, split_cases, split_from_file, SliceBatch, SliceLoader, Split};
+use crate::device::{describe, parse_device};
+use crate::eval::{evaluate, EvalReport, Predictor};
+use crate::events::{now, Event, EventSink, RegionScores};
+use crate::step::{StepReport, Trainer};
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunMetrics {
+    pub method: String,
+    pub preset: String,
+    pub best_epoch: usize,
+    pub best_val_dice: Option<RegionScores>,
+    pub best_val_modality_dice: BTreeMap<String, RegionScores>,
+    pub test: Option<EvalReport>,
+    pub epochs_completed: usize,
+    pub seconds: f64,
+}
+
+/// Splits the dataset as the configuration says (same seed, same split).
+pub fn dataset_split(cfg: &TrainConfig) -> Result<Split> {
+    let report = discover(&cfg.data);
+    for p in &report.problems {
+        tracing::warn!("skipping a bad case: {p}");
+    }
+    if report.cases.is_empty() {
+        bail!("no usable case found in {}: run `cggm validate {}` to see why", cfg.data.display(), cfg.data.display());
+    }
+    Ok(match &cfg.split.file {
+        Some(file) => split_from_file(&report.cases, file)?,
+        None => split_cases(&report.cases, cfg.seed, cfg.split.val_fraction, cfg.split.test_fraction),
+    })
+}
+
+pub fn steps_per_epoch(cfg: &TrainConfig, train_cases: usize) -> usize {
+    cfg.steps_per_epoch
+        .unwrap_or_else(|| (train_cases * cfg.slices_per_case).div_ceil(cfg.sampler.batch_size))
+        .max(1)
+}
+
+/// Host batch -> (images [B,4,H,W] float, labels [B,H,W] int64) on the device.
+pub fn batch_tensors(batch: &SliceBatch, device: Device) -> (Tensor, Tensor) {
+    let (b, c, h, w) = batch.images.dim();
+    let images = Tensor::from_slice(batch.images.as_slice().expect("standard layout"))
+        .view([b as i64, c as i64, h as i64, w as i64])
+        .to_device(device);
+    let labels = Tensor::from_slice(batch.labels.as_slice().expect("standard layout"))
+        .view([b as i64, h as i64, w as i64])
+        .to_kind(Kind::Int64)
+        .to_device(device);
+    (images, labels)
+}
+
+impl Trainer {
+    pub fn predictor(&self) -> Predictor<'_> {
+        Predictor {
+            model: &self.model,
+            classifiers: self.classifiers.as_ref(),
+            modality_channels: &self.modality_channels,
+            modality_names: self.cfg.modalities().iter().map(|m| m.name().to_string()).collect(),
+            device: self.device,
+            batch: self.cfg.eval_batch,
+        }
+    }
+}
+
+/// Opens a finished (or running) run for evaluation or inference with its best weights (last if
+/// no best exists yet).
+pub fn open_run(run_dir: &Path, device: Option<&str>) -> Result<Trainer> {
+    let cfg = checkpoint::read_config(run_dir)?;
+    let device = parse_device(device.unwrap_or(&cfg.device)).map_err(anyhow::Error::msg)?;
+    let mut trainer = Trainer::new(cfg, device, 1);
+    let name = if checkpoint::checkpoint_dir(run_dir).join("best.json").exists() { "best" } else { "last" };
+    checkpoint::load_weights(run_dir, name, &mut trainer)?;
+    Ok(trainer)
+}
+
+fn names(cfg: &TrainConfig) -> Vec<String> {
+    cfg.modalities().iter().map(|m| m.name().to_string()).collect()
+}
+
+fn by_modality(names: &[String], values: &[f64]) -> BTreeMap<String, f64> {
+    names.iter().cloned().zip(values.iter().copied()).filter(|(_, v)| v.is_finite()).collect()
+}
+
+/// Trains `cfg` into `run_dir`. With `resume`, continues from `checkpoints/last` with the same
+/// schedule (the saved config must match).
+pub fn train(mut cfg: TrainConfig, run_dir: &Path, events: &EventSink, resume: bool) -> Result<RunMetrics> {
+    let result = train_inner(&mut cfg, run_dir, events, resume);
+    if let Err(e) = &result {
+        events.emit(&Event::Failed { time: now(), reason: format!("{e:#}") });
+    }
+    result
+}
+
+fn train_inner(cfg: &mut TrainConfig, run_dir: &Path, events: &EventSink, resume: bool) -> Result<RunMetrics> {
+    let started = Instant::now();
+    cfg.validate().map_err(|e| anyhow!("invalid configuration: {e}"))?;
+    std::fs::create_dir_all(run_dir).with_context(|| format!("creating run directory {}", run_dir.display()))?;
+    let config_path = run_dir.join("config.json");
+    if resume {
+        let saved = checkpoint::read_config(run_dir)?;
+        if saved != *cfg {
+            bail!("cannot resume: the configuration differs from the run's saved config.json; resume with the same options (or edit nothing and pass only --resume --out {})", run_dir.display());
+        }
+    } else if checkpoint::checkpoint_dir(run_dir).join("last.json").exists() {
+        bail!("{} already holds a run: pass --resume to continue it, or choose a new --out", run_dir.display());
+    }
+    checkpoint::write_json_atomic(&config_path, &*cfg)?;
+
+    let device = parse_device(&cfg.device).map_err(anyhow::Error::msg)?;
+    let split = dataset_split(cfg)?;
+    if split.train.is_empty() {
+        bail!("the split left no training case: add cases or lower the validation/test fractions");
+    }
+    let spe = steps_per_epoch(cfg, split.train.len());
+    let mut trainer = Trainer::new(cfg.clone(), device, spe);
+    let names = names(cfg);
+
+    let mut start_epoch = 0;
+    let mut best_epoch = 0;
+    let mut best: Option<RegionScores> = None;
+    let mut best_modality = BTreeMap::new();
+    if resume {
+        let state = checkpoint::load_weights(run_dir, "last", &mut trainer)?;
+        checkpoint::load_optimizer(run_dir, "last", &mut trainer)?;
+        trainer.global_step = state.global_step;
+        trainer.tracker = state.tracker;
+        trainer.previous_balance = state.previous_balance;
+        start_epoch = state.epoch;
+        best_epoch = state.best_epoch;
+        best = state.best_val_dice;
+        best_modality = state.best_val_modality_dice;
+        tracing::info!("resuming {} at epoch {start_epoch}, step {}", run_dir.display(), trainer.global_step);
+    }
+
+    events.emit(&Event::RunStarted {
+        time: now(),
+        config: serde_json::to_value(&*cfg)?,
+        train_cases: split.train.len(),
+        val_cases: split.val.len(),
+        test_cases: split.test.len(),
+        steps_per_epoch: spe,
+        total_steps: spe * cfg.epochs,
+        device: describe(device),
+    });
+
+    let mut loader = SliceLoader::new(&split.train, cfg.sampler.clone(), cfg.seed, trainer.global_step as u64)
+        .context("preparing the training slices")?;
+    let val_cases: Vec<_> = match cfg.val_cases {
+        Some(n) => split.val.iter().take(n).cloned().collect(),
+        None => split.val.clone(),
+    };
+
+    for epoch in start_epoch..cfg.epochs {
+        let mut loss_sum = 0.0;
+        for step in 0..spe {
+            let t0 = Instant::now();
+            let batch = loader.next_batch()?;
+            let (images, labels) = batch_tensors(&batch, device);
+            let report: StepReport = trainer.step(&images, &labels)?;
+            loss_sum += report.loss;
+            events.emit(&Event::Step {
+                time: now(),
+                epoch,
+                step: trainer.global_step - 1,
+                loss: report.loss,
+                task_loss: report.task_loss,
+                gm_loss: report.gm_loss,
+                lr: report.lr,
+                balance: by_modality(&names, &report.balance),
+                cosine: by_modality(&names, &report.cosine),
+                modality_metric: by_modality(&names, &report.modality_metric),
+                step_seconds: t0.elapsed().as_secs_f64(),
+            });
+            if step % 10 == 0 {
+                tracing::info!("epoch {epoch} step {step}/{spe} loss {:.4} lr {:.2e}", report.loss, report.lr);
+            }
+        }
+        let done = epoch + 1;
+        let validate = !val_cases.is_empty() && (done % cfg.val_every == 0 || done == cfg.epochs);
+        let mut is_best = false;
+        if validate {
+            let report = evaluate(&trainer.predictor(), &val_cases, trainer.classifiers.is_some())?;
+            is_best = best.as_ref().is_none_or(|b| report.dice.mean > b.mean);
+            if is_best {
+                best = Some(report.dice.clone());
+                best_modality = report.modality_dice.clone();
+                best_epoch = done;
+            }
+            events.emit(&Event::Validation {
+                time: now(),
+                epoch,
+                train_loss: loss_sum / spe as f64,
+                dice: report.dice.clone(),
+                hd95: report.hd95.clone(),
+                modality_dice: report.modality_dice.clone(),
+                best: is_best,
+            });
+            tracing::info!("epoch {epoch}: validation Dice WT {:.4} TC {:.4} ET {:.4} mean {:.4}", report.dice.wt, report.dice.tc, report.dice.et, report.dice.mean);
+        } else if val_cases.is_empty() {
+            // Without validation cases the latest weights are the best we know.
+            is_best = true;
+            best_epoch = done;
+        }
+        let state = CheckpointState {
+            config: cfg.clone(),
+            epoch: done,
+            global_step: trainer.global_step,
+            best_epoch,
+            best_val_dice: best.clone(),
+            best_val_modality_dice: best_modality.clone(),
+            tracker: trainer.tracker.clone(),
+            previous_balance: trainer.previous_balance.clone(),
+        };
+        if is_best {
+            let path = checkpoint::save(run_dir, "best", &trainer, &state, false)?;
+            events.emit(&Event::CheckpointSaved { time: now(), epoch, path: path.display().to_string(), best: true });
+        }
+        let path = checkpoint::save(run_dir, "last", &trainer, &state, true)?;
+        events.emit(&Event::CheckpointSaved { time: now(), epoch, path: path.display().to_string(), best: false });
+    }
+    drop(loader);
+
+    // Test split with the best weights.
+    let test = if split.test.is_empty() {
+        None
+    } else {
+        let state = checkpoint::load_weights(run_dir, "best", &mut trainer)?;
+        tracing::info!("testing the best checkpoint (epoch {}) on {} cases", state.best_epoch, split.test.len());
+        Some(evaluate(&trainer.predictor(), &split.test, trainer.classifiers.is_some())?)
+    };
+    let metrics = RunMetrics {
+        method: cfg.method.to_string(),
+        preset: cfg.preset.clone(),
+        best_epoch,
+        best_val_dice: best.clone(),
+        best_val_modality_dice: best_modality,
+        test: test.clone(),
+        epochs_completed: cfg.epochs,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    checkpoint::write_json_atomic(&run_dir.join("metrics.json"), &metrics)?;
+    events.emit(&Event::Finished {
+        time: now(),
+        best_epoch,
+        best_val_dice: best.unwrap_or_default(),
+        test_dice: test.as_ref().map(|t| t.dice.clone()),
+        test_modality_dice: test.map(|t| t.modality_dice).unwrap_or_default(),
+    });
+    Ok(metrics)
+}

@@ -1,0 +1,257 @@
+//! One training iteration of the multimodal model for every method (joint, unimodal, CGGM and its
+//! ablations, MRD, MSLR): the CGGM order of operations from DESIGN.md lives here.
+
+use crate::cggm::{direction_loss, flat_cosine, scale_encoder_gradients, BalanceTracker};
+use crate::config::{DirectionSource, Method, TrainConfig};
+use crate::model::{ModalityClassifiers, MultimodalSegmenter};
+use crate::optim::{CosineSchedule, Optimizer, Param};
+use crate::task::{segmentation::SegmentationLoss, Task};
+use rand::{Rng, SeedableRng};
+use tch::{nn, Device, Kind, Tensor};
+
+/// What one step measured (modality vectors in the model's modality order).
+#[derive(Clone, Debug)]
+pub struct StepReport {
+    pub loss: f64,
+    pub task_loss: f64,
+    pub gm_loss: f64,
+    pub lr: f64,
+    pub balance: Vec<f64>,
+    pub cosine: Vec<f64>,
+    pub modality_metric: Vec<f64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("the {what} became {value} at step {step}: training diverged. Lower the learning rate (--lr), enable gradient clipping (grad_clip in the config) or check the input data for extreme intensities")]
+    NonFinite { what: &'static str, value: f64, step: usize },
+}
+
+/// Model, classifiers, their optimisers and the CGGM state of one run.
+pub struct Trainer {
+    pub cfg: TrainConfig,
+    pub device: Device,
+    pub vs: nn::VarStore,
+    pub model: MultimodalSegmenter,
+    pub classifiers: Option<ModalityClassifiers>,
+    pub model_opt: Optimizer,
+    pub classifier_opt: Option<Optimizer>,
+    pub schedule: CosineSchedule,
+    pub tracker: BalanceTracker,
+    /// B of the previous step: the authors' weight-cosine variant applies it one step late.
+    pub previous_balance: Vec<f64>,
+    pub global_step: usize,
+    /// Indices into the data's fixed modality order (flair, t1ce, t1, t2) of the model's inputs.
+    pub modality_channels: Vec<i64>,
+    task: SegmentationLoss,
+}
+
+impl Trainer {
+    pub fn new(cfg: TrainConfig, device: Device, steps_per_epoch: usize) -> Self {
+        tch::manual_seed(cfg.seed as i64);
+        let modalities = cfg.modalities();
+        let names: Vec<&str> = modalities.iter().map(|m| m.name()).collect();
+        let vs = nn::VarStore::new(device);
+        let model = MultimodalSegmenter::new(&vs.root(), &cfg.model, &names);
+        let classifiers = cfg.trains_classifiers().then(|| ModalityClassifiers::new(&vs.root(), &cfg.model, &names));
+        let (model_params, classifier_params) = named_params(&vs, &model.encoder_prefixes);
+        let model_opt = Optimizer::new(cfg.optimizer.clone(), model_params);
+        let classifier_opt = classifiers.as_ref().map(|_| Optimizer::new(cfg.optimizer.clone(), classifier_params));
+        let total_steps = cfg.epochs * steps_per_epoch;
+        let schedule = CosineSchedule {
+            base: cfg.schedule.lr,
+            min: cfg.schedule.min_lr,
+            warmup_start: cfg.schedule.warmup_start_lr,
+            warmup_steps: (cfg.schedule.warmup_epochs * steps_per_epoch).min(total_steps),
+            total_steps,
+        };
+        let m = modalities.len();
+        let tracker = BalanceTracker::new(m, cfg.cggm.rho, cfg.cggm.balance);
+        let modality_channels = modalities.iter().map(|m| m.index() as i64).collect();
+        Self {
+            task: cfg.loss.clone(),
+            previous_balance: vec![1.0; m],
+            cfg,
+            device,
+            vs,
+            model,
+            classifiers,
+            model_opt,
+            classifier_opt,
+            schedule,
+            tracker,
+            global_step: 0,
+            modality_channels,
+        }
+    }
+
+    /// Picks the model's modalities out of a [B, 4, H, W] batch.
+    pub fn select_modalities(&self, images: &Tensor) -> Tensor {
+        if self.modality_channels.len() == images.size()[1] as usize {
+            images.shallow_clone()
+        } else {
+            let idx = Tensor::from_slice(&self.modality_channels).to_device(images.device());
+            images.index_select(1, &idx)
+        }
+    }
+
+    /// Modality random dropout: zero each modality of each sample with probability p, keeping at
+    /// least one per sample. Seeded by (seed, step) so that a resumed run drops the same inputs.
+    fn drop_modalities(&self, xs: &Tensor) -> Tensor {
+        let (b, m) = (xs.size()[0] as usize, xs.size()[1] as usize);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.cfg.seed ^ (self.global_step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut keep = vec![1f32; b * m];
+        for s in 0..b {
+            let row = &mut keep[s * m..(s + 1) * m];
+            for v in row.iter_mut() {
+                if rng.gen::<f64>() < self.cfg.mrd_drop_prob {
+                    *v = 0.0;
+                }
+            }
+            if row.iter().all(|v| *v == 0.0) {
+                row[rng.gen_range(0..m)] = 1.0;
+            }
+        }
+        let mask = Tensor::from_slice(&keep).view([b as i64, m as i64, 1, 1]).to_device(xs.device());
+        xs * mask
+    }
+
+    fn group_lr(&self, lr: f64, group: usize) -> f64 {
+        if self.cfg.method != Method::Mslr || group == 0 {
+            return lr;
+        }
+        let name = self.cfg.modalities()[group - 1].name();
+        lr * self.cfg.mslr_scales.get(name).copied().unwrap_or(1.0)
+    }
+
+    /// One iteration. images: [B, 4, H, W] float (all four modalities, fixed order), labels:
+    /// [B, H, W] int64 classes; both on `self.device`.
+    pub fn step(&mut self, images: &Tensor, labels: &Tensor) -> Result<StepReport, StepError> {
+        let step = self.global_step;
+        // Dropout and any other libtorch randomness depend only on (seed, step): resuming from a
+        // checkpoint replays the same run.
+        tch::manual_seed((self.cfg.seed as i64).wrapping_add(step as i64 * 1_000_003));
+        let lr = self.schedule.lr(step);
+        let method = self.cfg.method;
+        let mut xs = self.select_modalities(images);
+        if method == Method::Mrd {
+            xs = self.drop_modalities(&xs);
+        }
+        let (h, w) = (xs.size()[2], xs.size()[3]);
+        let use_amp = self.cfg.mixed_precision && self.device.is_cuda();
+
+        // 1. Forward the model.
+        let out = tch::autocast(use_amp, || self.model.forward_t(&xs, true));
+        let task_loss = self.task.loss(&out.logits, labels);
+        let task_value = task_loss.double_value(&[]);
+        if !task_value.is_finite() {
+            return Err(StepError::NonFinite { what: "task loss", value: task_value, step });
+        }
+
+        // 2. Classifiers on detached features, their own loss and optimiser; 3. batch metrics.
+        let m = self.modality_channels.len();
+        let mut metrics = vec![f64::NAN; m];
+        let mut classifier_grads = Vec::new();
+        if let (Some(cls), Some(opt)) = (&self.classifiers, &mut self.classifier_opt) {
+            opt.zero_grad();
+            let mut cls_loss = Tensor::zeros([], (Kind::Float, self.device));
+            for (i, feats) in out.features.iter().enumerate() {
+                let logits = tch::autocast(use_amp, || cls.forward_t(i, &feats.detached(), (h, w), true));
+                metrics[i] = self.task.batch_metric(&logits, labels);
+                cls_loss = cls_loss + self.task.loss(&logits, labels);
+            }
+            let cls_value = cls_loss.double_value(&[]);
+            if !cls_value.is_finite() {
+                return Err(StepError::NonFinite { what: "classifier loss", value: cls_value, step });
+            }
+            cls_loss.backward();
+            classifier_grads = (0..m).map(|i| cls.last_layer_weight(i).grad().detach().copy()).collect();
+            let cls_lr = self.cfg.schedule.classifier_lr;
+            opt.step(&|_| cls_lr);
+        }
+
+        // 4. Balance coefficients (measured for every run with classifiers, applied by CGGM).
+        let balance = if self.classifiers.is_some() { self.tracker.update(&metrics) } else { vec![1.0; m] };
+
+        // 5. Direction modulation.
+        let lambda = self.cfg.cggm.lambda;
+        let mut cosine = vec![f64::NAN; m];
+        let mut gm_value = 0.0;
+        let mut total = task_loss.shallow_clone();
+        if !classifier_grads.is_empty() {
+            let w_last = self.model.last_layer_weight();
+            let direct = method.modulates_direction() && lambda > 0.0;
+            match (direct, self.cfg.cggm.direction) {
+                (true, DirectionSource::AuthorsWeightCosine) => {
+                    let cls = self.classifiers.as_ref().expect("classifiers exist when grads do");
+                    let weights: Vec<Tensor> = (0..m).map(|i| cls.last_layer_weight(i).detach()).collect();
+                    let (l_gm, _) = direction_loss(w_last, &weights, &self.previous_balance);
+                    gm_value = l_gm.double_value(&[]);
+                    total = total + l_gm * lambda;
+                    cosine = weights.iter().map(|wi| flat_cosine(w_last, wi).double_value(&[])).collect();
+                }
+                (true, DirectionSource::Gradient) => {
+                    // g_F with create_graph: L_gm is differentiable w.r.t. the whole model.
+                    let g_f = Tensor::run_backward(&[&task_loss], &[w_last], true, true).remove(0);
+                    let (l_gm, cos) = direction_loss(&g_f, &classifier_grads, &balance);
+                    gm_value = l_gm.double_value(&[]);
+                    cosine = cos;
+                    total = total + l_gm * lambda;
+                }
+                (false, _) => {
+                    // Not modulating: measure the cosines only (cheap: the head's last layer).
+                    let g_f = Tensor::run_backward(&[&task_loss], &[w_last], true, false).remove(0);
+                    cosine = classifier_grads.iter().map(|g| flat_cosine(&g_f, g).double_value(&[])).collect();
+                }
+            }
+        }
+        if !gm_value.is_finite() {
+            return Err(StepError::NonFinite { what: "direction loss L_gm", value: gm_value, step });
+        }
+
+        // 6. Backward, magnitude modulation, step.
+        self.model_opt.zero_grad();
+        total.backward();
+        if method.modulates_magnitude() {
+            let params: Vec<(String, Tensor)> =
+                self.model_opt.params().iter().map(|p| (p.name.clone(), p.tensor.shallow_clone())).collect();
+            scale_encoder_gradients(&params, &self.model.encoder_prefixes, &balance);
+        }
+        if let Some(max_norm) = self.cfg.grad_clip {
+            let norm = self.model_opt.clip_grad_norm(max_norm);
+            if !norm.is_finite() {
+                return Err(StepError::NonFinite { what: "gradient norm", value: norm, step });
+            }
+        }
+        let group_lrs: Vec<f64> = (0..=m).map(|g| self.group_lr(lr, g)).collect();
+        self.model_opt.step(&|g| group_lrs[g.min(m)]);
+        self.previous_balance = balance.clone();
+        self.global_step += 1;
+        Ok(StepReport {
+            loss: total.double_value(&[]),
+            task_loss: task_value,
+            gm_loss: gm_value,
+            lr,
+            balance,
+            cosine,
+            modality_metric: metrics,
+        })
+    }
+}
+
+/// Trainable variables split into the model's (grouped: 0 = fusion head, i + 1 = encoder i) and the
+/// classifiers' (all under `classifiers.`), sorted by name for a stable order.
+fn named_params(vs: &nn::VarStore, encoder_prefixes: &[String]) -> (Vec<Param>, Vec<Param>) {
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let (mut model, mut classifiers) = (Vec::new(), Vec::new());
+    for (name, tensor) in vars {
+        if name.starts_with("classifiers.") {
+            classifiers.push(Param { name, tensor, group: 0 });
+        } else {
+            let group = encoder_prefixes.iter().position(|p| name.starts_with(p.as_str())).map_or(0, |i| i + 1);
+            model.push(Param { name, tensor, group });
+        }
+    }
+    (model, classifiers)
+}
