@@ -1,2 +1,136 @@
 //! Volumes and datasets: NIfTI input/output, BraTS and MSD layouts, validation, synthetic phantoms,
 //! normalisation and 2-D slice sampling for training.
+//!
+//! Internal conventions, fixed for the whole project:
+//! - modalities in the order [`Modality::ALL`] = flair, t1ce, t1, t2 (never file order);
+//! - labels 0 background, 1 NCR/NET (necrotic / non-enhancing core), 2 oedema, 3 enhancing tumour
+//!   ([`LABEL_NCR`], [`LABEL_OEDEMA`], [`LABEL_ENHANCING`]); written back to disk as BraTS 0/1/2/4;
+//! - images `[4, X, Y, Z]` z-scored per modality over the brain (non-zero) voxels, background 0.
+
+mod cache;
+mod error;
+mod layout;
+mod nifti_io;
+mod sampler;
+mod split;
+mod study;
+pub mod synth;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::{CaseProblem, DataError, CONVERT_TO_NIFTI1_HINT};
+pub use layout::{case_from_paths, discover, DiscoveryReport, Layout};
+pub use nifti_io::{
+    header_affine, read_volume, write_label_volume, write_volume_i16, write_volume_u8,
+};
+pub use sampler::{SamplerConfig, SliceBatch, SliceLoader};
+pub use split::{split_cases, split_from_file, Split};
+pub use study::{
+    brats_to_internal, internal_to_brats, load_study, msd_to_internal, validate_dataset, Study,
+};
+
+/// Internal class of the necrotic / non-enhancing tumour core.
+pub const LABEL_NCR: u8 = 1;
+/// Internal class of the peritumoral oedema.
+pub const LABEL_OEDEMA: u8 = 2;
+/// Internal class of the enhancing tumour (BraTS writes 4, or 3 in newer releases).
+pub const LABEL_ENHANCING: u8 = 3;
+/// Number of internal classes, background included.
+pub const NUM_CLASSES: usize = 4;
+
+/// One MRI contrast. The project's order is [`Modality::ALL`].
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Modality {
+    Flair,
+    T1ce,
+    T1,
+    T2,
+}
+
+impl Modality {
+    pub const ALL: [Modality; 4] = [Modality::Flair, Modality::T1ce, Modality::T1, Modality::T2];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Modality::Flair => "flair",
+            Modality::T1ce => "t1ce",
+            Modality::T1 => "t1",
+            Modality::T2 => "t2",
+        }
+    }
+
+    /// Position in [`Modality::ALL`] (channel index of the image tensors).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// File-name suffixes (after the last `_` or `-`) that denote this modality; BraTS 2021 names
+    /// first, then the BraTS 2023 and other common spellings.
+    pub fn suffixes(self) -> &'static [&'static str] {
+        match self {
+            Modality::Flair => &["flair", "t2f", "t2flair"],
+            Modality::T1ce => &["t1ce", "t1gd", "t1c", "t1ce1", "t1post"],
+            Modality::T1 => &["t1", "t1n", "t1w"],
+            Modality::T2 => &["t2", "t2w"],
+        }
+    }
+
+    /// Parses a modality name or any of its [`suffixes`](Self::suffixes), case-insensitively.
+    pub fn parse(s: &str) -> Option<Modality> {
+        let lower = s.trim().to_ascii_lowercase();
+        Modality::ALL
+            .into_iter()
+            .find(|m| m.suffixes().contains(&lower.as_str()))
+    }
+}
+
+impl std::fmt::Display for Modality {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where one case's files are; produced by [`discover`] or [`case_from_paths`].
+#[derive(Clone, Debug)]
+pub struct CaseSource {
+    pub id: String,
+    pub files: CaseFiles,
+}
+
+#[derive(Clone, Debug)]
+pub enum CaseFiles {
+    /// BraTS: one 3-D file per modality, in [`Modality::ALL`] order; BraTS label values.
+    Separate {
+        images: [PathBuf; 4],
+        label: Option<PathBuf>,
+    },
+    /// Medical Segmentation Decathlon Task01: one 4-D image (channels FLAIR, T1w, T1gd, T2w);
+    /// MSD label values.
+    Msd4d {
+        image: PathBuf,
+        label: Option<PathBuf>,
+    },
+}
+
+impl CaseSource {
+    /// Every file of the case, label last.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        match &self.files {
+            CaseFiles::Separate { images, label } => {
+                images.iter().cloned().chain(label.clone()).collect()
+            }
+            CaseFiles::Msd4d { image, label } => std::iter::once(image.clone())
+                .chain(label.clone())
+                .collect(),
+        }
+    }
+
+    pub fn label_path(&self) -> Option<&PathBuf> {
+        match &self.files {
+            CaseFiles::Separate { label, .. } | CaseFiles::Msd4d { label, .. } => label.as_ref(),
+        }
+    }
+}

@@ -231,7 +231,11 @@ fn prepare_all(
     });
     slots
         .into_iter()
-        .map(|slot| slot.into_inner().expect("slot lock").expect("every case visited"))
+        .map(|slot| {
+            slot.into_inner()
+                .expect("slot lock")
+                .expect("every case visited")
+        })
         .collect()
 }
 
@@ -311,14 +315,22 @@ fn make_batch(shared: &Shared, k: u64) -> Result<SliceBatch, DataError> {
         let case = &shared.cases[sampleable[rng.gen_range(0..sampleable.len())]];
         let index = &case.index;
         let want_tumour = rng.gen_bool(config.tumour_fraction);
-        let list = match (want_tumour, index.tumour_slices.is_empty(), index.other_brain_slices.is_empty()) {
+        let list = match (
+            want_tumour,
+            index.tumour_slices.is_empty(),
+            index.other_brain_slices.is_empty(),
+        ) {
             (true, false, _) | (false, false, true) => &index.tumour_slices,
             _ => &index.other_brain_slices,
         };
         let z = list[rng.gen_range(0..list.len())] as usize;
         let x0 = crop_start(index.shape[0], crop, config.random_crop, &mut rng);
         let y0 = crop_start(index.shape[1], crop, config.random_crop, &mut rng);
-        let rotation = if config.rotate90 { rng.gen_range(0..4u8) } else { 0 };
+        let rotation = if config.rotate90 {
+            rng.gen_range(0..4u8)
+        } else {
+            0
+        };
         let (flip_rows, flip_cols) = if config.flip {
             (rng.gen_bool(0.5), rng.gen_bool(0.5))
         } else {

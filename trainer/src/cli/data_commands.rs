@@ -1,0 +1,202 @@
+//! `cggm synth`, `cggm validate` and `cggm bench-loader`: the data layer's subcommands.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+
+use crate::data::synth::{write_synthetic_dataset, SynthConfig};
+use crate::data::{validate_dataset, Layout, SamplerConfig, SliceLoader};
+
+fn parse_size(text: &str) -> Result<[usize; 3], String> {
+    let parts: Vec<&str> = text.split(['x', 'X']).collect();
+    let [x, y, z] = parts.as_slice() else {
+        return Err(format!("expected XxYxZ such as 96x96x64, got {text:?}"));
+    };
+    let mut size = [0usize; 3];
+    for (slot, part) in size.iter_mut().zip([x, y, z]) {
+        *slot = part
+            .trim()
+            .parse()
+            .map_err(|_| format!("{part:?} in {text:?} is not a whole number"))?;
+        if !(16..=512).contains(slot) {
+            return Err(format!("each side must be 16..512 voxels, got {slot}"));
+        }
+    }
+    Ok(size)
+}
+
+/// Write a synthetic BraTS-2021-layout dataset (int16 images, uint8 labels 0/1/2/4, .nii.gz).
+#[derive(Debug, clap::Args)]
+pub struct SynthArgs {
+    /// Folder to write the case folders into (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Number of cases.
+    #[arg(long, default_value_t = 8)]
+    pub cases: usize,
+    /// Random seed: the same seed writes the same dataset.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Volume size XxYxZ in 1 mm voxels (BraTS: 240x240x155).
+    #[arg(long, default_value = "96x96x64", value_parser = parse_size)]
+    pub size: [usize; 3],
+    /// How much FLAIR dominates: the tumour contrast of t1ce/t1/t2 shrinks and their noise grows
+    /// with it (0 = equally informative modalities).
+    #[arg(long, default_value_t = 1.0)]
+    pub imbalance: f64,
+}
+
+pub fn synth(args: SynthArgs) -> anyhow::Result<()> {
+    if !(args.imbalance.is_finite() && args.imbalance >= 0.0) {
+        bail!("--imbalance must be a finite number >= 0");
+    }
+    let config = SynthConfig {
+        cases: args.cases,
+        seed: args.seed,
+        size: args.size,
+        imbalance: args.imbalance,
+    };
+    let started = Instant::now();
+    let folders = write_synthetic_dataset(&args.out, &config)?;
+    println!(
+        "wrote {} synthetic cases of {}x{}x{} to {} in {:.1} s",
+        folders.len(),
+        args.size[0],
+        args.size[1],
+        args.size[2],
+        args.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Check a dataset folder (BraTS 2021 or MSD Task01 layout) and report every bad case.
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    /// The dataset folder.
+    pub dir: PathBuf,
+}
+
+pub fn validate(args: ValidateArgs) -> anyhow::Result<()> {
+    let report = validate_dataset(&args.dir);
+    let labelled = report
+        .cases
+        .iter()
+        .filter(|c| c.label_path().is_some())
+        .count();
+    let layout = match report.layout {
+        Layout::BraTS2021 => "BraTS 2021 (one folder per case)",
+        Layout::MsdTask01 => "MSD Task01 (imagesTr/ 4-D images, labelsTr/)",
+        Layout::Empty => "none recognised",
+    };
+    println!("dataset: {}", args.dir.display());
+    println!("layout: {layout}");
+    println!(
+        "valid cases: {} ({labelled} with labels)",
+        report.cases.len()
+    );
+    println!("skipped cases: {}", report.problems.len());
+    for problem in &report.problems {
+        println!("  - {problem}");
+    }
+    if report.cases.is_empty() {
+        bail!(
+            "no valid case in {}; expected BraTS2021_XXXXX/BraTS2021_XXXXX_{{flair,t1,t1ce,t2,seg}}.nii.gz folders or an MSD imagesTr/ + labelsTr/ layout",
+            args.dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Measure the training slice loader: 2-D slices per second and peak memory, printed as JSON.
+#[derive(Debug, clap::Args)]
+pub struct LoaderBenchArgs {
+    /// The dataset folder (every case needs a label).
+    pub dir: PathBuf,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 160)]
+    pub crop: usize,
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    #[arg(long, default_value_t = 4)]
+    pub prefetch: usize,
+    /// Batches to time (after `--warmup` untimed ones).
+    #[arg(long, default_value_t = 200)]
+    pub batches: u64,
+    #[arg(long, default_value_t = 5)]
+    pub warmup: u64,
+    /// Slice cache folder (default: the user cache, see README).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Peak resident memory of this process in MiB (`VmHWM`), if the platform reports it.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Resets the peak-RSS counter (Linux `clear_refs` 5) so that the streaming phase is measured on
+/// its own; returns whether that worked.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+pub fn bench_loader(args: LoaderBenchArgs) -> anyhow::Result<()> {
+    let report = crate::data::discover(&args.dir);
+    let cases = report.cases;
+    if cases.is_empty() {
+        bail!("no cases found in {}", args.dir.display());
+    }
+    let config = SamplerConfig {
+        batch_size: args.batch_size,
+        crop: args.crop,
+        random_crop: true,
+        workers: args.workers,
+        prefetch: args.prefetch,
+        cache_dir: args.cache_dir.clone(),
+        ..SamplerConfig::default()
+    };
+    let started = Instant::now();
+    let mut loader = SliceLoader::new(&cases, config.clone(), args.seed, 0)
+        .context("preparing the slice cache")?;
+    let prepare_seconds = started.elapsed().as_secs_f64();
+    let peak_prepare = peak_rss_mib();
+    let reset = reset_peak_rss();
+    for _ in 0..args.warmup {
+        loader.next_batch()?;
+    }
+    let timed = Instant::now();
+    let mut checksum = 0f64;
+    for _ in 0..args.batches {
+        let batch = loader.next_batch()?;
+        checksum += batch.labels.iter().filter(|&&l| l != 0).count() as f64;
+    }
+    let seconds = timed.elapsed().as_secs_f64();
+    let slices = args.batches * args.batch_size as u64;
+    let json = serde_json::json!({
+        "dataset": args.dir,
+        "cases": cases.len(),
+        "batch_size": args.batch_size,
+        "crop": args.crop,
+        "workers": args.workers,
+        "prefetch": args.prefetch,
+        "prepare_seconds": prepare_seconds,
+        "batches": args.batches,
+        "slices": slices,
+        "seconds": seconds,
+        "slices_per_second": slices as f64 / seconds,
+        "tumour_pixels_per_slice": checksum / slices as f64,
+        "peak_rss_mib_prepare": peak_prepare,
+        "peak_rss_mib_streaming": if reset { peak_rss_mib() } else { None },
+        "peak_rss_mib_overall": peak_rss_mib().zip(peak_prepare).map(|(a, b)| a.max(b)),
+    });
+    println!("{}", serde_json::to_string_pretty(&json)?);
+    Ok(())
+}
