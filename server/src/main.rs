@@ -12,6 +12,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the web application (http://127.0.0.1:8080 by default).
+    Serve(cggm_server::ServeArgs),
     #[command(flatten)]
     Trainer(cggm_trainer::cli::Command),
 }
@@ -19,6 +21,16 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info,tower_http=info,sqlx=warn".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            tokio::runtime::Runtime::new()?.block_on(cggm_server::serve(args))
+        }
         Command::Trainer(command) => cggm_trainer::cli::run(command),
     }
 }

@@ -1,0 +1,310 @@
+//! The job runner: a queue with a concurrency limit; each job is a child process of the `cggm`
+//! binary (`cggm train` / `cggm infer` with `--events -`). Its stdout carries JSON-lines progress
+//! events, which are stored (every point) and broadcast to live viewers; its stderr is the log.
+
+use crate::db::{self, JobState};
+use anyhow::Context;
+use cggm_trainer::events::Event;
+use serde::Serialize;
+use sqlx::SqlitePool;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::{broadcast, Notify, Semaphore};
+
+/// What live viewers receive: a stored progress event, or a change of the job's state.
+#[derive(Clone, Debug, Serialize)]
+pub struct LiveMessage {
+    /// The event's sequence number; 0 for state changes (not stored as events).
+    pub seq: i64,
+    /// Event kind (`step`, `validation`, ...) or `state`.
+    pub kind: String,
+    /// JSON text.
+    pub data: String,
+}
+
+#[derive(Clone)]
+pub struct JobRunner {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: SqlitePool,
+    cggm_bin: PathBuf,
+    data_dir: PathBuf,
+    slots: Semaphore,
+    cancels: Mutex<HashMap<i64, Arc<Notify>>>,
+    channels: Mutex<HashMap<i64, broadcast::Sender<LiveMessage>>>,
+}
+
+impl JobRunner {
+    pub fn new(pool: SqlitePool, cggm_bin: PathBuf, data_dir: PathBuf, max_jobs: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                pool,
+                cggm_bin,
+                data_dir,
+                slots: Semaphore::new(max_jobs.max(1)),
+                cancels: Mutex::new(HashMap::new()),
+                channels: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// After a restart: jobs that were running lost their process and are marked `interrupted`
+    /// (their run folders and checkpoints stay); queued jobs are queued again.
+    pub async fn recover(&self) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE jobs SET state = 'interrupted', finished_at = ?,
+             error = 'the server stopped while this job ran; its files are kept' WHERE state = 'running'",
+        )
+        .bind(db::now())
+        .execute(&self.inner.pool)
+        .await?;
+        let queued: Vec<(i64,)> = sqlx::query_as("SELECT id FROM jobs WHERE state = 'queued' ORDER BY id")
+            .fetch_all(&self.inner.pool)
+            .await?;
+        for (id,) in queued {
+            self.enqueue(id);
+        }
+        Ok(())
+    }
+
+    /// Starts the job when a slot is free.
+    pub fn enqueue(&self, job_id: i64) {
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            if let Err(e) = inner.clone().run(job_id).await {
+                tracing::error!(job_id, error = ?e, "job runner error");
+                let _ = inner.finish(job_id, JobState::Failed, None, Some(format!("{e:#}"))).await;
+            }
+        });
+    }
+
+    /// Cancels a queued or running job. Returns false when it had already finished.
+    pub async fn cancel(&self, job_id: i64) -> crate::error::Result<bool> {
+        let queued = sqlx::query("UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE id = ? AND state = 'queued'")
+            .bind(db::now())
+            .bind(job_id)
+            .execute(&self.inner.pool)
+            .await?;
+        if queued.rows_affected() == 1 {
+            self.inner.broadcast_state(job_id, JobState::Cancelled);
+            self.inner.drop_channel(job_id);
+            return Ok(true);
+        }
+        let notify = self.inner.cancels.lock().unwrap_or_else(|e| e.into_inner()).get(&job_id).cloned();
+        match notify {
+            Some(notify) => {
+                notify.notify_one();
+                Ok(true)
+            }
+            None => Ok(!db::job(&self.inner.pool, job_id).await?.is_finished()),
+        }
+    }
+
+    /// A receiver of the job's live messages. Subscribe *before* reading the stored history, then
+    /// skip live messages with `seq` at or below the last stored one.
+    pub fn subscribe(&self, job_id: i64) -> broadcast::Receiver<LiveMessage> {
+        let mut channels = self.inner.channels.lock().unwrap_or_else(|e| e.into_inner());
+        channels.entry(job_id).or_insert_with(|| broadcast::channel(1024).0).subscribe()
+    }
+
+    pub fn log_path(&self, job_id: i64) -> PathBuf {
+        log_path(&self.inner.data_dir, job_id)
+    }
+}
+
+pub fn log_path(data_dir: &Path, job_id: i64) -> PathBuf {
+    data_dir.join("logs").join(format!("job-{job_id}.log"))
+}
+
+impl Inner {
+    async fn run(self: Arc<Self>, job_id: i64) -> anyhow::Result<()> {
+        let _slot = self.slots.acquire().await.context("job queue closed")?;
+        let job = db::job(&self.pool, job_id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        if job.state != JobState::Queued.as_str() {
+            return Ok(()); // cancelled while queued
+        }
+        let args = command_args(&job)?;
+        let log_file = self.open_log(job_id)?;
+        let cancel = Arc::new(Notify::new());
+        self.cancels.lock().unwrap_or_else(|e| e.into_inner()).insert(job_id, cancel.clone());
+
+        let mut child = match tokio::process::Command::new(&self.cggm_bin)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .kill_on_drop(true)
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(e) => {
+                self.cancels.lock().unwrap_or_else(|e| e.into_inner()).remove(&job_id);
+                let reason = format!("could not start {}: {e}", self.cggm_bin.display());
+                self.finish(job_id, JobState::Failed, None, Some(reason)).await?;
+                return Ok(());
+            }
+        };
+        tracing::info!(job_id, kind = %job.kind, ?args, "job started");
+        sqlx::query("UPDATE jobs SET state = 'running', started_at = ? WHERE id = ?")
+            .bind(db::now())
+            .bind(job_id)
+            .execute(&self.pool)
+            .await?;
+        self.broadcast_state(job_id, JobState::Running);
+
+        let stdout = child.stdout.take().context("child stdout")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let mut seq: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?")
+            .bind(job_id)
+            .fetch_one(&self.pool)
+            .await?;
+        let mut failure: Option<String> = None;
+        let mut cancelled = false;
+        loop {
+            tokio::select! {
+                line = lines.next_line() => {
+                    let Some(line) = line? else { break };
+                    match serde_json::from_str::<Event>(&line) {
+                        Ok(event) => {
+                            if let Event::Failed { reason, .. } = &event {
+                                failure = Some(reason.clone());
+                            }
+                            seq += 1;
+                            self.store_event(job_id, seq, &event).await?;
+                        }
+                        Err(_) => tracing::debug!(job_id, %line, "non-event line on a job's stdout"),
+                    }
+                }
+                _ = cancel.notified() => {
+                    cancelled = true;
+                    let _ = child.start_kill();
+                    break;
+                }
+            }
+        }
+        let status = child.wait().await?;
+        self.cancels.lock().unwrap_or_else(|e| e.into_inner()).remove(&job_id);
+        let code = status.code().map(i64::from);
+        let (state, error) = if cancelled {
+            (JobState::Cancelled, Some("cancelled by the user".to_string()))
+        } else if status.success() && failure.is_none() {
+            (JobState::Succeeded, None)
+        } else {
+            let reason = failure.unwrap_or_else(|| match code {
+                Some(c) => format!("the process exited with code {c}; see the log"),
+                None => "the process was killed by a signal (out of memory?); see the log".into(),
+            });
+            (JobState::Failed, Some(reason))
+        };
+        tracing::info!(job_id, state = state.as_str(), "job finished");
+        self.finish(job_id, state, code, error).await
+    }
+
+    fn open_log(&self, job_id: i64) -> anyhow::Result<std::fs::File> {
+        let path = log_path(&self.data_dir, job_id);
+        std::fs::create_dir_all(path.parent().context("log folder")?)?;
+        Ok(std::fs::OpenOptions::new().create(true).append(true).open(&path)?)
+    }
+
+    async fn store_event(&self, job_id: i64, seq: i64, event: &Event) -> anyhow::Result<()> {
+        let value = serde_json::to_value(event)?;
+        let kind = value["event"].as_str().unwrap_or("unknown").to_string();
+        let time = value["time"].as_f64().unwrap_or_else(db::now);
+        let data = value.to_string();
+        sqlx::query("INSERT INTO events (job_id, seq, kind, time, data) VALUES (?, ?, ?, ?, ?)")
+            .bind(job_id)
+            .bind(seq)
+            .bind(&kind)
+            .bind(time)
+            .bind(&data)
+            .execute(&self.pool)
+            .await?;
+        self.send(job_id, LiveMessage { seq, kind, data });
+        Ok(())
+    }
+
+    async fn finish(&self, job_id: i64, state: JobState, code: Option<i64>, error: Option<String>) -> anyhow::Result<()> {
+        sqlx::query("UPDATE jobs SET state = ?, finished_at = ?, exit_code = ?, error = ? WHERE id = ?")
+            .bind(state.as_str())
+            .bind(db::now())
+            .bind(code)
+            .bind(error)
+            .bind(job_id)
+            .execute(&self.pool)
+            .await?;
+        self.broadcast_state(job_id, state);
+        self.drop_channel(job_id);
+        Ok(())
+    }
+
+    fn broadcast_state(&self, job_id: i64, state: JobState) {
+        let data = serde_json::json!({ "state": state.as_str() }).to_string();
+        self.send(job_id, LiveMessage { seq: 0, kind: "state".into(), data });
+    }
+
+    fn send(&self, job_id: i64, message: LiveMessage) {
+        let channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sender) = channels.get(&job_id) {
+            let _ = sender.send(message);
+        }
+    }
+
+    fn drop_channel(&self, job_id: i64) {
+        self.channels.lock().unwrap_or_else(|e| e.into_inner()).remove(&job_id);
+    }
+}
+
+/// The `cggm` arguments of a stored job.
+fn command_args(job: &db::Job) -> anyhow::Result<Vec<String>> {
+    let params = job.params_json();
+    let text = |key: &str| params[key].as_str().map(str::to_string);
+    let mut args: Vec<String> = Vec::new();
+    match job.kind.as_str() {
+        "train" => {
+            args.extend(["train".into(), "--data".into(), text("data").context("params.data")?]);
+            args.extend(["--method".into(), text("method").context("params.method")?]);
+            args.extend(["--preset".into(), text("preset").context("params.preset")?]);
+            args.extend(["--epochs".into(), params["epochs"].as_u64().unwrap_or(1).to_string()]);
+            args.extend(["--out".into(), job.out_dir.clone(), "--events".into(), "-".into()]);
+            for (key, flag) in [
+                ("device", "--device"),
+                ("seed", "--seed"),
+                ("rho", "--rho"),
+                ("lambda", "--lambda"),
+                ("lr", "--lr"),
+                ("cls_lr", "--cls-lr"),
+                ("batch_size", "--batch-size"),
+                ("crop", "--crop"),
+                ("steps_per_epoch", "--steps-per-epoch"),
+                ("val_cases", "--val-cases"),
+            ] {
+                match &params[key] {
+                    serde_json::Value::Null => {}
+                    serde_json::Value::String(s) => args.extend([flag.into(), s.clone()]),
+                    other => args.extend([flag.into(), other.to_string()]),
+                }
+            }
+        }
+        "infer" => {
+            args.extend(["infer".into(), "--checkpoint".into(), text("checkpoint").context("params.checkpoint")?]);
+            for case in params["cases"].as_array().context("params.cases")? {
+                args.extend(["--case".into(), case.as_str().context("case path")?.to_string()]);
+            }
+            let out = PathBuf::from(&job.out_dir);
+            std::fs::create_dir_all(&out)?;
+            args.extend(["--out".into(), out.join("seg.nii.gz").display().to_string()]);
+            args.extend(["--summary".into(), out.join("summary.json").display().to_string()]);
+            args.extend(["--events".into(), "-".into()]);
+            if let Some(device) = text("device") {
+                args.extend(["--device".into(), device]);
+            }
+        }
+        other => anyhow::bail!("unknown job kind {other}"),
+    }
+    Ok(args)
+}

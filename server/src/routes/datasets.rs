@@ -1,0 +1,184 @@
+//! Datasets: register a folder, create an empty one and upload cases into it, validation reports,
+//! and the synthetic demo dataset made on first start.
+
+use super::save_upload;
+use crate::db::{self, Dataset};
+use crate::error::{Error, Result};
+use crate::inspect::{check_upload, inspect_dataset, safe_name, DatasetReport};
+use crate::{contained_path, AppState};
+use axum::extract::{Multipart, Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/datasets", get(list).post(create))
+        .route("/datasets/{id}", get(show))
+        .route("/datasets/{id}/validate", post(revalidate))
+        .route("/datasets/{id}/cases", post(upload_case))
+}
+
+#[derive(Debug, Serialize)]
+pub struct DatasetView {
+    #[serde(flatten)]
+    pub dataset: Dataset,
+    pub report: DatasetReport,
+}
+
+impl From<Dataset> for DatasetView {
+    fn from(dataset: Dataset) -> Self {
+        let report = serde_json::from_str(&dataset.report).unwrap_or_default();
+        Self { dataset, report }
+    }
+}
+
+pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<DatasetView>>> {
+    Ok(Json(db::datasets(&state.pool).await?.into_iter().map(Into::into).collect()))
+}
+
+async fn show(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json<DatasetView>> {
+    Ok(Json(db::dataset(&state.pool, id).await?.into()))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CreateDataset {
+    pub name: String,
+    /// A folder to register (relative paths are taken inside the data directory). Without it, an
+    /// empty dataset is created for uploads.
+    pub path: Option<String>,
+}
+
+async fn create(State(state): State<AppState>, Json(body): Json<CreateDataset>) -> Result<(StatusCode, Json<DatasetView>)> {
+    let name = safe_name(&body.name).map_err(Error::BadRequest)?;
+    let (path, source) = match body.path.as_deref().filter(|p| !p.trim().is_empty()) {
+        Some(requested) => {
+            let requested = PathBuf::from(requested.trim());
+            let full = if requested.is_absolute() { requested } else { state.data_dir().join(requested) };
+            let mut roots = vec![state.data_dir().to_path_buf()];
+            roots.extend(state.config.dataset_roots.iter().cloned());
+            let resolved = contained_path(&full, &roots).ok_or_else(|| {
+                Error::Unprocessable(format!(
+                    "{}: not an existing folder inside the data directory or a --dataset-root",
+                    full.display()
+                ))
+            })?;
+            if !resolved.is_dir() {
+                return Err(Error::Unprocessable(format!("{}: not a folder", resolved.display())));
+            }
+            (resolved, "registered")
+        }
+        None => {
+            let dir = state.data_dir().join("datasets").join(&name);
+            if dir.exists() {
+                return Err(Error::Conflict(format!("a folder named {name} already exists in datasets/")));
+            }
+            std::fs::create_dir_all(&dir)?;
+            (dir, "uploaded")
+        }
+    };
+    let dataset = insert(&state, &name, &path, source).await?;
+    Ok((StatusCode::CREATED, Json(dataset.into())))
+}
+
+async fn insert(state: &AppState, name: &str, path: &std::path::Path, source: &str) -> Result<Dataset> {
+    let scan_path = path.to_path_buf();
+    let report = tokio::task::spawn_blocking(move || inspect_dataset(&scan_path)).await.map_err(anyhow::Error::from)?;
+    let id = sqlx::query("INSERT INTO datasets (name, path, source, created_at, report) VALUES (?, ?, ?, ?, ?)")
+        .bind(name)
+        .bind(path.display().to_string())
+        .bind(source)
+        .bind(db::now())
+        .bind(serde_json::to_string(&report).map_err(anyhow::Error::from)?)
+        .execute(&state.pool)
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => Error::Conflict(format!("a dataset named {name} exists")),
+            other => other.into(),
+        })?
+        .last_insert_rowid();
+    db::dataset(&state.pool, id).await
+}
+
+async fn revalidate(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json<DatasetView>> {
+    let dataset = db::dataset(&state.pool, id).await?;
+    let path = PathBuf::from(&dataset.path);
+    let report = tokio::task::spawn_blocking(move || inspect_dataset(&path)).await.map_err(anyhow::Error::from)?;
+    sqlx::query("UPDATE datasets SET report = ? WHERE id = ?")
+        .bind(serde_json::to_string(&report).map_err(anyhow::Error::from)?)
+        .bind(id)
+        .execute(&state.pool)
+        .await?;
+    Ok(Json(db::dataset(&state.pool, id).await?.into()))
+}
+
+/// Adds one case (four modalities and `seg`) to an uploaded dataset, as
+/// `<case>/<case>_<modality>.nii.gz`. An existing case is never replaced.
+async fn upload_case(State(state): State<AppState>, Path(id): Path<i64>, multipart: Multipart) -> Result<(StatusCode, Json<DatasetView>)> {
+    let dataset = db::dataset(&state.pool, id).await?;
+    if dataset.source != "uploaded" {
+        return Err(Error::Conflict(format!("dataset {} is a registered folder: add cases to it on disk", dataset.name)));
+    }
+    let upload = save_upload(&state, multipart).await?;
+    let case = upload.fields.get("case").cloned().unwrap_or_default();
+    let case = safe_name(&case).map_err(|e| Error::BadRequest(format!("field `case`: {e}")))?;
+    let staged = upload.dir.path().join(".case");
+    let files = upload.files.clone();
+    let checked = tokio::task::spawn_blocking(move || check_upload(&files, true))
+        .await
+        .map_err(anyhow::Error::from)?
+        .map_err(Error::Unprocessable)?;
+    if checked.roles.contains_key("4d") {
+        return Err(Error::Unprocessable("a dataset case needs separate modality files and a seg file (BraTS layout)".into()));
+    }
+    std::fs::create_dir(&staged)?;
+    for (role, index) in &checked.roles {
+        let file = &upload.files[*index];
+        let ext = if file.file_name.to_ascii_lowercase().ends_with(".gz") { "nii.gz" } else { "nii" };
+        std::fs::rename(&file.path, staged.join(format!("{case}_{role}.{ext}")))?;
+    }
+    let target = PathBuf::from(&dataset.path).join(&case);
+    if target.exists() {
+        return Err(Error::Conflict(format!("case {case} already exists in {}", dataset.name)));
+    }
+    std::fs::rename(&staged, &target)?;
+    revalidate(State(state), Path(id)).await.map(|j| (StatusCode::CREATED, j))
+}
+
+/// On first start (no dataset yet), makes the synthetic demo dataset with `cggm synth` in the
+/// background, so that a newcomer can launch a run at once. The dataset appears when ready.
+pub async fn ensure_demo_dataset(state: AppState) -> anyhow::Result<()> {
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM datasets").fetch_one(&state.pool).await?;
+    if count > 0 {
+        return Ok(());
+    }
+    tokio::spawn(async move {
+        if let Err(e) = make_demo(&state).await {
+            tracing::warn!(error = %format!("{e:#}"), "could not create the demo dataset");
+        }
+    });
+    Ok(())
+}
+
+async fn make_demo(state: &AppState) -> anyhow::Result<()> {
+    let target = state.data_dir().join("datasets").join("demo");
+    if !target.exists() {
+        let staging = state.temp_dir()?;
+        let out = staging.path().join("demo");
+        tracing::info!("creating the synthetic demo dataset (first start)");
+        let status = tokio::process::Command::new(&state.config.cggm_bin)
+            .args(["synth", "--out"])
+            .arg(&out)
+            .args(["--cases", "12", "--seed", "2024", "--size", "96x96x48"])
+            .stdin(std::process::Stdio::null())
+            .status()
+            .await?;
+        anyhow::ensure!(status.success(), "`cggm synth` exited with {status}");
+        std::fs::rename(&out, &target)?;
+    }
+    insert(state, "demo", &target, "demo").await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    tracing::info!("demo dataset ready");
+    Ok(())
+}

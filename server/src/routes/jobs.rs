@@ -1,0 +1,327 @@
+//! Training jobs: launch, list, cancel, logs, stored events and the live event stream (SSE), and
+//! the checkpoints finished runs left.
+
+use super::{METHODS, PRESETS};
+use crate::db::{self, Job, JobState, StoredEvent};
+use crate::error::{Error, Result};
+use crate::inspect::DatasetReport;
+use crate::jobs::LiveMessage;
+use crate::AppState;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use std::convert::Infallible;
+use std::path::PathBuf;
+use tokio::sync::broadcast::error::RecvError;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/jobs", get(list).post(create))
+        .route("/jobs/{id}", get(show))
+        .route("/jobs/{id}/cancel", post(cancel))
+        .route("/jobs/{id}/events", get(events))
+        .route("/jobs/{id}/stream", get(stream_events))
+        .route("/jobs/{id}/log", get(log))
+        .route("/checkpoints", get(checkpoints))
+}
+
+#[derive(Debug, Serialize)]
+pub struct JobView {
+    #[serde(flatten)]
+    pub job: Job,
+    pub params: serde_json::Value,
+    /// The best (or last) validation event of a training job.
+    pub best_validation: Option<serde_json::Value>,
+}
+
+pub async fn job_view(state: &AppState, job: Job) -> Result<JobView> {
+    let best_validation = if job.kind == "train" { db::best_validation(&state.pool, job.id).await? } else { None };
+    Ok(JobView { params: job.params_json(), job, best_validation })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    pub kind: Option<String>,
+}
+
+pub async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<Vec<JobView>>> {
+    let mut views = Vec::new();
+    for job in db::jobs(&state.pool, q.kind.as_deref()).await? {
+        views.push(job_view(&state, job).await?);
+    }
+    Ok(Json(views))
+}
+
+async fn show(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json<JobView>> {
+    let job = db::job(&state.pool, id).await?;
+    Ok(Json(job_view(&state, job).await?))
+}
+
+/// What the new-run form (or a script) sends.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct TrainRequest {
+    pub dataset_id: i64,
+    pub method: String,
+    pub preset: String,
+    pub epochs: u32,
+    pub device: Option<String>,
+    pub seed: Option<u64>,
+    pub rho: Option<f64>,
+    pub lambda: Option<f64>,
+    pub lr: Option<f64>,
+    pub cls_lr: Option<f64>,
+    pub batch_size: Option<u32>,
+    pub crop: Option<u32>,
+    pub steps_per_epoch: Option<u32>,
+    pub val_cases: Option<u32>,
+}
+
+async fn create(State(state): State<AppState>, Json(request): Json<TrainRequest>) -> Result<(StatusCode, Json<JobView>)> {
+    if !METHODS.contains(&request.method.as_str()) {
+        return Err(Error::Unprocessable(format!("unknown method {:?}; choose one of {}", request.method, METHODS.join(", "))));
+    }
+    if !PRESETS.contains(&request.preset.as_str()) {
+        return Err(Error::Unprocessable(format!("unknown preset {:?}; choose one of {}", request.preset, PRESETS.join(", "))));
+    }
+    if !(1..=10_000).contains(&request.epochs) {
+        return Err(Error::Unprocessable("epochs must be between 1 and 10000".into()));
+    }
+    if let Some(device) = &request.device {
+        let ok = device == "auto" || device == "cpu" || device.strip_prefix("cuda:").is_some_and(|n| n.parse::<u32>().is_ok());
+        if !ok {
+            return Err(Error::Unprocessable(format!("unknown device {device:?}; use auto, cpu or cuda:N")));
+        }
+    }
+    for (name, value) in [("rho", request.rho), ("lambda", request.lambda), ("lr", request.lr), ("cls_lr", request.cls_lr)] {
+        if value.is_some_and(|v| !v.is_finite() || v < 0.0) {
+            return Err(Error::Unprocessable(format!("{name} must be a finite number >= 0")));
+        }
+    }
+    let dataset = db::dataset(&state.pool, request.dataset_id).await?;
+    let report: DatasetReport = serde_json::from_str(&dataset.report).unwrap_or_default();
+    if report.valid_cases == 0 {
+        return Err(Error::Unprocessable(format!("dataset {} has no valid case to train on", dataset.name)));
+    }
+    let mut params = serde_json::to_value(&request).map_err(anyhow::Error::from)?;
+    params["data"] = dataset.path.clone().into();
+    params["dataset"] = dataset.name.clone().into();
+    let id = insert_job(&state, "train", &params, Some(dataset.id), None, None).await?;
+    state.runner.enqueue(id);
+    let job = db::job(&state.pool, id).await?;
+    Ok((StatusCode::CREATED, Json(job_view(&state, job).await?)))
+}
+
+/// Stores a queued job; its output folder is `runs/job-<id>` or `predictions/job-<id>`.
+pub async fn insert_job(
+    state: &AppState,
+    kind: &str,
+    params: &serde_json::Value,
+    dataset_id: Option<i64>,
+    study_id: Option<i64>,
+    checkpoint_job_id: Option<i64>,
+) -> Result<i64> {
+    let mut tx = state.pool.begin().await?;
+    let id = sqlx::query(
+        "INSERT INTO jobs (kind, state, params, dataset_id, study_id, checkpoint_job_id, out_dir, created_at)
+         VALUES (?, 'queued', ?, ?, ?, ?, '', ?)",
+    )
+    .bind(kind)
+    .bind(params.to_string())
+    .bind(dataset_id)
+    .bind(study_id)
+    .bind(checkpoint_job_id)
+    .bind(db::now())
+    .execute(&mut *tx)
+    .await?
+    .last_insert_rowid();
+    let folder = if kind == "train" { "runs" } else { "predictions" };
+    let out_dir = state.data_dir().join(folder).join(format!("job-{id}"));
+    sqlx::query("UPDATE jobs SET out_dir = ? WHERE id = ?")
+        .bind(out_dir.display().to_string())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+async fn cancel(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json<serde_json::Value>> {
+    let job = db::job(&state.pool, id).await?;
+    if job.is_finished() || !state.runner.cancel(id).await? {
+        return Err(Error::Conflict(format!("job {id} has already finished ({})", job.state)));
+    }
+    Ok(Json(serde_json::json!({ "id": id, "cancelling": true })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EventsQuery {
+    /// Only events with a larger sequence number.
+    #[serde(default)]
+    pub after: i64,
+    /// Only events of this kind (step, validation, ...).
+    pub kind: Option<String>,
+}
+
+fn event_json(e: &StoredEvent) -> serde_json::Value {
+    let mut value: serde_json::Value = serde_json::from_str(&e.data).unwrap_or_default();
+    value["seq"] = e.seq.into();
+    value
+}
+
+async fn events(State(state): State<AppState>, Path(id): Path<i64>, Query(q): Query<EventsQuery>) -> Result<Json<Vec<serde_json::Value>>> {
+    db::job(&state.pool, id).await?;
+    let rows = db::events(&state.pool, id, q.after, q.kind.as_deref()).await?;
+    Ok(Json(rows.iter().map(event_json).collect()))
+}
+
+fn sse_stored(e: &StoredEvent) -> SseEvent {
+    SseEvent::default().event(&e.kind).id(e.seq.to_string()).data(&e.data)
+}
+
+fn sse_state(job: &Job) -> SseEvent {
+    let data = serde_json::json!({ "state": job.state, "error": job.error }).to_string();
+    SseEvent::default().event("state").data(data)
+}
+
+/// Server-Sent Events: the job's state, its whole stored history (or what follows
+/// `Last-Event-ID`), then live events until the job finishes.
+async fn stream_events(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    // Subscribe first, then read: nothing falls between the stored history and the live feed.
+    let receiver = state.runner.subscribe(id);
+    let job = db::job(&state.pool, id).await?;
+    let resume_after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or(0);
+    let history = db::events(&state.pool, id, resume_after, None).await?;
+    let last = history.last().map_or(resume_after, |e| e.seq);
+    let mut initial = vec![sse_state(&job)];
+    initial.extend(history.iter().map(sse_stored));
+    let pool = state.pool.clone();
+    let live = stream::unfold((receiver, last, job.is_finished(), pool), move |(mut rx, mut last, done, pool)| async move {
+        if done {
+            return None;
+        }
+        loop {
+            match rx.recv().await {
+                Ok(LiveMessage { kind, data, .. }) if kind == "state" => {
+                    let terminal = serde_json::from_str::<serde_json::Value>(&data)
+                        .ok()
+                        .and_then(|v| v["state"].as_str().and_then(JobState::parse))
+                        .is_some_and(JobState::is_terminal);
+                    let mut out = Vec::new();
+                    if terminal {
+                        // Anything stored after the last live message (none, normally).
+                        if let Ok(rest) = db::events(&pool, id, last, None).await {
+                            out.extend(rest.iter().map(sse_stored));
+                        }
+                        match db::job(&pool, id).await {
+                            Ok(job) => out.push(sse_state(&job)),
+                            Err(_) => out.push(SseEvent::default().event("state").data(data)),
+                        }
+                    } else {
+                        out.push(SseEvent::default().event("state").data(data));
+                    }
+                    return Some((out, (rx, last, terminal, pool)));
+                }
+                Ok(message) if message.seq <= last => continue,
+                Ok(message) => {
+                    last = message.seq;
+                    let event = SseEvent::default().event(&message.kind).id(message.seq.to_string()).data(&message.data);
+                    return Some((vec![event], (rx, last, false, pool)));
+                }
+                Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => {
+                    // A slow viewer (or a finished job): catch up from the database.
+                    let rest = db::events(&pool, id, last, None).await.unwrap_or_default();
+                    last = rest.last().map_or(last, |e| e.seq);
+                    let job = db::job(&pool, id).await.ok();
+                    let finished = job.as_ref().is_none_or(Job::is_finished);
+                    let mut out: Vec<SseEvent> = rest.iter().map(sse_stored).collect();
+                    if finished {
+                        if let Some(job) = &job {
+                            out.push(sse_state(job));
+                        }
+                        return Some((out, (rx, last, true, pool)));
+                    }
+                    if out.is_empty() {
+                        continue;
+                    }
+                    return Some((out, (rx, last, false, pool)));
+                }
+            }
+        }
+    })
+    .flat_map(stream::iter);
+    let all = stream::iter(initial).chain(live).map(Ok);
+    Ok(Sse::new(all).keep_alive(KeepAlive::default()))
+}
+
+/// The job's log (the child's stderr), at most its last 512 KiB.
+async fn log(State(state): State<AppState>, Path(id): Path<i64>) -> Result<impl IntoResponse> {
+    db::job(&state.pool, id).await?;
+    let path = state.runner.log_path(id);
+    let bytes = match tokio::fs::read(&path).await {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let tail = &bytes[bytes.len().saturating_sub(512 * 1024)..];
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], String::from_utf8_lossy(tail).into_owned()))
+}
+
+#[derive(Debug, Serialize)]
+pub struct CheckpointView {
+    pub job_id: i64,
+    pub state: String,
+    pub method: String,
+    pub preset: String,
+    pub dataset: String,
+    pub created_at: f64,
+    pub best_checkpoint: bool,
+    pub last_checkpoint: bool,
+    pub best_validation: Option<serde_json::Value>,
+    /// The run's `metrics.json` (best validation Dice per region and modality, test Dice).
+    pub metrics: Option<serde_json::Value>,
+}
+
+/// Every training run that left a checkpoint (finished, or interrupted after saving one).
+pub async fn checkpoint_list(state: &AppState) -> Result<Vec<CheckpointView>> {
+    let mut out = Vec::new();
+    for job in db::jobs(&state.pool, Some("train")).await? {
+        let dir = PathBuf::from(&job.out_dir);
+        let best = dir.join("checkpoints/best.safetensors").is_file();
+        let last = dir.join("checkpoints/last.safetensors").is_file();
+        if !best && !last {
+            continue;
+        }
+        let metrics = std::fs::read_to_string(dir.join("metrics.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+        let params = job.params_json();
+        out.push(CheckpointView {
+            job_id: job.id,
+            state: job.state.clone(),
+            method: params["method"].as_str().unwrap_or_default().into(),
+            preset: params["preset"].as_str().unwrap_or_default().into(),
+            dataset: params["dataset"].as_str().unwrap_or_default().into(),
+            created_at: job.created_at,
+            best_checkpoint: best,
+            last_checkpoint: last,
+            best_validation: db::best_validation(&state.pool, job.id).await?,
+            metrics,
+        });
+    }
+    Ok(out)
+}
+
+async fn checkpoints(State(state): State<AppState>) -> Result<Json<Vec<CheckpointView>>> {
+    Ok(Json(checkpoint_list(&state).await?))
+}

@@ -1,0 +1,90 @@
+//! HTTP routes. Each module exposes its own `router()`; [`api_router`] merges the JSON API.
+
+pub mod datasets;
+pub mod jobs;
+pub mod pages;
+pub mod studies;
+
+use crate::error::{Error, Result};
+use crate::inspect::{safe_name, UploadedFile};
+use crate::AppState;
+use axum::extract::Multipart;
+use axum::routing::get;
+use axum::{Json, Router};
+use std::collections::HashMap;
+use tokio::io::AsyncWriteExt;
+
+pub fn api_router() -> Router<AppState> {
+    Router::new()
+        .route("/health", get(health))
+        .route("/options", get(options))
+        .merge(datasets::router())
+        .merge(jobs::router())
+        .merge(studies::router())
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+pub const METHODS: [&str; 10] = [
+    "cggm",
+    "joint",
+    "cggm-magnitude",
+    "cggm-direction",
+    "mrd",
+    "mslr",
+    "unimodal:flair",
+    "unimodal:t1ce",
+    "unimodal:t1",
+    "unimodal:t2",
+];
+pub const PRESETS: [&str; 3] = ["cpu-small", "paper", "tiny"];
+
+/// The choices the new-run form offers.
+async fn options() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "methods": METHODS, "presets": PRESETS, "devices": ["auto", "cpu", "cuda:0"] }))
+}
+
+/// An upload saved to a temporary folder: the files and the plain text fields.
+pub struct SavedUpload {
+    pub dir: tempfile::TempDir,
+    pub files: Vec<UploadedFile>,
+    pub fields: HashMap<String, String>,
+}
+
+/// Streams every file of a multipart request into a fresh temporary folder under the data
+/// directory. Nothing stored is touched; the caller renames the folder into place once the
+/// content is checked, and the folder disappears on any error.
+pub async fn save_upload(state: &AppState, mut multipart: Multipart) -> Result<SavedUpload> {
+    let dir = state.temp_dir()?;
+    let mut files = Vec::new();
+    let mut fields = HashMap::new();
+    while let Some(mut field) = multipart.next_field().await? {
+        let name = field.name().unwrap_or_default().to_string();
+        let Some(file_name) = field.file_name().map(str::to_string) else {
+            let text = field.text().await?;
+            fields.insert(name, text);
+            continue;
+        };
+        // Browsers may send a path; only its last component is a file name.
+        let base = file_name.rsplit(['/', '\\']).next().unwrap_or_default().to_string();
+        let base = safe_name(&base).map_err(|e| Error::Unprocessable(format!("file name: {e}")))?;
+        if files.iter().any(|f: &UploadedFile| f.file_name == base) {
+            return Err(Error::Unprocessable(format!("{base}: sent twice")));
+        }
+        let path = dir.path().join(&base);
+        let mut out = tokio::fs::File::create(&path).await?;
+        while let Some(chunk) = field.chunk().await? {
+            out.write_all(&chunk).await?;
+        }
+        out.flush().await?;
+        files.push(UploadedFile { file_name: base, field: name, path });
+    }
+    Ok(SavedUpload { dir, files, fields })
+}
+
+/// Parses `?ids=1,2,3`-style lists.
+pub fn parse_ids(text: &str) -> Vec<i64> {
+    text.split(',').filter_map(|s| s.trim().parse().ok()).collect()
+}

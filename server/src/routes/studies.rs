@@ -1,0 +1,271 @@
+//! Studies (uploaded MRI scans to segment), predictions (inference jobs) and the viewer's slices.
+
+use super::jobs::{insert_job, job_view, JobView};
+use super::save_upload;
+use crate::db::{self, Study};
+use crate::error::{Error, Result};
+use crate::inspect::{check_upload, MODALITIES};
+use crate::volume::{self, Plane, RegionVolumes};
+use crate::AppState;
+use axum::body::Body;
+use axum::extract::{Multipart, Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/studies", get(list).post(upload))
+        .route("/studies/{id}", get(show))
+        .route("/studies/{id}/slice", get(study_slice))
+        .route("/predictions", get(list_predictions).post(predict))
+        .route("/predictions/{id}", get(show_prediction))
+        .route("/predictions/{id}/seg.nii.gz", get(download_seg))
+        .route("/predictions/{id}/slice", get(label_slice))
+}
+
+#[derive(Debug, Serialize)]
+pub struct StudyView {
+    #[serde(flatten)]
+    pub study: Study,
+    /// modality (or "4d") -> stored file name
+    pub files: BTreeMap<String, String>,
+    pub shape: Vec<usize>,
+    pub modalities: Vec<String>,
+}
+
+impl From<Study> for StudyView {
+    fn from(study: Study) -> Self {
+        let files: BTreeMap<String, String> = serde_json::from_str(&study.files).unwrap_or_default();
+        let shape = serde_json::from_str(&study.shape).unwrap_or_default();
+        Self { files, shape, modalities: MODALITIES.iter().map(|m| m.to_string()).collect(), study }
+    }
+}
+
+impl StudyView {
+    /// The file and channel that hold `modality`.
+    fn source(&self, modality: &str) -> Option<(PathBuf, usize)> {
+        let dir = PathBuf::from(&self.study.dir);
+        if let Some(file) = self.files.get("4d") {
+            // MSD channel order: FLAIR, T1w, T1gd, T2w.
+            let channel = ["flair", "t1", "t1ce", "t2"].iter().position(|m| *m == modality)?;
+            return Some((dir.join(file), channel));
+        }
+        self.files.get(modality).map(|f| (dir.join(f), 0))
+    }
+
+    /// `--case` arguments for `cggm infer`.
+    fn case_paths(&self) -> Vec<String> {
+        let dir = PathBuf::from(&self.study.dir);
+        match self.files.get("4d") {
+            Some(file) => vec![dir.join(file).display().to_string()],
+            None => MODALITIES.iter().filter_map(|m| self.files.get(*m)).map(|f| dir.join(f).display().to_string()).collect(),
+        }
+    }
+}
+
+pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<StudyView>>> {
+    Ok(Json(db::studies(&state.pool).await?.into_iter().map(Into::into).collect()))
+}
+
+async fn show(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json<StudyView>> {
+    Ok(Json(db::study(&state.pool, id).await?.into()))
+}
+
+/// Four modality files (named `*_flair.nii.gz` ... or sent in fields `flair`, `t1ce`, `t1`, `t2`)
+/// or one 4-D MSD file; optional text field `name`.
+async fn upload(State(state): State<AppState>, multipart: Multipart) -> Result<(StatusCode, Json<StudyView>)> {
+    let upload = save_upload(&state, multipart).await?;
+    let files = upload.files.clone();
+    let checked = tokio::task::spawn_blocking(move || check_upload(&files, false))
+        .await
+        .map_err(anyhow::Error::from)?
+        .map_err(Error::Unprocessable)?;
+    let name = upload.fields.get("name").map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).unwrap_or_else(|| {
+        let first = &upload.files[*checked.roles.values().next().unwrap_or(&0)].file_name;
+        first.split(['_', '.']).next().unwrap_or("study").to_string()
+    });
+    let files: BTreeMap<&String, &String> = checked.roles.iter().map(|(role, i)| (role, &upload.files[*i].file_name)).collect();
+    let mut tx = state.pool.begin().await?;
+    let id = sqlx::query("INSERT INTO studies (name, dir, files, shape, created_at) VALUES (?, '', ?, ?, ?)")
+        .bind(&name)
+        .bind(serde_json::to_string(&files).map_err(anyhow::Error::from)?)
+        .bind(serde_json::to_string(&checked.shape).map_err(anyhow::Error::from)?)
+        .bind(db::now())
+        .execute(&mut *tx)
+        .await?
+        .last_insert_rowid();
+    let target = state.data_dir().join("studies").join(format!("study-{id}"));
+    sqlx::query("UPDATE studies SET dir = ? WHERE id = ?").bind(target.display().to_string()).bind(id).execute(&mut *tx).await?;
+    // Only a checked upload reaches its final place; the database row commits after the move.
+    let staged = upload.dir.keep();
+    if let Err(e) = std::fs::rename(&staged, &target) {
+        let _ = std::fs::remove_dir_all(&staged);
+        return Err(e.into());
+    }
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(db::study(&state.pool, id).await?.into())))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SliceQuery {
+    #[serde(default = "axial")]
+    pub plane: Plane,
+    pub index: Option<usize>,
+    pub modality: Option<String>,
+    /// Comma-separated labels to show (default 1,2,4).
+    pub labels: Option<String>,
+}
+
+fn axial() -> Plane {
+    Plane::Axial
+}
+
+fn png(bytes: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "image/png"), (header::CACHE_CONTROL, "private, max-age=3600")], bytes).into_response()
+}
+
+async fn study_slice(State(state): State<AppState>, Path(id): Path<i64>, Query(q): Query<SliceQuery>) -> Result<Response> {
+    let study: StudyView = db::study(&state.pool, id).await?.into();
+    let modality = q.modality.as_deref().unwrap_or("flair");
+    let (path, channel) = study
+        .source(modality)
+        .ok_or_else(|| Error::BadRequest(format!("unknown modality {modality:?}; use flair, t1ce, t1 or t2")))?;
+    let volume = state.volumes.get(&path).await.map_err(|e| Error::Internal(anyhow::anyhow!(e)))?;
+    let index = q.index.unwrap_or(q.plane.depth(volume.shape3()) / 2);
+    let bytes = tokio::task::spawn_blocking(move || volume::render_slice(&volume, q.plane, index, channel))
+        .await
+        .map_err(anyhow::Error::from)?
+        .map_err(Error::BadRequest)?;
+    Ok(png(bytes))
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct PredictRequest {
+    pub study_id: i64,
+    /// The training job whose checkpoint to use.
+    pub checkpoint_job_id: i64,
+    pub device: Option<String>,
+}
+
+async fn predict(State(state): State<AppState>, Json(request): Json<PredictRequest>) -> Result<(StatusCode, Json<JobView>)> {
+    let study: StudyView = db::study(&state.pool, request.study_id).await?.into();
+    let run = db::job(&state.pool, request.checkpoint_job_id).await?;
+    let run_dir = PathBuf::from(&run.out_dir);
+    let has_checkpoint = run.kind == "train"
+        && (run_dir.join("checkpoints/best.safetensors").is_file() || run_dir.join("checkpoints/last.safetensors").is_file());
+    if !has_checkpoint {
+        return Err(Error::Unprocessable(format!("job {} has no checkpoint (is it a finished training run?)", run.id)));
+    }
+    let params = serde_json::json!({
+        "checkpoint": run_dir.display().to_string(),
+        "cases": study.case_paths(),
+        "device": request.device,
+        "study": study.study.name,
+    });
+    let id = insert_job(&state, "infer", &params, run.dataset_id, Some(study.study.id), Some(run.id)).await?;
+    state.runner.enqueue(id);
+    let job = db::job(&state.pool, id).await?;
+    Ok((StatusCode::CREATED, Json(job_view(&state, job).await?)))
+}
+
+#[derive(Debug, Serialize)]
+pub struct PredictionView {
+    #[serde(flatten)]
+    pub job: JobView,
+    pub study: Option<StudyView>,
+    /// Present once the segmentation exists.
+    pub volumes: Option<RegionVolumes>,
+    pub seg_url: Option<String>,
+}
+
+async fn prediction_view(state: &AppState, id: i64) -> Result<PredictionView> {
+    let job = db::job(&state.pool, id).await?;
+    if job.kind != "infer" {
+        return Err(Error::NotFound(format!("prediction {id}")));
+    }
+    let study = match job.study_id {
+        Some(s) => db::study(&state.pool, s).await.ok().map(Into::into),
+        None => None,
+    };
+    let seg = PathBuf::from(&job.out_dir).join("seg.nii.gz");
+    let volumes = if seg.is_file() && job.state == "succeeded" {
+        state.volumes.get(&seg).await.ok().map(|v| volume::region_volumes(&v))
+    } else {
+        None
+    };
+    let seg_url = volumes.as_ref().map(|_| format!("/api/predictions/{id}/seg.nii.gz"));
+    Ok(PredictionView { job: job_view(state, job).await?, study, volumes, seg_url })
+}
+
+pub async fn list_predictions(State(state): State<AppState>) -> Result<Json<Vec<PredictionView>>> {
+    let mut out = Vec::new();
+    for job in db::jobs(&state.pool, Some("infer")).await? {
+        out.push(prediction_view(&state, job.id).await?);
+    }
+    Ok(Json(out))
+}
+
+async fn show_prediction(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json<PredictionView>> {
+    Ok(Json(prediction_view(&state, id).await?))
+}
+
+fn seg_path(job: &db::Job) -> Result<PathBuf> {
+    let path = PathBuf::from(&job.out_dir).join("seg.nii.gz");
+    if job.kind != "infer" || job.state != "succeeded" || !path.is_file() {
+        return Err(Error::NotFound(format!("segmentation of job {}", job.id)));
+    }
+    Ok(path)
+}
+
+async fn download_seg(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Response> {
+    let job = db::job(&state.pool, id).await?;
+    let path = seg_path(&job)?;
+    let study = job.params_json()["study"].as_str().unwrap_or("case").to_string();
+    let file = tokio::fs::File::open(&path).await?;
+    let body = Body::from_stream(tokio_util_stream(file));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/gzip".to_string()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{study}_seg.nii.gz\"")),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// A file as a stream of chunks (without pulling in tokio-util for one use).
+fn tokio_util_stream(file: tokio::fs::File) -> impl futures_util::Stream<Item = std::io::Result<Vec<u8>>> {
+    use tokio::io::AsyncReadExt;
+    futures_util::stream::unfold(file, |mut file| async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(buf), file))
+            }
+            Err(e) => Some((Err(e), file)),
+        }
+    })
+}
+
+async fn label_slice(State(state): State<AppState>, Path(id): Path<i64>, Query(q): Query<SliceQuery>) -> Result<Response> {
+    let job = db::job(&state.pool, id).await?;
+    let path = seg_path(&job)?;
+    let shown: Vec<u8> = match &q.labels {
+        Some(text) => text.split(',').filter_map(|s| s.trim().parse().ok()).collect(),
+        None => vec![1, 2, 4],
+    };
+    let volume = state.volumes.get(&path).await.map_err(|e| Error::Internal(anyhow::anyhow!(e)))?;
+    let index = q.index.unwrap_or(q.plane.depth(volume.shape3()) / 2);
+    let bytes = tokio::task::spawn_blocking(move || volume::render_labels(&volume, q.plane, index, &shown))
+        .await
+        .map_err(anyhow::Error::from)?
+        .map_err(Error::BadRequest)?;
+    Ok(png(bytes))
+}

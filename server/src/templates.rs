@@ -1,0 +1,149 @@
+//! askama page templates (in `web/templates/`) and the one wrapper that renders them.
+
+use askama::Template;
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+
+/// Renders any template as an HTML response; a render error is a logged 500.
+pub struct HtmlTemplate<T>(pub T);
+
+impl<T: Template> IntoResponse for HtmlTemplate<T> {
+    fn into_response(self) -> Response {
+        match self.0.render() {
+            Ok(html) => Html(html).into_response(),
+            Err(e) => {
+                tracing::error!(error = %e, "template render failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, "page could not be rendered (see the server log)").into_response()
+            }
+        }
+    }
+}
+
+/// One row of the runs table on the dashboard.
+pub struct RunRow {
+    pub id: i64,
+    pub state: String,
+    pub method: String,
+    pub preset: String,
+    pub dataset: String,
+    pub epochs: String,
+    pub wt: String,
+    pub tc: String,
+    pub et: String,
+    pub mean: String,
+    /// Per-modality classifier Dice (mean of regions): (modality, text, bar width in %).
+    pub modalities: Vec<(String, String, u32)>,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard.html")]
+pub struct Dashboard {
+    pub runs: Vec<RunRow>,
+    pub dataset_count: usize,
+    pub demo_pending: bool,
+}
+
+pub struct DatasetRow {
+    pub id: i64,
+    pub name: String,
+    pub path: String,
+    pub source: String,
+    pub layout: String,
+    pub cases: usize,
+    pub valid_cases: usize,
+    pub shape: String,
+    pub modalities: String,
+    pub problems: Vec<(String, String)>,
+}
+
+#[derive(Template)]
+#[template(path = "datasets.html")]
+pub struct Datasets {
+    pub datasets: Vec<DatasetRow>,
+    pub data_dir: String,
+}
+
+#[derive(Template)]
+#[template(path = "new_run.html")]
+pub struct NewRun {
+    pub datasets: Vec<(i64, String, usize)>,
+    pub methods: Vec<&'static str>,
+    pub presets: Vec<&'static str>,
+}
+
+#[derive(Template)]
+#[template(path = "job.html")]
+pub struct JobPage {
+    pub id: i64,
+    pub kind: String,
+    pub state: String,
+    pub summary: String,
+    pub params: String,
+    pub error: String,
+    pub runs: Vec<(i64, String)>,
+}
+
+#[derive(Template)]
+#[template(path = "compare.html")]
+pub struct Compare {
+    pub ids: String,
+    pub runs: Vec<(i64, String)>,
+}
+
+pub struct CheckpointRow {
+    pub job_id: i64,
+    pub state: String,
+    pub method: String,
+    pub preset: String,
+    pub dataset: String,
+    pub files: String,
+    pub wt: String,
+    pub tc: String,
+    pub et: String,
+    pub mean: String,
+    pub modalities: String,
+    pub test: String,
+}
+
+#[derive(Template)]
+#[template(path = "models.html")]
+pub struct Models {
+    pub checkpoints: Vec<CheckpointRow>,
+}
+
+pub struct PredictionRow {
+    pub id: i64,
+    pub state: String,
+    pub study: String,
+    pub checkpoint: i64,
+}
+
+#[derive(Template)]
+#[template(path = "segment.html")]
+pub struct Segment {
+    pub studies: Vec<(i64, String, String)>,
+    pub checkpoints: Vec<(i64, String)>,
+    pub predictions: Vec<PredictionRow>,
+}
+
+#[derive(Template)]
+#[template(path = "viewer.html")]
+pub struct Viewer {
+    pub id: i64,
+    pub study_id: i64,
+    pub study: String,
+    pub state: String,
+    /// [X, Y, Z] of the study.
+    pub shape: Vec<usize>,
+}
+
+#[derive(Template)]
+#[template(path = "not_found.html")]
+pub struct NotFound {
+    pub what: String,
+}
+
+/// Dice as text with three decimals, or a dash.
+pub fn dice(value: &serde_json::Value) -> String {
+    value.as_f64().map_or_else(|| "–".to_string(), |v| format!("{v:.3}"))
+}

@@ -1,0 +1,267 @@
+//! Volumes for the viewer: NIfTI decoding, intensity windows, 2-D slices rendered to PNG, label
+//! overlays in BraTS colours and region volumes. Decoded volumes are kept in a small cache so that
+//! stepping through slices does not decompress the file on every request.
+
+use ndarray::{ArrayD, Axis, IxDyn};
+use nifti::{IntoNdArray, NiftiObject, ReaderOptions};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// A decoded volume: `data` has axes [X, Y, Z] or [X, Y, Z, C].
+pub struct Volume {
+    pub data: ArrayD<f32>,
+    /// Voxel size in mm (x, y, z).
+    pub spacing: [f32; 3],
+    /// Intensity window (0.5 and 99.5 percentiles of the non-zero voxels), one per channel.
+    pub windows: Vec<(f32, f32)>,
+}
+
+impl Volume {
+    pub fn shape3(&self) -> [usize; 3] {
+        let s = self.data.shape();
+        [s[0], s[1], s[2]]
+    }
+
+    pub fn channels(&self) -> usize {
+        if self.data.ndim() >= 4 {
+            self.data.shape()[3]
+        } else {
+            1
+        }
+    }
+
+    fn at(&self, x: usize, y: usize, z: usize, c: usize) -> f32 {
+        if self.data.ndim() >= 4 {
+            self.data[IxDyn(&[x, y, z, c])]
+        } else {
+            self.data[IxDyn(&[x, y, z])]
+        }
+    }
+}
+
+/// Reads a .nii or .nii.gz file fully (a corrupt gzip stream fails here, not later).
+pub fn read_volume(path: &Path) -> Result<Volume, String> {
+    let object = ReaderOptions::new().read_file(path).map_err(describe_nifti_error)?;
+    let header = object.header().clone();
+    let data = object.into_volume().into_ndarray::<f32>().map_err(describe_nifti_error)?;
+    if data.ndim() < 3 || data.ndim() > 4 {
+        return Err(format!("expected a 3-D or 4-D volume, found {} dimensions", data.ndim()));
+    }
+    let spacing = [header.pixdim[1].abs(), header.pixdim[2].abs(), header.pixdim[3].abs()]
+        .map(|s| if s.is_finite() && s > 0.0 { s } else { 1.0 });
+    let channels = if data.ndim() == 4 { data.shape()[3] } else { 1 };
+    let windows = (0..channels)
+        .map(|c| {
+            if data.ndim() == 4 {
+                percentile_window(data.index_axis(Axis(3), c).iter())
+            } else {
+                percentile_window(data.iter())
+            }
+        })
+        .collect();
+    Ok(Volume { data, spacing, windows })
+}
+
+fn describe_nifti_error(e: nifti::NiftiError) -> String {
+    match e {
+        nifti::NiftiError::InvalidFormat => "not a NIfTI-1 file (bad header magic)".into(),
+        nifti::NiftiError::Io(io) => {
+            let text = io.to_string();
+            if text.contains("gzip") || text.contains("deflate") || text.contains("corrupt") {
+                format!("corrupt gzip stream: {text}")
+            } else if io.kind() == std::io::ErrorKind::UnexpectedEof {
+                "file is truncated (ends before the volume data)".into()
+            } else {
+                format!("unreadable: {text}")
+            }
+        }
+        other => format!("invalid NIfTI: {other}"),
+    }
+}
+
+fn percentile_window<'a>(values: impl Iterator<Item = &'a f32>) -> (f32, f32) {
+    let mut v: Vec<f32> = values.copied().filter(|x| *x != 0.0 && x.is_finite()).collect();
+    if v.is_empty() {
+        return (0.0, 1.0);
+    }
+    let pick = |v: &mut Vec<f32>, q: f64| {
+        let k = ((v.len() - 1) as f64 * q).round() as usize;
+        *v.select_nth_unstable_by(k, f32::total_cmp).1
+    };
+    let lo = pick(&mut v, 0.005);
+    let hi = pick(&mut v, 0.995);
+    if hi > lo {
+        (lo, hi)
+    } else {
+        (lo, lo + 1.0)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Plane {
+    Axial,
+    Coronal,
+    Sagittal,
+}
+
+impl Plane {
+    /// Number of slices along this plane's normal.
+    pub fn depth(self, shape: [usize; 3]) -> usize {
+        match self {
+            Plane::Axial => shape[2],
+            Plane::Coronal => shape[1],
+            Plane::Sagittal => shape[0],
+        }
+    }
+
+    /// Image width and height, and the voxel behind image pixel (col, row). Rows go top-down with
+    /// anterior/superior up, as radiologists expect.
+    fn frame(self, shape: [usize; 3]) -> (usize, usize) {
+        match self {
+            Plane::Axial => (shape[0], shape[1]),
+            Plane::Coronal => (shape[0], shape[2]),
+            Plane::Sagittal => (shape[1], shape[2]),
+        }
+    }
+
+    fn voxel(self, shape: [usize; 3], index: usize, col: usize, row: usize) -> (usize, usize, usize) {
+        let (_, h) = self.frame(shape);
+        let up = h - 1 - row;
+        match self {
+            Plane::Axial => (col, up, index),
+            Plane::Coronal => (col, index, up),
+            Plane::Sagittal => (index, col, up),
+        }
+    }
+}
+
+/// A grey-scale PNG of one slice of channel `channel`, windowed to the volume's percentiles.
+pub fn render_slice(volume: &Volume, plane: Plane, index: usize, channel: usize) -> Result<Vec<u8>, String> {
+    let shape = volume.shape3();
+    check_index(plane, shape, index)?;
+    let (w, h) = plane.frame(shape);
+    let (lo, hi) = volume.windows.get(channel).copied().unwrap_or((0.0, 1.0));
+    let scale = 255.0 / (hi - lo);
+    let mut pixels = Vec::with_capacity(w * h);
+    for row in 0..h {
+        for col in 0..w {
+            let (x, y, z) = plane.voxel(shape, index, col, row);
+            let v = ((volume.at(x, y, z, channel) - lo) * scale).clamp(0.0, 255.0);
+            pixels.push(v as u8);
+        }
+    }
+    encode_png(w, h, png::ColorType::Grayscale, &pixels)
+}
+
+/// BraTS label colours: 1 necrotic core red, 2 oedema green, 4 (or 3) enhancing tumour yellow.
+pub fn label_colour(label: u8) -> Option<[u8; 3]> {
+    match label {
+        1 => Some([230, 40, 40]),
+        2 => Some([40, 200, 60]),
+        3 | 4 => Some([250, 220, 30]),
+        _ => None,
+    }
+}
+
+/// An RGBA PNG of one slice of a label volume: shown labels opaque in their colour, the rest
+/// transparent (the page sets the opacity).
+pub fn render_labels(volume: &Volume, plane: Plane, index: usize, shown: &[u8]) -> Result<Vec<u8>, String> {
+    let shape = volume.shape3();
+    check_index(plane, shape, index)?;
+    let (w, h) = plane.frame(shape);
+    let mut pixels = Vec::with_capacity(w * h * 4);
+    for row in 0..h {
+        for col in 0..w {
+            let (x, y, z) = plane.voxel(shape, index, col, row);
+            let label = volume.at(x, y, z, 0).round() as u8;
+            let show = shown.contains(&label) || (label == 3 && shown.contains(&4));
+            match label_colour(label).filter(|_| show) {
+                Some([r, g, b]) => pixels.extend_from_slice(&[r, g, b, 255]),
+                None => pixels.extend_from_slice(&[0, 0, 0, 0]),
+            }
+        }
+    }
+    encode_png(w, h, png::ColorType::Rgba, &pixels)
+}
+
+fn check_index(plane: Plane, shape: [usize; 3], index: usize) -> Result<(), String> {
+    let depth = plane.depth(shape);
+    if index >= depth {
+        return Err(format!("slice {index} is outside 0..{depth} for the {plane:?} plane"));
+    }
+    Ok(())
+}
+
+fn encode_png(w: usize, h: usize, colour: png::ColorType, pixels: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(pixels.len() / 2 + 64);
+    let mut encoder = png::Encoder::new(&mut out, w as u32, h as u32);
+    encoder.set_color(colour);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_compression(png::Compression::Fast);
+    let mut writer = encoder.write_header().map_err(|e| e.to_string())?;
+    writer.write_image_data(pixels).map_err(|e| e.to_string())?;
+    writer.finish().map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// Volumes of each BraTS label and region in millilitres.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RegionVolumes {
+    pub ncr_ml: f64,
+    pub ed_ml: f64,
+    pub et_ml: f64,
+    pub wt_ml: f64,
+    pub tc_ml: f64,
+}
+
+pub fn region_volumes(labels: &Volume) -> RegionVolumes {
+    let voxel_ml = labels.spacing.iter().map(|s| *s as f64).product::<f64>() / 1000.0;
+    let mut counts = [0usize; 5];
+    for v in labels.data.iter() {
+        let l = v.round() as usize;
+        if l < counts.len() {
+            counts[l] += 1;
+        }
+    }
+    let ncr = counts[1] as f64 * voxel_ml;
+    let ed = counts[2] as f64 * voxel_ml;
+    let et = (counts[3] + counts[4]) as f64 * voxel_ml;
+    RegionVolumes { ncr_ml: ncr, ed_ml: ed, et_ml: et, wt_ml: ncr + ed + et, tc_ml: ncr + et }
+}
+
+/// A few decoded volumes, most recently used first.
+#[derive(Default)]
+pub struct VolumeCache {
+    entries: Mutex<Vec<(PathBuf, Arc<Volume>)>>,
+}
+
+const CACHE_ENTRIES: usize = 12;
+
+impl VolumeCache {
+    /// The decoded volume at `path`, reading it (on a blocking thread) when not cached.
+    pub async fn get(&self, path: &Path) -> Result<Arc<Volume>, String> {
+        if let Some(hit) = self.lookup(path) {
+            return Ok(hit);
+        }
+        let owned = path.to_path_buf();
+        let volume = tokio::task::spawn_blocking(move || read_volume(&owned))
+            .await
+            .map_err(|e| e.to_string())??;
+        let volume = Arc::new(volume);
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.insert(0, (path.to_path_buf(), volume.clone()));
+        entries.truncate(CACHE_ENTRIES);
+        Ok(volume)
+    }
+
+    fn lookup(&self, path: &Path) -> Option<Arc<Volume>> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let pos = entries.iter().position(|(p, _)| p == path)?;
+        let entry = entries.remove(pos);
+        let volume = entry.1.clone();
+        entries.insert(0, entry);
+        Some(volume)
+    }
+}
