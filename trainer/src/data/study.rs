@@ -13,6 +13,7 @@ use super::{
 };
 
 /// A loaded, checked and normalised case.
+#[derive(Debug)]
 pub struct Study {
     pub id: String,
     /// `[4, X, Y, Z]` in [`Modality::ALL`] order, z-scored per modality over non-zero voxels,

@@ -68,7 +68,7 @@ const BACKGROUND: u8 = u8::MAX;
 const TISSUE_MEANS: [[f32; 6]; 4] = [
     [420.0, 520.0, 90.0, 900.0, 780.0, 850.0],    // FLAIR
     [620.0, 440.0, 160.0, 470.0, 260.0, 1250.0],  // T1ce
-    [640.0, 450.0, 170.0, 420.0, 260.0, 430.0],   // T1
+    [640.0, 450.0, 170.0, 400.0, 160.0, 260.0],   // T1
     [330.0, 460.0, 1150.0, 880.0, 1000.0, 640.0], // T2
 ];
 
@@ -224,7 +224,7 @@ fn tissue_map(size: [usize; 3], rng: &mut ChaCha8Rng) -> (Array3<u8>, bool) {
     (tissue, has_enhancing)
 }
 
-/// Separable [1/4, 1/2, 1/4] blur along each axis: partial-volume softness.
+/// Separable [0.15, 0.7, 0.15] blur along each axis: partial-volume softness.
 fn blur(volume: &mut Array3<f32>) {
     for axis in 0..3 {
         let n = volume.shape()[axis];
@@ -236,7 +236,7 @@ fn blur(volume: &mut Array3<f32>) {
             for i in 0..n {
                 let current = lane[i];
                 let next = if i + 1 < n { lane[i + 1] } else { current };
-                lane[i] = 0.25 * previous + 0.5 * current + 0.25 * next;
+                lane[i] = 0.15 * previous + 0.7 * current + 0.15 * next;
                 previous = current;
             }
         }
