@@ -28,6 +28,14 @@ pub struct CaseProblem {
     pub error: String,
 }
 
+/// Case counts of the trainer's default split (15 % validation, 15 % test).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SplitSizes {
+    pub train: usize,
+    pub val: usize,
+    pub test: usize,
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct DatasetReport {
     /// "brats", "msd" or "empty"
@@ -37,106 +45,67 @@ pub struct DatasetReport {
     pub modalities: Vec<String>,
     /// Volume shape of the first valid case, e.g. [240, 240, 155].
     pub shape: Option<Vec<usize>>,
+    pub split: SplitSizes,
+    /// true when every case was fully decoded (`validate`), false for the quick header check.
+    pub full_check: bool,
     pub problems: Vec<CaseProblem>,
 }
 
-/// Scans a dataset folder reading NIfTI headers only (fast even for a full BraTS release).
-pub fn inspect_dataset(dir: &Path) -> DatasetReport {
-    if dir.join("imagesTr").is_dir() {
-        return inspect_msd(dir);
-    }
-    let mut report = DatasetReport { layout: "brats".into(), ..Default::default() };
-    let mut case_dirs: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect(),
-        Err(e) => {
-            report.layout = "empty".into();
-            report.problems.push(CaseProblem { case: dir.display().to_string(), error: format!("cannot read folder: {e}") });
-            return report;
-        }
+/// Checks a dataset folder the way the trainer sees it (`cggm_trainer::data::discover`). The quick
+/// check (on registration) reads NIfTI headers only, fast even for a full BraTS release; the full
+/// check decodes every case like `cggm validate`.
+pub fn inspect_dataset(dir: &Path, full: bool) -> DatasetReport {
+    use cggm_trainer::data::{discover, split_cases, validate_dataset, Layout};
+    let found = if full { validate_dataset(dir) } else { discover(dir) };
+    let layout = match found.layout {
+        Layout::BraTS2021 => "brats",
+        Layout::MsdTask01 => "msd",
+        Layout::Empty => "empty",
     };
-    case_dirs.sort();
-    for case_dir in case_dirs {
-        let case = case_dir.file_name().unwrap_or_default().to_string_lossy().to_string();
-        if case.starts_with('.') {
-            continue;
-        }
-        report.cases += 1;
-        match inspect_brats_case(&case_dir) {
-            Ok(shape) => {
-                report.valid_cases += 1;
-                report.shape.get_or_insert(shape);
+    let mut problems: Vec<CaseProblem> =
+        found.problems.iter().map(|p| CaseProblem { case: p.case.clone(), error: p.error.to_string() }).collect();
+    let mut valid = Vec::new();
+    let mut shape = None;
+    for case in &found.cases {
+        match header_shapes_agree(&case.paths()) {
+            Ok(s) => {
+                shape.get_or_insert(s);
+                valid.push(case.clone());
             }
-            Err(error) => report.problems.push(CaseProblem { case, error }),
+            Err(error) => problems.push(CaseProblem { case: case.id.clone(), error }),
         }
     }
-    if report.cases == 0 {
-        report.layout = "empty".into();
-    } else {
-        report.modalities = MODALITIES.iter().map(|m| m.to_string()).collect();
+    problems.sort_by(|a, b| a.case.cmp(&b.case));
+    let split = split_cases(&valid, 0, 0.15, 0.15);
+    DatasetReport {
+        layout: layout.into(),
+        cases: valid.len() + problems.len(),
+        valid_cases: valid.len(),
+        modalities: if valid.is_empty() { Vec::new() } else { MODALITIES.iter().map(|m| m.to_string()).collect() },
+        shape,
+        split: SplitSizes { train: split.train.len(), val: split.val.len(), test: split.test.len() },
+        full_check: full,
+        problems,
     }
-    report
 }
 
-fn inspect_brats_case(case_dir: &Path) -> Result<Vec<usize>, String> {
-    let mut found: BTreeMap<&str, PathBuf> = BTreeMap::new();
-    for entry in std::fs::read_dir(case_dir).map_err(|e| format!("cannot read folder: {e}"))? {
-        let path = entry.map_err(|e| e.to_string())?.path();
-        let name = path.file_name().unwrap_or_default().to_string_lossy().to_string();
-        if let Some(m) = modality_of(&name) {
-            found.insert(m, path);
-        }
-    }
-    let missing: Vec<&str> =
-        MODALITIES.iter().chain(["seg"].iter()).copied().filter(|m| !found.contains_key(m)).collect();
-    if !missing.is_empty() {
-        return Err(format!("missing {}", missing.join(", ")));
-    }
-    let mut shape: Option<(String, Vec<usize>)> = None;
-    for (m, path) in &found {
+/// The spatial shape shared by all files of a case (from their headers), or what differs.
+fn header_shapes_agree(paths: &[PathBuf]) -> Result<Vec<usize>, String> {
+    let mut first: Option<(String, Vec<usize>)> = None;
+    for path in paths {
         let name = path.file_name().unwrap_or_default().to_string_lossy().to_string();
         let header = nifti::NiftiHeader::from_file(path).map_err(|e| format!("{name}: {e}"))?;
-        let dims: Vec<usize> = header.dim[1..=header.dim[0].clamp(1, 7) as usize].iter().map(|d| *d as usize).collect();
-        match &shape {
-            None => shape = Some((name, dims)),
-            Some((first, s)) if *s != dims => {
-                return Err(format!("{name} ({m}) has shape {dims:?} but {first} has {s:?}"));
+        let rank = header.dim[0].clamp(1, 7) as usize;
+        let dims: Vec<usize> = header.dim[1..=rank.min(3)].iter().map(|d| *d as usize).collect();
+        match &first {
+            None => first = Some((name, dims)),
+            Some((other, s)) if *s != dims => {
+                return Err(format!("{name} has shape {dims:?} but {other} has {s:?}"));
             }
             _ => {}
         }
     }
-    Ok(shape.map(|s| s.1).unwrap_or_default())
-}
-
-fn inspect_msd(dir: &Path) -> DatasetReport {
-    let mut report = DatasetReport { layout: "msd".into(), ..Default::default() };
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("imagesTr"))
-        .map(|e| e.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-        .unwrap_or_default();
-    files.retain(|p| is_nifti_name(&p.file_name().unwrap_or_default().to_string_lossy()) && !p.file_name().unwrap_or_default().to_string_lossy().starts_with('.'));
-    files.sort();
-    for path in files {
-        let name = path.file_name().unwrap_or_default().to_string_lossy().to_string();
-        report.cases += 1;
-        let check = || -> Result<Vec<usize>, String> {
-            let header = nifti::NiftiHeader::from_file(&path).map_err(|e| e.to_string())?;
-            if header.dim[0] != 4 || header.dim[4] != 4 {
-                return Err(format!("expected a 4-D volume with 4 channels, found dim {:?}", &header.dim[..5]));
-            }
-            if !dir.join("labelsTr").join(&name).exists() {
-                return Err("missing label file in labelsTr".into());
-            }
-            Ok(header.dim[1..4].iter().map(|d| *d as usize).collect())
-        };
-        match check() {
-            Ok(shape) => {
-                report.valid_cases += 1;
-                report.shape.get_or_insert(shape);
-            }
-            Err(error) => report.problems.push(CaseProblem { case: name, error }),
-        }
-    }
-    report.modalities = MODALITIES.iter().map(|m| m.to_string()).collect();
-    report
+    Ok(first.map(|f| f.1).unwrap_or_default())
 }
 
 /// One uploaded file: the name the client gave, the form field and where it was saved.
@@ -147,15 +116,17 @@ pub struct UploadedFile {
     pub path: PathBuf,
 }
 
-/// The validated content of an upload: modality (or "4d", "seg") -> uploaded file index.
+/// The validated content of an upload: modality (or "4d", "seg") -> index into `files`.
 pub struct CheckedUpload {
     pub roles: BTreeMap<String, usize>,
     pub shape: Vec<usize>,
+    /// The uploaded files; one whose name did not say its modality is renamed `upload_<modality>`.
+    pub files: Vec<UploadedFile>,
 }
 
 /// Decodes every file and checks that they form one study: four modalities of one shape, or one
 /// 4-D file with four channels (MSD). `need_labels` also requires a `seg` file of the same shape.
-pub fn check_upload(files: &[UploadedFile], need_labels: bool) -> Result<CheckedUpload, String> {
+pub fn check_upload(mut files: Vec<UploadedFile>, need_labels: bool) -> Result<CheckedUpload, String> {
     if files.is_empty() {
         return Err("no files uploaded: send the four modalities (flair, t1ce, t1, t2) or one 4-D NIfTI".into());
     }
@@ -210,7 +181,22 @@ pub fn check_upload(files: &[UploadedFile], need_labels: bool) -> Result<Checked
             ));
         }
     }
-    Ok(CheckedUpload { roles, shape: reference })
+    // Names the trainer recognises, then the trainer's own loader as the final word: whatever
+    // passes here, `cggm infer` can read.
+    for (role, index) in &roles {
+        let file = &mut files[*index];
+        if role != "4d" && modality_of(&file.file_name) != Some(role.as_str()) {
+            let ext = if file.file_name.to_ascii_lowercase().ends_with(".gz") { "nii.gz" } else { "nii" };
+            let renamed = file.path.with_file_name(format!("upload_{role}.{ext}"));
+            std::fs::rename(&file.path, &renamed).map_err(|e| format!("{}: {e}", file.file_name))?;
+            file.file_name = format!("upload_{role}.{ext}");
+            file.path = renamed;
+        }
+    }
+    let paths: Vec<PathBuf> = roles.values().map(|i| files[*i].path.clone()).collect();
+    let case = cggm_trainer::data::case_from_paths(&paths).map_err(|e| e.to_string())?;
+    cggm_trainer::data::load_study(&case).map_err(|e| e.to_string())?;
+    Ok(CheckedUpload { roles, shape: reference, files })
 }
 
 /// Safe single path component from a user-supplied name: letters, digits, `-`, `_`, `.`; no

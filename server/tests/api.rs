@@ -98,8 +98,9 @@ async fn registered_dataset_reports_cases_and_names_bad_ones() {
     assert_eq!(body["report"]["cases"], 4);
     assert_eq!(body["report"]["valid_cases"], 2);
     let problems = body["report"]["problems"].to_string();
-    assert!(problems.contains("NoT1ce") && problems.contains("missing t1ce"), "{problems}");
+    assert!(problems.contains("NoT1ce") && problems.contains("t1ce volume is missing"), "{problems}");
     assert!(problems.contains("Mismatch") && problems.contains("shape"), "{problems}");
+    assert_eq!(body["report"]["split"]["train"].as_u64().unwrap() + body["report"]["split"]["val"].as_u64().unwrap() + body["report"]["split"]["test"].as_u64().unwrap(), 2);
     let (_, list) = app.get_json("/api/datasets").await;
     assert_eq!(list.as_array().unwrap().len(), 1);
 }

@@ -207,7 +207,7 @@ if (chartsBox) {
     steps += 1;
     $("#step-count").textContent = steps;
     $("#epoch").textContent = e.epoch;
-    if (totalSteps) setProgress(e.step / totalSteps);
+    if (totalSteps) setProgress((e.step + 1) / totalSteps);
   });
   handle("validation", (e) => {
     charts.add(id, e);

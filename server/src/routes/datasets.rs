@@ -85,7 +85,7 @@ async fn create(State(state): State<AppState>, Json(body): Json<CreateDataset>) 
 
 async fn insert(state: &AppState, name: &str, path: &std::path::Path, source: &str) -> Result<Dataset> {
     let scan_path = path.to_path_buf();
-    let report = tokio::task::spawn_blocking(move || inspect_dataset(&scan_path)).await.map_err(anyhow::Error::from)?;
+    let report = tokio::task::spawn_blocking(move || inspect_dataset(&scan_path, false)).await.map_err(anyhow::Error::from)?;
     let id = sqlx::query("INSERT INTO datasets (name, path, source, created_at, report) VALUES (?, ?, ?, ?, ?)")
         .bind(name)
         .bind(path.display().to_string())
@@ -102,10 +102,15 @@ async fn insert(state: &AppState, name: &str, path: &std::path::Path, source: &s
     db::dataset(&state.pool, id).await
 }
 
+/// Decodes every case, like `cggm validate` (slow for a full BraTS release).
 async fn revalidate(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json<DatasetView>> {
+    rescan(&state, id, true).await
+}
+
+async fn rescan(state: &AppState, id: i64, full: bool) -> Result<Json<DatasetView>> {
     let dataset = db::dataset(&state.pool, id).await?;
     let path = PathBuf::from(&dataset.path);
-    let report = tokio::task::spawn_blocking(move || inspect_dataset(&path)).await.map_err(anyhow::Error::from)?;
+    let report = tokio::task::spawn_blocking(move || inspect_dataset(&path, full)).await.map_err(anyhow::Error::from)?;
     sqlx::query("UPDATE datasets SET report = ? WHERE id = ?")
         .bind(serde_json::to_string(&report).map_err(anyhow::Error::from)?)
         .bind(id)
@@ -126,7 +131,7 @@ async fn upload_case(State(state): State<AppState>, Path(id): Path<i64>, multipa
     let case = safe_name(&case).map_err(|e| Error::BadRequest(format!("field `case`: {e}")))?;
     let staged = upload.dir.path().join(".case");
     let files = upload.files.clone();
-    let checked = tokio::task::spawn_blocking(move || check_upload(&files, true))
+    let checked = tokio::task::spawn_blocking(move || check_upload(files, true))
         .await
         .map_err(anyhow::Error::from)?
         .map_err(Error::Unprocessable)?;
@@ -135,7 +140,7 @@ async fn upload_case(State(state): State<AppState>, Path(id): Path<i64>, multipa
     }
     std::fs::create_dir(&staged)?;
     for (role, index) in &checked.roles {
-        let file = &upload.files[*index];
+        let file = &checked.files[*index];
         let ext = if file.file_name.to_ascii_lowercase().ends_with(".gz") { "nii.gz" } else { "nii" };
         std::fs::rename(&file.path, staged.join(format!("{case}_{role}.{ext}")))?;
     }
@@ -144,7 +149,7 @@ async fn upload_case(State(state): State<AppState>, Path(id): Path<i64>, multipa
         return Err(Error::Conflict(format!("case {case} already exists in {}", dataset.name)));
     }
     std::fs::rename(&staged, &target)?;
-    revalidate(State(state), Path(id)).await.map(|j| (StatusCode::CREATED, j))
+    rescan(&state, id, false).await.map(|j| (StatusCode::CREATED, j))
 }
 
 /// On first start (no dataset yet), makes the synthetic demo dataset with `cggm synth` in the

@@ -81,15 +81,15 @@ async fn show(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json
 async fn upload(State(state): State<AppState>, multipart: Multipart) -> Result<(StatusCode, Json<StudyView>)> {
     let upload = save_upload(&state, multipart).await?;
     let files = upload.files.clone();
-    let checked = tokio::task::spawn_blocking(move || check_upload(&files, false))
+    let checked = tokio::task::spawn_blocking(move || check_upload(files, false))
         .await
         .map_err(anyhow::Error::from)?
         .map_err(Error::Unprocessable)?;
     let name = upload.fields.get("name").map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).unwrap_or_else(|| {
-        let first = &upload.files[*checked.roles.values().next().unwrap_or(&0)].file_name;
+        let first = &checked.files[*checked.roles.values().next().unwrap_or(&0)].file_name;
         first.split(['_', '.']).next().unwrap_or("study").to_string()
     });
-    let files: BTreeMap<&String, &String> = checked.roles.iter().map(|(role, i)| (role, &upload.files[*i].file_name)).collect();
+    let files: BTreeMap<&String, &String> = checked.roles.iter().map(|(role, i)| (role, &checked.files[*i].file_name)).collect();
     let mut tx = state.pool.begin().await?;
     let id = sqlx::query("INSERT INTO studies (name, dir, files, shape, created_at) VALUES (?, '', ?, ?, ?)")
         .bind(&name)

@@ -287,3 +287,5 @@ echo "fake cggm $cmd done" >&2
     }
     path
 }
+
+pub mod live;

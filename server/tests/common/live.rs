@@ -1,0 +1,199 @@
+//! The real thing: `cggm serve` as a child process on port 0 with a temporary data directory, an
+//! HTTP client, a Server-Sent Events reader, and tiny synthetic data made by `cggm synth`.
+
+use futures_util::StreamExt;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const CGGM: &str = env!("CARGO_BIN_EXE_cggm");
+
+pub struct LiveServer {
+    pub child: Child,
+    pub base: String,
+    pub data_dir: PathBuf,
+    pub started_in: Duration,
+    pub client: reqwest::Client,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl LiveServer {
+    /// Starts `cggm serve --bind 127.0.0.1:0` on a fresh data directory and waits (with a
+    /// deadline) for the line that gives its address.
+    pub fn start(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let mut server = Self::start_in(&data_dir, extra);
+        server._dir = Some(dir);
+        server
+    }
+
+    pub fn start_in(data_dir: &Path, extra: &[&str]) -> Self {
+        let started = Instant::now();
+        let mut child = Command::new(CGGM)
+            .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "warn,cggm_server=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start cggm serve");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent {
+                    if let Some(rest) = line.split("open http://").nth(1) {
+                        let address = rest.split('/').next().unwrap().to_string();
+                        let _ = tx.send(address);
+                        sent = true;
+                    }
+                }
+                if std::env::var_os("CGGM_TEST_SERVER_LOG").is_some() {
+                    eprintln!("[server] {line}");
+                }
+            }
+        });
+        let address = rx.recv_timeout(Duration::from_secs(60)).expect("the server announces its address within 60 s");
+        let started_in = started.elapsed();
+        Self {
+            child,
+            base: format!("http://{address}"),
+            data_dir: data_dir.to_path_buf(),
+            started_in,
+            client: reqwest::Client::new(),
+            _dir: None,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        assert!(response.status().is_success(), "GET {path}: {}", response.status());
+        response.json().await.unwrap()
+    }
+
+    pub async fn post_json(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let response = self.client.post(self.url(path)).json(&body).send().await.unwrap();
+        let status = response.status();
+        let answer: serde_json::Value = response.json().await.unwrap_or_default();
+        assert!(status.is_success(), "POST {path}: {status} {answer}");
+        answer
+    }
+
+    /// Polls `GET path` until `done` holds, or fails at the deadline.
+    pub async fn poll_json(&self, path: &str, deadline: Duration, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let until = Instant::now() + deadline;
+        loop {
+            let value = self.get_json(path).await;
+            if done(&value) {
+                return value;
+            }
+            assert!(Instant::now() < until, "GET {path} did not reach the expected state in {deadline:?}: {value}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Writes a tiny synthetic dataset with `cggm synth` into `datasets/<name>` and registers it.
+    pub async fn tiny_dataset(&self, name: &str) -> i64 {
+        let folder = self.data_dir.join("datasets").join(name);
+        synth(&folder, 4, "32x32x16");
+        let dataset = self.post_json("/api/datasets", serde_json::json!({ "name": name, "path": folder.display().to_string() })).await;
+        assert_eq!(dataset["report"]["valid_cases"], 4, "{dataset}");
+        dataset["id"].as_i64().unwrap()
+    }
+
+    /// Launches a tiny training job (preset `tiny`, 1 epoch, 2 steps, CPU).
+    pub async fn tiny_training(&self, dataset: i64) -> i64 {
+        let job = self
+            .post_json(
+                "/api/jobs",
+                serde_json::json!({ "dataset_id": dataset, "method": "cggm", "preset": "tiny", "epochs": 1,
+                                    "steps_per_epoch": 2, "device": "cpu", "seed": 1 }),
+            )
+            .await;
+        job["id"].as_i64().unwrap()
+    }
+}
+
+impl Drop for LiveServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn synth(out: &Path, cases: usize, size: &str) {
+    let status = Command::new(CGGM)
+        .args(["synth", "--out"])
+        .arg(out)
+        .args(["--cases", &cases.to_string(), "--seed", "7", "--size", size])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "cggm synth failed");
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone)]
+pub struct SseMessage {
+    pub event: String,
+    pub id: Option<String>,
+    pub data: String,
+}
+
+/// Reads an SSE stream until it ends (the job finished) or `stop` says so; fails at the deadline.
+pub async fn read_sse(
+    client: &reqwest::Client,
+    url: &str,
+    deadline: Duration,
+    mut stop: impl FnMut(&SseMessage) -> bool,
+) -> Vec<SseMessage> {
+    let response = client.get(url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut stream = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut messages = Vec::new();
+    let read = async {
+        while let Some(chunk) = stream.next().await {
+            buffer.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            while let Some(end) = buffer.find("\n\n") {
+                let block: String = buffer.drain(..end + 2).collect();
+                let mut message = SseMessage { event: "message".into(), id: None, data: String::new() };
+                let mut is_comment = true;
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        message.event = v.trim().to_string();
+                        is_comment = false;
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        message.data.push_str(v.trim_start());
+                        is_comment = false;
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        message.id = Some(v.trim().to_string());
+                    }
+                }
+                if is_comment {
+                    continue;
+                }
+                let done = stop(&message);
+                messages.push(message);
+                if done {
+                    return;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(deadline, read).await.expect("the event stream finished before the deadline");
+    messages
+}
+
+pub fn is_png(bytes: &[u8]) -> bool {
+    bytes.starts_with(&[0x89, b'P', b'N', b'G'])
+}
