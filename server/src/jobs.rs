@@ -271,6 +271,9 @@ fn command_args(job: &db::Job) -> anyhow::Result<Vec<String>> {
             args.extend(["--preset".into(), text("preset").context("params.preset")?]);
             args.extend(["--epochs".into(), params["epochs"].as_u64().unwrap_or(1).to_string()]);
             args.extend(["--out".into(), job.out_dir.clone(), "--events".into(), "-".into()]);
+            if params["resume"] == serde_json::Value::Bool(true) {
+                args.push("--resume".into());
+            }
             for (key, flag) in [
                 ("device", "--device"),
                 ("seed", "--seed"),

@@ -444,6 +444,34 @@ async fn jobs_wait_for_a_free_slot_and_cancel_works_queued_and_running() {
 }
 
 #[tokio::test]
+async fn a_stopped_run_with_a_checkpoint_resumes_and_a_finished_one_does_not() {
+    let app = TestApp::with(|c| c.cggm_bin = fake_cggm(c.data_dir.parent().unwrap(), 60.0)).await;
+    let dataset = app.register_dataset("brats", 1).await;
+    let (_, job) = app.post_json("/api/jobs", train_request(dataset, "cggm")).await;
+    let id = job["id"].as_i64().unwrap();
+    app.wait_for_job(id, &["running"], DEADLINE).await;
+    let (status, _) = app.post_json(&format!("/api/jobs/{id}/resume"), serde_json::json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "a running job cannot be resumed");
+    app.post_json(&format!("/api/jobs/{id}/cancel"), serde_json::json!({})).await;
+    app.wait_for_job(id, &["cancelled"], DEADLINE).await;
+
+    let (status, body) = app.post_json(&format!("/api/jobs/{id}/resume"), serde_json::json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    app.wait_for_job(id, &["running"], DEADLINE).await;
+    let until = std::time::Instant::now() + DEADLINE;
+    loop {
+        let (_, log, _) = app.get(&format!("/api/jobs/{id}/log")).await;
+        if String::from_utf8_lossy(&log).contains("--resume") {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "the resumed process never started with --resume");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.post_json(&format!("/api/jobs/{id}/cancel"), serde_json::json!({})).await;
+    app.wait_for_job(id, &["cancelled"], DEADLINE).await;
+}
+
+#[tokio::test]
 async fn restart_marks_lost_jobs_interrupted_and_keeps_their_files() {
     let app = TestApp::new().await;
     let id = finished_run(&app).await;

@@ -105,6 +105,12 @@ if (checkpointParam && $("#predict")) $("#predict").elements.checkpoint_job_id.v
 const COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
 const MODALITIES = ["flair", "t1ce", "t1", "t2"];
 
+function formatTick(v) {
+  if (v === 0) return "0";
+  const a = Math.abs(v);
+  return a >= 1e4 || a < 1e-3 ? v.toExponential(1) : String(Number(v.toPrecision(3)));
+}
+
 // One chart: x values and named series, appended to as events arrive.
 class Chart {
   constructor(container, title, xLabel, names) {
@@ -120,7 +126,10 @@ class Chart {
     this.plot = new uPlot({
       title, width, height: 220,
       scales: { x: { time: false } },
-      axes: [{ label: xLabel }, {}],
+      axes: [
+        { label: xLabel, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000] },
+        { size: 60, values: (u, ticks) => ticks.map(formatTick) },
+      ],
       series: [{ label: xLabel }].concat(names.map((n, i) => ({ label: n, stroke: COLOURS[i % COLOURS.length], width: 1.5, points: { show: true, size: 4 } }))),
     }, [this.x].concat(this.ys), box);
     this.dirty = false;
@@ -186,6 +195,8 @@ function setState(state, error) {
   if (error !== undefined && $("#job-error")) $("#job-error").textContent = error || "";
   const cancel = $("#cancel-job");
   if (cancel) cancel.hidden = !(state === "queued" || state === "running");
+  const resume = $("#resume-job");
+  if (resume) resume.hidden = !["interrupted", "failed", "cancelled"].includes(state);
 }
 
 function setProgress(fraction) {
@@ -224,6 +235,9 @@ if (chartsBox) {
   refreshLog(id);
   $("#cancel-job").addEventListener("click", async () => {
     try { await api("POST", `/api/jobs/${id}/cancel`); toast("Cancelling…"); } catch (err) { toast(err.message, true); }
+  });
+  $("#resume-job").addEventListener("click", async () => {
+    try { await api("POST", `/api/jobs/${id}/resume`); location.reload(); } catch (err) { toast(err.message, true); }
   });
   $("#overlay-go").addEventListener("click", () => {
     const ids = [id].concat($$("#overlay-pick option:checked").map((o) => o.value));

@@ -24,6 +24,7 @@ pub fn router() -> Router<AppState> {
         .route("/jobs", get(list).post(create))
         .route("/jobs/{id}", get(show))
         .route("/jobs/{id}/cancel", post(cancel))
+        .route("/jobs/{id}/resume", post(resume))
         .route("/jobs/{id}/events", get(events))
         .route("/jobs/{id}/stream", get(stream_events))
         .route("/jobs/{id}/log", get(log))
@@ -156,6 +157,35 @@ async fn cancel(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Js
         return Err(Error::Conflict(format!("job {id} has already finished ({})", job.state)));
     }
     Ok(Json(serde_json::json!({ "id": id, "cancelling": true })))
+}
+
+/// Queues an interrupted, failed or cancelled training run again with `cggm train --resume`: it
+/// continues from its last checkpoint and appends to the same event history.
+async fn resume(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json<JobView>> {
+    let job = db::job(&state.pool, id).await?;
+    if job.kind != "train" || !matches!(job.state.as_str(), "interrupted" | "failed" | "cancelled") {
+        return Err(Error::Conflict(format!("job {id} is {} {}: only a stopped training run can be resumed", job.state, job.kind)));
+    }
+    if !PathBuf::from(&job.out_dir).join("checkpoints/last.safetensors").is_file() {
+        return Err(Error::Unprocessable(format!("job {id} saved no checkpoint to resume from; launch it again instead")));
+    }
+    let mut params = job.params_json();
+    params["resume"] = true.into();
+    let updated = sqlx::query(
+        "UPDATE jobs SET state = 'queued', params = ?, finished_at = NULL, exit_code = NULL, error = NULL
+         WHERE id = ? AND state = ?",
+    )
+    .bind(params.to_string())
+    .bind(id)
+    .bind(&job.state)
+    .execute(&state.pool)
+    .await?;
+    if updated.rows_affected() != 1 {
+        return Err(Error::Conflict(format!("job {id} changed state meanwhile")));
+    }
+    state.runner.enqueue(id);
+    let job = db::job(&state.pool, id).await?;
+    Ok(Json(job_view(&state, job).await?))
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,6 +6,7 @@ use super::jobs::{checkpoint_list, job_view};
 use super::studies::StudyView;
 use super::{parse_ids, METHODS, PRESETS};
 use crate::db;
+use crate::inspect::MODALITIES;
 use crate::error::{Error, Result};
 use crate::templates::*;
 use crate::AppState;
@@ -42,6 +43,13 @@ fn page<T: IntoResponse>(result: Result<T>) -> Response {
     }
 }
 
+/// Per-modality entries in the project's modality order (flair, t1ce, t1, t2), not alphabetical.
+fn in_project_order(map: &serde_json::Map<String, serde_json::Value>) -> impl Iterator<Item = (&String, &serde_json::Value)> {
+    let mut entries: Vec<_> = map.iter().collect();
+    entries.sort_by_key(|(k, _)| MODALITIES.iter().position(|m| m == k).unwrap_or(usize::MAX));
+    entries.into_iter()
+}
+
 fn mean_of(scores: &serde_json::Value) -> Option<f64> {
     scores["mean"].as_f64()
 }
@@ -55,7 +63,7 @@ async fn dashboard(State(state): State<AppState>) -> Response {
             let modalities = best["modality_dice"]
                 .as_object()
                 .map(|m| {
-                    m.iter()
+                    in_project_order(m)
                         .map(|(name, scores)| {
                             let v = mean_of(scores).unwrap_or(0.0);
                             (name.clone(), format!("{v:.3}"), (v.clamp(0.0, 1.0) * 100.0) as u32)
@@ -183,7 +191,7 @@ async fn models(State(state): State<AppState>) -> Response {
                 let best = c.best_validation.clone().unwrap_or_default();
                 let modalities = best["modality_dice"]
                     .as_object()
-                    .map(|m| m.iter().map(|(k, v)| format!("{k} {}", dice(&v["mean"]))).collect::<Vec<_>>().join(" · "))
+                    .map(|m| in_project_order(m).map(|(k, v)| format!("{k} {}", dice(&v["mean"]))).collect::<Vec<_>>().join(" · "))
                     .unwrap_or_default();
                 let test = c.metrics.as_ref().map(|m| dice(&m["test_dice"]["mean"])).unwrap_or_else(|| "–".into());
                 let files = [(c.best_checkpoint, "best"), (c.last_checkpoint, "last")]

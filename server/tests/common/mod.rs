@@ -251,18 +251,18 @@ pub fn fake_cggm(dir: &Path, pause: f64) -> PathBuf {
     let events = training_events().join("\n");
     let script = format!(
         r#"#!/bin/bash
+echo "fake cggm $* starting" >&2
 cmd="$1"; shift
 out=""; method=""
 while [ $# -gt 0 ]; do
   case "$1" in --out) out="$2"; shift;; --method) method="$2"; shift;; esac
   shift
 done
-echo "fake cggm $cmd starting" >&2
 if [ "$method" = "unimodal:t2" ]; then echo "CUDA out of memory (simulated)" >&2; exit 3; fi
+if [ "$cmd" = train ]; then mkdir -p "$out/checkpoints"; echo weights > "$out/checkpoints/last.safetensors"; fi
 sleep {pause}
 if [ "$cmd" = train ]; then
-  mkdir -p "$out/checkpoints"
-  echo weights > "$out/checkpoints/best.safetensors"; echo weights > "$out/checkpoints/last.safetensors"
+  echo weights > "$out/checkpoints/best.safetensors"
   echo '{{"test_dice": {{"wt": 0.8, "tc": 0.7, "et": 0.6, "mean": 0.7}}}}' > "$out/metrics.json"
   cat <<'EVENTS'
 {events}
@@ -289,3 +289,4 @@ echo "fake cggm $cmd done" >&2
 }
 
 pub mod live;
+pub mod webdriver;
