@@ -93,17 +93,25 @@ fn by_modality(names: &[String], values: &[f64]) -> BTreeMap<String, f64> {
     names.iter().cloned().zip(values.iter().copied()).filter(|(_, v)| v.is_finite()).collect()
 }
 
-/// Trains `cfg` into `run_dir`. With `resume`, continues from `checkpoints/last` with the same
-/// schedule (the saved config must match).
-pub fn train(mut cfg: TrainConfig, run_dir: &Path, events: &EventSink, resume: bool) -> Result<RunMetrics> {
-    let result = train_inner(&mut cfg, run_dir, events, resume);
+#[derive(Clone, Debug, Default)]
+pub struct TrainOptions {
+    /// Continue from `checkpoints/last` with the same schedule (the saved config must match).
+    pub resume: bool,
+    /// Stop (as if interrupted) once this many epochs of the schedule are done.
+    pub stop_after_epochs: Option<usize>,
+}
+
+/// Trains `cfg` into `run_dir`. Returns `None` when stopped early by `stop_after_epochs`.
+pub fn train(mut cfg: TrainConfig, run_dir: &Path, events: &EventSink, opts: &TrainOptions) -> Result<Option<RunMetrics>> {
+    let result = train_inner(&mut cfg, run_dir, events, opts);
     if let Err(e) = &result {
         events.emit(&Event::Failed { time: now(), reason: format!("{e:#}") });
     }
     result
 }
 
-fn train_inner(cfg: &mut TrainConfig, run_dir: &Path, events: &EventSink, resume: bool) -> Result<RunMetrics> {
+fn train_inner(cfg: &mut TrainConfig, run_dir: &Path, events: &EventSink, opts: &TrainOptions) -> Result<Option<RunMetrics>> {
+    let resume = opts.resume;
     let started = Instant::now();
     cfg.validate().map_err(|e| anyhow!("invalid configuration: {e}"))?;
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating run directory {}", run_dir.display()))?;
@@ -229,6 +237,10 @@ fn train_inner(cfg: &mut TrainConfig, run_dir: &Path, events: &EventSink, resume
         }
         let path = checkpoint::save(run_dir, "last", &trainer, &state, true)?;
         events.emit(&Event::CheckpointSaved { time: now(), epoch, path: path.display().to_string(), best: false });
+        if opts.stop_after_epochs.is_some_and(|n| done >= n) && done < cfg.epochs {
+            tracing::info!("stopping after epoch {done} as asked; continue with --resume");
+            return Ok(None);
+        }
     }
     drop(loader);
 
@@ -258,5 +270,5 @@ fn train_inner(cfg: &mut TrainConfig, run_dir: &Path, events: &EventSink, resume
         test_dice: test.as_ref().map(|t| t.dice.clone()),
         test_modality_dice: test.map(|t| t.modality_dice).unwrap_or_default(),
     });
-    Ok(metrics)
+    Ok(Some(metrics))
 }

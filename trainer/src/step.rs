@@ -3,7 +3,7 @@
 
 use crate::cggm::{direction_loss, flat_cosine, scale_encoder_gradients, BalanceTracker};
 use crate::config::{DirectionSource, Method, TrainConfig};
-use crate::model::{ModalityClassifiers, MultimodalSegmenter};
+use crate::model::{ModalityClassifiers, ModelOutput, MultimodalSegmenter};
 use crate::optim::{CosineSchedule, Optimizer, Param};
 use crate::task::{segmentation::SegmentationLoss, Task};
 use rand::{Rng, SeedableRng};
@@ -124,112 +124,139 @@ impl Trainer {
         lr * self.cfg.mslr_scales.get(name).copied().unwrap_or(1.0)
     }
 
-    /// One iteration. images: [B, 4, H, W] float (all four modalities, fixed order), labels:
-    /// [B, H, W] int64 classes; both on `self.device`.
+    /// One iteration: `compute_gradients`, then the optimiser step. images: [B, 4, H, W] float (all
+    /// four modalities, fixed order), labels: [B, H, W] int64 classes; both on `self.device`.
     pub fn step(&mut self, images: &Tensor, labels: &Tensor) -> Result<StepReport, StepError> {
-        let step = self.global_step;
-        // Dropout and any other libtorch randomness depend only on (seed, step): resuming from a
-        // checkpoint replays the same run.
-        tch::manual_seed((self.cfg.seed as i64).wrapping_add(step as i64 * 1_000_003));
-        let lr = self.schedule.lr(step);
-        let method = self.cfg.method;
+        let report = self.compute_gradients(images, labels)?;
+        if let Some(max_norm) = self.cfg.grad_clip {
+            let norm = self.model_opt.clip_grad_norm(max_norm);
+            if !norm.is_finite() {
+                return Err(StepError::NonFinite { what: "gradient norm", value: norm, step: self.global_step });
+            }
+        }
+        let m = self.modality_channels.len();
+        let group_lrs: Vec<f64> = (0..=m).map(|g| self.group_lr(report.lr, g)).collect();
+        self.model_opt.step(&|g| group_lrs[g.min(m)]);
+        self.previous_balance = report.balance.clone();
+        self.global_step += 1;
+        Ok(report)
+    }
+
+    /// Seeds libtorch for this step: dropout and any other randomness depend only on (seed,
+    /// step), so resuming from a checkpoint replays the same run.
+    pub fn seed_step(&self) {
+        tch::manual_seed((self.cfg.seed as i64).wrapping_add(self.global_step as i64 * 1_000_003));
+    }
+
+    /// CGGM step 1: the model's forward pass and task loss on this batch.
+    pub fn forward(&self, images: &Tensor, labels: &Tensor) -> Result<(ModelOutput, Tensor), StepError> {
         let mut xs = self.select_modalities(images);
-        if method == Method::Mrd {
+        if self.cfg.method == Method::Mrd {
             xs = self.drop_modalities(&xs);
         }
-        let (h, w) = (xs.size()[2], xs.size()[3]);
-        let use_amp = self.cfg.mixed_precision && self.device.is_cuda();
-
-        // 1. Forward the model.
-        let out = tch::autocast(use_amp, || self.model.forward_t(&xs, true));
+        let out = tch::autocast(self.use_amp(), || self.model.forward_t(&xs, true));
         let task_loss = self.task.loss(&out.logits, labels);
-        let task_value = task_loss.double_value(&[]);
-        if !task_value.is_finite() {
-            return Err(StepError::NonFinite { what: "task loss", value: task_value, step });
+        let value = task_loss.double_value(&[]);
+        if !value.is_finite() {
+            return Err(StepError::NonFinite { what: "task loss", value, step: self.global_step });
         }
+        Ok((out, task_loss))
+    }
 
-        // 2. Classifiers on detached features, their own loss and optimiser; 3. batch metrics.
+    fn use_amp(&self) -> bool {
+        self.cfg.mixed_precision && self.device.is_cuda()
+    }
+
+    /// CGGM steps 2-3: trains the classifiers on detached features (their own optimiser) and
+    /// returns each one's batch metric and the gradient of its last layer (detached).
+    pub fn classifier_pass(&mut self, out: &ModelOutput, labels: &Tensor) -> Result<(Vec<f64>, Vec<Tensor>), StepError> {
         let m = self.modality_channels.len();
+        let (Some(cls), Some(opt)) = (&self.classifiers, &mut self.classifier_opt) else {
+            return Ok((vec![f64::NAN; m], Vec::new()));
+        };
+        let (h, w) = (out.logits.size()[2], out.logits.size()[3]);
+        let use_amp = self.cfg.mixed_precision && self.device.is_cuda();
+        opt.zero_grad();
         let mut metrics = vec![f64::NAN; m];
-        let mut classifier_grads = Vec::new();
-        if let (Some(cls), Some(opt)) = (&self.classifiers, &mut self.classifier_opt) {
-            opt.zero_grad();
-            let mut cls_loss = Tensor::zeros([], (Kind::Float, self.device));
-            for (i, feats) in out.features.iter().enumerate() {
-                let logits = tch::autocast(use_amp, || cls.forward_t(i, &feats.detached(), (h, w), true));
-                metrics[i] = self.task.batch_metric(&logits, labels);
-                cls_loss = cls_loss + self.task.loss(&logits, labels);
-            }
-            let cls_value = cls_loss.double_value(&[]);
-            if !cls_value.is_finite() {
-                return Err(StepError::NonFinite { what: "classifier loss", value: cls_value, step });
-            }
-            cls_loss.backward();
-            classifier_grads = (0..m).map(|i| cls.last_layer_weight(i).grad().detach().copy()).collect();
-            let cls_lr = self.cfg.schedule.classifier_lr;
-            opt.step(&|_| cls_lr);
+        let mut cls_loss = Tensor::zeros([], (Kind::Float, self.device));
+        for (i, feats) in out.features.iter().enumerate() {
+            let logits = tch::autocast(use_amp, || cls.forward_t(i, &feats.detached(), (h, w), true));
+            metrics[i] = self.task.batch_metric(&logits, labels);
+            cls_loss = cls_loss + self.task.loss(&logits, labels);
         }
+        let value = cls_loss.double_value(&[]);
+        if !value.is_finite() {
+            return Err(StepError::NonFinite { what: "classifier loss", value, step: self.global_step });
+        }
+        cls_loss.backward();
+        let grads = (0..m).map(|i| cls.last_layer_weight(i).grad().detach().copy()).collect();
+        let cls_lr = self.cfg.schedule.classifier_lr;
+        opt.step(&|_| cls_lr);
+        Ok((metrics, grads))
+    }
 
-        // 4. Balance coefficients (measured for every run with classifiers, applied by CGGM).
+    /// CGGM step 5: L_gm (None when the method does not modulate direction) and the cosines
+    /// cos(g_F, g_i), which are measured for every run with classifiers.
+    pub fn direction_term(&self, task_loss: &Tensor, classifier_grads: &[Tensor], balance: &[f64]) -> (Option<Tensor>, Vec<f64>) {
+        let m = self.modality_channels.len();
+        if classifier_grads.is_empty() {
+            return (None, vec![f64::NAN; m]);
+        }
+        let w_last = self.model.last_layer_weight();
+        let direct = self.cfg.method.modulates_direction() && self.cfg.cggm.lambda > 0.0;
+        match (direct, self.cfg.cggm.direction) {
+            (true, DirectionSource::AuthorsWeightCosine) => {
+                let cls = self.classifiers.as_ref().expect("classifiers exist when their gradients do");
+                let weights: Vec<Tensor> = (0..m).map(|i| cls.last_layer_weight(i).detach()).collect();
+                let (l_gm, cos) = direction_loss(w_last, &weights, &self.previous_balance);
+                (Some(l_gm), cos)
+            }
+            (true, DirectionSource::Gradient) => {
+                // g_F with create_graph: L_gm is differentiable w.r.t. the whole model.
+                let g_f = Tensor::run_backward(&[task_loss], &[w_last], true, true).remove(0);
+                let (l_gm, cos) = direction_loss(&g_f, classifier_grads, balance);
+                (Some(l_gm), cos)
+            }
+            (false, _) => {
+                // Not modulating: measure the cosines only (cheap: the head's last layer).
+                let g_f = Tensor::run_backward(&[task_loss], &[w_last], true, false).remove(0);
+                (None, classifier_grads.iter().map(|g| flat_cosine(&g_f, g).double_value(&[])).collect())
+            }
+        }
+    }
+
+    /// Everything of one iteration except the optimiser step of the model: forward, classifiers
+    /// (stepped), balance coefficients, L_gm, backward, magnitude modulation. Leaves the model's
+    /// modulated gradients in place.
+    pub fn compute_gradients(&mut self, images: &Tensor, labels: &Tensor) -> Result<StepReport, StepError> {
+        let step = self.global_step;
+        self.seed_step();
+        let lr = self.schedule.lr(step);
+        let (out, task_loss) = self.forward(images, labels)?;
+        let (metrics, classifier_grads) = self.classifier_pass(&out, labels)?;
+        let m = self.modality_channels.len();
+        // Measured for every run with classifiers, applied only by CGGM.
         let balance = if self.classifiers.is_some() { self.tracker.update(&metrics) } else { vec![1.0; m] };
-
-        // 5. Direction modulation.
-        let lambda = self.cfg.cggm.lambda;
-        let mut cosine = vec![f64::NAN; m];
-        let mut gm_value = 0.0;
+        let (l_gm, cosine) = self.direction_term(&task_loss, &classifier_grads, &balance);
         let mut total = task_loss.shallow_clone();
-        if !classifier_grads.is_empty() {
-            let w_last = self.model.last_layer_weight();
-            let direct = method.modulates_direction() && lambda > 0.0;
-            match (direct, self.cfg.cggm.direction) {
-                (true, DirectionSource::AuthorsWeightCosine) => {
-                    let cls = self.classifiers.as_ref().expect("classifiers exist when grads do");
-                    let weights: Vec<Tensor> = (0..m).map(|i| cls.last_layer_weight(i).detach()).collect();
-                    let (l_gm, _) = direction_loss(w_last, &weights, &self.previous_balance);
-                    gm_value = l_gm.double_value(&[]);
-                    total = total + l_gm * lambda;
-                    cosine = weights.iter().map(|wi| flat_cosine(w_last, wi).double_value(&[])).collect();
-                }
-                (true, DirectionSource::Gradient) => {
-                    // g_F with create_graph: L_gm is differentiable w.r.t. the whole model.
-                    let g_f = Tensor::run_backward(&[&task_loss], &[w_last], true, true).remove(0);
-                    let (l_gm, cos) = direction_loss(&g_f, &classifier_grads, &balance);
-                    gm_value = l_gm.double_value(&[]);
-                    cosine = cos;
-                    total = total + l_gm * lambda;
-                }
-                (false, _) => {
-                    // Not modulating: measure the cosines only (cheap: the head's last layer).
-                    let g_f = Tensor::run_backward(&[&task_loss], &[w_last], true, false).remove(0);
-                    cosine = classifier_grads.iter().map(|g| flat_cosine(&g_f, g).double_value(&[])).collect();
-                }
+        let mut gm_value = 0.0;
+        if let Some(l_gm) = l_gm {
+            gm_value = l_gm.double_value(&[]);
+            if !gm_value.is_finite() {
+                return Err(StepError::NonFinite { what: "direction loss L_gm", value: gm_value, step });
             }
+            total = total + l_gm * self.cfg.cggm.lambda;
         }
-        if !gm_value.is_finite() {
-            return Err(StepError::NonFinite { what: "direction loss L_gm", value: gm_value, step });
-        }
-
-        // 6. Backward, magnitude modulation, step.
         self.model_opt.zero_grad();
         total.backward();
-        if method.modulates_magnitude() {
+        if self.cfg.method.modulates_magnitude() {
             let params: Vec<(String, Tensor)> =
                 self.model_opt.params().iter().map(|p| (p.name.clone(), p.tensor.shallow_clone())).collect();
             scale_encoder_gradients(&params, &self.model.encoder_prefixes, &balance);
         }
-        if let Some(max_norm) = self.cfg.grad_clip {
-            let norm = self.model_opt.clip_grad_norm(max_norm);
-            if !norm.is_finite() {
-                return Err(StepError::NonFinite { what: "gradient norm", value: norm, step });
-            }
-        }
-        let group_lrs: Vec<f64> = (0..=m).map(|g| self.group_lr(lr, g)).collect();
-        self.model_opt.step(&|g| group_lrs[g.min(m)]);
-        self.previous_balance = balance.clone();
-        self.global_step += 1;
         Ok(StepReport {
             loss: total.double_value(&[]),
-            task_loss: task_value,
+            task_loss: task_loss.double_value(&[]),
             gm_loss: gm_value,
             lr,
             balance,

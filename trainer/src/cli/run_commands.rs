@@ -7,7 +7,7 @@ use crate::eval::{evaluate, format_table};
 use crate::events::EventSink;
 use crate::infer::infer;
 use crate::optim::OptimizerKind;
-use crate::run::{dataset_split, open_run, train};
+use crate::run::{dataset_split, open_run, train, TrainOptions};
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
@@ -78,6 +78,9 @@ pub struct TrainArgs {
     /// Continue the run in --out from its last checkpoint, with its saved configuration.
     #[arg(long)]
     pub resume: bool,
+    /// Stop after N epochs of the schedule (continue later with --resume).
+    #[arg(long)]
+    pub stop_after_epochs: Option<usize>,
 }
 
 fn parse_balance(s: &str) -> Result<BalanceFormula, String> {
@@ -166,7 +169,11 @@ impl TrainArgs {
 pub fn run_train(args: TrainArgs) -> Result<()> {
     let cfg = args.to_config()?;
     let events = EventSink::from_arg(args.events.as_deref()).context("opening the events file")?;
-    let metrics = train(cfg, &args.out, &events, args.resume)?;
+    let opts = TrainOptions { resume: args.resume, stop_after_epochs: args.stop_after_epochs };
+    let Some(metrics) = train(cfg, &args.out, &events, &opts)? else {
+        eprintln!("stopped early; continue with: cggm train --resume --out {}", args.out.display());
+        return Ok(());
+    };
     eprintln!(
         "finished: best validation mean Dice {:.4} at epoch {}; run saved in {}",
         metrics.best_val_dice.as_ref().map_or(f64::NAN, |d| d.mean),
