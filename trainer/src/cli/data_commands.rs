@@ -134,12 +134,17 @@ pub struct LoaderBenchArgs {
     pub seed: u64,
 }
 
-/// Peak resident memory of this process in MiB (`VmHWM`), if the platform reports it.
-fn peak_rss_mib() -> Option<f64> {
+/// A memory figure of this process in MiB from `/proc/self/status` (`VmHWM`, `VmRSS`).
+fn status_mib(field: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
+}
+
+/// Peak resident memory of this process in MiB (`VmHWM`), if the platform reports it.
+fn peak_rss_mib() -> Option<f64> {
+    status_mib("VmHWM:")
 }
 
 /// Resets the peak-RSS counter (Linux `clear_refs` 5) so that the streaming phase is measured on
@@ -149,6 +154,9 @@ fn reset_peak_rss() -> bool {
 }
 
 pub fn bench_loader(args: LoaderBenchArgs) -> anyhow::Result<()> {
+    // The binary maps libtorch (hundreds of MB resident before any data is touched): report that
+    // baseline so the loader's own footprint is the difference.
+    let rss_at_start = status_mib("VmRSS:");
     let report = crate::data::discover(&args.dir);
     let cases = report.cases;
     if cases.is_empty() {
@@ -193,9 +201,11 @@ pub fn bench_loader(args: LoaderBenchArgs) -> anyhow::Result<()> {
         "seconds": seconds,
         "slices_per_second": slices as f64 / seconds,
         "tumour_pixels_per_slice": checksum / slices as f64,
+        "rss_mib_at_start": rss_at_start,
         "peak_rss_mib_prepare": peak_prepare,
         "peak_rss_mib_streaming": if reset { peak_rss_mib() } else { None },
         "peak_rss_mib_overall": peak_rss_mib().zip(peak_prepare).map(|(a, b)| a.max(b)),
+        "loader_peak_mib_streaming": if reset { peak_rss_mib().zip(rss_at_start).map(|(a, b)| a - b) } else { None },
     });
     println!("{}", serde_json::to_string_pretty(&json)?);
     Ok(())
