@@ -98,6 +98,7 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
     let variants: Vec<(&str, TrainConfig)> = vec![
         ("joint", TrainConfig { method: Method::Joint, probes: false, ..base.clone() }),
         ("joint+probes", TrainConfig { method: Method::Joint, probes: true, ..base.clone() }),
+        ("cggm-magnitude", TrainConfig { method: Method::CggmMagnitude, ..base.clone() }),
         ("cggm", TrainConfig { method: Method::Cggm, ..base.clone() }),
     ];
     let mut trainers: Vec<Trainer> = variants.iter().map(|(_, c)| Trainer::new(c.clone(), device, 1000)).collect();
@@ -130,7 +131,8 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
         "device": describe(device),
         "steps_timed_per_method": n,
         "seconds_per_step": variants.iter().zip(&per_step).map(|((name, _), s)| (name.to_string(), json!(s))).collect::<serde_json::Map<_, _>>(),
-        "ratio_cggm_over_joint": per_step[2] / per_step[0],
+        "ratio_cggm_over_joint": per_step[3] / per_step[0],
+        "ratio_cggm_magnitude_over_joint": per_step[2] / per_step[0],
         "ratio_joint_probes_over_joint": per_step[1] / per_step[0],
     });
     println!("{}", serde_json::to_string_pretty(&out)?);

@@ -14,6 +14,8 @@ pub struct DecoderSpec {
     pub low_proj: i64,
     pub mid: i64,
     pub refine_convs: usize,
+    /// Kernel of the refinement convolutions: 3 in the fusion head, 1 in the light classifiers.
+    pub refine_kernel: i64,
     pub classes: i64,
 }
 
@@ -33,7 +35,7 @@ impl Decoder {
         let mut refine = Vec::new();
         let mut cin = spec.high_proj + spec.low_proj;
         for i in 0..spec.refine_convs {
-            refine.push(conv_bn(&(p / format!("refine{i}")), cin, spec.mid, 3, 1, 1));
+            refine.push(conv_bn(&(p / format!("refine{i}")), cin, spec.mid, spec.refine_kernel, 1, 1));
             cin = spec.mid;
         }
         let last = nn::conv2d(p / "last", cin, spec.classes, 1, Default::default());

@@ -89,6 +89,7 @@ impl ModelConfig {
             low_proj: self.low_level_proj,
             mid: self.decoder_channels,
             refine_convs: 2,
+            refine_kernel: 3,
             classes: self.classes,
         }
     }
@@ -103,6 +104,9 @@ impl ModelConfig {
             // the same shape and their gradients can be compared by cosine.
             mid: self.decoder_channels,
             refine_convs: 1,
+            // A 1x1 refinement keeps the classifiers' cost small next to the encoders': they
+            // are the method's overhead.
+            refine_kernel: 1,
             classes: self.classes,
         }
     }
