@@ -22,7 +22,11 @@ pub struct ServeArgs {
     pub max_upload_mb: usize,
     /// Extra folders (besides the data directory) under which datasets may be registered.
     /// Separate several with ':' in the environment variable.
-    #[arg(long = "dataset-root", env = "CGGM_DATASET_ROOTS", value_delimiter = ':')]
+    #[arg(
+        long = "dataset-root",
+        env = "CGGM_DATASET_ROOTS",
+        value_delimiter = ':'
+    )]
     pub dataset_roots: Vec<PathBuf>,
     /// Do not create the synthetic demo dataset on first start.
     #[arg(long, env = "CGGM_NO_DEMO")]

@@ -11,7 +11,10 @@ pub async fn connect(data_dir: &Path) -> anyhow::Result<SqlitePool> {
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .busy_timeout(std::time::Duration::from_secs(10));
-    let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
+    let pool = SqlitePoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await?;
     sqlx::migrate!("../migrations").run(&pool).await?;
     Ok(pool)
 }
@@ -132,7 +135,9 @@ pub async fn dataset(pool: &SqlitePool, id: i64) -> Result<Dataset> {
 }
 
 pub async fn datasets(pool: &SqlitePool) -> Result<Vec<Dataset>> {
-    Ok(sqlx::query_as("SELECT * FROM datasets ORDER BY id").fetch_all(pool).await?)
+    Ok(sqlx::query_as("SELECT * FROM datasets ORDER BY id")
+        .fetch_all(pool)
+        .await?)
 }
 
 pub async fn study(pool: &SqlitePool, id: i64) -> Result<Study> {
@@ -144,7 +149,9 @@ pub async fn study(pool: &SqlitePool, id: i64) -> Result<Study> {
 }
 
 pub async fn studies(pool: &SqlitePool) -> Result<Vec<Study>> {
-    Ok(sqlx::query_as("SELECT * FROM studies ORDER BY id DESC").fetch_all(pool).await?)
+    Ok(sqlx::query_as("SELECT * FROM studies ORDER BY id DESC")
+        .fetch_all(pool)
+        .await?)
 }
 
 pub async fn job(pool: &SqlitePool, id: i64) -> Result<Job> {
@@ -163,7 +170,11 @@ pub async fn jobs(pool: &SqlitePool, kind: Option<&str>) -> Result<Vec<Job>> {
                 .fetch_all(pool)
                 .await?
         }
-        None => sqlx::query_as("SELECT * FROM jobs ORDER BY id DESC").fetch_all(pool).await?,
+        None => {
+            sqlx::query_as("SELECT * FROM jobs ORDER BY id DESC")
+                .fetch_all(pool)
+                .await?
+        }
     })
 }
 
@@ -189,8 +200,13 @@ pub async fn events(
 /// The validation event marked best (or the last one) of a training job, as JSON.
 pub async fn best_validation(pool: &SqlitePool, job_id: i64) -> Result<Option<serde_json::Value>> {
     let rows = events(pool, job_id, 0, Some("validation")).await?;
-    let parsed: Vec<serde_json::Value> =
-        rows.iter().filter_map(|r| serde_json::from_str(&r.data).ok()).collect();
-    let best = parsed.iter().rev().find(|v| v["best"] == serde_json::Value::Bool(true));
+    let parsed: Vec<serde_json::Value> = rows
+        .iter()
+        .filter_map(|r| serde_json::from_str(&r.data).ok())
+        .collect();
+    let best = parsed
+        .iter()
+        .rev()
+        .find(|v| v["best"] == serde_json::Value::Bool(true));
     Ok(best.or(parsed.last()).cloned())
 }

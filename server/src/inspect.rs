@@ -12,9 +12,13 @@ pub const MODALITIES: [&str; 4] = ["flair", "t1ce", "t1", "t2"];
 /// `BraTS2021_00000_t1ce.nii.gz` -> `t1ce`; `seg` for labels; `None` for anything else.
 pub fn modality_of(file_name: &str) -> Option<&'static str> {
     let lower = file_name.to_ascii_lowercase();
-    let stem = lower.strip_suffix(".nii.gz").or_else(|| lower.strip_suffix(".nii"))?;
+    let stem = lower
+        .strip_suffix(".nii.gz")
+        .or_else(|| lower.strip_suffix(".nii"))?;
     let last = stem.rsplit(['_', '-', '.']).next().unwrap_or(stem);
-    ["flair", "t1ce", "t1", "t2", "seg"].into_iter().find(|m| *m == last)
+    ["flair", "t1ce", "t1", "t2", "seg"]
+        .into_iter()
+        .find(|m| *m == last)
 }
 
 pub fn is_nifti_name(file_name: &str) -> bool {
@@ -56,14 +60,24 @@ pub struct DatasetReport {
 /// check decodes every case like `cggm validate`.
 pub fn inspect_dataset(dir: &Path, full: bool) -> DatasetReport {
     use cggm_trainer::data::{discover, split_cases, validate_dataset, Layout};
-    let found = if full { validate_dataset(dir) } else { discover(dir) };
+    let found = if full {
+        validate_dataset(dir)
+    } else {
+        discover(dir)
+    };
     let layout = match found.layout {
         Layout::BraTS2021 => "brats",
         Layout::MsdTask01 => "msd",
         Layout::Empty => "empty",
     };
-    let mut problems: Vec<CaseProblem> =
-        found.problems.iter().map(|p| CaseProblem { case: p.case.clone(), error: p.error.to_string() }).collect();
+    let mut problems: Vec<CaseProblem> = found
+        .problems
+        .iter()
+        .map(|p| CaseProblem {
+            case: p.case.clone(),
+            error: p.error.to_string(),
+        })
+        .collect();
     let mut valid = Vec::new();
     let mut shape = None;
     for case in &found.cases {
@@ -72,7 +86,10 @@ pub fn inspect_dataset(dir: &Path, full: bool) -> DatasetReport {
                 shape.get_or_insert(s);
                 valid.push(case.clone());
             }
-            Err(error) => problems.push(CaseProblem { case: case.id.clone(), error }),
+            Err(error) => problems.push(CaseProblem {
+                case: case.id.clone(),
+                error,
+            }),
         }
     }
     problems.sort_by(|a, b| a.case.cmp(&b.case));
@@ -81,9 +98,17 @@ pub fn inspect_dataset(dir: &Path, full: bool) -> DatasetReport {
         layout: layout.into(),
         cases: valid.len() + problems.len(),
         valid_cases: valid.len(),
-        modalities: if valid.is_empty() { Vec::new() } else { MODALITIES.iter().map(|m| m.to_string()).collect() },
+        modalities: if valid.is_empty() {
+            Vec::new()
+        } else {
+            MODALITIES.iter().map(|m| m.to_string()).collect()
+        },
         shape,
-        split: SplitSizes { train: split.train.len(), val: split.val.len(), test: split.test.len() },
+        split: SplitSizes {
+            train: split.train.len(),
+            val: split.val.len(),
+            test: split.test.len(),
+        },
         full_check: full,
         problems,
     }
@@ -93,10 +118,17 @@ pub fn inspect_dataset(dir: &Path, full: bool) -> DatasetReport {
 fn header_shapes_agree(paths: &[PathBuf]) -> Result<Vec<usize>, String> {
     let mut first: Option<(String, Vec<usize>)> = None;
     for path in paths {
-        let name = path.file_name().unwrap_or_default().to_string_lossy().to_string();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
         let header = nifti::NiftiHeader::from_file(path).map_err(|e| format!("{name}: {e}"))?;
         let rank = header.dim[0].clamp(1, 7) as usize;
-        let dims: Vec<usize> = header.dim[1..=rank.min(3)].iter().map(|d| *d as usize).collect();
+        let dims: Vec<usize> = header.dim[1..=rank.min(3)]
+            .iter()
+            .map(|d| *d as usize)
+            .collect();
         match &first {
             None => first = Some((name, dims)),
             Some((other, s)) if *s != dims => {
@@ -126,25 +158,40 @@ pub struct CheckedUpload {
 
 /// Decodes every file and checks that they form one study: four modalities of one shape, or one
 /// 4-D file with four channels (MSD). `need_labels` also requires a `seg` file of the same shape.
-pub fn check_upload(mut files: Vec<UploadedFile>, need_labels: bool) -> Result<CheckedUpload, String> {
+pub fn check_upload(
+    mut files: Vec<UploadedFile>,
+    need_labels: bool,
+) -> Result<CheckedUpload, String> {
     if files.is_empty() {
-        return Err("no files uploaded: send the four modalities (flair, t1ce, t1, t2) or one 4-D NIfTI".into());
+        return Err(
+            "no files uploaded: send the four modalities (flair, t1ce, t1, t2) or one 4-D NIfTI"
+                .into(),
+        );
     }
     let mut roles: BTreeMap<String, usize> = BTreeMap::new();
     let mut shapes: Vec<(usize, Vec<usize>)> = Vec::new();
     for (i, file) in files.iter().enumerate() {
         if !is_nifti_name(&file.file_name) {
-            return Err(format!("{}: not a NIfTI file name (expected .nii or .nii.gz)", file.file_name));
+            return Err(format!(
+                "{}: not a NIfTI file name (expected .nii or .nii.gz)",
+                file.file_name
+            ));
         }
         let volume = read_volume(&file.path).map_err(|e| format!("{}: {e}", file.file_name))?;
         let shape = volume.data.shape().to_vec();
         let role = if files.len() == 1 && shape.len() == 4 {
             if shape[3] != 4 {
-                return Err(format!("{}: a 4-D file must have 4 channels (FLAIR, T1w, T1gd, T2w), found {}", file.file_name, shape[3]));
+                return Err(format!(
+                    "{}: a 4-D file must have 4 channels (FLAIR, T1w, T1gd, T2w), found {}",
+                    file.file_name, shape[3]
+                ));
             }
             "4d".to_string()
         } else {
-            let from_field = MODALITIES.iter().chain(["seg"].iter()).find(|m| **m == file.field);
+            let from_field = MODALITIES
+                .iter()
+                .chain(["seg"].iter())
+                .find(|m| **m == file.field);
             match from_field.copied().or_else(|| modality_of(&file.file_name)) {
                 Some(m) => m.to_string(),
                 None => {
@@ -156,17 +203,30 @@ pub fn check_upload(mut files: Vec<UploadedFile>, need_labels: bool) -> Result<C
             }
         };
         if shape.len() != 3 && role != "4d" {
-            return Err(format!("{}: expected a 3-D volume, found shape {shape:?}", file.file_name));
+            return Err(format!(
+                "{}: expected a 3-D volume, found shape {shape:?}",
+                file.file_name
+            ));
         }
         if let Some(previous) = roles.insert(role.clone(), i) {
-            return Err(format!("{} and {} are both {role}", files[previous].file_name, file.file_name));
+            return Err(format!(
+                "{} and {} are both {role}",
+                files[previous].file_name, file.file_name
+            ));
         }
         shapes.push((i, shape));
     }
     if !roles.contains_key("4d") {
-        let missing: Vec<&str> = MODALITIES.iter().copied().filter(|m| !roles.contains_key(*m)).collect();
+        let missing: Vec<&str> = MODALITIES
+            .iter()
+            .copied()
+            .filter(|m| !roles.contains_key(*m))
+            .collect();
         if !missing.is_empty() {
-            return Err(format!("missing modalities: {} (need flair, t1ce, t1, t2)", missing.join(", ")));
+            return Err(format!(
+                "missing modalities: {} (need flair, t1ce, t1, t2)",
+                missing.join(", ")
+            ));
         }
     }
     if need_labels && !roles.contains_key("seg") && !roles.contains_key("4d") {
@@ -186,9 +246,14 @@ pub fn check_upload(mut files: Vec<UploadedFile>, need_labels: bool) -> Result<C
     for (role, index) in &roles {
         let file = &mut files[*index];
         if role != "4d" && modality_of(&file.file_name) != Some(role.as_str()) {
-            let ext = if file.file_name.to_ascii_lowercase().ends_with(".gz") { "nii.gz" } else { "nii" };
+            let ext = if file.file_name.to_ascii_lowercase().ends_with(".gz") {
+                "nii.gz"
+            } else {
+                "nii"
+            };
             let renamed = file.path.with_file_name(format!("upload_{role}.{ext}"));
-            std::fs::rename(&file.path, &renamed).map_err(|e| format!("{}: {e}", file.file_name))?;
+            std::fs::rename(&file.path, &renamed)
+                .map_err(|e| format!("{}: {e}", file.file_name))?;
             file.file_name = format!("upload_{role}.{ext}");
             file.path = renamed;
         }
@@ -196,7 +261,11 @@ pub fn check_upload(mut files: Vec<UploadedFile>, need_labels: bool) -> Result<C
     let paths: Vec<PathBuf> = roles.values().map(|i| files[*i].path.clone()).collect();
     let case = cggm_trainer::data::case_from_paths(&paths).map_err(|e| e.to_string())?;
     cggm_trainer::data::load_study(&case).map_err(|e| e.to_string())?;
-    Ok(CheckedUpload { roles, shape: reference, files })
+    Ok(CheckedUpload {
+        roles,
+        shape: reference,
+        files,
+    })
 }
 
 /// Safe single path component from a user-supplied name: letters, digits, `-`, `_`, `.`; no
@@ -205,7 +274,9 @@ pub fn safe_name(name: &str) -> Result<String, String> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(name.to_string())
     } else {

@@ -63,9 +63,10 @@ impl JobRunner {
         .bind(db::now())
         .execute(&self.inner.pool)
         .await?;
-        let queued: Vec<(i64,)> = sqlx::query_as("SELECT id FROM jobs WHERE state = 'queued' ORDER BY id")
-            .fetch_all(&self.inner.pool)
-            .await?;
+        let queued: Vec<(i64,)> =
+            sqlx::query_as("SELECT id FROM jobs WHERE state = 'queued' ORDER BY id")
+                .fetch_all(&self.inner.pool)
+                .await?;
         for (id,) in queued {
             self.enqueue(id);
         }
@@ -78,7 +79,9 @@ impl JobRunner {
         tokio::spawn(async move {
             if let Err(e) = inner.clone().run(job_id).await {
                 tracing::error!(job_id, error = ?e, "job runner error");
-                let _ = inner.finish(job_id, JobState::Failed, None, Some(format!("{e:#}"))).await;
+                let _ = inner
+                    .finish(job_id, JobState::Failed, None, Some(format!("{e:#}")))
+                    .await;
             }
         });
     }
@@ -95,7 +98,13 @@ impl JobRunner {
             self.inner.drop_channel(job_id);
             return Ok(true);
         }
-        let notify = self.inner.cancels.lock().unwrap_or_else(|e| e.into_inner()).get(&job_id).cloned();
+        let notify = self
+            .inner
+            .cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&job_id)
+            .cloned();
         match notify {
             Some(notify) => {
                 notify.notify_one();
@@ -108,8 +117,15 @@ impl JobRunner {
     /// A receiver of the job's live messages. Subscribe *before* reading the stored history, then
     /// skip live messages with `seq` at or below the last stored one.
     pub fn subscribe(&self, job_id: i64) -> broadcast::Receiver<LiveMessage> {
-        let mut channels = self.inner.channels.lock().unwrap_or_else(|e| e.into_inner());
-        channels.entry(job_id).or_insert_with(|| broadcast::channel(1024).0).subscribe()
+        let mut channels = self
+            .inner
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        channels
+            .entry(job_id)
+            .or_insert_with(|| broadcast::channel(1024).0)
+            .subscribe()
     }
 
     pub fn log_path(&self, job_id: i64) -> PathBuf {
@@ -124,14 +140,19 @@ pub fn log_path(data_dir: &Path, job_id: i64) -> PathBuf {
 impl Inner {
     async fn run(self: Arc<Self>, job_id: i64) -> anyhow::Result<()> {
         let _slot = self.slots.acquire().await.context("job queue closed")?;
-        let job = db::job(&self.pool, job_id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let job = db::job(&self.pool, job_id)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         if job.state != JobState::Queued.as_str() {
             return Ok(()); // cancelled while queued
         }
         let args = command_args(&job)?;
         let log_file = self.open_log(job_id)?;
         let cancel = Arc::new(Notify::new());
-        self.cancels.lock().unwrap_or_else(|e| e.into_inner()).insert(job_id, cancel.clone());
+        self.cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(job_id, cancel.clone());
 
         let mut child = match tokio::process::Command::new(&self.cggm_bin)
             .args(&args)
@@ -143,9 +164,13 @@ impl Inner {
         {
             Ok(child) => child,
             Err(e) => {
-                self.cancels.lock().unwrap_or_else(|e| e.into_inner()).remove(&job_id);
+                self.cancels
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&job_id);
                 let reason = format!("could not start {}: {e}", self.cggm_bin.display());
-                self.finish(job_id, JobState::Failed, None, Some(reason)).await?;
+                self.finish(job_id, JobState::Failed, None, Some(reason))
+                    .await?;
                 return Ok(());
             }
         };
@@ -159,10 +184,11 @@ impl Inner {
 
         let stdout = child.stdout.take().context("child stdout")?;
         let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let mut seq: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?")
-            .bind(job_id)
-            .fetch_one(&self.pool)
-            .await?;
+        let mut seq: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?")
+                .bind(job_id)
+                .fetch_one(&self.pool)
+                .await?;
         let mut failure: Option<String> = None;
         let mut cancelled = false;
         loop {
@@ -188,10 +214,16 @@ impl Inner {
             }
         }
         let status = child.wait().await?;
-        self.cancels.lock().unwrap_or_else(|e| e.into_inner()).remove(&job_id);
+        self.cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&job_id);
         let code = status.code().map(i64::from);
         let (state, error) = if cancelled {
-            (JobState::Cancelled, Some("cancelled by the user".to_string()))
+            (
+                JobState::Cancelled,
+                Some("cancelled by the user".to_string()),
+            )
         } else if status.success() && failure.is_none() {
             (JobState::Succeeded, None)
         } else {
@@ -208,7 +240,10 @@ impl Inner {
     fn open_log(&self, job_id: i64) -> anyhow::Result<std::fs::File> {
         let path = log_path(&self.data_dir, job_id);
         std::fs::create_dir_all(path.parent().context("log folder")?)?;
-        Ok(std::fs::OpenOptions::new().create(true).append(true).open(&path)?)
+        Ok(std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?)
     }
 
     async fn store_event(&self, job_id: i64, seq: i64, event: &Event) -> anyhow::Result<()> {
@@ -228,15 +263,23 @@ impl Inner {
         Ok(())
     }
 
-    async fn finish(&self, job_id: i64, state: JobState, code: Option<i64>, error: Option<String>) -> anyhow::Result<()> {
-        sqlx::query("UPDATE jobs SET state = ?, finished_at = ?, exit_code = ?, error = ? WHERE id = ?")
-            .bind(state.as_str())
-            .bind(db::now())
-            .bind(code)
-            .bind(error)
-            .bind(job_id)
-            .execute(&self.pool)
-            .await?;
+    async fn finish(
+        &self,
+        job_id: i64,
+        state: JobState,
+        code: Option<i64>,
+        error: Option<String>,
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE jobs SET state = ?, finished_at = ?, exit_code = ?, error = ? WHERE id = ?",
+        )
+        .bind(state.as_str())
+        .bind(db::now())
+        .bind(code)
+        .bind(error)
+        .bind(job_id)
+        .execute(&self.pool)
+        .await?;
         self.broadcast_state(job_id, state);
         self.drop_channel(job_id);
         Ok(())
@@ -244,7 +287,14 @@ impl Inner {
 
     fn broadcast_state(&self, job_id: i64, state: JobState) {
         let data = serde_json::json!({ "state": state.as_str() }).to_string();
-        self.send(job_id, LiveMessage { seq: 0, kind: "state".into(), data });
+        self.send(
+            job_id,
+            LiveMessage {
+                seq: 0,
+                kind: "state".into(),
+                data,
+            },
+        );
     }
 
     fn send(&self, job_id: i64, message: LiveMessage) {
@@ -255,7 +305,10 @@ impl Inner {
     }
 
     fn drop_channel(&self, job_id: i64) {
-        self.channels.lock().unwrap_or_else(|e| e.into_inner()).remove(&job_id);
+        self.channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&job_id);
     }
 }
 
@@ -266,11 +319,23 @@ fn command_args(job: &db::Job) -> anyhow::Result<Vec<String>> {
     let mut args: Vec<String> = Vec::new();
     match job.kind.as_str() {
         "train" => {
-            args.extend(["train".into(), "--data".into(), text("data").context("params.data")?]);
+            args.extend([
+                "train".into(),
+                "--data".into(),
+                text("data").context("params.data")?,
+            ]);
             args.extend(["--method".into(), text("method").context("params.method")?]);
             args.extend(["--preset".into(), text("preset").context("params.preset")?]);
-            args.extend(["--epochs".into(), params["epochs"].as_u64().unwrap_or(1).to_string()]);
-            args.extend(["--out".into(), job.out_dir.clone(), "--events".into(), "-".into()]);
+            args.extend([
+                "--epochs".into(),
+                params["epochs"].as_u64().unwrap_or(1).to_string(),
+            ]);
+            args.extend([
+                "--out".into(),
+                job.out_dir.clone(),
+                "--events".into(),
+                "-".into(),
+            ]);
             if params["resume"] == serde_json::Value::Bool(true) {
                 args.push("--resume".into());
             }
@@ -294,14 +359,24 @@ fn command_args(job: &db::Job) -> anyhow::Result<Vec<String>> {
             }
         }
         "infer" => {
-            args.extend(["infer".into(), "--checkpoint".into(), text("checkpoint").context("params.checkpoint")?]);
+            args.extend([
+                "infer".into(),
+                "--checkpoint".into(),
+                text("checkpoint").context("params.checkpoint")?,
+            ]);
             for case in params["cases"].as_array().context("params.cases")? {
-                args.extend(["--case".into(), case.as_str().context("case path")?.to_string()]);
+                args.extend([
+                    "--case".into(),
+                    case.as_str().context("case path")?.to_string(),
+                ]);
             }
             let out = PathBuf::from(&job.out_dir);
             std::fs::create_dir_all(&out)?;
             args.extend(["--out".into(), out.join("seg.nii.gz").display().to_string()]);
-            args.extend(["--summary".into(), out.join("summary.json").display().to_string()]);
+            args.extend([
+                "--summary".into(),
+                out.join("summary.json").display().to_string(),
+            ]);
             args.extend(["--events".into(), "-".into()]);
             if let Some(device) = text("device") {
                 args.extend(["--device".into(), device]);

@@ -43,11 +43,24 @@ impl AppState {
         for sub in ["datasets", "studies", "runs", "predictions", "logs", "tmp"] {
             std::fs::create_dir_all(config.data_dir.join(sub))?;
         }
-        let config = Config { data_dir: config.data_dir.canonicalize()?, ..config };
+        let config = Config {
+            data_dir: config.data_dir.canonicalize()?,
+            ..config
+        };
         let pool = db::connect(&config.data_dir).await?;
-        let runner = JobRunner::new(pool.clone(), config.cggm_bin.clone(), config.data_dir.clone(), config.max_jobs);
+        let runner = JobRunner::new(
+            pool.clone(),
+            config.cggm_bin.clone(),
+            config.data_dir.clone(),
+            config.max_jobs,
+        );
         runner.recover().await?;
-        Ok(Self { config: Arc::new(config), pool, runner, volumes: Arc::default() })
+        Ok(Self {
+            config: Arc::new(config),
+            pool,
+            runner,
+            volumes: Arc::default(),
+        })
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -57,7 +70,9 @@ impl AppState {
     /// A fresh folder for a partial upload, on the same file system as its final place so that
     /// the final `rename` is atomic.
     pub fn temp_dir(&self) -> std::io::Result<tempfile::TempDir> {
-        tempfile::Builder::new().prefix("upload-").tempdir_in(self.data_dir().join("tmp"))
+        tempfile::Builder::new()
+            .prefix("upload-")
+            .tempdir_in(self.data_dir().join("tmp"))
     }
 }
 
@@ -69,11 +84,17 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::pages::router())
         .nest("/api", routes::api_router())
         .nest_service("/static", ServeDir::new(web.join("static")))
-        .nest_service("/vendor/uplot", ServeDir::new(web.join("node_modules/uplot/dist")))
+        .nest_service(
+            "/vendor/uplot",
+            ServeDir::new(web.join("node_modules/uplot/dist")),
+        )
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(CompressionLayer::new())
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(600)))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(600),
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -84,7 +105,10 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
     let Some(token) = state.config.token.as_deref() else {
         return next.run(request).await;
     };
-    if matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+    if matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) {
         return next.run(request).await;
     }
     let presented = request
@@ -127,9 +151,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let listener = tokio::net::TcpListener::bind(args.bind).await?;
     let address = listener.local_addr()?;
-    tracing::info!("CGGM Studio listening on http://{address} (data in {}, ready in {} ms)",
-        state.data_dir().display(), started.elapsed().as_millis());
-    eprintln!("CGGM Studio: open http://{address}/ (ready in {} ms)", started.elapsed().as_millis());
+    tracing::info!(
+        "CGGM Studio listening on http://{address} (data in {}, ready in {} ms)",
+        state.data_dir().display(),
+        started.elapsed().as_millis()
+    );
+    eprintln!(
+        "CGGM Studio: open http://{address}/ (ready in {} ms)",
+        started.elapsed().as_millis()
+    );
     axum::serve(listener, app(state))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

@@ -4,12 +4,18 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "cggm", version, about = "CGGM Studio: multimodal brain-tumour MRI segmentation")]
+#[command(
+    name = "cggm",
+    version,
+    about = "CGGM Studio: multimodal brain-tumour MRI segmentation"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+// Parsed once per process; boxing the large trainer arguments would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the web application (http://127.0.0.1:8080 by default).

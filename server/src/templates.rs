@@ -13,7 +13,11 @@ impl<T: Template> IntoResponse for HtmlTemplate<T> {
             Ok(html) => Html(html).into_response(),
             Err(e) => {
                 tracing::error!(error = %e, "template render failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, "page could not be rendered (see the server log)").into_response()
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "page could not be rendered (see the server log)",
+                )
+                    .into_response()
             }
         }
     }
@@ -53,6 +57,9 @@ pub struct DatasetRow {
     pub valid_cases: usize,
     pub shape: String,
     pub modalities: String,
+    /// "train / val / test" case counts of the trainer's default split.
+    pub split: String,
+    pub full_check: bool,
     pub problems: Vec<(String, String)>,
 }
 
@@ -145,5 +152,7 @@ pub struct NotFound {
 
 /// Dice as text with three decimals, or a dash.
 pub fn dice(value: &serde_json::Value) -> String {
-    value.as_f64().map_or_else(|| "–".to_string(), |v| format!("{v:.3}"))
+    value
+        .as_f64()
+        .map_or_else(|| "–".to_string(), |v| format!("{v:.3}"))
 }

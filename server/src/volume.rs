@@ -42,14 +42,26 @@ impl Volume {
 
 /// Reads a .nii or .nii.gz file fully (a corrupt gzip stream fails here, not later).
 pub fn read_volume(path: &Path) -> Result<Volume, String> {
-    let object = ReaderOptions::new().read_file(path).map_err(describe_nifti_error)?;
+    let object = ReaderOptions::new()
+        .read_file(path)
+        .map_err(describe_nifti_error)?;
     let header = object.header().clone();
-    let data = object.into_volume().into_ndarray::<f32>().map_err(describe_nifti_error)?;
+    let data = object
+        .into_volume()
+        .into_ndarray::<f32>()
+        .map_err(describe_nifti_error)?;
     if data.ndim() < 3 || data.ndim() > 4 {
-        return Err(format!("expected a 3-D or 4-D volume, found {} dimensions", data.ndim()));
+        return Err(format!(
+            "expected a 3-D or 4-D volume, found {} dimensions",
+            data.ndim()
+        ));
     }
-    let spacing = [header.pixdim[1].abs(), header.pixdim[2].abs(), header.pixdim[3].abs()]
-        .map(|s| if s.is_finite() && s > 0.0 { s } else { 1.0 });
+    let spacing = [
+        header.pixdim[1].abs(),
+        header.pixdim[2].abs(),
+        header.pixdim[3].abs(),
+    ]
+    .map(|s| if s.is_finite() && s > 0.0 { s } else { 1.0 });
     let channels = if data.ndim() == 4 { data.shape()[3] } else { 1 };
     let windows = (0..channels)
         .map(|c| {
@@ -60,7 +72,11 @@ pub fn read_volume(path: &Path) -> Result<Volume, String> {
             }
         })
         .collect();
-    Ok(Volume { data, spacing, windows })
+    Ok(Volume {
+        data,
+        spacing,
+        windows,
+    })
 }
 
 fn describe_nifti_error(e: nifti::NiftiError) -> String {
@@ -81,7 +97,10 @@ fn describe_nifti_error(e: nifti::NiftiError) -> String {
 }
 
 fn percentile_window<'a>(values: impl Iterator<Item = &'a f32>) -> (f32, f32) {
-    let mut v: Vec<f32> = values.copied().filter(|x| *x != 0.0 && x.is_finite()).collect();
+    let mut v: Vec<f32> = values
+        .copied()
+        .filter(|x| *x != 0.0 && x.is_finite())
+        .collect();
     if v.is_empty() {
         return (0.0, 1.0);
     }
@@ -126,7 +145,13 @@ impl Plane {
         }
     }
 
-    fn voxel(self, shape: [usize; 3], index: usize, col: usize, row: usize) -> (usize, usize, usize) {
+    fn voxel(
+        self,
+        shape: [usize; 3],
+        index: usize,
+        col: usize,
+        row: usize,
+    ) -> (usize, usize, usize) {
         let (_, h) = self.frame(shape);
         let up = h - 1 - row;
         match self {
@@ -138,7 +163,12 @@ impl Plane {
 }
 
 /// A grey-scale PNG of one slice of channel `channel`, windowed to the volume's percentiles.
-pub fn render_slice(volume: &Volume, plane: Plane, index: usize, channel: usize) -> Result<Vec<u8>, String> {
+pub fn render_slice(
+    volume: &Volume,
+    plane: Plane,
+    index: usize,
+    channel: usize,
+) -> Result<Vec<u8>, String> {
     let shape = volume.shape3();
     check_index(plane, shape, index)?;
     let (w, h) = plane.frame(shape);
@@ -167,7 +197,12 @@ pub fn label_colour(label: u8) -> Option<[u8; 3]> {
 
 /// An RGBA PNG of one slice of a label volume: shown labels opaque in their colour, the rest
 /// transparent (the page sets the opacity).
-pub fn render_labels(volume: &Volume, plane: Plane, index: usize, shown: &[u8]) -> Result<Vec<u8>, String> {
+pub fn render_labels(
+    volume: &Volume,
+    plane: Plane,
+    index: usize,
+    shown: &[u8],
+) -> Result<Vec<u8>, String> {
     let shape = volume.shape3();
     check_index(plane, shape, index)?;
     let (w, h) = plane.frame(shape);
@@ -189,12 +224,19 @@ pub fn render_labels(volume: &Volume, plane: Plane, index: usize, shown: &[u8]) 
 fn check_index(plane: Plane, shape: [usize; 3], index: usize) -> Result<(), String> {
     let depth = plane.depth(shape);
     if index >= depth {
-        return Err(format!("slice {index} is outside 0..{depth} for the {plane:?} plane"));
+        return Err(format!(
+            "slice {index} is outside 0..{depth} for the {plane:?} plane"
+        ));
     }
     Ok(())
 }
 
-fn encode_png(w: usize, h: usize, colour: png::ColorType, pixels: &[u8]) -> Result<Vec<u8>, String> {
+fn encode_png(
+    w: usize,
+    h: usize,
+    colour: png::ColorType,
+    pixels: &[u8],
+) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(pixels.len() / 2 + 64);
     let mut encoder = png::Encoder::new(&mut out, w as u32, h as u32);
     encoder.set_color(colour);
@@ -228,7 +270,13 @@ pub fn region_volumes(labels: &Volume) -> RegionVolumes {
     let ncr = counts[1] as f64 * voxel_ml;
     let ed = counts[2] as f64 * voxel_ml;
     let et = (counts[3] + counts[4]) as f64 * voxel_ml;
-    RegionVolumes { ncr_ml: ncr, ed_ml: ed, et_ml: et, wt_ml: ncr + ed + et, tc_ml: ncr + et }
+    RegionVolumes {
+        ncr_ml: ncr,
+        ed_ml: ed,
+        et_ml: et,
+        wt_ml: ncr + ed + et,
+        tc_ml: ncr + et,
+    }
 }
 
 /// A few decoded volumes, most recently used first.

@@ -16,7 +16,9 @@ fn train_request(dataset_id: i64, method: &str) -> serde_json::Value {
 
 async fn finished_run(app: &TestApp) -> i64 {
     let dataset = app.register_dataset("brats", 2).await;
-    let (status, job) = app.post_json("/api/jobs", train_request(dataset, "cggm")).await;
+    let (status, job) = app
+        .post_json("/api/jobs", train_request(dataset, "cggm"))
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{job}");
     let id = job["id"].as_i64().unwrap();
     app.wait_for_job(id, &["succeeded"], DEADLINE).await;
@@ -25,7 +27,9 @@ async fn finished_run(app: &TestApp) -> i64 {
 
 async fn upload_study(app: &TestApp) -> i64 {
     let files = write_case(&app.dir.path().join("upload"), "Patient1", [8, 8, 4], false);
-    let (status, body) = app.post_multipart("/api/studies", &Multipart::default().files(&files)).await;
+    let (status, body) = app
+        .post_multipart("/api/studies", &Multipart::default().files(&files))
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     body["id"].as_i64().unwrap()
 }
@@ -44,19 +48,41 @@ async fn health_reports_ok() {
 async fn options_list_methods_and_presets() {
     let app = TestApp::new().await;
     let (_, body) = app.get_json("/api/options").await;
-    assert!(body["methods"].as_array().unwrap().iter().any(|m| m == "cggm"));
-    assert!(body["presets"].as_array().unwrap().iter().any(|p| p == "tiny"));
+    assert!(body["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m == "cggm"));
+    assert!(body["presets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p == "tiny"));
 }
 
 #[tokio::test]
 async fn every_page_renders_as_html() {
     let app = TestApp::new().await;
     let run = finished_run(&app).await;
-    for uri in ["/", "/datasets", "/runs/new", "/models", "/segment", "/compare?jobs=1", &format!("/jobs/{run}")] {
+    for uri in [
+        "/",
+        "/datasets",
+        "/runs/new",
+        "/models",
+        "/segment",
+        "/compare?jobs=1",
+        &format!("/jobs/{run}"),
+    ] {
         let (status, body, content_type) = app.get(uri).await;
         assert_eq!(status, StatusCode::OK, "{uri}");
-        assert!(content_type.starts_with("text/html"), "{uri}: {content_type}");
-        assert!(String::from_utf8_lossy(&body).contains("CGGM Studio"), "{uri}");
+        assert!(
+            content_type.starts_with("text/html"),
+            "{uri}: {content_type}"
+        );
+        assert!(
+            String::from_utf8_lossy(&body).contains("CGGM Studio"),
+            "{uri}"
+        );
     }
 }
 
@@ -76,7 +102,10 @@ async fn static_assets_are_served() {
     let (status, body, _) = app.get("/static/app.js").await;
     assert_eq!(status, StatusCode::OK);
     assert!(String::from_utf8_lossy(&body).contains("EventSource"));
-    assert_eq!(app.get("/static/../Cargo.toml").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.get("/static/../Cargo.toml").await.0,
+        StatusCode::NOT_FOUND
+    );
 }
 
 // ------------------------------------------------------------------ datasets
@@ -90,17 +119,36 @@ async fn registered_dataset_reports_cases_and_names_bad_ones() {
     let missing = write_case(&root, "NoT1ce", [8, 8, 4], true);
     std::fs::remove_file(&missing[1]).unwrap();
     write_case(&root, "Mismatch", [8, 8, 4], true);
-    write_nifti(&root.join("Mismatch/Mismatch_t2.nii.gz"), &volume([8, 8, 5], 0.0));
+    write_nifti(
+        &root.join("Mismatch/Mismatch_t2.nii.gz"),
+        &volume([8, 8, 5], 0.0),
+    );
 
-    let (status, body) = app.post_json("/api/datasets", serde_json::json!({ "name": "mixed", "path": "datasets/mixed" })).await;
+    let (status, body) = app
+        .post_json(
+            "/api/datasets",
+            serde_json::json!({ "name": "mixed", "path": "datasets/mixed" }),
+        )
+        .await;
 
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["report"]["cases"], 4);
     assert_eq!(body["report"]["valid_cases"], 2);
     let problems = body["report"]["problems"].to_string();
-    assert!(problems.contains("NoT1ce") && problems.contains("t1ce volume is missing"), "{problems}");
-    assert!(problems.contains("Mismatch") && problems.contains("shape"), "{problems}");
-    assert_eq!(body["report"]["split"]["train"].as_u64().unwrap() + body["report"]["split"]["val"].as_u64().unwrap() + body["report"]["split"]["test"].as_u64().unwrap(), 2);
+    assert!(
+        problems.contains("NoT1ce") && problems.contains("t1ce volume is missing"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("Mismatch") && problems.contains("shape"),
+        "{problems}"
+    );
+    assert_eq!(
+        body["report"]["split"]["train"].as_u64().unwrap()
+            + body["report"]["split"]["val"].as_u64().unwrap()
+            + body["report"]["split"]["test"].as_u64().unwrap(),
+        2
+    );
     let (_, list) = app.get_json("/api/datasets").await;
     assert_eq!(list.as_array().unwrap().len(), 1);
 }
@@ -109,7 +157,12 @@ async fn registered_dataset_reports_cases_and_names_bad_ones() {
 async fn dataset_path_outside_the_data_directory_is_rejected_with_422() {
     let app = TestApp::new().await;
     for path in ["../", "/etc", "datasets/../../"] {
-        let (status, body) = app.post_json("/api/datasets", serde_json::json!({ "name": "escape", "path": path })).await;
+        let (status, body) = app
+            .post_json(
+                "/api/datasets",
+                serde_json::json!({ "name": "escape", "path": path }),
+            )
+            .await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{path}: {body}");
     }
 }
@@ -117,7 +170,9 @@ async fn dataset_path_outside_the_data_directory_is_rejected_with_422() {
 #[tokio::test]
 async fn dataset_name_with_a_separator_is_rejected_with_400() {
     let app = TestApp::new().await;
-    let (status, _) = app.post_json("/api/datasets", serde_json::json!({ "name": "../evil" })).await;
+    let (status, _) = app
+        .post_json("/api/datasets", serde_json::json!({ "name": "../evil" }))
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
 
@@ -125,26 +180,39 @@ async fn dataset_name_with_a_separator_is_rejected_with_400() {
 async fn duplicate_dataset_name_is_409() {
     let app = TestApp::new().await;
     app.register_dataset("same", 1).await;
-    let (status, _) = app.post_json("/api/datasets", serde_json::json!({ "name": "same", "path": "datasets/same" })).await;
+    let (status, _) = app
+        .post_json(
+            "/api/datasets",
+            serde_json::json!({ "name": "same", "path": "datasets/same" }),
+        )
+        .await;
     assert_eq!(status, StatusCode::CONFLICT);
 }
 
 #[tokio::test]
 async fn uploaded_case_joins_an_upload_dataset_and_is_never_replaced() {
     let app = TestApp::new().await;
-    let (status, dataset) = app.post_json("/api/datasets", serde_json::json!({ "name": "mine" })).await;
+    let (status, dataset) = app
+        .post_json("/api/datasets", serde_json::json!({ "name": "mine" }))
+        .await;
     assert_eq!(status, StatusCode::CREATED);
     let id = dataset["id"].as_i64().unwrap();
     let files = write_case(&app.dir.path().join("src"), "anything", [8, 8, 4], true);
     let form = Multipart::default().text("case", "Case_A").files(&files);
 
-    let (status, body) = app.post_multipart(&format!("/api/datasets/{id}/cases"), &form).await;
+    let (status, body) = app
+        .post_multipart(&format!("/api/datasets/{id}/cases"), &form)
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["report"]["valid_cases"], 1);
-    let stored = app.data_dir().join("datasets/mine/Case_A/Case_A_t1ce.nii.gz");
+    let stored = app
+        .data_dir()
+        .join("datasets/mine/Case_A/Case_A_t1ce.nii.gz");
     let before = std::fs::read(&stored).unwrap();
 
-    let (status, _) = app.post_multipart(&format!("/api/datasets/{id}/cases"), &form).await;
+    let (status, _) = app
+        .post_multipart(&format!("/api/datasets/{id}/cases"), &form)
+        .await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(std::fs::read(&stored).unwrap(), before);
 }
@@ -152,10 +220,14 @@ async fn uploaded_case_joins_an_upload_dataset_and_is_never_replaced() {
 #[tokio::test]
 async fn case_without_labels_is_rejected_with_422() {
     let app = TestApp::new().await;
-    let (_, dataset) = app.post_json("/api/datasets", serde_json::json!({ "name": "mine" })).await;
+    let (_, dataset) = app
+        .post_json("/api/datasets", serde_json::json!({ "name": "mine" }))
+        .await;
     let files = write_case(&app.dir.path().join("src"), "x", [8, 8, 4], false);
     let form = Multipart::default().text("case", "Case_A").files(&files);
-    let (status, body) = app.post_multipart(&format!("/api/datasets/{}/cases", dataset["id"]), &form).await;
+    let (status, body) = app
+        .post_multipart(&format!("/api/datasets/{}/cases", dataset["id"]), &form)
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(body["error"].as_str().unwrap().contains("seg"), "{body}");
 }
@@ -166,7 +238,9 @@ async fn cases_cannot_be_uploaded_into_a_registered_folder() {
     let id = app.register_dataset("ondisk", 1).await;
     let files = write_case(&app.dir.path().join("src"), "x", [8, 8, 4], true);
     let form = Multipart::default().text("case", "Case_B").files(&files);
-    let (status, _) = app.post_multipart(&format!("/api/datasets/{id}/cases"), &form).await;
+    let (status, _) = app
+        .post_multipart(&format!("/api/datasets/{id}/cases"), &form)
+        .await;
     assert_eq!(status, StatusCode::CONFLICT);
 }
 
@@ -174,11 +248,26 @@ async fn cases_cannot_be_uploaded_into_a_registered_folder() {
 async fn revalidation_sees_a_case_broken_on_disk() {
     let app = TestApp::new().await;
     let id = app.register_dataset("disk", 2).await;
-    std::fs::write(app.data_dir().join("datasets/disk/Case_001/Case_001_flair.nii.gz"), b"garbage").unwrap();
-    let (status, body) = app.post_json(&format!("/api/datasets/{id}/validate"), serde_json::json!({})).await;
+    std::fs::write(
+        app.data_dir()
+            .join("datasets/disk/Case_001/Case_001_flair.nii.gz"),
+        b"garbage",
+    )
+    .unwrap();
+    let (status, body) = app
+        .post_json(
+            &format!("/api/datasets/{id}/validate"),
+            serde_json::json!({}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["report"]["valid_cases"], 1);
-    assert!(body["report"]["problems"].to_string().contains("Case_001_flair"), "{body}");
+    assert!(
+        body["report"]["problems"]
+            .to_string()
+            .contains("Case_001_flair"),
+        "{body}"
+    );
 }
 
 // ------------------------------------------------------------------ study uploads and slices
@@ -192,12 +281,20 @@ async fn study_with_four_modalities_is_stored_and_sliced() {
     assert_eq!(study["name"], "Patient1");
 
     for (plane, w, h) in [("axial", 8, 8), ("coronal", 8, 4), ("sagittal", 8, 4)] {
-        let (status, body, content_type) = app.get(&format!("/api/studies/{id}/slice?plane={plane}&index=2&modality=t2")).await;
+        let (status, body, content_type) = app
+            .get(&format!(
+                "/api/studies/{id}/slice?plane={plane}&index=2&modality=t2"
+            ))
+            .await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(content_type, "image/png");
         let decoder = png::Decoder::new(std::io::Cursor::new(body));
         let reader = decoder.read_info().unwrap();
-        assert_eq!((reader.info().width, reader.info().height), (w, h), "{plane}");
+        assert_eq!(
+            (reader.info().width, reader.info().height),
+            (w, h),
+            "{plane}"
+        );
     }
 }
 
@@ -205,9 +302,24 @@ async fn study_with_four_modalities_is_stored_and_sliced() {
 async fn slice_outside_the_volume_or_unknown_modality_is_400() {
     let app = TestApp::new().await;
     let id = upload_study(&app).await;
-    assert_eq!(app.get(&format!("/api/studies/{id}/slice?plane=axial&index=4")).await.0, StatusCode::BAD_REQUEST);
-    assert_eq!(app.get(&format!("/api/studies/{id}/slice?modality=pd")).await.0, StatusCode::BAD_REQUEST);
-    assert_eq!(app.get(&format!("/api/studies/{id}/slice?plane=oblique")).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        app.get(&format!("/api/studies/{id}/slice?plane=axial&index=4"))
+            .await
+            .0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        app.get(&format!("/api/studies/{id}/slice?modality=pd"))
+            .await
+            .0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        app.get(&format!("/api/studies/{id}/slice?plane=oblique"))
+            .await
+            .0,
+        StatusCode::BAD_REQUEST
+    );
 }
 
 #[tokio::test]
@@ -215,10 +327,14 @@ async fn one_msd_4d_file_is_accepted_as_a_study() {
     let app = TestApp::new().await;
     let path = app.dir.path().join("BRATS_001.nii.gz");
     write_4d(&path, [8, 8, 4]);
-    let (status, body) = app.post_multipart("/api/studies", &Multipart::default().files(&[path])).await;
+    let (status, body) = app
+        .post_multipart("/api/studies", &Multipart::default().files(&[path]))
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert!(body["files"]["4d"].is_string());
-    let (status, _, _) = app.get(&format!("/api/studies/{}/slice?modality=t1ce", body["id"])).await;
+    let (status, _, _) = app
+        .get(&format!("/api/studies/{}/slice?modality=t1ce", body["id"]))
+        .await;
     assert_eq!(status, StatusCode::OK);
 }
 
@@ -227,7 +343,9 @@ async fn upload_with_missing_t1ce_is_rejected_with_422() {
     let app = TestApp::new().await;
     let mut files = write_case(app.dir.path(), "P", [8, 8, 4], false);
     files.remove(1);
-    let (status, body) = app.post_multipart("/api/studies", &Multipart::default().files(&files)).await;
+    let (status, body) = app
+        .post_multipart("/api/studies", &Multipart::default().files(&files))
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(body["error"].as_str().unwrap().contains("t1ce"), "{body}");
 }
@@ -237,7 +355,9 @@ async fn upload_of_a_file_that_is_not_nifti_is_rejected_naming_the_file() {
     let app = TestApp::new().await;
     let files = write_case(app.dir.path(), "P", [8, 8, 4], false);
     std::fs::write(&files[2], vec![0u8; 400]).unwrap();
-    let (status, body) = app.post_multipart("/api/studies", &Multipart::default().files(&files)).await;
+    let (status, body) = app
+        .post_multipart("/api/studies", &Multipart::default().files(&files))
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     let error = body["error"].as_str().unwrap();
     assert!(error.contains("P_t1.nii.gz"), "{error}");
@@ -245,7 +365,10 @@ async fn upload_of_a_file_that_is_not_nifti_is_rejected_naming_the_file() {
     let form = Multipart::default().file("files", "notes.txt", b"hello".to_vec());
     let (status, body) = app.post_multipart("/api/studies", &form).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(body["error"].as_str().unwrap().contains("notes.txt"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("notes.txt"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -257,9 +380,14 @@ async fn upload_of_a_corrupt_gzip_is_rejected_with_422() {
     bytes.truncate(len / 2);
     bytes.extend_from_slice(&[0xff; 16]);
     std::fs::write(&files[0], bytes).unwrap();
-    let (status, body) = app.post_multipart("/api/studies", &Multipart::default().files(&files)).await;
+    let (status, body) = app
+        .post_multipart("/api/studies", &Multipart::default().files(&files))
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(body["error"].as_str().unwrap().contains("P_flair.nii.gz"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("P_flair.nii.gz"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -267,10 +395,15 @@ async fn upload_with_mismatched_shapes_is_rejected_with_422() {
     let app = TestApp::new().await;
     let files = write_case(app.dir.path(), "P", [8, 8, 4], false);
     write_nifti(&files[3], &volume([8, 8, 6], 1.0));
-    let (status, body) = app.post_multipart("/api/studies", &Multipart::default().files(&files)).await;
+    let (status, body) = app
+        .post_multipart("/api/studies", &Multipart::default().files(&files))
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     let error = body["error"].as_str().unwrap();
-    assert!(error.contains("P_t2.nii.gz") && error.contains("shape"), "{error}");
+    assert!(
+        error.contains("P_t2.nii.gz") && error.contains("shape"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -287,7 +420,8 @@ async fn failed_uploads_leave_nothing_behind() {
     let app = TestApp::new().await;
     let mut files = write_case(app.dir.path(), "P", [8, 8, 4], false);
     files.remove(0);
-    app.post_multipart("/api/studies", &Multipart::default().files(&files)).await;
+    app.post_multipart("/api/studies", &Multipart::default().files(&files))
+        .await;
     let leftovers = |sub: &str| std::fs::read_dir(app.data_dir().join(sub)).unwrap().count();
     assert_eq!(leftovers("tmp"), 0);
     assert_eq!(leftovers("studies"), 0);
@@ -308,7 +442,11 @@ async fn file_names_cannot_escape_the_upload_folder() {
     // A path sent by a browser keeps only its last component.
     let mut form = Multipart::default().file("files", "../../../etc/P_flair.nii.gz", bytes);
     for f in &files[1..] {
-        form = form.file("files", f.file_name().unwrap().to_str().unwrap(), std::fs::read(f).unwrap());
+        form = form.file(
+            "files",
+            f.file_name().unwrap().to_str().unwrap(),
+            std::fs::read(f).unwrap(),
+        );
     }
     let (status, body) = app.post_multipart("/api/studies", &form).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -323,9 +461,19 @@ async fn training_job_runs_stores_its_events_and_lists_its_checkpoint() {
     let id = finished_run(&app).await;
 
     let (_, events) = app.get_json(&format!("/api/jobs/{id}/events")).await;
-    let kinds: Vec<&str> = events.as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["run_started", "step", "step", "validation", "finished"]);
-    let (_, steps) = app.get_json(&format!("/api/jobs/{id}/events?kind=step&after=2")).await;
+    let kinds: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["run_started", "step", "step", "validation", "finished"]
+    );
+    let (_, steps) = app
+        .get_json(&format!("/api/jobs/{id}/events?kind=step&after=2"))
+        .await;
     assert_eq!(steps.as_array().unwrap().len(), 1);
     assert_eq!(steps[0]["seq"], 3);
 
@@ -357,7 +505,10 @@ async fn event_stream_sends_the_whole_history_and_ends_with_the_final_state() {
     }
     assert!(response.contains("id: 5"));
     // Resuming after the last id gives only the final state.
-    let request = Request::get(format!("/api/jobs/{id}/stream")).header("last-event-id", "5").body(Body::empty()).unwrap();
+    let request = Request::get(format!("/api/jobs/{id}/stream"))
+        .header("last-event-id", "5")
+        .body(Body::empty())
+        .unwrap();
     let (_, body, _) = app.request(request).await;
     assert!(!String::from_utf8_lossy(&body).contains("event: step"));
 }
@@ -366,10 +517,15 @@ async fn event_stream_sends_the_whole_history_and_ends_with_the_final_state() {
 async fn live_viewer_receives_events_as_the_job_produces_them() {
     let app = TestApp::with(|c| c.cggm_bin = fake_cggm(c.data_dir.parent().unwrap(), 0.5)).await;
     let dataset = app.register_dataset("brats", 1).await;
-    let (_, job) = app.post_json("/api/jobs", train_request(dataset, "cggm")).await;
+    let (_, job) = app
+        .post_json("/api/jobs", train_request(dataset, "cggm"))
+        .await;
     let id = job["id"].as_i64().unwrap();
     // Subscribed while queued or running: the stream still ends with every event and the state.
-    let body = tokio::time::timeout(DEADLINE, app.get(&format!("/api/jobs/{id}/stream"))).await.unwrap().1;
+    let body = tokio::time::timeout(DEADLINE, app.get(&format!("/api/jobs/{id}/stream")))
+        .await
+        .unwrap()
+        .1;
     let text = String::from_utf8(body).unwrap();
     assert_eq!(text.matches("event: step").count(), 2, "{text}");
     assert!(text.contains("\"state\":\"succeeded\""), "{text}");
@@ -379,11 +535,16 @@ async fn live_viewer_receives_events_as_the_job_produces_them() {
 async fn job_whose_process_fails_is_marked_failed_with_its_log() {
     let app = TestApp::new().await;
     let dataset = app.register_dataset("brats", 1).await;
-    let (_, job) = app.post_json("/api/jobs", train_request(dataset, "unimodal:t2")).await;
+    let (_, job) = app
+        .post_json("/api/jobs", train_request(dataset, "unimodal:t2"))
+        .await;
     let id = job["id"].as_i64().unwrap();
     let job = app.wait_for_job(id, &["failed"], DEADLINE).await;
     assert_eq!(job["exit_code"], 3);
-    assert!(job["error"].as_str().unwrap().contains("exited with code 3"));
+    assert!(job["error"]
+        .as_str()
+        .unwrap()
+        .contains("exited with code 3"));
     let (_, log, _) = app.get(&format!("/api/jobs/{id}/log")).await;
     assert!(String::from_utf8_lossy(&log).contains("out of memory"));
 }
@@ -392,8 +553,12 @@ async fn job_whose_process_fails_is_marked_failed_with_its_log() {
 async fn job_with_a_missing_binary_fails_without_taking_the_server_down() {
     let app = TestApp::with(|c| c.cggm_bin = "/nonexistent/cggm".into()).await;
     let dataset = app.register_dataset("brats", 1).await;
-    let (_, job) = app.post_json("/api/jobs", train_request(dataset, "cggm")).await;
-    let job = app.wait_for_job(job["id"].as_i64().unwrap(), &["failed"], DEADLINE).await;
+    let (_, job) = app
+        .post_json("/api/jobs", train_request(dataset, "cggm"))
+        .await;
+    let job = app
+        .wait_for_job(job["id"].as_i64().unwrap(), &["failed"], DEADLINE)
+        .await;
     assert!(job["error"].as_str().unwrap().contains("could not start"));
     assert_eq!(app.get_json("/api/health").await.0, StatusCode::OK);
 }
@@ -402,16 +567,39 @@ async fn job_with_a_missing_binary_fails_without_taking_the_server_down() {
 async fn invalid_training_requests_are_rejected() {
     let app = TestApp::new().await;
     let dataset = app.register_dataset("brats", 1).await;
-    let (_, empty) = app.post_json("/api/datasets", serde_json::json!({ "name": "empty" })).await;
+    let (_, empty) = app
+        .post_json("/api/datasets", serde_json::json!({ "name": "empty" }))
+        .await;
     let cases = [
-        (train_request(dataset, "magic"), StatusCode::UNPROCESSABLE_ENTITY),
-        (serde_json::json!({ "dataset_id": dataset, "method": "cggm", "preset": "huge", "epochs": 1 }), StatusCode::UNPROCESSABLE_ENTITY),
-        (serde_json::json!({ "dataset_id": dataset, "method": "cggm", "preset": "tiny", "epochs": 0 }), StatusCode::UNPROCESSABLE_ENTITY),
-        (serde_json::json!({ "dataset_id": dataset, "method": "cggm", "preset": "tiny", "epochs": 1, "device": "tpu" }), StatusCode::UNPROCESSABLE_ENTITY),
-        (serde_json::json!({ "dataset_id": dataset, "method": "cggm", "preset": "tiny", "epochs": 1, "rho": -1.0 }), StatusCode::UNPROCESSABLE_ENTITY),
-        (train_request(empty["id"].as_i64().unwrap(), "cggm"), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            train_request(dataset, "magic"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            serde_json::json!({ "dataset_id": dataset, "method": "cggm", "preset": "huge", "epochs": 1 }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            serde_json::json!({ "dataset_id": dataset, "method": "cggm", "preset": "tiny", "epochs": 0 }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            serde_json::json!({ "dataset_id": dataset, "method": "cggm", "preset": "tiny", "epochs": 1, "device": "tpu" }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            serde_json::json!({ "dataset_id": dataset, "method": "cggm", "preset": "tiny", "epochs": 1, "rho": -1.0 }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            train_request(empty["id"].as_i64().unwrap(), "cggm"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
         (train_request(999, "cggm"), StatusCode::NOT_FOUND),
-        (serde_json::json!({ "method": "cggm" }), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            serde_json::json!({ "method": "cggm" }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
     ];
     for (body, expected) in cases {
         let (status, answer) = app.post_json("/api/jobs", body.clone()).await;
@@ -425,21 +613,37 @@ async fn invalid_training_requests_are_rejected() {
 async fn jobs_wait_for_a_free_slot_and_cancel_works_queued_and_running() {
     let app = TestApp::with(|c| c.cggm_bin = fake_cggm(c.data_dir.parent().unwrap(), 60.0)).await;
     let dataset = app.register_dataset("brats", 1).await;
-    let (_, first) = app.post_json("/api/jobs", train_request(dataset, "cggm")).await;
-    let (_, second) = app.post_json("/api/jobs", train_request(dataset, "joint")).await;
-    let (first, second) = (first["id"].as_i64().unwrap(), second["id"].as_i64().unwrap());
+    let (_, first) = app
+        .post_json("/api/jobs", train_request(dataset, "cggm"))
+        .await;
+    let (_, second) = app
+        .post_json("/api/jobs", train_request(dataset, "joint"))
+        .await;
+    let (first, second) = (
+        first["id"].as_i64().unwrap(),
+        second["id"].as_i64().unwrap(),
+    );
     app.wait_for_job(first, &["running"], DEADLINE).await;
-    assert_eq!(app.get_json(&format!("/api/jobs/{second}")).await.1["state"], "queued");
+    assert_eq!(
+        app.get_json(&format!("/api/jobs/{second}")).await.1["state"],
+        "queued"
+    );
 
-    let (status, _) = app.post_json(&format!("/api/jobs/{second}/cancel"), serde_json::json!({})).await;
+    let (status, _) = app
+        .post_json(&format!("/api/jobs/{second}/cancel"), serde_json::json!({}))
+        .await;
     assert_eq!(status, StatusCode::OK);
     app.wait_for_job(second, &["cancelled"], DEADLINE).await;
-    let (status, _) = app.post_json(&format!("/api/jobs/{first}/cancel"), serde_json::json!({})).await;
+    let (status, _) = app
+        .post_json(&format!("/api/jobs/{first}/cancel"), serde_json::json!({}))
+        .await;
     assert_eq!(status, StatusCode::OK);
     let job = app.wait_for_job(first, &["cancelled"], DEADLINE).await;
     assert!(job["finished_at"].is_number());
 
-    let (status, _) = app.post_json(&format!("/api/jobs/{first}/cancel"), serde_json::json!({})).await;
+    let (status, _) = app
+        .post_json(&format!("/api/jobs/{first}/cancel"), serde_json::json!({}))
+        .await;
     assert_eq!(status, StatusCode::CONFLICT);
 }
 
@@ -447,15 +651,26 @@ async fn jobs_wait_for_a_free_slot_and_cancel_works_queued_and_running() {
 async fn a_stopped_run_with_a_checkpoint_resumes_and_a_finished_one_does_not() {
     let app = TestApp::with(|c| c.cggm_bin = fake_cggm(c.data_dir.parent().unwrap(), 60.0)).await;
     let dataset = app.register_dataset("brats", 1).await;
-    let (_, job) = app.post_json("/api/jobs", train_request(dataset, "cggm")).await;
+    let (_, job) = app
+        .post_json("/api/jobs", train_request(dataset, "cggm"))
+        .await;
     let id = job["id"].as_i64().unwrap();
     app.wait_for_job(id, &["running"], DEADLINE).await;
-    let (status, _) = app.post_json(&format!("/api/jobs/{id}/resume"), serde_json::json!({})).await;
-    assert_eq!(status, StatusCode::CONFLICT, "a running job cannot be resumed");
-    app.post_json(&format!("/api/jobs/{id}/cancel"), serde_json::json!({})).await;
+    let (status, _) = app
+        .post_json(&format!("/api/jobs/{id}/resume"), serde_json::json!({}))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "a running job cannot be resumed"
+    );
+    app.post_json(&format!("/api/jobs/{id}/cancel"), serde_json::json!({}))
+        .await;
     app.wait_for_job(id, &["cancelled"], DEADLINE).await;
 
-    let (status, body) = app.post_json(&format!("/api/jobs/{id}/resume"), serde_json::json!({})).await;
+    let (status, body) = app
+        .post_json(&format!("/api/jobs/{id}/resume"), serde_json::json!({}))
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     app.wait_for_job(id, &["running"], DEADLINE).await;
     let until = std::time::Instant::now() + DEADLINE;
@@ -464,10 +679,14 @@ async fn a_stopped_run_with_a_checkpoint_resumes_and_a_finished_one_does_not() {
         if String::from_utf8_lossy(&log).contains("--resume") {
             break;
         }
-        assert!(std::time::Instant::now() < until, "the resumed process never started with --resume");
+        assert!(
+            std::time::Instant::now() < until,
+            "the resumed process never started with --resume"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    app.post_json(&format!("/api/jobs/{id}/cancel"), serde_json::json!({})).await;
+    app.post_json(&format!("/api/jobs/{id}/cancel"), serde_json::json!({}))
+        .await;
     app.wait_for_job(id, &["cancelled"], DEADLINE).await;
 }
 
@@ -475,7 +694,7 @@ async fn a_stopped_run_with_a_checkpoint_resumes_and_a_finished_one_does_not() {
 async fn restart_marks_lost_jobs_interrupted_and_keeps_their_files() {
     let app = TestApp::new().await;
     let id = finished_run(&app).await;
-    let (_, run) = app.get_json(&format!("/api/checkpoints")).await;
+    let (_, run) = app.get_json("/api/checkpoints").await;
     assert_eq!(run[0]["job_id"], id);
     sqlx::query("INSERT INTO jobs (kind, state, params, out_dir, created_at) VALUES ('train', 'running', '{}', '/nowhere', 0)")
         .execute(&app.state.pool)
@@ -489,7 +708,10 @@ async fn restart_marks_lost_jobs_interrupted_and_keeps_their_files() {
     let states: Vec<(&str, i64)> = jobs.iter().map(|j| (j.state.as_str(), j.id)).collect();
     assert!(states.contains(&("interrupted", id + 1)), "{states:?}");
     assert!(states.contains(&("succeeded", id)), "{states:?}");
-    assert!(app.data_dir().join(format!("runs/job-{id}/checkpoints/best.safetensors")).is_file());
+    assert!(app
+        .data_dir()
+        .join(format!("runs/job-{id}/checkpoints/best.safetensors"))
+        .is_file());
 }
 
 // ------------------------------------------------------------------ predictions
@@ -500,7 +722,12 @@ async fn prediction_runs_as_a_job_and_serves_volumes_slices_and_the_nifti() {
     let run = finished_run(&app).await;
     let study = upload_study(&app).await;
 
-    let (status, job) = app.post_json("/api/predictions", serde_json::json!({ "study_id": study, "checkpoint_job_id": run })).await;
+    let (status, job) = app
+        .post_json(
+            "/api/predictions",
+            serde_json::json!({ "study_id": study, "checkpoint_job_id": run }),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{job}");
     let id = job["id"].as_i64().unwrap();
     app.wait_for_job(id, &["succeeded"], DEADLINE).await;
@@ -508,9 +735,17 @@ async fn prediction_runs_as_a_job_and_serves_volumes_slices_and_the_nifti() {
     let (_, prediction) = app.get_json(&format!("/api/predictions/{id}")).await;
     // Bands of labels 0/1/2/4 over x: 2 columns each of 8x4 voxels of 1 mm -> 0.064 ml per label.
     let volumes = &prediction["volumes"];
-    assert!((volumes["ncr_ml"].as_f64().unwrap() - 0.064).abs() < 1e-9, "{volumes}");
-    assert!((volumes["wt_ml"].as_f64().unwrap() - 3.0 * 0.064).abs() < 1e-9, "{volumes}");
-    let (_, events) = app.get_json(&format!("/api/jobs/{id}/events?kind=progress")).await;
+    assert!(
+        (volumes["ncr_ml"].as_f64().unwrap() - 0.064).abs() < 1e-9,
+        "{volumes}"
+    );
+    assert!(
+        (volumes["wt_ml"].as_f64().unwrap() - 3.0 * 0.064).abs() < 1e-9,
+        "{volumes}"
+    );
+    let (_, events) = app
+        .get_json(&format!("/api/jobs/{id}/events?kind=progress"))
+        .await;
     assert_eq!(events.as_array().unwrap().len(), 2);
 
     let (status, body, content_type) = app.get(&format!("/api/predictions/{id}/seg.nii.gz")).await;
@@ -518,14 +753,23 @@ async fn prediction_runs_as_a_job_and_serves_volumes_slices_and_the_nifti() {
     assert_eq!(content_type, "application/gzip");
     assert_eq!(&body[..2], &[0x1f, 0x8b]);
 
-    let (status, body, _) = app.get(&format!("/api/predictions/{id}/slice?plane=axial&index=1&labels=1,4")).await;
+    let (status, body, _) = app
+        .get(&format!(
+            "/api/predictions/{id}/slice?plane=axial&index=1&labels=1,4"
+        ))
+        .await;
     assert_eq!(status, StatusCode::OK);
-    let mut reader = png::Decoder::new(std::io::Cursor::new(body)).read_info().unwrap();
+    let mut reader = png::Decoder::new(std::io::Cursor::new(body))
+        .read_info()
+        .unwrap();
     let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
     reader.next_frame(&mut pixels).unwrap();
     let alphas: Vec<u8> = pixels.chunks(4).map(|p| p[3]).collect();
     // Columns x%4 == 1 (label 1) and 3 (label 4) shown, label 2 hidden: half the pixels opaque.
-    assert_eq!(alphas.iter().filter(|a| **a == 255).count(), alphas.len() / 2);
+    assert_eq!(
+        alphas.iter().filter(|a| **a == 255).count(),
+        alphas.len() / 2
+    );
 
     let (status, _, content_type) = app.get(&format!("/predictions/{id}")).await;
     assert_eq!(status, StatusCode::OK);
@@ -538,16 +782,33 @@ async fn prediction_runs_as_a_job_and_serves_volumes_slices_and_the_nifti() {
 async fn prediction_needs_a_run_with_a_checkpoint() {
     let app = TestApp::new().await;
     let study = upload_study(&app).await;
-    let (status, _) = app.post_json("/api/predictions", serde_json::json!({ "study_id": study, "checkpoint_job_id": 42 })).await;
+    let (status, _) = app
+        .post_json(
+            "/api/predictions",
+            serde_json::json!({ "study_id": study, "checkpoint_job_id": 42 }),
+        )
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let dataset = app.register_dataset("brats", 1).await;
-    let (_, failed) = app.post_json("/api/jobs", train_request(dataset, "unimodal:t2")).await;
+    let (_, failed) = app
+        .post_json("/api/jobs", train_request(dataset, "unimodal:t2"))
+        .await;
     let failed = failed["id"].as_i64().unwrap();
     app.wait_for_job(failed, &["failed"], DEADLINE).await;
-    let (status, body) = app.post_json("/api/predictions", serde_json::json!({ "study_id": study, "checkpoint_job_id": failed })).await;
+    let (status, body) = app
+        .post_json(
+            "/api/predictions",
+            serde_json::json!({ "study_id": study, "checkpoint_job_id": failed }),
+        )
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(body["error"].as_str().unwrap().contains("no checkpoint"));
-    assert_eq!(app.get(&format!("/api/predictions/{failed}/seg.nii.gz")).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.get(&format!("/api/predictions/{failed}/seg.nii.gz"))
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
 }
 
 // ------------------------------------------------------------------ security
@@ -555,7 +816,9 @@ async fn prediction_needs_a_run_with_a_checkpoint() {
 #[tokio::test]
 async fn with_a_token_mutating_requests_need_it_and_reads_do_not() {
     let app = TestApp::with(|c| c.token = Some("s3cret".into())).await;
-    let (status, body) = app.post_json("/api/datasets", serde_json::json!({ "name": "x" })).await;
+    let (status, body) = app
+        .post_json("/api/datasets", serde_json::json!({ "name": "x" }))
+        .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(body["error"].as_str().unwrap().contains("Bearer"));
     let wrong = Request::post("/api/datasets")

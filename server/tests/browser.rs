@@ -23,54 +23,120 @@ async fn launch_from_the_form_watch_the_curves_and_step_through_the_viewer() {
 
     // The form: tiny preset, one epoch of three steps on the CPU.
     browser.goto(&server.url("/runs/new")).await;
-    browser.script(
-        "const f = document.querySelector('#new-run');
+    browser
+        .script(
+            "const f = document.querySelector('#new-run');
          f.method.value = 'cggm'; f.preset.value = 'tiny'; f.epochs.value = '2';
          f.steps_per_epoch.value = '3'; f.device.value = 'cpu';",
-    )
-    .await;
+        )
+        .await;
     browser.screenshot(&screenshots().join("new-run.png")).await;
     browser.click("#launch").await;
-    browser.wait_for("location.pathname.startsWith('/jobs/')", Duration::from_secs(30)).await;
-    let job: i64 = browser.url().await.rsplit('/').next().unwrap().parse().unwrap();
+    browser
+        .wait_for(
+            "location.pathname.startsWith('/jobs/')",
+            Duration::from_secs(30),
+        )
+        .await;
+    let job: i64 = browser
+        .url()
+        .await
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
 
     // A curve point appears live (the loss chart gets its first point).
     browser
         .wait_for("Number(document.querySelector('.chart[data-title=\"Training loss\"]')?.dataset.points || 0) > 0", DEADLINE)
         .await;
     assert!(browser.text("#step-count").await.parse::<u32>().unwrap() >= 1);
-    browser.wait_for("document.querySelector('#job-state').textContent === 'succeeded'", DEADLINE).await;
+    browser
+        .wait_for(
+            "document.querySelector('#job-state').textContent === 'succeeded'",
+            DEADLINE,
+        )
+        .await;
     browser.wait_for("Number(document.querySelector('.chart[data-title=\"Validation Dice\"]')?.dataset.points || 0) >= 1", Duration::from_secs(10)).await;
     browser.screenshot(&screenshots().join("job.png")).await;
 
     // Dashboard and models list show the run.
     browser.goto(&server.url("/")).await;
-    assert!(browser.text("#runs-table").await.contains(&format!("#{job}")));
-    browser.screenshot(&screenshots().join("dashboard.png")).await;
+    assert!(browser
+        .text("#runs-table")
+        .await
+        .contains(&format!("#{job}")));
+    browser
+        .screenshot(&screenshots().join("dashboard.png"))
+        .await;
 
     // Upload a study through the page (four files in one input), then segment it.
     browser.goto(&server.url("/segment")).await;
     let case = server.data_dir.join("datasets/demo-tiny/BraTS2021_00001");
     let files: Vec<String> = ["flair", "t1ce", "t1", "t2"]
         .iter()
-        .map(|m| case.join(format!("BraTS2021_00001_{m}.nii.gz")).display().to_string())
+        .map(|m| {
+            case.join(format!("BraTS2021_00001_{m}.nii.gz"))
+                .display()
+                .to_string()
+        })
         .collect();
-    browser.type_into("#upload-study input[type=file]", &files.join("\n")).await;
+    browser
+        .type_into("#upload-study input[type=file]", &files.join("\n"))
+        .await;
     browser.click("#upload-study button").await;
-    browser.wait_for("document.querySelectorAll('#predict select[name=study_id] option').length > 0", Duration::from_secs(30)).await;
+    browser
+        .wait_for(
+            "document.querySelectorAll('#predict select[name=study_id] option').length > 0",
+            Duration::from_secs(30),
+        )
+        .await;
     browser.screenshot(&screenshots().join("segment.png")).await;
     browser.click("#run-inference").await;
-    browser.wait_for("location.pathname.startsWith('/predictions/')", Duration::from_secs(30)).await;
-    browser.wait_for("document.querySelector('#job-state').textContent === 'succeeded'", DEADLINE).await;
-    browser.wait_for("!document.querySelector('#download').hidden", Duration::from_secs(10)).await;
+    browser
+        .wait_for(
+            "location.pathname.startsWith('/predictions/')",
+            Duration::from_secs(30),
+        )
+        .await;
+    browser
+        .wait_for(
+            "document.querySelector('#job-state').textContent === 'succeeded'",
+            DEADLINE,
+        )
+        .await;
+    browser
+        .wait_for(
+            "!document.querySelector('#download').hidden",
+            Duration::from_secs(10),
+        )
+        .await;
     assert!(browser.text("#volumes").await.contains("Whole tumour"));
 
     // Step through slices with the keyboard and the plane selector.
-    let before: i64 = browser.script("return Number(document.querySelector('#viewer').dataset.slice);").await.as_i64().unwrap();
+    let before: i64 = browser
+        .script("return Number(document.querySelector('#viewer').dataset.slice);")
+        .await
+        .as_i64()
+        .unwrap();
     browser.type_into("#slice", "\u{E013}\u{E013}").await; // ArrowUp twice
-    browser.wait_for(&format!("Number(document.querySelector('#viewer').dataset.slice) === {}", before + 2), Duration::from_secs(5)).await;
+    browser
+        .wait_for(
+            &format!(
+                "Number(document.querySelector('#viewer').dataset.slice) === {}",
+                before + 2
+            ),
+            Duration::from_secs(5),
+        )
+        .await;
     browser.script("const p = document.querySelector('#plane'); p.value = 'coronal'; p.dispatchEvent(new Event('change'));").await;
-    browser.wait_for("document.querySelector('#slice').max === '31'", Duration::from_secs(5)).await;
+    browser
+        .wait_for(
+            "document.querySelector('#slice').max === '31'",
+            Duration::from_secs(5),
+        )
+        .await;
     browser.wait_for("document.querySelector('#bg').complete && document.querySelector('#bg').naturalWidth === 32", Duration::from_secs(10)).await;
     browser.script("const p = document.querySelector('#plane'); p.value = 'axial'; p.dispatchEvent(new Event('change'));").await;
     browser.wait_for("document.querySelector('#overlay').complete && document.querySelector('#overlay').naturalWidth === 32", Duration::from_secs(10)).await;

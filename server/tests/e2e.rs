@@ -15,25 +15,38 @@ async fn train_follow_live_events_upload_segment_and_view() {
 
     // First start: the demo dataset appears without anyone asking.
     let datasets = server
-        .poll_json("/api/datasets", Duration::from_secs(120), |d| d.as_array().is_some_and(|a| !a.is_empty()))
+        .poll_json("/api/datasets", Duration::from_secs(120), |d| {
+            d.as_array().is_some_and(|a| !a.is_empty())
+        })
         .await;
     assert_eq!(datasets[0]["name"], "demo");
-    assert!(datasets[0]["report"]["valid_cases"].as_u64().unwrap() >= 4, "{datasets}");
+    assert!(
+        datasets[0]["report"]["valid_cases"].as_u64().unwrap() >= 4,
+        "{datasets}"
+    );
 
     // Training, followed live until the job ends.
     let dataset = server.tiny_dataset("tiny").await;
     let job = server.tiny_training(dataset).await;
-    let messages = read_sse(&server.client, &server.url(&format!("/api/jobs/{job}/stream")), TRAIN_DEADLINE, |m| {
-        m.event == "state" && !m.data.contains("\"queued\"") && !m.data.contains("\"running\"")
-    })
+    let messages = read_sse(
+        &server.client,
+        &server.url(&format!("/api/jobs/{job}/stream")),
+        TRAIN_DEADLINE,
+        |m| m.event == "state" && !m.data.contains("\"queued\"") && !m.data.contains("\"running\""),
+    )
     .await;
     let kinds: Vec<&str> = messages.iter().map(|m| m.event.as_str()).collect();
     let final_state = messages.last().unwrap();
-    assert!(final_state.data.contains("\"succeeded\""), "{kinds:?} {final_state:?}; log: {}", log(&server, job).await);
+    assert!(
+        final_state.data.contains("\"succeeded\""),
+        "{kinds:?} {final_state:?}; log: {}",
+        log(&server, job).await
+    );
     for kind in ["run_started", "step", "validation", "finished"] {
         assert!(kinds.contains(&kind), "no {kind} in {kinds:?}");
     }
-    let step: serde_json::Value = serde_json::from_str(&messages.iter().find(|m| m.event == "step").unwrap().data).unwrap();
+    let step: serde_json::Value =
+        serde_json::from_str(&messages.iter().find(|m| m.event == "step").unwrap().data).unwrap();
     assert!(step["loss"].as_f64().unwrap().is_finite());
     assert_eq!(step["balance"].as_object().unwrap().len(), 4);
 
@@ -42,7 +55,14 @@ async fn train_follow_live_events_upload_segment_and_view() {
     let live_events = messages.iter().filter(|m| m.id.is_some()).count();
     assert_eq!(stored.as_array().unwrap().len(), live_events);
     let checkpoints = server.get_json("/api/checkpoints").await;
-    assert!(checkpoints.as_array().unwrap().iter().any(|c| c["job_id"] == job && c["best_checkpoint"] == true), "{checkpoints}");
+    assert!(
+        checkpoints
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["job_id"] == job && c["best_checkpoint"] == true),
+        "{checkpoints}"
+    );
 
     // Upload one case's four modalities as a study.
     let case = server.data_dir.join("datasets/tiny/BraTS2021_00000");
@@ -50,26 +70,54 @@ async fn train_follow_live_events_upload_segment_and_view() {
     for m in ["flair", "t1ce", "t1", "t2"] {
         let name = format!("BraTS2021_00000_{m}.nii.gz");
         let bytes = std::fs::read(case.join(&name)).unwrap();
-        form = form.part("files", reqwest::multipart::Part::bytes(bytes).file_name(name));
+        form = form.part(
+            "files",
+            reqwest::multipart::Part::bytes(bytes).file_name(name),
+        );
     }
-    let response = server.client.post(server.url("/api/studies")).multipart(form).send().await.unwrap();
+    let response = server
+        .client
+        .post(server.url("/api/studies"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 201);
     let study: serde_json::Value = response.json().await.unwrap();
     assert_eq!(study["shape"], serde_json::json!([32, 32, 16]));
     let study = study["id"].as_i64().unwrap();
 
     // Inference as a job, with progress events.
-    let prediction = server.post_json("/api/predictions", serde_json::json!({ "study_id": study, "checkpoint_job_id": job, "device": "cpu" })).await;
+    let prediction = server
+        .post_json(
+            "/api/predictions",
+            serde_json::json!({ "study_id": study, "checkpoint_job_id": job, "device": "cpu" }),
+        )
+        .await;
     let prediction = prediction["id"].as_i64().unwrap();
     let done = server
-        .poll_json(&format!("/api/predictions/{prediction}"), TRAIN_DEADLINE, |p| {
-            !matches!(p["state"].as_str(), Some("queued") | Some("running"))
-        })
+        .poll_json(
+            &format!("/api/predictions/{prediction}"),
+            TRAIN_DEADLINE,
+            |p| !matches!(p["state"].as_str(), Some("queued") | Some("running")),
+        )
         .await;
-    assert_eq!(done["state"], "succeeded", "{done}; log: {}", log(&server, prediction).await);
-    assert!(done["volumes"]["wt_ml"].as_f64().unwrap() >= done["volumes"]["tc_ml"].as_f64().unwrap());
-    let progress = server.get_json(&format!("/api/jobs/{prediction}/events?kind=progress")).await;
-    assert_eq!(progress.as_array().unwrap().last().unwrap()["fraction"], 1.0);
+    assert_eq!(
+        done["state"],
+        "succeeded",
+        "{done}; log: {}",
+        log(&server, prediction).await
+    );
+    assert!(
+        done["volumes"]["wt_ml"].as_f64().unwrap() >= done["volumes"]["tc_ml"].as_f64().unwrap()
+    );
+    let progress = server
+        .get_json(&format!("/api/jobs/{prediction}/events?kind=progress"))
+        .await;
+    assert_eq!(
+        progress.as_array().unwrap().last().unwrap()["fraction"],
+        1.0
+    );
 
     // Slices: background and overlay, every plane.
     for plane in ["axial", "coronal", "sagittal"] {
@@ -82,7 +130,12 @@ async fn train_follow_live_events_upload_segment_and_view() {
             assert!(is_png(&response.bytes().await.unwrap()), "{url}");
         }
     }
-    let seg = server.client.get(server.url(&format!("/api/predictions/{prediction}/seg.nii.gz"))).send().await.unwrap();
+    let seg = server
+        .client
+        .get(server.url(&format!("/api/predictions/{prediction}/seg.nii.gz")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(seg.status(), 200);
     let seg_path = server.data_dir.join("tmp/downloaded_seg.nii.gz");
     std::fs::write(&seg_path, seg.bytes().await.unwrap()).unwrap();
@@ -95,14 +148,22 @@ async fn restarted_server_marks_the_lost_job_interrupted_and_keeps_finished_runs
     let mut server = LiveServer::start(&["--no-demo"]);
     let dataset = server.tiny_dataset("tiny").await;
     let finished = server.tiny_training(dataset).await;
-    server.poll_json(&format!("/api/jobs/{finished}"), TRAIN_DEADLINE, |j| j["state"] == "succeeded").await;
+    server
+        .poll_json(&format!("/api/jobs/{finished}"), TRAIN_DEADLINE, |j| {
+            j["state"] == "succeeded"
+        })
+        .await;
     // A job lost when the server dies (short: its orphaned process finishes on its own soon).
     let lost = server
         .post_json("/api/jobs", serde_json::json!({ "dataset_id": dataset, "method": "joint", "preset": "tiny", "epochs": 3, "steps_per_epoch": 2, "device": "cpu" }))
         .await["id"]
         .as_i64()
         .unwrap();
-    server.poll_json(&format!("/api/jobs/{lost}"), TRAIN_DEADLINE, |j| j["state"] == "running").await;
+    server
+        .poll_json(&format!("/api/jobs/{lost}"), TRAIN_DEADLINE, |j| {
+            j["state"] == "running"
+        })
+        .await;
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 
@@ -112,12 +173,24 @@ async fn restarted_server_marks_the_lost_job_interrupted_and_keeps_finished_runs
     assert_eq!(job["state"], "interrupted");
     let kept = restarted.get_json(&format!("/api/jobs/{finished}")).await;
     assert_eq!(kept["state"], "succeeded");
-    assert!(data_dir.join(format!("runs/job-{finished}/checkpoints/best.safetensors")).is_file());
-    let events = restarted.get_json(&format!("/api/jobs/{finished}/events?kind=validation")).await;
+    assert!(data_dir
+        .join(format!("runs/job-{finished}/checkpoints/best.safetensors"))
+        .is_file());
+    let events = restarted
+        .get_json(&format!("/api/jobs/{finished}/events?kind=validation"))
+        .await;
     assert!(!events.as_array().unwrap().is_empty());
     drop(server);
 }
 
 async fn log(server: &LiveServer, job: i64) -> String {
-    server.client.get(server.url(&format!("/api/jobs/{job}/log"))).send().await.unwrap().text().await.unwrap()
+    server
+        .client
+        .get(server.url(&format!("/api/jobs/{job}/log")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }

@@ -36,7 +36,13 @@ impl From<Dataset> for DatasetView {
 }
 
 pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<DatasetView>>> {
-    Ok(Json(db::datasets(&state.pool).await?.into_iter().map(Into::into).collect()))
+    Ok(Json(
+        db::datasets(&state.pool)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    ))
 }
 
 async fn show(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json<DatasetView>> {
@@ -51,12 +57,19 @@ pub struct CreateDataset {
     pub path: Option<String>,
 }
 
-async fn create(State(state): State<AppState>, Json(body): Json<CreateDataset>) -> Result<(StatusCode, Json<DatasetView>)> {
+async fn create(
+    State(state): State<AppState>,
+    Json(body): Json<CreateDataset>,
+) -> Result<(StatusCode, Json<DatasetView>)> {
     let name = safe_name(&body.name).map_err(Error::BadRequest)?;
     let (path, source) = match body.path.as_deref().filter(|p| !p.trim().is_empty()) {
         Some(requested) => {
             let requested = PathBuf::from(requested.trim());
-            let full = if requested.is_absolute() { requested } else { state.data_dir().join(requested) };
+            let full = if requested.is_absolute() {
+                requested
+            } else {
+                state.data_dir().join(requested)
+            };
             let mut roots = vec![state.data_dir().to_path_buf()];
             roots.extend(state.config.dataset_roots.iter().cloned());
             let resolved = contained_path(&full, &roots).ok_or_else(|| {
@@ -66,14 +79,19 @@ async fn create(State(state): State<AppState>, Json(body): Json<CreateDataset>) 
                 ))
             })?;
             if !resolved.is_dir() {
-                return Err(Error::Unprocessable(format!("{}: not a folder", resolved.display())));
+                return Err(Error::Unprocessable(format!(
+                    "{}: not a folder",
+                    resolved.display()
+                )));
             }
             (resolved, "registered")
         }
         None => {
             let dir = state.data_dir().join("datasets").join(&name);
             if dir.exists() {
-                return Err(Error::Conflict(format!("a folder named {name} already exists in datasets/")));
+                return Err(Error::Conflict(format!(
+                    "a folder named {name} already exists in datasets/"
+                )));
             }
             std::fs::create_dir_all(&dir)?;
             (dir, "uploaded")
@@ -83,34 +101,50 @@ async fn create(State(state): State<AppState>, Json(body): Json<CreateDataset>) 
     Ok((StatusCode::CREATED, Json(dataset.into())))
 }
 
-async fn insert(state: &AppState, name: &str, path: &std::path::Path, source: &str) -> Result<Dataset> {
+async fn insert(
+    state: &AppState,
+    name: &str,
+    path: &std::path::Path,
+    source: &str,
+) -> Result<Dataset> {
     let scan_path = path.to_path_buf();
-    let report = tokio::task::spawn_blocking(move || inspect_dataset(&scan_path, false)).await.map_err(anyhow::Error::from)?;
-    let id = sqlx::query("INSERT INTO datasets (name, path, source, created_at, report) VALUES (?, ?, ?, ?, ?)")
-        .bind(name)
-        .bind(path.display().to_string())
-        .bind(source)
-        .bind(db::now())
-        .bind(serde_json::to_string(&report).map_err(anyhow::Error::from)?)
-        .execute(&state.pool)
+    let report = tokio::task::spawn_blocking(move || inspect_dataset(&scan_path, false))
         .await
-        .map_err(|e| match e {
-            sqlx::Error::Database(d) if d.is_unique_violation() => Error::Conflict(format!("a dataset named {name} exists")),
-            other => other.into(),
-        })?
-        .last_insert_rowid();
+        .map_err(anyhow::Error::from)?;
+    let id = sqlx::query(
+        "INSERT INTO datasets (name, path, source, created_at, report) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(name)
+    .bind(path.display().to_string())
+    .bind(source)
+    .bind(db::now())
+    .bind(serde_json::to_string(&report).map_err(anyhow::Error::from)?)
+    .execute(&state.pool)
+    .await
+    .map_err(|e| match e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => {
+            Error::Conflict(format!("a dataset named {name} exists"))
+        }
+        other => other.into(),
+    })?
+    .last_insert_rowid();
     db::dataset(&state.pool, id).await
 }
 
 /// Decodes every case, like `cggm validate` (slow for a full BraTS release).
-async fn revalidate(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json<DatasetView>> {
+async fn revalidate(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<DatasetView>> {
     rescan(&state, id, true).await
 }
 
 async fn rescan(state: &AppState, id: i64, full: bool) -> Result<Json<DatasetView>> {
     let dataset = db::dataset(&state.pool, id).await?;
     let path = PathBuf::from(&dataset.path);
-    let report = tokio::task::spawn_blocking(move || inspect_dataset(&path, full)).await.map_err(anyhow::Error::from)?;
+    let report = tokio::task::spawn_blocking(move || inspect_dataset(&path, full))
+        .await
+        .map_err(anyhow::Error::from)?;
     sqlx::query("UPDATE datasets SET report = ? WHERE id = ?")
         .bind(serde_json::to_string(&report).map_err(anyhow::Error::from)?)
         .bind(id)
@@ -121,10 +155,17 @@ async fn rescan(state: &AppState, id: i64, full: bool) -> Result<Json<DatasetVie
 
 /// Adds one case (four modalities and `seg`) to an uploaded dataset, as
 /// `<case>/<case>_<modality>.nii.gz`. An existing case is never replaced.
-async fn upload_case(State(state): State<AppState>, Path(id): Path<i64>, multipart: Multipart) -> Result<(StatusCode, Json<DatasetView>)> {
+async fn upload_case(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    multipart: Multipart,
+) -> Result<(StatusCode, Json<DatasetView>)> {
     let dataset = db::dataset(&state.pool, id).await?;
     if dataset.source != "uploaded" {
-        return Err(Error::Conflict(format!("dataset {} is a registered folder: add cases to it on disk", dataset.name)));
+        return Err(Error::Conflict(format!(
+            "dataset {} is a registered folder: add cases to it on disk",
+            dataset.name
+        )));
     }
     let upload = save_upload(&state, multipart).await?;
     let case = upload.fields.get("case").cloned().unwrap_or_default();
@@ -136,26 +177,39 @@ async fn upload_case(State(state): State<AppState>, Path(id): Path<i64>, multipa
         .map_err(anyhow::Error::from)?
         .map_err(Error::Unprocessable)?;
     if checked.roles.contains_key("4d") {
-        return Err(Error::Unprocessable("a dataset case needs separate modality files and a seg file (BraTS layout)".into()));
+        return Err(Error::Unprocessable(
+            "a dataset case needs separate modality files and a seg file (BraTS layout)".into(),
+        ));
     }
     std::fs::create_dir(&staged)?;
     for (role, index) in &checked.roles {
         let file = &checked.files[*index];
-        let ext = if file.file_name.to_ascii_lowercase().ends_with(".gz") { "nii.gz" } else { "nii" };
+        let ext = if file.file_name.to_ascii_lowercase().ends_with(".gz") {
+            "nii.gz"
+        } else {
+            "nii"
+        };
         std::fs::rename(&file.path, staged.join(format!("{case}_{role}.{ext}")))?;
     }
     let target = PathBuf::from(&dataset.path).join(&case);
     if target.exists() {
-        return Err(Error::Conflict(format!("case {case} already exists in {}", dataset.name)));
+        return Err(Error::Conflict(format!(
+            "case {case} already exists in {}",
+            dataset.name
+        )));
     }
     std::fs::rename(&staged, &target)?;
-    rescan(&state, id, false).await.map(|j| (StatusCode::CREATED, j))
+    rescan(&state, id, false)
+        .await
+        .map(|j| (StatusCode::CREATED, j))
 }
 
 /// On first start (no dataset yet), makes the synthetic demo dataset with `cggm synth` in the
 /// background, so that a newcomer can launch a run at once. The dataset appears when ready.
 pub async fn ensure_demo_dataset(state: AppState) -> anyhow::Result<()> {
-    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM datasets").fetch_one(&state.pool).await?;
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM datasets")
+        .fetch_one(&state.pool)
+        .await?;
     if count > 0 {
         return Ok(());
     }
@@ -183,7 +237,9 @@ async fn make_demo(state: &AppState) -> anyhow::Result<()> {
         anyhow::ensure!(status.success(), "`cggm synth` exited with {status}");
         std::fs::rename(&out, &target)?;
     }
-    insert(state, "demo", &target, "demo").await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    insert(state, "demo", &target, "demo")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     tracing::info!("demo dataset ready");
     Ok(())
 }

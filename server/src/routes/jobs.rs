@@ -41,8 +41,16 @@ pub struct JobView {
 }
 
 pub async fn job_view(state: &AppState, job: Job) -> Result<JobView> {
-    let best_validation = if job.kind == "train" { db::best_validation(&state.pool, job.id).await? } else { None };
-    Ok(JobView { params: job.params_json(), job, best_validation })
+    let best_validation = if job.kind == "train" {
+        db::best_validation(&state.pool, job.id).await?
+    } else {
+        None
+    };
+    Ok(JobView {
+        params: job.params_json(),
+        job,
+        best_validation,
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,7 +58,10 @@ pub struct ListQuery {
     pub kind: Option<String>,
 }
 
-pub async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<Vec<JobView>>> {
+pub async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<JobView>>> {
     let mut views = Vec::new();
     for job in db::jobs(&state.pool, q.kind.as_deref()).await? {
         views.push(job_view(&state, job).await?);
@@ -82,31 +93,60 @@ pub struct TrainRequest {
     pub val_cases: Option<u32>,
 }
 
-async fn create(State(state): State<AppState>, Json(request): Json<TrainRequest>) -> Result<(StatusCode, Json<JobView>)> {
+async fn create(
+    State(state): State<AppState>,
+    Json(request): Json<TrainRequest>,
+) -> Result<(StatusCode, Json<JobView>)> {
     if !METHODS.contains(&request.method.as_str()) {
-        return Err(Error::Unprocessable(format!("unknown method {:?}; choose one of {}", request.method, METHODS.join(", "))));
+        return Err(Error::Unprocessable(format!(
+            "unknown method {:?}; choose one of {}",
+            request.method,
+            METHODS.join(", ")
+        )));
     }
     if !PRESETS.contains(&request.preset.as_str()) {
-        return Err(Error::Unprocessable(format!("unknown preset {:?}; choose one of {}", request.preset, PRESETS.join(", "))));
+        return Err(Error::Unprocessable(format!(
+            "unknown preset {:?}; choose one of {}",
+            request.preset,
+            PRESETS.join(", ")
+        )));
     }
     if !(1..=10_000).contains(&request.epochs) {
-        return Err(Error::Unprocessable("epochs must be between 1 and 10000".into()));
+        return Err(Error::Unprocessable(
+            "epochs must be between 1 and 10000".into(),
+        ));
     }
     if let Some(device) = &request.device {
-        let ok = device == "auto" || device == "cpu" || device.strip_prefix("cuda:").is_some_and(|n| n.parse::<u32>().is_ok());
+        let ok = device == "auto"
+            || device == "cpu"
+            || device
+                .strip_prefix("cuda:")
+                .is_some_and(|n| n.parse::<u32>().is_ok());
         if !ok {
-            return Err(Error::Unprocessable(format!("unknown device {device:?}; use auto, cpu or cuda:N")));
+            return Err(Error::Unprocessable(format!(
+                "unknown device {device:?}; use auto, cpu or cuda:N"
+            )));
         }
     }
-    for (name, value) in [("rho", request.rho), ("lambda", request.lambda), ("lr", request.lr), ("cls_lr", request.cls_lr)] {
+    for (name, value) in [
+        ("rho", request.rho),
+        ("lambda", request.lambda),
+        ("lr", request.lr),
+        ("cls_lr", request.cls_lr),
+    ] {
         if value.is_some_and(|v| !v.is_finite() || v < 0.0) {
-            return Err(Error::Unprocessable(format!("{name} must be a finite number >= 0")));
+            return Err(Error::Unprocessable(format!(
+                "{name} must be a finite number >= 0"
+            )));
         }
     }
     let dataset = db::dataset(&state.pool, request.dataset_id).await?;
     let report: DatasetReport = serde_json::from_str(&dataset.report).unwrap_or_default();
     if report.valid_cases == 0 {
-        return Err(Error::Unprocessable(format!("dataset {} has no valid case to train on", dataset.name)));
+        return Err(Error::Unprocessable(format!(
+            "dataset {} has no valid case to train on",
+            dataset.name
+        )));
     }
     let mut params = serde_json::to_value(&request).map_err(anyhow::Error::from)?;
     params["data"] = dataset.path.clone().into();
@@ -140,7 +180,11 @@ pub async fn insert_job(
     .execute(&mut *tx)
     .await?
     .last_insert_rowid();
-    let folder = if kind == "train" { "runs" } else { "predictions" };
+    let folder = if kind == "train" {
+        "runs"
+    } else {
+        "predictions"
+    };
     let out_dir = state.data_dir().join(folder).join(format!("job-{id}"));
     sqlx::query("UPDATE jobs SET out_dir = ? WHERE id = ?")
         .bind(out_dir.display().to_string())
@@ -151,10 +195,16 @@ pub async fn insert_job(
     Ok(id)
 }
 
-async fn cancel(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json<serde_json::Value>> {
+async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<serde_json::Value>> {
     let job = db::job(&state.pool, id).await?;
     if job.is_finished() || !state.runner.cancel(id).await? {
-        return Err(Error::Conflict(format!("job {id} has already finished ({})", job.state)));
+        return Err(Error::Conflict(format!(
+            "job {id} has already finished ({})",
+            job.state
+        )));
     }
     Ok(Json(serde_json::json!({ "id": id, "cancelling": true })))
 }
@@ -163,11 +213,20 @@ async fn cancel(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Js
 /// continues from its last checkpoint and appends to the same event history.
 async fn resume(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json<JobView>> {
     let job = db::job(&state.pool, id).await?;
-    if job.kind != "train" || !matches!(job.state.as_str(), "interrupted" | "failed" | "cancelled") {
-        return Err(Error::Conflict(format!("job {id} is {} {}: only a stopped training run can be resumed", job.state, job.kind)));
+    if job.kind != "train" || !matches!(job.state.as_str(), "interrupted" | "failed" | "cancelled")
+    {
+        return Err(Error::Conflict(format!(
+            "job {id} is {} {}: only a stopped training run can be resumed",
+            job.state, job.kind
+        )));
     }
-    if !PathBuf::from(&job.out_dir).join("checkpoints/last.safetensors").is_file() {
-        return Err(Error::Unprocessable(format!("job {id} saved no checkpoint to resume from; launch it again instead")));
+    if !PathBuf::from(&job.out_dir)
+        .join("checkpoints/last.safetensors")
+        .is_file()
+    {
+        return Err(Error::Unprocessable(format!(
+            "job {id} saved no checkpoint to resume from; launch it again instead"
+        )));
     }
     let mut params = job.params_json();
     params["resume"] = true.into();
@@ -203,14 +262,21 @@ fn event_json(e: &StoredEvent) -> serde_json::Value {
     value
 }
 
-async fn events(State(state): State<AppState>, Path(id): Path<i64>, Query(q): Query<EventsQuery>) -> Result<Json<Vec<serde_json::Value>>> {
+async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<Vec<serde_json::Value>>> {
     db::job(&state.pool, id).await?;
     let rows = db::events(&state.pool, id, q.after, q.kind.as_deref()).await?;
     Ok(Json(rows.iter().map(event_json).collect()))
 }
 
 fn sse_stored(e: &StoredEvent) -> SseEvent {
-    SseEvent::default().event(&e.kind).id(e.seq.to_string()).data(&e.data)
+    SseEvent::default()
+        .event(&e.kind)
+        .id(e.seq.to_string())
+        .data(&e.data)
 }
 
 fn sse_state(job: &Job) -> SseEvent {
@@ -238,59 +304,65 @@ async fn stream_events(
     let mut initial = vec![sse_state(&job)];
     initial.extend(history.iter().map(sse_stored));
     let pool = state.pool.clone();
-    let live = stream::unfold((receiver, last, job.is_finished(), pool), move |(mut rx, mut last, done, pool)| async move {
-        if done {
-            return None;
-        }
-        loop {
-            match rx.recv().await {
-                Ok(LiveMessage { kind, data, .. }) if kind == "state" => {
-                    let terminal = serde_json::from_str::<serde_json::Value>(&data)
-                        .ok()
-                        .and_then(|v| v["state"].as_str().and_then(JobState::parse))
-                        .is_some_and(JobState::is_terminal);
-                    let mut out = Vec::new();
-                    if terminal {
-                        // Anything stored after the last live message (none, normally).
-                        if let Ok(rest) = db::events(&pool, id, last, None).await {
-                            out.extend(rest.iter().map(sse_stored));
+    let live = stream::unfold(
+        (receiver, last, job.is_finished(), pool),
+        move |(mut rx, mut last, done, pool)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                match rx.recv().await {
+                    Ok(LiveMessage { kind, data, .. }) if kind == "state" => {
+                        let terminal = serde_json::from_str::<serde_json::Value>(&data)
+                            .ok()
+                            .and_then(|v| v["state"].as_str().and_then(JobState::parse))
+                            .is_some_and(JobState::is_terminal);
+                        let mut out = Vec::new();
+                        if terminal {
+                            // Anything stored after the last live message (none, normally).
+                            if let Ok(rest) = db::events(&pool, id, last, None).await {
+                                out.extend(rest.iter().map(sse_stored));
+                            }
+                            match db::job(&pool, id).await {
+                                Ok(job) => out.push(sse_state(&job)),
+                                Err(_) => out.push(SseEvent::default().event("state").data(data)),
+                            }
+                        } else {
+                            out.push(SseEvent::default().event("state").data(data));
                         }
-                        match db::job(&pool, id).await {
-                            Ok(job) => out.push(sse_state(&job)),
-                            Err(_) => out.push(SseEvent::default().event("state").data(data)),
+                        return Some((out, (rx, last, terminal, pool)));
+                    }
+                    Ok(message) if message.seq <= last => continue,
+                    Ok(message) => {
+                        last = message.seq;
+                        let event = SseEvent::default()
+                            .event(&message.kind)
+                            .id(message.seq.to_string())
+                            .data(&message.data);
+                        return Some((vec![event], (rx, last, false, pool)));
+                    }
+                    Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => {
+                        // A slow viewer (or a finished job): catch up from the database.
+                        let rest = db::events(&pool, id, last, None).await.unwrap_or_default();
+                        last = rest.last().map_or(last, |e| e.seq);
+                        let job = db::job(&pool, id).await.ok();
+                        let finished = job.as_ref().is_none_or(Job::is_finished);
+                        let mut out: Vec<SseEvent> = rest.iter().map(sse_stored).collect();
+                        if finished {
+                            if let Some(job) = &job {
+                                out.push(sse_state(job));
+                            }
+                            return Some((out, (rx, last, true, pool)));
                         }
-                    } else {
-                        out.push(SseEvent::default().event("state").data(data));
-                    }
-                    return Some((out, (rx, last, terminal, pool)));
-                }
-                Ok(message) if message.seq <= last => continue,
-                Ok(message) => {
-                    last = message.seq;
-                    let event = SseEvent::default().event(&message.kind).id(message.seq.to_string()).data(&message.data);
-                    return Some((vec![event], (rx, last, false, pool)));
-                }
-                Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => {
-                    // A slow viewer (or a finished job): catch up from the database.
-                    let rest = db::events(&pool, id, last, None).await.unwrap_or_default();
-                    last = rest.last().map_or(last, |e| e.seq);
-                    let job = db::job(&pool, id).await.ok();
-                    let finished = job.as_ref().is_none_or(Job::is_finished);
-                    let mut out: Vec<SseEvent> = rest.iter().map(sse_stored).collect();
-                    if finished {
-                        if let Some(job) = &job {
-                            out.push(sse_state(job));
+                        if out.is_empty() {
+                            continue;
                         }
-                        return Some((out, (rx, last, true, pool)));
+                        return Some((out, (rx, last, false, pool)));
                     }
-                    if out.is_empty() {
-                        continue;
-                    }
-                    return Some((out, (rx, last, false, pool)));
                 }
             }
-        }
-    })
+        },
+    )
     .flat_map(stream::iter);
     let all = stream::iter(initial).chain(live).map(Ok);
     Ok(Sse::new(all).keep_alive(KeepAlive::default()))
@@ -306,7 +378,10 @@ async fn log(State(state): State<AppState>, Path(id): Path<i64>) -> Result<impl 
         Err(e) => return Err(e.into()),
     };
     let tail = &bytes[bytes.len().saturating_sub(512 * 1024)..];
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], String::from_utf8_lossy(tail).into_owned()))
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        String::from_utf8_lossy(tail).into_owned(),
+    ))
 }
 
 #[derive(Debug, Serialize)]
@@ -334,7 +409,9 @@ pub async fn checkpoint_list(state: &AppState) -> Result<Vec<CheckpointView>> {
         if !best && !last {
             continue;
         }
-        let metrics = std::fs::read_to_string(dir.join("metrics.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+        let metrics = std::fs::read_to_string(dir.join("metrics.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
         let params = job.params_json();
         out.push(CheckpointView {
             job_id: job.id,

@@ -43,7 +43,9 @@ pub const PRESETS: [&str; 3] = ["cpu-small", "paper", "tiny"];
 
 /// The choices the new-run form offers.
 async fn options() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "methods": METHODS, "presets": PRESETS, "devices": ["auto", "cpu", "cuda:0"] }))
+    Json(
+        serde_json::json!({ "methods": METHODS, "presets": PRESETS, "devices": ["auto", "cpu", "cuda:0"] }),
+    )
 }
 
 /// An upload saved to a temporary folder: the files and the plain text fields.
@@ -68,7 +70,11 @@ pub async fn save_upload(state: &AppState, mut multipart: Multipart) -> Result<S
             continue;
         };
         // Browsers may send a path; only its last component is a file name.
-        let base = file_name.rsplit(['/', '\\']).next().unwrap_or_default().to_string();
+        let base = file_name
+            .rsplit(['/', '\\'])
+            .next()
+            .unwrap_or_default()
+            .to_string();
         let base = safe_name(&base).map_err(|e| Error::Unprocessable(format!("file name: {e}")))?;
         if files.iter().any(|f: &UploadedFile| f.file_name == base) {
             return Err(Error::Unprocessable(format!("{base}: sent twice")));
@@ -79,12 +85,18 @@ pub async fn save_upload(state: &AppState, mut multipart: Multipart) -> Result<S
             out.write_all(&chunk).await?;
         }
         out.flush().await?;
-        files.push(UploadedFile { file_name: base, field: name, path });
+        files.push(UploadedFile {
+            file_name: base,
+            field: name,
+            path,
+        });
     }
     Ok(SavedUpload { dir, files, fields })
 }
 
 /// Parses `?ids=1,2,3`-style lists.
 pub fn parse_ids(text: &str) -> Vec<i64> {
-    text.split(',').filter_map(|s| s.trim().parse().ok()).collect()
+    text.split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
 }

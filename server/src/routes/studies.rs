@@ -40,9 +40,15 @@ pub struct StudyView {
 
 impl From<Study> for StudyView {
     fn from(study: Study) -> Self {
-        let files: BTreeMap<String, String> = serde_json::from_str(&study.files).unwrap_or_default();
+        let files: BTreeMap<String, String> =
+            serde_json::from_str(&study.files).unwrap_or_default();
         let shape = serde_json::from_str(&study.shape).unwrap_or_default();
-        Self { files, shape, modalities: MODALITIES.iter().map(|m| m.to_string()).collect(), study }
+        Self {
+            files,
+            shape,
+            modalities: MODALITIES.iter().map(|m| m.to_string()).collect(),
+            study,
+        }
     }
 }
 
@@ -52,7 +58,9 @@ impl StudyView {
         let dir = PathBuf::from(&self.study.dir);
         if let Some(file) = self.files.get("4d") {
             // MSD channel order: FLAIR, T1w, T1gd, T2w.
-            let channel = ["flair", "t1", "t1ce", "t2"].iter().position(|m| *m == modality)?;
+            let channel = ["flair", "t1", "t1ce", "t2"]
+                .iter()
+                .position(|m| *m == modality)?;
             return Some((dir.join(file), channel));
         }
         self.files.get(modality).map(|f| (dir.join(f), 0))
@@ -63,13 +71,23 @@ impl StudyView {
         let dir = PathBuf::from(&self.study.dir);
         match self.files.get("4d") {
             Some(file) => vec![dir.join(file).display().to_string()],
-            None => MODALITIES.iter().filter_map(|m| self.files.get(*m)).map(|f| dir.join(f).display().to_string()).collect(),
+            None => MODALITIES
+                .iter()
+                .filter_map(|m| self.files.get(*m))
+                .map(|f| dir.join(f).display().to_string())
+                .collect(),
         }
     }
 }
 
 pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<StudyView>>> {
-    Ok(Json(db::studies(&state.pool).await?.into_iter().map(Into::into).collect()))
+    Ok(Json(
+        db::studies(&state.pool)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    ))
 }
 
 async fn show(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json<StudyView>> {
@@ -78,29 +96,51 @@ async fn show(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json
 
 /// Four modality files (named `*_flair.nii.gz` ... or sent in fields `flair`, `t1ce`, `t1`, `t2`)
 /// or one 4-D MSD file; optional text field `name`.
-async fn upload(State(state): State<AppState>, multipart: Multipart) -> Result<(StatusCode, Json<StudyView>)> {
+async fn upload(
+    State(state): State<AppState>,
+    multipart: Multipart,
+) -> Result<(StatusCode, Json<StudyView>)> {
     let upload = save_upload(&state, multipart).await?;
     let files = upload.files.clone();
     let checked = tokio::task::spawn_blocking(move || check_upload(files, false))
         .await
         .map_err(anyhow::Error::from)?
         .map_err(Error::Unprocessable)?;
-    let name = upload.fields.get("name").map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).unwrap_or_else(|| {
-        let first = &checked.files[*checked.roles.values().next().unwrap_or(&0)].file_name;
-        first.split(['_', '.']).next().unwrap_or("study").to_string()
-    });
-    let files: BTreeMap<&String, &String> = checked.roles.iter().map(|(role, i)| (role, &checked.files[*i].file_name)).collect();
+    let name = upload
+        .fields
+        .get("name")
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| {
+            let first = &checked.files[*checked.roles.values().next().unwrap_or(&0)].file_name;
+            first
+                .split(['_', '.'])
+                .next()
+                .unwrap_or("study")
+                .to_string()
+        });
+    let files: BTreeMap<&String, &String> = checked
+        .roles
+        .iter()
+        .map(|(role, i)| (role, &checked.files[*i].file_name))
+        .collect();
     let mut tx = state.pool.begin().await?;
-    let id = sqlx::query("INSERT INTO studies (name, dir, files, shape, created_at) VALUES (?, '', ?, ?, ?)")
-        .bind(&name)
-        .bind(serde_json::to_string(&files).map_err(anyhow::Error::from)?)
-        .bind(serde_json::to_string(&checked.shape).map_err(anyhow::Error::from)?)
-        .bind(db::now())
-        .execute(&mut *tx)
-        .await?
-        .last_insert_rowid();
+    let id = sqlx::query(
+        "INSERT INTO studies (name, dir, files, shape, created_at) VALUES (?, '', ?, ?, ?)",
+    )
+    .bind(&name)
+    .bind(serde_json::to_string(&files).map_err(anyhow::Error::from)?)
+    .bind(serde_json::to_string(&checked.shape).map_err(anyhow::Error::from)?)
+    .bind(db::now())
+    .execute(&mut *tx)
+    .await?
+    .last_insert_rowid();
     let target = state.data_dir().join("studies").join(format!("study-{id}"));
-    sqlx::query("UPDATE studies SET dir = ? WHERE id = ?").bind(target.display().to_string()).bind(id).execute(&mut *tx).await?;
+    sqlx::query("UPDATE studies SET dir = ? WHERE id = ?")
+        .bind(target.display().to_string())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
     // Only a checked upload reaches its final place; the database row commits after the move.
     let staged = upload.dir.keep();
     if let Err(e) = std::fs::rename(&staged, &target) {
@@ -108,7 +148,10 @@ async fn upload(State(state): State<AppState>, multipart: Multipart) -> Result<(
         return Err(e.into());
     }
     tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(db::study(&state.pool, id).await?.into())))
+    Ok((
+        StatusCode::CREATED,
+        Json(db::study(&state.pool, id).await?.into()),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,21 +169,39 @@ fn axial() -> Plane {
 }
 
 fn png(bytes: Vec<u8>) -> Response {
-    ([(header::CONTENT_TYPE, "image/png"), (header::CACHE_CONTROL, "private, max-age=3600")], bytes).into_response()
+    (
+        [
+            (header::CONTENT_TYPE, "image/png"),
+            (header::CACHE_CONTROL, "private, max-age=3600"),
+        ],
+        bytes,
+    )
+        .into_response()
 }
 
-async fn study_slice(State(state): State<AppState>, Path(id): Path<i64>, Query(q): Query<SliceQuery>) -> Result<Response> {
+async fn study_slice(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Query(q): Query<SliceQuery>,
+) -> Result<Response> {
     let study: StudyView = db::study(&state.pool, id).await?.into();
     let modality = q.modality.as_deref().unwrap_or("flair");
-    let (path, channel) = study
-        .source(modality)
-        .ok_or_else(|| Error::BadRequest(format!("unknown modality {modality:?}; use flair, t1ce, t1 or t2")))?;
-    let volume = state.volumes.get(&path).await.map_err(|e| Error::Internal(anyhow::anyhow!(e)))?;
-    let index = q.index.unwrap_or(q.plane.depth(volume.shape3()) / 2);
-    let bytes = tokio::task::spawn_blocking(move || volume::render_slice(&volume, q.plane, index, channel))
+    let (path, channel) = study.source(modality).ok_or_else(|| {
+        Error::BadRequest(format!(
+            "unknown modality {modality:?}; use flair, t1ce, t1 or t2"
+        ))
+    })?;
+    let volume = state
+        .volumes
+        .get(&path)
         .await
-        .map_err(anyhow::Error::from)?
-        .map_err(Error::BadRequest)?;
+        .map_err(|e| Error::Internal(anyhow::anyhow!(e)))?;
+    let index = q.index.unwrap_or(q.plane.depth(volume.shape3()) / 2);
+    let bytes =
+        tokio::task::spawn_blocking(move || volume::render_slice(&volume, q.plane, index, channel))
+            .await
+            .map_err(anyhow::Error::from)?
+            .map_err(Error::BadRequest)?;
     Ok(png(bytes))
 }
 
@@ -152,14 +213,21 @@ pub struct PredictRequest {
     pub device: Option<String>,
 }
 
-async fn predict(State(state): State<AppState>, Json(request): Json<PredictRequest>) -> Result<(StatusCode, Json<JobView>)> {
+async fn predict(
+    State(state): State<AppState>,
+    Json(request): Json<PredictRequest>,
+) -> Result<(StatusCode, Json<JobView>)> {
     let study: StudyView = db::study(&state.pool, request.study_id).await?.into();
     let run = db::job(&state.pool, request.checkpoint_job_id).await?;
     let run_dir = PathBuf::from(&run.out_dir);
     let has_checkpoint = run.kind == "train"
-        && (run_dir.join("checkpoints/best.safetensors").is_file() || run_dir.join("checkpoints/last.safetensors").is_file());
+        && (run_dir.join("checkpoints/best.safetensors").is_file()
+            || run_dir.join("checkpoints/last.safetensors").is_file());
     if !has_checkpoint {
-        return Err(Error::Unprocessable(format!("job {} has no checkpoint (is it a finished training run?)", run.id)));
+        return Err(Error::Unprocessable(format!(
+            "job {} has no checkpoint (is it a finished training run?)",
+            run.id
+        )));
     }
     let params = serde_json::json!({
         "checkpoint": run_dir.display().to_string(),
@@ -167,7 +235,15 @@ async fn predict(State(state): State<AppState>, Json(request): Json<PredictReque
         "device": request.device,
         "study": study.study.name,
     });
-    let id = insert_job(&state, "infer", &params, run.dataset_id, Some(study.study.id), Some(run.id)).await?;
+    let id = insert_job(
+        &state,
+        "infer",
+        &params,
+        run.dataset_id,
+        Some(study.study.id),
+        Some(run.id),
+    )
+    .await?;
     state.runner.enqueue(id);
     let job = db::job(&state.pool, id).await?;
     Ok((StatusCode::CREATED, Json(job_view(&state, job).await?)))
@@ -194,12 +270,24 @@ async fn prediction_view(state: &AppState, id: i64) -> Result<PredictionView> {
     };
     let seg = PathBuf::from(&job.out_dir).join("seg.nii.gz");
     let volumes = if seg.is_file() && job.state == "succeeded" {
-        state.volumes.get(&seg).await.ok().map(|v| volume::region_volumes(&v))
+        state
+            .volumes
+            .get(&seg)
+            .await
+            .ok()
+            .map(|v| volume::region_volumes(&v))
     } else {
         None
     };
-    let seg_url = volumes.as_ref().map(|_| format!("/api/predictions/{id}/seg.nii.gz"));
-    Ok(PredictionView { job: job_view(state, job).await?, study, volumes, seg_url })
+    let seg_url = volumes
+        .as_ref()
+        .map(|_| format!("/api/predictions/{id}/seg.nii.gz"));
+    Ok(PredictionView {
+        job: job_view(state, job).await?,
+        study,
+        volumes,
+        seg_url,
+    })
 }
 
 pub async fn list_predictions(State(state): State<AppState>) -> Result<Json<Vec<PredictionView>>> {
@@ -210,7 +298,10 @@ pub async fn list_predictions(State(state): State<AppState>) -> Result<Json<Vec<
     Ok(Json(out))
 }
 
-async fn show_prediction(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json<PredictionView>> {
+async fn show_prediction(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<PredictionView>> {
     Ok(Json(prediction_view(&state, id).await?))
 }
 
@@ -225,13 +316,19 @@ fn seg_path(job: &db::Job) -> Result<PathBuf> {
 async fn download_seg(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Response> {
     let job = db::job(&state.pool, id).await?;
     let path = seg_path(&job)?;
-    let study = job.params_json()["study"].as_str().unwrap_or("case").to_string();
+    let study = job.params_json()["study"]
+        .as_str()
+        .unwrap_or("case")
+        .to_string();
     let file = tokio::fs::File::open(&path).await?;
     let body = Body::from_stream(tokio_util_stream(file));
     Ok((
         [
             (header::CONTENT_TYPE, "application/gzip".to_string()),
-            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{study}_seg.nii.gz\"")),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{study}_seg.nii.gz\""),
+            ),
         ],
         body,
     )
@@ -239,7 +336,9 @@ async fn download_seg(State(state): State<AppState>, Path(id): Path<i64>) -> Res
 }
 
 /// A file as a stream of chunks (without pulling in tokio-util for one use).
-fn tokio_util_stream(file: tokio::fs::File) -> impl futures_util::Stream<Item = std::io::Result<Vec<u8>>> {
+fn tokio_util_stream(
+    file: tokio::fs::File,
+) -> impl futures_util::Stream<Item = std::io::Result<Vec<u8>>> {
     use tokio::io::AsyncReadExt;
     futures_util::stream::unfold(file, |mut file| async move {
         let mut buf = vec![0u8; 64 * 1024];
@@ -254,18 +353,30 @@ fn tokio_util_stream(file: tokio::fs::File) -> impl futures_util::Stream<Item = 
     })
 }
 
-async fn label_slice(State(state): State<AppState>, Path(id): Path<i64>, Query(q): Query<SliceQuery>) -> Result<Response> {
+async fn label_slice(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Query(q): Query<SliceQuery>,
+) -> Result<Response> {
     let job = db::job(&state.pool, id).await?;
     let path = seg_path(&job)?;
     let shown: Vec<u8> = match &q.labels {
-        Some(text) => text.split(',').filter_map(|s| s.trim().parse().ok()).collect(),
+        Some(text) => text
+            .split(',')
+            .filter_map(|s| s.trim().parse().ok())
+            .collect(),
         None => vec![1, 2, 4],
     };
-    let volume = state.volumes.get(&path).await.map_err(|e| Error::Internal(anyhow::anyhow!(e)))?;
-    let index = q.index.unwrap_or(q.plane.depth(volume.shape3()) / 2);
-    let bytes = tokio::task::spawn_blocking(move || volume::render_labels(&volume, q.plane, index, &shown))
+    let volume = state
+        .volumes
+        .get(&path)
         .await
-        .map_err(anyhow::Error::from)?
-        .map_err(Error::BadRequest)?;
+        .map_err(|e| Error::Internal(anyhow::anyhow!(e)))?;
+    let index = q.index.unwrap_or(q.plane.depth(volume.shape3()) / 2);
+    let bytes =
+        tokio::task::spawn_blocking(move || volume::render_labels(&volume, q.plane, index, &shown))
+            .await
+            .map_err(anyhow::Error::from)?
+            .map_err(Error::BadRequest)?;
     Ok(png(bytes))
 }

@@ -7,7 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const CGGM: &str = env!("CARGO_BIN_EXE_cggm");
+pub const CGGM_BUILT: &str = env!("CARGO_BIN_EXE_cggm");
+
+/// The binary under test: this package's `cggm`, or `CGGM_BIN` (e.g. the release build, for the
+/// load measurements).
+pub fn cggm() -> String {
+    std::env::var("CGGM_BIN").unwrap_or_else(|_| CGGM_BUILT.to_string())
+}
 
 pub struct LiveServer {
     pub child: Child,
@@ -31,7 +37,7 @@ impl LiveServer {
 
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Self {
         let started = Instant::now();
-        let mut child = Command::new(CGGM)
+        let mut child = Command::new(cggm())
             .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
@@ -58,7 +64,9 @@ impl LiveServer {
                 }
             }
         });
-        let address = rx.recv_timeout(Duration::from_secs(60)).expect("the server announces its address within 60 s");
+        let address = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the server announces its address within 60 s");
         let started_in = started.elapsed();
         Self {
             child,
@@ -76,12 +84,22 @@ impl LiveServer {
 
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
         let response = self.client.get(self.url(path)).send().await.unwrap();
-        assert!(response.status().is_success(), "GET {path}: {}", response.status());
+        assert!(
+            response.status().is_success(),
+            "GET {path}: {}",
+            response.status()
+        );
         response.json().await.unwrap()
     }
 
     pub async fn post_json(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
-        let response = self.client.post(self.url(path)).json(&body).send().await.unwrap();
+        let response = self
+            .client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         let status = response.status();
         let answer: serde_json::Value = response.json().await.unwrap_or_default();
         assert!(status.is_success(), "POST {path}: {status} {answer}");
@@ -89,14 +107,22 @@ impl LiveServer {
     }
 
     /// Polls `GET path` until `done` holds, or fails at the deadline.
-    pub async fn poll_json(&self, path: &str, deadline: Duration, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub async fn poll_json(
+        &self,
+        path: &str,
+        deadline: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let until = Instant::now() + deadline;
         loop {
             let value = self.get_json(path).await;
             if done(&value) {
                 return value;
             }
-            assert!(Instant::now() < until, "GET {path} did not reach the expected state in {deadline:?}: {value}");
+            assert!(
+                Instant::now() < until,
+                "GET {path} did not reach the expected state in {deadline:?}: {value}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -105,7 +131,12 @@ impl LiveServer {
     pub async fn tiny_dataset(&self, name: &str) -> i64 {
         let folder = self.data_dir.join("datasets").join(name);
         synth(&folder, 4, "32x32x16");
-        let dataset = self.post_json("/api/datasets", serde_json::json!({ "name": name, "path": folder.display().to_string() })).await;
+        let dataset = self
+            .post_json(
+                "/api/datasets",
+                serde_json::json!({ "name": name, "path": folder.display().to_string() }),
+            )
+            .await;
         assert_eq!(dataset["report"]["valid_cases"], 4, "{dataset}");
         dataset["id"].as_i64().unwrap()
     }
@@ -131,7 +162,7 @@ impl Drop for LiveServer {
 }
 
 pub fn synth(out: &Path, cases: usize, size: &str) {
-    let status = Command::new(CGGM)
+    let status = Command::new(cggm())
         .args(["synth", "--out"])
         .arg(out)
         .args(["--cases", &cases.to_string(), "--seed", "7", "--size", size])
@@ -166,7 +197,11 @@ pub async fn read_sse(
             buffer.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
             while let Some(end) = buffer.find("\n\n") {
                 let block: String = buffer.drain(..end + 2).collect();
-                let mut message = SseMessage { event: "message".into(), id: None, data: String::new() };
+                let mut message = SseMessage {
+                    event: "message".into(),
+                    id: None,
+                    data: String::new(),
+                };
                 let mut is_comment = true;
                 for line in block.lines() {
                     if let Some(v) = line.strip_prefix("event:") {
@@ -190,7 +225,9 @@ pub async fn read_sse(
             }
         }
     };
-    tokio::time::timeout(deadline, read).await.expect("the event stream finished before the deadline");
+    tokio::time::timeout(deadline, read)
+        .await
+        .expect("the event stream finished before the deadline");
     messages
 }
 

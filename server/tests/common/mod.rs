@@ -52,42 +52,70 @@ impl TestApp {
             .get("content-type")
             .map(|v| v.to_str().unwrap().to_string())
             .unwrap_or_default();
-        let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
         (status, body.to_vec(), content_type)
     }
 
     pub async fn get(&self, uri: &str) -> (StatusCode, Vec<u8>, String) {
-        self.request(Request::get(uri).body(Body::empty()).unwrap()).await
+        self.request(Request::get(uri).body(Body::empty()).unwrap())
+            .await
     }
 
     pub async fn get_json(&self, uri: &str) -> (StatusCode, serde_json::Value) {
         let (status, body, _) = self.get(uri).await;
-        (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+        (
+            status,
+            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        )
     }
 
-    pub async fn post_json(&self, uri: &str, json: serde_json::Value) -> (StatusCode, serde_json::Value) {
+    pub async fn post_json(
+        &self,
+        uri: &str,
+        json: serde_json::Value,
+    ) -> (StatusCode, serde_json::Value) {
         let request = Request::post(uri)
             .header("content-type", "application/json")
             .body(Body::from(json.to_string()))
             .unwrap();
         let (status, body, _) = self.request(request).await;
-        (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+        (
+            status,
+            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        )
     }
 
-    pub async fn post_multipart(&self, uri: &str, form: &Multipart) -> (StatusCode, serde_json::Value) {
+    pub async fn post_multipart(
+        &self,
+        uri: &str,
+        form: &Multipart,
+    ) -> (StatusCode, serde_json::Value) {
         let (status, body, _) = self.request(form.request(uri)).await;
-        (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+        (
+            status,
+            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     /// Polls the job until it is in one of `states`, or fails the test at the deadline.
-    pub async fn wait_for_job(&self, id: i64, states: &[&str], deadline: Duration) -> serde_json::Value {
+    pub async fn wait_for_job(
+        &self,
+        id: i64,
+        states: &[&str],
+        deadline: Duration,
+    ) -> serde_json::Value {
         let until = Instant::now() + deadline;
         loop {
             let (_, job) = self.get_json(&format!("/api/jobs/{id}")).await;
             if states.contains(&job["state"].as_str().unwrap_or("")) {
                 return job;
             }
-            assert!(Instant::now() < until, "job {id} did not reach {states:?} in {deadline:?}: {job}");
+            assert!(
+                Instant::now() < until,
+                "job {id} did not reach {states:?} in {deadline:?}: {job}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -98,8 +126,12 @@ impl TestApp {
         for i in 0..cases {
             write_case(&root, &format!("Case_{i:03}"), [8, 8, 4], true);
         }
-        let (status, body) =
-            self.post_json("/api/datasets", serde_json::json!({ "name": name, "path": root.display().to_string() })).await;
+        let (status, body) = self
+            .post_json(
+                "/api/datasets",
+                serde_json::json!({ "name": name, "path": root.display().to_string() }),
+            )
+            .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body["id"].as_i64().unwrap()
     }
@@ -107,7 +139,9 @@ impl TestApp {
 
 /// A small 3-D volume: a bright blob whose intensity depends on `seed`.
 pub fn volume(shape: [usize; 3], seed: f32) -> Array3<f32> {
-    Array3::from_shape_fn(shape, |(x, y, z)| (x + 2 * y + 3 * z) as f32 * (1.0 + seed) + 1.0)
+    Array3::from_shape_fn(shape, |(x, y, z)| {
+        (x + 2 * y + 3 * z) as f32 * (1.0 + seed) + 1.0
+    })
 }
 
 /// Labels 0/1/2/4 in bands, so every label appears.
@@ -117,7 +151,9 @@ pub fn labels(shape: [usize; 3]) -> Array3<f32> {
 
 pub fn write_nifti(path: &Path, data: &Array3<f32>) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    nifti::writer::WriterOptions::new(path).write_nifti(data).unwrap();
+    nifti::writer::WriterOptions::new(path)
+        .write_nifti(data)
+        .unwrap();
 }
 
 /// `<root>/<case>/<case>_{flair,t1ce,t1,t2[,seg]}.nii.gz`
@@ -137,9 +173,13 @@ pub fn write_case(root: &Path, case: &str, shape: [usize; 3], with_seg: bool) ->
 }
 
 pub fn write_4d(path: &Path, shape: [usize; 3]) {
-    let data = Array4::from_shape_fn((shape[0], shape[1], shape[2], 4), |(x, y, z, c)| (x + y + z + c) as f32 + 1.0);
+    let data = Array4::from_shape_fn((shape[0], shape[1], shape[2], 4), |(x, y, z, c)| {
+        (x + y + z + c) as f32 + 1.0
+    });
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    nifti::writer::WriterOptions::new(path).write_nifti(&data).unwrap();
+    nifti::writer::WriterOptions::new(path)
+        .write_nifti(&data)
+        .unwrap();
 }
 
 /// A multipart/form-data body built by hand (oneshot tests have no HTTP client).
@@ -152,12 +192,14 @@ const BOUNDARY: &str = "cggm-test-boundary-7d1e";
 
 impl Multipart {
     pub fn text(mut self, name: &str, value: &str) -> Self {
-        self.parts.push((name.into(), None, value.as_bytes().to_vec()));
+        self.parts
+            .push((name.into(), None, value.as_bytes().to_vec()));
         self
     }
 
     pub fn file(mut self, name: &str, file_name: &str, bytes: Vec<u8>) -> Self {
-        self.parts.push((name.into(), Some(file_name.into()), bytes));
+        self.parts
+            .push((name.into(), Some(file_name.into()), bytes));
         self
     }
 
@@ -188,7 +230,10 @@ impl Multipart {
 
     pub fn request(&self, uri: &str) -> Request<Body> {
         Request::post(uri)
-            .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={BOUNDARY}"),
+            )
             .body(Body::from(self.body()))
             .unwrap()
     }
@@ -196,7 +241,12 @@ impl Multipart {
 
 /// Progress events a short training run writes, as JSON lines.
 pub fn training_events() -> Vec<String> {
-    let per_mod = |v: f64| -> BTreeMap<String, f64> { ["flair", "t1ce", "t1", "t2"].iter().map(|m| (m.to_string(), v)).collect() };
+    let per_mod = |v: f64| -> BTreeMap<String, f64> {
+        ["flair", "t1ce", "t1", "t2"]
+            .iter()
+            .map(|m| (m.to_string(), v))
+            .collect()
+    };
     let mut events = vec![Event::RunStarted {
         time: 1.0,
         config: serde_json::json!({ "method": "cggm" }),
@@ -229,7 +279,10 @@ pub fn training_events() -> Vec<String> {
         train_loss: 0.5,
         dice: scores.clone(),
         hd95: RegionScores::new(5.0, 6.0, 7.0),
-        modality_dice: ["flair", "t1ce", "t1", "t2"].iter().map(|m| (m.to_string(), RegionScores::new(0.5, 0.4, 0.3))).collect(),
+        modality_dice: ["flair", "t1ce", "t1", "t2"]
+            .iter()
+            .map(|m| (m.to_string(), RegionScores::new(0.5, 0.4, 0.3)))
+            .collect(),
         best: true,
     });
     events.push(Event::Finished {
@@ -239,7 +292,10 @@ pub fn training_events() -> Vec<String> {
         test_dice: None,
         test_modality_dice: BTreeMap::new(),
     });
-    events.iter().map(|e| serde_json::to_string(e).unwrap()).collect()
+    events
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap())
+        .collect()
 }
 
 /// A stand-in for the `cggm` binary (a shell script): `train` writes the events above and the

@@ -19,7 +19,10 @@ pub struct Browser {
 }
 
 fn find_program(candidates: &[&str]) -> Option<String> {
-    candidates.iter().find(|p| Path::new(p).exists()).map(|p| p.to_string())
+    candidates
+        .iter()
+        .find(|p| Path::new(p).exists())
+        .map(|p| p.to_string())
 }
 
 impl Browser {
@@ -27,9 +30,14 @@ impl Browser {
     pub async fn start() -> Self {
         let chromium = find_program(&["/usr/bin/chromium", "/usr/bin/chromium-browser"])
             .expect("Chromium not found: run scripts/setup-browser.sh");
-        let chromedriver = find_program(&["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"])
-            .expect("chromedriver not found: run scripts/setup-browser.sh");
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let chromedriver =
+            find_program(&["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"])
+                .expect("chromedriver not found: run scripts/setup-browser.sh");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let driver = Command::new(chromedriver)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -45,7 +53,10 @@ impl Browser {
                     break;
                 }
             }
-            assert!(Instant::now() < until, "chromedriver did not answer within 30 s");
+            assert!(
+                Instant::now() < until,
+                "chromedriver did not answer within 30 s"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let profile = tempfile::tempdir().unwrap();
@@ -66,9 +77,26 @@ impl Browser {
             "browserName": "chrome",
             "goog:chromeOptions": { "binary": chromium, "args": args }
         }}});
-        let response: Value = client.post(format!("{base}/session")).json(&capabilities).send().await.unwrap().json().await.unwrap();
-        let session = response["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {response}")).to_string();
-        Self { driver, base, session, client, _profile: profile }
+        let response: Value = client
+            .post(format!("{base}/session"))
+            .json(&capabilities)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let session = response["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {response}"))
+            .to_string();
+        Self {
+            driver,
+            base,
+            session,
+            client,
+            _profile: profile,
+        }
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
@@ -79,41 +107,74 @@ impl Browser {
         }
         let response: Value = request.send().await.unwrap().json().await.unwrap();
         if let Some(error) = response["value"]["error"].as_str() {
-            panic!("webdriver {path}: {error}: {}", response["value"]["message"]);
+            panic!(
+                "webdriver {path}: {error}: {}",
+                response["value"]["message"]
+            );
         }
         response["value"].clone()
     }
 
     pub async fn goto(&self, url: &str) {
-        self.call(reqwest::Method::POST, "/url", Some(json!({ "url": url }))).await;
+        self.call(reqwest::Method::POST, "/url", Some(json!({ "url": url })))
+            .await;
     }
 
     pub async fn url(&self) -> String {
-        self.call(reqwest::Method::GET, "/url", None).await.as_str().unwrap_or_default().to_string()
+        self.call(reqwest::Method::GET, "/url", None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     pub async fn find(&self, css: &str) -> String {
-        let value = self.call(reqwest::Method::POST, "/element", Some(json!({ "using": "css selector", "value": css }))).await;
+        let value = self
+            .call(
+                reqwest::Method::POST,
+                "/element",
+                Some(json!({ "using": "css selector", "value": css })),
+            )
+            .await;
         value[ELEMENT].as_str().unwrap().to_string()
     }
 
     pub async fn click(&self, css: &str) {
         let id = self.find(css).await;
-        self.call(reqwest::Method::POST, &format!("/element/{id}/click"), Some(json!({}))).await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{id}/click"),
+            Some(json!({})),
+        )
+        .await;
     }
 
     pub async fn type_into(&self, css: &str, text: &str) {
         let id = self.find(css).await;
-        self.call(reqwest::Method::POST, &format!("/element/{id}/value"), Some(json!({ "text": text }))).await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{id}/value"),
+            Some(json!({ "text": text })),
+        )
+        .await;
     }
 
     pub async fn text(&self, css: &str) -> String {
         let id = self.find(css).await;
-        self.call(reqwest::Method::GET, &format!("/element/{id}/text"), None).await.as_str().unwrap_or_default().to_string()
+        self.call(reqwest::Method::GET, &format!("/element/{id}/text"), None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     pub async fn script(&self, script: &str) -> Value {
-        self.call(reqwest::Method::POST, "/execute/sync", Some(json!({ "script": script, "args": [] }))).await
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({ "script": script, "args": [] })),
+        )
+        .await
     }
 
     /// Polls a JavaScript expression until it is truthy; fails at the deadline.
@@ -121,18 +182,26 @@ impl Browser {
         let until = Instant::now() + deadline;
         loop {
             let value = self.script(&format!("return ({expression});")).await;
-            let truthy = !matches!(value, Value::Null | Value::Bool(false)) && value != json!(0) && value != json!("");
+            let truthy = !matches!(value, Value::Null | Value::Bool(false))
+                && value != json!(0)
+                && value != json!("");
             if truthy {
                 return value;
             }
-            assert!(Instant::now() < until, "browser: `{expression}` not true within {deadline:?} (at {})", self.url().await);
+            assert!(
+                Instant::now() < until,
+                "browser: `{expression}` not true within {deadline:?} (at {})",
+                self.url().await
+            );
             tokio::time::sleep(Duration::from_millis(150)).await;
         }
     }
 
     pub async fn screenshot(&self, path: &Path) {
         let data = self.call(reqwest::Method::GET, "/screenshot", None).await;
-        let bytes = base64::engine::general_purpose::STANDARD.decode(data.as_str().unwrap()).unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(data.as_str().unwrap())
+            .unwrap();
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, bytes).unwrap();
     }
