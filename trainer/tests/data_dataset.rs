@@ -384,7 +384,7 @@ fn case_from_paths_accepts_brats_files_in_any_order_and_2023_names() {
     let case = case_from_paths(&new_files).unwrap();
     assert_eq!(case.id, "BraTS-GLI-00000-000");
     assert!(case.label_path().is_none());
-    let from_folder = case_from_paths(&[renamed.clone()]).unwrap();
+    let from_folder = case_from_paths(std::slice::from_ref(&renamed)).unwrap();
     assert_eq!(from_folder.id, "renamed");
 
     files.retain(|f| !f.to_string_lossy().contains("_t1ce"));

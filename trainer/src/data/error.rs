@@ -169,10 +169,10 @@ impl DataError {
             | NotThreeD { case, .. }
             | BadLabelValues { case, .. }
             | NonFiniteIntensity { case, .. }
-            | EmptyVolume { case, .. } => {
-                if case.is_empty() {
-                    *case = case_name.to_string();
-                }
+            | EmptyVolume { case, .. }
+                if case.is_empty() =>
+            {
+                *case = case_name.to_string();
             }
             _ => {}
         }

@@ -75,11 +75,13 @@ const TISSUE_MEANS: [[f32; 6]; 4] = [
 /// Reference geometry of synthetic volumes: 1 mm voxels, world origin at the volume centre,
 /// radiological-style axes (x and y flipped, as in BraTS), qform and sform both set.
 pub fn synthetic_header(size: [usize; 3]) -> NiftiHeader {
-    let mut h = NiftiHeader::default();
-    h.pixdim = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
-    h.xyzt_units = 2 | 8; // mm, s
-    h.qform_code = 1;
-    h.sform_code = 1;
+    let mut h = NiftiHeader {
+        pixdim: [1.0; 8],
+        xyzt_units: 2 | 8, // mm, s
+        qform_code: 1,
+        sform_code: 1,
+        ..NiftiHeader::default()
+    };
     // 180° about z: quaternion (a, b, c, d) = (0, 0, 0, 1).
     h.quatern_b = 0.0;
     h.quatern_c = 0.0;
@@ -137,7 +139,7 @@ fn tissue_map(size: [usize; 3], rng: &mut ChaCha8Rng) -> (Array3<u8>, bool) {
         0.40 * nz as f32 * rng.gen_range(0.92..1.05),
     ];
     let brain_shape = Wobble::new(rng, 0.05);
-    let fold_phase: [f32; 3] = std::array::from_fn(|_| rng.gen_range(0.0..6.28));
+    let fold_phase: [f32; 3] = std::array::from_fn(|_| rng.gen_range(0.0..std::f32::consts::TAU));
     let fold_freq = rng.gen_range(9.0..14.0f32);
 
     // Tumour: centre inside the brain, away from the surface.
