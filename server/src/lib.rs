@@ -43,6 +43,12 @@ impl AppState {
         for sub in ["datasets", "studies", "runs", "predictions", "logs", "tmp"] {
             std::fs::create_dir_all(config.data_dir.join(sub))?;
         }
+        // Partial uploads a previous process left behind (it stopped mid-upload).
+        for entry in std::fs::read_dir(config.data_dir.join("tmp"))?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with("upload-") {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
         let config = Config {
             data_dir: config.data_dir.canonicalize()?,
             ..config
@@ -160,11 +166,22 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "CGGM Studio: open http://{address}/ (ready in {} ms)",
         started.elapsed().as_millis()
     );
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let signal = stopping.clone();
+    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("CGGM Studio: stopping (running jobs are stopped and can be resumed later)");
+        signal.notify_waiters();
+    });
+    // Open live-event streams would hold a graceful shutdown forever: give requests a moment,
+    // then stop. Dropping the runtime kills the job processes (`kill_on_drop`).
+    tokio::select! {
+        result = server => result?,
+        _ = async {
+            stopping.notified().await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        } => {}
+    }
     Ok(())
 }
 

@@ -61,6 +61,22 @@ async fn launch_from_the_form_watch_the_curves_and_step_through_the_viewer() {
     browser.wait_for("Number(document.querySelector('.chart[data-title=\"Validation Dice\"]')?.dataset.points || 0) >= 1", Duration::from_secs(10)).await;
     browser.screenshot(&screenshots().join("job.png")).await;
 
+    // The overlay page draws the stored history of the chosen runs.
+    browser
+        .goto(&server.url(&format!("/compare?jobs={job}")))
+        .await;
+    browser
+        .wait_for(
+            "Number(document.querySelector('.chart[data-title=\"Validation Dice\"]')?.dataset.points || 0) >= 1",
+            Duration::from_secs(20),
+        )
+        .await;
+    browser.goto(&server.url("/datasets")).await;
+    assert!(browser.text("main").await.contains("demo-tiny"));
+    browser
+        .screenshot(&screenshots().join("datasets.png"))
+        .await;
+
     // Dashboard and models list show the run.
     browser.goto(&server.url("/")).await;
     assert!(browser
