@@ -349,3 +349,40 @@ fn loader_rejects_unlabelled_cases_and_bad_config() {
         "{err}"
     );
 }
+
+#[test]
+fn noise_is_zero_mean_with_the_configured_std_on_brain_pixels_only() {
+    let data = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let cases = dataset(data.path());
+    let with_noise = |std: f32| SamplerConfig {
+        batch_size: 1,
+        noise_std: std,
+        workers: 0,
+        ..config(cache.path())
+    };
+    let mut clean = SliceLoader::new(&cases, with_noise(0.0), 5, 0).unwrap();
+    let mut noisy = SliceLoader::new(&cases, with_noise(0.5), 5, 0).unwrap();
+    let mut differences = Vec::new();
+    for _ in 0..6 {
+        let (a, b) = (clean.next_batch().unwrap(), noisy.next_batch().unwrap());
+        assert_eq!(
+            a.labels, b.labels,
+            "noise draws come after the slice choice"
+        );
+        for (x, y) in a.images.iter().zip(b.images.iter()) {
+            if *x == 0.0 {
+                assert_eq!(*y, 0.0, "background stays 0");
+            } else {
+                differences.push((*y - *x) as f64);
+            }
+        }
+    }
+    let n = differences.len() as f64;
+    let mean = differences.iter().sum::<f64>() / n;
+    let std = (differences.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / n).sqrt();
+    assert!(
+        n > 1000.0 && mean.abs() < 0.05 && (std - 0.5).abs() < 0.05,
+        "{n} {mean} {std}"
+    );
+}

@@ -132,6 +132,9 @@ pub struct LoaderBenchArgs {
     pub cache_dir: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Gaussian noise augmentation (z-score units), as in training; 0 turns it off.
+    #[arg(long, default_value_t = SamplerConfig::default().noise_std)]
+    pub noise_std: f32,
 }
 
 /// A memory figure of this process in MiB from `/proc/self/status` (`VmHWM`, `VmRSS`).
@@ -169,6 +172,7 @@ pub fn bench_loader(args: LoaderBenchArgs) -> anyhow::Result<()> {
         workers: args.workers,
         prefetch: args.prefetch,
         cache_dir: args.cache_dir.clone(),
+        noise_std: args.noise_std,
         ..SamplerConfig::default()
     };
     let started = Instant::now();
@@ -195,6 +199,7 @@ pub fn bench_loader(args: LoaderBenchArgs) -> anyhow::Result<()> {
         "crop": args.crop,
         "workers": args.workers,
         "prefetch": args.prefetch,
+        "noise_std": args.noise_std,
         "prepare_seconds": prepare_seconds,
         "batches": args.batches,
         "slices": slices,
