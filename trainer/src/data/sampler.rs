@@ -365,6 +365,14 @@ fn make_batch(shared: &Shared, k: u64) -> Result<SliceBatch, DataError> {
         let (bx, by) = index.box_size();
         let (box_x, box_y) = (index.x_range[0] as isize, index.y_range[0] as isize);
         let last = crop - 1;
+        let plane = crop * crop;
+        let box_plane = bx * by;
+        let out_images = &mut images
+            .as_slice_mut()
+            .expect("freshly allocated, standard layout")[item * 4 * plane..(item + 1) * 4 * plane];
+        let out_labels = &mut labels
+            .as_slice_mut()
+            .expect("freshly allocated, standard layout")[item * plane..(item + 1) * plane];
         for i in 0..crop {
             for j in 0..crop {
                 // Output pixel (i, j) shows crop pixel (u, v): flips, then a rotation by 90° steps.
@@ -384,9 +392,11 @@ fn make_batch(shared: &Shared, k: u64) -> Result<SliceBatch, DataError> {
                     continue;
                 }
                 let offset = bxi as usize * by + byi as usize;
-                labels[[item, i, j]] = slice.labels[offset];
+                let pixel = i * crop + j;
+                out_labels[pixel] = slice.labels[offset];
                 for c in 0..4 {
-                    images[[item, c, i, j]] = f16_to_f32(slice.images[c * bx * by + offset]);
+                    out_images[c * plane + pixel] =
+                        f16_to_f32(slice.images[c * box_plane + offset]);
                 }
             }
         }
