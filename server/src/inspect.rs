@@ -283,3 +283,39 @@ pub fn safe_name(name: &str) -> Result<String, String> {
         Err(format!("invalid name {name:?}: use 1-128 letters, digits, '-', '_' or '.', not starting with '.'"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modality_comes_from_the_last_name_part() {
+        assert_eq!(modality_of("BraTS2021_00000_t1ce.nii.gz"), Some("t1ce"));
+        assert_eq!(modality_of("BraTS2021_00000_t1.nii"), Some("t1"));
+        assert_eq!(modality_of("case-seg.NII.GZ"), Some("seg"));
+        assert_eq!(modality_of("t2.nii.gz"), Some("t2"));
+        assert_eq!(modality_of("BraTS2021_00000_t1ce.txt"), None);
+        assert_eq!(modality_of("scan.nii.gz"), None);
+    }
+
+    #[test]
+    fn unsafe_names_are_rejected_not_rewritten() {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "a\\b",
+            ".hidden",
+            "a b",
+            "caf\u{e9}",
+        ] {
+            assert!(safe_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            safe_name("BraTS2021_00000_t1.nii.gz").unwrap(),
+            "BraTS2021_00000_t1.nii.gz"
+        );
+    }
+}

@@ -285,7 +285,9 @@ pub struct VolumeCache {
     entries: Mutex<Vec<(PathBuf, Arc<Volume>)>>,
 }
 
-const CACHE_ENTRIES: usize = 12;
+/// Decoded voxels kept in memory (a BraTS volume is 36 MB as f32; an MSD 4-D file four times
+/// that). The most recent volume always stays, whatever its size.
+const CACHE_BYTES: usize = 512 * 1024 * 1024;
 
 impl VolumeCache {
     /// The decoded volume at `path`, reading it (on a blocking thread) when not cached.
@@ -300,7 +302,15 @@ impl VolumeCache {
         let volume = Arc::new(volume);
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.insert(0, (path.to_path_buf(), volume.clone()));
-        entries.truncate(CACHE_ENTRIES);
+        let mut total = 0;
+        let keep = entries
+            .iter()
+            .position(|(_, v)| {
+                total += v.data.len() * std::mem::size_of::<f32>();
+                total > CACHE_BYTES
+            })
+            .map_or(entries.len(), |over| over.max(1));
+        entries.truncate(keep);
         Ok(volume)
     }
 
@@ -311,5 +321,69 @@ impl VolumeCache {
         let volume = entry.1.clone();
         entries.insert(0, entry);
         Some(volume)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn volume(shape: [usize; 3], f: impl Fn(usize, usize, usize) -> f32) -> Volume {
+        let data = ArrayD::from_shape_fn(IxDyn(&shape), |i| f(i[0], i[1], i[2]));
+        let windows = vec![percentile_window(data.iter())];
+        Volume {
+            data,
+            spacing: [1.0, 1.0, 2.0],
+            windows,
+        }
+    }
+
+    #[test]
+    fn window_ignores_background_and_outliers() {
+        let mut values: Vec<f32> = (1..=1000).map(|v| v as f32).collect();
+        values.extend([0.0; 5000]);
+        values.push(1e9);
+        let (lo, hi) = percentile_window(values.iter());
+        assert!((lo - 6.0).abs() < 2.0, "{lo}");
+        assert!((990.0..=1000.0).contains(&hi), "{hi}");
+        assert_eq!(percentile_window([0.0f32; 4].iter()), (0.0, 1.0));
+    }
+
+    #[test]
+    fn each_plane_maps_pixels_to_the_right_voxels_with_superior_and_anterior_up() {
+        let shape = [4, 3, 2];
+        assert_eq!(Plane::Axial.frame(shape), (4, 3));
+        assert_eq!(Plane::Coronal.frame(shape), (4, 2));
+        assert_eq!(Plane::Sagittal.frame(shape), (3, 2));
+        // Top-left pixel: highest y (axial) or highest z (coronal, sagittal).
+        assert_eq!(Plane::Axial.voxel(shape, 1, 0, 0), (0, 2, 1));
+        assert_eq!(Plane::Coronal.voxel(shape, 2, 3, 0), (3, 2, 1));
+        assert_eq!(Plane::Sagittal.voxel(shape, 3, 2, 1), (3, 2, 0));
+        assert_eq!(Plane::Coronal.depth(shape), 3);
+    }
+
+    #[test]
+    fn region_volumes_use_the_voxel_size_and_brats_regions() {
+        // x = 0..4 -> labels 0, 1, 2, 4; each label 3 x 2 voxels of 2 mm^3.
+        let labels = volume([4, 3, 2], |x, _, _| [0.0, 1.0, 2.0, 4.0][x]);
+        let v = region_volumes(&labels);
+        let per_label = 6.0 * 2.0 / 1000.0;
+        assert!((v.ncr_ml - per_label).abs() < 1e-12);
+        assert!((v.tc_ml - 2.0 * per_label).abs() < 1e-12);
+        assert!((v.wt_ml - 3.0 * per_label).abs() < 1e-12);
+    }
+
+    #[test]
+    fn label_overlay_shows_only_the_chosen_labels_and_accepts_et_as_3() {
+        let labels = volume([4, 1, 1], |x, _, _| [0.0, 1.0, 3.0, 2.0][x]);
+        let png_bytes = render_labels(&labels, Plane::Axial, 0, &[4]).unwrap();
+        let mut reader = png::Decoder::new(std::io::Cursor::new(png_bytes))
+            .read_info()
+            .unwrap();
+        let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+        reader.next_frame(&mut pixels).unwrap();
+        let alpha: Vec<u8> = pixels.chunks(4).map(|p| p[3]).collect();
+        assert_eq!(alpha, [0, 0, 255, 0]);
+        assert!(render_labels(&labels, Plane::Axial, 1, &[4]).is_err());
     }
 }

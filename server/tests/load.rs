@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! cargo build --release -p cggm-server
-//! CGGM_BIN=target/release/cggm scripts/with-torch.sh cargo test --release -p cggm-server \
-//!     --test load -- --ignored --nocapture
+//! CGGM_BIN=$PWD/target/release/cggm CGGM_LOAD_VIEWERS=500 scripts/with-torch.sh \
+//!     cargo test -p cggm-server --test load -- --ignored --nocapture
 //! ```
 //! Prints the server's start time, the latency of a slice PNG of a 240x240x155 study (median and
 //! p99 over 300 requests) and how many concurrent live-event viewers one training job served.
