@@ -65,9 +65,9 @@ impl Predictor<'_> {
                 write_slices(&mut fused, &out.logits, z0, nx, ny);
                 if want_cls {
                     let cls = self.classifiers.expect("checked above");
+                    let all = cls.forward_t(&out, (px as i64, py as i64), false);
                     for (i, pm) in per_modality.iter_mut().enumerate() {
-                        let logits = cls.forward_t(i, &out.features[i], (px as i64, py as i64), false);
-                        write_slices(pm, &logits, z0, nx, ny);
+                        write_slices(pm, &cls.logits_of(&all, i), z0, nx, ny);
                     }
                 }
             });

@@ -178,10 +178,11 @@ impl Trainer {
         let use_amp = self.cfg.mixed_precision && self.device.is_cuda();
         opt.zero_grad();
         let mut metrics = vec![f64::NAN; m];
+        let all = tch::autocast(use_amp, || cls.forward_t(out, (h, w), true));
         let mut cls_loss = Tensor::zeros([], (Kind::Float, self.device));
-        for (i, feats) in out.features.iter().enumerate() {
-            let logits = tch::autocast(use_amp, || cls.forward_t(i, &feats.detached(), (h, w), true));
-            metrics[i] = self.task.batch_metric(&logits, labels);
+        for (i, metric) in metrics.iter_mut().enumerate() {
+            let logits = cls.logits_of(&all, i);
+            *metric = self.task.batch_metric(&logits, labels);
             cls_loss = cls_loss + self.task.loss(&logits, labels);
         }
         let value = cls_loss.double_value(&[]);
@@ -189,7 +190,7 @@ impl Trainer {
             return Err(StepError::NonFinite { what: "classifier loss", value, step: self.global_step });
         }
         cls_loss.backward();
-        let grads = (0..m).map(|i| cls.last_layer_weight(i).grad().detach().copy()).collect();
+        let grads = (0..m).map(|i| cls.last_layer_grad(i).detach().copy()).collect();
         let cls_lr = self.cfg.schedule.classifier_lr;
         opt.step(&|_| cls_lr);
         Ok((metrics, grads))

@@ -62,6 +62,18 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     }
 }
 
+/// CPU seconds (user + system) this process has used: less sensitive than wall time to other
+/// processes on a shared machine.
+fn process_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return f64::NAN };
+    // Fields after the command name (which may contain spaces) start at ") ".
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    // utime and stime are fields 14 and 15 of the file, 12 and 13 after the state field.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn sync(device: Device) {
     if let Device::Cuda(n) = device {
         tch::Cuda::synchronize(n as i64);
@@ -110,19 +122,22 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
         }
     }
     let mut seconds = vec![0.0; trainers.len()];
+    let mut cpu = vec![0.0; trainers.len()];
     for _ in 0..args.rounds {
         for (i, t) in trainers.iter_mut().enumerate() {
             sync(device);
-            let t0 = Instant::now();
+            let (t0, c0) = (Instant::now(), process_cpu_seconds());
             for _ in 0..args.steps {
                 t.step(&images, &labels)?;
             }
             sync(device);
             seconds[i] += t0.elapsed().as_secs_f64();
+            cpu[i] += process_cpu_seconds() - c0;
         }
     }
     let n = (args.rounds * args.steps) as f64;
     let per_step: Vec<f64> = seconds.iter().map(|s| s / n).collect();
+    let cpu_per_step: Vec<f64> = cpu.iter().map(|s| s / n).collect();
     let out = json!({
         "bench": "train-step",
         "preset": args.preset,
@@ -131,6 +146,8 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
         "device": describe(device),
         "steps_timed_per_method": n,
         "seconds_per_step": variants.iter().zip(&per_step).map(|((name, _), s)| (name.to_string(), json!(s))).collect::<serde_json::Map<_, _>>(),
+        "cpu_seconds_per_step": variants.iter().zip(&cpu_per_step).map(|((name, _), s)| (name.to_string(), json!(s))).collect::<serde_json::Map<_, _>>(),
+        "cpu_ratio_cggm_over_joint": cpu_per_step[3] / cpu_per_step[0],
         "ratio_cggm_over_joint": per_step[3] / per_step[0],
         "ratio_cggm_magnitude_over_joint": per_step[2] / per_step[0],
         "ratio_joint_probes_over_joint": per_step[1] / per_step[0],

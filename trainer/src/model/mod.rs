@@ -90,11 +90,12 @@ impl ModelConfig {
             mid: self.decoder_channels,
             refine_convs: 2,
             refine_kernel: 3,
+            groups: 1,
             classes: self.classes,
         }
     }
 
-    fn classifier_spec(&self) -> DecoderSpec {
+    fn classifier_spec(&self, modalities: usize) -> DecoderSpec {
         DecoderSpec {
             high_in: self.aspp_channels,
             low_in: self.backbone.low_level_channels(),
@@ -108,6 +109,7 @@ impl ModelConfig {
             // are the method's overhead.
             refine_kernel: 1,
             classes: self.classes,
+            groups: modalities as i64,
         }
     }
 }
@@ -118,6 +120,10 @@ pub struct ModelOutput {
     pub logits: Tensor,
     /// One entry per modality, in the model's modality order.
     pub features: Vec<EncoderFeatures>,
+    /// All modalities' high-level features side by side: [B, M * aspp_channels, H/OS, W/OS].
+    pub high: Tensor,
+    /// All modalities' low-level features side by side: [B, M * low_level_channels, H/4, W/4].
+    pub low: Tensor,
 }
 
 /// Encoders phi_i, fusion module Omega and prediction head F.
@@ -158,7 +164,7 @@ impl MultimodalSegmenter {
         let high = Tensor::cat(&features.iter().map(|f| f.high.shallow_clone()).collect::<Vec<_>>(), 1);
         let low = Tensor::cat(&features.iter().map(|f| f.low.shallow_clone()).collect::<Vec<_>>(), 1);
         let logits = self.head.forward_t(&high, &low, (h, w), train);
-        ModelOutput { logits, features }
+        ModelOutput { logits, features, high, low }
     }
 
     /// Weight of the head's last layer (the 1x1 conv to class logits): where g_F is taken.
@@ -167,26 +173,44 @@ impl MultimodalSegmenter {
     }
 }
 
-/// The per-modality classifiers f_i (lightweight DeepLabv3+ decoders).
+/// The per-modality classifiers f_i: lightweight DeepLabv3+ decoders, one per modality, held as
+/// one grouped decoder (group i = classifier i) so that all of them run in a few ops.
 #[derive(Debug)]
 pub struct ModalityClassifiers {
-    pub heads: Vec<Decoder>,
+    decoder: Decoder,
+    classes: i64,
 }
 
 impl ModalityClassifiers {
     pub fn new(p: &nn::Path, cfg: &ModelConfig, modality_names: &[&str]) -> Self {
-        let spec = cfg.classifier_spec();
-        let heads = modality_names.iter().map(|name| Decoder::new(&(p / "classifiers" / *name), &spec)).collect();
-        Self { heads }
+        let spec = cfg.classifier_spec(modality_names.len());
+        Self { decoder: Decoder::new(&(p / "classifiers"), &spec), classes: cfg.classes }
     }
 
-    /// Logits of classifier i on (already detached) features: [B, classes, H, W].
-    pub fn forward_t(&self, i: usize, features: &EncoderFeatures, out_hw: (i64, i64), train: bool) -> Tensor {
-        self.heads[i].forward_t(&features.high, &features.low, out_hw, train)
+    /// Logits of every classifier on the model's features, cut from the graph (CGGM step 2):
+    /// [B, M * classes, H, W]; `logits_of` picks classifier i's.
+    pub fn forward_t(&self, out: &ModelOutput, out_hw: (i64, i64), train: bool) -> Tensor {
+        self.decoder.forward_t(&out.high.detach(), &out.low.detach(), out_hw, train)
     }
 
-    pub fn last_layer_weight(&self, i: usize) -> &Tensor {
-        &self.heads[i].last.ws
+    /// Classifier i's logits [B, classes, H, W] out of `forward_t`'s result.
+    pub fn logits_of(&self, all: &Tensor, i: usize) -> Tensor {
+        all.narrow(1, i as i64 * self.classes, self.classes)
+    }
+
+    /// Classifier i's last-layer weight (a view): the fusion head's last-layer shape.
+    pub fn last_layer_weight(&self, i: usize) -> Tensor {
+        self.decoder.last.ws.narrow(0, i as i64 * self.classes, self.classes)
+    }
+
+    /// Gradient of classifier i's last-layer weight after a backward pass (undefined before).
+    pub fn last_layer_grad(&self, i: usize) -> Tensor {
+        let g = self.decoder.last.ws.grad();
+        if g.defined() {
+            g.narrow(0, i as i64 * self.classes, self.classes)
+        } else {
+            g
+        }
     }
 }
 
@@ -207,9 +231,10 @@ mod tests {
         let os = cfg.backbone.output_stride as i64;
         assert_eq!(out.features[0].high.size(), [2, cfg.aspp_channels, hw / os, hw / os]);
         assert_eq!(out.features[3].low.size(), [2, cfg.backbone.low_level_channels(), hw / 4, hw / 4]);
-        let y = cls.forward_t(2, &out.features[2].detached(), (hw, hw), true);
-        assert_eq!(y.size(), [2, 4, hw, hw]);
-        assert_eq!(model.last_layer_weight().size(), cls.last_layer_weight(0).size());
+        let all = cls.forward_t(&out, (hw, hw), true);
+        assert_eq!(all.size(), [2, 16, hw, hw]);
+        assert_eq!(cls.logits_of(&all, 2).size(), [2, 4, hw, hw]);
+        assert_eq!(model.last_layer_weight().size(), cls.last_layer_weight(3).size());
     }
 
     #[test]
@@ -239,6 +264,27 @@ mod tests {
         cfg.aspp_channels = 8;
         cfg.decoder_channels = 8;
         shapes(&cfg, 32);
+    }
+
+    #[test]
+    fn grouped_classifiers_are_independent() {
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = ModelConfig::tiny();
+        let names = ["flair", "t1ce", "t1", "t2"];
+        let model = MultimodalSegmenter::new(&vs.root(), &cfg, &names);
+        let cls = ModalityClassifiers::new(&vs.root(), &cfg, &names);
+        let xs = Tensor::randn([2, 4, 32, 32], (Kind::Float, Device::Cpu));
+        let out = model.forward_t(&xs, false);
+        let before = cls.logits_of(&cls.forward_t(&out, (32, 32), false), 0);
+        // Changing modality 2's input changes classifier 2's logits, never classifier 0's.
+        let xs2 = xs.copy();
+        let _ = xs2.narrow(1, 2, 1).fill_(5.0);
+        let out2 = model.forward_t(&xs2, false);
+        let all2 = cls.forward_t(&out2, (32, 32), false);
+        assert!(cls.logits_of(&all2, 0).allclose(&before, 1e-6, 1e-6, false));
+        let before2 = cls.logits_of(&cls.forward_t(&out, (32, 32), false), 2);
+        assert!(!cls.logits_of(&all2, 2).allclose(&before2, 1e-6, 1e-6, false));
     }
 
     #[test]

@@ -66,7 +66,12 @@ impl ResNetConfig {
 }
 
 pub(crate) fn conv_bn(p: &nn::Path, cin: i64, cout: i64, k: i64, stride: i64, dilation: i64) -> ConvBn {
-    ConvBn::new(p, cin, cout, k, stride, dilation)
+    ConvBn::new(p, cin, cout, k, stride, dilation, 1)
+}
+
+/// `groups` independent convolutions in one op (channels split evenly into the groups).
+pub(crate) fn grouped_conv_bn(p: &nn::Path, cin: i64, cout: i64, k: i64, groups: i64) -> ConvBn {
+    ConvBn::new(p, cin, cout, k, 1, 1, groups)
 }
 
 /// conv (no bias) + batch norm; the ReLU is left to the caller.
@@ -77,9 +82,10 @@ pub(crate) struct ConvBn {
 }
 
 impl ConvBn {
-    fn new(p: &nn::Path, cin: i64, cout: i64, k: i64, stride: i64, dilation: i64) -> Self {
+    fn new(p: &nn::Path, cin: i64, cout: i64, k: i64, stride: i64, dilation: i64, groups: i64) -> Self {
         let cfg = nn::ConvConfig {
             stride,
+            groups,
             padding: dilation * (k - 1) / 2,
             dilation,
             bias: false,
