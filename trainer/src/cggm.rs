@@ -44,15 +44,23 @@ pub fn balance_coefficients(improvements: &[f64], rho: f64, formula: BalanceForm
     match formula {
         BalanceFormula::Raw => {
             let total: f64 = improvements.iter().sum();
-            improvements.iter().map(|d| rho * (total - d) / total).collect()
+            improvements
+                .iter()
+                .map(|d| rho * (total - d) / total)
+                .collect()
         }
         BalanceFormula::Guarded => {
-            let d: Vec<f64> = improvements.iter().map(|v| if v.is_finite() { *v } else { 0.0 }).collect();
+            let d: Vec<f64> = improvements
+                .iter()
+                .map(|v| if v.is_finite() { *v } else { 0.0 })
+                .collect();
             let total: f64 = d.iter().sum();
             if total <= NEGLIGIBLE_TOTAL_IMPROVEMENT {
                 return vec![rho * (m as f64 - 1.0) / m as f64; m];
             }
-            d.iter().map(|di| rho * (1.0 - (di / total).clamp(0.0, 1.0))).collect()
+            d.iter()
+                .map(|di| rho * (1.0 - (di / total).clamp(0.0, 1.0)))
+                .collect()
         }
     }
 }
@@ -68,12 +76,20 @@ pub struct BalanceTracker {
 
 impl BalanceTracker {
     pub fn new(modalities: usize, rho: f64, formula: BalanceFormula) -> Self {
-        Self { previous: vec![0.0; modalities], rho, formula }
+        Self {
+            previous: vec![0.0; modalities],
+            rho,
+            formula,
+        }
     }
 
     /// metrics: eps_i^t, "higher is better". Returns B_i.
     pub fn update(&mut self, metrics: &[f64]) -> Vec<f64> {
-        let improvements: Vec<f64> = metrics.iter().zip(&self.previous).map(|(now, before)| now - before).collect();
+        let improvements: Vec<f64> = metrics
+            .iter()
+            .zip(&self.previous)
+            .map(|(now, before)| now - before)
+            .collect();
         self.previous = metrics.to_vec();
         balance_coefficients(&improvements, self.rho, self.formula)
     }
@@ -84,7 +100,10 @@ impl BalanceTracker {
 pub fn scale_encoder_gradients(params: &[(String, Tensor)], prefixes: &[String], balance: &[f64]) {
     tch::no_grad(|| {
         for (name, p) in params {
-            if let Some(i) = prefixes.iter().position(|pre| name.starts_with(pre.as_str())) {
+            if let Some(i) = prefixes
+                .iter()
+                .position(|pre| name.starts_with(pre.as_str()))
+            {
                 let mut g = p.grad();
                 if g.defined() {
                     let _ = g.g_mul_scalar_(balance[i]);
@@ -110,7 +129,7 @@ pub fn direction_loss(g_f: &Tensor, g_cls: &[Tensor], balance: &[f64]) -> (Tenso
     for (g_i, b) in g_cls.iter().zip(balance) {
         let cos = flat_cosine(g_f, g_i);
         cosines.push(cos.double_value(&[]));
-        loss = loss + (cos * (-b)).g_add_scalar(b.abs());
+        loss += (cos * (-b)).g_add_scalar(b.abs());
     }
     (loss / m, cosines)
 }
@@ -134,7 +153,10 @@ mod tests {
         assert!(b[0] < b[1] && b[1] < b[2]);
         let raw = balance_coefficients(&[0.4, 0.1, 0.05, 0.05], 1.0, BalanceFormula::Raw);
         for (g, r) in b.iter().zip(raw) {
-            assert!((g - r).abs() < 1e-12, "guard must not change the well-posed case");
+            assert!(
+                (g - r).abs() < 1e-12,
+                "guard must not change the well-posed case"
+            );
         }
     }
 
@@ -146,7 +168,10 @@ mod tests {
             assert!(b.iter().all(|v| (v - 1.3 * 0.75).abs() < 1e-12));
         }
         let raw = balance_coefficients(&[0.0; 4], 1.0, BalanceFormula::Raw);
-        assert!(raw.iter().all(|v| v.is_nan()), "the raw switch must really be raw");
+        assert!(
+            raw.iter().all(|v| v.is_nan()),
+            "the raw switch must really be raw"
+        );
     }
 
     #[test]
@@ -158,7 +183,11 @@ mod tests {
         // One modality improved more than the total: clamped to 0, not negative.
         let b = balance_coefficients(&[0.5, -0.2, -0.1, -0.1], 1.0, BalanceFormula::Guarded);
         assert_eq!(b[0], 0.0);
-        let b = balance_coefficients(&[f64::NAN, f64::INFINITY, 0.1, 0.1], 1.0, BalanceFormula::Guarded);
+        let b = balance_coefficients(
+            &[f64::NAN, f64::INFINITY, 0.1, 0.1],
+            1.0,
+            BalanceFormula::Guarded,
+        );
         assert!(b.iter().all(|v| v.is_finite()));
     }
 
@@ -177,7 +206,10 @@ mod tests {
                 })
                 .collect();
             let b = tracker.update(&metrics);
-            assert!(b.iter().all(|v| v.is_finite() && (0.0..=2.0).contains(v)), "step {step}: {b:?}");
+            assert!(
+                b.iter().all(|v| v.is_finite() && (0.0..=2.0).contains(v)),
+                "step {step}: {b:?}"
+            );
         }
     }
 

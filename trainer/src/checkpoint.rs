@@ -40,7 +40,10 @@ pub fn checkpoint_dir(run_dir: &Path) -> PathBuf {
 
 fn tmp_path(final_path: &Path) -> PathBuf {
     // tch picks the format from the extension, so the temporary name keeps it.
-    let name = final_path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let name = final_path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("file");
     final_path.with_file_name(format!(".tmp-{}-{name}", std::process::id()))
 }
 
@@ -52,11 +55,19 @@ fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<
 }
 
 pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    write_atomic(path, |tmp| Ok(std::fs::write(tmp, serde_json::to_vec_pretty(value)?)?))
+    write_atomic(path, |tmp| {
+        Ok(std::fs::write(tmp, serde_json::to_vec_pretty(value)?)?)
+    })
 }
 
 /// Saves `name` ("best" or "last"); `with_optimizer` also stores the optimiser state.
-pub fn save(run_dir: &Path, name: &str, trainer: &Trainer, state: &CheckpointState, with_optimizer: bool) -> Result<PathBuf> {
+pub fn save(
+    run_dir: &Path,
+    name: &str,
+    trainer: &Trainer,
+    state: &CheckpointState,
+    with_optimizer: bool,
+) -> Result<PathBuf> {
     let dir = checkpoint_dir(run_dir);
     std::fs::create_dir_all(&dir)?;
     let weights = dir.join(format!("{name}.safetensors"));
@@ -75,19 +86,29 @@ pub fn save(run_dir: &Path, name: &str, trainer: &Trainer, state: &CheckpointSta
 }
 
 fn prefixed(prefix: &str, tensors: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
-    tensors.into_iter().map(|(k, t)| (format!("{prefix}{k}"), t.to_device(tch::Device::Cpu))).collect()
+    tensors
+        .into_iter()
+        .map(|(k, t)| (format!("{prefix}{k}"), t.to_device(tch::Device::Cpu)))
+        .collect()
 }
 
 pub fn read_config(run_dir: &Path) -> Result<TrainConfig> {
     let path = run_dir.join("config.json");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("{} is not a run directory: {} is missing", run_dir.display(), path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not a valid run configuration", path.display()))
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{} is not a run directory: {} is missing",
+            run_dir.display(),
+            path.display()
+        )
+    })?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a valid run configuration", path.display()))
 }
 
 pub fn read_state(run_dir: &Path, name: &str) -> Result<CheckpointState> {
     let path = checkpoint_dir(run_dir).join(format!("{name}.json"));
-    let text = std::fs::read_to_string(&path).with_context(|| format!("no {name} checkpoint in {}", run_dir.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("no {name} checkpoint in {}", run_dir.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{} is corrupt", path.display()))
 }
 
@@ -106,17 +127,20 @@ pub fn load_weights(run_dir: &Path, name: &str, trainer: &mut Trainer) -> Result
         );
     }
     let weights = checkpoint_dir(run_dir).join(format!("{name}.safetensors"));
-    trainer
-        .vs
-        .load(&weights)
-        .with_context(|| format!("loading {} (missing or mismatched tensors)", weights.display()))?;
+    trainer.vs.load(&weights).with_context(|| {
+        format!(
+            "loading {} (missing or mismatched tensors)",
+            weights.display()
+        )
+    })?;
     Ok(state)
 }
 
 /// Loads the optimiser state saved with `name`.
 pub fn load_optimizer(run_dir: &Path, name: &str, trainer: &mut Trainer) -> Result<()> {
     let path = checkpoint_dir(run_dir).join(format!("{name}.optim.safetensors"));
-    let tensors = Tensor::read_safetensors(&path).with_context(|| format!("reading {}", path.display()))?;
+    let tensors =
+        Tensor::read_safetensors(&path).with_context(|| format!("reading {}", path.display()))?;
     let (mut model, mut classifiers) = (Vec::new(), Vec::new());
     for (k, t) in tensors {
         if let Some(rest) = k.strip_prefix("model/") {
@@ -125,7 +149,10 @@ pub fn load_optimizer(run_dir: &Path, name: &str, trainer: &mut Trainer) -> Resu
             classifiers.push((rest.to_string(), t));
         }
     }
-    trainer.model_opt.load_state(model).map_err(anyhow::Error::msg)?;
+    trainer
+        .model_opt
+        .load_state(model)
+        .map_err(anyhow::Error::msg)?;
     if let Some(opt) = &mut trainer.classifier_opt {
         opt.load_state(classifiers).map_err(anyhow::Error::msg)?;
     }
@@ -134,5 +161,7 @@ pub fn load_optimizer(run_dir: &Path, name: &str, trainer: &mut Trainer) -> Resu
 
 /// The parts of a configuration that decide the weights' shapes and meaning.
 fn same_model(a: &TrainConfig, b: &TrainConfig) -> bool {
-    a.model == b.model && a.modalities() == b.modalities() && a.trains_classifiers() == b.trains_classifiers()
+    a.model == b.model
+        && a.modalities() == b.modalities()
+        && a.trains_classifiers() == b.trains_classifiers()
 }

@@ -64,9 +64,9 @@ impl FromStr for Method {
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim().to_ascii_lowercase();
         if let Some(m) = s.strip_prefix("unimodal:") {
-            return Modality::parse(m)
-                .map(Method::Unimodal)
-                .ok_or_else(|| format!("unknown modality {m:?} in {s:?}: use flair, t1ce, t1 or t2"));
+            return Modality::parse(m).map(Method::Unimodal).ok_or_else(|| {
+                format!("unknown modality {m:?} in {s:?}: use flair, t1ce, t1 or t2")
+            });
         }
         Ok(match s.as_str() {
             "joint" => Method::Joint,
@@ -92,7 +92,9 @@ impl Serialize for Method {
 
 impl<'de> Deserialize<'de> for Method {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -118,7 +120,12 @@ pub struct CggmConfig {
 
 impl Default for CggmConfig {
     fn default() -> Self {
-        Self { rho: 1.0, lambda: 0.1, balance: BalanceFormula::Guarded, direction: DirectionSource::Gradient }
+        Self {
+            rho: 1.0,
+            lambda: 0.1,
+            balance: BalanceFormula::Guarded,
+            direction: DirectionSource::Gradient,
+        }
     }
 }
 
@@ -190,17 +197,32 @@ impl TrainConfig {
             val_every: 1,
             val_cases: None,
             model: ModelConfig::paper(),
-            sampler: SamplerConfig { batch_size: 64, crop: 160, random_crop: false, ..SamplerConfig::default() },
+            sampler: SamplerConfig {
+                batch_size: 64,
+                crop: 160,
+                random_crop: false,
+                ..SamplerConfig::default()
+            },
             loss: SegmentationLoss::default(),
             optimizer: OptimizerConfig::default(),
-            schedule: ScheduleConfig { lr: 0.01, min_lr: 0.001, warmup_epochs: 10, warmup_start_lr: 4e-4, classifier_lr: 6e-3 },
+            schedule: ScheduleConfig {
+                lr: 0.01,
+                min_lr: 0.001,
+                warmup_epochs: 10,
+                warmup_start_lr: 4e-4,
+                classifier_lr: 6e-3,
+            },
             grad_clip: None,
             mixed_precision: false,
             cggm: CggmConfig::default(),
             mrd_drop_prob: 0.25,
             mslr_scales: default_mslr_scales(),
             probes: true,
-            split: SplitConfig { val_fraction: 0.15, test_fraction: 0.15, file: None },
+            split: SplitConfig {
+                val_fraction: 0.15,
+                test_fraction: 0.15,
+                file: None,
+            },
             eval_batch: 16,
         };
         match name {
@@ -209,9 +231,24 @@ impl TrainConfig {
                 epochs: 12,
                 slices_per_case: 24,
                 model: ModelConfig::cpu_small(),
-                sampler: SamplerConfig { batch_size: 16, crop: 64, random_crop: true, ..base.sampler.clone() },
-                optimizer: OptimizerConfig { kind: OptimizerKind::Adamw, weight_decay: 1e-4, ..OptimizerConfig::default() },
-                schedule: ScheduleConfig { lr: 2e-3, min_lr: 1e-4, warmup_epochs: 1, warmup_start_lr: 2e-4, classifier_lr: 2e-3 },
+                sampler: SamplerConfig {
+                    batch_size: 16,
+                    crop: 64,
+                    random_crop: true,
+                    ..base.sampler.clone()
+                },
+                optimizer: OptimizerConfig {
+                    kind: OptimizerKind::Adamw,
+                    weight_decay: 1e-4,
+                    ..OptimizerConfig::default()
+                },
+                schedule: ScheduleConfig {
+                    lr: 2e-3,
+                    min_lr: 1e-4,
+                    warmup_epochs: 1,
+                    warmup_start_lr: 2e-4,
+                    classifier_lr: 2e-3,
+                },
                 eval_batch: 32,
                 ..base
             }),
@@ -219,13 +256,33 @@ impl TrainConfig {
                 epochs: 1,
                 steps_per_epoch: Some(3),
                 model: ModelConfig::tiny(),
-                sampler: SamplerConfig { batch_size: 4, crop: 32, random_crop: true, workers: 1, prefetch: 2, ..base.sampler.clone() },
-                optimizer: OptimizerConfig { kind: OptimizerKind::Adam, weight_decay: 0.0, ..OptimizerConfig::default() },
-                schedule: ScheduleConfig { lr: 1e-3, min_lr: 1e-4, warmup_epochs: 0, warmup_start_lr: 1e-4, classifier_lr: 1e-3 },
+                sampler: SamplerConfig {
+                    batch_size: 4,
+                    crop: 32,
+                    random_crop: true,
+                    workers: 1,
+                    prefetch: 2,
+                    ..base.sampler.clone()
+                },
+                optimizer: OptimizerConfig {
+                    kind: OptimizerKind::Adam,
+                    weight_decay: 0.0,
+                    ..OptimizerConfig::default()
+                },
+                schedule: ScheduleConfig {
+                    lr: 1e-3,
+                    min_lr: 1e-4,
+                    warmup_epochs: 0,
+                    warmup_start_lr: 1e-4,
+                    classifier_lr: 1e-3,
+                },
                 eval_batch: 16,
                 ..base
             }),
-            other => Err(format!("unknown preset {other:?}: use {}", Self::PRESETS.join(", "))),
+            other => Err(format!(
+                "unknown preset {other:?}: use {}",
+                Self::PRESETS.join(", ")
+            )),
         }
     }
 
@@ -255,20 +312,35 @@ impl TrainConfig {
                 return Err(format!("{name} must be at least 1"));
             }
         }
-        if self.sampler.crop < 16 || self.sampler.crop % 16 != 0 {
-            return Err(format!("crop {} must be a multiple of 16 and at least 16", self.sampler.crop));
+        if self.sampler.crop < 16 || !self.sampler.crop.is_multiple_of(16) {
+            return Err(format!(
+                "crop {} must be a multiple of 16 and at least 16",
+                self.sampler.crop
+            ));
         }
         if !(self.cggm.rho.is_finite() && self.cggm.rho >= 0.0) {
-            return Err(format!("rho must be a finite non-negative number, got {}", self.cggm.rho));
+            return Err(format!(
+                "rho must be a finite non-negative number, got {}",
+                self.cggm.rho
+            ));
         }
         if !(self.cggm.lambda.is_finite() && self.cggm.lambda >= 0.0) {
-            return Err(format!("lambda must be a finite non-negative number, got {}", self.cggm.lambda));
+            return Err(format!(
+                "lambda must be a finite non-negative number, got {}",
+                self.cggm.lambda
+            ));
         }
         if !(self.schedule.lr > 0.0 && self.schedule.lr.is_finite()) {
-            return Err(format!("learning rate must be positive, got {}", self.schedule.lr));
+            return Err(format!(
+                "learning rate must be positive, got {}",
+                self.schedule.lr
+            ));
         }
         if !(0.0..1.0).contains(&self.mrd_drop_prob) {
-            return Err(format!("mrd_drop_prob must be in [0, 1), got {}", self.mrd_drop_prob));
+            return Err(format!(
+                "mrd_drop_prob must be in [0, 1), got {}",
+                self.mrd_drop_prob
+            ));
         }
         if self.model.classes != self.loss.class_weights.len() as i64 {
             return Err(format!(
@@ -284,7 +356,15 @@ impl TrainConfig {
 /// MSLR's default: the dominant modality (FLAIR, which alone finds the whole tumour) learns at
 /// half the rate of the others.
 fn default_mslr_scales() -> BTreeMap<String, f64> {
-    Modality::ALL.iter().map(|m| (m.name().to_string(), if *m == Modality::Flair { 0.5 } else { 1.0 })).collect()
+    Modality::ALL
+        .iter()
+        .map(|m| {
+            (
+                m.name().to_string(),
+                if *m == Modality::Flair { 0.5 } else { 1.0 },
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -293,10 +373,21 @@ mod tests {
 
     #[test]
     fn methods_round_trip_through_their_names() {
-        for s in ["joint", "cggm", "cggm-magnitude", "cggm-direction", "mrd", "mslr", "unimodal:t1ce"] {
+        for s in [
+            "joint",
+            "cggm",
+            "cggm-magnitude",
+            "cggm-direction",
+            "mrd",
+            "mslr",
+            "unimodal:t1ce",
+        ] {
             assert_eq!(s.parse::<Method>().unwrap().to_string(), s);
         }
-        assert!("unimodal:pet".parse::<Method>().unwrap_err().contains("pet"));
+        assert!("unimodal:pet"
+            .parse::<Method>()
+            .unwrap_err()
+            .contains("pet"));
     }
 
     #[test]
@@ -308,6 +399,13 @@ mod tests {
             assert_eq!(serde_json::from_str::<TrainConfig>(&json).unwrap(), cfg);
         }
         let paper = TrainConfig::preset("paper").unwrap();
-        assert_eq!((paper.model.backbone.depth, paper.sampler.crop, paper.sampler.batch_size), (101, 160, 64));
+        assert_eq!(
+            (
+                paper.model.backbone.depth,
+                paper.sampler.crop,
+                paper.sampler.batch_size
+            ),
+            (101, 160, 64)
+        );
     }
 }

@@ -22,7 +22,10 @@ fn cuda(n: usize) -> Result<Device, String> {
     } else if count == 0 {
         Err(format!("cuda:{n} requested but no CUDA device is available (libtorch sees none): use --device cpu"))
     } else {
-        Err(format!("cuda:{n} requested but only {count} CUDA device(s) exist: use cuda:0..cuda:{}", count - 1))
+        Err(format!(
+            "cuda:{n} requested but only {count} CUDA device(s) exist: use cuda:0..cuda:{}",
+            count - 1
+        ))
     }
 }
 

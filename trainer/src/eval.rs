@@ -36,13 +36,22 @@ fn padded(n: usize) -> usize {
 
 impl Predictor<'_> {
     /// Predicts every axial slice of the study. `with_classifiers`: also each modality's own.
-    pub fn predict(&self, study: &Study, with_classifiers: bool, mut progress: impl FnMut(f64)) -> VolumePrediction {
+    pub fn predict(
+        &self,
+        study: &Study,
+        with_classifiers: bool,
+        mut progress: impl FnMut(f64),
+    ) -> VolumePrediction {
         let (_, nx, ny, nz) = study.images.dim();
         let (px, py) = (padded(nx), padded(ny));
         let m = self.modality_channels.len();
         let want_cls = with_classifiers && self.classifiers.is_some();
         let mut fused = Array3::<u8>::zeros((nx, ny, nz));
-        let mut per_modality = if want_cls { vec![Array3::<u8>::zeros((nx, ny, nz)); m] } else { Vec::new() };
+        let mut per_modality = if want_cls {
+            vec![Array3::<u8>::zeros((nx, ny, nz)); m]
+        } else {
+            Vec::new()
+        };
         let mut z0 = 0;
         while z0 < nz {
             let z1 = (z0 + self.batch).min(nz);
@@ -59,7 +68,9 @@ impl Predictor<'_> {
                     }
                 }
             }
-            let xs = Tensor::from_slice(&input).view([b as i64, m as i64, px as i64, py as i64]).to_device(self.device);
+            let xs = Tensor::from_slice(&input)
+                .view([b as i64, m as i64, px as i64, py as i64])
+                .to_device(self.device);
             tch::no_grad(|| {
                 let out = self.model.forward_t(&xs, false);
                 write_slices(&mut fused, &out.logits, z0, nx, ny);
@@ -74,13 +85,20 @@ impl Predictor<'_> {
             z0 = z1;
             progress(z0 as f64 / nz as f64);
         }
-        VolumePrediction { fused, per_modality }
+        VolumePrediction {
+            fused,
+            per_modality,
+        }
     }
 }
 
 /// argmax of logits [b, C, px, py] into labels[.., .., z0..z0+b], cropping the padding.
 fn write_slices(labels: &mut Array3<u8>, logits: &Tensor, z0: usize, nx: usize, ny: usize) {
-    let pred = logits.argmax(1, false).to_kind(Kind::Uint8).to_device(Device::Cpu).contiguous();
+    let pred = logits
+        .argmax(1, false)
+        .to_kind(Kind::Uint8)
+        .to_device(Device::Cpu)
+        .contiguous();
     let size = pred.size();
     let (b, px, py) = (size[0] as usize, size[1] as usize, size[2] as usize);
     let mut host = vec![0u8; b * px * py];
@@ -111,35 +129,75 @@ pub struct EvalReport {
 }
 
 /// Scores one predicted case against its label.
-pub fn score_case(id: &str, pred: &VolumePrediction, truth: &Array3<u8>, spacing: [f64; 3], names: &[String]) -> CaseScores {
-    let truth_flat = truth.as_slice_memory_order().expect("owned arrays are contiguous");
-    let dice = dice_scores(pred.fused.as_slice_memory_order().expect("contiguous"), truth_flat);
+pub fn score_case(
+    id: &str,
+    pred: &VolumePrediction,
+    truth: &Array3<u8>,
+    spacing: [f64; 3],
+    names: &[String],
+) -> CaseScores {
+    let truth_flat = truth
+        .as_slice_memory_order()
+        .expect("owned arrays are contiguous");
+    let dice = dice_scores(
+        pred.fused.as_slice_memory_order().expect("contiguous"),
+        truth_flat,
+    );
     let hd95 = hd95_scores(&pred.fused.view(), &truth.view(), spacing);
     let modality_dice = pred
         .per_modality
         .iter()
         .zip(names)
-        .map(|(p, name)| (name.clone(), dice_scores(p.as_slice_memory_order().expect("contiguous"), truth_flat)))
+        .map(|(p, name)| {
+            (
+                name.clone(),
+                dice_scores(p.as_slice_memory_order().expect("contiguous"), truth_flat),
+            )
+        })
         .collect();
-    CaseScores { case: id.to_string(), dice, hd95, modality_dice }
+    CaseScores {
+        case: id.to_string(),
+        dice,
+        hd95,
+        modality_dice,
+    }
 }
 
 /// Evaluates cases one at a time (one volume in memory), averaging per-case scores.
-pub fn evaluate(predictor: &Predictor, cases: &[CaseSource], with_classifiers: bool) -> Result<EvalReport> {
+pub fn evaluate(
+    predictor: &Predictor,
+    cases: &[CaseSource],
+    with_classifiers: bool,
+) -> Result<EvalReport> {
     let mut scores = Vec::new();
     for case in cases {
         let study = load_study(case).with_context(|| format!("loading case {}", case.id))?;
-        let truth = study.label.as_ref().with_context(|| format!("case {} has no label volume to evaluate against", case.id))?;
+        let truth = study
+            .label
+            .as_ref()
+            .with_context(|| format!("case {} has no label volume to evaluate against", case.id))?;
         let pred = predictor.predict(&study, with_classifiers, |_| {});
         let spacing = voxel_spacing(&study);
-        scores.push(score_case(&case.id, &pred, truth, spacing, &predictor.modality_names));
+        scores.push(score_case(
+            &case.id,
+            &pred,
+            truth,
+            spacing,
+            &predictor.modality_names,
+        ));
     }
     Ok(summarise(scores))
 }
 
 pub fn voxel_spacing(study: &Study) -> [f64; 3] {
     let p = study.header.pixdim;
-    let s = |v: f32| if v.is_finite() && v > 0.0 { v as f64 } else { 1.0 };
+    let s = |v: f32| {
+        if v.is_finite() && v > 0.0 {
+            v as f64
+        } else {
+            1.0
+        }
+    };
     [s(p[1]), s(p[2]), s(p[3])]
 }
 
@@ -149,34 +207,58 @@ pub fn summarise(cases: Vec<CaseScores>) -> EvalReport {
     let mut modality_dice = BTreeMap::new();
     if let Some(first) = cases.first() {
         for name in first.modality_dice.keys() {
-            let per: Vec<RegionScores> = cases.iter().filter_map(|c| c.modality_dice.get(name).cloned()).collect();
+            let per: Vec<RegionScores> = cases
+                .iter()
+                .filter_map(|c| c.modality_dice.get(name).cloned())
+                .collect();
             modality_dice.insert(name.clone(), mean_scores(&per));
         }
     }
-    EvalReport { cases, dice, hd95, modality_dice }
+    EvalReport {
+        cases,
+        dice,
+        hd95,
+        modality_dice,
+    }
 }
 
 /// A plain-text table of a report, one row per case and a mean row.
 pub fn format_table(report: &EvalReport) -> String {
     let names: Vec<&String> = report.modality_dice.keys().collect();
-    let mut out = format!("{:<24} {:>6} {:>6} {:>6} {:>6} {:>8} {:>8} {:>8}", "case", "WT", "TC", "ET", "mean", "HD95wt", "HD95tc", "HD95et");
+    let mut out = format!(
+        "{:<24} {:>6} {:>6} {:>6} {:>6} {:>8} {:>8} {:>8}",
+        "case", "WT", "TC", "ET", "mean", "HD95wt", "HD95tc", "HD95et"
+    );
     for n in &names {
         out.push_str(&format!(" {:>9}", format!("{n}-mean")));
     }
     out.push('\n');
-    let row = |out: &mut String, name: &str, d: &RegionScores, h: &RegionScores, md: &BTreeMap<String, RegionScores>| {
+    let row = |out: &mut String,
+               name: &str,
+               d: &RegionScores,
+               h: &RegionScores,
+               md: &BTreeMap<String, RegionScores>| {
         out.push_str(&format!(
             "{:<24} {:>6.4} {:>6.4} {:>6.4} {:>6.4} {:>8.2} {:>8.2} {:>8.2}",
             name, d.wt, d.tc, d.et, d.mean, h.wt, h.tc, h.et
         ));
         for n in &names {
-            out.push_str(&format!(" {:>9.4}", md.get(*n).map_or(f64::NAN, |s| s.mean)));
+            out.push_str(&format!(
+                " {:>9.4}",
+                md.get(*n).map_or(f64::NAN, |s| s.mean)
+            ));
         }
         out.push('\n');
     };
     for c in &report.cases {
         row(&mut out, &c.case, &c.dice, &c.hd95, &c.modality_dice);
     }
-    row(&mut out, "MEAN", &report.dice, &report.hd95, &report.modality_dice);
+    row(
+        &mut out,
+        "MEAN",
+        &report.dice,
+        &report.hd95,
+        &report.modality_dice,
+    );
     out
 }

@@ -20,7 +20,12 @@ pub struct RegionScores {
 
 impl RegionScores {
     pub fn new(wt: f64, tc: f64, et: f64) -> Self {
-        Self { wt, tc, et, mean: (wt + tc + et) / 3.0 }
+        Self {
+            wt,
+            tc,
+            et,
+            mean: (wt + tc + et) / 3.0,
+        }
     }
 }
 
@@ -106,7 +111,9 @@ pub struct EventSink {
 
 impl EventSink {
     pub fn stdout() -> Self {
-        Self { out: Some(Mutex::new(Box::new(std::io::stdout()))) }
+        Self {
+            out: Some(Mutex::new(Box::new(std::io::stdout()))),
+        }
     }
 
     pub fn none() -> Self {
@@ -114,8 +121,13 @@ impl EventSink {
     }
 
     pub fn file(path: &Path) -> std::io::Result<Self> {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Self { out: Some(Mutex::new(Box::new(file))) })
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(Self {
+            out: Some(Mutex::new(Box::new(file))),
+        })
     }
 
     /// `-` means stdout; `None` means no events.
@@ -129,7 +141,9 @@ impl EventSink {
 
     pub fn emit(&self, event: &Event) {
         let Some(out) = &self.out else { return };
-        let Ok(line) = serde_json::to_string(event) else { return };
+        let Ok(line) = serde_json::to_string(event) else {
+            return;
+        };
         let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
         // A closed pipe (the server went away) must not kill the run.
         let _ = writeln!(out, "{line}").and_then(|_| out.flush());

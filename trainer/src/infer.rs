@@ -2,7 +2,9 @@
 //! in-plane size. Writes the segmentation with the input's geometry and BraTS label values, plus a
 //! JSON summary (region volumes in ml, timings).
 
-use crate::data::{case_from_paths, load_study, write_label_volume, LABEL_ENHANCING, LABEL_NCR, LABEL_OEDEMA};
+use crate::data::{
+    case_from_paths, load_study, write_label_volume, LABEL_ENHANCING, LABEL_NCR, LABEL_OEDEMA,
+};
 use crate::events::{now, Event, EventSink};
 use crate::run::open_run;
 use anyhow::{Context, Result};
@@ -40,22 +42,51 @@ pub struct InferSummary {
 
 pub fn region_volumes(labels: &ndarray::Array3<u8>, voxel_ml: f64) -> RegionVolumes {
     let count = |c: u8| labels.iter().filter(|&&v| v == c).count() as f64 * voxel_ml;
-    let (ncr, ed, et) = (count(LABEL_NCR), count(LABEL_OEDEMA), count(LABEL_ENHANCING));
-    RegionVolumes { wt: ncr + ed + et, tc: ncr + et, et, ncr, oedema: ed }
+    let (ncr, ed, et) = (
+        count(LABEL_NCR),
+        count(LABEL_OEDEMA),
+        count(LABEL_ENHANCING),
+    );
+    RegionVolumes {
+        wt: ncr + ed + et,
+        tc: ncr + et,
+        et,
+        ncr,
+        oedema: ed,
+    }
 }
 
-pub fn infer(run_dir: &Path, inputs: &[PathBuf], out: &Path, device: Option<&str>, events: &EventSink) -> Result<InferSummary> {
+pub fn infer(
+    run_dir: &Path,
+    inputs: &[PathBuf],
+    out: &Path,
+    device: Option<&str>,
+    events: &EventSink,
+) -> Result<InferSummary> {
     let result = infer_inner(run_dir, inputs, out, device, events);
     if let Err(e) = &result {
-        events.emit(&Event::Failed { time: now(), reason: format!("{e:#}") });
+        events.emit(&Event::Failed {
+            time: now(),
+            reason: format!("{e:#}"),
+        });
     }
     result
 }
 
-fn infer_inner(run_dir: &Path, inputs: &[PathBuf], out: &Path, device: Option<&str>, events: &EventSink) -> Result<InferSummary> {
+fn infer_inner(
+    run_dir: &Path,
+    inputs: &[PathBuf],
+    out: &Path,
+    device: Option<&str>,
+    events: &EventSink,
+) -> Result<InferSummary> {
     let t0 = Instant::now();
     let progress = |stage: &str, fraction: f64| {
-        events.emit(&Event::Progress { time: now(), stage: stage.to_string(), fraction });
+        events.emit(&Event::Progress {
+            time: now(),
+            stage: stage.to_string(),
+            fraction,
+        });
     };
     progress("loading model", 0.0);
     let trainer = open_run(run_dir, device)?;
@@ -65,7 +96,9 @@ fn infer_inner(run_dir: &Path, inputs: &[PathBuf], out: &Path, device: Option<&s
     let seconds_load = t0.elapsed().as_secs_f64();
 
     let t1 = Instant::now();
-    let pred = trainer.predictor().predict(&study, false, |f| progress("predicting", 0.1 + 0.85 * f));
+    let pred = trainer
+        .predictor()
+        .predict(&study, false, |f| progress("predicting", 0.1 + 0.85 * f));
     let seconds_predict = t1.elapsed().as_secs_f64();
 
     let t2 = Instant::now();

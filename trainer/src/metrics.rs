@@ -47,7 +47,11 @@ pub fn dice_from_counts(intersection: u64, predicted: u64, truth: u64) -> f64 {
 }
 
 /// Dice of one region over any two label arrays of equal shape.
-pub fn region_dice<'a>(pred: impl IntoIterator<Item = &'a u8>, truth: impl IntoIterator<Item = &'a u8>, region: Region) -> f64 {
+pub fn region_dice<'a>(
+    pred: impl IntoIterator<Item = &'a u8>,
+    truth: impl IntoIterator<Item = &'a u8>,
+    region: Region,
+) -> f64 {
     let (mut inter, mut p, mut t) = (0u64, 0u64, 0u64);
     for (&a, &b) in pred.into_iter().zip(truth) {
         let (pa, tb) = (region.contains(a), region.contains(b));
@@ -65,7 +69,11 @@ pub fn dice_scores(pred: &[u8], truth: &[u8]) -> RegionScores {
 }
 
 /// HD95 per region (mm) on a 3-D case; `spacing` in mm along the three axes.
-pub fn hd95_scores(pred: &ArrayView3<u8>, truth: &ArrayView3<u8>, spacing: [f64; 3]) -> RegionScores {
+pub fn hd95_scores(
+    pred: &ArrayView3<u8>,
+    truth: &ArrayView3<u8>,
+    spacing: [f64; 3],
+) -> RegionScores {
     let h = |r: Region| {
         let p = pred.mapv(|c| r.contains(c));
         let t = truth.mapv(|c| r.contains(c));
@@ -88,12 +96,14 @@ pub fn hd95(a: &ArrayView3<bool>, b: &ArrayView3<bool>, spacing: [f64; 3]) -> f6
     let da = distance_to(&sb, spacing);
     let db = distance_to(&sa, spacing);
     let directed = |surf: &Array3<bool>, dist: &Array3<f64>| {
-        let mut d: Vec<f64> = Zip::from(surf).and(dist).fold(Vec::new(), |mut acc, &s, &v| {
-            if s {
-                acc.push(v);
-            }
-            acc
-        });
+        let mut d: Vec<f64> = Zip::from(surf)
+            .and(dist)
+            .fold(Vec::new(), |mut acc, &s, &v| {
+                if s {
+                    acc.push(v);
+                }
+                acc
+            });
         percentile(&mut d, 95.0)
     };
     directed(&sa, &da).max(directed(&sb, &db))
@@ -116,7 +126,12 @@ fn surface(mask: &ArrayView3<bool>) -> Array3<bool> {
                 || k >= nz as isize
                 || !mask[[i as usize, j as usize, k as usize]]
         };
-        outside(-1, 0, 0) || outside(1, 0, 0) || outside(0, -1, 0) || outside(0, 1, 0) || outside(0, 0, -1) || outside(0, 0, 1)
+        outside(-1, 0, 0)
+            || outside(1, 0, 0)
+            || outside(0, -1, 0)
+            || outside(0, 1, 0)
+            || outside(0, 0, -1)
+            || outside(0, 0, 1)
     })
 }
 
@@ -146,7 +161,10 @@ fn squared_edt_1d(f: &[f64], w: f64) -> Vec<f64> {
     let mut k = 0usize;
     z[0] = f64::NEG_INFINITY;
     z[1] = f64::INFINITY;
-    let inter = |q: usize, p: usize| ((f[q] + w * (q * q) as f64) - (f[p] + w * (p * p) as f64)) / (2.0 * w * (q as f64 - p as f64));
+    let inter = |q: usize, p: usize| {
+        ((f[q] + w * (q * q) as f64) - (f[p] + w * (p * p) as f64))
+            / (2.0 * w * (q as f64 - p as f64))
+    };
     for q in 1..n {
         let mut s = inter(q, v[k]);
         while s <= z[k] {

@@ -21,7 +21,9 @@ impl std::str::FromStr for OptimizerKind {
             "sgd" => Ok(Self::Sgd),
             "adam" => Ok(Self::Adam),
             "adamw" => Ok(Self::Adamw),
-            other => Err(format!("unknown optimizer {other:?}: use sgd, adam or adamw")),
+            other => Err(format!(
+                "unknown optimizer {other:?}: use sgd, adam or adamw"
+            )),
         }
     }
 }
@@ -37,7 +39,13 @@ pub struct OptimizerConfig {
 
 impl Default for OptimizerConfig {
     fn default() -> Self {
-        Self { kind: OptimizerKind::Sgd, momentum: 0.9, weight_decay: 3e-4, betas: (0.9, 0.999), eps: 1e-8 }
+        Self {
+            kind: OptimizerKind::Sgd,
+            momentum: 0.9,
+            weight_decay: 3e-4,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+        }
     }
 }
 
@@ -58,7 +66,12 @@ pub struct Optimizer {
 
 impl Optimizer {
     pub fn new(cfg: OptimizerConfig, params: Vec<Param>) -> Self {
-        Self { cfg, params, state: HashMap::new(), steps: 0 }
+        Self {
+            cfg,
+            params,
+            state: HashMap::new(),
+            steps: 0,
+        }
     }
 
     pub fn params(&self) -> &[Param] {
@@ -77,8 +90,17 @@ impl Optimizer {
     /// Rescales all gradients so that their global L2 norm is at most `max_norm`; returns the
     /// norm before clipping.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
-        let grads: Vec<Tensor> = self.params.iter().map(|p| p.tensor.grad()).filter(|g| g.defined()).collect();
-        let total = grads.iter().map(|g| g.square().sum(tch::Kind::Double).double_value(&[])).sum::<f64>().sqrt();
+        let grads: Vec<Tensor> = self
+            .params
+            .iter()
+            .map(|p| p.tensor.grad())
+            .filter(|g| g.defined())
+            .collect();
+        let total = grads
+            .iter()
+            .map(|g| g.square().sum(tch::Kind::Double).double_value(&[]))
+            .sum::<f64>()
+            .sqrt();
         if total > max_norm && total.is_finite() {
             let scale = max_norm / (total + 1e-6);
             tch::no_grad(|| {
@@ -105,7 +127,11 @@ impl Optimizer {
                 let mut w = p.tensor.shallow_clone();
                 match cfg.kind {
                     OptimizerKind::Sgd => {
-                        let d = if cfg.weight_decay != 0.0 { &g + &w * cfg.weight_decay } else { g.shallow_clone() };
+                        let d = if cfg.weight_decay != 0.0 {
+                            &g + &w * cfg.weight_decay
+                        } else {
+                            g.shallow_clone()
+                        };
                         let d = if cfg.momentum == 0.0 {
                             d
                         } else if let Some(bufs) = self.state.get_mut(&p.name) {
@@ -156,7 +182,11 @@ impl Optimizer {
     }
 
     pub fn load_state(&mut self, tensors: Vec<(String, Tensor)>) -> Result<(), String> {
-        let device = self.params.first().map(|p| p.tensor.device()).unwrap_or(tch::Device::Cpu);
+        let device = self
+            .params
+            .first()
+            .map(|p| p.tensor.device())
+            .unwrap_or(tch::Device::Cpu);
         self.state.clear();
         let mut pieces: HashMap<String, Vec<(usize, Tensor)>> = HashMap::new();
         for (key, t) in tensors {
@@ -164,16 +194,26 @@ impl Optimizer {
                 self.steps = t.int64_value(&[0]);
                 continue;
             }
-            let (name, idx) = key.rsplit_once('#').ok_or_else(|| format!("bad optimizer state key {key:?}"))?;
-            let idx: usize = idx.parse().map_err(|_| format!("bad optimizer state key {key:?}"))?;
-            pieces.entry(name.to_string()).or_default().push((idx, t.to_device(device)));
+            let (name, idx) = key
+                .rsplit_once('#')
+                .ok_or_else(|| format!("bad optimizer state key {key:?}"))?;
+            let idx: usize = idx
+                .parse()
+                .map_err(|_| format!("bad optimizer state key {key:?}"))?;
+            pieces
+                .entry(name.to_string())
+                .or_default()
+                .push((idx, t.to_device(device)));
         }
         for (name, mut bufs) in pieces {
             if !self.params.iter().any(|p| p.name == name) {
-                return Err(format!("optimizer state names parameter {name:?} that the model does not have"));
+                return Err(format!(
+                    "optimizer state names parameter {name:?} that the model does not have"
+                ));
             }
             bufs.sort_by_key(|(i, _)| *i);
-            self.state.insert(name, bufs.into_iter().map(|(_, t)| t).collect());
+            self.state
+                .insert(name, bufs.into_iter().map(|(_, t)| t).collect());
         }
         Ok(())
     }
@@ -209,7 +249,13 @@ mod tests {
 
     #[test]
     fn schedule_warms_up_then_decays_to_min() {
-        let s = CosineSchedule { base: 0.01, min: 0.001, warmup_start: 4e-4, warmup_steps: 10, total_steps: 110 };
+        let s = CosineSchedule {
+            base: 0.01,
+            min: 0.001,
+            warmup_start: 4e-4,
+            warmup_steps: 10,
+            total_steps: 110,
+        };
         assert!((s.lr(0) - 4e-4).abs() < 1e-12);
         assert!((s.lr(10) - 0.01).abs() < 1e-12);
         assert!((s.lr(60) - 0.0055).abs() < 1e-9);
@@ -219,8 +265,19 @@ mod tests {
 
     fn quadratic_descends(kind: OptimizerKind) {
         let w = Tensor::from_slice(&[3.0f32, -2.0]).set_requires_grad(true);
-        let cfg = OptimizerConfig { kind, weight_decay: 0.0, ..Default::default() };
-        let mut opt = Optimizer::new(cfg, vec![Param { name: "w".into(), tensor: w.shallow_clone(), group: 0 }]);
+        let cfg = OptimizerConfig {
+            kind,
+            weight_decay: 0.0,
+            ..Default::default()
+        };
+        let mut opt = Optimizer::new(
+            cfg,
+            vec![Param {
+                name: "w".into(),
+                tensor: w.shallow_clone(),
+                group: 0,
+            }],
+        );
         let start = w.square().sum(Kind::Float).double_value(&[]);
         for _ in 0..50 {
             opt.zero_grad();
@@ -233,7 +290,11 @@ mod tests {
 
     #[test]
     fn every_optimizer_minimises_a_quadratic() {
-        for kind in [OptimizerKind::Sgd, OptimizerKind::Adam, OptimizerKind::Adamw] {
+        for kind in [
+            OptimizerKind::Sgd,
+            OptimizerKind::Adam,
+            OptimizerKind::Adamw,
+        ] {
             quadratic_descends(kind);
         }
     }
@@ -241,11 +302,25 @@ mod tests {
     #[test]
     fn state_round_trips() {
         let w = Tensor::ones([3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
-        let mut opt = Optimizer::new(OptimizerConfig::default(), vec![Param { name: "w".into(), tensor: w.shallow_clone(), group: 0 }]);
+        let mut opt = Optimizer::new(
+            OptimizerConfig::default(),
+            vec![Param {
+                name: "w".into(),
+                tensor: w.shallow_clone(),
+                group: 0,
+            }],
+        );
         w.sum(Kind::Float).backward();
         opt.step(&|_| 0.1);
         let saved = opt.state_tensors();
-        let mut other = Optimizer::new(OptimizerConfig::default(), vec![Param { name: "w".into(), tensor: w.shallow_clone(), group: 0 }]);
+        let mut other = Optimizer::new(
+            OptimizerConfig::default(),
+            vec![Param {
+                name: "w".into(),
+                tensor: w.shallow_clone(),
+                group: 0,
+            }],
+        );
         other.load_state(saved).unwrap();
         assert_eq!(other.steps, 1);
         assert_eq!(other.state["w"][0].size(), [3]);

@@ -34,11 +34,20 @@ pub fn dataset_split(cfg: &TrainConfig) -> Result<Split> {
         tracing::warn!("skipping a bad case: {p}");
     }
     if report.cases.is_empty() {
-        bail!("no usable case found in {}: run `cggm validate {}` to see why", cfg.data.display(), cfg.data.display());
+        bail!(
+            "no usable case found in {}: run `cggm validate {}` to see why",
+            cfg.data.display(),
+            cfg.data.display()
+        );
     }
     Ok(match &cfg.split.file {
         Some(file) => split_from_file(&report.cases, file)?,
-        None => split_cases(&report.cases, cfg.seed, cfg.split.val_fraction, cfg.split.test_fraction),
+        None => split_cases(
+            &report.cases,
+            cfg.seed,
+            cfg.split.val_fraction,
+            cfg.split.test_fraction,
+        ),
     })
 }
 
@@ -67,7 +76,12 @@ impl Trainer {
             model: &self.model,
             classifiers: self.classifiers.as_ref(),
             modality_channels: &self.modality_channels,
-            modality_names: self.cfg.modalities().iter().map(|m| m.name().to_string()).collect(),
+            modality_names: self
+                .cfg
+                .modalities()
+                .iter()
+                .map(|m| m.name().to_string())
+                .collect(),
             device: self.device,
             batch: self.cfg.eval_batch,
         }
@@ -80,17 +94,32 @@ pub fn open_run(run_dir: &Path, device: Option<&str>) -> Result<Trainer> {
     let cfg = checkpoint::read_config(run_dir)?;
     let device = parse_device(device.unwrap_or(&cfg.device)).map_err(anyhow::Error::msg)?;
     let mut trainer = Trainer::new(cfg, device, 1);
-    let name = if checkpoint::checkpoint_dir(run_dir).join("best.json").exists() { "best" } else { "last" };
+    let name = if checkpoint::checkpoint_dir(run_dir)
+        .join("best.json")
+        .exists()
+    {
+        "best"
+    } else {
+        "last"
+    };
     checkpoint::load_weights(run_dir, name, &mut trainer)?;
     Ok(trainer)
 }
 
 fn names(cfg: &TrainConfig) -> Vec<String> {
-    cfg.modalities().iter().map(|m| m.name().to_string()).collect()
+    cfg.modalities()
+        .iter()
+        .map(|m| m.name().to_string())
+        .collect()
 }
 
 fn by_modality(names: &[String], values: &[f64]) -> BTreeMap<String, f64> {
-    names.iter().cloned().zip(values.iter().copied()).filter(|(_, v)| v.is_finite()).collect()
+    names
+        .iter()
+        .cloned()
+        .zip(values.iter().copied())
+        .filter(|(_, v)| v.is_finite())
+        .collect()
 }
 
 #[derive(Clone, Debug, Default)]
@@ -102,27 +131,48 @@ pub struct TrainOptions {
 }
 
 /// Trains `cfg` into `run_dir`. Returns `None` when stopped early by `stop_after_epochs`.
-pub fn train(mut cfg: TrainConfig, run_dir: &Path, events: &EventSink, opts: &TrainOptions) -> Result<Option<RunMetrics>> {
+pub fn train(
+    mut cfg: TrainConfig,
+    run_dir: &Path,
+    events: &EventSink,
+    opts: &TrainOptions,
+) -> Result<Option<RunMetrics>> {
     let result = train_inner(&mut cfg, run_dir, events, opts);
     if let Err(e) = &result {
-        events.emit(&Event::Failed { time: now(), reason: format!("{e:#}") });
+        events.emit(&Event::Failed {
+            time: now(),
+            reason: format!("{e:#}"),
+        });
     }
     result
 }
 
-fn train_inner(cfg: &mut TrainConfig, run_dir: &Path, events: &EventSink, opts: &TrainOptions) -> Result<Option<RunMetrics>> {
+fn train_inner(
+    cfg: &mut TrainConfig,
+    run_dir: &Path,
+    events: &EventSink,
+    opts: &TrainOptions,
+) -> Result<Option<RunMetrics>> {
     let resume = opts.resume;
     let started = Instant::now();
-    cfg.validate().map_err(|e| anyhow!("invalid configuration: {e}"))?;
-    std::fs::create_dir_all(run_dir).with_context(|| format!("creating run directory {}", run_dir.display()))?;
+    cfg.validate()
+        .map_err(|e| anyhow!("invalid configuration: {e}"))?;
+    std::fs::create_dir_all(run_dir)
+        .with_context(|| format!("creating run directory {}", run_dir.display()))?;
     let config_path = run_dir.join("config.json");
     if resume {
         let saved = checkpoint::read_config(run_dir)?;
         if saved != *cfg {
             bail!("cannot resume: the configuration differs from the run's saved config.json; resume with the same options (or edit nothing and pass only --resume --out {})", run_dir.display());
         }
-    } else if checkpoint::checkpoint_dir(run_dir).join("last.json").exists() {
-        bail!("{} already holds a run: pass --resume to continue it, or choose a new --out", run_dir.display());
+    } else if checkpoint::checkpoint_dir(run_dir)
+        .join("last.json")
+        .exists()
+    {
+        bail!(
+            "{} already holds a run: pass --resume to continue it, or choose a new --out",
+            run_dir.display()
+        );
     }
     checkpoint::write_json_atomic(&config_path, &*cfg)?;
 
@@ -149,7 +199,11 @@ fn train_inner(cfg: &mut TrainConfig, run_dir: &Path, events: &EventSink, opts: 
         best_epoch = state.best_epoch;
         best = state.best_val_dice;
         best_modality = state.best_val_modality_dice;
-        tracing::info!("resuming {} at epoch {start_epoch}, step {}", run_dir.display(), trainer.global_step);
+        tracing::info!(
+            "resuming {} at epoch {start_epoch}, step {}",
+            run_dir.display(),
+            trainer.global_step
+        );
     }
 
     events.emit(&Event::RunStarted {
@@ -163,8 +217,13 @@ fn train_inner(cfg: &mut TrainConfig, run_dir: &Path, events: &EventSink, opts: 
         device: describe(device),
     });
 
-    let mut loader = SliceLoader::new(&split.train, cfg.sampler.clone(), cfg.seed, trainer.global_step as u64)
-        .context("preparing the training slices")?;
+    let mut loader = SliceLoader::new(
+        &split.train,
+        cfg.sampler.clone(),
+        cfg.seed,
+        trainer.global_step as u64,
+    )
+    .context("preparing the training slices")?;
     let val_cases: Vec<_> = match cfg.val_cases {
         Some(n) => split.val.iter().take(n).cloned().collect(),
         None => split.val.clone(),
@@ -192,14 +251,22 @@ fn train_inner(cfg: &mut TrainConfig, run_dir: &Path, events: &EventSink, opts: 
                 step_seconds: t0.elapsed().as_secs_f64(),
             });
             if step % 10 == 0 {
-                tracing::info!("epoch {epoch} step {step}/{spe} loss {:.4} lr {:.2e}", report.loss, report.lr);
+                tracing::info!(
+                    "epoch {epoch} step {step}/{spe} loss {:.4} lr {:.2e}",
+                    report.loss,
+                    report.lr
+                );
             }
         }
         let done = epoch + 1;
         let validate = !val_cases.is_empty() && (done % cfg.val_every == 0 || done == cfg.epochs);
         let mut is_best = false;
         if validate {
-            let report = evaluate(&trainer.predictor(), &val_cases, trainer.classifiers.is_some())?;
+            let report = evaluate(
+                &trainer.predictor(),
+                &val_cases,
+                trainer.classifiers.is_some(),
+            )?;
             is_best = best.as_ref().is_none_or(|b| report.dice.mean > b.mean);
             if is_best {
                 best = Some(report.dice.clone());
@@ -215,7 +282,13 @@ fn train_inner(cfg: &mut TrainConfig, run_dir: &Path, events: &EventSink, opts: 
                 modality_dice: report.modality_dice.clone(),
                 best: is_best,
             });
-            tracing::info!("epoch {epoch}: validation Dice WT {:.4} TC {:.4} ET {:.4} mean {:.4}", report.dice.wt, report.dice.tc, report.dice.et, report.dice.mean);
+            tracing::info!(
+                "epoch {epoch}: validation Dice WT {:.4} TC {:.4} ET {:.4} mean {:.4}",
+                report.dice.wt,
+                report.dice.tc,
+                report.dice.et,
+                report.dice.mean
+            );
         } else if val_cases.is_empty() {
             // Without validation cases the latest weights are the best we know.
             is_best = true;
@@ -233,10 +306,20 @@ fn train_inner(cfg: &mut TrainConfig, run_dir: &Path, events: &EventSink, opts: 
         };
         if is_best {
             let path = checkpoint::save(run_dir, "best", &trainer, &state, false)?;
-            events.emit(&Event::CheckpointSaved { time: now(), epoch, path: path.display().to_string(), best: true });
+            events.emit(&Event::CheckpointSaved {
+                time: now(),
+                epoch,
+                path: path.display().to_string(),
+                best: true,
+            });
         }
         let path = checkpoint::save(run_dir, "last", &trainer, &state, true)?;
-        events.emit(&Event::CheckpointSaved { time: now(), epoch, path: path.display().to_string(), best: false });
+        events.emit(&Event::CheckpointSaved {
+            time: now(),
+            epoch,
+            path: path.display().to_string(),
+            best: false,
+        });
         if opts.stop_after_epochs.is_some_and(|n| done >= n) && done < cfg.epochs {
             tracing::info!("stopping after epoch {done} as asked; continue with --resume");
             return Ok(None);
@@ -249,8 +332,16 @@ fn train_inner(cfg: &mut TrainConfig, run_dir: &Path, events: &EventSink, opts: 
         None
     } else {
         let state = checkpoint::load_weights(run_dir, "best", &mut trainer)?;
-        tracing::info!("testing the best checkpoint (epoch {}) on {} cases", state.best_epoch, split.test.len());
-        Some(evaluate(&trainer.predictor(), &split.test, trainer.classifiers.is_some())?)
+        tracing::info!(
+            "testing the best checkpoint (epoch {}) on {} cases",
+            state.best_epoch,
+            split.test.len()
+        );
+        Some(evaluate(
+            &trainer.predictor(),
+            &split.test,
+            trainer.classifiers.is_some(),
+        )?)
     };
     let metrics = RunMetrics {
         method: cfg.method.to_string(),

@@ -24,7 +24,11 @@ pub struct StepReport {
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
     #[error("the {what} became {value} at step {step}: training diverged. Lower the learning rate (--lr), enable gradient clipping (grad_clip in the config) or check the input data for extreme intensities")]
-    NonFinite { what: &'static str, value: f64, step: usize },
+    NonFinite {
+        what: &'static str,
+        value: f64,
+        step: usize,
+    },
 }
 
 /// Model, classifiers, their optimisers and the CGGM state of one run.
@@ -53,10 +57,14 @@ impl Trainer {
         let names: Vec<&str> = modalities.iter().map(|m| m.name()).collect();
         let vs = nn::VarStore::new(device);
         let model = MultimodalSegmenter::new(&vs.root(), &cfg.model, &names);
-        let classifiers = cfg.trains_classifiers().then(|| ModalityClassifiers::new(&vs.root(), &cfg.model, &names));
+        let classifiers = cfg
+            .trains_classifiers()
+            .then(|| ModalityClassifiers::new(&vs.root(), &cfg.model, &names));
         let (model_params, classifier_params) = named_params(&vs, &model.encoder_prefixes);
         let model_opt = Optimizer::new(cfg.optimizer.clone(), model_params);
-        let classifier_opt = classifiers.as_ref().map(|_| Optimizer::new(cfg.optimizer.clone(), classifier_params));
+        let classifier_opt = classifiers
+            .as_ref()
+            .map(|_| Optimizer::new(cfg.optimizer.clone(), classifier_params));
         let total_steps = cfg.epochs * steps_per_epoch;
         let schedule = CosineSchedule {
             base: cfg.schedule.lr,
@@ -99,7 +107,9 @@ impl Trainer {
     /// least one per sample. Seeded by (seed, step) so that a resumed run drops the same inputs.
     fn drop_modalities(&self, xs: &Tensor) -> Tensor {
         let (b, m) = (xs.size()[0] as usize, xs.size()[1] as usize);
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.cfg.seed ^ (self.global_step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+            self.cfg.seed ^ (self.global_step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
         let mut keep = vec![1f32; b * m];
         for s in 0..b {
             let row = &mut keep[s * m..(s + 1) * m];
@@ -112,7 +122,9 @@ impl Trainer {
                 row[rng.gen_range(0..m)] = 1.0;
             }
         }
-        let mask = Tensor::from_slice(&keep).view([b as i64, m as i64, 1, 1]).to_device(xs.device());
+        let mask = Tensor::from_slice(&keep)
+            .view([b as i64, m as i64, 1, 1])
+            .to_device(xs.device());
         xs * mask
     }
 
@@ -131,7 +143,11 @@ impl Trainer {
         if let Some(max_norm) = self.cfg.grad_clip {
             let norm = self.model_opt.clip_grad_norm(max_norm);
             if !norm.is_finite() {
-                return Err(StepError::NonFinite { what: "gradient norm", value: norm, step: self.global_step });
+                return Err(StepError::NonFinite {
+                    what: "gradient norm",
+                    value: norm,
+                    step: self.global_step,
+                });
             }
         }
         let m = self.modality_channels.len();
@@ -149,7 +165,11 @@ impl Trainer {
     }
 
     /// CGGM step 1: the model's forward pass and task loss on this batch.
-    pub fn forward(&self, images: &Tensor, labels: &Tensor) -> Result<(ModelOutput, Tensor), StepError> {
+    pub fn forward(
+        &self,
+        images: &Tensor,
+        labels: &Tensor,
+    ) -> Result<(ModelOutput, Tensor), StepError> {
         let mut xs = self.select_modalities(images);
         if self.cfg.method == Method::Mrd {
             xs = self.drop_modalities(&xs);
@@ -158,7 +178,11 @@ impl Trainer {
         let task_loss = self.task.loss(&out.logits, labels);
         let value = task_loss.double_value(&[]);
         if !value.is_finite() {
-            return Err(StepError::NonFinite { what: "task loss", value, step: self.global_step });
+            return Err(StepError::NonFinite {
+                what: "task loss",
+                value,
+                step: self.global_step,
+            });
         }
         Ok((out, task_loss))
     }
@@ -169,7 +193,11 @@ impl Trainer {
 
     /// CGGM steps 2-3: trains the classifiers on detached features (their own optimiser) and
     /// returns each one's batch metric and the gradient of its last layer (detached).
-    pub fn classifier_pass(&mut self, out: &ModelOutput, labels: &Tensor) -> Result<(Vec<f64>, Vec<Tensor>), StepError> {
+    pub fn classifier_pass(
+        &mut self,
+        out: &ModelOutput,
+        labels: &Tensor,
+    ) -> Result<(Vec<f64>, Vec<Tensor>), StepError> {
         let m = self.modality_channels.len();
         let (Some(cls), Some(opt)) = (&self.classifiers, &mut self.classifier_opt) else {
             return Ok((vec![f64::NAN; m], Vec::new()));
@@ -183,14 +211,20 @@ impl Trainer {
         for (i, metric) in metrics.iter_mut().enumerate() {
             let logits = cls.logits_of(&all, i);
             *metric = self.task.batch_metric(&logits, labels);
-            cls_loss = cls_loss + self.task.loss(&logits, labels);
+            cls_loss += self.task.loss(&logits, labels);
         }
         let value = cls_loss.double_value(&[]);
         if !value.is_finite() {
-            return Err(StepError::NonFinite { what: "classifier loss", value, step: self.global_step });
+            return Err(StepError::NonFinite {
+                what: "classifier loss",
+                value,
+                step: self.global_step,
+            });
         }
         cls_loss.backward();
-        let grads = (0..m).map(|i| cls.last_layer_grad(i).detach().copy()).collect();
+        let grads = (0..m)
+            .map(|i| cls.last_layer_grad(i).detach().copy())
+            .collect();
         let cls_lr = self.cfg.schedule.classifier_lr;
         opt.step(&|_| cls_lr);
         Ok((metrics, grads))
@@ -198,7 +232,12 @@ impl Trainer {
 
     /// CGGM step 5: L_gm (None when the method does not modulate direction) and the cosines
     /// cos(g_F, g_i), which are measured for every run with classifiers.
-    pub fn direction_term(&self, task_loss: &Tensor, classifier_grads: &[Tensor], balance: &[f64]) -> (Option<Tensor>, Vec<f64>) {
+    pub fn direction_term(
+        &self,
+        task_loss: &Tensor,
+        classifier_grads: &[Tensor],
+        balance: &[f64],
+    ) -> (Option<Tensor>, Vec<f64>) {
         let m = self.modality_channels.len();
         if classifier_grads.is_empty() {
             return (None, vec![f64::NAN; m]);
@@ -207,8 +246,12 @@ impl Trainer {
         let direct = self.cfg.method.modulates_direction() && self.cfg.cggm.lambda > 0.0;
         match (direct, self.cfg.cggm.direction) {
             (true, DirectionSource::AuthorsWeightCosine) => {
-                let cls = self.classifiers.as_ref().expect("classifiers exist when their gradients do");
-                let weights: Vec<Tensor> = (0..m).map(|i| cls.last_layer_weight(i).detach()).collect();
+                let cls = self
+                    .classifiers
+                    .as_ref()
+                    .expect("classifiers exist when their gradients do");
+                let weights: Vec<Tensor> =
+                    (0..m).map(|i| cls.last_layer_weight(i).detach()).collect();
                 let (l_gm, cos) = direction_loss(w_last, &weights, &self.previous_balance);
                 (Some(l_gm), cos)
             }
@@ -221,7 +264,13 @@ impl Trainer {
             (false, _) => {
                 // Not modulating: measure the cosines only (cheap: the head's last layer).
                 let g_f = Tensor::run_backward(&[task_loss], &[w_last], true, false).remove(0);
-                (None, classifier_grads.iter().map(|g| flat_cosine(&g_f, g).double_value(&[])).collect())
+                (
+                    None,
+                    classifier_grads
+                        .iter()
+                        .map(|g| flat_cosine(&g_f, g).double_value(&[]))
+                        .collect(),
+                )
             }
         }
     }
@@ -229,7 +278,11 @@ impl Trainer {
     /// Everything of one iteration except the optimiser step of the model: forward, classifiers
     /// (stepped), balance coefficients, L_gm, backward, magnitude modulation. Leaves the model's
     /// modulated gradients in place.
-    pub fn compute_gradients(&mut self, images: &Tensor, labels: &Tensor) -> Result<StepReport, StepError> {
+    pub fn compute_gradients(
+        &mut self,
+        images: &Tensor,
+        labels: &Tensor,
+    ) -> Result<StepReport, StepError> {
         let step = self.global_step;
         self.seed_step();
         let lr = self.schedule.lr(step);
@@ -237,22 +290,34 @@ impl Trainer {
         let (metrics, classifier_grads) = self.classifier_pass(&out, labels)?;
         let m = self.modality_channels.len();
         // Measured for every run with classifiers, applied only by CGGM.
-        let balance = if self.classifiers.is_some() { self.tracker.update(&metrics) } else { vec![1.0; m] };
+        let balance = if self.classifiers.is_some() {
+            self.tracker.update(&metrics)
+        } else {
+            vec![1.0; m]
+        };
         let (l_gm, cosine) = self.direction_term(&task_loss, &classifier_grads, &balance);
         let mut total = task_loss.shallow_clone();
         let mut gm_value = 0.0;
         if let Some(l_gm) = l_gm {
             gm_value = l_gm.double_value(&[]);
             if !gm_value.is_finite() {
-                return Err(StepError::NonFinite { what: "direction loss L_gm", value: gm_value, step });
+                return Err(StepError::NonFinite {
+                    what: "direction loss L_gm",
+                    value: gm_value,
+                    step,
+                });
             }
-            total = total + l_gm * self.cfg.cggm.lambda;
+            total += l_gm * self.cfg.cggm.lambda;
         }
         self.model_opt.zero_grad();
         total.backward();
         if self.cfg.method.modulates_magnitude() {
-            let params: Vec<(String, Tensor)> =
-                self.model_opt.params().iter().map(|p| (p.name.clone(), p.tensor.shallow_clone())).collect();
+            let params: Vec<(String, Tensor)> = self
+                .model_opt
+                .params()
+                .iter()
+                .map(|p| (p.name.clone(), p.tensor.shallow_clone()))
+                .collect();
             scale_encoder_gradients(&params, &self.model.encoder_prefixes, &balance);
         }
         Ok(StepReport {
@@ -270,15 +335,30 @@ impl Trainer {
 /// Trainable variables split into the model's (grouped: 0 = fusion head, i + 1 = encoder i) and the
 /// classifiers' (all under `classifiers.`), sorted by name for a stable order.
 fn named_params(vs: &nn::VarStore, encoder_prefixes: &[String]) -> (Vec<Param>, Vec<Param>) {
-    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    let mut vars: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     let (mut model, mut classifiers) = (Vec::new(), Vec::new());
     for (name, tensor) in vars {
         if name.starts_with("classifiers.") {
-            classifiers.push(Param { name, tensor, group: 0 });
+            classifiers.push(Param {
+                name,
+                tensor,
+                group: 0,
+            });
         } else {
-            let group = encoder_prefixes.iter().position(|p| name.starts_with(p.as_str())).map_or(0, |i| i + 1);
-            model.push(Param { name, tensor, group });
+            let group = encoder_prefixes
+                .iter()
+                .position(|p| name.starts_with(p.as_str()))
+                .map_or(0, |i| i + 1);
+            model.push(Param {
+                name,
+                tensor,
+                group,
+            });
         }
     }
     (model, classifiers)

@@ -30,20 +30,36 @@ fn batch() -> (Tensor, Tensor) {
     for s in 0..4 {
         for x in 0..32 {
             for y in 0..32 {
-                let r = (((x as f64 - 12.0 - s as f64 * 2.0).powi(2) + (y as f64 - 16.0).powi(2)) as f64).sqrt();
-                labels[(s * 32 + x) * 32 + y] = if r < 2.0 { 1 } else if r < 4.0 { 3 } else if r < 8.0 { 2 } else { 0 };
+                let r =
+                    ((x as f64 - 12.0 - s as f64 * 2.0).powi(2) + (y as f64 - 16.0).powi(2)).sqrt();
+                labels[(s * 32 + x) * 32 + y] = if r < 2.0 {
+                    1
+                } else if r < 4.0 {
+                    3
+                } else if r < 8.0 {
+                    2
+                } else {
+                    0
+                };
             }
         }
     }
     // Bright FLAIR where the tumour is, so the modalities differ.
     let labels = Tensor::from_slice(&labels).view([4, 32, 32]);
     let flair = images.narrow(1, 0, 1);
-    let _ = flair.shallow_clone().g_add_(&(labels.gt(0).to_kind(Kind::Float).unsqueeze(1) * 3.0));
+    let _ = flair
+        .shallow_clone()
+        .g_add_(&(labels.gt(0).to_kind(Kind::Float).unsqueeze(1) * 3.0));
     (images, labels)
 }
 
 fn grads(trainer: &Trainer) -> Vec<(String, Tensor)> {
-    trainer.model_opt.params().iter().map(|p| (p.name.clone(), p.tensor.grad().copy())).collect()
+    trainer
+        .model_opt
+        .params()
+        .iter()
+        .map(|p| (p.name.clone(), p.tensor.grad().copy()))
+        .collect()
 }
 
 #[test]
@@ -55,9 +71,15 @@ fn magnitude_modulation_scales_each_encoder_gradient_by_its_balance_coefficient(
     let mut cggm = Trainer::new(config(Method::CggmMagnitude), Device::Cpu, 10);
     let plain = joint.compute_gradients(&images, &labels).unwrap();
     let modulated = cggm.compute_gradients(&images, &labels).unwrap();
-    assert_eq!(plain.balance, modulated.balance, "both runs measure the same coefficients");
+    assert_eq!(
+        plain.balance, modulated.balance,
+        "both runs measure the same coefficients"
+    );
     let b = &modulated.balance;
-    assert!(b.iter().any(|v| (v - 1.0).abs() > 1e-3), "coefficients must differ from 1 to test anything: {b:?}");
+    assert!(
+        b.iter().any(|v| (v - 1.0).abs() > 1e-3),
+        "coefficients must differ from 1 to test anything: {b:?}"
+    );
 
     let prefixes = cggm.model.encoder_prefixes.clone();
     let (g_plain, g_mod) = (grads(&joint), grads(&cggm));
@@ -77,9 +99,15 @@ fn magnitude_modulation_scales_each_encoder_gradient_by_its_balance_coefficient(
         let expected = gp * scale;
         let err = (gm - &expected).abs().max().double_value(&[]);
         let norm = expected.abs().max().double_value(&[]).max(1e-12);
-        assert!(err <= 1e-5 * norm + 1e-9, "{name}: gradient differs from B * g by {err} (max {norm})");
+        assert!(
+            err <= 1e-5 * norm + 1e-9,
+            "{name}: gradient differs from B * g by {err} (max {norm})"
+        );
     }
-    assert!(checked.iter().all(|&n| n > 0), "every encoder and the head were checked: {checked:?}");
+    assert!(
+        checked.iter().all(|&n| n > 0),
+        "every encoder and the head were checked: {checked:?}"
+    );
 }
 
 #[test]
@@ -94,14 +122,33 @@ fn direction_loss_reaches_the_model_and_a_step_on_it_raises_the_weighted_cosine(
     let (l_gm, cos_before) = trainer.direction_term(&task_loss, &g_cls, &balance);
     let l_gm = l_gm.expect("cggm-direction modulates direction");
 
-    let params: Vec<Tensor> = trainer.model_opt.params().iter().map(|p| p.tensor.shallow_clone()).collect();
+    let params: Vec<Tensor> = trainer
+        .model_opt
+        .params()
+        .iter()
+        .map(|p| p.tensor.shallow_clone())
+        .collect();
     let g = Tensor::run_backward(&[&l_gm], &params, false, false);
-    let names: Vec<&str> = trainer.model_opt.params().iter().map(|p| p.name.as_str()).collect();
+    let names: Vec<&str> = trainer
+        .model_opt
+        .params()
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
     let nonzero = |prefix: &str| {
-        names.iter().zip(&g).any(|(n, g)| n.starts_with(prefix) && g.abs().max().double_value(&[]) > 0.0)
+        names
+            .iter()
+            .zip(&g)
+            .any(|(n, g)| n.starts_with(prefix) && g.abs().max().double_value(&[]) > 0.0)
     };
-    assert!(nonzero("encoders."), "L_gm must put gradient into the encoders (through g_F's graph)");
-    assert!(nonzero("fusion."), "L_gm must put gradient into the fusion head");
+    assert!(
+        nonzero("encoders."),
+        "L_gm must put gradient into the encoders (through g_F's graph)"
+    );
+    assert!(
+        nonzero("fusion."),
+        "L_gm must put gradient into the fusion head"
+    );
 
     let weighted = |cos: &[f64]| cos.iter().zip(&balance).map(|(c, b)| c * b).sum::<f64>();
     let before = weighted(&cos_before);
@@ -112,9 +159,23 @@ fn direction_loss_reaches_the_model_and_a_step_on_it_raises_the_weighted_cosine(
     });
     trainer.seed_step();
     let (_, task_loss) = trainer.forward(&images, &labels).unwrap();
-    let g_f = Tensor::run_backward(&[&task_loss], &[trainer.model.last_layer_weight()], false, false).remove(0);
-    let after = weighted(&g_cls.iter().map(|gi| flat_cosine(&g_f, gi).double_value(&[])).collect::<Vec<_>>());
-    assert!(after > before, "a step on L_gm alone must raise sum B_i cos(g_F, g_i): {before} -> {after}");
+    let g_f = Tensor::run_backward(
+        &[&task_loss],
+        &[trainer.model.last_layer_weight()],
+        false,
+        false,
+    )
+    .remove(0);
+    let after = weighted(
+        &g_cls
+            .iter()
+            .map(|gi| flat_cosine(&g_f, gi).double_value(&[]))
+            .collect::<Vec<_>>(),
+    );
+    assert!(
+        after > before,
+        "a step on L_gm alone must raise sum B_i cos(g_F, g_i): {before} -> {after}"
+    );
 }
 
 #[test]
@@ -126,10 +187,17 @@ fn classifier_losses_put_no_gradient_into_the_encoders() {
     let (metrics, g_cls) = trainer.classifier_pass(&out, &labels).unwrap();
     assert_eq!(g_cls.len(), 4);
     assert!(metrics.iter().all(|m| (0.0..=1.0).contains(m)));
-    assert!(g_cls.iter().all(|g| g.abs().max().double_value(&[]) > 0.0), "classifiers did learn");
+    assert!(
+        g_cls.iter().all(|g| g.abs().max().double_value(&[]) > 0.0),
+        "classifiers did learn"
+    );
     for p in trainer.model_opt.params() {
         let g = p.tensor.grad();
-        assert!(!g.defined() || g.abs().max().double_value(&[]) == 0.0, "{} received gradient from a classifier", p.name);
+        assert!(
+            !g.defined() || g.abs().max().double_value(&[]) == 0.0,
+            "{} received gradient from a classifier",
+            p.name
+        );
     }
 }
 
@@ -138,7 +206,12 @@ fn a_non_finite_loss_stops_the_step_before_any_weight_changes() {
     let _rng = exclusive();
     let (images, labels) = batch();
     let mut trainer = Trainer::new(config(Method::Cggm), Device::Cpu, 10);
-    let before: Vec<Tensor> = trainer.model_opt.params().iter().map(|p| p.tensor.copy()).collect();
+    let before: Vec<Tensor> = trainer
+        .model_opt
+        .params()
+        .iter()
+        .map(|p| p.tensor.copy())
+        .collect();
     let poisoned = images.copy();
     let _ = poisoned.narrow(0, 0, 1).fill_(f64::NAN);
     let err = trainer.step(&poisoned, &labels).unwrap_err();

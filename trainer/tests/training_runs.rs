@@ -21,7 +21,16 @@ fn exclusive() -> MutexGuard<'static, ()> {
 }
 
 fn dataset(dir: &Path, cases: usize, size: [usize; 3], seed: u64) {
-    write_synthetic_dataset(dir, &SynthConfig { cases, seed, size, imbalance: 1.0 }).unwrap();
+    write_synthetic_dataset(
+        dir,
+        &SynthConfig {
+            cases,
+            seed,
+            size,
+            imbalance: 1.0,
+        },
+    )
+    .unwrap();
 }
 
 fn tiny(data: &Path, epochs: usize) -> TrainConfig {
@@ -34,7 +43,11 @@ fn tiny(data: &Path, epochs: usize) -> TrainConfig {
 }
 
 fn read_events(path: &Path) -> Vec<Event> {
-    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[test]
@@ -51,24 +64,57 @@ fn cpu_small_learns_to_segment_synthetic_tumours() {
     cfg.sampler.cache_dir = Some(tmp.path().join("cache"));
     let events_path = tmp.path().join("events.jsonl");
     let events = EventSink::file(&events_path).unwrap();
-    let metrics = train(cfg, &tmp.path().join("run"), &events, &TrainOptions::default()).unwrap().unwrap();
+    let metrics = train(
+        cfg,
+        &tmp.path().join("run"),
+        &events,
+        &TrainOptions::default(),
+    )
+    .unwrap()
+    .unwrap();
     let best = metrics.best_val_dice.unwrap();
     // Chance level (the class prior everywhere) is a Dice of a few percent on these phantoms;
     // an untrained model predicts no tumour at all (0).
     println!("best validation Dice after 60 steps: {best:?}");
-    assert!(best.wt > 0.5, "whole-tumour Dice {:.3} should be > 0.5", best.wt);
-    assert!(best.mean > 0.3, "mean Dice {:.3} should be > 0.3", best.mean);
+    assert!(
+        best.wt > 0.5,
+        "whole-tumour Dice {:.3} should be > 0.5",
+        best.wt
+    );
+    assert!(
+        best.mean > 0.3,
+        "mean Dice {:.3} should be > 0.3",
+        best.mean
+    );
     let evs = read_events(&events_path);
     assert!(matches!(evs.first(), Some(Event::RunStarted { .. })));
     assert!(matches!(evs.last(), Some(Event::Finished { .. })));
-    assert_eq!(evs.iter().filter(|e| matches!(e, Event::Step { .. })).count(), 60);
-    assert_eq!(evs.iter().filter(|e| matches!(e, Event::Validation { .. })).count(), 3);
+    assert_eq!(
+        evs.iter()
+            .filter(|e| matches!(e, Event::Step { .. }))
+            .count(),
+        60
+    );
+    assert_eq!(
+        evs.iter()
+            .filter(|e| matches!(e, Event::Validation { .. }))
+            .count(),
+        3
+    );
     for e in &evs {
-        if let Event::Step { balance, cosine, modality_metric, .. } = e {
+        if let Event::Step {
+            balance,
+            cosine,
+            modality_metric,
+            ..
+        } = e
+        {
             assert_eq!(balance.len(), 4);
             assert_eq!(cosine.len(), 4);
             assert_eq!(modality_metric.len(), 4);
-            assert!(balance.values().all(|b| b.is_finite() && (0.0..=1.0).contains(b)));
+            assert!(balance
+                .values()
+                .all(|b| b.is_finite() && (0.0..=1.0).contains(b)));
         }
     }
 }
@@ -82,7 +128,14 @@ fn inference_from_a_checkpoint_agrees_with_evaluation() {
     let run = tmp.path().join("run");
     let mut cfg = tiny(&data, 1);
     cfg.split.test_fraction = 0.34;
-    train(cfg.clone(), &run, &EventSink::none(), &TrainOptions::default()).unwrap().unwrap();
+    train(
+        cfg.clone(),
+        &run,
+        &EventSink::none(),
+        &TrainOptions::default(),
+    )
+    .unwrap()
+    .unwrap();
 
     let trainer = open_run(&run, Some("cpu")).unwrap();
     let split = dataset_split(&read_config(&run).unwrap()).unwrap();
@@ -90,7 +143,14 @@ fn inference_from_a_checkpoint_agrees_with_evaluation() {
     let report = evaluate(&trainer.predictor(), &split.test, true).unwrap();
     for (case, scores) in split.test.iter().zip(&report.cases) {
         let out = tmp.path().join(format!("{}-seg.nii.gz", case.id));
-        let summary = infer(&run, &case.paths()[..4], &out, Some("cpu"), &EventSink::none()).unwrap();
+        let summary = infer(
+            &run,
+            &case.paths()[..4],
+            &out,
+            Some("cpu"),
+            &EventSink::none(),
+        )
+        .unwrap();
         assert_eq!(summary.shape, [32, 32, 16]);
         let (_, pred) = read_volume(&out).unwrap();
         let (_, truth) = read_volume(case.label_path().unwrap()).unwrap();
@@ -98,7 +158,11 @@ fn inference_from_a_checkpoint_agrees_with_evaluation() {
         let pred: Vec<u8> = pred.iter().map(to_internal).collect();
         let truth: Vec<u8> = truth.iter().map(to_internal).collect();
         let dice = dice_scores(&pred, &truth);
-        assert_eq!(dice, scores.dice, "case {}: infer + Dice disagrees with eval", case.id);
+        assert_eq!(
+            dice, scores.dice,
+            "case {}: infer + Dice disagrees with eval",
+            case.id
+        );
         let wt_voxels = pred.iter().filter(|&&c| c != 0).count() as f64;
         assert!((summary.volumes_ml.wt - wt_voxels * 0.001).abs() < 1e-9);
     }
@@ -114,22 +178,53 @@ fn a_resumed_run_continues_the_identical_schedule() {
     cfg.schedule.warmup_epochs = 1;
 
     let straight = tmp.path().join("straight.jsonl");
-    train(cfg.clone(), &tmp.path().join("a"), &EventSink::file(&straight).unwrap(), &TrainOptions::default())
-        .unwrap()
-        .unwrap();
+    train(
+        cfg.clone(),
+        &tmp.path().join("a"),
+        &EventSink::file(&straight).unwrap(),
+        &TrainOptions::default(),
+    )
+    .unwrap()
+    .unwrap();
 
     let resumed = tmp.path().join("resumed.jsonl");
     let run_b = tmp.path().join("b");
-    let stop = TrainOptions { resume: false, stop_after_epochs: Some(1) };
-    assert!(train(cfg.clone(), &run_b, &EventSink::file(&resumed).unwrap(), &stop).unwrap().is_none());
-    let again = TrainOptions { resume: true, stop_after_epochs: None };
-    train(cfg.clone(), &run_b, &EventSink::file(&resumed).unwrap(), &again).unwrap().unwrap();
+    let stop = TrainOptions {
+        resume: false,
+        stop_after_epochs: Some(1),
+    };
+    assert!(train(
+        cfg.clone(),
+        &run_b,
+        &EventSink::file(&resumed).unwrap(),
+        &stop
+    )
+    .unwrap()
+    .is_none());
+    let again = TrainOptions {
+        resume: true,
+        stop_after_epochs: None,
+    };
+    train(
+        cfg.clone(),
+        &run_b,
+        &EventSink::file(&resumed).unwrap(),
+        &again,
+    )
+    .unwrap()
+    .unwrap();
 
     let steps = |p: &Path| -> Vec<(usize, f64, f64, f64)> {
         read_events(p)
             .into_iter()
             .filter_map(|e| match e {
-                Event::Step { step, lr, loss, gm_loss, .. } => Some((step, lr, loss, gm_loss)),
+                Event::Step {
+                    step,
+                    lr,
+                    loss,
+                    gm_loss,
+                    ..
+                } => Some((step, lr, loss, gm_loss)),
                 _ => None,
             })
             .collect()
@@ -140,8 +235,20 @@ fn a_resumed_run_continues_the_identical_schedule() {
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x.0, y.0);
         assert_eq!(x.1, y.1, "learning rate at step {}", x.0);
-        assert!((x.2 - y.2).abs() < 1e-5, "loss at step {}: {} vs {}", x.0, x.2, y.2);
-        assert!((x.3 - y.3).abs() < 1e-5, "L_gm at step {}: {} vs {}", x.0, x.3, y.3);
+        assert!(
+            (x.2 - y.2).abs() < 1e-5,
+            "loss at step {}: {} vs {}",
+            x.0,
+            x.2,
+            y.2
+        );
+        assert!(
+            (x.3 - y.3).abs() < 1e-5,
+            "L_gm at step {}: {} vs {}",
+            x.0,
+            x.3,
+            y.3
+        );
     }
 }
 
@@ -153,18 +260,49 @@ fn a_run_directory_is_never_overwritten_and_resume_refuses_a_changed_config() {
     dataset(&data, 4, [32, 32, 16], 9);
     let run = tmp.path().join("run");
     let cfg = tiny(&data, 2);
-    let stop = TrainOptions { resume: false, stop_after_epochs: Some(1) };
+    let stop = TrainOptions {
+        resume: false,
+        stop_after_epochs: Some(1),
+    };
     train(cfg.clone(), &run, &EventSink::none(), &stop).unwrap();
     let weights = std::fs::read(run.join("checkpoints/last.safetensors")).unwrap();
 
-    let err = train(cfg.clone(), &run, &EventSink::none(), &TrainOptions::default()).unwrap_err();
-    assert!(format!("{err:#}").contains("already holds a run"), "{err:#}");
+    let err = train(
+        cfg.clone(),
+        &run,
+        &EventSink::none(),
+        &TrainOptions::default(),
+    )
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("already holds a run"),
+        "{err:#}"
+    );
     let mut changed = cfg.clone();
     changed.schedule.lr *= 2.0;
     let events_path = tmp.path().join("events.jsonl");
-    let resume = TrainOptions { resume: true, stop_after_epochs: None };
-    let err = train(changed, &run, &EventSink::file(&events_path).unwrap(), &resume).unwrap_err();
-    assert!(format!("{err:#}").contains("configuration differs"), "{err:#}");
-    assert!(matches!(read_events(&events_path).last(), Some(Event::Failed { .. })));
-    assert_eq!(std::fs::read(run.join("checkpoints/last.safetensors")).unwrap(), weights, "checkpoint untouched");
+    let resume = TrainOptions {
+        resume: true,
+        stop_after_epochs: None,
+    };
+    let err = train(
+        changed,
+        &run,
+        &EventSink::file(&events_path).unwrap(),
+        &resume,
+    )
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("configuration differs"),
+        "{err:#}"
+    );
+    assert!(matches!(
+        read_events(&events_path).last(),
+        Some(Event::Failed { .. })
+    ));
+    assert_eq!(
+        std::fs::read(run.join("checkpoints/last.safetensors")).unwrap(),
+        weights,
+        "checkpoint untouched"
+    );
 }

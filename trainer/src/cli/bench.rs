@@ -65,11 +65,18 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
 /// CPU seconds (user + system) this process has used: less sensitive than wall time to other
 /// processes on a shared machine.
 fn process_cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return f64::NAN };
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return f64::NAN;
+    };
     // Fields after the command name (which may contain spaces) start at ") ".
     let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
     // utime and stime are fields 14 and 15 of the file, 12 and 13 after the state field.
     (ticks(11) + ticks(12)) / 100.0
 }
@@ -82,19 +89,35 @@ fn sync(device: Device) {
 
 /// A random batch with a plausible label map (a disc of each tumour class).
 fn random_batch(b: usize, crop: usize, device: Device) -> (Tensor, Tensor) {
-    let images = Tensor::randn([b as i64, 4, crop as i64, crop as i64], (Kind::Float, device));
+    let images = Tensor::randn(
+        [b as i64, 4, crop as i64, crop as i64],
+        (Kind::Float, device),
+    );
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let mut labels = vec![0i64; b * crop * crop];
     for s in 0..b {
-        let (cx, cy) = (rng.gen_range(crop / 4..3 * crop / 4) as f64, rng.gen_range(crop / 4..3 * crop / 4) as f64);
+        let (cx, cy) = (
+            rng.gen_range(crop / 4..3 * crop / 4) as f64,
+            rng.gen_range(crop / 4..3 * crop / 4) as f64,
+        );
         for x in 0..crop {
             for y in 0..crop {
                 let r = ((x as f64 - cx).powi(2) + (y as f64 - cy).powi(2)).sqrt();
-                labels[(s * crop + x) * crop + y] = if r < 3.0 { 1 } else if r < 6.0 { 3 } else if r < 12.0 { 2 } else { 0 };
+                labels[(s * crop + x) * crop + y] = if r < 3.0 {
+                    1
+                } else if r < 6.0 {
+                    3
+                } else if r < 12.0 {
+                    2
+                } else {
+                    0
+                };
             }
         }
     }
-    let labels = Tensor::from_slice(&labels).view([b as i64, crop as i64, crop as i64]).to_device(device);
+    let labels = Tensor::from_slice(&labels)
+        .view([b as i64, crop as i64, crop as i64])
+        .to_device(device);
     (images, labels)
 }
 
@@ -108,12 +131,41 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
         base.sampler.crop = c;
     }
     let variants: Vec<(&str, TrainConfig)> = vec![
-        ("joint", TrainConfig { method: Method::Joint, probes: false, ..base.clone() }),
-        ("joint+probes", TrainConfig { method: Method::Joint, probes: true, ..base.clone() }),
-        ("cggm-magnitude", TrainConfig { method: Method::CggmMagnitude, ..base.clone() }),
-        ("cggm", TrainConfig { method: Method::Cggm, ..base.clone() }),
+        (
+            "joint",
+            TrainConfig {
+                method: Method::Joint,
+                probes: false,
+                ..base.clone()
+            },
+        ),
+        (
+            "joint+probes",
+            TrainConfig {
+                method: Method::Joint,
+                probes: true,
+                ..base.clone()
+            },
+        ),
+        (
+            "cggm-magnitude",
+            TrainConfig {
+                method: Method::CggmMagnitude,
+                ..base.clone()
+            },
+        ),
+        (
+            "cggm",
+            TrainConfig {
+                method: Method::Cggm,
+                ..base.clone()
+            },
+        ),
     ];
-    let mut trainers: Vec<Trainer> = variants.iter().map(|(_, c)| Trainer::new(c.clone(), device, 1000)).collect();
+    let mut trainers: Vec<Trainer> = variants
+        .iter()
+        .map(|(_, c)| Trainer::new(c.clone(), device, 1000))
+        .collect();
     let (images, labels) = random_batch(base.sampler.batch_size, base.sampler.crop, device);
     // Warm-up: allocator, kernels, autograd graph caches.
     for t in &mut trainers {
@@ -158,12 +210,18 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
 
 fn bench_infer(args: InferBenchArgs) -> Result<()> {
     let device = parse_device(&args.device).map_err(anyhow::Error::msg)?;
-    let size: Vec<usize> = args.size.split('x').map(str::parse).collect::<Result<_, _>>()?;
+    let size: Vec<usize> = args
+        .size
+        .split('x')
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
     anyhow::ensure!(size.len() == 3, "--size must be XxYxZ, got {}", args.size);
     let cfg = TrainConfig::preset(&args.preset).map_err(anyhow::Error::msg)?;
     let trainer = Trainer::new(cfg, device, 1);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
-    let images = Array4::from_shape_fn((4, size[0], size[1], size[2]), |_| rng.gen_range(-1.0f32..1.0));
+    let images = Array4::from_shape_fn((4, size[0], size[1], size[2]), |_| {
+        rng.gen_range(-1.0f32..1.0)
+    });
     let study = Study {
         id: "bench".into(),
         images,

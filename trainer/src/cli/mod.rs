@@ -14,7 +14,7 @@ pub enum Command {
     /// Check every case of a dataset folder and print a report.
     Validate(data_commands::ValidateArgs),
     /// Train a multimodal segmentation model (CGGM or a baseline).
-    Train(run_commands::TrainArgs),
+    Train(Box<run_commands::TrainArgs>),
     /// Evaluate a run's best checkpoint per case in 3-D (Dice, HD95, per-modality Dice).
     Eval(run_commands::EvalArgs),
     /// Segment one study with a trained run.
@@ -28,7 +28,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Synth(args) => data_commands::synth(args),
         Command::Validate(args) => data_commands::validate(args),
-        Command::Train(args) => run_commands::run_train(args),
+        Command::Train(args) => run_commands::run_train(*args),
         Command::Eval(args) => run_commands::run_eval(args),
         Command::Infer(args) => run_commands::run_infer(args),
         Command::Bench(cmd) => bench::run(cmd),

@@ -1,8 +1,8 @@
 //! `cggm train`, `cggm eval` and `cggm infer`.
 
+use crate::cggm::BalanceFormula;
 use crate::checkpoint;
 use crate::config::{DirectionSource, TrainConfig};
-use crate::cggm::BalanceFormula;
 use crate::eval::{evaluate, format_table};
 use crate::events::EventSink;
 use crate::infer::infer;
@@ -84,12 +84,14 @@ pub struct TrainArgs {
 }
 
 fn parse_balance(s: &str) -> Result<BalanceFormula, String> {
-    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| format!("unknown balance formula {s:?}: use guarded or raw"))
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| format!("unknown balance formula {s:?}: use guarded or raw"))
 }
 
 fn parse_direction(s: &str) -> Result<DirectionSource, String> {
-    serde_json::from_value(serde_json::Value::String(s.to_string()))
-        .map_err(|_| format!("unknown direction source {s:?}: use gradient or authors-weight-cosine"))
+    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
+        format!("unknown direction source {s:?}: use gradient or authors-weight-cosine")
+    })
 }
 
 /// Recursively overlays `patch` onto `base` (objects merge, everything else replaces).
@@ -114,12 +116,15 @@ impl TrainArgs {
             TrainConfig::preset(preset).map_err(anyhow::Error::msg)?
         };
         if let Some(path) = &self.config {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
-            let patch: serde_json::Value =
-                serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config file {}", path.display()))?;
+            let patch: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not valid JSON", path.display()))?;
             let mut value = serde_json::to_value(&cfg)?;
             merge_json(&mut value, patch);
-            cfg = serde_json::from_value(value).with_context(|| format!("{} does not fit the run configuration", path.display()))?;
+            cfg = serde_json::from_value(value).with_context(|| {
+                format!("{} does not fit the run configuration", path.display())
+            })?;
         }
         if let Some(v) = &self.data {
             cfg.data = v.clone();
@@ -169,9 +174,15 @@ impl TrainArgs {
 pub fn run_train(args: TrainArgs) -> Result<()> {
     let cfg = args.to_config()?;
     let events = EventSink::from_arg(args.events.as_deref()).context("opening the events file")?;
-    let opts = TrainOptions { resume: args.resume, stop_after_epochs: args.stop_after_epochs };
+    let opts = TrainOptions {
+        resume: args.resume,
+        stop_after_epochs: args.stop_after_epochs,
+    };
     let Some(metrics) = train(cfg, &args.out, &events, &opts)? else {
-        eprintln!("stopped early; continue with: cggm train --resume --out {}", args.out.display());
+        eprintln!(
+            "stopped early; continue with: cggm train --resume --out {}",
+            args.out.display()
+        );
         return Ok(());
     };
     eprintln!(
@@ -227,11 +238,18 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         (EvalSplit::Val, false) => split.val,
     };
     if cases.is_empty() {
-        bail!("the {:?} split of {} is empty: use --split all", args.split, cfg.data.display());
+        bail!(
+            "the {:?} split of {} is empty: use --split all",
+            args.split,
+            cfg.data.display()
+        );
     }
     let report = evaluate(&trainer.predictor(), &cases, trainer.classifiers.is_some())?;
     print!("{}", format_table(&report));
-    let out = args.out.unwrap_or_else(|| args.checkpoint.join(format!("eval-{:?}.json", args.split).to_lowercase()));
+    let out = args.out.unwrap_or_else(|| {
+        args.checkpoint
+            .join(format!("eval-{:?}.json", args.split).to_lowercase())
+    });
     checkpoint::write_json_atomic(&out, &report)?;
     eprintln!("report written to {}", out.display());
     Ok(())
@@ -259,9 +277,19 @@ pub struct InferArgs {
 
 pub fn run_infer(args: InferArgs) -> Result<()> {
     let events = EventSink::from_arg(args.events.as_deref()).context("opening the events file")?;
-    let summary = infer(&args.checkpoint, &args.cases, &args.out, args.device.as_deref(), &events)?;
+    let summary = infer(
+        &args.checkpoint,
+        &args.cases,
+        &args.out,
+        args.device.as_deref(),
+        &events,
+    )?;
     let summary_path = args.summary.unwrap_or_else(|| {
-        let name = args.out.file_name().and_then(|n| n.to_str()).unwrap_or("segmentation");
+        let name = args
+            .out
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("segmentation");
         let stem = name.trim_end_matches(".gz").trim_end_matches(".nii");
         args.out.with_file_name(format!("{stem}.json"))
     });

@@ -21,13 +21,21 @@ impl Aspp {
         let pooling = conv_bn(&(p / "pool"), cin, cout, 1, 1, 1);
         let n = branches.len() as i64 + 1;
         let project = conv_bn(&(p / "project"), cout * n, cout, 1, 1, 1);
-        Self { branches, pooling, project }
+        Self {
+            branches,
+            pooling,
+            project,
+        }
     }
 
     /// xs: [B, cin, h, w] -> [B, cout, h, w]
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let (h, w) = (xs.size()[2], xs.size()[3]);
-        let mut outs: Vec<Tensor> = self.branches.iter().map(|b| b.forward_t(xs, train).relu()).collect();
+        let mut outs: Vec<Tensor> = self
+            .branches
+            .iter()
+            .map(|b| b.forward_t(xs, train).relu())
+            .collect();
         // Batch norm over a 1x1 map needs more than one value per channel: skip its batch
         // statistics for a single-image training batch by using running statistics.
         let pooled = xs.adaptive_avg_pool2d([1, 1]);
@@ -35,6 +43,9 @@ impl Aspp {
         let pooled = self.pooling.forward_t(&pooled, pool_train).relu();
         outs.push(pooled.upsample_bilinear2d([h, w], false, None, None));
         let ys = Tensor::cat(&outs, 1);
-        self.project.forward_t(&ys, train).relu().dropout(0.1, train)
+        self.project
+            .forward_t(&ys, train)
+            .relu()
+            .dropout(0.1, train)
     }
 }

@@ -38,18 +38,39 @@ pub struct Decoder {
 impl Decoder {
     pub fn new(p: &nn::Path, spec: &DecoderSpec) -> Self {
         let g = spec.groups;
-        let high_proj = grouped_conv_bn(&(p / "high_proj"), spec.high_in * g, spec.high_proj * g, 1, g);
+        let high_proj = grouped_conv_bn(
+            &(p / "high_proj"),
+            spec.high_in * g,
+            spec.high_proj * g,
+            1,
+            g,
+        );
         let low_proj = grouped_conv_bn(&(p / "low_proj"), spec.low_in * g, spec.low_proj * g, 1, g);
         let mut refine = Vec::new();
         let mut cin = spec.high_proj + spec.low_proj;
         for i in 0..spec.refine_convs {
-            let conv = grouped_conv_bn(&(p / format!("refine{i}")), cin * g, spec.mid * g, spec.refine_kernel, g);
+            let conv = grouped_conv_bn(
+                &(p / format!("refine{i}")),
+                cin * g,
+                spec.mid * g,
+                spec.refine_kernel,
+                g,
+            );
             refine.push(conv);
             cin = spec.mid;
         }
-        let last_cfg = nn::ConvConfig { groups: g, ..Default::default() };
+        let last_cfg = nn::ConvConfig {
+            groups: g,
+            ..Default::default()
+        };
         let last = nn::conv2d(p / "last", cin * g, spec.classes * g, 1, last_cfg);
-        Self { high_proj, low_proj, refine, last, groups: g }
+        Self {
+            high_proj,
+            low_proj,
+            refine,
+            last,
+            groups: g,
+        }
     }
 
     /// The refined feature just before `last`: [B, groups * mid, H/4, W/4].
@@ -57,14 +78,22 @@ impl Decoder {
     /// channels contiguous).
     pub fn penultimate(&self, high: &Tensor, low: &Tensor, train: bool) -> Tensor {
         let (b, h, w) = (low.size()[0], low.size()[2], low.size()[3]);
-        let high = self.high_proj.forward_t(high, train).relu().upsample_bilinear2d([h, w], false, None, None);
+        let high = self
+            .high_proj
+            .forward_t(high, train)
+            .relu()
+            .upsample_bilinear2d([h, w], false, None, None);
         let low = self.low_proj.forward_t(low, train).relu();
         // Each group's refinement sees its own [high_i, low_i]: interleave per group.
         let g = self.groups;
         let mut ys = if g == 1 {
             Tensor::cat(&[high, low], 1)
         } else {
-            Tensor::cat(&[high.view([b, g, -1, h, w]), low.view([b, g, -1, h, w])], 2).view([b, -1, h, w])
+            Tensor::cat(
+                &[high.view([b, g, -1, h, w]), low.view([b, g, -1, h, w])],
+                2,
+            )
+            .view([b, -1, h, w])
         };
         for conv in &self.refine {
             ys = conv.forward_t(&ys, train).relu();
@@ -73,7 +102,13 @@ impl Decoder {
     }
 
     /// Logits at the input resolution: [B, groups * classes, out_h, out_w].
-    pub fn forward_t(&self, high: &Tensor, low: &Tensor, out_hw: (i64, i64), train: bool) -> Tensor {
+    pub fn forward_t(
+        &self,
+        high: &Tensor,
+        low: &Tensor,
+        out_hw: (i64, i64),
+        train: bool,
+    ) -> Tensor {
         self.penultimate(high, low, train)
             .apply(&self.last)
             .upsample_bilinear2d([out_hw.0, out_hw.1], false, None, None)

@@ -21,22 +21,37 @@ pub struct EncoderFeatures {
 impl EncoderFeatures {
     /// The same features cut from the graph: what the classifiers see (CGGM step 2).
     pub fn detached(&self) -> EncoderFeatures {
-        EncoderFeatures { high: self.high.detach(), low: self.low.detach() }
+        EncoderFeatures {
+            high: self.high.detach(),
+            low: self.low.detach(),
+        }
     }
 }
 
 impl Encoder {
     pub fn new(p: &nn::Path, backbone: &ResNetConfig, aspp_channels: i64) -> Self {
-        let rates: Vec<i64> = if backbone.output_stride == 8 { vec![12, 24, 36] } else { vec![6, 12, 18] };
+        let rates: Vec<i64> = if backbone.output_stride == 8 {
+            vec![12, 24, 36]
+        } else {
+            vec![6, 12, 18]
+        };
         Self {
             backbone: ResNet::new(&(p / "backbone"), backbone),
-            aspp: Aspp::new(&(p / "aspp"), backbone.high_level_channels(), aspp_channels, &rates),
+            aspp: Aspp::new(
+                &(p / "aspp"),
+                backbone.high_level_channels(),
+                aspp_channels,
+                &rates,
+            ),
         }
     }
 
     /// xs: [B, 1, H, W]
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> EncoderFeatures {
         let f = self.backbone.features(xs, train);
-        EncoderFeatures { high: self.aspp.forward_t(&f.high, train), low: f.low }
+        EncoderFeatures {
+            high: self.aspp.forward_t(&f.high, train),
+            low: f.low,
+        }
     }
 }

@@ -29,7 +29,12 @@ impl ModelConfig {
     /// The authors' setting: ResNet-101, output stride 16, 256-channel ASPP and decoder.
     pub fn paper() -> Self {
         Self {
-            backbone: ResNetConfig { depth: 101, width: 1.0, output_stride: 16, in_channels: 1 },
+            backbone: ResNetConfig {
+                depth: 101,
+                width: 1.0,
+                output_stride: 16,
+                in_channels: 1,
+            },
             aspp_channels: 256,
             decoder_channels: 256,
             low_level_proj: 48,
@@ -41,7 +46,12 @@ impl ModelConfig {
     /// ResNet-18 at a quarter width: trains in minutes on two CPU cores.
     pub fn cpu_small() -> Self {
         Self {
-            backbone: ResNetConfig { depth: 18, width: 0.25, output_stride: 16, in_channels: 1 },
+            backbone: ResNetConfig {
+                depth: 18,
+                width: 0.25,
+                output_stride: 16,
+                in_channels: 1,
+            },
             aspp_channels: 64,
             decoder_channels: 64,
             low_level_proj: 16,
@@ -53,7 +63,12 @@ impl ModelConfig {
     /// The smallest useful network, for tests: seconds per epoch.
     pub fn tiny() -> Self {
         Self {
-            backbone: ResNetConfig { depth: 18, width: 0.125, output_stride: 16, in_channels: 1 },
+            backbone: ResNetConfig {
+                depth: 18,
+                width: 0.125,
+                output_stride: 16,
+                in_channels: 1,
+            },
             aspp_channels: 16,
             decoder_channels: 16,
             low_level_proj: 8,
@@ -145,11 +160,18 @@ impl MultimodalSegmenter {
             // One optimiser group per encoder (group 0 is the fusion head): lets MSLR give each
             // modality its own learning rate.
             let ep = (&enc_root / *name).set_group(i + 1);
-            encoder_prefixes.push(format!("{}.", ep.components().collect::<Vec<_>>().join(".")));
+            encoder_prefixes.push(format!(
+                "{}.",
+                ep.components().collect::<Vec<_>>().join(".")
+            ));
             encoders.push(Encoder::new(&ep, &cfg.backbone, cfg.aspp_channels));
         }
         let head = Decoder::new(&(p / "fusion"), &cfg.fusion_spec(modality_names.len()));
-        Self { encoders, head, encoder_prefixes }
+        Self {
+            encoders,
+            head,
+            encoder_prefixes,
+        }
     }
 
     /// xs: [B, M, H, W] (channel i is modality i) -> logits [B, classes, H, W]
@@ -161,10 +183,27 @@ impl MultimodalSegmenter {
             .enumerate()
             .map(|(i, enc)| enc.forward_t(&xs.narrow(1, i as i64, 1), train))
             .collect();
-        let high = Tensor::cat(&features.iter().map(|f| f.high.shallow_clone()).collect::<Vec<_>>(), 1);
-        let low = Tensor::cat(&features.iter().map(|f| f.low.shallow_clone()).collect::<Vec<_>>(), 1);
+        let high = Tensor::cat(
+            &features
+                .iter()
+                .map(|f| f.high.shallow_clone())
+                .collect::<Vec<_>>(),
+            1,
+        );
+        let low = Tensor::cat(
+            &features
+                .iter()
+                .map(|f| f.low.shallow_clone())
+                .collect::<Vec<_>>(),
+            1,
+        );
         let logits = self.head.forward_t(&high, &low, (h, w), train);
-        ModelOutput { logits, features, high, low }
+        ModelOutput {
+            logits,
+            features,
+            high,
+            low,
+        }
     }
 
     /// Weight of the head's last layer (the 1x1 conv to class logits): where g_F is taken.
@@ -184,13 +223,17 @@ pub struct ModalityClassifiers {
 impl ModalityClassifiers {
     pub fn new(p: &nn::Path, cfg: &ModelConfig, modality_names: &[&str]) -> Self {
         let spec = cfg.classifier_spec(modality_names.len());
-        Self { decoder: Decoder::new(&(p / "classifiers"), &spec), classes: cfg.classes }
+        Self {
+            decoder: Decoder::new(&(p / "classifiers"), &spec),
+            classes: cfg.classes,
+        }
     }
 
     /// Logits of every classifier on the model's features, cut from the graph (CGGM step 2):
     /// [B, M * classes, H, W]; `logits_of` picks classifier i's.
     pub fn forward_t(&self, out: &ModelOutput, out_hw: (i64, i64), train: bool) -> Tensor {
-        self.decoder.forward_t(&out.high.detach(), &out.low.detach(), out_hw, train)
+        self.decoder
+            .forward_t(&out.high.detach(), &out.low.detach(), out_hw, train)
     }
 
     /// Classifier i's logits [B, classes, H, W] out of `forward_t`'s result.
@@ -200,7 +243,10 @@ impl ModalityClassifiers {
 
     /// Classifier i's last-layer weight (a view): the fusion head's last-layer shape.
     pub fn last_layer_weight(&self, i: usize) -> Tensor {
-        self.decoder.last.ws.narrow(0, i as i64 * self.classes, self.classes)
+        self.decoder
+            .last
+            .ws
+            .narrow(0, i as i64 * self.classes, self.classes)
     }
 
     /// Gradient of classifier i's last-layer weight after a backward pass (undefined before).
@@ -229,12 +275,21 @@ mod tests {
         let out = model.forward_t(&xs, true);
         assert_eq!(out.logits.size(), [2, 4, hw, hw]);
         let os = cfg.backbone.output_stride as i64;
-        assert_eq!(out.features[0].high.size(), [2, cfg.aspp_channels, hw / os, hw / os]);
-        assert_eq!(out.features[3].low.size(), [2, cfg.backbone.low_level_channels(), hw / 4, hw / 4]);
+        assert_eq!(
+            out.features[0].high.size(),
+            [2, cfg.aspp_channels, hw / os, hw / os]
+        );
+        assert_eq!(
+            out.features[3].low.size(),
+            [2, cfg.backbone.low_level_channels(), hw / 4, hw / 4]
+        );
         let all = cls.forward_t(&out, (hw, hw), true);
         assert_eq!(all.size(), [2, 16, hw, hw]);
         assert_eq!(cls.logits_of(&all, 2).size(), [2, 4, hw, hw]);
-        assert_eq!(model.last_layer_weight().size(), cls.last_layer_weight(3).size());
+        assert_eq!(
+            model.last_layer_weight().size(),
+            cls.last_layer_weight(3).size()
+        );
     }
 
     #[test]
@@ -284,7 +339,9 @@ mod tests {
         let all2 = cls.forward_t(&out2, (32, 32), false);
         assert!(cls.logits_of(&all2, 0).allclose(&before, 1e-6, 1e-6, false));
         let before2 = cls.logits_of(&cls.forward_t(&out, (32, 32), false), 2);
-        assert!(!cls.logits_of(&all2, 2).allclose(&before2, 1e-6, 1e-6, false));
+        assert!(!cls
+            .logits_of(&all2, 2)
+            .allclose(&before2, 1e-6, 1e-6, false));
     }
 
     #[test]
@@ -293,7 +350,9 @@ mod tests {
         let model = MultimodalSegmenter::new(&vs.root(), &ModelConfig::tiny(), &["flair", "t2"]);
         assert_eq!(model.encoder_prefixes, ["encoders.flair.", "encoders.t2."]);
         let vars = vs.variables();
-        assert!(vars.keys().any(|k| k.starts_with("encoders.t2.backbone.layer4.")));
+        assert!(vars
+            .keys()
+            .any(|k| k.starts_with("encoders.t2.backbone.layer4.")));
         assert!(vars.contains_key("fusion.last.weight"));
     }
 }

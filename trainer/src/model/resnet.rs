@@ -53,10 +53,16 @@ impl ResNetConfig {
 
     pub fn validate(&self) -> Result<(), String> {
         if ![18, 34, 50, 101].contains(&self.depth) {
-            return Err(format!("backbone depth {} is not one of 18, 34, 50, 101", self.depth));
+            return Err(format!(
+                "backbone depth {} is not one of 18, 34, 50, 101",
+                self.depth
+            ));
         }
         if ![8, 16].contains(&self.output_stride) {
-            return Err(format!("output stride {} is not 8 or 16", self.output_stride));
+            return Err(format!(
+                "output stride {} is not 8 or 16",
+                self.output_stride
+            ));
         }
         if !(self.width > 0.0 && self.width <= 4.0) {
             return Err(format!("width multiplier {} is not in (0, 4]", self.width));
@@ -65,7 +71,14 @@ impl ResNetConfig {
     }
 }
 
-pub(crate) fn conv_bn(p: &nn::Path, cin: i64, cout: i64, k: i64, stride: i64, dilation: i64) -> ConvBn {
+pub(crate) fn conv_bn(
+    p: &nn::Path,
+    cin: i64,
+    cout: i64,
+    k: i64,
+    stride: i64,
+    dilation: i64,
+) -> ConvBn {
     ConvBn::new(p, cin, cout, k, stride, dilation, 1)
 }
 
@@ -82,7 +95,15 @@ pub(crate) struct ConvBn {
 }
 
 impl ConvBn {
-    fn new(p: &nn::Path, cin: i64, cout: i64, k: i64, stride: i64, dilation: i64, groups: i64) -> Self {
+    fn new(
+        p: &nn::Path,
+        cin: i64,
+        cout: i64,
+        k: i64,
+        stride: i64,
+        dilation: i64,
+        groups: i64,
+    ) -> Self {
         let cfg = nn::ConvConfig {
             stride,
             groups,
@@ -117,7 +138,14 @@ struct Block {
 
 impl Block {
     #[allow(clippy::too_many_arguments)]
-    fn new(p: &nn::Path, cfg: &ResNetConfig, cin: i64, width: i64, stride: i64, dilation: i64) -> Self {
+    fn new(
+        p: &nn::Path,
+        cfg: &ResNetConfig,
+        cin: i64,
+        width: i64,
+        stride: i64,
+        dilation: i64,
+    ) -> Self {
         let cout = width * cfg.expansion();
         let convs = if cfg.bottleneck() {
             vec![
@@ -131,7 +159,8 @@ impl Block {
                 conv_bn(&(p / "c2"), width, cout, 3, 1, dilation),
             ]
         };
-        let downsample = (stride != 1 || cin != cout).then(|| conv_bn(&(p / "down"), cin, cout, 1, stride, 1));
+        let downsample =
+            (stride != 1 || cin != cout).then(|| conv_bn(&(p / "down"), cin, cout, 1, stride, 1));
         Self { convs, downsample }
     }
 }
@@ -195,7 +224,11 @@ impl ResNet {
 
     /// xs: [B, in_channels, H, W]
     pub fn features(&self, xs: &Tensor, train: bool) -> BackboneFeatures {
-        let mut ys = self.stem.forward_t(xs, train).relu().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        let mut ys =
+            self.stem
+                .forward_t(xs, train)
+                .relu()
+                .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         let mut low = None;
         for (s, blocks) in self.stages.iter().enumerate() {
             for block in blocks {
@@ -205,6 +238,9 @@ impl ResNet {
                 low = Some(ys.shallow_clone());
             }
         }
-        BackboneFeatures { low: low.expect("ResNet has four stages"), high: ys }
+        BackboneFeatures {
+            low: low.expect("ResNet has four stages"),
+            high: ys,
+        }
     }
 }

@@ -13,7 +13,12 @@ impl Task for Classification {
     }
 
     fn batch_metric(&self, logits: &Tensor, target: &Tensor) -> f64 {
-        logits.argmax(1, false).eq_tensor(target).to_kind(Kind::Float).mean(Kind::Float).double_value(&[])
+        logits
+            .argmax(1, false)
+            .eq_tensor(target)
+            .to_kind(Kind::Float)
+            .mean(Kind::Float)
+            .double_value(&[])
     }
 }
 

@@ -10,13 +10,18 @@ pub struct Regression;
 impl Task for Regression {
     /// logits: [B] or [B, 1], target: [B] float.
     fn loss(&self, logits: &Tensor, target: &Tensor) -> Tensor {
-        logits.flatten(0, -1).mse_loss(&target.flatten(0, -1), Reduction::Mean)
+        logits
+            .flatten(0, -1)
+            .mse_loss(&target.flatten(0, -1), Reduction::Mean)
     }
 
     fn batch_metric(&self, logits: &Tensor, target: &Tensor) -> f64 {
         let p = logits.flatten(0, -1).ge(0.0);
         let t = target.flatten(0, -1).ge(0.0);
-        p.eq_tensor(&t).to_kind(Kind::Float).mean(Kind::Float).double_value(&[])
+        p.eq_tensor(&t)
+            .to_kind(Kind::Float)
+            .mean(Kind::Float)
+            .double_value(&[])
     }
 }
 

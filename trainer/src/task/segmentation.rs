@@ -16,7 +16,11 @@ pub struct SegmentationLoss {
 
 impl Default for SegmentationLoss {
     fn default() -> Self {
-        Self { ce_weight: 0.5, dice_weight: 0.5, class_weights: vec![0.2, 0.3, 0.25, 0.25] }
+        Self {
+            ce_weight: 0.5,
+            dice_weight: 0.5,
+            class_weights: vec![0.2, 0.3, 0.25, 0.25],
+        }
     }
 }
 
@@ -25,12 +29,16 @@ impl SegmentationLoss {
     pub fn soft_foreground_dice(logits: &Tensor, target: &Tensor) -> Tensor {
         let classes = logits.size()[1];
         let probs = logits.softmax(1, Kind::Float);
-        let onehot = target.one_hot(classes).permute([0, 3, 1, 2]).to_kind(Kind::Float);
+        let onehot = target
+            .one_hot(classes)
+            .permute([0, 3, 1, 2])
+            .to_kind(Kind::Float);
         let fg_p = probs.narrow(1, 1, classes - 1);
         let fg_t = onehot.narrow(1, 1, classes - 1);
         let dims: &[i64] = &[0, 2, 3];
         let inter = (&fg_p * &fg_t).sum_dim_intlist(dims, false, Kind::Float);
-        let denom = fg_p.sum_dim_intlist(dims, false, Kind::Float) + fg_t.sum_dim_intlist(dims, false, Kind::Float);
+        let denom = fg_p.sum_dim_intlist(dims, false, Kind::Float)
+            + fg_t.sum_dim_intlist(dims, false, Kind::Float);
         // Smoothing keeps classes absent from the batch from dominating (and from dividing by 0).
         ((inter * 2.0 + 1.0) / (denom + 1.0)).mean(Kind::Float)
     }
@@ -38,8 +46,16 @@ impl SegmentationLoss {
 
 impl Task for SegmentationLoss {
     fn loss(&self, logits: &Tensor, target: &Tensor) -> Tensor {
-        let weights = Tensor::from_slice(&self.class_weights).to_kind(Kind::Float).to_device(logits.device());
-        let ce = logits.to_kind(Kind::Float).cross_entropy_loss(target, Some(weights), Reduction::Mean, -100, 0.0);
+        let weights = Tensor::from_slice(&self.class_weights)
+            .to_kind(Kind::Float)
+            .to_device(logits.device());
+        let ce = logits.to_kind(Kind::Float).cross_entropy_loss(
+            target,
+            Some(weights),
+            Reduction::Mean,
+            -100,
+            0.0,
+        );
         let dice = Self::soft_foreground_dice(&logits.to_kind(Kind::Float), target);
         ce * self.ce_weight + (1.0 - dice) * self.dice_weight
     }
@@ -55,7 +71,11 @@ impl Task for SegmentationLoss {
 
 /// Flattens an integer tensor to host bytes (class indices fit in u8).
 pub fn tensor_to_u8(t: &Tensor) -> Vec<u8> {
-    let t = t.to_kind(Kind::Uint8).to_device(tch::Device::Cpu).flatten(0, -1).contiguous();
+    let t = t
+        .to_kind(Kind::Uint8)
+        .to_device(tch::Device::Cpu)
+        .flatten(0, -1)
+        .contiguous();
     let n = t.numel();
     let mut out = vec![0u8; n];
     t.copy_data(&mut out, n);
