@@ -13,6 +13,7 @@ mkdir -p "$OUT"
 [ -d "$OUT/data" ] || "$BIN" synth --out "$OUT/data" --cases 24 --seed 1 --size 64x64x48 --imbalance 2.0
 run() { # method seed
   local dir="$OUT/runs/${1//:/-}-s$2"
+  mkdir -p "$OUT/runs"
   [ -f "$dir/metrics.json" ] && return 0
   rm -rf "$dir"
   "$BIN" train --data "$OUT/data" --method "$1" --preset cpu-small --epochs "$EPOCHS" \
