@@ -499,7 +499,13 @@ async fn event_stream_sends_the_whole_history_and_ends_with_the_final_state() {
     })
     .await
     .expect("the stream of a finished job ends");
-    assert!(response.starts_with("event: state"), "{response}");
+    // History first, then the state: a page that stops at a final state has drawn everything.
+    assert!(response.starts_with("event: run_started"), "{response}");
+    let last_block = response.trim_end().rsplit("\n\n").next().unwrap();
+    assert!(
+        last_block.starts_with("event: state") && last_block.contains("succeeded"),
+        "{response}"
+    );
     for kind in ["run_started", "step", "validation", "finished"] {
         assert!(response.contains(&format!("event: {kind}")), "{kind}");
     }

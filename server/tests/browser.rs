@@ -73,6 +73,16 @@ async fn launch_from_the_form_watch_the_curves_and_step_through_the_viewer() {
     browser.wait_for("Number(document.querySelector('.chart[data-title=\"Validation Dice\"]')?.dataset.points || 0) >= 1", Duration::from_secs(10)).await;
     browser.screenshot(&screenshots().join("job.png")).await;
 
+    // Opened later, the page draws the whole stored history.
+    let steps = browser.text("#step-count").await;
+    browser.goto(&server.url(&format!("/jobs/{job}"))).await;
+    browser
+        .wait_for(
+            &format!("document.querySelector('#step-count').textContent === '{steps}' && Number(document.querySelector('.chart[data-title=\"Validation Dice\"]')?.dataset.points || 0) >= 1"),
+            Duration::from_secs(20),
+        )
+        .await;
+
     // The overlay page draws the stored history of the chosen runs.
     browser
         .goto(&server.url(&format!("/compare?jobs={job}")))

@@ -308,6 +308,7 @@ if (viewer) {
       link.href = p.seg_url; link.hidden = false; link.setAttribute("download", "");
     }
     ready = p.state === "succeeded";
+    if (!["queued", "running"].includes(p.state)) setProgress(1);
     render();
   }
   resetPlane();

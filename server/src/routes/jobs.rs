@@ -284,8 +284,8 @@ fn sse_state(job: &Job) -> SseEvent {
     SseEvent::default().event("state").data(data)
 }
 
-/// Server-Sent Events: the job's state, its whole stored history (or what follows
-/// `Last-Event-ID`), then live events until the job finishes.
+/// Server-Sent Events: the job's whole stored history (or what follows `Last-Event-ID`), its
+/// state, then live events until the job finishes (a final `state` event ends the stream).
 async fn stream_events(
     State(state): State<AppState>,
     Path(id): Path<i64>,
@@ -301,8 +301,9 @@ async fn stream_events(
         .unwrap_or(0);
     let history = db::events(&state.pool, id, resume_after, None).await?;
     let last = history.last().map_or(resume_after, |e| e.seq);
-    let mut initial = vec![sse_state(&job)];
-    initial.extend(history.iter().map(sse_stored));
+    // The state follows the history: a client that closes on a final state has drawn it all.
+    let mut initial: Vec<SseEvent> = history.iter().map(sse_stored).collect();
+    initial.push(sse_state(&job));
     let pool = state.pool.clone();
     let live = stream::unfold(
         (receiver, last, job.is_finished(), pool),
