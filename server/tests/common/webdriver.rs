@@ -4,6 +4,7 @@
 use base64::Engine;
 use serde_json::{json, Value};
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -38,7 +39,10 @@ impl Browser {
             .local_addr()
             .unwrap()
             .port();
+        // Its own process group, so that a failing test (which cannot await a clean session
+        // end) still takes Chromium down with chromedriver; see `Drop`.
         let driver = Command::new(chromedriver)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -216,6 +220,12 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        let group = format!("-{}", self.driver.id());
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.driver.kill();
+        let _ = self.driver.wait();
     }
 }
