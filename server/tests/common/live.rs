@@ -155,7 +155,18 @@ impl LiveServer {
 }
 
 impl Drop for LiveServer {
+    /// Ctrl-C first, so that the server stops its job processes too; SIGKILL after a deadline.
     fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .args(["-INT", &self.child.id().to_string()])
+                .stderr(Stdio::null())
+                .status();
+            let until = Instant::now() + Duration::from_secs(10);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
