@@ -154,7 +154,13 @@ impl Inner {
             .unwrap_or_else(|e| e.into_inner())
             .insert(job_id, cancel.clone());
 
-        let mut child = match tokio::process::Command::new(&self.cggm_bin)
+        let mut command = tokio::process::Command::new(&self.cggm_bin);
+        // libtorch's OpenMP threads spin while idle; on a machine shared with the server (and
+        // other jobs) that wastes cores and slows everything down several-fold.
+        if std::env::var_os("OMP_WAIT_POLICY").is_none() {
+            command.env("OMP_WAIT_POLICY", "passive");
+        }
+        let mut child = match command
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
