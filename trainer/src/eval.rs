@@ -136,24 +136,22 @@ pub fn score_case(
     spacing: [f64; 3],
     names: &[String],
 ) -> CaseScores {
-    let truth_flat = truth
-        .as_slice_memory_order()
-        .expect("owned arrays are contiguous");
-    let dice = dice_scores(
-        pred.fused.as_slice_memory_order().expect("contiguous"),
-        truth_flat,
-    );
+    // Compare voxel by voxel in logical [X, Y, Z] order, whatever the arrays' memory layouts.
+    let truth_std = truth.as_standard_layout();
+    let truth_flat = truth_std.as_slice().expect("standard layout");
+    let flat = |a: &Array3<u8>| {
+        a.as_standard_layout()
+            .into_owned()
+            .into_raw_vec_and_offset()
+            .0
+    };
+    let dice = dice_scores(&flat(&pred.fused), truth_flat);
     let hd95 = hd95_scores(&pred.fused.view(), &truth.view(), spacing);
     let modality_dice = pred
         .per_modality
         .iter()
         .zip(names)
-        .map(|(p, name)| {
-            (
-                name.clone(),
-                dice_scores(p.as_slice_memory_order().expect("contiguous"), truth_flat),
-            )
-        })
+        .map(|(p, name)| (name.clone(), dice_scores(&flat(p), truth_flat)))
         .collect();
     CaseScores {
         case: id.to_string(),
