@@ -118,6 +118,9 @@ pub struct CaseScores {
     pub dice: RegionScores,
     pub hd95: RegionScores,
     pub modality_dice: BTreeMap<String, RegionScores>,
+    /// The authors' protocol, for comparison only: Dice of one axial slice containing tumour,
+    /// picked at random (seeded by the case id). None when the case has no tumour.
+    pub authors_random_slice_dice: Option<RegionScores>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -126,6 +129,10 @@ pub struct EvalReport {
     pub dice: RegionScores,
     pub hd95: RegionScores,
     pub modality_dice: BTreeMap<String, RegionScores>,
+    /// Mean of the authors' one-random-slice Dice over the cases with tumour (comparison only;
+    /// `dice` is the number to trust).
+    #[serde(default)]
+    pub authors_random_slice_dice: Option<RegionScores>,
 }
 
 /// Scores one predicted case against its label.
@@ -153,12 +160,36 @@ pub fn score_case(
         .zip(names)
         .map(|(p, name)| (name.clone(), dice_scores(&flat(p), truth_flat)))
         .collect();
+    let authors_random_slice_dice = random_tumour_slice_dice(id, &pred.fused, truth);
     CaseScores {
         case: id.to_string(),
         dice,
         hd95,
         modality_dice,
+        authors_random_slice_dice,
     }
+}
+
+/// Dice of one random tumour-containing axial slice (the evaluation of the authors' code).
+fn random_tumour_slice_dice(
+    id: &str,
+    pred: &Array3<u8>,
+    truth: &Array3<u8>,
+) -> Option<RegionScores> {
+    let tumour_slices: Vec<usize> = (0..truth.dim().2)
+        .filter(|&z| truth.index_axis(Axis(2), z).iter().any(|&c| c != 0))
+        .collect();
+    if tumour_slices.is_empty() {
+        return None;
+    }
+    // FNV-1a of the case id: the same slice every time for the same case.
+    let seed = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
+    let z = tumour_slices[(seed % tumour_slices.len() as u64) as usize];
+    let p: Vec<u8> = pred.index_axis(Axis(2), z).iter().copied().collect();
+    let t: Vec<u8> = truth.index_axis(Axis(2), z).iter().copied().collect();
+    Some(dice_scores(&p, &t))
 }
 
 /// Evaluates cases one at a time (one volume in memory), averaging per-case scores.
@@ -212,11 +243,17 @@ pub fn summarise(cases: Vec<CaseScores>) -> EvalReport {
             modality_dice.insert(name.clone(), mean_scores(&per));
         }
     }
+    let slices: Vec<RegionScores> = cases
+        .iter()
+        .filter_map(|c| c.authors_random_slice_dice.clone())
+        .collect();
+    let authors_random_slice_dice = (!slices.is_empty()).then(|| mean_scores(&slices));
     EvalReport {
         cases,
         dice,
         hd95,
         modality_dice,
+        authors_random_slice_dice,
     }
 }
 
@@ -258,5 +295,41 @@ pub fn format_table(report: &EvalReport) -> String {
         &report.hd95,
         &report.modality_dice,
     );
+    if let Some(d) = &report.authors_random_slice_dice {
+        out.push_str(&format!(
+            "(authors' protocol, one random tumour slice per case, for comparison only: \
+             WT {:.4} TC {:.4} ET {:.4} mean {:.4})\n",
+            d.wt, d.tc, d.et, d.mean
+        ));
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authors_slice_protocol_picks_a_tumour_slice_and_can_flatter_the_3d_score() {
+        let mut truth = Array3::<u8>::zeros((8, 8, 4));
+        truth[[2, 2, 2]] = 2;
+        truth[[2, 3, 2]] = 3;
+        let mut pred = truth.clone();
+        // A false positive on a slice without tumour: the 3-D Dice sees it, one tumour slice not.
+        pred[[5, 5, 0]] = 2;
+        let scores = score_case(
+            "case",
+            &VolumePrediction {
+                fused: pred,
+                per_modality: vec![],
+            },
+            &truth,
+            [1.0; 3],
+            &[],
+        );
+        assert!(scores.dice.wt < 1.0);
+        assert_eq!(scores.authors_random_slice_dice.unwrap().wt, 1.0);
+        let empty = Array3::<u8>::zeros((8, 8, 4));
+        assert!(random_tumour_slice_dice("x", &empty, &empty).is_none());
+    }
 }
