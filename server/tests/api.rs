@@ -662,6 +662,21 @@ async fn a_stopped_run_with_a_checkpoint_resumes_and_a_finished_one_does_not() {
         .await;
     let id = job["id"].as_i64().unwrap();
     app.wait_for_job(id, &["running"], DEADLINE).await;
+    // "running" starts with the process; its first checkpoint comes a moment later.
+    let last = app
+        .state
+        .config
+        .data_dir
+        .join(format!("runs/job-{id}/checkpoints/last.safetensors"));
+    let until = std::time::Instant::now() + DEADLINE;
+    while !last.exists() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the run never wrote {}",
+            last.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let (status, _) = app
         .post_json(&format!("/api/jobs/{id}/resume"), serde_json::json!({}))
         .await;
