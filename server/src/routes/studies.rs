@@ -154,6 +154,28 @@ async fn upload(
     ))
 }
 
+/// Renders one slice of a cached volume as a PNG response, off the async runtime; the index
+/// defaults to the middle slice of the plane.
+async fn render_png(
+    state: &AppState,
+    path: &std::path::Path,
+    q: &SliceQuery,
+    render: impl FnOnce(&volume::Volume, Plane, usize) -> Result<Vec<u8>, String> + Send + 'static,
+) -> Result<Response> {
+    let volume = state
+        .volumes
+        .get(path)
+        .await
+        .map_err(|e| Error::Internal(anyhow::anyhow!(e)))?;
+    let plane = q.plane;
+    let index = q.index.unwrap_or(plane.depth(volume.shape3()) / 2);
+    let bytes = tokio::task::spawn_blocking(move || render(&volume, plane, index))
+        .await
+        .map_err(anyhow::Error::from)?
+        .map_err(Error::BadRequest)?;
+    Ok(png(bytes))
+}
+
 #[derive(Debug, Deserialize)]
 pub struct SliceQuery {
     #[serde(default = "axial")]
@@ -191,18 +213,10 @@ async fn study_slice(
             "unknown modality {modality:?}; use flair, t1ce, t1 or t2"
         ))
     })?;
-    let volume = state
-        .volumes
-        .get(&path)
-        .await
-        .map_err(|e| Error::Internal(anyhow::anyhow!(e)))?;
-    let index = q.index.unwrap_or(q.plane.depth(volume.shape3()) / 2);
-    let bytes =
-        tokio::task::spawn_blocking(move || volume::render_slice(&volume, q.plane, index, channel))
-            .await
-            .map_err(anyhow::Error::from)?
-            .map_err(Error::BadRequest)?;
-    Ok(png(bytes))
+    render_png(&state, &path, &q, move |v, plane, index| {
+        volume::render_slice(v, plane, index, channel)
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -367,16 +381,8 @@ async fn label_slice(
             .collect(),
         None => vec![1, 2, 4],
     };
-    let volume = state
-        .volumes
-        .get(&path)
-        .await
-        .map_err(|e| Error::Internal(anyhow::anyhow!(e)))?;
-    let index = q.index.unwrap_or(q.plane.depth(volume.shape3()) / 2);
-    let bytes =
-        tokio::task::spawn_blocking(move || volume::render_labels(&volume, q.plane, index, &shown))
-            .await
-            .map_err(anyhow::Error::from)?
-            .map_err(Error::BadRequest)?;
-    Ok(png(bytes))
+    render_png(&state, &path, &q, move |v, plane, index| {
+        volume::render_labels(v, plane, index, &shown)
+    })
+    .await
 }
