@@ -2,6 +2,7 @@
 //! independent of the task: balance coefficients, magnitude modulation of encoder gradients, and
 //! the direction-modulation loss. DESIGN.md restates the method; the numbers below follow it.
 
+use crate::optim::Param;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
@@ -95,19 +96,14 @@ impl BalanceTracker {
     }
 }
 
-/// Magnitude modulation: multiplies the gradient of every parameter whose name starts with
-/// `prefixes[i]` by `balance[i]`. `params`: (name, tensor) of the model's trainable variables.
-pub fn scale_encoder_gradients(params: &[(String, Tensor)], prefixes: &[String], balance: &[f64]) {
+/// Magnitude modulation: multiplies the gradient of every parameter of encoder i (optimiser
+/// group i + 1; group 0 is the fusion head, left alone) by `balance[i]`.
+pub fn scale_encoder_gradients(params: &[Param], balance: &[f64]) {
     tch::no_grad(|| {
-        for (name, p) in params {
-            if let Some(i) = prefixes
-                .iter()
-                .position(|pre| name.starts_with(pre.as_str()))
-            {
-                let mut g = p.grad();
-                if g.defined() {
-                    let _ = g.g_mul_scalar_(balance[i]);
-                }
+        for p in params.iter().filter(|p| p.group > 0) {
+            let mut g = p.tensor.grad();
+            if g.defined() {
+                let _ = g.g_mul_scalar_(balance[p.group - 1]);
             }
         }
     });

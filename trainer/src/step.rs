@@ -199,11 +199,11 @@ impl Trainer {
         labels: &Tensor,
     ) -> Result<(Vec<f64>, Vec<Tensor>), StepError> {
         let m = self.modality_channels.len();
+        let use_amp = self.use_amp();
         let (Some(cls), Some(opt)) = (&self.classifiers, &mut self.classifier_opt) else {
             return Ok((vec![f64::NAN; m], Vec::new()));
         };
         let (h, w) = (out.logits.size()[2], out.logits.size()[3]);
-        let use_amp = self.cfg.mixed_precision && self.device.is_cuda();
         opt.zero_grad();
         let mut metrics = vec![f64::NAN; m];
         let all = tch::autocast(use_amp, || cls.forward_t(out, (h, w), true));
@@ -312,13 +312,7 @@ impl Trainer {
         self.model_opt.zero_grad();
         total.backward();
         if self.cfg.method.modulates_magnitude() {
-            let params: Vec<(String, Tensor)> = self
-                .model_opt
-                .params()
-                .iter()
-                .map(|p| (p.name.clone(), p.tensor.shallow_clone()))
-                .collect();
-            scale_encoder_gradients(&params, &self.model.encoder_prefixes, &balance);
+            scale_encoder_gradients(self.model_opt.params(), &balance);
         }
         Ok(StepReport {
             loss: total.double_value(&[]),
