@@ -7,7 +7,25 @@ TORCH_VERSION="${CGGM_TORCH_VERSION:-2.13.0}"
 CACHE_ROOT="${CGGM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cggm-studio}"
 VENV="$CACHE_ROOT/venv-torch-$TORCH_VERSION"
 STAMP="$VENV/.cggm-ready"
+REQS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/python-requirements.txt"
+REQS_HASH="$(sha256sum "$REQS" | cut -c1-16)"
+REQS_STAMP="$VENV/.cggm-requirements-$REQS_HASH"
+# The extra packages follow scripts/python-requirements.txt: a changed file installs once more.
+install_requirements() {
+  [ -f "$REQS_STAMP" ] && return 0
+  # Parallel builds may call this at once: one installs, the others wait for it. The torch pin is a
+  # constraint so that no package can swap the libtorch we link against.
+  (
+    flock 9
+    if [ ! -f "$REQS_STAMP" ]; then
+      "$VENV/bin/python" -m pip install --quiet -r "$REQS" "torch==$TORCH_VERSION" >&2
+      rm -f "$VENV"/.cggm-requirements-*
+      touch "$REQS_STAMP"
+    fi
+  ) 9>"$VENV.lock"
+}
 if [ -f "$STAMP" ]; then
+  install_requirements
   echo "$VENV"
   exit 0
 fi
@@ -25,4 +43,5 @@ mv "$TMP" "$VENV"
 # A venv records its absolute path in scripts; the interpreter itself works after a move, and we
 # only ever call "$VENV/bin/python", so that is enough.
 touch "$STAMP"
+install_requirements
 echo "$VENV"
