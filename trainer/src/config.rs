@@ -3,9 +3,11 @@
 
 use crate::cggm::BalanceFormula;
 use crate::data::{Modality, SamplerConfig};
+use crate::model::features::FeatureModelConfig;
 use crate::model::ModelConfig;
 use crate::optim::{OptimizerConfig, OptimizerKind};
 use crate::task::segmentation::SegmentationLoss;
+use crate::task::TaskKind;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -19,6 +21,8 @@ pub enum Method {
     Joint,
     /// One modality alone (its encoder only).
     Unimodal(Modality),
+    /// One modality of a feature dataset alone, by name (checked against the dataset at start).
+    UnimodalFeature(ModalityName),
     /// CGGM: magnitude (B_i scaling) and direction (L_gm) modulation.
     Cggm,
     /// CGGM magnitude only (lambda = 0).
@@ -50,6 +54,7 @@ impl fmt::Display for Method {
         match self {
             Method::Joint => f.write_str("joint"),
             Method::Unimodal(m) => write!(f, "unimodal:{}", m.name()),
+            Method::UnimodalFeature(m) => write!(f, "unimodal:{}", m.as_str()),
             Method::Cggm => f.write_str("cggm"),
             Method::CggmMagnitude => f.write_str("cggm-magnitude"),
             Method::CggmDirection => f.write_str("cggm-direction"),
@@ -64,9 +69,14 @@ impl FromStr for Method {
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim().to_ascii_lowercase();
         if let Some(m) = s.strip_prefix("unimodal:") {
-            return Modality::parse(m).map(Method::Unimodal).ok_or_else(|| {
-                format!("unknown modality {m:?} in {s:?}: use flair, t1ce, t1 or t2")
-            });
+            // MRI names are the segmentation modalities; any other name is a feature dataset's
+            // modality, checked against the dataset when the run starts.
+            return match Modality::parse(m) {
+                Some(m) => Ok(Method::Unimodal(m)),
+                None => ModalityName::new(m).map(Method::UnimodalFeature).ok_or_else(|| {
+                    format!("unknown modality {m:?} in {s:?}: use flair, t1ce, t1 or t2 (segmentation) or a modality of the feature dataset (1-32 characters)")
+                }),
+            };
         }
         Ok(match s.as_str() {
             "joint" => Method::Joint,
@@ -77,7 +87,7 @@ impl FromStr for Method {
             "mslr" => Method::Mslr,
             _ => {
                 return Err(format!(
-                    "unknown method {s:?}: use joint, cggm, cggm-magnitude, cggm-direction, mrd, mslr or unimodal:<flair|t1ce|t1|t2>"
+                    "unknown method {s:?}: use joint, cggm, cggm-magnitude, cggm-direction, mrd, mslr or unimodal:<modality>"
                 ))
             }
         })
@@ -95,6 +105,37 @@ impl<'de> Deserialize<'de> for Method {
         String::deserialize(d)?
             .parse()
             .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A modality name that is `Copy` (so `Method` stays `Copy`): at most 32 bytes, no ':' or '/'.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ModalityName {
+    len: u8,
+    bytes: [u8; 32],
+}
+
+impl ModalityName {
+    pub fn new(name: &str) -> Option<Self> {
+        let ok = !name.is_empty() && name.len() <= 32 && !name.contains([':', '/', '.', ' ']);
+        ok.then(|| {
+            let mut bytes = [0u8; 32];
+            bytes[..name.len()].copy_from_slice(name.as_bytes());
+            Self {
+                len: name.len() as u8,
+                bytes,
+            }
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or("")
+    }
+}
+
+impl fmt::Debug for ModalityName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_str())
     }
 }
 
@@ -150,6 +191,9 @@ pub struct SplitConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     pub preset: String,
+    /// Segmentation (NIfTI data, `model`) or a feature task (feature dataset, `features`).
+    #[serde(default)]
+    pub task: TaskKind,
     pub method: Method,
     pub data: PathBuf,
     pub seed: u64,
@@ -163,6 +207,10 @@ pub struct TrainConfig {
     /// Validate on at most this many cases each epoch (all of them at the end); None = all.
     pub val_cases: Option<usize>,
     pub model: ModelConfig,
+    /// The feature-task model (classification and regression runs).
+    #[serde(default)]
+    pub features: FeatureModelConfig,
+    /// `batch_size` is every task's batch size; the rest is segmentation's slice sampling.
     pub sampler: SamplerConfig,
     pub loss: SegmentationLoss,
     pub optimizer: OptimizerConfig,
@@ -182,11 +230,20 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
-    pub const PRESETS: [&'static str; 3] = ["paper", "cpu-small", "tiny"];
+    pub const PRESETS: [&'static str; 7] = [
+        "paper",
+        "cpu-small",
+        "tiny",
+        "cpu-features",
+        "paper-mosi",
+        "paper-iemocap",
+        "paper-food101",
+    ];
 
     pub fn preset(name: &str) -> Result<Self, String> {
         let base = Self {
             preset: name.to_string(),
+            task: TaskKind::Segmentation,
             method: Method::Cggm,
             data: PathBuf::new(),
             seed: 0,
@@ -197,6 +254,7 @@ impl TrainConfig {
             val_every: 1,
             val_cases: None,
             model: ModelConfig::paper(),
+            features: FeatureModelConfig::cpu(),
             sampler: SamplerConfig {
                 batch_size: 64,
                 crop: 160,
@@ -279,6 +337,9 @@ impl TrainConfig {
                 eval_batch: 16,
                 ..base
             }),
+            "cpu-features" | "paper-mosi" | "paper-iemocap" | "paper-food101" => {
+                Ok(Self::feature_preset(name, base))
+            }
             other => Err(format!(
                 "unknown preset {other:?}: use {}",
                 Self::PRESETS.join(", ")
@@ -286,11 +347,96 @@ impl TrainConfig {
         }
     }
 
-    /// The modalities the model sees, in the fixed project order.
+    /// Feature-task presets: the CPU preset for the synthetic set (`cggm synth --task ...`), and
+    /// the paper's settings from Appendix B and the authors' run scripts (run/mosi_run.py,
+    /// run/iemo_run.py, run/food_run.py): Adam(W) at 1e-3, classifiers at 5e-4, gradient clipping
+    /// 0.8, rho 1.3, lambda 0.2 (Food-101: 0.05), batch 64 (Food-101: 128), 30 epochs (Food-101:
+    /// 60). They decay the learning rate on a validation plateau (x0.1 after 10 epochs); here the
+    /// rate stays constant (min_lr = lr), and the task kind comes from the dataset.
+    fn feature_preset(name: &str, base: Self) -> Self {
+        let (features, epochs, batch, kind, lambda) = match name {
+            "paper-mosi" => (FeatureModelConfig::mosi(), 30, 64, OptimizerKind::Adam, 0.2),
+            "paper-iemocap" => (
+                FeatureModelConfig::iemocap(),
+                30,
+                64,
+                OptimizerKind::Adam,
+                0.2,
+            ),
+            "paper-food101" => (
+                FeatureModelConfig::food101(),
+                60,
+                128,
+                OptimizerKind::Adamw,
+                0.05,
+            ),
+            _ => (FeatureModelConfig::cpu(), 12, 32, OptimizerKind::Adam, 0.2),
+        };
+        Self {
+            task: TaskKind::Classification,
+            epochs,
+            steps_per_epoch: None,
+            features,
+            sampler: SamplerConfig {
+                batch_size: batch,
+                ..base.sampler.clone()
+            },
+            optimizer: OptimizerConfig {
+                kind,
+                weight_decay: if kind == OptimizerKind::Adamw {
+                    1e-2
+                } else {
+                    0.0
+                },
+                ..OptimizerConfig::default()
+            },
+            schedule: ScheduleConfig {
+                lr: 1e-3,
+                min_lr: 1e-3,
+                warmup_epochs: 0,
+                warmup_start_lr: 1e-3,
+                classifier_lr: 5e-4,
+            },
+            grad_clip: Some(0.8),
+            cggm: CggmConfig {
+                rho: 1.3,
+                lambda,
+                ..CggmConfig::default()
+            },
+            // The strong modality of the synthetic set and of MOSI/IEMOCAP (the paper: text).
+            mslr_scales: BTreeMap::from([("text".to_string(), 0.5)]),
+            eval_batch: 256,
+            ..base
+        }
+    }
+
+    /// The modalities the model sees, in the fixed project order (segmentation runs).
     pub fn modalities(&self) -> Vec<Modality> {
         match self.method {
             Method::Unimodal(m) => vec![m],
             _ => Modality::ALL.to_vec(),
+        }
+    }
+
+    /// Indices into `dataset_modalities` that a feature run trains on.
+    pub fn feature_modalities(&self, dataset_modalities: &[String]) -> Result<Vec<usize>, String> {
+        let only = match self.method {
+            Method::Unimodal(m) => Some(m.name()),
+            Method::UnimodalFeature(ref m) => Some(m.as_str()),
+            _ => None,
+        };
+        match only {
+            None => Ok((0..dataset_modalities.len()).collect()),
+            Some(name) => dataset_modalities
+                .iter()
+                .position(|m| m == name)
+                .map(|i| vec![i])
+                .ok_or_else(|| {
+                    format!(
+                        "the dataset has no modality {name:?}: use unimodal:<{}>",
+                        dataset_modalities.join("|")
+                    )
+                }),
         }
     }
 
@@ -300,7 +446,17 @@ impl TrainConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        self.model.validate()?;
+        if self.task == TaskKind::Segmentation {
+            self.model.validate()?;
+        } else {
+            self.features.validate()?;
+        }
+        if let (TaskKind::Segmentation, Method::UnimodalFeature(m)) = (self.task, self.method) {
+            return Err(format!(
+                "unknown modality {:?} for segmentation: use unimodal:<flair|t1ce|t1|t2>",
+                m.as_str()
+            ));
+        }
         let positive = [
             ("epochs", self.epochs),
             ("batch size", self.sampler.batch_size),
@@ -312,7 +468,8 @@ impl TrainConfig {
                 return Err(format!("{name} must be at least 1"));
             }
         }
-        if self.sampler.crop < 16 || !self.sampler.crop.is_multiple_of(16) {
+        let segmentation = self.task == TaskKind::Segmentation;
+        if segmentation && (self.sampler.crop < 16 || !self.sampler.crop.is_multiple_of(16)) {
             return Err(format!(
                 "crop {} must be a multiple of 16 and at least 16",
                 self.sampler.crop
@@ -342,7 +499,7 @@ impl TrainConfig {
                 self.mrd_drop_prob
             ));
         }
-        if self.model.classes != self.loss.class_weights.len() as i64 {
+        if segmentation && self.model.classes != self.loss.class_weights.len() as i64 {
             return Err(format!(
                 "loss.class_weights has {} entries but the model predicts {} classes",
                 self.loss.class_weights.len(),
@@ -384,10 +541,19 @@ mod tests {
         ] {
             assert_eq!(s.parse::<Method>().unwrap().to_string(), s);
         }
-        assert!("unimodal:pet"
+        assert!("unimodal:a/b"
             .parse::<Method>()
             .unwrap_err()
-            .contains("pet"));
+            .contains("a/b"));
+        // Any other name is a feature modality, which a segmentation run refuses.
+        let mut cfg = TrainConfig::preset("tiny").unwrap();
+        cfg.method = "unimodal:pet".parse().unwrap();
+        assert!(cfg.validate().unwrap_err().contains("pet"));
+        cfg.task = TaskKind::Classification;
+        assert_eq!(
+            cfg.feature_modalities(&["text".into(), "pet".into()]),
+            Ok(vec![1])
+        );
     }
 
     #[test]

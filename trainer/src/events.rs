@@ -42,6 +42,9 @@ pub enum Event {
         steps_per_epoch: usize,
         total_steps: usize,
         device: String,
+        /// segmentation, classification or regression (absent in older logs: segmentation).
+        #[serde(default)]
+        task: crate::task::TaskKind,
     },
     /// One optimisation step. Maps are keyed by modality name (flair, t1ce, t1, t2) and hold only
     /// the modalities the run trains.
@@ -57,7 +60,8 @@ pub enum Event {
         balance: BTreeMap<String, f64>,
         /// cos(g_F, g_i) between the fusion head's gradient and classifier i's gradient.
         cosine: BTreeMap<String, f64>,
-        /// Per-modality classifier metric on this batch (mean Dice of ET/TC/WT).
+        /// Per-modality classifier metric on this batch: mean Dice of ET/TC/WT (segmentation),
+        /// accuracy (classification), Acc-2 (regression).
         modality_metric: BTreeMap<String, f64>,
         step_seconds: f64,
     },
@@ -71,6 +75,15 @@ pub enum Event {
         /// Dice of each modality's own classifier (the paper's Table 5 view).
         modality_dice: BTreeMap<String, RegionScores>,
         best: bool,
+        /// The task's metrics by name: `dice_wt`, `dice_tc`, `dice_et`, `dice_mean`
+        /// (segmentation); `accuracy`, `f1_weighted`, `f1_macro` (classification); `mae`,
+        /// `corr`, `acc2`, `f1`, `acc2_nonzero`, `f1_nonzero`, `acc7` (regression). Feature runs
+        /// leave `dice`, `hd95` and `modality_dice` at zero / empty.
+        #[serde(default)]
+        metrics: BTreeMap<String, f64>,
+        /// The same metrics of each modality's own classifier, keyed by modality.
+        #[serde(default)]
+        modality_metrics: BTreeMap<String, BTreeMap<String, f64>>,
     },
     CheckpointSaved {
         time: f64,
@@ -90,6 +103,9 @@ pub enum Event {
         best_val_dice: RegionScores,
         test_dice: Option<RegionScores>,
         test_modality_dice: BTreeMap<String, RegionScores>,
+        /// The task's test metrics by name (see `Validation::metrics`); empty without a test split.
+        #[serde(default)]
+        test_metrics: BTreeMap<String, f64>,
     },
     Failed {
         time: f64,

@@ -14,5 +14,6 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod run;
+pub mod run_features;
 pub mod step;
 pub mod task;

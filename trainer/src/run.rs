@@ -122,6 +122,16 @@ fn by_modality(names: &[String], values: &[f64]) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// Segmentation's task metrics by name, for the events' `metrics` maps.
+pub fn dice_metrics(d: &RegionScores) -> BTreeMap<String, f64> {
+    BTreeMap::from([
+        ("dice_wt".to_string(), d.wt),
+        ("dice_tc".to_string(), d.tc),
+        ("dice_et".to_string(), d.et),
+        ("dice_mean".to_string(), d.mean),
+    ])
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct TrainOptions {
     /// Continue from `checkpoints/last` with the same schedule (the saved config must match).
@@ -215,6 +225,7 @@ fn train_inner(
         steps_per_epoch: spe,
         total_steps: spe * cfg.epochs,
         device: describe(device),
+        task: cfg.task,
     });
 
     let mut loader = SliceLoader::new(
@@ -281,6 +292,12 @@ fn train_inner(
                 hd95: report.hd95.clone(),
                 modality_dice: report.modality_dice.clone(),
                 best: is_best,
+                metrics: dice_metrics(&report.dice),
+                modality_metrics: report
+                    .modality_dice
+                    .iter()
+                    .map(|(m, d)| (m.clone(), dice_metrics(d)))
+                    .collect(),
             });
             tracing::info!(
                 "epoch {epoch}: validation Dice WT {:.4} TC {:.4} ET {:.4} mean {:.4}",
@@ -359,6 +376,10 @@ fn train_inner(
         best_epoch,
         best_val_dice: best.unwrap_or_default(),
         test_dice: test.as_ref().map(|t| t.dice.clone()),
+        test_metrics: test
+            .as_ref()
+            .map(|t| dice_metrics(&t.dice))
+            .unwrap_or_default(),
         test_modality_dice: test.map(|t| t.modality_dice).unwrap_or_default(),
     });
     Ok(Some(metrics))

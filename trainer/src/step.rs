@@ -1,11 +1,18 @@
 //! One training iteration of the multimodal model for every method (joint, unimodal, CGGM and its
-//! ablations, MRD, MSLR): the CGGM order of operations from DESIGN.md lives here.
+//! ablations, MRD, MSLR) and every task (segmentation, classification, regression): the CGGM
+//! order of operations from DESIGN.md lives here, written once against the model traits of
+//! `model::network` and the `Task` (loss and per-modality metric).
 
 use crate::cggm::{direction_loss, flat_cosine, scale_encoder_gradients, BalanceTracker};
 use crate::config::{DirectionSource, Method, TrainConfig};
-use crate::model::{ModalityClassifiers, ModelOutput, MultimodalSegmenter};
+use crate::data::features::DatasetSpec;
+use crate::model::features::{FeatureClassifiers, FeatureNet};
+use crate::model::network::{
+    ModalityClassifierSet, ModalityInput, MultimodalNetwork, NetworkOutput,
+};
+use crate::model::{ModalityClassifiers, MultimodalSegmenter};
 use crate::optim::{CosineSchedule, Optimizer, Param};
-use crate::task::{segmentation::SegmentationLoss, Task};
+use crate::task::{classification::Classification, regression::Regression, Task, TaskKind};
 use rand::{Rng, SeedableRng};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -31,13 +38,14 @@ pub enum StepError {
     },
 }
 
-/// Model, classifiers, their optimisers and the CGGM state of one run.
-pub struct Trainer {
+/// Model, classifiers, their optimisers and the CGGM state of one run. `N` is the model family:
+/// the segmentation DeepLabv3+ (default) or the feature-task Transformer (`FeatureNet`).
+pub struct Trainer<N: MultimodalNetwork = MultimodalSegmenter> {
     pub cfg: TrainConfig,
     pub device: Device,
     pub vs: nn::VarStore,
-    pub model: MultimodalSegmenter,
-    pub classifiers: Option<ModalityClassifiers>,
+    pub model: N,
+    pub classifiers: Option<N::Classifiers>,
     pub model_opt: Optimizer,
     pub classifier_opt: Option<Optimizer>,
     pub schedule: CosineSchedule,
@@ -45,12 +53,16 @@ pub struct Trainer {
     /// B of the previous step: the authors' weight-cosine variant applies it one step late.
     pub previous_balance: Vec<f64>,
     pub global_step: usize,
-    /// Indices into the data's fixed modality order (flair, t1ce, t1, t2) of the model's inputs.
+    /// Indices into the data's modality order (segmentation: flair, t1ce, t1, t2; features: the
+    /// dataset's) of the model's inputs.
     pub modality_channels: Vec<i64>,
-    task: SegmentationLoss,
+    /// The model's modality names, in its order.
+    pub modality_names: Vec<String>,
+    task: Box<dyn Task>,
 }
 
 impl Trainer {
+    /// A segmentation trainer (the modalities and model come from `cfg`).
     pub fn new(cfg: TrainConfig, device: Device, steps_per_epoch: usize) -> Self {
         tch::manual_seed(cfg.seed as i64);
         let modalities = cfg.modalities();
@@ -60,7 +72,86 @@ impl Trainer {
         let classifiers = cfg
             .trains_classifiers()
             .then(|| ModalityClassifiers::new(&vs.root(), &cfg.model, &names));
-        let (model_params, classifier_params) = named_params(&vs, &model.encoder_prefixes);
+        let modality_channels = modalities.iter().map(|m| m.index() as i64).collect();
+        let task = Box::new(cfg.loss.clone());
+        Self::assemble(
+            cfg,
+            device,
+            steps_per_epoch,
+            vs,
+            model,
+            classifiers,
+            modality_channels,
+            task,
+        )
+    }
+
+    /// Picks the model's modalities out of a [B, 4, H, W] batch.
+    pub fn select_modalities(&self, images: &Tensor) -> Tensor {
+        images.pick_modalities(&self.modality_channels)
+    }
+}
+
+impl Trainer<FeatureNet> {
+    /// A classification or regression trainer for a feature dataset described by `spec`.
+    pub fn for_features(
+        cfg: TrainConfig,
+        spec: &DatasetSpec,
+        device: Device,
+        steps_per_epoch: usize,
+    ) -> Result<Self, String> {
+        tch::manual_seed(cfg.seed as i64);
+        let chosen = cfg.feature_modalities(&spec.names())?;
+        let modalities: Vec<(String, i64)> = chosen
+            .iter()
+            .map(|&i| {
+                (
+                    spec.modalities[i].name.clone(),
+                    spec.modalities[i].dim as i64,
+                )
+            })
+            .collect();
+        let names: Vec<String> = modalities.iter().map(|m| m.0.clone()).collect();
+        let vs = nn::VarStore::new(device);
+        let outputs = spec.outputs();
+        let model = FeatureNet::new(&vs.root(), &cfg.features, &modalities, outputs);
+        let classifiers = cfg
+            .trains_classifiers()
+            .then(|| FeatureClassifiers::new(&vs.root(), &cfg.features, &names, outputs));
+        let task: Box<dyn Task> = match spec.task {
+            TaskKind::Classification => Box::new(Classification),
+            TaskKind::Regression => Box::new(Regression),
+            TaskKind::Segmentation => {
+                return Err("a feature dataset cannot be a segmentation task".into())
+            }
+        };
+        let channels = chosen.iter().map(|&i| i as i64).collect();
+        Ok(Self::assemble(
+            cfg,
+            device,
+            steps_per_epoch,
+            vs,
+            model,
+            classifiers,
+            channels,
+            task,
+        ))
+    }
+}
+
+impl<N: MultimodalNetwork> Trainer<N> {
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        cfg: TrainConfig,
+        device: Device,
+        steps_per_epoch: usize,
+        vs: nn::VarStore,
+        model: N,
+        classifiers: Option<N::Classifiers>,
+        modality_channels: Vec<i64>,
+        task: Box<dyn Task>,
+    ) -> Self {
+        let (model_params, classifier_params) = named_params(&vs, model.encoder_prefixes());
         let model_opt = Optimizer::new(cfg.optimizer.clone(), model_params);
         let classifier_opt = classifiers
             .as_ref()
@@ -73,11 +164,21 @@ impl Trainer {
             warmup_steps: (cfg.schedule.warmup_epochs * steps_per_epoch).min(total_steps),
             total_steps,
         };
-        let m = modalities.len();
+        let m = modality_channels.len();
         let tracker = BalanceTracker::new(m, cfg.cggm.rho, cfg.cggm.balance);
-        let modality_channels = modalities.iter().map(|m| m.index() as i64).collect();
+        let modality_names = model
+            .encoder_prefixes()
+            .iter()
+            .map(|p| {
+                p.trim_end_matches('.')
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
         Self {
-            task: cfg.loss.clone(),
+            task,
             previous_balance: vec![1.0; m],
             cfg,
             device,
@@ -90,23 +191,19 @@ impl Trainer {
             tracker,
             global_step: 0,
             modality_channels,
+            modality_names,
         }
     }
 
-    /// Picks the model's modalities out of a [B, 4, H, W] batch.
-    pub fn select_modalities(&self, images: &Tensor) -> Tensor {
-        if self.modality_channels.len() == images.size()[1] as usize {
-            images.shallow_clone()
-        } else {
-            let idx = Tensor::from_slice(&self.modality_channels).to_device(images.device());
-            images.index_select(1, &idx)
-        }
+    /// The task's loss and metric (segmentation, classification or regression).
+    pub fn task(&self) -> &dyn Task {
+        self.task.as_ref()
     }
 
     /// Modality random dropout: zero each modality of each sample with probability p, keeping at
     /// least one per sample. Seeded by (seed, step) so that a resumed run drops the same inputs.
-    fn drop_modalities(&self, xs: &Tensor) -> Tensor {
-        let (b, m) = (xs.size()[0] as usize, xs.size()[1] as usize);
+    fn drop_modalities(&self, xs: &N::Input) -> N::Input {
+        let (b, m) = (xs.batch_size() as usize, self.modality_channels.len());
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
             self.cfg.seed ^ (self.global_step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
         );
@@ -122,23 +219,24 @@ impl Trainer {
                 row[rng.gen_range(0..m)] = 1.0;
             }
         }
-        let mask = Tensor::from_slice(&keep)
-            .view([b as i64, m as i64, 1, 1])
-            .to_device(xs.device());
-        xs * mask
+        let keep = Tensor::from_slice(&keep)
+            .view([b as i64, m as i64])
+            .to_device(self.device);
+        xs.mask_modalities(&keep)
     }
 
     fn group_lr(&self, lr: f64, group: usize) -> f64 {
         if self.cfg.method != Method::Mslr || group == 0 {
             return lr;
         }
-        let name = self.cfg.modalities()[group - 1].name();
+        let name = &self.modality_names[group - 1];
         lr * self.cfg.mslr_scales.get(name).copied().unwrap_or(1.0)
     }
 
-    /// One iteration: `compute_gradients`, then the optimiser step. images: [B, 4, H, W] float (all
-    /// four modalities, fixed order), labels: [B, H, W] int64 classes; both on `self.device`.
-    pub fn step(&mut self, images: &Tensor, labels: &Tensor) -> Result<StepReport, StepError> {
+    /// One iteration: `compute_gradients`, then the optimiser step. images: every modality of the
+    /// data (segmentation: [B, 4, H, W] float in the fixed order), labels: [B, H, W] int64 classes
+    /// (segmentation), [B] int64 (classification) or [B] float (regression); on `self.device`.
+    pub fn step(&mut self, images: &N::Input, labels: &Tensor) -> Result<StepReport, StepError> {
         let report = self.compute_gradients(images, labels)?;
         if let Some(max_norm) = self.cfg.grad_clip {
             let norm = self.model_opt.clip_grad_norm(max_norm);
@@ -167,15 +265,15 @@ impl Trainer {
     /// CGGM step 1: the model's forward pass and task loss on this batch.
     pub fn forward(
         &self,
-        images: &Tensor,
+        images: &N::Input,
         labels: &Tensor,
-    ) -> Result<(ModelOutput, Tensor), StepError> {
-        let mut xs = self.select_modalities(images);
+    ) -> Result<(N::Output, Tensor), StepError> {
+        let mut xs = images.pick_modalities(&self.modality_channels);
         if self.cfg.method == Method::Mrd {
             xs = self.drop_modalities(&xs);
         }
         let out = tch::autocast(self.use_amp(), || self.model.forward_t(&xs, true));
-        let task_loss = self.task.loss(&out.logits, labels);
+        let task_loss = self.task.loss(out.logits(), labels);
         let value = task_loss.double_value(&[]);
         if !value.is_finite() {
             return Err(StepError::NonFinite {
@@ -195,7 +293,7 @@ impl Trainer {
     /// returns each one's batch metric and the gradient of its last layer (detached).
     pub fn classifier_pass(
         &mut self,
-        out: &ModelOutput,
+        out: &N::Output,
         labels: &Tensor,
     ) -> Result<(Vec<f64>, Vec<Tensor>), StepError> {
         let m = self.modality_channels.len();
@@ -203,15 +301,13 @@ impl Trainer {
         let (Some(cls), Some(opt)) = (&self.classifiers, &mut self.classifier_opt) else {
             return Ok((vec![f64::NAN; m], Vec::new()));
         };
-        let (h, w) = (out.logits.size()[2], out.logits.size()[3]);
         opt.zero_grad();
         let mut metrics = vec![f64::NAN; m];
-        let all = tch::autocast(use_amp, || cls.forward_t(out, (h, w), true));
+        let all = tch::autocast(use_amp, || cls.logits_t(out, true));
         let mut cls_loss = Tensor::zeros([], (Kind::Float, self.device));
-        for (i, metric) in metrics.iter_mut().enumerate() {
-            let logits = cls.logits_of(&all, i);
-            *metric = self.task.batch_metric(&logits, labels);
-            cls_loss += self.task.loss(&logits, labels);
+        for (metric, logits) in metrics.iter_mut().zip(&all) {
+            *metric = self.task.batch_metric(logits, labels);
+            cls_loss += self.task.loss(logits, labels);
         }
         let value = cls_loss.double_value(&[]);
         if !value.is_finite() {
@@ -280,7 +376,7 @@ impl Trainer {
     /// modulated gradients in place.
     pub fn compute_gradients(
         &mut self,
-        images: &Tensor,
+        images: &N::Input,
         labels: &Tensor,
     ) -> Result<StepReport, StepError> {
         let step = self.global_step;

@@ -256,6 +256,7 @@ pub fn training_events() -> Vec<String> {
         steps_per_epoch: 2,
         total_steps: 2,
         device: "cpu".into(),
+        task: Default::default(),
     }];
     for step in 1..=2 {
         events.push(Event::Step {
@@ -284,6 +285,8 @@ pub fn training_events() -> Vec<String> {
             .map(|m| (m.to_string(), RegionScores::new(0.5, 0.4, 0.3)))
             .collect(),
         best: true,
+        metrics: BTreeMap::new(),
+        modality_metrics: BTreeMap::new(),
     });
     events.push(Event::Finished {
         time: 5.0,
@@ -291,6 +294,7 @@ pub fn training_events() -> Vec<String> {
         best_val_dice: scores,
         test_dice: None,
         test_modality_dice: BTreeMap::new(),
+        test_metrics: BTreeMap::new(),
     });
     events
         .iter()

@@ -5,8 +5,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 
+use crate::data::features::synth::{write_feature_dataset, FeatureSynthConfig};
+use crate::data::features::{is_feature_dataset, validate_features};
 use crate::data::synth::{write_synthetic_dataset, SynthConfig};
 use crate::data::{validate_dataset, Layout, SamplerConfig, SliceLoader};
+use crate::task::TaskKind;
 
 fn parse_size(text: &str) -> Result<[usize; 3], String> {
     let parts: Vec<&str> = text.split(['x', 'X']).collect();
@@ -42,14 +45,49 @@ pub struct SynthArgs {
     #[arg(long, default_value = "96x96x64", value_parser = parse_size)]
     pub size: [usize; 3],
     /// How much FLAIR dominates: the tumour contrast of t1ce/t1/t2 shrinks and their noise grows
-    /// with it (0 = equally informative modalities).
+    /// with it (0 = equally informative modalities). Feature tasks: how much weaker audio and
+    /// vision are than text.
     #[arg(long, default_value_t = 1.0)]
     pub imbalance: f64,
+    /// segmentation (NIfTI phantoms, the default), or classification / regression: a feature
+    /// dataset (dataset.json + train/valid/test.safetensors) with text strong, audio and vision
+    /// weak but needed.
+    #[arg(long, default_value = "segmentation")]
+    pub task: TaskKind,
+    /// Feature tasks: training samples (validation and test get a third as many each).
+    #[arg(long, default_value_t = 480)]
+    pub samples: usize,
 }
 
 pub fn synth(args: SynthArgs) -> anyhow::Result<()> {
     if !(args.imbalance.is_finite() && args.imbalance >= 0.0) {
         bail!("--imbalance must be a finite number >= 0");
+    }
+    if args.task != TaskKind::Segmentation {
+        if args.samples < 3 {
+            bail!("--samples must be at least 3 (one per split)");
+        }
+        let cfg = FeatureSynthConfig {
+            task: args.task,
+            seed: args.seed,
+            train: args.samples,
+            valid: (args.samples / 3).max(1),
+            test: (args.samples / 3).max(1),
+            imbalance: args.imbalance,
+        };
+        let started = Instant::now();
+        let spec = write_feature_dataset(&args.out, &cfg)?;
+        println!(
+            "wrote a synthetic {} feature dataset ({} train / {} valid / {} test samples; modalities {}) to {} in {:.1} s",
+            spec.task,
+            cfg.train,
+            cfg.valid,
+            cfg.test,
+            spec.names().join(", "),
+            args.out.display(),
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(());
     }
     let config = SynthConfig {
         cases: args.cases,
@@ -79,6 +117,22 @@ pub struct ValidateArgs {
 }
 
 pub fn validate(args: ValidateArgs) -> anyhow::Result<()> {
+    if is_feature_dataset(&args.dir) {
+        let report = validate_features(&args.dir)?;
+        println!("dataset: {}", args.dir.display());
+        println!("layout: feature dataset ({} task)", report.spec.task);
+        for m in &report.spec.modalities {
+            println!("  modality {}: dim {}, steps {}", m.name, m.dim, m.steps());
+        }
+        if !report.spec.classes.is_empty() {
+            println!("  classes: {}", report.spec.classes.join(", "));
+        }
+        for (split, n) in &report.samples {
+            println!("  {split}: {n} samples");
+        }
+        println!("valid: every split matches dataset.json");
+        return Ok(());
+    }
     let report = validate_dataset(&args.dir);
     let labelled = report
         .cases

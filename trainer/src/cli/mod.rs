@@ -9,11 +9,12 @@ use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Write a synthetic BraTS-2021-layout dataset (the demo and test data).
+    /// Write a synthetic dataset: BraTS-2021-layout NIfTI phantoms, or (--task classification |
+    /// regression) an imbalanced feature dataset.
     Synth(data_commands::SynthArgs),
-    /// Check every case of a dataset folder and print a report.
+    /// Check a dataset folder (every NIfTI case, or a feature dataset) and print a report.
     Validate(data_commands::ValidateArgs),
-    /// Train a multimodal segmentation model (CGGM or a baseline).
+    /// Train a multimodal model (CGGM or a baseline) for segmentation, classification or regression.
     Train(Box<run_commands::TrainArgs>),
     /// Evaluate a run's best checkpoint per case in 3-D (Dice, HD95, per-modality Dice).
     Eval(run_commands::EvalArgs),

@@ -3,23 +3,27 @@
 use crate::cggm::BalanceFormula;
 use crate::checkpoint;
 use crate::config::{DirectionSource, TrainConfig};
+use crate::data::features::{is_feature_dataset, DatasetSpec};
 use crate::eval::{evaluate, format_table};
 use crate::events::EventSink;
 use crate::infer::infer;
 use crate::optim::OptimizerKind;
 use crate::run::{dataset_split, open_run, train, TrainOptions};
+use crate::run_features::train_features;
+use crate::task::TaskKind;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
 pub struct TrainArgs {
-    /// Dataset folder (BraTS 2021 or MSD Task01 layout).
+    /// Dataset folder (BraTS 2021 or MSD Task01 layout, or a feature dataset with dataset.json).
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// joint, cggm, cggm-magnitude, cggm-direction, mrd, mslr or unimodal:<flair|t1ce|t1|t2>.
     #[arg(long)]
     pub method: Option<String>,
-    /// paper, cpu-small or tiny.
+    /// paper, cpu-small, tiny (segmentation); cpu-features, paper-mosi, paper-iemocap,
+    /// paper-food101 (feature datasets; default cpu-features).
     #[arg(long)]
     pub preset: Option<String>,
     #[arg(long)]
@@ -109,10 +113,16 @@ fn merge_json(base: &mut serde_json::Value, patch: serde_json::Value) {
 impl TrainArgs {
     /// preset < config file < flags; with --resume the saved config.json is the base.
     pub fn to_config(&self) -> Result<TrainConfig> {
+        let features = self.data.as_deref().is_some_and(is_feature_dataset);
         let mut cfg = if self.resume {
             checkpoint::read_config(&self.out)?
         } else {
-            let preset = self.preset.as_deref().unwrap_or("cpu-small");
+            let default = if features {
+                "cpu-features"
+            } else {
+                "cpu-small"
+            };
+            let preset = self.preset.as_deref().unwrap_or(default);
             TrainConfig::preset(preset).map_err(anyhow::Error::msg)?
         };
         if let Some(path) = &self.config {
@@ -164,6 +174,15 @@ impl TrainArgs {
         if self.mixed_precision {
             cfg.mixed_precision = true;
         }
+        if is_feature_dataset(&cfg.data) {
+            cfg.task = DatasetSpec::read(&cfg.data)?.task;
+        } else if cfg.task != TaskKind::Segmentation && !cfg.data.as_os_str().is_empty() {
+            bail!(
+                "preset {:?} is for feature datasets but {} holds no dataset.json: pass a feature dataset (`cggm synth --task classification` makes one) or a segmentation preset",
+                cfg.preset,
+                cfg.data.display()
+            );
+        }
         if cfg.data.as_os_str().is_empty() {
             bail!("no dataset given: pass --data DIR (a BraTS 2021 or MSD Task01 folder; `cggm synth` makes one)");
         }
@@ -178,6 +197,19 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         resume: args.resume,
         stop_after_epochs: args.stop_after_epochs,
     };
+    if cfg.task != TaskKind::Segmentation {
+        let Some(metrics) = train_features(cfg, &args.out, &events, &opts)? else {
+            eprintln!("stopped early as asked");
+            return Ok(());
+        };
+        eprintln!(
+            "finished: best validation at epoch {}; test {}; run saved in {}",
+            metrics.best_epoch,
+            serde_json::to_string(&metrics.test.as_ref().map(|t| &t.metrics))?,
+            args.out.display()
+        );
+        return Ok(());
+    }
     let Some(metrics) = train(cfg, &args.out, &events, &opts)? else {
         eprintln!(
             "stopped early; continue with: cggm train --resume --out {}",

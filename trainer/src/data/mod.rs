@@ -9,6 +9,7 @@
 
 mod cache;
 mod error;
+pub mod features;
 mod layout;
 mod nifti_io;
 mod sampler;

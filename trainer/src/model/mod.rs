@@ -5,10 +5,14 @@
 pub mod aspp;
 pub mod decoder;
 pub mod encoder;
+pub mod features;
+pub mod network;
 pub mod resnet;
+pub mod transformer;
 
 use decoder::{Decoder, DecoderSpec};
 use encoder::{Encoder, EncoderFeatures};
+use network::{ModalityClassifierSet, ModalityInput, MultimodalNetwork, NetworkOutput};
 use resnet::ResNetConfig;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
@@ -257,6 +261,70 @@ impl ModalityClassifiers {
         } else {
             g
         }
+    }
+}
+
+/// Segmentation input: [B, M, H, W], channel i = modality i.
+impl ModalityInput for Tensor {
+    fn pick_modalities(&self, indices: &[i64]) -> Self {
+        let all = indices.len() as i64 == self.size()[1]
+            && indices.iter().enumerate().all(|(i, &c)| c == i as i64);
+        if all {
+            self.shallow_clone()
+        } else {
+            let idx = Tensor::from_slice(indices).to_device(self.device());
+            self.index_select(1, &idx)
+        }
+    }
+
+    fn mask_modalities(&self, keep: &Tensor) -> Self {
+        let (b, m) = (self.size()[0], self.size()[1]);
+        self * keep.view([b, m, 1, 1]).to_device(self.device())
+    }
+
+    fn batch_size(&self) -> i64 {
+        self.size()[0]
+    }
+}
+
+impl NetworkOutput for ModelOutput {
+    fn logits(&self) -> &Tensor {
+        &self.logits
+    }
+}
+
+impl MultimodalNetwork for MultimodalSegmenter {
+    type Input = Tensor;
+    type Output = ModelOutput;
+    type Classifiers = ModalityClassifiers;
+
+    fn forward_t(&self, xs: &Tensor, train: bool) -> ModelOutput {
+        MultimodalSegmenter::forward_t(self, xs, train)
+    }
+
+    fn last_layer_weight(&self) -> &Tensor {
+        MultimodalSegmenter::last_layer_weight(self)
+    }
+
+    fn encoder_prefixes(&self) -> &[String] {
+        &self.encoder_prefixes
+    }
+}
+
+impl ModalityClassifierSet<ModelOutput> for ModalityClassifiers {
+    fn logits_t(&self, out: &ModelOutput, train: bool) -> Vec<Tensor> {
+        let hw = (out.logits.size()[2], out.logits.size()[3]);
+        let all = self.forward_t(out, hw, train);
+        let m = all.size()[1] / self.classes;
+        (0..m as usize).map(|i| self.logits_of(&all, i)).collect()
+    }
+
+    fn last_layer_weight(&self, i: usize) -> Tensor {
+        ModalityClassifiers::last_layer_weight(self, i)
+    }
+
+    fn last_layer_grad(&self, i: usize) -> Tensor {
+        ModalityClassifiers::last_layer_grad(self, i)
     }
 }
 

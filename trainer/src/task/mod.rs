@@ -4,12 +4,13 @@
 //! same trainer through the same trait (their heads: attention layers + linear, see DESIGN.md).
 
 pub mod classification;
+pub mod metrics;
 pub mod regression;
 pub mod segmentation;
 
 use tch::Tensor;
 
-pub trait Task {
+pub trait Task: Send {
     /// Task loss L_task (also each classifier's loss L_cls_i). Differentiable, scalar.
     fn loss(&self, logits: &Tensor, target: &Tensor) -> Tensor;
     /// Per-batch metric eps_i^t used by CGGM: segmentation = mean ET/TC/WT Dice, classification =

@@ -1,5 +1,6 @@
-//! Multimodal regression (e.g. sentiment intensity): mean squared error; CGGM's batch metric is
-//! the binary accuracy of the predicted sign, as in the paper.
+//! Multimodal regression (e.g. sentiment intensity): L1 loss (the authors' `L1Loss` for MOSI);
+//! CGGM's batch metric is Acc-2, the accuracy of the predicted sign (negative vs non-negative),
+//! as in the paper.
 
 use super::Task;
 use tch::{Kind, Reduction, Tensor};
@@ -10,9 +11,10 @@ pub struct Regression;
 impl Task for Regression {
     /// logits: [B] or [B, 1], target: [B] float.
     fn loss(&self, logits: &Tensor, target: &Tensor) -> Tensor {
-        logits
-            .flatten(0, -1)
-            .mse_loss(&target.flatten(0, -1), Reduction::Mean)
+        logits.flatten(0, -1).l1_loss(
+            &target.flatten(0, -1).to_kind(logits.kind()),
+            Reduction::Mean,
+        )
     }
 
     fn batch_metric(&self, logits: &Tensor, target: &Tensor) -> f64 {

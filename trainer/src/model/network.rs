@@ -1,0 +1,49 @@
+//! What the training step needs from a multimodal model, whatever the task: a forward pass, the
+//! fusion head's last layer (where g_F is taken), the per-modality classifiers' logits and last
+//! layers, and the model's parameter groups (0 = fusion, i + 1 = modality i's encoder). The step
+//! in `step.rs` is written once against these traits; segmentation and feature models implement
+//! them.
+
+use tch::Tensor;
+
+/// One batch's model input: all modalities of the dataset, selectable and maskable per modality.
+pub trait ModalityInput: Sized {
+    /// Keeps the modalities `indices` (dataset order), in that order.
+    fn pick_modalities(&self, indices: &[i64]) -> Self;
+    /// Multiplies modality i of sample b by `keep[b, i]` (0 or 1): modality dropout.
+    fn mask_modalities(&self, keep: &Tensor) -> Self;
+    fn batch_size(&self) -> i64;
+}
+
+/// The result of one forward pass.
+pub trait NetworkOutput {
+    /// The model's prediction: [B, C, H, W] (segmentation), [B, C] or [B, 1].
+    fn logits(&self) -> &Tensor;
+}
+
+/// The multimodal model: encoders phi_i, fusion Omega and head F.
+pub trait MultimodalNetwork {
+    type Input: ModalityInput;
+    type Output: NetworkOutput;
+    /// The per-modality classifiers f_i that go with this model.
+    type Classifiers: ModalityClassifierSet<Self::Output>;
+
+    /// xs: the selected modalities in the model's order.
+    fn forward_t(&self, xs: &Self::Input, train: bool) -> Self::Output;
+    /// The fusion head's last layer's weight: where g_F is taken.
+    fn last_layer_weight(&self) -> &Tensor;
+    /// VarStore path prefix of each modality's encoder ("encoders.flair."), in modality order:
+    /// every parameter under prefix i belongs to optimiser group i + 1.
+    fn encoder_prefixes(&self) -> &[String];
+}
+
+/// The classifiers f_i, one per modality, on detached encoder features.
+pub trait ModalityClassifierSet<O> {
+    /// Every classifier's logits on `out`'s detached features, in modality order; each has the
+    /// shape of the model's logits.
+    fn logits_t(&self, out: &O, train: bool) -> Vec<Tensor>;
+    /// Classifier i's last-layer weight: the shape of the fusion head's last layer.
+    fn last_layer_weight(&self, i: usize) -> Tensor;
+    /// Its gradient after a backward pass (undefined before).
+    fn last_layer_grad(&self, i: usize) -> Tensor;
+}
