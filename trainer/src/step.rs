@@ -1,7 +1,9 @@
 //! One training iteration of the multimodal model for every method (joint, unimodal, CGGM and its
 //! ablations, MRD, MSLR): the CGGM order of operations from DESIGN.md lives here.
 
-use crate::cggm::{direction_loss, flat_cosine, scale_encoder_gradients, BalanceTracker};
+use crate::cggm::{
+    direction_loss, flat_cosine, neutral_balance, scale_encoder_gradients, BalanceTracker,
+};
 use crate::config::{DirectionSource, Method, TrainConfig};
 use crate::model::{ModalityClassifiers, ModelOutput, MultimodalSegmenter};
 use crate::optim::{CosineSchedule, Optimizer, Param};
@@ -19,6 +21,13 @@ pub struct StepReport {
     pub balance: Vec<f64>,
     pub cosine: Vec<f64>,
     pub modality_metric: Vec<f64>,
+    /// numbers (issue 8): the balance guard set every B_i to neutral on this step.
+    pub balance_guarded: bool,
+    /// numbers (issue 8): how many B_i the guard pinned at 0 or rho on this step.
+    pub balance_clamped: usize,
+    /// numbers (issue 8): the baseline's per-modality coefficients (OGM-GE, AGM: gradient scale;
+    /// PMR: weight of the prototypical loss); empty for other methods.
+    pub baseline_coefficients: Vec<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +57,8 @@ pub struct Trainer {
     /// Indices into the data's fixed modality order (flair, t1ce, t1, t2) of the model's inputs.
     pub modality_channels: Vec<i64>,
     task: SegmentationLoss,
+    /// numbers (issue 8): state of the OGM-GE / AGM / PMR baselines.
+    pub(crate) baselines: crate::baselines::BaselineState,
 }
 
 impl Trainer {
@@ -74,7 +85,8 @@ impl Trainer {
             total_steps,
         };
         let m = modalities.len();
-        let tracker = BalanceTracker::new(m, cfg.cggm.rho, cfg.cggm.balance);
+        let tracker =
+            BalanceTracker::new(m, cfg.cggm.rho, cfg.cggm.balance).with_ema(cfg.cggm.eps_ema);
         let modality_channels = modalities.iter().map(|m| m.index() as i64).collect();
         Self {
             task: cfg.loss.clone(),
@@ -90,6 +102,7 @@ impl Trainer {
             tracker,
             global_step: 0,
             modality_channels,
+            baselines: Default::default(),
         }
     }
 
@@ -208,11 +221,15 @@ impl Trainer {
         let mut metrics = vec![f64::NAN; m];
         let all = tch::autocast(use_amp, || cls.forward_t(out, (h, w), true));
         let mut cls_loss = Tensor::zeros([], (Kind::Float, self.device));
+        let mut all_logits = Vec::with_capacity(m);
         for (i, metric) in metrics.iter_mut().enumerate() {
             let logits = cls.logits_of(&all, i);
             *metric = self.task.batch_metric(&logits, labels);
             cls_loss += self.task.loss(&logits, labels);
+            all_logits.push(logits.detach());
         }
+        // numbers (issue 8): OGM-GE reads its scores from the classifiers.
+        Trainer::baseline_scores_hook(&mut self.baselines, self.cfg.method, &all_logits, labels);
         let value = cls_loss.double_value(&[]);
         if !value.is_finite() {
             return Err(StepError::NonFinite {
@@ -290,11 +307,15 @@ impl Trainer {
         let (metrics, classifier_grads) = self.classifier_pass(&out, labels)?;
         let m = self.modality_channels.len();
         // Measured for every run with classifiers, applied only by CGGM.
-        let balance = if self.classifiers.is_some() {
-            self.tracker.update(&metrics)
-        } else {
-            vec![1.0; m]
-        };
+        let (mut balance, mut guarded, mut clamped) = (vec![1.0; m], false, 0);
+        if self.classifiers.is_some() {
+            let outcome = self.tracker.update_outcome(&metrics);
+            (balance, guarded, clamped) = (outcome.coefficients, outcome.guarded, outcome.clamped);
+        }
+        // numbers (issue 8): the fixed-B control measures B but applies the neutral value.
+        if self.cfg.method == Method::CggmFixed {
+            balance = neutral_balance(m, self.cfg.cggm.rho);
+        }
         let (l_gm, cosine) = self.direction_term(&task_loss, &classifier_grads, &balance);
         let mut total = task_loss.shallow_clone();
         let mut gm_value = 0.0;
@@ -309,10 +330,20 @@ impl Trainer {
             }
             total += l_gm * self.cfg.cggm.lambda;
         }
+        // numbers (issue 8): baselines (PMR's loss before backward, OGM-GE/AGM's scaling after).
+        let mut baseline_coefficients = Vec::new();
+        if let Some((l_pmr, weights)) = self.baseline_loss(&out, labels) {
+            total += l_pmr;
+            baseline_coefficients = weights;
+        }
         self.model_opt.zero_grad();
         total.backward();
         if self.cfg.method.modulates_magnitude() {
             scale_encoder_gradients(self.model_opt.params(), &balance);
+        }
+        let scaled = self.baseline_after_backward(images, labels);
+        if !scaled.is_empty() {
+            baseline_coefficients = scaled;
         }
         Ok(StepReport {
             loss: total.double_value(&[]),
@@ -322,6 +353,9 @@ impl Trainer {
             balance,
             cosine,
             modality_metric: metrics,
+            balance_guarded: guarded,
+            balance_clamped: clamped,
+            baseline_coefficients,
         })
     }
 }
