@@ -38,17 +38,39 @@ pub const NEGLIGIBLE_TOTAL_IMPROVEMENT: f64 = 1e-4;
 ///
 /// With one modality there is nothing to balance: B = [rho].
 pub fn balance_coefficients(improvements: &[f64], rho: f64, formula: BalanceFormula) -> Vec<f64> {
+    balance_outcome(improvements, rho, formula).coefficients
+}
+
+/// B_i and what the guard did to get them (for the `step` event and the run's statistics).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BalanceOutcome {
+    pub coefficients: Vec<f64>,
+    /// Rule 2 fired: the total improvement was not clearly positive, every B_i is neutral.
+    pub guarded: bool,
+    /// How many shares rule 3 clamped (B_i pinned at 0 or rho).
+    pub clamped: usize,
+}
+
+/// [`balance_coefficients`] with the guard's bookkeeping.
+pub fn balance_outcome(improvements: &[f64], rho: f64, formula: BalanceFormula) -> BalanceOutcome {
     let m = improvements.len();
+    let plain = |coefficients| BalanceOutcome {
+        coefficients,
+        guarded: false,
+        clamped: 0,
+    };
     if m <= 1 {
-        return vec![rho; m];
+        return plain(vec![rho; m]);
     }
     match formula {
         BalanceFormula::Raw => {
             let total: f64 = improvements.iter().sum();
-            improvements
-                .iter()
-                .map(|d| rho * (total - d) / total)
-                .collect()
+            plain(
+                improvements
+                    .iter()
+                    .map(|d| rho * (total - d) / total)
+                    .collect(),
+            )
         }
         BalanceFormula::Guarded => {
             let d: Vec<f64> = improvements
@@ -57,22 +79,63 @@ pub fn balance_coefficients(improvements: &[f64], rho: f64, formula: BalanceForm
                 .collect();
             let total: f64 = d.iter().sum();
             if total <= NEGLIGIBLE_TOTAL_IMPROVEMENT {
-                return vec![rho * (m as f64 - 1.0) / m as f64; m];
+                return BalanceOutcome {
+                    coefficients: neutral_balance(m, rho),
+                    guarded: true,
+                    clamped: 0,
+                };
             }
-            d.iter()
-                .map(|di| rho * (1.0 - (di / total).clamp(0.0, 1.0)))
-                .collect()
+            let shares: Vec<f64> = d.iter().map(|di| di / total).collect();
+            BalanceOutcome {
+                clamped: shares.iter().filter(|s| !(0.0..=1.0).contains(*s)).count(),
+                coefficients: shares
+                    .iter()
+                    .map(|s| rho * (1.0 - s.clamp(0.0, 1.0)))
+                    .collect(),
+                guarded: false,
+            }
         }
     }
 }
 
+/// The neutral coefficient of equal improvements, `rho * (M - 1) / M`, for every modality: the
+/// guard's fallback and the fixed-B control (`cggm-fixed`).
+pub fn neutral_balance(modalities: usize, rho: f64) -> Vec<f64> {
+    if modalities <= 1 {
+        return vec![rho; modalities];
+    }
+    vec![rho * (modalities as f64 - 1.0) / modalities as f64; modalities]
+}
+
+/// Counts over a run of how often the guard decided B (kept in checkpoints, so they survive
+/// resume).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BalanceStats {
+    pub steps: usize,
+    /// Steps where rule 2 set every B_i to the neutral value.
+    pub guarded_steps: usize,
+    /// Steps where at least one share was clamped (some B_i pinned at 0 or rho).
+    pub clamped_steps: usize,
+}
+
 /// Remembers each modality's previous batch metric eps_i^(t-1) (eps_i^0 = 0) and turns the new
 /// metrics into balance coefficients.
+///
+/// Optional smoothing (`cggm.eps_ema` = beta in (0, 1), 0 = off, the paper): eps_i is replaced by
+/// its exponential moving average `e_i^t = beta e_i^(t-1) + (1 - beta) eps_i^t` (e_i^0 = 0, no bias
+/// correction), and d_i = e_i^t - e_i^(t-1) = (1 - beta)(eps_i^t - e_i^(t-1)). Each step's d_i then
+/// compares the new batch with an average of many past batches instead of with one other random
+/// batch, which is most of the noise in B.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BalanceTracker {
+    /// e_i^(t-1): the previous metric (or its running average when smoothing).
     pub previous: Vec<f64>,
     pub rho: f64,
     pub formula: BalanceFormula,
+    #[serde(default)]
+    pub eps_ema: f64,
+    #[serde(default)]
+    pub stats: BalanceStats,
 }
 
 impl BalanceTracker {
@@ -81,18 +144,47 @@ impl BalanceTracker {
             previous: vec![0.0; modalities],
             rho,
             formula,
+            eps_ema: 0.0,
+            stats: BalanceStats::default(),
         }
+    }
+
+    /// With eps_i smoothed by an EMA of factor `beta` (0 = off).
+    pub fn with_ema(mut self, beta: f64) -> Self {
+        self.eps_ema = beta;
+        self
     }
 
     /// metrics: eps_i^t, "higher is better". Returns B_i.
     pub fn update(&mut self, metrics: &[f64]) -> Vec<f64> {
-        let improvements: Vec<f64> = metrics
+        self.update_outcome(metrics).coefficients
+    }
+
+    /// [`update`](Self::update) with the guard's bookkeeping; counts it in `stats`.
+    pub fn update_outcome(&mut self, metrics: &[f64]) -> BalanceOutcome {
+        let beta = self.eps_ema;
+        let smoothed: Vec<f64> = metrics
+            .iter()
+            .zip(&self.previous)
+            .map(|(now, before)| {
+                if beta > 0.0 && now.is_finite() {
+                    beta * before + (1.0 - beta) * now
+                } else {
+                    *now
+                }
+            })
+            .collect();
+        let improvements: Vec<f64> = smoothed
             .iter()
             .zip(&self.previous)
             .map(|(now, before)| now - before)
             .collect();
-        self.previous = metrics.to_vec();
-        balance_coefficients(&improvements, self.rho, self.formula)
+        self.previous = smoothed;
+        let outcome = balance_outcome(&improvements, self.rho, self.formula);
+        self.stats.steps += 1;
+        self.stats.guarded_steps += outcome.guarded as usize;
+        self.stats.clamped_steps += (outcome.clamped > 0) as usize;
+        outcome
     }
 }
 
@@ -214,6 +306,56 @@ mod tests {
         let mut tracker = BalanceTracker::new(2, 1.0, BalanceFormula::Guarded);
         let b = tracker.update(&[0.6, 0.2]);
         assert!((b[0] - 0.25).abs() < 1e-12 && (b[1] - 0.75).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_guard_reports_when_it_fired_and_how_many_shares_it_clamped() {
+        let o = balance_outcome(&[0.1, -0.1, 0.0, 0.0], 1.0, BalanceFormula::Guarded);
+        assert!(o.guarded && o.clamped == 0);
+        let o = balance_outcome(&[0.5, -0.2, -0.1, 0.1], 1.0, BalanceFormula::Guarded);
+        // shares 0.5/0.3 > 1 and two negative ones: three clamped.
+        assert!(!o.guarded);
+        assert_eq!(o.clamped, 3);
+        let o = balance_outcome(&[0.4, 0.1, 0.05, 0.05], 1.0, BalanceFormula::Guarded);
+        assert_eq!((o.guarded, o.clamped), (false, 0));
+        let mut tracker = BalanceTracker::new(2, 1.0, BalanceFormula::Guarded);
+        tracker.update(&[0.5, 0.5]);
+        tracker.update(&[0.5, 0.5]);
+        tracker.update(&[0.9, 0.4]);
+        assert_eq!(
+            tracker.stats,
+            BalanceStats {
+                steps: 3,
+                guarded_steps: 1,
+                clamped_steps: 1
+            }
+        );
+    }
+
+    #[test]
+    fn smoothing_eps_makes_the_guard_fire_less_on_batch_noise() {
+        // Four modalities whose true metric rises steadily (at different speeds) under batch noise
+        // larger than a step's rise: the raw d_i are mostly noise, the smoothed ones mostly signal.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let mut raw = BalanceTracker::new(4, 1.0, BalanceFormula::Guarded);
+        let mut ema = BalanceTracker::new(4, 1.0, BalanceFormula::Guarded).with_ema(0.9);
+        for step in 0..400 {
+            let metrics: Vec<f64> = (0..4)
+                .map(|i| 0.2 + 0.0005 * step as f64 * (i + 1) as f64 + rng.gen_range(-0.01..0.01))
+                .collect();
+            raw.update(&metrics);
+            ema.update(&metrics);
+        }
+        let fired = |t: &BalanceTracker| {
+            (t.stats.guarded_steps + t.stats.clamped_steps) as f64 / t.stats.steps as f64
+        };
+        assert!(
+            fired(&ema) < fired(&raw),
+            "ema {:?} vs raw {:?}",
+            ema.stats,
+            raw.stats
+        );
+        assert_eq!(neutral_balance(4, 1.0), vec![0.75; 4]);
     }
 
     #[test]

@@ -2,11 +2,11 @@
 //! presets, and the methods a run can use. Saved as `config.json` in the run directory.
 
 use crate::cggm::BalanceFormula;
-use crate::data::{Modality, SamplerConfig};
+use crate::data::{Augmentation, Modality, SamplerConfig};
 use crate::model::features::FeatureModelConfig;
 use crate::model::ModelConfig;
 use crate::optim::{OptimizerConfig, OptimizerKind};
-use crate::task::segmentation::SegmentationLoss;
+use crate::task::segmentation::{SegmentationLoss, SoftDice};
 use crate::task::TaskKind;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -29,6 +29,17 @@ pub enum Method {
     CggmMagnitude,
     /// CGGM direction only (no gradient scaling).
     CggmDirection,
+    /// numbers (issue 8): the fixed-B control. CGGM with every B_i fixed at the neutral
+    /// rho(M-1)/M (encoder gradients scaled by it, L_gm weighted by it): what CGGM does without
+    /// balancing. CGGM minus this control is the effect of balancing itself, not of the lower
+    /// encoder learning rate (0.75x for four modalities) that magnitude modulation also implies.
+    CggmFixed,
+    /// numbers (issue 8): OGM-GE (Peng et al., CVPR 2022), see `baselines`.
+    OgmGe,
+    /// numbers (issue 8): AGM (Li et al., ICCV 2023), see `baselines`.
+    Agm,
+    /// numbers (issue 8): PMR (Fan et al., CVPR 2023), see `baselines`.
+    Pmr,
     /// Modality random dropout: each modality's input zeroed with probability `mrd_drop_prob`.
     Mrd,
     /// Modality-specific learning rates (`mslr_scales`).
@@ -37,15 +48,46 @@ pub enum Method {
 
 impl Method {
     pub fn modulates_magnitude(self) -> bool {
-        matches!(self, Method::Cggm | Method::CggmMagnitude)
+        matches!(
+            self,
+            Method::Cggm | Method::CggmMagnitude | Method::CggmFixed
+        )
     }
 
     pub fn modulates_direction(self) -> bool {
-        matches!(self, Method::Cggm | Method::CggmDirection)
+        matches!(
+            self,
+            Method::Cggm | Method::CggmDirection | Method::CggmFixed
+        )
     }
 
     pub fn is_cggm(self) -> bool {
         self.modulates_magnitude() || self.modulates_direction()
+    }
+
+    /// Every method name a request may use (`unimodal:<m>` once per modality).
+    pub fn names() -> Vec<String> {
+        let mut names: Vec<String> = [
+            "joint",
+            "cggm",
+            "cggm-magnitude",
+            "cggm-direction",
+            "cggm-fixed",
+            "ogm-ge",
+            "agm",
+            "pmr",
+            "mrd",
+            "mslr",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        names.extend(
+            Modality::ALL
+                .iter()
+                .map(|m| format!("unimodal:{}", m.name())),
+        );
+        names
     }
 }
 
@@ -58,6 +100,10 @@ impl fmt::Display for Method {
             Method::Cggm => f.write_str("cggm"),
             Method::CggmMagnitude => f.write_str("cggm-magnitude"),
             Method::CggmDirection => f.write_str("cggm-direction"),
+            Method::CggmFixed => f.write_str("cggm-fixed"),
+            Method::OgmGe => f.write_str("ogm-ge"),
+            Method::Agm => f.write_str("agm"),
+            Method::Pmr => f.write_str("pmr"),
             Method::Mrd => f.write_str("mrd"),
             Method::Mslr => f.write_str("mslr"),
         }
@@ -83,11 +129,15 @@ impl FromStr for Method {
             "cggm" => Method::Cggm,
             "cggm-magnitude" => Method::CggmMagnitude,
             "cggm-direction" => Method::CggmDirection,
+            "cggm-fixed" => Method::CggmFixed,
+            "ogm-ge" => Method::OgmGe,
+            "agm" => Method::Agm,
+            "pmr" => Method::Pmr,
             "mrd" => Method::Mrd,
             "mslr" => Method::Mslr,
             _ => {
                 return Err(format!(
-                    "unknown method {s:?}: use joint, cggm, cggm-magnitude, cggm-direction, mrd, mslr or unimodal:<modality>"
+                    "unknown method {s:?}: use joint, cggm, cggm-magnitude, cggm-direction, cggm-fixed, ogm-ge, agm, pmr, mrd, mslr or unimodal:<modality>"
                 ))
             }
         })
@@ -157,6 +207,10 @@ pub struct CggmConfig {
     pub lambda: f64,
     pub balance: BalanceFormula,
     pub direction: DirectionSource,
+    /// numbers (issue 8): smoothing of the classifier metrics eps_i before d_i is taken: EMA
+    /// factor beta in [0, 1); 0 = off (the paper). See `cggm::BalanceTracker`.
+    #[serde(default)]
+    pub eps_ema: f64,
 }
 
 impl Default for CggmConfig {
@@ -166,6 +220,7 @@ impl Default for CggmConfig {
             lambda: 0.1,
             balance: BalanceFormula::Guarded,
             direction: DirectionSource::Gradient,
+            eps_ema: 0.0,
         }
     }
 }
@@ -227,6 +282,9 @@ pub struct TrainConfig {
     pub split: SplitConfig,
     /// Slices per forward pass at evaluation and inference.
     pub eval_batch: usize,
+    /// numbers (issue 8): hyper-parameters of the OGM-GE, AGM and PMR baselines.
+    #[serde(default)]
+    pub baselines: crate::baselines::BaselineConfig,
 }
 
 impl TrainConfig {
@@ -282,9 +340,27 @@ impl TrainConfig {
                 file: None,
             },
             eval_batch: 16,
+            baselines: Default::default(),
         };
         match name {
-            "paper" => Ok(base),
+            // numbers (issue 8): the authors' protocol (zrguo/CGGM datasets/BratsDataset.py and
+            // src/eval_metrics.py): an epoch is one random tumour slice of every training case,
+            // their augmentation, their pooled soft Dice. README "The paper preset" lists what
+            // still differs.
+            "paper" => Ok(Self {
+                slices_per_case: 1,
+                sampler: SamplerConfig {
+                    tumour_fraction: 1.0,
+                    case_sweep: true,
+                    augmentation: Augmentation::Authors,
+                    ..base.sampler.clone()
+                },
+                loss: SegmentationLoss {
+                    dice: SoftDice::AuthorsPooled,
+                    ..SegmentationLoss::default()
+                },
+                ..base
+            }),
             "cpu-small" => Ok(Self {
                 epochs: 12,
                 slices_per_case: 24,
@@ -442,7 +518,8 @@ impl TrainConfig {
 
     /// Whether per-modality classifiers are trained in this run.
     pub fn trains_classifiers(&self) -> bool {
-        self.method.is_cggm() || self.probes
+        // OGM-GE reads its scores from the classifiers.
+        self.method.is_cggm() || self.probes || self.method == Method::OgmGe
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -455,6 +532,14 @@ impl TrainConfig {
             return Err(format!(
                 "unknown modality {:?} for segmentation: use unimodal:<flair|t1ce|t1|t2>",
                 m.as_str()
+            ));
+        }
+        if self.task == TaskKind::Regression
+            && matches!(self.method, Method::OgmGe | Method::Agm | Method::Pmr)
+        {
+            return Err(format!(
+                "{} needs class scores, which a regression task does not have: use cggm, joint, mrd, mslr or unimodal",
+                self.method
             ));
         }
         let positive = [
@@ -485,6 +570,12 @@ impl TrainConfig {
             return Err(format!(
                 "lambda must be a finite non-negative number, got {}",
                 self.cggm.lambda
+            ));
+        }
+        if !(0.0..1.0).contains(&self.cggm.eps_ema) {
+            return Err(format!(
+                "cggm.eps_ema must be in [0, 1) (0 = no smoothing), got {}",
+                self.cggm.eps_ema
             ));
         }
         if !(self.schedule.lr > 0.0 && self.schedule.lr.is_finite()) {
@@ -535,6 +626,10 @@ mod tests {
             "cggm",
             "cggm-magnitude",
             "cggm-direction",
+            "cggm-fixed",
+            "ogm-ge",
+            "agm",
+            "pmr",
             "mrd",
             "mslr",
             "unimodal:t1ce",

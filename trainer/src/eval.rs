@@ -1,10 +1,16 @@
 //! Evaluation users can trust: per case and in 3-D. Every axial slice is predicted, the slices are
 //! stacked, then Dice and HD95 are computed per region (WT, TC, ET) with the BraTS conventions,
-//! for the fused model and for each modality's classifier.
+//! for the fused model and for each modality's classifier. Lesion-wise Dice and HD95 (BraTS since
+//! 2023) are reported beside the region scores.
+//!
+//! Brain mask: a voxel where every modality of the study is zero lies outside the brain (skull
+//! stripping zeroes it, z-scoring keeps it at exactly 0); predictions there are set to background
+//! before scoring and before writing, so false positives in the air never lower the 3-D Dice.
 
-use crate::data::{load_study, CaseSource, Study};
+use crate::data::{load_study, voxel_spacing_mm, CaseSource, Study};
 use crate::events::RegionScores;
-use crate::metrics::{dice_scores, hd95_scores, mean_scores};
+use crate::metrics::lesion::{lesion_scores, LesionReport};
+use crate::metrics::{dice_scores, hd95_scores_with, mean_scores, Hd95Definition};
 use crate::model::{ModalityClassifiers, MultimodalSegmenter};
 use anyhow::{Context, Result};
 use ndarray::{s, Array3, Axis};
@@ -85,9 +91,23 @@ impl Predictor<'_> {
             z0 = z1;
             progress(z0 as f64 / nz as f64);
         }
+        mask_to_brain(&mut fused, study);
+        for pm in &mut per_modality {
+            mask_to_brain(pm, study);
+        }
         VolumePrediction {
             fused,
             per_modality,
+        }
+    }
+}
+
+/// Sets every voxel outside the brain (all four modalities exactly zero) to background.
+pub fn mask_to_brain(labels: &mut Array3<u8>, study: &Study) {
+    let images = &study.images;
+    for ((x, y, z), label) in labels.indexed_iter_mut() {
+        if *label != 0 && (0..images.dim().0).all(|c| images[[c, x, y, z]] == 0.0) {
+            *label = 0;
         }
     }
 }
@@ -121,6 +141,9 @@ pub struct CaseScores {
     /// The authors' protocol, for comparison only: Dice of one axial slice containing tumour,
     /// picked at random (seeded by the case id). None when the case has no tumour.
     pub authors_random_slice_dice: Option<RegionScores>,
+    /// Lesion-wise Dice / HD95 per region (see `metrics::lesion`).
+    #[serde(default)]
+    pub lesion: LesionReport,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -133,15 +156,35 @@ pub struct EvalReport {
     /// `dice` is the number to trust).
     #[serde(default)]
     pub authors_random_slice_dice: Option<RegionScores>,
+    /// Mean lesion-wise Dice and HD95 (mm) over the cases.
+    #[serde(default)]
+    pub lesion_dice: RegionScores,
+    #[serde(default)]
+    pub lesion_hd95: RegionScores,
+    /// The HD95 definition of `hd95` (the official pooled one unless asked otherwise).
+    #[serde(default)]
+    pub hd95_definition: Hd95Definition,
 }
 
-/// Scores one predicted case against its label.
+/// Scores one predicted case against its label with the official HD95.
 pub fn score_case(
     id: &str,
     pred: &VolumePrediction,
     truth: &Array3<u8>,
     spacing: [f64; 3],
     names: &[String],
+) -> CaseScores {
+    score_case_with(id, pred, truth, spacing, names, Hd95Definition::BratsPooled)
+}
+
+/// Scores one predicted case against its label.
+pub fn score_case_with(
+    id: &str,
+    pred: &VolumePrediction,
+    truth: &Array3<u8>,
+    spacing: [f64; 3],
+    names: &[String],
+    definition: Hd95Definition,
 ) -> CaseScores {
     // Compare voxel by voxel in logical [X, Y, Z] order, whatever the arrays' memory layouts.
     let truth_std = truth.as_standard_layout();
@@ -153,7 +196,8 @@ pub fn score_case(
             .0
     };
     let dice = dice_scores(&flat(&pred.fused), truth_flat);
-    let hd95 = hd95_scores(&pred.fused.view(), &truth.view(), spacing);
+    let hd95 = hd95_scores_with(&pred.fused.view(), &truth.view(), spacing, definition);
+    let lesion = lesion_scores(&pred.fused.view(), &truth.view(), spacing);
     let modality_dice = pred
         .per_modality
         .iter()
@@ -167,6 +211,7 @@ pub fn score_case(
         hd95,
         modality_dice,
         authors_random_slice_dice,
+        lesion,
     }
 }
 
@@ -192,11 +237,27 @@ fn random_tumour_slice_dice(
     Some(dice_scores(&p, &t))
 }
 
-/// Evaluates cases one at a time (one volume in memory), averaging per-case scores.
+/// Evaluates cases one at a time (one volume in memory), averaging per-case scores, with the
+/// official HD95.
 pub fn evaluate(
     predictor: &Predictor,
     cases: &[CaseSource],
     with_classifiers: bool,
+) -> Result<EvalReport> {
+    evaluate_with(
+        predictor,
+        cases,
+        with_classifiers,
+        Hd95Definition::BratsPooled,
+    )
+}
+
+/// [`evaluate`] with a chosen HD95 definition.
+pub fn evaluate_with(
+    predictor: &Predictor,
+    cases: &[CaseSource],
+    with_classifiers: bool,
+    definition: Hd95Definition,
 ) -> Result<EvalReport> {
     let mut scores = Vec::new();
     for case in cases {
@@ -207,27 +268,24 @@ pub fn evaluate(
             .with_context(|| format!("case {} has no label volume to evaluate against", case.id))?;
         let pred = predictor.predict(&study, with_classifiers, |_| {});
         let spacing = voxel_spacing(&study);
-        scores.push(score_case(
+        scores.push(score_case_with(
             &case.id,
             &pred,
             truth,
             spacing,
             &predictor.modality_names,
+            definition,
         ));
     }
-    Ok(summarise(scores))
+    let mut report = summarise(scores);
+    report.hd95_definition = definition;
+    Ok(report)
 }
 
+/// Voxel size in mm along x, y, z: the loader's rule (`data::voxel_spacing_mm`), one rule for
+/// volumes, distances and the written predictions.
 pub fn voxel_spacing(study: &Study) -> [f64; 3] {
-    let p = study.header.pixdim;
-    let s = |v: f32| {
-        if v.is_finite() && v > 0.0 {
-            v as f64
-        } else {
-            1.0
-        }
-    };
-    [s(p[1]), s(p[2]), s(p[3])]
+    voxel_spacing_mm(&study.header)
 }
 
 pub fn summarise(cases: Vec<CaseScores>) -> EvalReport {
@@ -248,12 +306,17 @@ pub fn summarise(cases: Vec<CaseScores>) -> EvalReport {
         .filter_map(|c| c.authors_random_slice_dice.clone())
         .collect();
     let authors_random_slice_dice = (!slices.is_empty()).then(|| mean_scores(&slices));
+    let lesion_dice = mean_scores(&cases.iter().map(|c| c.lesion.dice()).collect::<Vec<_>>());
+    let lesion_hd95 = mean_scores(&cases.iter().map(|c| c.lesion.hd95()).collect::<Vec<_>>());
     EvalReport {
         cases,
         dice,
         hd95,
         modality_dice,
         authors_random_slice_dice,
+        lesion_dice,
+        lesion_hd95,
+        hd95_definition: Hd95Definition::BratsPooled,
     }
 }
 
@@ -295,6 +358,17 @@ pub fn format_table(report: &EvalReport) -> String {
         &report.hd95,
         &report.modality_dice,
     );
+    let (ld, lh) = (&report.lesion_dice, &report.lesion_hd95);
+    out.push_str(&format!(
+        "lesion-wise (BraTS 2023+): Dice WT {:.4} TC {:.4} ET {:.4} mean {:.4}; \
+         HD95 WT {:.2} TC {:.2} ET {:.2} mm\n",
+        ld.wt, ld.tc, ld.et, ld.mean, lh.wt, lh.tc, lh.et
+    ));
+    if report.hd95_definition == Hd95Definition::MaxOfDirected {
+        out.push_str(
+            "(HD95 above: max of the two directed 95th percentiles, not the official pooled one)\n",
+        );
+    }
     if let Some(d) = &report.authors_random_slice_dice {
         out.push_str(&format!(
             "(authors' protocol, one random tumour slice per case, for comparison only: \
@@ -308,6 +382,41 @@ pub fn format_table(report: &EvalReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn predictions_outside_the_brain_are_set_to_background() {
+        let mut images = ndarray::Array4::<f32>::zeros((4, 4, 4, 2));
+        images[[0, 1, 1, 0]] = 0.3; // brain in FLAIR only
+        images[[2, 2, 2, 1]] = -1.2; // brain in T1 only
+        let study = Study {
+            id: "c".into(),
+            images,
+            label: None,
+            header: nifti::NiftiHeader::default(),
+            voxel_volume_ml: 0.001,
+        };
+        let mut pred = Array3::<u8>::from_elem((4, 4, 2), 2);
+        mask_to_brain(&mut pred, &study);
+        assert_eq!(pred.iter().filter(|&&v| v != 0).count(), 2);
+        assert_eq!((pred[[1, 1, 0]], pred[[2, 2, 1]]), (2, 2));
+    }
+
+    #[test]
+    fn voxel_size_follows_one_pixdim_rule() {
+        let mut h = nifti::NiftiHeader {
+            xyzt_units: 2,
+            ..Default::default()
+        };
+        h.pixdim = [1.0, -0.9, 1.3, 0.0, 1.0, 0.0, 0.0, 0.0];
+        // A negative pixdim is a flip, a zero one unknown (1 mm).
+        assert_eq!(voxel_spacing_mm(&h), [0.9f32 as f64, 1.3f32 as f64, 1.0]);
+        h.xyzt_units = 1; // metres
+        h.pixdim[1] = 0.001;
+        assert!((voxel_spacing_mm(&h)[0] - 1.0).abs() < 1e-6);
+        h.xyzt_units = 3; // micrometres
+        h.pixdim[1] = 500.0;
+        assert!((voxel_spacing_mm(&h)[0] - 0.5).abs() < 1e-9);
+    }
 
     #[test]
     fn authors_slice_protocol_picks_a_tumour_slice_and_can_flatter_the_3d_score() {

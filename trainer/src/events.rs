@@ -64,6 +64,17 @@ pub enum Event {
         /// accuracy (classification), Acc-2 (regression).
         modality_metric: BTreeMap<String, f64>,
         step_seconds: f64,
+        /// 1 when the balance guard set every B_i to the neutral rho(M-1)/M on this step (the
+        /// modalities' improvements did not sum to a clearly positive number), else 0.
+        #[serde(default)]
+        balance_guarded: usize,
+        /// How many B_i the guard pinned at 0 or rho on this step (a share outside [0, 1]).
+        #[serde(default)]
+        balance_clamped: usize,
+        /// The baseline's coefficient per modality (OGM-GE, AGM: encoder gradient scale; PMR:
+        /// weight of the prototypical loss); empty for other methods.
+        #[serde(default)]
+        baseline_coefficients: BTreeMap<String, f64>,
     },
     /// Per-epoch validation, 3-D per case, averaged over the validation cases.
     Validation {

@@ -2,13 +2,35 @@
 //! per region (WT = {NCR, ED, ET}, TC = {NCR, ET}, ET), computed per case in 3-D.
 //!
 //! Labels here are the internal classes: 0 background, 1 NCR/NET, 2 oedema, 3 enhancing tumour.
+//! Lesion-wise scores (BraTS since 2023) live in [`lesion`].
+
+pub mod lesion;
 
 use crate::events::RegionScores;
 use ndarray::{Array3, ArrayView3, Zip};
+use serde::{Deserialize, Serialize};
 
-/// HD95 reported when exactly one of prediction and ground truth is empty: the diagonal of the
-/// 240x240x155 BraTS grid in mm, as the BraTS 2021 evaluation does.
+/// HD95 of the legacy definition when exactly one of prediction and ground truth is empty: the
+/// diagonal of the 240x240x155 BraTS grid in mm, as the BraTS 2021 evaluation did.
 pub const HD95_EMPTY_PENALTY: f64 = 373.128_664_383_461_2;
+
+/// The official package's penalty (`brats_evaluation.metrics_parser`: "diameter of the cube in SRI
+/// space"), reported wherever panoptica's HD95 is infinite: one mask empty, or no overlap at all.
+pub const BRATS_HD95_PENALTY: f64 = 373.0;
+
+/// Which 95th-percentile Hausdorff distance to report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Hd95Definition {
+    /// The official BraTS evaluation (`brats-evaluation` on PyPI, built on panoptica; MedPy's
+    /// `hd95`): the 95th percentile of both directed surface-distance sets pooled. When the masks
+    /// do not overlap at all (or one is empty) the package reports infinity, parsed as 373 mm.
+    #[default]
+    BratsPooled,
+    /// The larger of the two directed 95th percentiles (what this project reported before; some
+    /// papers use it). Up to 2x the pooled value on the same masks. Empty vs non-empty: 373.13 mm.
+    MaxOfDirected,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Region {
@@ -68,45 +90,123 @@ pub fn dice_scores(pred: &[u8], truth: &[u8]) -> RegionScores {
     RegionScores::new(d(Region::Wt), d(Region::Tc), d(Region::Et))
 }
 
-/// HD95 per region (mm) on a 3-D case; `spacing` in mm along the three axes.
+/// HD95 per region (mm) on a 3-D case with the official definition; `spacing` in mm along the
+/// three axes.
 pub fn hd95_scores(
     pred: &ArrayView3<u8>,
     truth: &ArrayView3<u8>,
     spacing: [f64; 3],
 ) -> RegionScores {
+    hd95_scores_with(pred, truth, spacing, Hd95Definition::BratsPooled)
+}
+
+/// HD95 per region (mm) with the chosen definition.
+pub fn hd95_scores_with(
+    pred: &ArrayView3<u8>,
+    truth: &ArrayView3<u8>,
+    spacing: [f64; 3],
+    definition: Hd95Definition,
+) -> RegionScores {
     let h = |r: Region| {
         let p = pred.mapv(|c| r.contains(c));
         let t = truth.mapv(|c| r.contains(c));
-        hd95(&p.view(), &t.view(), spacing)
+        hd95_with(&p.view(), &t.view(), spacing, definition)
     };
     RegionScores::new(h(Region::Wt), h(Region::Tc), h(Region::Et))
 }
 
-/// Symmetric 95th-percentile Hausdorff distance between the surfaces of two masks:
-/// max(P95 of d(surface A -> B), P95 of d(surface B -> A)), as MedPy and the BraTS toolkit do.
-/// Both empty: 0. One empty: `HD95_EMPTY_PENALTY`.
+/// The official BraTS HD95 (see [`Hd95Definition::BratsPooled`]): both empty 0 (the package
+/// reports NaN there), one empty or no overlap [`BRATS_HD95_PENALTY`].
 pub fn hd95(a: &ArrayView3<bool>, b: &ArrayView3<bool>, spacing: [f64; 3]) -> f64 {
+    hd95_with(a, b, spacing, Hd95Definition::BratsPooled)
+}
+
+/// 95th-percentile Hausdorff distance between the surfaces of two masks (mm). A surface voxel is a
+/// mask voxel with a 6-neighbour outside the mask or the grid (scipy's `binary_erosion` with the
+/// cross structure, as panoptica and MedPy extract borders); distances are exact Euclidean
+/// distances in mm from each surface voxel to the nearest surface voxel of the other mask.
+pub fn hd95_with(
+    a: &ArrayView3<bool>,
+    b: &ArrayView3<bool>,
+    spacing: [f64; 3],
+    definition: Hd95Definition,
+) -> f64 {
     let (a_any, b_any) = (a.iter().any(|&v| v), b.iter().any(|&v| v));
-    match (a_any, b_any) {
-        (false, false) => return 0.0,
-        (true, false) | (false, true) => return HD95_EMPTY_PENALTY,
+    let overlap = a.iter().zip(b.iter()).any(|(&x, &y)| x && y);
+    match (definition, a_any, b_any) {
+        (_, false, false) => return 0.0,
+        (Hd95Definition::MaxOfDirected, true, false)
+        | (Hd95Definition::MaxOfDirected, false, true) => return HD95_EMPTY_PENALTY,
+        (Hd95Definition::BratsPooled, _, _) if !overlap => return BRATS_HD95_PENALTY,
         _ => {}
     }
-    let (sa, sb) = (surface(a), surface(b));
+    let (sa, sb) = surface_distances(a, b, spacing);
+    match definition {
+        Hd95Definition::BratsPooled => {
+            let mut pooled = sa;
+            pooled.extend(sb);
+            percentile(&mut pooled, 95.0)
+        }
+        Hd95Definition::MaxOfDirected => {
+            let (mut sa, mut sb) = (sa, sb);
+            percentile(&mut sa, 95.0).max(percentile(&mut sb, 95.0))
+        }
+    }
+}
+
+/// Both directed surface-distance sets (mm): from every surface voxel of `a` to the surface of
+/// `b`, and back. Works on the bounding box of both masks plus one voxel, which gives the same
+/// distances as the whole grid (every surface voxel lies inside it) at a fraction of the cost.
+pub fn surface_distances(
+    a: &ArrayView3<bool>,
+    b: &ArrayView3<bool>,
+    spacing: [f64; 3],
+) -> (Vec<f64>, Vec<f64>) {
+    let (ca, cb) = crop_pair(a, b);
+    let (sa, sb) = (surface(&ca.view()), surface(&cb.view()));
     let da = distance_to(&sb, spacing);
     let db = distance_to(&sa, spacing);
-    let directed = |surf: &Array3<bool>, dist: &Array3<f64>| {
-        let mut d: Vec<f64> = Zip::from(surf)
+    let collect = |surf: &Array3<bool>, dist: &Array3<f64>| {
+        Zip::from(surf)
             .and(dist)
             .fold(Vec::new(), |mut acc, &s, &v| {
                 if s {
                     acc.push(v);
                 }
                 acc
-            });
-        percentile(&mut d, 95.0)
+            })
     };
-    directed(&sa, &da).max(directed(&sb, &db))
+    (collect(&sa, &da), collect(&sb, &db))
+}
+
+/// Both masks cut to the bounding box of their union, padded by one voxel on every side (outside
+/// the grid the padding is `false`, as scipy's erosion treats the border).
+fn crop_pair(a: &ArrayView3<bool>, b: &ArrayView3<bool>) -> (Array3<bool>, Array3<bool>) {
+    let dim = a.dim();
+    let (mut lo, mut hi) = ([usize::MAX; 3], [0usize; 3]);
+    Zip::indexed(a).and(b).for_each(|(x, y, z), &p, &q| {
+        if p || q {
+            for (k, v) in [x, y, z].into_iter().enumerate() {
+                lo[k] = lo[k].min(v);
+                hi[k] = hi[k].max(v);
+            }
+        }
+    });
+    if lo[0] == usize::MAX {
+        return (a.to_owned(), b.to_owned());
+    }
+    let shape = (hi[0] - lo[0] + 3, hi[1] - lo[1] + 3, hi[2] - lo[2] + 3);
+    let pick = |m: &ArrayView3<bool>| {
+        Array3::from_shape_fn(shape, |(i, j, k)| {
+            let (x, y, z) = (
+                (lo[0] + i).wrapping_sub(1),
+                (lo[1] + j).wrapping_sub(1),
+                (lo[2] + k).wrapping_sub(1),
+            );
+            x < dim.0 && y < dim.1 && z < dim.2 && m[[x, y, z]]
+        })
+    };
+    (pick(a), pick(b))
 }
 
 /// Voxels of the mask with at least one 6-neighbour outside it (or on the border).
@@ -249,14 +349,85 @@ mod tests {
                 }
             }
         }
-        let h = hd95(&a.view(), &b.view(), [1.0, 1.0, 1.0]);
+        let legacy = Hd95Definition::MaxOfDirected;
+        let h = hd95_with(&a.view(), &b.view(), [1.0, 1.0, 1.0], legacy);
         assert!((h - 3.0).abs() < 1e-9, "{h}");
-        let h2 = hd95(&a.view(), &b.view(), [2.0, 1.0, 1.0]);
+        let h2 = hd95_with(&a.view(), &b.view(), [2.0, 1.0, 1.0], legacy);
         assert!((h2 - 6.0).abs() < 1e-9, "anisotropic spacing: {h2}");
         assert_eq!(hd95(&a.view(), &a.view(), [1.0; 3]), 0.0);
         let empty = Array3::from_elem((20, 20, 20), false);
-        assert_eq!(hd95(&a.view(), &empty.view(), [1.0; 3]), HD95_EMPTY_PENALTY);
+        assert_eq!(
+            hd95_with(&a.view(), &empty.view(), [1.0; 3], legacy),
+            HD95_EMPTY_PENALTY
+        );
+        assert_eq!(hd95(&a.view(), &empty.view(), [1.0; 3]), BRATS_HD95_PENALTY);
         assert_eq!(hd95(&empty.view(), &empty.view(), [1.0; 3]), 0.0);
+        // Pooled: the faces that moved (x) are 3 away, the side faces mostly closer.
+        let pooled = hd95(&a.view(), &b.view(), [1.0; 3]);
+        assert!(pooled <= h + 1e-9, "pooled {pooled} vs max-of-directed {h}");
+    }
+
+    #[test]
+    fn pooled_hd95_can_be_far_below_the_max_of_directed_one() {
+        // B = A plus a small distant blob. A's surface lies on B's (distance 0 both ways); the
+        // blob's 12 voxels are 7 % of B's surface (so B -> A's own 95th percentile is far) but
+        // under 5 % of both sets pooled (so the official HD95 is 0).
+        let mut a = Array3::from_elem((30, 30, 30), false);
+        for x in 5..11 {
+            for y in 5..11 {
+                for z in 5..11 {
+                    a[[x, y, z]] = true;
+                }
+            }
+        }
+        let mut b = a.clone();
+        for x in 20..22 {
+            for y in 20..22 {
+                for z in 20..23 {
+                    b[[x, y, z]] = true;
+                }
+            }
+        }
+        let pooled = hd95(&a.view(), &b.view(), [1.0; 3]);
+        let legacy = hd95_with(
+            &a.view(),
+            &b.view(),
+            [1.0; 3],
+            Hd95Definition::MaxOfDirected,
+        );
+        assert_eq!(pooled, 0.0);
+        assert!(legacy > 15.0, "max of directed {legacy}");
+    }
+
+    #[test]
+    fn cropping_to_the_masks_changes_no_distance() {
+        // A mask touching the grid border: the border is a surface there, as in scipy.
+        let mut a = Array3::from_elem((12, 10, 8), false);
+        let mut b = a.clone();
+        for x in 0..5 {
+            for y in 0..4 {
+                for z in 2..6 {
+                    a[[x, y, z]] = true;
+                    b[[x + 2, y + 1, z]] = true;
+                }
+            }
+        }
+        let (ca, cb) = crop_pair(&a.view(), &b.view());
+        let full = {
+            let (sa, sb) = (surface(&a.view()), surface(&b.view()));
+            (
+                sa.iter().filter(|&&v| v).count(),
+                sb.iter().filter(|&&v| v).count(),
+            )
+        };
+        let cropped = {
+            let (sa, sb) = (surface(&ca.view()), surface(&cb.view()));
+            (
+                sa.iter().filter(|&&v| v).count(),
+                sb.iter().filter(|&&v| v).count(),
+            )
+        };
+        assert_eq!(full, cropped);
     }
 
     #[test]

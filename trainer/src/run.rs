@@ -3,7 +3,10 @@
 
 use crate::checkpoint::{self, CheckpointState};
 use crate::config::TrainConfig;
-use crate::data::{discover, split_cases, split_from_file, SliceBatch, SliceLoader, Split};
+use crate::data::{
+    discover, read_saved_split, resolve_saved_split, split_cases, split_from_file,
+    write_saved_split, SliceBatch, SliceLoader, Split,
+};
 use crate::device::{describe, parse_device};
 use crate::eval::{evaluate, EvalReport, Predictor};
 use crate::events::{now, Event, EventSink, RegionScores};
@@ -25,6 +28,9 @@ pub struct RunMetrics {
     pub test: Option<EvalReport>,
     pub epochs_completed: usize,
     pub seconds: f64,
+    /// numbers (issue 8): how often the balance guard decided B over the run.
+    #[serde(default)]
+    pub balance_stats: crate::cggm::BalanceStats,
 }
 
 /// Splits the dataset as the configuration says (same seed, same split).
@@ -49,6 +55,27 @@ pub fn dataset_split(cfg: &TrainConfig) -> Result<Split> {
             cfg.split.test_fraction,
         ),
     })
+}
+
+// numbers (issue 8): the split is data of the run. Written as RUN_DIR/split.json when a run
+// starts; resume, validation, the final test and `cggm eval` read it back.
+/// The run's split: the saved one when `run_dir` has it (resume, eval), else a new one from the
+/// configuration, saved when `save` is set. Cases added to the folder later never join the run.
+pub fn run_split(cfg: &TrainConfig, run_dir: &Path, save: bool) -> Result<Split> {
+    if let Some(saved) = read_saved_split(run_dir)? {
+        let report = discover(&cfg.data);
+        return Ok(resolve_saved_split(
+            &report.cases,
+            &saved,
+            run_dir,
+            &cfg.data,
+        )?);
+    }
+    let split = dataset_split(cfg)?;
+    if save {
+        write_saved_split(run_dir, &split)?;
+    }
+    Ok(split)
 }
 
 pub fn steps_per_epoch(cfg: &TrainConfig, train_cases: usize) -> usize {
@@ -187,7 +214,11 @@ fn train_inner(
     checkpoint::write_json_atomic(&config_path, &*cfg)?;
 
     let device = parse_device(&cfg.device).map_err(anyhow::Error::msg)?;
-    let split = dataset_split(cfg)?;
+    if !resume {
+        // numbers (issue 8): a new run in a reused directory draws its split afresh.
+        let _ = std::fs::remove_file(run_dir.join(crate::data::SPLIT_FILE_NAME));
+    }
+    let split = run_split(cfg, run_dir, true)?;
     if split.train.is_empty() {
         bail!("the split left no training case: add cases or lower the validation/test fractions");
     }
@@ -260,6 +291,9 @@ fn train_inner(
                 cosine: by_modality(&names, &report.cosine),
                 modality_metric: by_modality(&names, &report.modality_metric),
                 step_seconds: t0.elapsed().as_secs_f64(),
+                balance_guarded: report.balance_guarded as usize,
+                balance_clamped: report.balance_clamped,
+                baseline_coefficients: by_modality(&names, &report.baseline_coefficients),
             });
             if step % 10 == 0 {
                 tracing::info!(
@@ -369,6 +403,7 @@ fn train_inner(
         test: test.clone(),
         epochs_completed: cfg.epochs,
         seconds: started.elapsed().as_secs_f64(),
+        balance_stats: trainer.tracker.stats.clone(),
     };
     checkpoint::write_json_atomic(&run_dir.join("metrics.json"), &metrics)?;
     events.emit(&Event::Finished {

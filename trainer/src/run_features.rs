@@ -282,6 +282,9 @@ fn train_epoch(
             cosine: by_name(&t.modality_names, &report.cosine),
             modality_metric: by_name(&t.modality_names, &report.modality_metric),
             step_seconds: t0.elapsed().as_secs_f64(),
+            balance_guarded: report.balance_guarded as usize,
+            balance_clamped: report.balance_clamped,
+            baseline_coefficients: by_name(&t.modality_names, &report.baseline_coefficients),
         });
     }
     Ok(loss_sum / p.steps_per_epoch as f64)

@@ -3,7 +3,9 @@
 //! order of operations from DESIGN.md lives here, written once against the model traits of
 //! `model::network` and the `Task` (loss and per-modality metric).
 
-use crate::cggm::{direction_loss, flat_cosine, scale_encoder_gradients, BalanceTracker};
+use crate::cggm::{
+    direction_loss, flat_cosine, neutral_balance, scale_encoder_gradients, BalanceTracker,
+};
 use crate::config::{DirectionSource, Method, TrainConfig};
 use crate::data::features::DatasetSpec;
 use crate::model::features::{FeatureClassifiers, FeatureNet};
@@ -26,6 +28,13 @@ pub struct StepReport {
     pub balance: Vec<f64>,
     pub cosine: Vec<f64>,
     pub modality_metric: Vec<f64>,
+    /// The balance guard set every B_i to neutral on this step.
+    pub balance_guarded: bool,
+    /// How many B_i the guard pinned at 0 or rho on this step.
+    pub balance_clamped: usize,
+    /// The baseline's per-modality coefficients (OGM-GE, AGM: gradient scale; PMR: weight of the
+    /// prototypical loss); empty for other methods.
+    pub baseline_coefficients: Vec<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +68,8 @@ pub struct Trainer<N: MultimodalNetwork = MultimodalSegmenter> {
     /// The model's modality names, in its order.
     pub modality_names: Vec<String>,
     task: Box<dyn Task>,
+    /// State of the OGM-GE / AGM / PMR baselines.
+    pub(crate) baselines: crate::baselines::BaselineState,
 }
 
 impl Trainer {
@@ -165,7 +176,8 @@ impl<N: MultimodalNetwork> Trainer<N> {
             total_steps,
         };
         let m = modality_channels.len();
-        let tracker = BalanceTracker::new(m, cfg.cggm.rho, cfg.cggm.balance);
+        let tracker =
+            BalanceTracker::new(m, cfg.cggm.rho, cfg.cggm.balance).with_ema(cfg.cggm.eps_ema);
         let modality_names = model
             .encoder_prefixes()
             .iter()
@@ -192,6 +204,7 @@ impl<N: MultimodalNetwork> Trainer<N> {
             global_step: 0,
             modality_channels,
             modality_names,
+            baselines: Default::default(),
         }
     }
 
@@ -309,6 +322,8 @@ impl<N: MultimodalNetwork> Trainer<N> {
             *metric = self.task.batch_metric(logits, labels);
             cls_loss += self.task.loss(logits, labels);
         }
+        // OGM-GE reads its scores from the classifiers.
+        crate::baselines::scores_hook(&mut self.baselines, self.cfg.method, &all, labels);
         let value = cls_loss.double_value(&[]);
         if !value.is_finite() {
             return Err(StepError::NonFinite {
@@ -386,11 +401,15 @@ impl<N: MultimodalNetwork> Trainer<N> {
         let (metrics, classifier_grads) = self.classifier_pass(&out, labels)?;
         let m = self.modality_channels.len();
         // Measured for every run with classifiers, applied only by CGGM.
-        let balance = if self.classifiers.is_some() {
-            self.tracker.update(&metrics)
-        } else {
-            vec![1.0; m]
-        };
+        let (mut balance, mut guarded, mut clamped) = (vec![1.0; m], false, 0);
+        if self.classifiers.is_some() {
+            let outcome = self.tracker.update_outcome(&metrics);
+            (balance, guarded, clamped) = (outcome.coefficients, outcome.guarded, outcome.clamped);
+        }
+        // The fixed-B control measures B but applies the neutral value.
+        if self.cfg.method == Method::CggmFixed {
+            balance = neutral_balance(m, self.cfg.cggm.rho);
+        }
         let (l_gm, cosine) = self.direction_term(&task_loss, &classifier_grads, &balance);
         let mut total = task_loss.shallow_clone();
         let mut gm_value = 0.0;
@@ -405,10 +424,20 @@ impl<N: MultimodalNetwork> Trainer<N> {
             }
             total += l_gm * self.cfg.cggm.lambda;
         }
+        // Baselines: PMR's loss before backward, OGM-GE/AGM's scaling after it.
+        let mut baseline_coefficients = Vec::new();
+        if let Some((l_pmr, weights)) = self.baseline_loss(&out, labels) {
+            total += l_pmr;
+            baseline_coefficients = weights;
+        }
         self.model_opt.zero_grad();
         total.backward();
         if self.cfg.method.modulates_magnitude() {
             scale_encoder_gradients(self.model_opt.params(), &balance);
+        }
+        let scaled = self.baseline_after_backward(images, labels);
+        if !scaled.is_empty() {
+            baseline_coefficients = scaled;
         }
         Ok(StepReport {
             loss: total.double_value(&[]),
@@ -418,6 +447,9 @@ impl<N: MultimodalNetwork> Trainer<N> {
             balance,
             cosine,
             modality_metric: metrics,
+            balance_guarded: guarded,
+            balance_clamped: clamped,
+            baseline_coefficients,
         })
     }
 }

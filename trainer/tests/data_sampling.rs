@@ -152,6 +152,7 @@ fn config(cache: &Path) -> SamplerConfig {
         workers: 2,
         prefetch: 2,
         cache_dir: Some(cache.to_path_buf()),
+        ..SamplerConfig::default()
     }
 }
 

@@ -27,11 +27,15 @@ async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
 }
 
-pub const METHODS: [&str; 10] = [
+pub const METHODS: [&str; 14] = [
     "cggm",
     "joint",
     "cggm-magnitude",
     "cggm-direction",
+    "cggm-fixed",
+    "ogm-ge",
+    "agm",
+    "pmr",
     "mrd",
     "mslr",
     "unimodal:flair",

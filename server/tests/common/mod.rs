@@ -271,6 +271,9 @@ pub fn training_events() -> Vec<String> {
             cosine: per_mod(0.5),
             modality_metric: per_mod(0.3),
             step_seconds: 0.1,
+            balance_guarded: 0,
+            balance_clamped: 0,
+            baseline_coefficients: Default::default(),
         });
     }
     let scores = RegionScores::new(0.8, 0.7, 0.6);

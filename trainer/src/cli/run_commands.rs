@@ -4,11 +4,12 @@ use crate::cggm::BalanceFormula;
 use crate::checkpoint;
 use crate::config::{DirectionSource, TrainConfig};
 use crate::data::features::{is_feature_dataset, DatasetSpec};
-use crate::eval::{evaluate, format_table};
+use crate::eval::{evaluate_with, format_table};
 use crate::events::EventSink;
 use crate::infer::infer;
+use crate::metrics::Hd95Definition;
 use crate::optim::OptimizerKind;
-use crate::run::{dataset_split, open_run, train, TrainOptions};
+use crate::run::{dataset_split, open_run, run_split, train, TrainOptions};
 use crate::run_features::train_features;
 use crate::task::TaskKind;
 use anyhow::{bail, Context, Result};
@@ -231,7 +232,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum EvalSplit {
-    /// The run's test split (the same seed gives the same split).
+    /// The run's test split, as saved in its split.json when the run started.
     Test,
     Val,
     /// Every case of the dataset.
@@ -253,6 +254,15 @@ pub struct EvalArgs {
     pub out: Option<PathBuf>,
     #[arg(long)]
     pub device: Option<String>,
+    /// brats-pooled (the official BraTS evaluation: 95th percentile of both directed surface
+    /// distance sets pooled) or max-of-directed (the larger directed 95th percentile).
+    #[arg(long, value_parser = parse_hd95, default_value = "brats-pooled")]
+    pub hd95: Hd95Definition,
+}
+
+fn parse_hd95(s: &str) -> Result<Hd95Definition, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| format!("unknown HD95 definition {s:?}: use brats-pooled or max-of-directed"))
 }
 
 pub fn run_eval(args: EvalArgs) -> Result<()> {
@@ -262,7 +272,12 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     if let Some(d) = &args.data {
         cfg.data = d.clone();
     }
-    let split = dataset_split(&cfg)?;
+    // The run's saved split (split.json); a foreign dataset is split afresh (all of it is used).
+    let split = if foreign {
+        dataset_split(&cfg)?
+    } else {
+        run_split(&cfg, &args.checkpoint, false)?
+    };
     let cases = match (args.split, foreign) {
         // A dataset the run never saw: all of it is test data.
         (_, true) | (EvalSplit::All, _) => [split.train, split.val, split.test].concat(),
@@ -276,7 +291,12 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
             cfg.data.display()
         );
     }
-    let report = evaluate(&trainer.predictor(), &cases, trainer.classifiers.is_some())?;
+    let report = evaluate_with(
+        &trainer.predictor(),
+        &cases,
+        trainer.classifiers.is_some(),
+        args.hd95,
+    )?;
     print!("{}", format_table(&report));
     let out = args.out.unwrap_or_else(|| {
         args.checkpoint

@@ -26,10 +26,14 @@ pub use layout::{case_from_paths, discover, DiscoveryReport, Layout};
 pub use nifti_io::{
     header_affine, read_volume, write_label_volume, write_volume_i16, write_volume_u8,
 };
-pub use sampler::{SamplerConfig, SliceBatch, SliceLoader};
-pub use split::{split_cases, split_from_file, Split};
+pub use sampler::{Augmentation, SampleDraw, SamplerConfig, SliceBatch, SliceLoader};
+pub use split::{
+    read_saved_split, resolve_saved_split, split_cases, split_from_file, write_saved_split,
+    SavedSplit, SavedSplitError, Split, SPLIT_FILE_NAME,
+};
 pub use study::{
-    brats_to_internal, internal_to_brats, load_study, msd_to_internal, validate_dataset, Study,
+    brats_to_internal, internal_to_brats, load_study, msd_to_internal, validate_dataset,
+    voxel_spacing_mm, Study,
 };
 
 /// Internal class of the necrotic / non-enhancing tumour core.

@@ -41,6 +41,40 @@ pub struct SamplerConfig {
     pub prefetch: usize,
     /// Slice cache folder; `None` = `${CGGM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cggm-studio}/slices`.
     pub cache_dir: Option<PathBuf>,
+    /// The authors' epoch: every training case exactly once per pass, in a random order per pass
+    /// (one slice each), instead of cases drawn with replacement.
+    pub case_sweep: bool,
+    /// Which augmentation recipe `rotate90`, `flip` and `noise_std` follow.
+    pub augmentation: Augmentation,
+}
+
+/// Augmentation recipes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Augmentation {
+    /// Rotation by k quarter turns, k in {0, 1, 2, 3}; each axis flipped with probability 1/2;
+    /// N(0, noise_std) noise on the brain pixels of every sample.
+    #[default]
+    Project,
+    /// The authors' code (zrguo/CGGM, datasets/BratsDataset.py): k in {0, 1, 2} quarter turns,
+    /// then exactly one flip along a random axis; with probability 0.1, N(0, s) noise on every
+    /// pixel with s ~ U(0, 0.1) (`noise_std` is ignored).
+    Authors,
+}
+
+/// How one sample of a batch was drawn (for tests and statistics).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SampleDraw {
+    /// Index of the case among the loader's cases.
+    pub case: usize,
+    pub z: u16,
+    pub tumour_slice: bool,
+    /// Quarter turns.
+    pub rotation: u8,
+    pub flip_rows: bool,
+    pub flip_cols: bool,
+    /// Standard deviation of the noise added (0 = none).
+    pub noise_std: f32,
 }
 
 impl Default for SamplerConfig {
@@ -56,6 +90,8 @@ impl Default for SamplerConfig {
             workers: 2,
             prefetch: 4,
             cache_dir: None,
+            case_sweep: false,
+            augmentation: Augmentation::Project,
         }
     }
 }
@@ -90,6 +126,8 @@ pub struct SliceBatch {
     pub images: Array4<f32>,
     /// `[B, crop, crop]` internal classes.
     pub labels: Array3<u8>,
+    /// How each sample was drawn.
+    pub draws: Vec<SampleDraw>,
 }
 
 struct Shared {
@@ -308,6 +346,31 @@ fn add_noise(mut sample: ndarray::ArrayViewMut3<f32>, std: f32, seed: u64) {
     }
 }
 
+/// Adds N(0, std) noise to every pixel of one sample (the authors' recipe: background too).
+fn add_noise_everywhere(mut sample: ndarray::ArrayViewMut3<f32>, std: f32, seed: u64) {
+    let table = &*GAUSSIAN_TABLE;
+    let mut state = seed | 1;
+    for value in sample.iter_mut() {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        let index = (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 48) as usize;
+        *value += std * table[index];
+    }
+}
+
+/// The case of sample `n` of the stream under `case_sweep`: pass `n / N` visits the N cases in an
+/// order shuffled by `(seed, pass)`.
+fn swept_case(seed: u64, n: u64, sampleable: &[usize]) -> usize {
+    use rand::seq::SliceRandom;
+    let count = sampleable.len() as u64;
+    let mut order = sampleable.to_vec();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7377_6565_7073_2121);
+    rng.set_stream(n / count);
+    order.shuffle(&mut rng);
+    order[(n % count) as usize]
+}
+
 /// Start of a crop of `crop` pixels along an axis of `len` voxels: inside the slice when it fits
 /// (centred or random), else negative so that the slice sits centred in zero padding.
 fn crop_start(len: usize, crop: usize, random: bool, rng: &mut ChaCha8Rng) -> isize {
@@ -336,8 +399,14 @@ fn make_batch(shared: &Shared, k: u64) -> Result<SliceBatch, DataError> {
             !(index.tumour_slices.is_empty() && index.other_brain_slices.is_empty())
         })
         .collect();
+    let mut draws = Vec::with_capacity(b);
     for item in 0..b {
-        let case = &shared.cases[sampleable[rng.gen_range(0..sampleable.len())]];
+        let case_index = if config.case_sweep {
+            swept_case(shared.seed, k * b as u64 + item as u64, &sampleable)
+        } else {
+            sampleable[rng.gen_range(0..sampleable.len())]
+        };
+        let case = &shared.cases[case_index];
         let index = &case.index;
         let want_tumour = rng.gen_bool(config.tumour_fraction);
         let list = match (
@@ -349,17 +418,22 @@ fn make_batch(shared: &Shared, k: u64) -> Result<SliceBatch, DataError> {
             _ => &index.other_brain_slices,
         };
         let z = list[rng.gen_range(0..list.len())] as usize;
+        let tumour_slice = std::ptr::eq(list, &index.tumour_slices);
         let x0 = crop_start(index.shape[0], crop, config.random_crop, &mut rng);
         let y0 = crop_start(index.shape[1], crop, config.random_crop, &mut rng);
-        let rotation = if config.rotate90 {
-            rng.gen_range(0..4u8)
-        } else {
-            0
+        let authors = config.augmentation == Augmentation::Authors;
+        let rotation = match (config.rotate90, authors) {
+            (false, _) => 0,
+            (true, false) => rng.gen_range(0..4u8),
+            (true, true) => rng.gen_range(0..3u8),
         };
-        let (flip_rows, flip_cols) = if config.flip {
-            (rng.gen_bool(0.5), rng.gen_bool(0.5))
-        } else {
-            (false, false)
+        let (flip_rows, flip_cols) = match (config.flip, authors) {
+            (false, _) => (false, false),
+            (true, false) => (rng.gen_bool(0.5), rng.gen_bool(0.5)),
+            (true, true) => {
+                let rows = rng.gen_bool(0.5);
+                (rows, !rows)
+            }
         };
         let slice = case.read_slice(z)?;
         let (bx, by) = index.box_size();
@@ -400,13 +474,37 @@ fn make_batch(shared: &Shared, k: u64) -> Result<SliceBatch, DataError> {
                 }
             }
         }
-        if config.noise_std > 0.0 {
+        let mut noise_std = 0.0;
+        if authors {
+            if rng.gen_bool(0.1) {
+                noise_std = rng.gen_range(0.0..0.1f32);
+                add_noise_everywhere(
+                    images.index_axis_mut(ndarray::Axis(0), item),
+                    noise_std,
+                    rng.gen::<u64>(),
+                );
+            }
+        } else if config.noise_std > 0.0 {
+            noise_std = config.noise_std;
             add_noise(
                 images.index_axis_mut(ndarray::Axis(0), item),
                 config.noise_std,
                 rng.gen::<u64>(),
             );
         }
+        draws.push(SampleDraw {
+            case: case_index,
+            z: z as u16,
+            tumour_slice,
+            rotation,
+            flip_rows,
+            flip_cols,
+            noise_std,
+        });
     }
-    Ok(SliceBatch { images, labels })
+    Ok(SliceBatch {
+        images,
+        labels,
+        draws,
+    })
 }

@@ -1,12 +1,14 @@
-//! Train / validation / test splits: reproducible from a seed and ratios, or read from a file.
+//! Train / validation / test splits: reproducible from a seed and ratios, or read from a file; and
+//! the split a run saved (`split.json` in its run directory), which everything after the start of
+//! the run reads, whatever happened to the dataset folder since.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{CaseSource, DataError};
 
@@ -113,4 +115,139 @@ pub fn split_from_file(cases: &[CaseSource], file: &Path) -> Result<Split, DataE
         return Err(error("the train list is empty".into()));
     }
     Ok(split)
+}
+
+/// File name of a run's saved split, inside the run directory.
+pub const SPLIT_FILE_NAME: &str = "split.json";
+
+/// A run's split as data: the case ids of each part, written when the run starts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedSplit {
+    pub train: Vec<String>,
+    pub val: Vec<String>,
+    pub test: Vec<String>,
+}
+
+impl SavedSplit {
+    pub fn of(split: &Split) -> Self {
+        let ids = |v: &[CaseSource]| v.iter().map(|c| c.id.clone()).collect();
+        Self {
+            train: ids(&split.train),
+            val: ids(&split.val),
+            test: ids(&split.test),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SavedSplitError {
+    #[error("the run's split {} lists case {case} in its {part} part, but {} no longer holds that case. Restore the case's files (same folder name), or start a new run (a run's split is fixed when it starts, so that no test case is ever trained on).", file.display(), data.display())]
+    MissingCase {
+        case: String,
+        part: &'static str,
+        file: PathBuf,
+        data: PathBuf,
+    },
+    #[error("cannot read the run's split {}: {detail}. It is written when a run starts; restore it from a backup or start a new run.", file.display())]
+    Unreadable { file: PathBuf, detail: String },
+    #[error("cannot write the run's split {}: {detail}. Check that the run directory is writable.", file.display())]
+    Unwritable { file: PathBuf, detail: String },
+}
+
+/// Writes `split` as `run_dir/split.json` (atomically: a temporary file renamed into place).
+pub fn write_saved_split(run_dir: &Path, split: &Split) -> Result<SavedSplit, SavedSplitError> {
+    let file = run_dir.join(SPLIT_FILE_NAME);
+    let saved = SavedSplit::of(split);
+    let error = |e: &dyn std::fmt::Display| SavedSplitError::Unwritable {
+        file: file.clone(),
+        detail: e.to_string(),
+    };
+    let text = serde_json::to_string_pretty(&saved).map_err(|e| error(&e))?;
+    let tmp = run_dir.join(format!(".{SPLIT_FILE_NAME}.tmp"));
+    std::fs::write(&tmp, text).map_err(|e| error(&e))?;
+    std::fs::rename(&tmp, &file).map_err(|e| error(&e))?;
+    Ok(saved)
+}
+
+/// Reads `run_dir/split.json`; `Ok(None)` when the run has none (a run from before splits were
+/// saved).
+pub fn read_saved_split(run_dir: &Path) -> Result<Option<SavedSplit>, SavedSplitError> {
+    let file = run_dir.join(SPLIT_FILE_NAME);
+    if !file.exists() {
+        return Ok(None);
+    }
+    let error = |detail: String| SavedSplitError::Unreadable {
+        file: file.clone(),
+        detail,
+    };
+    let text = std::fs::read_to_string(&file).map_err(|e| error(e.to_string()))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| error(e.to_string()))
+}
+
+/// The saved split's cases among the discovered `cases`. Cases added to the folder since are left
+/// out; a listed case that disappeared is an error naming it.
+pub fn resolve_saved_split(
+    cases: &[CaseSource],
+    saved: &SavedSplit,
+    run_dir: &Path,
+    data: &Path,
+) -> Result<Split, SavedSplitError> {
+    let by_id: HashMap<&str, &CaseSource> = cases.iter().map(|c| (c.id.as_str(), c)).collect();
+    let resolve = |ids: &[String], part: &'static str| {
+        ids.iter()
+            .map(|id| {
+                by_id.get(id.as_str()).map(|c| (*c).clone()).ok_or_else(|| {
+                    SavedSplitError::MissingCase {
+                        case: id.clone(),
+                        part,
+                        file: run_dir.join(SPLIT_FILE_NAME),
+                        data: data.to_path_buf(),
+                    }
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(Split {
+        train: resolve(&saved.train, "train")?,
+        val: resolve(&saved.val, "val")?,
+        test: resolve(&saved.test, "test")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::CaseFiles;
+
+    fn case(id: &str) -> CaseSource {
+        CaseSource {
+            id: id.into(),
+            files: CaseFiles::Msd4d {
+                image: PathBuf::from(format!("{id}.nii.gz")),
+                label: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_saved_split_ignores_new_cases_and_names_a_missing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases: Vec<CaseSource> = (0..10).map(|i| case(&format!("c{i}"))).collect();
+        let split = split_cases(&cases, 3, 0.2, 0.2);
+        let saved = write_saved_split(dir.path(), &split).unwrap();
+        assert_eq!(read_saved_split(dir.path()).unwrap(), Some(saved.clone()));
+        let mut grown = cases.clone();
+        grown.push(case("c10"));
+        let again = resolve_saved_split(&grown, &saved, dir.path(), Path::new("data")).unwrap();
+        assert_eq!(SavedSplit::of(&again), saved);
+        let gone = &saved.test[0];
+        let shrunk: Vec<CaseSource> = cases.iter().filter(|c| &c.id != gone).cloned().collect();
+        let err = resolve_saved_split(&shrunk, &saved, dir.path(), Path::new("data"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(gone.as_str()) && err.contains("test"), "{err}");
+        assert!(err.contains("Restore"), "{err}");
+    }
 }

@@ -123,16 +123,29 @@ fn z_score(volume: &mut [f32]) {
     }
 }
 
-fn voxel_volume_ml(h: &NiftiHeader) -> f64 {
+/// Voxel size in mm along x, y, z: the one pixdim rule of the project (volumes, HD95, writing).
+/// |pixdim[1..=3]| (a negative pixdim is a flip, not a size) times the header's spatial unit
+/// (metres 1000, micrometres 0.001, millimetres or unknown 1); a zero or non-finite pixdim is
+/// taken as 1 mm.
+pub fn voxel_spacing_mm(h: &NiftiHeader) -> [f64; 3] {
     let mm_per_unit = match h.xyzt_units & 0x07 {
         1 => 1000.0,
         3 => 0.001,
         _ => 1.0,
     };
-    let mm3: f64 = (1..=3)
-        .map(|i| (h.pixdim[i] as f64).abs() * mm_per_unit)
-        .product();
-    mm3 / 1000.0
+    let size = |v: f32| {
+        let v = (v as f64).abs();
+        if v.is_finite() && v > 0.0 {
+            v * mm_per_unit
+        } else {
+            1.0
+        }
+    };
+    [size(h.pixdim[1]), size(h.pixdim[2]), size(h.pixdim[3])]
+}
+
+fn voxel_volume_ml(h: &NiftiHeader) -> f64 {
+    voxel_spacing_mm(h).iter().product::<f64>() / 1000.0
 }
 
 struct Checked {

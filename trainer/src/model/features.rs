@@ -177,6 +177,14 @@ impl NetworkOutput for FeatureOutput {
     fn logits(&self) -> &Tensor {
         &self.logits
     }
+
+    /// Each sample's encoded tokens averaged over time; classification labels only.
+    fn prototype_rows(&self, i: usize, labels: &Tensor) -> Option<(Tensor, Tensor)> {
+        (labels.kind() == tch::Kind::Int64).then(|| {
+            let rows = self.hidden[i].mean_dim(&[1i64][..], false, tch::Kind::Float);
+            (rows, labels.shallow_clone())
+        })
+    }
 }
 
 #[derive(Debug)]

@@ -291,6 +291,17 @@ impl NetworkOutput for ModelOutput {
     fn logits(&self) -> &Tensor {
         &self.logits
     }
+
+    /// Pixels of the high-level feature as the decoder sees it: upsampled to the low-level map's
+    /// stride (4), where small tumour classes still have pixels.
+    fn prototype_rows(&self, i: usize, labels: &Tensor) -> Option<(Tensor, Tensor)> {
+        let f = &self.features[i];
+        let (lh, lw) = (f.low.size()[2], f.low.size()[3]);
+        let high = f
+            .high
+            .upsample_bilinear2d([lh, lw], false, None::<f64>, None::<f64>);
+        Some(crate::baselines::pixel_rows(&high, labels))
+    }
 }
 
 impl MultimodalNetwork for MultimodalSegmenter {

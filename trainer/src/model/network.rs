@@ -19,6 +19,12 @@ pub trait ModalityInput: Sized {
 pub trait NetworkOutput {
     /// The model's prediction: [B, C, H, W] (segmentation), [B, C] or [B, 1].
     fn logits(&self) -> &Tensor;
+    /// Modality i's encoder features as rows with a class label each, for prototype methods
+    /// (PMR): ([N, C] features with their graph, [N] int64 labels). None where the task has no
+    /// classes (regression).
+    fn prototype_rows(&self, _i: usize, _labels: &Tensor) -> Option<(Tensor, Tensor)> {
+        None
+    }
 }
 
 /// The multimodal model: encoders phi_i, fusion Omega and head F.

@@ -1,5 +1,8 @@
 //! Brain-tumour segmentation: 0.5 x class-weighted cross-entropy + 0.5 x (1 - soft foreground
-//! Dice), the loss of the authors' BraTS code; the batch metric is the mean of WT/TC/ET Dice.
+//! Dice); the batch metric is the mean of WT/TC/ET Dice. Two soft Dice forms: the project's (mean
+//! over the foreground classes of per-class Dice, smoothing 1 in numerator and denominator) and
+//! the authors' (zrguo/CGGM `SegLoss`: one Dice pooling all foreground classes and pixels,
+//! smoothing 0.01 in the denominator only), which the `paper` preset uses.
 
 use super::Task;
 use crate::metrics::{dice_scores, Region};
@@ -12,6 +15,20 @@ pub struct SegmentationLoss {
     pub dice_weight: f64,
     /// Cross-entropy weight per class (background, NCR, ED, ET).
     pub class_weights: Vec<f64>,
+    /// numbers (issue 8): which soft Dice the loss uses.
+    #[serde(default)]
+    pub dice: SoftDice,
+}
+
+/// The soft Dice term of the loss.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SoftDice {
+    /// Mean over foreground classes of (2 I_c + 1) / (P_c + T_c + 1).
+    #[default]
+    PerClassMean,
+    /// The authors' code: 2 sum_c I_c / (sum_c P_c + sum_c T_c + 0.01).
+    AuthorsPooled,
 }
 
 impl Default for SegmentationLoss {
@@ -20,6 +37,7 @@ impl Default for SegmentationLoss {
             ce_weight: 0.5,
             dice_weight: 0.5,
             class_weights: vec![0.2, 0.3, 0.25, 0.25],
+            dice: SoftDice::PerClassMean,
         }
     }
 }
@@ -42,6 +60,22 @@ impl SegmentationLoss {
         // Smoothing keeps classes absent from the batch from dominating (and from dividing by 0).
         ((inter * 2.0 + 1.0) / (denom + 1.0)).mean(Kind::Float)
     }
+
+    /// The authors' soft Dice: all foreground classes and pixels pooled, smoothing 0.01 in the
+    /// denominator only. logits: [B, C, H, W], target: [B, H, W] int64.
+    pub fn pooled_foreground_dice(logits: &Tensor, target: &Tensor) -> Tensor {
+        let classes = logits.size()[1];
+        let probs = logits.softmax(1, Kind::Float);
+        let onehot = target
+            .one_hot(classes)
+            .permute([0, 3, 1, 2])
+            .to_kind(Kind::Float);
+        let fg_p = probs.narrow(1, 1, classes - 1);
+        let fg_t = onehot.narrow(1, 1, classes - 1);
+        let inter = (&fg_p * &fg_t).sum(Kind::Float);
+        let union = fg_p.sum(Kind::Float) + fg_t.sum(Kind::Float) + 0.01;
+        inter * 2.0 / union
+    }
 }
 
 impl Task for SegmentationLoss {
@@ -56,7 +90,14 @@ impl Task for SegmentationLoss {
             -100,
             0.0,
         );
-        let dice = Self::soft_foreground_dice(&logits.to_kind(Kind::Float), target);
+        let dice = match self.dice {
+            SoftDice::PerClassMean => {
+                Self::soft_foreground_dice(&logits.to_kind(Kind::Float), target)
+            }
+            SoftDice::AuthorsPooled => {
+                Self::pooled_foreground_dice(&logits.to_kind(Kind::Float), target)
+            }
+        };
         ce * self.ce_weight + (1.0 - dice) * self.dice_weight
     }
 
@@ -96,5 +137,21 @@ mod tests {
         assert_eq!(task.batch_metric(&logits, &target), 1.0);
         let wrong = Tensor::zeros([2, 4, 2, 2], (Kind::Float, Device::Cpu));
         assert!(task.loss(&wrong, &target).double_value(&[]) > 0.5);
+    }
+
+    #[test]
+    fn the_authors_dice_pools_classes_so_a_missed_small_class_weighs_little() {
+        // Truth: six oedema pixels and one ET pixel; the prediction gets the oedema and misses ET.
+        let target = Tensor::from_slice(&[2i64, 2, 2, 2, 2, 2, 3, 0]).view([1, 2, 4]);
+        let pred = Tensor::from_slice(&[2i64, 2, 2, 2, 2, 2, 0, 0]).view([1, 2, 4]);
+        let logits = pred.one_hot(4).permute([0, 3, 1, 2]).to_kind(Kind::Float) * 30.0;
+        let pooled = SegmentationLoss::pooled_foreground_dice(&logits, &target).double_value(&[]);
+        let per_class = SegmentationLoss::soft_foreground_dice(&logits, &target).double_value(&[]);
+        // Pooled: 2 * 6 / (6 + 7 + 0.01); per class: NCR 1 (absent, smoothed), ED 13/13, ET 1/2.
+        assert!((pooled - 12.0 / 13.01).abs() < 1e-4, "{pooled}");
+        assert!(
+            (per_class - (1.0 + 1.0 + 0.5) / 3.0).abs() < 1e-4,
+            "{per_class}"
+        );
     }
 }
