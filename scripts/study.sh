@@ -10,7 +10,8 @@
 # Writes OUT_DIR/runs/*, then docs/study.md (tables) and docs/study.png (figure) unless DOCS=0.
 # Knobs (environment): SEEDS="0 1 2 3 4", METHODS="joint cggm cggm-fixed", EPOCHS=8, STEPS=20,
 # CASES=48, SIZE=64x64x48, TEST_FRACTION=0.25, CGGM_BIN=target/release/cggm (`make build` makes it),
-# CGGM_PYTHON (a python with numpy, scipy and pillow; scripts/with-torch.sh sets it).
+# CGGM_PYTHON (a python with scipy and pillow; scripts/with-torch.sh sets it), STUDY_NOTE (a line
+# placed above the tables).
 # Runs that finished (metrics.json present) are kept, so an interrupted study continues.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -113,7 +113,7 @@ table = "\n".join(lines) + "\n"
 with open(os.path.join(docs, "study.md"), "w") as f:
     f.write("# Study: CGGM vs joint training vs the fixed-B control\n\n"
             "Produced by `scripts/study.sh` (see the README's Study section for the command and "
-            "what the numbers say).\n\n" + table + "\n![paired differences](study.png)\n")
+            "what the numbers say).\n\n" + (os.environ.get("STUDY_NOTE", "") + "\n\n" if os.environ.get("STUDY_NOTE") else "") + table + "\n![paired differences](study.png)\n")
 print(table)
 
 

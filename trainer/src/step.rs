@@ -411,7 +411,9 @@ impl<N: MultimodalNetwork> Trainer<N> {
             balance = neutral_balance(m, self.cfg.cggm.rho);
         }
         let (l_gm, cosine) = self.direction_term(&task_loss, &classifier_grads, &balance);
-        let mut total = task_loss.shallow_clone();
+        // numbers (issue 8): a new tensor, not a shallow clone: `+=` below is in place and would
+        // otherwise add L_gm (and PMR's term) into the reported task loss too.
+        let mut total = &task_loss * 1.0;
         let mut gm_value = 0.0;
         if let Some(l_gm) = l_gm {
             gm_value = l_gm.double_value(&[]);

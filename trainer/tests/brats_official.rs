@@ -9,7 +9,10 @@
 //!   `global_bin_hd95` itself (which panoptica 2.x computes without the voxel size: in voxels);
 //!   no overlap or one empty mask: the package's infinity, parsed as 373;
 //! - lesion-wise Dice and HD95: `brats_evaluation.parse_mets_results` with every lesion counted
-//!   (volume threshold 0), plus the matched / missed / spurious counts.
+//!   (volume threshold 0) over panoptica's per-lesion results, plus the matched / missed / spurious
+//!   counts. Panoptica gets the arrays with the header's voxel size here: given the NIfTI files
+//!   themselves, panoptica 2.1.7 applies the voxel size to per-lesion HD95 in reversed axis order
+//!   (z, y, x on an x, y, z array), which only isotropic cases survive.
 //!
 //! Where the package answers NaN (a region empty in both, or without a true lesion) our BraTS
 //! convention is checked instead.
@@ -123,17 +126,25 @@ folder, names = sys.argv[1], sys.argv[2:]
 with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
     ev = Panoptica_Evaluator.load_from_config(str(be.config_path("gli")))
 regions = {"wt": [1, 2, 3], "tc": [1, 3], "et": [3]}
+def global_hd95(v):
+    # The package's parser: infinity -> 373; NaN (both empty) stays undefined.
+    return None if v is None or math.isnan(v) else (373.0 if math.isinf(v) else float(v))
 out = {}
 for name in names:
     ref, pred = f"{folder}/{name}_ref.nii.gz", f"{folder}/{name}_pred.nii.gz"
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        r = be.evaluate_single_exam(pred, ref, name, ev)
-        json.dump({"metrics": [r], "missings": []}, open(f"{folder}/{name}.json", "w"), default=float)
-        be.parse_mets_results(f"{folder}/{name}.json", 0.0, 0.1, f"{folder}/{name}.csv")
-    row = list(csv.DictReader(open(f"{folder}/{name}.csv")))[0]
     ref_img, pred_img = nib.load(ref), nib.load(pred)
     spacing = tuple(float(z) for z in ref_img.header.get_zooms()[:3])
     a, b = np.asanyarray(ref_img.dataobj), np.asanyarray(pred_img.dataobj)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        # As the package's CLI runs: from the files.
+        r = be.evaluate_single_exam(pred, ref, name, ev)
+        # The same arrays with the header's voxel size passed explicitly: from NIfTI files
+        # panoptica 2.1.7 applies the voxel size to per-lesion HD95 in reversed axis order.
+        r_mm = {k: v.to_dict(True) for k, v in ev.evaluate(b, a, voxelspacing=spacing).items()}
+        r_mm["subject_name"] = name
+        json.dump({"metrics": [r_mm], "missings": []}, open(f"{folder}/{name}.json", "w"), default=float)
+        be.parse_mets_results(f"{folder}/{name}.json", 0.0, 0.1, f"{folder}/{name}.csv")
+    row = list(csv.DictReader(open(f"{folder}/{name}.csv")))[0]
     per = {}
     for k, labels in regions.items():
         ra, pb = np.isin(a, labels), np.isin(b, labels)
@@ -142,8 +153,8 @@ for name in names:
             hd_mm = float(_compute_hausdorff_distance95(ra, pb, voxelspacing=spacing))
         num = lambda key: None if row.get(key, "") in ("", "nan") or math.isnan(float(row[key])) else float(row[key])
         per[k] = {
-            "global_dsc": num(f"global_dsc_{k}"),
-            "global_hd95": num(f"global_hd95_{k}"),
+            "global_dsc": r[k]["global_bin_dsc"] if not math.isnan(r[k]["global_bin_dsc"]) else None,
+            "global_hd95": global_hd95(r[k]["global_bin_hd95"]),
             "hd95_mm": hd_mm,
             "lesion_dsc": num(f"lesionwise_dsc_mean_{k}"),
             "lesion_hd95": num(f"lesionwise_hd95_mean_{k}"),
