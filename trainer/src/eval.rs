@@ -2,6 +2,7 @@
 //! stacked, then Dice and HD95 are computed per region (WT, TC, ET) with the BraTS conventions,
 //! for the fused model and for each modality's classifier.
 
+use crate::amp;
 use crate::data::{load_study, CaseSource, Study};
 use crate::events::RegionScores;
 use crate::metrics::{dice_scores, hd95_scores, mean_scores};
@@ -71,12 +72,15 @@ impl Predictor<'_> {
             let xs = Tensor::from_slice(&input)
                 .view([b as i64, m as i64, px as i64, py as i64])
                 .to_device(self.device);
+            // bf16 where the device computes it natively (see `amp::inference_dtype`).
             tch::no_grad(|| {
-                let out = self.model.forward_t(&xs, false);
+                let out = amp::inference(self.device, || self.model.forward_t(&xs, false));
                 write_slices(&mut fused, &out.logits, z0, nx, ny);
                 if want_cls {
                     let cls = self.classifiers.expect("checked above");
-                    let all = cls.forward_t(&out, (px as i64, py as i64), false);
+                    let all = amp::inference(self.device, || {
+                        cls.forward_t(&out, (px as i64, py as i64), false)
+                    });
                     for (i, pm) in per_modality.iter_mut().enumerate() {
                         write_slices(pm, &cls.logits_of(&all, i), z0, nx, ny);
                     }

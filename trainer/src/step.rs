@@ -1,7 +1,8 @@
 //! One training iteration of the multimodal model for every method (joint, unimodal, CGGM and its
 //! ablations, MRD, MSLR): the CGGM order of operations from DESIGN.md lives here.
 
-use crate::cggm::{direction_loss, flat_cosine, scale_encoder_gradients, BalanceTracker};
+use crate::amp::{self, AmpDtype, LossScaler};
+use crate::cggm::{direction_loss, flat_cosine, BalanceTracker};
 use crate::config::{DirectionSource, Method, TrainConfig};
 use crate::model::{ModalityClassifiers, ModelOutput, MultimodalSegmenter};
 use crate::optim::{CosineSchedule, Optimizer, Param};
@@ -48,11 +49,15 @@ pub struct Trainer {
     /// Indices into the data's fixed modality order (flair, t1ce, t1, t2) of the model's inputs.
     pub modality_channels: Vec<i64>,
     task: SegmentationLoss,
+    /// fp16 only: dynamic loss scaling, and whether this iteration found an inf/NaN gradient.
+    pub scaler: Option<LossScaler>,
+    found_non_finite: bool,
 }
 
 impl Trainer {
     pub fn new(cfg: TrainConfig, device: Device, steps_per_epoch: usize) -> Self {
         tch::manual_seed(cfg.seed as i64);
+        crate::device::prepare(device);
         let modalities = cfg.modalities();
         let names: Vec<&str> = modalities.iter().map(|m| m.name()).collect();
         let vs = nn::VarStore::new(device);
@@ -76,8 +81,12 @@ impl Trainer {
         let m = modalities.len();
         let tracker = BalanceTracker::new(m, cfg.cggm.rho, cfg.cggm.balance);
         let modality_channels = modalities.iter().map(|m| m.index() as i64).collect();
+        let scaler = (cfg.mixed_precision && device.is_cuda() && cfg.amp_dtype == AmpDtype::Fp16)
+            .then(LossScaler::new);
         Self {
             task: cfg.loss.clone(),
+            scaler,
+            found_non_finite: false,
             previous_balance: vec![1.0; m],
             cfg,
             device,
@@ -140,6 +149,14 @@ impl Trainer {
     /// four modalities, fixed order), labels: [B, H, W] int64 classes; both on `self.device`.
     pub fn step(&mut self, images: &Tensor, labels: &Tensor) -> Result<StepReport, StepError> {
         let report = self.compute_gradients(images, labels)?;
+        if let Some(scaler) = &mut self.scaler {
+            scaler.update(self.found_non_finite);
+            if self.found_non_finite {
+                // fp16 overflow: skip this update (the scale was halved).
+                self.global_step += 1;
+                return Ok(report);
+            }
+        }
         if let Some(max_norm) = self.cfg.grad_clip {
             let norm = self.model_opt.clip_grad_norm(max_norm);
             if !norm.is_finite() {
@@ -174,7 +191,7 @@ impl Trainer {
         if self.cfg.method == Method::Mrd {
             xs = self.drop_modalities(&xs);
         }
-        let out = tch::autocast(self.use_amp(), || self.model.forward_t(&xs, true));
+        let out = amp::autocast(self.amp(), || self.model.forward_t(&xs, true));
         let task_loss = self.task.loss(&out.logits, labels);
         let value = task_loss.double_value(&[]);
         if !value.is_finite() {
@@ -187,8 +204,17 @@ impl Trainer {
         Ok((out, task_loss))
     }
 
-    fn use_amp(&self) -> bool {
-        self.cfg.mixed_precision && self.device.is_cuda()
+    /// The autocast dtype of this run's forward passes (None: fp32).
+    fn amp(&self) -> Option<AmpDtype> {
+        (self.cfg.mixed_precision && self.device.is_cuda()).then_some(self.cfg.amp_dtype)
+    }
+
+    /// The tensor to call backward on: the loss, times the fp16 loss scale when there is one.
+    fn scaled(&self, loss: &Tensor) -> Tensor {
+        match &self.scaler {
+            Some(s) => s.scaled(loss),
+            None => loss.shallow_clone(),
+        }
     }
 
     /// CGGM steps 2-3: trains the classifiers on detached features (their own optimiser) and
@@ -199,14 +225,14 @@ impl Trainer {
         labels: &Tensor,
     ) -> Result<(Vec<f64>, Vec<Tensor>), StepError> {
         let m = self.modality_channels.len();
-        let use_amp = self.use_amp();
+        let amp_dtype = self.amp();
         let (Some(cls), Some(opt)) = (&self.classifiers, &mut self.classifier_opt) else {
             return Ok((vec![f64::NAN; m], Vec::new()));
         };
         let (h, w) = (out.logits.size()[2], out.logits.size()[3]);
         opt.zero_grad();
         let mut metrics = vec![f64::NAN; m];
-        let all = tch::autocast(use_amp, || cls.forward_t(out, (h, w), true));
+        let all = amp::autocast(amp_dtype, || cls.forward_t(out, (h, w), true));
         let mut cls_loss = Tensor::zeros([], (Kind::Float, self.device));
         for (i, metric) in metrics.iter_mut().enumerate() {
             let logits = cls.logits_of(&all, i);
@@ -221,12 +247,20 @@ impl Trainer {
                 step: self.global_step,
             });
         }
-        cls_loss.backward();
+        match &self.scaler {
+            Some(s) => s.scaled(&cls_loss).backward(),
+            None => cls_loss.backward(),
+        }
+        // Scaled or not: only their cosines with g_F are used.
         let grads = (0..m)
             .map(|i| cls.last_layer_grad(i).detach().copy())
             .collect();
+        let finite = self.scaler.as_ref().is_none_or(|s| s.unscale(opt));
+        self.found_non_finite |= !finite;
         let cls_lr = self.cfg.schedule.classifier_lr;
-        opt.step(&|_| cls_lr);
+        if finite {
+            opt.step(&|_| cls_lr);
+        }
         Ok((metrics, grads))
     }
 
@@ -284,6 +318,7 @@ impl Trainer {
         labels: &Tensor,
     ) -> Result<StepReport, StepError> {
         let step = self.global_step;
+        self.found_non_finite = false;
         self.seed_step();
         let lr = self.schedule.lr(step);
         let (out, task_loss) = self.forward(images, labels)?;
@@ -295,7 +330,9 @@ impl Trainer {
         } else {
             vec![1.0; m]
         };
-        let (l_gm, cosine) = self.direction_term(&task_loss, &classifier_grads, &balance);
+        // g_F from the (loss-scaled) task loss: the cosines, and so L_gm, do not depend on scale.
+        let (l_gm, cosine) =
+            self.direction_term(&self.scaled(&task_loss), &classifier_grads, &balance);
         let mut total = task_loss.shallow_clone();
         let mut gm_value = 0.0;
         if let Some(l_gm) = l_gm {
@@ -310,9 +347,16 @@ impl Trainer {
             total += l_gm * self.cfg.cggm.lambda;
         }
         self.model_opt.zero_grad();
-        total.backward();
+        self.scaled(&total).backward();
+        if let Some(s) = &self.scaler {
+            // Unscaled before B_i scaling and clipping.
+            self.found_non_finite |= !s.unscale(&mut self.model_opt);
+        }
         if self.cfg.method.modulates_magnitude() {
-            scale_encoder_gradients(self.model_opt.params(), &balance);
+            // Encoder i is optimiser group i + 1: one kernel per encoder on its flat gradients.
+            for (i, b) in balance.iter().enumerate() {
+                self.model_opt.scale_group_gradients(i + 1, *b);
+            }
         }
         Ok(StepReport {
             loss: total.double_value(&[]),
