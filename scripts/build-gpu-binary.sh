@@ -43,6 +43,8 @@ tsys_version="$(awk '/^name = "torch-sys"/{getline; gsub(/[^0-9.]/, ""); print; 
 registry_copy="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/torch-sys-"$tsys_version" | head -n1)"
 [ -d "$registry_copy" ] || { echo "torch-sys $tsys_version is not in the cargo registry: run 'cargo fetch' in $root first" >&2; exit 1; }
 vendored="$work/torch-sys"
+# Vendored once per torch-sys version (a fresh copy would rebuild its C++ wrapper every time).
+if [ ! -f "$vendored/.cggm-stubbed-$tsys_version" ]; then
 rm -rf "$vendored" && cp -r "$registry_copy" "$vendored"
 "$python" - "$libtorch/include/ATen/ops" "$vendored/libtch/torch_api_generated.cpp" <<'PY'
 import glob, re, sys
@@ -67,6 +69,8 @@ text = re.sub(r"^(void atg_\w+\([^\n]*\) \{\n)(.*?)^\}\n", stub, text, flags=re.
 open(cpp, "w").write(text)
 print(f"stubbed {len(stubbed)} wrappers: {', '.join(sorted(set(stubbed)))}", file=sys.stderr)
 PY
+touch "$vendored/.cggm-stubbed-$tsys_version"
+fi
 
 # 3. Build from a copy of the sources (the patch rewrites Cargo.lock there, not here).
 src="$work/src"

@@ -6,7 +6,8 @@
 #   1. device detection (nvidia-smi, torch, and the binary's own view: `cggm bench parity`);
 #   2. a short training of every method (tiny preset; bf16 autocast, the default on CUDA), one
 #      with fp16 autocast and dynamic loss scaling, each writing its checkpoints;
-#   3. the first step's loss on the CPU and on the GPU from the same weights and batch;
+#   3. the loss on the CPU and on the GPU from the same weights and batch (eval mode within 1e-2
+#      relative: cuDNN may use TF32; and the first training step of each);
 #   4. `cggm infer` from a trained run's checkpoint, and the inference time of one 240x240x155
 #      case with the paper model;
 #   5. a training of the paper preset (ResNet-101 x 4) at a realistic batch, loss going down
@@ -121,7 +122,7 @@ check "checkpoints written" test -f "$work/run-cggm/checkpoints/best.safetensors
 
 # 3. CPU against the device.
 check "parity cpu vs $device (cpu-small, cggm)" sh -c \
-  "'$binary' bench parity --preset cpu-small --method cggm --batch-size 2 --crop 64 --device '$device' > '$work/parity.json'"
+  "'$binary' bench parity --preset cpu-small --method cggm --batch-size 2 --crop 64 --tolerance 1e-2 --device '$device' > '$work/parity.json'"
 [ -s "$work/parity.json" ] && lines+=("  eval loss cpu $(json "$work/parity.json" 'd["eval_loss_cpu"]') vs device $(json "$work/parity.json" 'd["eval_loss_device"]') (relative $(json "$work/parity.json" '"%.1e" % d["eval_loss_relative_difference"]')); first step cpu $(json "$work/parity.json" '"%.5f" % d["first_step_loss_cpu"]') vs device $(json "$work/parity.json" '"%.5f" % d["first_step_loss_device"]')")
 
 # 4. Inference from a checkpoint, and the time of a whole case.
