@@ -271,7 +271,11 @@ pub struct TrainConfig {
     pub optimizer: OptimizerConfig,
     pub schedule: ScheduleConfig,
     pub grad_clip: Option<f64>,
+    /// Autocast on CUDA (ignored on the CPU), to `amp_dtype`.
     pub mixed_precision: bool,
+    /// bf16 (default, no loss scaling needed) or fp16 (with dynamic loss scaling).
+    #[serde(default)]
+    pub amp_dtype: crate::amp::AmpDtype,
     pub cggm: CggmConfig,
     pub mrd_drop_prob: f64,
     /// Learning-rate multiplier per modality for `mslr`.
@@ -329,7 +333,8 @@ impl TrainConfig {
                 classifier_lr: 6e-3,
             },
             grad_clip: None,
-            mixed_precision: false,
+            mixed_precision: true,
+            amp_dtype: crate::amp::AmpDtype::Bf16,
             cggm: CggmConfig::default(),
             mrd_drop_prob: 0.25,
             mslr_scales: default_mslr_scales(),

@@ -1,4 +1,4 @@
-//! `--device auto|cpu|cuda:N`.
+//! `--device auto|cpu|cuda:N`, and the per-process settings of the chosen device.
 
 use tch::Device;
 
@@ -34,5 +34,13 @@ pub fn describe(device: Device) -> String {
         Device::Cpu => format!("cpu ({} threads)", tch::get_num_threads()),
         Device::Cuda(n) => format!("cuda:{n}"),
         other => format!("{other:?}"),
+    }
+}
+
+/// Per-process settings for `device`: on CUDA, cuDNN's benchmark mode (it times the convolution
+/// algorithms once per input shape and keeps the fastest; training crops have one shape).
+pub fn prepare(device: Device) {
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(true);
     }
 }

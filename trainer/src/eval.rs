@@ -7,6 +7,7 @@
 //! stripping zeroes it, z-scoring keeps it at exactly 0); predictions there are set to background
 //! before scoring and before writing, so false positives in the air never lower the 3-D Dice.
 
+use crate::amp;
 use crate::data::{load_study, voxel_spacing_mm, CaseSource, Study};
 use crate::events::RegionScores;
 use crate::metrics::lesion::{lesion_scores, LesionReport};
@@ -77,12 +78,15 @@ impl Predictor<'_> {
             let xs = Tensor::from_slice(&input)
                 .view([b as i64, m as i64, px as i64, py as i64])
                 .to_device(self.device);
+            // bf16 where the device computes it natively (see `amp::inference_dtype`).
             tch::no_grad(|| {
-                let out = self.model.forward_t(&xs, false);
+                let out = amp::inference(self.device, || self.model.forward_t(&xs, false));
                 write_slices(&mut fused, &out.logits, z0, nx, ny);
                 if want_cls {
                     let cls = self.classifiers.expect("checked above");
-                    let all = cls.forward_t(&out, (px as i64, py as i64), false);
+                    let all = amp::inference(self.device, || {
+                        cls.forward_t(&out, (px as i64, py as i64), false)
+                    });
                     for (i, pm) in per_modality.iter_mut().enumerate() {
                         write_slices(pm, &cls.logits_of(&all, i), z0, nx, ny);
                     }

@@ -1,6 +1,7 @@
 //! CGGM Studio trainer: NIfTI/BraTS data, multimodal segmentation models, classifier-guided
 //! gradient modulation (CGGM, NeurIPS 2024), evaluation and inference.
 
+pub mod amp;
 pub mod baselines;
 pub mod cggm;
 pub mod checkpoint;

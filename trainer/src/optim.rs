@@ -1,10 +1,11 @@
 //! Optimisers (SGD with momentum, Adam, AdamW) with per-group learning rates and state that is
 //! saved in checkpoints, so a resumed run continues exactly where it stopped; and the cosine
-//! learning-rate schedule with linear warm-up.
+//! learning-rate schedule with linear warm-up. Each group's parameters, gradients and state live in
+//! flat buffers (multi-tensor updates: a few kernels per group per step).
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use tch::Tensor;
+use tch::{Device, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -56,20 +57,146 @@ pub struct Param {
     pub group: usize,
 }
 
+/// The parameters of one optimiser group (and one dtype and device) laid out in one flat buffer:
+/// every parameter's data is a view into `weights`, and once a backward pass has allocated them,
+/// every gradient is a view into `grads` (autograd then accumulates into the flat buffer in
+/// place). A step therefore costs a handful of large kernels per group instead of about ten small
+/// ones per parameter, and the gradients need no gathering.
+struct Bucket {
+    group: usize,
+    /// Indices into `Optimizer::params`.
+    members: Vec<usize>,
+    /// (offset, numel) of each member in the flat buffers.
+    spans: Vec<(i64, i64)>,
+    /// Each member's slot of `weights` / `grads`, shaped like the member, and their addresses.
+    weight_views: Vec<Tensor>,
+    grad_views: Vec<Tensor>,
+    weight_ptrs: Vec<usize>,
+    grad_ptrs: Vec<usize>,
+    weights: Tensor,
+    grads: Tensor,
+    /// Momentum buffer (SGD) or first and second moments (Adam), flat like `weights`; empty
+    /// before the first step, as in `torch.optim`.
+    state: Vec<Tensor>,
+}
+
+fn address(t: &Tensor) -> usize {
+    t.data_ptr() as usize
+}
+
+impl Bucket {
+    fn new(group: usize, members: Vec<usize>, params: &[Param]) -> Self {
+        let tensors: Vec<&Tensor> = members.iter().map(|&i| &params[i].tensor).collect();
+        let first = tensors[0];
+        let (kind, device) = (first.kind(), first.device());
+        let mut spans = Vec::with_capacity(members.len());
+        let mut offset = 0;
+        for t in &tensors {
+            let n = t.numel() as i64;
+            spans.push((offset, n));
+            offset += n;
+        }
+        let (weights, grads) = tch::no_grad(|| {
+            let flat: Vec<Tensor> = tensors.iter().map(|t| t.detach().reshape([-1])).collect();
+            (
+                Tensor::cat(&flat, 0),
+                Tensor::zeros([offset], (kind, device)),
+            )
+        });
+        let slot = |buffer: &Tensor, (off, n): (i64, i64), like: &Tensor| {
+            buffer.narrow(0, off, n).view(like.size().as_slice())
+        };
+        let weight_views: Vec<Tensor> = spans
+            .iter()
+            .zip(&tensors)
+            .map(|(&s, t)| slot(&weights, s, t))
+            .collect();
+        let grad_views: Vec<Tensor> = spans
+            .iter()
+            .zip(&tensors)
+            .map(|(&s, t)| slot(&grads, s, t))
+            .collect();
+        tch::no_grad(|| {
+            for (t, view) in tensors.iter().zip(&weight_views) {
+                let mut t = t.shallow_clone();
+                t.set_data(view);
+            }
+        });
+        Self {
+            group,
+            members,
+            spans,
+            weight_ptrs: weight_views.iter().map(address).collect(),
+            grad_ptrs: grad_views.iter().map(address).collect(),
+            weight_views,
+            grad_views,
+            weights,
+            grads,
+            state: Vec::new(),
+        }
+    }
+
+    /// Makes the flat buffers hold every member's weights and gradients: a member whose data or
+    /// gradient was replaced (the first backward allocates gradients) is copied in and re-linked.
+    /// Returns the members that have no gradient (their slot of `grads` is zero).
+    fn sync(&self, params: &[Param]) -> Vec<usize> {
+        let mut missing = Vec::new();
+        tch::no_grad(|| {
+            for (k, &i) in self.members.iter().enumerate() {
+                let mut w = params[i].tensor.shallow_clone();
+                if address(&w) != self.weight_ptrs[k] {
+                    let _ = self.weight_views[k].shallow_clone().copy_(&w.detach());
+                    w.set_data(&self.weight_views[k]);
+                }
+                let mut g = w.grad();
+                if !g.defined() {
+                    let _ = self.grad_views[k].shallow_clone().zero_();
+                    missing.push(k);
+                } else if address(&g) != self.grad_ptrs[k] {
+                    let _ = self.grad_views[k].shallow_clone().copy_(&g);
+                    g.set_data(&self.grad_views[k]);
+                }
+            }
+        });
+        missing
+    }
+
+    fn member_slot(buffer: &Tensor, (off, n): (i64, i64)) -> Tensor {
+        buffer.narrow(0, off, n)
+    }
+}
+
 pub struct Optimizer {
     cfg: OptimizerConfig,
     params: Vec<Param>,
-    /// Per parameter: momentum buffer (SGD) or first and second moments (Adam).
-    state: HashMap<String, Vec<Tensor>>,
+    buckets: Vec<Bucket>,
     steps: i64,
 }
 
 impl Optimizer {
     pub fn new(cfg: OptimizerConfig, params: Vec<Param>) -> Self {
+        // One bucket per (group, dtype, device), members in parameter order.
+        let mut keys: Vec<(usize, tch::Kind, Device)> = Vec::new();
+        let mut members: Vec<Vec<usize>> = Vec::new();
+        for (i, p) in params.iter().enumerate() {
+            let key = (p.group, p.tensor.kind(), p.tensor.device());
+            match keys.iter().position(|k| *k == key) {
+                Some(b) => members[b].push(i),
+                None => {
+                    keys.push(key);
+                    members.push(vec![i]);
+                }
+            }
+        }
+        let buckets = keys
+            .iter()
+            .zip(members)
+            .map(|(k, m)| Bucket::new(k.0, m, &params))
+            .collect();
         Self {
             cfg,
             params,
-            state: HashMap::new(),
+            buckets,
             steps: 0,
         }
     }
@@ -78,116 +205,152 @@ impl Optimizer {
         &self.params
     }
 
+    /// Zeroes every gradient: one kernel per group once the gradients live in the flat buffers.
     pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            let mut g = p.tensor.grad();
-            if g.defined() {
-                let _ = g.detach_().zero_();
-            }
-        }
-    }
-
-    /// Rescales all gradients so that their global L2 norm is at most `max_norm`; returns the
-    /// norm before clipping.
-    pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
-        let grads: Vec<Tensor> = self
-            .params
-            .iter()
-            .map(|p| p.tensor.grad())
-            .filter(|g| g.defined())
-            .collect();
-        let total = grads
-            .iter()
-            .map(|g| g.square().sum(tch::Kind::Double).double_value(&[]))
-            .sum::<f64>()
-            .sqrt();
-        if total > max_norm && total.is_finite() {
-            let scale = max_norm / (total + 1e-6);
-            tch::no_grad(|| {
-                for mut g in grads {
-                    let _ = g.g_mul_scalar_(scale);
-                }
-            });
-        }
-        total
-    }
-
-    /// One update; `lr(group)` gives the learning rate of each group.
-    pub fn step(&mut self, lr: &dyn Fn(usize) -> f64) {
-        self.steps += 1;
-        let cfg = self.cfg.clone();
-        let t = self.steps as f64;
         tch::no_grad(|| {
-            for p in &self.params {
-                let g = p.tensor.grad();
-                if !g.defined() {
-                    continue;
-                }
-                let lr = lr(p.group);
-                let mut w = p.tensor.shallow_clone();
-                match cfg.kind {
-                    OptimizerKind::Sgd => {
-                        let d = if cfg.weight_decay != 0.0 {
-                            &g + &w * cfg.weight_decay
-                        } else {
-                            g.shallow_clone()
-                        };
-                        let d = if cfg.momentum == 0.0 {
-                            d
-                        } else if let Some(bufs) = self.state.get_mut(&p.name) {
-                            let _ = bufs[0].g_mul_scalar_(cfg.momentum).g_add_(&d);
-                            bufs[0].shallow_clone()
-                        } else {
-                            // PyTorch's convention: the first buffer is the gradient itself.
-                            let buf = d.copy();
-                            self.state.insert(p.name.clone(), vec![buf.shallow_clone()]);
-                            buf
-                        };
-                        let _ = w.g_add_(&(d * (-lr)));
-                    }
-                    OptimizerKind::Adam | OptimizerKind::Adamw => {
-                        let g = if cfg.kind == OptimizerKind::Adam && cfg.weight_decay != 0.0 {
-                            &g + &w * cfg.weight_decay
-                        } else {
-                            g.shallow_clone()
-                        };
-                        if cfg.kind == OptimizerKind::Adamw && cfg.weight_decay != 0.0 {
-                            let _ = w.g_mul_scalar_(1.0 - lr * cfg.weight_decay);
-                        }
-                        let bufs = self
-                            .state
-                            .entry(p.name.clone())
-                            .or_insert_with(|| vec![g.zeros_like(), g.zeros_like()]);
-                        let (b1, b2) = cfg.betas;
-                        let _ = bufs[0].g_mul_scalar_(b1).g_add_(&(&g * (1.0 - b1)));
-                        let _ = bufs[1].g_mul_scalar_(b2).g_add_(&(g.square() * (1.0 - b2)));
-                        let m_hat = &bufs[0] / (1.0 - b1.powf(t));
-                        let v_hat = &bufs[1] / (1.0 - b2.powf(t));
-                        let _ = w.g_add_(&(m_hat / (v_hat.sqrt() + cfg.eps) * (-lr)));
+            for b in &self.buckets {
+                let _ = b.grads.shallow_clone().zero_();
+                for (k, &i) in b.members.iter().enumerate() {
+                    let mut g = self.params[i].tensor.grad();
+                    if g.defined() && address(&g) != b.grad_ptrs[k] {
+                        let _ = g.detach_().zero_();
                     }
                 }
             }
         });
     }
 
-    /// State for a checkpoint: named tensors plus the step count.
+    /// Multiplies the gradients of every parameter of group `group` by `factor` (one kernel).
+    pub fn scale_group_gradients(&mut self, group: usize, factor: f64) {
+        for b in self.buckets.iter().filter(|b| b.group == group) {
+            b.sync(&self.params);
+            tch::no_grad(|| {
+                let _ = b.grads.shallow_clone().g_mul_scalar_(factor);
+            });
+        }
+    }
+
+    /// Multiplies every gradient by `factor` (one kernel per group) and says whether all of them
+    /// are finite, with one host synchronisation: the unscaling of fp16 loss scaling.
+    pub fn unscale_gradients(&mut self, factor: f64) -> bool {
+        if self.buckets.is_empty() {
+            return true;
+        }
+        let checks: Vec<Tensor> = self
+            .buckets
+            .iter()
+            .map(|b| {
+                b.sync(&self.params);
+                tch::no_grad(|| {
+                    let _ = b.grads.shallow_clone().g_mul_scalar_(factor);
+                });
+                b.grads.isfinite().all()
+            })
+            .collect();
+        Tensor::stack(&checks, 0)
+            .all()
+            .to_kind(tch::Kind::Int64)
+            .int64_value(&[])
+            != 0
+    }
+
+    /// Rescales all gradients so that their global L2 norm is at most `max_norm`; returns the
+    /// norm before clipping.
+    pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
+        if self.buckets.is_empty() {
+            return 0.0;
+        }
+        let squares: Vec<Tensor> = self
+            .buckets
+            .iter()
+            .map(|b| {
+                b.sync(&self.params);
+                b.grads.square().sum(tch::Kind::Double)
+            })
+            .collect();
+        // One host synchronisation for the whole model.
+        let total = Tensor::stack(&squares, 0)
+            .sum(tch::Kind::Double)
+            .double_value(&[])
+            .sqrt();
+        if total > max_norm && total.is_finite() {
+            let scale = max_norm / (total + 1e-6);
+            tch::no_grad(|| {
+                for b in &self.buckets {
+                    let _ = b.grads.shallow_clone().g_mul_scalar_(scale);
+                }
+            });
+        }
+        total
+    }
+
+    /// Number of flat state buffers the configured optimiser keeps per parameter.
+    fn state_count(&self) -> usize {
+        match self.cfg.kind {
+            OptimizerKind::Sgd if self.cfg.momentum == 0.0 => 0,
+            OptimizerKind::Sgd => 1,
+            OptimizerKind::Adam | OptimizerKind::Adamw => 2,
+        }
+    }
+
+    /// One update; `lr(group)` gives the learning rate of each group. Follows `torch.optim`'s
+    /// SGD (momentum, no dampening, no Nesterov), Adam and AdamW operation by operation.
+    pub fn step(&mut self, lr: &dyn Fn(usize) -> f64) {
+        self.steps += 1;
+        let t = self.steps as f64;
+        let cfg = self.cfg.clone();
+        let state_count = self.state_count();
+        for b in &mut self.buckets {
+            let missing = b.sync(&self.params);
+            if missing.len() == b.members.len() {
+                continue;
+            }
+            let lr = lr(b.group);
+            tch::no_grad(|| {
+                // Parameters without a gradient this step keep their weights and state, as
+                // torch.optim skips them.
+                let keep: Vec<(usize, Tensor, Vec<Tensor>)> = missing
+                    .iter()
+                    .map(|&k| {
+                        let span = b.spans[k];
+                        (
+                            k,
+                            Bucket::member_slot(&b.weights, span).copy(),
+                            b.state
+                                .iter()
+                                .map(|s| Bucket::member_slot(s, span).copy())
+                                .collect(),
+                        )
+                    })
+                    .collect();
+                update(&cfg, b, lr, t, state_count);
+                for (k, w, state) in keep {
+                    let span = b.spans[k];
+                    let _ = Bucket::member_slot(&b.weights, span).copy_(&w);
+                    for (s, saved) in b.state.iter().zip(state) {
+                        let _ = Bucket::member_slot(s, span).copy_(&saved);
+                    }
+                }
+            });
+        }
+    }
+
+    /// State for a checkpoint: named tensors (per parameter, `name#i`) plus the step count.
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = vec![("__steps".to_string(), Tensor::from_slice(&[self.steps]))];
-        for (name, bufs) in &self.state {
-            for (i, b) in bufs.iter().enumerate() {
-                out.push((format!("{name}#{i}"), b.shallow_clone()));
+        for b in &self.buckets {
+            for (k, &i) in b.members.iter().enumerate() {
+                let p = &self.params[i];
+                for (j, s) in b.state.iter().enumerate() {
+                    let view = Bucket::member_slot(s, b.spans[k]).view(p.tensor.size().as_slice());
+                    out.push((format!("{}#{j}", p.name), view));
+                }
             }
         }
         out
     }
 
     pub fn load_state(&mut self, tensors: Vec<(String, Tensor)>) -> Result<(), String> {
-        let device = self
-            .params
-            .first()
-            .map(|p| p.tensor.device())
-            .unwrap_or(tch::Device::Cpu);
-        self.state.clear();
         let mut pieces: HashMap<String, Vec<(usize, Tensor)>> = HashMap::new();
         for (key, t) in tensors {
             if key == "__steps" {
@@ -200,22 +363,107 @@ impl Optimizer {
             let idx: usize = idx
                 .parse()
                 .map_err(|_| format!("bad optimizer state key {key:?}"))?;
-            pieces
-                .entry(name.to_string())
-                .or_default()
-                .push((idx, t.to_device(device)));
+            pieces.entry(name.to_string()).or_default().push((idx, t));
         }
-        for (name, mut bufs) in pieces {
-            if !self.params.iter().any(|p| p.name == name) {
-                return Err(format!(
-                    "optimizer state names parameter {name:?} that the model does not have"
-                ));
+        if let Some(name) = pieces
+            .keys()
+            .find(|n| !self.params.iter().any(|p| &p.name == *n))
+        {
+            return Err(format!(
+                "optimizer state names parameter {name:?} that the model does not have"
+            ));
+        }
+        let expected = self.state_count();
+        for b in &mut self.buckets {
+            b.state.clear();
+            let saved: Vec<(usize, Vec<(usize, Tensor)>)> = b
+                .members
+                .iter()
+                .enumerate()
+                .filter_map(|(k, &i)| pieces.remove(&self.params[i].name).map(|s| (k, s)))
+                .collect();
+            if saved.is_empty() {
+                continue;
             }
-            bufs.sort_by_key(|(i, _)| *i);
-            self.state
-                .insert(name, bufs.into_iter().map(|(_, t)| t).collect());
+            b.state = (0..expected).map(|_| b.weights.zeros_like()).collect();
+            for (k, mut bufs) in saved {
+                let p = &self.params[b.members[k]];
+                bufs.sort_by_key(|(j, _)| *j);
+                if bufs.len() != expected {
+                    return Err(format!(
+                        "optimizer state of {:?} has {} tensors but {:?} keeps {expected}: the checkpoint was written with another optimizer setting; resume with the run's own config.json",
+                        p.name,
+                        bufs.len(),
+                        self.cfg.kind
+                    ));
+                }
+                for (s, (_, t)) in b.state.iter().zip(bufs) {
+                    if t.numel() as i64 != b.spans[k].1 {
+                        return Err(format!(
+                            "optimizer state of {:?} has shape {:?}, the parameter {:?}",
+                            p.name,
+                            t.size(),
+                            p.tensor.size()
+                        ));
+                    }
+                    tch::no_grad(|| {
+                        let _ = Bucket::member_slot(s, b.spans[k])
+                            .copy_(&t.reshape([-1]).to_device(s.device()).to_kind(s.kind()));
+                    });
+                }
+            }
         }
         Ok(())
+    }
+}
+
+/// The update of one bucket, on the flat buffers.
+fn update(cfg: &OptimizerConfig, b: &mut Bucket, lr: f64, t: f64, state_count: usize) {
+    let mut w = b.weights.shallow_clone();
+    let g = &b.grads;
+    let fresh = b.state.is_empty() && state_count > 0;
+    match cfg.kind {
+        OptimizerKind::Sgd => {
+            let d = if cfg.weight_decay != 0.0 {
+                g + &w * cfg.weight_decay
+            } else {
+                g.shallow_clone()
+            };
+            let d = if cfg.momentum == 0.0 {
+                d
+            } else if fresh {
+                // PyTorch's convention: the first buffer is the gradient itself.
+                let buf = d.copy();
+                b.state = vec![buf.shallow_clone()];
+                buf
+            } else {
+                let mut buf = b.state[0].shallow_clone();
+                let _ = buf.g_mul_scalar_(cfg.momentum).g_add_(&d);
+                buf
+            };
+            let _ = w.g_add_(&(d * (-lr)));
+        }
+        OptimizerKind::Adam | OptimizerKind::Adamw => {
+            let g = if cfg.kind == OptimizerKind::Adam && cfg.weight_decay != 0.0 {
+                g + &w * cfg.weight_decay
+            } else {
+                g.shallow_clone()
+            };
+            if cfg.kind == OptimizerKind::Adamw && cfg.weight_decay != 0.0 {
+                let _ = w.g_mul_scalar_(1.0 - lr * cfg.weight_decay);
+            }
+            if fresh {
+                b.state = vec![w.zeros_like(), w.zeros_like()];
+            }
+            let (b1, b2) = cfg.betas;
+            let (mut m, mut v) = (b.state[0].shallow_clone(), b.state[1].shallow_clone());
+            let _ = m.lerp_(&g, 1.0 - b1);
+            let _ = v.g_mul_scalar_(b2).addcmul_(&g, &(&g * (1.0 - b2)));
+            let step_size = lr / (1.0 - b1.powf(t));
+            let bias_correction2_sqrt = (1.0 - b2.powf(t)).sqrt();
+            let denom = (v.sqrt() / bias_correction2_sqrt).g_add_scalar(cfg.eps);
+            let _ = w.g_add_(&(m / denom * (-step_size)));
+        }
     }
 }
 
@@ -300,6 +548,67 @@ mod tests {
     }
 
     #[test]
+    fn parameters_and_gradients_are_views_of_the_flat_buffers() {
+        let a = Tensor::ones([2, 3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let b = Tensor::ones([4], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let param = |name: &str, t: &Tensor| Param {
+            name: name.into(),
+            tensor: t.shallow_clone(),
+            group: 0,
+        };
+        let mut opt = Optimizer::new(
+            OptimizerConfig {
+                kind: OptimizerKind::Sgd,
+                momentum: 0.0,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+            vec![param("a", &a), param("b", &b)],
+        );
+        assert_eq!(opt.buckets.len(), 1);
+        let flat = opt.buckets[0].weights.shallow_clone();
+        assert_eq!(address(&b), address(&flat) + 6 * 4);
+        for _ in 0..2 {
+            opt.zero_grad();
+            ((&a * 2.0).sum(Kind::Float) + (&b * 3.0).sum(Kind::Float)).backward();
+            opt.step(&|_| 0.5);
+        }
+        // After the first step the gradients live in the flat buffer too.
+        assert_eq!(address(&a.grad()), address(&opt.buckets[0].grads));
+        assert_eq!(a.double_value(&[1, 2]), 1.0 - 2.0 * 0.5 * 2.0);
+        assert_eq!(b.double_value(&[3]), 1.0 - 2.0 * 0.5 * 3.0);
+        assert_eq!(flat.double_value(&[9]), b.double_value(&[3]));
+    }
+
+    #[test]
+    fn a_parameter_without_gradient_keeps_its_weights_and_state() {
+        let used = Tensor::ones([2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let unused = Tensor::ones([2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let mut opt = Optimizer::new(
+            OptimizerConfig::default(),
+            vec![
+                Param {
+                    name: "used".into(),
+                    tensor: used.shallow_clone(),
+                    group: 0,
+                },
+                Param {
+                    name: "unused".into(),
+                    tensor: unused.shallow_clone(),
+                    group: 0,
+                },
+            ],
+        );
+        for _ in 0..3 {
+            opt.zero_grad();
+            used.sum(Kind::Float).backward();
+            opt.step(&|_| 0.1);
+        }
+        assert!(used.double_value(&[0]) < 1.0);
+        assert_eq!(unused.double_value(&[0]), 1.0, "weight decay must skip it");
+    }
+
+    #[test]
     fn state_round_trips() {
         let w = Tensor::ones([3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let mut opt = Optimizer::new(
@@ -323,6 +632,11 @@ mod tests {
         );
         other.load_state(saved).unwrap();
         assert_eq!(other.steps, 1);
-        assert_eq!(other.state["w"][0].size(), [3]);
+        let state = other.state_tensors();
+        assert_eq!(state[1].0, "w#0");
+        assert_eq!(state[1].1.size(), [3]);
+        // SGD's first momentum buffer is the first gradient (ones) plus weight decay.
+        let expected = 3.0 * (1.0 + OptimizerConfig::default().weight_decay);
+        assert!((state[1].1.sum(Kind::Float).double_value(&[]) - expected).abs() < 1e-5);
     }
 }

@@ -3,9 +3,8 @@
 //! order of operations from DESIGN.md lives here, written once against the model traits of
 //! `model::network` and the `Task` (loss and per-modality metric).
 
-use crate::cggm::{
-    direction_loss, flat_cosine, neutral_balance, scale_encoder_gradients, BalanceTracker,
-};
+use crate::amp::{self, AmpDtype, LossScaler};
+use crate::cggm::{direction_loss, flat_cosine, neutral_balance, BalanceTracker};
 use crate::config::{DirectionSource, Method, TrainConfig};
 use crate::data::features::DatasetSpec;
 use crate::model::features::{FeatureClassifiers, FeatureNet};
@@ -70,12 +69,16 @@ pub struct Trainer<N: MultimodalNetwork = MultimodalSegmenter> {
     task: Box<dyn Task>,
     /// State of the OGM-GE / AGM / PMR baselines.
     pub(crate) baselines: crate::baselines::BaselineState,
+    /// fp16 only: dynamic loss scaling, and whether this iteration found an inf/NaN gradient.
+    pub scaler: Option<LossScaler>,
+    found_non_finite: bool,
 }
 
 impl Trainer {
     /// A segmentation trainer (the modalities and model come from `cfg`).
     pub fn new(cfg: TrainConfig, device: Device, steps_per_epoch: usize) -> Self {
         tch::manual_seed(cfg.seed as i64);
+        crate::device::prepare(device);
         let modalities = cfg.modalities();
         let names: Vec<&str> = modalities.iter().map(|m| m.name()).collect();
         let vs = nn::VarStore::new(device);
@@ -189,8 +192,12 @@ impl<N: MultimodalNetwork> Trainer<N> {
                     .to_string()
             })
             .collect();
+        let scaler = (cfg.mixed_precision && device.is_cuda() && cfg.amp_dtype == AmpDtype::Fp16)
+            .then(LossScaler::new);
         Self {
             task,
+            scaler,
+            found_non_finite: false,
             previous_balance: vec![1.0; m],
             cfg,
             device,
@@ -251,6 +258,14 @@ impl<N: MultimodalNetwork> Trainer<N> {
     /// (segmentation), [B] int64 (classification) or [B] float (regression); on `self.device`.
     pub fn step(&mut self, images: &N::Input, labels: &Tensor) -> Result<StepReport, StepError> {
         let report = self.compute_gradients(images, labels)?;
+        if let Some(scaler) = &mut self.scaler {
+            scaler.update(self.found_non_finite);
+            if self.found_non_finite {
+                // fp16 overflow: skip this update (the scale was halved).
+                self.global_step += 1;
+                return Ok(report);
+            }
+        }
         if let Some(max_norm) = self.cfg.grad_clip {
             let norm = self.model_opt.clip_grad_norm(max_norm);
             if !norm.is_finite() {
@@ -285,7 +300,7 @@ impl<N: MultimodalNetwork> Trainer<N> {
         if self.cfg.method == Method::Mrd {
             xs = self.drop_modalities(&xs);
         }
-        let out = tch::autocast(self.use_amp(), || self.model.forward_t(&xs, true));
+        let out = amp::autocast(self.amp(), || self.model.forward_t(&xs, true));
         let task_loss = self.task.loss(out.logits(), labels);
         let value = task_loss.double_value(&[]);
         if !value.is_finite() {
@@ -298,8 +313,17 @@ impl<N: MultimodalNetwork> Trainer<N> {
         Ok((out, task_loss))
     }
 
-    fn use_amp(&self) -> bool {
-        self.cfg.mixed_precision && self.device.is_cuda()
+    /// The autocast dtype of this run's forward passes (None: fp32).
+    fn amp(&self) -> Option<AmpDtype> {
+        (self.cfg.mixed_precision && self.device.is_cuda()).then_some(self.cfg.amp_dtype)
+    }
+
+    /// The tensor to call backward on: the loss, times the fp16 loss scale when there is one.
+    fn scaled(&self, loss: &Tensor) -> Tensor {
+        match &self.scaler {
+            Some(s) => s.scaled(loss),
+            None => loss.shallow_clone(),
+        }
     }
 
     /// CGGM steps 2-3: trains the classifiers on detached features (their own optimiser) and
@@ -310,13 +334,13 @@ impl<N: MultimodalNetwork> Trainer<N> {
         labels: &Tensor,
     ) -> Result<(Vec<f64>, Vec<Tensor>), StepError> {
         let m = self.modality_channels.len();
-        let use_amp = self.use_amp();
+        let amp_dtype = self.amp();
         let (Some(cls), Some(opt)) = (&self.classifiers, &mut self.classifier_opt) else {
             return Ok((vec![f64::NAN; m], Vec::new()));
         };
         opt.zero_grad();
         let mut metrics = vec![f64::NAN; m];
-        let all = tch::autocast(use_amp, || cls.logits_t(out, true));
+        let all = amp::autocast(amp_dtype, || cls.logits_t(out, true));
         let mut cls_loss = Tensor::zeros([], (Kind::Float, self.device));
         for (metric, logits) in metrics.iter_mut().zip(&all) {
             *metric = self.task.batch_metric(logits, labels);
@@ -332,12 +356,20 @@ impl<N: MultimodalNetwork> Trainer<N> {
                 step: self.global_step,
             });
         }
-        cls_loss.backward();
+        match &self.scaler {
+            Some(s) => s.scaled(&cls_loss).backward(),
+            None => cls_loss.backward(),
+        }
+        // Scaled or not: only their cosines with g_F are used.
         let grads = (0..m)
             .map(|i| cls.last_layer_grad(i).detach().copy())
             .collect();
+        let finite = self.scaler.as_ref().is_none_or(|s| s.unscale(opt));
+        self.found_non_finite |= !finite;
         let cls_lr = self.cfg.schedule.classifier_lr;
-        opt.step(&|_| cls_lr);
+        if finite {
+            opt.step(&|_| cls_lr);
+        }
         Ok((metrics, grads))
     }
 
@@ -395,6 +427,7 @@ impl<N: MultimodalNetwork> Trainer<N> {
         labels: &Tensor,
     ) -> Result<StepReport, StepError> {
         let step = self.global_step;
+        self.found_non_finite = false;
         self.seed_step();
         let lr = self.schedule.lr(step);
         let (out, task_loss) = self.forward(images, labels)?;
@@ -410,7 +443,9 @@ impl<N: MultimodalNetwork> Trainer<N> {
         if self.cfg.method == Method::CggmFixed {
             balance = neutral_balance(m, self.cfg.cggm.rho);
         }
-        let (l_gm, cosine) = self.direction_term(&task_loss, &classifier_grads, &balance);
+        // g_F from the (loss-scaled) task loss: the cosines, and so L_gm, do not depend on scale.
+        let (l_gm, cosine) =
+            self.direction_term(&self.scaled(&task_loss), &classifier_grads, &balance);
         // numbers (issue 8): a new tensor, not a shallow clone: `+=` below is in place and would
         // otherwise add L_gm (and PMR's term) into the reported task loss too.
         let mut total = &task_loss * 1.0;
@@ -433,9 +468,16 @@ impl<N: MultimodalNetwork> Trainer<N> {
             baseline_coefficients = weights;
         }
         self.model_opt.zero_grad();
-        total.backward();
+        self.scaled(&total).backward();
+        if let Some(s) = &self.scaler {
+            // Unscaled before B_i scaling and clipping.
+            self.found_non_finite |= !s.unscale(&mut self.model_opt);
+        }
         if self.cfg.method.modulates_magnitude() {
-            scale_encoder_gradients(self.model_opt.params(), &balance);
+            // Encoder i is optimiser group i + 1: one kernel per encoder on its flat gradients.
+            for (i, b) in balance.iter().enumerate() {
+                self.model_opt.scale_group_gradients(i + 1, *b);
+            }
         }
         let scaled = self.baseline_after_backward(images, labels);
         if !scaled.is_empty() {

@@ -2,6 +2,7 @@
 //! same process, interleaved, because the machines are shared and noisy.
 
 use super::data_commands::{bench_loader, LoaderBenchArgs};
+use crate::amp::AmpDtype;
 use crate::config::{Method, TrainConfig};
 use crate::data::Study;
 use crate::device::{describe, parse_device};
@@ -10,6 +11,7 @@ use anyhow::Result;
 use ndarray::Array4;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
+use std::path::PathBuf;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -21,6 +23,8 @@ pub enum BenchCommand {
     Train(TrainBenchArgs),
     /// Inference time of one whole volume.
     Infer(InferBenchArgs),
+    /// First-step loss on the CPU and on --device from the same weights and batch (a CUDA check).
+    Parity(ParityArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -39,6 +43,36 @@ pub struct TrainBenchArgs {
     pub rounds: usize,
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// fp32, bf16 or fp16 (autocast on CUDA; fp16 with loss scaling). The CPU always runs fp32.
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
+    /// Also time a PyTorch eager implementation of the same model and step
+    /// (scripts/bench_torch.py) on the same batch, alternating rounds, and print the ratios.
+    #[arg(long)]
+    pub against_torch: bool,
+    /// Python with torch for --against-torch (default: $CGGM_PYTHON, else python3).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// The PyTorch reference (default: scripts/bench_torch.py of the checkout).
+    #[arg(long)]
+    pub torch_script: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ParityArgs {
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    #[arg(long, default_value = "cggm")]
+    pub method: String,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub crop: Option<usize>,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Largest accepted relative difference of the deterministic (eval-mode) loss.
+    #[arg(long, default_value_t = 1e-3)]
+    pub tolerance: f64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -59,6 +93,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Loader(args) => bench_loader(args),
         BenchCommand::Train(args) => bench_train(args),
         BenchCommand::Infer(args) => bench_infer(args),
+        BenchCommand::Parity(args) => bench_parity(args),
     }
 }
 
@@ -121,6 +156,44 @@ fn random_batch(b: usize, crop: usize, device: Device) -> (Tensor, Tensor) {
     (images, labels)
 }
 
+/// Applies `--precision` to a configuration.
+fn set_precision(cfg: &mut TrainConfig, precision: &str) -> Result<()> {
+    if precision == "fp32" {
+        cfg.mixed_precision = false;
+    } else {
+        cfg.mixed_precision = true;
+        cfg.amp_dtype = precision
+            .parse::<AmpDtype>()
+            .map_err(|e| anyhow::anyhow!("--precision: {e} (or fp32)"))?;
+    }
+    Ok(())
+}
+
+/// Peak resident memory of this process (VmHWM), in bytes.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// GPU memory this process holds (the caching allocator's high-water mark), from nvidia-smi.
+fn gpu_memory_bytes() -> Option<u64> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args([
+            "--query-compute-apps=pid,used_memory",
+            "--format=csv,noheader,nounits",
+        ])
+        .output()
+        .ok()?;
+    let pid = std::process::id().to_string();
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let mut f = l.split(',').map(str::trim);
+        (f.next()? == pid).then_some(())?;
+        f.next()?.parse::<u64>().ok().map(|mib| mib << 20)
+    })
+}
+
 fn bench_train(args: TrainBenchArgs) -> Result<()> {
     let device = parse_device(&args.device).map_err(anyhow::Error::msg)?;
     let mut base = TrainConfig::preset(&args.preset).map_err(anyhow::Error::msg)?;
@@ -130,6 +203,7 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
     if let Some(c) = args.crop {
         base.sampler.crop = c;
     }
+    set_precision(&mut base, &args.precision)?;
     let variants: Vec<(&str, TrainConfig)> = vec![
         (
             "joint",
@@ -162,6 +236,10 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
             },
         ),
     ];
+    let torch = args
+        .against_torch
+        .then(|| TorchReference::new(&args, &base, device))
+        .transpose()?;
     let mut trainers: Vec<Trainer> = variants
         .iter()
         .map(|(_, c)| Trainer::new(c.clone(), device, 1000))
@@ -175,6 +253,7 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
     }
     let mut seconds = vec![0.0; trainers.len()];
     let mut cpu = vec![0.0; trainers.len()];
+    let mut torch_seconds: Vec<serde_json::Map<String, serde_json::Value>> = Vec::new();
     for _ in 0..args.rounds {
         for (i, t) in trainers.iter_mut().enumerate() {
             sync(device);
@@ -186,26 +265,165 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
             seconds[i] += t0.elapsed().as_secs_f64();
             cpu[i] += process_cpu_seconds() - c0;
         }
+        if let Some(torch) = &torch {
+            torch_seconds.push(torch.run()?);
+        }
     }
     let n = (args.rounds * args.steps) as f64;
     let per_step: Vec<f64> = seconds.iter().map(|s| s / n).collect();
     let cpu_per_step: Vec<f64> = cpu.iter().map(|s| s / n).collect();
-    let out = json!({
+    let named = |v: &[f64]| {
+        variants
+            .iter()
+            .zip(v)
+            .map(|((name, _), s)| (name.to_string(), json!(s)))
+            .collect::<serde_json::Map<_, _>>()
+    };
+    let mut out = json!({
         "bench": "train-step",
         "preset": args.preset,
         "batch_size": base.sampler.batch_size,
         "crop": base.sampler.crop,
         "device": describe(device),
+        "precision": if device.is_cuda() { args.precision.as_str() } else { "fp32" },
         "steps_timed_per_method": n,
-        "seconds_per_step": variants.iter().zip(&per_step).map(|((name, _), s)| (name.to_string(), json!(s))).collect::<serde_json::Map<_, _>>(),
-        "cpu_seconds_per_step": variants.iter().zip(&cpu_per_step).map(|((name, _), s)| (name.to_string(), json!(s))).collect::<serde_json::Map<_, _>>(),
+        "seconds_per_step": named(&per_step),
+        "cpu_seconds_per_step": named(&cpu_per_step),
         "cpu_ratio_cggm_over_joint": cpu_per_step[3] / cpu_per_step[0],
         "ratio_cggm_over_joint": per_step[3] / per_step[0],
         "ratio_cggm_magnitude_over_joint": per_step[2] / per_step[0],
         "ratio_joint_probes_over_joint": per_step[1] / per_step[0],
+        "peak_rss_bytes": peak_rss_bytes(),
+        "gpu_memory_bytes": device.is_cuda().then(gpu_memory_bytes).flatten(),
     });
+    if let Some(last) = torch_seconds.last() {
+        let mean = |method: &str| {
+            torch_seconds
+                .iter()
+                .filter_map(|r| r["seconds_per_step"][method].as_f64())
+                .sum::<f64>()
+                / torch_seconds.len() as f64
+        };
+        let (tj, tc) = (mean("joint"), mean("cggm"));
+        out["torch"] = json!({
+            "version": last["torch"],
+            "threads": last["threads"],
+            "seconds_per_step": {"joint": tj, "cggm": tc},
+            "peak_rss_bytes": last["peak_rss_bytes"],
+            "peak_gpu_bytes": last["peak_gpu_bytes"],
+            "peak_gpu_reserved_bytes": last["peak_gpu_reserved_bytes"],
+        });
+        out["ratio_joint_over_torch"] = json!(per_step[0] / tj);
+        out["ratio_cggm_over_torch"] = json!(per_step[3] / tc);
+        eprintln!(
+            "{:<8} {:>12} {:>12} {:>8}",
+            "method", "ours s/step", "torch s/step", "ratio"
+        );
+        for (name, ours, theirs) in [("joint", per_step[0], tj), ("cggm", per_step[3], tc)] {
+            eprintln!(
+                "{name:<8} {ours:>12.4} {theirs:>12.4} {:>8.3}",
+                ours / theirs
+            );
+        }
+    }
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
+}
+
+/// The PyTorch eager reference run as a child process, one round at a time.
+struct TorchReference {
+    python: PathBuf,
+    script: PathBuf,
+    config: String,
+    args: Vec<String>,
+}
+
+impl TorchReference {
+    fn new(args: &TrainBenchArgs, cfg: &TrainConfig, device: Device) -> Result<Self> {
+        let python = args
+            .python
+            .clone()
+            .or_else(|| std::env::var_os("CGGM_PYTHON").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("python3"));
+        let script = match &args.torch_script {
+            Some(p) => p.clone(),
+            None => [
+                PathBuf::from("scripts/bench_torch.py"),
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench_torch.py"),
+            ]
+            .into_iter()
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--against-torch needs the PyTorch reference scripts/bench_torch.py: run from                      the checkout or pass --torch-script PATH"
+                )
+            })?,
+        };
+        let device = match device {
+            Device::Cuda(n) => format!("cuda:{n}"),
+            _ => "cpu".to_string(),
+        };
+        let precision = if device == "cpu" {
+            "fp32"
+        } else {
+            args.precision.as_str()
+        };
+        Ok(Self {
+            python,
+            script,
+            config: serde_json::to_string(cfg)?,
+            args: vec![
+                "--methods".into(),
+                "joint,cggm".into(),
+                "--batch-size".into(),
+                cfg.sampler.batch_size.to_string(),
+                "--crop".into(),
+                cfg.sampler.crop.to_string(),
+                "--steps".into(),
+                args.steps.to_string(),
+                "--device".into(),
+                device,
+                "--threads".into(),
+                tch::get_num_threads().to_string(),
+                "--precision".into(),
+                precision.into(),
+            ],
+        })
+    }
+
+    /// One round: seconds per step per method, peak memory.
+    fn run(&self) -> Result<serde_json::Map<String, serde_json::Value>> {
+        use std::io::Write;
+        let mut child = std::process::Command::new(&self.python)
+            .arg(&self.script)
+            .args(&self.args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot start {} for --against-torch ({e}): pass --python with a Python                      that has torch, or set CGGM_PYTHON",
+                    self.python.display()
+                )
+            })?;
+        child
+            .stdin
+            .take()
+            .expect("stdin is piped")
+            .write_all(self.config.as_bytes())?;
+        let out = child.wait_with_output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "the PyTorch reference {} failed (its error is above)",
+            self.script.display()
+        );
+        let last = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string();
+        Ok(serde_json::from_str(&last)?)
+    }
 }
 
 fn bench_infer(args: InferBenchArgs) -> Result<()> {
@@ -230,25 +448,102 @@ fn bench_infer(args: InferBenchArgs) -> Result<()> {
         voxel_volume_ml: 0.001,
     };
     let predictor = trainer.predictor();
-    predictor.predict(&study, false, |_| {});
-    let mut times = Vec::new();
-    for _ in 0..args.repeats {
-        sync(device);
-        let t0 = Instant::now();
-        predictor.predict(&study, false, |_| {});
-        sync(device);
-        times.push(t0.elapsed().as_secs_f64());
+    // The precision inference picks on this device, against fp32, alternating in one process.
+    let chosen = crate::amp::inference_dtype(device);
+    let precisions: Vec<(&str, &str)> = match chosen {
+        Some(_) => vec![("fp32", "fp32"), ("bf16", "bf16")],
+        None => vec![("fp32", "fp32")],
+    };
+    let user_choice = std::env::var("CGGM_INFERENCE_PRECISION").ok();
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); precisions.len()];
+    for round in 0..=args.repeats {
+        for (i, (_, value)) in precisions.iter().enumerate() {
+            std::env::set_var("CGGM_INFERENCE_PRECISION", value);
+            sync(device);
+            let t0 = Instant::now();
+            predictor.predict(&study, false, |_| {});
+            sync(device);
+            // Round 0 warms up.
+            if round > 0 {
+                times[i].push(t0.elapsed().as_secs_f64());
+            }
+        }
     }
-    times.sort_by(|a, b| a.total_cmp(b));
+    match user_choice {
+        Some(v) => std::env::set_var("CGGM_INFERENCE_PRECISION", v),
+        None => std::env::remove_var("CGGM_INFERENCE_PRECISION"),
+    }
+    for t in &mut times {
+        t.sort_by(|a, b| a.total_cmp(b));
+    }
+    let median = |t: &[f64]| t[t.len() / 2];
+    let default_index = precisions.len() - 1;
     let out = json!({
         "bench": "inference",
         "preset": args.preset,
         "size": size,
         "device": describe(device),
         "eval_batch": trainer.cfg.eval_batch,
-        "seconds_per_case_median": times[times.len() / 2],
-        "seconds_per_case_min": times[0],
+        "precision": precisions[default_index].0,
+        "seconds_per_case_median": median(&times[default_index]),
+        "seconds_per_case_min": times[default_index][0],
+        "seconds_per_case_median_fp32": median(&times[0]),
+        "ratio_fp32_over_default": median(&times[0]) / median(&times[default_index]),
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+/// CUDA (or any --device) against the CPU from the same weights and the same batch: the
+/// deterministic eval-mode loss must agree within `--tolerance` (relative), and one training
+/// iteration of the method runs on both (its losses differ a little: dropout draws differ
+/// between devices).
+fn bench_parity(args: ParityArgs) -> Result<()> {
+    let device = parse_device(&args.device).map_err(anyhow::Error::msg)?;
+    let mut cfg = TrainConfig::preset(&args.preset).map_err(anyhow::Error::msg)?;
+    cfg.method = args.method.parse().map_err(anyhow::Error::msg)?;
+    cfg.mixed_precision = false;
+    if let Some(b) = args.batch_size {
+        cfg.sampler.batch_size = b;
+    }
+    if let Some(c) = args.crop {
+        cfg.sampler.crop = c;
+    }
+    let mut on_cpu = Trainer::new(cfg.clone(), Device::Cpu, 1000);
+    let mut on_device = Trainer::new(cfg.clone(), device, 1000);
+    on_device.vs.copy(&on_cpu.vs)?;
+    let (images, labels) = random_batch(cfg.sampler.batch_size, cfg.sampler.crop, Device::Cpu);
+    let eval_loss = |t: &Trainer| {
+        let xs = t.select_modalities(&images.to_device(t.device));
+        let out = tch::no_grad(|| t.model.forward_t(&xs, false));
+        crate::task::Task::loss(&cfg.loss, &out.logits, &labels.to_device(t.device))
+            .double_value(&[])
+    };
+    let (cpu_eval, device_eval) = (eval_loss(&on_cpu), eval_loss(&on_device));
+    let cpu_step = on_cpu.step(&images, &labels)?;
+    let device_step = on_device.step(&images.to_device(device), &labels.to_device(device))?;
+    let relative = (cpu_eval - device_eval).abs() / cpu_eval.abs().max(1e-12);
+    let out = json!({
+        "bench": "parity",
+        "preset": args.preset,
+        "method": cfg.method.to_string(),
+        "device": describe(device),
+        "eval_loss_cpu": cpu_eval,
+        "eval_loss_device": device_eval,
+        "eval_loss_relative_difference": relative,
+        "first_step_loss_cpu": cpu_step.loss,
+        "first_step_loss_device": device_step.loss,
+        "first_step_gm_loss_cpu": cpu_step.gm_loss,
+        "first_step_gm_loss_device": device_step.gm_loss,
+        "pass": relative <= args.tolerance,
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    anyhow::ensure!(
+        relative <= args.tolerance,
+        "the eval-mode loss differs by {relative:.2e} (relative) between the CPU and {}: above \
+         --tolerance {}",
+        describe(device),
+        args.tolerance
+    );
     Ok(())
 }

@@ -1,0 +1,387 @@
+#!/usr/bin/env python3
+"""PyTorch eager reference of CGGM Studio's segmentation training step, for `cggm bench train
+--against-torch` (which runs it beside the project's own step and prints the ratio).
+
+The model is the project's, layer by layer (trainer/src/model/): per modality a ResNet (basic or
+bottleneck blocks, output stride 8 or 16) + ASPP encoder, a DeepLabv3+ fusion head over all
+modalities' features, and one grouped light decoder holding every modality's classifier. The step is
+the project's (trainer/src/step.rs): joint = forward, 0.5 x weighted CE + 0.5 x (1 - soft
+foreground Dice), backward, SGD/Adam/AdamW step; cggm adds the classifiers on detached features
+(their own optimiser), the batch Dice per modality, the balance coefficients, L_gm from g_F taken
+with create_graph, and the encoders' gradients scaled by B_i.
+
+Reads the run configuration (the JSON of a `TrainConfig`) from stdin; prints one JSON object with
+seconds per step per method and peak memory. Usage (normally through the cggm command):
+    python3 scripts/bench_torch.py --methods joint,cggm --batch-size 2 --crop 64 --steps 5 < cfg.json
+"""
+import argparse
+import json
+import math
+import resource
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class ConvBn(nn.Module):
+    def __init__(self, cin, cout, k, stride=1, dilation=1, groups=1):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k, stride=stride, padding=dilation * (k - 1) // 2,
+                              dilation=dilation, groups=groups, bias=False)
+        nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
+        self.bn = nn.BatchNorm2d(cout)
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
+def stage_width(cfg, stage):
+    return max(4, int(round((64 << stage) * cfg["width"])))
+
+
+def expansion(cfg):
+    return 4 if cfg["depth"] >= 50 else 1
+
+
+BLOCKS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}
+
+
+class Block(nn.Module):
+    def __init__(self, cfg, cin, width, stride, dilation):
+        super().__init__()
+        cout = width * expansion(cfg)
+        if cfg["depth"] >= 50:
+            convs = [ConvBn(cin, width, 1), ConvBn(width, width, 3, stride, dilation),
+                     ConvBn(width, cout, 1)]
+        else:
+            convs = [ConvBn(cin, width, 3, stride, dilation), ConvBn(width, cout, 3, 1, dilation)]
+        self.convs = nn.ModuleList(convs)
+        self.down = ConvBn(cin, cout, 1, stride) if stride != 1 or cin != cout else None
+
+    def forward(self, x):
+        y = x
+        for i, conv in enumerate(self.convs):
+            y = conv(y)
+            if i != len(self.convs) - 1:
+                y = F.relu(y)
+        return F.relu(y + (self.down(x) if self.down is not None else x))
+
+
+class ResNet(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.stem = ConvBn(cfg["in_channels"], stage_width(cfg, 0), 7, 2)
+        plan = ([(1, 1), (2, 1), (1, 2), (1, 4)] if cfg["output_stride"] == 8
+                else [(1, 1), (2, 1), (2, 1), (1, 2)])
+        cin, stages = stage_width(cfg, 0), []
+        for s, (n, (stride, dilation)) in enumerate(zip(BLOCKS[cfg["depth"]], plan)):
+            width, blocks = stage_width(cfg, s), []
+            for b in range(n):
+                blocks.append(Block(cfg, cin, width, stride if b == 0 else 1, dilation))
+                cin = width * expansion(cfg)
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, x):
+        y = F.max_pool2d(F.relu(self.stem(x)), 3, 2, 1)
+        low = None
+        for s, stage in enumerate(self.stages):
+            y = stage(y)
+            if s == 0:
+                low = y
+        return low, y
+
+
+class Aspp(nn.Module):
+    def __init__(self, cin, cout, rates):
+        super().__init__()
+        self.branches = nn.ModuleList([ConvBn(cin, cout, 1)] +
+                                      [ConvBn(cin, cout, 3, 1, r) for r in rates])
+        self.pool = ConvBn(cin, cout, 1)
+        self.project = ConvBn(cout * (len(rates) + 2), cout, 1)
+
+    def forward(self, x):
+        h, w = x.shape[2:]
+        outs = [F.relu(b(x)) for b in self.branches]
+        pooled = F.adaptive_avg_pool2d(x, 1)
+        # BatchNorm on a 1x1 map of one sample has no variance: eval mode then, as in the project.
+        if self.training and x.shape[0] == 1:
+            self.pool.eval()
+            pooled = F.relu(self.pool(pooled))
+            self.pool.train()
+        else:
+            pooled = F.relu(self.pool(pooled))
+        outs.append(F.interpolate(pooled, size=(h, w), mode="bilinear", align_corners=False))
+        return F.dropout(F.relu(self.project(torch.cat(outs, 1))), 0.1, self.training)
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg, aspp_channels):
+        super().__init__()
+        self.backbone = ResNet(cfg)
+        rates = [12, 24, 36] if cfg["output_stride"] == 8 else [6, 12, 18]
+        self.aspp = Aspp(stage_width(cfg, 3) * expansion(cfg), aspp_channels, rates)
+
+    def forward(self, x):
+        low, high = self.backbone(x)
+        return self.aspp(high), low
+
+
+class Decoder(nn.Module):
+    def __init__(self, high_in, low_in, high_proj, low_proj, mid, refine_convs, refine_kernel,
+                 classes, groups):
+        super().__init__()
+        g = groups
+        self.groups = g
+        self.high_proj = ConvBn(high_in * g, high_proj * g, 1, groups=g)
+        self.low_proj = ConvBn(low_in * g, low_proj * g, 1, groups=g)
+        cin, refine = high_proj + low_proj, []
+        for _ in range(refine_convs):
+            refine.append(ConvBn(cin * g, mid * g, refine_kernel, groups=g))
+            cin = mid
+        self.refine = nn.ModuleList(refine)
+        self.last = nn.Conv2d(cin * g, classes * g, 1, groups=g)
+
+    def forward(self, high, low, out_hw):
+        b, _, h, w = low.shape
+        high = F.interpolate(F.relu(self.high_proj(high)), size=(h, w), mode="bilinear",
+                             align_corners=False)
+        low = F.relu(self.low_proj(low))
+        g = self.groups
+        if g == 1:
+            y = torch.cat([high, low], 1)
+        else:
+            y = torch.cat([high.view(b, g, -1, h, w), low.view(b, g, -1, h, w)], 2).view(b, -1, h, w)
+        for conv in self.refine:
+            y = F.relu(conv(y))
+        return F.interpolate(self.last(y), size=out_hw, mode="bilinear", align_corners=False)
+
+
+class Segmenter(nn.Module):
+    def __init__(self, m, modalities):
+        super().__init__()
+        bb = m["backbone"]
+        low_ch = stage_width(bb, 0) * expansion(bb)
+        self.encoders = nn.ModuleList([Encoder(bb, m["aspp_channels"]) for _ in range(modalities)])
+        self.head = Decoder(m["aspp_channels"] * modalities, low_ch * modalities,
+                            m["decoder_channels"], m["low_level_proj"], m["decoder_channels"],
+                            2, 3, m["classes"], 1)
+
+    def forward(self, x):
+        feats = [enc(x[:, i:i + 1]) for i, enc in enumerate(self.encoders)]
+        high = torch.cat([f[0] for f in feats], 1)
+        low = torch.cat([f[1] for f in feats], 1)
+        return self.head(high, low, x.shape[2:]), high, low
+
+
+class Classifiers(nn.Module):
+    def __init__(self, m, modalities):
+        super().__init__()
+        bb = m["backbone"]
+        self.classes = m["classes"]
+        self.decoder = Decoder(m["aspp_channels"], stage_width(bb, 0) * expansion(bb),
+                               m["classifier_channels"], max(1, m["low_level_proj"] // 2),
+                               m["decoder_channels"], 1, 1, m["classes"], modalities)
+
+    def forward(self, high, low, out_hw):
+        return self.decoder(high.detach(), low.detach(), out_hw)
+
+    def last_grad(self, i):
+        return self.decoder.last.weight.grad[i * self.classes:(i + 1) * self.classes]
+
+
+def task_loss(logits, target, loss_cfg):
+    logits = logits.float()
+    weights = torch.tensor(loss_cfg["class_weights"], dtype=torch.float32, device=logits.device)
+    ce = F.cross_entropy(logits, target, weight=weights)
+    classes = logits.shape[1]
+    probs = logits.softmax(1)
+    onehot = F.one_hot(target, classes).permute(0, 3, 1, 2).float()
+    fg_p, fg_t = probs[:, 1:], onehot[:, 1:]
+    inter = (fg_p * fg_t).sum((0, 2, 3))
+    denom = fg_p.sum((0, 2, 3)) + fg_t.sum((0, 2, 3))
+    dice = ((inter * 2 + 1) / (denom + 1)).mean()
+    return ce * loss_cfg["ce_weight"] + (1 - dice) * loss_cfg["dice_weight"]
+
+
+def batch_dice(logits, target):
+    """Mean of WT/TC/ET Dice of argmax(logits) (BraTS convention for empty regions)."""
+    pred = logits.argmax(1)
+    scores = []
+    for region in ([1, 2, 3], [1, 3], [3]):
+        r = torch.tensor(region, device=pred.device)
+        p, t = torch.isin(pred, r), torch.isin(target, r)
+        inter, ps, ts = (p & t).sum().item(), p.sum().item(), t.sum().item()
+        scores.append((1.0 if ps == 0 else 0.0) if ts == 0 else 2 * inter / (ps + ts))
+    return sum(scores) / 3
+
+
+def make_optimizer(groups, opt_cfg):
+    kind = opt_cfg["kind"]
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=0.01, momentum=opt_cfg["momentum"],
+                               weight_decay=opt_cfg["weight_decay"])
+    cls = torch.optim.Adam if kind == "adam" else torch.optim.AdamW
+    return cls(groups, lr=0.01, betas=tuple(opt_cfg["betas"]), eps=opt_cfg["eps"],
+               weight_decay=opt_cfg["weight_decay"])
+
+
+class Balance:
+    """B_i = rho * (1 - clamp(d_i / sum d, 0, 1)), neutral rho (M-1)/M when sum d <= 1e-4."""
+
+    def __init__(self, m, rho):
+        self.prev, self.rho = [0.0] * m, rho
+
+    def update(self, metrics):
+        d = [(a - b) if math.isfinite(a - b) else 0.0 for a, b in zip(metrics, self.prev)]
+        self.prev = list(metrics)
+        m, total = len(d), sum(d)
+        if m <= 1:
+            return [self.rho] * m
+        if total <= 1e-4:
+            return [self.rho * (m - 1) / m] * m
+        return [self.rho * (1 - min(max(di / total, 0.0), 1.0)) for di in d]
+
+
+class Runner:
+    def __init__(self, cfg, method, device, amp_dtype):
+        m = 4
+        self.cfg, self.method, self.device, self.amp_dtype = cfg, method, device, amp_dtype
+        torch.manual_seed(cfg.get("seed", 0))
+        self.model = Segmenter(cfg["model"], m).to(device)
+        self.classifiers = Classifiers(cfg["model"], m).to(device) if method == "cggm" else None
+        groups = [{"params": list(self.model.head.parameters()), "lr": 0.01}] + [
+            {"params": list(e.parameters()), "lr": 0.01} for e in self.model.encoders]
+        self.opt = make_optimizer(groups, cfg["optimizer"])
+        if self.classifiers is not None:
+            self.cls_opt = make_optimizer([{"params": list(self.classifiers.parameters())}],
+                                          cfg["optimizer"])
+            for g in self.cls_opt.param_groups:
+                g["lr"] = cfg["schedule"]["classifier_lr"]
+        self.balance = Balance(m, cfg["cggm"]["rho"])
+        self.lr = cfg["schedule"]["lr"]
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype,
+                              enabled=self.amp_dtype is not None)
+
+    def step(self, images, labels):
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr
+        with self.autocast():
+            logits, high, low = self.model(images)
+        loss = task_loss(logits, labels, self.cfg["loss"])
+        if not math.isfinite(loss.item()):
+            raise RuntimeError("task loss is not finite")
+        if self.classifiers is None:
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+            return loss.item()
+        m = len(self.model.encoders)
+        classes = self.cfg["model"]["classes"]
+        self.cls_opt.zero_grad()
+        with self.autocast():
+            all_logits = self.classifiers(high, low, images.shape[2:])
+        metrics, cls_loss = [], torch.zeros((), device=self.device)
+        for i in range(m):
+            li = all_logits[:, i * classes:(i + 1) * classes]
+            metrics.append(batch_dice(li, labels))
+            cls_loss = cls_loss + task_loss(li, labels, self.cfg["loss"])
+        if not math.isfinite(cls_loss.item()):
+            raise RuntimeError("classifier loss is not finite")
+        cls_loss.backward()
+        cls_grads = [self.classifiers.last_grad(i).detach().clone() for i in range(m)]
+        self.cls_opt.step()
+        b = self.balance.update(metrics)
+        w_last = self.model.head.last.weight
+        (g_f,) = torch.autograd.grad(loss, [w_last], create_graph=True)
+        gm = torch.zeros((), device=self.device)
+        for g_i, b_i in zip(cls_grads, b):
+            cos = F.cosine_similarity(g_f.flatten(), g_i.flatten(), 0, 1e-8)
+            gm = gm + (abs(b_i) - b_i * cos)
+        gm = gm / m
+        if not math.isfinite(gm.item()):
+            raise RuntimeError("L_gm is not finite")
+        total = loss + gm * self.cfg["cggm"]["lambda"]
+        self.opt.zero_grad()
+        total.backward()
+        with torch.no_grad():
+            for enc, b_i in zip(self.model.encoders, b):
+                for p in enc.parameters():
+                    if p.grad is not None:
+                        p.grad.mul_(b_i)
+        self.opt.step()
+        return total.item()
+
+
+def random_batch(b, crop, device):
+    """Random images and a label map with a disc of each tumour class per sample."""
+    gen = torch.Generator().manual_seed(1)
+    images = torch.randn(b, 4, crop, crop, generator=gen)
+    yy, xx = torch.meshgrid(torch.arange(crop), torch.arange(crop), indexing="ij")
+    labels = torch.zeros(b, crop, crop, dtype=torch.long)
+    for s in range(b):
+        cx, cy = torch.randint(crop // 4, 3 * crop // 4, (2,), generator=gen).tolist()
+        r = ((xx - cx) ** 2 + (yy - cy) ** 2).float().sqrt()
+        lab = torch.zeros(crop, crop, dtype=torch.long)
+        lab[r < 12] = 2
+        lab[r < 6] = 3
+        lab[r < 3] = 1
+        labels[s] = lab
+    return images.to(device), labels.to(device)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--methods", default="joint,cggm")
+    ap.add_argument("--batch-size", type=int, required=True)
+    ap.add_argument("--crop", type=int, required=True)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    args = ap.parse_args()
+    cfg = json.load(sys.stdin)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
+    images, labels = random_batch(args.batch_size, args.crop, device)
+    out = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+           "seconds_per_step": {}, "peak_gpu_bytes": {}, "peak_gpu_reserved_bytes": {},
+           "last_loss": {}}
+    for method in args.methods.split(","):
+        runner = Runner(cfg, method, device, amp)
+        for _ in range(args.warmup):
+            runner.step(images, labels)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            loss = runner.step(images, labels)
+        sync(device)
+        out["seconds_per_step"][method] = (time.perf_counter() - t0) / args.steps
+        out["last_loss"][method] = loss
+        if device.type == "cuda":
+            out["peak_gpu_bytes"][method] = torch.cuda.max_memory_allocated(device)
+            out["peak_gpu_reserved_bytes"][method] = torch.cuda.max_memory_reserved(device)
+        del runner
+    out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
