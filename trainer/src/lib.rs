@@ -13,6 +13,8 @@ pub mod infer;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod request;
 pub mod run;
+pub mod rundir;
 pub mod step;
 pub mod task;

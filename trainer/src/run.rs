@@ -7,6 +7,7 @@ use crate::data::{discover, split_cases, split_from_file, SliceBatch, SliceLoade
 use crate::device::{describe, parse_device};
 use crate::eval::{evaluate, EvalReport, Predictor};
 use crate::events::{now, Event, EventSink, RegionScores};
+use crate::rundir::RunDir;
 use crate::step::{StepReport, Trainer};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -159,7 +160,7 @@ fn train_inner(
         .map_err(|e| anyhow!("invalid configuration: {e}"))?;
     std::fs::create_dir_all(run_dir)
         .with_context(|| format!("creating run directory {}", run_dir.display()))?;
-    let config_path = run_dir.join("config.json");
+    let config_path = RunDir::new(run_dir).config();
     if resume {
         let saved = checkpoint::read_config(run_dir)?;
         if saved != *cfg {
@@ -353,7 +354,7 @@ fn train_inner(
         epochs_completed: cfg.epochs,
         seconds: started.elapsed().as_secs_f64(),
     };
-    checkpoint::write_json_atomic(&run_dir.join("metrics.json"), &metrics)?;
+    checkpoint::write_json_atomic(&RunDir::new(run_dir).metrics(), &metrics)?;
     events.emit(&Event::Finished {
         time: now(),
         best_epoch,
