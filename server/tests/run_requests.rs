@@ -418,7 +418,7 @@ async fn dashboard_and_models_show_a_classification_runs_own_metrics() {
     }
     let (_, models, _) = app.get("/models").await;
     let models = String::from_utf8_lossy(&models);
-    assert!(models.contains("text 0.700 · image 0.550"), "{models}");
+    assert!(models.contains("image 0.550 · text 0.700"), "{models}");
     assert!(
         models.contains(">0.720<"),
         "the test accuracy is missing: {models}"
