@@ -1,7 +1,7 @@
 //! SQLite storage: connection, migrations and the queries the routes and the job runner share.
 
 use crate::error::{Error, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use std::path::Path;
 
@@ -50,8 +50,8 @@ pub struct Study {
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct Job {
     pub id: i64,
-    pub kind: String,
-    pub state: String,
+    pub kind: JobKind,
+    pub state: JobState,
     #[serde(skip)]
     pub params: String,
     pub dataset_id: Option<i64>,
@@ -72,12 +72,53 @@ impl Job {
     }
 
     pub fn is_finished(&self) -> bool {
-        JobState::parse(&self.state).is_some_and(|s| s.is_terminal())
+        self.state.is_terminal()
+    }
+
+    /// The job's run directory (training jobs).
+    pub fn run_dir(&self) -> cggm_trainer::rundir::RunDir {
+        cggm_trainer::rundir::RunDir::new(&self.out_dir)
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+/// What a job runs. Stored as its name (`train`, `infer`) in `jobs.kind`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+pub enum JobKind {
+    /// `cggm train`: a training run in `runs/job-<id>`.
+    Train,
+    /// `cggm infer`: a segmentation in `predictions/job-<id>`.
+    Infer,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Train => "train",
+            JobKind::Infer => "infer",
+        }
+    }
+
+    /// The folder of the data directory that holds this kind's job folders.
+    pub fn folder(self) -> &'static str {
+        match self {
+            JobKind::Train => "runs",
+            JobKind::Infer => "predictions",
+        }
+    }
+}
+
+impl std::fmt::Display for JobKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a job is in its life. Stored as its name in `jobs.state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
 pub enum JobState {
     Queued,
     Running,
@@ -89,6 +130,15 @@ pub enum JobState {
 }
 
 impl JobState {
+    pub const ALL: [JobState; 6] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+        JobState::Interrupted,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             JobState::Queued => "queued",
@@ -101,19 +151,25 @@ impl JobState {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "queued" => JobState::Queued,
-            "running" => JobState::Running,
-            "succeeded" => JobState::Succeeded,
-            "failed" => JobState::Failed,
-            "cancelled" => JobState::Cancelled,
-            "interrupted" => JobState::Interrupted,
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|state| state.as_str() == s)
     }
 
     pub fn is_terminal(self) -> bool {
         !matches!(self, JobState::Queued | JobState::Running)
+    }
+
+    /// A stopped training run that Resume may continue.
+    pub fn is_resumable(self) -> bool {
+        matches!(
+            self,
+            JobState::Interrupted | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -162,7 +218,7 @@ pub async fn job(pool: &SqlitePool, id: i64) -> Result<Job> {
         .ok_or_else(|| Error::NotFound(format!("job {id}")))
 }
 
-pub async fn jobs(pool: &SqlitePool, kind: Option<&str>) -> Result<Vec<Job>> {
+pub async fn jobs(pool: &SqlitePool, kind: Option<JobKind>) -> Result<Vec<Job>> {
     Ok(match kind {
         Some(kind) => {
             sqlx::query_as("SELECT * FROM jobs WHERE kind = ? ORDER BY id DESC")

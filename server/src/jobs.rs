@@ -2,7 +2,7 @@
 //! binary (`cggm train` / `cggm infer` with `--events -`). Its stdout carries JSON-lines progress
 //! events, which are stored (every point) and broadcast to live viewers; its stderr is the log.
 
-use crate::db::{self, JobState};
+use crate::db::{self, JobKind, JobState};
 use anyhow::Context;
 use cggm_trainer::events::Event;
 use serde::Serialize;
@@ -143,7 +143,7 @@ impl Inner {
         let job = db::job(&self.pool, job_id)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        if job.state != JobState::Queued.as_str() {
+        if job.state != JobState::Queued {
             return Ok(()); // cancelled while queued
         }
         let args = command_args(&job)?;
@@ -318,53 +318,36 @@ impl Inner {
     }
 }
 
-/// The `cggm` arguments of a stored job.
+/// The `cggm` arguments of a stored job. A training job's configuration is the `request.json`
+/// the server wrote into its run directory when it was created (see `routes::jobs::create`).
 fn command_args(job: &db::Job) -> anyhow::Result<Vec<String>> {
     let params = job.params_json();
     let text = |key: &str| params[key].as_str().map(str::to_string);
     let mut args: Vec<String> = Vec::new();
-    match job.kind.as_str() {
-        "train" => {
-            args.extend([
-                "train".into(),
-                "--data".into(),
-                text("data").context("params.data")?,
-            ]);
-            args.extend(["--method".into(), text("method").context("params.method")?]);
-            args.extend(["--preset".into(), text("preset").context("params.preset")?]);
-            args.extend([
-                "--epochs".into(),
-                params["epochs"].as_u64().unwrap_or(1).to_string(),
-            ]);
+    match job.kind {
+        JobKind::Train => {
+            let run = job.run_dir();
+            args.push("train".into());
+            if params["resume"] == serde_json::Value::Bool(true) {
+                // The run's own config.json is the configuration; nothing may change it.
+                args.push("--resume".into());
+            } else {
+                let request = run.request();
+                anyhow::ensure!(
+                    request.is_file(),
+                    "{} is missing (the job was queued by an older version of the server): launch the run again",
+                    request.display()
+                );
+                args.extend(["--config".into(), request.display().to_string()]);
+            }
             args.extend([
                 "--out".into(),
-                job.out_dir.clone(),
+                run.root().display().to_string(),
                 "--events".into(),
                 "-".into(),
             ]);
-            if params["resume"] == serde_json::Value::Bool(true) {
-                args.push("--resume".into());
-            }
-            for (key, flag) in [
-                ("device", "--device"),
-                ("seed", "--seed"),
-                ("rho", "--rho"),
-                ("lambda", "--lambda"),
-                ("lr", "--lr"),
-                ("cls_lr", "--cls-lr"),
-                ("batch_size", "--batch-size"),
-                ("crop", "--crop"),
-                ("steps_per_epoch", "--steps-per-epoch"),
-                ("val_cases", "--val-cases"),
-            ] {
-                match &params[key] {
-                    serde_json::Value::Null => {}
-                    serde_json::Value::String(s) => args.extend([flag.into(), s.clone()]),
-                    other => args.extend([flag.into(), other.to_string()]),
-                }
-            }
         }
-        "infer" => {
+        JobKind::Infer => {
             args.extend([
                 "infer".into(),
                 "--checkpoint".into(),
@@ -388,7 +371,6 @@ fn command_args(job: &db::Job) -> anyhow::Result<Vec<String>> {
                 args.extend(["--device".into(), device]);
             }
         }
-        other => anyhow::bail!("unknown job kind {other}"),
     }
     Ok(args)
 }

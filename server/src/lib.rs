@@ -4,6 +4,7 @@
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod feature_datasets;
 pub mod inspect;
 pub mod jobs;
 pub mod routes;

@@ -27,15 +27,16 @@ impl<T: Template> IntoResponse for HtmlTemplate<T> {
 pub struct RunRow {
     pub id: i64,
     pub state: String,
+    pub task: String,
     pub method: String,
     pub preset: String,
     pub dataset: String,
     pub epochs: String,
-    pub wt: String,
-    pub tc: String,
-    pub et: String,
-    pub mean: String,
-    /// Per-modality classifier Dice (mean of regions): (modality, text, bar width in %).
+    /// Best validation scores as (label, text), the task's headline metric first.
+    pub scores: Vec<(String, String)>,
+    /// The headline metric's label (what the per-modality bars show).
+    pub headline: String,
+    /// Per-modality classifier headline score: (modality, text, bar width in %).
     pub modalities: Vec<(String, String, u32)>,
 }
 
@@ -61,6 +62,16 @@ pub struct DatasetRow {
     pub split: String,
     pub full_check: bool,
     pub problems: Vec<(String, String)>,
+    /// segmentation, classification or regression.
+    pub task: String,
+    /// Feature datasets: per modality "name [T×D]", class names or label range, samples per split.
+    pub features: Option<FeatureRow>,
+}
+
+pub struct FeatureRow {
+    pub modalities: Vec<(String, String)>,
+    pub labels: String,
+    pub samples: String,
 }
 
 #[derive(Template)]
@@ -70,19 +81,47 @@ pub struct Datasets {
     pub data_dir: String,
 }
 
+/// A dataset as the new-run form offers it.
+pub struct DatasetChoice {
+    pub id: i64,
+    pub name: String,
+    pub task: String,
+    pub samples: usize,
+    /// "cases" or "training samples".
+    pub unit: &'static str,
+    /// Comma-separated modality names (for the unimodal methods).
+    pub modalities: String,
+}
+
+/// One run option of the form, described from the trainer's vocabulary.
+pub struct FormField {
+    pub name: String,
+    pub label: String,
+    pub flag: String,
+    /// number, integer, flag or choice.
+    pub kind: &'static str,
+    pub choices: Vec<String>,
+}
+
 #[derive(Template)]
 #[template(path = "new_run.html")]
 pub struct NewRun {
-    pub datasets: Vec<(i64, String, usize)>,
-    pub methods: Vec<&'static str>,
-    pub presets: Vec<&'static str>,
+    pub datasets: Vec<DatasetChoice>,
+    pub methods: Vec<String>,
+    /// (name, task, fits the first dataset's task)
+    pub presets: Vec<(String, String, bool)>,
+    pub default_preset: String,
+    pub fields: Vec<FormField>,
 }
 
 #[derive(Template)]
 #[template(path = "job.html")]
 pub struct JobPage {
     pub id: i64,
-    pub kind: String,
+    pub task: String,
+    /// The task's headline metric (name in the events) and its label.
+    pub headline: String,
+    pub headline_label: String,
     pub state: String,
     pub summary: String,
     pub params: String,
@@ -94,21 +133,26 @@ pub struct JobPage {
 #[template(path = "compare.html")]
 pub struct Compare {
     pub ids: String,
+    /// The headline metric of the first run's task (the per-modality chart follows it).
+    pub headline: String,
     pub runs: Vec<(i64, String)>,
 }
 
 pub struct CheckpointRow {
     pub job_id: i64,
     pub state: String,
+    pub task: String,
+    /// Whether the run segments (and can be used on the Segment page).
+    pub segments: bool,
     pub method: String,
     pub preset: String,
     pub dataset: String,
     pub files: String,
-    pub wt: String,
-    pub tc: String,
-    pub et: String,
-    pub mean: String,
+    /// Best validation scores as (label, text), the headline first.
+    pub scores: Vec<(String, String)>,
     pub modalities: String,
+    pub headline: String,
+    /// The headline metric on the test split.
     pub test: String,
 }
 

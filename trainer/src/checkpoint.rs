@@ -14,6 +14,7 @@
 use crate::cggm::BalanceTracker;
 use crate::config::TrainConfig;
 use crate::events::RegionScores;
+use crate::rundir::RunDir;
 use crate::step::Trainer;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -35,7 +36,7 @@ pub struct CheckpointState {
 }
 
 pub fn checkpoint_dir(run_dir: &Path) -> PathBuf {
-    run_dir.join("checkpoints")
+    RunDir::new(run_dir).checkpoints()
 }
 
 fn tmp_path(final_path: &Path) -> PathBuf {
@@ -93,7 +94,7 @@ fn prefixed(prefix: &str, tensors: Vec<(String, Tensor)>) -> Vec<(String, Tensor
 }
 
 pub fn read_config(run_dir: &Path) -> Result<TrainConfig> {
-    let path = run_dir.join("config.json");
+    let path = RunDir::new(run_dir).config();
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
             "{} is not a run directory: {} is missing",

@@ -547,6 +547,7 @@ impl TrainConfig {
                 self.method
             ));
         }
+        self.validate_knobs()?;
         let positive = [
             ("epochs", self.epochs),
             ("batch size", self.sampler.batch_size),
@@ -618,6 +619,42 @@ fn default_mslr_scales() -> BTreeMap<String, f64> {
             )
         })
         .collect()
+}
+
+impl TrainConfig {
+    /// The knobs a run request sets that `validate` above does not cover (part of it): each error
+    /// names the value and what to use instead.
+    fn validate_knobs(&self) -> Result<(), String> {
+        crate::request::check_device_spec(&self.device)?;
+        let cls_lr = self.schedule.classifier_lr;
+        if !(cls_lr.is_finite() && cls_lr > 0.0) {
+            return Err(format!(
+                "classifier learning rate (cls_lr) must be a positive number, got {cls_lr}"
+            ));
+        }
+        if !(self.schedule.min_lr.is_finite() && self.schedule.min_lr >= 0.0) {
+            return Err(format!(
+                "min_lr must be a finite non-negative number, got {}",
+                self.schedule.min_lr
+            ));
+        }
+        if let Some(clip) = self.grad_clip.filter(|c| !(c.is_finite() && *c > 0.0)) {
+            return Err(format!(
+                "grad_clip must be a positive number, got {clip}; leave it out to not clip"
+            ));
+        }
+        for (name, v) in [
+            ("steps_per_epoch", self.steps_per_epoch),
+            ("val_cases", self.val_cases),
+        ] {
+            if v == Some(0) {
+                return Err(format!(
+                    "{name} must be at least 1; leave it out for the preset's rule"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

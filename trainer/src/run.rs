@@ -10,6 +10,7 @@ use crate::data::{
 use crate::device::{describe, parse_device};
 use crate::eval::{evaluate, EvalReport, Predictor};
 use crate::events::{now, Event, EventSink, RegionScores};
+use crate::rundir::RunDir;
 use crate::step::{StepReport, Trainer};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -196,7 +197,7 @@ fn train_inner(
         .map_err(|e| anyhow!("invalid configuration: {e}"))?;
     std::fs::create_dir_all(run_dir)
         .with_context(|| format!("creating run directory {}", run_dir.display()))?;
-    let config_path = run_dir.join("config.json");
+    let config_path = RunDir::new(run_dir).config();
     if resume {
         let saved = checkpoint::read_config(run_dir)?;
         if saved != *cfg {
@@ -405,7 +406,7 @@ fn train_inner(
         seconds: started.elapsed().as_secs_f64(),
         balance_stats: trainer.tracker.stats.clone(),
     };
-    checkpoint::write_json_atomic(&run_dir.join("metrics.json"), &metrics)?;
+    checkpoint::write_json_atomic(&RunDir::new(run_dir).metrics(), &metrics)?;
     events.emit(&Event::Finished {
         time: now(),
         best_epoch,

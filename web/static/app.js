@@ -36,13 +36,16 @@ async function api(method, url, body) {
   return data;
 }
 
+// A form's fields as JSON: empty fields are left out (the preset's value holds), numbers and
+// flags become JSON numbers and booleans (inputs say how with data-kind or type=number).
 function formJson(form) {
   const out = {};
   for (const [key, value] of new FormData(form).entries()) {
     if (value === "") continue;
     const input = form.elements[key];
-    const numeric = input && (input.type === "number" || key.endsWith("_id"));
-    out[key] = numeric ? Number(value) : value;
+    const kind = (input && input.dataset && input.dataset.kind) || "";
+    const numeric = kind === "number" || kind === "integer" || (input && input.type === "number") || key.endsWith("_id");
+    out[key] = kind === "flag" ? value === "true" : numeric ? Number(value) : value;
   }
   return out;
 }
@@ -64,6 +67,46 @@ onSubmit("#new-run", async (form) => {
   const job = await api("POST", "/api/jobs", formJson(form));
   location.href = "/jobs/" + job.id;
 });
+
+// The new-run form offers what fits the chosen dataset's task: its presets, the methods with its
+// own modalities, and each preset's values as placeholders. Everything comes from the trainer's
+// vocabulary (GET /api/vocabulary); the choice a person made is kept while it still fits.
+const newRun = $("#new-run");
+if (newRun) {
+  api("GET", "/api/vocabulary").then((vocab) => {
+    const f = newRun.elements;
+    const fill = (select, values) => {
+      const keep = select.value;
+      select.innerHTML = "";
+      for (const v of values) { const o = document.createElement("option"); o.value = v; o.textContent = v; select.appendChild(o); }
+      if (values.includes(keep)) select.value = keep;
+    };
+    const placeholders = () => {
+      const preset = vocab.presets.find((p) => p.name === f.preset.value);
+      for (const option of vocab.options) {
+        const input = f[option.name];
+        if (!input || input.tagName !== "INPUT") continue;
+        const v = preset && preset.defaults[option.name];
+        input.placeholder = v === null || v === undefined ? "preset" : String(v);
+      }
+    };
+    const fit = () => {
+      const chosen = f.dataset_id.selectedOptions[0];
+      if (!chosen) return;
+      const task = chosen.dataset.task;
+      const modalities = (chosen.dataset.modalities || "").split(",").filter(Boolean);
+      fill(f.method, vocab.methods.map((m) => m.name).concat(modalities.map((m) => vocab.unimodal_prefix + m)));
+      const fitting = vocab.presets.filter((p) => p.task === task).map((p) => p.name);
+      const keep = f.preset.value;
+      fill(f.preset, fitting);
+      if (!fitting.includes(keep) && fitting.includes(vocab.default_preset)) f.preset.value = vocab.default_preset;
+      placeholders();
+    };
+    f.dataset_id.addEventListener("change", fit);
+    f.preset.addEventListener("change", placeholders);
+    placeholders();
+  }).catch((err) => toast(err.message, true));
+}
 onSubmit("#register-dataset", async (form) => {
   await api("POST", "/api/datasets", formJson(form));
   location.reload();
@@ -103,7 +146,8 @@ if (checkpointParam && $("#predict")) $("#predict").elements.checkpoint_job_id.v
 
 // ---------------------------------------------------------------- charts
 const COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
-const MODALITIES = ["flair", "t1ce", "t1", "t2"];
+// Project order of the MRI modalities (other tasks keep their own order).
+const MRI_ORDER = ["flair", "t1ce", "t1", "t2"];
 
 function formatTick(v) {
   if (v === 0) return "0";
@@ -111,12 +155,43 @@ function formatTick(v) {
   return a >= 1e4 || a < 1e-3 ? v.toExponential(1) : String(Number(v.toPrecision(3)));
 }
 
-// One chart: x values and named series, appended to as events arrive.
+// A metric's name as people read it (dice_wt -> Dice WT); the events keep the plain names.
+function metricLabel(name) {
+  const words = { dice: "Dice", f1: "F1", mae: "MAE", wt: "WT", tc: "TC", et: "ET", acc2: "Acc-2", acc7: "Acc-7", corr: "Corr" };
+  return name.split("_").map((w) => words[w] || w).join(" ");
+}
+
+// A validation event's fused scores by name: `metrics` (every task), or the Dice fields of runs
+// recorded before tasks existed.
+function fusedScores(e, metricsKey = "metrics", diceKey = "dice") {
+  const m = e[metricsKey];
+  if (m && Object.keys(m).length) return m;
+  const d = e[diceKey];
+  if (!d) return {};
+  return { dice_wt: d.wt, dice_tc: d.tc, dice_et: d.et, dice_mean: d.mean };
+}
+
+// Each modality's classifier scores by name: `modality_metrics`, or the older `modality_dice`.
+function modalityScores(e, metricsKey = "modality_metrics", diceKey = "modality_dice") {
+  const m = e[metricsKey];
+  if (m && Object.keys(m).length) return m;
+  const out = {};
+  for (const [mod, s] of Object.entries(e[diceKey] || {})) out[mod] = { dice_wt: s.wt, dice_tc: s.tc, dice_et: s.et, dice_mean: s.mean };
+  return out;
+}
+
+function byModalityOrder(entries) {
+  const rank = (k) => { const i = MRI_ORDER.indexOf(k); return i < 0 ? MRI_ORDER.length : i; };
+  return entries.sort((a, b) => rank(a[0]) - rank(b[0]));
+}
+
+// One chart: x values and named series, appended to as events arrive. Series are added when a
+// name first appears, so a chart fits whatever the run reports (its task's metrics, its modalities).
 class Chart {
-  constructor(container, title, xLabel, names) {
-    this.names = names;
+  constructor(container, title, xLabel) {
+    this.names = [];
     this.x = [];
-    this.ys = names.map(() => []);
+    this.ys = [];
     const box = document.createElement("div");
     box.className = "chart";
     box.dataset.title = title;
@@ -130,11 +205,20 @@ class Chart {
         { label: xLabel, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000] },
         { size: 60, values: (u, ticks) => ticks.map(formatTick) },
       ],
-      series: [{ label: xLabel }].concat(names.map((n, i) => ({ label: n, stroke: COLOURS[i % COLOURS.length], width: 1.5, points: { show: true, size: 4 } }))),
-    }, [this.x].concat(this.ys), box);
+      series: [{ label: xLabel }],
+    }, [this.x], box);
     this.dirty = false;
   }
+  ensure(name) {
+    if (this.names.includes(name)) return;
+    const i = this.names.length;
+    this.names.push(name);
+    this.ys.push(this.x.map(() => null));
+    this.plot.addSeries({ label: name, stroke: COLOURS[i % COLOURS.length], width: 1.5, points: { show: true, size: 4 } }, i + 1);
+    this.plot.setData([this.x].concat(this.ys));
+  }
   push(x, values) {
+    for (const n of Object.keys(values)) this.ensure(n);
     this.x.push(x);
     this.names.forEach((n, i) => this.ys[i].push(values[n] === undefined ? null : values[n]));
     this.dirty = true;
@@ -147,46 +231,133 @@ class Chart {
   }
 }
 
-// The charts of one run (or the overlay of several: series named "#id name").
+// The charts of one run (or the overlay of several: series named "#id name"). The fused and the
+// per-modality validation charts show each task's own metrics; a segmentation run keeps its
+// "Validation Dice" titles.
 class RunCharts {
-  constructor(container, runIds) {
+  constructor(container, runIds, headline) {
     this.container = container;
     this.runIds = runIds;
-    const prefixed = (names) => runIds.length > 1 ? runIds.flatMap((id) => names.map((n) => `#${id} ${n}`)) : names;
-    this.charts = {
-      loss: new Chart(container, "Training loss", "step", prefixed(["loss", "task", "gm"])),
-      lr: new Chart(container, "Learning rate", "step", prefixed(["lr"])),
-      dice: new Chart(container, "Validation Dice", "epoch", prefixed(["WT", "TC", "ET", "mean"])),
-      modDice: new Chart(container, "Per-modality classifier Dice (validation)", "epoch", prefixed(MODALITIES)),
-      modMetric: new Chart(container, "Per-modality classifier Dice (batch)", "step", prefixed(MODALITIES)),
-      balance: new Chart(container, "Balance coefficients B_i", "step", prefixed(MODALITIES)),
-      cosine: new Chart(container, "Gradient cosine cos(g_F, g_i)", "step", prefixed(MODALITIES)),
-    };
+    this.headline = headline || "";
+    this.charts = {};
+    this.chart("loss", "Training loss", "step");
+    this.chart("lr", "Learning rate", "step");
     setInterval(() => this.flush(), 250);
+  }
+  chart(key, title, xLabel) {
+    if (!this.charts[key]) this.charts[key] = new Chart(this.container, title, xLabel);
+    return this.charts[key];
   }
   name(run, n) { return this.runIds.length > 1 ? `#${run} ${n}` : n; }
   values(run, obj, rename) {
     const out = {};
-    for (const [k, v] of Object.entries(obj || {})) out[this.name(run, rename ? rename(k) : k)] = v;
+    for (const [k, v] of byModalityOrder(Object.entries(obj || {}))) {
+      if (typeof v === "number") out[this.name(run, rename ? rename(k) : k)] = v;
+    }
     return out;
   }
+  // The metric the per-modality chart follows: the page's headline when the run reports it.
+  pick(scores) {
+    const names = Object.keys(scores);
+    for (const n of [this.headline, "dice_mean", "accuracy", "acc2"]) if (n && names.includes(n)) return n;
+    return names[0];
+  }
   add(run, e) {
-    const c = this.charts;
     if (e.event === "step") {
       const x = e.step;
-      c.loss.push(x, this.values(run, { loss: e.loss, task: e.task_loss, gm: e.gm_loss }));
-      c.lr.push(x, this.values(run, { lr: e.lr }));
-      c.modMetric.push(x, this.values(run, e.modality_metric));
-      c.balance.push(x, this.values(run, e.balance));
-      c.cosine.push(x, this.values(run, e.cosine));
+      this.chart("loss").push(x, this.values(run, { loss: e.loss, task: e.task_loss, gm: e.gm_loss }));
+      this.chart("lr").push(x, this.values(run, { lr: e.lr }));
+      this.chart("modMetric", "Per-modality classifier score ε_i (batch)", "step").push(x, this.values(run, e.modality_metric));
+      this.chart("balance", "Balance coefficients B_i", "step").push(x, this.values(run, e.balance));
+      this.chart("cosine", "Gradient cosine cos(g_F, g_i)", "step").push(x, this.values(run, e.cosine));
     } else if (e.event === "validation") {
-      c.dice.push(e.epoch, this.values(run, { WT: e.dice.wt, TC: e.dice.tc, ET: e.dice.et, mean: e.dice.mean }));
-      const mods = {};
-      for (const [m, s] of Object.entries(e.modality_dice || {})) mods[m] = s.mean;
-      c.modDice.push(e.epoch, this.values(run, mods));
+      const fused = fusedScores(e);
+      const dice = Object.keys(fused).some((k) => k.startsWith("dice_"));
+      this.chart("fused", dice ? "Validation Dice" : "Validation metrics", "epoch").push(e.epoch, this.values(run, fused, metricLabel));
+      const perModality = modalityScores(e);
+      const first = Object.values(perModality)[0];
+      if (first) {
+        const metric = this.pick(first);
+        const mods = {};
+        for (const [m, s] of Object.entries(perModality)) mods[m] = s[metric];
+        this.chart("modality", `Per-modality classifier ${metricLabel(metric)} (validation)`, "epoch").push(e.epoch, this.values(run, mods));
+      }
     }
   }
   flush() { Object.values(this.charts).forEach((c) => c.flush()); }
+}
+
+// ---------------------------------------------------------------- test report
+// The run's test scores (from its `finished` event), per modality, and from its metrics.json a
+// confusion matrix (classification) or a predicted-vs-true scatter plot (regression).
+function findKey(obj, key, depth = 0) {
+  if (!obj || typeof obj !== "object" || depth > 4) return undefined;
+  if (key in obj) return obj[key];
+  for (const v of Object.values(obj)) { const found = findKey(v, key, depth + 1); if (found !== undefined) return found; }
+  return undefined;
+}
+
+function showTestReport(finished, metrics) {
+  const box = $("#test-report");
+  if (!box) return;
+  const scores = fusedScores(finished || {}, "test_metrics", "test_dice");
+  const rows = Object.entries(scores).filter(([, v]) => typeof v === "number");
+  $("#test-metrics tbody").innerHTML = rows.map(([k, v]) => `<tr><th>${metricLabel(k)}</th><td>${v.toFixed(4)}</td></tr>`).join("");
+  const perModality = modalityScores(finished || {}, "test_modality_metrics", "test_modality_dice");
+  const mods = byModalityOrder(Object.entries(perModality));
+  if (mods.length) {
+    const names = Object.keys(mods[0][1]);
+    $("#test-modalities").innerHTML = `<table class="modality-scores"><thead><tr><th>Modality classifier</th>${names.map((n) => `<th>${metricLabel(n)}</th>`).join("")}</tr></thead><tbody>` +
+      mods.map(([m, s]) => `<tr><th>${m}</th>${names.map((n) => `<td>${typeof s[n] === "number" ? s[n].toFixed(3) : "–"}</td>`).join("")}</tr>`).join("") + "</tbody></table>";
+  }
+  const matrix = findKey(metrics, "confusion_matrix");
+  if (Array.isArray(matrix) && matrix.length) drawConfusion(matrix, findKey(metrics, "class_names") || []);
+  const pairs = findKey(metrics, "predictions");
+  if (Array.isArray(pairs) && pairs.length && Array.isArray(pairs[0])) drawScatter(pairs);
+  box.hidden = !(rows.length || mods.length || !$("#confusion").hidden || !$("#scatter").hidden);
+}
+
+function drawConfusion(matrix, names) {
+  const box = $("#confusion");
+  const label = (i) => names[i] === undefined ? String(i) : String(names[i]);
+  const max = Math.max(1, ...matrix.flat());
+  const head = `<tr><th>true \\ predicted</th>${matrix[0].map((_, j) => `<th>${label(j)}</th>`).join("")}</tr>`;
+  const body = matrix.map((row, i) => `<tr><th>${label(i)}</th>${row.map((n, j) => {
+    const alpha = (n / max).toFixed(2);
+    const colour = i === j ? `rgba(44,160,44,${alpha})` : `rgba(214,39,40,${alpha})`;
+    return `<td style="background:${colour}">${n}</td>`;
+  }).join("")}</tr>`).join("");
+  $("table", box).innerHTML = head + body;
+  box.hidden = false;
+}
+
+function drawScatter(pairs) {
+  const box = $("#scatter");
+  const canvas = $("canvas", box);
+  const ctx = canvas.getContext("2d");
+  const values = pairs.flat().filter(Number.isFinite);
+  let lo = Math.min(...values), hi = Math.max(...values);
+  if (hi === lo) { lo -= 1; hi += 1; }
+  const pad = 40, w = canvas.width - 2 * pad, h = canvas.height - 2 * pad;
+  const px = (v) => pad + ((v - lo) / (hi - lo)) * w;
+  const py = (v) => canvas.height - pad - ((v - lo) / (hi - lo)) * h;
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  ctx.strokeStyle = "#999"; ctx.strokeRect(pad, pad, w, h);
+  ctx.beginPath(); ctx.moveTo(px(lo), py(lo)); ctx.lineTo(px(hi), py(hi)); ctx.setLineDash([4, 4]); ctx.stroke(); ctx.setLineDash([]);
+  ctx.fillStyle = "rgba(31,119,180,0.6)";
+  for (const [truth, predicted] of pairs) { ctx.beginPath(); ctx.arc(px(truth), py(predicted), 2.5, 0, 2 * Math.PI); ctx.fill(); }
+  ctx.fillStyle = "#333"; ctx.font = "12px sans-serif";
+  ctx.fillText("true →", canvas.width / 2 - 20, canvas.height - 10);
+  ctx.save(); ctx.translate(12, canvas.height / 2 + 30); ctx.rotate(-Math.PI / 2); ctx.fillText("predicted →", 0, 0); ctx.restore();
+  ctx.fillText(formatTick(lo), pad - 4, canvas.height - pad + 14); ctx.fillText(formatTick(hi), pad + w - 20, canvas.height - pad + 14);
+  canvas.dataset.points = String(pairs.length);
+  box.hidden = false;
+}
+
+async function loadTestReport(id, finished) {
+  let metrics = null;
+  try { metrics = await api("GET", `/api/jobs/${id}/metrics`); } catch (_) { /* no metrics.json yet */ }
+  showTestReport(finished, metrics);
 }
 
 function setState(state, error) {
@@ -208,8 +379,9 @@ function setProgress(fraction) {
 const chartsBox = $("#charts");
 if (chartsBox) {
   const id = Number(chartsBox.dataset.job);
-  const charts = new RunCharts(chartsBox, [id]);
-  let steps = 0, validations = 0, best = null, totalSteps = 0;
+  const headline = chartsBox.dataset.headline;
+  const charts = new RunCharts(chartsBox, [id], headline);
+  let steps = 0, validations = 0, best = null, totalSteps = 0, finished = null;
   const source = new EventSource(`/api/jobs/${id}/stream`);
   const handle = (kind, fn) => source.addEventListener(kind, (m) => fn(JSON.parse(m.data)));
   handle("run_started", (e) => { totalSteps = e.total_steps; });
@@ -224,13 +396,14 @@ if (chartsBox) {
     charts.add(id, e);
     validations += 1;
     $("#val-count").textContent = validations;
-    if (best === null || e.dice.mean > best) { best = e.dice.mean; $("#best-dice").textContent = best.toFixed(3); }
+    const score = fusedScores(e)[headline];
+    if (typeof score === "number" && (best === null || score > best)) { best = score; $("#best-dice").textContent = best.toFixed(3); }
   });
-  handle("finished", () => setProgress(1));
+  handle("finished", (e) => { finished = e; setProgress(1); });
   handle("failed", (e) => { $("#job-error").textContent = e.reason; });
   handle("state", (e) => {
     setState(e.state, e.error);
-    if (!["queued", "running"].includes(e.state)) { source.close(); refreshLog(id); }
+    if (!["queued", "running"].includes(e.state)) { source.close(); refreshLog(id); if (finished) loadTestReport(id, finished); }
   });
   refreshLog(id);
   $("#cancel-job").addEventListener("click", async () => {
@@ -260,7 +433,7 @@ if (compareBox) {
     location.href = "/compare?jobs=" + picked.join(",");
   });
   if (ids.length) {
-    const charts = new RunCharts(compareBox, ids);
+    const charts = new RunCharts(compareBox, ids, compareBox.dataset.headline);
     Promise.all(ids.map((id) => api("GET", `/api/jobs/${id}/events`).then((events) => events.forEach((e) => charts.add(id, e)))))
       .then(() => charts.flush())
       .catch((err) => toast(err.message, true));

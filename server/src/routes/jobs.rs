@@ -1,10 +1,9 @@
 //! Training jobs: launch, list, cancel, logs, stored events and the live event stream (SSE), and
 //! the checkpoints finished runs left.
 
-use super::{METHODS, PRESETS};
-use crate::db::{self, Job, JobState, StoredEvent};
+use crate::db::{self, Job, JobKind, JobState, StoredEvent};
 use crate::error::{Error, Result};
-use crate::inspect::DatasetReport;
+use crate::feature_datasets::DatasetFacts;
 use crate::jobs::LiveMessage;
 use crate::AppState;
 use axum::extract::{Path, Query, State};
@@ -13,10 +12,12 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use cggm_trainer::request::{task_of, RunOptions, Vocabulary};
+use cggm_trainer::rundir::CheckpointName;
+use cggm_trainer::task::TaskKind;
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
-use std::path::PathBuf;
 use tokio::sync::broadcast::error::RecvError;
 
 pub fn router() -> Router<AppState> {
@@ -28,7 +29,9 @@ pub fn router() -> Router<AppState> {
         .route("/jobs/{id}/events", get(events))
         .route("/jobs/{id}/stream", get(stream_events))
         .route("/jobs/{id}/log", get(log))
+        .route("/jobs/{id}/metrics", get(metrics))
         .route("/checkpoints", get(checkpoints))
+        .route("/vocabulary", get(vocabulary))
 }
 
 #[derive(Debug, Serialize)]
@@ -41,7 +44,7 @@ pub struct JobView {
 }
 
 pub async fn job_view(state: &AppState, job: Job) -> Result<JobView> {
-    let best_validation = if job.kind == "train" {
+    let best_validation = if job.kind == JobKind::Train {
         db::best_validation(&state.pool, job.id).await?
     } else {
         None
@@ -55,7 +58,7 @@ pub async fn job_view(state: &AppState, job: Job) -> Result<JobView> {
 
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
-    pub kind: Option<String>,
+    pub kind: Option<JobKind>,
 }
 
 pub async fn list(
@@ -63,7 +66,7 @@ pub async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Vec<JobView>>> {
     let mut views = Vec::new();
-    for job in db::jobs(&state.pool, q.kind.as_deref()).await? {
+    for job in db::jobs(&state.pool, q.kind).await? {
         views.push(job_view(&state, job).await?);
     }
     Ok(Json(views))
@@ -74,93 +77,90 @@ async fn show(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json
     Ok(Json(job_view(&state, job).await?))
 }
 
-/// What the new-run form (or a script) sends.
-#[derive(Debug, Deserialize, Serialize)]
-pub struct TrainRequest {
-    pub dataset_id: i64,
-    pub method: String,
-    pub preset: String,
-    pub epochs: u32,
-    pub device: Option<String>,
-    pub seed: Option<u64>,
-    pub rho: Option<f64>,
-    pub lambda: Option<f64>,
-    pub lr: Option<f64>,
-    pub cls_lr: Option<f64>,
-    pub batch_size: Option<u32>,
-    pub crop: Option<u32>,
-    pub steps_per_epoch: Option<u32>,
-    pub val_cases: Option<u32>,
-}
-
+/// `POST /api/jobs`: `{"dataset_id": N, ...run options}` (the trainer's [`RunOptions`]: every
+/// `cggm train` knob, under its JSON name). The server builds the run configuration with the
+/// trainer's own types and validation and answers 422 with the reason before anything is queued;
+/// the configuration goes to the child as `request.json` in the run directory.
 async fn create(
     State(state): State<AppState>,
-    Json(request): Json<TrainRequest>,
+    Json(mut body): Json<serde_json::Value>,
 ) -> Result<(StatusCode, Json<JobView>)> {
-    if !METHODS.contains(&request.method.as_str()) {
-        return Err(Error::Unprocessable(format!(
-            "unknown method {:?}; choose one of {}",
-            request.method,
-            METHODS.join(", ")
-        )));
-    }
-    if !PRESETS.contains(&request.preset.as_str()) {
-        return Err(Error::Unprocessable(format!(
-            "unknown preset {:?}; choose one of {}",
-            request.preset,
-            PRESETS.join(", ")
-        )));
-    }
-    if !(1..=10_000).contains(&request.epochs) {
+    let Some(object) = body.as_object_mut() else {
         return Err(Error::Unprocessable(
-            "epochs must be between 1 and 10000".into(),
+            "the run request must be a JSON object: {\"dataset_id\": N, \"method\": ..., ...}"
+                .into(),
         ));
-    }
-    if let Some(device) = &request.device {
-        let ok = device == "auto"
-            || device == "cpu"
-            || device
-                .strip_prefix("cuda:")
-                .is_some_and(|n| n.parse::<u32>().is_ok());
-        if !ok {
-            return Err(Error::Unprocessable(format!(
-                "unknown device {device:?}; use auto, cpu or cuda:N"
-            )));
+    };
+    let dataset_id = match object.remove("dataset_id") {
+        Some(v) => v.as_i64().ok_or_else(|| {
+            Error::Unprocessable(format!(
+                "dataset_id must be a dataset's number (see GET /api/datasets), got {v}"
+            ))
+        })?,
+        None => {
+            return Err(Error::Unprocessable(
+                "dataset_id is missing: choose a dataset (GET /api/datasets lists them)".into(),
+            ))
         }
-    }
-    for (name, value) in [
-        ("rho", request.rho),
-        ("lambda", request.lambda),
-        ("lr", request.lr),
-        ("cls_lr", request.cls_lr),
-    ] {
-        if value.is_some_and(|v| !v.is_finite() || v < 0.0) {
-            return Err(Error::Unprocessable(format!(
-                "{name} must be a finite number >= 0"
-            )));
-        }
-    }
-    let dataset = db::dataset(&state.pool, request.dataset_id).await?;
-    let report: DatasetReport = serde_json::from_str(&dataset.report).unwrap_or_default();
-    if report.valid_cases == 0 {
+    };
+    let options = RunOptions::from_json(&body).map_err(Error::Unprocessable)?;
+    let dataset = db::dataset(&state.pool, dataset_id).await?;
+    let facts = DatasetFacts::of(&dataset);
+    if facts.samples == 0 {
         return Err(Error::Unprocessable(format!(
-            "dataset {} has no valid case to train on",
+            "dataset {} has no valid case to train on: fix the problems its page lists, or choose another",
             dataset.name
         )));
     }
-    let mut params = serde_json::to_value(&request).map_err(anyhow::Error::from)?;
-    params["data"] = dataset.path.clone().into();
-    params["dataset"] = dataset.name.clone().into();
-    let id = insert_job(&state, "train", &params, Some(dataset.id), None, None).await?;
-    state.runner.enqueue(id);
+    let config = options
+        .to_config(std::path::Path::new(&dataset.path))
+        .map_err(Error::Unprocessable)?;
+    let config_task = task_of(&config);
+    if config_task != facts.task {
+        return Err(Error::Unprocessable(format!(
+            "preset {} trains {config_task}, but dataset {} holds {} data: choose a {} preset",
+            config.preset, dataset.name, facts.task, facts.task
+        )));
+    }
+    let params = serde_json::json!({
+        "dataset": dataset.name,
+        "data": dataset.path,
+        "task": facts.task,
+        "method": config.method,
+        "preset": config.preset,
+        "epochs": config.epochs,
+        "options": options,
+    });
+    let id = insert_job(
+        &state,
+        JobKind::Train,
+        &params,
+        Some(dataset.id),
+        None,
+        None,
+    )
+    .await?;
     let job = db::job(&state.pool, id).await?;
+    if let Err(e) = job.run_dir().write_request(&config) {
+        sqlx::query("DELETE FROM jobs WHERE id = ?")
+            .bind(id)
+            .execute(&state.pool)
+            .await?;
+        return Err(Error::Internal(e.context("writing the run's request.json")));
+    }
+    state.runner.enqueue(id);
     Ok((StatusCode::CREATED, Json(job_view(&state, job).await?)))
+}
+
+/// `GET /api/vocabulary`: every list the new-run form offers, from the trainer's own types.
+async fn vocabulary() -> Json<Vocabulary> {
+    Json(Vocabulary::current())
 }
 
 /// Stores a queued job; its output folder is `runs/job-<id>` or `predictions/job-<id>`.
 pub async fn insert_job(
     state: &AppState,
-    kind: &str,
+    kind: JobKind,
     params: &serde_json::Value,
     dataset_id: Option<i64>,
     study_id: Option<i64>,
@@ -169,9 +169,10 @@ pub async fn insert_job(
     let mut tx = state.pool.begin().await?;
     let id = sqlx::query(
         "INSERT INTO jobs (kind, state, params, dataset_id, study_id, checkpoint_job_id, out_dir, created_at)
-         VALUES (?, 'queued', ?, ?, ?, ?, '', ?)",
+         VALUES (?, ?, ?, ?, ?, ?, '', ?)",
     )
     .bind(kind)
+    .bind(JobState::Queued)
     .bind(params.to_string())
     .bind(dataset_id)
     .bind(study_id)
@@ -180,12 +181,10 @@ pub async fn insert_job(
     .execute(&mut *tx)
     .await?
     .last_insert_rowid();
-    let folder = if kind == "train" {
-        "runs"
-    } else {
-        "predictions"
-    };
-    let out_dir = state.data_dir().join(folder).join(format!("job-{id}"));
+    let out_dir = state
+        .data_dir()
+        .join(kind.folder())
+        .join(format!("job-{id}"));
     sqlx::query("UPDATE jobs SET out_dir = ? WHERE id = ?")
         .bind(out_dir.display().to_string())
         .bind(id)
@@ -213,17 +212,13 @@ async fn cancel(
 /// continues from its last checkpoint and appends to the same event history.
 async fn resume(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json<JobView>> {
     let job = db::job(&state.pool, id).await?;
-    if job.kind != "train" || !matches!(job.state.as_str(), "interrupted" | "failed" | "cancelled")
-    {
+    if job.kind != JobKind::Train || !job.state.is_resumable() {
         return Err(Error::Conflict(format!(
             "job {id} is {} {}: only a stopped training run can be resumed",
             job.state, job.kind
         )));
     }
-    if !PathBuf::from(&job.out_dir)
-        .join("checkpoints/last.safetensors")
-        .is_file()
-    {
+    if !job.run_dir().has_weights(CheckpointName::Last) {
         return Err(Error::Unprocessable(format!(
             "job {id} saved no checkpoint to resume from; launch it again instead"
         )));
@@ -236,7 +231,7 @@ async fn resume(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Js
     )
     .bind(params.to_string())
     .bind(id)
-    .bind(&job.state)
+    .bind(job.state)
     .execute(&state.pool)
     .await?;
     if updated.rows_affected() != 1 {
@@ -385,10 +380,29 @@ async fn log(State(state): State<AppState>, Path(id): Path<i64>) -> Result<impl 
     ))
 }
 
+/// The run's `metrics.json` (its report: best validation and test scores, and for
+/// classification the confusion matrix, for regression the predicted-vs-true pairs).
+async fn metrics(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<serde_json::Value>> {
+    let job = db::job(&state.pool, id).await?;
+    if job.kind != JobKind::Train {
+        return Err(Error::NotFound(format!(
+            "metrics of job {id} (not a training run)"
+        )));
+    }
+    job.run_dir()
+        .read_metrics()
+        .map(Json)
+        .ok_or_else(|| Error::NotFound(format!("metrics of run {id} (it has not finished)")))
+}
+
 #[derive(Debug, Serialize)]
 pub struct CheckpointView {
     pub job_id: i64,
-    pub state: String,
+    pub state: JobState,
+    pub task: TaskKind,
     pub method: String,
     pub preset: String,
     pub dataset: String,
@@ -396,27 +410,31 @@ pub struct CheckpointView {
     pub best_checkpoint: bool,
     pub last_checkpoint: bool,
     pub best_validation: Option<serde_json::Value>,
-    /// The run's `metrics.json` (best validation Dice per region and modality, test Dice).
+    /// The run's `metrics.json` (best validation and test scores; for classification the
+    /// confusion matrix, for regression the predicted-vs-true pairs).
     pub metrics: Option<serde_json::Value>,
+}
+
+/// The task a training job trains (segmentation for jobs stored before tasks existed).
+pub fn job_task(params: &serde_json::Value) -> TaskKind {
+    serde_json::from_value(params["task"].clone()).unwrap_or_default()
 }
 
 /// Every training run that left a checkpoint (finished, or interrupted after saving one).
 pub async fn checkpoint_list(state: &AppState) -> Result<Vec<CheckpointView>> {
     let mut out = Vec::new();
-    for job in db::jobs(&state.pool, Some("train")).await? {
-        let dir = PathBuf::from(&job.out_dir);
-        let best = dir.join("checkpoints/best.safetensors").is_file();
-        let last = dir.join("checkpoints/last.safetensors").is_file();
+    for job in db::jobs(&state.pool, Some(JobKind::Train)).await? {
+        let run = job.run_dir();
+        let best = run.has_weights(CheckpointName::Best);
+        let last = run.has_weights(CheckpointName::Last);
         if !best && !last {
             continue;
         }
-        let metrics = std::fs::read_to_string(dir.join("metrics.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok());
         let params = job.params_json();
         out.push(CheckpointView {
             job_id: job.id,
-            state: job.state.clone(),
+            state: job.state,
+            task: job_task(&params),
             method: params["method"].as_str().unwrap_or_default().into(),
             preset: params["preset"].as_str().unwrap_or_default().into(),
             dataset: params["dataset"].as_str().unwrap_or_default().into(),
@@ -424,7 +442,7 @@ pub async fn checkpoint_list(state: &AppState) -> Result<Vec<CheckpointView>> {
             best_checkpoint: best,
             last_checkpoint: last,
             best_validation: db::best_validation(&state.pool, job.id).await?,
-            metrics,
+            metrics: run.read_metrics(),
         });
     }
     Ok(out)

@@ -27,29 +27,22 @@ async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
 }
 
-pub const METHODS: [&str; 14] = [
-    "cggm",
-    "joint",
-    "cggm-magnitude",
-    "cggm-direction",
-    "cggm-fixed",
-    "ogm-ge",
-    "agm",
-    "pmr",
-    "mrd",
-    "mslr",
-    "unimodal:flair",
-    "unimodal:t1ce",
-    "unimodal:t1",
-    "unimodal:t2",
-];
-pub const PRESETS: [&str; 3] = ["cpu-small", "paper", "tiny"];
-
-/// The choices the new-run form offers.
+/// The choices of a segmentation run, as flat lists (kept for scripts written against it;
+/// `GET /api/vocabulary` has everything, per task).
 async fn options() -> Json<serde_json::Value> {
-    Json(
-        serde_json::json!({ "methods": METHODS, "presets": PRESETS, "devices": ["auto", "cpu", "cuda:0"] }),
-    )
+    let v = cggm_trainer::request::Vocabulary::current();
+    let mut methods: Vec<String> = v.methods.iter().map(|m| m.name.clone()).collect();
+    let segmentation = cggm_trainer::task::TaskKind::Segmentation;
+    for m in v.modalities.get(segmentation.name()).into_iter().flatten() {
+        methods.push(format!("{}{m}", v.unimodal_prefix));
+    }
+    let presets: Vec<&str> = v
+        .presets
+        .iter()
+        .filter(|p| p.task == segmentation)
+        .map(|p| p.name.as_str())
+        .collect();
+    Json(serde_json::json!({ "methods": methods, "presets": presets, "devices": v.devices }))
 }
 
 /// An upload saved to a temporary folder: the files and the plain text fields.

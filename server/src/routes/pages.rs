@@ -2,12 +2,12 @@
 //! by `web/static/app.js` through the JSON API.
 
 use super::datasets::DatasetView;
-use super::jobs::{checkpoint_list, job_view};
+use super::jobs::{checkpoint_list, job_task, job_view};
+use super::parse_ids;
 use super::studies::StudyView;
-use super::{parse_ids, METHODS, PRESETS};
-use crate::db;
+use crate::db::{self, JobKind};
 use crate::error::{Error, Result};
-use crate::inspect::MODALITIES;
+use crate::feature_datasets::DatasetFacts;
 use crate::templates::*;
 use crate::AppState;
 use axum::extract::{Path, Query, State};
@@ -15,7 +15,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use std::collections::HashMap;
+use cggm_trainer::request::{headline_metric, OptionKind, Vocabulary};
+use cggm_trainer::task::TaskKind;
+use std::collections::{BTreeMap, HashMap};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -51,53 +53,112 @@ fn page<T: IntoResponse>(result: Result<T>) -> Response {
     }
 }
 
-/// Per-modality entries in the project's modality order (flair, t1ce, t1, t2), not alphabetical.
-fn in_project_order(
-    map: &serde_json::Map<String, serde_json::Value>,
-) -> impl Iterator<Item = (&String, &serde_json::Value)> {
-    let mut entries: Vec<_> = map.iter().collect();
-    entries.sort_by_key(|(k, _)| MODALITIES.iter().position(|m| m == k).unwrap_or(usize::MAX));
-    entries.into_iter()
+/// A validation (or finished) event's fused scores by name: its `metrics` map (every task), or
+/// for runs recorded before tasks existed, the segmentation Dice under the same names.
+pub fn fused_scores(
+    event: &serde_json::Value,
+    metrics_key: &str,
+    dice_key: &str,
+) -> BTreeMap<String, f64> {
+    let from_map: BTreeMap<String, f64> = event[metrics_key]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !from_map.is_empty() {
+        return from_map;
+    }
+    let dice = &event[dice_key];
+    ["wt", "tc", "et", "mean"]
+        .iter()
+        .filter_map(|r| Some((format!("dice_{r}"), dice[*r].as_f64()?)))
+        .collect()
 }
 
-fn mean_of(scores: &serde_json::Value) -> Option<f64> {
-    scores["mean"].as_f64()
+/// Each modality's classifier score `name` from a validation event: `modality_metrics` (every
+/// task) or the older `modality_dice`. In the run's modality order for segmentation (flair, t1ce,
+/// t1, t2), as stored otherwise.
+pub fn modality_scores(event: &serde_json::Value, name: &str) -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> = match event["modality_metrics"].as_object() {
+        Some(m) if !m.is_empty() => m
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v[name].as_f64()?)))
+            .collect(),
+        _ => event["modality_dice"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v["mean"].as_f64()?)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    let mri = cggm_trainer::data::Modality::ALL;
+    out.sort_by_key(|(k, _)| mri.iter().position(|m| m.name() == k).unwrap_or(usize::MAX));
+    out
+}
+
+/// Scores as "name value" text, the headline first.
+fn score_list(scores: &BTreeMap<String, f64>, headline: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = scores
+        .iter()
+        .map(|(k, v)| (metric_label(k), format!("{v:.3}")))
+        .collect();
+    if let Some(i) = scores.keys().position(|k| k == headline) {
+        let head = out.remove(i);
+        out.insert(0, head);
+    }
+    out
+}
+
+/// A metric's name as people read it (`dice_wt` -> `Dice WT`, `f1_weighted` -> `F1 weighted`).
+pub fn metric_label(name: &str) -> String {
+    name.split('_')
+        .map(|part| match part {
+            "dice" => "Dice".to_string(),
+            "f1" => "F1".to_string(),
+            "mae" | "wt" | "tc" | "et" => part.to_ascii_uppercase(),
+            "acc2" => "Acc-2".to_string(),
+            "acc7" => "Acc-7".to_string(),
+            "corr" => "Corr".to_string(),
+            other => other.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Per-modality bars: (modality, text, bar width in %).
+fn modality_bars(event: &serde_json::Value, headline: &str) -> Vec<(String, String, u32)> {
+    modality_scores(event, headline)
+        .into_iter()
+        .map(|(name, v)| (name, format!("{v:.3}"), (v.clamp(0.0, 1.0) * 100.0) as u32))
+        .collect()
 }
 
 async fn dashboard(State(state): State<AppState>) -> Response {
     page(
         async {
             let mut runs = Vec::new();
-            for job in db::jobs(&state.pool, Some("train")).await? {
+            for job in db::jobs(&state.pool, Some(JobKind::Train)).await? {
                 let view = job_view(&state, job).await?;
+                let task = job_task(&view.params);
+                let headline = headline_metric(task);
                 let best = view.best_validation.clone().unwrap_or_default();
-                let modalities = best["modality_dice"]
-                    .as_object()
-                    .map(|m| {
-                        in_project_order(m)
-                            .map(|(name, scores)| {
-                                let v = mean_of(scores).unwrap_or(0.0);
-                                (
-                                    name.clone(),
-                                    format!("{v:.3}"),
-                                    (v.clamp(0.0, 1.0) * 100.0) as u32,
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let scores = fused_scores(&best, "metrics", "dice");
                 runs.push(RunRow {
                     id: view.job.id,
-                    state: view.job.state.clone(),
+                    state: view.job.state.to_string(),
+                    task: task.to_string(),
                     method: view.params["method"].as_str().unwrap_or_default().into(),
                     preset: view.params["preset"].as_str().unwrap_or_default().into(),
                     dataset: view.params["dataset"].as_str().unwrap_or_default().into(),
                     epochs: view.params["epochs"].to_string(),
-                    wt: dice(&best["dice"]["wt"]),
-                    tc: dice(&best["dice"]["tc"]),
-                    et: dice(&best["dice"]["et"]),
-                    mean: dice(&best["dice"]["mean"]),
-                    modalities,
+                    scores: score_list(&scores, headline),
+                    headline: metric_label(headline),
+                    modalities: modality_bars(&best, headline),
                 });
             }
             let datasets = db::datasets(&state.pool).await?;
@@ -118,8 +179,25 @@ async fn datasets(State(state): State<AppState>) -> Response {
                 .await?
                 .into_iter()
                 .map(|d| {
+                    let facts = DatasetFacts::of(&d);
                     let view = DatasetView::from(d);
+                    let features = facts.features.as_ref().map(feature_row);
+                    let mut problems: Vec<(String, String)> = facts
+                        .features
+                        .iter()
+                        .flat_map(|f| f.problems.iter())
+                        .map(|p| ("dataset".to_string(), p.clone()))
+                        .collect();
+                    problems.extend(
+                        view.report
+                            .problems
+                            .iter()
+                            .filter(|_| facts.features.is_none())
+                            .map(|p| (p.case.clone(), p.error.clone())),
+                    );
                     DatasetRow {
+                        task: facts.task.to_string(),
+                        features,
                         id: view.dataset.id,
                         name: view.dataset.name.clone(),
                         path: view.dataset.path.clone(),
@@ -144,12 +222,7 @@ async fn datasets(State(state): State<AppState>) -> Response {
                         ),
                         full_check: view.report.full_check,
                         modalities: view.report.modalities.join(", "),
-                        problems: view
-                            .report
-                            .problems
-                            .iter()
-                            .map(|p| (p.case.clone(), p.error.clone()))
-                            .collect(),
+                        problems,
                     }
                 })
                 .collect();
@@ -162,25 +235,137 @@ async fn datasets(State(state): State<AppState>) -> Response {
     )
 }
 
+fn feature_row(f: &crate::feature_datasets::FeatureSummary) -> FeatureRow {
+    FeatureRow {
+        modalities: f
+            .modalities
+            .iter()
+            .map(|m| {
+                let shape = match m.seq_len {
+                    Some(t) => format!("{t}×{}", m.dim),
+                    None => m.dim.to_string(),
+                };
+                (m.name.clone(), shape)
+            })
+            .collect(),
+        labels: match f.label_range {
+            Some([lo, hi]) => format!("real labels in [{lo}, {hi}]"),
+            None if !f.classes.is_empty() => {
+                format!("{} classes: {}", f.classes.len(), f.classes.join(", "))
+            }
+            None => "real labels".to_string(),
+        },
+        samples: crate::feature_datasets::SPLITS
+            .iter()
+            .filter_map(|split| Some(format!("{} {split}", f.samples.get(*split)?)))
+            .collect::<Vec<_>>()
+            .join(" / "),
+    }
+}
+
 async fn new_run(State(state): State<AppState>) -> Response {
     page(
         async {
-            let datasets = db::datasets(&state.pool)
+            let vocabulary = Vocabulary::current();
+            let datasets: Vec<DatasetChoice> = db::datasets(&state.pool)
                 .await?
                 .into_iter()
                 .map(|d| {
-                    let view = DatasetView::from(d);
+                    let facts = DatasetFacts::of(&d);
+                    DatasetChoice {
+                        id: d.id,
+                        name: d.name.clone(),
+                        task: facts.task.to_string(),
+                        samples: facts.samples,
+                        unit: if facts.task == TaskKind::Segmentation {
+                            "cases"
+                        } else {
+                            "training samples"
+                        },
+                        modalities: facts.modalities.join(","),
+                    }
+                })
+                .collect();
+            // The first dataset's task decides what the form offers until the browser refines it.
+            let task = datasets
+                .first()
+                .map_or(TaskKind::Segmentation.to_string(), |d| d.task.clone());
+            let modalities: Vec<String> = datasets
+                .first()
+                .map(|d| {
+                    d.modalities
+                        .split(',')
+                        .filter(|m| !m.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut methods: Vec<String> =
+                vocabulary.methods.iter().map(|m| m.name.clone()).collect();
+            methods.extend(
+                modalities
+                    .iter()
+                    .map(|m| format!("{}{m}", vocabulary.unimodal_prefix)),
+            );
+            let presets = vocabulary
+                .presets
+                .iter()
+                .map(|p| {
                     (
-                        view.dataset.id,
-                        view.dataset.name.clone(),
-                        view.report.valid_cases,
+                        p.name.clone(),
+                        p.task.to_string(),
+                        p.task.to_string() == task,
                     )
+                })
+                .collect();
+            let default_preset =
+                vocabulary
+                    .presets
+                    .iter()
+                    .find(|p| p.task.to_string() == task)
+                    .map_or(vocabulary.default_preset.clone(), |p| {
+                        if vocabulary.presets.iter().any(|q| {
+                            q.name == vocabulary.default_preset && q.task.to_string() == task
+                        }) {
+                            vocabulary.default_preset.clone()
+                        } else {
+                            p.name.clone()
+                        }
+                    });
+            let lists = serde_json::to_value(&vocabulary).map_err(anyhow::Error::from)?;
+            let fields = vocabulary
+                .options
+                .iter()
+                .filter(|o| o.name != "method" && o.name != "preset")
+                .map(|o| FormField {
+                    name: o.name.clone(),
+                    label: o.help.trim_end_matches('.').to_string(),
+                    flag: o.flag.clone(),
+                    kind: match o.kind {
+                        OptionKind::Number => "number",
+                        OptionKind::Integer => "integer",
+                        OptionKind::Flag => "flag",
+                        OptionKind::Choice => "choice",
+                    },
+                    choices: o
+                        .choices
+                        .as_ref()
+                        .and_then(|list| lists[list].as_array())
+                        .map(|items| {
+                            items
+                                .iter()
+                                .filter_map(|i| i.as_str().map(str::to_string))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 })
                 .collect();
             Ok(HtmlTemplate(NewRun {
                 datasets,
-                methods: METHODS.to_vec(),
-                presets: PRESETS.to_vec(),
+                methods,
+                presets,
+                default_preset,
+                fields,
             }))
         }
         .await,
@@ -188,7 +373,7 @@ async fn new_run(State(state): State<AppState>) -> Response {
 }
 
 async fn run_choices(state: &AppState) -> Result<Vec<(i64, String)>> {
-    Ok(db::jobs(&state.pool, Some("train"))
+    Ok(db::jobs(&state.pool, Some(JobKind::Train))
         .await?
         .into_iter()
         .map(|j| {
@@ -210,15 +395,16 @@ async fn job(State(state): State<AppState>, Path(id): Path<i64>) -> Response {
     page(
         async {
             let job = db::job(&state.pool, id).await?;
-            if job.kind == "infer" {
+            if job.kind == JobKind::Infer {
                 return Ok(
                     axum::response::Redirect::to(&format!("/predictions/{id}")).into_response()
                 );
             }
             let view = job_view(&state, job).await?;
             let p = &view.params;
+            let task = job_task(p);
             let summary = format!(
-                "{} · preset {} · {} epoch(s) · dataset {}",
+                "{task} · {} · preset {} · {} epoch(s) · dataset {}",
                 p["method"].as_str().unwrap_or(""),
                 p["preset"].as_str().unwrap_or(""),
                 p["epochs"],
@@ -231,8 +417,10 @@ async fn job(State(state): State<AppState>, Path(id): Path<i64>) -> Response {
                 .collect();
             Ok(HtmlTemplate(JobPage {
                 id,
-                kind: view.job.kind.clone(),
-                state: view.job.state.clone(),
+                task: task.to_string(),
+                headline: headline_metric(task).to_string(),
+                headline_label: metric_label(headline_metric(task)),
+                state: view.job.state.to_string(),
                 summary,
                 params: serde_json::to_string_pretty(p).unwrap_or_default(),
                 error: view.job.error.clone().unwrap_or_default(),
@@ -251,6 +439,13 @@ async fn compare(
     page(
         async {
             let ids = parse_ids(q.get("jobs").map(String::as_str).unwrap_or(""));
+            let task = match ids.first() {
+                Some(id) => db::job(&state.pool, *id)
+                    .await
+                    .map(|j| job_task(&j.params_json()))
+                    .unwrap_or_default(),
+                None => TaskKind::default(),
+            };
             let ids = ids
                 .iter()
                 .map(|i| i.to_string())
@@ -258,6 +453,7 @@ async fn compare(
                 .join(",");
             Ok(HtmlTemplate(Compare {
                 ids,
+                headline: headline_metric(task).to_string(),
                 runs: run_choices(&state).await?,
             }))
         }
@@ -268,47 +464,48 @@ async fn compare(
 async fn models(State(state): State<AppState>) -> Response {
     page(
         async {
-            let checkpoints = checkpoint_list(&state)
-                .await?
-                .into_iter()
-                .map(|c| {
-                    let best = c.best_validation.clone().unwrap_or_default();
-                    let modalities = best["modality_dice"]
-                        .as_object()
-                        .map(|m| {
-                            in_project_order(m)
-                                .map(|(k, v)| format!("{k} {}", dice(&v["mean"])))
-                                .collect::<Vec<_>>()
-                                .join(" · ")
-                        })
-                        .unwrap_or_default();
-                    let test = c
-                        .metrics
-                        .as_ref()
-                        .map(|m| dice(&m["test_dice"]["mean"]))
-                        .unwrap_or_else(|| "–".into());
-                    let files = [(c.best_checkpoint, "best"), (c.last_checkpoint, "last")]
-                        .iter()
-                        .filter(|(has, _)| *has)
-                        .map(|(_, n)| *n)
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    CheckpointRow {
-                        job_id: c.job_id,
-                        state: c.state,
-                        method: c.method,
-                        preset: c.preset,
-                        dataset: c.dataset,
-                        files,
-                        wt: dice(&best["dice"]["wt"]),
-                        tc: dice(&best["dice"]["tc"]),
-                        et: dice(&best["dice"]["et"]),
-                        mean: dice(&best["dice"]["mean"]),
-                        modalities,
-                        test,
+            let mut checkpoints = Vec::new();
+            for c in checkpoint_list(&state).await? {
+                let headline = headline_metric(c.task);
+                let best = c.best_validation.clone().unwrap_or_default();
+                let finished = db::events(&state.pool, c.job_id, 0, Some("finished"))
+                    .await?
+                    .last()
+                    .and_then(|e| serde_json::from_str::<serde_json::Value>(&e.data).ok())
+                    .unwrap_or_default();
+                let mut test = fused_scores(&finished, "test_metrics", "test_dice");
+                if test.is_empty() {
+                    if let Some(metrics) = &c.metrics {
+                        test = fused_scores(metrics, "test_metrics", "test_dice");
                     }
-                })
-                .collect();
+                }
+                let files = [(c.best_checkpoint, "best"), (c.last_checkpoint, "last")]
+                    .iter()
+                    .filter(|(has, _)| *has)
+                    .map(|(_, n)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                checkpoints.push(CheckpointRow {
+                    job_id: c.job_id,
+                    state: c.state.to_string(),
+                    task: c.task.to_string(),
+                    segments: c.task == TaskKind::Segmentation,
+                    method: c.method,
+                    preset: c.preset,
+                    dataset: c.dataset,
+                    files,
+                    scores: score_list(&fused_scores(&best, "metrics", "dice"), headline),
+                    modalities: modality_scores(&best, headline)
+                        .iter()
+                        .map(|(k, v)| format!("{k} {v:.3}"))
+                        .collect::<Vec<_>>()
+                        .join(" · "),
+                    headline: metric_label(headline),
+                    test: test
+                        .get(headline)
+                        .map_or_else(|| "–".to_string(), |v| format!("{v:.3}")),
+                });
+            }
             Ok(HtmlTemplate(Models { checkpoints }))
         }
         .await,
@@ -335,6 +532,7 @@ async fn segment(State(state): State<AppState>) -> Response {
             let checkpoints = checkpoint_list(&state)
                 .await?
                 .into_iter()
+                .filter(|c| c.task == TaskKind::Segmentation)
                 .map(|c| {
                     let best = c.best_validation.clone().unwrap_or_default();
                     (
@@ -349,12 +547,12 @@ async fn segment(State(state): State<AppState>) -> Response {
                     )
                 })
                 .collect();
-            let predictions = db::jobs(&state.pool, Some("infer"))
+            let predictions = db::jobs(&state.pool, Some(JobKind::Infer))
                 .await?
                 .into_iter()
                 .map(|j| PredictionRow {
                     id: j.id,
-                    state: j.state.clone(),
+                    state: j.state.to_string(),
                     study: j.params_json()["study"].as_str().unwrap_or("").into(),
                     checkpoint: j.checkpoint_job_id.unwrap_or_default(),
                 })
@@ -373,7 +571,7 @@ async fn viewer(State(state): State<AppState>, Path(id): Path<i64>) -> Response 
     page(
         async {
             let job = db::job(&state.pool, id).await?;
-            if job.kind != "infer" {
+            if job.kind != JobKind::Infer {
                 return Err(Error::NotFound(format!("prediction {id}")));
             }
             let study: StudyView = db::study(&state.pool, job.study_id.unwrap_or_default())
@@ -383,7 +581,7 @@ async fn viewer(State(state): State<AppState>, Path(id): Path<i64>) -> Response 
                 id,
                 study_id: study.study.id,
                 study: study.study.name.clone(),
-                state: job.state.clone(),
+                state: job.state.to_string(),
                 shape: study.shape.clone(),
             }))
         }

@@ -2,7 +2,7 @@
 
 use super::jobs::{insert_job, job_view, JobView};
 use super::save_upload;
-use crate::db::{self, Study};
+use crate::db::{self, JobKind, JobState, Study};
 use crate::error::{Error, Result};
 use crate::inspect::{check_upload, MODALITIES};
 use crate::volume::{self, Plane, RegionVolumes};
@@ -13,6 +13,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use cggm_trainer::rundir::CheckpointName;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -234,9 +235,10 @@ async fn predict(
     let study: StudyView = db::study(&state.pool, request.study_id).await?.into();
     let run = db::job(&state.pool, request.checkpoint_job_id).await?;
     let run_dir = PathBuf::from(&run.out_dir);
-    let has_checkpoint = run.kind == "train"
-        && (run_dir.join("checkpoints/best.safetensors").is_file()
-            || run_dir.join("checkpoints/last.safetensors").is_file());
+    let has_checkpoint = run.kind == JobKind::Train
+        && CheckpointName::ALL
+            .iter()
+            .any(|name| run.run_dir().has_weights(*name));
     if !has_checkpoint {
         return Err(Error::Unprocessable(format!(
             "job {} has no checkpoint (is it a finished training run?)",
@@ -251,7 +253,7 @@ async fn predict(
     });
     let id = insert_job(
         &state,
-        "infer",
+        JobKind::Infer,
         &params,
         run.dataset_id,
         Some(study.study.id),
@@ -275,7 +277,7 @@ pub struct PredictionView {
 
 async fn prediction_view(state: &AppState, id: i64) -> Result<PredictionView> {
     let job = db::job(&state.pool, id).await?;
-    if job.kind != "infer" {
+    if job.kind != JobKind::Infer {
         return Err(Error::NotFound(format!("prediction {id}")));
     }
     let study = match job.study_id {
@@ -283,7 +285,7 @@ async fn prediction_view(state: &AppState, id: i64) -> Result<PredictionView> {
         None => None,
     };
     let seg = PathBuf::from(&job.out_dir).join("seg.nii.gz");
-    let volumes = if seg.is_file() && job.state == "succeeded" {
+    let volumes = if seg.is_file() && job.state == JobState::Succeeded {
         state
             .volumes
             .get(&seg)
@@ -306,7 +308,7 @@ async fn prediction_view(state: &AppState, id: i64) -> Result<PredictionView> {
 
 pub async fn list_predictions(State(state): State<AppState>) -> Result<Json<Vec<PredictionView>>> {
     let mut out = Vec::new();
-    for job in db::jobs(&state.pool, Some("infer")).await? {
+    for job in db::jobs(&state.pool, Some(JobKind::Infer)).await? {
         out.push(prediction_view(&state, job.id).await?);
     }
     Ok(Json(out))
@@ -321,7 +323,7 @@ async fn show_prediction(
 
 fn seg_path(job: &db::Job) -> Result<PathBuf> {
     let path = PathBuf::from(&job.out_dir).join("seg.nii.gz");
-    if job.kind != "infer" || job.state != "succeeded" || !path.is_file() {
+    if job.kind != JobKind::Infer || job.state != JobState::Succeeded || !path.is_file() {
         return Err(Error::NotFound(format!("segmentation of job {}", job.id)));
     }
     Ok(path)

@@ -307,7 +307,8 @@ pub fn training_events() -> Vec<String> {
 
 /// A stand-in for the `cggm` binary (a shell script): `train` writes the events above and the
 /// run's checkpoint files, `infer` writes a segmentation; both sleep `pause` seconds first.
-/// `FAIL` in the run's method makes `train` fail with a message on stderr.
+/// The method `unimodal:t2` (a flag, or in the `--config` file) makes `train` fail with a message
+/// on stderr.
 pub fn fake_cggm(dir: &Path, pause: f64) -> PathBuf {
     let seg = dir.join("fake-seg.nii.gz");
     write_nifti(&seg, &labels([8, 8, 4]));
@@ -318,7 +319,11 @@ echo "fake cggm $* starting" >&2
 cmd="$1"; shift
 out=""; method=""
 while [ $# -gt 0 ]; do
-  case "$1" in --out) out="$2"; shift;; --method) method="$2"; shift;; esac
+  case "$1" in
+    --out) out="$2"; shift;;
+    --method) method="$2"; shift;;
+    --config) method=$(sed -n 's/.*"method": *"\([^"]*\)".*/\1/p' "$2" | head -n 1); shift;;
+  esac
   shift
 done
 if [ "$method" = "unimodal:t2" ]; then echo "CUDA out of memory (simulated)" >&2; exit 3; fi

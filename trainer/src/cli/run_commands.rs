@@ -1,16 +1,16 @@
 //! `cggm train`, `cggm eval` and `cggm infer`.
 
-use crate::cggm::BalanceFormula;
 use crate::checkpoint;
-use crate::config::{DirectionSource, TrainConfig};
+use crate::config::TrainConfig;
 use crate::data::features::{is_feature_dataset, DatasetSpec};
 use crate::eval::{evaluate_with, format_table};
 use crate::events::EventSink;
 use crate::infer::infer;
 use crate::metrics::Hd95Definition;
-use crate::optim::OptimizerKind;
+use crate::request::{RunOptions, DEFAULT_PRESET};
 use crate::run::{dataset_split, open_run, run_split, train, TrainOptions};
 use crate::run_features::train_features;
+use crate::rundir::RunDir;
 use crate::task::TaskKind;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
@@ -20,15 +20,9 @@ pub struct TrainArgs {
     /// Dataset folder (BraTS 2021 or MSD Task01 layout, or a feature dataset with dataset.json).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// joint, cggm, cggm-magnitude, cggm-direction, mrd, mslr or unimodal:<flair|t1ce|t1|t2>.
-    #[arg(long)]
-    pub method: Option<String>,
-    /// paper, cpu-small, tiny (segmentation); cpu-features, paper-mosi, paper-iemocap,
-    /// paper-food101 (feature datasets; default cpu-features).
-    #[arg(long)]
-    pub preset: Option<String>,
-    #[arg(long)]
-    pub epochs: Option<usize>,
+    /// The training knobs (the same ones `POST /api/jobs` takes; see request.rs).
+    #[command(flatten)]
+    pub options: RunOptions,
     /// Run directory (config, checkpoints, metrics).
     #[arg(long)]
     pub out: PathBuf,
@@ -39,47 +33,6 @@ pub struct TrainArgs {
     /// Where progress events go as JSON lines: a file, or `-` for stdout.
     #[arg(long)]
     pub events: Option<PathBuf>,
-    /// auto, cpu or cuda:N.
-    #[arg(long)]
-    pub device: Option<String>,
-    #[arg(long)]
-    pub seed: Option<u64>,
-    #[arg(long)]
-    pub rho: Option<f64>,
-    #[arg(long)]
-    pub lambda: Option<f64>,
-    /// Peak learning rate of the model.
-    #[arg(long)]
-    pub lr: Option<f64>,
-    /// Learning rate of the per-modality classifiers.
-    #[arg(long)]
-    pub cls_lr: Option<f64>,
-    #[arg(long)]
-    pub batch_size: Option<usize>,
-    #[arg(long)]
-    pub crop: Option<usize>,
-    #[arg(long)]
-    pub steps_per_epoch: Option<usize>,
-    /// Validate on at most N cases per epoch.
-    #[arg(long)]
-    pub val_cases: Option<usize>,
-    /// sgd, adam or adamw.
-    #[arg(long)]
-    pub optimizer: Option<OptimizerKind>,
-    /// guarded (default) or raw: the paper's balance formula without the guard.
-    #[arg(long, value_parser = parse_balance)]
-    pub balance: Option<BalanceFormula>,
-    /// gradient (the paper) or authors-weight-cosine (the authors' code).
-    #[arg(long, value_parser = parse_direction)]
-    pub direction: Option<DirectionSource>,
-    #[arg(long)]
-    pub grad_clip: Option<f64>,
-    /// Background threads preparing batches.
-    #[arg(long)]
-    pub workers: Option<usize>,
-    /// Mixed precision (CUDA only; ignored on CPU).
-    #[arg(long)]
-    pub mixed_precision: bool,
     /// Continue the run in --out from its last checkpoint, with its saved configuration.
     #[arg(long)]
     pub resume: bool,
@@ -88,16 +41,18 @@ pub struct TrainArgs {
     pub stop_after_epochs: Option<usize>,
 }
 
-fn parse_balance(s: &str) -> Result<BalanceFormula, String> {
-    serde_json::from_value(serde_json::Value::String(s.to_string()))
-        .map_err(|_| format!("unknown balance formula {s:?}: use guarded or raw"))
-}
-
-fn parse_direction(s: &str) -> Result<DirectionSource, String> {
-    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
-        format!("unknown direction source {s:?}: use gradient or authors-weight-cosine")
-    })
-}
+/// The `cggm train` flags that are not run options: the server sets them itself for every job
+/// (`data` from the chosen dataset, `out` and `events` from the job, `config` is how it hands the
+/// request over, `resume` is the Resume button), and `stop_after_epochs` is a scripting aid whose
+/// place in the application Cancel and Resume take.
+pub const FLAGS_THE_SERVER_SETS: [&str; 6] = [
+    "data",
+    "out",
+    "config",
+    "events",
+    "resume",
+    "stop_after_epochs",
+];
 
 /// Recursively overlays `patch` onto `base` (objects merge, everything else replaces).
 fn merge_json(base: &mut serde_json::Value, patch: serde_json::Value) {
@@ -121,9 +76,9 @@ impl TrainArgs {
             let default = if features {
                 "cpu-features"
             } else {
-                "cpu-small"
+                DEFAULT_PRESET
             };
-            let preset = self.preset.as_deref().unwrap_or(default);
+            let preset = self.options.preset.as_deref().unwrap_or(default);
             TrainConfig::preset(preset).map_err(anyhow::Error::msg)?
         };
         if let Some(path) = &self.config {
@@ -140,41 +95,7 @@ impl TrainArgs {
         if let Some(v) = &self.data {
             cfg.data = v.clone();
         }
-        if let Some(v) = &self.method {
-            cfg.method = v.parse().map_err(anyhow::Error::msg)?;
-        }
-        macro_rules! set {
-            ($field:expr, $arg:expr) => {
-                if let Some(v) = $arg.clone() {
-                    $field = v;
-                }
-            };
-        }
-        set!(cfg.epochs, self.epochs);
-        set!(cfg.device, self.device);
-        set!(cfg.seed, self.seed);
-        set!(cfg.cggm.rho, self.rho);
-        set!(cfg.cggm.lambda, self.lambda);
-        set!(cfg.schedule.lr, self.lr);
-        set!(cfg.schedule.classifier_lr, self.cls_lr);
-        set!(cfg.sampler.batch_size, self.batch_size);
-        set!(cfg.sampler.crop, self.crop);
-        set!(cfg.sampler.workers, self.workers);
-        set!(cfg.optimizer.kind, self.optimizer);
-        set!(cfg.cggm.balance, self.balance);
-        set!(cfg.cggm.direction, self.direction);
-        if self.steps_per_epoch.is_some() {
-            cfg.steps_per_epoch = self.steps_per_epoch;
-        }
-        if self.val_cases.is_some() {
-            cfg.val_cases = self.val_cases;
-        }
-        if self.grad_clip.is_some() {
-            cfg.grad_clip = self.grad_clip;
-        }
-        if self.mixed_precision {
-            cfg.mixed_precision = true;
-        }
+        self.options.apply(&mut cfg);
         if is_feature_dataset(&cfg.data) {
             cfg.task = DatasetSpec::read(&cfg.data)?.task;
         } else if cfg.task != TaskKind::Segmentation && !cfg.data.as_os_str().is_empty() {
@@ -298,10 +219,9 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         args.hd95,
     )?;
     print!("{}", format_table(&report));
-    let out = args.out.unwrap_or_else(|| {
-        args.checkpoint
-            .join(format!("eval-{:?}.json", args.split).to_lowercase())
-    });
+    let out = args
+        .out
+        .unwrap_or_else(|| RunDir::new(&args.checkpoint).eval_report(&format!("{:?}", args.split)));
     checkpoint::write_json_atomic(&out, &report)?;
     eprintln!("report written to {}", out.display());
     Ok(())
