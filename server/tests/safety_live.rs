@@ -184,3 +184,45 @@ async fn hostile_uploads_sent_at_once_get_422_and_the_server_stays_under_500_mb(
     );
     assert!(peak < 500.0, "server peak memory {peak:.0} MB");
 }
+
+fn resident_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status");
+    kb / 1024.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_stream_requests_for_unknown_jobs_leave_the_server_s_memory_flat() {
+    let server = LiveServer::start(&["--no-demo"]);
+    let pid = server.child.id();
+    let get = |id: usize| {
+        let request = server
+            .client
+            .get(server.url(&format!("/api/jobs/{id}/stream")));
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    // Warm-up: connection pool, allocator arenas.
+    for id in 0..500 {
+        assert_eq!(get(1_000_000 + id).await, 404);
+    }
+    let before = resident_mb(pid);
+    let started = Instant::now();
+    for batch in 0..100 {
+        let statuses =
+            futures_util::future::join_all((0..100).map(|i| get(batch * 100 + i + 1))).await;
+        assert!(statuses.iter().all(|&s| s == 404), "{statuses:?}");
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let after = resident_mb(pid);
+    eprintln!(
+        "10000 stream requests for unknown jobs in {seconds:.2} s ({:.0} requests/s): server RSS \
+         {before:.0} MB before, {after:.0} MB after",
+        10_000.0 / seconds
+    );
+    // Before the fix each request left a channel behind (~100 KB each: ~1 GB for 10,000).
+    assert!(after - before < 50.0, "{before:.0} MB -> {after:.0} MB");
+}

@@ -80,6 +80,13 @@ async fn an_allowed_host_name_is_served_besides_loopback() {
         .request(get("/api/studies", &[("host", "other.lab:8080")]))
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    // Behind a reverse proxy that rewrites Host, the page's origin is the allowed name.
+    let request = post_json(
+        "/api/datasets",
+        serde_json::json!({ "name": "proxied" }),
+        &[("host", "127.0.0.1:8080"), ("origin", "https://studio.lab")],
+    );
+    assert_eq!(app.request(request).await.0, StatusCode::CREATED);
 }
 
 // ------------------------------------------------------------------ cross-site requests
