@@ -293,7 +293,8 @@ async fn region_volumes_of(
     if !decode {
         return None;
     }
-    let volumes = volume::region_volumes(&*state.volumes.get(seg).await.ok()?);
+    let decoded = state.volumes.get(seg).await.ok()?;
+    let volumes = volume::region_volumes(&decoded);
     if let Ok(text) = serde_json::to_string(&volumes) {
         let _ = std::fs::write(&stored, text);
     }

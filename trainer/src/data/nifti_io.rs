@@ -385,8 +385,8 @@ fn parse_header_2(path: &Path, bytes: &[u8]) -> Result<(NiftiHeader, Vec<u64>, u
     header.intent_p1 = f64_at(80) as f32;
     header.intent_p2 = f64_at(88) as f32;
     header.intent_p3 = f64_at(96) as f32;
-    for i in 0..8 {
-        header.pixdim[i] = f64_at(104 + 8 * i) as f32;
+    for (i, p) in header.pixdim.iter_mut().enumerate() {
+        *p = f64_at(104 + 8 * i) as f32;
     }
     header.vox_offset = vox_offset as f32;
     header.scl_slope = f64_at(176) as f32;
@@ -405,10 +405,14 @@ fn parse_header_2(path: &Path, bytes: &[u8]) -> Result<(NiftiHeader, Vec<u64>, u
     header.quatern_x = f64_at(376) as f32;
     header.quatern_y = f64_at(384) as f32;
     header.quatern_z = f64_at(392) as f32;
-    for c in 0..4 {
-        header.srow_x[c] = f64_at(400 + 8 * c) as f32;
-        header.srow_y[c] = f64_at(432 + 8 * c) as f32;
-        header.srow_z[c] = f64_at(464 + 8 * c) as f32;
+    for (row, at) in [
+        (&mut header.srow_x, 400),
+        (&mut header.srow_y, 432),
+        (&mut header.srow_z, 464),
+    ] {
+        for (c, v) in row.iter_mut().enumerate() {
+            *v = f64_at(at + 8 * c) as f32;
+        }
     }
     header.slice_code = i32_at(496) as u8;
     header.xyzt_units = i32_at(500) as u8;
