@@ -11,9 +11,22 @@ pub struct ServeArgs {
     /// Directory for the database, datasets, uploads, runs and predictions.
     #[arg(long, env = "CGGM_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
-    /// Bearer token required on every mutating request (POST); required off loopback.
+    /// Access token required on every request (pages through a login page and a session cookie,
+    /// the API through `Authorization: Bearer`); required off loopback. Prefer --token-file or
+    /// CGGM_TOKEN: a command-line argument is visible to every user of the machine (`ps`).
     #[arg(long, env = "CGGM_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// File holding the access token (its first line); the safe way to pass it.
+    #[arg(long, env = "CGGM_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+    /// Host names the server answers to besides loopback names (DNS rebinding protection), e.g.
+    /// the machine's name when it serves the network. Separate several with ',' in the variable.
+    #[arg(
+        long = "allowed-host",
+        env = "CGGM_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Vec<String>,
     /// How many jobs (training or inference) run at the same time; the rest wait in the queue.
     #[arg(long, env = "CGGM_MAX_JOBS", default_value_t = 1)]
     pub max_jobs: usize,
@@ -41,6 +54,10 @@ pub struct ServeArgs {
 pub struct Config {
     pub data_dir: PathBuf,
     pub token: Option<String>,
+    /// The server listens on a loopback address only: `Host` must then be a loopback name (or in
+    /// `allowed_hosts`).
+    pub loopback_only: bool,
+    pub allowed_hosts: Vec<String>,
     pub max_jobs: usize,
     pub max_upload_bytes: usize,
     pub dataset_roots: Vec<PathBuf>,
@@ -55,6 +72,8 @@ impl Config {
         Self {
             data_dir,
             token: None,
+            loopback_only: true,
+            allowed_hosts: Vec::new(),
             max_jobs: 1,
             max_upload_bytes: 1024 * 1024 * 1024,
             dataset_roots: Vec::new(),
@@ -79,4 +98,22 @@ pub fn check_bind(bind: &SocketAddr, token: Option<&str>) -> Result<(), String> 
              Set --token or CGGM_TOKEN, or bind to 127.0.0.1"
         ))
     }
+}
+
+/// The access token: from --token-file (its first line), else --token / CGGM_TOKEN; empty means
+/// none.
+pub fn resolve_token(args: &ServeArgs) -> Result<Option<String>, String> {
+    let token = match &args.token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                format!(
+                    "cannot read the token file {}: {e}. Create it with the token on its first                      line (and `chmod 600` it)",
+                    path.display()
+                )
+            })?;
+            Some(text.lines().next().unwrap_or("").trim().to_string())
+        }
+        None => args.token.clone(),
+    };
+    Ok(token.filter(|t| !t.is_empty()))
 }

@@ -1,7 +1,6 @@
 //! Checks of what users hand us: dataset folders (BraTS 2021 or MSD layout) and uploaded studies.
 //! Every problem names the case or file and says what is wrong.
 
-use crate::volume::read_volume;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -123,12 +122,8 @@ fn header_shapes_agree(paths: &[PathBuf]) -> Result<Vec<usize>, String> {
             .unwrap_or_default()
             .to_string_lossy()
             .to_string();
-        let header = nifti::NiftiHeader::from_file(path).map_err(|e| format!("{name}: {e}"))?;
-        let rank = header.dim[0].clamp(1, 7) as usize;
-        let dims: Vec<usize> = header.dim[1..=rank.min(3)]
-            .iter()
-            .map(|d| *d as usize)
-            .collect();
+        let header = cggm_trainer::data::read_header(path).map_err(|e| format!("{name}: {e}"))?;
+        let dims: Vec<usize> = header.dims.iter().take(3).copied().collect();
         match &first {
             None => first = Some((name, dims)),
             Some((other, s)) if *s != dims => {
@@ -156,8 +151,10 @@ pub struct CheckedUpload {
     pub files: Vec<UploadedFile>,
 }
 
-/// Decodes every file and checks that they form one study: four modalities of one shape, or one
-/// 4-D file with four channels (MSD). `need_labels` also requires a `seg` file of the same shape.
+/// Checks that the files form one study: four modalities of one shape, or one 4-D file with four
+/// channels (MSD), from their headers (bounded: a header is a few hundred bytes, whatever the file
+/// claims); then the trainer's loader decodes the case once. `need_labels` also requires a `seg`
+/// file of the same shape.
 pub fn check_upload(
     mut files: Vec<UploadedFile>,
     need_labels: bool,
@@ -177,8 +174,9 @@ pub fn check_upload(
                 file.file_name
             ));
         }
-        let volume = read_volume(&file.path).map_err(|e| format!("{}: {e}", file.file_name))?;
-        let shape = volume.data.shape().to_vec();
+        let shape = cggm_trainer::data::read_header(&file.path)
+            .map_err(|e| without_folder(&e.to_string(), &file.path))?
+            .dims;
         let role = if files.len() == 1 && shape.len() == 4 {
             if shape[3] != 4 {
                 return Err(format!(
@@ -259,13 +257,24 @@ pub fn check_upload(
         }
     }
     let paths: Vec<PathBuf> = roles.values().map(|i| files[*i].path.clone()).collect();
-    let case = cggm_trainer::data::case_from_paths(&paths).map_err(|e| e.to_string())?;
-    cggm_trainer::data::load_study(&case).map_err(|e| e.to_string())?;
+    let folder = paths.first().cloned().unwrap_or_default();
+    let case = cggm_trainer::data::case_from_paths(&paths)
+        .map_err(|e| without_folder(&e.to_string(), &folder))?;
+    cggm_trainer::data::load_study(&case).map_err(|e| without_folder(&e.to_string(), &folder))?;
     Ok(CheckedUpload {
         roles,
         shape: reference,
         files,
     })
+}
+
+/// An error message about an uploaded file without the server's temporary folder in it: the
+/// client knows the file by its name, and the data directory's layout is none of its business.
+fn without_folder(message: &str, file: &Path) -> String {
+    match file.parent() {
+        Some(dir) => message.replace(&format!("{}/", dir.display()), ""),
+        None => message.to_string(),
+    }
 }
 
 /// Safe single path component from a user-supplied name: letters, digits, `-`, `_`, `.`; no

@@ -36,8 +36,15 @@ struct Inner {
     data_dir: PathBuf,
     slots: Semaphore,
     cancels: Mutex<HashMap<i64, Arc<Notify>>>,
+    /// Live channels of queued and running jobs only: made when a job is enqueued, removed when it
+    /// finishes. Viewers of any other job get a receiver of `idle`, which never sends, so that
+    /// requests for unknown or finished jobs leave nothing behind.
     channels: Mutex<HashMap<i64, broadcast::Sender<LiveMessage>>>,
+    idle: broadcast::Sender<LiveMessage>,
 }
+
+/// How long a cancelled job gets to stop after SIGTERM before it is killed.
+const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl JobRunner {
     pub fn new(pool: SqlitePool, cggm_bin: PathBuf, data_dir: PathBuf, max_jobs: usize) -> Self {
@@ -49,6 +56,7 @@ impl JobRunner {
                 slots: Semaphore::new(max_jobs.max(1)),
                 cancels: Mutex::new(HashMap::new()),
                 channels: Mutex::new(HashMap::new()),
+                idle: broadcast::channel(1).0,
             }),
         }
     }
@@ -75,6 +83,12 @@ impl JobRunner {
 
     /// Starts the job when a slot is free.
     pub fn enqueue(&self, job_id: i64) {
+        self.inner
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(job_id)
+            .or_insert_with(|| broadcast::channel(1024).0);
         let inner = self.inner.clone();
         tokio::spawn(async move {
             if let Err(e) = inner.clone().run(job_id).await {
@@ -115,22 +129,59 @@ impl JobRunner {
     }
 
     /// A receiver of the job's live messages. Subscribe *before* reading the stored history, then
-    /// skip live messages with `seq` at or below the last stored one.
+    /// skip live messages with `seq` at or below the last stored one. A job that is not queued or
+    /// running has no channel, and none is made for it: its receiver never receives.
     pub fn subscribe(&self, job_id: i64) -> broadcast::Receiver<LiveMessage> {
-        let mut channels = self
+        let channels = self
             .inner
             .channels
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        channels
-            .entry(job_id)
-            .or_insert_with(|| broadcast::channel(1024).0)
-            .subscribe()
+        match channels.get(&job_id) {
+            Some(sender) => sender.subscribe(),
+            None => self.inner.idle.subscribe(),
+        }
+    }
+
+    /// How many live channels exist (queued and running jobs); for tests and diagnostics.
+    pub fn live_channels(&self) -> usize {
+        self.inner
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// Whether a job of this runner is queued here or running now (a job in the database marked
+    /// running but not here is a leftover of a previous server).
+    pub fn is_active(&self, job_id: i64) -> bool {
+        self.inner
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&job_id)
     }
 
     pub fn log_path(&self, job_id: i64) -> PathBuf {
         log_path(&self.inner.data_dir, job_id)
     }
+}
+
+/// The last `max` bytes of a file (empty when it does not exist), read from its end: a log of
+/// gigabytes costs no more than its tail.
+pub async fn read_tail(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = match tokio::fs::File::open(path).await {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let length = file.metadata().await?.len();
+    file.seek(std::io::SeekFrom::Start(length.saturating_sub(max)))
+        .await?;
+    let mut tail = Vec::with_capacity(length.min(max) as usize);
+    file.take(max).read_to_end(&mut tail).await?;
+    Ok(tail)
 }
 
 pub fn log_path(data_dir: &Path, job_id: i64) -> PathBuf {
@@ -143,16 +194,38 @@ impl Inner {
         let job = db::job(&self.pool, job_id)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        if job.state != JobState::Queued {
-            return Ok(()); // cancelled while queued
-        }
         let args = command_args(&job)?;
         let log_file = self.open_log(job_id)?;
-        let cancel = Arc::new(Notify::new());
-        self.cancels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(job_id, cancel.clone());
+        // Registered before the state changes: a cancel that sees `running` finds it (a notify
+        // sent before anyone waits is kept for the first waiter).
+        // One notify per job, shared with a duplicate task of the same job (resume, cancel,
+        // resume), which must not replace the running one's.
+        let (cancel, created) = {
+            let mut cancels = self.cancels.lock().unwrap_or_else(|e| e.into_inner());
+            let created = !cancels.contains_key(&job_id);
+            let cancel = cancels.entry(job_id).or_default().clone();
+            (cancel, created)
+        };
+        // Only a job still queued starts: one cancelled (or started by someone else) meanwhile
+        // stays as it is, and no second trainer ever runs in its directory.
+        let claimed = sqlx::query(
+            "UPDATE jobs SET state = 'running', started_at = ? WHERE id = ? AND state = 'queued'",
+        )
+        .bind(db::now())
+        .bind(job_id)
+        .execute(&self.pool)
+        .await?;
+        if claimed.rows_affected() != 1 {
+            // Cancelled meanwhile (its channel is gone already) or running in another task (whose
+            // channel and notify stay).
+            if created {
+                self.cancels
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&job_id);
+            }
+            return Ok(());
+        }
 
         let mut command = tokio::process::Command::new(&self.cggm_bin);
         // libtorch's OpenMP threads spin while idle; on a machine shared with the server (and
@@ -160,9 +233,16 @@ impl Inner {
         if std::env::var_os("OMP_WAIT_POLICY").is_none() {
             command.env("OMP_WAIT_POLICY", "passive");
         }
+        // A job needs no access to the server: its token stays with the server.
+        command
+            .env_remove("CGGM_TOKEN")
+            .env_remove("CGGM_TOKEN_FILE");
+        // The child's stdin is a pipe the server never writes to: when the server dies (even by
+        // SIGKILL) the pipe closes and the trainer exits (see `cggm`'s main).
+        command.env(crate::PARENT_PIPE_ENV, "1");
         let mut child = match command
             .args(&args)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))
             .kill_on_drop(true)
@@ -180,12 +260,8 @@ impl Inner {
                 return Ok(());
             }
         };
-        tracing::info!(job_id, kind = %job.kind, ?args, "job started");
-        sqlx::query("UPDATE jobs SET state = 'running', started_at = ? WHERE id = ?")
-            .bind(db::now())
-            .bind(job_id)
-            .execute(&self.pool)
-            .await?;
+        let _parent_pipe = child.stdin.take();
+        tracing::info!(job_id, kind = %job.kind, ?args, pid = child.id(), "job started");
         self.broadcast_state(job_id, JobState::Running);
 
         let stdout = child.stdout.take().context("child stdout")?;
@@ -207,19 +283,22 @@ impl Inner {
                                 failure = Some(reason.clone());
                             }
                             seq += 1;
-                            self.store_event(job_id, seq, &event).await?;
+                            self.store_event(job_id, seq, &event).await;
                         }
                         Err(_) => tracing::debug!(job_id, %line, "non-event line on a job's stdout"),
                     }
                 }
                 _ = cancel.notified() => {
                     cancelled = true;
-                    let _ = child.start_kill();
                     break;
                 }
             }
         }
-        let status = child.wait().await?;
+        let status = if cancelled {
+            stop_gracefully(&mut child).await?
+        } else {
+            child.wait().await?
+        };
         self.cancels
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -252,21 +331,45 @@ impl Inner {
             .open(&path)?)
     }
 
-    async fn store_event(&self, job_id: i64, seq: i64, event: &Event) -> anyhow::Result<()> {
-        let value = serde_json::to_value(event)?;
+    /// Stores an event (retried a few times) and sends it to live viewers. A database that
+    /// refuses it costs that event its storage, logged, never the training.
+    async fn store_event(&self, job_id: i64, seq: i64, event: &Event) {
+        let value = match serde_json::to_value(event) {
+            Ok(value) => value,
+            Err(e) => {
+                tracing::error!(job_id, seq, error = %e, "event not serialisable; skipped");
+                return;
+            }
+        };
         let kind = value["event"].as_str().unwrap_or("unknown").to_string();
         let time = value["time"].as_f64().unwrap_or_else(db::now);
         let data = value.to_string();
-        sqlx::query("INSERT INTO events (job_id, seq, kind, time, data) VALUES (?, ?, ?, ?, ?)")
+        let mut attempt = 0;
+        loop {
+            let stored = sqlx::query(
+                "INSERT INTO events (job_id, seq, kind, time, data) VALUES (?, ?, ?, ?, ?)",
+            )
             .bind(job_id)
             .bind(seq)
             .bind(&kind)
             .bind(time)
             .bind(&data)
             .execute(&self.pool)
-            .await?;
+            .await;
+            match stored {
+                Ok(_) => break,
+                Err(e) if attempt < 3 => {
+                    attempt += 1;
+                    tracing::warn!(job_id, seq, attempt, error = %e, "storing an event failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
+                }
+                Err(e) => {
+                    tracing::error!(job_id, seq, error = %e, "event could not be stored; training continues");
+                    break;
+                }
+            }
+        }
         self.send(job_id, LiveMessage { seq, kind, data });
-        Ok(())
     }
 
     async fn finish(
@@ -316,6 +419,29 @@ impl Inner {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&job_id);
     }
+}
+
+/// Stops a cancelled job: SIGTERM first, so that it can end what it is writing, then SIGKILL
+/// after [`CANCEL_GRACE`].
+async fn stop_gracefully(
+    child: &mut tokio::process::Child,
+) -> std::io::Result<std::process::ExitStatus> {
+    if let Some(pid) = child.id() {
+        // `kill` the command: sending a signal directly needs unsafe code, which the workspace
+        // denies.
+        let _ = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+        if let Ok(status) = tokio::time::timeout(CANCEL_GRACE, child.wait()).await {
+            return status;
+        }
+    }
+    let _ = child.start_kill();
+    child.wait().await
 }
 
 /// The `cggm` arguments of a stored job. A training job's configuration is the `request.json`

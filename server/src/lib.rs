@@ -7,14 +7,13 @@ pub mod error;
 pub mod feature_datasets;
 pub mod inspect;
 pub mod jobs;
+pub mod limits;
 pub mod routes;
+pub mod security;
 pub mod templates;
 pub mod volume;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{Method, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::middleware;
 use axum::Router;
 use config::Config;
 use jobs::JobRunner;
@@ -24,10 +23,32 @@ use std::sync::Arc;
 use std::time::Duration;
 use tower_http::compression::CompressionLayer;
 use tower_http::services::ServeDir;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use config::ServeArgs;
+
+/// Set (to "1") in the environment of every job: the job's stdin is a pipe from the server, and
+/// the job exits when it closes, so that no trainer outlives a killed server.
+pub const PARENT_PIPE_ENV: &str = "CGGM_EXIT_WITH_PARENT";
+
+/// In a job started by the server: a thread that waits for the server's pipe on stdin to close
+/// (the server stopped, even by SIGKILL) and then ends the process. Without the variable, nothing.
+pub fn exit_with_parent() {
+    if std::env::var_os(PARENT_PIPE_ENV).is_none_or(|v| v != "1") {
+        return;
+    }
+    std::thread::spawn(|| {
+        use std::io::Read;
+        let mut stdin = std::io::stdin();
+        let mut buffer = [0u8; 64];
+        while matches!(stdin.read(&mut buffer), Ok(n) if n > 0) {}
+        eprintln!(
+            "cggm: the server that started this job has stopped; exiting (resume the run from its \
+             last checkpoint)"
+        );
+        std::process::exit(143);
+    });
+}
 
 #[derive(Clone)]
 pub struct AppState {
@@ -35,6 +56,9 @@ pub struct AppState {
     pub pool: SqlitePool,
     pub runner: JobRunner,
     pub volumes: Arc<volume::VolumeCache>,
+    pub sessions: Arc<security::Sessions>,
+    /// Datasets whose full validation runs in the background.
+    validating: Arc<std::sync::Mutex<std::collections::HashSet<i64>>>,
 }
 
 impl AppState {
@@ -67,7 +91,31 @@ impl AppState {
             pool,
             runner,
             volumes: Arc::default(),
+            validating: Arc::default(),
+            sessions: Arc::default(),
         })
+    }
+
+    /// Marks a dataset's full validation as running; false when one already runs.
+    pub fn start_validating(&self, dataset_id: i64) -> bool {
+        self.validating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(dataset_id)
+    }
+
+    pub fn stop_validating(&self, dataset_id: i64) {
+        self.validating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&dataset_id);
+    }
+
+    pub fn is_validating(&self, dataset_id: i64) -> bool {
+        self.validating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&dataset_id)
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -83,66 +131,47 @@ impl AppState {
     }
 }
 
-/// The whole application: pages, `/api`, static assets, and the tower-http layers.
+/// The whole application: pages, `/api`, static assets, and the layers: security first (host,
+/// origin, token, headers), then the body limits and the request timeout.
 pub fn app(state: AppState) -> Router {
     let web = state.config.web_dir.clone();
-    let max_body = state.config.max_upload_bytes;
     Router::new()
         .merge(routes::pages::router())
         .nest("/api", routes::api_router())
+        .merge(security::router())
         .nest_service("/static", ServeDir::new(web.join("static")))
         .nest_service(
             "/vendor/uplot",
             ServeDir::new(web.join("node_modules/uplot/dist")),
         )
-        .layer(middleware::from_fn_with_state(state.clone(), require_token))
-        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::limit_bodies,
+        ))
         .layer(CompressionLayer::new())
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(600),
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            security::guard,
         ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 
-/// With a token configured, every mutating request must carry `Authorization: Bearer <token>`.
-async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    use axum::response::IntoResponse;
-    let Some(token) = state.config.token.as_deref() else {
-        return next.run(request).await;
-    };
-    if matches!(
-        *request.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS
-    ) {
-        return next.run(request).await;
-    }
-    let presented = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if constant_time_eq(presented.as_bytes(), token.as_bytes()) {
-        next.run(request).await
-    } else {
-        error::Error::Unauthorized.into_response()
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// `cggm serve`: resolves the settings, starts the application and serves until Ctrl-C.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    config::check_bind(&args.bind, args.token.as_deref()).map_err(anyhow::Error::msg)?;
+    let token = config::resolve_token(&args).map_err(anyhow::Error::msg)?;
+    config::check_bind(&args.bind, token.as_deref()).map_err(anyhow::Error::msg)?;
+    if args.token.is_some() && args.token_file.is_none() && std::env::var_os("CGGM_TOKEN").is_none()
+    {
+        tracing::warn!("--token on the command line is visible to every user of this machine (ps): prefer --token-file or CGGM_TOKEN");
+    }
     let cggm_bin = std::env::current_exe()?;
     let config = Config {
         data_dir: args.data_dir.clone(),
-        token: args.token.clone().filter(|t| !t.is_empty()),
+        token,
+        loopback_only: args.bind.ip().is_loopback(),
+        allowed_hosts: args.allowed_hosts.clone(),
         max_jobs: args.max_jobs,
         max_upload_bytes: args.max_upload_mb.saturating_mul(1024 * 1024),
         dataset_roots: args.dataset_roots.clone(),
@@ -152,6 +181,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if !config.web_dir.join("node_modules/uplot/dist").is_dir() {
         tracing::warn!(web_dir = %config.web_dir.display(), "uPlot not found: run scripts/setup-web.sh (charts will be missing)");
     }
+    let _data_dir_lock = lock_data_dir(&config.data_dir)?;
     let state = AppState::new(config).await?;
     if !args.no_demo {
         routes::datasets::ensure_demo_dataset(state.clone()).await?;
@@ -169,8 +199,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     let stopping = Arc::new(tokio::sync::Notify::new());
     let signal = stopping.clone();
+    let listener = limits::CappedListener::new(listener, limits::MAX_CONNECTIONS);
     let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
-        let _ = tokio::signal::ctrl_c().await;
+        shutdown_signal().await;
         eprintln!("CGGM Studio: stopping (running jobs are stopped and can be resumed later)");
         signal.notify_waiters();
     });
@@ -184,6 +215,54 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         } => {}
     }
     Ok(())
+}
+
+/// Takes the data directory for this process: a second server on the same folder would run a
+/// second trainer in a run directory and delete the first one's partial uploads. The lock is the
+/// kernel's (released when the process ends, however it ends), on `<data dir>/.lock`.
+pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::io::Write;
+    std::fs::create_dir_all(data_dir)?;
+    let path = data_dir.join(".lock");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            anyhow::bail!(
+                "another CGGM Studio server (pid {}) uses the data directory {}: stop it, or give \
+                 this one another --data-dir",
+                holder.trim(),
+                data_dir.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+    }
+    file.set_len(0)?;
+    write!(file, "{}", std::process::id())?;
+    Ok(file)
+}
+
+/// Ctrl-C or SIGTERM (what `kill`, systemd and container runtimes send): both stop the server the
+/// same way, its jobs with it.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
 }
 
 /// Canonical form of `path` if it lies inside one of `roots` (after resolving `..` and links).

@@ -37,6 +37,9 @@ fn main() -> anyhow::Result<()> {
                 .init();
             tokio::runtime::Runtime::new()?.block_on(cggm_server::serve(args))
         }
-        Command::Trainer(command) => cggm_trainer::cli::run(command),
+        Command::Trainer(command) => {
+            cggm_server::exit_with_parent();
+            cggm_trainer::cli::run(command)
+        }
     }
 }

@@ -3,8 +3,8 @@
 //! stepping through slices does not decompress the file on every request.
 
 use ndarray::{ArrayD, Axis, IxDyn};
-use nifti::{IntoNdArray, NiftiObject, ReaderOptions};
 use serde::Serialize;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -40,16 +40,11 @@ impl Volume {
     }
 }
 
-/// Reads a .nii or .nii.gz file fully (a corrupt gzip stream fails here, not later).
+/// Reads a .nii or .nii.gz file (NIfTI-1 or NIfTI-2) fully with the trainer's reader, the one
+/// NIfTI reader of the project: a hostile file is refused from its header or cut off at the bytes
+/// the header accounts for, so a decode never costs more memory than the voxel limit allows.
 pub fn read_volume(path: &Path) -> Result<Volume, String> {
-    let object = ReaderOptions::new()
-        .read_file(path)
-        .map_err(describe_nifti_error)?;
-    let header = object.header().clone();
-    let data = object
-        .into_volume()
-        .into_ndarray::<f32>()
-        .map_err(describe_nifti_error)?;
+    let (header, data) = cggm_trainer::data::read_volume(path).map_err(|e| e.to_string())?;
     if data.ndim() < 3 || data.ndim() > 4 {
         return Err(format!(
             "expected a 3-D or 4-D volume, found {} dimensions",
@@ -77,23 +72,6 @@ pub fn read_volume(path: &Path) -> Result<Volume, String> {
         spacing,
         windows,
     })
-}
-
-fn describe_nifti_error(e: nifti::NiftiError) -> String {
-    match e {
-        nifti::NiftiError::InvalidFormat => "not a NIfTI-1 file (bad header magic)".into(),
-        nifti::NiftiError::Io(io) => {
-            let text = io.to_string();
-            if text.contains("gzip") || text.contains("deflate") || text.contains("corrupt") {
-                format!("corrupt gzip stream: {text}")
-            } else if io.kind() == std::io::ErrorKind::UnexpectedEof {
-                "file is truncated (ends before the volume data)".into()
-            } else {
-                format!("unreadable: {text}")
-            }
-        }
-        other => format!("invalid NIfTI: {other}"),
-    }
 }
 
 fn percentile_window<'a>(values: impl Iterator<Item = &'a f32>) -> (f32, f32) {
@@ -249,7 +227,7 @@ fn encode_png(
 }
 
 /// Volumes of each BraTS label and region in millilitres.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct RegionVolumes {
     pub ncr_ml: f64,
     pub ed_ml: f64,
@@ -279,10 +257,27 @@ pub fn region_volumes(labels: &Volume) -> RegionVolumes {
     }
 }
 
-/// A few decoded volumes, most recently used first.
-#[derive(Default)]
+/// A few decoded volumes, most recently used first. Decodes are deduplicated (concurrent requests
+/// for one file wait for one decode) and limited in number ([`DECODE_SLOTS`], shared with upload
+/// checks), so that dragging the slider over a new study, or several uploads at once, cannot make
+/// the server decode dozens of volumes side by side.
 pub struct VolumeCache {
     entries: Mutex<Vec<(PathBuf, Arc<Volume>)>>,
+    loading: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+    decodes: tokio::sync::Semaphore,
+}
+
+/// How many NIfTI decodes (viewer cache misses and upload checks) run at the same time.
+pub const DECODE_SLOTS: usize = 2;
+
+impl Default for VolumeCache {
+    fn default() -> Self {
+        Self {
+            entries: Mutex::default(),
+            loading: Mutex::default(),
+            decodes: tokio::sync::Semaphore::new(DECODE_SLOTS),
+        }
+    }
 }
 
 /// Decoded voxels kept in memory (a BraTS volume is 36 MB as f32; an MSD 4-D file four times
@@ -290,15 +285,47 @@ pub struct VolumeCache {
 const CACHE_BYTES: usize = 512 * 1024 * 1024;
 
 impl VolumeCache {
+    /// A decode slot: hold it while decoding NIfTI data (here and in upload checks).
+    pub async fn decode_slot(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.decodes
+            .acquire()
+            .await
+            .expect("the decode semaphore is never closed")
+    }
+
     /// The decoded volume at `path`, reading it (on a blocking thread) when not cached.
     pub async fn get(&self, path: &Path) -> Result<Arc<Volume>, String> {
         if let Some(hit) = self.lookup(path) {
             return Ok(hit);
         }
-        let owned = path.to_path_buf();
-        let volume = tokio::task::spawn_blocking(move || read_volume(&owned))
-            .await
-            .map_err(|e| e.to_string())??;
+        let gate = self
+            .loading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(path.to_path_buf())
+            .or_default()
+            .clone();
+        let result = async {
+            let _one_decode_per_file = gate.lock().await;
+            if let Some(hit) = self.lookup(path) {
+                return Ok(hit);
+            }
+            let _slot = self.decode_slot().await;
+            let owned = path.to_path_buf();
+            let volume = tokio::task::spawn_blocking(move || read_volume(&owned))
+                .await
+                .map_err(|e| e.to_string())??;
+            Ok(self.insert(path, volume))
+        }
+        .await;
+        let mut loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+        if Arc::strong_count(&gate) <= 2 {
+            loading.remove(path);
+        }
+        result
+    }
+
+    fn insert(&self, path: &Path, volume: Volume) -> Arc<Volume> {
         let volume = Arc::new(volume);
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.insert(0, (path.to_path_buf(), volume.clone()));
@@ -311,7 +338,15 @@ impl VolumeCache {
             })
             .map_or(entries.len(), |over| over.max(1));
         entries.truncate(keep);
-        Ok(volume)
+        volume
+    }
+
+    /// Forgets the volumes of files under `dir` (a deleted study or prediction).
+    pub fn forget_under(&self, dir: &Path) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(p, _)| !p.starts_with(dir));
     }
 
     fn lookup(&self, path: &Path) -> Option<Arc<Volume>> {

@@ -8,8 +8,12 @@
 //! - `checkpoints/last.optim.safetensors`: optimiser state;
 //! - `metrics.json`: best validation and test scores; `events.jsonl` when the run logged there.
 //!
-//! Every file is written to a temporary name and renamed, so a crash mid-save leaves the previous
-//! checkpoint intact.
+//! A checkpoint is written as one unit: every file first to a `.pending-` name and flushed to disk,
+//! the JSON (which names the step) last; then each is renamed into place, the JSON last. A crash
+//! before the pending JSON exists leaves the previous checkpoint whole (the strays are removed on
+//! the next start); a crash after it is rolled forward on the next start ([`complete_pending`]), so
+//! weights of one step never sit beside optimiser state of another. One process at a time works in
+//! a run directory ([`lock_run_dir`]).
 
 use crate::cggm::BalanceTracker;
 use crate::config::TrainConfig;
@@ -48,9 +52,32 @@ fn tmp_path(final_path: &Path) -> PathBuf {
     final_path.with_file_name(format!(".tmp-{}-{name}", std::process::id()))
 }
 
+/// Where a checkpoint file waits until its whole checkpoint is on disk (a fixed name, so that the
+/// process that resumes after a crash finds it).
+fn pending_path(final_path: &Path) -> PathBuf {
+    let name = final_path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("file");
+    final_path.with_file_name(format!(".pending-{name}"))
+}
+
+fn sync_file(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("flushing {} to disk", path.display()))
+}
+
+fn sync_dir(dir: &Path) {
+    // Makes the renames durable; not every file system supports it, and nothing depends on it
+    // beyond durability.
+    let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+}
+
 fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = tmp_path(path);
     write(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    sync_file(&tmp)?;
     std::fs::rename(&tmp, path).with_context(|| format!("moving {} into place", path.display()))?;
     Ok(())
 }
@@ -61,7 +88,44 @@ pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     })
 }
 
-/// Saves `name` ("best" or "last"); `with_optimizer` also stores the optimiser state.
+/// The files of checkpoint `name`: weights, optimiser state, and the JSON that names their step.
+fn checkpoint_files(dir: &Path, name: &str) -> [PathBuf; 3] {
+    [
+        dir.join(format!("{name}.safetensors")),
+        dir.join(format!("{name}.optim.safetensors")),
+        dir.join(format!("{name}.json")),
+    ]
+}
+
+/// Finishes or discards a save that a crash interrupted: when the pending JSON exists, every
+/// pending file was complete and flushed, so they are renamed into place (JSON last); otherwise
+/// the pending files are incomplete leftovers and the previous checkpoint is still whole. Called by
+/// the run directory's owner only ([`lock_run_dir`], [`save`]).
+pub fn complete_pending(run_dir: &Path, name: &str) -> Result<()> {
+    let dir = checkpoint_dir(run_dir);
+    let [weights, optim, json] = checkpoint_files(&dir, name);
+    let pending_json = pending_path(&json);
+    if pending_json.is_file() {
+        for file in [&weights, &optim] {
+            let pending = pending_path(file);
+            if pending.exists() {
+                std::fs::rename(&pending, file)
+                    .with_context(|| format!("moving {} into place", file.display()))?;
+            }
+        }
+        std::fs::rename(&pending_json, &json)
+            .with_context(|| format!("moving {} into place", json.display()))?;
+        sync_dir(&dir);
+    } else {
+        for file in [&weights, &optim] {
+            let _ = std::fs::remove_file(pending_path(file));
+        }
+    }
+    Ok(())
+}
+
+/// Saves `name` ("best" or "last") as one unit (see the module documentation); `with_optimizer`
+/// also stores the optimiser state.
 pub fn save(
     run_dir: &Path,
     name: &str,
@@ -71,19 +135,71 @@ pub fn save(
 ) -> Result<PathBuf> {
     let dir = checkpoint_dir(run_dir);
     std::fs::create_dir_all(&dir)?;
-    let weights = dir.join(format!("{name}.safetensors"));
-    write_atomic(&weights, |tmp| Ok(trainer.vs.save(tmp)?))?;
+    // A save interrupted earlier is settled first, so that its pending files are not mixed in.
+    complete_pending(run_dir, name)?;
+    let [weights, optim, json] = checkpoint_files(&dir, name);
+    let pending = pending_path(&weights);
+    trainer
+        .vs
+        .save(&pending)
+        .with_context(|| format!("writing {}", pending.display()))?;
+    sync_file(&pending)?;
     if with_optimizer {
         let mut tensors = prefixed("model/", trainer.model_opt.state_tensors());
         if let Some(opt) = &trainer.classifier_opt {
             tensors.extend(prefixed("classifiers/", opt.state_tensors()));
         }
-        let path = dir.join(format!("{name}.optim.safetensors"));
-        write_atomic(&path, |tmp| Ok(Tensor::write_safetensors(&tensors, tmp)?))?;
+        let pending = pending_path(&optim);
+        Tensor::write_safetensors(&tensors, &pending)
+            .with_context(|| format!("writing {}", pending.display()))?;
+        sync_file(&pending)?;
     }
-    // The JSON goes last: it names the step the other files belong to.
-    write_json_atomic(&dir.join(format!("{name}.json")), state)?;
+    // The JSON goes last: it names the step the other files belong to, and its pending copy
+    // existing means the whole checkpoint is on disk.
+    let pending = pending_path(&json);
+    std::fs::write(&pending, serde_json::to_vec_pretty(state)?)
+        .with_context(|| format!("writing {}", pending.display()))?;
+    sync_file(&pending)?;
+    sync_dir(&dir);
+    complete_pending(run_dir, name)?;
     Ok(weights)
+}
+
+/// Takes the run directory for this process (a kernel lock on `<run>/.lock`, released when the
+/// process ends however it ends): a second trainer in the same directory stops with a clear error
+/// instead of interleaving checkpoints with the first.
+pub fn lock_run_dir(run_dir: &Path) -> Result<std::fs::File> {
+    use std::io::Write;
+    let path = run_dir.join(".lock");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            bail!(
+                "another process (pid {}) is training in {}: wait for it or stop it, or choose \
+                 another --out",
+                holder.trim(),
+                run_dir.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+    file.set_len(0)?;
+    write!(file, "{}", std::process::id())?;
+    // Only the directory's owner settles what a crashed save left (a reader never renames).
+    for name in ["last", "best"] {
+        complete_pending(run_dir, name)?;
+    }
+    Ok(file)
 }
 
 fn prefixed(prefix: &str, tensors: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {

@@ -197,6 +197,7 @@ fn train_inner(
         .map_err(|e| anyhow!("invalid configuration: {e}"))?;
     std::fs::create_dir_all(run_dir)
         .with_context(|| format!("creating run directory {}", run_dir.display()))?;
+    let _run_lock = checkpoint::lock_run_dir(run_dir)?;
     let config_path = RunDir::new(run_dir).config();
     if resume {
         let saved = checkpoint::read_config(run_dir)?;

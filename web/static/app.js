@@ -128,9 +128,25 @@ onSubmit("#predict", async (form) => {
   const job = await api("POST", "/api/predictions", formJson(form));
   location.href = "/predictions/" + job.id;
 });
+// Deletion always asks first; the server refuses (409) what a running job uses.
+for (const b of $$("[data-delete]")) {
+  b.addEventListener("click", async () => {
+    if (!confirm(b.dataset.confirm || "Delete? This cannot be undone.")) return;
+    try { await api("DELETE", b.dataset.delete); location.href = b.dataset.then || "/"; }
+    catch (err) { toast(err.message, true); }
+  });
+}
 for (const b of $$("[data-revalidate]")) {
   b.addEventListener("click", async () => {
-    try { await api("POST", `/api/datasets/${b.dataset.revalidate}/validate`); location.reload(); }
+    try {
+      // The full check runs in the background: wait for it, then show the new report.
+      const url = `/api/datasets/${b.dataset.revalidate}`;
+      let d = await api("POST", url + "/validate");
+      b.disabled = true;
+      toast("Validating every case…");
+      while (d.validating) { await new Promise((r) => setTimeout(r, 1000)); d = await api("GET", url); }
+      location.reload();
+    }
     catch (err) { toast(err.message, true); }
   });
 }

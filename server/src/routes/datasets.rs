@@ -26,12 +26,26 @@ pub struct DatasetView {
     #[serde(flatten)]
     pub dataset: Dataset,
     pub report: DatasetReport,
+    /// A full check ("Validate again") is running; `report` is replaced when it ends.
+    pub validating: bool,
 }
 
 impl From<Dataset> for DatasetView {
     fn from(dataset: Dataset) -> Self {
         let report = serde_json::from_str(&dataset.report).unwrap_or_default();
-        Self { dataset, report }
+        Self {
+            dataset,
+            report,
+            validating: false,
+        }
+    }
+}
+
+fn view(state: &AppState, dataset: Dataset) -> DatasetView {
+    let validating = state.is_validating(dataset.id);
+    DatasetView {
+        validating,
+        ..dataset.into()
     }
 }
 
@@ -40,13 +54,13 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<DatasetView>
         db::datasets(&state.pool)
             .await?
             .into_iter()
-            .map(Into::into)
+            .map(|d| view(&state, d))
             .collect(),
     ))
 }
 
 async fn show(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json<DatasetView>> {
-    Ok(Json(db::dataset(&state.pool, id).await?.into()))
+    Ok(Json(view(&state, db::dataset(&state.pool, id).await?)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,12 +145,29 @@ async fn insert(
     db::dataset(&state.pool, id).await
 }
 
-/// Decodes every case, like `cggm validate` (slow for a full BraTS release).
+/// Starts a full check that decodes every case, like `cggm validate` (slow for a full BraTS
+/// release), in the background, and answers 202 at once: the request never holds a decode, and a
+/// second click while one runs starts nothing. The dataset reads `validating: true` until the new
+/// report is stored.
 async fn revalidate(
     State(state): State<AppState>,
     Path(id): Path<i64>,
-) -> Result<Json<DatasetView>> {
-    rescan(&state, id, true).await
+) -> Result<(StatusCode, Json<DatasetView>)> {
+    let dataset = db::dataset(&state.pool, id).await?;
+    if state.start_validating(id) {
+        let background = state.clone();
+        tokio::spawn(async move {
+            let result = {
+                let _slot = background.volumes.decode_slot().await;
+                rescan(&background, id, true).await
+            };
+            background.stop_validating(id);
+            if let Err(e) = result {
+                tracing::warn!(dataset = id, error = %e, "validation failed");
+            }
+        });
+    }
+    Ok((StatusCode::ACCEPTED, Json(view(&state, dataset))))
 }
 
 async fn rescan(state: &AppState, id: i64, full: bool) -> Result<Json<DatasetView>> {
@@ -172,10 +203,12 @@ async fn upload_case(
     let case = safe_name(&case).map_err(|e| Error::BadRequest(format!("field `case`: {e}")))?;
     let staged = upload.dir.path().join(".case");
     let files = upload.files.clone();
+    let slot = state.volumes.decode_slot().await;
     let checked = tokio::task::spawn_blocking(move || check_upload(files, true))
         .await
         .map_err(anyhow::Error::from)?
         .map_err(Error::Unprocessable)?;
+    drop(slot);
     if checked.roles.contains_key("4d") {
         return Err(Error::Unprocessable(
             "a dataset case needs separate modality files and a seg file (BraTS layout)".into(),
@@ -231,6 +264,8 @@ async fn make_demo(state: &AppState) -> anyhow::Result<()> {
             .args(["synth", "--out"])
             .arg(&out)
             .args(["--cases", "12", "--seed", "2024", "--size", "96x96x48"])
+            .env_remove("CGGM_TOKEN")
+            .env_remove("CGGM_TOKEN_FILE")
             .stdin(std::process::Stdio::null())
             .status()
             .await?;

@@ -368,15 +368,10 @@ async fn stream_events(
 async fn log(State(state): State<AppState>, Path(id): Path<i64>) -> Result<impl IntoResponse> {
     db::job(&state.pool, id).await?;
     let path = state.runner.log_path(id);
-    let bytes = match tokio::fs::read(&path).await {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e.into()),
-    };
-    let tail = &bytes[bytes.len().saturating_sub(512 * 1024)..];
+    let tail = crate::jobs::read_tail(&path, 512 * 1024).await?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        String::from_utf8_lossy(tail).into_owned(),
+        String::from_utf8_lossy(&tail).into_owned(),
     ))
 }
 

@@ -1,6 +1,7 @@
 //! HTTP routes. Each module exposes its own `router()`; [`api_router`] merges the JSON API.
 
 pub mod datasets;
+pub mod deletion;
 pub mod jobs;
 pub mod pages;
 pub mod studies;
@@ -21,6 +22,7 @@ pub fn api_router() -> Router<AppState> {
         .merge(datasets::router())
         .merge(jobs::router())
         .merge(studies::router())
+        .merge(deletion::router())
 }
 
 async fn health() -> Json<serde_json::Value> {
@@ -78,7 +80,17 @@ pub async fn save_upload(state: &AppState, mut multipart: Multipart) -> Result<S
         }
         let path = dir.path().join(&base);
         let mut out = tokio::fs::File::create(&path).await?;
-        while let Some(chunk) = field.chunk().await? {
+        // No total time limit for an upload, but one for a stalled one.
+        while let Some(chunk) =
+            tokio::time::timeout(crate::limits::UPLOAD_IDLE_TIMEOUT, field.chunk())
+                .await
+                .map_err(|_| {
+                    Error::BadRequest(format!(
+                        "the upload stalled (nothing received for {} s); send it again",
+                        crate::limits::UPLOAD_IDLE_TIMEOUT.as_secs()
+                    ))
+                })??
+        {
             out.write_all(&chunk).await?;
         }
         out.flush().await?;

@@ -103,10 +103,12 @@ async fn upload(
 ) -> Result<(StatusCode, Json<StudyView>)> {
     let upload = save_upload(&state, multipart).await?;
     let files = upload.files.clone();
+    let slot = state.volumes.decode_slot().await;
     let checked = tokio::task::spawn_blocking(move || check_upload(files, false))
         .await
         .map_err(anyhow::Error::from)?
         .map_err(Error::Unprocessable)?;
+    drop(slot);
     let name = upload
         .fields
         .get("name")
@@ -195,7 +197,8 @@ fn png(bytes: Vec<u8>) -> Response {
     (
         [
             (header::CONTENT_TYPE, "image/png"),
-            (header::CACHE_CONTROL, "private, max-age=3600"),
+            // Patient data: never kept by the browser or a proxy.
+            (header::CACHE_CONTROL, "no-store"),
         ],
         bytes,
     )
@@ -275,7 +278,36 @@ pub struct PredictionView {
     pub seg_url: Option<String>,
 }
 
+/// Region volumes of a finished segmentation: computed once (one decode) and kept beside it in
+/// `volumes.json`; listing predictions reads only those files (`decode: false`).
+async fn region_volumes_of(
+    state: &AppState,
+    seg: &std::path::Path,
+    decode: bool,
+) -> Option<RegionVolumes> {
+    let stored = seg.with_file_name("volumes.json");
+    if let Some(volumes) = std::fs::read_to_string(&stored)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+    {
+        return Some(volumes);
+    }
+    if !decode {
+        return None;
+    }
+    let decoded = state.volumes.get(seg).await.ok()?;
+    let volumes = volume::region_volumes(&decoded);
+    if let Ok(text) = serde_json::to_string(&volumes) {
+        let _ = std::fs::write(&stored, text);
+    }
+    Some(volumes)
+}
+
 async fn prediction_view(state: &AppState, id: i64) -> Result<PredictionView> {
+    prediction_view_with(state, id, true).await
+}
+
+async fn prediction_view_with(state: &AppState, id: i64, decode: bool) -> Result<PredictionView> {
     let job = db::job(&state.pool, id).await?;
     if job.kind != JobKind::Infer {
         return Err(Error::NotFound(format!("prediction {id}")));
@@ -285,19 +317,13 @@ async fn prediction_view(state: &AppState, id: i64) -> Result<PredictionView> {
         None => None,
     };
     let seg = PathBuf::from(&job.out_dir).join("seg.nii.gz");
-    let volumes = if seg.is_file() && job.state == JobState::Succeeded {
-        state
-            .volumes
-            .get(&seg)
-            .await
-            .ok()
-            .map(|v| volume::region_volumes(&v))
+    let finished = seg.is_file() && job.state == JobState::Succeeded;
+    let volumes = if finished {
+        region_volumes_of(state, &seg, decode).await
     } else {
         None
     };
-    let seg_url = volumes
-        .as_ref()
-        .map(|_| format!("/api/predictions/{id}/seg.nii.gz"));
+    let seg_url = finished.then(|| format!("/api/predictions/{id}/seg.nii.gz"));
     Ok(PredictionView {
         job: job_view(state, job).await?,
         study,
@@ -309,7 +335,7 @@ async fn prediction_view(state: &AppState, id: i64) -> Result<PredictionView> {
 pub async fn list_predictions(State(state): State<AppState>) -> Result<Json<Vec<PredictionView>>> {
     let mut out = Vec::new();
     for job in db::jobs(&state.pool, Some(JobKind::Infer)).await? {
-        out.push(prediction_view(&state, job.id).await?);
+        out.push(prediction_view_with(&state, job.id, false).await?);
     }
     Ok(Json(out))
 }
@@ -343,7 +369,10 @@ async fn download_seg(State(state): State<AppState>, Path(id): Path<i64>) -> Res
             (header::CONTENT_TYPE, "application/gzip".to_string()),
             (
                 header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{study}_seg.nii.gz\""),
+                format!(
+                    "attachment; filename=\"{}\"",
+                    crate::security::download_name(&study, "_seg.nii.gz")
+                ),
             ),
         ],
         body,

@@ -41,6 +41,14 @@ pub enum DataError {
     #[error("{}{} is a NIfTI-2 file, which is unsupported; {CONVERT_TO_NIFTI1_HINT}", case_prefix(case), file.display())]
     Nifti2Unsupported { case: String, file: PathBuf },
 
+    #[error("{}{} claims dimensions {dims:?}, more than the limit of {limit} voxels; it was refused before decoding. If the volume is genuine, raise the limit with CGGM_MAX_VOXELS (in voxels), else re-export or crop it.", case_prefix(case), file.display())]
+    TooLarge {
+        case: String,
+        file: PathBuf,
+        dims: Vec<u64>,
+        limit: u64,
+    },
+
     #[error("{}{} is a truncated or corrupt gzip file ({detail}). Re-download or re-extract it; `gzip -t FILE` confirms the damage.", case_prefix(case), file.display())]
     CorruptGzip {
         case: String,
@@ -162,6 +170,7 @@ impl DataError {
             Io { case, .. }
             | NotNifti { case, .. }
             | Nifti2Unsupported { case, .. }
+            | TooLarge { case, .. }
             | CorruptGzip { case, .. }
             | TruncatedData { case, .. }
             | BadHeader { case, .. }

@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 pub use error::{CaseProblem, DataError, CONVERT_TO_NIFTI1_HINT};
 pub use layout::{case_from_paths, discover, DiscoveryReport, Layout};
 pub use nifti_io::{
-    header_affine, read_volume, write_label_volume, write_volume_i16, write_volume_u8,
+    header_affine, max_voxels, read_header, read_volume, write_label_volume, write_volume_i16,
+    write_volume_u8, HeaderInfo, DEFAULT_MAX_VOXELS,
 };
 pub use sampler::{Augmentation, SampleDraw, SamplerConfig, SliceBatch, SliceLoader};
 pub use split::{

@@ -1,10 +1,12 @@
-//! NIfTI-1 reading and writing. The header is parsed by the `nifti` crate; the voxel data is decoded
-//! here so that every failure (not NIfTI, NIfTI-2, corrupt gzip, truncated data, odd datatype) gets
-//! its own typed [`DataError`], and writing is atomic (temporary file + rename) so that a crash
-//! never leaves a half-written prediction or dataset behind.
+//! NIfTI reading (NIfTI-1 and NIfTI-2) and NIfTI-1 writing. A NIfTI-1 header is parsed by the
+//! `nifti` crate, a NIfTI-2 header here; the voxel data is decoded here, streaming and bounded by
+//! what the header promises and by a voxel limit, so that a hostile file (gzip bomb, lying header)
+//! costs neither time nor memory, and every failure (not NIfTI, too large, corrupt gzip, truncated
+//! data, odd datatype) gets its own typed [`DataError`]. Writing is atomic (temporary file +
+//! rename) so that a crash never leaves a half-written prediction or dataset behind.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use flate2::read::MultiGzDecoder;
@@ -40,9 +42,10 @@ pub(crate) struct RawVolume {
     pub data: Vec<f32>,
 }
 
-/// Reads a `.nii` or `.nii.gz` NIfTI-1 volume of any supported datatype, `scl_slope`/`scl_inter`
-/// applied. The array has the file's dimensions (`[X, Y, Z]`, `[X, Y, Z, T]`, ...) indexed as
-/// `[x, y, z, ..]`.
+/// Reads a `.nii` or `.nii.gz` NIfTI-1 or NIfTI-2 volume of any supported datatype,
+/// `scl_slope`/`scl_inter` applied. The array has the file's dimensions (`[X, Y, Z]`,
+/// `[X, Y, Z, T]`, ...) indexed as `[x, y, z, ..]`. Hostile files are refused before memory is
+/// spent on them: see [`read_raw_volume`].
 pub fn read_volume(path: &Path) -> Result<(NiftiHeader, ArrayD<f32>), DataError> {
     let volume = read_raw_volume(path)?;
     let array = ArrayD::from_shape_vec(IxDyn(&volume.dims).f(), volume.data).map_err(|e| {
@@ -55,22 +58,53 @@ pub fn read_volume(path: &Path) -> Result<(NiftiHeader, ArrayD<f32>), DataError>
     Ok((volume.header, array))
 }
 
-fn read_file_bytes(path: &Path) -> Result<Vec<u8>, DataError> {
-    let mut file = File::open(path).map_err(|e| DataError::io(path, &e))?;
-    let mut raw = Vec::new();
-    file.read_to_end(&mut raw)
-        .map_err(|e| DataError::io(path, &e))?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut decoded = Vec::with_capacity(raw.len() * 4);
-        MultiGzDecoder::new(&raw[..])
-            .read_to_end(&mut decoded)
-            .map_err(|e| DataError::CorruptGzip {
-                case: String::new(),
-                file: path.to_path_buf(),
-                detail: e.to_string(),
-            })?;
-        Ok(decoded)
-    } else if path.to_string_lossy().ends_with(".gz") {
+/// The largest volume (in voxels, all dimensions multiplied) any reader accepts, from
+/// `CGGM_MAX_VOXELS` (default 2^26 = 67 million: a 4-channel BraTS volume is 36 million, a 0.6 mm
+/// isotropic head 64 million). A header asking for more is refused before any voxel is read.
+pub fn max_voxels() -> u64 {
+    static LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        std::env::var("CGGM_MAX_VOXELS")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .filter(|&v| v > 0)
+            .unwrap_or(DEFAULT_MAX_VOXELS)
+    })
+}
+
+pub const DEFAULT_MAX_VOXELS: u64 = 1 << 26;
+
+/// Extensions between the header and the voxels larger than this are refused (real ones are a few
+/// KiB); a lying `vox_offset` must not make the reader inflate gigabytes to skip them.
+const MAX_EXTENSION_BYTES: u64 = 16 << 20;
+
+/// After the voxels, how much more of a gzip stream is read to reach (and check) its trailer.
+/// Anything beyond is ignored, never inflated.
+const GZIP_TRAILER_SLACK: u64 = 64 << 10;
+
+/// What the header says about the voxel data, whichever NIfTI version it came from.
+pub struct HeaderInfo {
+    /// A NIfTI-1 header (a NIfTI-2 header is converted: its fields in single precision).
+    pub header: NiftiHeader,
+    /// Dimensions without dim[0].
+    pub dims: Vec<usize>,
+    /// Where the voxel data starts in the (decompressed) file.
+    pub vox_offset: u64,
+    /// Bytes of voxel data the header promises.
+    pub data_bytes: u64,
+    /// Size of the header itself: 348 (NIfTI-1) or 540 (NIfTI-2).
+    pub header_bytes: u64,
+}
+
+/// The file as a stream of decompressed bytes (gzip detected by its signature, not its name).
+fn open_stream(path: &Path) -> Result<(Box<dyn Read>, Option<u64>), DataError> {
+    let file = File::open(path).map_err(|e| DataError::io(path, &e))?;
+    let length = file.metadata().map_err(|e| DataError::io(path, &e))?.len();
+    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let signature = reader.fill_buf().map_err(|e| DataError::io(path, &e))?;
+    if signature.starts_with(&[0x1f, 0x8b]) {
+        Ok((Box::new(MultiGzDecoder::new(reader)), None))
+    } else if is_gz(path) {
         Err(DataError::CorruptGzip {
             case: String::new(),
             file: path.to_path_buf(),
@@ -78,8 +112,149 @@ fn read_file_bytes(path: &Path) -> Result<Vec<u8>, DataError> {
                 .into(),
         })
     } else {
-        Ok(raw)
+        Ok((Box::new(reader), Some(length)))
     }
+}
+
+/// Reads up to `limit` bytes; a short result means the stream ended. Gzip damage is reported as
+/// such.
+fn read_up_to(
+    path: &Path,
+    reader: &mut dyn Read,
+    limit: u64,
+    out: &mut Vec<u8>,
+) -> Result<(), DataError> {
+    reader
+        .take(limit)
+        .read_to_end(out)
+        .map(|_| ())
+        .map_err(|e| gzip_error(path, &e))
+}
+
+fn gzip_error(path: &Path, e: &std::io::Error) -> DataError {
+    DataError::CorruptGzip {
+        case: String::new(),
+        file: path.to_path_buf(),
+        detail: e.to_string(),
+    }
+}
+
+/// Reads and checks the header of `path` only (a few hundred bytes inflated, whatever the file
+/// claims): version, dimensions against [`max_voxels`], datatype.
+pub fn read_header(path: &Path) -> Result<HeaderInfo, DataError> {
+    let (mut stream, _) = open_stream(path)?;
+    read_header_from(path, &mut *stream)
+}
+
+fn read_header_from(path: &Path, stream: &mut dyn Read) -> Result<HeaderInfo, DataError> {
+    let mut bytes = Vec::with_capacity(NIFTI2_HEADER_SIZE as usize);
+    read_up_to(path, stream, 4, &mut bytes)?;
+    if bytes.len() < 4 {
+        return Err(DataError::NotNifti {
+            case: String::new(),
+            file: path.to_path_buf(),
+            detail: format!("only {} bytes long", bytes.len()),
+        });
+    }
+    let size_le = i32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
+    let size_be = i32::from_be_bytes(bytes[0..4].try_into().expect("4 bytes"));
+    let version2 = size_le == NIFTI2_HEADER_SIZE || size_be == NIFTI2_HEADER_SIZE;
+    let size = if version2 {
+        NIFTI2_HEADER_SIZE as usize
+    } else {
+        NIFTI1_HEADER_SIZE
+    };
+    read_up_to(path, stream, size as u64 - 4, &mut bytes)?;
+    let (header, dims, vox_offset) = if version2 {
+        parse_header_2(path, &bytes)?
+    } else {
+        let header = parse_header(path, &bytes)?;
+        let rank = header.dim[0] as usize;
+        if rank == 0 || rank > 7 {
+            return Err(bad_header(path, format!("dim[0] = {rank} must be 1..7")));
+        }
+        let dims: Vec<u64> = header.dim[1..=rank].iter().map(|&d| d as u64).collect();
+        let offset = header.vox_offset;
+        if !offset.is_finite() || offset < 0.0 {
+            return Err(bad_header(path, format!("vox_offset {offset} is invalid")));
+        }
+        let offset = (offset as u64).max(NIFTI1_HEADER_SIZE as u64);
+        (header, dims, offset)
+    };
+    let width = datatype_width(path, header.datatype)?;
+    let data_bytes = checked_size(path, &dims, width)?;
+    if vox_offset > size as u64 + MAX_EXTENSION_BYTES {
+        return Err(bad_header(
+            path,
+            format!(
+                "vox_offset {vox_offset} puts the voxels more than {MAX_EXTENSION_BYTES} bytes \
+                 after the header"
+            ),
+        ));
+    }
+    Ok(HeaderInfo {
+        header,
+        dims: dims.iter().map(|&d| d as usize).collect(),
+        vox_offset,
+        data_bytes,
+        header_bytes: size as u64,
+    })
+}
+
+fn bad_header(path: &Path, detail: String) -> DataError {
+    DataError::BadHeader {
+        case: String::new(),
+        file: path.to_path_buf(),
+        detail,
+    }
+}
+
+/// Bytes of voxel data for `dims`, refusing zero dimensions and volumes over [`max_voxels`]
+/// (checked without overflow, so a lying 20000^3 header is refused, not wrapped).
+fn checked_size(path: &Path, dims: &[u64], width: u64) -> Result<u64, DataError> {
+    if dims.contains(&0) {
+        return Err(bad_header(path, format!("a dimension is zero: {dims:?}")));
+    }
+    let limit = max_voxels();
+    let voxels = dims
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d).filter(|&v| v <= limit));
+    match voxels {
+        Some(voxels) => Ok(voxels * width),
+        None => Err(DataError::TooLarge {
+            case: String::new(),
+            file: path.to_path_buf(),
+            dims: dims.to_vec(),
+            limit,
+        }),
+    }
+}
+
+fn datatype_width(path: &Path, datatype: i16) -> Result<u64, DataError> {
+    Ok(match datatype {
+        DT_UINT8 | DT_INT8 => 1,
+        DT_INT16 | DT_UINT16 => 2,
+        DT_INT32 | DT_UINT32 | DT_FLOAT32 => 4,
+        DT_INT64 | DT_UINT64 | DT_FLOAT64 => 8,
+        other => {
+            let name = match other {
+                32 => "complex64",
+                128 => "rgb24",
+                1536 => "float128",
+                1792 => "complex128",
+                2048 => "complex256",
+                2304 => "rgba32",
+                1 => "binary",
+                _ => "unknown",
+            };
+            return Err(DataError::UnsupportedDatatype {
+                case: String::new(),
+                file: path.to_path_buf(),
+                code: other,
+                name: name.into(),
+            });
+        }
+    })
 }
 
 fn parse_header(path: &Path, bytes: &[u8]) -> Result<NiftiHeader, DataError> {
@@ -88,20 +263,12 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<NiftiHeader, DataError> {
         file: path.to_path_buf(),
         detail,
     };
-    if bytes.len() < 4 {
-        return Err(not_nifti(format!("only {} bytes long", bytes.len())));
-    }
     let size_le = i32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
     let size_be = i32::from_be_bytes(bytes[0..4].try_into().expect("4 bytes"));
-    if size_le == NIFTI2_HEADER_SIZE || size_be == NIFTI2_HEADER_SIZE {
-        return Err(DataError::Nifti2Unsupported {
-            case: String::new(),
-            file: path.to_path_buf(),
-        });
-    }
     if size_le != NIFTI1_HEADER_SIZE as i32 && size_be != NIFTI1_HEADER_SIZE as i32 {
         return Err(not_nifti(
-            "the first four bytes are not the NIfTI-1 header size 348".into(),
+            "the first four bytes are neither the NIfTI-1 header size 348 nor the NIfTI-2 size 540"
+                .into(),
         ));
     }
     if bytes.len() < NIFTI1_HEADER_SIZE {
@@ -124,68 +291,196 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<NiftiHeader, DataError> {
     Ok(header)
 }
 
-pub(crate) fn read_raw_volume(path: &Path) -> Result<RawVolume, DataError> {
-    let bytes = read_file_bytes(path)?;
-    let header = parse_header(path, &bytes)?;
-    let bad_header = |detail: String| DataError::BadHeader {
-        case: String::new(),
-        file: path.to_path_buf(),
-        detail,
-    };
-    let rank = header.dim[0] as usize;
-    if rank == 0 || rank > 7 {
-        return Err(bad_header(format!("dim[0] = {rank} must be 1..7")));
-    }
-    let dims: Vec<usize> = header.dim[1..=rank].iter().map(|&d| d as usize).collect();
-    if dims.contains(&0) {
-        return Err(bad_header(format!("a dimension is zero: {dims:?}")));
-    }
-    let count: usize = dims.iter().product();
-    let (width, name) = match header.datatype {
-        DT_UINT8 => (1, "uint8"),
-        DT_INT8 => (1, "int8"),
-        DT_INT16 => (2, "int16"),
-        DT_UINT16 => (2, "uint16"),
-        DT_INT32 => (4, "int32"),
-        DT_UINT32 => (4, "uint32"),
-        DT_FLOAT32 => (4, "float32"),
-        DT_INT64 => (8, "int64"),
-        DT_UINT64 => (8, "uint64"),
-        DT_FLOAT64 => (8, "float64"),
-        other => {
-            let name = match other {
-                32 => "complex64",
-                128 => "rgb24",
-                1536 => "float128",
-                1792 => "complex128",
-                2048 => "complex256",
-                2304 => "rgba32",
-                1 => "binary",
-                _ => "unknown",
-            };
-            return Err(DataError::UnsupportedDatatype {
-                case: String::new(),
-                file: path.to_path_buf(),
-                code: other,
-                name: name.into(),
-            });
-        }
-    };
-    let _ = name;
-    let offset = header.vox_offset.max(NIFTI1_HEADER_SIZE as f32) as usize;
-    let needed = count * width;
-    let available = bytes.len().saturating_sub(offset);
-    if available < needed {
+/// A NIfTI-2 header (540 bytes, 64-bit dimensions and double-precision geometry), converted to
+/// the NIfTI-1 fields the rest of the project reads. Returns the header, the dimensions and the
+/// voxel offset.
+fn parse_header_2(path: &Path, bytes: &[u8]) -> Result<(NiftiHeader, Vec<u64>, u64), DataError> {
+    if bytes.len() < NIFTI2_HEADER_SIZE as usize {
         return Err(DataError::TruncatedData {
             case: String::new(),
             file: path.to_path_buf(),
-            expected: needed as u64,
-            got: available as u64,
+            expected: NIFTI2_HEADER_SIZE as u64,
+            got: bytes.len() as u64,
         });
     }
-    let payload = &bytes[offset..offset + needed];
+    let big = i32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")) != NIFTI2_HEADER_SIZE;
+    let magic = &bytes[4..8];
+    if magic != b"n+2\0" {
+        let detail = if magic == b"ni2\0" {
+            "it is the header of a two-file NIfTI-2 .hdr/.img pair; convert it to a single .nii.gz"
+                .to_string()
+        } else {
+            format!("NIfTI-2 size but magic {magic:?} instead of \"n+2\"")
+        };
+        return Err(DataError::NotNifti {
+            case: String::new(),
+            file: path.to_path_buf(),
+            detail,
+        });
+    }
+    let field = |at: usize, n: usize| -> &[u8] { &bytes[at..at + n] };
+    let i16_at = |at: usize| {
+        let b: [u8; 2] = field(at, 2).try_into().expect("2 bytes");
+        if big {
+            i16::from_be_bytes(b)
+        } else {
+            i16::from_le_bytes(b)
+        }
+    };
+    let i32_at = |at: usize| {
+        let b: [u8; 4] = field(at, 4).try_into().expect("4 bytes");
+        if big {
+            i32::from_be_bytes(b)
+        } else {
+            i32::from_le_bytes(b)
+        }
+    };
+    let i64_at = |at: usize| {
+        let b: [u8; 8] = field(at, 8).try_into().expect("8 bytes");
+        if big {
+            i64::from_be_bytes(b)
+        } else {
+            i64::from_le_bytes(b)
+        }
+    };
+    let f64_at = |at: usize| {
+        let b: [u8; 8] = field(at, 8).try_into().expect("8 bytes");
+        if big {
+            f64::from_be_bytes(b)
+        } else {
+            f64::from_le_bytes(b)
+        }
+    };
+    let rank = i64_at(16);
+    if !(1..=7).contains(&rank) {
+        return Err(bad_header(path, format!("dim[0] = {rank} must be 1..7")));
+    }
+    let mut dims = Vec::new();
+    for i in 1..=rank as usize {
+        let d = i64_at(16 + 8 * i);
+        if d <= 0 {
+            return Err(bad_header(path, format!("dim[{i}] = {d} must be positive")));
+        }
+        dims.push(d as u64);
+    }
+    let vox_offset = i64_at(168);
+    if vox_offset < 0 {
+        return Err(bad_header(
+            path,
+            format!("vox_offset {vox_offset} is negative"),
+        ));
+    }
+    let mut header = NiftiHeader {
+        sizeof_hdr: NIFTI1_HEADER_SIZE as i32,
+        datatype: i16_at(12),
+        bitpix: i16_at(14),
+        ..NiftiHeader::default()
+    };
+    header.dim = [1; 8];
+    header.dim[0] = rank as u16;
+    for (i, &d) in dims.iter().enumerate() {
+        // Larger dimensions exceed any voxel limit we accept; `checked_size` names the problem.
+        header.dim[i + 1] = u16::try_from(d).unwrap_or(u16::MAX);
+    }
+    header.intent_p1 = f64_at(80) as f32;
+    header.intent_p2 = f64_at(88) as f32;
+    header.intent_p3 = f64_at(96) as f32;
+    for (i, p) in header.pixdim.iter_mut().enumerate() {
+        *p = f64_at(104 + 8 * i) as f32;
+    }
+    header.vox_offset = vox_offset as f32;
+    header.scl_slope = f64_at(176) as f32;
+    header.scl_inter = f64_at(184) as f32;
+    header.cal_max = f64_at(192) as f32;
+    header.cal_min = f64_at(200) as f32;
+    header.slice_duration = f64_at(208) as f32;
+    header.toffset = f64_at(216) as f32;
+    header.descrip = field(240, 80).to_vec();
+    header.aux_file = field(320, 24).try_into().expect("24 bytes");
+    header.qform_code = i32_at(344) as i16;
+    header.sform_code = i32_at(348) as i16;
+    header.quatern_b = f64_at(352) as f32;
+    header.quatern_c = f64_at(360) as f32;
+    header.quatern_d = f64_at(368) as f32;
+    header.quatern_x = f64_at(376) as f32;
+    header.quatern_y = f64_at(384) as f32;
+    header.quatern_z = f64_at(392) as f32;
+    for (row, at) in [
+        (&mut header.srow_x, 400),
+        (&mut header.srow_y, 432),
+        (&mut header.srow_z, 464),
+    ] {
+        for (c, v) in row.iter_mut().enumerate() {
+            *v = f64_at(at + 8 * c) as f32;
+        }
+    }
+    header.slice_code = i32_at(496) as u8;
+    header.xyzt_units = i32_at(500) as u8;
+    header.intent_code = i32_at(504) as i16;
+    header.intent_name = field(508, 16).try_into().expect("16 bytes");
+    header.dim_info = bytes[524];
+    header.magic = *b"n+1\0";
+    header.endianness = if big {
+        Endianness::Big
+    } else {
+        Endianness::Little
+    };
+    Ok((header, dims, vox_offset as u64))
+}
+
+/// Decodes a volume, streaming: the header is read and checked first (size limit, datatype), then
+/// exactly the voxel bytes it promises are inflated, and at most a small slack beyond to check a
+/// gzip trailer. A gzip bomb is refused from its header or cut off after the bytes the header
+/// accounts for, so memory stays bounded by the voxel limit, not by the file.
+pub(crate) fn read_raw_volume(path: &Path) -> Result<RawVolume, DataError> {
+    let (mut stream, file_length) = open_stream(path)?;
+    let info = read_header_from(path, &mut *stream)?;
+    let truncated = |got: u64| DataError::TruncatedData {
+        case: String::new(),
+        file: path.to_path_buf(),
+        expected: info.data_bytes,
+        got,
+    };
+    // An uncompressed file's length says at once whether the data is all there.
+    if let Some(length) = file_length {
+        let available = length.saturating_sub(info.vox_offset);
+        if available < info.data_bytes {
+            return Err(truncated(available));
+        }
+    }
+    let skip = info.vox_offset.saturating_sub(info.header_bytes);
+    let skipped = std::io::copy(&mut (&mut *stream).take(skip), &mut std::io::sink())
+        .map_err(|e| gzip_error(path, &e))?;
+    if skipped < skip {
+        return Err(truncated(0));
+    }
+    // Capacity is reserved, not touched: resident memory grows only as bytes arrive, so a file
+    // that ends early costs only what it holds.
+    let mut payload = Vec::new();
+    payload
+        .try_reserve_exact(info.data_bytes as usize)
+        .map_err(|_| DataError::TooLarge {
+            case: String::new(),
+            file: path.to_path_buf(),
+            dims: info.dims.iter().map(|&d| d as u64).collect(),
+            limit: max_voxels(),
+        })?;
+    read_up_to(path, &mut *stream, info.data_bytes, &mut payload)?;
+    if (payload.len() as u64) < info.data_bytes {
+        return Err(truncated(payload.len() as u64));
+    }
+    if file_length.is_none() {
+        // Reaching the gzip trailer checks the CRC of what was read; a longer tail is ignored.
+        std::io::copy(
+            &mut (&mut *stream).take(GZIP_TRAILER_SLACK),
+            &mut std::io::sink(),
+        )
+        .map_err(|e| gzip_error(path, &e))?;
+    }
+    let header = info.header;
     let big = header.endianness == Endianness::Big;
-    let data = decode_voxels(payload, header.datatype, big);
+    let data = decode_voxels(&payload, header.datatype, big);
+    drop(payload);
     let (slope, inter) = (header.scl_slope, header.scl_inter);
     let data =
         if slope != 0.0 && slope.is_finite() && inter.is_finite() && (slope, inter) != (1.0, 0.0) {
@@ -193,7 +488,11 @@ pub(crate) fn read_raw_volume(path: &Path) -> Result<RawVolume, DataError> {
         } else {
             data
         };
-    Ok(RawVolume { header, dims, data })
+    Ok(RawVolume {
+        header,
+        dims: info.dims,
+        data,
+    })
 }
 
 fn decode_voxels(payload: &[u8], datatype: i16, big: bool) -> Vec<f32> {

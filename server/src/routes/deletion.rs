@@ -1,0 +1,184 @@
+//! Deleting what the application stored: studies (with their predictions), predictions, training
+//! runs and datasets. Files go with their rows; nothing a queued or running job uses is deleted
+//! (409), and only folders inside the data directory are ever removed (a registered dataset's
+//! folder belongs to its owner: only its entry goes).
+
+use crate::db;
+use crate::error::{Error, Result};
+use crate::AppState;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::delete;
+use axum::Router;
+use std::path::PathBuf;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/studies/{id}", delete(delete_study))
+        .route("/predictions/{id}", delete(delete_prediction))
+        .route("/jobs/{id}", delete(delete_run))
+        .route("/datasets/{id}", delete(delete_dataset))
+}
+
+/// What a queued or running job may use.
+#[derive(Clone, Copy)]
+enum Use {
+    Study,
+    Dataset,
+    Checkpoint,
+}
+
+/// Ids of queued or running jobs that use the study, dataset or run `id`.
+async fn active_jobs(state: &AppState, what: Use, id: i64) -> Result<Vec<i64>> {
+    let sql = match what {
+        Use::Study => {
+            "SELECT id FROM jobs WHERE state IN ('queued', 'running') AND study_id = ? ORDER BY id"
+        }
+        Use::Dataset => {
+            "SELECT id FROM jobs WHERE state IN ('queued', 'running') AND dataset_id = ? ORDER BY id"
+        }
+        Use::Checkpoint => {
+            "SELECT id FROM jobs WHERE state IN ('queued', 'running') AND checkpoint_job_id = ? \
+             ORDER BY id"
+        }
+    };
+    let rows: Vec<(i64,)> = sqlx::query_as(sql).bind(id).fetch_all(&state.pool).await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
+fn refuse_if_used(what: &str, users: &[i64]) -> Result<()> {
+    if users.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = users.iter().map(|j| format!("job {j}")).collect();
+    Err(Error::Conflict(format!(
+        "{what} is in use by {}: cancel or wait for it, then delete",
+        list.join(", ")
+    )))
+}
+
+/// Removes a folder the application created, refusing anything outside the data directory.
+fn remove_owned_dir(state: &AppState, dir: &str) -> Result<()> {
+    if dir.is_empty() {
+        return Ok(());
+    }
+    let dir = PathBuf::from(dir);
+    let Ok(resolved) = dir.canonicalize() else {
+        return Ok(()); // already gone
+    };
+    if !resolved.starts_with(state.data_dir()) || resolved == state.data_dir() {
+        return Err(Error::Internal(anyhow::anyhow!(
+            "refusing to delete {} (outside the data directory)",
+            resolved.display()
+        )));
+    }
+    state.volumes.forget_under(&resolved);
+    std::fs::remove_dir_all(&resolved)?;
+    Ok(())
+}
+
+/// A finished job's files (output folder, log), events and row.
+async fn remove_job(state: &AppState, job: &db::Job) -> Result<()> {
+    remove_owned_dir(state, &job.out_dir)?;
+    match std::fs::remove_file(state.runner.log_path(job.id)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut tx = state.pool.begin().await?;
+    sqlx::query("DELETE FROM events WHERE job_id = ?")
+        .bind(job.id)
+        .execute(&mut *tx)
+        .await?;
+    // Predictions made with a deleted run keep their segmentation; they lose the link.
+    sqlx::query("UPDATE jobs SET checkpoint_job_id = NULL WHERE checkpoint_job_id = ?")
+        .bind(job.id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM jobs WHERE id = ?")
+        .bind(job.id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A study, its files, and its predictions (derived patient data).
+async fn delete_study(State(state): State<AppState>, Path(id): Path<i64>) -> Result<StatusCode> {
+    let study = db::study(&state.pool, id).await?;
+    refuse_if_used(
+        &format!("study {id}"),
+        &active_jobs(&state, Use::Study, id).await?,
+    )?;
+    let predictions: Vec<db::Job> = sqlx::query_as("SELECT * FROM jobs WHERE study_id = ?")
+        .bind(id)
+        .fetch_all(&state.pool)
+        .await?;
+    for job in &predictions {
+        remove_job(&state, job).await?;
+    }
+    remove_owned_dir(&state, &study.dir)?;
+    sqlx::query("DELETE FROM studies WHERE id = ?")
+        .bind(id)
+        .execute(&state.pool)
+        .await?;
+    tracing::info!(study = id, predictions = predictions.len(), "study deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn finished_job(state: &AppState, id: i64, kind: db::JobKind, what: &str) -> Result<db::Job> {
+    let job = db::job(&state.pool, id).await?;
+    if job.kind != kind {
+        return Err(Error::NotFound(format!("{what} {id}")));
+    }
+    if !job.is_finished() || state.runner.is_active(id) {
+        return Err(Error::Conflict(format!(
+            "{what} {id} is {}: cancel it first, then delete",
+            job.state
+        )));
+    }
+    Ok(job)
+}
+
+async fn delete_prediction(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<StatusCode> {
+    let job = finished_job(&state, id, db::JobKind::Infer, "prediction").await?;
+    remove_job(&state, &job).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A training run: its folder (checkpoints included), log, events and row.
+async fn delete_run(State(state): State<AppState>, Path(id): Path<i64>) -> Result<StatusCode> {
+    let job = finished_job(&state, id, db::JobKind::Train, "training run").await?;
+    refuse_if_used(
+        &format!("the checkpoint of run {id}"),
+        &active_jobs(&state, Use::Checkpoint, id).await?,
+    )?;
+    remove_job(&state, &job).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A dataset entry; its folder too when the application made it (uploaded cases, the demo).
+async fn delete_dataset(State(state): State<AppState>, Path(id): Path<i64>) -> Result<StatusCode> {
+    let dataset = db::dataset(&state.pool, id).await?;
+    refuse_if_used(
+        &format!("dataset {}", dataset.name),
+        &active_jobs(&state, Use::Dataset, id).await?,
+    )?;
+    if dataset.source != "registered" {
+        remove_owned_dir(&state, &dataset.path)?;
+    }
+    let mut tx = state.pool.begin().await?;
+    sqlx::query("UPDATE jobs SET dataset_id = NULL WHERE dataset_id = ?")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM datasets WHERE id = ?")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,343 @@
+//! What stands between the network (and every web page the user visits) and the patient data:
+//! the `Host` allow-list (DNS rebinding), same-origin checks on every state-changing request
+//! (cross-site request forgery, multipart and body-less POSTs included), authentication of every
+//! route when a token is set (a session cookie from the login page, or a bearer header), and the
+//! response headers that keep pages out of frames, content types unsniffed and patient data out of
+//! caches.
+
+use crate::error::Error;
+use crate::AppState;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum::{Form, Router};
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+/// Name of the session cookie set by the login page.
+pub const SESSION_COOKIE: &str = "cggm_session";
+
+/// Sessions opened through the login page (in memory: a restart logs everyone out).
+#[derive(Default)]
+pub struct Sessions {
+    ids: Mutex<HashSet<String>>,
+}
+
+impl Sessions {
+    fn open(&self) -> std::io::Result<String> {
+        let id = random_hex(32)?;
+        self.ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone());
+        Ok(id)
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        let ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        ids.iter()
+            .any(|known| constant_time_eq(known.as_bytes(), id.as_bytes()))
+    }
+}
+
+fn random_hex(bytes: usize) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut buffer = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buffer)?;
+    Ok(buffer.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `/login`: the page that exchanges the token for a session cookie (only useful with a token).
+pub fn router() -> Router<AppState> {
+    Router::new().route("/login", get(login_page).post(login))
+}
+
+const LOGIN_PAGE: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>CGGM Studio — sign in</title>
+<link rel="stylesheet" href="/static/style.css"></head>
+<body><main><h1>CGGM Studio</h1>
+<p>This server requires its access token (the one it was started with: <code>--token-file</code>,
+<code>CGGM_TOKEN</code> or <code>--token</code>).</p>
+<form method="post" action="/login">
+<label>Token <input type="password" name="token" autocomplete="current-password" autofocus required></label>
+<button type="submit">Sign in</button></form>
+<p class="error">{message}</p></main></body></html>"#;
+
+async fn login_page() -> Html<String> {
+    Html(LOGIN_PAGE.replace("{message}", ""))
+}
+
+#[derive(serde::Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Response {
+    let Some(token) = state.config.token.as_deref() else {
+        return Redirect::to("/").into_response();
+    };
+    if !constant_time_eq(form.token.as_bytes(), token.as_bytes()) {
+        let page = LOGIN_PAGE.replace("{message}", "Wrong token: try again.");
+        return (StatusCode::UNAUTHORIZED, Html(page)).into_response();
+    }
+    let id = match state.sessions.open() {
+        Ok(id) => id,
+        Err(e) => return Error::Internal(e.into()).into_response(),
+    };
+    let cookie = format!("{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/");
+    let mut response = Redirect::to("/").into_response();
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// Every request passes here first: `Host`, then (for state-changing methods) the origin, then
+/// the token; every response leaves with the security headers.
+pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    if let Err(refusal) = check_host(&state, headers) {
+        return refusal.with_headers();
+    }
+    let mutating = !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    if mutating {
+        if let Err(refusal) = check_same_origin(&state, headers) {
+            return refusal.with_headers();
+        }
+    }
+    if let Some(token) = state.config.token.as_deref() {
+        let path = request.uri().path();
+        let public = path == "/login" || path.starts_with("/static/") || path == "/api/health";
+        if !public && !authenticated(&state, headers, token) {
+            let wants_page = request.method() == Method::GET && !path.starts_with("/api/");
+            let response = if wants_page {
+                Redirect::to("/login").into_response()
+            } else {
+                Error::Unauthorized.into_response()
+            };
+            return Refusal(response).with_headers();
+        }
+    }
+    let patient_data = is_patient_data(request.uri().path());
+    let mut response = next.run(request).await;
+    add_security_headers(response.headers_mut(), patient_data);
+    response
+}
+
+/// A refused request, answered with the same security headers as any other.
+struct Refusal(Response);
+
+impl Refusal {
+    fn with_headers(self) -> Response {
+        let mut response = self.0;
+        add_security_headers(response.headers_mut(), true);
+        response
+    }
+}
+
+fn forbidden(message: String) -> Refusal {
+    let body = axum::Json(serde_json::json!({ "error": message }));
+    Refusal((StatusCode::FORBIDDEN, body).into_response())
+}
+
+/// The host part of a `Host` header or an origin's authority: `[::1]:8080` -> `[::1]`,
+/// `localhost:8080` -> `localhost`.
+fn host_name(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        authority
+            .find(']')
+            .map_or(authority, |end| &authority[..=end])
+    } else {
+        authority.split(':').next().unwrap_or(authority)
+    }
+}
+
+fn is_loopback_name(host: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host == "[::1]"
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Bound to loopback, only loopback names (and `--allowed-host` names) may appear in `Host`: a
+/// page on `attacker.example` whose name was rebound to 127.0.0.1 sends its own name and is
+/// refused. Bound elsewhere, `--allowed-host` (when given) lists the accepted names. A request
+/// without `Host` (not from a browser) passes.
+fn check_host(state: &AppState, headers: &HeaderMap) -> Result<(), Refusal> {
+    let Some(host) = headers.get(header::HOST) else {
+        return Ok(());
+    };
+    let host = host.to_str().unwrap_or("");
+    let name = host_name(host).to_ascii_lowercase();
+    let config = &state.config;
+    let listed = config
+        .allowed_hosts
+        .iter()
+        .any(|allowed| allowed.eq_ignore_ascii_case(&name) || allowed.eq_ignore_ascii_case(host));
+    let allowed = if config.loopback_only {
+        listed || is_loopback_name(&name)
+    } else {
+        listed || config.allowed_hosts.is_empty()
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(forbidden(format!(
+            "host {host:?} is not served here (DNS rebinding protection): open the application \
+             through http://127.0.0.1 or http://localhost, or start the server with \
+             --allowed-host {name}"
+        )))
+    }
+}
+
+/// A state-changing request from a browser must come from this application's own pages:
+/// `Sec-Fetch-Site` (when sent) must be `same-origin` or `none` (typed by the user), and `Origin`
+/// (when sent) must name the `Host` the request went to, or an `--allowed-host` (a reverse proxy
+/// may rewrite `Host`). Scripts and curl send neither and pass (they are not a browser another
+/// site can steer).
+fn check_same_origin(state: &AppState, headers: &HeaderMap) -> Result<(), Refusal> {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        let site = site.to_str().unwrap_or("");
+        if !matches!(site, "same-origin" | "none") {
+            return Err(forbidden(format!(
+                "cross-site request refused (Sec-Fetch-Site: {site}): changes can only be made \
+                 from this application's own pages"
+            )));
+        }
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("null");
+        let authority = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let listed = authority.is_some_and(|authority| {
+            let name = host_name(authority);
+            state
+                .config
+                .allowed_hosts
+                .iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(name))
+        });
+        let same = listed
+            || match (authority, host) {
+                (Some(authority), Some(host)) => authority.eq_ignore_ascii_case(host),
+                // No Host to compare with: only a loopback origin is plausible.
+                (Some(authority), None) => is_loopback_name(host_name(authority)),
+                _ => false,
+            };
+        if !same {
+            return Err(forbidden(format!(
+                "cross-origin request refused (Origin: {origin}): changes can only be made from \
+                 this application's own pages"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn authenticated(state: &AppState, headers: &HeaderMap, token: &str) -> bool {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if bearer.is_some_and(|b| constant_time_eq(b.as_bytes(), token.as_bytes())) {
+        return true;
+    }
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
+        .any(|id| state.sessions.contains(id))
+}
+
+/// Responses that carry (or describe) patient data: studies, predictions and their slices and
+/// segmentations, datasets, jobs and their logs. All of `/api` and the pages, in short; only the
+/// static assets may be cached.
+fn is_patient_data(path: &str) -> bool {
+    !(path.starts_with("/static/") || path.starts_with("/vendor/"))
+}
+
+fn add_security_headers(headers: &mut HeaderMap, no_store: bool) {
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("frame-ancestors 'none'"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    if no_store {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+}
+
+/// A file name safe inside `Content-Disposition: attachment; filename="..."`: letters, digits,
+/// `-`, `_`, `.` kept, everything else (quotes, separators, control characters, non-ASCII)
+/// replaced by `_`; never empty, never starting with a dot.
+pub fn download_name(stem: &str, suffix: &str) -> String {
+    let mut clean: String = stem
+        .chars()
+        .take(100)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    while clean.starts_with('.') {
+        clean.replace_range(..1, "_");
+    }
+    if clean.is_empty() {
+        clean.push_str("case");
+    }
+    format!("{clean}{suffix}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_drop_the_port_and_keep_ipv6_brackets() {
+        assert_eq!(host_name("localhost:8080"), "localhost");
+        assert_eq!(host_name("127.0.0.1"), "127.0.0.1");
+        assert_eq!(host_name("[::1]:8080"), "[::1]");
+        assert!(is_loopback_name("127.0.0.2"));
+        assert!(is_loopback_name("LOCALHOST"));
+        assert!(!is_loopback_name("attacker.example"));
+        assert!(!is_loopback_name("127.0.0.1.attacker.example"));
+    }
+
+    #[test]
+    fn download_names_cannot_break_out_of_the_header() {
+        assert_eq!(
+            download_name("a\"; filename=evil.sh", "_seg.nii.gz"),
+            "a___filename_evil.sh_seg.nii.gz"
+        );
+        assert_eq!(download_name("..", ".x"), "_..x");
+        assert_eq!(download_name("", "_seg.nii.gz"), "case_seg.nii.gz");
+        assert_eq!(download_name("Ünïcode\r\n", ""), "_n_code__");
+    }
+}
