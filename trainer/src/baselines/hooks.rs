@@ -63,9 +63,7 @@ impl Trainer {
             let (rows, small) = pixel_rows(&high, labels);
             let protos = &mut self.baselines.prototypes[i];
             protos.update(&rows, &small, classes, momentum);
-            let Some(p) = protos.ready() else {
-                return None;
-            };
+            let p = protos.ready()?;
             let logits = prototype_logits(&rows, &p.detach());
             scores.push(true_class_confidence(&logits, &small));
             losses.push(logits.cross_entropy_loss::<Tensor>(
