@@ -106,9 +106,7 @@ fn cases() -> Vec<Case> {
 
 fn write(path: &Path, labels: &Array3<u8>, spacing: [f32; 3]) {
     let mut h = synthetic_header(SIZE);
-    for i in 0..3 {
-        h.pixdim[i + 1] = spacing[i];
-    }
+    h.pixdim[1..4].copy_from_slice(&spacing);
     h.srow_x[0] = -spacing[0];
     h.srow_y[1] = -spacing[1];
     h.srow_z[2] = spacing[2];
