@@ -102,16 +102,16 @@ async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Re
 /// the token; every response leaves with the security headers.
 pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let headers = request.headers();
-    if let Err(refusal) = check_host(&state, headers) {
-        return refusal.with_headers();
+    if let Err(message) = check_host(&state, headers) {
+        return forbidden(message).with_headers();
     }
     let mutating = !matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
     );
     if mutating {
-        if let Err(refusal) = check_same_origin(&state, headers) {
-            return refusal.with_headers();
+        if let Err(message) = check_same_origin(&state, headers) {
+            return forbidden(message).with_headers();
         }
     }
     if let Some(token) = state.config.token.as_deref() {
@@ -175,7 +175,7 @@ fn is_loopback_name(host: &str) -> bool {
 /// page on `attacker.example` whose name was rebound to 127.0.0.1 sends its own name and is
 /// refused. Bound elsewhere, `--allowed-host` (when given) lists the accepted names. A request
 /// without `Host` (not from a browser) passes.
-fn check_host(state: &AppState, headers: &HeaderMap) -> Result<(), Refusal> {
+fn check_host(state: &AppState, headers: &HeaderMap) -> Result<(), String> {
     let Some(host) = headers.get(header::HOST) else {
         return Ok(());
     };
@@ -194,11 +194,11 @@ fn check_host(state: &AppState, headers: &HeaderMap) -> Result<(), Refusal> {
     if allowed {
         Ok(())
     } else {
-        Err(forbidden(format!(
+        Err(format!(
             "host {host:?} is not served here (DNS rebinding protection): open the application \
              through http://127.0.0.1 or http://localhost, or start the server with \
              --allowed-host {name}"
-        )))
+        ))
     }
 }
 
@@ -207,14 +207,14 @@ fn check_host(state: &AppState, headers: &HeaderMap) -> Result<(), Refusal> {
 /// (when sent) must name the `Host` the request went to, or an `--allowed-host` (a reverse proxy
 /// may rewrite `Host`). Scripts and curl send neither and pass (they are not a browser another
 /// site can steer).
-fn check_same_origin(state: &AppState, headers: &HeaderMap) -> Result<(), Refusal> {
+fn check_same_origin(state: &AppState, headers: &HeaderMap) -> Result<(), String> {
     if let Some(site) = headers.get("sec-fetch-site") {
         let site = site.to_str().unwrap_or("");
         if !matches!(site, "same-origin" | "none") {
-            return Err(forbidden(format!(
+            return Err(format!(
                 "cross-site request refused (Sec-Fetch-Site: {site}): changes can only be made \
                  from this application's own pages"
-            )));
+            ));
         }
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
@@ -239,10 +239,10 @@ fn check_same_origin(state: &AppState, headers: &HeaderMap) -> Result<(), Refusa
                 _ => false,
             };
         if !same {
-            return Err(forbidden(format!(
+            return Err(format!(
                 "cross-origin request refused (Origin: {origin}): changes can only be made from \
                  this application's own pages"
-            )));
+            ));
         }
     }
     Ok(())
