@@ -31,9 +31,32 @@ def mean_std(values):
     return f"{m:.3f} ± {s:.3f}"
 
 
+def report(args, results, step_times, seeds, modalities, methods, metric):
+    """Prints the table over the seeds done so far."""
+    def test(m, key=metric):
+        return [r["test"]["metrics"][key] for r in results[m]]
+
+    def modality(m, mod, key=metric):
+        return [r["test"]["modality_metrics"][mod][key] for r in results[m] if mod in r["test"]["modality_metrics"]]
+
+    print(f"\nSynthetic {args.task}, {seeds} seeds, preset cpu-features; test {metric} (mean ± std)\n")
+    print("| method | fused | " + " | ".join(f"{m} classifier" for m in modalities) + " |")
+    print("|---|---|" + "---|" * len(modalities))
+    for method in methods:
+        cells = [mean_std(modality(method, m)) for m in modalities]
+        print(f"| {method} | {mean_std(test(method))} | " + " | ".join(cells) + " |")
+    best = max((f"unimodal:{m}" for m in modalities), key=lambda u: statistics.mean(test(u)))
+    print(f"\nbest unimodal: {best} ({mean_std(test(best))})")
+    balance = {m: statistics.mean(r["mean_balance"][m] for r in results["cggm"]) for m in modalities}
+    print("CGGM mean B_i over training: " + ", ".join(f"{m} {b:.3f}" for m, b in balance.items()))
+    j, c = statistics.median(step_times["joint"]), statistics.median(step_times["cggm"])
+    print(f"median step time: joint {j * 1000:.1f} ms, cggm {c * 1000:.1f} ms, ratio cggm/joint {c / j:.2f}")
+    sys.stdout.flush()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cggm", default="target/debug/cggm", help="the cggm binary")
+    ap.add_argument("--cggm", default="target/debug/cggm", help="the cggm binary (or target/debug/examples/trainer_cli)")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--task", default="classification", choices=("classification", "regression"))
     ap.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
@@ -62,26 +85,7 @@ def main():
                     if event["event"] == "step":
                         step_times[method].append(event["step_seconds"])
         print(f"seed {seed} done", file=sys.stderr)
-
-    def test(m, key=metric):
-        return [r["test"]["metrics"][key] for r in results[m]]
-
-    def modality(m, mod, key=metric):
-        return [r["test"]["modality_metrics"][mod][key] for r in results[m] if mod in r["test"]["modality_metrics"]]
-
-    print(f"Synthetic {args.task}, {args.seeds} seeds, preset cpu-features; test {metric} (mean ± std)\n")
-    print("| method | fused | " + " | ".join(f"{m} classifier" for m in modalities) + " |")
-    print("|---|---|" + "---|" * len(modalities))
-    for method in methods:
-        cells = [mean_std(modality(method, m)) for m in modalities]
-        print(f"| {method} | {mean_std(test(method))} | " + " | ".join(cells) + " |")
-    best = max((f"unimodal:{m}" for m in modalities), key=lambda u: statistics.mean(test(u)))
-    print(f"\nbest unimodal: {best} ({mean_std(test(best))})")
-    balance = {m: statistics.mean(r["mean_balance"][m] for r in results["cggm"]) for m in modalities}
-    print("CGGM mean B_i over training: " + ", ".join(f"{m} {b:.3f}" for m, b in balance.items()))
-    j, c = statistics.median(step_times["joint"]), statistics.median(step_times["cggm"])
-    print(f"median step time: joint {j * 1000:.1f} ms, cggm {c * 1000:.1f} ms, ratio cggm/joint {c / j:.2f}")
-
+        report(args, results, step_times, seed + 1, modalities, methods, metric)
 
 if __name__ == "__main__":
     main()
