@@ -64,7 +64,7 @@ fi
 if [ "$quick" = 1 ]; then
   paper_steps="${PAPER_STEPS:-4}"; paper_batch="${PAPER_BATCH:-2}"; paper_crop="${PAPER_CROP:-64}"
   paper_preset=cpu-small; bench_steps="${BENCH_STEPS:-2}"; infer_preset=tiny; infer_size=64x64x16
-  tiny_size=48x48x12; paper_size=64x64x8
+  tiny_size=48x48x16; paper_size=64x64x16
 else
   paper_steps="${PAPER_STEPS:-200}"; paper_batch="${PAPER_BATCH:-64}"; paper_crop="${PAPER_CROP:-160}"
   paper_preset=paper; bench_steps="${BENCH_STEPS:-3}"; infer_preset=paper; infer_size=240x240x155
@@ -100,7 +100,7 @@ PY
 note "# GPU check ($(date -u +%Y-%m-%dT%H:%MZ), device $device$([ "$quick" = 1 ] && echo ', quick'))"
 note "binary: $binary"
 {
-  nvidia-smi -L 2>&1 || echo "nvidia-smi: not available"
+  command -v nvidia-smi >/dev/null && nvidia-smi -L 2>&1 || echo "nvidia-smi: not available"
   "$py" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")' 2>&1
 } | tee -a "$log" | while read -r l; do echo "  $l"; done
 env_line="$("$py" -c 'import torch; print("torch", torch.__version__, "| cuda", torch.version.cuda, "|", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")' 2>/dev/null)"
@@ -139,9 +139,11 @@ check "train cggm ($paper_preset, batch $paper_batch, crop $paper_crop, $paper_s
   --steps-per-epoch "$paper_steps" --batch-size "$paper_batch" --crop "$paper_crop" --val-cases 1 \
   --workers 8 --device "$device" --out "$work/run-paper" --events "$work/run-paper.events"
 if [ -s "$work/run-paper.events" ]; then
-  trend="$("$py" - "$work/run-paper.events" <<'PY'
+  trend="$("$py" - "$work/run-paper.events" 2>&1 <<'PY'
 import json, sys
 losses = [e["loss"] for e in map(json.loads, open(sys.argv[1])) if e.get("event") == "step"]
+if not losses:
+    sys.exit("no training steps were recorded: NOT DOWN")
 k = max(1, len(losses) // 10)
 first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
 print(f"{len(losses)} steps, mean loss of the first {k} {first:.4f} -> last {k} {last:.4f}", "DOWN" if last < first else "NOT DOWN")

@@ -78,6 +78,8 @@ struct Bucket {
     /// Momentum buffer (SGD) or first and second moments (Adam), flat like `weights`; empty
     /// before the first step, as in `torch.optim`.
     state: Vec<Tensor>,
+    /// Work buffer of the update, allocated at the first step and reused.
+    scratch: Option<Tensor>,
 }
 
 fn address(t: &Tensor) -> usize {
@@ -133,6 +135,7 @@ impl Bucket {
             weights,
             grads,
             state: Vec::new(),
+            scratch: None,
         }
     }
 
@@ -424,11 +427,17 @@ fn update(cfg: &OptimizerConfig, b: &mut Bucket, lr: f64, t: f64, state_count: u
     let fresh = b.state.is_empty() && state_count > 0;
     match cfg.kind {
         OptimizerKind::Sgd => {
-            let d = if cfg.weight_decay != 0.0 {
-                g + &w * cfg.weight_decay
-            } else {
-                g.shallow_clone()
-            };
+            // In place on a buffer kept between steps: a fresh full-size temporary every step
+            // is mapped and page-faulted anew (hundreds of MB for the paper model).
+            let scalar = |v: f64| Tensor::from(v).to_kind(w.kind()).to_device(w.device());
+            let mut d = b
+                .scratch
+                .get_or_insert_with(|| w.zeros_like())
+                .shallow_clone();
+            let _ = d.copy_(g);
+            if cfg.weight_decay != 0.0 {
+                let _ = d.addcmul_(&w, &scalar(cfg.weight_decay));
+            }
             let d = if cfg.momentum == 0.0 {
                 d
             } else if fresh {
@@ -441,7 +450,7 @@ fn update(cfg: &OptimizerConfig, b: &mut Bucket, lr: f64, t: f64, state_count: u
                 let _ = buf.g_mul_scalar_(cfg.momentum).g_add_(&d);
                 buf
             };
-            let _ = w.g_add_(&(d * (-lr)));
+            let _ = w.addcmul_(&d, &scalar(-lr));
         }
         OptimizerKind::Adam | OptimizerKind::Adamw => {
             let g = if cfg.kind == OptimizerKind::Adam && cfg.weight_decay != 0.0 {
