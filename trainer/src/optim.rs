@@ -148,7 +148,7 @@ impl Bucket {
             for (k, &i) in self.members.iter().enumerate() {
                 let mut w = params[i].tensor.shallow_clone();
                 if address(&w) != self.weight_ptrs[k] {
-                    let _ = self.weight_views[k].shallow_clone().copy_(&w.detach());
+                    self.weight_views[k].shallow_clone().copy_(&w.detach());
                     w.set_data(&self.weight_views[k]);
                 }
                 let mut g = w.grad();
@@ -156,7 +156,7 @@ impl Bucket {
                     let _ = self.grad_views[k].shallow_clone().zero_();
                     missing.push(k);
                 } else if address(&g) != self.grad_ptrs[k] {
-                    let _ = self.grad_views[k].shallow_clone().copy_(&g);
+                    self.grad_views[k].shallow_clone().copy_(&g);
                     g.set_data(&self.grad_views[k]);
                 }
             }
@@ -329,9 +329,9 @@ impl Optimizer {
                 update(&cfg, b, lr, t, state_count);
                 for (k, w, state) in keep {
                     let span = b.spans[k];
-                    let _ = Bucket::member_slot(&b.weights, span).copy_(&w);
+                    Bucket::member_slot(&b.weights, span).copy_(&w);
                     for (s, saved) in b.state.iter().zip(state) {
-                        let _ = Bucket::member_slot(s, span).copy_(&saved);
+                        Bucket::member_slot(s, span).copy_(&saved);
                     }
                 }
             });
@@ -410,7 +410,7 @@ impl Optimizer {
                         ));
                     }
                     tch::no_grad(|| {
-                        let _ = Bucket::member_slot(s, b.spans[k])
+                        Bucket::member_slot(s, b.spans[k])
                             .copy_(&t.reshape([-1]).to_device(s.device()).to_kind(s.kind()));
                     });
                 }
@@ -434,7 +434,7 @@ fn update(cfg: &OptimizerConfig, b: &mut Bucket, lr: f64, t: f64, state_count: u
                 .scratch
                 .get_or_insert_with(|| w.zeros_like())
                 .shallow_clone();
-            let _ = d.copy_(g);
+            d.copy_(g);
             if cfg.weight_decay != 0.0 {
                 let _ = d.addcmul_(&w, &scalar(cfg.weight_decay));
             }
