@@ -82,6 +82,14 @@ async fn launch_from_the_form_watch_the_curves_and_step_through_the_viewer() {
             Duration::from_secs(20),
         )
         .await;
+    // A CGGM run: the balance guard's tally and its two charts are drawn from the stored steps.
+    browser
+        .wait_for(
+            "!document.querySelector('#guard-stats').hidden && Number(document.querySelector('#guard-total').textContent) >= 1 && Number(document.querySelector('.chart[data-title=\"Balance guard: share of steps guarded (running)\"]')?.dataset.points || 0) >= 1 && Number(document.querySelector('.chart[data-title=\"Balance coefficients clamped at 0 or ρ (per step)\"]')?.dataset.points || 0) >= 1",
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(browser.text("#guard-stats").await.contains("CGGM steps"));
 
     // The overlay page draws the stored history of the chosen runs.
     browser
