@@ -30,7 +30,7 @@ fn readme_screenshot_dir() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn launch_from_the_form_watch_the_curves_and_step_through_the_viewer() {
     let server = LiveServer::start(&["--no-demo"]);
-    server.tiny_dataset("demo-tiny").await;
+    let dataset = server.tiny_dataset("demo-tiny").await;
     let browser = Browser::start().await;
 
     // The form: tiny preset, one epoch of three steps on the CPU.
@@ -187,6 +187,28 @@ async fn launch_from_the_form_watch_the_curves_and_step_through_the_viewer() {
     browser.script("const p = document.querySelector('#plane'); p.value = 'axial'; p.dispatchEvent(new Event('change'));").await;
     browser.wait_for("document.querySelector('#overlay').complete && document.querySelector('#overlay').naturalWidth === 32", Duration::from_secs(10)).await;
     browser.screenshot(&screenshots().join("viewer.png")).await;
+
+    // A baseline run (OGM-GE) charts its per-modality coefficients from the stored steps.
+    let baseline = server
+        .post_json("/api/jobs", serde_json::json!({ "dataset_id": dataset, "method": "ogm-ge", "preset": "tiny", "epochs": 1, "steps_per_epoch": 2, "device": "cpu" }))
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    let ended = server
+        .poll_json(&format!("/api/jobs/{baseline}"), DEADLINE, |j| {
+            j["state"] != "queued" && j["state"] != "running"
+        })
+        .await;
+    assert_eq!(ended["state"], "succeeded", "{ended}");
+    browser
+        .goto(&server.url(&format!("/jobs/{baseline}")))
+        .await;
+    browser
+        .wait_for(
+            "Number(document.querySelector('.chart[data-title=\"Baseline coefficients per modality\"]')?.dataset.points || 0) >= 2",
+            Duration::from_secs(20),
+        )
+        .await;
 
     browser.quit().await;
 }
