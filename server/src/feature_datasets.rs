@@ -6,27 +6,16 @@
 
 use crate::db::Dataset;
 use crate::inspect::DatasetReport;
+use cggm_trainer::data::features::safetensors::SafetensorsFile;
+use cggm_trainer::data::features::{split_path, DatasetSpec, LABELS};
 use cggm_trainer::task::TaskKind;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::Path;
 
-/// The file that marks a folder as a feature dataset (the trainer's format; README "Feature
-/// datasets").
-pub const SPEC_FILE: &str = "dataset.json";
-/// The split files of a feature dataset, in order.
-pub const SPLITS: [&str; 3] = ["train", "valid", "test"];
-/// A safetensors header larger than this is refused (real headers are kilobytes).
-const MAX_HEADER_BYTES: u64 = 16 * 1024 * 1024;
-
-/// One modality of a feature dataset: its name and the shape of one sample (`[T, D]` or `[D]`).
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct FeatureModality {
-    pub name: String,
-    pub dim: usize,
-    pub seq_len: Option<usize>,
-}
+/// The trainer's format, read by the trainer's own reader (one reader for both): the file that
+/// marks a folder as a feature dataset, the split names, and one modality's shape.
+pub use cggm_trainer::data::features::{FeatureModality, SPEC_FILE, SPLITS};
 
 /// A feature dataset's description and sample counts, or what is wrong with it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -80,117 +69,61 @@ impl DatasetFacts {
     }
 }
 
-/// Reads `dataset.json` and the split files' headers. Never fails: problems are listed.
+/// Reads `dataset.json` (the trainer's [`DatasetSpec`]) and the split files' safetensors headers
+/// (the trainer's [`SafetensorsFile::open`], which reads the header only and checks it against
+/// the file's size; headers are bounded). Never fails: problems are listed, each naming its file.
 pub fn read_feature_dataset(dir: &Path) -> (TaskKind, FeatureSummary) {
     let mut summary = FeatureSummary::default();
-    let spec_path = dir.join(SPEC_FILE);
-    let spec: serde_json::Value = match std::fs::read_to_string(&spec_path)
-        .map_err(|e| e.to_string())
-        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
-    {
-        Ok(v) => v,
+    let spec = match DatasetSpec::read(dir) {
+        Ok(spec) => spec,
         Err(e) => {
-            summary.problems.push(format!(
-                "{}: not readable JSON ({e}); see README \"Feature datasets\" for the fields",
-                spec_path.display()
-            ));
-            return (TaskKind::Classification, summary);
+            summary.problems.push(e.to_string());
+            return (stated_task(dir), summary);
         }
     };
-    let task = match serde_json::from_value::<TaskKind>(spec["task"].clone()) {
-        Ok(t @ (TaskKind::Classification | TaskKind::Regression)) => t,
-        _ => {
-            summary.problems.push(format!(
-                "{}: \"task\" is {}; a feature dataset's task is \"classification\" or \"regression\"",
-                spec_path.display(),
-                spec["task"]
-            ));
-            TaskKind::Classification
-        }
-    };
-    for m in spec["modalities"].as_array().into_iter().flatten() {
-        summary.modalities.push(FeatureModality {
-            name: m["name"].as_str().unwrap_or_default().to_string(),
-            dim: m["dim"].as_u64().unwrap_or(0) as usize,
-            seq_len: m["seq_len"].as_u64().map(|n| n as usize),
-        });
-    }
-    if summary.modalities.is_empty() {
-        summary.problems.push(format!(
-            "{}: \"modalities\" is missing or empty: list each as {{\"name\", \"dim\", \"seq_len\"}}",
-            spec_path.display()
-        ));
-    }
-    summary.classes = spec["classes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c.as_str().map(str::to_string))
-        .collect();
-    summary.label_range = serde_json::from_value(spec["label_range"].clone()).ok();
+    summary.modalities = spec.modalities.clone();
+    summary.classes = spec.classes.clone();
+    summary.label_range = spec.label_range;
     for split in SPLITS {
-        let path = dir.join(format!("{split}.safetensors"));
-        match tensor_shapes(&path) {
-            Ok(shapes) => {
-                match shapes.get("labels").and_then(|s| s.first()) {
-                    Some(n) => {
-                        summary.samples.insert(split.to_string(), *n);
-                    }
-                    None => summary.problems.push(format!(
-                        "{}: no \"labels\" tensor: add the labels [N] under that name",
-                        path.display()
-                    )),
-                }
-                for m in &summary.modalities {
-                    if !shapes.contains_key(&m.name) {
-                        summary.problems.push(format!(
-                            "{}: modality {:?} of dataset.json is missing: add it, or remove it from dataset.json",
-                            path.display(),
-                            m.name
-                        ));
-                    }
-                }
+        let path = split_path(dir, split);
+        let file = match SafetensorsFile::open(&path) {
+            Ok(file) => file,
+            Err(e) => {
+                summary.problems.push(e.to_string());
+                continue;
             }
-            Err(e) => summary.problems.push(format!("{}: {e}", path.display())),
+        };
+        match file.info(LABELS).and_then(|l| l.shape.first()) {
+            Some(n) => {
+                summary.samples.insert(split.to_string(), *n);
+            }
+            None => summary.problems.push(format!(
+                "{}: no \"{LABELS}\" tensor: add the labels [N] under that name",
+                path.display()
+            )),
+        }
+        for m in &spec.modalities {
+            if file.info(&m.name).is_none() {
+                summary.problems.push(format!(
+                    "{}: modality {:?} of dataset.json is missing: add it, or remove it from dataset.json",
+                    path.display(),
+                    m.name
+                ));
+            }
         }
     }
-    (task, summary)
+    (spec.task, summary)
 }
 
-/// Tensor name -> shape, from a safetensors file's header (8-byte little-endian length, then
-/// JSON). Reads the header only.
-pub fn tensor_shapes(path: &Path) -> Result<BTreeMap<String, Vec<usize>>, String> {
-    let mut file = std::fs::File::open(path).map_err(|e| format!("cannot open it ({e})"))?;
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len)
-        .map_err(|_| "shorter than a safetensors header: the file is truncated".to_string())?;
-    let len = u64::from_le_bytes(len);
-    if len > MAX_HEADER_BYTES {
-        return Err(format!(
-            "its header claims {len} bytes: not a safetensors file (or a corrupt one)"
-        ));
-    }
-    let mut header = vec![0u8; len as usize];
-    file.read_exact(&mut header)
-        .map_err(|_| "the safetensors header is truncated: copy the file again".to_string())?;
-    let header: serde_json::Value = serde_json::from_slice(&header)
-        .map_err(|e| format!("the safetensors header is not JSON ({e})"))?;
-    let mut shapes = BTreeMap::new();
-    for (name, info) in header.as_object().into_iter().flatten() {
-        if name == "__metadata__" {
-            continue;
-        }
-        let shape = info["shape"]
-            .as_array()
-            .map(|dims| {
-                dims.iter()
-                    .map(|d| d.as_u64().unwrap_or(0) as usize)
-                    .collect()
-            })
-            .unwrap_or_default();
-        shapes.insert(name.clone(), shape);
-    }
-    Ok(shapes)
+/// The task a `dataset.json` the trainer refuses still states, so the page files the dataset
+/// under the right kind while it lists the problem (classification when even that is unreadable).
+fn stated_task(dir: &Path) -> TaskKind {
+    std::fs::read_to_string(dir.join(SPEC_FILE))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|v| serde_json::from_value::<TaskKind>(v["task"].clone()).ok())
+        .filter(|t| *t != TaskKind::Segmentation)
+        .unwrap_or(TaskKind::Classification)
 }
 
 #[cfg(test)]
@@ -266,9 +199,27 @@ mod tests {
             "{all}"
         );
         assert!(
-            all.contains("valid.safetensors: shorter than a safetensors header"),
+            all.contains("valid.safetensors: it is shorter than a safetensors header"),
             "{all}"
         );
         assert!(all.contains("test.safetensors: cannot open it"), "{all}");
+    }
+
+    #[test]
+    fn a_description_the_trainer_refuses_is_named_and_keeps_its_stated_task() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(SPEC_FILE),
+            r#"{"task": "regression", "modalities": [], "label_range": [-3, 3]}"#,
+        )
+        .unwrap();
+        let (task, summary) = read_feature_dataset(dir.path());
+        assert_eq!(task, TaskKind::Regression);
+        let all = summary.problems.join("\n");
+        assert!(
+            all.contains("dataset.json: \"modalities\" is empty"),
+            "{all}"
+        );
+        assert!(summary.samples.is_empty());
     }
 }

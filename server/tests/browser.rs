@@ -30,7 +30,7 @@ fn readme_screenshot_dir() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn launch_from_the_form_watch_the_curves_and_step_through_the_viewer() {
     let server = LiveServer::start(&["--no-demo"]);
-    server.tiny_dataset("demo-tiny").await;
+    let dataset = server.tiny_dataset("demo-tiny").await;
     let browser = Browser::start().await;
 
     // The form: tiny preset, one epoch of three steps on the CPU.
@@ -82,6 +82,14 @@ async fn launch_from_the_form_watch_the_curves_and_step_through_the_viewer() {
             Duration::from_secs(20),
         )
         .await;
+    // A CGGM run: the balance guard's tally and its two charts are drawn from the stored steps.
+    browser
+        .wait_for(
+            "!document.querySelector('#guard-stats').hidden && Number(document.querySelector('#guard-total').textContent) >= 1 && Number(document.querySelector('.chart[data-title=\"Balance guard: share of steps guarded (running)\"]')?.dataset.points || 0) >= 1 && Number(document.querySelector('.chart[data-title=\"Balance coefficients clamped at 0 or ρ (per step)\"]')?.dataset.points || 0) >= 1",
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(browser.text("#guard-stats").await.contains("CGGM steps"));
 
     // The overlay page draws the stored history of the chosen runs.
     browser
@@ -179,6 +187,28 @@ async fn launch_from_the_form_watch_the_curves_and_step_through_the_viewer() {
     browser.script("const p = document.querySelector('#plane'); p.value = 'axial'; p.dispatchEvent(new Event('change'));").await;
     browser.wait_for("document.querySelector('#overlay').complete && document.querySelector('#overlay').naturalWidth === 32", Duration::from_secs(10)).await;
     browser.screenshot(&screenshots().join("viewer.png")).await;
+
+    // A baseline run (OGM-GE) charts its per-modality coefficients from the stored steps.
+    let baseline = server
+        .post_json("/api/jobs", serde_json::json!({ "dataset_id": dataset, "method": "ogm-ge", "preset": "tiny", "epochs": 1, "steps_per_epoch": 2, "device": "cpu" }))
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    let ended = server
+        .poll_json(&format!("/api/jobs/{baseline}"), DEADLINE, |j| {
+            j["state"] != "queued" && j["state"] != "running"
+        })
+        .await;
+    assert_eq!(ended["state"], "succeeded", "{ended}");
+    browser
+        .goto(&server.url(&format!("/jobs/{baseline}")))
+        .await;
+    browser
+        .wait_for(
+            "Number(document.querySelector('.chart[data-title=\"Baseline coefficients per modality\"]')?.dataset.points || 0) >= 2",
+            Duration::from_secs(20),
+        )
+        .await;
 
     browser.quit().await;
 }

@@ -333,7 +333,7 @@ async fn a_feature_dataset_with_a_broken_split_file_says_which_and_cannot_train(
         .await;
     let (_, html, _) = app.get("/datasets").await;
     assert!(String::from_utf8_lossy(&html)
-        .contains("valid.safetensors: shorter than a safetensors header"));
+        .contains("valid.safetensors: it is shorter than a safetensors header"));
     let (status, answer) = app
         .post_json(
             "/api/jobs",

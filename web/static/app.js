@@ -201,6 +201,19 @@ function byModalityOrder(entries) {
   return entries.sort((a, b) => rank(a[0]) - rank(b[0]));
 }
 
+// The balance guard's running tally for one run, updated by a step event: steps seen, steps the
+// guard set every B_i to neutral on, coefficients pinned at 0 or rho (in total, and on how many
+// steps). Only CGGM steps (those that report balance coefficients) count; others give null.
+function balanceGuard(tallies, run, e) {
+  if (e.balance_guarded === undefined || !Object.keys(e.balance || {}).length) return null;
+  const t = tallies[run] || (tallies[run] = { steps: 0, guarded: 0, clamped: 0, clampedSteps: 0 });
+  t.steps += 1;
+  if (e.balance_guarded) t.guarded += 1;
+  t.clamped += e.balance_clamped || 0;
+  if (e.balance_clamped) t.clampedSteps += 1;
+  return t;
+}
+
 // One chart: x values and named series, appended to as events arrive. Series are added when a
 // name first appears, so a chart fits whatever the run reports (its task's metrics, its modalities).
 class Chart {
@@ -256,6 +269,7 @@ class RunCharts {
     this.runIds = runIds;
     this.headline = headline || "";
     this.charts = {};
+    this.guards = {};
     this.chart("loss", "Training loss", "step");
     this.chart("lr", "Learning rate", "step");
     setInterval(() => this.flush(), 250);
@@ -286,6 +300,13 @@ class RunCharts {
       this.chart("modMetric", "Per-modality classifier score ε_i (batch)", "step").push(x, this.values(run, e.modality_metric));
       this.chart("balance", "Balance coefficients B_i", "step").push(x, this.values(run, e.balance));
       this.chart("cosine", "Gradient cosine cos(g_F, g_i)", "step").push(x, this.values(run, e.cosine));
+      const guard = balanceGuard(this.guards, run, e);
+      if (guard) {
+        this.chart("guarded", "Balance guard: share of steps guarded (running)", "step").push(x, { [this.name(run, "guarded")]: guard.guarded / guard.steps });
+        this.chart("clamped", "Balance coefficients clamped at 0 or ρ (per step)", "step").push(x, { [this.name(run, "clamped B_i")]: e.balance_clamped || 0 });
+      }
+      const coefficients = this.values(run, e.baseline_coefficients);
+      if (Object.keys(coefficients).length) this.chart("baseline", "Baseline coefficients per modality", "step").push(x, coefficients);
     } else if (e.event === "validation") {
       const fused = fusedScores(e);
       const dice = Object.keys(fused).some((k) => k.startsWith("dice_"));
@@ -403,6 +424,15 @@ if (chartsBox) {
   handle("run_started", (e) => { totalSteps = e.total_steps; });
   handle("step", (e) => {
     charts.add(id, e);
+    const guard = charts.guards[id];
+    if (guard && guard.steps) {
+      $("#guard-stats").hidden = false;
+      $("#guard-steps").textContent = guard.guarded;
+      $("#guard-total").textContent = guard.steps;
+      $("#guard-share").textContent = (100 * guard.guarded / guard.steps).toFixed(1) + "%";
+      $("#clamped-count").textContent = guard.clamped;
+      $("#clamped-steps").textContent = guard.clampedSteps;
+    }
     steps += 1;
     $("#step-count").textContent = steps;
     $("#epoch").textContent = e.epoch;
