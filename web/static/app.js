@@ -340,16 +340,22 @@ function showTestReport(finished, metrics) {
   const scores = fusedScores(finished || {}, "test_metrics", "test_dice");
   const rows = Object.entries(scores).filter(([, v]) => typeof v === "number");
   $("#test-metrics tbody").innerHTML = rows.map(([k, v]) => `<tr><th>${metricLabel(k)}</th><td>${v.toFixed(4)}</td></tr>`).join("");
-  const perModality = modalityScores(finished || {}, "test_modality_metrics", "test_modality_dice");
+  let perModality = modalityScores(finished || {}, "test_modality_metrics", "test_modality_dice");
+  // Feature runs keep each classifier's test scores in metrics.json (`test.modality_metrics`).
+  const stored = metrics && metrics.test && metrics.test.modality_metrics;
+  if (!Object.keys(perModality).length && stored) perModality = stored;
   const mods = byModalityOrder(Object.entries(perModality));
   if (mods.length) {
     const names = Object.keys(mods[0][1]);
     $("#test-modalities").innerHTML = `<table class="modality-scores"><thead><tr><th>Modality classifier</th>${names.map((n) => `<th>${metricLabel(n)}</th>`).join("")}</tr></thead><tbody>` +
       mods.map(([m, s]) => `<tr><th>${m}</th>${names.map((n) => `<td>${typeof s[n] === "number" ? s[n].toFixed(3) : "–"}</td>`).join("")}</tr>`).join("") + "</tbody></table>";
   }
-  const matrix = findKey(metrics, "confusion_matrix");
+  // The trainer writes `confusion` (rows true, columns predicted) and `pairs` as (predicted, true).
+  const matrix = findKey(metrics, "confusion_matrix") || findKey(metrics, "confusion");
   if (Array.isArray(matrix) && matrix.length) drawConfusion(matrix, findKey(metrics, "class_names") || []);
-  const pairs = findKey(metrics, "predictions");
+  let pairs = findKey(metrics, "predictions");
+  const predictedTrue = findKey(metrics, "pairs");
+  if (!Array.isArray(pairs) && Array.isArray(predictedTrue)) pairs = predictedTrue.map(([p, t]) => [t, p]);
   if (Array.isArray(pairs) && pairs.length && Array.isArray(pairs[0])) drawScatter(pairs);
   box.hidden = !(rows.length || mods.length || !$("#confusion").hidden || !$("#scatter").hidden);
 }
