@@ -539,14 +539,6 @@ impl TrainConfig {
                 m.as_str()
             ));
         }
-        if self.task == TaskKind::Regression
-            && matches!(self.method, Method::OgmGe | Method::Agm | Method::Pmr)
-        {
-            return Err(format!(
-                "{} needs class scores, which a regression task does not have: use cggm, joint, mrd, mslr or unimodal",
-                self.method
-            ));
-        }
         self.validate_knobs()?;
         let positive = [
             ("epochs", self.epochs),

@@ -313,7 +313,7 @@ pub struct MethodChoice {
     pub magnitude: bool,
     /// Adds the direction loss L_gm.
     pub direction: bool,
-    /// The tasks it serves (the baselines need class scores, which regression lacks).
+    /// The tasks it serves (every method serves every task today).
     pub tasks: Vec<TaskKind>,
 }
 
@@ -393,13 +393,7 @@ impl Vocabulary {
                     name: m.to_string(),
                     magnitude: m.modulates_magnitude(),
                     direction: m.modulates_direction(),
-                    tasks: TaskKind::ALL
-                        .into_iter()
-                        .filter(|t| {
-                            *t != TaskKind::Regression
-                                || !matches!(m, Method::OgmGe | Method::Agm | Method::Pmr)
-                        })
-                        .collect(),
+                    tasks: TaskKind::ALL.to_vec(),
                 })
                 .collect(),
             unimodal_prefix,

@@ -381,3 +381,54 @@ print(np.mean(np.abs(yp - yt)), pearsonr(yp, yt)[0],
         "the arrays must tell the averages apart"
     );
 }
+
+/// OGM-GE, AGM and PMR act on both feature tasks: each step event of their runs carries the
+/// per-modality coefficients the method applied, and they move away from the neutral value (OGM-GE
+/// and AGM scale encoder gradients by them: 1 is no change; PMR weighs its prototype loss: 0 is
+/// no term) on some step. Segmentation's gradient-level checks are in tests/baselines_act.rs.
+#[test]
+fn baselines_apply_their_coefficients_on_classification_and_regression() {
+    for task in [TaskKind::Classification, TaskKind::Regression] {
+        let data = tempfile::tempdir().unwrap();
+        synth(data.path(), task, 64, 5);
+        for (method, neutral) in [("ogm-ge", 1.0), ("agm", 1.0), ("pmr", 0.0)] {
+            let out = tempfile::tempdir().unwrap();
+            let events_path = out.path().join("events.jsonl");
+            let mut cfg = config(data.path(), method, 2);
+            cfg.sampler.batch_size = 16;
+            let events = EventSink::file(&events_path).unwrap();
+            train_features(
+                cfg,
+                &out.path().join("run"),
+                &events,
+                &TrainOptions::default(),
+            )
+            .expect("the run trains")
+            .expect("the run is not stopped early");
+            let text = std::fs::read_to_string(&events_path).unwrap();
+            let steps: Vec<serde_json::Value> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|e| e["event"] == "step")
+                .collect();
+            assert!(!steps.is_empty(), "{task} {method}: no step events");
+            let coefficients: Vec<f64> = steps
+                .iter()
+                .filter_map(|e| e["baseline_coefficients"].as_object())
+                .flat_map(|m| m.values().filter_map(|v| v.as_f64()).collect::<Vec<_>>())
+                .collect();
+            assert!(
+                !coefficients.is_empty(),
+                "{task} {method}: no baseline coefficients in the step events"
+            );
+            assert!(
+                coefficients.iter().all(|k| k.is_finite()),
+                "{task} {method}: {coefficients:?}"
+            );
+            assert!(
+                coefficients.iter().any(|k| (k - neutral).abs() > 1e-6),
+                "{task} {method}: every coefficient stayed at {neutral}: {coefficients:?}"
+            );
+        }
+    }
+}

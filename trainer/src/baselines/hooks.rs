@@ -1,7 +1,9 @@
 //! Where the baselines enter the step, for every task: three calls from
 //! `Trainer::compute_gradients` (scores while the classifiers run, a loss term before backward,
-//! gradient scaling after it). They need class scores, so a regression run refuses them
-//! (`TrainConfig::validate`).
+//! gradient scaling after it). The methods are defined on class scores; for regression (float
+//! labels) the score of a prediction is `exp(-|y_hat - y|)` (1 when exact, the analogue of the
+//! true-class probability), AGM's response loss is the L1 error, and PMR's prototypes are those of
+//! the two sign classes (y < 0, y >= 0), the field's Acc-2 convention.
 
 use super::{
     ogm_coefficients, pmr_weights, prototype_logits, response_cross_entropy,
@@ -22,6 +24,27 @@ pub struct BaselineState {
     pub prototypes: Vec<Prototypes>,
 }
 
+/// How well `logits` predict `labels` (higher is better): the mean true-class probability, or for
+/// regression the mean `exp(-|y_hat - y|)`.
+fn confidence(logits: &Tensor, labels: &Tensor) -> f64 {
+    if labels.kind() == Kind::Int64 {
+        return true_class_confidence(logits, labels);
+    }
+    let error = (logits.to_kind(Kind::Float).reshape([-1]) - labels.to_kind(Kind::Float)).abs();
+    (-error).exp().mean(Kind::Float).double_value(&[])
+}
+
+/// AGM's loss of a mono-modal response (lower is better): cross-entropy, or for regression L1.
+fn response_loss(response: &Tensor, labels: &Tensor) -> f64 {
+    if labels.kind() == Kind::Int64 {
+        return response_cross_entropy(response, labels);
+    }
+    (response.to_kind(Kind::Float).reshape([-1]) - labels.to_kind(Kind::Float))
+        .abs()
+        .mean(Kind::Float)
+        .double_value(&[])
+}
+
 /// Called with each modality's classifier logits during the classifier pass (OGM-GE's scores).
 pub(crate) fn scores_hook(
     state: &mut BaselineState,
@@ -32,7 +55,7 @@ pub(crate) fn scores_hook(
     if method == Method::OgmGe {
         state.confidences = logits
             .iter()
-            .map(|l| true_class_confidence(&l.detach(), labels))
+            .map(|l| confidence(&l.detach(), labels))
             .collect();
     }
 }
@@ -47,7 +70,12 @@ impl<N: MultimodalNetwork> Trainer<N> {
         if self.cfg.method != Method::Pmr {
             return None;
         }
-        let classes = out.logits().size()[1];
+        // Regression: the two sign classes.
+        let classes = if labels.kind() == Kind::Int64 {
+            out.logits().size()[1]
+        } else {
+            2
+        };
         let m = self.modality_channels.len();
         if self.baselines.prototypes.len() != m {
             self.baselines.prototypes = (0..m).map(|_| Prototypes::default()).collect();
@@ -113,10 +141,7 @@ impl<N: MultimodalNetwork> Trainer<N> {
                         out.logits().shallow_clone()
                     })
                 });
-                let scores: Vec<f64> = responses
-                    .iter()
-                    .map(|r| response_cross_entropy(r, labels))
-                    .collect();
+                let scores: Vec<f64> = responses.iter().map(|r| response_loss(r, labels)).collect();
                 let k = self
                     .baselines
                     .agm

@@ -178,12 +178,16 @@ impl NetworkOutput for FeatureOutput {
         &self.logits
     }
 
-    /// Each sample's encoded tokens averaged over time; classification labels only.
+    /// Each sample's encoded tokens averaged over time; regression labels become their sign
+    /// classes (0: y < 0, 1: y >= 0).
     fn prototype_rows(&self, i: usize, labels: &Tensor) -> Option<(Tensor, Tensor)> {
-        (labels.kind() == tch::Kind::Int64).then(|| {
-            let rows = self.hidden[i].mean_dim(&[1i64][..], false, tch::Kind::Float);
-            (rows, labels.shallow_clone())
-        })
+        let rows = self.hidden[i].mean_dim(&[1i64][..], false, tch::Kind::Float);
+        let classes = if labels.kind() == tch::Kind::Int64 {
+            labels.shallow_clone()
+        } else {
+            labels.ge(0.0).to_kind(tch::Kind::Int64)
+        };
+        Some((rows, classes))
     }
 }
 

@@ -20,8 +20,8 @@ pub trait NetworkOutput {
     /// The model's prediction: [B, C, H, W] (segmentation), [B, C] or [B, 1].
     fn logits(&self) -> &Tensor;
     /// Modality i's encoder features as rows with a class label each, for prototype methods
-    /// (PMR): ([N, C] features with their graph, [N] int64 labels). None where the task has no
-    /// classes (regression).
+    /// (PMR): ([N, C] features with their graph, [N] int64 labels; regression: sign classes).
+    /// None where the model has no such features.
     fn prototype_rows(&self, _i: usize, _labels: &Tensor) -> Option<(Tensor, Tensor)> {
         None
     }
