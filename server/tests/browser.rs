@@ -295,23 +295,17 @@ async fn a_classification_run_shows_accuracy_per_modality_scores_and_its_confusi
     for m in ["text", "audio", "vision"] {
         assert!(modalities.contains(m), "{m} missing from {modalities}");
     }
-    // A header row, then one row per class (4 classes = 2 x 2 bits) of four counts. (Which
-    // split's matrix is not asserted: the page finds `confusion` in metrics.json depth-first and
-    // draws `best_val`'s, which comes before `test`'s.)
+    // A header row, then one row per class (4 classes = 2 x 2 bits): the test split's counts, not
+    // the best validation's (both splits have 50 samples, so only the cells tell them apart).
     let drawn = browser
-        .script("return [...document.querySelectorAll('#confusion table.confusion tr')].slice(1).map((r) => r.querySelectorAll('td').length);")
+        .script("return [...document.querySelectorAll('#confusion table.confusion tr')].slice(1).map((r) => [...r.querySelectorAll('td')].map((c) => Number(c.textContent)));")
         .await;
-    assert_eq!(drawn, serde_json::json!([4, 4, 4, 4]));
+    assert_eq!(drawn, metrics["test"]["classification"]["confusion"]);
     browser
         .script("document.querySelector('#test-report').scrollIntoView();")
         .await;
     let shot = screenshots().join("classification-run.png");
     browser.screenshot(&shot).await;
-    std::fs::copy(
-        &shot,
-        readme_screenshot_dir().join("classification-run.png"),
-    )
-    .unwrap();
     browser.quit().await;
 }
 

@@ -350,11 +350,14 @@ function showTestReport(finished, metrics) {
     $("#test-modalities").innerHTML = `<table class="modality-scores"><thead><tr><th>Modality classifier</th>${names.map((n) => `<th>${metricLabel(n)}</th>`).join("")}</tr></thead><tbody>` +
       mods.map(([m, s]) => `<tr><th>${m}</th>${names.map((n) => `<td>${typeof s[n] === "number" ? s[n].toFixed(3) : "–"}</td>`).join("")}</tr>`).join("") + "</tbody></table>";
   }
-  // The trainer writes `confusion` (rows true, columns predicted) and `pairs` as (predicted, true).
-  const matrix = findKey(metrics, "confusion_matrix") || findKey(metrics, "confusion");
-  if (Array.isArray(matrix) && matrix.length) drawConfusion(matrix, findKey(metrics, "class_names") || []);
-  let pairs = findKey(metrics, "predictions");
-  const predictedTrue = findKey(metrics, "pairs");
+  // The test split's report (metrics.json `test`, not `best_val`): `classification.confusion` (rows
+  // true, columns predicted) or `regression.pairs` as (predicted, true).
+  const test = (metrics && metrics.test) || {};
+  const classification = test.classification || {};
+  const matrix = classification.confusion || findKey(test, "confusion_matrix");
+  if (Array.isArray(matrix) && matrix.length) drawConfusion(matrix, classification.class_names || findKey(test, "class_names") || []);
+  let pairs = findKey(test, "predictions");
+  const predictedTrue = test.regression && test.regression.pairs;
   if (!Array.isArray(pairs) && Array.isArray(predictedTrue)) pairs = predictedTrue.map(([p, t]) => [t, p]);
   if (Array.isArray(pairs) && pairs.length && Array.isArray(pairs[0])) drawScatter(pairs);
   box.hidden = !(rows.length || mods.length || !$("#confusion").hidden || !$("#scatter").hidden);
