@@ -164,6 +164,7 @@ fn every_method_trains_on_classification_and_regression_through_the_same_step() 
             "joint",
             "cggm-magnitude",
             "cggm-direction",
+            "cggm-fixed",
             "mrd",
             "mslr",
             "unimodal:audio",
