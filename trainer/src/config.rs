@@ -64,31 +64,6 @@ impl Method {
     pub fn is_cggm(self) -> bool {
         self.modulates_magnitude() || self.modulates_direction()
     }
-
-    /// Every method name a request may use (`unimodal:<m>` once per modality).
-    pub fn names() -> Vec<String> {
-        let mut names: Vec<String> = [
-            "joint",
-            "cggm",
-            "cggm-magnitude",
-            "cggm-direction",
-            "cggm-fixed",
-            "ogm-ge",
-            "agm",
-            "pmr",
-            "mrd",
-            "mslr",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        names.extend(
-            Modality::ALL
-                .iter()
-                .map(|m| format!("unimodal:{}", m.name())),
-        );
-        names
-    }
 }
 
 impl fmt::Display for Method {

@@ -166,6 +166,17 @@ impl EventSink {
         }
     }
 
+    /// Passes `result` on; an error is also reported as a `failed` event (the run's last word).
+    pub fn report_failure<T>(&self, result: anyhow::Result<T>) -> anyhow::Result<T> {
+        if let Err(e) = &result {
+            self.emit(&Event::Failed {
+                time: now(),
+                reason: format!("{e:#}"),
+            });
+        }
+        result
+    }
+
     pub fn emit(&self, event: &Event) {
         let Some(out) = &self.out else { return };
         let Ok(line) = serde_json::to_string(event) else {

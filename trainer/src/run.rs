@@ -175,14 +175,7 @@ pub fn train(
     events: &EventSink,
     opts: &TrainOptions,
 ) -> Result<Option<RunMetrics>> {
-    let result = train_inner(&mut cfg, run_dir, events, opts);
-    if let Err(e) = &result {
-        events.emit(&Event::Failed {
-            time: now(),
-            reason: format!("{e:#}"),
-        });
-    }
-    result
+    events.report_failure(train_inner(&mut cfg, run_dir, events, opts))
 }
 
 fn train_inner(

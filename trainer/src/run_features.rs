@@ -298,14 +298,7 @@ pub fn train_features(
     events: &EventSink,
     opts: &TrainOptions,
 ) -> Result<Option<FeatureRunMetrics>> {
-    let result = train_features_inner(cfg, run_dir, events, opts);
-    if let Err(e) = &result {
-        events.emit(&Event::Failed {
-            time: now(),
-            reason: format!("{e:#}"),
-        });
-    }
-    result
+    events.report_failure(train_features_inner(cfg, run_dir, events, opts))
 }
 
 fn train_features_inner(

@@ -43,16 +43,23 @@ impl Default for SegmentationLoss {
 }
 
 impl SegmentationLoss {
-    /// logits: [B, C, H, W] float, target: [B, H, W] int64 classes.
-    pub fn soft_foreground_dice(logits: &Tensor, target: &Tensor) -> Tensor {
+    /// Foreground class probabilities and one-hot targets, both [B, C - 1, H, W] float.
+    fn foreground(logits: &Tensor, target: &Tensor) -> (Tensor, Tensor) {
         let classes = logits.size()[1];
         let probs = logits.softmax(1, Kind::Float);
         let onehot = target
             .one_hot(classes)
             .permute([0, 3, 1, 2])
             .to_kind(Kind::Float);
-        let fg_p = probs.narrow(1, 1, classes - 1);
-        let fg_t = onehot.narrow(1, 1, classes - 1);
+        (
+            probs.narrow(1, 1, classes - 1),
+            onehot.narrow(1, 1, classes - 1),
+        )
+    }
+
+    /// logits: [B, C, H, W] float, target: [B, H, W] int64 classes.
+    pub fn soft_foreground_dice(logits: &Tensor, target: &Tensor) -> Tensor {
+        let (fg_p, fg_t) = Self::foreground(logits, target);
         let dims: &[i64] = &[0, 2, 3];
         let inter = (&fg_p * &fg_t).sum_dim_intlist(dims, false, Kind::Float);
         let denom = fg_p.sum_dim_intlist(dims, false, Kind::Float)
@@ -64,14 +71,7 @@ impl SegmentationLoss {
     /// The authors' soft Dice: all foreground classes and pixels pooled, smoothing 0.01 in the
     /// denominator only. logits: [B, C, H, W], target: [B, H, W] int64.
     pub fn pooled_foreground_dice(logits: &Tensor, target: &Tensor) -> Tensor {
-        let classes = logits.size()[1];
-        let probs = logits.softmax(1, Kind::Float);
-        let onehot = target
-            .one_hot(classes)
-            .permute([0, 3, 1, 2])
-            .to_kind(Kind::Float);
-        let fg_p = probs.narrow(1, 1, classes - 1);
-        let fg_t = onehot.narrow(1, 1, classes - 1);
+        let (fg_p, fg_t) = Self::foreground(logits, target);
         let inter = (&fg_p * &fg_t).sum(Kind::Float);
         let union = fg_p.sum(Kind::Float) + fg_t.sum(Kind::Float) + 0.01;
         inter * 2.0 / union
