@@ -10,11 +10,13 @@ ARGS ?=
 
 ## Start the application on its embedded defaults (http://127.0.0.1:8080, ./data).
 run: build
+	scripts/setup-dicom.sh
 	target/release/cggm serve $(ARGS)
 
 ## Run the whole test suite (unit, API, end-to-end, browser).
 test: web
 	scripts/setup-browser.sh
+	scripts/setup-dicom.sh
 	$(CARGO) test --workspace --all-targets $(ARGS)
 
 ## Build target/release/cggm (rpath to libtorch: runs without LD_LIBRARY_PATH).
@@ -23,6 +25,7 @@ build: web
 
 setup:
 	scripts/setup-python.sh >/dev/null
+	scripts/setup-dicom.sh
 
 web:
 	scripts/setup-web.sh

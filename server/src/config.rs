@@ -47,6 +47,9 @@ pub struct ServeArgs {
     /// Folder with `static/` and `node_modules/` (the web assets); defaults to the checkout's web/.
     #[arg(long, env = "CGGM_WEB_DIR")]
     pub web_dir: Option<PathBuf>,
+    /// The DICOM converter (installed by scripts/setup-dicom.sh).
+    #[arg(long, env = "CGGM_DCM2NIIX", default_value = "dcm2niix")]
+    pub dcm2niix: PathBuf,
 }
 
 /// Everything the application needs at run time, resolved from [`ServeArgs`].
@@ -64,6 +67,8 @@ pub struct Config {
     pub web_dir: PathBuf,
     /// The `cggm` binary that runs jobs (the server's own executable in production).
     pub cggm_bin: PathBuf,
+    /// DICOM import: the converter and its limits.
+    pub dicom: crate::dicom::DicomSettings,
 }
 
 impl Config {
@@ -79,6 +84,7 @@ impl Config {
             dataset_roots: Vec::new(),
             web_dir: default_web_dir(),
             cggm_bin,
+            dicom: Default::default(),
         }
     }
 }

@@ -27,6 +27,9 @@ pub enum Error {
     /// 422: well-formed request whose content is unusable (not NIfTI, missing modality, ...).
     #[error("{0}")]
     Unprocessable(String),
+    /// 503: a tool the request needs is not installed; the message names the fix.
+    #[error("{0}")]
+    Unavailable(String),
     /// 500: logged, never shown.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -41,6 +44,7 @@ impl Error {
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod db;
+pub mod dicom;
 pub mod error;
 pub mod feature_datasets;
 pub mod inspect;
@@ -177,7 +178,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         dataset_roots: args.dataset_roots.clone(),
         web_dir: args.web_dir.clone().unwrap_or_else(config::default_web_dir),
         cggm_bin,
+        dicom: dicom::DicomSettings::with_converter(args.dcm2niix.clone()),
     };
+    if let Some(warning) = routes::dicom::converter_warning(&config.dicom) {
+        tracing::warn!("{warning}");
+    }
     if !config.web_dir.join("node_modules/uplot/dist").is_dir() {
         tracing::warn!(web_dir = %config.web_dir.display(), "uPlot not found: run scripts/setup-web.sh (charts will be missing)");
     }

@@ -175,6 +175,8 @@ pub struct Segment {
     pub studies: Vec<(i64, String, String)>,
     pub checkpoints: Vec<(i64, String)>,
     pub predictions: Vec<PredictionRow>,
+    /// One DICOM series field per modality.
+    pub modalities: [&'static str; 4],
 }
 
 #[derive(Template)]

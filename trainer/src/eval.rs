@@ -263,6 +263,17 @@ pub fn evaluate_with(
     with_classifiers: bool,
     definition: Hd95Definition,
 ) -> Result<EvalReport> {
+    evaluate_counting(predictor, cases, with_classifiers, definition, |_| {})
+}
+
+/// [`evaluate_with`], calling `done(n)` after the n-th case (for a progress bar).
+pub fn evaluate_counting(
+    predictor: &Predictor,
+    cases: &[CaseSource],
+    with_classifiers: bool,
+    definition: Hd95Definition,
+    mut done: impl FnMut(usize),
+) -> Result<EvalReport> {
     let mut scores = Vec::new();
     for case in cases {
         let study = load_study(case).with_context(|| format!("loading case {}", case.id))?;
@@ -280,6 +291,7 @@ pub fn evaluate_with(
             &predictor.modality_names,
             definition,
         ));
+        done(scores.len());
     }
     let mut report = summarise(scores);
     report.hd95_definition = definition;

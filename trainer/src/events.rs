@@ -131,20 +131,26 @@ pub fn now() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Where events go: stdout, a file (appended, flushed per line), or nowhere.
+/// Where events go: stdout, a file (appended, flushed per line), or nowhere; and, for the CLI,
+/// to a progress bar on stderr as well.
 pub struct EventSink {
     out: Option<Mutex<Box<dyn Write + Send>>>,
+    progress: Option<crate::progress::EventProgress>,
 }
 
 impl EventSink {
     pub fn stdout() -> Self {
         Self {
             out: Some(Mutex::new(Box::new(std::io::stdout()))),
+            progress: None,
         }
     }
 
     pub fn none() -> Self {
-        Self { out: None }
+        Self {
+            out: None,
+            progress: None,
+        }
     }
 
     pub fn file(path: &Path) -> std::io::Result<Self> {
@@ -154,6 +160,7 @@ impl EventSink {
             .open(path)?;
         Ok(Self {
             out: Some(Mutex::new(Box::new(file))),
+            progress: None,
         })
     }
 
@@ -164,6 +171,14 @@ impl EventSink {
             Some(p) if p.as_os_str() == "-" => Ok(Self::stdout()),
             Some(p) => Self::file(p),
         }
+    }
+
+    /// Also shows the events as progress on stderr (see [`crate::progress`]).
+    pub fn with_progress(mut self) -> Self {
+        self.progress = Some(crate::progress::EventProgress::new(
+            crate::progress::Display::detect(),
+        ));
+        self
     }
 
     /// Passes `result` on; an error is also reported as a `failed` event (the run's last word).
@@ -178,6 +193,9 @@ impl EventSink {
     }
 
     pub fn emit(&self, event: &Event) {
+        if let Some(progress) = &self.progress {
+            progress.observe(event);
+        }
         let Some(out) = &self.out else { return };
         let Ok(line) = serde_json::to_string(event) else {
             return;

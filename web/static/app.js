@@ -416,7 +416,8 @@ function setState(state, error) {
   if (resume) resume.hidden = !["interrupted", "failed", "cancelled"].includes(state);
 }
 
-function setProgress(fraction) {
+function setProgress(fraction, time) {
+  if (window.progressEta) window.progressEta.update(fraction, time);
   const bar = $("#progress-bar");
   if (bar) bar.style.width = Math.round(Math.max(0, Math.min(1, fraction)) * 100) + "%";
 }
@@ -445,7 +446,7 @@ if (chartsBox) {
     steps += 1;
     $("#step-count").textContent = steps;
     $("#epoch").textContent = e.epoch;
-    if (totalSteps) setProgress((e.step + 1) / totalSteps);
+    if (totalSteps) setProgress((e.step + 1) / totalSteps, e.time);
   });
   handle("validation", (e) => {
     charts.add(id, e);

@@ -2,6 +2,7 @@
 
 pub mod datasets;
 pub mod deletion;
+pub mod dicom;
 pub mod jobs;
 pub mod pages;
 pub mod studies;
@@ -22,6 +23,7 @@ pub fn api_router() -> Router<AppState> {
         .merge(datasets::router())
         .merge(jobs::router())
         .merge(studies::router())
+        .merge(dicom::router())
         .merge(deletion::router())
 }
 
@@ -79,21 +81,7 @@ pub async fn save_upload(state: &AppState, mut multipart: Multipart) -> Result<S
             return Err(Error::Unprocessable(format!("{base}: sent twice")));
         }
         let path = dir.path().join(&base);
-        let mut out = tokio::fs::File::create(&path).await?;
-        // No total time limit for an upload, but one for a stalled one.
-        while let Some(chunk) =
-            tokio::time::timeout(crate::limits::UPLOAD_IDLE_TIMEOUT, field.chunk())
-                .await
-                .map_err(|_| {
-                    Error::BadRequest(format!(
-                        "the upload stalled (nothing received for {} s); send it again",
-                        crate::limits::UPLOAD_IDLE_TIMEOUT.as_secs()
-                    ))
-                })??
-        {
-            out.write_all(&chunk).await?;
-        }
-        out.flush().await?;
+        write_field(&mut field, &path).await?;
         files.push(UploadedFile {
             file_name: base,
             field: name,
@@ -101,6 +89,28 @@ pub async fn save_upload(state: &AppState, mut multipart: Multipart) -> Result<S
         });
     }
     Ok(SavedUpload { dir, files, fields })
+}
+
+/// Streams one multipart file field into `path`: no total time limit for an upload, but one for
+/// a stalled one.
+pub async fn write_field(
+    field: &mut axum::extract::multipart::Field<'_>,
+    path: &std::path::Path,
+) -> Result<()> {
+    let mut out = tokio::fs::File::create(path).await?;
+    while let Some(chunk) = tokio::time::timeout(crate::limits::UPLOAD_IDLE_TIMEOUT, field.chunk())
+        .await
+        .map_err(|_| {
+            Error::BadRequest(format!(
+                "the upload stalled (nothing received for {} s); send it again",
+                crate::limits::UPLOAD_IDLE_TIMEOUT.as_secs()
+            ))
+        })??
+    {
+        out.write_all(&chunk).await?;
+    }
+    out.flush().await?;
+    Ok(())
 }
 
 /// Parses `?ids=1,2,3`-style lists.

@@ -561,6 +561,7 @@ async fn segment(State(state): State<AppState>) -> Response {
                 studies,
                 checkpoints,
                 predictions,
+                modalities: crate::inspect::MODALITIES,
             }))
         }
         .await,

@@ -4,7 +4,7 @@ use super::jobs::{insert_job, job_view, JobView};
 use super::save_upload;
 use crate::db::{self, JobKind, JobState, Study};
 use crate::error::{Error, Result};
-use crate::inspect::{check_upload, MODALITIES};
+use crate::inspect::{check_upload, CheckedUpload, MODALITIES};
 use crate::volume::{self, Plane, RegionVolumes};
 use crate::AppState;
 use axum::body::Body;
@@ -122,6 +122,22 @@ async fn upload(
                 .unwrap_or("study")
                 .to_string()
         });
+    let staged = upload.dir.keep();
+    let id = store_study(&state, &name, &checked, staged).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(db::study(&state.pool, id).await?.into()),
+    ))
+}
+
+/// Records a checked study and moves its folder `staged` (on the data directory's file system)
+/// into place; the database row commits only after the move, and the folder is removed on failure.
+pub(crate) async fn store_study(
+    state: &AppState,
+    name: &str,
+    checked: &CheckedUpload,
+    staged: PathBuf,
+) -> Result<i64> {
     let files: BTreeMap<&String, &String> = checked
         .roles
         .iter()
@@ -131,7 +147,7 @@ async fn upload(
     let id = sqlx::query(
         "INSERT INTO studies (name, dir, files, shape, created_at) VALUES (?, '', ?, ?, ?)",
     )
-    .bind(&name)
+    .bind(name)
     .bind(serde_json::to_string(&files).map_err(anyhow::Error::from)?)
     .bind(serde_json::to_string(&checked.shape).map_err(anyhow::Error::from)?)
     .bind(db::now())
@@ -144,17 +160,13 @@ async fn upload(
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    // Only a checked upload reaches its final place; the database row commits after the move.
-    let staged = upload.dir.keep();
+    // Only a checked upload reaches its final place.
     if let Err(e) = std::fs::rename(&staged, &target) {
         let _ = std::fs::remove_dir_all(&staged);
         return Err(e.into());
     }
     tx.commit().await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(db::study(&state.pool, id).await?.into()),
-    ))
+    Ok(id)
 }
 
 /// Renders one slice of a cached volume as a PNG response, off the async runtime; the index

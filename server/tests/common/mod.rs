@@ -356,5 +356,6 @@ echo "fake cggm $cmd done" >&2
     path
 }
 
+pub mod dicom;
 pub mod live;
 pub mod webdriver;

@@ -8,7 +8,8 @@ use anyhow::{bail, Context};
 use crate::data::features::synth::{write_feature_dataset, FeatureSynthConfig};
 use crate::data::features::{is_feature_dataset, validate_features};
 use crate::data::synth::{write_synthetic_dataset, SynthConfig};
-use crate::data::{validate_dataset, Layout, SamplerConfig, SliceLoader};
+use crate::data::{validate_dataset_counting, Layout, SamplerConfig, SliceLoader};
+use crate::progress::Progress;
 use crate::task::TaskKind;
 
 fn parse_size(text: &str) -> Result<[usize; 3], String> {
@@ -133,7 +134,14 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<()> {
         println!("valid: every split matches dataset.json");
         return Ok(());
     }
-    let report = validate_dataset(&args.dir);
+    let bar = std::sync::OnceLock::new();
+    let report = validate_dataset_counting(&args.dir, &|done, total| {
+        bar.get_or_init(|| Progress::new("validate", total as u64, "cases"))
+            .set_position(done as u64)
+    });
+    if let Some(bar) = bar.get() {
+        bar.finish();
+    }
     let labelled = report
         .cases
         .iter()

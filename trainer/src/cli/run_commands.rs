@@ -3,10 +3,11 @@
 use crate::checkpoint;
 use crate::config::TrainConfig;
 use crate::data::features::{is_feature_dataset, DatasetSpec};
-use crate::eval::{evaluate_with, format_table};
+use crate::eval::{evaluate_counting, format_table};
 use crate::events::EventSink;
 use crate::infer::infer;
 use crate::metrics::Hd95Definition;
+use crate::progress::Progress;
 use crate::request::{RunOptions, DEFAULT_PRESET};
 use crate::run::{dataset_split, open_run, run_split, train, TrainOptions};
 use crate::run_features::train_features;
@@ -114,7 +115,9 @@ impl TrainArgs {
 
 pub fn run_train(args: TrainArgs) -> Result<()> {
     let cfg = args.to_config()?;
-    let events = EventSink::from_arg(args.events.as_deref()).context("opening the events file")?;
+    let events = EventSink::from_arg(args.events.as_deref())
+        .context("opening the events file")?
+        .with_progress();
     let opts = TrainOptions {
         resume: args.resume,
         stop_after_epochs: args.stop_after_epochs,
@@ -212,12 +215,15 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
             cfg.data.display()
         );
     }
-    let report = evaluate_with(
+    let bar = Progress::new("eval", cases.len() as u64, "cases");
+    let report = evaluate_counting(
         &trainer.predictor(),
         &cases,
         trainer.classifiers.is_some(),
         args.hd95,
+        |done| bar.set_position(done as u64),
     )?;
+    bar.finish();
     print!("{}", format_table(&report));
     let out = args
         .out
@@ -248,7 +254,9 @@ pub struct InferArgs {
 }
 
 pub fn run_infer(args: InferArgs) -> Result<()> {
-    let events = EventSink::from_arg(args.events.as_deref()).context("opening the events file")?;
+    let events = EventSink::from_arg(args.events.as_deref())
+        .context("opening the events file")?
+        .with_progress();
     let summary = infer(
         &args.checkpoint,
         &args.cases,

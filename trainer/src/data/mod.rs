@@ -34,7 +34,7 @@ pub use split::{
 };
 pub use study::{
     brats_to_internal, internal_to_brats, load_study, msd_to_internal, validate_dataset,
-    voxel_spacing_mm, Study,
+    validate_dataset_counting, voxel_spacing_mm, Study,
 };
 
 /// Internal class of the necrotic / non-enhancing tumour core.

@@ -346,6 +346,14 @@ pub fn load_study(source: &CaseSource) -> Result<Study, DataError> {
 /// Discovers the dataset under `dir`, then fully loads and checks every case (in parallel). Bad
 /// cases move to `problems`; this never aborts. This is what `cggm validate` prints.
 pub fn validate_dataset(dir: &Path) -> DiscoveryReport {
+    validate_dataset_counting(dir, &|_, _| {})
+}
+
+/// [`validate_dataset`], calling `checked(n, total)` as cases finish (from the worker threads).
+pub fn validate_dataset_counting(
+    dir: &Path,
+    checked: &(dyn Fn(usize, usize) + Sync),
+) -> DiscoveryReport {
     let mut report = discover(dir);
     let cases = std::mem::take(&mut report.cases);
     let workers = std::thread::available_parallelism()
@@ -354,6 +362,7 @@ pub fn validate_dataset(dir: &Path) -> DiscoveryReport {
         .clamp(1, 4)
         .min(cases.len().max(1));
     let next = std::sync::atomic::AtomicUsize::new(0);
+    let finished = std::sync::atomic::AtomicUsize::new(0);
     let mut results: Vec<Option<Result<(), DataError>>> = vec![None; cases.len()];
     let slots: Vec<std::sync::Mutex<Option<Result<(), DataError>>>> = (0..cases.len())
         .map(|_| std::sync::Mutex::new(None))
@@ -365,6 +374,10 @@ pub fn validate_dataset(dir: &Path) -> DiscoveryReport {
                 let Some(case) = cases.get(i) else { break };
                 let outcome = load_study(case).map(|_| ());
                 *slots[i].lock().expect("no panics while holding") = Some(outcome);
+                checked(
+                    finished.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+                    cases.len(),
+                );
             });
         }
     });
