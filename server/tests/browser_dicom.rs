@@ -128,6 +128,6 @@ async fn import_a_dicom_study_from_the_segment_page_and_segment_it() {
              return document.querySelector('#eta').textContent;",
         )
         .await;
-    assert_eq!(eta, "About 10 s left (50 % done)");
+    assert_eq!(eta, "About 20 s left (50 % done)");
     browser.quit().await;
 }

@@ -71,14 +71,14 @@ fn piped_progress_of_validate_train_eval_and_infer_is_plain_lines_with_rate_and_
     );
     assert!(updates[9].starts_with("train: 10/10 steps in "), "{train}");
     assert!(updates[9].contains("steps/s") || updates[9].contains("s/step"));
-    assert_eq!(
-        lines_starting(&train, "epoch ")
-            .iter()
-            .filter(|l| l.contains(": validation mean Dice "))
-            .count(),
-        2,
+    // A line per validation, epochs counted from 1 as the summary counts them.
+    let validations = lines_starting(&train, "epoch ");
+    assert_eq!(validations.len(), 2, "{train}");
+    assert!(
+        validations[0].starts_with("epoch 1: validation mean Dice "),
         "{train}"
     );
+    assert!(validations[1].starts_with("epoch 2: "), "{train}");
 
     let eval = run(
         &[

@@ -234,7 +234,8 @@ impl EventProgress {
                 epoch, step, loss, ..
             } => {
                 if let Some(p) = current.as_ref() {
-                    p.set_message(format!("epoch {epoch} loss {loss:.4}"));
+                    // Events count epochs from 0; people count from 1.
+                    p.set_message(format!("epoch {} loss {loss:.4}", epoch + 1));
                     p.set_position(*step as u64 + 1);
                 }
             }
@@ -245,8 +246,11 @@ impl EventProgress {
                 ..
             } => {
                 if let Some(p) = current.as_ref() {
-                    let score = if metrics.is_empty() {
-                        format!("mean Dice {:.4}", dice.mean)
+                    let score = if metrics.is_empty() || metrics.contains_key("dice_mean") {
+                        format!(
+                            "mean Dice {:.4} (WT {:.4}, TC {:.4}, ET {:.4})",
+                            dice.mean, dice.wt, dice.tc, dice.et
+                        )
                     } else {
                         metrics
                             .iter()
@@ -254,7 +258,7 @@ impl EventProgress {
                             .collect::<Vec<_>>()
                             .join(", ")
                     };
-                    p.println(format!("epoch {epoch}: validation {score}"));
+                    p.println(format!("epoch {}: validation {score}", epoch + 1));
                 }
             }
             Event::Progress {

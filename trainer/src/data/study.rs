@@ -349,7 +349,8 @@ pub fn validate_dataset(dir: &Path) -> DiscoveryReport {
     validate_dataset_counting(dir, &|_, _| {})
 }
 
-/// [`validate_dataset`], calling `checked(n, total)` as cases finish (from the worker threads).
+/// [`validate_dataset`], calling `checked(0, total)` before the first case and `checked(n, total)`
+/// as cases finish (from the worker threads).
 pub fn validate_dataset_counting(
     dir: &Path,
     checked: &(dyn Fn(usize, usize) + Sync),
@@ -363,6 +364,7 @@ pub fn validate_dataset_counting(
         .min(cases.len().max(1));
     let next = std::sync::atomic::AtomicUsize::new(0);
     let finished = std::sync::atomic::AtomicUsize::new(0);
+    checked(0, cases.len());
     let mut results: Vec<Option<Result<(), DataError>>> = vec![None; cases.len()];
     let slots: Vec<std::sync::Mutex<Option<Result<(), DataError>>>> = (0..cases.len())
         .map(|_| std::sync::Mutex::new(None))
