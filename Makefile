@@ -10,7 +10,7 @@ ARGS ?=
 
 ## Start the application on its embedded defaults (http://127.0.0.1:8080, ./data).
 run: build
-	scripts/setup-dicom.sh
+	scripts/setup-dicom.sh || echo "dcm2niix could not be installed: DICOM import answers 503 until it is (README: DICOM import)" >&2
 	target/release/cggm serve $(ARGS)
 
 ## Run the whole test suite (unit, API, end-to-end, browser).
