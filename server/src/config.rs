@@ -47,6 +47,8 @@ pub struct ServeArgs {
     /// Folder with `static/` and `node_modules/` (the web assets); defaults to the checkout's web/.
     #[arg(long, env = "CGGM_WEB_DIR")]
     pub web_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub executor: crate::executor::ExecutorArgs,
 }
 
 /// Everything the application needs at run time, resolved from [`ServeArgs`].
@@ -64,6 +66,8 @@ pub struct Config {
     pub web_dir: PathBuf,
     /// The `cggm` binary that runs jobs (the server's own executable in production).
     pub cggm_bin: PathBuf,
+    /// Where jobs run (local child processes by default, or Slurm).
+    pub executor: crate::executor::Executor,
 }
 
 impl Config {
@@ -79,6 +83,7 @@ impl Config {
             dataset_roots: Vec::new(),
             web_dir: default_web_dir(),
             cggm_bin,
+            executor: crate::executor::Executor::Local,
         }
     }
 }
