@@ -28,3 +28,25 @@ CREATE TABLE job_executions (
 );
 
 CREATE INDEX job_executions_job ON job_executions(job_id);
+
+-- Studies in the sense of method comparisons (named `comparisons` here: `studies` already holds
+-- uploaded patient scans): a grid of training runs (methods x seeds, optionally x rho/lambda) on
+-- one dataset, aggregated on one page.
+CREATE TABLE comparisons (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    name        TEXT    NOT NULL,
+    dataset_id  INTEGER REFERENCES datasets(id),
+    -- the request: methods, seeds, grid and the shared run options (JSON)
+    spec        TEXT    NOT NULL,
+    created_at  REAL    NOT NULL
+);
+
+CREATE TABLE comparison_runs (
+    comparison_id INTEGER NOT NULL REFERENCES comparisons(id) ON DELETE CASCADE,
+    job_id        INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    -- the row's label: the method, with its grid point when there is a grid ("cggm rho=1.2")
+    arm           TEXT    NOT NULL,
+    method        TEXT    NOT NULL,
+    seed          INTEGER NOT NULL,
+    PRIMARY KEY (comparison_id, job_id)
+);

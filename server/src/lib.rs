@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod limits;
 pub mod routes;
 pub mod security;
+pub mod study_cli;
 pub mod templates;
 pub mod volume;
 
@@ -139,6 +140,7 @@ pub fn app(state: AppState) -> Router {
     let web = state.config.web_dir.clone();
     Router::new()
         .merge(routes::pages::router())
+        .merge(routes::comparisons::page_router())
         .nest("/api", routes::api_router())
         .merge(security::router())
         .nest_service("/static", ServeDir::new(web.join("static")))

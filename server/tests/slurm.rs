@@ -218,7 +218,8 @@ async fn cancel_is_scancel_and_a_restarted_server_reattaches_to_the_running_job(
         );
         let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
         assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
-        assert!(events.iter().any(|e| e["kind"] == "finished"));
+        let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+        assert!(kinds.contains(&"finished"), "{kinds:?}");
         stored
     };
     assert!(stored_before > 0);

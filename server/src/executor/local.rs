@@ -104,11 +104,21 @@ pub async fn stop_leftover(
 mod tests {
     use super::*;
 
+    /// A shell whose command line holds `marker`, once it has exec'd (before that, the forked
+    /// child still shows the test binary's command line).
     fn sleeper(marker: &str) -> std::process::Child {
-        std::process::Command::new("sh")
+        let child = std::process::Command::new("sh")
             .args(["-c", "sleep 60; true", marker])
             .spawn()
-            .unwrap()
+            .unwrap();
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while !std::fs::read(format!("/proc/{}/cmdline", child.id()))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+        {
+            assert!(std::time::Instant::now() < until, "the shell did not start");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child
     }
 
     #[tokio::test]

@@ -438,6 +438,9 @@ pub(crate) async fn follow(
             .fetch_one(inner.pool())
             .await?;
     let mut cancelled = false;
+    // A server killed between storing events and storing the offset left events past the stored
+    // offset: the first lines read after (re)starting are checked against what is stored.
+    let mut check_stored = true;
     let mut last: Option<SlurmStatus> = None;
     let end: Option<SlurmStatus> = loop {
         let status = ask(&slurm_id).await;
@@ -450,6 +453,7 @@ pub(crate) async fn follow(
             &output_path,
             &mut output_offset,
             &mut seq,
+            &mut check_stored,
         )
         .await;
         if grew {
@@ -585,6 +589,7 @@ async fn drain(
     output_path: &Path,
     output_offset: &mut i64,
     seq: &mut i64,
+    check_stored: &mut bool,
 ) -> bool {
     let (bytes, offset) = read_new(events_path, *events_offset).await;
     *events_offset = offset;
@@ -592,6 +597,22 @@ async fn drain(
     for line in String::from_utf8_lossy(&bytes).lines() {
         match serde_json::from_str::<Event>(line) {
             Ok(event) => {
+                if *check_stored {
+                    let value = serde_json::to_value(&event).unwrap_or_default();
+                    let stored: Option<i64> = sqlx::query_scalar(
+                        "SELECT seq FROM events WHERE job_id = ? AND kind = ? AND time = ?",
+                    )
+                    .bind(job_id)
+                    .bind(value["event"].as_str().unwrap_or("unknown"))
+                    .bind(value["time"].as_f64().unwrap_or_default())
+                    .fetch_optional(inner.pool())
+                    .await
+                    .unwrap_or(None);
+                    if stored.is_some() {
+                        continue;
+                    }
+                    *check_stored = false;
+                }
                 *seq += 1;
                 inner.store_event(job_id, *seq, &event).await;
                 grew = true;

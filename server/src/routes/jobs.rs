@@ -85,7 +85,7 @@ async fn show(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json
 /// `cggm train` knob, under its JSON name). The server builds the run configuration with the
 /// trainer's own types and validation and answers 422 with the reason before anything is queued;
 /// the configuration goes to the child as `request.json` in the run directory.
-async fn create(
+pub async fn create(
     State(state): State<AppState>,
     Json(mut body): Json<serde_json::Value>,
 ) -> Result<(StatusCode, Json<JobView>)> {

@@ -1,5 +1,6 @@
 //! HTTP routes. Each module exposes its own `router()`; [`api_router`] merges the JSON API.
 
+pub mod comparisons;
 pub mod datasets;
 pub mod deletion;
 pub mod jobs;
@@ -23,6 +24,7 @@ pub fn api_router() -> Router<AppState> {
         .merge(jobs::router())
         .merge(studies::router())
         .merge(deletion::router())
+        .merge(comparisons::router())
 }
 
 async fn health() -> Json<serde_json::Value> {
