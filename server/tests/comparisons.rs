@@ -74,7 +74,7 @@ async fn a_two_by_two_comparison_aggregates_the_runs_own_test_scores() {
             .or_default()
             .push((run["seed"].as_i64().unwrap(), own));
     }
-    let t_975_df1 = 12.706;
+    let t_975_df1 = 12.7062; // scipy.stats.t.ppf(0.975, 1)
     for arm in aggregate["arms"].as_array().unwrap() {
         let values: Vec<f64> = by_arm[arm["arm"].as_str().unwrap()]
             .iter()
