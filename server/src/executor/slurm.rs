@@ -425,37 +425,27 @@ pub(crate) async fn follow(
 ) -> anyhow::Result<()> {
     let job_id = execution.job_id;
     let slurm_id = execution.slurm_job_id.clone().unwrap_or_default();
-    let events_path = PathBuf::from(execution.events_path.clone().unwrap_or_default());
-    let output_path = PathBuf::from(execution.output_path.clone().unwrap_or_default());
-    let mut events_offset = execution.events_offset;
-    let mut output_offset = execution.output_offset;
     let mut stalled = execution.stalled;
     let mut first_event_at = execution.first_event_at;
     let mut last_growth = Instant::now();
-    let mut seq: i64 =
-        sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?")
-            .bind(job_id)
-            .fetch_one(inner.pool())
-            .await?;
+    let seq: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?")
+        .bind(job_id)
+        .fetch_one(inner.pool())
+        .await?;
     let mut cancelled = false;
-    // A server killed between storing events and storing the offset left events past the stored
-    // offset: the first lines read after (re)starting are checked against what is stored.
-    let mut check_stored = true;
+    let mut cursor = Cursor {
+        events_path: PathBuf::from(execution.events_path.clone().unwrap_or_default()),
+        events_offset: execution.events_offset,
+        output_path: PathBuf::from(execution.output_path.clone().unwrap_or_default()),
+        output_offset: execution.output_offset,
+        seq,
+        check_stored: true,
+    };
     let mut last: Option<SlurmStatus> = None;
     let end: Option<SlurmStatus> = loop {
         let status = ask(&slurm_id).await;
         // Read after asking: a job Slurm calls ended has written everything it will write.
-        let grew = drain(
-            &inner,
-            job_id,
-            &events_path,
-            &mut events_offset,
-            &output_path,
-            &mut output_offset,
-            &mut seq,
-            &mut check_stored,
-        )
-        .await;
+        let grew = drain(&inner, job_id, &mut cursor).await;
         if grew {
             last_growth = Instant::now();
             first_event_at.get_or_insert_with(db::now);
@@ -486,8 +476,8 @@ pub(crate) async fn follow(
                  updated_at = ?
              WHERE id = ?",
         )
-        .bind(events_offset)
-        .bind(output_offset)
+        .bind(cursor.events_offset)
+        .bind(cursor.output_offset)
         .bind(stalled)
         .bind(shown.as_ref().map(|s| s.state.clone()))
         .bind(shown.as_ref().and_then(|s| s.node.clone()))
@@ -579,25 +569,28 @@ pub(crate) async fn follow(
     inner.finish(job_id, state, code, error).await
 }
 
+/// How far a job's files have been read, and the last stored event's number.
+struct Cursor {
+    events_path: PathBuf,
+    events_offset: i64,
+    output_path: PathBuf,
+    output_offset: i64,
+    seq: i64,
+    /// A server killed between storing events and storing the offset left events past the
+    /// stored offset: the first lines read after (re)starting are checked against what is stored.
+    check_stored: bool,
+}
+
 /// Reads what the events and output files gained: events are stored and broadcast, output goes
 /// to the job's log. True when there were new events.
-async fn drain(
-    inner: &Inner,
-    job_id: i64,
-    events_path: &Path,
-    events_offset: &mut i64,
-    output_path: &Path,
-    output_offset: &mut i64,
-    seq: &mut i64,
-    check_stored: &mut bool,
-) -> bool {
-    let (bytes, offset) = read_new(events_path, *events_offset).await;
-    *events_offset = offset;
+async fn drain(inner: &Inner, job_id: i64, cursor: &mut Cursor) -> bool {
+    let (bytes, offset) = read_new(&cursor.events_path, cursor.events_offset).await;
+    cursor.events_offset = offset;
     let mut grew = false;
     for line in String::from_utf8_lossy(&bytes).lines() {
         match serde_json::from_str::<Event>(line) {
             Ok(event) => {
-                if *check_stored {
+                if cursor.check_stored {
                     let value = serde_json::to_value(&event).unwrap_or_default();
                     let stored: Option<i64> = sqlx::query_scalar(
                         "SELECT seq FROM events WHERE job_id = ? AND kind = ? AND time = ?",
@@ -611,16 +604,16 @@ async fn drain(
                     if stored.is_some() {
                         continue;
                     }
-                    *check_stored = false;
+                    cursor.check_stored = false;
                 }
-                *seq += 1;
-                inner.store_event(job_id, *seq, &event).await;
+                cursor.seq += 1;
+                inner.store_event(job_id, cursor.seq, &event).await;
                 grew = true;
             }
             Err(_) => tracing::debug!(job_id, %line, "non-event line in a job's events file"),
         }
     }
-    let (bytes, offset) = read_new(output_path, *output_offset).await;
+    let (bytes, offset) = read_new(&cursor.output_path, cursor.output_offset).await;
     if !bytes.is_empty() {
         let log = crate::jobs::log_path(inner.data_dir(), job_id);
         let appended = tokio::fs::OpenOptions::new()
@@ -631,7 +624,7 @@ async fn drain(
         if let Ok(mut file) = appended {
             use tokio::io::AsyncWriteExt;
             if file.write_all(&bytes).await.is_ok() {
-                *output_offset = offset;
+                cursor.output_offset = offset;
             }
         }
     }
