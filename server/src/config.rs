@@ -50,6 +50,8 @@ pub struct ServeArgs {
     /// The DICOM converter (installed by scripts/setup-dicom.sh).
     #[arg(long, env = "CGGM_DCM2NIIX", default_value = "dcm2niix")]
     pub dcm2niix: PathBuf,
+    #[command(flatten)]
+    pub executor: crate::executor::ExecutorArgs,
 }
 
 /// Everything the application needs at run time, resolved from [`ServeArgs`].
@@ -69,6 +71,8 @@ pub struct Config {
     pub cggm_bin: PathBuf,
     /// DICOM import: the converter and its limits.
     pub dicom: crate::dicom::DicomSettings,
+    /// Where jobs run (local child processes by default, or Slurm).
+    pub executor: crate::executor::Executor,
 }
 
 impl Config {
@@ -85,6 +89,7 @@ impl Config {
             web_dir: default_web_dir(),
             cggm_bin,
             dicom: Default::default(),
+            executor: crate::executor::Executor::Local,
         }
     }
 }

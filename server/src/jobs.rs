@@ -27,11 +27,13 @@ pub struct LiveMessage {
 
 #[derive(Clone)]
 pub struct JobRunner {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     pool: SqlitePool,
+    /// Where jobs run: child processes (local) or Slurm batch jobs (see `crate::executor`).
+    executor: crate::executor::Executor,
     cggm_bin: PathBuf,
     data_dir: PathBuf,
     slots: Semaphore,
@@ -47,10 +49,17 @@ struct Inner {
 const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl JobRunner {
-    pub fn new(pool: SqlitePool, cggm_bin: PathBuf, data_dir: PathBuf, max_jobs: usize) -> Self {
+    pub fn new(
+        pool: SqlitePool,
+        cggm_bin: PathBuf,
+        data_dir: PathBuf,
+        max_jobs: usize,
+        executor: crate::executor::Executor,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 pool,
+                executor,
                 cggm_bin,
                 data_dir,
                 slots: Semaphore::new(max_jobs.max(1)),
@@ -61,16 +70,11 @@ impl JobRunner {
         }
     }
 
-    /// After a restart: jobs that were running lost their process and are marked `interrupted`
-    /// (their run folders and checkpoints stay); queued jobs are queued again.
+    /// After a restart: Slurm jobs still known to Slurm are followed again; a local job's trainer
+    /// that still runs is stopped; the other jobs that were running lost their process and are
+    /// marked `interrupted` (their run folders and checkpoints stay); queued jobs are queued again.
     pub async fn recover(&self) -> anyhow::Result<()> {
-        sqlx::query(
-            "UPDATE jobs SET state = 'interrupted', finished_at = ?,
-             error = 'the server stopped while this job ran; its files are kept' WHERE state = 'running'",
-        )
-        .bind(db::now())
-        .execute(&self.inner.pool)
-        .await?;
+        crate::executor::recover_running(self, CANCEL_GRACE).await?;
         let queued: Vec<(i64,)> =
             sqlx::query_as("SELECT id FROM jobs WHERE state = 'queued' ORDER BY id")
                 .fetch_all(&self.inner.pool)
@@ -165,6 +169,24 @@ impl JobRunner {
     pub fn log_path(&self, job_id: i64) -> PathBuf {
         log_path(&self.inner.data_dir, job_id)
     }
+
+    /// Makes a running job live again (its channel and its cancel notify), for an executor that
+    /// re-attaches to it after a restart.
+    pub(crate) fn attach(&self, job_id: i64) -> Arc<Notify> {
+        self.inner
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(job_id)
+            .or_insert_with(|| broadcast::channel(1024).0);
+        self.inner
+            .cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(job_id)
+            .or_default()
+            .clone()
+    }
 }
 
 /// The last `max` bytes of a file (empty when it does not exist), read from its end: a log of
@@ -189,8 +211,33 @@ pub fn log_path(data_dir: &Path, job_id: i64) -> PathBuf {
 }
 
 impl Inner {
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    pub(crate) fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub(crate) fn executor(&self) -> &crate::executor::Executor {
+        &self.executor
+    }
+
+    pub(crate) fn forget_cancel(&self, job_id: i64) {
+        self.cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&job_id);
+    }
+
     async fn run(self: Arc<Self>, job_id: i64) -> anyhow::Result<()> {
-        let _slot = self.slots.acquire().await.context("job queue closed")?;
+        // The local queue's limit; a cluster schedules its own jobs.
+        let _slot = match self.executor {
+            crate::executor::Executor::Local => {
+                Some(self.slots.acquire().await.context("job queue closed")?)
+            }
+            crate::executor::Executor::Slurm(_) => None,
+        };
         let job = db::job(&self.pool, job_id)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -225,6 +272,17 @@ impl Inner {
                     .remove(&job_id);
             }
             return Ok(());
+        }
+        if let crate::executor::Executor::Slurm(config) = &self.executor {
+            let config = config.clone();
+            return crate::executor::slurm::submit_and_follow(
+                self.clone(),
+                &config,
+                job_id,
+                args,
+                cancel,
+            )
+            .await;
         }
 
         let mut command = tokio::process::Command::new(&self.cggm_bin);
@@ -261,6 +319,11 @@ impl Inner {
             }
         };
         let _parent_pipe = child.stdin.take();
+        if let Some(pid) = child.id() {
+            if let Err(e) = crate::executor::local::record(&self.pool, job_id, pid).await {
+                tracing::warn!(job_id, error = %e, "could not record the job's process id");
+            }
+        }
         tracing::info!(job_id, kind = %job.kind, ?args, pid = child.id(), "job started");
         self.broadcast_state(job_id, JobState::Running);
 
@@ -333,7 +396,7 @@ impl Inner {
 
     /// Stores an event (retried a few times) and sends it to live viewers. A database that
     /// refuses it costs that event its storage, logged, never the training.
-    async fn store_event(&self, job_id: i64, seq: i64, event: &Event) {
+    pub(crate) async fn store_event(&self, job_id: i64, seq: i64, event: &Event) {
         let value = match serde_json::to_value(event) {
             Ok(value) => value,
             Err(e) => {
@@ -372,7 +435,7 @@ impl Inner {
         self.send(job_id, LiveMessage { seq, kind, data });
     }
 
-    async fn finish(
+    pub(crate) async fn finish(
         &self,
         job_id: i64,
         state: JobState,
@@ -394,7 +457,30 @@ impl Inner {
         Ok(())
     }
 
-    fn broadcast_state(&self, job_id: i64, state: JobState) {
+    /// A running job's executor state for live viewers (Slurm's state and node, stalled or not).
+    pub(crate) fn send_state_detail(
+        &self,
+        job_id: i64,
+        executor_state: &str,
+        node: Option<&str>,
+        stalled: bool,
+    ) {
+        let data = serde_json::json!({
+            "state": JobState::Running.as_str(), "executor_state": executor_state,
+            "node": node, "stalled": stalled,
+        })
+        .to_string();
+        self.send(
+            job_id,
+            LiveMessage {
+                seq: 0,
+                kind: "state".into(),
+                data,
+            },
+        );
+    }
+
+    pub(crate) fn broadcast_state(&self, job_id: i64, state: JobState) {
         let data = serde_json::json!({ "state": state.as_str() }).to_string();
         self.send(
             job_id,

@@ -5,12 +5,14 @@ pub mod config;
 pub mod db;
 pub mod dicom;
 pub mod error;
+pub mod executor;
 pub mod feature_datasets;
 pub mod inspect;
 pub mod jobs;
 pub mod limits;
 pub mod routes;
 pub mod security;
+pub mod study_cli;
 pub mod templates;
 pub mod volume;
 
@@ -85,6 +87,7 @@ impl AppState {
             config.cggm_bin.clone(),
             config.data_dir.clone(),
             config.max_jobs,
+            config.executor.clone(),
         );
         runner.recover().await?;
         Ok(Self {
@@ -138,6 +141,7 @@ pub fn app(state: AppState) -> Router {
     let web = state.config.web_dir.clone();
     Router::new()
         .merge(routes::pages::router())
+        .merge(routes::comparisons::page_router())
         .nest("/api", routes::api_router())
         .merge(security::router())
         .nest_service("/static", ServeDir::new(web.join("static")))
@@ -177,6 +181,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_upload_bytes: args.max_upload_mb.saturating_mul(1024 * 1024),
         dataset_roots: args.dataset_roots.clone(),
         web_dir: args.web_dir.clone().unwrap_or_else(config::default_web_dir),
+        executor: executor::Executor::Local,
         cggm_bin,
         dicom: dicom::DicomSettings::with_converter(args.dcm2niix.clone()),
     };
@@ -187,6 +192,17 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!(web_dir = %config.web_dir.display(), "uPlot not found: run scripts/setup-web.sh (charts will be missing)");
     }
     let _data_dir_lock = lock_data_dir(&config.data_dir)?;
+    let config = Config {
+        executor: executor::Executor::from_args(
+            &args.executor,
+            &config.data_dir,
+            &config.cggm_bin,
+        )?,
+        ..config
+    };
+    if let executor::Executor::Slurm(slurm) = &config.executor {
+        tracing::info!(shared_dir = %slurm.shared_dir.display(), "jobs run on Slurm");
+    }
     let state = AppState::new(config).await?;
     if !args.no_demo {
         routes::datasets::ensure_demo_dataset(state.clone()).await?;

@@ -20,6 +20,8 @@ struct Cli {
 enum Command {
     /// Run the web application (http://127.0.0.1:8080 by default).
     Serve(cggm_server::ServeArgs),
+    /// Launch a method comparison (methods x seeds on one dataset) on a running server.
+    Study(cggm_server::study_cli::StudyArgs),
     #[command(flatten)]
     Trainer(cggm_trainer::cli::Command),
 }
@@ -37,6 +39,7 @@ fn main() -> anyhow::Result<()> {
                 .init();
             tokio::runtime::Runtime::new()?.block_on(cggm_server::serve(args))
         }
+        Command::Study(args) => cggm_server::study_cli::run(args),
         Command::Trainer(command) => {
             cggm_server::exit_with_parent();
             cggm_trainer::cli::run(command)

@@ -41,6 +41,8 @@ pub struct JobView {
     pub params: serde_json::Value,
     /// The best (or last) validation event of a training job.
     pub best_validation: Option<serde_json::Value>,
+    /// Where the job runs or ran last: executor, pid or Slurm job id, node and state.
+    pub execution: Option<crate::executor::Execution>,
 }
 
 pub async fn job_view(state: &AppState, job: Job) -> Result<JobView> {
@@ -49,7 +51,9 @@ pub async fn job_view(state: &AppState, job: Job) -> Result<JobView> {
     } else {
         None
     };
+    let execution = crate::executor::current(&state.pool, job.id).await?;
     Ok(JobView {
+        execution,
         params: job.params_json(),
         job,
         best_validation,
@@ -81,7 +85,7 @@ async fn show(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json
 /// `cggm train` knob, under its JSON name). The server builds the run configuration with the
 /// trainer's own types and validation and answers 422 with the reason before anything is queued;
 /// the configuration goes to the child as `request.json` in the run directory.
-async fn create(
+pub async fn create(
     State(state): State<AppState>,
     Json(mut body): Json<serde_json::Value>,
 ) -> Result<(StatusCode, Json<JobView>)> {

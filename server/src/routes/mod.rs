@@ -1,5 +1,6 @@
 //! HTTP routes. Each module exposes its own `router()`; [`api_router`] merges the JSON API.
 
+pub mod comparisons;
 pub mod datasets;
 pub mod deletion;
 pub mod dicom;
@@ -25,6 +26,7 @@ pub fn api_router() -> Router<AppState> {
         .merge(studies::router())
         .merge(dicom::router())
         .merge(deletion::router())
+        .merge(comparisons::router())
 }
 
 async fn health() -> Json<serde_json::Value> {

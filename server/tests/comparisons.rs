@@ -1,0 +1,154 @@
+//! Studies — method comparisons through the API on the local executor: 2 methods x 2 seeds on tiny
+//! data, and the aggregate checked against the runs' own metrics.json (means, the 95 % t interval
+//! computed here independently, paired differences against joint), plus the CSV and PNG exports.
+
+mod common;
+
+use common::live::*;
+use std::time::Duration;
+
+const DEADLINE: Duration = Duration::from_secs(300);
+
+fn test_dice(server: &LiveServer, job: i64) -> f64 {
+    let text =
+        std::fs::read_to_string(server.data_dir.join(format!("runs/job-{job}/metrics.json")))
+            .unwrap();
+    let metrics: serde_json::Value = serde_json::from_str(&text).unwrap();
+    metrics["test"]["dice"]["mean"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no test.dice.mean in job {job}'s metrics.json: {metrics}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_by_two_comparison_aggregates_the_runs_own_test_scores() {
+    let server = LiveServer::start(&["--no-demo", "--max-jobs", "2"]);
+    let dataset = server.tiny_dataset("tiny").await;
+
+    // A bad method queues nothing.
+    let refused = server
+        .client
+        .post(server.url("/api/comparisons"))
+        .json(
+            &serde_json::json!({ "dataset_id": dataset, "methods": ["joint", "no-such-method"],
+                                   "seeds": [1, 2], "options": { "preset": "tiny" } }),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 422);
+    assert_eq!(
+        server.get_json("/api/jobs").await.as_array().unwrap().len(),
+        0
+    );
+
+    let made = server
+        .post_json(
+            "/api/comparisons",
+            serde_json::json!({ "dataset_id": dataset, "methods": ["joint", "cggm"], "seeds": [1, 2],
+                                "options": { "preset": "tiny", "epochs": 1, "steps_per_epoch": 2,
+                                             "device": "cpu" } }),
+        )
+        .await;
+    let id = made["id"].as_i64().unwrap();
+    assert_eq!(made["jobs"].as_array().unwrap().len(), 4);
+    let aggregate = server
+        .poll_json(&format!("/api/comparisons/{id}"), DEADLINE, |a| {
+            a["done"] == true
+        })
+        .await;
+    let runs = aggregate["runs"].as_array().unwrap();
+    assert!(
+        runs.iter().all(|r| r["state"] == "succeeded"),
+        "{aggregate}"
+    );
+    assert_eq!(aggregate["headline"], "dice_mean");
+
+    // Each run's score is its metrics.json's; the arm's mean and interval follow from them.
+    let mut by_arm: std::collections::BTreeMap<String, Vec<(i64, f64)>> = Default::default();
+    for run in runs {
+        let job = run["job_id"].as_i64().unwrap();
+        let own = test_dice(&server, job);
+        assert!((run["test_metrics"]["dice_mean"].as_f64().unwrap() - own).abs() < 1e-9);
+        by_arm
+            .entry(run["arm"].as_str().unwrap().to_string())
+            .or_default()
+            .push((run["seed"].as_i64().unwrap(), own));
+    }
+    let t_975_df1 = 12.7062; // scipy.stats.t.ppf(0.975, 1)
+    for arm in aggregate["arms"].as_array().unwrap() {
+        let values: Vec<f64> = by_arm[arm["arm"].as_str().unwrap()]
+            .iter()
+            .map(|(_, v)| *v)
+            .collect();
+        assert_eq!(values.len(), 2);
+        let mean = (values[0] + values[1]) / 2.0;
+        let sd = ((values[0] - mean).powi(2) + (values[1] - mean).powi(2)).sqrt(); // n - 1 = 1
+        let half = t_975_df1 * sd / 2f64.sqrt();
+        let shown = &arm["metrics"]["dice_mean"];
+        assert!(
+            (shown["mean"].as_f64().unwrap() - mean).abs() < 1e-9,
+            "{arm}"
+        );
+        assert!(
+            (shown["half"].as_f64().unwrap() - half).abs() < 1e-6,
+            "{arm}"
+        );
+    }
+    let joint: std::collections::BTreeMap<i64, f64> = by_arm["joint"].iter().copied().collect();
+    let diffs: Vec<f64> = by_arm["cggm"]
+        .iter()
+        .map(|(seed, v)| v - joint[seed])
+        .collect();
+    let paired = aggregate["paired"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["arm"] == "cggm" && p["metric"] == "dice_mean")
+        .expect("a paired difference of cggm against joint");
+    assert!(
+        (paired["interval"]["mean"].as_f64().unwrap() - (diffs[0] + diffs[1]) / 2.0).abs() < 1e-9
+    );
+    assert!(
+        !aggregate["modality"].as_array().unwrap().is_empty(),
+        "per-modality scores"
+    );
+
+    // Exports.
+    let csv = server
+        .client
+        .get(server.url(&format!("/api/comparisons/{id}/csv")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(csv.starts_with("section,arm,detail,metric,n,mean,ci95_half"));
+    assert!(
+        csv.lines()
+            .any(|l| l.starts_with("summary,cggm,,dice_mean,2,")),
+        "{csv}"
+    );
+    assert!(
+        csv.lines().any(|l| l.starts_with("paired_vs_joint,cggm,")),
+        "{csv}"
+    );
+    let png = server
+        .client
+        .get(server.url(&format!("/api/comparisons/{id}/png")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(is_png(&png));
+    let page = server
+        .client
+        .get(server.url(&format!("/comparisons/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("comparison-summary"));
+}

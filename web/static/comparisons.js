@@ -1,0 +1,81 @@
+// Studies — method comparisons: the launch form (/comparisons) and the aggregate page
+// (/comparisons/<id>), which refreshes until every run has finished. Requests go through app.js's
+// api(); tables are built with textContent only.
+"use strict";
+
+(function () {
+  const COLOURS = ["#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377", "#bbbbbb", "#000000"];
+  const list = (text) => (text || "").split(",").map((s) => s.trim()).filter(Boolean);
+  const fmt = (i) => !i ? "–" : i.half == null ? i.mean.toFixed(4) : i.mean.toFixed(4) + " ± " + i.half.toFixed(4);
+
+  function table(el, header, rows) {
+    el.textContent = "";
+    const head = el.createTHead().insertRow();
+    header.forEach((h) => { const th = document.createElement("th"); th.textContent = h; head.appendChild(th); });
+    const body = el.createTBody();
+    rows.forEach((cells) => {
+      const tr = body.insertRow();
+      cells.forEach((c) => {
+        const td = tr.insertCell();
+        if (c instanceof Node) td.appendChild(c); else td.textContent = c;
+      });
+    });
+  }
+
+  function swatch(k, text) {
+    const span = document.createElement("span");
+    const box = document.createElement("span");
+    box.style.cssText = "display:inline-block;width:0.8em;height:0.8em;margin-right:0.4em;background:" + COLOURS[k % COLOURS.length];
+    span.appendChild(box);
+    span.appendChild(document.createTextNode(text));
+    return span;
+  }
+
+  const form = document.querySelector("#new-comparison");
+  if (form) {
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const f = form.elements;
+      const options = {};
+      for (const key of ["preset", "device"]) if (f[key].value) options[key] = f[key].value;
+      for (const key of ["epochs", "steps_per_epoch"]) if (f[key].value) options[key] = Number(f[key].value);
+      const body = {
+        name: f.name.value, dataset_id: Number(f.dataset_id.value), methods: list(f.methods.value),
+        seeds: list(f.seeds.value).map(Number), rho: list(f.rho.value).map(Number),
+        lambda: list(f.lambda.value).map(Number), options,
+      };
+      try {
+        const made = await api("POST", "/api/comparisons", body);
+        location.href = "/comparisons/" + made.id;
+      } catch (err) { toast(err.message, true); }
+    });
+  }
+
+  const progress = document.querySelector("#comparison-progress");
+  if (!progress) return;
+  const id = progress.dataset.comparison;
+  async function refresh() {
+    let a;
+    try { a = await api("GET", "/api/comparisons/" + id); } catch (err) { toast(err.message, true); return; }
+    const finished = a.runs.filter((r) => !["queued", "running"].includes(r.state)).length;
+    progress.textContent = finished + " of " + a.runs.length + " runs finished" + (a.done ? "" : " (refreshing)");
+    table(document.querySelector("#comparison-summary"), ["method", "runs with a test score"].concat(a.metrics),
+      a.arms.map((arm, k) => [swatch(k, arm.arm), arm.finished + " / " + arm.runs].concat(a.metrics.map((m) => fmt(arm.metrics[m])))));
+    table(document.querySelector("#comparison-paired"), ["method", "metric", "Δ vs joint", "above joint on"],
+      a.paired.map((p) => [p.arm, p.metric, fmt(p.interval), p.above + " of " + p.interval.n + " seeds"]));
+    table(document.querySelector("#comparison-modality"), ["method", "modality", "metric", "score"],
+      a.modality.map((m) => [m.arm, m.modality, m.metric, fmt(m.interval)]));
+    table(document.querySelector("#comparison-runs"), ["run", "method", "seed", "state"].concat(a.headline ? [a.headline] : []),
+      a.runs.map((r) => {
+        const link = document.createElement("a");
+        link.href = "/jobs/" + r.job_id; link.textContent = "#" + r.job_id;
+        const cells = [link, r.arm, String(r.seed), r.state];
+        if (a.headline) cells.push(r.test_metrics[a.headline] == null ? "–" : r.test_metrics[a.headline].toFixed(4));
+        return cells;
+      }));
+    document.querySelector("#figure-metric").textContent = a.headline ? "(" + a.headline + ", bars in the table's colours)" : "";
+    document.querySelector("#comparison-figure").src = "/api/comparisons/" + id + "/png?t=" + finished;
+    if (!a.done) setTimeout(refresh, 3000);
+  }
+  window.addEventListener("DOMContentLoaded", refresh);
+})();
