@@ -25,6 +25,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    quiet_error_backtraces();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
@@ -41,5 +42,16 @@ fn main() -> anyhow::Result<()> {
             cggm_server::exit_with_parent();
             cggm_trainer::cli::run(command)
         }
+    }
+}
+
+/// A user's mistake (a bad dataset, a wrong flag) is reported as a message, not a stack trace:
+/// unless `RUST_LIB_BACKTRACE` says otherwise, errors capture no backtrace even when
+/// `RUST_BACKTRACE=1` is set for panics. Resolving one reads the binary's debug information —
+/// 260 MB more peak memory for `cggm validate` on a bad folder with a debug build.
+fn quiet_error_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // Edition 2021: safe; called first thing in `main`, before this program starts a thread.
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
 }
