@@ -224,6 +224,15 @@ fn a_trainer_killed_in_the_middle_of_a_checkpoint_write_resumes_to_the_uninterru
     }
 }
 
+/// Where the server keeps job `id`'s run (the API does not show server paths).
+fn run_dir_of(data_dir: &Path, id: i64) -> String {
+    let data_dir = data_dir.canonicalize().unwrap();
+    data_dir
+        .join(format!("runs/job-{id}"))
+        .display()
+        .to_string()
+}
+
 /// Processes whose command line names `run_dir` (trainers working in it).
 fn trainers_in(run_dir: &str) -> Vec<u32> {
     let mut out = Vec::new();
@@ -283,7 +292,7 @@ async fn a_server_killed_during_training_then_restarted_resumes_the_job_to_the_u
     }
     let job = server.get_json(&format!("/api/jobs/{crashed}")).await;
     assert_eq!(job["state"], "running", "{job}");
-    let run_dir = job["out_dir"].as_str().unwrap().to_string();
+    let run_dir = run_dir_of(&data_dir, crashed);
     assert_eq!(trainers_in(&run_dir).len(), 1);
     server.child.kill().unwrap(); // SIGKILL: no handler runs in the server
     server.child.wait().unwrap();
@@ -333,7 +342,7 @@ async fn a_server_killed_during_training_then_restarted_resumes_the_job_to_the_u
         })
         .await;
     assert_eq!(job["state"], "succeeded", "{job}");
-    let straight_dir = job["out_dir"].as_str().unwrap().to_string();
+    let straight_dir = run_dir_of(&data_dir, straight);
 
     let events = |id: i64| {
         let restarted = &restarted;
