@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
-# Peak memory under hostile NIfTI files: `cggm validate` (and `cggm-check validate`, the same checks
-# without libtorch in the process) on each file of a hostile corpus, then `cggm serve` receiving
-# ROUNDS x 6 hostile uploads at once. Prints one line per measurement and a JSON summary.
+# Peak memory under hostile NIfTI files: `cggm validate` on each file of a hostile corpus, then
+# `cggm serve` receiving ROUNDS x 6 hostile uploads at once. Prints one line per measurement and a
+# JSON summary.
 #
-#   scripts/bench-hostile.sh [--cggm target/debug/cggm] [--check target/debug/cggm-check]
-#                            [--rounds 4] [--out /tmp/cggm-hostile]
+#   scripts/bench-hostile.sh [--cggm target/debug/cggm] [--rounds 4] [--out /tmp/cggm-hostile]
 #
 # The corpus: a gzip bomb (~3 MB claiming 1500^3 uint8), a header claiming 20000^3 with no data, a
 # 1024^3 constant volume (all of its voxel bytes present), a 400^3 volume cut short, a 64^3 volume
@@ -15,13 +14,11 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
 cggm="$root/target/debug/cggm"
-check="$root/target/debug/cggm-check"
 rounds=4
 out=/tmp/cggm-hostile
 while [ $# -gt 0 ]; do
   case "$1" in
     --cggm) cggm="$2"; shift 2 ;;
-    --check) check="$2"; shift 2 ;;
     --rounds) rounds="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     *) echo "unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
@@ -87,14 +84,9 @@ peak_kb() { # command...: runs it, prints its peak RSS in kB (output discarded)
 summary="$out/summary.json"
 echo "{" > "$summary"
 mkdir -p "$out/empty"
-base_version=$(peak_kb "$cggm" --version)
-echo "cggm --version (libtorch loaded, nothing done): peak $((base_version / 1024)) MB"
-echo "  \"cggm_version_peak_mb\": $((base_version / 1024))," >> "$summary"
-if [ -x "$check" ]; then
-  base_check=$(peak_kb "$check" --version)
-  echo "cggm-check --version: peak $((base_check / 1024)) MB"
-  echo "  \"cggm_check_version_peak_mb\": $((base_check / 1024))," >> "$summary"
-fi
+base_empty=$(peak_kb "$cggm" validate "$out/empty")
+echo "cggm validate on an empty folder (libtorch loaded, nothing read): peak $((base_empty / 1024)) MB"
+echo "  \"validate_empty_peak_mb\": $((base_empty / 1024))," >> "$summary"
 for file in "$out"/corpus/*.nii.gz; do
   name="$(basename "$file" .nii.gz)"
   case_dir="$out/datasets/$name/BraTS2021_00001"
@@ -105,11 +97,6 @@ for file in "$out"/corpus/*.nii.gz; do
   secs=$(echo "$(date +%s.%N) - $start" | bc)
   line="cggm validate $name: peak $((kb / 1024)) MB, ${secs} s"
   echo "  \"validate_${name}_peak_mb\": $((kb / 1024))," >> "$summary"
-  if [ -x "$check" ]; then
-    ckb=$(peak_kb "$check" validate "$out/datasets/$name")
-    line="$line; cggm-check validate: peak $((ckb / 1024)) MB"
-    echo "  \"check_${name}_peak_mb\": $((ckb / 1024))," >> "$summary"
-  fi
   echo "$line"
 done
 
@@ -145,7 +132,7 @@ secs=$(echo "$(date +%s.%N) - $start" | bc)
 peak=$(hwm)
 statuses=$(sort "$out/statuses.txt" | uniq -c | awk '{printf "%s x %s, ", $1, $2}')
 rate=$(echo "scale=1; $count / $secs" | bc)
-echo "server, $count hostile uploads at once: ${secs} s ($rate uploads/s), statuses: ${statuses% , }"
+echo "server, $count hostile uploads at once: ${secs} s ($rate uploads/s), statuses: ${statuses%, }"
 echo "server peak memory: $peak MB (idle peak $idle MB, now $(rss) MB)"
 {
   echo "  \"server_idle_peak_mb\": $idle,"

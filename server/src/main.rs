@@ -24,9 +24,22 @@ enum Command {
     Trainer(cggm_trainer::cli::Command),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     quiet_error_backtraces();
-    let cli = Cli::parse();
+    let result = run(Cli::parse());
+    // Everything of ours is dropped by now (files flushed and closed, the server's runtime and
+    // its jobs stopped); report the error as `main` returning it would.
+    let code = match result {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("Error: {error:?}");
+            1
+        }
+    };
+    exit_without_library_destructors(code)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             tracing_subscriber::fmt()
@@ -54,4 +67,20 @@ fn quiet_error_backtraces() {
         // Edition 2021: safe; called first thing in `main`, before this program starts a thread.
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
+}
+
+/// Ends the process without running the C and C++ exit handlers. libtorch and its CUDA libraries
+/// tear down their static state there, touching pages nothing else used: measured, that raised the
+/// peak memory of every `cggm` command by ~110 MB (`cggm serve`: 393 MB while running, 502 MB
+/// peak after exit; `cggm validate`: ~500 MB instead of ~390 MB). Nothing of ours depends on
+/// them: Rust's own values are dropped before this is called, and the standard streams are
+/// flushed here.
+#[allow(unsafe_code)]
+fn exit_without_library_destructors(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: `_exit` takes no pointers and does not return; the only effect skipped is the
+    // exit handlers described above.
+    unsafe { libc::_exit(code) }
 }

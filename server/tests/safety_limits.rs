@@ -149,23 +149,34 @@ async fn the_login_form_and_reads_need_no_application_header() {
 }
 
 #[test]
-fn the_page_s_fetch_helper_sends_the_application_header() {
-    let script = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../web/static/app.js"),
-    )
-    .unwrap();
-    let helper = script
-        .split("async function api(")
-        .nth(1)
+fn the_page_s_fetch_helper_sends_the_application_header_and_is_the_only_way_to_make_changes() {
+    let web = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../web/static");
+    let script = std::fs::read_to_string(web.join("app.js")).unwrap();
+    let (before, helper) = script
+        .split_once("async function api(")
         .expect("app.js has the api() fetch helper");
-    let body = &helper[..helper.find("\n}\n").expect("end of api()")];
+    let end = helper.find("\n}\n").expect("end of api()");
+    let body = &helper[..end];
     assert!(body.contains("\"X-CGGM-Request\": \"1\""), "{body}");
-    // It is the only place requests that change something are made.
-    assert_eq!(
-        script.matches("fetch(").count(),
-        2,
-        "api() and the log's GET"
-    );
+    // Any other fetch in the front end is a plain GET (a change made there would lack the
+    // header and be refused).
+    let mut others = vec![("app.js".to_string(), format!("{before}{}", &helper[end..]))];
+    for entry in std::fs::read_dir(&web).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".js") && name != "app.js" {
+            others.push((name, std::fs::read_to_string(entry.path()).unwrap()));
+        }
+    }
+    for (file, text) in others {
+        for (at, _) in text.match_indices("fetch(") {
+            let call: String = text[at..].chars().take(160).collect();
+            let call = call.split(';').next().unwrap_or("");
+            assert!(
+                !call.contains("method"),
+                "{file}: a request with a method outside api(): {call}"
+            );
+        }
+    }
 }
 
 // ------------------------------------------------------------------ paged history
