@@ -97,8 +97,7 @@ fn last_event(events: &Path, kind: &str) -> serde_json::Value {
         .unwrap()
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| e["event"] == kind)
-        .last()
+        .rfind(|e| e["event"] == kind)
         .unwrap_or_else(|| panic!("no {kind} event in {}", events.display()))
 }
 
@@ -373,8 +372,7 @@ async fn a_server_killed_during_training_then_restarted_resumes_the_job_to_the_u
     let last = |events: &[serde_json::Value], kind: &str| {
         events
             .iter()
-            .filter(|e| e["event"] == kind)
-            .last()
+            .rfind(|e| e["event"] == kind)
             .cloned()
             .unwrap()
     };
