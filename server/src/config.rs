@@ -52,6 +52,18 @@ pub struct ServeArgs {
     pub dcm2niix: PathBuf,
     #[command(flatten)]
     pub executor: crate::executor::ExecutorArgs,
+    /// A client must send a request's headers within this many seconds, or its connection is
+    /// closed (a "slowloris" holding connections open by sending headers a byte at a time).
+    #[arg(long, env = "CGGM_HEADER_TIMEOUT_SECS", default_value_t = 20.0)]
+    pub header_timeout_secs: f64,
+    /// Delete uploaded studies and finished predictions (with their files) older than this many
+    /// days, checked every hour. Unset: nothing is deleted automatically.
+    #[arg(long, env = "CGGM_RETENTION_DAYS")]
+    pub retention_days: Option<f64>,
+    /// With --retention-days: finished training runs (checkpoints, logs) older than the period go
+    /// too. Off by default: runs are kept.
+    #[arg(long, env = "CGGM_RETENTION_INCLUDE_RUNS")]
+    pub retention_include_runs: bool,
 }
 
 /// Everything the application needs at run time, resolved from [`ServeArgs`].

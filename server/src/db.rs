@@ -253,6 +253,50 @@ pub async fn events(
     .await?)
 }
 
+/// One page of a job's events, oldest first: with `before`, the last `limit` events below it
+/// (and above `after`); without, the first `limit` events above `after`. A request never loads
+/// more than `limit` rows, however long the run.
+pub async fn events_page(
+    pool: &SqlitePool,
+    job_id: i64,
+    after: i64,
+    before: Option<i64>,
+    kind: Option<&str>,
+    limit: i64,
+) -> Result<Vec<StoredEvent>> {
+    let limit = limit.max(0);
+    match before {
+        Some(before) => {
+            let mut rows: Vec<StoredEvent> = sqlx::query_as(
+                "SELECT seq, kind, time, data FROM events
+                 WHERE job_id = ? AND seq > ? AND seq < ? AND (? IS NULL OR kind = ?)
+                 ORDER BY seq DESC LIMIT ?",
+            )
+            .bind(job_id)
+            .bind(after)
+            .bind(before)
+            .bind(kind)
+            .bind(kind)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            rows.reverse();
+            Ok(rows)
+        }
+        None => Ok(sqlx::query_as(
+            "SELECT seq, kind, time, data FROM events
+             WHERE job_id = ? AND seq > ? AND (? IS NULL OR kind = ?) ORDER BY seq LIMIT ?",
+        )
+        .bind(job_id)
+        .bind(after)
+        .bind(kind)
+        .bind(kind)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?),
+    }
+}
+
 /// The validation event marked best (or the last one) of a training job, as JSON.
 pub async fn best_validation(pool: &SqlitePool, job_id: i64) -> Result<Option<serde_json::Value>> {
     let rows = events(pool, job_id, 0, Some("validation")).await?;

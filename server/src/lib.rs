@@ -10,6 +10,7 @@ pub mod feature_datasets;
 pub mod inspect;
 pub mod jobs;
 pub mod limits;
+pub mod retention;
 pub mod routes;
 pub mod security;
 pub mod study_cli;
@@ -191,6 +192,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if !config.web_dir.join("node_modules/uplot/dist").is_dir() {
         tracing::warn!(web_dir = %config.web_dir.display(), "uPlot not found: run scripts/setup-web.sh (charts will be missing)");
     }
+    let retention =
+        retention::RetentionPolicy::from_args(args.retention_days, args.retention_include_runs)
+            .map_err(anyhow::Error::msg)?;
     let _data_dir_lock = lock_data_dir(&config.data_dir)?;
     let config = Config {
         executor: executor::Executor::from_args(
@@ -204,6 +208,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(shared_dir = %slurm.shared_dir.display(), "jobs run on Slurm");
     }
     let state = AppState::new(config).await?;
+    if let Some(policy) = retention {
+        retention::spawn_periodic(state.clone(), policy, Duration::from_secs(3600));
+    }
     if !args.no_demo {
         routes::datasets::ensure_demo_dataset(state.clone()).await?;
     }
@@ -218,23 +225,22 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "CGGM Studio: open http://{address}/ (ready in {} ms)",
         started.elapsed().as_millis()
     );
-    let stopping = Arc::new(tokio::sync::Notify::new());
-    let signal = stopping.clone();
     let listener = limits::CappedListener::new(listener, limits::MAX_CONNECTIONS);
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+    let header_timeout = Duration::from_secs_f64(args.header_timeout_secs.max(0.1));
+    // Open live-event streams would hold a graceful shutdown forever: requests get 3 s, then
+    // everything stops. Dropping the runtime kills the job processes (`kill_on_drop`).
+    let shutdown = async move {
         shutdown_signal().await;
         eprintln!("CGGM Studio: stopping (running jobs are stopped and can be resumed later)");
-        signal.notify_waiters();
-    });
-    // Open live-event streams would hold a graceful shutdown forever: give requests a moment,
-    // then stop. Dropping the runtime kills the job processes (`kill_on_drop`).
-    tokio::select! {
-        result = server => result?,
-        _ = async {
-            stopping.notified().await;
-            tokio::time::sleep(Duration::from_secs(3)).await;
-        } => {}
-    }
+    };
+    limits::serve_with_timeouts(
+        listener,
+        app(state),
+        header_timeout,
+        shutdown,
+        Duration::from_secs(3),
+    )
+    .await?;
     Ok(())
 }
 

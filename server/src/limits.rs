@@ -167,3 +167,44 @@ impl AsyncWrite for CappedStream {
         self.stream.is_write_vectored()
     }
 }
+
+/// Serves `app` on `listener` until `shutdown` completes, then gives open requests `grace` to end.
+/// Each connection is HTTP/1.1 with a header-read timeout: a client that has not sent a request's
+/// complete headers within `header_timeout` is disconnected (hyper's timer; `axum::serve` sets
+/// none). Connections also count against the listener's cap while they are open.
+pub async fn serve_with_timeouts(
+    mut listener: CappedListener,
+    app: axum::Router,
+    header_timeout: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+    grace: Duration,
+) -> std::io::Result<()> {
+    use axum::serve::Listener;
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _address) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let io = hyper_util::rt::TokioIo::new(stream);
+        connections.spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(io, service)
+                .with_upgrades();
+            // A client that hangs up, times out or sends garbage ends only its own connection.
+            let _ = connection.await;
+        });
+        // Forget connections that have ended (the set would otherwise grow for ever).
+        while connections.try_join_next().is_some() {}
+    }
+    let _ = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    connections.abort_all();
+    Ok(())
+}

@@ -26,8 +26,22 @@ enum Command {
     Trainer(cggm_trainer::cli::Command),
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() {
+    quiet_error_backtraces();
+    let result = run(Cli::parse());
+    // Everything of ours is dropped by now (files flushed and closed, the server's runtime and
+    // its jobs stopped); report the error as `main` returning it would.
+    let code = match result {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("Error: {error:?}");
+            1
+        }
+    };
+    exit_without_library_destructors(code)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             tracing_subscriber::fmt()
@@ -45,4 +59,31 @@ fn main() -> anyhow::Result<()> {
             cggm_trainer::cli::run(command)
         }
     }
+}
+
+/// A user's mistake (a bad dataset, a wrong flag) is reported as a message, not a stack trace:
+/// unless `RUST_LIB_BACKTRACE` says otherwise, errors capture no backtrace even when
+/// `RUST_BACKTRACE=1` is set for panics. Resolving one reads the binary's debug information —
+/// 260 MB more peak memory for `cggm validate` on a bad folder with a debug build.
+fn quiet_error_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // Edition 2021: safe; called first thing in `main`, before this program starts a thread.
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
+}
+
+/// Ends the process without running the C and C++ exit handlers. libtorch and its CUDA libraries
+/// tear down their static state there, touching pages nothing else used: measured, that raised the
+/// peak memory of every `cggm` command by ~110 MB (`cggm serve`: 393 MB while running, 502 MB
+/// peak after exit; `cggm validate`: ~500 MB instead of ~390 MB). Nothing of ours depends on
+/// them: Rust's own values are dropped before this is called, and the standard streams are
+/// flushed here.
+#[allow(unsafe_code)]
+fn exit_without_library_destructors(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: `_exit` takes no pointers and does not return; the only effect skipped is the
+    // exit handlers described above.
+    unsafe { libc::_exit(code) }
 }

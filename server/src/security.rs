@@ -19,6 +19,12 @@ use std::sync::Mutex;
 /// Name of the session cookie set by the login page.
 pub const SESSION_COOKIE: &str = "cggm_session";
 
+/// The header every state-changing request must carry (`X-CGGM-Request: 1`). The application's
+/// one fetch helper sends it; a cross-site form, image or simple request cannot (a custom header
+/// needs a CORS preflight, which this server never grants), so it is refused even by a browser
+/// that sends no `Origin` or `Sec-Fetch-Site`.
+pub const APP_REQUEST_HEADER: &str = "x-cggm-request";
+
 /// Sessions opened through the login page (in memory: a restart logs everyone out).
 #[derive(Default)]
 pub struct Sessions {
@@ -112,6 +118,12 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
     if mutating {
         if let Err(message) = check_same_origin(&state, headers) {
             return forbidden(message).with_headers();
+        }
+        // The login form is the one plain-HTML POST: it changes nothing but the caller's session.
+        if request.uri().path() != "/login" {
+            if let Err(message) = check_app_header(headers) {
+                return forbidden(message).with_headers();
+            }
         }
     }
     if let Some(token) = state.config.token.as_deref() {
@@ -246,6 +258,24 @@ fn check_same_origin(state: &AppState, headers: &HeaderMap) -> Result<(), String
         }
     }
     Ok(())
+}
+
+/// See [`APP_REQUEST_HEADER`].
+fn check_app_header(headers: &HeaderMap) -> Result<(), String> {
+    match headers.get(APP_REQUEST_HEADER).map(HeaderValue::as_bytes) {
+        Some(b"1") => Ok(()),
+        Some(other) => Err(format!(
+            "the X-CGGM-Request header must be 1, got {:?}: changes are accepted only from this \
+             application's pages, or from scripts that send `X-CGGM-Request: 1`",
+            String::from_utf8_lossy(other)
+        )),
+        None => Err(
+            "missing the X-CGGM-Request header: changes are accepted only from this \
+             application's pages (their requests carry it) or from scripts that send it \
+             (curl -H 'X-CGGM-Request: 1' ...)"
+                .to_string(),
+        ),
+    }
 }
 
 fn authenticated(state: &AppState, headers: &HeaderMap, token: &str) -> bool {

@@ -226,3 +226,47 @@ async fn ten_thousand_stream_requests_for_unknown_jobs_leave_the_server_s_memory
     // Before the fix each request left a channel behind (~100 KB each: ~1 GB for 10,000).
     assert!(after - before < 50.0, "{before:.0} MB -> {after:.0} MB");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_sends_its_headers_slowly_is_disconnected_and_others_are_still_served() {
+    use std::io::{Read, Write};
+    let server = LiveServer::start(&["--no-demo", "--header-timeout-secs", "1"]);
+    let address = server.base.trim_start_matches("http://").to_string();
+    let mut slow = std::net::TcpStream::connect(&address).unwrap();
+    slow.write_all(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        .unwrap();
+    // Keep trickling one header byte every 100 ms, as a slowloris does, until the server hangs
+    // up (a read returns end-of-file or the connection is reset) or the deadline passes.
+    slow.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut answer = Vec::new();
+    let closed = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the server still holds a connection whose headers never end"
+        );
+        let mut buffer = [0u8; 512];
+        match slow.read(&mut buffer) {
+            Ok(0) => break true,
+            Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break true,
+        }
+        if slow.write_all(b"a").is_err() {
+            break true;
+        }
+    };
+    assert!(closed);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "no answer to an incomplete request, or 408: {answer}"
+    );
+    // A well-behaved client is still served.
+    assert_eq!(server.get_json("/api/health").await["status"], "ok");
+}

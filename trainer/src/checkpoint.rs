@@ -144,6 +144,7 @@ pub fn save(
         .save(&pending)
         .with_context(|| format!("writing {}", pending.display()))?;
     sync_file(&pending)?;
+    pause_for_crash_test(name, "weights");
     if with_optimizer {
         let mut tensors = prefixed("model/", trainer.model_opt.state_tensors());
         if let Some(opt) = &trainer.classifier_opt {
@@ -161,8 +162,43 @@ pub fn save(
         .with_context(|| format!("writing {}", pending.display()))?;
     sync_file(&pending)?;
     sync_dir(&dir);
+    pause_for_crash_test(name, "json");
     complete_pending(run_dir, name)?;
     Ok(weights)
+}
+
+/// Environment variable of the crash tests' hook: `NAME:N:STAGE:MARKER` makes the N-th save of
+/// checkpoint NAME ("last" or "best") stop at STAGE — `weights` (the new weights are on disk, the
+/// optimiser state and JSON are not) or `json` (every pending file is on disk, none renamed) —
+/// write MARKER, and wait there to be killed. Unset in normal use.
+pub const PAUSE_IN_CHECKPOINT_ENV: &str = "CGGM_TEST_PAUSE_IN_CHECKPOINT";
+
+fn pause_for_crash_test(name: &str, stage: &str) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static SAVES: AtomicUsize = AtomicUsize::new(0);
+    let Ok(spec) = std::env::var(PAUSE_IN_CHECKPOINT_ENV) else {
+        return;
+    };
+    let mut parts = spec.splitn(4, ':');
+    let (Some(want_name), Some(count), Some(want_stage), Some(marker)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return;
+    };
+    if want_name != name || want_stage != stage {
+        return;
+    }
+    let seen = SAVES.fetch_add(1, Ordering::SeqCst) + 1;
+    if count.parse::<usize>().ok() != Some(seen) {
+        return;
+    }
+    let _ = std::fs::write(
+        marker,
+        format!("paused in save {seen} of {name} at {stage}\n"),
+    );
+    loop {
+        std::thread::park();
+    }
 }
 
 /// Takes the run directory for this process (a kernel lock on `<run>/.lock`, released when the

@@ -14,9 +14,10 @@ function toast(text, isError) {
   toast.timer = setTimeout(() => { t.hidden = true; }, 6000);
 }
 
-// Every mutating call carries the token when the server asks for one (non-loopback deployments).
+// Every mutating call carries the token when the server asks for one (non-loopback deployments),
+// and the X-CGGM-Request header the server requires on every change (cross-site forms cannot send it).
 async function api(method, url, body) {
-  const headers = {};
+  const headers = { "X-CGGM-Request": "1" };
   const token = localStorage.getItem("cggm_token");
   if (token) headers["Authorization"] = "Bearer " + token;
   let payload = body;

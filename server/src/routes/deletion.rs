@@ -78,7 +78,7 @@ fn remove_owned_dir(state: &AppState, dir: &str) -> Result<()> {
 }
 
 /// A finished job's files (output folder, log), events and row.
-async fn remove_job(state: &AppState, job: &db::Job) -> Result<()> {
+pub(crate) async fn remove_job(state: &AppState, job: &db::Job) -> Result<()> {
     remove_owned_dir(state, &job.out_dir)?;
     match std::fs::remove_file(state.runner.log_path(job.id)) {
         Ok(()) => {}
@@ -105,6 +105,13 @@ async fn remove_job(state: &AppState, job: &db::Job) -> Result<()> {
 
 /// A study, its files, and its predictions (derived patient data).
 async fn delete_study(State(state): State<AppState>, Path(id): Path<i64>) -> Result<StatusCode> {
+    remove_study(&state, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Removes a study, its files and its predictions; 409 while a queued or running job uses it.
+pub(crate) async fn remove_study(state: &AppState, id: i64) -> Result<()> {
+    let state = state.clone();
     let study = db::study(&state.pool, id).await?;
     refuse_if_used(
         &format!("study {id}"),
@@ -123,10 +130,15 @@ async fn delete_study(State(state): State<AppState>, Path(id): Path<i64>) -> Res
         .execute(&state.pool)
         .await?;
     tracing::info!(study = id, predictions = predictions.len(), "study deleted");
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
-async fn finished_job(state: &AppState, id: i64, kind: db::JobKind, what: &str) -> Result<db::Job> {
+pub(crate) async fn finished_job(
+    state: &AppState,
+    id: i64,
+    kind: db::JobKind,
+    what: &str,
+) -> Result<db::Job> {
     let job = db::job(&state.pool, id).await?;
     if job.kind != kind {
         return Err(Error::NotFound(format!("{what} {id}")));
@@ -151,13 +163,18 @@ async fn delete_prediction(
 
 /// A training run: its folder (checkpoints included), log, events and row.
 async fn delete_run(State(state): State<AppState>, Path(id): Path<i64>) -> Result<StatusCode> {
-    let job = finished_job(&state, id, db::JobKind::Train, "training run").await?;
+    remove_run(&state, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Removes a finished training run; 409 while it runs or a queued/running job uses its checkpoint.
+pub(crate) async fn remove_run(state: &AppState, id: i64) -> Result<()> {
+    let job = finished_job(state, id, db::JobKind::Train, "training run").await?;
     refuse_if_used(
         &format!("the checkpoint of run {id}"),
-        &active_jobs(&state, Use::Checkpoint, id).await?,
+        &active_jobs(state, Use::Checkpoint, id).await?,
     )?;
-    remove_job(&state, &job).await?;
-    Ok(StatusCode::NO_CONTENT)
+    remove_job(state, &job).await
 }
 
 /// A dataset entry; its folder too when the application made it (uploaded cases, the demo).

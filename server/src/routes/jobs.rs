@@ -246,13 +246,29 @@ async fn resume(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Js
     Ok(Json(job_view(&state, job).await?))
 }
 
+/// The most events one request returns (`limit` is capped to it; it is also the default).
+pub const EVENTS_PAGE_MAX: i64 = 10_000;
+/// How many stored events the live stream replays on connect unless `history` says otherwise;
+/// older ones are paged in through `/events?before=`.
+pub const STREAM_HISTORY_DEFAULT: i64 = 2_000;
+
 #[derive(Debug, Deserialize)]
 pub struct EventsQuery {
     /// Only events with a larger sequence number.
     #[serde(default)]
     pub after: i64,
+    /// Only events with a smaller sequence number; the page is then the last `limit` of them
+    /// (for paging backwards from what the live stream sent).
+    pub before: Option<i64>,
+    /// At most this many events (default and maximum [`EVENTS_PAGE_MAX`]).
+    pub limit: Option<i64>,
     /// Only events of this kind (step, validation, ...).
     pub kind: Option<String>,
+}
+
+/// A page size from the query: at least 1, at most [`EVENTS_PAGE_MAX`].
+fn page_limit(limit: Option<i64>, default: i64) -> i64 {
+    limit.unwrap_or(default).clamp(1, EVENTS_PAGE_MAX)
 }
 
 fn event_json(e: &StoredEvent) -> serde_json::Value {
@@ -267,8 +283,17 @@ async fn events(
     Query(q): Query<EventsQuery>,
 ) -> Result<Json<Vec<serde_json::Value>>> {
     db::job(&state.pool, id).await?;
-    let rows = db::events(&state.pool, id, q.after, q.kind.as_deref()).await?;
+    let limit = page_limit(q.limit, EVENTS_PAGE_MAX);
+    let rows =
+        db::events_page(&state.pool, id, q.after, q.before, q.kind.as_deref(), limit).await?;
     Ok(Json(rows.iter().map(event_json).collect()))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StreamQuery {
+    /// How many of the newest stored events to replay on connect (default
+    /// [`STREAM_HISTORY_DEFAULT`], at most [`EVENTS_PAGE_MAX`]).
+    pub history: Option<i64>,
 }
 
 fn sse_stored(e: &StoredEvent) -> SseEvent {
@@ -283,11 +308,14 @@ fn sse_state(job: &Job) -> SseEvent {
     SseEvent::default().event("state").data(data)
 }
 
-/// Server-Sent Events: the job's whole stored history (or what follows `Last-Event-ID`), its
-/// state, then live events until the job finishes (a final `state` event ends the stream).
+/// Server-Sent Events: the newest stored events (at most `history`, after `Last-Event-ID` when
+/// given), its state, then live events until the job finishes (a final `state` event ends the
+/// stream). When older events were left out, a `history` event comes first:
+/// `{"truncated": true, "before": <first seq sent>}` — `/events?before=<seq>` pages them in.
 async fn stream_events(
     State(state): State<AppState>,
     Path(id): Path<i64>,
+    Query(q): Query<StreamQuery>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
     // Subscribe first, then read: nothing falls between the stored history and the live feed.
@@ -298,10 +326,26 @@ async fn stream_events(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i64>().ok())
         .unwrap_or(0);
-    let history = db::events(&state.pool, id, resume_after, None).await?;
+    let keep = page_limit(q.history, STREAM_HISTORY_DEFAULT);
+    let mut history = db::events_page(
+        &state.pool,
+        id,
+        resume_after,
+        Some(i64::MAX),
+        None,
+        keep + 1,
+    )
+    .await?;
+    let mut initial: Vec<SseEvent> = Vec::new();
+    if history.len() as i64 > keep {
+        history.remove(0);
+        let before = history.first().map_or(0, |e| e.seq);
+        let data = serde_json::json!({ "truncated": true, "before": before }).to_string();
+        initial.push(SseEvent::default().event("history").data(data));
+    }
     let last = history.last().map_or(resume_after, |e| e.seq);
     // The state follows the history: a client that closes on a final state has drawn it all.
-    let mut initial: Vec<SseEvent> = history.iter().map(sse_stored).collect();
+    initial.extend(history.iter().map(sse_stored));
     initial.push(sse_state(&job));
     let pool = state.pool.clone();
     let live = stream::unfold(

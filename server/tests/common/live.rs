@@ -15,6 +15,20 @@ pub fn cggm() -> String {
     std::env::var("CGGM_BIN").unwrap_or_else(|_| CGGM_BUILT.to_string())
 }
 
+/// An HTTP client that sends what the application's pages send on every request: the
+/// `X-CGGM-Request: 1` header the server requires on changes.
+pub fn app_client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        "x-cggm-request",
+        reqwest::header::HeaderValue::from_static("1"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("HTTP client")
+}
+
 pub struct LiveServer {
     pub child: Child,
     pub base: String,
@@ -36,11 +50,18 @@ impl LiveServer {
     }
 
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(data_dir, extra, &[])
+    }
+
+    /// As [`LiveServer::start_in`], with extra environment variables for the server (and so for
+    /// the jobs it starts).
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let started = Instant::now();
         let mut child = Command::new(cggm())
             .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "warn,cggm_server=info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -73,7 +94,7 @@ impl LiveServer {
             base: format!("http://{address}"),
             data_dir: data_dir.to_path_buf(),
             started_in,
-            client: reqwest::Client::new(),
+            client: app_client(),
             _dir: None,
         }
     }

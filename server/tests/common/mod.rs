@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tower::ServiceExt;
 
+/// The header the server requires on every state-changing request.
+pub const APP_HEADER: &str = "x-cggm-request";
+
 pub struct TestApp {
     pub dir: tempfile::TempDir,
     pub state: AppState,
@@ -44,7 +47,24 @@ impl TestApp {
         self.state.data_dir().to_path_buf()
     }
 
-    pub async fn request(&self, request: Request<Body>) -> (StatusCode, Vec<u8>, String) {
+    /// Sends the request as the application's pages do: state-changing requests carry the
+    /// `X-CGGM-Request: 1` header the server requires (unless the test set it already).
+    pub async fn request(&self, mut request: Request<Body>) -> (StatusCode, Vec<u8>, String) {
+        let method = request.method().clone();
+        let mutating = !matches!(
+            method,
+            axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+        );
+        if mutating && !request.headers().contains_key(APP_HEADER) {
+            request
+                .headers_mut()
+                .insert(APP_HEADER, axum::http::HeaderValue::from_static("1"));
+        }
+        self.request_raw(request).await
+    }
+
+    /// Sends the request exactly as given (no `X-CGGM-Request` header added).
+    pub async fn request_raw(&self, request: Request<Body>) -> (StatusCode, Vec<u8>, String) {
         let response = self.app().oneshot(request).await.unwrap();
         let status = response.status();
         let content_type = response

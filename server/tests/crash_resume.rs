@@ -1,0 +1,387 @@
+//! Crashes as they happen, with the real `cggm` binary: the trainer SIGKILLed in the middle of a
+//! checkpoint write (held there by the `CGGM_TEST_PAUSE_IN_CHECKPOINT` hook, so the kill lands at
+//! a known point), and the server SIGKILLed while it trains. Each time a resume must finish the run
+//! with the results of an uninterrupted run of the same seed (every step's loss, the final
+//! validation scores, the final weights), and one run directory never has two trainers.
+
+mod common;
+
+use cggm_trainer::checkpoint::PAUSE_IN_CHECKPOINT_ENV;
+use common::live::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(300);
+
+const RUN_FLAGS: [&str; 14] = [
+    "--method",
+    "cggm",
+    "--preset",
+    "tiny",
+    "--epochs",
+    "3",
+    "--steps-per-epoch",
+    "2",
+    "--device",
+    "cpu",
+    "--seed",
+    "1",
+    "--workers",
+    "1",
+];
+
+fn train(data: &Path, out: &Path, events: &Path, extra: &[&str]) -> Command {
+    let mut command = Command::new(cggm());
+    command
+        .arg("train")
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .arg("--events")
+        .arg(events)
+        .args(RUN_FLAGS)
+        .args(extra)
+        .env("OMP_WAIT_POLICY", "passive")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
+fn run_to_the_end(mut command: Command) {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "cggm train failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn wait_for_file(path: &Path, child: &mut std::process::Child) {
+    let until = Instant::now() + DEADLINE;
+    while !path.exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the trainer ended ({status}) before it reached the pause point");
+        }
+        assert!(Instant::now() < until, "no pause marker {}", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Each step's (step, loss, L_gm) from an events file; a step written twice (before a crash and
+/// again after the resume) counts once, as written last.
+fn step_losses(events: &Path) -> Vec<(u64, f64, f64)> {
+    let mut by_step = std::collections::BTreeMap::new();
+    for line in std::fs::read_to_string(events).unwrap().lines() {
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if event["event"] == "step" {
+            let step = event["step"].as_u64().unwrap();
+            by_step.insert(
+                step,
+                (
+                    event["loss"].as_f64().unwrap(),
+                    event["gm_loss"].as_f64().unwrap(),
+                ),
+            );
+        }
+    }
+    by_step.into_iter().map(|(s, (l, g))| (s, l, g)).collect()
+}
+
+fn last_event(events: &Path, kind: &str) -> serde_json::Value {
+    std::fs::read_to_string(events)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .rfind(|e| e["event"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} event in {}", events.display()))
+}
+
+/// Every number in `a` equals the one at the same place in `b` within `tol` (keys named `time`
+/// or ending in `seconds` are wall-clock and skipped).
+fn assert_same_numbers(a: &serde_json::Value, b: &serde_json::Value, tol: f64, at: &str) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            assert!((x - y).abs() <= tol, "{at}: {x} vs {y}");
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            for (key, value) in x {
+                if key == "time" || key.ends_with("seconds") {
+                    continue;
+                }
+                let other = y.get(key).unwrap_or_else(|| panic!("{at}.{key} missing"));
+                assert_same_numbers(value, other, tol, &format!("{at}.{key}"));
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            assert_eq!(x.len(), y.len(), "{at}");
+            for (i, (p, q)) in x.iter().zip(y).enumerate() {
+                assert_same_numbers(p, q, tol, &format!("{at}[{i}]"));
+            }
+        }
+        _ => assert_eq!(a, b, "{at}"),
+    }
+}
+
+fn checkpoint_dir(run: &Path) -> PathBuf {
+    cggm_trainer::checkpoint::checkpoint_dir(run)
+}
+
+/// The largest absolute difference between the two runs' final weights (`last.safetensors`).
+fn weight_difference(a: &Path, b: &Path) -> f64 {
+    let read = |run: &Path| {
+        tch::Tensor::read_safetensors(checkpoint_dir(run).join("last.safetensors")).unwrap()
+    };
+    let (a, b) = (read(a), read(b));
+    assert_eq!(a.len(), b.len());
+    let b: std::collections::HashMap<String, tch::Tensor> = b.into_iter().collect();
+    a.iter()
+        .map(|(name, x)| {
+            let y = b.get(name).unwrap_or_else(|| panic!("{name} missing"));
+            (x - y).abs().max().double_value(&[])
+        })
+        .fold(0.0, f64::max)
+}
+
+fn assert_same_run(straight: (&Path, &Path), crashed: (&Path, &Path)) {
+    let (a, b) = (step_losses(straight.1), step_losses(crashed.1));
+    assert_eq!(a.len(), 6, "3 epochs x 2 steps");
+    assert_eq!(
+        a.iter().map(|s| s.0).collect::<Vec<_>>(),
+        b.iter().map(|s| s.0).collect::<Vec<_>>()
+    );
+    for (x, y) in a.iter().zip(&b) {
+        assert!(
+            (x.1 - y.1).abs() < 1e-5,
+            "loss at step {}: {} vs {}",
+            x.0,
+            x.1,
+            y.1
+        );
+        assert!(
+            (x.2 - y.2).abs() < 1e-5,
+            "L_gm at step {}: {} vs {}",
+            x.0,
+            x.2,
+            y.2
+        );
+    }
+    assert_same_numbers(
+        &last_event(straight.1, "validation"),
+        &last_event(crashed.1, "validation"),
+        1e-5,
+        "last validation",
+    );
+    let difference = weight_difference(straight.0, crashed.0);
+    assert!(difference < 1e-4, "final weights differ by {difference}");
+}
+
+#[test]
+fn a_trainer_killed_in_the_middle_of_a_checkpoint_write_resumes_to_the_uninterrupted_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    synth(&data, 5, "32x32x16");
+    let straight = (
+        tmp.path().join("straight"),
+        tmp.path().join("straight.jsonl"),
+    );
+    run_to_the_end(train(&data, &straight.0, &straight.1, &[]));
+
+    // `weights`: the new weights are on disk beside the previous optimiser state and JSON (the
+    // mix a resume must never load); `json`: the whole new checkpoint is on disk, not renamed.
+    for stage in ["weights", "json"] {
+        let run = tmp.path().join(format!("crashed-{stage}"));
+        let events = tmp.path().join(format!("crashed-{stage}.jsonl"));
+        let marker = tmp.path().join(format!("paused-{stage}"));
+        let mut command = train(&data, &run, &events, &[]);
+        command.env(
+            PAUSE_IN_CHECKPOINT_ENV,
+            format!("last:2:{stage}:{}", marker.display()),
+        );
+        let mut child = command.spawn().unwrap();
+        wait_for_file(&marker, &mut child);
+        child.kill().unwrap(); // SIGKILL, in the middle of the second `last` checkpoint
+        child.wait().unwrap();
+        let pending: Vec<String> = std::fs::read_dir(checkpoint_dir(&run))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".pending-last"))
+            .collect();
+        assert!(
+            !pending.is_empty(),
+            "{stage}: the kill left a half-written checkpoint"
+        );
+
+        run_to_the_end(train(&data, &run, &events, &["--resume"]));
+        assert_same_run((&straight.0, &straight.1), (&run, &events));
+    }
+}
+
+/// Where the server keeps job `id`'s run (the API does not show server paths).
+fn run_dir_of(data_dir: &Path, id: i64) -> String {
+    let data_dir = data_dir.canonicalize().unwrap();
+    data_dir
+        .join(format!("runs/job-{id}"))
+        .display()
+        .to_string()
+}
+
+/// Processes whose command line names `run_dir` (trainers working in it).
+fn trainers_in(run_dir: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(true);
+        if cmdline.contains(" train") && cmdline.contains(run_dir) && !zombie {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_during_training_then_restarted_resumes_the_job_to_the_uninterrupted_result(
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let marker = tmp.path().join("paused");
+    let request = serde_json::json!({ "method": "cggm", "preset": "tiny", "epochs": 3,
+                                      "steps_per_epoch": 2, "device": "cpu", "seed": 1, "workers": 1 });
+    // The first server's trainer stops inside its second `last` checkpoint (all of it on disk,
+    // nothing renamed) and waits there: the server is killed while it trains.
+    let pause = format!("last:2:json:{}", marker.display());
+    let mut server = LiveServer::start_with_env(
+        &data_dir,
+        &["--no-demo"],
+        &[(PAUSE_IN_CHECKPOINT_ENV, &pause)],
+    );
+    let dataset = server.tiny_dataset("tiny").await;
+    let mut body = request.clone();
+    body["dataset_id"] = dataset.into();
+    let crashed = server.post_json("/api/jobs", body.clone()).await["id"]
+        .as_i64()
+        .unwrap();
+    let until = Instant::now() + DEADLINE;
+    while !marker.exists() {
+        assert!(
+            Instant::now() < until,
+            "the job never reached its second checkpoint"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let job = server.get_json(&format!("/api/jobs/{crashed}")).await;
+    assert_eq!(job["state"], "running", "{job}");
+    let run_dir = run_dir_of(&data_dir, crashed);
+    assert_eq!(trainers_in(&run_dir).len(), 1);
+    server.child.kill().unwrap(); // SIGKILL: no handler runs in the server
+    server.child.wait().unwrap();
+
+    // The orphaned trainer notices its server is gone and exits; nothing else trains there.
+    let until = Instant::now() + Duration::from_secs(60);
+    while !trainers_in(&run_dir).is_empty() {
+        assert!(
+            Instant::now() < until,
+            "a trainer outlived its killed server"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let restarted = LiveServer::start_in(&data_dir, &["--no-demo"]);
+    let job = restarted.get_json(&format!("/api/jobs/{crashed}")).await;
+    assert_eq!(job["state"], "interrupted", "{job}");
+    restarted
+        .post_json(
+            &format!("/api/jobs/{crashed}/resume"),
+            serde_json::json!({}),
+        )
+        .await;
+    let mut most = 0;
+    let until = Instant::now() + DEADLINE;
+    loop {
+        most = most.max(trainers_in(&run_dir).len());
+        let job = restarted.get_json(&format!("/api/jobs/{crashed}")).await;
+        if !["queued", "running"].contains(&job["state"].as_str().unwrap()) {
+            assert_eq!(job["state"], "succeeded", "{job}");
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the resumed job did not finish: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(most <= 1, "{most} trainers shared {run_dir}");
+
+    // The same request, never interrupted.
+    let straight = restarted.post_json("/api/jobs", body).await["id"]
+        .as_i64()
+        .unwrap();
+    let job = restarted
+        .poll_json(&format!("/api/jobs/{straight}"), DEADLINE, |j| {
+            !["queued", "running"].contains(&j["state"].as_str().unwrap_or(""))
+        })
+        .await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let straight_dir = run_dir_of(&data_dir, straight);
+
+    let events = |id: i64| {
+        let restarted = &restarted;
+        async move {
+            restarted
+                .get_json(&format!("/api/jobs/{id}/events"))
+                .await
+                .as_array()
+                .unwrap()
+                .clone()
+        }
+    };
+    let losses = |events: &[serde_json::Value]| {
+        let mut by_step = std::collections::BTreeMap::new();
+        for e in events.iter().filter(|e| e["event"] == "step") {
+            by_step.insert(e["step"].as_u64().unwrap(), e["loss"].as_f64().unwrap());
+        }
+        by_step
+    };
+    let (a, b) = (events(straight).await, events(crashed).await);
+    let (la, lb) = (losses(&a), losses(&b));
+    assert_eq!(la.len(), 6);
+    assert_eq!(la.keys().collect::<Vec<_>>(), lb.keys().collect::<Vec<_>>());
+    for (step, x) in &la {
+        let y = lb[step];
+        assert!((x - y).abs() < 1e-5, "loss at step {step}: {x} vs {y}");
+    }
+    let last = |events: &[serde_json::Value], kind: &str| {
+        events
+            .iter()
+            .rfind(|e| e["event"] == kind)
+            .cloned()
+            .unwrap()
+    };
+    let mut x = last(&a, "validation");
+    let mut y = last(&b, "validation");
+    for v in [&mut x, &mut y] {
+        v.as_object_mut().unwrap().remove("seq");
+    }
+    assert_same_numbers(&x, &y, 1e-5, "last validation");
+    let difference = weight_difference(Path::new(&straight_dir), Path::new(&run_dir));
+    assert!(difference < 1e-4, "final weights differ by {difference}");
+}
