@@ -59,7 +59,7 @@ fn http(base: &str, method: &str, path: &str, body: Option<&str>) -> anyhow::Res
     let body = body.unwrap_or("");
     if method != "GET" {
         request.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            "Content-Type: application/json\r\nContent-Length: {}\r\nX-CGGM-Request: 1\r\n",
             body.len()
         ));
     }
