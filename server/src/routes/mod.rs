@@ -5,6 +5,8 @@ pub mod deletion;
 pub mod jobs;
 pub mod pages;
 pub mod studies;
+pub mod viewer;
+pub mod viewer_pages;
 
 use crate::error::{Error, Result};
 use crate::inspect::{safe_name, UploadedFile};
@@ -23,6 +25,7 @@ pub fn api_router() -> Router<AppState> {
         .merge(jobs::router())
         .merge(studies::router())
         .merge(deletion::router())
+        .merge(viewer::router())
 }
 
 async fn health() -> Json<serde_json::Value> {

@@ -68,6 +68,8 @@ impl Browser {
             "--headless".to_string(),
             "--no-sandbox".into(),
             "--disable-gpu".into(),
+            // WebGL 2 for the NiiVue viewer on Chromium's software renderer (no GPU here).
+            "--enable-unsafe-swiftshader".into(),
             "--disable-quic".into(),
             "--no-first-run".into(),
             "--disable-background-networking".into(),
@@ -208,6 +210,21 @@ impl Browser {
             .unwrap();
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, bytes).unwrap();
+    }
+
+    /// A PNG of one element as drawn now (a canvas included).
+    pub async fn element_screenshot(&self, css: &str) -> Vec<u8> {
+        let id = self.find(css).await;
+        let data = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/element/{id}/screenshot"),
+                None,
+            )
+            .await;
+        base64::engine::general_purpose::STANDARD
+            .decode(data.as_str().unwrap())
+            .unwrap()
     }
 
     pub async fn quit(mut self) {
