@@ -48,20 +48,23 @@
     return box && !box.checked ? 0 : state.opacity;
   }
 
-  // Each overlay's colour table: its label values in their class colour; hidden classes transparent.
+  // An overlay's colour table: its label values in their class colour; hidden classes transparent.
+  function colourTable(o) {
+    const cm = { R: [0], G: [0], B: [0], A: [0], I: [0], labels: ["background"] };
+    for (const [value, cls] of o.values) {
+      const c = state.manifest.classes.find((k) => k.class === cls);
+      cm.R.push(c.colour[0]); cm.G.push(c.colour[1]); cm.B.push(c.colour[2]);
+      cm.A.push(state.shownClasses.has(cls) ? 255 : 0); cm.I.push(value); cm.labels.push(c.name);
+    }
+    return cm;
+  }
+
   function applyLabels() {
-    const nv = state.nv, colours = {};
-    for (const c of state.manifest.classes) colours[c.class] = c;
+    const nv = state.nv;
     for (const o of state.manifest.overlays) {
       const vol = state.overlays[o.key];
       if (!vol) continue;
-      const cm = { R: [0], G: [0], B: [0], A: [0], I: [0], labels: ["background"] };
-      for (const [value, cls] of o.values) {
-        const c = colours[cls];
-        cm.R.push(c.colour[0]); cm.G.push(c.colour[1]); cm.B.push(c.colour[2]);
-        cm.A.push(state.shownClasses.has(cls) ? 255 : 0); cm.I.push(value); cm.labels.push(c.name);
-      }
-      vol.setColormapLabel(cm);
+      vol.setColormapLabel(colourTable(o));
       const index = nv.getVolumeIndexByID(vol.id);
       if (index >= 0) nv.volumes[index].opacity = overlayOpacity(o.key);
     }
@@ -127,8 +130,12 @@
       if (vol.img[i] > 0) { sx += i % nx; sy += Math.floor(i / nx) % ny; sz += Math.floor(i / (nx * ny)); n++; }
     }
     if (n === 0) return;
-    const here = nv.frac2vox(nv.scene.crosshairPos);
-    nv.moveCrosshairInVox(Math.round(sx / n) - here[0], Math.round(sy / n) - here[1], Math.round(sz / n) - here[2]);
+    // File voxel -> scanner mm through the file's own affine, then to NiiVue's frame.
+    const v = [sx / n, sy / n, sz / n], a = vol.hdr.affine;
+    const mm = [0, 1, 2].map((r) => a[r][0] * v[0] + a[r][1] * v[1] + a[r][2] * v[2] + a[r][3]);
+    nv.scene.crosshairPos = nv.mm2frac(mm);
+    nv.drawScene();
+    nv.createOnLocationChange();
   }
 
   async function useModality(name) {
@@ -156,17 +163,21 @@
     showWindow();
   }
 
+  function registerOverlay(o, vol) {
+    state.overlays[o.key] = vol;
+    const box = document.createElement("label");
+    box.innerHTML = `<input type="checkbox" class="nv-overlay" value="${o.key}" checked> ${o.title}`;
+    box.querySelector("input").addEventListener("change", applyLabels);
+    $("#nv-overlays").appendChild(box);
+  }
+
+  // Overlays that appeared since the page loaded (a prediction that finished meanwhile).
   async function addOverlays(manifest) {
-    const nv = state.nv;
     for (const o of manifest.overlays) {
       if (state.overlays[o.key]) continue;
       const vol = await niivue.NVImage.loadFromUrl({ url: o.url, name: o.name, opacity: state.opacity });
-      state.overlays[o.key] = vol;
-      nv.addVolume(vol);
-      const box = document.createElement("label");
-      box.innerHTML = `<input type="checkbox" class="nv-overlay" value="${o.key}" checked> ${o.title}`;
-      box.querySelector("input").addEventListener("change", applyLabels);
-      $("#nv-overlays").appendChild(box);
+      registerOverlay(o, vol);
+      state.nv.addVolume(vol);
     }
     $("#nv-overlays").hidden = manifest.overlays.length === 0;
     state.manifest = manifest;
@@ -219,8 +230,12 @@
     }));
   }
 
+  // Milliseconds since navigation start at each loading step (data-t-*), for measurements.
+  function mark(step) { panel.dataset["t" + step[0].toUpperCase() + step.slice(1)] = String(Math.round(performance.now())); }
+
   async function start() {
     const manifest = await api("GET", panel.dataset.manifest);
+    mark("manifest");
     state.manifest = manifest;
     if (new URLSearchParams(location.search).get("viewer") === "png") {
       fallback("Simple slice viewer (server-rendered). Remove ?viewer=png for the 3-D viewer.", manifest);
@@ -230,6 +245,7 @@
     if (!webgl2()) { fallback("This browser has no WebGL 2: showing server-rendered slices instead.", manifest); return; }
     if (manifest.images.length === 0) { fallback("This case has no image the viewer can show.", manifest); return; }
     await loadScript("/vendor/niivue/niivue.umd.js");
+    mark("script");
     if (pngViewer) pngViewer.hidden = true;
     const switcher = $("#viewer-switch");
     if (switcher) switcher.hidden = false;
@@ -237,7 +253,7 @@
     panel.dataset.mode = "niivue";
     const nv = new niivue.Niivue({
       backColor: [0, 0, 0, 1], show3Dcrosshair: true, dragAndDropEnabled: false,
-      crosshairColor: [0.2, 0.6, 1, 1], crosshairWidth: 1, isColorbar: false, loadingText: "loading…",
+      crosshairColor: [0.2, 0.6, 1, 1], crosshairWidth: 1, multiplanarShowRender: 0, isColorbar: false, loadingText: "loading…",
     });
     state.nv = nv;
     window.cggmNiivue = nv;
@@ -246,14 +262,22 @@
     nv.onIntensityChange = showWindow;
     buildControls(manifest);
     const first = manifest.images[0];
-    await nv.loadVolumes([{ url: first.url, name: first.name, colormap: "gray", frame4D: first.frame }]);
+    // Every volume in one call: the scene is uploaded to the GPU once, not once per volume.
+    await nv.loadVolumes([{ url: first.url, name: first.name, colormap: "gray", frame4D: first.frame }]
+      .concat(manifest.overlays.map((o) => ({ url: o.url, name: o.name, opacity: state.opacity }))));
+    mark("volumes");
     state.images[first.modality] = nv.volumes[0];
     nv.volumes[0].url = first.url;
     state.modality = first.modality;
     panel.dataset.modality = first.modality;
-    await addOverlays(manifest);
+    manifest.overlays.forEach((o, k) => registerOverlay(o, nv.volumes[k + 1]));
+    $("#nv-overlays").hidden = manifest.overlays.length === 0;
+    applyLabels();
+    mark("labels");
     nv.setSliceType(nv.sliceTypeMultiplanar);
+    mark("layout");
     centreOnLabels();
+    mark("centred");
     showWindow();
     recordFirstFrame();
     if (manifest.scores) showScores(manifest.scores);

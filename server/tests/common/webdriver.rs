@@ -96,13 +96,23 @@ impl Browser {
             .as_str()
             .unwrap_or_else(|| panic!("no session: {response}"))
             .to_string();
-        Self {
+        let browser = Self {
             driver,
             base,
             session,
             client,
             _profile: profile,
-        }
+        };
+        // A page busy drawing a full-size volume on the software renderer can hold its main
+        // thread for tens of seconds; a script waits for it instead of failing.
+        browser
+            .call(
+                reqwest::Method::POST,
+                "/timeouts",
+                Some(json!({ "script": 180_000 })),
+            )
+            .await;
+        browser
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
