@@ -675,14 +675,16 @@ async fn viewer_readme_screenshots_and_first_frame_of_a_full_size_study() {
         .await;
     browser.wait_for(NIIVUE_READY, DEADLINE).await;
     let facts = browser
-        .script("const d = document.querySelector('#nv-viewer').dataset; return [d.firstFrameMs, d.bytes, d.volumeBytes].join(' ');")
+        .script("const d = document.querySelector('#nv-viewer').dataset; return JSON.stringify({ first_frame_ms: d.firstFrameMs, bytes_received: d.bytes, nifti_bytes: d.volumeBytes, manifest_ms: d.tManifest, script_ms: d.tScript, volumes_ms: d.tVolumes, labels_ms: d.tLabels, centred_ms: d.tCentred });")
         .await;
-    eprintln!("first frame of a 240x240x155 prediction (ms since navigation start, bytes received, NIfTI bytes): {facts}");
+    eprintln!("first frame of a 240x240x155 prediction (ms since navigation start; bytes received by the page): {facts}");
     browser
         .wait_for("!document.querySelector('#nv-scores').hidden", DEADLINE)
         .await;
     browser.screenshot(&out.join("viewer-2d.png")).await;
     let planes = browser.element_screenshot("#nv-canvas").await;
+    // The 3-D picture with the ground truth alone (this tiny run's prediction is noise).
+    browser.click("#nv-overlays input[value=prediction]").await;
     browser
         .script("const v = document.querySelector('#nv-view'); v.value = 'render'; v.dispatchEvent(new Event('change'));")
         .await;

@@ -161,6 +161,7 @@
     panel.dataset.modality = name;
     applyLabels();
     showWindow();
+    nv.createOnLocationChange();
   }
 
   function registerOverlay(o, vol) {
