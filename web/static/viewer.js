@@ -19,13 +19,19 @@
     say(text);
     panel.hidden = true;
     panel.dataset.mode = "png";
+    const switcher = $("#viewer-switch");
+    if (switcher) switcher.hidden = true;
     if (pngViewer) { pngViewer.hidden = false; return; }
     const box = $("#nv-fallback"), img = $("#nv-thumbnail");
     if (box && img && manifest && manifest.thumbnail_url) { img.src = manifest.thumbnail_url; box.hidden = false; }
   }
 
-  function webgl2() {
-    try { return !!document.createElement("canvas").getContext("webgl2"); } catch (_) { return false; }
+  // The largest 3-D texture side this browser's WebGL 2 takes; 0 without WebGL 2.
+  function webgl2MaxSide() {
+    try {
+      const gl = document.createElement("canvas").getContext("webgl2");
+      return gl ? gl.getParameter(gl.MAX_3D_TEXTURE_SIZE) : 0;
+    } catch (_) { return 0; }
   }
 
   function loadScript(src) {
@@ -243,7 +249,12 @@
       return;
     }
     if (manifest.too_large) { fallback(manifest.too_large, manifest); return; }
-    if (!webgl2()) { fallback("This browser has no WebGL 2: showing server-rendered slices instead.", manifest); return; }
+    const maxSide = webgl2MaxSide();
+    if (!maxSide) { fallback("This browser has no WebGL 2: showing server-rendered slices instead.", manifest); return; }
+    if (Math.max(...manifest.shape) > maxSide) {
+      fallback(`This volume (${manifest.shape.join("×")}) is larger than this browser's WebGL allows (${maxSide} per side): showing server-rendered slices instead.`, manifest);
+      return;
+    }
     if (manifest.images.length === 0) { fallback("This case has no image the viewer can show.", manifest); return; }
     await loadScript("/vendor/niivue/niivue.umd.js");
     mark("script");
