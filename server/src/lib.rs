@@ -25,7 +25,8 @@ use sqlx::SqlitePool;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tower_http::compression::CompressionLayer;
+use tower_http::compression::predicate::{NotForContentType, Predicate};
+use tower_http::compression::{CompressionLayer, DefaultPredicate};
 use tower_http::services::ServeDir;
 use tower_http::trace::TraceLayer;
 
@@ -143,6 +144,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(routes::pages::router())
         .merge(routes::comparisons::page_router())
+        .merge(routes::viewer_pages::router())
         .nest("/api", routes::api_router())
         .merge(security::router())
         .nest_service("/static", ServeDir::new(web.join("static")))
@@ -150,11 +152,18 @@ pub fn app(state: AppState) -> Router {
             "/vendor/uplot",
             ServeDir::new(web.join("node_modules/uplot/dist")),
         )
+        .nest_service(
+            "/vendor/niivue",
+            ServeDir::new(web.join("node_modules/@niivue/niivue/dist")),
+        )
         .layer(middleware::from_fn_with_state(
             state.clone(),
             limits::limit_bodies,
         ))
-        .layer(CompressionLayer::new())
+        // Stored .nii.gz files (the viewer's volumes, downloads) are gzip already.
+        .layer(CompressionLayer::new().compress_when(
+            DefaultPredicate::new().and(NotForContentType::const_new("application/gzip")),
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             security::guard,
@@ -195,6 +204,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let retention =
         retention::RetentionPolicy::from_args(args.retention_days, args.retention_include_runs)
             .map_err(anyhow::Error::msg)?;
+    if !config
+        .web_dir
+        .join("node_modules/@niivue/niivue/dist")
+        .is_dir()
+    {
+        tracing::warn!(web_dir = %config.web_dir.display(), "NiiVue not found: run scripts/setup-web.sh (the viewer falls back to server-rendered slices)");
+    }
     let _data_dir_lock = lock_data_dir(&config.data_dir)?;
     let config = Config {
         executor: executor::Executor::from_args(

@@ -163,14 +163,129 @@ pub fn render_slice(
     encode_png(w, h, png::ColorType::Grayscale, &pixels)
 }
 
+/// The three tumour classes a label volume marks, whatever its numbering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TumourClass {
+    /// Necrotic / non-enhancing tumour core.
+    Ncr,
+    /// Peritumoral oedema.
+    Ed,
+    /// Enhancing tumour.
+    Et,
+}
+
+impl TumourClass {
+    pub const ALL: [TumourClass; 3] = [TumourClass::Ncr, TumourClass::Ed, TumourClass::Et];
+
+    /// The viewer's colours (PNG overlays and NiiVue): necrotic core red, oedema green,
+    /// enhancing tumour yellow.
+    pub fn colour(self) -> [u8; 3] {
+        match self {
+            TumourClass::Ncr => [230, 40, 40],
+            TumourClass::Ed => [40, 200, 60],
+            TumourClass::Et => [250, 220, 30],
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TumourClass::Ncr => "necrotic core",
+            TumourClass::Ed => "oedema",
+            TumourClass::Et => "enhancing tumour",
+        }
+    }
+}
+
+/// How a label file numbers the classes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LabelConvention {
+    /// BraTS: 1 NCR, 2 ED, 4 ET (3 in newer releases). Every file the project writes.
+    Brats,
+    /// Medical Segmentation Decathlon Task01: 1 oedema, 2 non-enhancing tumour, 3 enhancing.
+    Msd,
+}
+
+impl LabelConvention {
+    pub fn class_of(self, value: u8) -> Option<TumourClass> {
+        match (self, value) {
+            (LabelConvention::Brats, 1) | (LabelConvention::Msd, 2) => Some(TumourClass::Ncr),
+            (LabelConvention::Brats, 2) | (LabelConvention::Msd, 1) => Some(TumourClass::Ed),
+            (LabelConvention::Brats, 3 | 4) | (LabelConvention::Msd, 3) => Some(TumourClass::Et),
+            _ => None,
+        }
+    }
+
+    /// Every label value of the convention with its class, for colour tables.
+    pub fn values(self) -> Vec<(u8, TumourClass)> {
+        (1..=4)
+            .filter_map(|v| Some((v, self.class_of(v)?)))
+            .collect()
+    }
+}
+
 /// BraTS label colours: 1 necrotic core red, 2 oedema green, 4 (or 3) enhancing tumour yellow.
 pub fn label_colour(label: u8) -> Option<[u8; 3]> {
-    match label {
-        1 => Some([230, 40, 40]),
-        2 => Some([40, 200, 60]),
-        3 | 4 => Some([250, 220, 30]),
-        _ => None,
+    LabelConvention::Brats
+        .class_of(label)
+        .map(TumourClass::colour)
+}
+
+/// The axial slice with the most labelled voxels (the middle one when nothing is labelled).
+pub fn most_labelled_axial_slice(labels: &Volume) -> usize {
+    let shape = labels.shape3();
+    let mut counts = vec![0usize; shape[2]];
+    for (index, v) in labels.data.indexed_iter() {
+        if v.round() as i64 > 0 {
+            counts[index[2]] += 1;
+        }
     }
+    match counts.iter().enumerate().max_by_key(|(_, c)| **c) {
+        Some((z, c)) if *c > 0 => z,
+        _ => shape[2] / 2,
+    }
+}
+
+/// An RGB PNG of an axial slice of `image` (channel `channel`) with `labels` blended over it at
+/// half opacity in the viewer's colours: the thumbnails of dataset cases and test cases.
+pub fn render_thumbnail(
+    image: &Volume,
+    channel: usize,
+    labels: Option<(&Volume, LabelConvention)>,
+    index: usize,
+) -> Result<Vec<u8>, String> {
+    let shape = image.shape3();
+    check_index(Plane::Axial, shape, index)?;
+    if let Some((l, _)) = labels {
+        if l.shape3() != shape {
+            return Err(format!(
+                "the label volume is {:?} but the image is {:?}",
+                l.shape3(),
+                shape
+            ));
+        }
+    }
+    let (w, h) = Plane::Axial.frame(shape);
+    let (lo, hi) = image.windows.get(channel).copied().unwrap_or((0.0, 1.0));
+    let scale = 255.0 / (hi - lo);
+    let mut pixels = Vec::with_capacity(w * h * 3);
+    for row in 0..h {
+        for col in 0..w {
+            let (x, y, z) = Plane::Axial.voxel(shape, index, col, row);
+            let grey = ((image.at(x, y, z, channel) - lo) * scale).clamp(0.0, 255.0);
+            let class = labels.and_then(|(l, convention)| {
+                let value = l.at(x, y, z, 0).round().clamp(0.0, 255.0) as u8;
+                convention.class_of(value)
+            });
+            let rgb = match class {
+                Some(c) => c.colour().map(|v| ((grey + v as f32) / 2.0) as u8),
+                None => [grey as u8; 3],
+            };
+            pixels.extend_from_slice(&rgb);
+        }
+    }
+    encode_png(w, h, png::ColorType::Rgb, &pixels)
 }
 
 /// An RGBA PNG of one slice of a label volume: shown labels opaque in their colour, the rest

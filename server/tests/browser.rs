@@ -161,7 +161,16 @@ async fn launch_from_the_form_watch_the_curves_and_step_through_the_viewer() {
         .await;
     assert!(browser.text("#volumes").await.contains("Whole tumour"));
 
-    // Step through slices with the keyboard and the plane selector.
+    // Step through the server-rendered slices with the keyboard and the plane selector (the
+    // NiiVue viewer has its own test below).
+    let page = browser.url().await;
+    browser.goto(&format!("{page}?viewer=png")).await;
+    browser
+        .wait_for(
+            "!document.querySelector('#download').hidden && document.querySelector('#viewer').dataset.slice !== undefined",
+            Duration::from_secs(10),
+        )
+        .await;
     let before: i64 = browser
         .script("return Number(document.querySelector('#viewer').dataset.slice);")
         .await
@@ -384,5 +393,310 @@ async fn readme_screenshots() {
     browser.script("const o = document.querySelector('#opacity'); o.value = 45; o.dispatchEvent(new Event('input'));").await;
     browser.wait_for("document.querySelector('#overlay').complete && document.querySelector('#overlay').naturalWidth > 0", Duration::from_secs(10)).await;
     browser.screenshot(&out.join("viewer.png")).await;
+    browser.quit().await;
+}
+
+// ------------------------------------------------------------------ the NiiVue viewer
+
+/// Width, height and RGBA pixels of a PNG screenshot.
+fn decode_png(bytes: &[u8]) -> (u32, u32, Vec<u8>) {
+    let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
+        .read_info()
+        .unwrap();
+    let mut buffer = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buffer).unwrap();
+    let samples = info.color_type.samples();
+    let rgba = buffer[..info.buffer_size()]
+        .chunks(samples)
+        .flat_map(|p| match samples {
+            1 | 2 => [p[0], p[0], p[0], 255],
+            3 => [p[0], p[1], p[2], 255],
+            _ => [p[0], p[1], p[2], p[3]],
+        })
+        .collect();
+    (info.width, info.height, rgba)
+}
+
+/// Share of pixels whose colour differs visibly between two screenshots of the same element.
+fn changed_share(a: &[u8], b: &[u8]) -> f64 {
+    let (wa, ha, pa) = decode_png(a);
+    let (wb, hb, pb) = decode_png(b);
+    assert_eq!((wa, ha), (wb, hb), "screenshots of different sizes");
+    let changed = pa
+        .chunks(4)
+        .zip(pb.chunks(4))
+        .filter(|(x, y)| (0..3).any(|c| x[c].abs_diff(y[c]) > 16))
+        .count();
+    changed as f64 / (wa as f64 * ha as f64)
+}
+
+/// Screenshots the viewer's canvas until it differs from `before` by at least `share` of its
+/// pixels (NiiVue draws on the next frame); fails at the deadline.
+async fn canvas_after_change(browser: &Browser, before: &[u8], share: f64, what: &str) -> Vec<u8> {
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = browser.element_screenshot("#nv-canvas").await;
+        let changed = changed_share(before, &now);
+        if changed >= share {
+            return now;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "{what}: the canvas changed on only {:.4} % of its pixels",
+            changed * 100.0
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+const NIIVUE_READY: &str = "document.querySelector('#nv-viewer').dataset.ready === '1'";
+
+/// The crosshair's voxel, as NiiVue holds it.
+const CROSSHAIR_VOXEL: &str =
+    "return Array.from(window.cggmNiivue.frac2vox(window.cggmNiivue.scene.crosshairPos)).join(',');";
+
+/// Uploads a case folder's four modalities and its label as a study; returns the study id.
+async fn upload_study_with_label(server: &LiveServer, case_dir: &std::path::Path) -> i64 {
+    let case = case_dir.file_name().unwrap().to_string_lossy().to_string();
+    let mut form = reqwest::multipart::Form::new().text("name", case.clone());
+    for m in ["flair", "t1ce", "t1", "t2", "seg"] {
+        let name = format!("{case}_{m}.nii.gz");
+        let bytes = std::fs::read(case_dir.join(&name)).unwrap();
+        form = form.part(
+            "files",
+            reqwest::multipart::Part::bytes(bytes).file_name(name),
+        );
+    }
+    let response = server
+        .client
+        .post(server.url("/api/studies"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(status.is_success(), "study upload: {status} {body}");
+    body["id"].as_i64().unwrap()
+}
+
+/// Trains the tiny run on `dataset` and segments `study` with it: (run, prediction).
+async fn train_and_segment(server: &LiveServer, dataset: i64, study: i64) -> (i64, i64) {
+    let run = server.tiny_training(dataset).await;
+    let ended = server
+        .poll_json(&format!("/api/jobs/{run}"), DEADLINE, |j| {
+            j["state"] != "queued" && j["state"] != "running"
+        })
+        .await;
+    assert_eq!(ended["state"], "succeeded", "{ended}");
+    let prediction = server
+        .post_json(
+            "/api/predictions",
+            serde_json::json!({ "study_id": study, "checkpoint_job_id": run, "device": "cpu" }),
+        )
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    let ended = server
+        .poll_json(&format!("/api/jobs/{prediction}"), DEADLINE, |j| {
+            j["state"] != "queued" && j["state"] != "running"
+        })
+        .await;
+    assert_eq!(ended["state"], "succeeded", "{ended}");
+    (run, prediction)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn niivue_shows_a_prediction_with_its_ground_truth_and_redraws_on_scrolling_and_toggles() {
+    let server = LiveServer::start(&["--no-demo"]);
+    let dataset = server.tiny_dataset("demo-tiny").await;
+    let case_dir = server.data_dir.join("datasets/demo-tiny/BraTS2021_00001");
+    let study = upload_study_with_label(&server, &case_dir).await;
+    let (run, prediction) = train_and_segment(&server, dataset, study).await;
+    let browser = Browser::start().await;
+
+    // The prediction opens in NiiVue (WebGL), not in the server-rendered slices.
+    browser
+        .goto(&server.url(&format!("/predictions/{prediction}")))
+        .await;
+    browser.wait_for(NIIVUE_READY, DEADLINE).await;
+    assert_eq!(
+        browser
+            .script("return document.querySelector('#nv-viewer').dataset.mode;")
+            .await,
+        "niivue"
+    );
+    assert!(browser
+        .script("return document.querySelector('#png-viewer').hidden;")
+        .await
+        .as_bool()
+        .unwrap());
+    // The study came with its label: a second overlay, and Dice / HD95 per region.
+    browser
+        .wait_for("!document.querySelector('#nv-scores').hidden", DEADLINE)
+        .await;
+    let scores = browser.text("#nv-scores").await;
+    assert!(
+        scores.contains("Dice") && scores.contains("HD95"),
+        "{scores}"
+    );
+    assert_eq!(
+        browser
+            .script("return document.querySelectorAll('#nv-overlays input').length;")
+            .await,
+        2
+    );
+    let all_on = browser.element_screenshot("#nv-canvas").await;
+
+    // Ground truth off, then on again.
+    browser.click("#nv-overlays input[value=truth]").await;
+    let truth_off = canvas_after_change(&browser, &all_on, 0.0005, "hiding the ground truth").await;
+    browser.click("#nv-overlays input[value=truth]").await;
+    let truth_on =
+        canvas_after_change(&browser, &truth_off, 0.0005, "showing the ground truth").await;
+    assert!(changed_share(&all_on, &truth_on) < changed_share(&all_on, &truth_off));
+
+    // One label class off: oedema, the largest.
+    browser.click("#nv-classes input[value=ed]").await;
+    let no_oedema = canvas_after_change(&browser, &truth_on, 0.0005, "hiding oedema").await;
+
+    // Scrolling: four slices up with the keyboard moves the crosshair and redraws.
+    let before = browser.script(CROSSHAIR_VOXEL).await;
+    browser
+        .script("for (let i = 0; i < 4; i++) document.dispatchEvent(new KeyboardEvent('keydown', { key: 'ArrowUp', bubbles: true }));")
+        .await;
+    let after = browser.script(CROSSHAIR_VOXEL).await;
+    let z = |v: &serde_json::Value| -> i64 {
+        v.as_str()
+            .unwrap()
+            .split(',')
+            .nth(2)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(z(&after), z(&before) + 4, "{before} -> {after}");
+    let scrolled = canvas_after_change(&browser, &no_oedema, 0.0005, "scrolling").await;
+    assert!(browser.text("#nv-readout").await.contains("voxel ("));
+
+    // The 3-D render.
+    browser
+        .script("const v = document.querySelector('#nv-view'); v.value = 'render'; v.dispatchEvent(new Event('change'));")
+        .await;
+    canvas_after_change(&browser, &scrolled, 0.01, "the 3-D render").await;
+    browser
+        .screenshot(&screenshots().join("niivue-prediction.png"))
+        .await;
+
+    // The dataset browser: every case with a thumbnail; one opens with its label.
+    browser
+        .goto(&server.url(&format!("/datasets/{dataset}/cases")))
+        .await;
+    browser
+        .wait_for("Array.from(document.querySelectorAll('#case-list img')).every((i) => i.complete && i.naturalWidth > 0) && document.querySelectorAll('#case-list img').length === 4", DEADLINE)
+        .await;
+    browser.click("#case-list a").await;
+    browser.wait_for(NIIVUE_READY, DEADLINE).await;
+    assert_eq!(
+        browser
+            .script("return Array.from(document.querySelectorAll('#nv-overlays input')).map((i) => i.value).join(',');")
+            .await,
+        "truth"
+    );
+
+    // The run's test split: each case opens with its saved prediction and its ground truth.
+    browser
+        .goto(&server.url(&format!("/jobs/{run}/test")))
+        .await;
+    browser
+        .wait_for(
+            "document.querySelectorAll('#test-cases tbody tr').length >= 1",
+            DEADLINE,
+        )
+        .await;
+    browser.click("#test-cases tbody tr a").await;
+    browser.wait_for(NIIVUE_READY, DEADLINE).await;
+    assert_eq!(
+        browser
+            .script("return Array.from(document.querySelectorAll('#nv-overlays input')).map((i) => i.value).join(',');")
+            .await,
+        "prediction,truth"
+    );
+    assert!(!browser
+        .script("return document.querySelector('#nv-scores').hidden;")
+        .await
+        .as_bool()
+        .unwrap());
+
+    // Without WebGL (or asked for), the server-rendered slices.
+    browser
+        .goto(&server.url(&format!("/predictions/{prediction}?viewer=png")))
+        .await;
+    browser
+        .wait_for("!document.querySelector('#viewer-message').hidden && !document.querySelector('#png-viewer').hidden", DEADLINE)
+        .await;
+    browser.quit().await;
+}
+
+/// The README's viewer screenshots and the first-frame numbers: a tiny run trained on 20 small
+/// synthetic cases (3 test cases), and one full-size BraTS case (240x240x155, written by
+/// `cggm synth`) uploaded with its label and segmented by it. Prints the time from navigation to
+/// NiiVue's first frame with every volume, and the bytes the page received.
+/// `scripts/with-torch.sh cargo test -p cggm-server --test browser -- --ignored viewer_readme`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "refreshes docs/screenshots/viewer-*.png and measures a full-size study (minutes)"]
+async fn viewer_readme_screenshots_and_first_frame_of_a_full_size_study() {
+    let server = LiveServer::start(&["--no-demo"]);
+    let folder = server.data_dir.join("datasets/synthetic");
+    synth(&folder, 20, "64x64x32");
+    let dataset = server
+        .post_json(
+            "/api/datasets",
+            serde_json::json!({ "name": "synthetic", "path": folder.display().to_string() }),
+        )
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    let full = server.data_dir.join("full-size");
+    synth(&full, 1, "240x240x155");
+    let case_dir = std::fs::read_dir(&full)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    let study = upload_study_with_label(&server, &case_dir).await;
+    let (run, prediction) = train_and_segment(&server, dataset, study).await;
+    let out = readme_screenshot_dir();
+    let browser = Browser::start().await;
+
+    browser
+        .goto(&server.url(&format!("/predictions/{prediction}")))
+        .await;
+    browser.wait_for(NIIVUE_READY, DEADLINE).await;
+    let facts = browser
+        .script("const d = document.querySelector('#nv-viewer').dataset; return JSON.stringify({ first_frame_ms: d.firstFrameMs, bytes_received: d.bytes, nifti_bytes: d.volumeBytes, manifest_ms: d.tManifest, script_ms: d.tScript, volumes_ms: d.tVolumes, labels_ms: d.tLabels, centred_ms: d.tCentred });")
+        .await;
+    eprintln!("first frame of a 240x240x155 prediction (ms since navigation start; bytes received by the page): {facts}");
+    browser
+        .wait_for("!document.querySelector('#nv-scores').hidden", DEADLINE)
+        .await;
+    browser.screenshot(&out.join("viewer-2d.png")).await;
+    let planes = browser.element_screenshot("#nv-canvas").await;
+    // The 3-D picture with the ground truth alone (this tiny run's prediction is noise).
+    browser.click("#nv-overlays input[value=prediction]").await;
+    browser
+        .script("const v = document.querySelector('#nv-view'); v.value = 'render'; v.dispatchEvent(new Event('change'));")
+        .await;
+    canvas_after_change(&browser, &planes, 0.01, "the 3-D render").await;
+    browser.screenshot(&out.join("viewer-3d.png")).await;
+
+    browser
+        .goto(&server.url(&format!("/jobs/{run}/test")))
+        .await;
+    browser
+        .wait_for("Array.from(document.querySelectorAll('#test-cases img')).every((i) => i.complete && i.naturalWidth > 0)", DEADLINE)
+        .await;
+    browser.screenshot(&out.join("test-split.png")).await;
     browser.quit().await;
 }

@@ -263,7 +263,7 @@ pub fn evaluate_with(
     with_classifiers: bool,
     definition: Hd95Definition,
 ) -> Result<EvalReport> {
-    evaluate_counting(predictor, cases, with_classifiers, definition, |_| {})
+    evaluate_cases(predictor, cases, with_classifiers, definition, None, |_| {})
 }
 
 /// [`evaluate_with`], calling `done(n)` after the n-th case (for a progress bar).
@@ -272,6 +272,44 @@ pub fn evaluate_counting(
     cases: &[CaseSource],
     with_classifiers: bool,
     definition: Hd95Definition,
+    done: impl FnMut(usize),
+) -> Result<EvalReport> {
+    evaluate_cases(predictor, cases, with_classifiers, definition, None, done)
+}
+
+/// [`evaluate`] that also writes each case's predicted segmentation to
+/// `save_dir/<case>_seg.nii.gz` (BraTS labels, the input's geometry), so that the cases can be
+/// reviewed beside their ground truth without predicting them again.
+pub fn evaluate_saving_predictions(
+    predictor: &Predictor,
+    cases: &[CaseSource],
+    with_classifiers: bool,
+    save_dir: &std::path::Path,
+) -> Result<EvalReport> {
+    std::fs::create_dir_all(save_dir)
+        .with_context(|| format!("creating {}", save_dir.display()))?;
+    evaluate_cases(
+        predictor,
+        cases,
+        with_classifiers,
+        Hd95Definition::BratsPooled,
+        Some(save_dir),
+        |_| {},
+    )
+}
+
+/// The name of a case's saved prediction inside the folder given to
+/// [`evaluate_saving_predictions`].
+pub fn saved_prediction_name(case: &str) -> String {
+    format!("{case}_seg.nii.gz")
+}
+
+fn evaluate_cases(
+    predictor: &Predictor,
+    cases: &[CaseSource],
+    with_classifiers: bool,
+    definition: Hd95Definition,
+    save_dir: Option<&std::path::Path>,
     mut done: impl FnMut(usize),
 ) -> Result<EvalReport> {
     let mut scores = Vec::new();
@@ -282,6 +320,11 @@ pub fn evaluate_counting(
             .as_ref()
             .with_context(|| format!("case {} has no label volume to evaluate against", case.id))?;
         let pred = predictor.predict(&study, with_classifiers, |_| {});
+        if let Some(dir) = save_dir {
+            let path = dir.join(saved_prediction_name(&case.id));
+            crate::data::write_label_volume(&path, &pred.fused.view(), &study.header)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
         let spacing = voxel_spacing(&study);
         scores.push(score_case_with(
             &case.id,

@@ -8,7 +8,7 @@ use crate::data::{
     write_saved_split, SliceBatch, SliceLoader, Split,
 };
 use crate::device::{describe, parse_device};
-use crate::eval::{evaluate, EvalReport, Predictor};
+use crate::eval::{evaluate, evaluate_saving_predictions, EvalReport, Predictor};
 use crate::events::{now, Event, EventSink, RegionScores};
 use crate::rundir::RunDir;
 use crate::step::{StepReport, Trainer};
@@ -383,10 +383,11 @@ fn train_inner(
             state.best_epoch,
             split.test.len()
         );
-        Some(evaluate(
+        Some(evaluate_saving_predictions(
             &trainer.predictor(),
             &split.test,
             trainer.classifiers.is_some(),
+            &RunDir::new(run_dir).test_predictions(),
         )?)
     };
     let metrics = RunMetrics {

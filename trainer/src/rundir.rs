@@ -78,6 +78,18 @@ impl RunDir {
             .join(format!("eval-{}.json", split.to_ascii_lowercase()))
     }
 
+    /// The test cases' predicted segmentations, written by the final test of a segmentation run
+    /// (`<case>_seg.nii.gz`, see `eval::saved_prediction_name`).
+    pub fn test_predictions(&self) -> PathBuf {
+        self.root.join("test-predictions")
+    }
+
+    /// One test case's saved prediction.
+    pub fn test_prediction(&self, case: &str) -> PathBuf {
+        self.test_predictions()
+            .join(crate::eval::saved_prediction_name(case))
+    }
+
     pub fn checkpoints(&self) -> PathBuf {
         self.root.join("checkpoints")
     }
@@ -144,6 +156,10 @@ mod tests {
         assert_eq!(
             run.eval_report("Test"),
             Path::new("/runs/job-3/eval-test.json")
+        );
+        assert_eq!(
+            run.test_prediction("BraTS2021_00001"),
+            Path::new("/runs/job-3/test-predictions/BraTS2021_00001_seg.nii.gz")
         );
     }
 

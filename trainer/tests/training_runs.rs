@@ -10,6 +10,7 @@ use cggm_trainer::events::{Event, EventSink};
 use cggm_trainer::infer::infer;
 use cggm_trainer::metrics::dice_scores;
 use cggm_trainer::run::{dataset_split, open_run, train, TrainOptions};
+use cggm_trainer::rundir::RunDir;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
@@ -153,6 +154,9 @@ fn inference_from_a_checkpoint_agrees_with_evaluation() {
         .unwrap();
         assert_eq!(summary.shape, [32, 32, 16]);
         let (_, pred) = read_volume(&out).unwrap();
+        // The run's final test saved this case's prediction: the same labels.
+        let (_, saved) = read_volume(&RunDir::new(&run).test_prediction(&case.id)).unwrap();
+        assert_eq!(saved, pred, "case {}: saved test prediction", case.id);
         let (_, truth) = read_volume(case.label_path().unwrap()).unwrap();
         let to_internal = |v: &f32| brats_to_internal(*v as u8).expect("BraTS label values only");
         let pred: Vec<u8> = pred.iter().map(to_internal).collect();

@@ -540,6 +540,7 @@ if (viewer) {
     ready = p.state === "succeeded";
     if (!["queued", "running"].includes(p.state)) setProgress(1);
     render();
+    viewer.dispatchEvent(new CustomEvent("cggm:result", { detail: p })); // viewer.js (NiiVue)
   }
   resetPlane();
   showResult();

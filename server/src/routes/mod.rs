@@ -7,6 +7,8 @@ pub mod dicom;
 pub mod jobs;
 pub mod pages;
 pub mod studies;
+pub mod viewer;
+pub mod viewer_pages;
 
 use crate::error::{Error, Result};
 use crate::inspect::{safe_name, UploadedFile};
@@ -27,6 +29,7 @@ pub fn api_router() -> Router<AppState> {
         .merge(dicom::router())
         .merge(deletion::router())
         .merge(comparisons::router())
+        .merge(viewer::router())
 }
 
 async fn health() -> Json<serde_json::Value> {

@@ -43,7 +43,7 @@ async fn not_found() -> Response {
 }
 
 /// Pages answer a missing record with the HTML 404 page rather than JSON.
-fn page<T: IntoResponse>(result: Result<T>) -> Response {
+pub(crate) fn page<T: IntoResponse>(result: Result<T>) -> Response {
     match result {
         Ok(page) => page.into_response(),
         Err(Error::NotFound(what)) => {

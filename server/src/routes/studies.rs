@@ -375,7 +375,7 @@ async fn download_seg(State(state): State<AppState>, Path(id): Path<i64>) -> Res
         .unwrap_or("case")
         .to_string();
     let file = tokio::fs::File::open(&path).await?;
-    let body = Body::from_stream(tokio_util_stream(file));
+    let body = Body::from_stream(file_stream(file));
     Ok((
         [
             (header::CONTENT_TYPE, "application/gzip".to_string()),
@@ -393,7 +393,7 @@ async fn download_seg(State(state): State<AppState>, Path(id): Path<i64>) -> Res
 }
 
 /// A file as a stream of chunks (without pulling in tokio-util for one use).
-fn tokio_util_stream(
+pub(crate) fn file_stream(
     file: tokio::fs::File,
 ) -> impl futures_util::Stream<Item = std::io::Result<Vec<u8>>> {
     use tokio::io::AsyncReadExt;

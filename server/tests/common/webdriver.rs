@@ -68,6 +68,8 @@ impl Browser {
             "--headless".to_string(),
             "--no-sandbox".into(),
             "--disable-gpu".into(),
+            // WebGL 2 for the NiiVue viewer on Chromium's software renderer (no GPU here).
+            "--enable-unsafe-swiftshader".into(),
             "--disable-quic".into(),
             "--no-first-run".into(),
             "--disable-background-networking".into(),
@@ -94,13 +96,23 @@ impl Browser {
             .as_str()
             .unwrap_or_else(|| panic!("no session: {response}"))
             .to_string();
-        Self {
+        let browser = Self {
             driver,
             base,
             session,
             client,
             _profile: profile,
-        }
+        };
+        // A page busy drawing a full-size volume on the software renderer can hold its main
+        // thread for tens of seconds; a script waits for it instead of failing.
+        browser
+            .call(
+                reqwest::Method::POST,
+                "/timeouts",
+                Some(json!({ "script": 180_000 })),
+            )
+            .await;
+        browser
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
@@ -208,6 +220,21 @@ impl Browser {
             .unwrap();
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, bytes).unwrap();
+    }
+
+    /// A PNG of one element as drawn now (a canvas included).
+    pub async fn element_screenshot(&self, css: &str) -> Vec<u8> {
+        let id = self.find(css).await;
+        let data = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/element/{id}/screenshot"),
+                None,
+            )
+            .await;
+        base64::engine::general_purpose::STANDARD
+            .decode(data.as_str().unwrap())
+            .unwrap()
     }
 
     pub async fn quit(mut self) {

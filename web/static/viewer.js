@@ -1,0 +1,313 @@
+// The NiiVue viewer (WebGL) for studies, predictions, dataset cases and a run's test cases: the
+// four modalities and the label overlays loaded as NIfTI from the API, multiplanar and 3-D views,
+// per-class toggles in the BraTS colours, crosshair readout, window/level, and the scores of the
+// prediction against the ground truth. The page's manifest (GET data-manifest) says what to load.
+// Without WebGL 2, or for a volume too large for the browser, the server-rendered slices stay.
+// Requests for JSON go through app.js's `api`; NiiVue fetches the volumes itself.
+"use strict";
+
+(function () {
+  const panel = document.querySelector("#nv-viewer");
+  if (!panel) return;
+  const $ = (sel) => document.querySelector(sel);
+  const pngViewer = $("#png-viewer");
+  const message = $("#viewer-message");
+
+  function say(text) { message.textContent = text; message.hidden = false; }
+
+  function fallback(text, manifest) {
+    say(text);
+    panel.hidden = true;
+    panel.dataset.mode = "png";
+    const switcher = $("#viewer-switch");
+    if (switcher) switcher.hidden = true;
+    if (pngViewer) { pngViewer.hidden = false; return; }
+    const box = $("#nv-fallback"), img = $("#nv-thumbnail");
+    if (box && img && manifest && manifest.thumbnail_url) { img.src = manifest.thumbnail_url; box.hidden = false; }
+  }
+
+  // The largest 3-D texture side this browser's WebGL 2 takes; 0 without WebGL 2.
+  function webgl2MaxSide() {
+    try {
+      const gl = document.createElement("canvas").getContext("webgl2");
+      return gl ? gl.getParameter(gl.MAX_3D_TEXTURE_SIZE) : 0;
+    } catch (_) { return 0; }
+  }
+
+  function loadScript(src) {
+    return new Promise((resolve, reject) => {
+      if (window.niivue) { resolve(); return; }
+      const s = document.createElement("script");
+      s.src = src; s.onload = resolve;
+      s.onerror = () => reject(new Error("could not load " + src + " (run scripts/setup-web.sh)"));
+      document.head.appendChild(s);
+    });
+  }
+
+  const state = {
+    nv: null, manifest: null, modality: null, images: {}, overlays: {},
+    shownClasses: new Set(["ncr", "ed", "et"]), opacity: 0.5,
+  };
+
+  function overlayOpacity(key) {
+    const box = document.querySelector(`#nv-overlays input[value="${key}"]`);
+    return box && !box.checked ? 0 : state.opacity;
+  }
+
+  // An overlay's colour table: its label values in their class colour; hidden classes transparent.
+  function colourTable(o) {
+    const cm = { R: [0], G: [0], B: [0], A: [0], I: [0], labels: ["background"] };
+    for (const [value, cls] of o.values) {
+      const c = state.manifest.classes.find((k) => k.class === cls);
+      cm.R.push(c.colour[0]); cm.G.push(c.colour[1]); cm.B.push(c.colour[2]);
+      cm.A.push(state.shownClasses.has(cls) ? 255 : 0); cm.I.push(value); cm.labels.push(c.name);
+    }
+    return cm;
+  }
+
+  function applyLabels() {
+    const nv = state.nv;
+    for (const o of state.manifest.overlays) {
+      const vol = state.overlays[o.key];
+      if (!vol) continue;
+      vol.setColormapLabel(colourTable(o));
+      const index = nv.getVolumeIndexByID(vol.id);
+      if (index >= 0) nv.volumes[index].opacity = overlayOpacity(o.key);
+    }
+    nv.updateGLVolume();
+  }
+
+  function className(overlay, value) {
+    const pair = overlay.values.find(([v]) => v === Math.round(value));
+    if (!pair) return "background";
+    const c = state.manifest.classes.find((k) => k.class === pair[1]);
+    return c ? c.name : pair[1];
+  }
+
+  function readout(location) {
+    const vox = location.vox || [];
+    panel.dataset.voxel = vox.join(",");
+    const parts = [`voxel (${vox.join(", ")})`];
+    const bg = state.images[state.modality];
+    for (const v of location.values || []) {
+      if (bg && v.id === bg.id) parts.push(`${state.modality} ${Number(v.value).toFixed(1)}`);
+    }
+    for (const o of state.manifest.overlays) {
+      const vol = state.overlays[o.key];
+      const v = vol && (location.values || []).find((x) => x.id === vol.id);
+      if (v) parts.push(`${o.title.toLowerCase()}: ${Math.round(v.value)} ${className(o, v.value)}`);
+    }
+    $("#nv-readout").textContent = parts.join(" · ");
+  }
+
+  function showWindow() {
+    const bg = state.images[state.modality];
+    if (!bg) return;
+    $("#nv-win-min").value = Number(bg.cal_min).toPrecision(4);
+    $("#nv-win-max").value = Number(bg.cal_max).toPrecision(4);
+  }
+
+  function showScores(scores) {
+    if (!scores) return;
+    const f = (v, digits) => (Number.isFinite(v) ? v.toFixed(digits) : "–");
+    const row = (name, s, digits) => `<tr><th>${name}</th><td>${f(s.wt, digits)}</td><td>${f(s.tc, digits)}</td><td>${f(s.et, digits)}</td></tr>`;
+    $("#nv-scores tbody").innerHTML = row("Dice", scores.dice, 3) + row("HD95 (mm)", scores.hd95, 1);
+    $("#nv-scores").hidden = false;
+  }
+
+  const VIEWS = { multiplanar: "sliceTypeMultiplanar", axial: "sliceTypeAxial", coronal: "sliceTypeCoronal", sagittal: "sliceTypeSagittal", render: "sliceTypeRender" };
+
+  // One slice along the normal of the shown plane (axial in the multiplanar view).
+  function step(delta) {
+    const view = $("#nv-view").value;
+    const d = { coronal: [0, delta, 0], sagittal: [delta, 0, 0] }[view] || [0, 0, delta];
+    state.nv.moveCrosshairInVox(d[0], d[1], d[2]);
+  }
+
+  // Puts the crosshair on the centre of the labelled voxels (ground truth first, else the
+  // prediction), so that the three planes cut through the tumour.
+  function centreOnLabels() {
+    const nv = state.nv;
+    const vol = state.overlays.truth || state.overlays.prediction;
+    if (!vol || !vol.img || !vol.hdr) return;
+    const [, nx, ny] = vol.hdr.dims;
+    let sx = 0, sy = 0, sz = 0, n = 0;
+    for (let i = 0; i < vol.img.length; i++) {
+      if (vol.img[i] > 0) { sx += i % nx; sy += Math.floor(i / nx) % ny; sz += Math.floor(i / (nx * ny)); n++; }
+    }
+    if (n === 0) return;
+    // File voxel -> scanner mm through the file's own affine, then to NiiVue's frame.
+    const v = [sx / n, sy / n, sz / n], a = vol.hdr.affine;
+    const mm = [0, 1, 2].map((r) => a[r][0] * v[0] + a[r][1] * v[1] + a[r][2] * v[2] + a[r][3]);
+    nv.scene.crosshairPos = nv.mm2frac(mm);
+    nv.drawScene();
+    nv.createOnLocationChange();
+  }
+
+  async function useModality(name) {
+    const nv = state.nv, source = state.manifest.images.find((i) => i.modality === name);
+    if (!source) return;
+    const current = state.images[state.modality];
+    if (source.frame > 0 || (current && current.url === source.url)) {
+      // One 4-D file (MSD): the modality is a frame of it.
+      nv.setFrame4D(current.id, source.frame);
+      state.images[name] = current;
+    } else {
+      let img = state.images[name];
+      if (!img) {
+        img = await niivue.NVImage.loadFromUrl({ url: source.url, name: source.name, colormap: "gray" });
+        img.url = source.url;
+        state.images[name] = img;
+      }
+      nv.addVolume(img);
+      nv.setVolume(img, 0);
+      if (current && current !== img) nv.removeVolume(current);
+    }
+    state.modality = name;
+    panel.dataset.modality = name;
+    applyLabels();
+    showWindow();
+    nv.createOnLocationChange();
+  }
+
+  function registerOverlay(o, vol) {
+    state.overlays[o.key] = vol;
+    const box = document.createElement("label");
+    box.innerHTML = `<input type="checkbox" class="nv-overlay" value="${o.key}" checked> ${o.title}`;
+    box.querySelector("input").addEventListener("change", applyLabels);
+    $("#nv-overlays").appendChild(box);
+  }
+
+  // Overlays that appeared since the page loaded (a prediction that finished meanwhile).
+  async function addOverlays(manifest) {
+    for (const o of manifest.overlays) {
+      if (state.overlays[o.key]) continue;
+      const vol = await niivue.NVImage.loadFromUrl({ url: o.url, name: o.name, opacity: state.opacity });
+      registerOverlay(o, vol);
+      state.nv.addVolume(vol);
+    }
+    $("#nv-overlays").hidden = manifest.overlays.length === 0;
+    state.manifest = manifest;
+    applyLabels();
+  }
+
+  function buildControls(manifest) {
+    const select = $("#nv-modality");
+    select.innerHTML = manifest.images.map((i) => `<option value="${i.modality}">${i.modality}</option>`).join("");
+    select.addEventListener("change", () => useModality(select.value).catch((e) => toast(e.message, true)));
+    for (const c of manifest.classes) {
+      const box = document.createElement("label");
+      box.className = "lab";
+      box.style.color = `rgb(${c.colour.join(",")})`;
+      box.innerHTML = `<input type="checkbox" class="nv-class" value="${c.class}" checked> ${c.name}`;
+      box.querySelector("input").addEventListener("change", (e) => {
+        if (e.target.checked) state.shownClasses.add(c.class); else state.shownClasses.delete(c.class);
+        applyLabels();
+      });
+      $("#nv-classes").appendChild(box);
+    }
+    $("#nv-opacity").addEventListener("input", (e) => { state.opacity = Number(e.target.value) / 100; applyLabels(); });
+    $("#nv-view").addEventListener("change", (e) => { state.nv.setSliceType(state.nv[VIEWS[e.target.value]]); });
+    for (const id of ["#nv-win-min", "#nv-win-max"]) {
+      $(id).addEventListener("change", () => {
+        const bg = state.images[state.modality];
+        const lo = Number($("#nv-win-min").value), hi = Number($("#nv-win-max").value);
+        if (bg && Number.isFinite(lo) && Number.isFinite(hi) && hi > lo) { bg.cal_min = lo; bg.cal_max = hi; state.nv.updateGLVolume(); }
+      });
+    }
+    document.addEventListener("keydown", (e) => {
+      if (e.target.tagName === "INPUT" && e.target.type !== "range") return;
+      if (e.target.tagName === "SELECT") return;
+      const moves = { ArrowUp: 1, k: 1, ArrowDown: -1, j: -1, PageUp: 10, PageDown: -10 };
+      if (e.key in moves && $("#nv-view").value !== "render") { e.preventDefault(); step(moves[e.key]); }
+    });
+  }
+
+  // What the page cost: bytes received (every resource and the page itself) when the first frame
+  // with every volume was drawn, and the time from navigation start to that frame.
+  function recordFirstFrame() {
+    requestAnimationFrame(() => requestAnimationFrame(() => {
+      const entries = performance.getEntriesByType("resource").concat(performance.getEntriesByType("navigation"));
+      const bytes = entries.reduce((sum, e) => sum + (e.transferSize || 0), 0);
+      const volumes = entries.filter((e) => /\/nifti/.test(e.name)).reduce((sum, e) => sum + (e.encodedBodySize || 0), 0);
+      panel.dataset.firstFrameMs = String(Math.round(performance.now()));
+      panel.dataset.bytes = String(bytes);
+      panel.dataset.volumeBytes = String(volumes);
+      panel.dataset.ready = "1";
+    }));
+  }
+
+  // Milliseconds since navigation start at each loading step (data-t-*), for measurements.
+  function mark(step) { panel.dataset["t" + step[0].toUpperCase() + step.slice(1)] = String(Math.round(performance.now())); }
+
+  async function start() {
+    const manifest = await api("GET", panel.dataset.manifest);
+    mark("manifest");
+    state.manifest = manifest;
+    if (new URLSearchParams(location.search).get("viewer") === "png") {
+      fallback("Simple slice viewer (server-rendered). Remove ?viewer=png for the 3-D viewer.", manifest);
+      return;
+    }
+    if (manifest.too_large) { fallback(manifest.too_large, manifest); return; }
+    const maxSide = webgl2MaxSide();
+    if (!maxSide) { fallback("This browser has no WebGL 2: showing server-rendered slices instead.", manifest); return; }
+    if (Math.max(...manifest.shape) > maxSide) {
+      fallback(`This volume (${manifest.shape.join("×")}) is larger than this browser's WebGL allows (${maxSide} per side): showing server-rendered slices instead.`, manifest);
+      return;
+    }
+    if (manifest.images.length === 0) { fallback("This case has no image the viewer can show.", manifest); return; }
+    await loadScript("/vendor/niivue/niivue.umd.js");
+    mark("script");
+    if (pngViewer) pngViewer.hidden = true;
+    const switcher = $("#viewer-switch");
+    if (switcher) switcher.hidden = false;
+    panel.hidden = false;
+    panel.dataset.mode = "niivue";
+    const nv = new niivue.Niivue({
+      backColor: [0, 0, 0, 1], show3Dcrosshair: true, dragAndDropEnabled: false,
+      crosshairColor: [0.2, 0.6, 1, 1], crosshairWidth: 1, multiplanarShowRender: 0, isColorbar: false, loadingText: "loading…",
+    });
+    state.nv = nv;
+    window.cggmNiivue = nv;
+    await nv.attachToCanvas($("#nv-canvas"));
+    nv.onLocationChange = readout;
+    nv.onIntensityChange = showWindow;
+    buildControls(manifest);
+    const first = manifest.images[0];
+    // Every volume in one call: the scene is uploaded to the GPU once, not once per volume.
+    await nv.loadVolumes([{ url: first.url, name: first.name, colormap: "gray", frame4D: first.frame }]
+      .concat(manifest.overlays.map((o) => ({ url: o.url, name: o.name, opacity: state.opacity }))));
+    mark("volumes");
+    state.images[first.modality] = nv.volumes[0];
+    nv.volumes[0].url = first.url;
+    state.modality = first.modality;
+    panel.dataset.modality = first.modality;
+    manifest.overlays.forEach((o, k) => registerOverlay(o, nv.volumes[k + 1]));
+    $("#nv-overlays").hidden = manifest.overlays.length === 0;
+    applyLabels();
+    mark("labels");
+    nv.setSliceType(nv.sliceTypeMultiplanar);
+    mark("layout");
+    centreOnLabels();
+    mark("centred");
+    showWindow();
+    recordFirstFrame();
+    if (manifest.scores) showScores(manifest.scores);
+    else if (manifest.scores_url) api("GET", manifest.scores_url).then(showScores).catch((e) => say(e.message));
+  }
+
+  // A prediction that finishes while the page is open: app.js announces it; load its overlay.
+  const viewer = $("#viewer");
+  if (viewer) {
+    viewer.addEventListener("cggm:result", async () => {
+      if (!state.nv || state.overlays.prediction) return;
+      try {
+        const manifest = await api("GET", panel.dataset.manifest);
+        await addOverlays(manifest);
+        if (manifest.scores_url) showScores(await api("GET", manifest.scores_url));
+      } catch (e) { say(e.message); }
+    });
+  }
+
+  start().catch((e) => fallback("The 3-D viewer could not start (" + e.message + "): showing server-rendered slices.", state.manifest));
+})();
