@@ -457,7 +457,8 @@ fn update(cfg: &OptimizerConfig, b: &mut Bucket, lr: f64, t: f64, state_count: u
         OptimizerKind::Adam | OptimizerKind::Adamw => {
             // In place on buffers kept between steps, as for SGD: Adam's L2 term needs one work
             // buffer for g + wd * w, the moments' update and the step another.
-            let scalar = |v: f64| Tensor::from(v).to_kind(w.kind()).to_device(w.device());
+            let (kind, device) = (w.kind(), w.device());
+            let scalar = |v: f64| Tensor::from(v).to_kind(kind).to_device(device);
             let g = if cfg.kind == OptimizerKind::Adam && cfg.weight_decay != 0.0 {
                 let mut d = b
                     .scratch
