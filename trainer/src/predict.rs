@@ -6,17 +6,19 @@
 //!   (`model::folded`), no autograd;
 //! - slices without brain are not predicted: the brain mask (a voxel where every modality is
 //!   exactly zero is outside the brain) sets them to background in both paths, so this is exact;
-//! - in-plane, only the brain's bounding box widened by `crop_margin` voxels is predicted (as
-//!   nnU-Net does); everything outside is background by the mask. The crop's origin is kept on
-//!   the network's stride-16 grid, so the remaining differences come from the context outside the
-//!   box (zero padding of feature maps at the box's border, ASPP's image-level pooling over the
-//!   box instead of the whole slice). `CGGM_INFERENCE_CROP=off` predicts whole slices;
-//!   `CGGM_INFERENCE_CROP=<margin>` sets the margin;
+//! - batches laid out channels-last (max pooling and the argmax over classes are several times
+//!   faster on it on the CPU);
+//! - opt-in (`CGGM_INFERENCE_CROP=<margin>`): in-plane, only the brain's bounding box widened by
+//!   the margin is predicted (as nnU-Net does); everything outside is background by the mask. The
+//!   crop's origin is kept on the network's stride-16 grid, but the context outside the box
+//!   (zero padding of feature maps at the box's border, ASPP's image-level pooling over the box
+//!   instead of the whole slice) changes some labels inside the brain (4.4 % of brain voxels for
+//!   fresh cpu-small weights on `bench infer`'s volume), so it is off by default;
 //! - the volume is reordered into slice batches by tensor ops (one copy), labels written back
 //!   the same way.
 //!
-//! With the crop off and fp32 (`CGGM_INFERENCE_PRECISION=fp32`) the labels equal the reference
-//! path's (tested below).
+//! With the crop off (the default) and fp32 the labels equal the reference path's (tested below);
+//! in bf16 both paths round differently.
 
 use crate::amp::{self, AmpDtype};
 use crate::data::synth::{phantom, synthetic_header, SynthConfig};
@@ -26,7 +28,7 @@ use crate::model::folded::FoldedSegmenter;
 use ndarray::{s, Array3, Array4};
 use tch::{Device, Kind, Tensor};
 
-/// In-plane margin (voxels) kept around the brain's bounding box by default.
+/// In-plane margin (voxels) kept around the brain's bounding box when cropping is on.
 pub const DEFAULT_CROP_MARGIN: usize = 16;
 
 /// The network's total stride: crops start on its grid and are padded to its multiple.
@@ -45,24 +47,25 @@ pub struct PredictOptions {
 impl Default for PredictOptions {
     fn default() -> Self {
         Self {
-            crop_margin: Some(DEFAULT_CROP_MARGIN),
+            crop_margin: None,
             kind: None,
         }
     }
 }
 
 impl PredictOptions {
-    /// The defaults, with `CGGM_INFERENCE_CROP` (off / a margin in voxels) applied.
+    /// The defaults, with `CGGM_INFERENCE_CROP` (off / on = margin 16 / a margin in voxels).
     pub fn from_env() -> Self {
         let mut options = Self::default();
         if let Ok(v) = std::env::var("CGGM_INFERENCE_CROP") {
             match v.trim() {
                 "off" | "none" | "false" => options.crop_margin = None,
+                "on" | "true" => options.crop_margin = Some(DEFAULT_CROP_MARGIN),
                 other => match other.parse::<usize>() {
                     Ok(margin) => options.crop_margin = Some(margin),
                     Err(_) => tracing::warn!(
-                        "CGGM_INFERENCE_CROP={other:?} is neither `off` nor a margin in voxels; \
-                         using the default margin {DEFAULT_CROP_MARGIN}"
+                        "CGGM_INFERENCE_CROP={other:?} is not `off`, `on` or a margin in voxels; \
+                         predicting whole slices"
                     ),
                 },
             }
@@ -438,10 +441,8 @@ mod tests {
     }
 
     #[test]
-    fn brain_crop_predicts_background_outside_and_agrees_inside_the_brain() {
+    fn brain_crop_predicts_background_outside_the_brain_and_whole_slices_when_the_box_fills_them() {
         let (_vs, model, cls) = tiny_model(5);
-        // A small brain in a large field: the crop predicts a 48x48 window of 96x96.
-        let study = synthetic_study([96, 96, 6], [40, 36, 8], 9);
         let channels = [0i64, 1, 2, 3];
         let p = predictor(&model, &cls, &channels);
         let whole = PredictOptions {
@@ -452,33 +453,25 @@ mod tests {
             crop_margin: Some(DEFAULT_CROP_MARGIN),
             kind: Some(Kind::Float),
         };
-        let a = p.predict_with(&study, false, whole, |_| {});
-        let b = p.predict_with(&study, false, cropped, |_| {});
-        let brain: Vec<bool> = {
-            let mut m = vec![false; 96 * 96 * 6];
-            for ((c, x, y, z), &v) in study.images.indexed_iter() {
-                let _ = c;
-                if v != 0.0 {
-                    m[(x * 96 + y) * 6 + z] = true;
-                }
-            }
-            m
-        };
-        let (mut inside, mut same, mut outside_labelled) = (0usize, 0usize, 0usize);
-        for (i, (&x, &y)) in a.fused.iter().zip(b.fused.iter()).enumerate() {
-            if brain[i] {
-                inside += 1;
-                same += (x == y) as usize;
-            } else {
-                outside_labelled += (y != 0) as usize;
-            }
-        }
+        // A small brain in a large field: the crop predicts a 64x64 window of 96x96 and labels
+        // nothing outside the brain.
+        let small = synthetic_study([96, 96, 6], [40, 36, 8], 9);
+        let b = p.predict_with(&small, false, cropped, |_| {});
+        let outside_labelled = b
+            .fused
+            .indexed_iter()
+            .filter(|&((x, y, z), &v)| v != 0 && (0..4).all(|c| small.images[[c, x, y, z]] == 0.0))
+            .count();
         assert_eq!(outside_labelled, 0);
-        let agreement = same as f64 / inside as f64;
-        eprintln!("crop agreement inside the brain: {agreement:.4} of {inside} voxels");
         assert!(
-            agreement >= 0.9,
-            "crop agrees on {agreement:.4} of brain voxels"
+            b.fused.iter().any(|&v| v != 0),
+            "the crop labels some voxels"
         );
+        // A brain whose box plus margin reaches the field's edges: the window is the whole slice
+        // and the labels are those of whole-slice prediction.
+        let large = synthetic_study([40, 44, 8], [50, 48, 8], 7);
+        let a = p.predict_with(&large, false, whole, |_| {});
+        let b = p.predict_with(&large, false, cropped, |_| {});
+        assert_eq!(differing(&a.fused, &b.fused), 0);
     }
 }

@@ -58,6 +58,13 @@ impl FoldedOutput {
     }
 }
 
+/// The same [N, C, H, W] tensor laid out channels-last (NHWC strides). Convolutions (oneDNN)
+/// keep that layout for their outputs, and on the CPU max pooling and the final argmax over
+/// classes are several times faster on it than on NCHW (bf16 max pooling 4x, argmax 12x).
+pub(crate) fn channels_last(t: &Tensor) -> Tensor {
+    t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+}
+
 fn fold_all(convs: &[ConvBn], kind: Kind) -> Vec<FoldedConv> {
     convs.iter().map(|c| c.folded(kind)).collect()
 }
@@ -132,8 +139,9 @@ impl FoldedSegmenter {
         self.kind
     }
 
-    /// xs: [B, M, H, W] (any float dtype) -> logits [B, classes, H, W] in `kind`. Run it under
-    /// `tch::no_grad` (the weights are detached; no graph is built either way).
+    /// xs: [B, M, H, W] (any float dtype) -> logits [B, classes, H, W] in `kind`, laid out
+    /// channels-last. Run it under `tch::no_grad` (the weights are detached; no graph is built
+    /// either way).
     pub fn forward(&self, xs: &Tensor) -> FoldedOutput {
         let (h, w) = (xs.size()[2], xs.size()[3]);
         let xs = xs.to_kind(self.kind);
@@ -141,7 +149,7 @@ impl FoldedSegmenter {
             .encoders
             .iter()
             .enumerate()
-            .map(|(i, enc)| enc.forward(&xs.narrow(1, i as i64, 1)))
+            .map(|(i, enc)| enc.forward(&channels_last(&xs.narrow(1, i as i64, 1))))
             .collect();
         let high = Tensor::cat(&features.iter().map(|f| &f.0).collect::<Vec<_>>(), 1);
         let low = Tensor::cat(&features.iter().map(|f| &f.1).collect::<Vec<_>>(), 1);
@@ -226,7 +234,10 @@ impl FoldedDecoder {
             Tensor::cat(&[high, low], 1)
         } else {
             Tensor::cat(
-                &[high.view([b, g, -1, h, w]), low.view([b, g, -1, h, w])],
+                &[
+                    high.reshape([b, g, -1, h, w]),
+                    low.reshape([b, g, -1, h, w]),
+                ],
                 2,
             )
             .view([b, -1, h, w])

@@ -158,7 +158,9 @@ impl ConvBn {
             None => -(&mean * &scale),
         };
         FoldedConv {
-            ws: (f64_of(&self.conv.ws) * scale.view([-1, 1, 1, 1])).to_kind(kind),
+            ws: super::folded::channels_last(
+                &(f64_of(&self.conv.ws) * scale.view([-1, 1, 1, 1])).to_kind(kind),
+            ),
             bs: Some(shift.to_kind(kind)),
             geometry: self.geometry,
         }
@@ -177,7 +179,7 @@ impl FoldedConv {
     /// A plain convolution (the decoders' last layer) copied into `kind`.
     pub(crate) fn plain(conv: &nn::Conv2D, geometry: ConvGeometry, kind: Kind) -> Self {
         Self {
-            ws: conv.ws.detach().to_kind(kind),
+            ws: super::folded::channels_last(&conv.ws.detach().to_kind(kind)),
             bs: conv.bs.as_ref().map(|b| b.detach().to_kind(kind)),
             geometry,
         }
