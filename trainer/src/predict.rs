@@ -34,23 +34,14 @@ pub const DEFAULT_CROP_MARGIN: usize = 16;
 /// The network's total stride: crops start on its grid and are padded to its multiple.
 const STRIDE: usize = 16;
 
-/// How `Predictor::predict_with` predicts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How `Predictor::predict_with` predicts (default: whole slices, the device's dtype).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PredictOptions {
     /// Predict only the brain's bounding box, widened by this many voxels in-plane; None =
     /// whole slices.
     pub crop_margin: Option<usize>,
     /// The dtype to compute in; None = the device's inference dtype (`inference_kind`).
     pub kind: Option<Kind>,
-}
-
-impl Default for PredictOptions {
-    fn default() -> Self {
-        Self {
-            crop_margin: None,
-            kind: None,
-        }
-    }
 }
 
 impl PredictOptions {

@@ -501,7 +501,8 @@ fn bench_infer(args: InferBenchArgs) -> Result<()> {
     // Alternating in one process: the reference path (training modules in eval mode, autocast,
     // whole slices: what `predict` ran before), the folded network cropped to the brain
     // (opt-in), and the default (folded, whole slices, brain slices only).
-    let mut variants: Vec<(&str, Box<dyn Fn() -> crate::eval::VolumePrediction + '_>)> = Vec::new();
+    type Variant<'a> = (&'a str, Box<dyn Fn() -> crate::eval::VolumePrediction + 'a>);
+    let mut variants: Vec<Variant> = Vec::new();
     if !args.no_reference {
         variants.push((
             "reference",
