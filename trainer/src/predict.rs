@@ -286,28 +286,42 @@ mod tests {
 
     const NAMES: [&str; 4] = ["flair", "t1ce", "t1", "t2"];
 
-    /// The tiny model with batch-norm statistics and affine parameters far from their initial
-    /// values, so that folding them is not the identity.
-    fn tiny_model(seed: i64) -> (nn::VarStore, MultimodalSegmenter, ModalityClassifiers) {
-        tch::manual_seed(seed);
+    /// The tiny model with every variable drawn from its own seeded generator (not libtorch's
+    /// global one, which tests running in parallel share): He-normal weights, small biases, and
+    /// batch-norm statistics and affine parameters far from their initial values, so that folding
+    /// them is not the identity.
+    fn tiny_model(seed: u64) -> (nn::VarStore, MultimodalSegmenter, ModalityClassifiers) {
+        use rand::{Rng, SeedableRng};
+        use rand_distr::{Distribution, Normal};
         let vs = nn::VarStore::new(Device::Cpu);
         let cfg = ModelConfig::tiny();
         let model = MultimodalSegmenter::new(&vs.root(), &cfg, &NAMES);
         let cls = ModalityClassifiers::new(&vs.root(), &cfg, &NAMES);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
         tch::no_grad(|| {
-            for (name, mut t) in vs.variables() {
-                let (lo, hi) = if name.ends_with("bn.running_mean") {
-                    (-0.3, 0.3)
+            for (name, mut t) in vars {
+                let n = t.numel();
+                let mut uniform = |lo: f32, hi: f32| -> Vec<f32> {
+                    (0..n).map(|_| rng.gen_range(lo..hi)).collect()
+                };
+                let values: Vec<f32> = if name.ends_with("bn.running_mean") {
+                    uniform(-0.3, 0.3)
                 } else if name.ends_with("bn.running_var") {
-                    (0.4, 2.5)
+                    uniform(0.4, 2.5)
                 } else if name.ends_with("bn.weight") {
-                    (0.5, 1.5)
-                } else if name.ends_with("bn.bias") {
-                    (-0.2, 0.2)
+                    uniform(0.5, 1.5)
+                } else if name.ends_with("bias") {
+                    uniform(-0.1, 0.1)
+                } else if t.dim() >= 2 {
+                    let fan_in = (n / t.size()[0] as usize).max(1) as f32;
+                    let normal = Normal::new(0.0f32, (2.0 / fan_in).sqrt()).expect("positive");
+                    (0..n).map(|_| normal.sample(&mut rng)).collect()
                 } else {
                     continue;
                 };
-                let _ = t.uniform_(lo, hi);
+                t.copy_(&Tensor::from_slice(&values).view(t.size().as_slice()));
             }
         });
         (vs, model, cls)
