@@ -56,7 +56,12 @@ pub fn inference_dtype(device: tch::Device) -> Option<AmpDtype> {
 
 /// Runs an inference forward pass `f` in `inference_dtype(device)`.
 pub fn inference<T>(device: tch::Device, f: impl FnOnce() -> T) -> T {
-    match inference_dtype(device) {
+    inference_as(device, inference_dtype(device), f)
+}
+
+/// Runs an inference forward pass `f` with autocast to `dtype` on `device` (None: fp32).
+pub fn inference_as<T>(device: tch::Device, dtype: Option<AmpDtype>, f: impl FnOnce() -> T) -> T {
+    match dtype {
         None => f(),
         Some(dtype) => autocast_on(
             if device.is_cuda() {

@@ -42,11 +42,42 @@ fn padded(n: usize) -> usize {
 }
 
 impl Predictor<'_> {
-    /// Predicts every axial slice of the study. `with_classifiers`: also each modality's own.
+    /// Predicts every axial slice of the study (`with_classifiers`: also each modality's own
+    /// classifier), masked to the brain: the fast path of `crate::predict` with its defaults and
+    /// the `CGGM_INFERENCE_CROP` override.
     pub fn predict(
         &self,
         study: &Study,
         with_classifiers: bool,
+        progress: impl FnMut(f64),
+    ) -> VolumePrediction {
+        self.predict_with(
+            study,
+            with_classifiers,
+            crate::predict::PredictOptions::from_env(),
+            progress,
+        )
+    }
+
+    /// The reference path: the training modules in eval mode (autocast to the inference dtype),
+    /// every slice whole. `predict` must agree with it (tests in `crate::predict`); benchmarks
+    /// time both.
+    pub fn predict_reference(
+        &self,
+        study: &Study,
+        with_classifiers: bool,
+        progress: impl FnMut(f64),
+    ) -> VolumePrediction {
+        let dtype = amp::inference_dtype(self.device);
+        self.predict_reference_as(study, with_classifiers, dtype, progress)
+    }
+
+    /// [`Predictor::predict_reference`] with autocast to `dtype` (None: fp32).
+    pub fn predict_reference_as(
+        &self,
+        study: &Study,
+        with_classifiers: bool,
+        dtype: Option<amp::AmpDtype>,
         mut progress: impl FnMut(f64),
     ) -> VolumePrediction {
         let (_, nx, ny, nz) = study.images.dim();
@@ -80,11 +111,12 @@ impl Predictor<'_> {
                 .to_device(self.device);
             // bf16 where the device computes it natively (see `amp::inference_dtype`).
             tch::no_grad(|| {
-                let out = amp::inference(self.device, || self.model.forward_t(&xs, false));
+                let out =
+                    amp::inference_as(self.device, dtype, || self.model.forward_t(&xs, false));
                 write_slices(&mut fused, &out.logits, z0, nx, ny);
                 if want_cls {
                     let cls = self.classifiers.expect("checked above");
-                    let all = amp::inference(self.device, || {
+                    let all = amp::inference_as(self.device, dtype, || {
                         cls.forward_t(&out, (px as i64, py as i64), false)
                     });
                     for (i, pm) in per_modality.iter_mut().enumerate() {
@@ -313,32 +345,66 @@ fn evaluate_cases(
     mut done: impl FnMut(usize),
 ) -> Result<EvalReport> {
     let mut scores = Vec::new();
-    for case in cases {
-        let study = load_study(case).with_context(|| format!("loading case {}", case.id))?;
-        let truth = study
-            .label
-            .as_ref()
-            .with_context(|| format!("case {} has no label volume to evaluate against", case.id))?;
-        let pred = predictor.predict(&study, with_classifiers, |_| {});
-        if let Some(dir) = save_dir {
-            let path = dir.join(saved_prediction_name(&case.id));
-            crate::data::write_label_volume(&path, &pred.fused.view(), &study.header)
-                .with_context(|| format!("writing {}", path.display()))?;
+    // The next case is read and decoded on another thread while this one is predicted and
+    // scored (two studies in memory at most).
+    std::thread::scope(|scope| -> Result<()> {
+        let load = |case: &CaseSource| {
+            load_study(case).with_context(|| format!("loading case {}", case.id))
+        };
+        let mut next = cases.first().map(|c| scope.spawn(move || load(c)));
+        for (i, case) in cases.iter().enumerate() {
+            let study = next
+                .take()
+                .expect("spawned for every case")
+                .join()
+                .map_err(|_| {
+                    anyhow::anyhow!("the loader thread for case {} panicked", case.id)
+                })??;
+            next = cases.get(i + 1).map(|c| scope.spawn(move || load(c)));
+            scores.push(score_loaded(
+                predictor,
+                case,
+                &study,
+                with_classifiers,
+                definition,
+                save_dir,
+            )?);
+            done(scores.len());
         }
-        let spacing = voxel_spacing(&study);
-        scores.push(score_case_with(
-            &case.id,
-            &pred,
-            truth,
-            spacing,
-            &predictor.modality_names,
-            definition,
-        ));
-        done(scores.len());
-    }
+        Ok(())
+    })?;
     let mut report = summarise(scores);
     report.hd95_definition = definition;
     Ok(report)
+}
+
+/// Predicts and scores one loaded case.
+fn score_loaded(
+    predictor: &Predictor,
+    case: &CaseSource,
+    study: &Study,
+    with_classifiers: bool,
+    definition: Hd95Definition,
+    save_dir: Option<&std::path::Path>,
+) -> Result<CaseScores> {
+    let truth = study
+        .label
+        .as_ref()
+        .with_context(|| format!("case {} has no label volume to evaluate against", case.id))?;
+    let pred = predictor.predict(study, with_classifiers, |_| {});
+    if let Some(dir) = save_dir {
+        let path = dir.join(saved_prediction_name(&case.id));
+        crate::data::write_label_volume(&path, &pred.fused.view(), &study.header)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(score_case_with(
+        &case.id,
+        &pred,
+        truth,
+        voxel_spacing(study),
+        &predictor.modality_names,
+        definition,
+    ))
 }
 
 /// Voxel size in mm along x, y, z: the loader's rule (`data::voxel_spacing_mm`), one rule for

@@ -15,6 +15,7 @@ pub mod infer;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod predict;
 pub mod progress;
 pub mod request;
 pub mod run;

@@ -78,8 +78,9 @@ struct Bucket {
     /// Momentum buffer (SGD) or first and second moments (Adam), flat like `weights`; empty
     /// before the first step, as in `torch.optim`.
     state: Vec<Tensor>,
-    /// Work buffer of the update, allocated at the first step and reused.
+    /// Work buffers of the update, allocated at the first step and reused.
     scratch: Option<Tensor>,
+    scratch2: Option<Tensor>,
 }
 
 fn address(t: &Tensor) -> usize {
@@ -136,6 +137,7 @@ impl Bucket {
             grads,
             state: Vec::new(),
             scratch: None,
+            scratch2: None,
         }
     }
 
@@ -453,8 +455,18 @@ fn update(cfg: &OptimizerConfig, b: &mut Bucket, lr: f64, t: f64, state_count: u
             let _ = w.addcmul_(&d, &scalar(-lr));
         }
         OptimizerKind::Adam | OptimizerKind::Adamw => {
+            // In place on buffers kept between steps, as for SGD: Adam's L2 term needs one work
+            // buffer for g + wd * w, the moments' update and the step another.
+            let (kind, device) = (w.kind(), w.device());
+            let scalar = |v: f64| Tensor::from(v).to_kind(kind).to_device(device);
             let g = if cfg.kind == OptimizerKind::Adam && cfg.weight_decay != 0.0 {
-                g + &w * cfg.weight_decay
+                let mut d = b
+                    .scratch
+                    .get_or_insert_with(|| w.zeros_like())
+                    .shallow_clone();
+                d.copy_(g);
+                let _ = d.addcmul_(&w, &scalar(cfg.weight_decay));
+                d
             } else {
                 g.shallow_clone()
             };
@@ -466,12 +478,23 @@ fn update(cfg: &OptimizerConfig, b: &mut Bucket, lr: f64, t: f64, state_count: u
             }
             let (b1, b2) = cfg.betas;
             let (mut m, mut v) = (b.state[0].shallow_clone(), b.state[1].shallow_clone());
+            let mut work = b
+                .scratch2
+                .get_or_insert_with(|| w.zeros_like())
+                .shallow_clone();
             let _ = m.lerp_(&g, 1.0 - b1);
-            let _ = v.g_mul_scalar_(b2).addcmul_(&g, &(&g * (1.0 - b2)));
+            // v = b2 v + (1 - b2) g^2
+            let _ = g.mul_out(&work, &g);
+            let _ = v.g_mul_scalar_(b2).addcmul_(&work, &scalar(1.0 - b2));
             let step_size = lr / (1.0 - b1.powf(t));
             let bias_correction2_sqrt = (1.0 - b2.powf(t)).sqrt();
-            let denom = (v.sqrt() / bias_correction2_sqrt).g_add_scalar(cfg.eps);
-            let _ = w.g_add_(&(m / denom * (-step_size)));
+            // denom = sqrt(v) / sqrt(1 - b2^t) + eps; w -= step_size * m / denom
+            let _ = v.sqrt_out(&work);
+            let _ = work
+                .g_div_scalar_(bias_correction2_sqrt)
+                .g_add_scalar_(cfg.eps);
+            let _ = m.div_out(&work, &work);
+            let _ = w.addcmul_(&work, &scalar(-step_size));
         }
     }
 }

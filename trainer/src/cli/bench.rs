@@ -82,10 +82,21 @@ pub struct InferBenchArgs {
     /// Volume size XxYxZ.
     #[arg(long, default_value = "240x240x155")]
     pub size: String,
+    /// `brain`: a synthetic brain of a BraTS brain's typical extent (138x168x138 voxels in
+    /// 240x240x155) with background around it, as in real cases; `full`: random intensities in
+    /// every voxel (the worst case: nothing to crop or skip).
+    #[arg(long, default_value = "brain")]
+    pub volume: String,
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// A trained run to take the weights from (default: the preset's fresh weights).
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// Skip the reference path (only time the fast one).
+    #[arg(long)]
+    pub no_reference: bool,
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -427,6 +438,7 @@ impl TorchReference {
 }
 
 fn bench_infer(args: InferBenchArgs) -> Result<()> {
+    use crate::predict::{synthetic_study, PredictOptions};
     let device = parse_device(&args.device).map_err(anyhow::Error::msg)?;
     let size: Vec<usize> = args
         .size
@@ -434,62 +446,141 @@ fn bench_infer(args: InferBenchArgs) -> Result<()> {
         .map(str::parse)
         .collect::<Result<_, _>>()?;
     anyhow::ensure!(size.len() == 3, "--size must be XxYxZ, got {}", args.size);
-    let cfg = TrainConfig::preset(&args.preset).map_err(anyhow::Error::msg)?;
-    let trainer = Trainer::new(cfg, device, 1);
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
-    let images = Array4::from_shape_fn((4, size[0], size[1], size[2]), |_| {
-        rng.gen_range(-1.0f32..1.0)
-    });
-    let study = Study {
-        id: "bench".into(),
-        images,
-        label: None,
-        header: crate::data::synth::synthetic_header([size[0], size[1], size[2]]),
-        voxel_volume_ml: 0.001,
+    let field = [size[0], size[1], size[2]];
+    let trainer = match &args.run {
+        Some(run) => crate::run::open_run(run, Some(&args.device))?,
+        None => {
+            let cfg = TrainConfig::preset(&args.preset).map_err(anyhow::Error::msg)?;
+            Trainer::new(cfg, device, 1)
+        }
     };
+    let study = match args.volume.as_str() {
+        // The phantom's brain spans ~72/84/80 % of its grid: 192x200x172 -> ~138x168x138.
+        "brain" => {
+            let phantom = [field[0] * 4 / 5, field[1] * 5 / 6, field[2] * 10 / 9];
+            synthetic_study(field, phantom, 2)
+        }
+        "full" => {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+            Study {
+                id: "bench".into(),
+                images: Array4::from_shape_fn((4, field[0], field[1], field[2]), |_| {
+                    rng.gen_range(-1.0f32..1.0)
+                }),
+                label: None,
+                header: crate::data::synth::synthetic_header(field),
+                voxel_volume_ml: 0.001,
+            }
+        }
+        other => anyhow::bail!("--volume {other:?} is not one of: brain, full"),
+    };
+    let brain: Vec<bool> = {
+        let images = study.images.view();
+        let (_, nx, ny, nz) = images.dim();
+        let mut mask = vec![false; nx * ny * nz];
+        for ((_, x, y, z), &v) in images.indexed_iter() {
+            mask[(x * ny + y) * nz + z] |= v != 0.0;
+        }
+        mask
+    };
+    let brain_voxels = brain.iter().filter(|&&b| b).count();
     let predictor = trainer.predictor();
-    // The precision inference picks on this device, against fp32, alternating in one process.
-    let chosen = crate::amp::inference_dtype(device);
-    let precisions: Vec<(&str, &str)> = match chosen {
-        Some(_) => vec![("fp32", "fp32"), ("bf16", "bf16")],
-        None => vec![("fp32", "fp32")],
+    let options = PredictOptions::from_env();
+    let whole = PredictOptions {
+        crop_margin: None,
+        ..options
     };
-    let user_choice = std::env::var("CGGM_INFERENCE_PRECISION").ok();
-    let mut times: Vec<Vec<f64>> = vec![Vec::new(); precisions.len()];
+    let cropped = PredictOptions {
+        crop_margin: Some(
+            options
+                .crop_margin
+                .unwrap_or(crate::predict::DEFAULT_CROP_MARGIN),
+        ),
+        ..options
+    };
+    // Alternating in one process: the reference path (training modules in eval mode, autocast,
+    // whole slices: what `predict` ran before), the folded network cropped to the brain
+    // (opt-in), and the default (folded, whole slices, brain slices only).
+    type Variant<'a> = (&'a str, Box<dyn Fn() -> crate::eval::VolumePrediction + 'a>);
+    let mut variants: Vec<Variant> = Vec::new();
+    if !args.no_reference {
+        variants.push((
+            "reference",
+            Box::new(|| predictor.predict_reference(&study, false, |_| {})),
+        ));
+    }
+    variants.push((
+        "folded_cropped_to_brain",
+        Box::new(|| predictor.predict_with(&study, false, cropped, |_| {})),
+    ));
+    variants.push((
+        "default",
+        Box::new(|| predictor.predict_with(&study, false, whole, |_| {})),
+    ));
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    let mut labels: Vec<Option<ndarray::Array3<u8>>> = vec![None; variants.len()];
     for round in 0..=args.repeats {
-        for (i, (_, value)) in precisions.iter().enumerate() {
-            std::env::set_var("CGGM_INFERENCE_PRECISION", value);
+        for (i, (_, run)) in variants.iter().enumerate() {
             sync(device);
-            let t0 = Instant::now();
-            predictor.predict(&study, false, |_| {});
+            let (t0, c0) = (Instant::now(), process_cpu_seconds());
+            let pred = run();
             sync(device);
             // Round 0 warms up.
             if round > 0 {
                 times[i].push(t0.elapsed().as_secs_f64());
+                cpu[i].push(process_cpu_seconds() - c0);
             }
+            labels[i] = Some(pred.fused);
         }
     }
-    match user_choice {
-        Some(v) => std::env::set_var("CGGM_INFERENCE_PRECISION", v),
-        None => std::env::remove_var("CGGM_INFERENCE_PRECISION"),
-    }
-    for t in &mut times {
+    let median = |t: &mut Vec<f64>| {
         t.sort_by(|a, b| a.total_cmp(b));
+        t[t.len() / 2]
+    };
+    let default_index = variants.len() - 1;
+    // Agreement with the reference path (else with the default).
+    let default_labels = labels[0].as_ref().expect("ran");
+    let mut per_variant = serde_json::Map::new();
+    for (i, (name, _)) in variants.iter().enumerate() {
+        let pred = labels[i].as_ref().expect("ran");
+        let same = pred
+            .iter()
+            .zip(default_labels.iter())
+            .zip(&brain)
+            .filter(|((a, b), &inside)| inside && a == b)
+            .count();
+        per_variant.insert(
+            name.to_string(),
+            json!({
+                "seconds_median": median(&mut times[i]),
+                "seconds_min": times[i][0],
+                "cpu_seconds_median": median(&mut cpu[i]),
+                "labelled_voxels": pred.iter().filter(|&&v| v != 0).count(),
+                "brain_voxels_labelled_as_first_variant": same as f64 / brain_voxels.max(1) as f64,
+            }),
+        );
     }
-    let median = |t: &[f64]| t[t.len() / 2];
-    let default_index = precisions.len() - 1;
-    let out = json!({
+    let default_median = times[default_index][times[default_index].len() / 2];
+    let mut out = json!({
         "bench": "inference",
-        "preset": args.preset,
+        "preset": trainer.cfg.preset,
+        "weights": args.run.as_ref().map_or("fresh".to_string(), |r| r.display().to_string()),
         "size": size,
+        "volume": args.volume,
+        "brain_voxels": brain_voxels,
         "device": describe(device),
         "eval_batch": trainer.cfg.eval_batch,
-        "precision": precisions[default_index].0,
-        "seconds_per_case_median": median(&times[default_index]),
+        "precision": format!("{:?}", crate::predict::inference_kind(device)),
+        "crop_margin_of_cropped_variant": cropped.crop_margin,
+        "threads": tch::get_num_threads(),
+        "seconds_per_case_median": default_median,
         "seconds_per_case_min": times[default_index][0],
-        "seconds_per_case_median_fp32": median(&times[0]),
-        "ratio_fp32_over_default": median(&times[0]) / median(&times[default_index]),
+        "variants": per_variant,
     });
+    if !args.no_reference {
+        out["ratio_reference_over_default"] = json!(times[0][times[0].len() / 2] / default_median);
+    }
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }

@@ -6,9 +6,9 @@ use tch::{nn, nn::ModuleT, Tensor};
 
 #[derive(Debug)]
 pub struct Aspp {
-    branches: Vec<ConvBn>,
-    pooling: ConvBn,
-    project: ConvBn,
+    pub(crate) branches: Vec<ConvBn>,
+    pub(crate) pooling: ConvBn,
+    pub(crate) project: ConvBn,
 }
 
 impl Aspp {

@@ -26,13 +26,13 @@ pub struct DecoderSpec {
 
 #[derive(Debug)]
 pub struct Decoder {
-    high_proj: ConvBn,
-    low_proj: ConvBn,
-    refine: Vec<ConvBn>,
+    pub(crate) high_proj: ConvBn,
+    pub(crate) low_proj: ConvBn,
+    pub(crate) refine: Vec<ConvBn>,
     /// The 1x1 convolution to class logits (the "last layer" of CGGM); group i's rows are
     /// `i * classes .. (i + 1) * classes`.
     pub last: nn::Conv2D,
-    groups: i64,
+    pub(crate) groups: i64,
 }
 
 impl Decoder {

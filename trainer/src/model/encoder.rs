@@ -7,8 +7,8 @@ use tch::{nn, Tensor};
 
 #[derive(Debug)]
 pub struct Encoder {
-    backbone: ResNet,
-    aspp: Aspp,
+    pub(crate) backbone: ResNet,
+    pub(crate) aspp: Aspp,
 }
 
 pub struct EncoderFeatures {

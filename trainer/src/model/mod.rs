@@ -6,6 +6,7 @@ pub mod aspp;
 pub mod decoder;
 pub mod encoder;
 pub mod features;
+pub mod folded;
 pub mod network;
 pub mod resnet;
 pub mod transformer;
@@ -220,8 +221,8 @@ impl MultimodalSegmenter {
 /// one grouped decoder (group i = classifier i) so that all of them run in a few ops.
 #[derive(Debug)]
 pub struct ModalityClassifiers {
-    decoder: Decoder,
-    classes: i64,
+    pub(crate) decoder: Decoder,
+    pub(crate) classes: i64,
 }
 
 impl ModalityClassifiers {

@@ -2,7 +2,7 @@
 //! uses (Chen et al., 2018) to reach output stride 16 or 8.
 
 use serde::{Deserialize, Serialize};
-use tch::{nn, nn::ModuleT, Tensor};
+use tch::{nn, nn::ModuleT, Kind, Tensor};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ResNetConfig {
@@ -92,6 +92,17 @@ pub(crate) fn grouped_conv_bn(p: &nn::Path, cin: i64, cout: i64, k: i64, groups:
 pub(crate) struct ConvBn {
     conv: nn::Conv2D,
     bn: nn::BatchNorm,
+    /// The convolution's geometry (tch keeps its own config private): what `folded` needs.
+    geometry: ConvGeometry,
+}
+
+/// Stride, padding, dilation and groups of a square 2-D convolution.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConvGeometry {
+    pub stride: i64,
+    pub padding: i64,
+    pub dilation: i64,
+    pub groups: i64,
 }
 
 impl ConvBn {
@@ -120,7 +131,70 @@ impl ConvBn {
         Self {
             conv: nn::conv2d(p / "conv", cin, cout, k, cfg),
             bn: nn::batch_norm2d(p / "bn", cout, Default::default()),
+            geometry: ConvGeometry {
+                stride,
+                padding: cfg.padding,
+                dilation,
+                groups,
+            },
         }
+    }
+
+    /// This conv + eval-mode batch norm as one convolution with a bias, in `kind`: batch norm
+    /// with running statistics is the affine map y = (x - mean) * gamma / sqrt(var + eps) + beta,
+    /// so it folds into the weights (scaled per output channel) and a bias. Computed in f64.
+    pub(crate) fn folded(&self, kind: Kind) -> FoldedConv {
+        let eps = nn::BatchNormConfig::default().eps;
+        let bn = &self.bn;
+        let f64_of = |t: &Tensor| t.detach().to_kind(Kind::Double);
+        let mean = f64_of(&bn.running_mean);
+        let scale = (f64_of(&bn.running_var) + eps).rsqrt();
+        let scale = match &bn.ws {
+            Some(gamma) => scale * f64_of(gamma),
+            None => scale,
+        };
+        let shift = match &bn.bs {
+            Some(beta) => f64_of(beta) - &mean * &scale,
+            None => -(&mean * &scale),
+        };
+        FoldedConv {
+            ws: super::folded::channels_last(
+                &(f64_of(&self.conv.ws) * scale.view([-1, 1, 1, 1])).to_kind(kind),
+            ),
+            bs: Some(shift.to_kind(kind)),
+            geometry: self.geometry,
+        }
+    }
+}
+
+/// An inference-only convolution (weights detached, already in the inference dtype).
+#[derive(Debug)]
+pub(crate) struct FoldedConv {
+    pub ws: Tensor,
+    pub bs: Option<Tensor>,
+    pub geometry: ConvGeometry,
+}
+
+impl FoldedConv {
+    /// A plain convolution (the decoders' last layer) copied into `kind`.
+    pub(crate) fn plain(conv: &nn::Conv2D, geometry: ConvGeometry, kind: Kind) -> Self {
+        Self {
+            ws: super::folded::channels_last(&conv.ws.detach().to_kind(kind)),
+            bs: conv.bs.as_ref().map(|b| b.detach().to_kind(kind)),
+            geometry,
+        }
+    }
+
+    pub(crate) fn forward(&self, xs: &Tensor) -> Tensor {
+        let g = self.geometry;
+        xs.conv2d(
+            &self.ws,
+            self.bs.as_ref(),
+            [g.stride, g.stride],
+            [g.padding, g.padding],
+            [g.dilation, g.dilation],
+            g.groups,
+        )
     }
 }
 
@@ -131,9 +205,9 @@ impl ModuleT for ConvBn {
 }
 
 #[derive(Debug)]
-struct Block {
-    convs: Vec<ConvBn>,
-    downsample: Option<ConvBn>,
+pub(crate) struct Block {
+    pub(crate) convs: Vec<ConvBn>,
+    pub(crate) downsample: Option<ConvBn>,
 }
 
 impl Block {
@@ -185,8 +259,8 @@ impl ModuleT for Block {
 
 #[derive(Debug)]
 pub struct ResNet {
-    stem: ConvBn,
-    stages: Vec<Vec<Block>>,
+    pub(crate) stem: ConvBn,
+    pub(crate) stages: Vec<Vec<Block>>,
 }
 
 /// The two features DeepLabv3+ needs from a backbone.
