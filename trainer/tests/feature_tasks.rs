@@ -18,6 +18,13 @@ use data_common::run_python;
 use std::path::Path;
 use tch::Tensor;
 
+/// libtorch's random generator is global to the process: the tests that train take turns, so that
+/// a seeded run is not disturbed by another test's dropout (the resume test compares runs exactly).
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn synth(dir: &Path, task: TaskKind, train: usize, seed: u64) -> DatasetSpec {
     write_feature_dataset(
         dir,
@@ -158,6 +165,7 @@ fn broken_feature_files_are_named_with_the_problem() {
 
 #[test]
 fn every_method_trains_on_classification_and_regression_through_the_same_step() {
+    let _rng = exclusive();
     for task in [TaskKind::Classification, TaskKind::Regression] {
         let data = tempfile::tempdir().unwrap();
         synth(data.path(), task, 48, 3);
@@ -230,6 +238,7 @@ fn every_method_trains_on_classification_and_regression_through_the_same_step() 
 #[test]
 #[ignore = "the claim does not hold on the synthetic data (B_i is dominated by batch noise); see the doc comment"]
 fn cggm_lifts_the_weak_modalities_on_imbalanced_synthetic_data() {
+    let _rng = exclusive();
     let data = tempfile::tempdir().unwrap();
     synth(data.path(), TaskKind::Classification, 480, 0);
     let run = |method: &str| {
@@ -263,6 +272,7 @@ fn cggm_lifts_the_weak_modalities_on_imbalanced_synthetic_data() {
 /// classifiers and the events, or a stale eps, fails here.
 #[test]
 fn each_steps_balance_follows_the_change_of_each_modalitys_classifier_accuracy() {
+    let _rng = exclusive();
     let data = tempfile::tempdir().unwrap();
     synth(data.path(), TaskKind::Classification, 64, 9);
     let run = tempfile::tempdir().unwrap();
@@ -319,6 +329,7 @@ fn each_steps_balance_follows_the_change_of_each_modalitys_classifier_accuracy()
 
 #[test]
 fn imported_pickle_and_npz_layouts_validate_and_train() {
+    let _rng = exclusive();
     let dir = tempfile::tempdir().unwrap();
     let script = r#"
 import sys, pickle, numpy as np
@@ -468,6 +479,7 @@ print(np.mean(np.abs(yp - yt)), pearsonr(yp, yt)[0],
 /// no term) on some step. Segmentation's gradient-level checks are in tests/baselines_act.rs.
 #[test]
 fn baselines_apply_their_coefficients_on_classification_and_regression() {
+    let _rng = exclusive();
     for task in [TaskKind::Classification, TaskKind::Regression] {
         let data = tempfile::tempdir().unwrap();
         synth(data.path(), task, 64, 5);
@@ -532,8 +544,9 @@ fn max_weight_difference(a: &Path, b: &Path) -> f64 {
 
 #[test]
 fn a_feature_run_stopped_and_resumed_ends_with_the_weights_and_metrics_of_an_uninterrupted_run() {
+    let _rng = exclusive();
     let data = tempfile::tempdir().unwrap();
-    synth(data.path(), TaskKind::Classification, 96, 6);
+    synth(data.path(), TaskKind::Classification, 48, 6);
     let runs = tempfile::tempdir().unwrap();
     let mut cfg = config(data.path(), "cggm", 3);
     cfg.sampler.batch_size = 16;
@@ -582,6 +595,7 @@ fn a_feature_run_stopped_and_resumed_ends_with_the_weights_and_metrics_of_an_uni
 
 #[test]
 fn a_feature_run_refuses_to_resume_with_a_changed_config_or_to_overwrite_a_run() {
+    let _rng = exclusive();
     let data = tempfile::tempdir().unwrap();
     synth(data.path(), TaskKind::Regression, 32, 7);
     let run = tempfile::tempdir().unwrap();
@@ -625,6 +639,7 @@ fn a_feature_run_refuses_to_resume_with_a_changed_config_or_to_overwrite_a_run()
 
 #[test]
 fn eval_and_infer_on_a_feature_run_reproduce_its_test_report() {
+    let _rng = exclusive();
     for task in [TaskKind::Classification, TaskKind::Regression] {
         let data = tempfile::tempdir().unwrap();
         let spec = synth(data.path(), task, 48, 8);
