@@ -233,6 +233,7 @@ fn every_method_trains_on_classification_and_regression_through_the_same_step() 
 ///   ~0.03 of joint's with Adam and with SGD (momentum 0.9, lr 0.03), so the weak classifiers'
 ///   accuracy under CGGM vs joint is a coin flip per seed (validation accuracy after 6 epochs: audio
 ///   0.444 vs 0.444, vision 0.338 vs 0.325; 5-seed means at 12 epochs 0.431 vs 0.434 and 0.468 vs 0.468).
+///
 /// `each_steps_balance_follows_the_change_of_each_modalitys_classifier_accuracy` checks what does
 /// hold. Run this one with `--ignored` to measure again.
 #[test]
