@@ -304,6 +304,12 @@ async fn a_classification_run_shows_accuracy_per_modality_scores_and_its_confusi
     for m in ["text", "audio", "vision"] {
         assert!(modalities.contains(m), "{m} missing from {modalities}");
     }
+    // In the dataset's order (`run_started.modalities`), not alphabetical.
+    let at = |m: &str| modalities.find(m).unwrap();
+    assert!(
+        at("text") < at("audio") && at("audio") < at("vision"),
+        "rows not in the dataset's order: {modalities}"
+    );
     // A header row, then one row per class (4 classes = 2 x 2 bits): the test split's counts, not
     // the best validation's (both splits have 50 samples, so only the cells tell them apart).
     let drawn = browser

@@ -17,7 +17,9 @@
 
 use crate::cggm::BalanceTracker;
 use crate::config::TrainConfig;
+use crate::eval_features::FeatureEvalReport;
 use crate::events::RegionScores;
+use crate::model::network::MultimodalNetwork;
 use crate::rundir::RunDir;
 use crate::step::Trainer;
 use anyhow::{bail, Context, Result};
@@ -37,6 +39,12 @@ pub struct CheckpointState {
     pub best_val_modality_dice: BTreeMap<String, RegionScores>,
     pub tracker: BalanceTracker,
     pub previous_balance: Vec<f64>,
+    /// Feature runs: the best validation report so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_val_report: Option<FeatureEvalReport>,
+    /// Feature runs: each modality's B_i summed over the steps done (their mean is reported).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub balance_sum: Vec<f64>,
 }
 
 pub fn checkpoint_dir(run_dir: &Path) -> PathBuf {
@@ -126,10 +134,10 @@ pub fn complete_pending(run_dir: &Path, name: &str) -> Result<()> {
 
 /// Saves `name` ("best" or "last") as one unit (see the module documentation); `with_optimizer`
 /// also stores the optimiser state.
-pub fn save(
+pub fn save<N: MultimodalNetwork>(
     run_dir: &Path,
     name: &str,
-    trainer: &Trainer,
+    trainer: &Trainer<N>,
     state: &CheckpointState,
     with_optimizer: bool,
 ) -> Result<PathBuf> {
@@ -267,7 +275,11 @@ pub fn read_state(run_dir: &Path, name: &str) -> Result<CheckpointState> {
 
 /// Loads weights `name` into the trainer's VarStore after checking that the checkpoint was made
 /// with this configuration.
-pub fn load_weights(run_dir: &Path, name: &str, trainer: &mut Trainer) -> Result<CheckpointState> {
+pub fn load_weights<N: MultimodalNetwork>(
+    run_dir: &Path,
+    name: &str,
+    trainer: &mut Trainer<N>,
+) -> Result<CheckpointState> {
     let state = read_state(run_dir, name)?;
     if !same_model(&state.config, &trainer.cfg) {
         bail!(
@@ -290,7 +302,11 @@ pub fn load_weights(run_dir: &Path, name: &str, trainer: &mut Trainer) -> Result
 }
 
 /// Loads the optimiser state saved with `name`.
-pub fn load_optimizer(run_dir: &Path, name: &str, trainer: &mut Trainer) -> Result<()> {
+pub fn load_optimizer<N: MultimodalNetwork>(
+    run_dir: &Path,
+    name: &str,
+    trainer: &mut Trainer<N>,
+) -> Result<()> {
     let path = checkpoint_dir(run_dir).join(format!("{name}.optim.safetensors"));
     let tensors =
         Tensor::read_safetensors(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -312,9 +328,43 @@ pub fn load_optimizer(run_dir: &Path, name: &str, trainer: &mut Trainer) -> Resu
     Ok(())
 }
 
+/// Checks that `run_dir` may take this run: on resume the saved `config.json` must equal `cfg`;
+/// otherwise the folder must not hold a run yet. Then writes `cfg` as the run's `config.json`.
+/// Call with the directory locked ([`lock_run_dir`]).
+pub fn claim_run_dir(run_dir: &Path, cfg: &TrainConfig, resume: bool) -> Result<()> {
+    if resume {
+        let saved = read_config(run_dir)?;
+        if saved != *cfg {
+            bail!("cannot resume: the configuration differs from the run's saved config.json; resume with the same options (or edit nothing and pass only --resume --out {})", run_dir.display());
+        }
+    } else if checkpoint_dir(run_dir).join("last.json").exists() {
+        bail!(
+            "{} already holds a run: pass --resume to continue it, or choose a new --out",
+            run_dir.display()
+        );
+    }
+    write_json_atomic(&RunDir::new(run_dir).config(), cfg)
+}
+
+impl<N: MultimodalNetwork> Trainer<N> {
+    /// Puts the trainer where checkpoint `name` left it: weights, both optimisers' state, the step
+    /// counter and CGGM's state (the metrics of the previous step, the guard's counts, the B of
+    /// the previous step). Returns the checkpoint's record (epoch, best scores) for the run loop.
+    pub fn restore(&mut self, run_dir: &Path, name: &str) -> Result<CheckpointState> {
+        let state = load_weights(run_dir, name, self)?;
+        load_optimizer(run_dir, name, self)?;
+        self.global_step = state.global_step;
+        self.tracker = state.tracker.clone();
+        self.previous_balance = state.previous_balance.clone();
+        Ok(state)
+    }
+}
+
 /// The parts of a configuration that decide the weights' shapes and meaning.
 fn same_model(a: &TrainConfig, b: &TrainConfig) -> bool {
     a.model == b.model
+        && a.features == b.features
+        && a.task == b.task
         && a.modalities() == b.modalities()
         && a.trains_classifiers() == b.trains_classifiers()
 }

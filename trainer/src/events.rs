@@ -45,6 +45,10 @@ pub enum Event {
         /// segmentation, classification or regression (absent in older logs: segmentation).
         #[serde(default)]
         task: crate::task::TaskKind,
+        /// The modalities the model trains, in its order (the dataset's order for feature runs):
+        /// the order pages list per-modality scores in (absent in older logs).
+        #[serde(default)]
+        modalities: Vec<String>,
     },
     /// One optimisation step. Maps are keyed by modality name (flair, t1ce, t1, t2) and hold only
     /// the modalities the run trains.

@@ -10,6 +10,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod eval_features;
 pub mod events;
 pub mod infer;
 pub mod metrics;

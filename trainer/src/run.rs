@@ -191,22 +191,7 @@ fn train_inner(
     std::fs::create_dir_all(run_dir)
         .with_context(|| format!("creating run directory {}", run_dir.display()))?;
     let _run_lock = checkpoint::lock_run_dir(run_dir)?;
-    let config_path = RunDir::new(run_dir).config();
-    if resume {
-        let saved = checkpoint::read_config(run_dir)?;
-        if saved != *cfg {
-            bail!("cannot resume: the configuration differs from the run's saved config.json; resume with the same options (or edit nothing and pass only --resume --out {})", run_dir.display());
-        }
-    } else if checkpoint::checkpoint_dir(run_dir)
-        .join("last.json")
-        .exists()
-    {
-        bail!(
-            "{} already holds a run: pass --resume to continue it, or choose a new --out",
-            run_dir.display()
-        );
-    }
-    checkpoint::write_json_atomic(&config_path, &*cfg)?;
+    checkpoint::claim_run_dir(run_dir, cfg, resume)?;
 
     let device = parse_device(&cfg.device).map_err(anyhow::Error::msg)?;
     if !resume {
@@ -226,11 +211,7 @@ fn train_inner(
     let mut best: Option<RegionScores> = None;
     let mut best_modality = BTreeMap::new();
     if resume {
-        let state = checkpoint::load_weights(run_dir, "last", &mut trainer)?;
-        checkpoint::load_optimizer(run_dir, "last", &mut trainer)?;
-        trainer.global_step = state.global_step;
-        trainer.tracker = state.tracker;
-        trainer.previous_balance = state.previous_balance;
+        let state = trainer.restore(run_dir, "last")?;
         start_epoch = state.epoch;
         best_epoch = state.best_epoch;
         best = state.best_val_dice;
@@ -252,6 +233,7 @@ fn train_inner(
         total_steps: spe * cfg.epochs,
         device: describe(device),
         task: cfg.task,
+        modalities: names.clone(),
     });
 
     let mut loader = SliceLoader::new(
@@ -349,6 +331,8 @@ fn train_inner(
             best_val_modality_dice: best_modality.clone(),
             tracker: trainer.tracker.clone(),
             previous_balance: trainer.previous_balance.clone(),
+            best_val_report: None,
+            balance_sum: Vec::new(),
         };
         if is_best {
             let path = checkpoint::save(run_dir, "best", &trainer, &state, false)?;

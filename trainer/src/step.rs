@@ -9,7 +9,7 @@ use crate::config::{DirectionSource, Method, TrainConfig};
 use crate::data::features::DatasetSpec;
 use crate::model::features::{FeatureClassifiers, FeatureNet};
 use crate::model::network::{
-    ModalityClassifierSet, ModalityInput, MultimodalNetwork, NetworkOutput,
+    ModalityClassifierSet, ModalityInput, MultimodalNetwork, NetworkOutput, CLASSIFIER_GROUP,
 };
 use crate::model::{ModalityClassifiers, MultimodalSegmenter};
 use crate::optim::{CosineSchedule, Optimizer, Param};
@@ -165,7 +165,7 @@ impl<N: MultimodalNetwork> Trainer<N> {
         modality_channels: Vec<i64>,
         task: Box<dyn Task>,
     ) -> Self {
-        let (model_params, classifier_params) = named_params(&vs, model.encoder_prefixes());
+        let (model_params, classifier_params) = named_params(&vs);
         let model_opt = Optimizer::new(cfg.optimizer.clone(), model_params);
         let classifier_opt = classifiers
             .as_ref()
@@ -181,17 +181,7 @@ impl<N: MultimodalNetwork> Trainer<N> {
         let m = modality_channels.len();
         let tracker =
             BalanceTracker::new(m, cfg.cggm.rho, cfg.cggm.balance).with_ema(cfg.cggm.eps_ema);
-        let modality_names = model
-            .encoder_prefixes()
-            .iter()
-            .map(|p| {
-                p.trim_end_matches('.')
-                    .rsplit('.')
-                    .next()
-                    .unwrap_or_default()
-                    .to_string()
-            })
-            .collect();
+        let modality_names = model.modality_names().to_vec();
         let scaler = (cfg.mixed_precision && device.is_cuda() && cfg.amp_dtype == AmpDtype::Fp16)
             .then(LossScaler::new);
         Self {
@@ -498,33 +488,41 @@ impl<N: MultimodalNetwork> Trainer<N> {
     }
 }
 
-/// Trainable variables split into the model's (grouped: 0 = fusion head, i + 1 = encoder i) and the
-/// classifiers' (all under `classifiers.`), sorted by name for a stable order.
-fn named_params(vs: &nn::VarStore, encoder_prefixes: &[String]) -> (Vec<Param>, Vec<Param>) {
-    let mut vars: Vec<(String, Tensor)> = vs
-        .variables()
-        .into_iter()
+/// Trainable variables split into the model's (in the optimiser group the model created each in:
+/// 0 = fusion head, i + 1 = encoder i) and the classifiers' (created in `CLASSIFIER_GROUP`),
+/// sorted by name for a stable order.
+fn named_params(vs: &nn::VarStore) -> (Vec<Param>, Vec<Param>) {
+    let variables = vs
+        .variables_
+        .lock()
+        .expect("the VarStore lock is not poisoned");
+    // Named and trainable variables are the same tensors: match them by storage.
+    let group_of: std::collections::HashMap<usize, usize> = variables
+        .trainable_variables
+        .iter()
+        .map(|v| (v.tensor.data_ptr() as usize, v.group))
+        .collect();
+    let mut vars: Vec<(String, Tensor)> = variables
+        .named_variables
+        .iter()
         .filter(|(_, t)| t.requires_grad())
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
         .collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     let (mut model, mut classifiers) = (Vec::new(), Vec::new());
     for (name, tensor) in vars {
-        if name.starts_with("classifiers.") {
-            classifiers.push(Param {
+        match group_of.get(&(tensor.data_ptr() as usize)) {
+            Some(&CLASSIFIER_GROUP) => classifiers.push(Param {
                 name,
                 tensor,
                 group: 0,
-            });
-        } else {
-            let group = encoder_prefixes
-                .iter()
-                .position(|p| name.starts_with(p.as_str()))
-                .map_or(0, |i| i + 1);
-            model.push(Param {
+            }),
+            Some(&group) => model.push(Param {
                 name,
                 tensor,
                 group,
-            });
+            }),
+            None => {}
         }
     }
     (model, classifiers)

@@ -49,7 +49,12 @@ fn batch() -> (Tensor, Tensor) {
 
 /// Encoder index (None = fusion head) and gradient of every model parameter of dimension >= 2.
 fn weight_grads(trainer: &Trainer) -> Vec<(Option<usize>, Tensor)> {
-    let prefixes = trainer.model.encoder_prefixes.clone();
+    let prefixes: Vec<String> = trainer
+        .model
+        .modality_names
+        .iter()
+        .map(|m| format!("encoders.{m}."))
+        .collect();
     trainer
         .model_opt
         .params()

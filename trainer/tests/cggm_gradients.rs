@@ -81,7 +81,14 @@ fn magnitude_modulation_scales_each_encoder_gradient_by_its_balance_coefficient(
         "coefficients must differ from 1 to test anything: {b:?}"
     );
 
-    let prefixes = cggm.model.encoder_prefixes.clone();
+    // Independent of the optimiser groups the trainer reads from the VarStore: which encoder a
+    // parameter belongs to, by its name.
+    let prefixes: Vec<String> = cggm
+        .model
+        .modality_names
+        .iter()
+        .map(|m| format!("encoders.{m}."))
+        .collect();
     let (g_plain, g_mod) = (grads(&joint), grads(&cggm));
     let mut checked = [0usize; 5];
     for ((name, gp), (name2, gm)) in g_plain.iter().zip(&g_mod) {

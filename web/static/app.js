@@ -163,8 +163,10 @@ if (checkpointParam && $("#predict")) $("#predict").elements.checkpoint_job_id.v
 
 // ---------------------------------------------------------------- charts
 const COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
-// Project order of the MRI modalities (other tasks keep their own order).
+// Project order of the MRI modalities; a run's `run_started` event names its own order (a
+// feature dataset's), which replaces it on that run's page.
 const MRI_ORDER = ["flair", "t1ce", "t1", "t2"];
+let modalityOrder = MRI_ORDER;
 
 function formatTick(v) {
   if (v === 0) return "0";
@@ -198,7 +200,7 @@ function modalityScores(e, metricsKey = "modality_metrics", diceKey = "modality_
 }
 
 function byModalityOrder(entries) {
-  const rank = (k) => { const i = MRI_ORDER.indexOf(k); return i < 0 ? MRI_ORDER.length : i; };
+  const rank = (k) => { const i = modalityOrder.indexOf(k); return i < 0 ? modalityOrder.length : i; };
   return entries.sort((a, b) => rank(a[0]) - rank(b[0]));
 }
 
@@ -432,7 +434,10 @@ if (chartsBox) {
   let steps = 0, validations = 0, best = null, totalSteps = 0, finished = null;
   const source = new EventSource(`/api/jobs/${id}/stream`);
   const handle = (kind, fn) => source.addEventListener(kind, (m) => fn(JSON.parse(m.data)));
-  handle("run_started", (e) => { totalSteps = e.total_steps; });
+  handle("run_started", (e) => {
+    totalSteps = e.total_steps;
+    if (e.modalities && e.modalities.length) modalityOrder = e.modalities;
+  });
   handle("step", (e) => {
     charts.add(id, e);
     const guard = charts.guards[id];

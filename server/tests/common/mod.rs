@@ -277,6 +277,7 @@ pub fn training_events() -> Vec<String> {
         total_steps: 2,
         device: "cpu".into(),
         task: Default::default(),
+        modalities: Vec::new(),
     }];
     for step in 1..=2 {
         events.push(Event::Step {

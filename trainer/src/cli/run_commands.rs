@@ -4,6 +4,7 @@ use crate::checkpoint;
 use crate::config::TrainConfig;
 use crate::data::features::{is_feature_dataset, DatasetSpec};
 use crate::eval::{evaluate_counting, format_table};
+use crate::eval_features::{evaluate_feature_run, write_feature_predictions};
 use crate::events::EventSink;
 use crate::infer::infer;
 use crate::metrics::Hd95Definition;
@@ -189,7 +190,48 @@ fn parse_hd95(s: &str) -> Result<Hd95Definition, String> {
         .map_err(|_| format!("unknown HD95 definition {s:?}: use brats-pooled or max-of-directed"))
 }
 
+/// Whether `run_dir` holds a classification or regression run (its config.json says so).
+fn is_feature_run(run_dir: &std::path::Path) -> bool {
+    checkpoint::read_config(run_dir).is_ok_and(|c| c.task != TaskKind::Segmentation)
+}
+
+/// `cggm eval` on a feature run: the report of the run's test or validation split (or of the
+/// same split of another feature dataset with the same modalities, `--data`).
+fn run_eval_features(args: &EvalArgs) -> Result<()> {
+    let split = match args.split {
+        EvalSplit::Test => "test",
+        EvalSplit::Val => "valid",
+        EvalSplit::All => bail!(
+            "a feature run is evaluated on one split of its dataset: use --split test or --split val"
+        ),
+    };
+    let report = evaluate_feature_run(
+        &args.checkpoint,
+        split,
+        args.data.as_deref(),
+        args.device.as_deref(),
+    )?;
+    println!("{split} split, {} samples", report.samples);
+    for (name, value) in &report.metrics {
+        println!("  {name:<14} {value:.4}");
+    }
+    for (modality, metrics) in &report.modality_metrics {
+        let cells: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+        println!("  {modality} classifier: {}", cells.join(", "));
+    }
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| RunDir::new(&args.checkpoint).eval_report(&format!("{:?}", args.split)));
+    checkpoint::write_json_atomic(&out, &report)?;
+    eprintln!("report written to {}", out.display());
+    Ok(())
+}
+
 pub fn run_eval(args: EvalArgs) -> Result<()> {
+    if is_feature_run(&args.checkpoint) {
+        return run_eval_features(&args);
+    }
     let trainer = open_run(&args.checkpoint, args.device.as_deref())?;
     let mut cfg = trainer.cfg.clone();
     let foreign = args.data.as_ref().is_some_and(|d| d != &cfg.data);
@@ -239,11 +281,19 @@ pub struct InferArgs {
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// A BraTS case folder, the four modality files (repeat --case), or one MSD 4-D file.
-    #[arg(long = "case", required = true)]
+    /// Not for a feature run (classification or regression), which predicts a split instead.
+    #[arg(long = "case")]
     pub cases: Vec<PathBuf>,
-    /// Output segmentation (.nii.gz or .nii), BraTS labels, the input's geometry.
+    /// Output segmentation (.nii.gz or .nii), BraTS labels, the input's geometry. For a feature
+    /// run: the predictions, `.csv` (one row per sample) or `.json`.
     #[arg(long)]
     pub out: PathBuf,
+    /// Feature runs: the feature dataset to predict (default: the run's own dataset).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Feature runs: the split to predict (test, valid or train).
+    #[arg(long, default_value = "test")]
+    pub split: String,
     /// JSON summary path (default: next to --out, `<name>.json`).
     #[arg(long)]
     pub summary: Option<PathBuf>,
@@ -254,6 +304,27 @@ pub struct InferArgs {
 }
 
 pub fn run_infer(args: InferArgs) -> Result<()> {
+    if is_feature_run(&args.checkpoint) {
+        if !args.cases.is_empty() {
+            bail!("{} is a classification/regression run: it predicts a split of a feature dataset (--data, --split), not --case files", args.checkpoint.display());
+        }
+        let n = write_feature_predictions(
+            &args.checkpoint,
+            &args.split,
+            args.data.as_deref(),
+            args.device.as_deref(),
+            &args.out,
+        )?;
+        eprintln!(
+            "{n} predictions of the {} split written to {}",
+            args.split,
+            args.out.display()
+        );
+        return Ok(());
+    }
+    if args.cases.is_empty() {
+        bail!("nothing to segment: give --case (a BraTS case folder, the four modality files, or one MSD 4-D file)");
+    }
     let events = EventSink::from_arg(args.events.as_deref())
         .context("opening the events file")?
         .with_progress();

@@ -10,7 +10,9 @@
 //! modality's encoder, so magnitude modulation scales it too (theirs scales `encoders.i` only);
 //! padding (`<modality>.lengths`) is masked out of attention.
 
-use super::network::{ModalityClassifierSet, ModalityInput, MultimodalNetwork, NetworkOutput};
+use super::network::{
+    ModalityClassifierSet, ModalityInput, MultimodalNetwork, NetworkOutput, CLASSIFIER_GROUP,
+};
 use super::transformer::{TransformerConfig, TransformerEncoder};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
@@ -206,7 +208,7 @@ pub struct FeatureNet {
     proj2: nn::Linear,
     out_layer: nn::Linear,
     out_dropout: f64,
-    encoder_prefixes: Vec<String>,
+    modality_names: Vec<String>,
 }
 
 impl FeatureNet {
@@ -219,13 +221,9 @@ impl FeatureNet {
     ) -> Self {
         let d = cfg.proj_dim;
         let mut encoders = Vec::new();
-        let mut encoder_prefixes = Vec::new();
         for (i, (name, dim)) in modalities.iter().enumerate() {
+            // Optimiser group i + 1: the modality's encoder (group 0 is the fusion head).
             let ep = (p / "encoders" / name.as_str()).set_group(i + 1);
-            encoder_prefixes.push(format!(
-                "{}.",
-                ep.components().collect::<Vec<_>>().join(".")
-            ));
             encoders.push(ModalityEncoder {
                 proj: nn::conv1d(&ep / "proj", *dim, d, 1, Default::default()),
                 transformer: TransformerEncoder::new(
@@ -245,7 +243,7 @@ impl FeatureNet {
             proj2: nn::linear(&fp / "proj2", d, d, Default::default()),
             out_layer: nn::linear(&fp / "out_layer", d, outputs, Default::default()),
             out_dropout: cfg.out_dropout,
-            encoder_prefixes,
+            modality_names: modalities.iter().map(|m| m.0.clone()).collect(),
         }
     }
 
@@ -312,8 +310,8 @@ impl MultimodalNetwork for FeatureNet {
         &self.out_layer.ws
     }
 
-    fn encoder_prefixes(&self) -> &[String] {
-        &self.encoder_prefixes
+    fn modality_names(&self) -> &[String] {
+        &self.modality_names
     }
 }
 
@@ -341,7 +339,7 @@ impl FeatureClassifiers {
         let classifiers = modality_names
             .iter()
             .map(|name| {
-                let cp = p / "classifiers" / name.as_str();
+                let cp = (p / "classifiers" / name.as_str()).set_group(CLASSIFIER_GROUP);
                 Classifier {
                     transformer: TransformerEncoder::new(
                         &(&cp / "transformer"),
@@ -413,10 +411,7 @@ mod tests {
             net.last_layer_weight().size(),
             cls.last_layer_weight(1).size()
         );
-        assert_eq!(
-            net.encoder_prefixes(),
-            ["encoders.text.", "encoders.audio."]
-        );
+        assert_eq!(net.modality_names(), ["text", "audio"]);
         assert!(vs.variables().contains_key("encoders.audio.proj.weight"));
     }
 

@@ -151,8 +151,8 @@ pub struct ModelOutput {
 pub struct MultimodalSegmenter {
     pub encoders: Vec<Encoder>,
     pub head: Decoder,
-    /// VarStore path prefix of each encoder ("encoders.flair."), for per-encoder gradient work.
-    pub encoder_prefixes: Vec<String>,
+    /// The modality of each encoder, in order (encoder i is optimiser group i + 1).
+    pub modality_names: Vec<String>,
 }
 
 impl MultimodalSegmenter {
@@ -160,22 +160,17 @@ impl MultimodalSegmenter {
     pub fn new(p: &nn::Path, cfg: &ModelConfig, modality_names: &[&str]) -> Self {
         let enc_root = p / "encoders";
         let mut encoders = Vec::new();
-        let mut encoder_prefixes = Vec::new();
         for (i, name) in modality_names.iter().enumerate() {
-            // One optimiser group per encoder (group 0 is the fusion head): lets MSLR give each
-            // modality its own learning rate.
+            // One optimiser group per encoder (group 0 is the fusion head): B_i scales it, and
+            // MSLR gives each modality its own learning rate.
             let ep = (&enc_root / *name).set_group(i + 1);
-            encoder_prefixes.push(format!(
-                "{}.",
-                ep.components().collect::<Vec<_>>().join(".")
-            ));
             encoders.push(Encoder::new(&ep, &cfg.backbone, cfg.aspp_channels));
         }
         let head = Decoder::new(&(p / "fusion"), &cfg.fusion_spec(modality_names.len()));
         Self {
             encoders,
             head,
-            encoder_prefixes,
+            modality_names: modality_names.iter().map(|m| m.to_string()).collect(),
         }
     }
 
@@ -229,7 +224,10 @@ impl ModalityClassifiers {
     pub fn new(p: &nn::Path, cfg: &ModelConfig, modality_names: &[&str]) -> Self {
         let spec = cfg.classifier_spec(modality_names.len());
         Self {
-            decoder: Decoder::new(&(p / "classifiers"), &spec),
+            decoder: Decoder::new(
+                &(p / "classifiers").set_group(network::CLASSIFIER_GROUP),
+                &spec,
+            ),
             classes: cfg.classes,
         }
     }
@@ -318,8 +316,8 @@ impl MultimodalNetwork for MultimodalSegmenter {
         MultimodalSegmenter::last_layer_weight(self)
     }
 
-    fn encoder_prefixes(&self) -> &[String] {
-        &self.encoder_prefixes
+    fn modality_names(&self) -> &[String] {
+        &self.modality_names
     }
 }
 
@@ -428,7 +426,7 @@ mod tests {
     fn encoders_are_named_by_modality() {
         let vs = nn::VarStore::new(Device::Cpu);
         let model = MultimodalSegmenter::new(&vs.root(), &ModelConfig::tiny(), &["flair", "t2"]);
-        assert_eq!(model.encoder_prefixes, ["encoders.flair.", "encoders.t2."]);
+        assert_eq!(model.modality_names, ["flair", "t2"]);
         let vars = vs.variables();
         assert!(vars
             .keys()

@@ -6,6 +6,11 @@
 
 use tch::Tensor;
 
+/// The optimiser group the per-modality classifiers create their parameters in (`nn::Path::
+/// set_group`). The model creates its own in group 0 (fusion and head) and i + 1 (modality i's
+/// encoder); the trainer reads the groups from the VarStore, so no parameter name is matched.
+pub const CLASSIFIER_GROUP: usize = usize::MAX;
+
 /// One batch's model input: all modalities of the dataset, selectable and maskable per modality.
 pub trait ModalityInput: Sized {
     /// Keeps the modalities `indices` (dataset order), in that order.
@@ -38,9 +43,8 @@ pub trait MultimodalNetwork {
     fn forward_t(&self, xs: &Self::Input, train: bool) -> Self::Output;
     /// The fusion head's last layer's weight: where g_F is taken.
     fn last_layer_weight(&self) -> &Tensor;
-    /// VarStore path prefix of each modality's encoder ("encoders.flair."), in modality order:
-    /// every parameter under prefix i belongs to optimiser group i + 1.
-    fn encoder_prefixes(&self) -> &[String];
+    /// The modalities, in the model's order: encoder i's parameters are optimiser group i + 1.
+    fn modality_names(&self) -> &[String];
 }
 
 /// The classifiers f_i, one per modality, on detached encoder features.
