@@ -1,5 +1,7 @@
-//! A whole training run: data discovery and split, the epoch loop, validation, checkpoints,
-//! resume, the final test evaluation, and progress events.
+//! A segmentation training run: prepare (configuration, split, trainer; restored from the last
+//! checkpoint on `--resume`) -> epochs (train, validate, checkpoint) -> test with the best
+//! weights, each a short function, with progress events. Feature runs (`run_features`) have the
+//! same shape around the same `Trainer::step`.
 
 use crate::checkpoint::{self, CheckpointState};
 use crate::config::TrainConfig;
@@ -178,24 +180,43 @@ pub fn train(
     events.report_failure(train_inner(&mut cfg, run_dir, events, opts))
 }
 
-fn train_inner(
-    cfg: &mut TrainConfig,
-    run_dir: &Path,
-    events: &EventSink,
-    opts: &TrainOptions,
-) -> Result<Option<RunMetrics>> {
-    let resume = opts.resume;
-    let started = Instant::now();
+/// Where the run stands: the start of a new run, or what the last checkpoint recorded.
+#[derive(Default)]
+struct Progress {
+    /// Epochs already done.
+    start_epoch: usize,
+    best_epoch: usize,
+    best: Option<RegionScores>,
+    best_modality: BTreeMap<String, RegionScores>,
+}
+
+/// Everything a segmentation run needs before its next step.
+struct Prepared {
+    split: Split,
+    trainer: Trainer,
+    loader: SliceLoader,
+    /// The validation cases used (`val_cases` may cap the split's).
+    val_cases: Vec<crate::data::CaseSource>,
+    steps_per_epoch: usize,
+    names: Vec<String>,
+    progress: Progress,
+    /// Held for the whole run: one process per run directory.
+    _lock: std::fs::File,
+}
+
+/// Checks the configuration, claims the run directory, splits the data (the saved split on
+/// resume), builds the trainer and, on `--resume`, restores it from the last checkpoint.
+fn prepare(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Prepared> {
     cfg.validate()
         .map_err(|e| anyhow!("invalid configuration: {e}"))?;
     std::fs::create_dir_all(run_dir)
         .with_context(|| format!("creating run directory {}", run_dir.display()))?;
-    let _run_lock = checkpoint::lock_run_dir(run_dir)?;
-    checkpoint::claim_run_dir(run_dir, cfg, resume)?;
+    let lock = checkpoint::lock_run_dir(run_dir)?;
+    checkpoint::claim_run_dir(run_dir, cfg, opts.resume)?;
 
     let device = parse_device(&cfg.device).map_err(anyhow::Error::msg)?;
-    if !resume {
-        // numbers (issue 8): a new run in a reused directory draws its split afresh.
+    if !opts.resume {
+        // A new run in a reused directory draws its split afresh.
         let _ = std::fs::remove_file(run_dir.join(crate::data::SPLIT_FILE_NAME));
     }
     let split = run_split(cfg, run_dir, true)?;
@@ -204,192 +225,221 @@ fn train_inner(
     }
     let spe = steps_per_epoch(cfg, split.train.len());
     let mut trainer = Trainer::new(cfg.clone(), device, spe);
-    let names = names(cfg);
-
-    let mut start_epoch = 0;
-    let mut best_epoch = 0;
-    let mut best: Option<RegionScores> = None;
-    let mut best_modality = BTreeMap::new();
-    if resume {
+    let progress = if opts.resume {
         let state = trainer.restore(run_dir, "last")?;
-        start_epoch = state.epoch;
-        best_epoch = state.best_epoch;
-        best = state.best_val_dice;
-        best_modality = state.best_val_modality_dice;
         tracing::info!(
-            "resuming {} at epoch {start_epoch}, step {}",
+            "resuming {} at epoch {}, step {}",
             run_dir.display(),
+            state.epoch,
             trainer.global_step
         );
-    }
-
-    events.emit(&Event::RunStarted {
-        time: now(),
-        config: serde_json::to_value(&*cfg)?,
-        train_cases: split.train.len(),
-        val_cases: split.val.len(),
-        test_cases: split.test.len(),
-        steps_per_epoch: spe,
-        total_steps: spe * cfg.epochs,
-        device: describe(device),
-        task: cfg.task,
-        modalities: names.clone(),
-    });
-
-    let mut loader = SliceLoader::new(
+        Progress {
+            start_epoch: state.epoch,
+            best_epoch: state.best_epoch,
+            best: state.best_val_dice,
+            best_modality: state.best_val_modality_dice,
+        }
+    } else {
+        Progress::default()
+    };
+    // The sampler's stream continues where the restored step left it.
+    let loader = SliceLoader::new(
         &split.train,
         cfg.sampler.clone(),
         cfg.seed,
         trainer.global_step as u64,
     )
     .context("preparing the training slices")?;
-    let val_cases: Vec<_> = match cfg.val_cases {
+    let val_cases = match cfg.val_cases {
         Some(n) => split.val.iter().take(n).cloned().collect(),
         None => split.val.clone(),
     };
+    Ok(Prepared {
+        split,
+        trainer,
+        loader,
+        val_cases,
+        steps_per_epoch: spe,
+        names: names(cfg),
+        progress,
+        _lock: lock,
+    })
+}
 
-    for epoch in start_epoch..cfg.epochs {
-        let mut loss_sum = 0.0;
-        for step in 0..spe {
-            let t0 = Instant::now();
-            let batch = loader.next_batch()?;
-            let (images, labels) = batch_tensors(&batch, device);
-            let report: StepReport = trainer.step(&images, &labels)?;
-            loss_sum += report.loss;
-            events.emit(&Event::Step {
-                time: now(),
-                epoch,
-                step: trainer.global_step - 1,
-                loss: report.loss,
-                task_loss: report.task_loss,
-                gm_loss: report.gm_loss,
-                lr: report.lr,
-                balance: by_modality(&names, &report.balance),
-                cosine: by_modality(&names, &report.cosine),
-                modality_metric: by_modality(&names, &report.modality_metric),
-                step_seconds: t0.elapsed().as_secs_f64(),
-                balance_guarded: report.balance_guarded as usize,
-                balance_clamped: report.balance_clamped,
-                baseline_coefficients: by_modality(&names, &report.baseline_coefficients),
-            });
-            if step % 10 == 0 {
-                tracing::info!(
-                    "epoch {epoch} step {step}/{spe} loss {:.4} lr {:.2e}",
-                    report.loss,
-                    report.lr
-                );
-            }
-        }
-        let done = epoch + 1;
-        let validate = !val_cases.is_empty() && (done % cfg.val_every == 0 || done == cfg.epochs);
-        let mut is_best = false;
-        if validate {
-            let report = evaluate(
-                &trainer.predictor(),
-                &val_cases,
-                trainer.classifiers.is_some(),
-            )?;
-            is_best = best.as_ref().is_none_or(|b| report.dice.mean > b.mean);
-            if is_best {
-                best = Some(report.dice.clone());
-                best_modality = report.modality_dice.clone();
-                best_epoch = done;
-            }
-            events.emit(&Event::Validation {
-                time: now(),
-                epoch,
-                train_loss: loss_sum / spe as f64,
-                dice: report.dice.clone(),
-                hd95: report.hd95.clone(),
-                modality_dice: report.modality_dice.clone(),
-                best: is_best,
-                metrics: dice_metrics(&report.dice),
-                modality_metrics: report
-                    .modality_dice
-                    .iter()
-                    .map(|(m, d)| (m.clone(), dice_metrics(d)))
-                    .collect(),
-            });
+/// One epoch of sampled slice batches; returns the mean loss.
+fn train_epoch(p: &mut Prepared, epoch: usize, events: &EventSink) -> Result<f64> {
+    let spe = p.steps_per_epoch;
+    let device = p.trainer.device;
+    let mut loss_sum = 0.0;
+    for step in 0..spe {
+        let t0 = Instant::now();
+        let batch = p.loader.next_batch()?;
+        let (images, labels) = batch_tensors(&batch, device);
+        let report: StepReport = p.trainer.step(&images, &labels)?;
+        loss_sum += report.loss;
+        let names = &p.names;
+        events.emit(&Event::Step {
+            time: now(),
+            epoch,
+            step: p.trainer.global_step - 1,
+            loss: report.loss,
+            task_loss: report.task_loss,
+            gm_loss: report.gm_loss,
+            lr: report.lr,
+            balance: by_modality(names, &report.balance),
+            cosine: by_modality(names, &report.cosine),
+            modality_metric: by_modality(names, &report.modality_metric),
+            step_seconds: t0.elapsed().as_secs_f64(),
+            balance_guarded: report.balance_guarded as usize,
+            balance_clamped: report.balance_clamped,
+            baseline_coefficients: by_modality(names, &report.baseline_coefficients),
+        });
+        if step % 10 == 0 {
             tracing::info!(
-                "epoch {epoch}: validation Dice WT {:.4} TC {:.4} ET {:.4} mean {:.4}",
-                report.dice.wt,
-                report.dice.tc,
-                report.dice.et,
-                report.dice.mean
+                "epoch {epoch} step {step}/{spe} loss {:.4} lr {:.2e}",
+                report.loss,
+                report.lr
             );
-        } else if val_cases.is_empty() {
-            // Without validation cases the latest weights are the best we know.
-            is_best = true;
-            best_epoch = done;
         }
-        let state = CheckpointState {
-            config: cfg.clone(),
-            epoch: done,
-            global_step: trainer.global_step,
-            best_epoch,
-            best_val_dice: best.clone(),
-            best_val_modality_dice: best_modality.clone(),
-            tracker: trainer.tracker.clone(),
-            previous_balance: trainer.previous_balance.clone(),
-            best_val_report: None,
-            balance_sum: Vec::new(),
-        };
-        if is_best {
-            let path = checkpoint::save(run_dir, "best", &trainer, &state, false)?;
-            events.emit(&Event::CheckpointSaved {
-                time: now(),
-                epoch,
-                path: path.display().to_string(),
-                best: true,
-            });
-        }
-        let path = checkpoint::save(run_dir, "last", &trainer, &state, true)?;
+    }
+    Ok(loss_sum / spe as f64)
+}
+
+/// Validates after epoch `epoch` when the schedule says so; returns whether these weights are
+/// the best so far (always, when there are no validation cases).
+fn validate(p: &mut Prepared, epoch: usize, train_loss: f64, events: &EventSink) -> Result<bool> {
+    let done = epoch + 1;
+    let epochs = p.trainer.cfg.epochs;
+    if p.val_cases.is_empty() {
+        // Without validation cases the latest weights are the best we know.
+        p.progress.best_epoch = done;
+        return Ok(true);
+    }
+    if done % p.trainer.cfg.val_every != 0 && done != epochs {
+        return Ok(false);
+    }
+    let report = evaluate(
+        &p.trainer.predictor(),
+        &p.val_cases,
+        p.trainer.classifiers.is_some(),
+    )?;
+    let is_best = p
+        .progress
+        .best
+        .as_ref()
+        .is_none_or(|b| report.dice.mean > b.mean);
+    if is_best {
+        p.progress.best = Some(report.dice.clone());
+        p.progress.best_modality = report.modality_dice.clone();
+        p.progress.best_epoch = done;
+    }
+    events.emit(&Event::Validation {
+        time: now(),
+        epoch,
+        train_loss,
+        dice: report.dice.clone(),
+        hd95: report.hd95.clone(),
+        modality_dice: report.modality_dice.clone(),
+        best: is_best,
+        metrics: dice_metrics(&report.dice),
+        modality_metrics: report
+            .modality_dice
+            .iter()
+            .map(|(m, d)| (m.clone(), dice_metrics(d)))
+            .collect(),
+    });
+    tracing::info!(
+        "epoch {epoch}: validation Dice WT {:.4} TC {:.4} ET {:.4} mean {:.4}",
+        report.dice.wt,
+        report.dice.tc,
+        report.dice.et,
+        report.dice.mean
+    );
+    Ok(is_best)
+}
+
+/// Saves `last` after every epoch, and `best` when these weights are the best so far.
+fn save_checkpoints(
+    p: &Prepared,
+    run_dir: &Path,
+    epoch: usize,
+    is_best: bool,
+    events: &EventSink,
+) -> Result<()> {
+    let t = &p.trainer;
+    let state = CheckpointState {
+        config: t.cfg.clone(),
+        epoch: epoch + 1,
+        global_step: t.global_step,
+        best_epoch: p.progress.best_epoch,
+        best_val_dice: p.progress.best.clone(),
+        best_val_modality_dice: p.progress.best_modality.clone(),
+        tracker: t.tracker.clone(),
+        previous_balance: t.previous_balance.clone(),
+        best_val_report: None,
+        balance_sum: Vec::new(),
+    };
+    let saves: &[(&str, bool)] = if is_best {
+        &[("best", true), ("last", false)]
+    } else {
+        &[("last", false)]
+    };
+    for &(name, best) in saves {
+        let path = checkpoint::save(run_dir, name, t, &state, name == "last")?;
         events.emit(&Event::CheckpointSaved {
             time: now(),
             epoch,
             path: path.display().to_string(),
-            best: false,
+            best,
         });
-        if opts.stop_after_epochs.is_some_and(|n| done >= n) && done < cfg.epochs {
-            tracing::info!("stopping after epoch {done} as asked; continue with --resume");
-            return Ok(None);
-        }
     }
-    drop(loader);
+    Ok(())
+}
 
-    // Test split with the best weights.
-    let test = if split.test.is_empty() {
+/// Tests the best weights on the test split (saving each case's prediction for review), writes
+/// `metrics.json` and emits `finished`.
+fn test_and_finish(
+    mut p: Prepared,
+    run_dir: &Path,
+    started: Instant,
+    events: &EventSink,
+) -> Result<RunMetrics> {
+    let cfg = p.trainer.cfg.clone();
+    // The sampler's worker and buffers are not needed for the test.
+    drop(p.loader);
+    let test = if p.split.test.is_empty() {
         None
     } else {
-        let state = checkpoint::load_weights(run_dir, "best", &mut trainer)?;
+        let state = checkpoint::load_weights(run_dir, "best", &mut p.trainer)?;
         tracing::info!(
             "testing the best checkpoint (epoch {}) on {} cases",
             state.best_epoch,
-            split.test.len()
+            p.split.test.len()
         );
         Some(evaluate_saving_predictions(
-            &trainer.predictor(),
-            &split.test,
-            trainer.classifiers.is_some(),
+            &p.trainer.predictor(),
+            &p.split.test,
+            p.trainer.classifiers.is_some(),
             &RunDir::new(run_dir).test_predictions(),
         )?)
     };
+    let progress = p.progress;
     let metrics = RunMetrics {
         method: cfg.method.to_string(),
         preset: cfg.preset.clone(),
-        best_epoch,
-        best_val_dice: best.clone(),
-        best_val_modality_dice: best_modality,
+        best_epoch: progress.best_epoch,
+        best_val_dice: progress.best.clone(),
+        best_val_modality_dice: progress.best_modality,
         test: test.clone(),
         epochs_completed: cfg.epochs,
         seconds: started.elapsed().as_secs_f64(),
-        balance_stats: trainer.tracker.stats.clone(),
+        balance_stats: p.trainer.tracker.stats.clone(),
     };
     checkpoint::write_json_atomic(&RunDir::new(run_dir).metrics(), &metrics)?;
     events.emit(&Event::Finished {
         time: now(),
-        best_epoch,
-        best_val_dice: best.unwrap_or_default(),
+        best_epoch: progress.best_epoch,
+        best_val_dice: progress.best.unwrap_or_default(),
         test_dice: test.as_ref().map(|t| t.dice.clone()),
         test_metrics: test
             .as_ref()
@@ -397,5 +447,40 @@ fn train_inner(
             .unwrap_or_default(),
         test_modality_dice: test.map(|t| t.modality_dice).unwrap_or_default(),
     });
-    Ok(Some(metrics))
+    Ok(metrics)
+}
+
+/// prepare -> epochs (train, validate, checkpoint) -> test.
+fn train_inner(
+    cfg: &mut TrainConfig,
+    run_dir: &Path,
+    events: &EventSink,
+    opts: &TrainOptions,
+) -> Result<Option<RunMetrics>> {
+    let started = Instant::now();
+    let mut p = prepare(cfg, run_dir, opts)?;
+    let spe = p.steps_per_epoch;
+    events.emit(&Event::RunStarted {
+        time: now(),
+        config: serde_json::to_value(&*cfg)?,
+        train_cases: p.split.train.len(),
+        val_cases: p.split.val.len(),
+        test_cases: p.split.test.len(),
+        steps_per_epoch: spe,
+        total_steps: spe * cfg.epochs,
+        device: describe(p.trainer.device),
+        task: cfg.task,
+        modalities: p.names.clone(),
+    });
+    for epoch in p.progress.start_epoch..cfg.epochs {
+        let train_loss = train_epoch(&mut p, epoch, events)?;
+        let is_best = validate(&mut p, epoch, train_loss, events)?;
+        save_checkpoints(&p, run_dir, epoch, is_best, events)?;
+        let done = epoch + 1;
+        if opts.stop_after_epochs.is_some_and(|n| done >= n) && done < cfg.epochs {
+            tracing::info!("stopping after epoch {done} as asked; continue with --resume");
+            return Ok(None);
+        }
+    }
+    test_and_finish(p, run_dir, started, events).map(Some)
 }
