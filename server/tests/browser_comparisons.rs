@@ -184,6 +184,21 @@ async fn a_two_by_three_study_launched_from_the_browser_runs_under_slurm_and_sho
         .await;
     assert!(natural.as_u64().unwrap() >= 480, "{natural}");
 
+    // The server's PNG (the same drawing without text), kept beside the screenshots.
+    let server_png = server
+        .client
+        .get(server.url(&format!("/api/comparisons/{id}/png")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(is_png(&server_png));
+    let kept = screenshot_paths()[0].with_file_name("comparison-server.png");
+    std::fs::create_dir_all(kept.parent().unwrap()).unwrap();
+    std::fs::write(&kept, &server_png).unwrap();
+
     for path in screenshot_paths() {
         browser.screenshot(&path).await;
     }
