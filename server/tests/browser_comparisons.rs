@@ -5,7 +5,8 @@
 //! mean ± 95 % interval cells, six finished runs) and the figure (the SVG loaded in its <img>, the
 //! browser-made PNG), and the CSV download holds the same runs.
 //!
-//! Saves target/screenshots/comparison.png; with `CGGM_README_SCREENSHOTS=1` also
+//! Saves target/screenshots/comparison.png (the page), comparison-figure.png (the page's PNG
+//! button's image) and comparison-server.png (`/api/comparisons/N/png`); with `CGGM_README_SCREENSHOTS=1` also
 //! docs/screenshots/comparison.png (the README's).
 
 mod common;
@@ -179,6 +180,13 @@ async fn a_two_by_three_study_launched_from_the_browser_runs_under_slurm_and_sho
     let png = browser.script("return window.comparisonFigurePng();").await;
     let png = png.as_str().unwrap_or_default();
     assert!(png.starts_with("data:image/png;base64,"), "{png:.60}");
+    let browser_png = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(&png["data:image/png;base64,".len()..])
+            .unwrap()
+    };
+    assert!(is_png(&browser_png));
     let natural = browser
         .script("return document.querySelector('#comparison-figure').naturalWidth;")
         .await;
@@ -198,6 +206,7 @@ async fn a_two_by_three_study_launched_from_the_browser_runs_under_slurm_and_sho
     let kept = screenshot_paths()[0].with_file_name("comparison-server.png");
     std::fs::create_dir_all(kept.parent().unwrap()).unwrap();
     std::fs::write(&kept, &server_png).unwrap();
+    std::fs::write(kept.with_file_name("comparison-figure.png"), &browser_png).unwrap();
 
     for path in screenshot_paths() {
         browser.screenshot(&path).await;
