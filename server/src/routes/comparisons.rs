@@ -1156,6 +1156,22 @@ mod tests {
         assert!(is_png_bytes(&render_png(&a).unwrap()));
     }
 
+    #[test]
+    fn long_arm_names_are_turned_so_that_they_do_not_overlap() {
+        let a = aggregate_of(&[
+            ("joint", 1, 0.4),
+            ("joint", 2, 0.5),
+            ("cggm rho=1.5 lambda=0.1", 1, 0.3),
+            ("cggm rho=1.5 lambda=0.1", 2, 0.2),
+        ]);
+        let svg = render_svg(&a);
+        assert_eq!(svg.matches("rotate(-35 ").count(), 2, "{svg}");
+        assert!(
+            svg.contains(">cggm rho=1.5 lambda=0.1 (n = 2)</text>"),
+            "{svg}"
+        );
+    }
+
     fn is_png_bytes(bytes: &[u8]) -> bool {
         bytes.starts_with(&[0x89, b'P', b'N', b'G'])
     }
