@@ -4,7 +4,6 @@
 //! queue, or Slurm when the server runs with `--executor slurm`.)
 
 use anyhow::{bail, Context};
-use std::io::{Read, Write};
 use std::time::Duration;
 
 #[derive(Clone, Debug, clap::Args)]
@@ -42,91 +41,91 @@ pub struct StudyArgs {
     pub wait: bool,
 }
 
-/// One HTTP/1.1 request over a fresh connection (plain http; the token from CGGM_TOKEN).
-fn http(base: &str, method: &str, path: &str, body: Option<&str>) -> anyhow::Result<(u16, String)> {
-    let authority = base
-        .strip_prefix("http://")
-        .context("--server must be an http:// address (put a TLS proxy's plain side here)")?
-        .trim_end_matches('/');
-    let mut stream = std::net::TcpStream::connect(authority)
-        .with_context(|| format!("connecting to {base}: is `cggm serve` running there?"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-    let mut request =
-        format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n");
-    if let Ok(token) = std::env::var("CGGM_TOKEN") {
-        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
-    }
-    let body = body.unwrap_or("");
-    if method != "GET" {
-        request.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\nX-CGGM-Request: 1\r\n",
-            body.len()
-        ));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream.write_all(request.as_bytes())?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, rest) = text
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP answer")?;
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no HTTP status")?;
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    let body = if chunked {
-        dechunk(rest)
-    } else {
-        rest.to_string()
-    };
-    Ok((status, body))
+/// The server's API over HTTP (reqwest's blocking client): the token from CGGM_TOKEN as a bearer
+/// header on every request, and the `X-CGGM-Request: 1` header the server requires on changes.
+struct Api {
+    base: String,
+    client: reqwest::blocking::Client,
 }
 
-fn dechunk(mut text: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = text.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if size == 0 || rest.len() < size {
-            break;
+impl Api {
+    fn new(server: &str) -> anyhow::Result<Self> {
+        let base = server.trim_end_matches('/').to_string();
+        if !base.starts_with("http://") {
+            bail!(
+                "--server {server}: give an http:// address (for a server behind a TLS proxy, its plain \
+                 side, e.g. through an SSH tunnel)"
+            );
         }
-        out.push_str(&rest[..size]);
-        text = rest[size..].trim_start_matches("\r\n");
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Ok(token) = std::env::var("CGGM_TOKEN") {
+            let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .context("CGGM_TOKEN holds characters a header cannot carry")?;
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let client = reqwest::blocking::Client::builder()
+            .default_headers(headers)
+            .timeout(Duration::from_secs(120))
+            .build()?;
+        Ok(Self { base, client })
     }
-    out
-}
 
-fn json(
-    base: &str,
-    method: &str,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> anyhow::Result<serde_json::Value> {
-    let (status, text) = http(base, method, path, body.map(|b| b.to_string()).as_deref())?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
-    if !(200..300).contains(&status) {
-        bail!(
-            "{method} {path}: {status} {}",
-            value["error"].as_str().unwrap_or(&value.to_string())
-        );
+    fn send(
+        &self,
+        request: reqwest::blocking::RequestBuilder,
+        what: &str,
+    ) -> anyhow::Result<String> {
+        let response = request
+            .send()
+            .with_context(|| format!("{what} on {}: is `cggm serve` running there?", self.base))?;
+        let status = response.status();
+        let text = response.text()?;
+        if !status.is_success() {
+            let value: serde_json::Value =
+                serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text.clone()));
+            let hint = if status == reqwest::StatusCode::UNAUTHORIZED {
+                " (set CGGM_TOKEN to the server's token)"
+            } else {
+                ""
+            };
+            bail!(
+                "{what}: {status} {}{hint}",
+                value["error"].as_str().unwrap_or(&text)
+            );
+        }
+        Ok(text)
     }
-    Ok(value)
+
+    fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        self.send(
+            self.client.get(format!("{}{path}", self.base)),
+            &format!("GET {path}"),
+        )
+    }
+
+    fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_str(&self.get_text(path)?)?)
+    }
+
+    fn post(&self, path: &str, body: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        let text = self.send(
+            self.client
+                .post(format!("{}{path}", self.base))
+                .header("X-CGGM-Request", "1")
+                .json(body),
+            &format!("POST {path}"),
+        )?;
+        Ok(serde_json::from_str(&text)?)
+    }
 }
 
 pub fn run(args: StudyArgs) -> anyhow::Result<()> {
-    let base = args.server.trim_end_matches('/').to_string();
+    let api = Api::new(&args.server)?;
+    let base = api.base.clone();
     let dataset_id = match args.dataset.parse::<i64>() {
         Ok(id) => id,
         Err(_) => {
-            let datasets = json(&base, "GET", "/api/datasets", None)?;
+            let datasets = api.get("/api/datasets")?;
             datasets
                 .as_array()
                 .into_iter()
@@ -154,14 +153,12 @@ pub fn run(args: StudyArgs) -> anyhow::Result<()> {
     if let Some(d) = &args.device {
         options.insert("device".into(), d.clone().into());
     }
-    let made = json(
-        &base,
-        "POST",
+    let made = api.post(
         "/api/comparisons",
-        Some(serde_json::json!({
+        &serde_json::json!({
             "name": args.name, "dataset_id": dataset_id, "methods": args.methods,
             "seeds": args.seeds, "rho": args.rho, "lambda": args.lambda, "options": options,
-        })),
+        }),
     )?;
     let id = made["id"]
         .as_i64()
@@ -172,13 +169,13 @@ pub fn run(args: StudyArgs) -> anyhow::Result<()> {
     );
     if args.wait {
         loop {
-            let aggregate = json(&base, "GET", &format!("/api/comparisons/{id}"), None)?;
+            let aggregate = api.get(&format!("/api/comparisons/{id}"))?;
             if aggregate["done"] == true {
                 break;
             }
             std::thread::sleep(Duration::from_secs(5));
         }
-        let (_, csv) = http(&base, "GET", &format!("/api/comparisons/{id}/csv"), None)?;
+        let csv = api.get_text(&format!("/api/comparisons/{id}/csv"))?;
         print!("{csv}");
     }
     Ok(())

@@ -152,3 +152,63 @@ async fn a_two_by_two_comparison_aggregates_the_runs_own_test_scores() {
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("comparison-summary"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cggm_study_launches_a_comparison_with_the_token_and_prints_its_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "study-cli-token";
+    let mut server = LiveServer::start_with_env(
+        &dir.path().join("data"),
+        &["--no-demo"],
+        &[("CGGM_TOKEN", token)],
+    );
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("x-cggm-request", "1".parse().unwrap());
+    headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    server.client = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap();
+    server.tiny_dataset("tiny").await;
+    let study = |token: Option<&str>| {
+        let mut command = std::process::Command::new(cggm());
+        command
+            .args(["study", "--server", &server.base, "--dataset", "tiny"])
+            .args(["--methods", "joint", "--seeds", "4", "--preset", "tiny"])
+            .args(["--epochs", "1", "--steps-per-epoch", "2", "--device", "cpu"])
+            .args(["--name", "from the command line", "--wait"])
+            .env_remove("CGGM_TOKEN");
+        if let Some(token) = token {
+            command.env("CGGM_TOKEN", token);
+        }
+        command.output().unwrap()
+    };
+    let refused = tokio::task::block_in_place(|| study(None));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("401") && stderr.contains("CGGM_TOKEN"),
+        "{stderr}"
+    );
+
+    let out = tokio::task::block_in_place(|| study(Some(token)));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("study 1: 1 runs queued"), "{stdout}");
+    assert!(
+        stdout.contains("section,arm,detail,metric,n,mean,ci95_half"),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("summary,joint,,dice_mean,1,")),
+        "{stdout}"
+    );
+    let listed = server.get_json("/api/comparisons").await;
+    assert_eq!(listed[0]["name"], "from the command line", "{listed}");
+}

@@ -130,6 +130,18 @@ async fn a_training_submitted_with_sbatch_streams_its_events_to_the_end() {
     let overhead =
         execution["first_event_at"].as_f64().unwrap() - execution["submitted_at"].as_f64().unwrap();
     eprintln!("slurm executor overhead: submission to first stored event {overhead:.2} s (job {job}, Slurm job {slurm_id})");
+
+    // Deleting the run removes its folder on the shared folder too.
+    let job_dir = server.data_dir.join(format!("slurm/job-{job}"));
+    assert!(job_dir.is_dir());
+    let deleted = server
+        .client
+        .delete(server.url(&format!("/api/jobs/{job}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert!(!job_dir.exists(), "{} is left behind", job_dir.display());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -73,9 +73,30 @@
         if (a.headline) cells.push(r.test_metrics[a.headline] == null ? "–" : r.test_metrics[a.headline].toFixed(4));
         return cells;
       }));
-    document.querySelector("#figure-metric").textContent = a.headline ? "(" + a.headline + ", bars in the table's colours)" : "";
-    document.querySelector("#comparison-figure").src = "/api/comparisons/" + id + "/png?t=" + finished;
+    document.querySelector("#figure-metric").textContent = a.headline ? "(" + a.headline + ", in the table's colours)" : "";
+    const figure = document.querySelector("#comparison-figure");
+    const src = "/api/comparisons/" + id + "/svg?t=" + finished;
+    if (figure.getAttribute("src") !== src) figure.src = src;
     if (!a.done) setTimeout(refresh, 3000);
   }
+  // The figure as a PNG with its text: the browser rasterises the SVG at twice its size.
+  window.comparisonFigurePng = async function () {
+    const img = new Image();
+    img.src = document.querySelector("#comparison-figure").src;
+    await img.decode();
+    const canvas = document.createElement("canvas");
+    canvas.width = img.naturalWidth * 2; canvas.height = img.naturalHeight * 2;
+    const ctx = canvas.getContext("2d");
+    ctx.drawImage(img, 0, 0, canvas.width, canvas.height);
+    return canvas.toDataURL("image/png");
+  };
+  document.querySelector("#download-png").addEventListener("click", async () => {
+    try {
+      const link = document.createElement("a");
+      link.href = await window.comparisonFigurePng();
+      link.download = "comparison-" + id + ".png";
+      link.click();
+    } catch (err) { toast("The figure could not be made into a PNG: " + err.message, true); }
+  });
   window.addEventListener("DOMContentLoaded", refresh);
 })();

@@ -100,7 +100,7 @@ impl SlurmConfig {
         })
     }
 
-    fn job_dir(&self, job_id: i64) -> PathBuf {
+    pub(crate) fn job_dir(&self, job_id: i64) -> PathBuf {
         self.shared_dir.join(format!("job-{job_id}"))
     }
 

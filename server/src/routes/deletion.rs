@@ -77,9 +77,30 @@ fn remove_owned_dir(state: &AppState, dir: &str) -> Result<()> {
     Ok(())
 }
 
-/// A finished job's files (output folder, log), events and row.
+/// A job's folder on the Slurm executor's shared folder (`<shared>/job-<id>`: batch scripts,
+/// events files, Slurm's output), and the one under the default shared folder `<data dir>/slurm`
+/// that an earlier Slurm server may have left. Both paths are made here, never read from the
+/// database.
+fn remove_slurm_dirs(state: &AppState, job_id: i64) -> Result<()> {
+    let mut dirs = vec![state.data_dir().join("slurm").join(format!("job-{job_id}"))];
+    if let crate::executor::Executor::Slurm(config) = &state.config.executor {
+        dirs.push(config.job_dir(job_id));
+    }
+    for dir in dirs {
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// A finished job's files (output folder, log, its folder on Slurm's shared folder), events and
+/// row.
 pub(crate) async fn remove_job(state: &AppState, job: &db::Job) -> Result<()> {
     remove_owned_dir(state, &job.out_dir)?;
+    remove_slurm_dirs(state, job.id)?;
     match std::fs::remove_file(state.runner.log_path(job.id)) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
