@@ -315,7 +315,7 @@ fn validate(p: &mut Prepared, epoch: usize, train_loss: f64, events: &EventSink)
         p.progress.best_epoch = done;
         return Ok(true);
     }
-    if done % p.trainer.cfg.val_every != 0 && done != epochs {
+    if !done.is_multiple_of(p.trainer.cfg.val_every) && done != epochs {
         return Ok(false);
     }
     let report = evaluate(
