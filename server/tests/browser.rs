@@ -51,14 +51,7 @@ async fn launch_from_the_form_watch_the_curves_and_step_through_the_viewer() {
             Duration::from_secs(30),
         )
         .await;
-    let job: i64 = browser
-        .url()
-        .await
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let job: i64 = browser.id_in_url().await;
 
     // A curve point appears live (the loss chart gets its first point).
     browser

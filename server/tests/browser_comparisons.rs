@@ -79,14 +79,7 @@ async fn a_two_by_three_study_launched_from_the_browser_runs_under_slurm_and_sho
             Duration::from_secs(30),
         )
         .await;
-    let id: i64 = browser
-        .url()
-        .await
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let id: i64 = browser.id_in_url().await;
 
     // Every run of the grid is a Slurm job.
     let aggregate = server.get_json(&format!("/api/comparisons/{id}")).await;

@@ -99,14 +99,7 @@ async fn import_a_dicom_study_from_the_segment_page_and_segment_it() {
             DEADLINE,
         )
         .await;
-    let prediction: i64 = browser
-        .url()
-        .await
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let prediction: i64 = browser.id_in_url().await;
     let done = server
         .get_json(&format!("/api/predictions/{prediction}"))
         .await;

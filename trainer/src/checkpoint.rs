@@ -132,6 +132,33 @@ pub fn complete_pending(run_dir: &Path, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Saves an epoch's checkpoints: `best` (weights only) when these are the best weights so far,
+/// then `last` (with the optimiser state), each reported as a `checkpoint_saved` event.
+pub fn save_epoch<N: MultimodalNetwork>(
+    run_dir: &Path,
+    trainer: &Trainer<N>,
+    state: &CheckpointState,
+    epoch: usize,
+    is_best: bool,
+    events: &crate::events::EventSink,
+) -> Result<()> {
+    let saves: &[(&str, bool)] = if is_best {
+        &[("best", true), ("last", false)]
+    } else {
+        &[("last", false)]
+    };
+    for &(name, best) in saves {
+        let path = save(run_dir, name, trainer, state, name == "last")?;
+        events.emit(&crate::events::Event::CheckpointSaved {
+            time: crate::events::now(),
+            epoch,
+            path: path.display().to_string(),
+            best,
+        });
+    }
+    Ok(())
+}
+
 /// Saves `name` ("best" or "last") as one unit (see the module documentation); `with_optimizer`
 /// also stores the optimiser state.
 pub fn save<N: MultimodalNetwork>(

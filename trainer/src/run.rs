@@ -379,21 +379,7 @@ fn save_checkpoints(
         best_val_report: None,
         balance_sum: Vec::new(),
     };
-    let saves: &[(&str, bool)] = if is_best {
-        &[("best", true), ("last", false)]
-    } else {
-        &[("last", false)]
-    };
-    for &(name, best) in saves {
-        let path = checkpoint::save(run_dir, name, t, &state, name == "last")?;
-        events.emit(&Event::CheckpointSaved {
-            time: now(),
-            epoch,
-            path: path.display().to_string(),
-            best,
-        });
-    }
-    Ok(())
+    checkpoint::save_epoch(run_dir, t, &state, epoch, is_best, events)
 }
 
 /// Tests the best weights on the test split (saving each case's prediction for review), writes

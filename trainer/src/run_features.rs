@@ -219,21 +219,7 @@ fn validate_and_save(
         best_val_report: p.progress.best.clone(),
         balance_sum: p.progress.balance_sum.clone(),
     };
-    let saves: &[(&str, bool)] = if is_best {
-        &[("best", true), ("last", false)]
-    } else {
-        &[("last", false)]
-    };
-    for &(name, best) in saves {
-        let path = checkpoint::save(run_dir, name, t, &state, name == "last")?;
-        events.emit(&Event::CheckpointSaved {
-            time: now(),
-            epoch,
-            path: path.display().to_string(),
-            best,
-        });
-    }
-    Ok(())
+    checkpoint::save_epoch(run_dir, t, &state, epoch, is_best, events)
 }
 
 /// Trains `cfg` (a feature dataset in `cfg.data`) into `run_dir`; a failure is also reported as

@@ -144,6 +144,14 @@ impl Browser {
             .to_string()
     }
 
+    /// The id at the end of the current page's path (`/jobs/7` -> 7).
+    pub async fn id_in_url(&self) -> i64 {
+        let url = self.url().await;
+        let last = url.rsplit('/').next().unwrap_or_default();
+        last.parse()
+            .unwrap_or_else(|_| panic!("{url} does not end with a numeric id"))
+    }
+
     pub async fn find(&self, css: &str) -> String {
         let value = self
             .call(
