@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""PyTorch eager reference of CGGM Studio's segmentation training step, for `cggm bench train
---against-torch` (which runs it beside the project's own step and prints the ratio).
+"""PyTorch eager reference of CGGM Studio's training steps, for `cggm bench train --against-torch`
+(which runs it beside the project's own step, prints the ratios and checks that the parameter
+counts agree).
 
 The model is the project's, layer by layer (trainer/src/model/): per modality a ResNet (basic or
 bottleneck blocks, output stride 8 or 16) + ASPP encoder, a DeepLabv3+ fusion head over all
@@ -10,9 +11,22 @@ foreground Dice), backward, SGD/Adam/AdamW step; cggm adds the classifiers on de
 (their own optimiser), the batch Dice per modality, the balance coefficients, L_gm from g_F taken
 with create_graph, and the encoders' gradients scaled by B_i.
 
+Feature tasks (`--features name:TxD,...`, trainer/src/model/features.rs and transformer.rs): per
+modality a 1-D projection (Conv1d, kernel 1) and a MulT Transformer encoder (scaled embeddings plus
+sinusoidal positions, pre-norm self-attention written with matmuls, 4x ReLU feed-forward, final
+layer norm); a Transformer fusion over the concatenated tokens read at the first token; a residual
+output block and a linear output layer; per modality a light classifier (Transformer + Linear-ReLU
++ output layer of the fusion output layer's shape). The step is the project's for feature tasks:
+cross-entropy (classification) or L1 (regression); cggm adds the classifiers' losses and batch
+accuracy / Acc-2 as eps_i, B_i, L_gm from g_F, B_i-scaled encoder gradients; then gradient
+clipping (grad_clip) and the optimiser step. Libtorch is reseeded every step, as the project does.
+
 Reads the run configuration (the JSON of a `TrainConfig`) from stdin; prints one JSON object with
-seconds per step per method and peak memory. Usage (normally through the cggm command):
+seconds per step per method, parameter counts and peak memory. Usage (normally through the cggm
+command):
     python3 scripts/bench_torch.py --methods joint,cggm --batch-size 2 --crop 64 --steps 5 < cfg.json
+    python3 scripts/bench_torch.py --features text:4x16,audio:8x12,vision:6x8 --task classification \
+        --outputs 4 --batch-size 32 --steps 5 < cfg.json
 """
 import argparse
 import json
@@ -264,6 +278,10 @@ class Runner:
         self.balance = Balance(m, cfg["cggm"]["rho"])
         self.lr = cfg["schedule"]["lr"]
 
+    def params(self):
+        count = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0
+        return count(self.model), count(self.classifiers)
+
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype,
                               enabled=self.amp_dtype is not None)
@@ -318,6 +336,219 @@ class Runner:
         return total.item()
 
 
+# ---------------------------------------------------------------- feature tasks (model/features.rs)
+
+
+def sinusoidal_positions(t, d, device):
+    half = d // 2
+    pos = torch.arange(t, dtype=torch.float32, device=device).unsqueeze(1)
+    freq = (torch.arange(half, dtype=torch.float32, device=device)
+            * (-math.log(10000.0) / (max(half, 2) - 1))).exp()
+    angles = pos * freq.unsqueeze(0)
+    emb = torch.cat([angles.sin(), angles.cos()], 1)
+    if d % 2 == 1:
+        emb = torch.cat([emb, torch.zeros(t, 1, device=device)], 1)
+    return emb
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(d)
+        self.in_proj = nn.Linear(d, 3 * d)
+        self.out_proj = nn.Linear(d, d)
+        self.ffn_norm = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, 4 * d)
+        self.fc2 = nn.Linear(4 * d, d)
+
+    def forward(self, x, c):
+        b, t, d = x.shape
+        h = c["heads"]
+        qkv = self.in_proj(self.attn_norm(x))
+
+        def split(k):
+            return qkv.narrow(2, k * d, d).view(b, t, h, d // h).transpose(1, 2)
+
+        q, k, v = split(0), split(1), split(2)
+        scores = q.matmul(k.transpose(-2, -1)) / math.sqrt(d // h)
+        attn = F.dropout(scores.softmax(-1, dtype=torch.float32), c["attn_dropout"], self.training)
+        mixed = attn.matmul(v).transpose(1, 2).contiguous().view(b, t, d)
+        x = x + F.dropout(self.out_proj(mixed), c["res_dropout"], self.training)
+        ffn = F.dropout(F.relu(self.fc1(self.ffn_norm(x))), c["relu_dropout"], self.training)
+        return x + F.dropout(self.fc2(ffn), c["res_dropout"], self.training)
+
+
+class Transformer(nn.Module):
+    def __init__(self, c, layers):
+        super().__init__()
+        self.c = c
+        self.layers = nn.ModuleList([EncoderLayer(c["proj_dim"]) for _ in range(layers)])
+        self.norm = nn.LayerNorm(c["proj_dim"])
+
+    def forward(self, x):
+        _, t, d = x.shape
+        x = F.dropout(x * math.sqrt(d) + sinusoidal_positions(t, d, x.device),
+                      self.c["embed_dropout"], self.training)
+        for layer in self.layers:
+            x = layer(x, self.c)
+        return self.norm(x)
+
+
+class ModalityEncoder(nn.Module):
+    def __init__(self, c, dim):
+        super().__init__()
+        self.proj = nn.Conv1d(dim, c["proj_dim"], 1)
+        self.transformer = Transformer(c, c["layers"])
+
+    def forward(self, x):
+        return self.transformer(self.proj(x.transpose(1, 2)).transpose(1, 2))
+
+
+class FeatureNet(nn.Module):
+    def __init__(self, c, dims, outputs):
+        super().__init__()
+        d = c["proj_dim"]
+        self.encoders = nn.ModuleList([ModalityEncoder(c, dim) for dim in dims])
+        self.fusion = Transformer(c, max(c["layers"] - 2, 1))
+        self.proj1 = nn.Linear(d, d)
+        self.proj2 = nn.Linear(d, d)
+        self.out_layer = nn.Linear(d, outputs)
+        self.out_dropout = c["out_dropout"]
+
+    def forward(self, xs):
+        hidden = [enc(x) for enc, x in zip(self.encoders, xs)]
+        fused = self.fusion(torch.cat(hidden, 1))[:, 0]
+        residual = self.proj2(F.dropout(F.relu(self.proj1(fused)), self.out_dropout,
+                                        self.training)) + fused
+        return self.out_layer(residual), hidden
+
+
+class FeatureClassifier(nn.Module):
+    def __init__(self, c, outputs):
+        super().__init__()
+        self.transformer = Transformer(c, c["classifier_layers"])
+        self.proj1 = nn.Linear(c["proj_dim"], c["proj_dim"])
+        self.out_layer = nn.Linear(c["proj_dim"], outputs)
+
+    def forward(self, h):
+        return self.out_layer(F.relu(self.proj1(self.transformer(h.detach())[:, 0])))
+
+
+def feature_loss(logits, target, task):
+    if task == "classification":
+        return F.cross_entropy(logits, target)
+    return F.l1_loss(logits.flatten(), target.flatten().to(logits.dtype))
+
+
+def feature_metric(logits, target, task):
+    if task == "classification":
+        return (logits.argmax(1) == target).float().mean().item()
+    return ((logits.flatten() >= 0) == (target.flatten() >= 0)).float().mean().item()
+
+
+class FeatureRunner:
+    def __init__(self, cfg, method, device, amp_dtype, dims, task, outputs):
+        self.cfg, self.method, self.device, self.amp_dtype = cfg, method, device, amp_dtype
+        self.task, self.seed, self.step_no = task, cfg.get("seed", 0), 0
+        torch.manual_seed(self.seed)
+        c = cfg["features"]
+        self.model = FeatureNet(c, dims, outputs).to(device)
+        self.classifiers = (nn.ModuleList([FeatureClassifier(c, outputs) for _ in dims]).to(device)
+                            if method == "cggm" else None)
+        enc_ids = {id(p) for p in self.model.encoders.parameters()}
+        head = [p for p in self.model.parameters() if id(p) not in enc_ids]
+        self.opt = make_optimizer([{"params": head}] + [
+            {"params": list(e.parameters())} for e in self.model.encoders], cfg["optimizer"])
+        for g in self.opt.param_groups:
+            g["lr"] = cfg["schedule"]["lr"]
+        if self.classifiers is not None:
+            self.cls_opt = make_optimizer([{"params": list(self.classifiers.parameters())}],
+                                          cfg["optimizer"])
+            for g in self.cls_opt.param_groups:
+                g["lr"] = cfg["schedule"]["classifier_lr"]
+        self.balance = Balance(len(dims), cfg["cggm"]["rho"])
+        self.clip = cfg.get("grad_clip")
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype,
+                              enabled=self.amp_dtype is not None)
+
+    def step(self, xs, labels):
+        torch.manual_seed(self.seed + self.step_no * 1_000_003)
+        self.step_no += 1
+        with self.autocast():
+            logits, hidden = self.model(xs)
+        loss = feature_loss(logits.float(), labels, self.task)
+        if not math.isfinite(loss.item()):
+            raise RuntimeError("task loss is not finite")
+        total = loss * 1.0
+        if self.classifiers is not None:
+            self.cls_opt.zero_grad()
+            with self.autocast():
+                all_logits = [c(h) for c, h in zip(self.classifiers, hidden)]
+            metrics, cls_loss = [], torch.zeros((), device=self.device)
+            for li in all_logits:
+                metrics.append(feature_metric(li, labels, self.task))
+                cls_loss = cls_loss + feature_loss(li.float(), labels, self.task)
+            if not math.isfinite(cls_loss.item()):
+                raise RuntimeError("classifier loss is not finite")
+            cls_loss.backward()
+            cls_grads = [c.out_layer.weight.grad.detach().clone() for c in self.classifiers]
+            self.cls_opt.step()
+            b = self.balance.update(metrics)
+            (g_f,) = torch.autograd.grad(loss, [self.model.out_layer.weight], retain_graph=True,
+                                         create_graph=True)
+            gm = torch.zeros((), device=self.device)
+            cosines = []
+            for g_i, b_i in zip(cls_grads, b):
+                cos = F.cosine_similarity(g_f.flatten(), g_i.flatten(), 0, 1e-8)
+                cosines.append(cos.item())
+                gm = gm + (cos * (-b_i) + abs(b_i))
+            gm = gm / len(cls_grads)
+            if not math.isfinite(gm.item()):
+                raise RuntimeError("L_gm is not finite")
+            total = total + gm * self.cfg["cggm"]["lambda"]
+        self.opt.zero_grad()
+        total.backward()
+        if self.classifiers is not None:
+            with torch.no_grad():
+                for enc, b_i in zip(self.model.encoders, b):
+                    for p in enc.parameters():
+                        if p.grad is not None:
+                            p.grad.mul_(b_i)
+        report = (total.item(), loss.item())
+        if self.clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+            if not math.isfinite(norm.item()):
+                raise RuntimeError("gradient norm is not finite")
+        self.opt.step()
+        return report[0]
+
+    def params(self):
+        count = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0
+        return count(self.model), count(self.classifiers)
+
+
+def random_feature_batch(shapes, b, task, outputs, device):
+    gen = torch.Generator().manual_seed(1)
+    xs = [torch.randn(b, t, d, generator=gen).to(device) for _, t, d in shapes]
+    if task == "classification":
+        labels = torch.randint(0, outputs, (b,), generator=gen)
+    else:
+        labels = (torch.randn(b, generator=gen) * 1.5).clamp(-3, 3)
+    return xs, labels.to(device)
+
+
+def parse_shapes(text):
+    """'text:4x16,audio:8x12' -> [('text', 4, 16), ('audio', 8, 12)] (steps x dim)."""
+    shapes = []
+    for part in text.split(","):
+        name, shape = part.split(":")
+        t, d = shape.split("x")
+        shapes.append((name, int(t), int(d)))
+    return shapes
+
+
 def random_batch(b, crop, device):
     """Random images and a label map with a disc of each tumour class per sample."""
     gen = torch.Generator().manual_seed(1)
@@ -344,7 +575,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", default="joint,cggm")
     ap.add_argument("--batch-size", type=int, required=True)
-    ap.add_argument("--crop", type=int, required=True)
+    ap.add_argument("--crop", type=int, default=64)
+    ap.add_argument("--features", help="feature task: name:STEPSxDIM,... per modality")
+    ap.add_argument("--task", default="classification", choices=["classification", "regression"])
+    ap.add_argument("--outputs", type=int, default=1)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="cpu")
@@ -358,12 +592,27 @@ def main():
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
-    images, labels = random_batch(args.batch_size, args.crop, device)
+    if args.features:
+        shapes = parse_shapes(args.features)
+        images, labels = random_feature_batch(shapes, args.batch_size, args.task, args.outputs,
+                                              device)
+
+        def make_runner(method):
+            return FeatureRunner(cfg, method, device, amp, [d for _, _, d in shapes], args.task,
+                                 args.outputs)
+    else:
+        images, labels = random_batch(args.batch_size, args.crop, device)
+
+        def make_runner(method):
+            return Runner(cfg, method, device, amp)
     out = {"torch": torch.__version__, "threads": torch.get_num_threads(),
            "seconds_per_step": {}, "peak_gpu_bytes": {}, "peak_gpu_reserved_bytes": {},
-           "last_loss": {}}
+           "last_loss": {}, "params": {"model": 0, "classifiers": 0}}
     for method in args.methods.split(","):
-        runner = Runner(cfg, method, device, amp)
+        runner = make_runner(method)
+        model_params, classifier_params = runner.params()
+        out["params"]["model"] = model_params
+        out["params"]["classifiers"] = max(out["params"]["classifiers"], classifier_params)
         for _ in range(args.warmup):
             runner.step(images, labels)
         if device.type == "cuda":

@@ -13,7 +13,8 @@
 #   5. a training of the paper preset (ResNet-101 x 4) at a realistic batch, loss going down
 #      (CGGM: double backward through L_gm on the GPU);
 #   6. joint and CGGM step times in fp32 and bf16 beside the PyTorch eager reference
-#      (scripts/bench_torch.py) on the same GPU, with peak GPU memory.
+#      (scripts/bench_torch.py) on the same GPU, with peak GPU memory; the same for the
+#      feature-task model at paper-mosi's shapes (--quick: cpu-features).
 # It prints a summary and writes summary.md, results.json and the full log under $OUT.
 #
 # Usage: scripts/gpu-check.sh [--binary PATH] [--device cuda:0] [--quick]
@@ -162,6 +163,19 @@ for precision in fp32 bf16; do
   if [ -s "$work/bench-$precision.json" ]; then
     lines+=("  $precision: ours joint $(json "$work/bench-$precision.json" '"%.4f" % d["seconds_per_step"]["joint"]') s, cggm $(json "$work/bench-$precision.json" '"%.4f" % d["seconds_per_step"]["cggm"]') s (cggm/joint $(json "$work/bench-$precision.json" '"%.2f" % d["ratio_cggm_over_joint"]')); torch joint $(json "$work/bench-$precision.json" '"%.4f" % d["torch"]["seconds_per_step"]["joint"]') s, cggm $(json "$work/bench-$precision.json" '"%.4f" % d["torch"]["seconds_per_step"]["cggm"]') s; ours/torch joint $(json "$work/bench-$precision.json" '"%.2f" % d["ratio_joint_over_torch"]'), cggm $(json "$work/bench-$precision.json" '"%.2f" % d["ratio_cggm_over_torch"]')")
     lines+=("    memory: ours $(json "$work/bench-$precision.json" '"GPU %s MiB (nvidia-smi), RSS %d MiB" % ((d["gpu_memory_bytes"] or 0) >> 20, d["peak_rss_bytes"] >> 20)'); torch $(json "$work/bench-$precision.json" '"GPU reserved %s MiB" % {k: v >> 20 for k, v in (d["torch"]["peak_gpu_reserved_bytes"] or {}).items()}')")
+  fi
+done
+
+# 6b. The feature-task model (MOSI shapes, batch 64; --quick: cpu-features) beside PyTorch eager.
+feature_preset="$([ "$quick" = 1 ] && echo cpu-features || echo paper-mosi)"
+for precision in fp32 bf16; do
+  f="$work/bench-features-$precision.json"
+  check "bench train $feature_preset $precision vs torch" sh -c \
+    "'$binary' bench train --preset $feature_preset --methods joint,cggm --steps $bench_steps \
+     --rounds 1 --precision $precision --device '$device' --against-torch \
+     --python '$py' --torch-script '$root/scripts/bench_torch.py' > '$f'"
+  if [ -s "$f" ]; then
+    lines+=("  $feature_preset $precision: ours joint $(json "$f" '"%.4f" % d["seconds_per_step"]["joint"]') s, cggm $(json "$f" '"%.4f" % d["seconds_per_step"]["cggm"]') s; torch joint $(json "$f" '"%.4f" % d["torch"]["seconds_per_step"]["joint"]') s, cggm $(json "$f" '"%.4f" % d["torch"]["seconds_per_step"]["cggm"]') s; ours/torch joint $(json "$f" '"%.2f" % d["ratio_joint_over_torch"]'), cggm $(json "$f" '"%.2f" % d["ratio_cggm_over_torch"]')")
   fi
 done
 

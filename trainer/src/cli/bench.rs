@@ -4,9 +4,13 @@
 use super::data_commands::{bench_loader, LoaderBenchArgs};
 use crate::amp::AmpDtype;
 use crate::config::{Method, TrainConfig};
+use crate::data::features::{DatasetSpec, FeatureModality};
 use crate::data::Study;
 use crate::device::{describe, parse_device};
+use crate::model::features::{FeatureInput, FeatureNet};
+use crate::model::network::MultimodalNetwork;
 use crate::step::Trainer;
+use crate::task::TaskKind;
 use anyhow::Result;
 use ndarray::Array4;
 use rand::{Rng, SeedableRng};
@@ -38,16 +42,22 @@ pub struct TrainBenchArgs {
     /// Timed steps per method per round.
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
-    /// Rounds; methods alternate within each round so drift hits all of them alike.
+    /// Rounds; methods alternate within each round so drift hits all of them alike. The
+    /// reported time of a method is the median of its rounds.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// The project's variants to time (comma-separated; joint and cggm are required): joint,
+    /// joint+probes, cggm-magnitude, cggm. Fewer variants need less memory (`paper`).
+    #[arg(long, default_value = "joint,joint+probes,cggm-magnitude,cggm")]
+    pub methods: String,
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// fp32, bf16 or fp16 (autocast on CUDA; fp16 with loss scaling). The CPU always runs fp32.
     #[arg(long, default_value = "fp32")]
     pub precision: String,
     /// Also time a PyTorch eager implementation of the same model and step
-    /// (scripts/bench_torch.py) on the same batch, alternating rounds, and print the ratios.
+    /// (scripts/bench_torch.py) on a batch of the same shapes, alternating rounds, and print the
+    /// ratios; fails when its parameter counts differ from ours. Segmentation and feature presets.
     #[arg(long)]
     pub against_torch: bool,
     /// Python with torch for --against-torch (default: $CGGM_PYTHON, else python3).
@@ -205,9 +215,155 @@ fn gpu_memory_bytes() -> Option<u64> {
     })
 }
 
+/// The shapes `bench train` feeds a feature preset: the synthetic set of `cggm synth` for
+/// `cpu-features` (text 16x4, audio 12x8, vision 8x6, 4 classes: data/features/synth.rs), and
+/// the word-aligned CMU-MOSI / IEMOCAP features of MulT, which the CGGM authors train on
+/// (text GloVe 300, audio COVAREP 5 / 74, vision Facet 20 / 35; 50 / 20 steps; MOSI a
+/// regression, IEMOCAP 4 emotions); Food-101: one BERT text token (768) and one ViT image token
+/// (768), 101 classes.
+fn bench_feature_spec(preset: &str) -> Option<DatasetSpec> {
+    let (task, classes, mods): (TaskKind, usize, &[(&str, usize, usize)]) = match preset {
+        "cpu-features" => (
+            TaskKind::Classification,
+            4,
+            &[("text", 16, 4), ("audio", 12, 8), ("vision", 8, 6)],
+        ),
+        "paper-mosi" => (
+            TaskKind::Regression,
+            0,
+            &[("text", 300, 50), ("audio", 5, 50), ("vision", 20, 50)],
+        ),
+        "paper-iemocap" => (
+            TaskKind::Classification,
+            4,
+            &[("text", 300, 20), ("audio", 74, 20), ("vision", 35, 20)],
+        ),
+        "paper-food101" => (
+            TaskKind::Classification,
+            101,
+            &[("text", 768, 1), ("image", 768, 1)],
+        ),
+        _ => return None,
+    };
+    Some(DatasetSpec {
+        format: "cggm-features".into(),
+        task,
+        modalities: mods
+            .iter()
+            .map(|(name, dim, steps)| FeatureModality {
+                name: name.to_string(),
+                dim: *dim,
+                seq_len: Some(*steps),
+            })
+            .collect(),
+        classes: (0..classes).map(|c| format!("c{c}")).collect(),
+        label_range: (task == TaskKind::Regression).then_some([-3.0, 3.0]),
+        description: "bench".into(),
+    })
+}
+
+/// A random feature batch of the spec's shapes: [B, T_i, D_i] per modality, no padding; labels
+/// uniform classes (classification) or N(0, 1.5) clipped to [-3, 3] (regression).
+fn random_feature_batch(spec: &DatasetSpec, b: usize, device: Device) -> (FeatureInput, Tensor) {
+    tch::manual_seed(1);
+    let features = spec
+        .modalities
+        .iter()
+        .map(|m| {
+            Tensor::randn(
+                [b as i64, m.steps() as i64, m.dim as i64],
+                (Kind::Float, device),
+            )
+        })
+        .collect::<Vec<_>>();
+    let padding = features.iter().map(|_| None).collect();
+    let labels = match spec.task {
+        TaskKind::Classification => {
+            Tensor::randint(spec.outputs(), [b as i64], (Kind::Int64, device))
+        }
+        _ => (Tensor::randn([b as i64], (Kind::Float, device)) * 1.5).clamp(-3.0, 3.0),
+    };
+    (FeatureInput { features, padding }, labels)
+}
+
+/// Trainable parameters of a trainer: (model, classifiers).
+fn param_counts(vs: &tch::nn::VarStore) -> (i64, i64) {
+    let (mut model, mut classifiers) = (0, 0);
+    for (name, t) in vs.variables() {
+        if !t.requires_grad() {
+            continue;
+        }
+        if name.starts_with("classifiers.") {
+            classifiers += t.numel() as i64;
+        } else {
+            model += t.numel() as i64;
+        }
+    }
+    (model, classifiers)
+}
+
+/// Per-round seconds per step of each trainer, the process CPU seconds per step (summed over
+/// rounds), and the PyTorch reference's rounds; trainers and the reference alternate.
+struct Rounds {
+    seconds: Vec<Vec<f64>>,
+    cpu: Vec<f64>,
+    torch: Vec<serde_json::Map<String, serde_json::Value>>,
+}
+
+fn time_rounds<N: MultimodalNetwork>(
+    trainers: &mut [Trainer<N>],
+    input: &N::Input,
+    labels: &Tensor,
+    args: &TrainBenchArgs,
+    device: Device,
+    torch: Option<&TorchReference>,
+) -> Result<Rounds> {
+    // Warm-up: allocator, kernels, autograd graph caches.
+    for t in trainers.iter_mut() {
+        for _ in 0..2 {
+            t.step(input, labels)?;
+        }
+    }
+    let mut rounds = Rounds {
+        seconds: vec![Vec::new(); trainers.len()],
+        cpu: vec![0.0; trainers.len()],
+        torch: Vec::new(),
+    };
+    for _ in 0..args.rounds {
+        for (i, t) in trainers.iter_mut().enumerate() {
+            sync(device);
+            let (t0, c0) = (Instant::now(), process_cpu_seconds());
+            for _ in 0..args.steps {
+                t.step(input, labels)?;
+            }
+            sync(device);
+            rounds.seconds[i].push(t0.elapsed().as_secs_f64() / args.steps as f64);
+            rounds.cpu[i] += (process_cpu_seconds() - c0) / (args.rounds * args.steps) as f64;
+        }
+        if let Some(torch) = torch {
+            rounds.torch.push(torch.run()?);
+        }
+    }
+    Ok(rounds)
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 fn bench_train(args: TrainBenchArgs) -> Result<()> {
     let device = parse_device(&args.device).map_err(anyhow::Error::msg)?;
     let mut base = TrainConfig::preset(&args.preset).map_err(anyhow::Error::msg)?;
+    let spec = bench_feature_spec(&args.preset);
+    if let Some(spec) = &spec {
+        base.task = spec.task;
+    }
     if let Some(b) = args.batch_size {
         base.sampler.batch_size = b;
     }
@@ -215,74 +371,85 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
         base.sampler.crop = c;
     }
     set_precision(&mut base, &args.precision)?;
-    let variants: Vec<(&str, TrainConfig)> = vec![
-        (
-            "joint",
-            TrainConfig {
-                method: Method::Joint,
-                probes: false,
-                ..base.clone()
-            },
-        ),
-        (
-            "joint+probes",
-            TrainConfig {
-                method: Method::Joint,
-                probes: true,
-                ..base.clone()
-            },
-        ),
-        (
-            "cggm-magnitude",
-            TrainConfig {
-                method: Method::CggmMagnitude,
-                ..base.clone()
-            },
-        ),
-        (
-            "cggm",
-            TrainConfig {
-                method: Method::Cggm,
-                ..base.clone()
-            },
-        ),
+    let all: [(&str, Method, bool); 4] = [
+        ("joint", Method::Joint, false),
+        ("joint+probes", Method::Joint, true),
+        ("cggm-magnitude", Method::CggmMagnitude, true),
+        ("cggm", Method::Cggm, true),
     ];
+    let wanted: Vec<&str> = args.methods.split(',').map(str::trim).collect();
+    for w in &wanted {
+        anyhow::ensure!(
+            all.iter().any(|(n, _, _)| n == w),
+            "--methods: unknown {w:?}: use a comma-separated list of joint, joint+probes, \
+             cggm-magnitude, cggm"
+        );
+    }
+    anyhow::ensure!(
+        wanted.contains(&"joint") && wanted.contains(&"cggm"),
+        "--methods must include joint and cggm (the ratios are taken against them)"
+    );
+    let variants: Vec<(&str, TrainConfig)> = all
+        .iter()
+        .filter(|(n, _, _)| wanted.contains(n))
+        .map(|(name, method, probes)| {
+            (
+                *name,
+                TrainConfig {
+                    method: *method,
+                    probes: *probes,
+                    ..base.clone()
+                },
+            )
+        })
+        .collect();
+    let index = |name: &str| variants.iter().position(|(n, _)| *n == name);
+    let (joint, cggm) = (
+        index("joint").expect("checked"),
+        index("cggm").expect("checked"),
+    );
     let torch = args
         .against_torch
-        .then(|| TorchReference::new(&args, &base, device))
+        .then(|| TorchReference::new(&args, &base, spec.as_ref(), device))
         .transpose()?;
-    let mut trainers: Vec<Trainer> = variants
-        .iter()
-        .map(|(_, c)| Trainer::new(c.clone(), device, 1000))
-        .collect();
-    let (images, labels) = random_batch(base.sampler.batch_size, base.sampler.crop, device);
-    // Warm-up: allocator, kernels, autograd graph caches.
-    for t in &mut trainers {
-        for _ in 0..2 {
-            t.step(&images, &labels)?;
+    let (rounds, params) = match &spec {
+        None => {
+            let mut trainers: Vec<Trainer> = variants
+                .iter()
+                .map(|(_, c)| Trainer::new(c.clone(), device, 1000))
+                .collect();
+            let params = param_counts(&trainers[cggm].vs);
+            let (images, labels) = random_batch(base.sampler.batch_size, base.sampler.crop, device);
+            let rounds = time_rounds(
+                &mut trainers,
+                &images,
+                &labels,
+                &args,
+                device,
+                torch.as_ref(),
+            )?;
+            (rounds, params)
         }
-    }
-    let mut seconds = vec![0.0; trainers.len()];
-    let mut cpu = vec![0.0; trainers.len()];
-    let mut torch_seconds: Vec<serde_json::Map<String, serde_json::Value>> = Vec::new();
-    for _ in 0..args.rounds {
-        for (i, t) in trainers.iter_mut().enumerate() {
-            sync(device);
-            let (t0, c0) = (Instant::now(), process_cpu_seconds());
-            for _ in 0..args.steps {
-                t.step(&images, &labels)?;
-            }
-            sync(device);
-            seconds[i] += t0.elapsed().as_secs_f64();
-            cpu[i] += process_cpu_seconds() - c0;
+        Some(spec) => {
+            let mut trainers: Vec<Trainer<FeatureNet>> = variants
+                .iter()
+                .map(|(_, c)| Trainer::for_features(c.clone(), spec, device, 1000))
+                .collect::<Result<_, String>>()
+                .map_err(anyhow::Error::msg)?;
+            let params = param_counts(&trainers[cggm].vs);
+            let (input, labels) = random_feature_batch(spec, base.sampler.batch_size, device);
+            let rounds = time_rounds(
+                &mut trainers,
+                &input,
+                &labels,
+                &args,
+                device,
+                torch.as_ref(),
+            )?;
+            (rounds, params)
         }
-        if let Some(torch) = &torch {
-            torch_seconds.push(torch.run()?);
-        }
-    }
-    let n = (args.rounds * args.steps) as f64;
-    let per_step: Vec<f64> = seconds.iter().map(|s| s / n).collect();
-    let cpu_per_step: Vec<f64> = cpu.iter().map(|s| s / n).collect();
+    };
+    let per_step: Vec<f64> = rounds.seconds.iter().map(|s| median(s)).collect();
     let named = |v: &[f64]| {
         variants
             .iter()
@@ -290,52 +457,115 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
             .map(|((name, _), s)| (name.to_string(), json!(s)))
             .collect::<serde_json::Map<_, _>>()
     };
+    let ratio = |name: &str| index(name).map(|i| per_step[i] / per_step[joint]);
     let mut out = json!({
         "bench": "train-step",
         "preset": args.preset,
+        "task": base.task,
         "batch_size": base.sampler.batch_size,
-        "crop": base.sampler.crop,
+        "crop": spec.is_none().then_some(base.sampler.crop),
+        "feature_shapes": spec.as_ref().map(|s| s.modalities.iter()
+            .map(|m| format!("{}:{}x{}", m.name, m.steps(), m.dim)).collect::<Vec<_>>()),
         "device": describe(device),
+        "threads": tch::get_num_threads(),
         "precision": if device.is_cuda() { args.precision.as_str() } else { "fp32" },
-        "steps_timed_per_method": n,
+        "rounds": args.rounds,
+        "steps_per_round": args.steps,
         "seconds_per_step": named(&per_step),
-        "cpu_seconds_per_step": named(&cpu_per_step),
-        "cpu_ratio_cggm_over_joint": cpu_per_step[3] / cpu_per_step[0],
-        "ratio_cggm_over_joint": per_step[3] / per_step[0],
-        "ratio_cggm_magnitude_over_joint": per_step[2] / per_step[0],
-        "ratio_joint_probes_over_joint": per_step[1] / per_step[0],
+        "cpu_seconds_per_step": named(&rounds.cpu),
+        "cpu_ratio_cggm_over_joint": rounds.cpu[cggm] / rounds.cpu[joint],
+        "ratio_cggm_over_joint": per_step[cggm] / per_step[joint],
+        "ratio_cggm_magnitude_over_joint": ratio("cggm-magnitude"),
+        "ratio_joint_probes_over_joint": ratio("joint+probes"),
+        "params": {"model": params.0, "classifiers": params.1},
         "peak_rss_bytes": peak_rss_bytes(),
         "gpu_memory_bytes": device.is_cuda().then(gpu_memory_bytes).flatten(),
     });
-    if let Some(last) = torch_seconds.last() {
-        let mean = |method: &str| {
-            torch_seconds
-                .iter()
-                .filter_map(|r| r["seconds_per_step"][method].as_f64())
-                .sum::<f64>()
-                / torch_seconds.len() as f64
+    out["seconds_per_step_rounds"] = variants
+        .iter()
+        .zip(&rounds.seconds)
+        .map(|((name, _), s)| (name.to_string(), json!(s)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    eprintln!(
+        "ours ({} rounds x {} steps, median s/step): {}",
+        args.rounds,
+        args.steps,
+        variants
+            .iter()
+            .zip(&per_step)
+            .map(|((n, _), s)| format!("{n} {s:.4}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    eprintln!(
+        "ours: cggm/joint {:.3}; parameters: model {}, classifiers {}; peak RSS {:.0} MiB (all \
+         {} trainers in one process)",
+        per_step[cggm] / per_step[joint],
+        params.0,
+        params.1,
+        peak_rss_bytes().unwrap_or(0) as f64 / 1048576.0,
+        variants.len()
+    );
+    if let Some(last) = rounds.torch.last() {
+        let theirs = |method: &str| {
+            median(
+                &rounds
+                    .torch
+                    .iter()
+                    .filter_map(|r| r["seconds_per_step"][method].as_f64())
+                    .collect::<Vec<_>>(),
+            )
         };
-        let (tj, tc) = (mean("joint"), mean("cggm"));
+        let (tj, tc) = (theirs("joint"), theirs("cggm"));
+        let torch_params = (
+            last["params"]["model"].as_i64().unwrap_or(-1),
+            last["params"]["classifiers"].as_i64().unwrap_or(-1),
+        );
         out["torch"] = json!({
             "version": last["torch"],
             "threads": last["threads"],
             "seconds_per_step": {"joint": tj, "cggm": tc},
+            "seconds_per_step_rounds": rounds.torch.iter()
+                .map(|r| r["seconds_per_step"].clone()).collect::<Vec<_>>(),
+            "ratio_cggm_over_joint": tc / tj,
+            "params": {"model": torch_params.0, "classifiers": torch_params.1},
             "peak_rss_bytes": last["peak_rss_bytes"],
             "peak_gpu_bytes": last["peak_gpu_bytes"],
             "peak_gpu_reserved_bytes": last["peak_gpu_reserved_bytes"],
         });
-        out["ratio_joint_over_torch"] = json!(per_step[0] / tj);
-        out["ratio_cggm_over_torch"] = json!(per_step[3] / tc);
+        out["ratio_joint_over_torch"] = json!(per_step[joint] / tj);
+        out["ratio_cggm_over_torch"] = json!(per_step[cggm] / tc);
         eprintln!(
             "{:<8} {:>12} {:>12} {:>8}",
             "method", "ours s/step", "torch s/step", "ratio"
         );
-        for (name, ours, theirs) in [("joint", per_step[0], tj), ("cggm", per_step[3], tc)] {
+        for (name, ours, theirs) in [("joint", per_step[joint], tj), ("cggm", per_step[cggm], tc)] {
             eprintln!(
                 "{name:<8} {ours:>12.4} {theirs:>12.4} {:>8.3}",
                 ours / theirs
             );
         }
+        eprintln!(
+            "cggm/joint: ours {:.3}, torch {:.3}; torch parameters: model {}, classifiers {}; \
+             torch peak RSS {:.0} MiB",
+            per_step[cggm] / per_step[joint],
+            tc / tj,
+            torch_params.0,
+            torch_params.1,
+            last["peak_rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
+        );
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        anyhow::ensure!(
+            torch_params == params,
+            "the PyTorch reference has {} model and {} classifier parameters, ours {} and {}: \
+             scripts/bench_torch.py no longer copies the project's model; update it",
+            torch_params.0,
+            torch_params.1,
+            params.0,
+            params.1
+        );
+        return Ok(());
     }
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
@@ -350,7 +580,12 @@ struct TorchReference {
 }
 
 impl TorchReference {
-    fn new(args: &TrainBenchArgs, cfg: &TrainConfig, device: Device) -> Result<Self> {
+    fn new(
+        args: &TrainBenchArgs,
+        cfg: &TrainConfig,
+        spec: Option<&DatasetSpec>,
+        device: Device,
+    ) -> Result<Self> {
         let python = args
             .python
             .clone()
@@ -379,26 +614,45 @@ impl TorchReference {
         } else {
             args.precision.as_str()
         };
+        let mut extra = Vec::new();
+        if let Some(spec) = spec {
+            // Feature task: the modalities' shapes, the task and the output width.
+            extra = vec![
+                "--features".into(),
+                spec.modalities
+                    .iter()
+                    .map(|m| format!("{}:{}x{}", m.name, m.steps(), m.dim))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                "--task".into(),
+                spec.task.to_string(),
+                "--outputs".into(),
+                spec.outputs().to_string(),
+            ];
+        }
         Ok(Self {
             python,
             script,
             config: serde_json::to_string(cfg)?,
-            args: vec![
-                "--methods".into(),
-                "joint,cggm".into(),
-                "--batch-size".into(),
-                cfg.sampler.batch_size.to_string(),
-                "--crop".into(),
-                cfg.sampler.crop.to_string(),
-                "--steps".into(),
-                args.steps.to_string(),
-                "--device".into(),
-                device,
-                "--threads".into(),
-                tch::get_num_threads().to_string(),
-                "--precision".into(),
-                precision.into(),
-            ],
+            args: extra
+                .into_iter()
+                .chain([
+                    "--methods".into(),
+                    "joint,cggm".into(),
+                    "--batch-size".into(),
+                    cfg.sampler.batch_size.to_string(),
+                    "--crop".into(),
+                    cfg.sampler.crop.to_string(),
+                    "--steps".into(),
+                    args.steps.to_string(),
+                    "--device".into(),
+                    device,
+                    "--threads".into(),
+                    tch::get_num_threads().to_string(),
+                    "--precision".into(),
+                    precision.into(),
+                ])
+                .collect(),
         })
     }
 
