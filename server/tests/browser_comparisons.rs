@@ -14,19 +14,9 @@ mod common;
 use common::live::*;
 use common::webdriver::Browser;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 const DEADLINE: Duration = Duration::from_secs(300);
-
-fn slurm_cluster() {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/setup-slurm.sh");
-    let status = Command::new(script).status().expect("run setup-slurm.sh");
-    assert!(
-        status.success(),
-        "scripts/setup-slurm.sh could not start a one-node Slurm cluster (see its output above)"
-    );
-}
 
 fn screenshot_paths() -> Vec<PathBuf> {
     let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));

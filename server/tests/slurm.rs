@@ -16,22 +16,6 @@ use std::time::{Duration, Instant};
 
 const DEADLINE: Duration = Duration::from_secs(180);
 
-/// Starts (installing if needed) the one-node cluster; every test calls it first.
-fn slurm_cluster() {
-    static READY: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
-    let mut ready = READY.lock().unwrap_or_else(|e| e.into_inner());
-    if *ready {
-        return;
-    }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/setup-slurm.sh");
-    let status = Command::new(script).status().expect("run setup-slurm.sh");
-    assert!(
-        status.success(),
-        "scripts/setup-slurm.sh could not start a one-node Slurm cluster (see its output above)"
-    );
-    *ready = true;
-}
-
 fn slurm_server(data_dir: &Path, extra: &[&str]) -> LiveServer {
     let mut args = vec!["--no-demo", "--executor", "slurm", "--slurm-poll-ms", "200"];
     args.extend_from_slice(extra);

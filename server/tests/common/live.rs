@@ -266,3 +266,20 @@ pub async fn read_sse(
 pub fn is_png(bytes: &[u8]) -> bool {
     bytes.starts_with(&[0x89, b'P', b'N', b'G'])
 }
+
+/// Starts (installing when missing) the one-node Slurm cluster of scripts/setup-slurm.sh, once per
+/// test binary; the Slurm tests call it first.
+pub fn slurm_cluster() {
+    static READY: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut ready = READY.lock().unwrap_or_else(|e| e.into_inner());
+    if *ready {
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/setup-slurm.sh");
+    let status = Command::new(script).status().expect("run setup-slurm.sh");
+    assert!(
+        status.success(),
+        "scripts/setup-slurm.sh could not start a one-node Slurm cluster (see its output above)"
+    );
+    *ready = true;
+}
