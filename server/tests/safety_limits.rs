@@ -253,6 +253,25 @@ async fn the_live_stream_replays_only_the_newest_events_and_says_where_older_one
     );
 }
 
+#[tokio::test]
+async fn the_live_stream_starts_after_the_event_the_page_has_already_loaded() {
+    let app = TestApp::new().await;
+    let (id, all) = finished_run_with_events(&app, 40).await;
+    let (status, body, _) = app
+        .get(&format!("/api/jobs/{id}/stream?after={}", all[29]))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8(body).unwrap();
+    let ids: Vec<i64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: ").or_else(|| l.strip_prefix("id:")))
+        .map(|v| v.trim().parse().unwrap())
+        .collect();
+    assert_eq!(ids, all[30..], "{text}");
+    assert!(!text.contains("event: history"), "{text}");
+    assert!(text.contains("succeeded"), "the state follows: {text}");
+}
+
 // ------------------------------------------------------------------ retention
 
 #[tokio::test]

@@ -425,15 +425,30 @@ function setProgress(fraction, time) {
   if (bar) bar.style.width = Math.round(Math.max(0, Math.min(1, fraction)) * 100) + "%";
 }
 
-// Job page: history then live updates, from one EventSource.
+// A run's stored events after `after`, every page of them (a long run holds more events than one
+// page or the stream's replay), oldest first.
+const EVENTS_PAGE = 10000;
+async function storedEvents(id, after = 0) {
+  const all = [];
+  for (;;) {
+    const page = await api("GET", `/api/jobs/${id}/events?after=${after}&limit=${EVENTS_PAGE}`);
+    all.push(...page);
+    if (page.length < EVENTS_PAGE) return all;
+    after = page[page.length - 1].seq;
+  }
+}
+
+// Job page: the whole stored history through the paged API, then live updates from an
+// EventSource that starts after the last stored event.
 const chartsBox = $("#charts");
 if (chartsBox) {
   const id = Number(chartsBox.dataset.job);
   const headline = chartsBox.dataset.headline;
   const charts = new RunCharts(chartsBox, [id], headline);
   let steps = 0, validations = 0, best = null, totalSteps = 0, finished = null;
-  const source = new EventSource(`/api/jobs/${id}/stream`);
-  const handle = (kind, fn) => source.addEventListener(kind, (m) => fn(JSON.parse(m.data)));
+  let source = null;
+  const handlers = {};
+  const handle = (kind, fn) => { handlers[kind] = fn; };
   handle("run_started", (e) => {
     totalSteps = e.total_steps;
     if (e.modalities && e.modalities.length) modalityOrder = e.modalities;
@@ -467,6 +482,16 @@ if (chartsBox) {
     setState(e.state, e.error);
     if (!["queued", "running"].includes(e.state)) { source.close(); refreshLog(id); if (finished) loadTestReport(id, finished); }
   });
+  (async () => {
+    let after = 0;
+    try {
+      const history = await storedEvents(id);
+      history.forEach((e) => { if (handlers[e.event]) handlers[e.event](e); });
+      if (history.length) after = history[history.length - 1].seq;
+    } catch (err) { toast(err.message, true); }
+    source = new EventSource(`/api/jobs/${id}/stream?after=${after}`);
+    for (const [kind, fn] of Object.entries(handlers)) source.addEventListener(kind, (m) => fn(JSON.parse(m.data)));
+  })();
   refreshLog(id);
   $("#cancel-job").addEventListener("click", async () => {
     try { await api("POST", `/api/jobs/${id}/cancel`); toast("Cancelling…"); } catch (err) { toast(err.message, true); }
@@ -496,7 +521,7 @@ if (compareBox) {
   });
   if (ids.length) {
     const charts = new RunCharts(compareBox, ids, compareBox.dataset.headline);
-    Promise.all(ids.map((id) => api("GET", `/api/jobs/${id}/events`).then((events) => events.forEach((e) => charts.add(id, e)))))
+    Promise.all(ids.map((id) => storedEvents(id).then((events) => events.forEach((e) => charts.add(id, e)))))
       .then(() => charts.flush())
       .catch((err) => toast(err.message, true));
   }

@@ -294,6 +294,9 @@ pub struct StreamQuery {
     /// How many of the newest stored events to replay on connect (default
     /// [`STREAM_HISTORY_DEFAULT`], at most [`EVENTS_PAGE_MAX`]).
     pub history: Option<i64>,
+    /// Start after this event (the page has loaded the history up to it through `/events`); the
+    /// `Last-Event-ID` header of a reconnecting EventSource takes precedence.
+    pub after: Option<i64>,
 }
 
 fn sse_stored(e: &StoredEvent) -> SseEvent {
@@ -325,6 +328,7 @@ async fn stream_events(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i64>().ok())
+        .or(q.after)
         .unwrap_or(0);
     let keep = page_limit(q.history, STREAM_HISTORY_DEFAULT);
     let mut history = db::events_page(
