@@ -85,14 +85,19 @@ impl JobRunner {
         Ok(())
     }
 
-    /// Starts the job when a slot is free.
-    pub fn enqueue(&self, job_id: i64) {
+    /// The job's live channel, made on first use (subscribers may connect before it starts).
+    fn open_channel(&self, job_id: i64) {
         self.inner
             .channels
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(job_id)
             .or_insert_with(|| broadcast::channel(1024).0);
+    }
+
+    /// Starts the job when a slot is free.
+    pub fn enqueue(&self, job_id: i64) {
+        self.open_channel(job_id);
         let inner = self.inner.clone();
         tokio::spawn(async move {
             if let Err(e) = inner.clone().run(job_id).await {
@@ -173,12 +178,7 @@ impl JobRunner {
     /// Makes a running job live again (its channel and its cancel notify), for an executor that
     /// re-attaches to it after a restart.
     pub(crate) fn attach(&self, job_id: i64) -> Arc<Notify> {
-        self.inner
-            .channels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(job_id)
-            .or_insert_with(|| broadcast::channel(1024).0);
+        self.open_channel(job_id);
         self.inner
             .cancels
             .lock()

@@ -182,6 +182,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!("--token on the command line is visible to every user of this machine (ps): prefer --token-file or CGGM_TOKEN");
     }
     let cggm_bin = std::env::current_exe()?;
+    // Held for the server's life; taken before the executor checks its folders.
+    let _data_dir_lock = lock_data_dir(&args.data_dir)?;
+    let executor = executor::Executor::from_args(&args.executor, &args.data_dir, &cggm_bin)?;
     let config = Config {
         data_dir: args.data_dir.clone(),
         token,
@@ -191,7 +194,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_upload_bytes: args.max_upload_mb.saturating_mul(1024 * 1024),
         dataset_roots: args.dataset_roots.clone(),
         web_dir: args.web_dir.clone().unwrap_or_else(config::default_web_dir),
-        executor: executor::Executor::Local,
+        executor,
         cggm_bin,
         dicom: dicom::DicomSettings::with_converter(args.dcm2niix.clone()),
     };
@@ -211,15 +214,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     {
         tracing::warn!(web_dir = %config.web_dir.display(), "NiiVue not found: run scripts/setup-web.sh (the viewer falls back to server-rendered slices)");
     }
-    let _data_dir_lock = lock_data_dir(&config.data_dir)?;
-    let config = Config {
-        executor: executor::Executor::from_args(
-            &args.executor,
-            &config.data_dir,
-            &config.cggm_bin,
-        )?,
-        ..config
-    };
     if let executor::Executor::Slurm(slurm) = &config.executor {
         tracing::info!(shared_dir = %slurm.shared_dir.display(), "jobs run on Slurm");
     }

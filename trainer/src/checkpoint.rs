@@ -132,6 +132,20 @@ pub fn complete_pending(run_dir: &Path, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Loads the `best` weights into `trainer`, or `last` when no best exists yet (a run still in
+/// its first epoch), for evaluation and inference.
+pub fn load_best_or_last<N: MultimodalNetwork>(
+    run_dir: &Path,
+    trainer: &mut Trainer<N>,
+) -> Result<CheckpointState> {
+    let name = if checkpoint_dir(run_dir).join("best.json").exists() {
+        "best"
+    } else {
+        "last"
+    };
+    load_weights(run_dir, name, trainer)
+}
+
 /// Saves an epoch's checkpoints: `best` (weights only) when these are the best weights so far,
 /// then `last` (with the optimiser state), each reported as a `checkpoint_saved` event.
 pub fn save_epoch<N: MultimodalNetwork>(

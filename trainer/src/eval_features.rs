@@ -188,15 +188,7 @@ pub fn open_feature_run(
     let mut trainer = Trainer::for_features(cfg, &spec, device, 1).map_err(anyhow::Error::msg)?;
     // Only the chosen modalities are loaded: the batch holds exactly the model's inputs.
     trainer.modality_channels = (0..chosen.len() as i64).collect();
-    let name = if checkpoint::checkpoint_dir(run_dir)
-        .join("best.json")
-        .exists()
-    {
-        "best"
-    } else {
-        "last"
-    };
-    checkpoint::load_weights(run_dir, name, &mut trainer)?;
+    checkpoint::load_best_or_last(run_dir, &mut trainer)?;
     Ok(OpenFeatureRun {
         trainer,
         spec,

@@ -124,15 +124,7 @@ pub fn open_run(run_dir: &Path, device: Option<&str>) -> Result<Trainer> {
     let cfg = checkpoint::read_config(run_dir)?;
     let device = parse_device(device.unwrap_or(&cfg.device)).map_err(anyhow::Error::msg)?;
     let mut trainer = Trainer::new(cfg, device, 1);
-    let name = if checkpoint::checkpoint_dir(run_dir)
-        .join("best.json")
-        .exists()
-    {
-        "best"
-    } else {
-        "last"
-    };
-    checkpoint::load_weights(run_dir, name, &mut trainer)?;
+    checkpoint::load_best_or_last(run_dir, &mut trainer)?;
     Ok(trainer)
 }
 
