@@ -186,8 +186,6 @@ pub fn open_feature_run(
         .map_err(anyhow::Error::msg)?;
     let loaded = FeatureSplit::load(&cfg.data, &spec, &split, &chosen)?;
     let mut trainer = Trainer::for_features(cfg, &spec, device, 1).map_err(anyhow::Error::msg)?;
-    // Only the chosen modalities are loaded: the batch holds exactly the model's inputs.
-    trainer.modality_channels = (0..chosen.len() as i64).collect();
     checkpoint::load_best_or_last(run_dir, &mut trainer)?;
     Ok(OpenFeatureRun {
         trainer,

@@ -82,8 +82,6 @@ fn prepare(cfg: &mut TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result
     let device = parse_device(&cfg.device).map_err(anyhow::Error::msg)?;
     let mut trainer = Trainer::for_features(cfg.clone(), &spec, device, steps_per_epoch)
         .map_err(anyhow::Error::msg)?;
-    // Only the chosen modalities were loaded: the batch holds exactly the model's inputs.
-    trainer.modality_channels = (0..chosen.len() as i64).collect();
     let modalities = chosen.len();
     let progress = if opts.resume {
         let state = trainer.restore(run_dir, "last")?;

@@ -139,7 +139,9 @@ impl Trainer<FeatureNet> {
                 return Err("a feature dataset cannot be a segmentation task".into())
             }
         };
-        let channels = chosen.iter().map(|&i| i as i64).collect();
+        // Feature splits are loaded with the chosen modalities only (FeatureSplit::load), so a
+        // batch holds exactly the model's inputs, in order.
+        let channels = (0..chosen.len() as i64).collect();
         Ok(Self::assemble(
             cfg,
             device,
