@@ -150,8 +150,7 @@ pub fn mask_to_brain(labels: &mut Array3<u8>, study: &Study) {
 
 /// argmax of logits [b, C, px, py] into labels[.., .., z0..z0+b], cropping the padding.
 fn write_slices(labels: &mut Array3<u8>, logits: &Tensor, z0: usize, nx: usize, ny: usize) {
-    let pred = logits
-        .argmax(1, false)
+    let pred = crate::task::class_indices(logits)
         .to_kind(Kind::Uint8)
         .to_device(Device::Cpu)
         .contiguous();

@@ -15,7 +15,7 @@ use crate::model::{ModalityClassifiers, MultimodalSegmenter};
 use crate::optim::{CosineSchedule, Optimizer, Param};
 use crate::task::{classification::Classification, regression::Regression, Task, TaskKind};
 use rand::{Rng, SeedableRng};
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Device, Tensor};
 
 /// What one step measured (modality vectors in the model's modality order).
 #[derive(Clone, Debug)]
@@ -331,13 +331,9 @@ impl<N: MultimodalNetwork> Trainer<N> {
             return Ok((vec![f64::NAN; m], Vec::new()));
         };
         opt.zero_grad();
-        let mut metrics = vec![f64::NAN; m];
         let all = amp::autocast(amp_dtype, || cls.logits_t(out, true));
-        let mut cls_loss = Tensor::zeros([], (Kind::Float, self.device));
-        for (metric, logits) in metrics.iter_mut().zip(&all) {
-            *metric = self.task.batch_metric(logits, labels);
-            cls_loss += self.task.loss(logits, labels);
-        }
+        let metrics = self.task.batch_metrics(&all, labels);
+        let cls_loss = self.task.summed_loss(&all, labels);
         // OGM-GE reads its scores from the classifiers.
         crate::baselines::scores_hook(&mut self.baselines, self.cfg.method, &all, labels);
         let value = cls_loss.double_value(&[]);

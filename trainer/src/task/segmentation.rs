@@ -5,7 +5,8 @@
 //! smoothing 0.01 in the denominator only), which the `paper` preset uses.
 
 use super::Task;
-use crate::metrics::{dice_scores, Region};
+use crate::events::RegionScores;
+use crate::metrics::{dice_from_counts, Region};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor};
 
@@ -59,68 +60,130 @@ impl SegmentationLoss {
 
     /// logits: [B, C, H, W] float, target: [B, H, W] int64 classes.
     pub fn soft_foreground_dice(logits: &Tensor, target: &Tensor) -> Tensor {
-        let (fg_p, fg_t) = Self::foreground(logits, target);
-        let dims: &[i64] = &[0, 2, 3];
-        let inter = (&fg_p * &fg_t).sum_dim_intlist(dims, false, Kind::Float);
-        let denom = fg_p.sum_dim_intlist(dims, false, Kind::Float)
-            + fg_t.sum_dim_intlist(dims, false, Kind::Float);
-        // Smoothing keeps classes absent from the batch from dominating (and from dividing by 0).
-        ((inter * 2.0 + 1.0) / (denom + 1.0)).mean(Kind::Float)
+        Self::soft_dice_by_slice(logits, target, 1, SoftDice::PerClassMean).squeeze()
     }
 
     /// The authors' soft Dice: all foreground classes and pixels pooled, smoothing 0.01 in the
     /// denominator only. logits: [B, C, H, W], target: [B, H, W] int64.
     pub fn pooled_foreground_dice(logits: &Tensor, target: &Tensor) -> Tensor {
+        Self::soft_dice_by_slice(logits, target, 1, SoftDice::AuthorsPooled).squeeze()
+    }
+
+    /// The soft Dice of each of `slices` equal parts of the batch (M classifiers' logits
+    /// concatenated along the batch dimension): [slices]. logits: [slices * B, C, H, W] float.
+    fn soft_dice_by_slice(logits: &Tensor, target: &Tensor, slices: i64, form: SoftDice) -> Tensor {
         let (fg_p, fg_t) = Self::foreground(logits, target);
-        let inter = (&fg_p * &fg_t).sum(Kind::Float);
-        let union = fg_p.sum(Kind::Float) + fg_t.sum(Kind::Float) + 0.01;
-        inter * 2.0 / union
+        let s = fg_p.size();
+        let shape = [slices, s[0] / slices, s[1], s[2], s[3]];
+        let (fg_p, fg_t) = (fg_p.reshape(shape), fg_t.reshape(shape));
+        match form {
+            SoftDice::PerClassMean => {
+                let dims: &[i64] = &[1, 3, 4];
+                let inter = (&fg_p * &fg_t).sum_dim_intlist(dims, false, Kind::Float);
+                let denom = fg_p.sum_dim_intlist(dims, false, Kind::Float)
+                    + fg_t.sum_dim_intlist(dims, false, Kind::Float);
+                // Smoothing keeps classes absent from the batch from dominating (and from
+                // dividing by 0).
+                ((inter * 2.0 + 1.0) / (denom + 1.0)).mean_dim(1, false, Kind::Float)
+            }
+            SoftDice::AuthorsPooled => {
+                let dims: &[i64] = &[1, 2, 3, 4];
+                let inter = (&fg_p * &fg_t).sum_dim_intlist(dims, false, Kind::Float);
+                let union = fg_p.sum_dim_intlist(dims, false, Kind::Float)
+                    + fg_t.sum_dim_intlist(dims, false, Kind::Float)
+                    + 0.01;
+                inter * 2.0 / union
+            }
+        }
+    }
+
+    /// The sum over `slices` equal parts of the batch of each part's loss, in one pass. Every
+    /// part must have the same targets (`target` repeats them): the class-weighted mean
+    /// cross-entropy over all parts is then the mean of the parts' own.
+    fn loss_by_slices(&self, logits: &Tensor, target: &Tensor, slices: i64) -> Tensor {
+        let logits = logits.to_kind(Kind::Float);
+        let weights = Tensor::from_slice(&self.class_weights)
+            .to_kind(Kind::Float)
+            .to_device(logits.device());
+        let ce = logits.cross_entropy_loss(target, Some(weights), Reduction::Mean, -100, 0.0);
+        let dice = Self::soft_dice_by_slice(&logits, target, slices, self.dice);
+        ce * (self.ce_weight * slices as f64)
+            + (dice.sum(Kind::Float).neg() + slices as f64) * self.dice_weight
+    }
+
+    /// Per slice of `slices` equal parts of the flattened predictions [slices, n] and the truth
+    /// [1, n]: (intersection, predicted, truth) voxel counts of each region, [regions, 3, slices].
+    fn region_counts(pred: &Tensor, truth: &Tensor) -> Tensor {
+        let member = |x: &Tensor, r: Region| match r {
+            Region::Wt => x.ge(1).logical_and(&x.le(3)),
+            Region::Tc => x.eq(1).logical_or(&x.eq(3)),
+            Region::Et => x.eq(3),
+        };
+        let count = |x: &Tensor| x.sum_dim_intlist(1, false, Kind::Int64);
+        let per_region: Vec<Tensor> = Region::ALL
+            .iter()
+            .map(|&r| {
+                let (p, t) = (member(pred, r), member(truth, r));
+                let slices = pred.size()[0];
+                Tensor::stack(
+                    &[
+                        count(&p.logical_and(&t)),
+                        count(&p),
+                        count(&t).expand([slices], false),
+                    ],
+                    0,
+                )
+            })
+            .collect();
+        Tensor::stack(&per_region, 0)
     }
 }
 
 impl Task for SegmentationLoss {
     fn loss(&self, logits: &Tensor, target: &Tensor) -> Tensor {
-        let weights = Tensor::from_slice(&self.class_weights)
-            .to_kind(Kind::Float)
-            .to_device(logits.device());
-        let ce = logits.to_kind(Kind::Float).cross_entropy_loss(
-            target,
-            Some(weights),
-            Reduction::Mean,
-            -100,
-            0.0,
-        );
-        let dice = match self.dice {
-            SoftDice::PerClassMean => {
-                Self::soft_foreground_dice(&logits.to_kind(Kind::Float), target)
-            }
-            SoftDice::AuthorsPooled => {
-                Self::pooled_foreground_dice(&logits.to_kind(Kind::Float), target)
-            }
-        };
-        ce * self.ce_weight + (1.0 - dice) * self.dice_weight
+        self.loss_by_slices(logits, target, 1)
+    }
+
+    /// The M classifiers' logits concatenated along the batch: one cross-entropy, one softmax,
+    /// one one-hot instead of M of each.
+    fn summed_loss(&self, logits: &[Tensor], target: &Tensor) -> Tensor {
+        let m = logits.len() as i64;
+        if m == 0 {
+            return Tensor::zeros([], (Kind::Float, target.device()));
+        }
+        self.loss_by_slices(&Tensor::cat(logits, 0), &target.repeat([m, 1, 1]), m)
     }
 
     fn batch_metric(&self, logits: &Tensor, target: &Tensor) -> f64 {
-        let pred = tensor_to_u8(&logits.argmax(1, false));
-        let truth = tensor_to_u8(target);
-        let s = dice_scores(&pred, &truth);
-        debug_assert_eq!(Region::ALL.len(), 3);
-        s.mean
+        self.batch_metrics(std::slice::from_ref(logits), target)[0]
     }
-}
 
-/// Flattens an integer tensor to host bytes (class indices fit in u8).
-pub fn tensor_to_u8(t: &Tensor) -> Vec<u8> {
-    let t = t
-        .to_kind(Kind::Uint8)
-        .to_device(tch::Device::Cpu)
-        .flatten(0, -1)
-        .contiguous();
-    let n = t.numel();
-    let mut out = vec![0u8; n];
-    t.copy_data(&mut out, n);
-    out
+    /// All M classifiers' Dice counts on the device, read back in one copy (the host loop over
+    /// the voxels per classifier was half the classifiers' cost).
+    fn batch_metrics(&self, logits: &[Tensor], target: &Tensor) -> Vec<f64> {
+        let m = logits.len() as i64;
+        if m == 0 {
+            return Vec::new();
+        }
+        let pred = super::class_indices(&Tensor::cat(logits, 0)).reshape([m, -1]);
+        let truth = target.reshape([1, -1]);
+        let counts = Self::region_counts(&pred, &truth)
+            .to_device(tch::Device::Cpu)
+            .contiguous();
+        let n = counts.numel();
+        let mut host = vec![0i64; n];
+        counts.copy_data(&mut host, n);
+        // host[(region * 3 + what) * m + slice]
+        let at = |region: usize, what: usize, slice: usize| {
+            host[(region * 3 + what) * m as usize + slice] as u64
+        };
+        (0..m as usize)
+            .map(|i| {
+                let dice = |r| dice_from_counts(at(r, 0, i), at(r, 1, i), at(r, 2, i));
+                RegionScores::new(dice(0), dice(1), dice(2)).mean
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -153,5 +216,68 @@ mod tests {
             (per_class - (1.0 + 1.0 + 0.5) / 3.0).abs() < 1e-4,
             "{per_class}"
         );
+    }
+
+    /// The per-classifier loss and metric, computed as the step did before batching: a host loop
+    /// over the voxels with the metrics module's Dice.
+    fn reference(task: &SegmentationLoss, logits: &[Tensor], target: &Tensor) -> (f64, Vec<f64>) {
+        let flat = |t: &Tensor| {
+            let t = t.to_kind(Kind::Uint8).flatten(0, -1).contiguous();
+            let n = t.numel();
+            let mut v = vec![0u8; n];
+            t.copy_data(&mut v, n);
+            v
+        };
+        let loss: f64 = logits
+            .iter()
+            .map(|l| task.loss(l, target).double_value(&[]))
+            .sum();
+        let metrics = logits
+            .iter()
+            .map(|l| crate::metrics::dice_scores(&flat(&l.argmax(1, false)), &flat(target)).mean)
+            .collect();
+        (loss, metrics)
+    }
+
+    #[test]
+    fn the_classifiers_batched_loss_and_dice_equal_one_at_a_time() {
+        tch::manual_seed(3);
+        // Truth without ET in the second sample and none at all in the third case below.
+        let target = Tensor::randint(4, [2, 6, 5], (Kind::Int64, Device::Cpu));
+        let no_et = target.where_scalarother(&target.ne(3), 2);
+        for target in [target, no_et] {
+            for dice in [SoftDice::PerClassMean, SoftDice::AuthorsPooled] {
+                let task = SegmentationLoss {
+                    dice,
+                    ..SegmentationLoss::default()
+                };
+                let logits: Vec<Tensor> = (0..4)
+                    .map(|_| {
+                        (Tensor::randn([2, 4, 6, 5], (Kind::Float, Device::Cpu)) * 3.0)
+                            .set_requires_grad(true)
+                    })
+                    .collect();
+                let (loss, metrics) = reference(&task, &logits, &target);
+                let batched = task.summed_loss(&logits, &target);
+                assert!(
+                    (batched.double_value(&[]) - loss).abs() < 1e-5 * loss.abs().max(1.0),
+                    "{dice:?}: batched {} vs {loss}",
+                    batched.double_value(&[])
+                );
+                assert_eq!(task.batch_metrics(&logits, &target), metrics, "{dice:?}");
+                // Same gradients as the sum of the separate losses.
+                let grads = Tensor::run_backward(&[&batched], &logits, false, false);
+                let separate = logits
+                    .iter()
+                    .map(|l| task.loss(l, &target))
+                    .reduce(|a, b| a + b)
+                    .unwrap();
+                let expected = Tensor::run_backward(&[&separate], &logits, false, false);
+                for (g, e) in grads.iter().zip(&expected) {
+                    let diff = (g - e).abs().max().double_value(&[]);
+                    assert!(diff < 1e-6, "{dice:?}: gradient differs by {diff}");
+                }
+            }
+        }
     }
 }
