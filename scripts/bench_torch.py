@@ -31,7 +31,6 @@ command):
 import argparse
 import json
 import math
-import resource
 import sys
 import time
 
@@ -570,6 +569,16 @@ def random_batch(b, crop, device):
     return images.to(device), labels.to(device)
 
 
+def peak_rss_bytes():
+    """VmHWM of this process. Not getrusage's ru_maxrss: Linux carries that over fork and exec,
+    so a child of the (larger) Rust benchmark reported the parent's peak as its own."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -632,7 +641,7 @@ def main():
             out["peak_gpu_bytes"][method] = torch.cuda.max_memory_allocated(device)
             out["peak_gpu_reserved_bytes"][method] = torch.cuda.max_memory_reserved(device)
         del runner
-    out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    out["peak_rss_bytes"] = peak_rss_bytes()
     print(json.dumps(out))
 
 

@@ -66,6 +66,13 @@ pub struct TrainBenchArgs {
     /// The PyTorch reference (default: scripts/bench_torch.py of the checkout).
     #[arg(long)]
     pub torch_script: Option<PathBuf>,
+    /// Skip measuring each method's peak memory alone in a child process.
+    #[arg(long)]
+    pub no_memory: bool,
+    /// Internal: build only this method's trainer, take a few steps and print its peak memory
+    /// (the parent runs one such child per method; timing keeps every trainer in one process).
+    #[arg(long, hide = true)]
+    pub memory_of: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -403,6 +410,14 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
             )
         })
         .collect();
+    if let Some(only) = &args.memory_of {
+        let cfg = variants
+            .iter()
+            .find(|(n, _)| n == only)
+            .map(|(_, c)| c.clone())
+            .ok_or_else(|| anyhow::anyhow!("--memory-of {only:?} is not among --methods"))?;
+        return memory_alone(cfg, spec.as_ref(), device);
+    }
     let index = |name: &str| variants.iter().position(|(n, _)| *n == name);
     let (joint, cggm) = (
         index("joint").expect("checked"),
@@ -449,6 +464,14 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
             (rounds, params)
         }
     };
+    let alone = if args.no_memory {
+        serde_json::Map::new()
+    } else {
+        variants
+            .iter()
+            .map(|(name, _)| Ok((name.to_string(), measure_alone(&args, name)?)))
+            .collect::<Result<_>>()?
+    };
     let per_step: Vec<f64> = rounds.seconds.iter().map(|s| median(s)).collect();
     let named = |v: &[f64]| {
         variants
@@ -480,6 +503,7 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
         "params": {"model": params.0, "classifiers": params.1},
         "peak_rss_bytes": peak_rss_bytes(),
         "gpu_memory_bytes": device.is_cuda().then(gpu_memory_bytes).flatten(),
+        "alone": alone,
     });
     out["seconds_per_step_rounds"] = variants
         .iter()
@@ -500,12 +524,26 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
     );
     eprintln!(
         "ours: cggm/joint {:.3}; parameters: model {}, classifiers {}; peak RSS {:.0} MiB (all \
-         {} trainers in one process)",
+         {} trainers in one process){}",
         per_step[cggm] / per_step[joint],
         params.0,
         params.1,
         peak_rss_bytes().unwrap_or(0) as f64 / 1048576.0,
-        variants.len()
+        variants.len(),
+        out["alone"]
+            .as_object()
+            .filter(|m| !m.is_empty())
+            .map(|m| format!(
+                "; peak RSS alone: {}",
+                m.iter()
+                    .map(|(n, v)| format!(
+                        "{n} {:.0} MiB",
+                        v["peak_rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .unwrap_or_default()
     );
     if let Some(last) = rounds.torch.last() {
         let theirs = |method: &str| {
@@ -571,6 +609,62 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// One method's trainer alone (`--memory-of`): two warm-up steps and one more, then its peak
+/// memory as one JSON line.
+fn memory_alone(cfg: TrainConfig, spec: Option<&DatasetSpec>, device: Device) -> Result<()> {
+    let b = cfg.sampler.batch_size;
+    match spec {
+        None => {
+            let mut t = Trainer::new(cfg.clone(), device, 1000);
+            let (images, labels) = random_batch(b, cfg.sampler.crop, device);
+            for _ in 0..3 {
+                t.step(&images, &labels)?;
+            }
+        }
+        Some(spec) => {
+            let mut t =
+                Trainer::for_features(cfg, spec, device, 1000).map_err(anyhow::Error::msg)?;
+            let (input, labels) = random_feature_batch(spec, b, device);
+            for _ in 0..3 {
+                t.step(&input, &labels)?;
+            }
+        }
+    }
+    sync(device);
+    println!(
+        "{}",
+        json!({
+            "peak_rss_bytes": peak_rss_bytes(),
+            "gpu_memory_bytes": device.is_cuda().then(gpu_memory_bytes).flatten(),
+        })
+    );
+    Ok(())
+}
+
+/// Runs this binary with `--memory-of method` and the same sizes: the method's peak memory in a
+/// process of its own (the timing process holds every method's trainer at once).
+fn measure_alone(args: &TrainBenchArgs, method: &str) -> Result<serde_json::Value> {
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(["bench", "train", "--preset", &args.preset])
+        .args(["--methods", &args.methods, "--memory-of", method])
+        .args(["--device", &args.device, "--precision", &args.precision]);
+    if let Some(b) = args.batch_size {
+        cmd.args(["--batch-size", &b.to_string()]);
+    }
+    if let Some(c) = args.crop {
+        cmd.args(["--crop", &c.to_string()]);
+    }
+    let out = cmd.stderr(std::process::Stdio::inherit()).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "measuring {method}'s memory alone failed (its error is above)"
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(serde_json::from_str(
+        text.lines().last().unwrap_or_default(),
+    )?)
+}
+
 /// The PyTorch eager reference run as a child process, one round at a time.
 struct TorchReference {
     python: PathBuf,
@@ -601,7 +695,8 @@ impl TorchReference {
             .find(|p| p.is_file())
             .ok_or_else(|| {
                 anyhow::anyhow!(
-                    "--against-torch needs the PyTorch reference scripts/bench_torch.py: run from                      the checkout or pass --torch-script PATH"
+                    "--against-torch needs the PyTorch reference scripts/bench_torch.py: run from \
+                     the checkout or pass --torch-script PATH"
                 )
             })?,
         };
@@ -667,7 +762,8 @@ impl TorchReference {
             .spawn()
             .map_err(|e| {
                 anyhow::anyhow!(
-                    "cannot start {} for --against-torch ({e}): pass --python with a Python                      that has torch, or set CGGM_PYTHON",
+                    "cannot start {} for --against-torch ({e}): pass --python with a Python \
+                     that has torch, or set CGGM_PYTHON",
                     self.python.display()
                 )
             })?;
