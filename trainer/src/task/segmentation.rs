@@ -44,20 +44,6 @@ impl Default for SegmentationLoss {
 }
 
 impl SegmentationLoss {
-    /// Foreground class probabilities and one-hot targets, both [B, C - 1, H, W] float.
-    fn foreground(logits: &Tensor, target: &Tensor) -> (Tensor, Tensor) {
-        let classes = logits.size()[1];
-        let probs = logits.softmax(1, Kind::Float);
-        let onehot = target
-            .one_hot(classes)
-            .permute([0, 3, 1, 2])
-            .to_kind(Kind::Float);
-        (
-            probs.narrow(1, 1, classes - 1),
-            onehot.narrow(1, 1, classes - 1),
-        )
-    }
-
     /// logits: [B, C, H, W] float, target: [B, H, W] int64 classes.
     pub fn soft_foreground_dice(logits: &Tensor, target: &Tensor) -> Tensor {
         Self::soft_dice_by_slice(logits, target, 1, SoftDice::PerClassMean).squeeze()
@@ -70,12 +56,21 @@ impl SegmentationLoss {
     }
 
     /// The soft Dice of each of `slices` equal parts of the batch (M classifiers' logits
-    /// concatenated along the batch dimension): [slices]. logits: [slices * B, C, H, W] float.
+    /// concatenated along the batch dimension, all for the same target): [slices].
+    /// logits: [slices * B, C, H, W] float, target: [B, H, W] int64.
     fn soft_dice_by_slice(logits: &Tensor, target: &Tensor, slices: i64, form: SoftDice) -> Tensor {
-        let (fg_p, fg_t) = Self::foreground(logits, target);
-        let s = fg_p.size();
-        let shape = [slices, s[0] / slices, s[1], s[2], s[3]];
-        let (fg_p, fg_t) = (fg_p.reshape(shape), fg_t.reshape(shape));
+        let classes = logits.size()[1];
+        let probs = logits.softmax(1, Kind::Float).narrow(1, 1, classes - 1);
+        let s = probs.size();
+        // [slices, B, C - 1, H, W] foreground probabilities; the one-hot target [1, B, C - 1, H,
+        // W] is made once and broadcast over the slices.
+        let fg_p = probs.reshape([slices, s[0] / slices, s[1], s[2], s[3]]);
+        let fg_t = target
+            .one_hot(classes)
+            .permute([0, 3, 1, 2])
+            .narrow(1, 1, classes - 1)
+            .to_kind(Kind::Float)
+            .unsqueeze(0);
         match form {
             SoftDice::PerClassMean => {
                 let dims: &[i64] = &[1, 3, 4];
@@ -97,15 +92,20 @@ impl SegmentationLoss {
         }
     }
 
-    /// The sum over `slices` equal parts of the batch of each part's loss, in one pass. Every
-    /// part must have the same targets (`target` repeats them): the class-weighted mean
-    /// cross-entropy over all parts is then the mean of the parts' own.
+    /// The sum over `slices` equal parts of the batch of each part's loss against the same
+    /// target, in one pass. logits: [slices * B, C, H, W], target: [B, H, W]. Every part has the
+    /// same targets, so the class-weighted mean cross-entropy over all parts is the mean of the
+    /// parts' own.
     fn loss_by_slices(&self, logits: &Tensor, target: &Tensor, slices: i64) -> Tensor {
         let logits = logits.to_kind(Kind::Float);
         let weights = Tensor::from_slice(&self.class_weights)
             .to_kind(Kind::Float)
             .to_device(logits.device());
-        let ce = logits.cross_entropy_loss(target, Some(weights), Reduction::Mean, -100, 0.0);
+        let repeated = match slices {
+            1 => target.shallow_clone(),
+            _ => target.repeat([slices, 1, 1]),
+        };
+        let ce = logits.cross_entropy_loss(&repeated, Some(weights), Reduction::Mean, -100, 0.0);
         let dice = Self::soft_dice_by_slice(&logits, target, slices, self.dice);
         ce * (self.ce_weight * slices as f64)
             + (dice.sum(Kind::Float).neg() + slices as f64) * self.dice_weight
@@ -151,7 +151,7 @@ impl Task for SegmentationLoss {
         if m == 0 {
             return Tensor::zeros([], (Kind::Float, target.device()));
         }
-        self.loss_by_slices(&Tensor::cat(logits, 0), &target.repeat([m, 1, 1]), m)
+        self.loss_by_slices(&Tensor::cat(logits, 0), target, m)
     }
 
     fn batch_metric(&self, logits: &Tensor, target: &Tensor) -> f64 {
