@@ -37,6 +37,8 @@ lint:
 fmt:
 	cargo fmt --all
 
-## Benchmarks (numbers for the README): loader throughput, train step joint vs cggm, inference.
+## Benchmarks (numbers for the README): with no ARGS, every preset's training step against PyTorch
+## (scripts/bench_table.py); else `cggm bench ARGS` (loader DIR, train, infer, parity).
 bench: build
-	target/release/cggm bench $(ARGS)
+	if [ -z "$(ARGS)" ]; then scripts/with-torch.sh python3 scripts/bench_table.py --binary target/release/cggm; \
+	else target/release/cggm bench $(ARGS); fi

@@ -399,6 +399,22 @@ impl<N: MultimodalNetwork> Trainer<N> {
         self.previous_balance = state.previous_balance.clone();
         Ok(state)
     }
+
+    /// `--resume`: [`restore`](Self::restore) from the run's last checkpoint and say so; a new
+    /// run keeps the trainer as built (None).
+    pub fn resume_if(&mut self, resume: bool, run_dir: &Path) -> Result<Option<CheckpointState>> {
+        if !resume {
+            return Ok(None);
+        }
+        let state = self.restore(run_dir, "last")?;
+        tracing::info!(
+            "resuming {} at epoch {}, step {}",
+            run_dir.display(),
+            state.epoch,
+            self.global_step
+        );
+        Ok(Some(state))
+    }
 }
 
 /// The parts of a configuration that decide the weights' shapes and meaning.

@@ -217,22 +217,14 @@ fn prepare(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Pre
     }
     let spe = steps_per_epoch(cfg, split.train.len());
     let mut trainer = Trainer::new(cfg.clone(), device, spe);
-    let progress = if opts.resume {
-        let state = trainer.restore(run_dir, "last")?;
-        tracing::info!(
-            "resuming {} at epoch {}, step {}",
-            run_dir.display(),
-            state.epoch,
-            trainer.global_step
-        );
-        Progress {
+    let progress = match trainer.resume_if(opts.resume, run_dir)? {
+        Some(state) => Progress {
             start_epoch: state.epoch,
             best_epoch: state.best_epoch,
             best: state.best_val_dice,
             best_modality: state.best_val_modality_dice,
-        }
-    } else {
-        Progress::default()
+        },
+        None => Progress::default(),
     };
     // The sampler's stream continues where the restored step left it.
     let loader = SliceLoader::new(

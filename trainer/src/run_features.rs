@@ -83,15 +83,8 @@ fn prepare(cfg: &mut TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result
     let mut trainer = Trainer::for_features(cfg.clone(), &spec, device, steps_per_epoch)
         .map_err(anyhow::Error::msg)?;
     let modalities = chosen.len();
-    let progress = if opts.resume {
-        let state = trainer.restore(run_dir, "last")?;
-        tracing::info!(
-            "resuming {} at epoch {}, step {}",
-            run_dir.display(),
-            state.epoch,
-            trainer.global_step
-        );
-        Progress {
+    let progress = match trainer.resume_if(opts.resume, run_dir)? {
+        Some(state) => Progress {
             start_epoch: state.epoch,
             best: state.best_val_report,
             best_epoch: state.best_epoch,
@@ -100,12 +93,11 @@ fn prepare(cfg: &mut TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result
             } else {
                 vec![0.0; modalities]
             },
-        }
-    } else {
-        Progress {
+        },
+        None => Progress {
             balance_sum: vec![0.0; modalities],
             ..Progress::default()
-        }
+        },
     };
     Ok(Prepared {
         spec,

@@ -3,67 +3,21 @@
 //! coefficients (OGM-GE with its noise), PMR adds a prototype loss that reaches only the lagging
 //! encoders; cggm-fixed scales every encoder by exactly rho (M-1)/M.
 
-use cggm_trainer::config::{Method, TrainConfig};
+mod step_common;
+
+use cggm_trainer::config::Method;
 use cggm_trainer::step::Trainer;
-use std::sync::{Mutex, MutexGuard};
-use tch::{Device, Kind, Tensor};
-
-static TORCH_RNG: Mutex<()> = Mutex::new(());
-
-fn exclusive() -> MutexGuard<'static, ()> {
-    TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn config(method: Method) -> TrainConfig {
-    let mut cfg = TrainConfig::preset("tiny").unwrap();
-    cfg.method = method;
-    cfg.device = "cpu".into();
-    cfg
-}
-
-/// Four samples with a nested tumour each; FLAIR shows it brightly, the others barely.
-fn batch() -> (Tensor, Tensor) {
-    tch::manual_seed(11);
-    let images = Tensor::randn([4, 4, 32, 32], (Kind::Float, Device::Cpu));
-    let mut labels = vec![0i64; 4 * 32 * 32];
-    for s in 0..4 {
-        for x in 0..32 {
-            for y in 0..32 {
-                let r =
-                    ((x as f64 - 12.0 - s as f64 * 2.0).powi(2) + (y as f64 - 16.0).powi(2)).sqrt();
-                labels[(s * 32 + x) * 32 + y] = match r {
-                    r if r < 2.0 => 1,
-                    r if r < 4.0 => 3,
-                    r if r < 8.0 => 2,
-                    _ => 0,
-                };
-            }
-        }
-    }
-    let labels = Tensor::from_slice(&labels).view([4, 32, 32]);
-    let _ = images
-        .narrow(1, 0, 1)
-        .g_add_(&(labels.gt(0).to_kind(Kind::Float).unsqueeze(1) * 3.0));
-    (images, labels)
-}
+use step_common::{batch, config, encoder_of, exclusive};
+use tch::{Device, Tensor};
 
 /// Encoder index (None = fusion head) and gradient of every model parameter of dimension >= 2.
 fn weight_grads(trainer: &Trainer) -> Vec<(Option<usize>, Tensor)> {
-    let prefixes: Vec<String> = trainer
-        .model
-        .modality_names
-        .iter()
-        .map(|m| format!("encoders.{m}."))
-        .collect();
     trainer
         .model_opt
         .params()
         .iter()
         .filter(|p| p.tensor.dim() > 1)
-        .map(|p| {
-            let enc = prefixes.iter().position(|x| p.name.starts_with(x.as_str()));
-            (enc, p.tensor.grad().copy())
-        })
+        .map(|p| (encoder_of(trainer, &p.name), p.tensor.grad().copy()))
         .collect()
 }
 

@@ -25,6 +25,9 @@ fn one_round(preset: &str) -> anyhow::Result<()> {
         torch_script: Some(
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench_torch.py"),
         ),
+        // The per-method memory children re-run the current executable, here this test binary.
+        no_memory: true,
+        memory_of: None,
     }))
 }
 

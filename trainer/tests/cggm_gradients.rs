@@ -2,56 +2,13 @@
 //! exactly the encoders' gradients, direction modulation reaches the model and turns the fusion
 //! head's gradient towards the classifiers', and classifiers never touch the encoders.
 
+mod step_common;
+
 use cggm_trainer::cggm::flat_cosine;
-use cggm_trainer::config::{Method, TrainConfig};
+use cggm_trainer::config::Method;
 use cggm_trainer::step::{StepError, Trainer};
-use std::sync::{Mutex, MutexGuard};
-use tch::{Device, Kind, Tensor};
-
-/// libtorch's random generator is global: tests that seed it must not interleave.
-static TORCH_RNG: Mutex<()> = Mutex::new(());
-
-fn exclusive() -> MutexGuard<'static, ()> {
-    TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn config(method: Method) -> TrainConfig {
-    let mut cfg = TrainConfig::preset("tiny").unwrap();
-    cfg.method = method;
-    cfg.device = "cpu".into();
-    cfg
-}
-
-/// A batch with a tumour-like blob per sample so that every class is present.
-fn batch() -> (Tensor, Tensor) {
-    tch::manual_seed(11);
-    let images = Tensor::randn([4, 4, 32, 32], (Kind::Float, Device::Cpu));
-    let mut labels = vec![0i64; 4 * 32 * 32];
-    for s in 0..4 {
-        for x in 0..32 {
-            for y in 0..32 {
-                let r =
-                    ((x as f64 - 12.0 - s as f64 * 2.0).powi(2) + (y as f64 - 16.0).powi(2)).sqrt();
-                labels[(s * 32 + x) * 32 + y] = if r < 2.0 {
-                    1
-                } else if r < 4.0 {
-                    3
-                } else if r < 8.0 {
-                    2
-                } else {
-                    0
-                };
-            }
-        }
-    }
-    // Bright FLAIR where the tumour is, so the modalities differ.
-    let labels = Tensor::from_slice(&labels).view([4, 32, 32]);
-    let flair = images.narrow(1, 0, 1);
-    let _ = flair
-        .shallow_clone()
-        .g_add_(&(labels.gt(0).to_kind(Kind::Float).unsqueeze(1) * 3.0));
-    (images, labels)
-}
+use step_common::{batch, config, encoder_of, exclusive};
+use tch::{Device, Tensor};
 
 fn grads(trainer: &Trainer) -> Vec<(String, Tensor)> {
     trainer
@@ -83,17 +40,11 @@ fn magnitude_modulation_scales_each_encoder_gradient_by_its_balance_coefficient(
 
     // Independent of the optimiser groups the trainer reads from the VarStore: which encoder a
     // parameter belongs to, by its name.
-    let prefixes: Vec<String> = cggm
-        .model
-        .modality_names
-        .iter()
-        .map(|m| format!("encoders.{m}."))
-        .collect();
     let (g_plain, g_mod) = (grads(&joint), grads(&cggm));
     let mut checked = [0usize; 5];
     for ((name, gp), (name2, gm)) in g_plain.iter().zip(&g_mod) {
         assert_eq!(name, name2);
-        let scale = match prefixes.iter().position(|p| name.starts_with(p.as_str())) {
+        let scale = match encoder_of(&cggm, name) {
             Some(i) => {
                 checked[i] += 1;
                 b[i]
