@@ -158,11 +158,11 @@ fi
 for precision in fp32 bf16; do
   check "bench train $paper_preset $precision vs torch" sh -c \
     "'$binary' bench train --preset $paper_preset --batch-size $paper_batch --crop $paper_crop \
-     --steps $bench_steps --rounds 1 --precision $precision --device '$device' --against-torch \
+     --methods joint,cggm --steps $bench_steps --rounds 1 --precision $precision --device '$device' --against-torch \
      --python '$py' --torch-script '$root/scripts/bench_torch.py' > '$work/bench-$precision.json'"
   if [ -s "$work/bench-$precision.json" ]; then
     lines+=("  $precision: ours joint $(json "$work/bench-$precision.json" '"%.4f" % d["seconds_per_step"]["joint"]') s, cggm $(json "$work/bench-$precision.json" '"%.4f" % d["seconds_per_step"]["cggm"]') s (cggm/joint $(json "$work/bench-$precision.json" '"%.2f" % d["ratio_cggm_over_joint"]')); torch joint $(json "$work/bench-$precision.json" '"%.4f" % d["torch"]["seconds_per_step"]["joint"]') s, cggm $(json "$work/bench-$precision.json" '"%.4f" % d["torch"]["seconds_per_step"]["cggm"]') s; ours/torch joint $(json "$work/bench-$precision.json" '"%.2f" % d["ratio_joint_over_torch"]'), cggm $(json "$work/bench-$precision.json" '"%.2f" % d["ratio_cggm_over_torch"]')")
-    lines+=("    memory: ours $(json "$work/bench-$precision.json" '"GPU %s MiB (nvidia-smi), RSS %d MiB" % ((d["gpu_memory_bytes"] or 0) >> 20, d["peak_rss_bytes"] >> 20)'); torch $(json "$work/bench-$precision.json" '"GPU reserved %s MiB" % {k: v >> 20 for k, v in (d["torch"]["peak_gpu_reserved_bytes"] or {}).items()}')")
+    lines+=("    memory: ours, each method alone $(json "$work/bench-$precision.json" '"GPU %s MiB (nvidia-smi), RSS %s MiB" % ({k: (v["gpu_memory_bytes"] or 0) >> 20 for k, v in d.get("alone", {}).items()}, {k: (v["peak_rss_bytes"] or 0) >> 20 for k, v in d.get("alone", {}).items()})'); torch $(json "$work/bench-$precision.json" '"GPU reserved %s MiB" % {k: v >> 20 for k, v in (d["torch"]["peak_gpu_reserved_bytes"] or {}).items()}')")
   fi
 done
 

@@ -149,6 +149,7 @@ impl Bucket {
     /// gradient was replaced (the first backward allocates gradients) is copied in and re-linked.
     /// Returns the members that have no gradient (their slot of `grads` is zero).
     fn sync(&mut self, params: &[Param]) -> Vec<usize> {
+        let first = !self.synced;
         self.synced = true;
         let mut missing = Vec::new();
         tch::no_grad(|| {
@@ -168,6 +169,11 @@ impl Bucket {
                 }
             }
         });
+        if first {
+            // Autograd's own first gradients are free now; most lie in the heap, which glibc
+            // would keep resident beside the flat buffer and the optimiser state to come.
+            release_freed_heap();
+        }
         missing
     }
 
