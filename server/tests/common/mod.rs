@@ -202,6 +202,29 @@ pub fn write_4d(path: &Path, shape: [usize; 3]) {
         .unwrap();
 }
 
+/// A gzipped uint8 NIfTI-1 file whose header claims `dims`, followed by `payload`: with a large
+/// claim and a short or highly compressible payload, the uploads a server must refuse cheaply.
+pub fn hostile_nifti(dims: [i16; 3], payload: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut header = vec![0u8; 352];
+    header[0..4].copy_from_slice(&348i32.to_le_bytes());
+    header[40..42].copy_from_slice(&3i16.to_le_bytes());
+    for (i, d) in dims.iter().enumerate() {
+        header[42 + 2 * i..44 + 2 * i].copy_from_slice(&d.to_le_bytes());
+    }
+    header[70..72].copy_from_slice(&2i16.to_le_bytes()); // uint8
+    header[72..74].copy_from_slice(&8i16.to_le_bytes());
+    for i in 0..4 {
+        header[76 + 4 * i..80 + 4 * i].copy_from_slice(&1.0f32.to_le_bytes()); // pixdim
+    }
+    header[108..112].copy_from_slice(&352.0f32.to_le_bytes()); // vox_offset
+    header[344..348].copy_from_slice(b"n+1\0");
+    header.extend_from_slice(payload);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&header).unwrap();
+    gz.finish().unwrap()
+}
+
 /// A multipart/form-data body built by hand (oneshot tests have no HTTP client).
 #[derive(Default)]
 pub struct Multipart {
@@ -379,4 +402,5 @@ echo "fake cggm $cmd done" >&2
 
 pub mod dicom;
 pub mod live;
+pub mod procs;
 pub mod webdriver;
