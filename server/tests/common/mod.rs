@@ -403,4 +403,5 @@ echo "fake cggm $cmd done" >&2
 pub mod dicom;
 pub mod live;
 pub mod procs;
+pub mod ui;
 pub mod webdriver;
