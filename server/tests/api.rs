@@ -10,30 +10,6 @@ use std::time::Duration;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-fn train_request(dataset_id: i64, method: &str) -> serde_json::Value {
-    serde_json::json!({ "dataset_id": dataset_id, "method": method, "preset": "tiny", "epochs": 1 })
-}
-
-async fn finished_run(app: &TestApp) -> i64 {
-    let dataset = app.register_dataset("brats", 2).await;
-    let (status, job) = app
-        .post_json("/api/jobs", train_request(dataset, "cggm"))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{job}");
-    let id = job["id"].as_i64().unwrap();
-    app.wait_for_job(id, &["succeeded"], DEADLINE).await;
-    id
-}
-
-async fn upload_study(app: &TestApp) -> i64 {
-    let files = write_case(&app.dir.path().join("upload"), "Patient1", [8, 8, 4], false);
-    let (status, body) = app
-        .post_multipart("/api/studies", &Multipart::default().files(&files))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    body["id"].as_i64().unwrap()
-}
-
 // ------------------------------------------------------------------ basics and pages
 
 #[tokio::test]
@@ -63,7 +39,7 @@ async fn options_list_methods_and_presets() {
 #[tokio::test]
 async fn every_page_renders_as_html() {
     let app = TestApp::new().await;
-    let run = finished_run(&app).await;
+    let run = app.finished_run().await;
     for uri in [
         "/",
         "/datasets",
@@ -262,15 +238,7 @@ async fn revalidation_sees_a_case_broken_on_disk() {
         .await;
     // The full check runs in the background (202); its report replaces the quick one.
     assert_eq!(status, StatusCode::ACCEPTED);
-    let until = std::time::Instant::now() + DEADLINE;
-    let body = loop {
-        let (_, body) = app.get_json(&format!("/api/datasets/{id}")).await;
-        if body["validating"] == false && body["report"]["full_check"] == true {
-            break body;
-        }
-        assert!(std::time::Instant::now() < until, "{body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let body = app.full_check(id, DEADLINE).await;
     assert_eq!(body["report"]["valid_cases"], 1);
     assert!(
         body["report"]["problems"]
@@ -285,7 +253,7 @@ async fn revalidation_sees_a_case_broken_on_disk() {
 #[tokio::test]
 async fn study_with_four_modalities_is_stored_and_sliced() {
     let app = TestApp::new().await;
-    let id = upload_study(&app).await;
+    let id = app.upload_study("Patient1").await;
     let (_, study) = app.get_json(&format!("/api/studies/{id}")).await;
     assert_eq!(study["shape"], serde_json::json!([8, 8, 4]));
     assert_eq!(study["name"], "Patient1");
@@ -311,7 +279,7 @@ async fn study_with_four_modalities_is_stored_and_sliced() {
 #[tokio::test]
 async fn slice_outside_the_volume_or_unknown_modality_is_400() {
     let app = TestApp::new().await;
-    let id = upload_study(&app).await;
+    let id = app.upload_study("Patient1").await;
     assert_eq!(
         app.get(&format!("/api/studies/{id}/slice?plane=axial&index=4"))
             .await
@@ -468,7 +436,7 @@ async fn file_names_cannot_escape_the_upload_folder() {
 #[tokio::test]
 async fn training_job_runs_stores_its_events_and_lists_its_checkpoint() {
     let app = TestApp::new().await;
-    let id = finished_run(&app).await;
+    let id = app.finished_run().await;
 
     let (_, events) = app.get_json(&format!("/api/jobs/{id}/events")).await;
     let kinds: Vec<&str> = events
@@ -500,7 +468,7 @@ async fn training_job_runs_stores_its_events_and_lists_its_checkpoint() {
 #[tokio::test]
 async fn event_stream_sends_the_whole_history_and_ends_with_the_final_state() {
     let app = TestApp::new().await;
-    let id = finished_run(&app).await;
+    let id = app.finished_run().await;
     let response = tokio::time::timeout(DEADLINE, async {
         let (status, body, content_type) = app.get(&format!("/api/jobs/{id}/stream")).await;
         assert_eq!(status, StatusCode::OK);
@@ -534,7 +502,7 @@ async fn live_viewer_receives_events_as_the_job_produces_them() {
     let app = TestApp::with(|c| c.cggm_bin = fake_cggm(c.data_dir.parent().unwrap(), 0.5)).await;
     let dataset = app.register_dataset("brats", 1).await;
     let (_, job) = app
-        .post_json("/api/jobs", train_request(dataset, "cggm"))
+        .post_json("/api/jobs", tiny_training_request(dataset, "cggm"))
         .await;
     let id = job["id"].as_i64().unwrap();
     // Subscribed while queued or running: the stream still ends with every event and the state.
@@ -552,7 +520,7 @@ async fn job_whose_process_fails_is_marked_failed_with_its_log() {
     let app = TestApp::new().await;
     let dataset = app.register_dataset("brats", 1).await;
     let (_, job) = app
-        .post_json("/api/jobs", train_request(dataset, "unimodal:t2"))
+        .post_json("/api/jobs", tiny_training_request(dataset, "unimodal:t2"))
         .await;
     let id = job["id"].as_i64().unwrap();
     let job = app.wait_for_job(id, &["failed"], DEADLINE).await;
@@ -570,7 +538,7 @@ async fn job_with_a_missing_binary_fails_without_taking_the_server_down() {
     let app = TestApp::with(|c| c.cggm_bin = "/nonexistent/cggm".into()).await;
     let dataset = app.register_dataset("brats", 1).await;
     let (_, job) = app
-        .post_json("/api/jobs", train_request(dataset, "cggm"))
+        .post_json("/api/jobs", tiny_training_request(dataset, "cggm"))
         .await;
     let job = app
         .wait_for_job(job["id"].as_i64().unwrap(), &["failed"], DEADLINE)
@@ -588,7 +556,7 @@ async fn invalid_training_requests_are_rejected() {
         .await;
     let cases = [
         (
-            train_request(dataset, "magic"),
+            tiny_training_request(dataset, "magic"),
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
         (
@@ -608,10 +576,10 @@ async fn invalid_training_requests_are_rejected() {
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
         (
-            train_request(empty["id"].as_i64().unwrap(), "cggm"),
+            tiny_training_request(empty["id"].as_i64().unwrap(), "cggm"),
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
-        (train_request(999, "cggm"), StatusCode::NOT_FOUND),
+        (tiny_training_request(999, "cggm"), StatusCode::NOT_FOUND),
         (
             serde_json::json!({ "method": "cggm" }),
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -630,10 +598,10 @@ async fn jobs_wait_for_a_free_slot_and_cancel_works_queued_and_running() {
     let app = TestApp::with(|c| c.cggm_bin = fake_cggm(c.data_dir.parent().unwrap(), 60.0)).await;
     let dataset = app.register_dataset("brats", 1).await;
     let (_, first) = app
-        .post_json("/api/jobs", train_request(dataset, "cggm"))
+        .post_json("/api/jobs", tiny_training_request(dataset, "cggm"))
         .await;
     let (_, second) = app
-        .post_json("/api/jobs", train_request(dataset, "joint"))
+        .post_json("/api/jobs", tiny_training_request(dataset, "joint"))
         .await;
     let (first, second) = (
         first["id"].as_i64().unwrap(),
@@ -668,7 +636,7 @@ async fn a_stopped_run_with_a_checkpoint_resumes_and_a_finished_one_does_not() {
     let app = TestApp::with(|c| c.cggm_bin = fake_cggm(c.data_dir.parent().unwrap(), 60.0)).await;
     let dataset = app.register_dataset("brats", 1).await;
     let (_, job) = app
-        .post_json("/api/jobs", train_request(dataset, "cggm"))
+        .post_json("/api/jobs", tiny_training_request(dataset, "cggm"))
         .await;
     let id = job["id"].as_i64().unwrap();
     app.wait_for_job(id, &["running"], DEADLINE).await;
@@ -724,7 +692,7 @@ async fn a_stopped_run_with_a_checkpoint_resumes_and_a_finished_one_does_not() {
 #[tokio::test]
 async fn restart_marks_lost_jobs_interrupted_and_keeps_their_files() {
     let app = TestApp::new().await;
-    let id = finished_run(&app).await;
+    let id = app.finished_run().await;
     let (_, run) = app.get_json("/api/checkpoints").await;
     assert_eq!(run[0]["job_id"], id);
     sqlx::query("INSERT INTO jobs (kind, state, params, out_dir, created_at) VALUES ('train', 'running', '{}', '/nowhere', 0)")
@@ -750,18 +718,10 @@ async fn restart_marks_lost_jobs_interrupted_and_keeps_their_files() {
 #[tokio::test]
 async fn prediction_runs_as_a_job_and_serves_volumes_slices_and_the_nifti() {
     let app = TestApp::new().await;
-    let run = finished_run(&app).await;
-    let study = upload_study(&app).await;
+    let run = app.finished_run().await;
+    let study = app.upload_study("Patient1").await;
 
-    let (status, job) = app
-        .post_json(
-            "/api/predictions",
-            serde_json::json!({ "study_id": study, "checkpoint_job_id": run }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{job}");
-    let id = job["id"].as_i64().unwrap();
-    app.wait_for_job(id, &["succeeded"], DEADLINE).await;
+    let id = app.segment(study, run).await;
 
     let (_, prediction) = app.get_json(&format!("/api/predictions/{id}")).await;
     // Bands of labels 0/1/2/4 over x: 2 columns each of 8x4 voxels of 1 mm -> 0.064 ml per label.
@@ -812,7 +772,7 @@ async fn prediction_runs_as_a_job_and_serves_volumes_slices_and_the_nifti() {
 #[tokio::test]
 async fn prediction_needs_a_run_with_a_checkpoint() {
     let app = TestApp::new().await;
-    let study = upload_study(&app).await;
+    let study = app.upload_study("Patient1").await;
     let (status, _) = app
         .post_json(
             "/api/predictions",
@@ -822,7 +782,7 @@ async fn prediction_needs_a_run_with_a_checkpoint() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     let dataset = app.register_dataset("brats", 1).await;
     let (_, failed) = app
-        .post_json("/api/jobs", train_request(dataset, "unimodal:t2"))
+        .post_json("/api/jobs", tiny_training_request(dataset, "unimodal:t2"))
         .await;
     let failed = failed["id"].as_i64().unwrap();
     app.wait_for_job(failed, &["failed"], DEADLINE).await;

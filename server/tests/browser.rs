@@ -11,22 +11,12 @@
 mod common;
 
 use common::live::*;
+use common::ui::*;
 use common::webdriver::Browser;
 use std::path::PathBuf;
 use std::time::Duration;
 
-const DEADLINE: Duration = Duration::from_secs(300);
-
-fn screenshots() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../target/screenshots"
-    ))
-}
-
-fn readme_screenshot_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/screenshots"))
-}
+const DEADLINE: Duration = JOB_DEADLINE;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn launch_from_the_form_watch_the_curves_and_step_through_the_viewer() {
@@ -58,12 +48,7 @@ async fn launch_from_the_form_watch_the_curves_and_step_through_the_viewer() {
         .wait_for("Number(document.querySelector('.chart[data-title=\"Training loss\"]')?.dataset.points || 0) > 0", DEADLINE)
         .await;
     assert!(browser.text("#step-count").await.parse::<u32>().unwrap() >= 1);
-    browser
-        .wait_for(
-            "document.querySelector('#job-state').textContent === 'succeeded'",
-            DEADLINE,
-        )
-        .await;
+    wait_for_job_state(&browser, "succeeded", DEADLINE).await;
     browser.wait_for("Number(document.querySelector('.chart[data-title=\"Validation Dice\"]')?.dataset.points || 0) >= 1", Duration::from_secs(10)).await;
     browser.screenshot(&screenshots().join("job.png")).await;
 
@@ -114,38 +99,9 @@ async fn launch_from_the_form_watch_the_curves_and_step_through_the_viewer() {
     // Upload a study through the page (four files in one input), then segment it.
     browser.goto(&server.url("/segment")).await;
     let case = server.data_dir.join("datasets/demo-tiny/BraTS2021_00001");
-    let files: Vec<String> = ["flair", "t1ce", "t1", "t2"]
-        .iter()
-        .map(|m| {
-            case.join(format!("BraTS2021_00001_{m}.nii.gz"))
-                .display()
-                .to_string()
-        })
-        .collect();
-    browser
-        .type_into("#upload-study input[type=file]", &files.join("\n"))
-        .await;
-    browser.click("#upload-study button").await;
-    browser
-        .wait_for(
-            "document.querySelectorAll('#predict select[name=study_id] option').length > 0",
-            Duration::from_secs(30),
-        )
-        .await;
+    upload_study_on_segment_page(&browser, &modality_files(&case)).await;
     browser.screenshot(&screenshots().join("segment.png")).await;
-    browser.click("#run-inference").await;
-    browser
-        .wait_for(
-            "location.pathname.startsWith('/predictions/')",
-            Duration::from_secs(30),
-        )
-        .await;
-    browser
-        .wait_for(
-            "document.querySelector('#job-state').textContent === 'succeeded'",
-            DEADLINE,
-        )
-        .await;
+    segment_and_wait(&browser).await;
     browser
         .wait_for(
             "!document.querySelector('#download').hidden",
@@ -193,16 +149,9 @@ async fn launch_from_the_form_watch_the_curves_and_step_through_the_viewer() {
 
     // A baseline run (OGM-GE) charts its per-modality coefficients from the stored steps.
     let baseline = server
-        .post_json("/api/jobs", serde_json::json!({ "dataset_id": dataset, "method": "ogm-ge", "preset": "tiny", "epochs": 1, "steps_per_epoch": 2, "device": "cpu" }))
-        .await["id"]
-        .as_i64()
-        .unwrap();
-    let ended = server
-        .poll_json(&format!("/api/jobs/{baseline}"), DEADLINE, |j| {
-            j["state"] != "queued" && j["state"] != "running"
-        })
+        .post_job(serde_json::json!({ "dataset_id": dataset, "method": "ogm-ge", "preset": "tiny", "epochs": 1, "steps_per_epoch": 2, "device": "cpu" }))
         .await;
-    assert_eq!(ended["state"], "succeeded", "{ended}");
+    server.job_succeeded(baseline, DEADLINE).await;
     browser
         .goto(&server.url(&format!("/jobs/{baseline}")))
         .await;
@@ -239,25 +188,13 @@ async fn a_classification_run_shows_accuracy_per_modality_scores_and_its_confusi
         .status()
         .unwrap();
     assert!(status.success(), "cggm synth --task classification failed");
-    let dataset = server
-        .post_json(
-            "/api/datasets",
-            serde_json::json!({ "name": "feat", "path": folder.display().to_string() }),
-        )
-        .await["id"]
+    let dataset = server.register_dataset("feat", &folder).await["id"]
         .as_i64()
         .unwrap();
     let job = server
-        .post_json("/api/jobs", serde_json::json!({ "dataset_id": dataset, "method": "cggm", "preset": "cpu-features", "epochs": 2, "device": "cpu", "seed": 1 }))
-        .await["id"]
-        .as_i64()
-        .unwrap();
-    let ended = server
-        .poll_json(&format!("/api/jobs/{job}"), DEADLINE, |j| {
-            j["state"] != "queued" && j["state"] != "running"
-        })
+        .post_job(serde_json::json!({ "dataset_id": dataset, "method": "cggm", "preset": "cpu-features", "epochs": 2, "device": "cpu", "seed": 1 }))
         .await;
-    assert_eq!(ended["state"], "succeeded", "{ended}");
+    server.job_succeeded(job, DEADLINE).await;
     let metrics = server.get_json(&format!("/api/jobs/{job}/metrics")).await;
     let test_report = &metrics["test"]["classification"];
     assert_eq!(
@@ -348,41 +285,10 @@ async fn readme_screenshots() {
         .map(|e| e.path())
         .max()
         .unwrap();
-    let case = case_dir.file_name().unwrap().to_string_lossy().to_string();
     browser.goto(&server.url("/segment")).await;
-    let files: Vec<String> = ["flair", "t1ce", "t1", "t2"]
-        .iter()
-        .map(|m| {
-            case_dir
-                .join(format!("{case}_{m}.nii.gz"))
-                .display()
-                .to_string()
-        })
-        .collect();
-    browser
-        .type_into("#upload-study input[type=file]", &files.join("\n"))
-        .await;
-    browser.click("#upload-study button").await;
-    browser
-        .wait_for(
-            "document.querySelectorAll('#predict select[name=study_id] option').length > 0",
-            Duration::from_secs(30),
-        )
-        .await;
+    upload_study_on_segment_page(&browser, &modality_files(&case_dir)).await;
     browser.screenshot(&out.join("segment.png")).await;
-    browser.click("#run-inference").await;
-    browser
-        .wait_for(
-            "location.pathname.startsWith('/predictions/')",
-            Duration::from_secs(30),
-        )
-        .await;
-    browser
-        .wait_for(
-            "document.querySelector('#job-state').textContent === 'succeeded'",
-            DEADLINE,
-        )
-        .await;
+    segment_and_wait(&browser).await;
     browser
         .wait_for(
             "!document.querySelector('#download').hidden",
@@ -454,25 +360,20 @@ const NIIVUE_READY: &str = "document.querySelector('#nv-viewer').dataset.ready =
 const CROSSHAIR_VOXEL: &str =
     "return Array.from(window.cggmNiivue.frac2vox(window.cggmNiivue.scene.crosshairPos)).join(',');";
 
+/// Follows the link `css` to the NiiVue viewer; the overlays it offers (`prediction,truth`).
+async fn open_in_niivue(browser: &Browser, css: &str) -> serde_json::Value {
+    browser.click(css).await;
+    browser.wait_for(NIIVUE_READY, DEADLINE).await;
+    browser
+        .script("return Array.from(document.querySelectorAll('#nv-overlays input')).map((i) => i.value).join(',');")
+        .await
+}
+
 /// Uploads a case folder's four modalities and its label as a study; returns the study id.
 async fn upload_study_with_label(server: &LiveServer, case_dir: &std::path::Path) -> i64 {
     let case = case_dir.file_name().unwrap().to_string_lossy().to_string();
-    let mut form = reqwest::multipart::Form::new().text("name", case.clone());
-    for m in ["flair", "t1ce", "t1", "t2", "seg"] {
-        let name = format!("{case}_{m}.nii.gz");
-        let bytes = std::fs::read(case_dir.join(&name)).unwrap();
-        form = form.part(
-            "files",
-            reqwest::multipart::Part::bytes(bytes).file_name(name),
-        );
-    }
-    let response = server
-        .client
-        .post(server.url("/api/studies"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let form = case_form(case_dir, Some(&case), &["flair", "t1ce", "t1", "t2", "seg"]);
+    let response = server.post_multipart("/api/studies", form).await;
     let status = response.status();
     let body: serde_json::Value = response.json().await.unwrap();
     assert!(status.is_success(), "study upload: {status} {body}");
@@ -482,26 +383,9 @@ async fn upload_study_with_label(server: &LiveServer, case_dir: &std::path::Path
 /// Trains the tiny run on `dataset` and segments `study` with it: (run, prediction).
 async fn train_and_segment(server: &LiveServer, dataset: i64, study: i64) -> (i64, i64) {
     let run = server.tiny_training(dataset).await;
-    let ended = server
-        .poll_json(&format!("/api/jobs/{run}"), DEADLINE, |j| {
-            j["state"] != "queued" && j["state"] != "running"
-        })
-        .await;
-    assert_eq!(ended["state"], "succeeded", "{ended}");
-    let prediction = server
-        .post_json(
-            "/api/predictions",
-            serde_json::json!({ "study_id": study, "checkpoint_job_id": run, "device": "cpu" }),
-        )
-        .await["id"]
-        .as_i64()
-        .unwrap();
-    let ended = server
-        .poll_json(&format!("/api/jobs/{prediction}"), DEADLINE, |j| {
-            j["state"] != "queued" && j["state"] != "running"
-        })
-        .await;
-    assert_eq!(ended["state"], "succeeded", "{ended}");
+    server.job_succeeded(run, DEADLINE).await;
+    let prediction = server.predict(study, run).await;
+    server.job_succeeded(prediction, DEADLINE).await;
     (run, prediction)
 }
 
@@ -594,14 +478,7 @@ async fn niivue_shows_a_prediction_with_its_ground_truth_and_redraws_on_scrollin
     browser
         .wait_for("Array.from(document.querySelectorAll('#case-list img')).every((i) => i.complete && i.naturalWidth > 0) && document.querySelectorAll('#case-list img').length === 4", DEADLINE)
         .await;
-    browser.click("#case-list a").await;
-    browser.wait_for(NIIVUE_READY, DEADLINE).await;
-    assert_eq!(
-        browser
-            .script("return Array.from(document.querySelectorAll('#nv-overlays input')).map((i) => i.value).join(',');")
-            .await,
-        "truth"
-    );
+    assert_eq!(open_in_niivue(&browser, "#case-list a").await, "truth");
 
     // The run's test split: each case opens with its saved prediction and its ground truth.
     browser
@@ -613,12 +490,8 @@ async fn niivue_shows_a_prediction_with_its_ground_truth_and_redraws_on_scrollin
             DEADLINE,
         )
         .await;
-    browser.click("#test-cases tbody tr a").await;
-    browser.wait_for(NIIVUE_READY, DEADLINE).await;
     assert_eq!(
-        browser
-            .script("return Array.from(document.querySelectorAll('#nv-overlays input')).map((i) => i.value).join(',');")
-            .await,
+        open_in_niivue(&browser, "#test-cases tbody tr a").await,
         "prediction,truth"
     );
     assert!(!browser
@@ -648,12 +521,7 @@ async fn viewer_readme_screenshots_and_first_frame_of_a_full_size_study() {
     let server = LiveServer::start(&["--no-demo"]);
     let folder = server.data_dir.join("datasets/synthetic");
     synth(&folder, 20, "64x64x32");
-    let dataset = server
-        .post_json(
-            "/api/datasets",
-            serde_json::json!({ "name": "synthetic", "path": folder.display().to_string() }),
-        )
-        .await["id"]
+    let dataset = server.register_dataset("synthetic", &folder).await["id"]
         .as_i64()
         .unwrap();
     let full = server.data_dir.join("full-size");

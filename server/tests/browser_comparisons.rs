@@ -147,12 +147,7 @@ async fn a_two_by_three_study_launched_from_the_browser_runs_under_slurm_and_sho
             Duration::from_secs(30),
         )
         .await;
-    let svg = server
-        .client
-        .get(server.url(&format!("/api/comparisons/{id}/svg")))
-        .send()
-        .await
-        .unwrap();
+    let svg = server.get(&format!("/api/comparisons/{id}/svg")).await;
     assert_eq!(svg.headers()["content-type"], "image/svg+xml");
     let svg = svg.text().await.unwrap();
     for text in [">joint</text>", ">cggm</text>", "dice_mean (test)"] {
@@ -177,14 +172,8 @@ async fn a_two_by_three_study_launched_from_the_browser_runs_under_slurm_and_sho
 
     // The server's PNG (the same drawing without text), kept beside the screenshots.
     let server_png = server
-        .client
-        .get(server.url(&format!("/api/comparisons/{id}/png")))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+        .get_bytes(&format!("/api/comparisons/{id}/png"))
+        .await;
     assert!(is_png(&server_png));
     let kept = screenshot_paths()[0].with_file_name("comparison-server.png");
     std::fs::create_dir_all(kept.parent().unwrap()).unwrap();

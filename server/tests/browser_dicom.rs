@@ -6,18 +6,9 @@ mod common;
 
 use common::dicom::zips_from_case;
 use common::live::*;
+use common::ui::*;
 use common::webdriver::Browser;
-use std::path::PathBuf;
 use std::time::Duration;
-
-const DEADLINE: Duration = Duration::from_secs(300);
-
-fn screenshots() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../target/screenshots"
-    ))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_a_dicom_study_from_the_segment_page_and_segment_it() {
@@ -31,12 +22,7 @@ async fn import_a_dicom_study_from_the_segment_page_and_segment_it() {
     common::dicom::make_dicom(&gap, &["--modality", "t1ce", "--drop-slice", "5"]);
     let browser = Browser::start().await;
 
-    let trained = server
-        .poll_json(&format!("/api/jobs/{job}"), DEADLINE, |j| {
-            !matches!(j["state"].as_str(), Some("queued") | Some("running"))
-        })
-        .await;
-    assert_eq!(trained["state"], "succeeded", "{trained}");
+    server.job_succeeded(job, JOB_DEADLINE).await;
 
     // A series with a missing slice: the page shows the server's reason, nothing is added.
     browser.goto(&server.url("/segment")).await;
@@ -86,19 +72,7 @@ async fn import_a_dicom_study_from_the_segment_page_and_segment_it() {
     browser
         .screenshot(&screenshots().join("dicom-imported.png"))
         .await;
-    browser.click("#run-inference").await;
-    browser
-        .wait_for(
-            "location.pathname.startsWith('/predictions/')",
-            Duration::from_secs(30),
-        )
-        .await;
-    browser
-        .wait_for(
-            "document.querySelector('#job-state').textContent === 'succeeded'",
-            DEADLINE,
-        )
-        .await;
+    segment_and_wait(&browser).await;
     let prediction: i64 = browser.id_in_url().await;
     let done = server
         .get_json(&format!("/api/predictions/{prediction}"))
@@ -108,12 +82,7 @@ async fn import_a_dicom_study_from_the_segment_page_and_segment_it() {
 
     // The run page's time left: from the rate between two progress points (event times).
     browser.goto(&server.url(&format!("/jobs/{job}"))).await;
-    browser
-        .wait_for(
-            "document.querySelector('#job-state').textContent === 'succeeded'",
-            Duration::from_secs(30),
-        )
-        .await;
+    wait_for_job_state(&browser, "succeeded", Duration::from_secs(30)).await;
     let eta = browser
         .script(
             "const eta = window.progressEta; eta.first = null;

@@ -114,15 +114,7 @@ async fn a_two_by_two_comparison_aggregates_the_runs_own_test_scores() {
     );
 
     // Exports.
-    let csv = server
-        .client
-        .get(server.url(&format!("/api/comparisons/{id}/csv")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let csv = server.get_text(&format!("/api/comparisons/{id}/csv")).await;
     assert!(csv.starts_with("section,arm,detail,metric,n,mean,ci95_half"));
     assert!(
         csv.lines()
@@ -134,21 +126,10 @@ async fn a_two_by_two_comparison_aggregates_the_runs_own_test_scores() {
         "{csv}"
     );
     let png = server
-        .client
-        .get(server.url(&format!("/api/comparisons/{id}/png")))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+        .get_bytes(&format!("/api/comparisons/{id}/png"))
+        .await;
     assert!(is_png(&png));
-    let page = server
-        .client
-        .get(server.url(&format!("/comparisons/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let page = server.get(&format!("/comparisons/{id}")).await;
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("comparison-summary"));
 }

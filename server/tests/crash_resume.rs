@@ -8,6 +8,7 @@ mod common;
 
 use cggm_trainer::checkpoint::PAUSE_IN_CHECKPOINT_ENV;
 use common::live::*;
+use common::procs::{live_processes, run_dir_of};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -70,39 +71,42 @@ fn wait_for_file(path: &Path, child: &mut std::process::Child) {
     }
 }
 
-/// Each step's (step, loss, L_gm) from an events file; a step written twice (before a crash and
-/// again after the resume) counts once, as written last.
-fn step_losses(events: &Path) -> Vec<(u64, f64, f64)> {
+/// The events of an events file (`--events`), one JSON object a line.
+fn read_events(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Each step's (step, loss, L_gm); a step written twice (before a crash and again after the
+/// resume) counts once, as written last.
+fn step_losses(events: &[serde_json::Value]) -> Vec<(u64, f64, f64)> {
     let mut by_step = std::collections::BTreeMap::new();
-    for line in std::fs::read_to_string(events).unwrap().lines() {
-        let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if event["event"] == "step" {
-            let step = event["step"].as_u64().unwrap();
-            by_step.insert(
-                step,
-                (
-                    event["loss"].as_f64().unwrap(),
-                    event["gm_loss"].as_f64().unwrap(),
-                ),
-            );
-        }
+    for event in events.iter().filter(|e| e["event"] == "step") {
+        let step = event["step"].as_u64().unwrap();
+        by_step.insert(
+            step,
+            (
+                event["loss"].as_f64().unwrap(),
+                event["gm_loss"].as_f64().unwrap(),
+            ),
+        );
     }
     by_step.into_iter().map(|(s, (l, g))| (s, l, g)).collect()
 }
 
-fn last_event(events: &Path, kind: &str) -> serde_json::Value {
-    std::fs::read_to_string(events)
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+fn last_event(events: &[serde_json::Value], kind: &str) -> serde_json::Value {
+    events
+        .iter()
         .rfind(|e| e["event"] == kind)
-        .unwrap_or_else(|| panic!("no {kind} event in {}", events.display()))
+        .cloned()
+        .unwrap_or_else(|| panic!("no {kind} event"))
 }
 
 /// Every number in `a` equals the one at the same place in `b` within `tol` (keys named `time`
-/// or ending in `seconds` are wall-clock and skipped).
+/// or ending in `seconds` are wall-clock and skipped, `seq` is where the server stored it).
 fn assert_same_numbers(a: &serde_json::Value, b: &serde_json::Value, tol: f64, at: &str) {
     use serde_json::Value;
     match (a, b) {
@@ -112,7 +116,7 @@ fn assert_same_numbers(a: &serde_json::Value, b: &serde_json::Value, tol: f64, a
         }
         (Value::Object(x), Value::Object(y)) => {
             for (key, value) in x {
-                if key == "time" || key.ends_with("seconds") {
+                if key == "time" || key.ends_with("seconds") || key == "seq" {
                     continue;
                 }
                 let other = y.get(key).unwrap_or_else(|| panic!("{at}.{key} missing"));
@@ -149,7 +153,12 @@ fn weight_difference(a: &Path, b: &Path) -> f64 {
         .fold(0.0, f64::max)
 }
 
-fn assert_same_run(straight: (&Path, &Path), crashed: (&Path, &Path)) {
+/// Two runs of the same seed, (run directory, events) each, one interrupted and resumed: the same
+/// loss and L_gm at every step, the same last validation and the same final weights.
+fn assert_same_run(
+    straight: (&Path, &[serde_json::Value]),
+    crashed: (&Path, &[serde_json::Value]),
+) {
     let (a, b) = (step_losses(straight.1), step_losses(crashed.1));
     assert_eq!(a.len(), 6, "3 epochs x 2 steps");
     assert_eq!(
@@ -157,20 +166,9 @@ fn assert_same_run(straight: (&Path, &Path), crashed: (&Path, &Path)) {
         b.iter().map(|s| s.0).collect::<Vec<_>>()
     );
     for (x, y) in a.iter().zip(&b) {
-        assert!(
-            (x.1 - y.1).abs() < 1e-5,
-            "loss at step {}: {} vs {}",
-            x.0,
-            x.1,
-            y.1
-        );
-        assert!(
-            (x.2 - y.2).abs() < 1e-5,
-            "L_gm at step {}: {} vs {}",
-            x.0,
-            x.2,
-            y.2
-        );
+        for (what, p, q) in [("loss", x.1, y.1), ("L_gm", x.2, y.2)] {
+            assert!((p - q).abs() < 1e-5, "{what} at step {}: {p} vs {q}", x.0);
+        }
     }
     assert_same_numbers(
         &last_event(straight.1, "validation"),
@@ -219,44 +217,16 @@ fn a_trainer_killed_in_the_middle_of_a_checkpoint_write_resumes_to_the_uninterru
         );
 
         run_to_the_end(train(&data, &run, &events, &["--resume"]));
-        assert_same_run((&straight.0, &straight.1), (&run, &events));
+        assert_same_run(
+            (&straight.0, &read_events(&straight.1)),
+            (&run, &read_events(&events)),
+        );
     }
 }
 
-/// Where the server keeps job `id`'s run (the API does not show server paths).
-fn run_dir_of(data_dir: &Path, id: i64) -> String {
-    let data_dir = data_dir.canonicalize().unwrap();
-    data_dir
-        .join(format!("runs/job-{id}"))
-        .display()
-        .to_string()
-}
-
-/// Processes whose command line names `run_dir` (trainers working in it).
+/// Trainers working in `run_dir` (their command line names it).
 fn trainers_in(run_dir: &str) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| {
-                s.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z')
-            })
-            .unwrap_or(true);
-        if cmdline.contains(" train") && cmdline.contains(run_dir) && !zombie {
-            out.push(pid);
-        }
-    }
-    out
+    live_processes(|cmdline| cmdline.contains(" train") && cmdline.contains(run_dir))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,9 +248,7 @@ async fn a_server_killed_during_training_then_restarted_resumes_the_job_to_the_u
     let dataset = server.tiny_dataset("tiny").await;
     let mut body = request.clone();
     body["dataset_id"] = dataset.into();
-    let crashed = server.post_json("/api/jobs", body.clone()).await["id"]
-        .as_i64()
-        .unwrap();
+    let crashed = server.post_job(body.clone()).await;
     let until = Instant::now() + DEADLINE;
     while !marker.exists() {
         assert!(
@@ -332,15 +300,8 @@ async fn a_server_killed_during_training_then_restarted_resumes_the_job_to_the_u
     assert!(most <= 1, "{most} trainers shared {run_dir}");
 
     // The same request, never interrupted.
-    let straight = restarted.post_json("/api/jobs", body).await["id"]
-        .as_i64()
-        .unwrap();
-    let job = restarted
-        .poll_json(&format!("/api/jobs/{straight}"), DEADLINE, |j| {
-            !["queued", "running"].contains(&j["state"].as_str().unwrap_or(""))
-        })
-        .await;
-    assert_eq!(job["state"], "succeeded", "{job}");
+    let straight = restarted.post_job(body).await;
+    restarted.job_succeeded(straight, DEADLINE).await;
     let straight_dir = run_dir_of(&data_dir, straight);
 
     let events = |id: i64| {
@@ -354,34 +315,8 @@ async fn a_server_killed_during_training_then_restarted_resumes_the_job_to_the_u
                 .clone()
         }
     };
-    let losses = |events: &[serde_json::Value]| {
-        let mut by_step = std::collections::BTreeMap::new();
-        for e in events.iter().filter(|e| e["event"] == "step") {
-            by_step.insert(e["step"].as_u64().unwrap(), e["loss"].as_f64().unwrap());
-        }
-        by_step
-    };
-    let (a, b) = (events(straight).await, events(crashed).await);
-    let (la, lb) = (losses(&a), losses(&b));
-    assert_eq!(la.len(), 6);
-    assert_eq!(la.keys().collect::<Vec<_>>(), lb.keys().collect::<Vec<_>>());
-    for (step, x) in &la {
-        let y = lb[step];
-        assert!((x - y).abs() < 1e-5, "loss at step {step}: {x} vs {y}");
-    }
-    let last = |events: &[serde_json::Value], kind: &str| {
-        events
-            .iter()
-            .rfind(|e| e["event"] == kind)
-            .cloned()
-            .unwrap()
-    };
-    let mut x = last(&a, "validation");
-    let mut y = last(&b, "validation");
-    for v in [&mut x, &mut y] {
-        v.as_object_mut().unwrap().remove("seq");
-    }
-    assert_same_numbers(&x, &y, 1e-5, "last validation");
-    let difference = weight_difference(Path::new(&straight_dir), Path::new(&run_dir));
-    assert!(difference < 1e-4, "final weights differ by {difference}");
+    assert_same_run(
+        (Path::new(&straight_dir), &events(straight).await),
+        (Path::new(&run_dir), &events(crashed).await),
+    );
 }

@@ -307,44 +307,25 @@ async fn an_imported_dicom_study_segments_with_a_trained_model() {
             reqwest::multipart::Part::bytes(std::fs::read(zip).unwrap()).file_name("series.zip"),
         );
     }
-    let response = server
-        .client
-        .post(server.url("/api/studies/dicom"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let response = server.post_multipart("/api/studies/dicom", form).await;
     assert_eq!(response.status(), 201);
     let study: serde_json::Value = response.json().await.unwrap();
     assert_eq!(study["name"], "DICOM import");
     assert_eq!(study["shape"], serde_json::json!([32, 32, 16]));
 
-    let trained = server
-        .poll_json(&format!("/api/jobs/{job}"), Duration::from_secs(300), |j| {
-            !matches!(j["state"].as_str(), Some("queued") | Some("running"))
-        })
-        .await;
-    assert_eq!(trained["state"], "succeeded", "{trained}");
-    let prediction = server
-        .post_json(
-            "/api/predictions",
-            serde_json::json!({ "study_id": study["id"], "checkpoint_job_id": job, "device": "cpu" }),
-        )
-        .await;
+    server.job_succeeded(job, Duration::from_secs(300)).await;
+    let prediction = server.predict(study["id"].as_i64().unwrap(), job).await;
     let done = server
         .poll_json(
-            &format!("/api/predictions/{}", prediction["id"]),
+            &format!("/api/predictions/{prediction}"),
             Duration::from_secs(300),
-            |p| !matches!(p["state"].as_str(), Some("queued") | Some("running")),
+            has_ended,
         )
         .await;
     assert_eq!(done["state"], "succeeded", "{done}");
     let seg = server
-        .client
-        .get(server.url(&format!("/api/predictions/{}/seg.nii.gz", prediction["id"])))
-        .send()
-        .await
-        .unwrap();
+        .get(&format!("/api/predictions/{prediction}/seg.nii.gz"))
+        .await;
     assert_eq!(seg.status(), 200);
     let path = zip_dir.path().join("seg.nii.gz");
     std::fs::write(&path, seg.bytes().await.unwrap()).unwrap();

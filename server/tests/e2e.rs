@@ -28,23 +28,7 @@ async fn train_follow_live_events_upload_segment_and_view() {
     // Training, followed live until the job ends.
     let dataset = server.tiny_dataset("tiny").await;
     let job = server.tiny_training(dataset).await;
-    let messages = read_sse(
-        &server.client,
-        &server.url(&format!("/api/jobs/{job}/stream")),
-        TRAIN_DEADLINE,
-        |m| m.event == "state" && !m.data.contains("\"queued\"") && !m.data.contains("\"running\""),
-    )
-    .await;
-    let kinds: Vec<&str> = messages.iter().map(|m| m.event.as_str()).collect();
-    let final_state = messages.last().unwrap();
-    assert!(
-        final_state.data.contains("\"succeeded\""),
-        "{kinds:?} {final_state:?}; log: {}",
-        log(&server, job).await
-    );
-    for kind in ["run_started", "step", "validation", "finished"] {
-        assert!(kinds.contains(&kind), "no {kind} in {kinds:?}");
-    }
+    let messages = server.follow_training_to_success(job, TRAIN_DEADLINE).await;
     let step: serde_json::Value =
         serde_json::from_str(&messages.iter().find(|m| m.event == "step").unwrap().data).unwrap();
     assert!(step["loss"].as_f64().unwrap().is_finite());
@@ -66,47 +50,27 @@ async fn train_follow_live_events_upload_segment_and_view() {
 
     // Upload one case's four modalities as a study.
     let case = server.data_dir.join("datasets/tiny/BraTS2021_00000");
-    let mut form = reqwest::multipart::Form::new().text("name", "patient-x");
-    for m in ["flair", "t1ce", "t1", "t2"] {
-        let name = format!("BraTS2021_00000_{m}.nii.gz");
-        let bytes = std::fs::read(case.join(&name)).unwrap();
-        form = form.part(
-            "files",
-            reqwest::multipart::Part::bytes(bytes).file_name(name),
-        );
-    }
-    let response = server
-        .client
-        .post(server.url("/api/studies"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let form = case_form(&case, Some("patient-x"), &["flair", "t1ce", "t1", "t2"]);
+    let response = server.post_multipart("/api/studies", form).await;
     assert_eq!(response.status(), 201);
     let study: serde_json::Value = response.json().await.unwrap();
     assert_eq!(study["shape"], serde_json::json!([32, 32, 16]));
     let study = study["id"].as_i64().unwrap();
 
     // Inference as a job, with progress events.
-    let prediction = server
-        .post_json(
-            "/api/predictions",
-            serde_json::json!({ "study_id": study, "checkpoint_job_id": job, "device": "cpu" }),
-        )
-        .await;
-    let prediction = prediction["id"].as_i64().unwrap();
+    let prediction = server.predict(study, job).await;
     let done = server
         .poll_json(
             &format!("/api/predictions/{prediction}"),
             TRAIN_DEADLINE,
-            |p| !matches!(p["state"].as_str(), Some("queued") | Some("running")),
+            has_ended,
         )
         .await;
     assert_eq!(
         done["state"],
         "succeeded",
         "{done}; log: {}",
-        log(&server, prediction).await
+        server.job_log(prediction).await
     );
     assert!(
         done["volumes"]["wt_ml"].as_f64().unwrap() >= done["volumes"]["tc_ml"].as_f64().unwrap()
@@ -125,17 +89,14 @@ async fn train_follow_live_events_upload_segment_and_view() {
             format!("/api/studies/{study}/slice?plane={plane}&index=5&modality=t1ce"),
             format!("/api/predictions/{prediction}/slice?plane={plane}&index=5"),
         ] {
-            let response = server.client.get(server.url(&url)).send().await.unwrap();
+            let response = server.get(&url).await;
             assert_eq!(response.status(), 200, "{url}");
             assert!(is_png(&response.bytes().await.unwrap()), "{url}");
         }
     }
     let seg = server
-        .client
-        .get(server.url(&format!("/api/predictions/{prediction}/seg.nii.gz")))
-        .send()
-        .await
-        .unwrap();
+        .get(&format!("/api/predictions/{prediction}/seg.nii.gz"))
+        .await;
     assert_eq!(seg.status(), 200);
     let seg_path = server.data_dir.join("tmp/downloaded_seg.nii.gz");
     std::fs::write(&seg_path, seg.bytes().await.unwrap()).unwrap();
@@ -154,11 +115,7 @@ async fn restarted_server_marks_the_lost_job_interrupted_and_keeps_finished_runs
         })
         .await;
     // A job lost when the server dies (short: its orphaned process finishes on its own soon).
-    let lost = server
-        .post_json("/api/jobs", serde_json::json!({ "dataset_id": dataset, "method": "joint", "preset": "tiny", "epochs": 3, "steps_per_epoch": 2, "device": "cpu" }))
-        .await["id"]
-        .as_i64()
-        .unwrap();
+    let lost = server.joint_training(dataset, 3).await;
     server
         .poll_json(&format!("/api/jobs/{lost}"), TRAIN_DEADLINE, |j| {
             j["state"] == "running"
@@ -181,16 +138,4 @@ async fn restarted_server_marks_the_lost_job_interrupted_and_keeps_finished_runs
         .await;
     assert!(!events.as_array().unwrap().is_empty());
     drop(server);
-}
-
-async fn log(server: &LiveServer, job: i64) -> String {
-    server
-        .client
-        .get(server.url(&format!("/api/jobs/{job}/log")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }

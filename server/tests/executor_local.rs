@@ -5,48 +5,16 @@
 mod common;
 
 use common::live::*;
+use common::procs::{processes_mentioning, run_dir_of};
 use std::time::{Duration, Instant};
 
 const DEADLINE: Duration = Duration::from_secs(120);
-
-/// Live (not zombie) processes whose command line mentions `needle`.
-fn processes_mentioning(needle: &str) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| {
-                matches!(
-                    s.rsplit(')').next().unwrap_or("").split_whitespace().next(),
-                    Some("Z") | Some("X")
-                )
-            })
-            .unwrap_or(true);
-        if !zombie && String::from_utf8_lossy(&cmdline).contains(needle) {
-            out.push(pid);
-        }
-    }
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_sigkill_restart_the_run_directory_never_has_two_trainers() {
     let mut server = LiveServer::start(&["--no-demo"]);
     let dataset = server.tiny_dataset("tiny").await;
-    let job = server
-        .post_json(
-            "/api/jobs",
-            serde_json::json!({ "dataset_id": dataset, "method": "joint", "preset": "tiny",
-                                "epochs": 1000, "steps_per_epoch": 2, "device": "cpu" }),
-        )
-        .await["id"]
-        .as_i64()
-        .unwrap();
+    let job = server.joint_training(dataset, 1000).await;
     let view = server
         .poll_json(&format!("/api/jobs/{job}"), DEADLINE, |j| {
             j["execution"]["pid"].is_number()
@@ -54,13 +22,7 @@ async fn after_a_sigkill_restart_the_run_directory_never_has_two_trainers() {
         .await;
     assert_eq!(view["execution"]["executor"], "local");
     let pid = view["execution"]["pid"].as_u64().unwrap() as u32;
-    let run_dir = server
-        .data_dir
-        .canonicalize()
-        .unwrap()
-        .join(format!("runs/job-{job}"))
-        .display()
-        .to_string();
+    let run_dir = run_dir_of(&server.data_dir, job);
     assert_eq!(
         processes_mentioning(&run_dir),
         vec![pid],

@@ -35,55 +35,27 @@ async fn measure_start_time_slice_latency_and_live_viewers() {
     let study_dir = server.data_dir.join("tmp/big");
     synth(&study_dir, 1, "240x240x155");
     let case = study_dir.join("BraTS2021_00000");
-    let mut form = reqwest::multipart::Form::new();
-    for m in ["flair", "t1ce", "t1", "t2"] {
-        let name = format!("BraTS2021_00000_{m}.nii.gz");
-        form = form.part(
-            "files",
-            reqwest::multipart::Part::bytes(std::fs::read(case.join(&name)).unwrap())
-                .file_name(name),
-        );
-    }
-    let response = server
-        .client
-        .post(server.url("/api/studies"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let form = case_form(&case, None, &["flair", "t1ce", "t1", "t2"]);
+    let response = server.post_multipart("/api/studies", form).await;
     assert_eq!(response.status(), 201);
     let study = response.json::<serde_json::Value>().await.unwrap()["id"]
         .as_i64()
         .unwrap();
     let first = Instant::now();
     let cold = server
-        .client
-        .get(server.url(&format!("/api/studies/{study}/slice?index=77")))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+        .get_bytes(&format!("/api/studies/{study}/slice?index=77"))
+        .await;
     assert!(is_png(&cold));
     let cold = first.elapsed();
     let mut times = Vec::new();
     for i in 0..300usize {
         let (plane, depth) = [("axial", 155), ("coronal", 240), ("sagittal", 240)][i % 3];
-        let url = server.url(&format!(
+        let path = format!(
             "/api/studies/{study}/slice?plane={plane}&index={}&modality=flair",
             (i * 37) % depth
-        ));
+        );
         let started = Instant::now();
-        let bytes = server
-            .client
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let bytes = server.get_bytes(&path).await;
         times.push(started.elapsed());
         assert!(is_png(&bytes));
     }
@@ -104,22 +76,15 @@ async fn measure_start_time_slice_latency_and_live_viewers() {
         .unwrap_or(500);
     let dataset = server.tiny_dataset("tiny").await;
     let job = server
-        .post_json("/api/jobs", serde_json::json!({ "dataset_id": dataset, "method": "cggm", "preset": "tiny", "epochs": 2,
-                                                   "steps_per_epoch": 10, "device": "cpu" }))
-        .await["id"]
-        .as_i64()
-        .unwrap();
+        .post_job(serde_json::json!({ "dataset_id": dataset, "method": "cggm", "preset": "tiny", "epochs": 2,
+                                      "steps_per_epoch": 10, "device": "cpu" }))
+        .await;
     let mut tasks = Vec::new();
     for _ in 0..viewers {
         let client = reqwest::Client::new();
         let url = server.url(&format!("/api/jobs/{job}/stream"));
         tasks.push(tokio::spawn(async move {
-            let messages = read_sse(&client, &url, Duration::from_secs(600), |m| {
-                m.event == "state"
-                    && !m.data.contains("\"queued\"")
-                    && !m.data.contains("\"running\"")
-            })
-            .await;
+            let messages = read_sse(&client, &url, Duration::from_secs(600), ends_the_stream).await;
             let events = messages.iter().filter(|m| m.id.is_some()).count();
             let succeeded = messages
                 .last()

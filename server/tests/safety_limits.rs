@@ -13,15 +13,6 @@ use std::time::Duration;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-async fn upload_study(app: &TestApp, name: &str) -> i64 {
-    let files = write_case(&app.dir.path().join(name), name, [8, 8, 4], false);
-    let (status, body) = app
-        .post_multipart("/api/studies", &Multipart::default().files(&files))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    body["id"].as_i64().unwrap()
-}
-
 async fn study_ids(app: &TestApp) -> Vec<i64> {
     let (_, list) = app.get_json("/api/studies").await;
     list.as_array()
@@ -34,16 +25,7 @@ async fn study_ids(app: &TestApp) -> Vec<i64> {
 /// A finished (fake) training run with its own events, plus `extra` step events stored after
 /// them; returns the job id and every stored sequence number in order.
 async fn finished_run_with_events(app: &TestApp, extra: i64) -> (i64, Vec<i64>) {
-    let dataset = app.register_dataset("brats", 2).await;
-    let (status, job) = app
-        .post_json(
-            "/api/jobs",
-            serde_json::json!({ "dataset_id": dataset, "method": "cggm", "preset": "tiny", "epochs": 1 }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{job}");
-    let id = job["id"].as_i64().unwrap();
-    app.wait_for_job(id, &["succeeded"], DEADLINE).await;
+    let id = app.finished_run().await;
     let (last,): (i64,) =
         sqlx::query_as("SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?")
             .bind(id)
@@ -83,7 +65,7 @@ fn seqs_of(page: &serde_json::Value) -> Vec<i64> {
 #[tokio::test]
 async fn changes_without_the_application_header_are_refused_with_a_403_that_names_it() {
     let app = TestApp::new().await;
-    let kept = upload_study(&app, "Kept").await;
+    let kept = app.upload_study("Kept").await;
     let same_origin = |request: Request<Body>| {
         let mut request = request;
         let headers = request.headers_mut();
@@ -224,11 +206,7 @@ async fn the_live_stream_replays_only_the_newest_events_and_says_where_older_one
         "{content_type}"
     );
     let text = String::from_utf8(body).unwrap();
-    let ids: Vec<i64> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("id: ").or_else(|| l.strip_prefix("id:")))
-        .map(|v| v.trim().parse().unwrap())
-        .collect();
+    let ids = event_ids(&text);
     let n = all.len();
     assert_eq!(ids, all[n - 5..], "{text}");
     let history = text
@@ -253,6 +231,14 @@ async fn the_live_stream_replays_only_the_newest_events_and_says_where_older_one
     );
 }
 
+/// The `id:` of every event of a Server-Sent Events body, in order.
+fn event_ids(text: &str) -> Vec<i64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("id: ").or_else(|| l.strip_prefix("id:")))
+        .map(|v| v.trim().parse().unwrap())
+        .collect()
+}
+
 #[tokio::test]
 async fn the_live_stream_starts_after_the_event_the_page_has_already_loaded() {
     let app = TestApp::new().await;
@@ -262,11 +248,7 @@ async fn the_live_stream_starts_after_the_event_the_page_has_already_loaded() {
         .await;
     assert_eq!(status, StatusCode::OK);
     let text = String::from_utf8(body).unwrap();
-    let ids: Vec<i64> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("id: ").or_else(|| l.strip_prefix("id:")))
-        .map(|v| v.trim().parse().unwrap())
-        .collect();
+    let ids = event_ids(&text);
     assert_eq!(ids, all[30..], "{text}");
     assert!(!text.contains("event: history"), "{text}");
     assert!(text.contains("succeeded"), "the state follows: {text}");
@@ -277,8 +259,8 @@ async fn the_live_stream_starts_after_the_event_the_page_has_already_loaded() {
 #[tokio::test]
 async fn the_retention_sweep_deletes_old_studies_and_predictions_and_keeps_runs_unless_opted_in() {
     let app = TestApp::new().await;
-    let old = upload_study(&app, "Old").await;
-    let young = upload_study(&app, "Young").await;
+    let old = app.upload_study("Old").await;
+    let young = app.upload_study("Young").await;
     let (run, _) = finished_run_with_events(&app, 0).await;
     let (status, prediction) = app
         .post_json(

@@ -4,73 +4,19 @@
 
 mod common;
 
+use common::hostile_nifti;
 use common::live::*;
-use std::process::{Command, Stdio};
+use common::procs::{children_of, is_running, memory_mb};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const DEADLINE: Duration = Duration::from_secs(120);
-
-/// Direct children of `parent` (from /proc).
-fn children_of(parent: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...: the comm may hold spaces, so split after the last ')'.
-        let after = stat.rsplit(')').next().unwrap_or("");
-        let ppid = after
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(parent) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-/// Alive and not a zombie.
-fn is_running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| {
-            let state = stat
-                .rsplit(')')
-                .next()
-                .unwrap_or("")
-                .split_whitespace()
-                .next();
-            !matches!(state, Some("Z") | Some("X"))
-        })
-        .unwrap_or(false)
-}
-
-fn peak_memory_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/<pid>/status");
-    kb / 1024.0
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_training_child_dies_with_a_server_killed_by_sigkill_and_the_job_is_interrupted() {
     let mut server = LiveServer::start(&["--no-demo"]);
     let dataset = server.tiny_dataset("tiny").await;
-    let job = server
-        .post_json(
-            "/api/jobs",
-            serde_json::json!({ "dataset_id": dataset, "method": "joint", "preset": "tiny",
-                                "epochs": 1000, "steps_per_epoch": 2, "device": "cpu" }),
-        )
-        .await["id"]
-        .as_i64()
-        .unwrap();
+    let job = server.joint_training(dataset, 1000).await;
     server
         .poll_json(&format!("/api/jobs/{job}"), DEADLINE, |j| {
             j["state"] == "running"
@@ -101,9 +47,7 @@ async fn a_training_child_dies_with_a_server_killed_by_sigkill_and_the_job_is_in
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_server_on_the_same_data_directory_is_refused_with_a_clear_error() {
     let server = LiveServer::start(&["--no-demo"]);
-    let output = Command::new(cggm())
-        .args(["serve", "--bind", "127.0.0.1:0", "--no-demo", "--data-dir"])
-        .arg(&server.data_dir)
+    let output = serve_command(&server.data_dir, &["--no-demo"])
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -116,28 +60,6 @@ async fn a_second_server_on_the_same_data_directory_is_refused_with_a_clear_erro
     );
     // The first one still serves.
     assert_eq!(server.get_json("/api/health").await["status"], "ok");
-}
-
-/// A gzipped uint8 NIfTI-1 file whose header claims `dims`, followed by `payload`.
-fn hostile_nifti(dims: [i16; 3], payload: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut header = vec![0u8; 352];
-    header[0..4].copy_from_slice(&348i32.to_le_bytes());
-    header[40..42].copy_from_slice(&3i16.to_le_bytes());
-    for (i, d) in dims.iter().enumerate() {
-        header[42 + 2 * i..44 + 2 * i].copy_from_slice(&d.to_le_bytes());
-    }
-    header[70..72].copy_from_slice(&2i16.to_le_bytes()); // uint8
-    header[72..74].copy_from_slice(&8i16.to_le_bytes());
-    for i in 0..4 {
-        header[76 + 4 * i..80 + 4 * i].copy_from_slice(&1.0f32.to_le_bytes()); // pixdim
-    }
-    header[108..112].copy_from_slice(&352.0f32.to_le_bytes()); // vox_offset
-    header[344..348].copy_from_slice(b"n+1\0");
-    header.extend_from_slice(payload);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&header).unwrap();
-    gz.finish().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,23 +98,13 @@ async fn hostile_uploads_sent_at_once_get_422_and_the_server_stays_under_500_mb(
         assert_eq!(status.as_u16(), 422, "round {round}, {what}: {body}");
     }
     let seconds = started.elapsed().as_secs_f64();
-    let peak = peak_memory_mb(server.child.id());
+    let peak = memory_mb(server.child.id(), "VmHWM");
     eprintln!(
         "hostile uploads: {count} requests in {seconds:.2} s ({:.1} requests/s), server peak \
          memory (VmHWM) {peak:.0} MB",
         count as f64 / seconds
     );
     assert!(peak < 500.0, "server peak memory {peak:.0} MB");
-}
-
-fn resident_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/<pid>/status");
-    kb / 1024.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,7 +121,7 @@ async fn ten_thousand_stream_requests_for_unknown_jobs_leave_the_server_s_memory
     for id in 0..500 {
         assert_eq!(get(1_000_000 + id).await, 404);
     }
-    let before = resident_mb(pid);
+    let before = memory_mb(pid, "VmRSS");
     let started = Instant::now();
     for batch in 0..100 {
         let statuses =
@@ -217,7 +129,7 @@ async fn ten_thousand_stream_requests_for_unknown_jobs_leave_the_server_s_memory
         assert!(statuses.iter().all(|&s| s == 404), "{statuses:?}");
     }
     let seconds = started.elapsed().as_secs_f64();
-    let after = resident_mb(pid);
+    let after = memory_mb(pid, "VmRSS");
     eprintln!(
         "10000 stream requests for unknown jobs in {seconds:.2} s ({:.0} requests/s): server RSS \
          {before:.0} MB before, {after:.0} MB after",

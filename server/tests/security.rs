@@ -8,7 +8,7 @@ mod common;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common::*;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -36,15 +36,6 @@ fn post_json(uri: &str, body: serde_json::Value, headers: &[(&str, &str)]) -> Re
         .body(Body::from(body.to_string()))
         .unwrap();
     with_headers(request, headers)
-}
-
-async fn upload_study(app: &TestApp, name: &str) -> i64 {
-    let files = write_case(&app.dir.path().join(name), name, [8, 8, 4], false);
-    let (status, body) = app
-        .post_multipart("/api/studies", &Multipart::default().files(&files))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    body["id"].as_i64().unwrap()
 }
 
 // ------------------------------------------------------------------ Host (DNS rebinding)
@@ -109,18 +100,7 @@ async fn a_cross_site_multipart_upload_is_refused_and_stores_nothing() {
         "{}",
         String::from_utf8_lossy(&body)
     );
-    assert_eq!(
-        std::fs::read_dir(app.data_dir().join("studies"))
-            .unwrap()
-            .count(),
-        0
-    );
-    assert_eq!(
-        std::fs::read_dir(app.data_dir().join("tmp"))
-            .unwrap()
-            .count(),
-        0
-    );
+    app.assert_no_upload_left();
 }
 
 #[tokio::test]
@@ -260,7 +240,7 @@ fn the_token_is_read_from_a_file_and_an_empty_one_means_none() {
 async fn responses_carry_security_headers_and_patient_data_is_never_cached() {
     use tower::ServiceExt;
     let app = TestApp::new().await;
-    let study = upload_study(&app, "P").await;
+    let study = app.upload_study("P").await;
     for uri in [
         format!("/api/studies/{study}/slice?modality=flair"),
         format!("/api/studies/{study}"),
@@ -325,15 +305,7 @@ async fn a_json_body_over_the_small_limit_is_refused_with_413_while_uploads_may_
 #[tokio::test]
 async fn ten_thousand_stream_requests_for_unknown_or_finished_jobs_leave_no_channel_behind() {
     let app = TestApp::new().await;
-    let dataset = app.register_dataset("brats", 2).await;
-    let (_, job) = app
-        .post_json(
-            "/api/jobs",
-            serde_json::json!({ "dataset_id": dataset, "method": "cggm", "preset": "tiny", "epochs": 1 }),
-        )
-        .await;
-    let finished = job["id"].as_i64().unwrap();
-    app.wait_for_job(finished, &["succeeded"], DEADLINE).await;
+    let finished = app.finished_run().await;
     assert_eq!(app.state.runner.live_channels(), 0);
     for id in 1000..11_000 {
         let (status, _, _) = app
@@ -354,15 +326,7 @@ async fn ten_thousand_stream_requests_for_unknown_or_finished_jobs_leave_no_chan
 #[tokio::test]
 async fn the_log_endpoint_returns_only_the_tail_of_a_large_log() {
     let app = TestApp::new().await;
-    let dataset = app.register_dataset("brats", 2).await;
-    let (_, job) = app
-        .post_json(
-            "/api/jobs",
-            serde_json::json!({ "dataset_id": dataset, "method": "cggm", "preset": "tiny", "epochs": 1 }),
-        )
-        .await;
-    let id = job["id"].as_i64().unwrap();
-    app.wait_for_job(id, &["succeeded"], DEADLINE).await;
+    let id = app.finished_run().await;
     let log = app.state.runner.log_path(id);
     let mut text = "old line\n".repeat(200_000);
     text.push_str("THE LAST LINE\n");
@@ -374,26 +338,6 @@ async fn the_log_endpoint_returns_only_the_tail_of_a_large_log() {
 }
 
 // ------------------------------------------------------------------ hostile uploads
-
-/// A NIfTI-1 header for a uint8 volume claiming `dims`, then `payload`, gzipped.
-fn hostile_nifti(dims: [u16; 3], payload: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("x.nii");
-    write_nifti(&path, &volume([2, 2, 2], 0.0));
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes.truncate(352);
-    // uint8, 8 bits per voxel
-    bytes[70..72].copy_from_slice(&2i16.to_le_bytes());
-    bytes[72..74].copy_from_slice(&8i16.to_le_bytes());
-    for (i, d) in dims.iter().enumerate() {
-        bytes[42 + 2 * i..44 + 2 * i].copy_from_slice(&(*d as i16).to_le_bytes());
-    }
-    bytes.extend_from_slice(payload);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&bytes).unwrap();
-    gz.finish().unwrap()
-}
 
 #[tokio::test]
 async fn hostile_uploads_sent_at_once_are_all_rejected_with_422_and_leave_nothing() {
@@ -433,18 +377,7 @@ async fn hostile_uploads_sent_at_once_are_all_rejected_with_422_and_leave_nothin
             "{what}: the error shows a server path: {error}"
         );
     }
-    assert_eq!(
-        std::fs::read_dir(app.data_dir().join("studies"))
-            .unwrap()
-            .count(),
-        0
-    );
-    assert_eq!(
-        std::fs::read_dir(app.data_dir().join("tmp"))
-            .unwrap()
-            .count(),
-        0
-    );
+    app.assert_no_upload_left();
 }
 
 #[tokio::test]
@@ -464,15 +397,7 @@ async fn validate_again_runs_in_the_background_and_its_report_arrives() {
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let until = Instant::now() + DEADLINE;
-    let report = loop {
-        let (_, dataset) = app.get_json(&format!("/api/datasets/{id}")).await;
-        if dataset["validating"] == false && dataset["report"]["full_check"] == true {
-            break dataset["report"].clone();
-        }
-        assert!(Instant::now() < until, "no report: {dataset}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let report = app.full_check(id, DEADLINE).await["report"].clone();
     assert_eq!(report["valid_cases"], 1);
     assert!(
         report["problems"].to_string().contains("Case_001_flair"),
@@ -485,8 +410,8 @@ async fn validate_again_runs_in_the_background_and_its_report_arrives() {
 #[tokio::test]
 async fn deleting_a_study_removes_its_files_and_rows_and_nothing_else() {
     let app = TestApp::new().await;
-    let keep = upload_study(&app, "Keep").await;
-    let gone = upload_study(&app, "Gone").await;
+    let keep = app.upload_study("Keep").await;
+    let gone = app.upload_study("Gone").await;
     let gone_dir = app.data_dir().join(format!("studies/study-{gone}"));
     assert!(gone_dir.is_dir());
     let request = Request::delete(format!("/api/studies/{gone}"))
@@ -518,13 +443,7 @@ async fn a_running_run_cannot_be_deleted_and_a_finished_one_goes_with_its_files(
     let slow = fake_cggm(dir.path(), 30.0);
     let app = TestApp::with(|c| c.cggm_bin = slow).await;
     let dataset = app.register_dataset("brats", 2).await;
-    let (_, job) = app
-        .post_json(
-            "/api/jobs",
-            serde_json::json!({ "dataset_id": dataset, "method": "cggm", "preset": "tiny", "epochs": 1 }),
-        )
-        .await;
-    let id = job["id"].as_i64().unwrap();
+    let id = app.start_training(dataset).await;
     app.wait_for_job(id, &["running"], DEADLINE).await;
     let delete = || {
         Request::delete(format!("/api/jobs/{id}"))

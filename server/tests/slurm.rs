@@ -34,34 +34,6 @@ fn scontrol_state(slurm_id: &str) -> String {
         .to_string()
 }
 
-fn is_terminal(job: &serde_json::Value) -> bool {
-    !matches!(job["state"].as_str(), Some("queued") | Some("running"))
-}
-
-async fn long_training(server: &LiveServer, dataset: i64, epochs: u32) -> i64 {
-    server
-        .post_json(
-            "/api/jobs",
-            serde_json::json!({ "dataset_id": dataset, "method": "joint", "preset": "tiny",
-                                "epochs": epochs, "steps_per_epoch": 2, "device": "cpu", "seed": 1 }),
-        )
-        .await["id"]
-        .as_i64()
-        .unwrap()
-}
-
-async fn log(server: &LiveServer, job: i64) -> String {
-    server
-        .client
-        .get(server.url(&format!("/api/jobs/{job}/log")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_training_submitted_with_sbatch_streams_its_events_to_the_end() {
     slurm_cluster();
@@ -69,23 +41,7 @@ async fn a_training_submitted_with_sbatch_streams_its_events_to_the_end() {
     let server = slurm_server(&dir.path().join("data"), &[]);
     let dataset = server.tiny_dataset("tiny").await;
     let job = server.tiny_training(dataset).await;
-    let messages = read_sse(
-        &server.client,
-        &server.url(&format!("/api/jobs/{job}/stream")),
-        DEADLINE,
-        |m| m.event == "state" && !m.data.contains("\"queued\"") && !m.data.contains("\"running\""),
-    )
-    .await;
-    let kinds: Vec<&str> = messages.iter().map(|m| m.event.as_str()).collect();
-    let last = messages.last().unwrap();
-    assert!(
-        last.data.contains("\"succeeded\""),
-        "{kinds:?} {last:?}; log: {}",
-        log(&server, job).await
-    );
-    for kind in ["run_started", "step", "validation", "finished"] {
-        assert!(kinds.contains(&kind), "no {kind} in {kinds:?}");
-    }
+    server.follow_training_to_success(job, DEADLINE).await;
     let view = server.get_json(&format!("/api/jobs/{job}")).await;
     let execution = &view["execution"];
     assert_eq!(execution["executor"], "slurm", "{view}");
@@ -137,7 +93,7 @@ async fn cancel_is_scancel_and_a_restarted_server_reattaches_to_the_running_job(
     let dataset = server.tiny_dataset("tiny").await;
 
     // Cancel: the Slurm job is cancelled, the job too.
-    let cancelled = long_training(&server, dataset, 1000).await;
+    let cancelled = server.joint_training(dataset, 1000).await;
     let running = server
         .poll_json(&format!("/api/jobs/{cancelled}"), DEADLINE, |j| {
             j["execution"]["slurm_state"] == "RUNNING"
@@ -153,15 +109,13 @@ async fn cancel_is_scancel_and_a_restarted_server_reattaches_to_the_running_job(
             serde_json::json!({}),
         )
         .await;
-    let done = server
-        .poll_json(&format!("/api/jobs/{cancelled}"), DEADLINE, is_terminal)
-        .await;
+    let done = server.job_when_ended(cancelled, DEADLINE).await;
     assert_eq!(done["state"], "cancelled", "{done}");
     assert_eq!(scontrol_state(&cancelled_slurm), "CANCELLED");
 
     // Restart mid-run: SIGKILL the server while the Slurm job runs; it keeps running, and the
     // next server follows it to its end.
-    let job = long_training(&server, dataset, 40).await;
+    let job = server.joint_training(dataset, 40).await;
     let first = server
         .poll_json(&format!("/api/jobs/{job}"), DEADLINE, |j| {
             j["execution"]["first_event_at"].is_number()
@@ -193,14 +147,12 @@ async fn cancel_is_scancel_and_a_restarted_server_reattaches_to_the_running_job(
             .as_array()
             .unwrap()
             .len();
-        let done = restarted
-            .poll_json(&format!("/api/jobs/{job}"), DEADLINE, is_terminal)
-            .await;
+        let done = restarted.job_when_ended(job, DEADLINE).await;
         assert_eq!(
             done["state"],
             "succeeded",
             "{done}; log: {}",
-            log(&restarted, job).await
+            restarted.job_log(job).await
         );
         let events = restarted.get_json(&format!("/api/jobs/{job}/events")).await;
         let events = events.as_array().unwrap();
@@ -232,13 +184,7 @@ async fn a_job_sbatch_refuses_fails_at_once_with_slurms_message() {
     );
     let dataset = server.tiny_dataset("tiny").await;
     let job = server.tiny_training(dataset).await;
-    let done = server
-        .poll_json(
-            &format!("/api/jobs/{job}"),
-            Duration::from_secs(30),
-            is_terminal,
-        )
-        .await;
+    let done = server.job_when_ended(job, Duration::from_secs(30)).await;
     assert_eq!(done["state"], "failed");
     let error = done["error"].as_str().unwrap();
     assert!(
@@ -276,9 +222,7 @@ async fn a_running_job_whose_events_file_stops_growing_is_stalled_not_failed() {
     server
         .post_json(&format!("/api/jobs/{job}/cancel"), serde_json::json!({}))
         .await;
-    let done = server
-        .poll_json(&format!("/api/jobs/{job}"), DEADLINE, is_terminal)
-        .await;
+    let done = server.job_when_ended(job, DEADLINE).await;
     assert_eq!(done["state"], "cancelled");
 }
 
@@ -286,20 +230,10 @@ async fn a_running_job_whose_events_file_stops_growing_is_stalled_not_failed() {
 fn the_server_refuses_to_start_without_sbatch_or_with_an_unwritable_shared_folder() {
     let dir = tempfile::tempdir().unwrap();
     let serve = |extra: &[&str], path: Option<&str>| {
-        let mut command = Command::new(cggm());
-        command
-            .args([
-                "serve",
-                "--bind",
-                "127.0.0.1:0",
-                "--no-demo",
-                "--executor",
-                "slurm",
-                "--data-dir",
-            ])
-            .arg(dir.path().join("data"))
-            .args(extra)
-            .stdin(Stdio::null());
+        let mut args = vec!["--no-demo", "--executor", "slurm"];
+        args.extend_from_slice(extra);
+        let mut command = serve_command(&dir.path().join("data"), &args);
+        command.stdin(Stdio::null());
         if let Some(path) = path {
             command.env("PATH", path);
         }

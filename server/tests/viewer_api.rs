@@ -54,6 +54,23 @@ fn nifti_dims(bytes: &[u8]) -> Vec<usize> {
     (1..=dim(0) as usize).map(|i| dim(i) as usize).collect()
 }
 
+/// The string `field` of each object of the array `list`.
+fn each<'a>(list: &'a serde_json::Value, field: &str) -> Vec<&'a str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item[field].as_str().unwrap())
+        .collect()
+}
+
+/// `uri` answers 200 with an 8x8x4 NIfTI volume that must not be cached.
+async fn assert_uncached_8x8x4_nifti(app: &TestApp, uri: &str) {
+    let (status, cache, body) = get_with(app, uri, None).await;
+    assert_eq!(status, StatusCode::OK, "{uri}");
+    assert_eq!(cache, "no-store", "{uri}");
+    assert_eq!(nifti_dims(&body), [8, 8, 4], "{uri}");
+}
+
 async fn study_with_label(app: &TestApp) -> i64 {
     let files = write_case(&app.dir.path().join("upload"), "Patient1", [8, 8, 4], true);
     let (status, body) = app
@@ -63,65 +80,24 @@ async fn study_with_label(app: &TestApp) -> i64 {
     body["id"].as_i64().unwrap()
 }
 
-async fn finished_prediction(app: &TestApp, study: i64) -> i64 {
-    let dataset = app.register_dataset("brats", 2).await;
-    let (status, run) = app
-        .post_json(
-            "/api/jobs",
-            serde_json::json!({ "dataset_id": dataset, "method": "cggm", "preset": "tiny", "epochs": 1 }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{run}");
-    let run = run["id"].as_i64().unwrap();
-    app.wait_for_job(run, &["succeeded"], DEADLINE).await;
-    let (status, job) = app
-        .post_json(
-            "/api/predictions",
-            serde_json::json!({ "study_id": study, "checkpoint_job_id": run }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{job}");
-    let id = job["id"].as_i64().unwrap();
-    app.wait_for_job(id, &["succeeded"], DEADLINE).await;
-    id
-}
-
 #[tokio::test]
 async fn a_studys_modalities_label_and_prediction_stream_as_valid_nifti_never_cached() {
     let app = TestApp::new().await;
     let study = study_with_label(&app).await;
     for file in ["flair", "t1ce", "t1", "t2", "seg"] {
-        let (status, cache, body) =
-            get_with(&app, &format!("/api/studies/{study}/nifti/{file}"), None).await;
-        assert_eq!(status, StatusCode::OK, "{file}");
-        assert_eq!(cache, "no-store", "{file}");
-        assert_eq!(nifti_dims(&body), [8, 8, 4], "{file}");
+        assert_uncached_8x8x4_nifti(&app, &format!("/api/studies/{study}/nifti/{file}")).await;
     }
-    let prediction = finished_prediction(&app, study).await;
-    let (status, cache, body) =
-        get_with(&app, &format!("/api/predictions/{prediction}/nifti"), None).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(cache, "no-store");
-    assert_eq!(nifti_dims(&body), [8, 8, 4]);
+    let prediction = app.finished_prediction(study).await;
+    assert_uncached_8x8x4_nifti(&app, &format!("/api/predictions/{prediction}/nifti")).await;
 
     // The manifest names the four modalities, the prediction and the study's own label.
     let (status, manifest) = app
         .get_json(&format!("/api/viewer/predictions/{prediction}"))
         .await;
     assert_eq!(status, StatusCode::OK, "{manifest}");
-    let modalities: Vec<&str> = manifest["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["modality"].as_str().unwrap())
-        .collect();
+    let modalities = each(&manifest["images"], "modality");
     assert_eq!(modalities, ["flair", "t1ce", "t1", "t2"]);
-    let overlays: Vec<&str> = manifest["overlays"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["key"].as_str().unwrap())
-        .collect();
+    let overlays = each(&manifest["overlays"], "key");
     assert_eq!(overlays, ["prediction", "truth"]);
     assert_eq!(
         manifest["classes"][0]["colour"],
@@ -148,7 +124,7 @@ async fn a_study_without_a_label_has_no_truth_overlay_and_no_scores() {
     let study = body["id"].as_i64().unwrap();
     let (status, _, _) = get_with(&app, &format!("/api/studies/{study}/nifti/seg"), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let prediction = finished_prediction(&app, study).await;
+    let prediction = app.finished_prediction(study).await;
     let (_, manifest) = app
         .get_json(&format!("/api/viewer/predictions/{prediction}"))
         .await;
@@ -177,15 +153,8 @@ async fn every_case_of_a_registered_dataset_opens_with_its_label() {
         serde_json::json!([{ "case": "Case_000", "has_label": true }, { "case": "Case_001", "has_label": true }])
     );
     for file in ["flair", "t2", "seg"] {
-        let (status, cache, body) = get_with(
-            &app,
-            &format!("/api/datasets/{dataset}/cases/Case_001/nifti/{file}"),
-            None,
-        )
-        .await;
-        assert_eq!(status, StatusCode::OK, "{file}");
-        assert_eq!(cache, "no-store");
-        assert_eq!(nifti_dims(&body), [8, 8, 4]);
+        let uri = format!("/api/datasets/{dataset}/cases/Case_001/nifti/{file}");
+        assert_uncached_8x8x4_nifti(&app, &uri).await;
     }
     let (status, manifest) = app
         .get_json(&format!("/api/viewer/datasets/{dataset}/cases/Case_001"))
@@ -279,13 +248,7 @@ async fn with_a_token_the_nifti_files_need_it() {
 async fn the_test_split_lists_a_runs_test_cases_worst_first_with_their_saved_predictions() {
     let app = TestApp::new().await;
     let dataset = app.register_dataset("brats", 3).await;
-    let (_, run) = app
-        .post_json(
-            "/api/jobs",
-            serde_json::json!({ "dataset_id": dataset, "method": "cggm", "preset": "tiny", "epochs": 1 }),
-        )
-        .await;
-    let run = run["id"].as_i64().unwrap();
+    let run = app.start_training(dataset).await;
     app.wait_for_job(run, &["succeeded"], DEADLINE).await;
     // What a segmentation run writes when it finishes: per-case test scores in metrics.json and
     // each test case's prediction under test-predictions/ (only Case_001's here).
@@ -335,12 +298,7 @@ async fn the_test_split_lists_a_runs_test_cases_worst_first_with_their_saved_pre
     let (_, manifest) = app
         .get_json(&format!("/api/viewer/jobs/{run}/test-cases/Case_001"))
         .await;
-    let overlays: Vec<&str> = manifest["overlays"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["key"].as_str().unwrap())
-        .collect();
+    let overlays = each(&manifest["overlays"], "key");
     assert_eq!(overlays, ["prediction", "truth"]);
     assert_eq!(manifest["scores"]["dice"]["wt"], 0.9);
     assert_eq!(manifest["scores"]["hd95"]["et"], 4.0);

@@ -57,10 +57,7 @@ impl LiveServer {
     /// the jobs it starts).
     pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let started = Instant::now();
-        let mut child = Command::new(cggm())
-            .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .args(extra)
+        let mut child = serve_command(data_dir, extra)
             .envs(env.iter().copied())
             .env("RUST_LOG", "warn,cggm_server=info")
             .stdin(Stdio::null())
@@ -152,27 +149,160 @@ impl LiveServer {
     pub async fn tiny_dataset(&self, name: &str) -> i64 {
         let folder = self.data_dir.join("datasets").join(name);
         synth(&folder, 4, "32x32x16");
-        let dataset = self
-            .post_json(
-                "/api/datasets",
-                serde_json::json!({ "name": name, "path": folder.display().to_string() }),
-            )
-            .await;
+        let dataset = self.register_dataset(name, &folder).await;
         assert_eq!(dataset["report"]["valid_cases"], 4, "{dataset}");
         dataset["id"].as_i64().unwrap()
     }
 
     /// Launches a tiny training job (preset `tiny`, 1 epoch, 2 steps, CPU).
     pub async fn tiny_training(&self, dataset: i64) -> i64 {
-        let job = self
-            .post_json(
-                "/api/jobs",
-                serde_json::json!({ "dataset_id": dataset, "method": "cggm", "preset": "tiny", "epochs": 1,
-                                    "steps_per_epoch": 2, "device": "cpu", "seed": 1 }),
-            )
-            .await;
-        job["id"].as_i64().unwrap()
+        self.post_job(
+            serde_json::json!({ "dataset_id": dataset, "method": "cggm", "preset": "tiny", "epochs": 1,
+                                "steps_per_epoch": 2, "device": "cpu", "seed": 1 }),
+        )
+        .await
     }
+
+    /// Launches a joint training of `epochs` epochs of two steps (preset `tiny`, CPU): with many
+    /// epochs, one that is still running when the test kills, restarts or cancels something.
+    pub async fn joint_training(&self, dataset: i64, epochs: u32) -> i64 {
+        self.post_job(
+            serde_json::json!({ "dataset_id": dataset, "method": "joint", "preset": "tiny",
+                                "epochs": epochs, "steps_per_epoch": 2, "device": "cpu" }),
+        )
+        .await
+    }
+
+    /// Follows a training job's live event stream to its end: it must succeed, and the stream
+    /// must carry its start, steps, validations and end. The messages, in order.
+    pub async fn follow_training_to_success(
+        &self,
+        job: i64,
+        deadline: Duration,
+    ) -> Vec<SseMessage> {
+        let stream = self.url(&format!("/api/jobs/{job}/stream"));
+        let messages = read_sse(&self.client, &stream, deadline, ends_the_stream).await;
+        let kinds: Vec<&str> = messages.iter().map(|m| m.event.as_str()).collect();
+        let last = messages.last().unwrap();
+        assert!(
+            last.data.contains("\"succeeded\""),
+            "{kinds:?} {last:?}; log: {}",
+            self.job_log(job).await
+        );
+        for kind in ["run_started", "step", "validation", "finished"] {
+            assert!(kinds.contains(&kind), "no {kind} in {kinds:?}");
+        }
+        messages
+    }
+
+    /// `POST /api/jobs` with `body`; the new job's id.
+    pub async fn post_job(&self, body: serde_json::Value) -> i64 {
+        self.post_json("/api/jobs", body).await["id"]
+            .as_i64()
+            .unwrap()
+    }
+
+    /// Registers `folder` as the dataset `name`; the server's answer (id and validation report).
+    pub async fn register_dataset(&self, name: &str, folder: &Path) -> serde_json::Value {
+        self.post_json(
+            "/api/datasets",
+            serde_json::json!({ "name": name, "path": folder.display().to_string() }),
+        )
+        .await
+    }
+
+    /// Segments `study` with the checkpoint of the training job `run` on the CPU; the prediction's
+    /// (job) id.
+    pub async fn predict(&self, study: i64, run: i64) -> i64 {
+        self.post_json(
+            "/api/predictions",
+            serde_json::json!({ "study_id": study, "checkpoint_job_id": run, "device": "cpu" }),
+        )
+        .await["id"]
+            .as_i64()
+            .unwrap()
+    }
+
+    /// Polls `GET /api/jobs/<job>` until the job has ended (see [`has_ended`]); its view.
+    pub async fn job_when_ended(&self, job: i64, deadline: Duration) -> serde_json::Value {
+        self.poll_json(&format!("/api/jobs/{job}"), deadline, has_ended)
+            .await
+    }
+
+    /// As [`LiveServer::job_when_ended`], and the job succeeded.
+    pub async fn job_succeeded(&self, job: i64, deadline: Duration) -> serde_json::Value {
+        let ended = self.job_when_ended(job, deadline).await;
+        assert_eq!(ended["state"], "succeeded", "{ended}");
+        ended
+    }
+
+    /// The job's log, as the run page shows it.
+    pub async fn job_log(&self, job: i64) -> String {
+        self.get_text(&format!("/api/jobs/{job}/log")).await
+    }
+
+    /// `GET path`'s body as text, whatever the status.
+    pub async fn get_text(&self, path: &str) -> String {
+        self.get(path).await.text().await.unwrap()
+    }
+
+    /// `GET path`'s body as bytes, whatever the status.
+    pub async fn get_bytes(&self, path: &str) -> Vec<u8> {
+        self.get(path).await.bytes().await.unwrap().to_vec()
+    }
+
+    /// `GET path` as sent, for a test that checks the status or headers itself.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    /// `POST path` with a multipart form, for a test that checks the answer itself.
+    pub async fn post_multipart(
+        &self,
+        path: &str,
+        form: reqwest::multipart::Form,
+    ) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// `cggm serve` on a free port of the loopback interface over `data_dir`, with `extra` flags.
+pub fn serve_command(data_dir: &Path, extra: &[&str]) -> Command {
+    let mut command = Command::new(cggm());
+    command
+        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(extra);
+    command
+}
+
+/// A job's view says it has ended: neither queued nor running.
+pub fn has_ended(job: &serde_json::Value) -> bool {
+    !matches!(job["state"].as_str(), Some("queued") | Some("running"))
+}
+
+/// A study upload of a case folder's files `<case>_<role>.nii.gz` (as `files` parts) for each of
+/// `roles`, under `name` when given.
+pub fn case_form(case_dir: &Path, name: Option<&str>, roles: &[&str]) -> reqwest::multipart::Form {
+    let case = case_dir.file_name().unwrap().to_string_lossy().to_string();
+    let mut form = reqwest::multipart::Form::new();
+    if let Some(name) = name {
+        form = form.text("name", name.to_string());
+    }
+    for role in roles {
+        let file = format!("{case}_{role}.nii.gz");
+        let bytes = std::fs::read(case_dir.join(&file)).unwrap();
+        form = form.part(
+            "files",
+            reqwest::multipart::Part::bytes(bytes).file_name(file),
+        );
+    }
+    form
 }
 
 impl Drop for LiveServer {
@@ -202,6 +332,13 @@ pub fn synth(out: &Path, cases: usize, size: &str) {
         .status()
         .unwrap();
     assert!(status.success(), "cggm synth failed");
+}
+
+/// The job's `state` event that says it has ended (the last one its stream sends).
+pub fn ends_the_stream(message: &SseMessage) -> bool {
+    message.event == "state"
+        && !message.data.contains("\"queued\"")
+        && !message.data.contains("\"running\"")
 }
 
 /// One Server-Sent Event.

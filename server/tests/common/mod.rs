@@ -17,6 +17,14 @@ use tower::ServiceExt;
 /// The header the server requires on every state-changing request.
 pub const APP_HEADER: &str = "x-cggm-request";
 
+/// How long a job of the stand-in `cggm` may take to reach a state.
+pub const FAKE_JOB_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A run request of one epoch of the `tiny` preset with `method` on `dataset_id`.
+pub fn tiny_training_request(dataset_id: i64, method: &str) -> serde_json::Value {
+    serde_json::json!({ "dataset_id": dataset_id, "method": method, "preset": "tiny", "epochs": 1 })
+}
+
 pub struct TestApp {
     pub dir: tempfile::TempDir,
     pub state: AppState,
@@ -140,6 +148,82 @@ impl TestApp {
         }
     }
 
+    /// Starts a CGGM training of the stand-in `cggm` on `dataset` (one tiny epoch); its id.
+    pub async fn start_training(&self, dataset: i64) -> i64 {
+        let (status, job) = self
+            .post_json("/api/jobs", tiny_training_request(dataset, "cggm"))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{job}");
+        job["id"].as_i64().unwrap()
+    }
+
+    /// A finished training run on a newly registered two-case dataset `brats`; the job's id.
+    pub async fn finished_run(&self) -> i64 {
+        let dataset = self.register_dataset("brats", 2).await;
+        let id = self.start_training(dataset).await;
+        self.wait_for_job(id, &["succeeded"], FAKE_JOB_DEADLINE)
+            .await;
+        id
+    }
+
+    /// A finished segmentation of `study` by a new [`TestApp::finished_run`]; the job's id.
+    pub async fn finished_prediction(&self, study: i64) -> i64 {
+        let run = self.finished_run().await;
+        self.segment(study, run).await
+    }
+
+    /// Segments `study` with the checkpoint of the training job `run` and waits until the
+    /// prediction succeeded; the prediction's (job) id.
+    pub async fn segment(&self, study: i64, run: i64) -> i64 {
+        let (status, job) = self
+            .post_json(
+                "/api/predictions",
+                serde_json::json!({ "study_id": study, "checkpoint_job_id": run }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{job}");
+        let id = job["id"].as_i64().unwrap();
+        self.wait_for_job(id, &["succeeded"], FAKE_JOB_DEADLINE)
+            .await;
+        id
+    }
+
+    /// Uploads a four-modality case `<name>` (8x8x4, no label) as a study; its id.
+    pub async fn upload_study(&self, name: &str) -> i64 {
+        let files = write_case(&self.dir.path().join(name), name, [8, 8, 4], false);
+        let (status, body) = self
+            .post_multipart("/api/studies", &Multipart::default().files(&files))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_i64().unwrap()
+    }
+
+    /// Polls dataset `id` until its full check (`POST /api/datasets/<id>/validate`) has
+    /// reported, or fails the test at the deadline; the dataset's view.
+    pub async fn full_check(&self, id: i64, deadline: Duration) -> serde_json::Value {
+        let until = Instant::now() + deadline;
+        loop {
+            let (_, dataset) = self.get_json(&format!("/api/datasets/{id}")).await;
+            if dataset["validating"] == false && dataset["report"]["full_check"] == true {
+                return dataset;
+            }
+            assert!(Instant::now() < until, "no full-check report: {dataset}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Nothing of a refused upload is left: no study folder, nothing in tmp/.
+    pub fn assert_no_upload_left(&self) {
+        for folder in ["studies", "tmp"] {
+            let left: Vec<_> = std::fs::read_dir(self.data_dir().join(folder))
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name())
+                .collect();
+            assert!(left.is_empty(), "{folder}/ holds {left:?}");
+        }
+    }
+
     /// Registers a BraTS folder `datasets/<name>` with `cases` good cases.
     pub async fn register_dataset(&self, name: &str, cases: usize) -> i64 {
         let root = self.data_dir().join("datasets").join(name);
@@ -200,6 +284,29 @@ pub fn write_4d(path: &Path, shape: [usize; 3]) {
     nifti::writer::WriterOptions::new(path)
         .write_nifti(&data)
         .unwrap();
+}
+
+/// A gzipped uint8 NIfTI-1 file whose header claims `dims`, followed by `payload`: with a large
+/// claim and a short or highly compressible payload, the uploads a server must refuse cheaply.
+pub fn hostile_nifti(dims: [i16; 3], payload: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut header = vec![0u8; 352];
+    header[0..4].copy_from_slice(&348i32.to_le_bytes());
+    header[40..42].copy_from_slice(&3i16.to_le_bytes());
+    for (i, d) in dims.iter().enumerate() {
+        header[42 + 2 * i..44 + 2 * i].copy_from_slice(&d.to_le_bytes());
+    }
+    header[70..72].copy_from_slice(&2i16.to_le_bytes()); // uint8
+    header[72..74].copy_from_slice(&8i16.to_le_bytes());
+    for i in 0..4 {
+        header[76 + 4 * i..80 + 4 * i].copy_from_slice(&1.0f32.to_le_bytes()); // pixdim
+    }
+    header[108..112].copy_from_slice(&352.0f32.to_le_bytes()); // vox_offset
+    header[344..348].copy_from_slice(b"n+1\0");
+    header.extend_from_slice(payload);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&header).unwrap();
+    gz.finish().unwrap()
 }
 
 /// A multipart/form-data body built by hand (oneshot tests have no HTTP client).
@@ -379,4 +486,6 @@ echo "fake cggm $cmd done" >&2
 
 pub mod dicom;
 pub mod live;
+pub mod procs;
+pub mod ui;
 pub mod webdriver;

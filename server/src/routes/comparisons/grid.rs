@@ -1,0 +1,153 @@
+//! A comparison's request and the grid of runs it asks for: every method x seed, the CGGM methods
+//! also x the rho/lambda grid, each cell a run request for `POST /api/jobs`.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// The most runs one comparison may queue.
+const MAX_CELLS: usize = 500;
+
+/// `POST /api/comparisons`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct ComparisonRequest {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub dataset_id: i64,
+    pub methods: Vec<String>,
+    pub seeds: Vec<u64>,
+    /// CGGM's rho values to cross with the CGGM methods (empty: the preset's).
+    #[serde(default)]
+    pub rho: Vec<f64>,
+    /// CGGM's lambda values to cross with the CGGM methods (empty: the preset's).
+    #[serde(default)]
+    pub lambda: Vec<f64>,
+    /// Run options every run shares (preset, epochs, steps_per_epoch, device, ...), as
+    /// `POST /api/jobs` takes them.
+    #[serde(default)]
+    pub options: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One run of the grid.
+pub(super) struct Cell {
+    pub arm: String,
+    pub method: String,
+    pub seed: u64,
+    /// The run request without `dataset_id`.
+    pub body: serde_json::Value,
+}
+
+/// The request's runs, checked for size and for options that belong in the request's own fields.
+pub(super) fn cells(request: &ComparisonRequest) -> Result<Vec<Cell>> {
+    let unprocessable = |m: String| Error::Unprocessable(m);
+    if request.methods.is_empty() {
+        return Err(unprocessable(
+            "methods is empty: choose at least one method (joint as the baseline)".into(),
+        ));
+    }
+    if request.seeds.is_empty() {
+        return Err(unprocessable(
+            "seeds is empty: give at least one seed (three or more for an interval)".into(),
+        ));
+    }
+    for key in ["method", "seed", "rho", "lambda", "dataset_id"] {
+        if request.options.contains_key(key) {
+            return Err(unprocessable(format!(
+                "options.{key}: set it in the comparison's own field, not in the shared options"
+            )));
+        }
+    }
+    let methods: Vec<&String> = {
+        let mut seen = BTreeSet::new();
+        request.methods.iter().filter(|m| seen.insert(*m)).collect()
+    };
+    let seeds: Vec<u64> = {
+        let mut seen = BTreeSet::new();
+        request
+            .seeds
+            .iter()
+            .copied()
+            .filter(|s| seen.insert(*s))
+            .collect()
+    };
+    let rhos: Vec<Option<f64>> = if request.rho.is_empty() {
+        vec![None]
+    } else {
+        request.rho.iter().copied().map(Some).collect()
+    };
+    let lambdas: Vec<Option<f64>> = if request.lambda.is_empty() {
+        vec![None]
+    } else {
+        request.lambda.iter().copied().map(Some).collect()
+    };
+    let mut out = Vec::new();
+    for method in methods {
+        let grid: Vec<(Option<f64>, Option<f64>)> = if method.starts_with("cggm") {
+            rhos.iter()
+                .flat_map(|r| lambdas.iter().map(move |l| (*r, *l)))
+                .collect()
+        } else {
+            vec![(None, None)]
+        };
+        for (rho, lambda) in grid {
+            let mut arm = method.clone();
+            if let Some(rho) = rho {
+                arm.push_str(&format!(" rho={rho}"));
+            }
+            if let Some(lambda) = lambda {
+                arm.push_str(&format!(" lambda={lambda}"));
+            }
+            for &seed in &seeds {
+                let mut body = request.options.clone();
+                body.insert("method".into(), method.clone().into());
+                body.insert("seed".into(), seed.into());
+                if let Some(rho) = rho {
+                    body.insert("rho".into(), rho.into());
+                }
+                if let Some(lambda) = lambda {
+                    body.insert("lambda".into(), lambda.into());
+                }
+                out.push(Cell {
+                    arm: arm.clone(),
+                    method: method.clone(),
+                    seed,
+                    body: serde_json::Value::Object(body),
+                });
+            }
+        }
+    }
+    if out.len() > MAX_CELLS {
+        return Err(unprocessable(format!(
+            "{} runs: at most {MAX_CELLS} per comparison; use fewer seeds or grid values",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_grid_crosses_only_the_cggm_methods_and_every_arm_gets_every_seed() {
+        let request: ComparisonRequest = serde_json::from_value(serde_json::json!({
+            "dataset_id": 1, "methods": ["joint", "cggm"], "seeds": [1, 2],
+            "rho": [1.0, 1.5], "options": {"preset": "tiny"}
+        }))
+        .unwrap();
+        let made = cells(&request).unwrap();
+        let arms: BTreeSet<&str> = made.iter().map(|c| c.arm.as_str()).collect();
+        assert_eq!(
+            arms,
+            BTreeSet::from(["joint", "cggm rho=1", "cggm rho=1.5"])
+        );
+        assert_eq!(made.len(), 6);
+        assert!(made.iter().all(|c| c.body["preset"] == "tiny"));
+        let bad: ComparisonRequest = serde_json::from_value(serde_json::json!({
+            "dataset_id": 1, "methods": ["joint"], "seeds": [], "options": {}
+        }))
+        .unwrap();
+        assert!(cells(&bad).is_err());
+    }
+}
