@@ -380,31 +380,6 @@ async fn hostile_uploads_sent_at_once_are_all_rejected_with_422_and_leave_nothin
     app.assert_no_upload_left();
 }
 
-#[tokio::test]
-async fn validate_again_runs_in_the_background_and_its_report_arrives() {
-    let app = TestApp::new().await;
-    let id = app.register_dataset("disk", 2).await;
-    std::fs::write(
-        app.data_dir()
-            .join("datasets/disk/Case_001/Case_001_flair.nii.gz"),
-        b"garbage",
-    )
-    .unwrap();
-    let (status, body) = app
-        .post_json(
-            &format!("/api/datasets/{id}/validate"),
-            serde_json::json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let report = app.full_check(id, DEADLINE).await["report"].clone();
-    assert_eq!(report["valid_cases"], 1);
-    assert!(
-        report["problems"].to_string().contains("Case_001_flair"),
-        "{report}"
-    );
-}
-
 // ------------------------------------------------------------------ deletion
 
 #[tokio::test]
