@@ -317,7 +317,9 @@ impl Optimizer {
     }
 
     /// One update; `lr(group)` gives the learning rate of each group. Follows `torch.optim`'s
-    /// SGD (momentum, no dampening, no Nesterov), Adam and AdamW operation by operation.
+    /// SGD (momentum, no dampening, no Nesterov), Adam and AdamW operation by operation. The
+    /// gradients are used up: weight decay is added into them in place (the next `zero_grad`
+    /// clears them), so read them before the step.
     pub fn step(&mut self, lr: &dyn Fn(usize) -> f64) {
         self.steps += 1;
         let t = self.steps as f64;
