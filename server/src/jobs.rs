@@ -468,26 +468,22 @@ impl Inner {
         let data = serde_json::json!({
             "state": JobState::Running.as_str(), "executor_state": executor_state,
             "node": node, "stalled": stalled,
-        })
-        .to_string();
-        self.send(
-            job_id,
-            LiveMessage {
-                seq: 0,
-                kind: "state".into(),
-                data,
-            },
-        );
+        });
+        self.send_state_message(job_id, data);
     }
 
     pub(crate) fn broadcast_state(&self, job_id: i64, state: JobState) {
-        let data = serde_json::json!({ "state": state.as_str() }).to_string();
+        self.send_state_message(job_id, serde_json::json!({ "state": state.as_str() }));
+    }
+
+    /// A live `state` message (not stored: it carries no sequence number).
+    fn send_state_message(&self, job_id: i64, data: serde_json::Value) {
         self.send(
             job_id,
             LiveMessage {
                 seq: 0,
                 kind: "state".into(),
-                data,
+                data: data.to_string(),
             },
         );
     }

@@ -400,6 +400,23 @@ impl<N: MultimodalNetwork> Trainer<N> {
         Ok(state)
     }
 
+    /// What a checkpoint records of this trainer after `epochs_done` epochs; the run loop adds
+    /// its best scores so far (segmentation: Dice; feature tasks: the report and B sums).
+    pub fn checkpoint_state(&self, epochs_done: usize, best_epoch: usize) -> CheckpointState {
+        CheckpointState {
+            config: self.cfg.clone(),
+            epoch: epochs_done,
+            global_step: self.global_step,
+            best_epoch,
+            best_val_dice: None,
+            best_val_modality_dice: BTreeMap::new(),
+            tracker: self.tracker.clone(),
+            previous_balance: self.previous_balance.clone(),
+            best_val_report: None,
+            balance_sum: Vec::new(),
+        }
+    }
+
     /// `--resume`: [`restore`](Self::restore) from the run's last checkpoint and say so; a new
     /// run keeps the trainer as built (None).
     pub fn resume_if(&mut self, resume: bool, run_dir: &Path) -> Result<Option<CheckpointState>> {

@@ -350,20 +350,12 @@ fn save_checkpoints(
     is_best: bool,
     events: &EventSink,
 ) -> Result<()> {
-    let t = &p.trainer;
     let state = CheckpointState {
-        config: t.cfg.clone(),
-        epoch: epoch + 1,
-        global_step: t.global_step,
-        best_epoch: p.progress.best_epoch,
         best_val_dice: p.progress.best.clone(),
         best_val_modality_dice: p.progress.best_modality.clone(),
-        tracker: t.tracker.clone(),
-        previous_balance: t.previous_balance.clone(),
-        best_val_report: None,
-        balance_sum: Vec::new(),
+        ..p.trainer.checkpoint_state(epoch + 1, p.progress.best_epoch)
     };
-    checkpoint::save_epoch(run_dir, t, &state, epoch, is_best, events)
+    checkpoint::save_epoch(run_dir, &p.trainer, &state, epoch, is_best, events)
 }
 
 /// Tests the best weights on the test split (saving each case's prediction for review), writes

@@ -196,20 +196,12 @@ fn validate_and_save(
         p.progress.best = Some(report);
         p.progress.best_epoch = epoch + 1;
     }
-    let t = &p.trainer;
     let state = CheckpointState {
-        config: t.cfg.clone(),
-        epoch: epoch + 1,
-        global_step: t.global_step,
-        best_epoch: p.progress.best_epoch,
-        best_val_dice: None,
-        best_val_modality_dice: BTreeMap::new(),
-        tracker: t.tracker.clone(),
-        previous_balance: t.previous_balance.clone(),
         best_val_report: p.progress.best.clone(),
         balance_sum: p.progress.balance_sum.clone(),
+        ..p.trainer.checkpoint_state(epoch + 1, p.progress.best_epoch)
     };
-    checkpoint::save_epoch(run_dir, t, &state, epoch, is_best, events)
+    checkpoint::save_epoch(run_dir, &p.trainer, &state, epoch, is_best, events)
 }
 
 /// Trains `cfg` (a feature dataset in `cfg.data`) into `run_dir`; a failure is also reported as

@@ -433,7 +433,6 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
                 .iter()
                 .map(|(_, c)| Trainer::new(c.clone(), device, 1000))
                 .collect();
-            let params = param_counts(&trainers[cggm].vs);
             let (images, labels) = random_batch(base.sampler.batch_size, base.sampler.crop, device);
             let rounds = time_rounds(
                 &mut trainers,
@@ -442,8 +441,8 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
                 &args,
                 device,
                 torch.as_ref(),
-            )?;
-            (rounds, params)
+            );
+            (rounds?, param_counts(&trainers[cggm].vs))
         }
         Some(spec) => {
             let mut trainers: Vec<Trainer<FeatureNet>> = variants
@@ -451,7 +450,6 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
                 .map(|(_, c)| Trainer::for_features(c.clone(), spec, device, 1000))
                 .collect::<Result<_, String>>()
                 .map_err(anyhow::Error::msg)?;
-            let params = param_counts(&trainers[cggm].vs);
             let (input, labels) = random_feature_batch(spec, base.sampler.batch_size, device);
             let rounds = time_rounds(
                 &mut trainers,
@@ -460,8 +458,8 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
                 &args,
                 device,
                 torch.as_ref(),
-            )?;
-            (rounds, params)
+            );
+            (rounds?, param_counts(&trainers[cggm].vs))
         }
     };
     let alone = if args.no_memory {
