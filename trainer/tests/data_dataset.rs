@@ -356,7 +356,7 @@ fn case_from_paths_accepts_brats_files_in_any_order_and_2023_names() {
         .collect();
     let case = case_from_paths(&files).unwrap();
     assert_eq!(case.id, "BraTS2021_00000");
-    let CaseFiles::Separate { images, label } = &case.files else {
+    let CaseFiles::Separate { images, label, .. } = &case.files else {
         panic!("expected separate files")
     };
     for m in Modality::ALL {
@@ -432,6 +432,7 @@ fn fake_cases(n: usize) -> Vec<CaseSource> {
             files: CaseFiles::Msd4d {
                 image: PathBuf::from(format!("/x/case{i:03}.nii.gz")),
                 label: None,
+                channels: cggm_trainer::data::MSD_CHANNELS,
             },
         })
         .collect()

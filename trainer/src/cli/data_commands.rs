@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use crate::data::features::synth::{write_feature_dataset, FeatureSynthConfig};
 use crate::data::features::{is_feature_dataset, validate_features};
 use crate::data::synth::{write_synthetic_dataset, SynthConfig};
-use crate::data::{validate_dataset_counting, Layout, SamplerConfig, SliceLoader};
+use crate::data::{validate_dataset_counting, SamplerConfig, SliceLoader};
 use crate::progress::Progress;
 use crate::task::TaskKind;
 
@@ -110,7 +110,8 @@ pub fn synth(args: SynthArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Check a dataset folder (BraTS 2021 or MSD Task01 layout) and report every bad case.
+/// Check a dataset folder (BraTS 2021/2023+, MSD Task01, nnU-Net v2 raw or a feature dataset),
+/// name the layout found and report every bad case.
 #[derive(Debug, clap::Args)]
 pub struct ValidateArgs {
     /// The dataset folder.
@@ -118,6 +119,13 @@ pub struct ValidateArgs {
 }
 
 pub fn validate(args: ValidateArgs) -> anyhow::Result<()> {
+    if !args.dir.is_dir() {
+        bail!(
+            "no such folder: {} (give the folder that holds the dataset's cases, imagesTr/ or \
+             dataset.json)",
+            args.dir.display()
+        );
+    }
     if is_feature_dataset(&args.dir) {
         let report = validate_features(&args.dir)?;
         println!("dataset: {}", args.dir.display());
@@ -147,13 +155,8 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<()> {
         .iter()
         .filter(|c| c.label_path().is_some())
         .count();
-    let layout = match report.layout {
-        Layout::BraTS2021 => "BraTS 2021 (one folder per case)",
-        Layout::MsdTask01 => "MSD Task01 (imagesTr/ 4-D images, labelsTr/)",
-        Layout::Empty => "none recognised",
-    };
     println!("dataset: {}", args.dir.display());
-    println!("layout: {layout}");
+    println!("layout: {}", report.layout.describe());
     println!(
         "valid cases: {} ({labelled} with labels)",
         report.cases.len()
@@ -164,7 +167,7 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<()> {
     }
     if report.cases.is_empty() {
         bail!(
-            "no valid case in {}; expected BraTS2021_XXXXX/BraTS2021_XXXXX_{{flair,t1,t1ce,t2,seg}}.nii.gz folders or an MSD imagesTr/ + labelsTr/ layout",
+            "no valid case in {}; expected BraTS case folders (CASE/CASE_{{flair,t1ce,t1,t2,seg}}.nii.gz, or BraTS 2023 CASE-{{t2f,t1c,t1n,t2w,seg}}), an MSD Task01 or an nnU-Net v2 imagesTr/ + labelsTr/ folder (README \"Data layouts\")",
             args.dir.display()
         );
     }

@@ -144,6 +144,16 @@ pub enum DataError {
     #[error("{} does not match a known case file: {detail}. Give one BraTS case folder, four files ending in _flair/_t1ce/_t1/_t2 (optionally a _seg label), or one 4-D MSD image.", file.display())]
     UnrecognisedInput { file: PathBuf, detail: String },
 
+    #[error("case {case}: {} leads outside the dataset folder {} (through a link), so it was ignored. Copy the file into the dataset folder instead of linking it, or register the folder it really lives in.", file.display(), root.display())]
+    OutsideDataset {
+        case: String,
+        file: PathBuf,
+        root: PathBuf,
+    },
+
+    #[error("{}: {detail}. Fix the dataset description (README \"Data layouts\" shows the fields read).", file.display())]
+    DatasetDescription { file: PathBuf, detail: String },
+
     #[error("split file {}: {detail}. Expected JSON {{\"train\": [ids], \"val\": [ids], \"test\": [ids]}} naming discovered cases.", file.display())]
     SplitFile { file: PathBuf, detail: String },
 

@@ -1,22 +1,56 @@
-//! Dataset discovery: the BraTS 2021 layout (one folder per case, one file per modality) and the
-//! Medical Segmentation Decathlon Task01 layout (`imagesTr/` 4-D images, `labelsTr/`). Discovery
-//! only looks at names; [`super::validate_dataset`] opens the files. A bad case is reported in
-//! `problems` and never stops the others from being found.
+//! Dataset discovery, the one place that decides what a folder is: BraTS 2021 or 2023+ (one folder
+//! per case, one file per modality), the Medical Segmentation Decathlon Task01 (`imagesTr/` 4-D
+//! images, `labelsTr/`, its `dataset.json`) or nnU-Net v2 raw data (`imagesTr/CASE_000X`,
+//! `labelsTr/`, `dataset.json` with `channel_names`). Discovery only looks at names and the
+//! description; [`super::validate_dataset`] opens the volumes. A bad case is reported in
+//! `problems` and never stops the others from being found; a file that leads outside the dataset
+//! folder through a link is one.
 
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::{CaseFiles, CaseProblem, CaseSource, DataError, Modality};
+use super::description::{MsdDescription, NnUnetDescription, TaskDescription, DESCRIPTION_FILE};
+use super::{CaseFiles, CaseProblem, CaseSource, DataError, LabelValues, Modality, MSD_CHANNELS};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
 pub enum Layout {
-    /// `CASE/CASE_{flair,t1,t1ce,t2,seg}.nii.gz` (BraTS 2021; BraTS 2023 suffixes also accepted).
+    /// `CASE/CASE_{flair,t1,t1ce,t2,seg}.nii.gz` (BraTS 2021 and earlier).
     BraTS2021,
-    /// `imagesTr/CASE.nii.gz` (4-D: FLAIR, T1w, T1gd, T2w) and `labelsTr/CASE.nii.gz`.
+    /// `CASE/CASE-{t2f,t1c,t1n,t2w,seg}.nii.gz` (BraTS 2023+: GLI, MEN, MET, PED, SSA).
+    BraTS2023,
+    /// `imagesTr/CASE.nii.gz` (4-D, channels as `dataset.json`'s `modality` says) and
+    /// `labelsTr/CASE.nii.gz`.
     MsdTask01,
+    /// `imagesTr/CASE_000X.nii.gz` (one file per channel, named by `channel_names`) and
+    /// `labelsTr/CASE.nii.gz`.
+    NnUnetV2,
     /// Nothing recognisable.
     Empty,
+}
+
+impl Layout {
+    /// A stable key for APIs and the database.
+    pub fn key(self) -> &'static str {
+        match self {
+            Layout::BraTS2021 => "brats2021",
+            Layout::BraTS2023 => "brats2023",
+            Layout::MsdTask01 => "msd",
+            Layout::NnUnetV2 => "nnunet-v2",
+            Layout::Empty => "empty",
+        }
+    }
+
+    /// What a user reads (`cggm validate`, the datasets page).
+    pub fn describe(self) -> &'static str {
+        match self {
+            Layout::BraTS2021 => "BraTS 2021 (one folder per case: _flair, _t1ce, _t1, _t2, _seg)",
+            Layout::BraTS2023 => "BraTS 2023+ (one folder per case: -t2f, -t1c, -t1n, -t2w, -seg)",
+            Layout::MsdTask01 => "MSD Task01 (imagesTr/ 4-D images, labelsTr/, dataset.json)",
+            Layout::NnUnetV2 => "nnU-Net v2 raw (imagesTr/CASE_000X, labelsTr/, dataset.json)",
+            Layout::Empty => "none recognised",
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -134,11 +168,17 @@ fn brats_case(id: &str, dir: &Path, files: &[PathBuf]) -> Result<CaseSource, Dat
     let images = images.map(|p| p.expect("checked above"));
     Ok(CaseSource {
         id: id.to_string(),
-        files: CaseFiles::Separate { images, label },
+        files: CaseFiles::Separate {
+            images,
+            label,
+            label_values: LabelValues::Brats,
+        },
     })
 }
 
-fn msd_root(dir: &Path) -> Option<PathBuf> {
+/// The folder holding `imagesTr/`: `dir` itself, or its one sub-folder that has one (an MSD or
+/// nnU-Net download unpacked into a parent folder).
+fn task_root(dir: &Path) -> Option<PathBuf> {
     if dir.join("imagesTr").is_dir() {
         return Some(dir.to_path_buf());
     }
@@ -149,7 +189,63 @@ fn msd_root(dir: &Path) -> Option<PathBuf> {
     (tasks.len() == 1).then(|| tasks[0].clone())
 }
 
-fn discover_msd(root: &Path) -> DiscoveryReport {
+fn empty_report(layout: Layout) -> DiscoveryReport {
+    DiscoveryReport {
+        layout,
+        cases: Vec::new(),
+        problems: Vec::new(),
+    }
+}
+
+/// A problem with the dataset as a whole (its `dataset.json`), reported under the file's name.
+fn dataset_problem(layout: Layout, file: &Path, detail: String) -> DiscoveryReport {
+    let mut report = empty_report(layout);
+    report.problems.push(CaseProblem {
+        case: file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        error: DataError::DatasetDescription {
+            file: file.to_path_buf(),
+            detail,
+        },
+    });
+    report
+}
+
+/// Decides between MSD and nnU-Net v2 for a folder with `imagesTr/` by what its description
+/// says (`channel_names` is nnU-Net v2's, `modality` MSD's), or without one by the file names
+/// (nnU-Net's `CASE_0000` channel files).
+fn discover_task(root: &Path) -> DiscoveryReport {
+    match TaskDescription::read(root) {
+        Ok(TaskDescription::NnUnet(description)) => discover_nnunet(root, &description),
+        Ok(TaskDescription::Msd(description)) => discover_msd(root, &description),
+        Ok(TaskDescription::Missing) if has_nnunet_channel_files(root) => dataset_problem(
+            Layout::NnUnetV2,
+            &root.join(DESCRIPTION_FILE),
+            "imagesTr/ holds nnU-Net v2 channel files (CASE_0000…) but there is no dataset.json \
+             to say which channel is which modality; add it with \"channel_names\""
+                .into(),
+        ),
+        Ok(TaskDescription::Missing) => discover_msd(root, &MsdDescription::default()),
+        Err((layout, detail)) => dataset_problem(layout, &root.join(DESCRIPTION_FILE), detail),
+    }
+}
+
+fn has_nnunet_channel_files(root: &Path) -> bool {
+    nifti_files(&root.join("imagesTr"))
+        .iter()
+        .any(|f| split_channel_suffix(&nifti_stem(f)).is_some())
+}
+
+/// `BraTS_001_0002` -> (`BraTS_001`, 2): nnU-Net's four-digit channel suffix.
+fn split_channel_suffix(stem: &str) -> Option<(&str, usize)> {
+    let (case, digits) = stem.rsplit_once('_')?;
+    (digits.len() == 4 && digits.bytes().all(|b| b.is_ascii_digit()) && !case.is_empty())
+        .then(|| (case, digits.parse().expect("four digits")))
+}
+
+fn discover_msd(root: &Path, description: &MsdDescription) -> DiscoveryReport {
     let cases = nifti_files(&root.join("imagesTr"))
         .into_iter()
         .map(|image| {
@@ -161,6 +257,7 @@ fn discover_msd(root: &Path) -> DiscoveryReport {
                 files: CaseFiles::Msd4d {
                     image,
                     label: label.is_file().then_some(label),
+                    channels: description.channels,
                 },
             }
         })
@@ -172,12 +269,79 @@ fn discover_msd(root: &Path) -> DiscoveryReport {
     }
 }
 
+fn discover_nnunet(root: &Path, description: &NnUnetDescription) -> DiscoveryReport {
+    let mut report = empty_report(Layout::NnUnetV2);
+    let ending = description.file_ending.to_ascii_lowercase();
+    let mut channels_of: std::collections::BTreeMap<String, Vec<(usize, PathBuf)>> =
+        Default::default();
+    for file in sorted_entries(&root.join("imagesTr")) {
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.starts_with('.') || !file.is_file() {
+            continue;
+        }
+        let Some(stem) = name
+            .to_ascii_lowercase()
+            .ends_with(&ending)
+            .then(|| &name[..name.len() - ending.len()])
+        else {
+            continue;
+        };
+        match split_channel_suffix(stem) {
+            Some((case, channel)) => channels_of
+                .entry(case.to_string())
+                .or_default()
+                .push((channel, file.clone())),
+            None => report.problems.push(CaseProblem {
+                case: stem.to_string(),
+                error: DataError::UnrecognisedInput {
+                    file: file.clone(),
+                    detail: "nnU-Net v2 images are named CASE_XXXX with a four-digit channel \
+                             number (CASE_0000, CASE_0001, …)"
+                        .into(),
+                },
+            }),
+        }
+    }
+    for (case, files) in channels_of {
+        let mut images: [Option<PathBuf>; 4] = Default::default();
+        let mut missing = Vec::new();
+        for (channel, modality) in description.channels.iter().enumerate() {
+            match files.iter().find(|(c, _)| *c == channel) {
+                Some((_, file)) => images[modality.index()] = Some(file.clone()),
+                None => missing.push(*modality),
+            }
+        }
+        if let Some(&modality) = missing.first() {
+            report.problems.push(CaseProblem {
+                case: case.clone(),
+                error: DataError::MissingModality {
+                    case,
+                    modality,
+                    dir: root.join("imagesTr"),
+                },
+            });
+            continue;
+        }
+        let label = root
+            .join("labelsTr")
+            .join(format!("{case}{}", description.file_ending));
+        report.cases.push(CaseSource {
+            id: case,
+            files: CaseFiles::Separate {
+                images: images.map(|p| p.expect("checked above")),
+                label: label.is_file().then_some(label),
+                label_values: description.label_values,
+            },
+        });
+    }
+    report
+}
+
 fn discover_brats(dir: &Path, depth: usize) -> DiscoveryReport {
-    let mut report = DiscoveryReport {
-        layout: Layout::Empty,
-        cases: Vec::new(),
-        problems: Vec::new(),
-    };
+    let mut report = empty_report(Layout::Empty);
     let subdirs: Vec<PathBuf> = sorted_entries(dir)
         .into_iter()
         .filter(|p| {
@@ -224,13 +388,61 @@ fn discover_brats(dir: &Path, depth: usize) -> DiscoveryReport {
         }
     }
     if !report.cases.is_empty() || !report.problems.is_empty() {
-        report.layout = Layout::BraTS2021;
+        report.layout = if report.cases.iter().any(uses_brats2023_names) {
+            Layout::BraTS2023
+        } else {
+            Layout::BraTS2021
+        };
     }
     report
 }
 
-/// Finds the cases under `dir` by file names only (see [`super::validate_dataset`] for the full
-/// check). Cases are sorted by id.
+/// BraTS 2023+ releases (GLI, MEN, MET, PED, SSA) name the modalities t1c, t1n, t2f and t2w.
+fn uses_brats2023_names(case: &CaseSource) -> bool {
+    case.paths().iter().any(|p| {
+        let stem = nifti_stem(p).to_ascii_lowercase();
+        ["t1c", "t1n", "t2f", "t2w"]
+            .iter()
+            .any(|s| stem.ends_with(&format!("-{s}")) || stem.ends_with(&format!("_{s}")))
+    })
+}
+
+/// Moves every case with a file that resolves (through links) outside `root` to the problems:
+/// a dataset folder never gives access to anything outside it.
+fn confine(report: &mut DiscoveryReport, root: &Path) {
+    let Ok(root) = root.canonicalize() else {
+        return;
+    };
+    let (inside, outside): (Vec<CaseSource>, Vec<CaseSource>) = std::mem::take(&mut report.cases)
+        .into_iter()
+        .partition(|case| case.paths().iter().all(|p| is_inside(p, &root)));
+    report.cases = inside;
+    for case in outside {
+        let file = case
+            .paths()
+            .into_iter()
+            .find(|p| !is_inside(p, &root))
+            .expect("partitioned on it");
+        report.problems.push(CaseProblem {
+            case: case.id.clone(),
+            error: DataError::OutsideDataset {
+                case: case.id,
+                file,
+                root: root.clone(),
+            },
+        });
+    }
+}
+
+/// Whether `path` resolves, after every link, to a place inside `root` (already canonical).
+pub fn is_inside(path: &Path, root: &Path) -> bool {
+    path.canonicalize().is_ok_and(|p| p.starts_with(root))
+}
+
+/// Finds the cases under `dir` by their layout: nnU-Net v2 raw or MSD (`imagesTr/`, told apart by
+/// their `dataset.json`), else BraTS (one folder per case). Only names and the description are
+/// read here; [`super::validate_dataset`] opens the volumes. Files that lead outside `dir`
+/// through links are never used. Cases are sorted by id.
 pub fn discover(dir: &Path) -> DiscoveryReport {
     if !dir.is_dir() {
         let error = match std::fs::metadata(dir) {
@@ -249,11 +461,13 @@ pub fn discover(dir: &Path) -> DiscoveryReport {
             }],
         };
     }
-    let mut report = match msd_root(dir) {
-        Some(root) => discover_msd(&root),
+    let mut report = match task_root(dir) {
+        Some(root) => discover_task(&root),
         None => discover_brats(dir, 0),
     };
+    confine(&mut report, dir);
     report.cases.sort_by(|a, b| a.id.cmp(&b.id));
+    report.problems.sort_by(|a, b| a.case.cmp(&b.case));
     report
 }
 
@@ -335,6 +549,7 @@ pub fn case_from_paths(paths: &[PathBuf]) -> Result<CaseSource, DataError> {
             files: CaseFiles::Msd4d {
                 image: image.clone(),
                 label,
+                channels: MSD_CHANNELS,
             },
         }),
         [] => Err(DataError::UnrecognisedInput {

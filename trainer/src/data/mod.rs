@@ -8,6 +8,7 @@
 //! - images `[4, X, Y, Z]` z-scored per modality over the brain (non-zero) voxels, background 0.
 
 mod cache;
+mod description;
 mod error;
 pub mod features;
 mod layout;
@@ -21,8 +22,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use description::{modality_of_channel_name, CHANNEL_MAP_FILE, DESCRIPTION_FILE};
 pub use error::{CaseProblem, DataError, CONVERT_TO_NIFTI1_HINT};
-pub use layout::{case_from_paths, discover, DiscoveryReport, Layout};
+pub use layout::{case_from_paths, discover, is_inside, DiscoveryReport, Layout};
 pub use nifti_io::{
     header_affine, max_voxels, read_header, read_volume, write_label_volume, write_volume_i16,
     write_volume_u8, HeaderInfo, DEFAULT_MAX_VOXELS,
@@ -108,27 +110,61 @@ pub struct CaseSource {
 
 #[derive(Clone, Debug)]
 pub enum CaseFiles {
-    /// BraTS: one 3-D file per modality, in [`Modality::ALL`] order; BraTS label values.
+    /// BraTS or nnU-Net v2: one 3-D file per modality, in [`Modality::ALL`] order.
     Separate {
         images: [PathBuf; 4],
         label: Option<PathBuf>,
+        label_values: LabelValues,
     },
-    /// Medical Segmentation Decathlon Task01: one 4-D image (channels FLAIR, T1w, T1gd, T2w);
-    /// MSD label values.
+    /// Medical Segmentation Decathlon Task01: one 4-D image, `channels[i]` the modality of its
+    /// channel `i` (the dataset's `modality` map; [`MSD_CHANNELS`] by default); MSD label values.
     Msd4d {
         image: PathBuf,
         label: Option<PathBuf>,
+        channels: [Modality; 4],
     },
+}
+
+/// The channel order of MSD Task01's 4-D images: FLAIR, T1w, T1gd, T2w.
+pub const MSD_CHANNELS: [Modality; 4] =
+    [Modality::Flair, Modality::T1, Modality::T1ce, Modality::T2];
+
+/// How a label file numbers the tumour classes.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LabelValues {
+    /// 1 NCR, 2 oedema, 4 enhancing (BraTS 2021) or 3 (BraTS 2023+).
+    Brats,
+    /// 1 oedema, 2 non-enhancing, 3 enhancing (MSD Task01, nnU-Net's BraTS conversion).
+    Msd,
+}
+
+impl LabelValues {
+    /// The internal class of a label value, `None` for a value outside the numbering.
+    pub fn class_of(self, value: u8) -> Option<u8> {
+        match self {
+            LabelValues::Brats => brats_to_internal(value),
+            LabelValues::Msd => msd_to_internal(value),
+        }
+    }
+
+    /// The numbering's name and its values, for error messages.
+    pub fn describe(self) -> (&'static str, &'static str) {
+        match self {
+            LabelValues::Brats => ("BraTS", "0, 1 NCR, 2 oedema, 4 (or 3) enhancing"),
+            LabelValues::Msd => ("MSD Task01", "0, 1 oedema, 2 non-enhancing, 3 enhancing"),
+        }
+    }
 }
 
 impl CaseSource {
     /// Every file of the case, label last.
     pub fn paths(&self) -> Vec<PathBuf> {
         match &self.files {
-            CaseFiles::Separate { images, label } => {
+            CaseFiles::Separate { images, label, .. } => {
                 images.iter().cloned().chain(label.clone()).collect()
             }
-            CaseFiles::Msd4d { image, label } => std::iter::once(image.clone())
+            CaseFiles::Msd4d { image, label, .. } => std::iter::once(image.clone())
                 .chain(label.clone())
                 .collect(),
         }
@@ -137,6 +173,14 @@ impl CaseSource {
     pub fn label_path(&self) -> Option<&PathBuf> {
         match &self.files {
             CaseFiles::Separate { label, .. } | CaseFiles::Msd4d { label, .. } => label.as_ref(),
+        }
+    }
+
+    /// How the case's label file numbers the classes.
+    pub fn label_values(&self) -> LabelValues {
+        match &self.files {
+            CaseFiles::Separate { label_values, .. } => *label_values,
+            CaseFiles::Msd4d { .. } => LabelValues::Msd,
         }
     }
 }

@@ -227,6 +227,7 @@ mod tests {
             files: CaseFiles::Msd4d {
                 image: PathBuf::from(format!("{id}.nii.gz")),
                 label: None,
+                channels: crate::data::MSD_CHANNELS,
             },
         }
     }

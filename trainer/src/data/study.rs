@@ -8,8 +8,8 @@ use nifti::NiftiHeader;
 
 use super::nifti_io::{header_affine, read_raw_volume, RawVolume};
 use super::{
-    discover, CaseFiles, CaseProblem, CaseSource, DataError, DiscoveryReport, Modality,
-    LABEL_ENHANCING, LABEL_NCR, LABEL_OEDEMA,
+    discover, CaseFiles, CaseProblem, CaseSource, DataError, DiscoveryReport, LabelValues,
+    Modality, LABEL_ENHANCING, LABEL_NCR, LABEL_OEDEMA,
 };
 
 /// A loaded, checked and normalised case.
@@ -188,21 +188,16 @@ fn read_label(
     case: &str,
     file: &Path,
     checked: &Checked,
-    msd: bool,
+    values: LabelValues,
 ) -> Result<Array3<u8>, DataError> {
     let volume = read_raw_volume(file).map_err(|e| e.in_case(case))?;
     let shape = spatial_dims(&volume, file).map_err(|e| e.in_case(case))?;
     checked.same_grid(case, file, &volume.header, shape)?;
-    let map = if msd {
-        msd_to_internal
-    } else {
-        brats_to_internal
-    };
     let mut bad: Vec<f64> = Vec::new();
     let mut classes = Vec::with_capacity(volume.data.len());
     for &v in &volume.data {
         let class = if v.fract() == 0.0 && (0.0..=255.0).contains(&v) {
-            map(v as u8)
+            values.class_of(v as u8)
         } else {
             None
         };
@@ -221,12 +216,8 @@ fn read_label(
             case: case.to_string(),
             file: file.to_path_buf(),
             values: bad,
-            convention: if msd { "MSD Task01" } else { "BraTS" },
-            allowed: if msd {
-                "0, 1 oedema, 2 non-enhancing, 3 enhancing"
-            } else {
-                "0, 1 NCR, 2 oedema, 4 (or 3) enhancing"
-            },
+            convention: values.describe().0,
+            allowed: values.describe().1,
         });
     }
     Ok(Array3::from_shape_vec(shape.f(), classes)
@@ -266,6 +257,7 @@ pub fn load_study(source: &CaseSource) -> Result<Study, DataError> {
         CaseFiles::Separate {
             images: files,
             label,
+            label_values,
         } => {
             // The four files decode at once (inflating gzip is most of a case's load time);
             // the checks then run in modality order, so the problem reported is the one reading
@@ -306,7 +298,7 @@ pub fn load_study(source: &CaseSource) -> Result<Study, DataError> {
             }
             let checked = checked.expect("four modalities");
             let label = match label {
-                Some(file) => Some(read_label(case, file, &checked, false)?),
+                Some(file) => Some(read_label(case, file, &checked, *label_values)?),
                 None => None,
             };
             Ok(Study {
@@ -317,7 +309,11 @@ pub fn load_study(source: &CaseSource) -> Result<Study, DataError> {
                 header: checked.reference_header,
             })
         }
-        CaseFiles::Msd4d { image, label } => {
+        CaseFiles::Msd4d {
+            image,
+            label,
+            channels,
+        } => {
             let volume = read_raw_volume(image).map_err(|e| e.in_case(case))?;
             let dims = volume.dims.clone();
             if dims.len() != 4 || dims[3] != 4 {
@@ -332,9 +328,7 @@ pub fn load_study(source: &CaseSource) -> Result<Study, DataError> {
             check_finite(&volume.data[..], [shape[0], shape[1], shape[2] * 4], image)
                 .map_err(|e| e.in_case(case))?;
             let mut images = Array4::zeros((4, shape[0], shape[1], shape[2]));
-            // MSD channel order: FLAIR, T1w, T1gd, T2w.
-            let msd_order = [Modality::Flair, Modality::T1, Modality::T1ce, Modality::T2];
-            for (channel, m) in msd_order.into_iter().enumerate() {
+            for (channel, &m) in channels.iter().enumerate() {
                 let data = volume.data[channel * per_channel..(channel + 1) * per_channel].to_vec();
                 ensure_brain(&data, image)?;
                 store_modality(&mut images, m, shape, data);
@@ -345,7 +339,7 @@ pub fn load_study(source: &CaseSource) -> Result<Study, DataError> {
                 shape,
             };
             let label = match label {
-                Some(file) => Some(read_label(case, file, &checked, true)?),
+                Some(file) => Some(read_label(case, file, &checked, LabelValues::Msd)?),
                 None => None,
             };
             Ok(Study {

@@ -161,9 +161,28 @@ impl DatasetSpec {
     }
 }
 
-/// Whether `dir` looks like a feature dataset (it holds a `dataset.json`).
+/// Whether `dir` is a feature dataset: its `dataset.json` says `"format": "cggm-features"`, or (as
+/// files written before the marker) carries no format and lists feature `modalities` with a
+/// `task`. MSD and nnU-Net folders have a `dataset.json` too; theirs is none of these.
 pub fn is_feature_dataset(dir: &Path) -> bool {
-    dir.join(SPEC_FILE).is_file()
+    let path = dir.join(SPEC_FILE);
+    let small = std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() < 16 * 1024 * 1024);
+    let Some(json) = small
+        .then(|| std::fs::read_to_string(&path).ok())
+        .flatten()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+    else {
+        return false;
+    };
+    match json.get("format") {
+        Some(format) => format == "cggm-features",
+        None => {
+            json.get("task").is_some_and(serde_json::Value::is_string)
+                && json
+                    .get("modalities")
+                    .is_some_and(serde_json::Value::is_array)
+        }
+    }
 }
 
 pub fn split_path(dir: &Path, split: &str) -> PathBuf {
