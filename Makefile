@@ -17,7 +17,8 @@ run: build
 test: web
 	scripts/setup-browser.sh
 	scripts/setup-dicom.sh
-	$(CARGO) test --workspace --all-targets $(ARGS)
+	scripts/setup-slurm.sh
+	CGGM_REQUIRE_SLURM=1 $(CARGO) test --workspace --all-targets $(ARGS)
 
 ## Build target/release/cggm (rpath to libtorch: runs without LD_LIBRARY_PATH).
 build: web

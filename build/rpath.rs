@@ -7,6 +7,16 @@ fn main() {
         return;
     };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+    // The Python whose torch wheel we link (`<venv>/lib/pythonX.Y/site-packages/torch/lib`): the
+    // tests' oracle (nibabel, torch) lives in the same venv, so `cargo test` finds it without
+    // CGGM_PYTHON.
+    let python = std::path::Path::new(&lib)
+        .ancestors()
+        .nth(5)
+        .map(|venv| venv.join("bin").join("python"));
+    if let Some(python) = python.filter(|p| p.exists()) {
+        println!("cargo:rustc-env=CGGM_BUILD_PYTHON={}", python.display());
+    }
     // With the default `--as-needed`, the linker drops libtorch_cuda (nothing references it by
     // symbol) and CUDA silently becomes unavailable; keep it when the wheel ships it.
     if std::path::Path::new(&lib).join("libtorch_cuda.so").exists() {

@@ -60,6 +60,13 @@ pub struct ServeArgs {
     /// days, checked every hour. Unset: nothing is deleted automatically.
     #[arg(long, env = "CGGM_RETENTION_DAYS")]
     pub retention_days: Option<f64>,
+    /// How long a browser session opened on the login page stays valid, in hours.
+    #[arg(long, env = "CGGM_SESSION_HOURS", default_value_t = 12.0)]
+    pub session_hours: f64,
+    /// Mark the session cookie `Secure` (only sent over HTTPS): set it when a TLS reverse proxy
+    /// serves the application.
+    #[arg(long, env = "CGGM_SECURE_COOKIE")]
+    pub secure_cookie: bool,
     /// With --retention-days: finished training runs (checkpoints, logs) older than the period go
     /// too. Off by default: runs are kept.
     #[arg(long, env = "CGGM_RETENTION_INCLUDE_RUNS")]
@@ -85,6 +92,10 @@ pub struct Config {
     pub dicom: crate::dicom::DicomSettings,
     /// Where jobs run (local child processes by default, or Slurm).
     pub executor: crate::executor::Executor,
+    /// How long a login session is valid (`--session-hours`).
+    pub session_lifetime: std::time::Duration,
+    /// `--secure-cookie`.
+    pub secure_cookie: bool,
 }
 
 impl Config {
@@ -102,6 +113,8 @@ impl Config {
             cggm_bin,
             dicom: Default::default(),
             executor: crate::executor::Executor::Local,
+            session_lifetime: std::time::Duration::from_secs(12 * 3600),
+            secure_cookie: false,
         }
     }
 }
@@ -123,20 +136,37 @@ pub fn check_bind(bind: &SocketAddr, token: Option<&str>) -> Result<(), String> 
     }
 }
 
-/// The access token: from --token-file (its first line), else --token / CGGM_TOKEN; empty means
-/// none.
+/// The shortest access token accepted (after trimming): a guessable token is no access control.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
+/// The access token: from --token-file (its first line), else --token / CGGM_TOKEN. `None` only
+/// when no token was asked for: a token that was asked for but is empty, whitespace or shorter
+/// than [`MIN_TOKEN_CHARS`] refuses the start (failing open would serve patient data to anyone).
 pub fn resolve_token(args: &ServeArgs) -> Result<Option<String>, String> {
-    let token = match &args.token_file {
+    let (token, source) = match &args.token_file {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| {
                 format!(
-                    "cannot read the token file {}: {e}. Create it with the token on its first                      line (and `chmod 600` it)",
+                    "cannot read the token file {}: {e}. Create it with the token on its first \
+                     line (and `chmod 600` it)",
                     path.display()
                 )
             })?;
-            Some(text.lines().next().unwrap_or("").trim().to_string())
+            let first = text.lines().next().unwrap_or("").trim().to_string();
+            (first, format!("the token file {}", path.display()))
         }
-        None => args.token.clone(),
+        None => match &args.token {
+            Some(token) => (token.trim().to_string(), "--token / CGGM_TOKEN".to_string()),
+            None => return Ok(None),
+        },
     };
-    Ok(token.filter(|t| !t.is_empty()))
+    let chars = token.chars().count();
+    if chars < MIN_TOKEN_CHARS {
+        return Err(format!(
+            "{source} gives a token of {chars} characters (after trimming); a token needs at least \
+             {MIN_TOKEN_CHARS}. Generate one with `openssl rand -hex 24`, or unset it to run without \
+             access control on loopback"
+        ));
+    }
+    Ok(Some(token))
 }

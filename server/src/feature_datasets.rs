@@ -45,7 +45,7 @@ pub struct DatasetFacts {
 impl DatasetFacts {
     pub fn of(dataset: &Dataset) -> Self {
         let dir = Path::new(&dataset.path);
-        if dir.join(SPEC_FILE).is_file() {
+        if cggm_trainer::data::features::is_feature_dataset(dir) {
             let (task, summary) = read_feature_dataset(dir);
             let samples = if summary.problems.is_empty() {
                 summary.samples.get("train").copied().unwrap_or(0)

@@ -8,16 +8,19 @@ use std::path::{Path, PathBuf};
 /// Modality order inside the project (never file order).
 pub const MODALITIES: [&str; 4] = ["flair", "t1ce", "t1", "t2"];
 
-/// `BraTS2021_00000_t1ce.nii.gz` -> `t1ce`; `seg` for labels; `None` for anything else.
+/// `BraTS2021_00000_t1ce.nii.gz` -> `t1ce`, `BraTS-GLI-00000-000-t2f.nii.gz` -> `flair`: the
+/// project's modality name by the trainer's own suffixes (BraTS 2021, 2023+ and common
+/// spellings); `seg` for labels; `None` for anything else.
 pub fn modality_of(file_name: &str) -> Option<&'static str> {
     let lower = file_name.to_ascii_lowercase();
     let stem = lower
         .strip_suffix(".nii.gz")
         .or_else(|| lower.strip_suffix(".nii"))?;
     let last = stem.rsplit(['_', '-', '.']).next().unwrap_or(stem);
-    ["flair", "t1ce", "t1", "t2", "seg"]
-        .into_iter()
-        .find(|m| *m == last)
+    if matches!(last, "seg" | "label" | "labels" | "mask" | "gt") {
+        return Some("seg");
+    }
+    cggm_trainer::data::Modality::parse(last).map(|m| m.name())
 }
 
 pub fn is_nifti_name(file_name: &str) -> bool {
@@ -41,7 +44,7 @@ pub struct SplitSizes {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct DatasetReport {
-    /// "brats", "msd" or "empty"
+    /// [`cggm_trainer::data::Layout::key`]: "brats2021", "brats2023", "msd", "nnunet-v2" or "empty"
     pub layout: String,
     pub cases: usize,
     pub valid_cases: usize,
@@ -58,17 +61,13 @@ pub struct DatasetReport {
 /// check (on registration) reads NIfTI headers only, fast even for a full BraTS release; the full
 /// check decodes every case like `cggm validate`.
 pub fn inspect_dataset(dir: &Path, full: bool) -> DatasetReport {
-    use cggm_trainer::data::{discover, split_cases, validate_dataset, Layout};
+    use cggm_trainer::data::{discover, split_cases, validate_dataset};
     let found = if full {
         validate_dataset(dir)
     } else {
         discover(dir)
     };
-    let layout = match found.layout {
-        Layout::BraTS2021 => "brats",
-        Layout::MsdTask01 => "msd",
-        Layout::Empty => "empty",
-    };
+    let layout = found.layout.key();
     let mut problems: Vec<CaseProblem> = found
         .problems
         .iter()
@@ -305,6 +304,11 @@ mod tests {
         assert_eq!(modality_of("t2.nii.gz"), Some("t2"));
         assert_eq!(modality_of("BraTS2021_00000_t1ce.txt"), None);
         assert_eq!(modality_of("scan.nii.gz"), None);
+        // BraTS 2023+ names, as the trainer reads them.
+        assert_eq!(modality_of("BraTS-GLI-00000-000-t1c.nii.gz"), Some("t1ce"));
+        assert_eq!(modality_of("BraTS-PED-00001-000-t1n.nii.gz"), Some("t1"));
+        assert_eq!(modality_of("BraTS-MEN-00002-000-t2f.nii"), Some("flair"));
+        assert_eq!(modality_of("BraTS-SSA-00003-000-t2w.nii.gz"), Some("t2"));
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub(crate) struct Inner {
     /// requests for unknown or finished jobs leave nothing behind.
     channels: Mutex<HashMap<i64, broadcast::Sender<LiveMessage>>>,
     idle: broadcast::Sender<LiveMessage>,
+    /// Jobs whose (resumed) trainer announced `run_started` and has not sent a step yet: its first
+    /// step supersedes what a previous process stored from that step on (see `supersede`).
+    restarted: Mutex<std::collections::HashSet<i64>>,
 }
 
 /// How long a cancelled job gets to stop after SIGTERM before it is killed.
@@ -66,6 +69,7 @@ impl JobRunner {
                 cancels: Mutex::new(HashMap::new()),
                 channels: Mutex::new(HashMap::new()),
                 idle: broadcast::channel(1).0,
+                restarted: Mutex::default(),
             }),
         }
     }
@@ -407,6 +411,25 @@ impl Inner {
         let kind = value["event"].as_str().unwrap_or("unknown").to_string();
         let time = value["time"].as_f64().unwrap_or_else(db::now);
         let data = value.to_string();
+        match kind.as_str() {
+            "run_started" => {
+                self.restarted
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(job_id);
+            }
+            "step" => {
+                let first = self
+                    .restarted
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&job_id);
+                if first {
+                    self.supersede(job_id, seq, &value).await;
+                }
+            }
+            _ => {}
+        }
         let mut attempt = 0;
         loop {
             let stored = sqlx::query(
@@ -433,6 +456,38 @@ impl Inner {
             }
         }
         self.send(job_id, LiveMessage { seq, kind, data });
+    }
+
+    /// A resumed trainer restarts from its last checkpoint and sends again the steps (and the
+    /// validations and checkpoints of the epochs) a cancelled or killed process had already sent:
+    /// those stored rows are deleted when the first new step arrives, so every step is stored once
+    /// and the pages count and draw it once.
+    async fn supersede(&self, job_id: i64, seq: i64, first_step: &serde_json::Value) {
+        let (Some(step), Some(epoch)) = (first_step["step"].as_i64(), first_step["epoch"].as_i64())
+        else {
+            return;
+        };
+        let deleted = sqlx::query(
+            "DELETE FROM events WHERE job_id = ? AND seq < ? AND (
+                 (kind = 'step' AND json_extract(data, '$.step') >= ?)
+                 OR (kind IN ('validation', 'checkpoint_saved') AND json_extract(data, '$.epoch') >= ?))",
+        )
+        .bind(job_id)
+        .bind(seq)
+        .bind(step)
+        .bind(epoch)
+        .execute(&self.pool)
+        .await;
+        match deleted {
+            Ok(done) if done.rows_affected() > 0 => tracing::info!(
+                job_id,
+                from_step = step,
+                rows = done.rows_affected(),
+                "resumed: events the previous process sent from this step on are replaced"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(job_id, error = %e, "could not remove superseded events"),
+        }
     }
 
     pub(crate) async fn finish(

@@ -73,6 +73,7 @@ impl AppState {
         for sub in ["datasets", "studies", "runs", "predictions", "logs", "tmp"] {
             std::fs::create_dir_all(config.data_dir.join(sub))?;
         }
+        make_private(&config.data_dir)?;
         // Partial uploads a previous process left behind (it stopped mid-upload).
         for entry in std::fs::read_dir(config.data_dir.join("tmp"))?.flatten() {
             if entry.file_name().to_string_lossy().starts_with("upload-") {
@@ -197,6 +198,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         executor,
         cggm_bin,
         dicom: dicom::DicomSettings::with_converter(args.dcm2niix.clone()),
+        session_lifetime: session_lifetime(args.session_hours)?,
+        secure_cookie: args.secure_cookie,
     };
     if let Some(warning) = routes::dicom::converter_warning(&config.dicom) {
         tracing::warn!("{warning}");
@@ -254,6 +257,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn session_lifetime(hours: f64) -> anyhow::Result<Duration> {
+    if !(hours.is_finite() && hours > 0.0 && hours <= 24.0 * 366.0) {
+        anyhow::bail!("--session-hours must be more than 0 and at most a year (8784), got {hours}");
+    }
+    Ok(Duration::from_secs_f64(hours * 3600.0))
+}
+
 /// Takes the data directory for this process: a second server on the same folder would run a
 /// second trainer in a run directory and delete the first one's partial uploads. The lock is the
 /// kernel's (released when the process ends, however it ends), on `<data dir>/.lock`.
@@ -300,6 +310,29 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate => {}
     }
+}
+
+/// The data directory, its folders and the database are the owner's alone (0700 / 0600), also
+/// when an older version created them readable by everyone; new files follow the process's umask
+/// (set in `main`).
+fn make_private(data_dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let private = |path: &Path, mode: u32| -> std::io::Result<()> {
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if !m.file_type().is_symlink() => {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            }
+            _ => Ok(()),
+        }
+    };
+    private(data_dir, 0o700)?;
+    for sub in ["datasets", "studies", "runs", "predictions", "logs", "tmp"] {
+        private(&data_dir.join(sub), 0o700)?;
+    }
+    for file in ["cggm.sqlite", "cggm.sqlite-wal", "cggm.sqlite-shm", ".lock"] {
+        private(&data_dir.join(file), 0o600)?;
+    }
+    Ok(())
 }
 
 /// Canonical form of `path` if it lies inside one of `roots` (after resolving `..` and links).

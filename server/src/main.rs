@@ -28,6 +28,7 @@ enum Command {
 
 fn main() {
     quiet_error_backtraces();
+    private_files();
     let result = run(Cli::parse());
     // Everything of ours is dropped by now (files flushed and closed, the server's runtime and
     // its jobs stopped); report the error as `main` returning it would.
@@ -50,6 +51,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         .unwrap_or_else(|_| "info,tower_http=info,sqlx=warn".into()),
                 )
                 .with_writer(std::io::stderr)
+                // Colour codes only for a person at a terminal, never in a log file or journal.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
             tokio::runtime::Runtime::new()?.block_on(cggm_server::serve(args))
         }
@@ -78,6 +81,17 @@ fn quiet_error_backtraces() {
 /// peak after exit; `cggm validate`: ~500 MB instead of ~390 MB). Nothing of ours depends on
 /// them: Rust's own values are dropped before this is called, and the standard streams are
 /// flushed here.
+/// Everything this process (server, trainer child, CLI) creates is its owner's alone: patient
+/// data (the database, studies, predictions, runs, logs) must not be readable by other local
+/// users, who never went through the token. Folders become 0700, files 0600.
+#[allow(unsafe_code)]
+fn private_files() {
+    // SAFETY: `umask` only sets the process's file-mode mask and cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
 #[allow(unsafe_code)]
 fn exit_without_library_destructors(code: i32) -> ! {
     use std::io::Write;

@@ -13,8 +13,9 @@ use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Form, Router};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Name of the session cookie set by the login page.
 pub const SESSION_COOKIE: &str = "cggm_session";
@@ -25,11 +26,18 @@ pub const SESSION_COOKIE: &str = "cggm_session";
 /// that sends no `Origin` or `Sec-Fetch-Site`.
 pub const APP_REQUEST_HEADER: &str = "x-cggm-request";
 
-/// Sessions opened through the login page (in memory: a restart logs everyone out).
+/// Sessions opened through the login page (in memory: a restart logs everyone out), each valid
+/// for `--session-hours` after sign-in or until `/logout`.
 #[derive(Default)]
 pub struct Sessions {
-    ids: Mutex<HashSet<String>>,
+    ids: Mutex<HashMap<String, Instant>>,
+    /// Held for [`FAILED_SIGN_IN_DELAY`] after every wrong token: guesses are answered one at a
+    /// time, at most one a second, however many connections send them.
+    failures: tokio::sync::Mutex<()>,
 }
+
+/// How long a wrong token (login form, bearer header or session cookie) waits for its answer.
+pub const FAILED_SIGN_IN_DELAY: Duration = Duration::from_secs(1);
 
 impl Sessions {
     fn open(&self) -> std::io::Result<String> {
@@ -37,14 +45,26 @@ impl Sessions {
         self.ids
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id.clone());
+            .insert(id.clone(), Instant::now());
         Ok(id)
     }
 
-    fn contains(&self, id: &str) -> bool {
-        let ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
-        ids.iter()
+    /// Whether `id` is an open session younger than `lifetime`; expired ones are forgotten.
+    fn contains(&self, id: &str, lifetime: Duration) -> bool {
+        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        ids.retain(|_, opened| opened.elapsed() < lifetime);
+        ids.keys()
             .any(|known| constant_time_eq(known.as_bytes(), id.as_bytes()))
+    }
+
+    fn close(&self, id: &str) {
+        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        ids.retain(|known, _| !constant_time_eq(known.as_bytes(), id.as_bytes()));
+    }
+
+    async fn slow_down_failure(&self) {
+        let _one_at_a_time = self.failures.lock().await;
+        tokio::time::sleep(FAILED_SIGN_IN_DELAY).await;
     }
 }
 
@@ -61,7 +81,9 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// `/login`: the page that exchanges the token for a session cookie (only useful with a token).
 pub fn router() -> Router<AppState> {
-    Router::new().route("/login", get(login_page).post(login))
+    Router::new()
+        .route("/login", get(login_page).post(login))
+        .route("/logout", axum::routing::post(logout))
 }
 
 const LOGIN_PAGE: &str = r#"<!doctype html>
@@ -89,6 +111,7 @@ async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Re
         return Redirect::to("/").into_response();
     };
     if !constant_time_eq(form.token.as_bytes(), token.as_bytes()) {
+        state.sessions.slow_down_failure().await;
         let page = LOGIN_PAGE.replace("{message}", "Wrong token: try again.");
         return (StatusCode::UNAUTHORIZED, Html(page)).into_response();
     }
@@ -96,8 +119,49 @@ async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Re
         Ok(id) => id,
         Err(e) => return Error::Internal(e.into()).into_response(),
     };
-    let cookie = format!("{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/");
+    let max_age = state.config.session_lifetime.as_secs();
+    let cookie = format!(
+        "{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}{}",
+        secure_attribute(&state)
+    );
     let mut response = Redirect::to("/").into_response();
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// `; Secure` behind a TLS proxy (`--secure-cookie`): the browser then never sends the session
+/// over plain HTTP.
+fn secure_attribute(state: &AppState) -> &'static str {
+    if state.config.secure_cookie {
+        "; Secure"
+    } else {
+        ""
+    }
+}
+
+/// The session cookies a request carries.
+fn session_ids(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
+}
+
+/// `POST /logout`: ends the caller's session (the cookie no longer opens anything, also if it was
+/// copied) and clears it in the browser.
+async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    for id in session_ids(&headers) {
+        state.sessions.close(id);
+    }
+    let cookie = format!(
+        "{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{}",
+        secure_attribute(&state)
+    );
+    let mut response = Redirect::to("/login").into_response();
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
@@ -119,8 +183,9 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
         if let Err(message) = check_same_origin(&state, headers) {
             return forbidden(message).with_headers();
         }
-        // The login form is the one plain-HTML POST: it changes nothing but the caller's session.
-        if request.uri().path() != "/login" {
+        // The login and logout forms are the plain-HTML POSTs: they change nothing but the
+        // caller's session.
+        if !matches!(request.uri().path(), "/login" | "/logout") {
             if let Err(message) = check_app_header(headers) {
                 return forbidden(message).with_headers();
             }
@@ -130,6 +195,9 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
         let path = request.uri().path();
         let public = path == "/login" || path.starts_with("/static/") || path == "/api/health";
         if !public && !authenticated(&state, headers, token) {
+            if presents_credentials(headers) {
+                state.sessions.slow_down_failure().await;
+            }
             let wants_page = request.method() == Method::GET && !path.starts_with("/api/");
             let response = if wants_page {
                 Redirect::to("/login").into_response()
@@ -286,13 +354,14 @@ fn authenticated(state: &AppState, headers: &HeaderMap, token: &str) -> bool {
     if bearer.is_some_and(|b| constant_time_eq(b.as_bytes(), token.as_bytes())) {
         return true;
     }
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
-        .any(|id| state.sessions.contains(id))
+    let lifetime = state.config.session_lifetime;
+    session_ids(headers).any(|id| state.sessions.contains(id, lifetime))
+}
+
+/// A request that tried to sign in (a bearer token or a session cookie), as opposed to a first
+/// visit that is sent to the login page.
+fn presents_credentials(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::AUTHORIZATION) || session_ids(headers).next().is_some()
 }
 
 /// Responses that carry (or describe) patient data: studies, predictions and their slices and

@@ -137,7 +137,7 @@ async fn a_two_by_two_comparison_aggregates_the_runs_own_test_scores() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cggm_study_launches_a_comparison_with_the_token_and_prints_its_csv() {
     let dir = tempfile::tempdir().unwrap();
-    let token = "study-cli-token";
+    let token = "study-cli-token-0123456789";
     let mut server = LiveServer::start_with_env(
         &dir.path().join("data"),
         &["--no-demo"],

@@ -320,3 +320,75 @@ async fn a_server_killed_during_training_then_restarted_resumes_the_job_to_the_u
         (Path::new(&run_dir), &events(crashed).await),
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_then_resume_stores_every_step_and_validation_once() {
+    let server = LiveServer::start(&["--no-demo"]);
+    let dataset = server.tiny_dataset("tiny").await;
+    let (epochs, steps_per_epoch) = (4, 5);
+    let job = server
+        .post_job(
+            serde_json::json!({ "dataset_id": dataset, "method": "cggm", "preset": "tiny",
+                                       "epochs": epochs, "steps_per_epoch": steps_per_epoch,
+                                       "device": "cpu", "seed": 3, "workers": 1 }),
+        )
+        .await;
+    let steps_stored = |events: &serde_json::Value| {
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["event"] == "step")
+            .count()
+    };
+    // Cancel in the second epoch, after its first checkpoint and some steps past it.
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let events = server.get_json(&format!("/api/jobs/{job}/events")).await;
+        if steps_stored(&events) >= steps_per_epoch + 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the run never reached its second epoch"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server
+        .post_json(&format!("/api/jobs/{job}/cancel"), serde_json::json!({}))
+        .await;
+    let cancelled = server.job_when_ended(job, DEADLINE).await;
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+    server
+        .post_json(&format!("/api/jobs/{job}/resume"), serde_json::json!({}))
+        .await;
+    server.job_succeeded(job, DEADLINE).await;
+
+    let events = server.get_json(&format!("/api/jobs/{job}/events")).await;
+    let mut steps: Vec<i64> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "step")
+        .map(|e| e["step"].as_i64().unwrap())
+        .collect();
+    let stored = steps.len();
+    steps.sort();
+    steps.dedup();
+    assert_eq!(stored, steps.len(), "a step is stored twice: {steps:?}");
+    assert_eq!(
+        stored,
+        epochs * steps_per_epoch,
+        "every step once: {steps:?}"
+    );
+    let mut epochs_validated: Vec<i64> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "validation")
+        .map(|e| e["epoch"].as_i64().unwrap())
+        .collect();
+    let validations = epochs_validated.len();
+    epochs_validated.dedup();
+    assert_eq!(validations, epochs_validated.len(), "{epochs_validated:?}");
+}

@@ -209,8 +209,98 @@ async fn the_login_page_trades_the_token_for_an_http_only_strict_session_cookie(
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
+#[tokio::test]
+async fn sessions_expire_logout_revokes_and_wrong_tokens_are_slowed() {
+    use tower::ServiceExt;
+    let app = TestApp::with(|c| {
+        c.token = Some("s3cret-token-0123456789".into());
+        c.session_lifetime = Duration::from_millis(1500);
+        c.secure_cookie = true;
+    })
+    .await;
+    let login = || {
+        Request::post("/login")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from("token=s3cret-token-0123456789"))
+            .unwrap()
+    };
+    let session = |response: &axum::response::Response| {
+        let cookie = response.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            cookie.contains("; Secure") && cookie.contains("Max-Age=1"),
+            "{cookie}"
+        );
+        cookie.split(';').next().unwrap().to_string()
+    };
+    // Logout revokes the session, also for a copy of the cookie.
+    let pair = session(&app.app().oneshot(login()).await.unwrap());
+    assert_eq!(
+        app.request(get("/api/studies", &[("cookie", &pair)]))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let out = app
+        .app()
+        .oneshot(with_headers(
+            Request::post("/logout").body(Body::empty()).unwrap(),
+            &[("cookie", &pair), ("origin", "http://localhost")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    assert!(out.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
+    assert_eq!(
+        app.request(get("/api/studies", &[("cookie", &pair)]))
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    // A session ends on its own after the lifetime.
+    let pair = session(&app.app().oneshot(login()).await.unwrap());
+    assert_eq!(
+        app.request(get("/api/studies", &[("cookie", &pair)]))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(
+        app.request(get("/api/studies", &[("cookie", &pair)]))
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    // Wrong tokens are answered one at a time, a second each: three guesses at once take >= 3 s.
+    let started = std::time::Instant::now();
+    let guesses = (0..3).map(|i| {
+        let app = app.app();
+        let header = format!("Bearer guess-{i}");
+        async move {
+            app.oneshot(get("/api/studies", &[("authorization", &header)]))
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    for status in futures_util::future::join_all(guesses).await {
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(2900),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 #[test]
-fn the_token_is_read_from_a_file_and_an_empty_one_means_none() {
+fn the_token_is_read_from_a_file_and_an_empty_or_short_one_refuses_the_start() {
     use clap::Parser;
     #[derive(Parser)]
     struct Cli {
@@ -219,16 +309,31 @@ fn the_token_is_read_from_a_file_and_an_empty_one_means_none() {
     }
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("token");
-    std::fs::write(&file, "from-file\nignored second line\n").unwrap();
+    std::fs::write(&file, "  from-file-0123456789  \nignored second line\n").unwrap();
     let args = Cli::parse_from(["cggm", "--token-file", file.to_str().unwrap()]).serve;
     assert_eq!(
         cggm_server::config::resolve_token(&args)
             .unwrap()
             .as_deref(),
-        Some("from-file")
+        Some("from-file-0123456789")
     );
-    std::fs::write(&file, "\n").unwrap();
-    assert_eq!(cggm_server::config::resolve_token(&args).unwrap(), None);
+    // Asked for but empty, blank or guessable: the server must not start open.
+    for content in ["", "\n", "   \t \n", "x\n", "fifteen-chars-x\n"] {
+        std::fs::write(&file, content).unwrap();
+        let err = cggm_server::config::resolve_token(&args).unwrap_err();
+        assert!(err.contains("at least 16"), "{content:?}: {err}");
+    }
+    for token in ["", "   ", "a"] {
+        let args = Cli::parse_from(["cggm", "--token", token]).serve;
+        assert!(
+            cggm_server::config::resolve_token(&args).is_err(),
+            "{token:?}"
+        );
+    }
+    let none = Cli::parse_from(["cggm"]).serve;
+    if std::env::var_os("CGGM_TOKEN").is_none() && std::env::var_os("CGGM_TOKEN_FILE").is_none() {
+        assert_eq!(cggm_server::config::resolve_token(&none).unwrap(), None);
+    }
     let missing = Cli::parse_from(["cggm", "--token-file", "/nonexistent/token"]).serve;
     let err = cggm_server::config::resolve_token(&missing).unwrap_err();
     assert!(err.contains("/nonexistent/token"), "{err}");

@@ -3,7 +3,8 @@
 //! JSON summary (region volumes in ml, timings).
 
 use crate::data::{
-    case_from_paths, load_study, write_label_volume, LABEL_ENHANCING, LABEL_NCR, LABEL_OEDEMA,
+    case_from_paths, load_study, write_label_volume_as, OutputLabels, LABEL_ENHANCING, LABEL_NCR,
+    LABEL_OEDEMA,
 };
 use crate::events::{now, Event, EventSink};
 use crate::run::open_run;
@@ -28,6 +29,9 @@ pub struct InferSummary {
     pub case: String,
     pub inputs: Vec<PathBuf>,
     pub output: PathBuf,
+    /// The label numbering of `output`.
+    #[serde(default)]
+    pub labels: OutputLabels,
     pub shape: [usize; 3],
     pub voxel_volume_ml: f64,
     pub volumes_ml: RegionVolumes,
@@ -60,10 +64,11 @@ pub fn infer(
     run_dir: &Path,
     inputs: &[PathBuf],
     out: &Path,
+    labels: OutputLabels,
     device: Option<&str>,
     events: &EventSink,
 ) -> Result<InferSummary> {
-    let result = infer_inner(run_dir, inputs, out, device, events);
+    let result = infer_inner(run_dir, inputs, out, labels, device, events);
     if let Err(e) = &result {
         events.emit(&Event::Failed {
             time: now(),
@@ -77,6 +82,7 @@ fn infer_inner(
     run_dir: &Path,
     inputs: &[PathBuf],
     out: &Path,
+    labels: OutputLabels,
     device: Option<&str>,
     events: &EventSink,
 ) -> Result<InferSummary> {
@@ -105,7 +111,7 @@ fn infer_inner(
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }
-    write_label_volume(out, &pred.fused.view(), &study.header)?;
+    write_label_volume_as(out, &pred.fused.view(), &study.header, labels)?;
     let seconds_write = t2.elapsed().as_secs_f64();
     progress("done", 1.0);
     let (nx, ny, nz) = pred.fused.dim();
@@ -113,6 +119,7 @@ fn infer_inner(
         case: source.id.clone(),
         inputs: source.paths(),
         output: out.to_path_buf(),
+        labels,
         shape: [nx, ny, nz],
         voxel_volume_ml: study.voxel_volume_ml,
         volumes_ml: region_volumes(&pred.fused, study.voxel_volume_ml),

@@ -171,7 +171,10 @@ fn close(ours: f64, theirs: f64, what: &str) {
 
 #[test]
 fn region_and_lesion_wise_scores_agree_with_the_official_brats_package() {
-    let python = std::env::var("CGGM_PYTHON").expect(
+    let python = std::env::var("CGGM_PYTHON")
+        .ok()
+        .or(option_env!("CGGM_BUILD_PYTHON").map(String::from))
+        .expect(
         "CGGM_PYTHON is unset: run the tests through scripts/with-torch.sh, which installs the \
          official brats-evaluation package into the project's Python environment",
     );

@@ -110,10 +110,12 @@ print(json.dumps([p.detach().flatten().tolist() for p in params]))
 "#;
 
 fn run_torch(kind: &str) -> Vec<Vec<f32>> {
-    let python = std::env::var_os("CGGM_PYTHON").expect(
-        "CGGM_PYTHON is not set: this test compares against torch.optim. Run it through \
+    let python = std::env::var_os("CGGM_PYTHON")
+        .or(option_env!("CGGM_BUILD_PYTHON").map(Into::into))
+        .expect(
+            "CGGM_PYTHON is not set: this test compares against torch.optim. Run it through \
          `scripts/with-torch.sh cargo test ...`, which sets it to the project venv's python.",
-    );
+        );
     let spec = json!({
         "kind": kind, "shapes": SHAPES, "groups": GROUPS, "lrs": LRS, "steps": STEPS,
         "group1_scale": GROUP1_SCALE, "max_norm": MAX_NORM,

@@ -4,7 +4,7 @@
 use cggm_trainer::checkpoint::read_config;
 use cggm_trainer::config::TrainConfig;
 use cggm_trainer::data::synth::{write_synthetic_dataset, SynthConfig};
-use cggm_trainer::data::{brats_to_internal, read_volume};
+use cggm_trainer::data::{brats_to_internal, read_volume, OutputLabels};
 use cggm_trainer::eval::evaluate;
 use cggm_trainer::events::{Event, EventSink};
 use cggm_trainer::infer::infer;
@@ -148,11 +148,33 @@ fn inference_from_a_checkpoint_agrees_with_evaluation() {
             &run,
             &case.paths()[..4],
             &out,
+            OutputLabels::Brats2021,
             Some("cpu"),
             &EventSink::none(),
         )
         .unwrap();
         assert_eq!(summary.shape, [32, 32, 16]);
+        // The same prediction in the BraTS 2023 and MSD numberings, voxel for voxel.
+        for (labels, map) in [
+            (OutputLabels::Brats2023, [0.0, 1.0, 2.0, 3.0]),
+            (OutputLabels::Msd, [0.0, 2.0, 1.0, 3.0]),
+        ] {
+            let other = tmp.path().join(format!("{}-{labels:?}.nii", case.id));
+            let summary = infer(
+                &run,
+                &case.paths()[..4],
+                &other,
+                labels,
+                Some("cpu"),
+                &EventSink::none(),
+            )
+            .unwrap();
+            assert_eq!(summary.labels, labels);
+            let (_, written) = read_volume(&other).unwrap();
+            let (_, brats) = read_volume(&out).unwrap();
+            let expected = brats.mapv(|v| map[brats_to_internal(v as u8).unwrap() as usize]);
+            assert_eq!(written, expected, "{labels:?}");
+        }
         let (_, pred) = read_volume(&out).unwrap();
         // The run's final test saved this case's prediction: the same labels.
         let (_, saved) = read_volume(&RunDir::new(&run).test_prediction(&case.id)).unwrap();
@@ -309,4 +331,35 @@ fn a_run_directory_is_never_overwritten_and_resume_refuses_a_changed_config() {
         weights,
         "checkpoint untouched"
     );
+}
+
+#[test]
+fn a_dataset_with_one_usable_case_refuses_to_train_instead_of_succeeding_with_nan() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data, 1, [32, 32, 16], 4);
+    let error = train(
+        tiny(&data, 1),
+        &tmp.path().join("run"),
+        &EventSink::none(),
+        &TrainOptions::default(),
+    )
+    .expect_err("no validation case: the run must not succeed");
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("no validation case") && message.contains("at least 2 usable cases"),
+        "{message}"
+    );
+    // Two cases: one trains, one validates.
+    dataset(&tmp.path().join("two"), 2, [32, 32, 16], 4);
+    let mut cfg = tiny(&tmp.path().join("two"), 1);
+    cfg.val_cases = Some(0);
+    let error = train(
+        cfg,
+        &tmp.path().join("run0"),
+        &EventSink::none(),
+        &TrainOptions::default(),
+    )
+    .expect_err("val_cases 0 leaves none");
+    assert!(format!("{error:#}").contains("val_cases"), "{error:#}");
 }

@@ -98,6 +98,7 @@ async fn create(
                     resolved.display()
                 )));
             }
+            refuse_internal_folder(state.data_dir(), &resolved)?;
             (resolved, "registered")
         }
         None => {
@@ -113,6 +114,28 @@ async fn create(
     };
     let dataset = insert(&state, &name, &path, source).await?;
     Ok((StatusCode::CREATED, Json(dataset.into())))
+}
+
+/// Inside the data directory only `datasets/` holds datasets: the directory itself, a folder that
+/// contains it, or its `studies/`, `runs/`, `predictions/`, `logs/` and `tmp/` (patient uploads
+/// and the server's own files) are never registered and served as a dataset.
+fn refuse_internal_folder(data_dir: &std::path::Path, folder: &std::path::Path) -> Result<()> {
+    let data_dir = data_dir.canonicalize()?;
+    let datasets = data_dir.join("datasets");
+    let internal = if folder.starts_with(&data_dir) {
+        !folder.starts_with(&datasets) || folder == datasets
+    } else {
+        data_dir.starts_with(folder)
+    };
+    if internal {
+        return Err(Error::Unprocessable(
+            "that folder is (or holds) the server's own data (uploads, runs, the database): \
+             register a dataset folder inside datasets/ of the data directory or under a \
+             --dataset-root"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 async fn insert(

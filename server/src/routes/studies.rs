@@ -396,7 +396,10 @@ async fn download_seg(State(state): State<AppState>, Path(id): Path<i64>) -> Res
 pub(crate) fn file_stream(
     file: tokio::fs::File,
 ) -> impl futures_util::Stream<Item = std::io::Result<Vec<u8>>> {
+    use futures_util::StreamExt;
     use tokio::io::AsyncReadExt;
+    // Fused: the gzip layer polls once more after the end, which a bare `unfold` answers with a
+    // panic (and a truncated response) for every plain .nii it compresses.
     futures_util::stream::unfold(file, |mut file| async move {
         let mut buf = vec![0u8; 64 * 1024];
         match file.read(&mut buf).await {
@@ -408,6 +411,7 @@ pub(crate) fn file_stream(
             Err(e) => Some((Err(e), file)),
         }
     })
+    .fuse()
 }
 
 async fn label_slice(

@@ -8,7 +8,7 @@ pub const MODALITIES: [&str; 4] = ["flair", "t1ce", "t1", "t2"];
 
 /// The interpreter with pydicom (set by `scripts/with-torch.sh`).
 pub fn python() -> PathBuf {
-    match std::env::var_os("CGGM_PYTHON") {
+    match std::env::var_os("CGGM_PYTHON").or(option_env!("CGGM_BUILD_PYTHON").map(Into::into)) {
         Some(p) if !p.is_empty() => PathBuf::from(p),
         _ => panic!(
             "CGGM_PYTHON is not set: the DICOM tests write their series with pydicom. Run the \

@@ -3,6 +3,7 @@
 use crate::checkpoint;
 use crate::config::TrainConfig;
 use crate::data::features::{is_feature_dataset, DatasetSpec};
+use crate::data::OutputLabels;
 use crate::eval::{evaluate_counting, format_table};
 use crate::eval_features::{evaluate_feature_run, write_feature_predictions};
 use crate::events::EventSink;
@@ -284,10 +285,14 @@ pub struct InferArgs {
     /// Not for a feature run (classification or regression), which predicts a split instead.
     #[arg(long = "case")]
     pub cases: Vec<PathBuf>,
-    /// Output segmentation (.nii.gz or .nii), BraTS labels, the input's geometry. For a feature
-    /// run: the predictions, `.csv` (one row per sample) or `.json`.
+    /// Output segmentation (.nii.gz or .nii) in the input's geometry, labels as --labels says.
+    /// For a feature run: the predictions, `.csv` (one row per sample) or `.json`.
     #[arg(long)]
     pub out: PathBuf,
+    /// Label numbering of the written segmentation: brats2021 (0/1 NCR/2 ED/4 ET), brats2023
+    /// (ET = 3) or msd (1 ED, 2 NET, 3 ET).
+    #[arg(long, value_enum, default_value_t = OutputLabels::Brats2021)]
+    pub labels: OutputLabels,
     /// Feature runs: the feature dataset to predict (default: the run's own dataset).
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -325,6 +330,13 @@ pub fn run_infer(args: InferArgs) -> Result<()> {
     if args.cases.is_empty() {
         bail!("nothing to segment: give --case (a BraTS case folder, the four modality files, or one MSD 4-D file)");
     }
+    let out_name = args.out.to_string_lossy().to_ascii_lowercase();
+    if !(out_name.ends_with(".nii.gz") || out_name.ends_with(".nii")) {
+        bail!(
+            "--out {} must end in .nii.gz or .nii: the segmentation is written as NIfTI",
+            args.out.display()
+        );
+    }
     let events = EventSink::from_arg(args.events.as_deref())
         .context("opening the events file")?
         .with_progress();
@@ -332,6 +344,7 @@ pub fn run_infer(args: InferArgs) -> Result<()> {
         &args.checkpoint,
         &args.cases,
         &args.out,
+        args.labels,
         args.device.as_deref(),
         &events,
     )?;

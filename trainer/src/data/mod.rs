@@ -26,8 +26,8 @@ pub use description::{modality_of_channel_name, CHANNEL_MAP_FILE, DESCRIPTION_FI
 pub use error::{CaseProblem, DataError, CONVERT_TO_NIFTI1_HINT};
 pub use layout::{case_from_paths, discover, is_inside, DiscoveryReport, Layout};
 pub use nifti_io::{
-    header_affine, max_voxels, read_header, read_volume, write_label_volume, write_volume_i16,
-    write_volume_u8, HeaderInfo, DEFAULT_MAX_VOXELS,
+    header_affine, max_voxels, read_header, read_volume, write_label_volume, write_label_volume_as,
+    write_volume_i16, write_volume_u8, HeaderInfo, DEFAULT_MAX_VOXELS,
 };
 pub use sampler::{Augmentation, SampleDraw, SamplerConfig, SliceBatch, SliceLoader};
 pub use split::{
@@ -128,6 +128,50 @@ pub enum CaseFiles {
 /// The channel order of MSD Task01's 4-D images: FLAIR, T1w, T1gd, T2w.
 pub const MSD_CHANNELS: [Modality; 4] =
     [Modality::Flair, Modality::T1, Modality::T1ce, Modality::T2];
+
+/// The label numbering a written segmentation uses (`cggm infer --labels`).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputLabels {
+    /// 0, 1 NCR, 2 oedema, 4 enhancing (BraTS 2021 and earlier).
+    #[default]
+    Brats2021,
+    /// 0, 1 NCR, 2 oedema, 3 enhancing (BraTS 2023+).
+    Brats2023,
+    /// 0, 1 oedema, 2 non-enhancing, 3 enhancing (MSD Task01, nnU-Net's BraTS conversion).
+    Msd,
+}
+
+impl OutputLabels {
+    /// The value written for internal class `class` (0..3).
+    ///
+    /// ```
+    /// use cggm_trainer::data::{OutputLabels, LABEL_ENHANCING, LABEL_NCR, LABEL_OEDEMA};
+    /// let classes = [0, LABEL_NCR, LABEL_OEDEMA, LABEL_ENHANCING];
+    /// assert_eq!(classes.map(|c| OutputLabels::Brats2021.value_of(c)), [0, 1, 2, 4]);
+    /// assert_eq!(classes.map(|c| OutputLabels::Brats2023.value_of(c)), [0, 1, 2, 3]);
+    /// assert_eq!(classes.map(|c| OutputLabels::Msd.value_of(c)), [0, 2, 1, 3]);
+    /// ```
+    pub fn value_of(self, class: u8) -> u8 {
+        match (self, class) {
+            (_, 0) => 0,
+            (OutputLabels::Brats2021, c) => internal_to_brats(c),
+            // BraTS 2023 numbers the classes as the project does internally.
+            (OutputLabels::Brats2023, c) => c,
+            (OutputLabels::Msd, c) if c == LABEL_OEDEMA => 1,
+            (OutputLabels::Msd, c) if c == LABEL_NCR => 2,
+            (OutputLabels::Msd, _) => 3,
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            OutputLabels::Brats2021 => "BraTS 2021 labels 0/1 NCR/2 ED/4 ET",
+            OutputLabels::Brats2023 => "BraTS 2023 labels 0/1 NCR/2 ED/3 ET",
+            OutputLabels::Msd => "MSD labels 0/1 ED/2 NET/3 ET",
+        }
+    }
+}
 
 /// How a label file numbers the tumour classes.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,6 +16,7 @@ use ndarray::{ArrayD, ArrayView3, IxDyn, ShapeBuilder};
 use nifti::{Endianness, NiftiHeader};
 
 use super::DataError;
+use super::OutputLabels;
 
 const NIFTI1_HEADER_SIZE: usize = 348;
 const NIFTI2_HEADER_SIZE: i32 = 540;
@@ -802,6 +803,16 @@ pub fn write_label_volume(
     labels_internal: &ArrayView3<u8>,
     reference: &NiftiHeader,
 ) -> Result<(), DataError> {
+    write_label_volume_as(path, labels_internal, reference, OutputLabels::Brats2021)
+}
+
+/// [`write_label_volume`] in the label numbering `labels` asks for.
+pub fn write_label_volume_as(
+    path: &Path,
+    labels_internal: &ArrayView3<u8>,
+    reference: &NiftiHeader,
+    labels: OutputLabels,
+) -> Result<(), DataError> {
     if let Some(bad) = labels_internal.iter().find(|&&v| v > 3) {
         return Err(DataError::BadLabelValues {
             case: String::new(),
@@ -811,9 +822,9 @@ pub fn write_label_volume(
             allowed: "0, 1, 2, 3",
         });
     }
-    let brats = labels_internal.mapv(super::internal_to_brats);
+    let values = labels_internal.mapv(|class| labels.value_of(class));
     let mut h = reference.clone();
-    h.set_description_str("CGGM Studio segmentation (BraTS labels 0/1/2/4)")
+    h.set_description_str(&format!("CGGM Studio segmentation ({})", labels.describe()))
         .ok();
-    write_volume_u8(path, &brats.view(), &h)
+    write_volume_u8(path, &values.view(), &h)
 }

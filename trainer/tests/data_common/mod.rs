@@ -8,7 +8,7 @@ use cggm_trainer::data::synth::{write_synthetic_dataset, SynthConfig};
 
 /// The Python interpreter that has nibabel (set by `scripts/with-torch.sh`).
 pub fn python() -> PathBuf {
-    match std::env::var_os("CGGM_PYTHON") {
+    match std::env::var_os("CGGM_PYTHON").or(option_env!("CGGM_BUILD_PYTHON").map(Into::into)) {
         Some(p) if !p.is_empty() => PathBuf::from(p),
         _ => panic!(
             "CGGM_PYTHON is not set: the NIfTI tests use nibabel as an independent oracle. Run the \

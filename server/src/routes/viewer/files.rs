@@ -6,8 +6,15 @@ use super::*;
 // ---------------------------------------------------------------------------- streaming
 
 /// A stored NIfTI file as it is on disk (gzip or not), shown inline; patient data, never cached.
-pub(super) async fn nifti_response(path: &std::path::Path) -> Result<Response> {
-    let file = tokio::fs::File::open(path).await?;
+/// Only a file that resolves (links followed) inside `root` is opened: a link planted in a dataset
+/// or data folder never serves what lies outside it.
+pub(super) async fn nifti_response(
+    path: &std::path::Path,
+    root: &std::path::Path,
+) -> Result<Response> {
+    let inside = crate::contained_path(path, &[root.to_path_buf()])
+        .ok_or_else(|| Error::NotFound("that file".into()))?;
+    let file = tokio::fs::File::open(&inside).await?;
     let length = file.metadata().await?.len();
     // A stored .nii.gz goes out as it is; a plain .nii is compressed on the way (CompressionLayer).
     let content_type = if nifti_extension(path) == ".nii.gz" {
@@ -45,7 +52,7 @@ pub(super) async fn study_nifti(
     Path((id, file)): Path<(i64, String)>,
 ) -> Result<Response> {
     let study: StudyView = db::study(&state.pool, id).await?.into();
-    nifti_response(&study_file(&study, &file)?).await
+    nifti_response(&study_file(&study, &file)?, state.data_dir()).await
 }
 
 /// A finished prediction's segmentation file.
@@ -62,7 +69,7 @@ pub(super) async fn prediction_nifti(
     Path(id): Path<i64>,
 ) -> Result<Response> {
     let job = db::job(&state.pool, id).await?;
-    nifti_response(&prediction_seg(&job)?).await
+    nifti_response(&prediction_seg(&job)?, state.data_dir()).await
 }
 
 /// The case `case` of a registered or uploaded dataset (found by name, never by path).
@@ -74,14 +81,13 @@ pub(super) fn dataset_case(dataset: &Dataset, case: &str) -> Result<CaseSource> 
         .ok_or_else(|| Error::NotFound(format!("case {case:?} in dataset {}", dataset.name)))
 }
 
-/// MSD Task01 channel order inside the 4-D image: FLAIR, T1w, T1gd, T2w.
-pub(super) fn msd_frame(modality: Modality) -> usize {
-    match modality {
-        Modality::Flair => 0,
-        Modality::T1 => 1,
-        Modality::T1ce => 2,
-        Modality::T2 => 3,
-    }
+/// The channel of `modality` inside a 4-D image whose channels are `channels` (an uploaded MSD
+/// study: [`MSD_CHANNELS`]; a dataset case: what its `dataset.json` says).
+pub(super) fn msd_frame(channels: &[Modality; 4], modality: Modality) -> usize {
+    channels
+        .iter()
+        .position(|m| *m == modality)
+        .expect("the four channels are the four modalities")
 }
 
 /// A case's file by role (`flair`, `t1ce`, `t1`, `t2`, `4d`, `seg`).
@@ -100,9 +106,9 @@ pub(super) fn case_file(case: &CaseSource, role: &str) -> Option<PathBuf> {
 }
 
 pub(super) fn case_convention(case: &CaseSource) -> LabelConvention {
-    match case.files {
-        CaseFiles::Separate { .. } => LabelConvention::Brats,
-        CaseFiles::Msd4d { .. } => LabelConvention::Msd,
+    match case.label_values() {
+        LabelValues::Brats => LabelConvention::Brats,
+        LabelValues::Msd => LabelConvention::Msd,
     }
 }
 
@@ -114,7 +120,7 @@ pub(super) async fn case_nifti(
     let source = dataset_case(&dataset, &case)?;
     let path = case_file(&source, &file)
         .ok_or_else(|| Error::NotFound(format!("file {file:?} of case {case}")))?;
-    nifti_response(&path).await
+    nifti_response(&path, std::path::Path::new(&dataset.path)).await
 }
 
 #[derive(Debug, Serialize)]

@@ -14,7 +14,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use cggm_trainer::data::{discover, CaseFiles, CaseSource, Modality};
+use cggm_trainer::data::{discover, CaseFiles, CaseSource, LabelValues, Modality, MSD_CHANNELS};
 use cggm_trainer::events::RegionScores;
 use cggm_trainer::rundir::RunDir;
 use serde::{Deserialize, Serialize};
@@ -178,7 +178,7 @@ fn study_images(study: &StudyView) -> Vec<ImageSource> {
         .iter()
         .filter_map(|m| {
             let (role, frame) = if study.files.contains_key("4d") {
-                ("4d", msd_frame(*m))
+                ("4d", msd_frame(&MSD_CHANNELS, *m))
             } else {
                 (m.name(), 0)
             };
@@ -198,7 +198,7 @@ fn case_images(dataset_id: i64, case: &CaseSource) -> Vec<ImageSource> {
         .iter()
         .filter_map(|m| {
             let (role, frame) = match case.files {
-                CaseFiles::Msd4d { .. } => ("4d", msd_frame(*m)),
+                CaseFiles::Msd4d { channels, .. } => ("4d", msd_frame(&channels, *m)),
                 CaseFiles::Separate { .. } => (m.name(), 0),
             };
             let path = case_file(case, role)?;
@@ -372,7 +372,12 @@ async fn test_prediction_nifti(
              saved have none: segment the case from the Segment page)"
         )));
     }
-    nifti_response(&RunDir::new(&job.out_dir).test_prediction(&case)).await
+    let run = RunDir::new(&job.out_dir);
+    nifti_response(
+        &run.test_prediction(&case),
+        std::path::Path::new(&job.out_dir),
+    )
+    .await
 }
 
 async fn test_case_manifest(

@@ -103,7 +103,9 @@ pub(super) async fn prediction_scores(
 pub(super) fn thumbnail_image(case: &CaseSource) -> Option<(PathBuf, usize)> {
     match &case.files {
         CaseFiles::Separate { images, .. } => Some((images[0].clone(), 0)),
-        CaseFiles::Msd4d { image, .. } => Some((image.clone(), msd_frame(Modality::Flair))),
+        CaseFiles::Msd4d {
+            image, channels, ..
+        } => Some((image.clone(), msd_frame(channels, Modality::Flair))),
     }
 }
 
