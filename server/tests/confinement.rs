@@ -61,7 +61,9 @@ async fn links_in_a_registered_dataset_serve_nothing_from_outside_it() {
             "{case} is named in the report: {problems}"
         );
     }
-    let cases = server.get_json(&format!("/api/datasets/{id}/case-list")).await;
+    let cases = server
+        .get_json(&format!("/api/datasets/{id}/case-list"))
+        .await;
     let names: Vec<&str> = cases
         .as_array()
         .unwrap()

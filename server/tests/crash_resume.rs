@@ -392,3 +392,59 @@ async fn cancel_then_resume_stores_every_step_and_validation_once() {
     epochs_validated.dedup();
     assert_eq!(validations, epochs_validated.len(), "{epochs_validated:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_of_a_job_stopped_before_its_first_checkpoint_starts_it_again_from_step_0() {
+    let server = LiveServer::start(&["--no-demo"]);
+    let dataset = server.tiny_dataset("tiny").await;
+    let (epochs, steps_per_epoch) = (1, 40);
+    let job = server
+        .post_job(
+            serde_json::json!({ "dataset_id": dataset, "method": "joint", "preset": "tiny",
+                                       "epochs": epochs, "steps_per_epoch": steps_per_epoch,
+                                       "device": "cpu", "seed": 5, "workers": 1 }),
+        )
+        .await;
+    // Cancel at the first stored step: long before the epoch's checkpoint.
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let events = server.get_json(&format!("/api/jobs/{job}/events")).await;
+        if events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "step")
+        {
+            break;
+        }
+        assert!(Instant::now() < until, "the run never stepped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server
+        .post_json(&format!("/api/jobs/{job}/cancel"), serde_json::json!({}))
+        .await;
+    let cancelled = server.job_when_ended(job, DEADLINE).await;
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+    let response = server
+        .client
+        .post(server.url(&format!("/api/jobs/{job}/resume")))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    server.job_succeeded(job, DEADLINE).await;
+    let events = server.get_json(&format!("/api/jobs/{job}/events")).await;
+    let mut steps: Vec<i64> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "step")
+        .map(|e| e["step"].as_i64().unwrap())
+        .collect();
+    let stored = steps.len();
+    steps.sort();
+    steps.dedup();
+    assert_eq!(stored, steps.len(), "a step is stored twice");
+    assert_eq!(stored, epochs * steps_per_epoch);
+}

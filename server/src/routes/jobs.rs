@@ -222,13 +222,11 @@ async fn resume(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Js
             job.state, job.kind
         )));
     }
-    if !job.run_dir().has_weights(CheckpointName::Last) {
-        return Err(Error::Unprocessable(format!(
-            "job {id} saved no checkpoint to resume from; launch it again instead"
-        )));
-    }
+    // Stopped before its first checkpoint: it starts again from step 0 in its own run folder
+    // (as nnU-Net's `--c` does); its first step then replaces the events stored before.
+    let from_checkpoint = job.run_dir().has_weights(CheckpointName::Last);
     let mut params = job.params_json();
-    params["resume"] = true.into();
+    params["resume"] = from_checkpoint.into();
     let updated = sqlx::query(
         "UPDATE jobs SET state = 'queued', params = ?, finished_at = NULL, exit_code = NULL, error = NULL
          WHERE id = ? AND state = ?",

@@ -824,7 +824,7 @@ pub fn write_label_volume_as(
     }
     let values = labels_internal.mapv(|class| labels.value_of(class));
     let mut h = reference.clone();
-    h.set_description_str(&format!("CGGM Studio segmentation ({})", labels.describe()))
+    h.set_description_str(format!("CGGM Studio segmentation ({})", labels.describe()))
         .ok();
     write_volume_u8(path, &values.view(), &h)
 }
