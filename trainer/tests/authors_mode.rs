@@ -394,3 +394,25 @@ fn classification_authors_mode_matches_the_authors_msatrain_loop() {
         side: 1,
     });
 }
+
+/// The mode on the real segmentation model (grouped classifiers, DeepLabv3+ head): L_gm enters
+/// from step 1 with weight lambda, and the lagged term survives a checkpoint (JSON).
+#[test]
+fn the_authors_mode_runs_on_the_segmentation_model_and_its_lag_survives_a_checkpoint() {
+    let mut cfg = TrainConfig::preset("tiny").unwrap();
+    cfg.method = Method::CggmAuthors;
+    cfg.device = "cpu".into();
+    let mut t = Trainer::new(cfg, Device::Cpu, 3);
+    tch::manual_seed(3);
+    let images = Tensor::randn([2, 4, 32, 32], (Kind::Float, Device::Cpu));
+    let labels = Tensor::randint(4, [2, 32, 32], (Kind::Int64, Device::Cpu));
+    let first = t.step(&images, &labels).unwrap();
+    assert_eq!(first.gm_loss, 0.0, "no L_gm at step 0");
+    let second = t.step(&images, &labels).unwrap();
+    assert!(second.gm_loss > 0.0 && second.loss.is_finite());
+    assert!((second.loss - second.task_loss - 0.1 * second.gm_loss).abs() < 1e-5);
+    let saved = serde_json::to_string(&t.tracker).unwrap();
+    let restored: cggm_trainer::cggm::BalanceTracker = serde_json::from_str(&saved).unwrap();
+    assert_eq!(restored.authors_lag, t.tracker.authors_lag);
+    assert!(restored.authors_lag.is_some());
+}
