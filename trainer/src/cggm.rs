@@ -911,4 +911,50 @@ mod tests {
         let t = Tensor::from_slice(&[0.0f32, 0.0]);
         assert_eq!(authors::sign_accuracy(&p, &t), 0.5);
     }
+
+    /// Why magnitude modulation by a constant B is a no-op under Adam (every feature preset,
+    /// `cpu-small`, `tiny`) but a smaller learning rate under SGD: Adam's update divides the
+    /// gradient's moments by each other, so c g gives the trajectory of g (up to Adam's epsilon).
+    #[test]
+    fn a_constant_b_changes_nothing_under_adam_and_scales_the_step_under_sgd() {
+        use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind};
+        let run = |kind: OptimizerKind, b: f64| -> Vec<f32> {
+            let w = Tensor::from_slice(&[0.5f32, -1.0, 2.0]).set_requires_grad(true);
+            let cfg = OptimizerConfig {
+                kind,
+                weight_decay: 0.0,
+                ..OptimizerConfig::default()
+            };
+            let param = Param {
+                name: "encoder.w".into(),
+                tensor: w.shallow_clone(),
+                group: 1,
+            };
+            let mut opt = Optimizer::new(cfg, vec![param]);
+            for step in 0..30 {
+                opt.zero_grad();
+                let target = Tensor::from_slice(&[1.0f32, 0.0, -1.0]) * (1.0 + 0.1 * step as f64);
+                (&w - target).square().sum(tch::Kind::Float).backward();
+                opt.scale_group_gradients(1, b);
+                opt.step(&|_| 0.01);
+            }
+            Vec::try_from(&w.detach()).unwrap()
+        };
+        let gap = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max)
+        };
+        let adam = gap(
+            &run(OptimizerKind::Adam, 1.0),
+            &run(OptimizerKind::Adam, 0.75),
+        );
+        assert!(adam < 1e-5, "Adam: {adam}");
+        let sgd = gap(
+            &run(OptimizerKind::Sgd, 1.0),
+            &run(OptimizerKind::Sgd, 0.75),
+        );
+        assert!(sgd > 1e-2, "SGD: {sgd}");
+    }
 }
