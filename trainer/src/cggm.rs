@@ -4,6 +4,7 @@
 
 use crate::optim::Param;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use tch::Tensor;
 
 /// How B_i is computed from the per-modality improvements d_i.
@@ -14,14 +15,20 @@ pub enum BalanceFormula {
     /// `balance_coefficients`).
     #[default]
     Guarded,
-    /// The paper's formula as printed, `rho * sum_{k!=i} d_k / sum_k d_k`: for reproduction
-    /// studies only. It divides by ~0 whenever the modalities' improvements cancel out.
+    /// The paper's formula with only the authors' epsilon (zrguo/CGGM `src/segtrain.py`,
+    /// `src/msatrain.py`: `diff_sum = sum(diff) + 1e-8`, `coeff = (diff_sum - d) / diff_sum`):
+    /// `rho * (S + 1e-8 - d_i) / (S + 1e-8)`, `S = sum_k d_k`. For reproduction studies: when
+    /// the improvements nearly cancel it is huge or sign-flipped, but it is never NaN (see
+    /// `balance_outcome`).
     Raw,
 }
 
 /// Below this |sum_k d_k| the improvements are indistinguishable from batch noise (the metric is a
 /// Dice in [0, 1]); the guard then treats all modalities as improving equally.
 pub const NEGLIGIBLE_TOTAL_IMPROVEMENT: f64 = 1e-4;
+
+/// The authors' epsilon in the denominator of B_i (`diff_sum = sum(diff) + 1e-8`).
+pub const AUTHORS_EPSILON: f64 = 1e-8;
 
 /// B_i = rho * (sum_{k != i} d_k) / (sum_k d_k) = rho * (1 - s_i), with s_i = d_i / sum_k d_k the
 /// modality's share of the total improvement.
@@ -64,13 +71,18 @@ pub fn balance_outcome(improvements: &[f64], rho: f64, formula: BalanceFormula) 
     }
     match formula {
         BalanceFormula::Raw => {
-            let total: f64 = improvements.iter().sum();
-            plain(
-                improvements
-                    .iter()
-                    .map(|d| rho * (total - d) / total)
-                    .collect(),
-            )
+            // The authors' epsilon: with every d_i = 0 (repeated identical metrics) B_i = rho.
+            // A non-finite d_i counts as 0 and a denominator of exactly 0 (S = -1e-8) as the
+            // epsilon alone, so that B is never NaN or infinite.
+            let d: Vec<f64> = improvements
+                .iter()
+                .map(|v| if v.is_finite() { *v } else { 0.0 })
+                .collect();
+            let mut total = d.iter().sum::<f64>() + AUTHORS_EPSILON;
+            if total == 0.0 {
+                total = AUTHORS_EPSILON;
+            }
+            plain(d.iter().map(|di| rho * (total - di) / total).collect())
         }
         BalanceFormula::Guarded => {
             let d: Vec<f64> = improvements
@@ -107,8 +119,8 @@ pub fn neutral_balance(modalities: usize, rho: f64) -> Vec<f64> {
     vec![rho * (modalities as f64 - 1.0) / modalities as f64; modalities]
 }
 
-/// Counts over a run of how often the guard decided B (kept in checkpoints, so they survive
-/// resume).
+/// Counts over a run of how often the guard decided B, and the running sums behind B's
+/// signal-to-noise diagnostics (kept in checkpoints, so they survive resume).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct BalanceStats {
     pub steps: usize,
@@ -116,7 +128,260 @@ pub struct BalanceStats {
     pub guarded_steps: usize,
     /// Steps where at least one share was clamped (some B_i pinned at 0 or rho).
     pub clamped_steps: usize,
+    /// Steps where |sum_k d_k| <= 1e-4, whatever the formula (where the raw formula divides by
+    /// almost nothing).
+    #[serde(default)]
+    pub negligible_total_steps: usize,
+    /// B_i per modality, over the run.
+    #[serde(default)]
+    pub balance: Vec<SeriesStats>,
+    /// d_i per modality (non-finite counted as 0), over the run.
+    #[serde(default)]
+    pub improvement: Vec<SeriesStats>,
+    /// sum_k d_k, over the run.
+    #[serde(default)]
+    pub total_improvement: SeriesStats,
+    /// sum_k d_k since the last [`BalanceStats::take_window`] (the last epoch, in the events).
+    #[serde(default)]
+    pub window_total_improvement: SeriesStats,
 }
+
+impl BalanceStats {
+    /// Folds one step in: its improvements d_i (already finite) and the coefficients B_i.
+    fn record(&mut self, improvements: &[f64], outcome: &BalanceOutcome) {
+        let m = improvements.len();
+        self.balance.resize(m, SeriesStats::default());
+        self.improvement.resize(m, SeriesStats::default());
+        for (s, d) in self.improvement.iter_mut().zip(improvements) {
+            s.push(*d);
+        }
+        for (s, b) in self.balance.iter_mut().zip(&outcome.coefficients) {
+            s.push(*b);
+        }
+        let total: f64 = improvements.iter().sum();
+        self.total_improvement.push(total);
+        self.window_total_improvement.push(total);
+        self.steps += 1;
+        self.guarded_steps += outcome.guarded as usize;
+        self.clamped_steps += (outcome.clamped > 0) as usize;
+        self.negligible_total_steps += (total.abs() <= NEGLIGIBLE_TOTAL_IMPROVEMENT) as usize;
+    }
+
+    /// The window's statistics of sum_k d_k, and a new window.
+    pub fn take_window(&mut self) -> SeriesStats {
+        std::mem::take(&mut self.window_total_improvement)
+    }
+}
+
+/// Running sums of a series x_1..x_n (enough for its mean, standard deviation and lag-1
+/// autocorrelation without keeping the series).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SeriesStats {
+    pub n: u64,
+    pub sum: f64,
+    pub sum_sq: f64,
+    /// sum_{t >= 2} x_t x_(t-1)
+    pub lag_products: f64,
+    pub first: f64,
+    pub last: f64,
+}
+
+impl SeriesStats {
+    /// Appends x (non-finite values count as 0, so that the sums stay finite).
+    pub fn push(&mut self, x: f64) {
+        let x = if x.is_finite() { x } else { 0.0 };
+        if self.n == 0 {
+            self.first = x;
+        } else {
+            self.lag_products += x * self.last;
+        }
+        self.n += 1;
+        self.sum += x;
+        self.sum_sq += x * x;
+        self.last = x;
+    }
+
+    pub fn of(values: &[f64]) -> Self {
+        let mut s = Self::default();
+        for v in values {
+            s.push(*v);
+        }
+        s
+    }
+
+    pub fn mean(&self) -> Option<f64> {
+        (self.n > 0).then(|| self.sum / self.n as f64)
+    }
+
+    /// Sum of squared deviations from the mean.
+    fn centred_sum_sq(&self) -> Option<f64> {
+        let mean = self.mean()?;
+        Some((self.sum_sq - self.n as f64 * mean * mean).max(0.0))
+    }
+
+    /// Sample standard deviation (n - 1); None below two values.
+    pub fn sd(&self) -> Option<f64> {
+        if self.n < 2 {
+            return None;
+        }
+        Some((self.centred_sum_sq()? / (self.n - 1) as f64).sqrt())
+    }
+
+    /// `sum_{t>=2} (x_t - mean)(x_(t-1) - mean) / sum_t (x_t - mean)^2`; None below three values
+    /// or for a constant series. About -0.5 for the differences of independent draws (d_i of
+    /// pure batch noise), near 0 for independent values, near 1 for a slow trend.
+    pub fn lag1_autocorrelation(&self) -> Option<f64> {
+        if self.n < 3 {
+            return None;
+        }
+        let mean = self.mean()?;
+        let denom = self.centred_sum_sq()?;
+        if denom <= 1e-300 {
+            return None;
+        }
+        let n = self.n as f64;
+        let num = self.lag_products - mean * ((self.sum - self.first) + (self.sum - self.last))
+            + (n - 1.0) * mean * mean;
+        Some(num / denom)
+    }
+
+    /// mean / SD: how many standard deviations the series averages per value (the per-step
+    /// signal-to-noise ratio `z`).
+    pub fn snr(&self) -> Option<f64> {
+        let sd = self.sd()?;
+        (sd > 0.0).then(|| self.mean().unwrap_or(0.0) / sd)
+    }
+}
+
+/// B's signal-to-noise diagnostics of a run (or of the run so far): part of `metrics.json` and
+/// of the `balance_diagnostics` event. Undefined statistics (too few steps) are null.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BalanceDiagnostics {
+    pub steps: usize,
+    /// Mean and SD of B_i per modality.
+    pub balance_mean: BTreeMap<String, Option<f64>>,
+    pub balance_sd: BTreeMap<String, Option<f64>>,
+    /// Mean and SD of d_i = eps_i^t - eps_i^(t-1) per modality.
+    pub improvement_mean: BTreeMap<String, Option<f64>>,
+    pub improvement_sd: BTreeMap<String, Option<f64>>,
+    /// Lag-1 autocorrelation of d_i per modality (about -0.5: d_i is batch noise).
+    pub improvement_lag1_autocorrelation: BTreeMap<String, Option<f64>>,
+    /// Mean and SD of sum_k d_k over the steps, and `z` = mean / SD (the signal per step in units
+    /// of the batch noise; the audit found z of about 0.02).
+    pub total_improvement_mean: Option<f64>,
+    pub total_improvement_sd: Option<f64>,
+    pub total_improvement_z: Option<f64>,
+    /// z * sqrt(steps): the t statistic of "the mean total improvement is not 0".
+    pub total_improvement_t: Option<f64>,
+    /// z over the last window (the last epoch in the events; the whole run in `metrics.json`).
+    pub window_steps: usize,
+    pub window_total_improvement_z: Option<f64>,
+    /// Shares of steps where the guard set every B_i to neutral, where it pinned at least one
+    /// B_i, and where |sum_k d_k| <= 1e-4.
+    pub guarded_share: Option<f64>,
+    pub clamped_share: Option<f64>,
+    pub negligible_total_share: Option<f64>,
+    /// One plain sentence for people (run and comparison pages).
+    pub summary: String,
+}
+
+impl BalanceDiagnostics {
+    /// From the run's statistics; `window` is the last window's sum_k d_k (None: the whole run).
+    pub fn new(stats: &BalanceStats, names: &[String], window: Option<&SeriesStats>) -> Self {
+        let by = |series: &[SeriesStats], f: &dyn Fn(&SeriesStats) -> Option<f64>| {
+            names
+                .iter()
+                .zip(series)
+                .map(|(n, s)| (n.clone(), f(s)))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let share = |k: usize| (stats.steps > 0).then(|| k as f64 / stats.steps as f64);
+        let total = &stats.total_improvement;
+        let window = window.unwrap_or(total);
+        let z = total.snr();
+        let mut d = Self {
+            steps: stats.steps,
+            balance_mean: by(&stats.balance, &SeriesStats::mean),
+            balance_sd: by(&stats.balance, &SeriesStats::sd),
+            improvement_mean: by(&stats.improvement, &SeriesStats::mean),
+            improvement_sd: by(&stats.improvement, &SeriesStats::sd),
+            improvement_lag1_autocorrelation: by(
+                &stats.improvement,
+                &SeriesStats::lag1_autocorrelation,
+            ),
+            total_improvement_mean: total.mean(),
+            total_improvement_sd: total.sd(),
+            total_improvement_z: z,
+            total_improvement_t: z.map(|z| z * (total.n as f64).sqrt()),
+            window_steps: window.n as usize,
+            window_total_improvement_z: window.snr(),
+            guarded_share: share(stats.guarded_steps),
+            clamped_share: share(stats.clamped_steps),
+            negligible_total_share: share(stats.negligible_total_steps),
+            summary: String::new(),
+        };
+        d.summary = d.sentence();
+        d
+    }
+
+    /// The plain sentence: whether B_i carried a signal above batch noise (from z), how often
+    /// the guard decided, and what d_i's autocorrelation says.
+    pub fn sentence(&self) -> String {
+        if self.steps == 0 {
+            return "No B_i was measured on this run (no per-modality classifiers).".into();
+        }
+        let Some(z) = self
+            .total_improvement_z
+            .filter(|_| self.steps >= MIN_STEPS_TO_JUDGE)
+        else {
+            return format!(
+                "Too few steps ({}) to judge whether B_i carried a signal above batch noise.",
+                self.steps
+            );
+        };
+        let verdict = if z.abs() < NO_SIGNAL_Z {
+            "B_i carried no signal above batch noise on this run"
+        } else if z.abs() < STRONG_SIGNAL_Z {
+            "B_i carried a weak signal: batch noise dominated each step's B_i on this run"
+        } else {
+            "B_i carried a signal above batch noise on this run"
+        };
+        let mut s = format!("{verdict} (z = {z:.2} over {} steps)", self.steps);
+        let mut extra = Vec::new();
+        if let Some(g) = self.guarded_share.filter(|g| *g > 0.0) {
+            extra.push(format!(
+                "the guard set B to neutral on {:.0} % of steps",
+                g * 100.0
+            ));
+        }
+        let lags: Vec<f64> = self
+            .improvement_lag1_autocorrelation
+            .values()
+            .flatten()
+            .copied()
+            .collect();
+        if !lags.is_empty() {
+            let lo = lags.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = lags.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            extra.push(format!(
+                "d_i's lag-1 autocorrelation was {lo:.2} to {hi:.2} (-0.5 is pure batch noise)"
+            ));
+        }
+        if !extra.is_empty() {
+            s.push_str("; ");
+            s.push_str(&extra.join("; "));
+        }
+        s.push('.');
+        s
+    }
+}
+
+/// Below this many steps the sentence declines to judge.
+pub const MIN_STEPS_TO_JUDGE: usize = 10;
+/// |z| below this: no signal (a trend of a tenth of the batch noise per step cannot steer B_i).
+pub const NO_SIGNAL_Z: f64 = 0.1;
+/// |z| from this: the trend dominates the noise in each step's B_i.
+pub const STRONG_SIGNAL_Z: f64 = 1.0;
 
 /// Remembers each modality's previous batch metric eps_i^(t-1) (eps_i^0 = 0) and turns the new
 /// metrics into balance coefficients.
@@ -136,6 +401,12 @@ pub struct BalanceTracker {
     pub eps_ema: f64,
     #[serde(default)]
     pub stats: BalanceStats,
+    /// The last step's improvements d_i (finite).
+    #[serde(default)]
+    pub last_improvements: Vec<f64>,
+    /// `cggm-authors`: the L_gm of the previous step (weights and coefficients), applied now.
+    #[serde(default)]
+    pub authors_lag: Option<authors::LaggedDirection>,
 }
 
 impl BalanceTracker {
@@ -146,6 +417,8 @@ impl BalanceTracker {
             formula,
             eps_ema: 0.0,
             stats: BalanceStats::default(),
+            last_improvements: Vec::new(),
+            authors_lag: None,
         }
     }
 
@@ -181,9 +454,12 @@ impl BalanceTracker {
             .collect();
         self.previous = smoothed;
         let outcome = balance_outcome(&improvements, self.rho, self.formula);
-        self.stats.steps += 1;
-        self.stats.guarded_steps += outcome.guarded as usize;
-        self.stats.clamped_steps += (outcome.clamped > 0) as usize;
+        let finite: Vec<f64> = improvements
+            .iter()
+            .map(|v| if v.is_finite() { *v } else { 0.0 })
+            .collect();
+        self.stats.record(&finite, &outcome);
+        self.last_improvements = finite;
         outcome
     }
 }
@@ -222,6 +498,134 @@ pub fn direction_loss(g_f: &Tensor, g_cls: &[Tensor], balance: &[f64]) -> (Tenso
     (loss / m, cosines)
 }
 
+/// The authors' CGGM as their public code runs it (zrguo/CGGM `src/segtrain.py` for BraTS,
+/// `src/msatrain.py` for the feature tasks), for `--method cggm-authors`: their per-modality
+/// metric eps_i, their coefficients, and their direction term, built at step t - 1 from the
+/// pre-update weights and added to the loss at step t.
+pub mod authors {
+    use super::direction_loss;
+    use crate::task::TaskKind;
+    use serde::{Deserialize, Serialize};
+    use tch::{Device, Kind, Tensor};
+
+    /// `(S + 1e-8 - d_i) / (S + 1e-8)`, `S = sum_k d_k`: their `coeff` (no rho; their
+    /// magnitude modulation multiplies it by rho, their L_gm does not).
+    pub fn coefficients(improvements: &[f64]) -> Vec<f64> {
+        super::balance_coefficients(improvements, 1.0, super::BalanceFormula::Raw)
+    }
+
+    /// Their Dice (`src/eval_metrics.py` `Dice`): per sample `2 (sum o t + 1e-3) / (sum o +
+    /// sum t + 2e-3)` over the pixels, averaged over the batch. o, t: [B, H, W] float masks.
+    fn dice(o: &Tensor, t: &Tensor) -> Tensor {
+        let dims: &[i64] = &[1, 2];
+        let inter = (o * t).sum_dim_intlist(dims, false, Kind::Float) + 1e-3;
+        let union = o.sum_dim_intlist(dims, false, Kind::Float)
+            + t.sum_dim_intlist(dims, false, Kind::Float)
+            + 2e-3;
+        (inter * 2.0 / union).mean(Kind::Float)
+    }
+
+    /// Their eps_i for BraTS (`train_eval_seg`): argmax, then the mean of the ET (class 3), TC
+    /// (1 or 3) and WT (not 0) Dice of [`dice`]. logits [B, C, H, W], target [B, H, W] int64.
+    pub fn segmentation_eps(logits: &Tensor, target: &Tensor) -> f64 {
+        let o = crate::task::class_indices(logits);
+        let f = |x: Tensor| x.to_kind(Kind::Float);
+        let et = dice(&f(o.eq(3)), &f(target.eq(3)));
+        let tc = dice(
+            &f(o.eq(1).logical_or(&o.eq(3))),
+            &f(target.eq(1).logical_or(&target.eq(3))),
+        );
+        let wt = dice(&f(o.ne(0)), &f(target.ne(0)));
+        ((et + tc + wt) / 3.0).double_value(&[])
+    }
+
+    /// Their eps_i for regression (`train_eval_senti`): the share of samples whose prediction
+    /// and label are both > 0 or both <= 0 (label 0 counts as negative).
+    pub fn sign_accuracy(pred: &Tensor, target: &Tensor) -> f64 {
+        let p = pred.flatten(0, -1).gt(0.0);
+        let t = target.flatten(0, -1).gt(0.0);
+        share(&p.eq_tensor(&t))
+    }
+
+    /// The share of true values, in f64 as their numpy/sklearn means: when the modalities'
+    /// changes cancel, S + 1e-8 is a rounding residue, and the coefficients depend on it.
+    fn share(hits: &Tensor) -> f64 {
+        hits.to_kind(Kind::Double)
+            .mean(Kind::Double)
+            .double_value(&[])
+    }
+
+    /// Their eps_i for classification (`train_eval_iemo`, `train_eval_food`): argmax accuracy.
+    pub fn accuracy(logits: &Tensor, target: &Tensor) -> f64 {
+        share(&logits.argmax(1, false).eq_tensor(target))
+    }
+
+    /// eps_i of each classifier's logits, by task.
+    pub fn batch_metrics(task: TaskKind, logits: &[Tensor], target: &Tensor) -> Vec<f64> {
+        logits
+            .iter()
+            .map(|l| match task {
+                TaskKind::Segmentation => segmentation_eps(l, target),
+                TaskKind::Regression => sign_accuracy(l, target),
+                TaskKind::Classification => accuracy(l, target),
+            })
+            .collect()
+    }
+
+    /// A tensor's values, to keep it in a checkpoint.
+    #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+    pub struct SavedTensor {
+        pub shape: Vec<i64>,
+        pub values: Vec<f32>,
+    }
+
+    impl SavedTensor {
+        pub fn of(t: &Tensor) -> Self {
+            let flat = t
+                .detach()
+                .to_kind(Kind::Float)
+                .to_device(Device::Cpu)
+                .flatten(0, -1)
+                .contiguous();
+            Self {
+                shape: t.size(),
+                values: Vec::<f32>::try_from(&flat).unwrap_or_default(),
+            }
+        }
+
+        pub fn tensor(&self, device: Device) -> Tensor {
+            Tensor::from_slice(&self.values)
+                .view(self.shape.as_slice())
+                .to_device(device)
+        }
+    }
+
+    /// Their `l_gm` as built at step t - 1 (after the classifiers' backward, before either
+    /// optimiser stepped): `(sum_i |c_i| - sum_i c_i cos(W_i, W_F)) / M` over the last layers'
+    /// *weights* at that moment, with that step's coefficients c_i (no rho). Added to the loss at
+    /// step t, its gradient reaches only the fusion head's last-layer weight, evaluated at those
+    /// old weights (their graph holds clones of them).
+    #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+    pub struct LaggedDirection {
+        pub fusion: SavedTensor,
+        pub classifiers: Vec<SavedTensor>,
+        pub coefficients: Vec<f64>,
+    }
+
+    impl LaggedDirection {
+        /// L_gm's value and its gradient with respect to the fusion head's last-layer weight
+        /// (evaluated at the saved weights).
+        pub fn value_and_gradient(&self, device: Device) -> (f64, Tensor) {
+            let w = self.fusion.tensor(device).set_requires_grad(true);
+            let cls: Vec<Tensor> = self.classifiers.iter().map(|c| c.tensor(device)).collect();
+            let (loss, _) = direction_loss(&w, &cls, &self.coefficients);
+            let value = loss.double_value(&[]);
+            let grad = Tensor::run_backward(&[&loss], &[&w], false, false).remove(0);
+            (value, grad)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,8 +645,9 @@ mod tests {
         assert!(b[0] < b[1] && b[1] < b[2]);
         let raw = balance_coefficients(&[0.4, 0.1, 0.05, 0.05], 1.0, BalanceFormula::Raw);
         for (g, r) in b.iter().zip(raw) {
+            // Up to the authors' 1e-8 in the raw formula's denominator.
             assert!(
-                (g - r).abs() < 1e-12,
+                (g - r).abs() < 1e-7,
                 "guard must not change the well-posed case"
             );
         }
@@ -255,10 +660,13 @@ mod tests {
             assert!(b.iter().all(|v| v.is_finite()), "{d:?} -> {b:?}");
             assert!(b.iter().all(|v| (v - 1.3 * 0.75).abs() < 1e-12));
         }
-        let raw = balance_coefficients(&[0.0; 4], 1.0, BalanceFormula::Raw);
+        // The raw formula keeps the authors' epsilon: (0 + 1e-8 - 0) / (0 + 1e-8) = 1.
+        let raw = balance_coefficients(&[0.0; 4], 1.3, BalanceFormula::Raw);
+        assert_eq!(raw, vec![1.3; 4]);
+        let raw = balance_coefficients(&[0.2, -0.2, 0.1, -0.1], 1.0, BalanceFormula::Raw);
         assert!(
-            raw.iter().all(|v| v.is_nan()),
-            "the raw switch must really be raw"
+            raw[0] < -1e6,
+            "the raw switch must really be raw (near-zero denominators explode): {raw:?}"
         );
     }
 
@@ -322,14 +730,8 @@ mod tests {
         tracker.update(&[0.5, 0.5]);
         tracker.update(&[0.5, 0.5]);
         tracker.update(&[0.9, 0.4]);
-        assert_eq!(
-            tracker.stats,
-            BalanceStats {
-                steps: 3,
-                guarded_steps: 1,
-                clamped_steps: 1
-            }
-        );
+        let st = &tracker.stats;
+        assert_eq!((st.steps, st.guarded_steps, st.clamped_steps), (3, 1, 1));
     }
 
     #[test]
@@ -365,5 +767,194 @@ mod tests {
         assert!((cos[0] - 1.0).abs() < 1e-6 && (cos[1] + 1.0).abs() < 1e-6);
         // (0.5 - 0.5) + (0.5 + 0.5) over M = 2
         assert!((loss.double_value(&[]) - 0.5).abs() < 1e-6);
+    }
+
+    /// issue 20: `--balance raw` divided by sum d = 0 on repeated identical metrics (NaN, the
+    /// run aborted); with the authors' epsilon it gives rho, and nothing else makes it NaN.
+    #[test]
+    fn raw_formula_never_yields_nan_on_repeated_identical_metrics() {
+        let mut tracker = BalanceTracker::new(4, 1.0, BalanceFormula::Raw);
+        let metrics = [0.3, 0.5, 0.2, 0.4];
+        tracker.update(&metrics);
+        for step in 1..50 {
+            let b = tracker.update(&metrics);
+            assert!(b.iter().all(|v| v.is_finite()), "step {step}: {b:?}");
+            assert_eq!(b, vec![1.0; 4], "every d_i = 0: the authors' coefficient 1");
+        }
+        for d in [
+            [f64::NAN, 0.1, 0.0, 0.0],
+            [f64::INFINITY, f64::NEG_INFINITY, 0.0, 0.0],
+            [-1e-8, 0.0, 0.0, 0.0],
+        ] {
+            let b = balance_coefficients(&d, 1.0, BalanceFormula::Raw);
+            assert!(b.iter().all(|v| v.is_finite()), "{d:?} -> {b:?}");
+        }
+        // The authors' coefficients without rho, as their code computes them.
+        let c = authors::coefficients(&[0.1, 0.3, 0.0, 0.1]);
+        let s = 0.5 + 1e-8;
+        for (ci, di) in c.iter().zip([0.1, 0.3, 0.0, 0.1]) {
+            assert!((ci - (s - di) / s).abs() < 1e-15);
+        }
+    }
+
+    #[test]
+    fn series_statistics_of_known_series() {
+        let s = SeriesStats::of(&[1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert_eq!(s.mean(), Some(3.0));
+        assert!((s.sd().unwrap() - 2.5f64.sqrt()).abs() < 1e-12);
+        // deviations -2..2: (2 + 0 + 0 + 2) / 10
+        assert!((s.lag1_autocorrelation().unwrap() - 0.4).abs() < 1e-12);
+        assert!((s.snr().unwrap() - 3.0 / 2.5f64.sqrt()).abs() < 1e-12);
+        let alt = SeriesStats::of(&[1.0, -1.0, 1.0, -1.0]);
+        assert_eq!(alt.mean(), Some(0.0));
+        assert!((alt.lag1_autocorrelation().unwrap() + 0.75).abs() < 1e-12);
+        assert_eq!(alt.snr(), Some(0.0));
+        assert_eq!(
+            SeriesStats::of(&[2.0, 2.0, 2.0]).lag1_autocorrelation(),
+            None
+        );
+        assert_eq!(SeriesStats::of(&[2.0]).sd(), None);
+        assert_eq!(SeriesStats::default().mean(), None);
+        // The running sums survive a JSON round trip (checkpoints).
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<SeriesStats>(&json).unwrap(), s);
+    }
+
+    /// The differences of independent draws (d_i of a metric that is pure batch noise) have
+    /// lag-1 autocorrelation -0.5 and z near 0; a steady trend under small noise has a large z.
+    #[test]
+    fn diagnostics_tell_batch_noise_from_a_trend() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let names: Vec<String> = ["a", "b"].iter().map(|s| s.to_string()).collect();
+        let mut noise = BalanceTracker::new(2, 1.0, BalanceFormula::Guarded);
+        let mut trend = BalanceTracker::new(2, 1.0, BalanceFormula::Guarded);
+        for step in 0..20_000 {
+            noise.update(&[rng.gen_range(0.2..0.6), rng.gen_range(0.2..0.6)]);
+            let t = 1e-3 * step as f64;
+            trend.update(&[t + rng.gen_range(0.0..1e-4), 2.0 * t]);
+        }
+        let d = BalanceDiagnostics::new(&noise.stats, &names, None);
+        assert_eq!(d.steps, 20_000);
+        for (m, r) in &d.improvement_lag1_autocorrelation {
+            assert!((r.unwrap() + 0.5).abs() < 0.03, "{m}: {r:?}");
+        }
+        let z = d.total_improvement_z.unwrap();
+        assert!(z.abs() < 0.03, "z {z}");
+        assert!((d.guarded_share.unwrap() - 0.5).abs() < 0.05, "{d:?}");
+        // Equal spreads: mean B = rho (M-1)/M = 0.5 for both.
+        for b in d.balance_mean.values() {
+            assert!((b.unwrap() - 0.5).abs() < 0.05);
+        }
+        assert!(
+            d.summary
+                .starts_with("B_i carried no signal above batch noise on this run (z = "),
+            "{}",
+            d.summary
+        );
+        assert!(d.summary.contains("-0.5"), "{}", d.summary);
+        let t = BalanceDiagnostics::new(&trend.stats, &names, None);
+        assert!(t.total_improvement_z.unwrap() > 5.0, "{t:?}");
+        assert!(t
+            .summary
+            .starts_with("B_i carried a signal above batch noise"));
+        // b improves twice as fast as a: B_a = 2/3, B_b = 1/3.
+        assert!((t.balance_mean["a"].unwrap() - 2.0 / 3.0).abs() < 0.01);
+        assert!((t.balance_mean["b"].unwrap() - 1.0 / 3.0).abs() < 0.01);
+        assert!(
+            BalanceDiagnostics::new(&BalanceStats::default(), &names, None)
+                .summary
+                .starts_with("No B_i was measured")
+        );
+    }
+
+    #[test]
+    fn diagnostics_window_covers_the_steps_since_it_was_taken() {
+        let mut tracker = BalanceTracker::new(2, 1.0, BalanceFormula::Guarded);
+        for v in [0.1, 0.2, 0.3] {
+            tracker.update(&[v, v]);
+        }
+        let first = tracker.stats.take_window();
+        assert_eq!(first.n, 3);
+        tracker.update(&[0.1, 0.1]);
+        let names = vec!["a".to_string(), "b".to_string()];
+        let w = tracker.stats.take_window();
+        let d = BalanceDiagnostics::new(&tracker.stats, &names, Some(&w));
+        assert_eq!((d.steps, d.window_steps), (4, 1));
+        // sum d: 0.2, 0.2, 0.2, -0.4: mean 0.05, SD 0.3.
+        assert!((d.total_improvement_mean.unwrap() - 0.05).abs() < 1e-12);
+        assert!((d.total_improvement_sd.unwrap() - 0.3).abs() < 1e-12);
+        assert!((d.total_improvement_z.unwrap() - 0.05 / 0.3).abs() < 1e-12);
+        assert!((d.total_improvement_t.unwrap() - 2.0 * 0.05 / 0.3).abs() < 1e-12);
+        assert!(d.summary.starts_with("Too few steps (4)"), "{}", d.summary);
+    }
+
+    /// The authors' eps for BraTS: per-sample Dice with 1e-3 smoothing, averaged over the batch
+    /// (an empty region in both prediction and truth scores 1, not the pooled hard Dice).
+    #[test]
+    fn authors_segmentation_eps_is_a_per_sample_smoothed_dice() {
+        // Two 1x2 samples: sample 0 predicts [3, 0] for truth [3, 0], sample 1 [0, 0] for [2, 2].
+        let pred = Tensor::from_slice(&[3i64, 0, 0, 0]).view([2, 1, 2]);
+        let logits = pred
+            .one_hot(4)
+            .permute([0, 3, 1, 2])
+            .to_kind(tch::Kind::Float);
+        let target = Tensor::from_slice(&[3i64, 0, 2, 2]).view([2, 1, 2]);
+        let one = 2.0 * (1.0 + 1e-3) / (2.0 + 2e-3);
+        let empty = 2.0 * 1e-3 / 2e-3;
+        let miss = 2.0 * 1e-3 / (2.0 + 2e-3);
+        // ET, TC: sample 0 perfect, sample 1 empty in both; WT: sample 0 perfect, 1 missed.
+        let want = ((one + empty) / 2.0 * 2.0 + (one + miss) / 2.0) / 3.0;
+        let got = authors::segmentation_eps(&logits, &target);
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        // Regression: label 0 is negative for the authors (> 0), positive for our Acc-2.
+        let p = Tensor::from_slice(&[0.5f32, -0.5]);
+        let t = Tensor::from_slice(&[0.0f32, 0.0]);
+        assert_eq!(authors::sign_accuracy(&p, &t), 0.5);
+    }
+
+    /// Why magnitude modulation by a constant B is a no-op under Adam (every feature preset,
+    /// `cpu-small`, `tiny`) but a smaller learning rate under SGD: Adam's update divides the
+    /// gradient's moments by each other, so c g gives the trajectory of g (up to Adam's epsilon).
+    #[test]
+    fn a_constant_b_changes_nothing_under_adam_and_scales_the_step_under_sgd() {
+        use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind};
+        let run = |kind: OptimizerKind, b: f64| -> Vec<f32> {
+            let w = Tensor::from_slice(&[0.5f32, -1.0, 2.0]).set_requires_grad(true);
+            let cfg = OptimizerConfig {
+                kind,
+                weight_decay: 0.0,
+                ..OptimizerConfig::default()
+            };
+            let param = Param {
+                name: "encoder.w".into(),
+                tensor: w.shallow_clone(),
+                group: 1,
+            };
+            let mut opt = Optimizer::new(cfg, vec![param]);
+            for step in 0..30 {
+                opt.zero_grad();
+                let target = Tensor::from_slice(&[1.0f32, 0.0, -1.0]) * (1.0 + 0.1 * step as f64);
+                (&w - target).square().sum(tch::Kind::Float).backward();
+                opt.scale_group_gradients(1, b);
+                opt.step(&|_| 0.01);
+            }
+            Vec::try_from(&w.detach()).unwrap()
+        };
+        let gap = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max)
+        };
+        let adam = gap(
+            &run(OptimizerKind::Adam, 1.0),
+            &run(OptimizerKind::Adam, 0.75),
+        );
+        assert!(adam < 1e-5, "Adam: {adam}");
+        let sgd = gap(
+            &run(OptimizerKind::Sgd, 1.0),
+            &run(OptimizerKind::Sgd, 0.75),
+        );
+        assert!(sgd > 1e-2, "SGD: {sgd}");
     }
 }

@@ -34,6 +34,13 @@ pub enum Method {
     /// balancing. CGGM minus this control is the effect of balancing itself, not of the lower
     /// encoder learning rate (0.75x for four modalities) that magnitude modulation also implies.
     CggmFixed,
+    /// The authors' public code task by task (zrguo/CGGM `src/segtrain.py`, `src/msatrain.py`):
+    /// their eps_i, coefficients `(S + 1e-8 - d_i) / (S + 1e-8)`, and the weight-cosine L_gm
+    /// built at step t - 1 from the pre-update weights (no rho, none at step 0); BraTS scales no
+    /// gradient (their names match no parameter), feature tasks scale `encoders.<i>` (not the
+    /// projection) by rho times the coefficient. `cggm.balance`, `direction` and `eps_ema` are
+    /// ignored. See `step.rs` and README "What differs from the paper".
+    CggmAuthors,
     /// numbers (issue 8): OGM-GE (Peng et al., CVPR 2022), see `baselines`.
     OgmGe,
     /// numbers (issue 8): AGM (Li et al., ICCV 2023), see `baselines`.
@@ -57,7 +64,7 @@ impl Method {
     pub fn modulates_direction(self) -> bool {
         matches!(
             self,
-            Method::Cggm | Method::CggmDirection | Method::CggmFixed
+            Method::Cggm | Method::CggmDirection | Method::CggmFixed | Method::CggmAuthors
         )
     }
 
@@ -76,6 +83,7 @@ impl fmt::Display for Method {
             Method::CggmMagnitude => f.write_str("cggm-magnitude"),
             Method::CggmDirection => f.write_str("cggm-direction"),
             Method::CggmFixed => f.write_str("cggm-fixed"),
+            Method::CggmAuthors => f.write_str("cggm-authors"),
             Method::OgmGe => f.write_str("ogm-ge"),
             Method::Agm => f.write_str("agm"),
             Method::Pmr => f.write_str("pmr"),
@@ -105,6 +113,7 @@ impl FromStr for Method {
             "cggm-magnitude" => Method::CggmMagnitude,
             "cggm-direction" => Method::CggmDirection,
             "cggm-fixed" => Method::CggmFixed,
+            "cggm-authors" => Method::CggmAuthors,
             "ogm-ge" => Method::OgmGe,
             "agm" => Method::Agm,
             "pmr" => Method::Pmr,
@@ -112,7 +121,7 @@ impl FromStr for Method {
             "mslr" => Method::Mslr,
             _ => {
                 return Err(format!(
-                    "unknown method {s:?}: use joint, cggm, cggm-magnitude, cggm-direction, cggm-fixed, ogm-ge, agm, pmr, mrd, mslr or unimodal:<modality>"
+                    "unknown method {s:?}: use joint, cggm, cggm-magnitude, cggm-direction, cggm-fixed, cggm-authors, ogm-ge, agm, pmr, mrd, mslr or unimodal:<modality>"
                 ))
             }
         })
@@ -171,8 +180,9 @@ pub enum DirectionSource {
     /// The paper: gradients of the last layers (g_F with create_graph), added in the same step.
     #[default]
     Gradient,
-    /// The authors' public code: cosine of the last layers' *weights*, with the previous step's
-    /// coefficients. For comparison only.
+    /// The cosine of the last layers' *weights* (current ones, after this step's classifier
+    /// update) with the previous step's B (rho included), from step 0: a variant near the
+    /// authors' code, not their loop (that is `--method cggm-authors`). For comparison only.
     AuthorsWeightCosine,
 }
 
@@ -636,6 +646,7 @@ mod tests {
             "cggm-magnitude",
             "cggm-direction",
             "cggm-fixed",
+            "cggm-authors",
             "ogm-ge",
             "agm",
             "pmr",

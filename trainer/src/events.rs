@@ -100,6 +100,14 @@ pub enum Event {
         #[serde(default)]
         modality_metrics: BTreeMap<String, BTreeMap<String, f64>>,
     },
+    /// B's signal-to-noise diagnostics of the run so far, after each epoch of a run with
+    /// classifiers (the window is that epoch); `step` counts the steps done.
+    BalanceDiagnostics {
+        time: f64,
+        epoch: usize,
+        step: usize,
+        diagnostics: crate::cggm::BalanceDiagnostics,
+    },
     CheckpointSaved {
         time: f64,
         epoch: usize,

@@ -277,7 +277,9 @@ impl EventProgress {
                     p.finish();
                 }
             }
-            Event::CheckpointSaved { .. } | Event::Failed { .. } => {}
+            Event::CheckpointSaved { .. }
+            | Event::Failed { .. }
+            | Event::BalanceDiagnostics { .. } => {}
         }
     }
 }

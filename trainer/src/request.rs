@@ -276,12 +276,13 @@ fn _direction_sources_listed(d: DirectionSource) {
 
 /// The methods that take no argument; `unimodal:<modality>` is built per dataset from
 /// [`Vocabulary::unimodal_prefix`] and the dataset's modalities.
-const METHODS: [Method; 10] = [
+const METHODS: [Method; 11] = [
     Method::Cggm,
     Method::Joint,
     Method::CggmMagnitude,
     Method::CggmDirection,
     Method::CggmFixed,
+    Method::CggmAuthors,
     Method::OgmGe,
     Method::Agm,
     Method::Pmr,
@@ -295,6 +296,7 @@ fn _methods_listed(m: Method) {
         | Method::CggmMagnitude
         | Method::CggmDirection
         | Method::CggmFixed
+        | Method::CggmAuthors
         | Method::OgmGe
         | Method::Agm
         | Method::Pmr

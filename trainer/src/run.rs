@@ -34,6 +34,10 @@ pub struct RunMetrics {
     /// numbers (issue 8): how often the balance guard decided B over the run.
     #[serde(default)]
     pub balance_stats: crate::cggm::BalanceStats,
+    /// B's signal-to-noise diagnostics over the run (None without classifiers), with a plain
+    /// sentence in `summary`.
+    #[serde(default)]
+    pub balance_diagnostics: Option<crate::cggm::BalanceDiagnostics>,
 }
 
 /// Splits the dataset as the configuration says (same seed, same split).
@@ -407,6 +411,7 @@ fn test_and_finish(
         epochs_completed: cfg.epochs,
         seconds: started.elapsed().as_secs_f64(),
         balance_stats: p.trainer.tracker.stats.clone(),
+        balance_diagnostics: p.trainer.balance_diagnostics(false),
     };
     checkpoint::write_json_atomic(&RunDir::new(run_dir).metrics(), &metrics)?;
     events.emit(&Event::Finished {
@@ -447,6 +452,9 @@ fn train_inner(
     });
     for epoch in p.progress.start_epoch..cfg.epochs {
         let train_loss = train_epoch(&mut p, epoch, events)?;
+        if let Some(event) = p.trainer.balance_diagnostics_event(epoch) {
+            events.emit(&event);
+        }
         let is_best = validate(&mut p, epoch, train_loss, events)?;
         save_checkpoints(&p, run_dir, epoch, is_best, events)?;
         let done = epoch + 1;

@@ -35,6 +35,13 @@ pub struct FeatureRunMetrics {
     pub seconds: f64,
     /// Mean B_i over all training steps, per modality (1.0 when the method does not modulate).
     pub mean_balance: BTreeMap<String, f64>,
+    /// How often the balance guard decided B over the run.
+    #[serde(default)]
+    pub balance_stats: crate::cggm::BalanceStats,
+    /// B's signal-to-noise diagnostics over the run (None without classifiers), with a plain
+    /// sentence in `summary`.
+    #[serde(default)]
+    pub balance_diagnostics: Option<crate::cggm::BalanceDiagnostics>,
 }
 
 /// Where the run stands: the start of a new run, or what the last checkpoint recorded.
@@ -238,6 +245,9 @@ fn train_features_inner(
     });
     for epoch in p.progress.start_epoch..cfg.epochs {
         let train_loss = train_epoch(&mut p, epoch, events)?;
+        if let Some(event) = p.trainer.balance_diagnostics_event(epoch) {
+            events.emit(&event);
+        }
         let done = epoch + 1;
         if done % cfg.val_every != 0 && done != cfg.epochs {
             continue;
@@ -269,6 +279,8 @@ fn train_features_inner(
                 .map(|s| s / steps)
                 .collect::<Vec<_>>(),
         ),
+        balance_stats: p.trainer.tracker.stats.clone(),
+        balance_diagnostics: p.trainer.balance_diagnostics(false),
     };
     write_json_atomic(&RunDir::new(run_dir).metrics(), &metrics)?;
     events.emit(&Event::Finished {

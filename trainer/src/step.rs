@@ -4,7 +4,11 @@
 //! `model::network` and the `Task` (loss and per-modality metric).
 
 use crate::amp::{self, AmpDtype, LossScaler};
-use crate::cggm::{direction_loss, flat_cosine, neutral_balance, BalanceTracker};
+use crate::cggm::authors::{self, LaggedDirection, SavedTensor};
+use crate::cggm::{
+    direction_loss, flat_cosine, neutral_balance, BalanceDiagnostics, BalanceFormula,
+    BalanceTracker,
+};
 use crate::config::{DirectionSource, Method, TrainConfig};
 use crate::data::features::DatasetSpec;
 use crate::model::features::{FeatureClassifiers, FeatureNet};
@@ -61,6 +65,8 @@ pub struct Trainer<N: MultimodalNetwork = MultimodalSegmenter> {
     /// B of the previous step: the authors' weight-cosine variant applies it one step late.
     pub previous_balance: Vec<f64>,
     pub global_step: usize,
+    /// Optimisation steps per epoch (the epoch of a step, for the baselines' windows).
+    pub steps_per_epoch: usize,
     /// Indices into the data's modality order (segmentation: flair, t1ce, t1, t2; features: the
     /// dataset's) of the model's inputs.
     pub modality_channels: Vec<i64>,
@@ -156,6 +162,62 @@ impl Trainer<FeatureNet> {
 }
 
 impl<N: MultimodalNetwork> Trainer<N> {
+    /// A trainer for any model family: the parts the two constructors above build (the model
+    /// and classifiers created in `vs`, the indices of the model's inputs in the data's modality
+    /// order, the task). Seeds nothing; tests build small models with it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_parts(
+        cfg: TrainConfig,
+        device: Device,
+        steps_per_epoch: usize,
+        vs: nn::VarStore,
+        model: N,
+        classifiers: Option<N::Classifiers>,
+        modality_channels: Vec<i64>,
+        task: Box<dyn Task>,
+    ) -> Self {
+        Self::assemble(
+            cfg,
+            device,
+            steps_per_epoch,
+            vs,
+            model,
+            classifiers,
+            modality_channels,
+            task,
+        )
+    }
+
+    /// B's signal-to-noise diagnostics of the run so far (None when the run has no classifiers
+    /// to measure B). `window`: over the steps since the last such call (the epoch's, for the
+    /// `balance_diagnostics` event), which starts a new window; otherwise the whole run.
+    pub fn balance_diagnostics(&mut self, window: bool) -> Option<BalanceDiagnostics> {
+        self.classifiers.as_ref()?;
+        let stats = &mut self.tracker.stats;
+        let taken = window.then(|| stats.take_window());
+        Some(BalanceDiagnostics::new(
+            stats,
+            &self.modality_names,
+            taken.as_ref(),
+        ))
+    }
+
+    /// The `balance_diagnostics` event after epoch `epoch` (None without classifiers).
+    pub fn balance_diagnostics_event(&mut self, epoch: usize) -> Option<crate::events::Event> {
+        let diagnostics = self.balance_diagnostics(true)?;
+        Some(crate::events::Event::BalanceDiagnostics {
+            time: crate::events::now(),
+            epoch,
+            step: self.global_step,
+            diagnostics,
+        })
+    }
+
+    /// The epoch (from 0) the current step belongs to.
+    pub fn epoch(&self) -> usize {
+        self.global_step / self.steps_per_epoch.max(1)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn assemble(
         cfg: TrainConfig,
@@ -181,8 +243,12 @@ impl<N: MultimodalNetwork> Trainer<N> {
             total_steps,
         };
         let m = modality_channels.len();
-        let tracker =
-            BalanceTracker::new(m, cfg.cggm.rho, cfg.cggm.balance).with_ema(cfg.cggm.eps_ema);
+        let tracker = if cfg.method == Method::CggmAuthors {
+            // Their formula, their epsilon, no smoothing: `balance` and `eps_ema` do not apply.
+            BalanceTracker::new(m, cfg.cggm.rho, BalanceFormula::Raw)
+        } else {
+            BalanceTracker::new(m, cfg.cggm.rho, cfg.cggm.balance).with_ema(cfg.cggm.eps_ema)
+        };
         let modality_names = model.modality_names().to_vec();
         let scaler = (cfg.mixed_precision && device.is_cuda() && cfg.amp_dtype == AmpDtype::Fp16)
             .then(LossScaler::new);
@@ -201,6 +267,7 @@ impl<N: MultimodalNetwork> Trainer<N> {
             schedule,
             tracker,
             global_step: 0,
+            steps_per_epoch,
             modality_channels,
             modality_names,
             baselines: Default::default(),
@@ -332,7 +399,11 @@ impl<N: MultimodalNetwork> Trainer<N> {
         };
         opt.zero_grad();
         let all = amp::autocast(amp_dtype, || cls.logits_t(out, true));
-        let metrics = self.task.batch_metrics(&all, labels);
+        let metrics = if self.cfg.method == Method::CggmAuthors {
+            crate::cggm::authors::batch_metrics(self.cfg.task, &all, labels)
+        } else {
+            self.task.batch_metrics(&all, labels)
+        };
         let cls_loss = self.task.summed_loss(&all, labels);
         // OGM-GE reads its scores from the classifiers.
         crate::baselines::scores_hook(&mut self.baselines, self.cfg.method, &all, labels);
@@ -414,6 +485,9 @@ impl<N: MultimodalNetwork> Trainer<N> {
         images: &N::Input,
         labels: &Tensor,
     ) -> Result<StepReport, StepError> {
+        if self.cfg.method == Method::CggmAuthors {
+            return self.compute_gradients_authors(images, labels);
+        }
         let step = self.global_step;
         self.found_non_finite = false;
         self.seed_step();
@@ -482,6 +556,111 @@ impl<N: MultimodalNetwork> Trainer<N> {
             balance_guarded: guarded,
             balance_clamped: clamped,
             baseline_coefficients,
+        })
+    }
+}
+
+impl<N: MultimodalNetwork> Trainer<N> {
+    /// `cggm-authors`: one iteration of the authors' loop (zrguo/CGGM `src/segtrain.py`,
+    /// `src/msatrain.py`), leaving the model's gradients in place for `step`:
+    /// 1. forward; loss = L_task + lambda L_gm^(t-1) when the previous step built one (none at
+    ///    step 0); L_gm^(t-1)'s gradient reaches only the fusion head's last-layer weight and is
+    ///    evaluated at the weights it was built from (their graph holds clones of them);
+    /// 2. the classifiers on detached features, their eps_i (per-sample Dice with 1e-3 smoothing
+    ///    for BraTS, sign accuracy with `> 0` for regression, accuracy for classification) before
+    ///    their optimiser steps;
+    /// 3. c_i = (S + 1e-8 - d_i) / (S + 1e-8); L_gm^t = (sum |c_i| - sum c_i cos(W_i, W_F)) / M
+    ///    from the last layers' weights now (before either optimiser steps), kept for step t + 1;
+    /// 4. backward; feature tasks multiply the gradients of `encoders.<i>` (not the projection)
+    ///    by rho c_i, BraTS scales nothing (their code names `vision_encoder`/`text_encoder`,
+    ///    which their segmentation model does not have); gradient clipping (`grad_clip`: 0.8 in
+    ///    the feature presets, none in `paper`) and the optimiser step follow in `step`.
+    fn compute_gradients_authors(
+        &mut self,
+        images: &N::Input,
+        labels: &Tensor,
+    ) -> Result<StepReport, StepError> {
+        let step = self.global_step;
+        self.found_non_finite = false;
+        self.seed_step();
+        let lr = self.schedule.lr(step);
+        let (out, task_loss) = self.forward(images, labels)?;
+        let m = self.modality_channels.len();
+        let mut total = &task_loss * 1.0;
+        let mut gm_value = 0.0;
+        let lambda = self.cfg.cggm.lambda;
+        if let Some(lag) = self.tracker.authors_lag.as_ref().filter(|_| lambda != 0.0) {
+            let (value, grad) = lag.value_and_gradient(self.device);
+            if !value.is_finite() {
+                return Err(StepError::NonFinite {
+                    what: "direction loss L_gm",
+                    value,
+                    step,
+                });
+            }
+            gm_value = value;
+            // A term whose value is L_gm^(t-1) and whose gradient w.r.t. the current weight W_F
+            // is the old gradient: <W_F, g> - <W_F, g>.detach() + value.
+            let w_f = self.model.last_layer_weight();
+            let linear = (w_f * grad.to_kind(w_f.kind())).sum(tch::Kind::Float);
+            total += (&linear - linear.detach() + value) * lambda;
+        }
+        // The last layers' weights before either optimiser steps: L_gm^t is built from them.
+        let fusion = SavedTensor::of(self.model.last_layer_weight());
+        let classifier_weights: Vec<Tensor> = self
+            .classifiers
+            .as_ref()
+            .map(|cls| {
+                (0..m)
+                    .map(|i| cls.last_layer_weight(i).detach().copy())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let (metrics, _) = self.classifier_pass(&out, labels)?;
+        let outcome = self.tracker.update_outcome(&metrics);
+        let coefficients = authors::coefficients(&self.tracker.last_improvements);
+        let w_f_now = fusion.tensor(self.device);
+        let cosine: Vec<f64> = classifier_weights
+            .iter()
+            .map(|w| flat_cosine(&w_f_now, w).double_value(&[]))
+            .collect();
+        self.tracker.authors_lag = Some(LaggedDirection {
+            fusion,
+            classifiers: classifier_weights.iter().map(SavedTensor::of).collect(),
+            coefficients: coefficients.clone(),
+        });
+        self.model_opt.zero_grad();
+        self.scaled(&total).backward();
+        if let Some(s) = &self.scaler {
+            self.found_non_finite |= !s.unscale(&mut self.model_opt);
+        }
+        if self.cfg.task != crate::task::TaskKind::Segmentation {
+            let rho = self.cfg.cggm.rho;
+            let names = &self.modality_names;
+            tch::no_grad(|| {
+                for p in self.model_opt.params().iter().filter(|p| p.group > 0) {
+                    let projection = format!("encoders.{}.proj.", names[p.group - 1]);
+                    if p.name.starts_with(&projection) {
+                        continue;
+                    }
+                    let mut g = p.tensor.grad();
+                    if g.defined() {
+                        let _ = g.g_mul_scalar_(rho * coefficients[p.group - 1]);
+                    }
+                }
+            });
+        }
+        Ok(StepReport {
+            loss: total.double_value(&[]),
+            task_loss: task_loss.double_value(&[]),
+            gm_loss: gm_value,
+            lr,
+            balance: outcome.coefficients,
+            cosine,
+            modality_metric: metrics,
+            balance_guarded: false,
+            balance_clamped: 0,
+            baseline_coefficients: Vec::new(),
         })
     }
 }

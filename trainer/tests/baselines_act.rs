@@ -51,7 +51,10 @@ fn ogm_ge_damps_the_leading_encoders_and_perturbs_their_gradients() {
     let _rng = exclusive();
     let (images, labels) = batch();
     let mut joint = Trainer::new(config(Method::Joint), Device::Cpu, 10);
-    let mut ogm = Trainer::new(config(Method::OgmGe), Device::Cpu, 10);
+    let mut cfg = config(Method::OgmGe);
+    // BalanceBenchmark's window starts at epoch 10; this is step 0.
+    cfg.baselines.ogm_start_epoch = 0;
+    let mut ogm = Trainer::new(cfg, Device::Cpu, 10);
     joint.compute_gradients(&images, &labels).unwrap();
     let report = ogm.compute_gradients(&images, &labels).unwrap();
     let k = &report.baseline_coefficients;
@@ -71,6 +74,31 @@ fn ogm_ge_damps_the_leading_encoders_and_perturbs_their_gradients() {
         }
         assert!(max_dev > 0.0, "encoder {i}: no generalisation noise");
     }
+}
+
+/// Before BalanceBenchmark's modulation window (epoch 10 by default) OGM-GE is joint training:
+/// the same gradients, coefficients 1, no noise; from the start epoch on it modulates.
+#[test]
+fn ogm_ge_leaves_the_gradients_alone_before_its_start_epoch() {
+    let _rng = exclusive();
+    let (images, labels) = batch();
+    assert_eq!(config(Method::OgmGe).baselines.ogm_start_epoch, 10);
+    let mut joint = Trainer::new(config(Method::Joint), Device::Cpu, 10);
+    let mut ogm = Trainer::new(config(Method::OgmGe), Device::Cpu, 10);
+    joint.compute_gradients(&images, &labels).unwrap();
+    let report = ogm.compute_gradients(&images, &labels).unwrap();
+    assert_eq!(report.baseline_coefficients, vec![1.0; 4]);
+    for ((_, a), (_, b)) in weight_grads(&joint).iter().zip(&weight_grads(&ogm)) {
+        assert_eq!(
+            (a - b).abs().max().double_value(&[]),
+            0.0,
+            "gradients changed before the window"
+        );
+    }
+    // Epoch 10 (step 100 at 10 steps per epoch): inside the window.
+    ogm.global_step = 100;
+    let report = ogm.compute_gradients(&images, &labels).unwrap();
+    assert!(report.baseline_coefficients.iter().any(|k| *k < 1.0));
 }
 
 #[test]

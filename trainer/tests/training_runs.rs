@@ -102,6 +102,47 @@ fn cpu_small_learns_to_segment_synthetic_tumours() {
             .count(),
         3
     );
+    // issue 20: B's diagnostics after every epoch (cumulative, the epoch as the window), and
+    // over the whole run in metrics.json, with the plain sentence.
+    let diagnostics: Vec<_> = evs
+        .iter()
+        .filter_map(|e| match e {
+            Event::BalanceDiagnostics {
+                step, diagnostics, ..
+            } => Some((*step, diagnostics.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        diagnostics
+            .iter()
+            .map(|(s, d)| (*s, d.steps, d.window_steps))
+            .collect::<Vec<_>>(),
+        vec![(20, 20, 20), (40, 40, 20), (60, 60, 20)]
+    );
+    let run_level = metrics
+        .balance_diagnostics
+        .clone()
+        .expect("a run with classifiers reports B's diagnostics");
+    assert_eq!(run_level.steps, 60);
+    assert_eq!(run_level.balance_mean.len(), 4);
+    assert_eq!(
+        run_level.total_improvement_z,
+        diagnostics[2].1.total_improvement_z
+    );
+    assert!(
+        run_level.summary.starts_with("B_i carried"),
+        "{}",
+        run_level.summary
+    );
+    let on_disk: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("run/metrics.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        on_disk["balance_diagnostics"]["summary"],
+        run_level.summary.as_str()
+    );
     for e in &evs {
         if let Event::Step {
             balance,

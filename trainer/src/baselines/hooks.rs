@@ -6,7 +6,7 @@
 //! the two sign classes (y < 0, y >= 0), the field's Acc-2 convention.
 
 use super::{
-    ogm_coefficients, pmr_weights, prototype_logits, response_cross_entropy,
+    ogm_coefficients, pmr_weights_by, prototype_logits, response_cross_entropy,
     scale_encoder_weight_gradients, shapley_responses, true_class_confidence, AgmState, Prototypes,
 };
 use crate::config::Method;
@@ -98,7 +98,7 @@ impl<N: MultimodalNetwork> Trainer<N> {
                 0.0,
             ));
         }
-        let weights = pmr_weights(&scores);
+        let weights = pmr_weights_by(&scores, self.cfg.baselines.pmr_weight_rule);
         let alpha = self.cfg.baselines.pmr_alpha;
         let mut total = Tensor::zeros([], (Kind::Float, self.device));
         for (l, w) in losses.iter().zip(&weights) {
@@ -118,6 +118,11 @@ impl<N: MultimodalNetwork> Trainer<N> {
     ) -> Vec<f64> {
         match self.cfg.method {
             Method::OgmGe => {
+                let b = &self.cfg.baselines;
+                if !(b.ogm_start_epoch..=b.ogm_end_epoch).contains(&self.epoch()) {
+                    // Outside BalanceBenchmark's modulation window: joint training.
+                    return vec![1.0; self.modality_channels.len()];
+                }
                 let k = ogm_coefficients(&self.baselines.confidences, self.cfg.baselines.ogm_alpha);
                 scale_encoder_weight_gradients(
                     self.model_opt.params(),

@@ -17,10 +17,14 @@
 //!   class prototypes per modality (mean encoder feature of each class, momentum-averaged); the
 //!   prototypical cross-entropy (logits = minus Euclidean distance to the prototypes) is added to
 //!   the loss of each lagging modality with weight `alpha * clip(s_max / s_i - 1, 0, 1)`, s_i the
-//!   summed prototype probability of the true class.
+//!   summed prototype probability of the true class (BalanceBenchmark's rule), or `alpha` for
+//!   every modality below the leader and 0 for the leader (`pmr_weight_rule: "step"`, the rule of
+//!   the reference code, fanyunfeng-bit/Modal-Imbalance-PMR `main_Prototype_grad.py`).
 //!
-//! Hyper-parameters follow GeWu-Lab/BalanceBenchmark's defaults (OGM-GE alpha 0.3, AGM alpha 0.1,
-//! PMR alpha 0.1). How each is adapted to segmentation is in the README ("Baselines").
+//! Hyper-parameters follow GeWu-Lab/BalanceBenchmark's `configs/trainer_config.yaml` (commit
+//! 0f68d46): OGM-GE alpha 0.3 modulating from epoch 10 to 80 (0-based, both included; outside the
+//! window no scaling and no noise), AGM alpha 0.1, PMR alpha 0.6. How each is adapted to
+//! segmentation is in the README ("Baselines").
 
 mod hooks;
 
@@ -40,8 +44,15 @@ pub struct BaselineConfig {
     pub ogm_noise: bool,
     /// AGM's alpha.
     pub agm_alpha: f64,
+    /// OGM-GE modulates in epochs `ogm_start_epoch..=ogm_end_epoch` (0-based), as
+    /// BalanceBenchmark's `modulation_starts` / `modulation_ends` (10 and 80); outside them it is
+    /// joint training (its classifiers still train).
+    pub ogm_start_epoch: usize,
+    pub ogm_end_epoch: usize,
     /// PMR's alpha (weight of the prototypical cross-entropy).
     pub pmr_alpha: f64,
+    /// PMR's per-modality weight rule.
+    pub pmr_weight_rule: PmrWeightRule,
     /// PMR's prototype momentum per update (the paper: 0.5 per epoch-start recomputation; here an
     /// update per step, hence a slower average).
     pub pmr_momentum: f64,
@@ -53,10 +64,25 @@ impl Default for BaselineConfig {
             ogm_alpha: 0.3,
             ogm_noise: true,
             agm_alpha: 0.1,
-            pmr_alpha: 0.1,
+            ogm_start_epoch: 10,
+            ogm_end_epoch: 80,
+            pmr_alpha: 0.6,
+            pmr_weight_rule: PmrWeightRule::Clip,
             pmr_momentum: 0.9,
         }
     }
+}
+
+/// How PMR weighs each modality's prototypical cross-entropy (before alpha).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PmrWeightRule {
+    /// BalanceBenchmark: `clip(s_max / s_i - 1, 0, 1)`.
+    #[default]
+    Clip,
+    /// The reference code: 1 for every modality whose score is below the leader's, 0 for the
+    /// leader (and for all on a tie).
+    Step,
 }
 
 /// OGM-GE's coefficients from per-modality scores s_i > 0 (higher = stronger modality):
@@ -274,6 +300,11 @@ pub fn prototype_logits(features: &Tensor, prototypes: &Tensor) -> Tensor {
 /// stronger): `clip(s_max / s_i - 1, 0, 1)`; the leading modality gets 0. With two modalities
 /// this is the paper's rule.
 pub fn pmr_weights(scores: &[f64]) -> Vec<f64> {
+    pmr_weights_by(scores, PmrWeightRule::Clip)
+}
+
+/// PMR's weights by `rule` (see [`PmrWeightRule`]).
+pub fn pmr_weights_by(scores: &[f64], rule: PmrWeightRule) -> Vec<f64> {
     let max = scores
         .iter()
         .copied()
@@ -283,7 +314,10 @@ pub fn pmr_weights(scores: &[f64]) -> Vec<f64> {
         .iter()
         .map(|s| {
             if s.is_finite() && *s > 0.0 && max.is_finite() {
-                (max / s - 1.0).clamp(0.0, 1.0)
+                match rule {
+                    PmrWeightRule::Clip => (max / s - 1.0).clamp(0.0, 1.0),
+                    PmrWeightRule::Step => f64::from(u8::from(*s < max)),
+                }
             } else {
                 0.0
             }
@@ -354,6 +388,15 @@ mod tests {
     fn pmr_weights_the_lagging_modalities_and_prototypes_average_class_means() {
         let w = pmr_weights(&[0.8, 0.4, 0.8]);
         assert_eq!(w, vec![0.0, 1.0, 0.0]);
+        // The reference code's step rule: full weight for anything below the leader.
+        let w = pmr_weights_by(&[0.8, 0.7, 0.4], PmrWeightRule::Step);
+        assert_eq!(w, vec![0.0, 1.0, 1.0]);
+        let w = pmr_weights_by(&[0.8, 0.7, 0.4], PmrWeightRule::Clip);
+        assert!(
+            (w[1] - (0.8 / 0.7 - 1.0)).abs() < 1e-12 && w[2] == 1.0,
+            "{w:?}"
+        );
+        assert_eq!(BaselineConfig::default().pmr_alpha, 0.6);
         let mut p = Prototypes::default();
         let feats = Tensor::from_slice(&[0f32, 0.0, 2.0, 2.0, 4.0, 4.0]).view([3, 2]);
         let labels = Tensor::from_slice(&[0i64, 1, 1]);
