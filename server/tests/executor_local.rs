@@ -77,3 +77,30 @@ async fn after_a_sigkill_restart_the_run_directory_never_has_two_trainers() {
         .await;
     drop(server);
 }
+
+/// OpenMP spins (`active`) when a job has the cores to itself and waits passively when jobs share
+/// them; the job's log says which and why (a policy set in the server's environment wins).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openmp_wait_policy_follows_max_jobs_and_the_log_says_which() {
+    let inherited = std::env::var("OMP_WAIT_POLICY")
+        .ok()
+        .filter(|p| !p.trim().is_empty());
+    for (flags, expected) in [
+        (&["--no-demo"][..], "OMP_WAIT_POLICY=active (--max-jobs 1"),
+        (
+            &["--no-demo", "--max-jobs", "2"][..],
+            "OMP_WAIT_POLICY=passive (--max-jobs above 1",
+        ),
+    ] {
+        let server = LiveServer::start(flags);
+        let dataset = server.tiny_dataset("tiny").await;
+        let job = server.tiny_training(dataset).await;
+        server.job_succeeded(job, DEADLINE).await;
+        let log = server.job_log(job).await;
+        let expected = match &inherited {
+            Some(policy) => format!("OMP_WAIT_POLICY={policy} (set in the server's environment)"),
+            None => expected.to_string(),
+        };
+        assert!(log.contains(&expected), "{flags:?}: {log}");
+    }
+}
