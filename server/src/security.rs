@@ -371,7 +371,18 @@ fn is_patient_data(path: &str) -> bool {
     !(path.starts_with("/static/") || path.starts_with("/vendor/"))
 }
 
-fn add_security_headers(headers: &mut HeaderMap, no_store: bool) {
+/// The Content-Security-Policy of every response: scripts, styles and connections from this
+/// server only, so that text from data that ever reached the page as markup could not run (no
+/// inline script, handler or `style` attribute is allowed; the pages have none). The NiiVue
+/// viewer needs `data:` images (its font and matcap textures are built in) and `blob:` images;
+/// WebGL 2 needs no policy. Nothing may frame the pages, post forms elsewhere or rebase URLs.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+     style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; worker-src 'self'; \
+     object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// `data_route`: everything but the static assets: not cached, and not readable by another
+/// site's page (no `<img>` of a patient's slice embedded elsewhere: Cross-Origin-Resource-Policy).
+fn add_security_headers(headers: &mut HeaderMap, data_route: bool) {
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -379,14 +390,18 @@ fn add_security_headers(headers: &mut HeaderMap, no_store: bool) {
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("frame-ancestors 'none'"),
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
     );
     headers.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("same-origin"),
     );
-    if no_store {
+    if data_route {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(
+            "cross-origin-resource-policy",
+            HeaderValue::from_static("same-origin"),
+        );
     }
 }
 

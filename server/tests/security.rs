@@ -356,21 +356,48 @@ async fn responses_carry_security_headers_and_patient_data_is_never_cached() {
         let headers = response.headers();
         assert_eq!(headers["x-content-type-options"], "nosniff", "{uri}");
         assert_eq!(headers["x-frame-options"], "DENY", "{uri}");
-        assert!(
-            headers["content-security-policy"]
-                .to_str()
-                .unwrap()
-                .contains("frame-ancestors 'none'"),
-            "{uri}"
-        );
+        assert_strict_csp(headers, &uri);
         assert_eq!(headers["cache-control"], "no-store", "{uri}");
+        assert_eq!(
+            headers["cross-origin-resource-policy"], "same-origin",
+            "{uri}: another site's page could embed it"
+        );
     }
+    // Static assets carry the policy too (a script file opened as a page), and may be cached.
+    let asset = app.app().oneshot(get("/static/app.js", &[])).await.unwrap();
+    assert_eq!(asset.status(), StatusCode::OK);
+    assert_strict_csp(asset.headers(), "/static/app.js");
+    assert!(asset.headers().get("cache-control").is_none());
     let refused = app
         .app()
         .oneshot(get("/api/studies", &[("host", "attacker.example")]))
         .await
         .unwrap();
     assert_eq!(refused.headers()["x-content-type-options"], "nosniff");
+}
+
+/// A Content-Security-Policy that lets only this server's own scripts and styles run: no inline
+/// script, handler or `style` attribute, no plug-ins, no framing, no foreign form targets.
+fn assert_strict_csp(headers: &axum::http::HeaderMap, uri: &str) {
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    for directive in [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(
+            csp.split(';').any(|d| d.trim() == directive),
+            "{uri}: {directive:?} missing from {csp:?}"
+        );
+    }
+    for loose in ["'unsafe-inline'", "'unsafe-eval'", "*"] {
+        assert!(!csp.contains(loose), "{uri}: {loose} in {csp:?}");
+    }
 }
 
 // ------------------------------------------------------------------ limits

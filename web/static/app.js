@@ -78,8 +78,7 @@ if (newRun) {
     const f = newRun.elements;
     const fill = (select, values) => {
       const keep = select.value;
-      select.innerHTML = "";
-      for (const v of values) { const o = document.createElement("option"); o.value = v; o.textContent = v; select.appendChild(o); }
+      select.replaceChildren(...values.map((v) => el("option", { value: v }, v)));
       if (values.includes(keep)) select.value = keep;
     };
     const placeholders = () => {
@@ -158,6 +157,9 @@ if (compareLink) {
     if (ids.length) { e.preventDefault(); location.href = "/compare?jobs=" + ids.join(","); }
   });
 }
+// The dashboard's per-modality bars: their widths come as data-width (the Content-Security-Policy
+// refuses `style` attributes in the page), set here through the CSSOM.
+for (const fill of $$(".bar span[data-width]")) fill.style.width = Number(fill.dataset.width) + "%";
 const checkpointParam = new URLSearchParams(location.search).get("checkpoint");
 if (checkpointParam && $("#predict")) $("#predict").elements.checkpoint_job_id.value = checkpointParam;
 
@@ -342,7 +344,7 @@ function showTestReport(finished, metrics) {
   if (!box) return;
   const scores = fusedScores(finished || {}, "test_metrics", "test_dice");
   const rows = Object.entries(scores).filter(([, v]) => typeof v === "number");
-  $("#test-metrics tbody").innerHTML = rows.map(([k, v]) => `<tr><th>${metricLabel(k)}</th><td>${v.toFixed(4)}</td></tr>`).join("");
+  $("#test-metrics tbody").replaceChildren(...rows.map(([k, v]) => el("tr", {}, el("th", {}, metricLabel(k)), el("td", {}, v.toFixed(4)))));
   let perModality = modalityScores(finished || {}, "test_modality_metrics", "test_modality_dice");
   // Feature runs keep each classifier's test scores in metrics.json (`test.modality_metrics`).
   const stored = metrics && metrics.test && metrics.test.modality_metrics;
@@ -350,8 +352,10 @@ function showTestReport(finished, metrics) {
   const mods = byModalityOrder(Object.entries(perModality));
   if (mods.length) {
     const names = Object.keys(mods[0][1]);
-    $("#test-modalities").innerHTML = `<table class="modality-scores"><thead><tr><th>Modality classifier</th>${names.map((n) => `<th>${metricLabel(n)}</th>`).join("")}</tr></thead><tbody>` +
-      mods.map(([m, s]) => `<tr><th>${m}</th>${names.map((n) => `<td>${typeof s[n] === "number" ? s[n].toFixed(3) : "–"}</td>`).join("")}</tr>`).join("") + "</tbody></table>";
+    $("#test-modalities").replaceChildren(el("table", { class: "modality-scores" },
+      el("thead", {}, el("tr", {}, el("th", {}, "Modality classifier"), names.map((n) => el("th", {}, metricLabel(n))))),
+      el("tbody", {}, mods.map(([m, s]) => el("tr", {}, el("th", {}, m),
+        names.map((n) => el("td", {}, typeof s[n] === "number" ? s[n].toFixed(3) : "–")))))));
   }
   // The test split's report (metrics.json `test`, not `best_val`): `classification.confusion` (rows
   // true, columns predicted) or `regression.pairs` as (predicted, true).
@@ -370,13 +374,13 @@ function drawConfusion(matrix, names) {
   const box = $("#confusion");
   const label = (i) => names[i] === undefined ? String(i) : String(names[i]);
   const max = Math.max(1, ...matrix.flat());
-  const head = `<tr><th>true \\ predicted</th>${matrix[0].map((_, j) => `<th>${label(j)}</th>`).join("")}</tr>`;
-  const body = matrix.map((row, i) => `<tr><th>${label(i)}</th>${row.map((n, j) => {
-    const alpha = (n / max).toFixed(2);
+  const head = el("tr", {}, el("th", {}, "true \\ predicted"), matrix[0].map((_, j) => el("th", {}, label(j))));
+  const body = matrix.map((row, i) => el("tr", {}, el("th", {}, label(i)), row.map((n, j) => {
+    const alpha = (Number(n) / max).toFixed(2);
     const colour = i === j ? `rgba(44,160,44,${alpha})` : `rgba(214,39,40,${alpha})`;
-    return `<td style="background:${colour}">${n}</td>`;
-  }).join("")}</tr>`).join("");
-  $("table", box).innerHTML = head + body;
+    return el("td", { style: { background: colour } }, n);
+  })));
+  $("table", box).replaceChildren(head, ...body);
   box.hidden = false;
 }
 
@@ -410,8 +414,8 @@ async function loadTestReport(id, finished) {
 }
 
 function setState(state, error) {
-  const el = $("#job-state");
-  if (el) { el.textContent = state; el.className = "state state-" + state; }
+  const badge = $("#job-state");
+  if (badge) { badge.textContent = state; badge.className = "state state-" + state; }
   if (error !== undefined && $("#job-error")) $("#job-error").textContent = error || "";
   const cancel = $("#cancel-job");
   if (cancel) cancel.hidden = !(state === "queued" || state === "running");
@@ -563,7 +567,7 @@ if (viewer) {
     if (p.volumes) {
       const v = p.volumes;
       const rows = [["Whole tumour (WT)", v.wt_ml], ["Tumour core (TC)", v.tc_ml], ["Enhancing tumour (ET)", v.et_ml], ["Necrotic core (1)", v.ncr_ml], ["Oedema (2)", v.ed_ml]];
-      $("#volumes tbody").innerHTML = rows.map(([n, ml]) => `<tr><td>${n}</td><td>${ml.toFixed(2)}</td></tr>`).join("");
+      $("#volumes tbody").replaceChildren(...rows.map(([n, ml]) => el("tr", {}, el("td", {}, n), el("td", {}, ml.toFixed(2)))));
       const link = $("#download");
       link.href = p.seg_url; link.hidden = false; link.setAttribute("download", "");
     }

@@ -1,6 +1,6 @@
 // Studies — method comparisons: the launch form (/comparisons) and the aggregate page
 // (/comparisons/<id>), which refreshes until every run has finished. Requests go through app.js's
-// api(); tables are built with textContent only.
+// api(); tables are built with dom.js's el() (text, never HTML).
 "use strict";
 
 (function () {
@@ -8,11 +8,11 @@
   const list = (text) => (text || "").split(",").map((s) => s.trim()).filter(Boolean);
   const fmt = (i) => !i ? "–" : i.half == null ? i.mean.toFixed(4) : i.mean.toFixed(4) + " ± " + i.half.toFixed(4);
 
-  function table(el, header, rows) {
-    el.textContent = "";
-    const head = el.createTHead().insertRow();
-    header.forEach((h) => { const th = document.createElement("th"); th.textContent = h; head.appendChild(th); });
-    const body = el.createTBody();
+  function table(target, header, rows) {
+    target.replaceChildren();
+    const head = target.createTHead().insertRow();
+    header.forEach((h) => head.appendChild(el("th", {}, h)));
+    const body = target.createTBody();
     rows.forEach((cells) => {
       const tr = body.insertRow();
       cells.forEach((c) => {
@@ -23,12 +23,7 @@
   }
 
   function swatch(k, text) {
-    const span = document.createElement("span");
-    const box = document.createElement("span");
-    box.style.cssText = "display:inline-block;width:0.8em;height:0.8em;margin-right:0.4em;background:" + COLOURS[k % COLOURS.length];
-    span.appendChild(box);
-    span.appendChild(document.createTextNode(text));
-    return span;
+    return el("span", {}, el("span", { class: "swatch", style: { background: COLOURS[k % COLOURS.length] } }), text);
   }
 
   const form = document.querySelector("#new-comparison");

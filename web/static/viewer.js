@@ -50,7 +50,7 @@
   };
 
   function overlayOpacity(key) {
-    const box = document.querySelector(`#nv-overlays input[value="${key}"]`);
+    const box = Array.from(document.querySelectorAll("#nv-overlays input")).find((i) => i.value === key);
     return box && !box.checked ? 0 : state.opacity;
   }
 
@@ -110,8 +110,8 @@
   function showScores(scores) {
     if (!scores) return;
     const f = (v, digits) => (Number.isFinite(v) ? v.toFixed(digits) : "–");
-    const row = (name, s, digits) => `<tr><th>${name}</th><td>${f(s.wt, digits)}</td><td>${f(s.tc, digits)}</td><td>${f(s.et, digits)}</td></tr>`;
-    $("#nv-scores tbody").innerHTML = row("Dice", scores.dice, 3) + row("HD95 (mm)", scores.hd95, 1);
+    const row = (name, s, digits) => el("tr", {}, el("th", {}, name), ["wt", "tc", "et"].map((r) => el("td", {}, f(s[r], digits))));
+    $("#nv-scores tbody").replaceChildren(row("Dice", scores.dice, 3), row("HD95 (mm)", scores.hd95, 1));
     $("#nv-scores").hidden = false;
   }
 
@@ -172,10 +172,9 @@
 
   function registerOverlay(o, vol) {
     state.overlays[o.key] = vol;
-    const box = document.createElement("label");
-    box.innerHTML = `<input type="checkbox" class="nv-overlay" value="${o.key}" checked> ${o.title}`;
-    box.querySelector("input").addEventListener("change", applyLabels);
-    $("#nv-overlays").appendChild(box);
+    const input = el("input", { type: "checkbox", class: "nv-overlay", value: o.key, checked: true });
+    input.addEventListener("change", applyLabels);
+    $("#nv-overlays").appendChild(el("label", {}, input, " ", o.title));
   }
 
   // Overlays that appeared since the page loaded (a prediction that finished meanwhile).
@@ -193,14 +192,12 @@
 
   function buildControls(manifest) {
     const select = $("#nv-modality");
-    select.innerHTML = manifest.images.map((i) => `<option value="${i.modality}">${i.modality}</option>`).join("");
+    select.replaceChildren(...manifest.images.map((i) => el("option", { value: i.modality }, i.modality)));
     select.addEventListener("change", () => useModality(select.value).catch((e) => toast(e.message, true)));
     for (const c of manifest.classes) {
-      const box = document.createElement("label");
-      box.className = "lab";
-      box.style.color = `rgb(${c.colour.join(",")})`;
-      box.innerHTML = `<input type="checkbox" class="nv-class" value="${c.class}" checked> ${c.name}`;
-      box.querySelector("input").addEventListener("change", (e) => {
+      const input = el("input", { type: "checkbox", class: "nv-class", value: c.class, checked: true });
+      const box = el("label", { class: "lab", style: { color: `rgb(${c.colour.map(Number).join(",")})` } }, input, " ", c.name);
+      input.addEventListener("change", (e) => {
         if (e.target.checked) state.shownClasses.add(c.class); else state.shownClasses.delete(c.class);
         applyLabels();
       });

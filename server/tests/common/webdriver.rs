@@ -221,6 +221,17 @@ impl Browser {
         }
     }
 
+    /// Runs `script` in every page opened from now on, before the page's own scripts
+    /// (chromedriver's DevTools bridge: `Page.addScriptToEvaluateOnNewDocument`).
+    pub async fn before_every_page(&self, script: &str) {
+        self.call(
+            reqwest::Method::POST,
+            "/goog/cdp/execute",
+            Some(json!({ "cmd": "Page.addScriptToEvaluateOnNewDocument", "params": { "source": script } })),
+        )
+        .await;
+    }
+
     pub async fn screenshot(&self, path: &Path) {
         let data = self.call(reqwest::Method::GET, "/screenshot", None).await;
         let bytes = base64::engine::general_purpose::STANDARD

@@ -118,14 +118,17 @@ impl DatasetSpec {
                     .into(),
             );
         }
+        for class in &self.classes {
+            safe_name("class", class, 64, NAME_PUNCTUATION)?;
+        }
         let mut seen = std::collections::BTreeSet::new();
         for m in &self.modalities {
-            if m.name.is_empty()
-                || m.name == LABELS
-                || m.name.contains(['.', ':', '/'])
-                || m.name.len() > 32
-            {
-                return Err(format!("modality name {:?} is not usable: use 1-32 characters without '.', ':' or '/', and not \"labels\"", m.name));
+            // No '.' or '/': `<modality>.lengths` names a tensor in the split files.
+            safe_name("modality", &m.name, 32, MODALITY_PUNCTUATION)?;
+            if m.name == LABELS {
+                return Err(format!(
+                    "modality name {LABELS:?} is taken by the labels tensor: rename the modality"
+                ));
             }
             if !seen.insert(&m.name) {
                 return Err(format!("modality {:?} is listed twice", m.name));
@@ -159,6 +162,31 @@ impl DatasetSpec {
             serde_json::to_vec_pretty(self).expect("spec serialises"),
         )
     }
+}
+
+/// Punctuation a class name may hold besides letters, digits and spaces.
+const NAME_PUNCTUATION: &str = "-_.+/()";
+/// The same for a modality name.
+const MODALITY_PUNCTUATION: &str = "-_+()";
+
+/// Names from `dataset.json` end up in pages, charts and file names: letters, digits, spaces and
+/// a little punctuation only (no `<`, `>`, `&`, quotes or `=`, so no name can be read as markup),
+/// 1 to `max` characters, no space at either end.
+fn safe_name(what: &str, name: &str, max: usize, punctuation: &str) -> Result<(), String> {
+    let length = name.chars().count();
+    let allowed = |c: char| c.is_alphanumeric() || c == ' ' || punctuation.contains(c);
+    if (1..=max).contains(&length) && name.trim() == name && name.chars().all(allowed) {
+        return Ok(());
+    }
+    Err(format!(
+        "{what} name {name:?} is not usable: use 1-{max} letters, digits, spaces (not at either \
+         end) and {}",
+        punctuation
+            .chars()
+            .map(|c| format!("'{c}'"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    ))
 }
 
 /// Whether `dir` is a feature dataset: its `dataset.json` says `"format": "cggm-features"`, or (as
@@ -428,4 +456,71 @@ pub fn write_split(
         .collect();
     named.push((LABELS, labels.contiguous()));
     Tensor::write_safetensors(&named, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(modality: &str, classes: &[&str]) -> DatasetSpec {
+        DatasetSpec {
+            format: format_name(),
+            task: TaskKind::Classification,
+            modalities: vec![FeatureModality {
+                name: modality.into(),
+                dim: 4,
+                seq_len: None,
+            }],
+            classes: classes.iter().map(|c| c.to_string()).collect(),
+            label_range: None,
+            description: String::new(),
+        }
+    }
+
+    #[test]
+    fn names_in_dataset_json_are_limited_to_a_safe_character_set() {
+        let good = [
+            "neutral",
+            "apple_pie",
+            "Acc-2 (pos/neg)",
+            "T1+Gd",
+            "v1.2",
+            "Ödem",
+        ];
+        assert_eq!(spec("text", &good).check(), Ok(()));
+        assert_eq!(spec("audio (MFCC+delta)", &["a", "b"]).check(), Ok(()));
+
+        let payload = "<img src=x onerror=alert(1)>";
+        let err = spec("text", &["a", payload]).check().unwrap_err();
+        assert!(err.contains(&format!("{payload:?}")), "{err}");
+        assert!(err.contains("class name") && err.contains("'('"), "{err}");
+        for bad in [
+            "",
+            " a",
+            "a ",
+            "x\"y",
+            "a&b",
+            "a=b",
+            "a'b",
+            "a\nb",
+            &"c".repeat(65),
+        ] {
+            assert!(spec("text", &["a", bad]).check().is_err(), "class {bad:?}");
+        }
+        assert_eq!(spec("text", &["a", &"c".repeat(64)]).check(), Ok(()));
+
+        let err = spec("<b>x</b>", &["a", "b"]).check().unwrap_err();
+        assert!(err.contains("modality name \"<b>x</b>\""), "{err}");
+        for bad in [
+            "",
+            "a.lengths",
+            "a/b",
+            "a:b",
+            "a=b",
+            LABELS,
+            &"m".repeat(33),
+        ] {
+            assert!(spec(bad, &["a", "b"]).check().is_err(), "modality {bad:?}");
+        }
+    }
 }
