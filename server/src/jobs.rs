@@ -489,7 +489,8 @@ impl Inner {
         let deleted = sqlx::query(
             "DELETE FROM events WHERE job_id = ? AND seq < ? AND (
                  (kind = 'step' AND json_extract(data, '$.step') >= ?)
-                 OR (kind IN ('validation', 'checkpoint_saved') AND json_extract(data, '$.epoch') >= ?))",
+                 OR (kind IN ('validation', 'checkpoint_saved', 'balance_diagnostics')
+                     AND json_extract(data, '$.epoch') >= ?))",
         )
         .bind(job_id)
         .bind(seq)

@@ -68,7 +68,58 @@ async fn launch_from_the_form_watch_the_curves_and_step_through_the_viewer() {
             Duration::from_secs(20),
         )
         .await;
-    assert!(browser.text("#guard-stats").await.contains("CGGM steps"));
+    assert!(browser.text("#guard-stats").await.contains("steps"));
+    // Epochs count from 1 as in the CLI (2 epochs: the last is "2"); no ETA strip is left at the
+    // end; the run's B_i diagnostics are told in a sentence.
+    assert_eq!(browser.text("#epoch").await, "2");
+    assert!(
+        browser
+            .script("return (document.querySelector('#eta').hidden);")
+            .await
+            == serde_json::json!(true)
+    );
+    browser
+        .wait_for(
+            "!document.querySelector('#balance-diagnostics').hidden",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(browser.text("#balance-diagnostics").await.contains("B_i"));
+    // A joint run applies no B_i: no guard line, no guard chart, no diagnostics sentence.
+    let joint = server
+        .post_job(
+            serde_json::json!({ "dataset_id": dataset, "method": "joint", "preset": "tiny",
+                                       "epochs": 1, "steps_per_epoch": 3, "device": "cpu" }),
+        )
+        .await;
+    server.job_succeeded(joint, DEADLINE).await;
+    browser.goto(&server.url(&format!("/jobs/{joint}"))).await;
+    browser
+        .wait_for(
+            "document.querySelector('#step-count').textContent === '3'",
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(
+        browser
+            .script("return (document.querySelector('#guard-stats').hidden);")
+            .await
+            == serde_json::json!(true)
+    );
+    assert!(
+        browser
+            .script("return (document.querySelector('#balance-diagnostics').hidden);")
+            .await
+            == serde_json::json!(true)
+    );
+    let guard_chart = browser
+        .script("return !document.querySelector('.chart[data-title=\"Balance guard: share of steps guarded (running)\"]');")
+        .await;
+    assert_eq!(
+        guard_chart,
+        serde_json::json!(true),
+        "a joint run draws no guard chart"
+    );
 
     // The overlay page draws the stored history of the chosen runs.
     browser

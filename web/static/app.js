@@ -211,6 +211,8 @@ function byModalityOrder(entries) {
 // steps). Only CGGM steps (those that report balance coefficients) count; others give null.
 function balanceGuard(tallies, run, e) {
   if (e.balance_guarded === undefined || !Object.keys(e.balance || {}).length) return null;
+  // Methods that do not modulate report B_i = 1 for every modality and never guard: no tally.
+  if (!e.balance_guarded && !e.balance_clamped && Object.values(e.balance).every((b) => b === 1)) return null;
   const t = tallies[run] || (tallies[run] = { steps: 0, guarded: 0, clamped: 0, clampedSteps: 0 });
   t.steps += 1;
   if (e.balance_guarded) t.guarded += 1;
@@ -315,14 +317,14 @@ class RunCharts {
     } else if (e.event === "validation") {
       const fused = fusedScores(e);
       const dice = Object.keys(fused).some((k) => k.startsWith("dice_"));
-      this.chart("fused", dice ? "Validation Dice" : "Validation metrics", "epoch").push(e.epoch, this.values(run, fused, metricLabel));
+      this.chart("fused", dice ? "Validation Dice" : "Validation metrics", "epoch").push(e.epoch + 1, this.values(run, fused, metricLabel)); // epochs 1-based, as the CLI counts
       const perModality = modalityScores(e);
       const first = Object.values(perModality)[0];
       if (first) {
         const metric = this.pick(first);
         const mods = {};
         for (const [m, s] of Object.entries(perModality)) mods[m] = s[metric];
-        this.chart("modality", `Per-modality classifier ${metricLabel(metric)} (validation)`, "epoch").push(e.epoch, this.values(run, mods));
+        this.chart("modality", `Per-modality classifier ${metricLabel(metric)} (validation)`, "epoch").push(e.epoch + 1, this.values(run, mods));
       }
     }
   }
@@ -453,14 +455,26 @@ if (chartsBox) {
   let source = null;
   const handlers = {};
   const handle = (kind, fn) => { handlers[kind] = fn; };
+  // Whether this run's method scales encoder gradients by B_i (the vocabulary says): only then is
+  // the balance guard's tally news.
+  let methods = {}, scalesB = false;
   handle("run_started", (e) => {
     totalSteps = e.total_steps;
     if (e.modalities && e.modalities.length) modalityOrder = e.modalities;
+    const method = methods[(e.config || {}).method];
+    scalesB = Boolean(method && method.magnitude);
+  });
+  handle("balance_diagnostics", (e) => {
+    const box = $("#balance-diagnostics");
+    if (box && e.diagnostics && e.diagnostics.summary && scalesB) {
+      box.textContent = e.diagnostics.summary;
+      box.hidden = false;
+    }
   });
   handle("step", (e) => {
     charts.add(id, e);
     const guard = charts.guards[id];
-    if (guard && guard.steps) {
+    if (scalesB && guard && guard.steps) {
       $("#guard-stats").hidden = false;
       $("#guard-steps").textContent = guard.guarded;
       $("#guard-total").textContent = guard.steps;
@@ -470,7 +484,7 @@ if (chartsBox) {
     }
     steps += 1;
     $("#step-count").textContent = steps;
-    $("#epoch").textContent = e.epoch;
+    $("#epoch").textContent = e.epoch + 1; // 1-based, as the CLI counts
     if (totalSteps) setProgress((e.step + 1) / totalSteps, e.time);
   });
   handle("validation", (e) => {
@@ -484,10 +498,17 @@ if (chartsBox) {
   handle("failed", (e) => { $("#job-error").textContent = e.reason; });
   handle("state", (e) => {
     setState(e.state, e.error);
-    if (!["queued", "running"].includes(e.state)) { source.close(); refreshLog(id); if (finished) loadTestReport(id, finished); }
+    if (!["queued", "running"].includes(e.state)) {
+      source.close(); refreshLog(id); if (finished) loadTestReport(id, finished);
+      if (window.progressEta) window.progressEta.hide();
+    }
   });
   (async () => {
     let after = 0;
+    try {
+      const vocabulary = await api("GET", "/api/vocabulary");
+      methods = Object.fromEntries((vocabulary.methods || []).map((m) => [m.name, m]));
+    } catch (err) { toast(err.message, true); }
     try {
       const history = await storedEvents(id);
       history.forEach((e) => { if (handlers[e.event]) handlers[e.event](e); });

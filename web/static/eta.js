@@ -15,19 +15,23 @@ class Eta {
     this.el = document.createElement("p");
     this.el.id = "eta";
     this.el.className = "note";
+    this.el.hidden = true; // shown once there is a time to tell, gone when the job has ended
     bar.insertAdjacentElement("afterend", this.el);
   }
+
+  hide() { this.el.textContent = ""; this.el.dataset.seconds = "0"; this.el.hidden = true; }
 
   // fraction in 0..1; time in seconds (an event's `time`, else now).
   update(fraction, time) {
     const t = typeof time === "number" ? time : Date.now() / 1000;
-    if (fraction >= 1) { this.el.textContent = ""; this.el.dataset.seconds = "0"; return; }
+    if (fraction >= 1) { this.hide(); return; }
     if (!this.first || fraction < this.first.fraction) { this.first = { fraction, t }; return; }
     const rate = (fraction - this.first.fraction) / (t - this.first.t);
     if (!(rate > 0) || !isFinite(rate)) return;
     const left = (1 - fraction) / rate;
     this.el.dataset.seconds = String(Math.round(left));
     this.el.textContent = `About ${formatEta(left)} left (${(100 * fraction).toFixed(0)} % done)`;
+    this.el.hidden = false;
   }
 }
 
