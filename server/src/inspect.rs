@@ -176,7 +176,8 @@ pub fn check_upload(
         let shape = cggm_trainer::data::read_header(&file.path)
             .map_err(|e| without_folder(&e.to_string(), &file.path))?
             .dims;
-        let role = if files.len() == 1 && shape.len() == 4 {
+        let labelled_field = matches!(file.field.as_str(), "seg" | "label");
+        let role = if shape.len() == 4 && !labelled_field {
             if shape[3] != 4 {
                 return Err(format!(
                     "{}: a 4-D file must have 4 channels (FLAIR, T1w, T1gd, T2w), found {}",
@@ -188,8 +189,10 @@ pub fn check_upload(
             let from_field = MODALITIES
                 .iter()
                 .chain(["seg"].iter())
-                .find(|m| **m == file.field);
-            match from_field.copied().or_else(|| modality_of(&file.file_name)) {
+                .find(|m| **m == file.field)
+                .copied()
+                .or(labelled_field.then_some("seg"));
+            match from_field.or_else(|| modality_of(&file.file_name)) {
                 Some(m) => m.to_string(),
                 None => {
                     return Err(format!(
@@ -213,7 +216,14 @@ pub fn check_upload(
         }
         shapes.push((i, shape));
     }
-    if !roles.contains_key("4d") {
+    if roles.contains_key("4d") {
+        if let Some(extra) = MODALITIES.iter().find(|m| roles.contains_key(**m)) {
+            return Err(format!(
+                "a 4-D image holds all four modalities: send it alone (with its label in the \
+                 `label` field), not with a separate {extra} file"
+            ));
+        }
+    } else {
         let missing: Vec<&str> = MODALITIES
             .iter()
             .copied()

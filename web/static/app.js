@@ -206,13 +206,23 @@ function byModalityOrder(entries) {
   return entries.sort((a, b) => rank(a[0]) - rank(b[0]));
 }
 
+// The methods that scale encoder gradients by B_i, from the vocabulary (loaded once): only their
+// balance guard is news (other methods report B_i they compute but never apply).
+let methodsByName = null;
+function vocabularyMethods() {
+  if (!methodsByName) {
+    methodsByName = api("GET", "/api/vocabulary")
+      .then((v) => Object.fromEntries((v.methods || []).map((m) => [m.name, m])))
+      .catch((err) => { toast(err.message, true); return {}; });
+  }
+  return methodsByName;
+}
+
 // The balance guard's running tally for one run, updated by a step event: steps seen, steps the
 // guard set every B_i to neutral on, coefficients pinned at 0 or rho (in total, and on how many
 // steps). Only CGGM steps (those that report balance coefficients) count; others give null.
 function balanceGuard(tallies, run, e) {
   if (e.balance_guarded === undefined || !Object.keys(e.balance || {}).length) return null;
-  // Methods that do not modulate report B_i = 1 for every modality and never guard: no tally.
-  if (!e.balance_guarded && !e.balance_clamped && Object.values(e.balance).every((b) => b === 1)) return null;
   const t = tallies[run] || (tallies[run] = { steps: 0, guarded: 0, clamped: 0, clampedSteps: 0 });
   t.steps += 1;
   if (e.balance_guarded) t.guarded += 1;
@@ -300,14 +310,17 @@ class RunCharts {
     return names[0];
   }
   add(run, e) {
-    if (e.event === "step") {
+    if (e.event === "run_started") {
+      const method = (this.methods || {})[(e.config || {}).method];
+      (this.scalesB || (this.scalesB = {}))[run] = Boolean(method && method.magnitude);
+    } else if (e.event === "step") {
       const x = e.step;
       this.chart("loss").push(x, this.values(run, { loss: e.loss, task: e.task_loss, gm: e.gm_loss }));
       this.chart("lr").push(x, this.values(run, { lr: e.lr }));
       this.chart("modMetric", "Per-modality classifier score ε_i (batch)", "step").push(x, this.values(run, e.modality_metric));
       this.chart("balance", "Balance coefficients B_i", "step").push(x, this.values(run, e.balance));
       this.chart("cosine", "Gradient cosine cos(g_F, g_i)", "step").push(x, this.values(run, e.cosine));
-      const guard = balanceGuard(this.guards, run, e);
+      const guard = (this.scalesB || {})[run] === false ? null : balanceGuard(this.guards, run, e);
       if (guard) {
         this.chart("guarded", "Balance guard: share of steps guarded (running)", "step").push(x, { [this.name(run, "guarded")]: guard.guarded / guard.steps });
         this.chart("clamped", "Balance coefficients clamped at 0 or ρ (per step)", "step").push(x, { [this.name(run, "clamped B_i")]: e.balance_clamped || 0 });
@@ -457,12 +470,12 @@ if (chartsBox) {
   const handle = (kind, fn) => { handlers[kind] = fn; };
   // Whether this run's method scales encoder gradients by B_i (the vocabulary says): only then is
   // the balance guard's tally news.
-  let methods = {}, scalesB = false;
+  let scalesB = false;
   handle("run_started", (e) => {
     totalSteps = e.total_steps;
     if (e.modalities && e.modalities.length) modalityOrder = e.modalities;
-    const method = methods[(e.config || {}).method];
-    scalesB = Boolean(method && method.magnitude);
+    charts.add(id, e);
+    scalesB = charts.scalesB[id];
   });
   handle("balance_diagnostics", (e) => {
     const box = $("#balance-diagnostics");
@@ -505,10 +518,7 @@ if (chartsBox) {
   });
   (async () => {
     let after = 0;
-    try {
-      const vocabulary = await api("GET", "/api/vocabulary");
-      methods = Object.fromEntries((vocabulary.methods || []).map((m) => [m.name, m]));
-    } catch (err) { toast(err.message, true); }
+    charts.methods = await vocabularyMethods();
     try {
       const history = await storedEvents(id);
       history.forEach((e) => { if (handlers[e.event]) handlers[e.event](e); });
@@ -546,7 +556,9 @@ if (compareBox) {
   });
   if (ids.length) {
     const charts = new RunCharts(compareBox, ids, compareBox.dataset.headline);
-    Promise.all(ids.map((id) => storedEvents(id).then((events) => events.forEach((e) => charts.add(id, e)))))
+    vocabularyMethods()
+      .then((methods) => { charts.methods = methods; })
+      .then(() => Promise.all(ids.map((id) => storedEvents(id).then((events) => events.forEach((e) => charts.add(id, e))))))
       .then(() => charts.flush())
       .catch((err) => toast(err.message, true));
   }
