@@ -736,3 +736,67 @@ async fn a_job_log_past_its_cap_is_rotated_and_keeps_its_newest_lines() {
     );
     assert!(!log.exists() && !rotated.exists());
 }
+
+#[tokio::test]
+async fn listings_read_only_a_run_s_best_validation_however_many_it_has() {
+    let app = TestApp::new().await;
+    let run = app.finished_run().await;
+    let (last,): (i64,) = sqlx::query_as("SELECT MAX(seq) FROM events WHERE job_id = ?")
+        .bind(run)
+        .fetch_one(&app.state.pool)
+        .await
+        .unwrap();
+    // 30,000 validation events; the one marked best is early among them.
+    let mut tx = app.state.pool.begin().await.unwrap();
+    for i in 1..=30_000i64 {
+        let data = json!({ "event": "validation", "best": i == 100, "marker": i,
+                           "padding": "x".repeat(200) });
+        sqlx::query(
+            "INSERT INTO events (job_id, seq, kind, time, data) VALUES (?, ?, 'validation', ?, ?)",
+        )
+        .bind(run)
+        .bind(last + i)
+        .bind(i as f64)
+        .bind(data.to_string())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let started = Instant::now();
+    let (status, checkpoints) = app.get_json("/api/checkpoints").await;
+    let elapsed = started.elapsed();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        checkpoints[0]["best_validation"]["marker"], 100,
+        "{checkpoints}"
+    );
+    let (_, job) = app.get_json(&format!("/api/jobs/{run}")).await;
+    assert_eq!(job["best_validation"]["marker"], 100);
+    // What the listing did before: load every validation event of the run and parse each.
+    let loaded = Instant::now();
+    let all = cggm_server::db::events(&app.state.pool, run, 0, Some("validation"))
+        .await
+        .unwrap();
+    let parsed: Vec<serde_json::Value> = all
+        .iter()
+        .filter_map(|e| serde_json::from_str(&e.data).ok())
+        .collect();
+    let before = loaded.elapsed();
+    eprintln!(
+        "/api/checkpoints with 30,000 validation events: {elapsed:?} (loading and parsing all {} \
+         as before: {before:?})",
+        parsed.len()
+    );
+    assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+    // Without a best one, the last.
+    sqlx::query(
+        "UPDATE events SET data = json_set(data, '$.best', json('false')) WHERE job_id = ?",
+    )
+    .bind(run)
+    .execute(&app.state.pool)
+    .await
+    .unwrap();
+    let (_, job) = app.get_json(&format!("/api/jobs/{run}")).await;
+    assert_eq!(job["best_validation"]["marker"], 30_000);
+}
