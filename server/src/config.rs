@@ -71,6 +71,47 @@ pub struct ServeArgs {
     /// too. Off by default: runs are kept.
     #[arg(long, env = "CGGM_RETENTION_INCLUDE_RUNS")]
     pub retention_include_runs: bool,
+    /// Open connections at once; further clients wait in the kernel's backlog.
+    #[arg(long, env = "CGGM_MAX_CONNECTIONS", default_value_t = crate::limits::MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Requests sending a body (uploads, JSON) at once; past it, 503 at once, so that stalled
+    /// uploads cannot take every connection.
+    #[arg(long, env = "CGGM_MAX_BODY_REQUESTS", default_value_t = crate::limits::MAX_CONNECTIONS / 2)]
+    pub max_body_requests: usize,
+    /// A request body (any part of it: text fields, files, JSON) that sends nothing for this many
+    /// seconds is abandoned with 408 and its connection closed.
+    #[arg(long, env = "CGGM_BODY_IDLE_TIMEOUT_SECS", default_value_t = crate::limits::BODY_IDLE_TIMEOUT.as_secs_f64())]
+    pub body_idle_timeout_secs: f64,
+    /// Jobs that may wait in the queue (running ones not counted); past it, new jobs get 503.
+    #[arg(long, env = "CGGM_MAX_QUEUED_JOBS", default_value_t = 100)]
+    pub max_queued_jobs: usize,
+    /// Live event streams (SSE) served at once in all; past it, 503.
+    #[arg(long, env = "CGGM_MAX_STREAMS", default_value_t = crate::limits::MAX_CONNECTIONS / 2)]
+    pub max_streams: usize,
+    /// Live event streams of one job at once; past it, 429.
+    #[arg(long, env = "CGGM_MAX_STREAMS_PER_JOB", default_value_t = 64)]
+    pub max_streams_per_job: usize,
+    /// A job's log is moved to `job-N.log.1` past this many MiB and starts again (one older part
+    /// kept).
+    #[arg(long, env = "CGGM_MAX_LOG_MB", default_value_t = 64)]
+    pub max_log_mb: u64,
+}
+
+impl ServeArgs {
+    /// The resource bounds these flags ask for.
+    pub fn bounds(&self) -> crate::limits::Bounds {
+        crate::limits::Bounds {
+            max_connections: self.max_connections.max(1),
+            max_body_requests: self.max_body_requests.max(1),
+            body_idle_timeout: std::time::Duration::from_secs_f64(
+                self.body_idle_timeout_secs.clamp(0.1, 86_400.0),
+            ),
+            max_queued_jobs: self.max_queued_jobs,
+            max_streams: self.max_streams.max(1),
+            max_streams_per_job: self.max_streams_per_job.max(1),
+            max_log_bytes: self.max_log_mb.max(1).saturating_mul(1024 * 1024),
+        }
+    }
 }
 
 /// Everything the application needs at run time, resolved from [`ServeArgs`].
@@ -96,6 +137,8 @@ pub struct Config {
     pub session_lifetime: std::time::Duration,
     /// `--secure-cookie`.
     pub secure_cookie: bool,
+    /// Connections, bodies, queue and live streams: how many at once, how long a body may stall.
+    pub bounds: crate::limits::Bounds,
 }
 
 impl Config {
@@ -115,6 +158,7 @@ impl Config {
             executor: crate::executor::Executor::Local,
             session_lifetime: std::time::Duration::from_secs(12 * 3600),
             secure_cookie: false,
+            bounds: Default::default(),
         }
     }
 }

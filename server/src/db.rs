@@ -299,14 +299,27 @@ pub async fn events_page(
 
 /// The validation event marked best (or the last one) of a training job, as JSON.
 pub async fn best_validation(pool: &SqlitePool, job_id: i64) -> Result<Option<serde_json::Value>> {
-    let rows = events(pool, job_id, 0, Some("validation")).await?;
-    let parsed: Vec<serde_json::Value> = rows
-        .iter()
-        .filter_map(|r| serde_json::from_str(&r.data).ok())
-        .collect();
-    let best = parsed
-        .iter()
-        .rev()
-        .find(|v| v["best"] == serde_json::Value::Bool(true));
-    Ok(best.or(parsed.last()).cloned())
+    // Read backwards along the (job_id, seq) key and stopped at the first match, one JSON object
+    // parsed: a listing of runs with tens of thousands of validation events no longer loads and
+    // parses every one of them per run.
+    let best: Option<(String,)> = sqlx::query_as(
+        "SELECT data FROM events WHERE job_id = ? AND kind = 'validation'
+           AND json_extract(data, '$.best') = 1 ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(job_id)
+    .fetch_optional(pool)
+    .await?;
+    let row = match best {
+        Some(row) => Some(row),
+        None => {
+            sqlx::query_as(
+                "SELECT data FROM events WHERE job_id = ? AND kind = 'validation'
+                 ORDER BY seq DESC LIMIT 1",
+            )
+            .bind(job_id)
+            .fetch_optional(pool)
+            .await?
+        }
+    };
+    Ok(row.and_then(|(data,)| serde_json::from_str(&data).ok()))
 }

@@ -126,23 +126,30 @@ pub fn unpack_zip(
             limits.max_entries
         )));
     }
-    // First the declared sizes, so that a bomb is refused before a byte is unpacked.
+    // First the declared sizes and the names, so that a bomb or a name the file system cannot
+    // hold is refused before a byte is unpacked.
     let mut declared: u64 = 0;
+    let mut names = EntryNames::default();
     for i in 0..zip.len() {
         let entry = zip
             .by_index(i)
             .map_err(|e| refused(format!("{label}: entry {i} is unreadable ({e})")))?;
         let name = entry.name().map(|n| n.to_string()).unwrap_or_default();
-        if entry.enclosed_name().is_none() {
+        let Some(relative) = entry.enclosed_name() else {
             return Err(refused(format!(
-                "{label}: entry {name:?} points outside the archive (absolute path or '..'); \
-                 zip the series folder itself"
+                "{label}: entry {} points outside the archive (absolute path or '..'); \
+                 zip the series folder itself",
+                shown(&name)
             )));
-        }
+        };
         if entry.is_symlink() {
             return Err(refused(format!(
-                "{label}: entry {name:?} is a symbolic link; zip the files themselves"
+                "{label}: entry {} is a symbolic link; zip the files themselves",
+                shown(&name)
             )));
+        }
+        if !is_clutter(&relative) {
+            names.add(label, &relative, entry.is_dir())?;
         }
         declared = declared.saturating_add(entry.size());
     }
@@ -157,19 +164,118 @@ pub fn unpack_zip(
         if entry.is_dir() || is_clutter(&relative) {
             continue;
         }
-        let target = dest.join(&relative);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)?;
+        let damaged = |e: std::io::Error| {
+            refused(format!("{label}: {} is damaged ({e})", relative.display()))
+        };
+        // The signature from the entry's first bytes: a file that is not DICOM is refused before
+        // the rest of it (or of the archive) is unpacked.
+        let mut head = Vec::with_capacity(DICOM_HEAD);
+        (&mut entry)
+            .take(DICOM_HEAD as u64)
+            .read_to_end(&mut head)
+            .map_err(damaged)?;
+        if !has_dicom_signature(&head) {
+            return Err(refused(format!(
+                "{label}: {} is not a DICOM file (no DICM signature); send only the series' \
+                 DICOM images",
+                relative.display()
+            )));
         }
-        let mut out = std::fs::File::create(&target)?;
-        let budget = limits.max_unpacked_bytes - unpacked;
-        let written = std::io::copy(&mut (&mut entry).take(budget + 1), &mut out)
-            .map_err(|e| refused(format!("{label}: {} is damaged ({e})", relative.display())))?;
-        unpacked += written;
+        let target = dest.join(&relative);
+        let unwritable = |e: std::io::Error| {
+            refused(format!(
+                "{label}: entry {} cannot be unpacked ({e}); rename it and zip the series again",
+                relative.display()
+            ))
+        };
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(unwritable)?;
+        }
+        let mut out = std::fs::File::create(&target).map_err(unwritable)?;
+        std::io::Write::write_all(&mut out, &head)?;
+        let budget = limits
+            .max_unpacked_bytes
+            .saturating_sub(unpacked + head.len() as u64);
+        let written =
+            std::io::copy(&mut (&mut entry).take(budget + 1), &mut out).map_err(damaged)?;
+        unpacked += head.len() as u64 + written;
         check_unpacked_size(label, unpacked, stored, limits)?;
         count += 1;
     }
     Ok(count)
+}
+
+/// Bytes of a DICOM Part 10 file's start: a 128-byte preamble, then `DICM`.
+const DICOM_HEAD: usize = 132;
+
+fn has_dicom_signature(head: &[u8]) -> bool {
+    head.len() >= DICOM_HEAD && &head[128..DICOM_HEAD] == b"DICM"
+}
+
+/// Longest entry name part (most file systems' limit) and whole entry name, in bytes.
+const MAX_NAME_PART_BYTES: usize = 255;
+const MAX_ENTRY_NAME_BYTES: usize = 1024;
+
+/// An entry name for a message: at most 80 characters of it.
+fn shown(name: &str) -> String {
+    if name.chars().count() > 80 {
+        format!("{:?}...", name.chars().take(80).collect::<String>())
+    } else {
+        format!("{name:?}")
+    }
+}
+
+/// The names of a zip's entries so far: a file and a folder of the same name, the same file twice,
+/// or a name too long for the file system are refused before anything is unpacked.
+#[derive(Default)]
+struct EntryNames {
+    files: std::collections::HashSet<PathBuf>,
+    folders: std::collections::HashSet<PathBuf>,
+}
+
+impl EntryNames {
+    fn add(&mut self, label: &str, relative: &Path, is_dir: bool) -> Result<(), ImportError> {
+        let text = relative.to_string_lossy();
+        let too_long = text.len() > MAX_ENTRY_NAME_BYTES
+            || relative
+                .components()
+                .any(|c| c.as_os_str().len() > MAX_NAME_PART_BYTES);
+        if too_long {
+            return Err(refused(format!(
+                "{label}: entry {} has a name longer than the file system allows ({} bytes a \
+                 part, {} in all); rename it and zip the series again",
+                shown(&text),
+                MAX_NAME_PART_BYTES,
+                MAX_ENTRY_NAME_BYTES
+            )));
+        }
+        let conflict = |other: &str| {
+            refused(format!(
+                "{label}: entry {} {other}; zip the series folder as it is on disk",
+                shown(&text)
+            ))
+        };
+        for ancestor in relative.ancestors().skip(1) {
+            if ancestor.as_os_str().is_empty() {
+                break;
+            }
+            if self.files.contains(ancestor) {
+                return Err(conflict("lies inside an entry that is a file"));
+            }
+            self.folders.insert(ancestor.to_path_buf());
+        }
+        if is_dir {
+            if self.files.contains(relative) {
+                return Err(conflict("is both a file and a folder"));
+            }
+            self.folders.insert(relative.to_path_buf());
+        } else if self.folders.contains(relative) {
+            return Err(conflict("is both a file and a folder"));
+        } else if !self.files.insert(relative.to_path_buf()) {
+            return Err(conflict("appears twice"));
+        }
+        Ok(())
+    }
 }
 
 fn check_unpacked_size(

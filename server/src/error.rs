@@ -21,6 +21,12 @@ pub enum Error {
     /// 409: the request conflicts with stored state (name taken, job already finished).
     #[error("{0}")]
     Conflict(String),
+    /// 408: the request body stalled (nothing arrived for the idle timeout).
+    #[error("{0}")]
+    RequestTimeout(String),
+    /// 429: one client's share of a limit is used up (live streams of one job).
+    #[error("{0}")]
+    TooManyRequests(String),
     /// 413: an upload over the configured limit.
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -43,6 +49,8 @@ impl Error {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Error::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -67,7 +75,9 @@ impl From<std::io::Error> for Error {
 
 impl From<axum::extract::multipart::MultipartError> for Error {
     fn from(e: axum::extract::multipart::MultipartError) -> Self {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        if let Some(idle) = crate::limits::stalled_body(&e) {
+            Error::RequestTimeout(crate::limits::BodyStalled(idle).to_string())
+        } else if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Error::PayloadTooLarge(
                 "upload is larger than the server's limit (CGGM_MAX_UPLOAD_MB); \
                  compress the files (.nii.gz) or raise the limit"

@@ -37,11 +37,11 @@ pub(crate) struct Inner {
     cggm_bin: PathBuf,
     data_dir: PathBuf,
     slots: Semaphore,
+    /// A job's log is rotated past this size (see [`cap_log`]).
+    max_log_bytes: u64,
     cancels: Mutex<HashMap<i64, Arc<Notify>>>,
-    /// Live channels of queued and running jobs only: made when a job is enqueued, removed when it
-    /// finishes. Viewers of any other job get a receiver of `idle`, which never sends, so that
-    /// requests for unknown or finished jobs leave nothing behind.
-    channels: Mutex<HashMap<i64, broadcast::Sender<LiveMessage>>>,
+    /// The queued and running jobs, and the live channels of those that have viewers.
+    live: Mutex<Live>,
     idle: broadcast::Sender<LiveMessage>,
     /// Jobs whose (resumed) trainer announced `run_started` and has not sent a step yet: its first
     /// step supersedes what a previous process stored from that step on (see `supersede`).
@@ -65,6 +65,19 @@ pub fn omp_wait_policy(max_jobs: usize) -> (String, &'static str) {
     }
 }
 
+/// A channel is made only when a viewer of a queued or running job connects (a queued job costs
+/// an id in `active`, not a 1,024-message channel) and removed when the job finishes. Viewers of
+/// any other job get a receiver of `idle`, which never sends, so that requests for unknown or
+/// finished jobs leave nothing behind.
+#[derive(Default)]
+struct Live {
+    active: std::collections::HashSet<i64>,
+    channels: HashMap<i64, broadcast::Sender<LiveMessage>>,
+}
+
+/// How many live messages a slow viewer may fall behind before it catches up from the database.
+const CHANNEL_CAPACITY: usize = 1024;
+
 /// How long a cancelled job gets to stop after SIGTERM before it is killed.
 const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -75,6 +88,7 @@ impl JobRunner {
         data_dir: PathBuf,
         max_jobs: usize,
         executor: crate::executor::Executor,
+        max_log_bytes: u64,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -83,8 +97,9 @@ impl JobRunner {
                 cggm_bin,
                 data_dir,
                 slots: Semaphore::new(max_jobs.max(1)),
+                max_log_bytes,
                 cancels: Mutex::new(HashMap::new()),
-                channels: Mutex::new(HashMap::new()),
+                live: Mutex::new(Live::default()),
                 idle: broadcast::channel(1).0,
                 restarted: Mutex::default(),
                 max_jobs,
@@ -107,19 +122,19 @@ impl JobRunner {
         Ok(())
     }
 
-    /// The job's live channel, made on first use (subscribers may connect before it starts).
-    fn open_channel(&self, job_id: i64) {
+    /// Marks the job queued or running here: its viewers get a live channel from now on.
+    fn activate(&self, job_id: i64) {
         self.inner
-            .channels
+            .live
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(job_id)
-            .or_insert_with(|| broadcast::channel(1024).0);
+            .active
+            .insert(job_id);
     }
 
     /// Starts the job when a slot is free.
     pub fn enqueue(&self, job_id: i64) {
-        self.open_channel(job_id);
+        self.activate(job_id);
         let inner = self.inner.clone();
         tokio::spawn(async move {
             if let Err(e) = inner.clone().run(job_id).await {
@@ -163,23 +178,24 @@ impl JobRunner {
     /// skip live messages with `seq` at or below the last stored one. A job that is not queued or
     /// running has no channel, and none is made for it: its receiver never receives.
     pub fn subscribe(&self, job_id: i64) -> broadcast::Receiver<LiveMessage> {
-        let channels = self
-            .inner
-            .channels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        match channels.get(&job_id) {
-            Some(sender) => sender.subscribe(),
-            None => self.inner.idle.subscribe(),
+        let mut live = self.inner.live.lock().unwrap_or_else(|e| e.into_inner());
+        if !live.active.contains(&job_id) {
+            return self.inner.idle.subscribe();
         }
+        live.channels
+            .entry(job_id)
+            .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
+            .subscribe()
     }
 
-    /// How many live channels exist (queued and running jobs); for tests and diagnostics.
+    /// How many live channels exist (queued and running jobs that have had a viewer); for tests
+    /// and diagnostics.
     pub fn live_channels(&self) -> usize {
         self.inner
-            .channels
+            .live
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .channels
             .len()
     }
 
@@ -187,20 +203,21 @@ impl JobRunner {
     /// running but not here is a leftover of a previous server).
     pub fn is_active(&self, job_id: i64) -> bool {
         self.inner
-            .channels
+            .live
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&job_id)
+            .active
+            .contains(&job_id)
     }
 
     pub fn log_path(&self, job_id: i64) -> PathBuf {
         log_path(&self.inner.data_dir, job_id)
     }
 
-    /// Makes a running job live again (its channel and its cancel notify), for an executor that
-    /// re-attaches to it after a restart.
+    /// Makes a running job live again (active, so that viewers get a channel, and its cancel
+    /// notify), for an executor that re-attaches to it after a restart.
     pub(crate) fn attach(&self, job_id: i64) -> Arc<Notify> {
-        self.open_channel(job_id);
+        self.activate(job_id);
         self.inner
             .cancels
             .lock()
@@ -226,6 +243,55 @@ pub async fn read_tail(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     let mut tail = Vec::with_capacity(length.min(max) as usize);
     file.take(max).read_to_end(&mut tail).await?;
     Ok(tail)
+}
+
+/// How often a running job's log size is checked.
+const LOG_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A log over `max` bytes has its last `max` bytes moved to `<log>.1` (replacing an older one)
+/// and starts again empty: at most about twice `max` on disk, the newest output always kept. The
+/// child appends (`O_APPEND`), so its next write lands at the start of the emptied file; what it
+/// writes between the copy and the truncation (a moment) is lost, and the new log says where the
+/// rest went.
+fn cap_log(path: &Path, max: u64) {
+    let over = std::fs::metadata(path).is_ok_and(|m| m.len() > max);
+    if !over {
+        return;
+    }
+    let rotated = rotated_log(path);
+    let moved = (|| -> std::io::Result<()> {
+        use std::io::{Seek, SeekFrom};
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)?;
+        let length = file.metadata()?.len();
+        file.seek(SeekFrom::Start(length.saturating_sub(max)))?;
+        let mut older = std::fs::File::create(&rotated)?;
+        std::io::copy(&mut std::io::Read::take(&mut file, max), &mut older)?;
+        file.set_len(0)
+    })();
+    match moved {
+        Ok(()) => {
+            let note = format!(
+                "[cggm serve: the log passed {} MiB; its last part before this line is in {}]\n",
+                max / (1024 * 1024),
+                rotated.file_name().unwrap_or_default().to_string_lossy()
+            );
+            let _ = std::fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, note.as_bytes()));
+        }
+        Err(e) => tracing::warn!(log = %path.display(), error = %e, "could not rotate a job's log"),
+    }
+}
+
+/// Where [`cap_log`] keeps a log's earlier part: `job-N.log.1`.
+pub fn rotated_log(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".1");
+    path.with_file_name(name)
 }
 
 pub fn log_path(data_dir: &Path, job_id: i64) -> PathBuf {
@@ -359,8 +425,11 @@ impl Inner {
                 .await?;
         let mut failure: Option<String> = None;
         let mut cancelled = false;
+        let log = log_path(&self.data_dir, job_id);
+        let mut log_check = tokio::time::interval(LOG_CHECK_EVERY);
         loop {
             tokio::select! {
+                _ = log_check.tick() => cap_log(&log, self.max_log_bytes),
                 line = lines.next_line() => {
                     let Some(line) = line? else { break };
                     match serde_json::from_str::<Event>(&line) {
@@ -385,6 +454,7 @@ impl Inner {
         } else {
             child.wait().await?
         };
+        cap_log(&log, self.max_log_bytes);
         self.cancels
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -564,17 +634,17 @@ impl Inner {
     }
 
     fn send(&self, job_id: i64, message: LiveMessage) {
-        let channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(sender) = channels.get(&job_id) {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sender) = live.channels.get(&job_id) {
             let _ = sender.send(message);
         }
     }
 
+    /// The job is no longer queued or running here: its channel (if any) and its mark go.
     fn drop_channel(&self, job_id: i64) {
-        self.channels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&job_id);
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.channels.remove(&job_id);
+        live.active.remove(&job_id);
     }
 }
 

@@ -62,6 +62,8 @@ pub struct AppState {
     pub runner: JobRunner,
     pub volumes: Arc<volume::VolumeCache>,
     pub sessions: Arc<security::Sessions>,
+    /// Requests sending a body and live streams open now, against `config.bounds`.
+    pub gates: Arc<limits::Gates>,
     /// Datasets whose full validation runs in the background.
     validating: Arc<std::sync::Mutex<std::collections::HashSet<i64>>>,
 }
@@ -91,9 +93,11 @@ impl AppState {
             config.data_dir.clone(),
             config.max_jobs,
             config.executor.clone(),
+            config.bounds.max_log_bytes,
         );
         runner.recover().await?;
         Ok(Self {
+            gates: Arc::new(limits::Gates::new(&config.bounds)),
             config: Arc::new(config),
             pool,
             runner,
@@ -157,6 +161,8 @@ pub fn app(state: AppState) -> Router {
             "/vendor/niivue",
             ServeDir::new(web.join("node_modules/@niivue/niivue/dist")),
         )
+        // Inside the body limits: their own answers are JSON already.
+        .layer(middleware::from_fn(limits::json_errors))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             limits::limit_bodies,
@@ -200,6 +206,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         dicom: dicom::DicomSettings::with_converter(args.dcm2niix.clone()),
         session_lifetime: session_lifetime(args.session_hours)?,
         secure_cookie: args.secure_cookie,
+        bounds: args.bounds(),
     };
     if let Some(warning) = routes::dicom::converter_warning(&config.dicom) {
         tracing::warn!("{warning}");
@@ -238,7 +245,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "CGGM Studio: open http://{address}/ (ready in {} ms)",
         started.elapsed().as_millis()
     );
-    let listener = limits::CappedListener::new(listener, limits::MAX_CONNECTIONS);
+    let listener = limits::CappedListener::new(listener, state.config.bounds.max_connections);
     let header_timeout = Duration::from_secs_f64(args.header_timeout_secs.max(0.1));
     // Open live-event streams would hold a graceful shutdown forever: requests get 3 s, then
     // everything stops. Dropping the runtime kills the job processes (`kill_on_drop`).

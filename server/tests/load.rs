@@ -22,7 +22,16 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
 async fn measure_start_time_slice_latency_and_live_viewers() {
     // Start time: process spawn until the server prints its address, then until it answers.
     let spawned = Instant::now();
-    let server = LiveServer::start(&["--no-demo"]);
+    // The live-viewer measurement opens more streams on one job than the default caps allow.
+    let server = LiveServer::start(&[
+        "--no-demo",
+        "--max-streams",
+        "2000",
+        "--max-streams-per-job",
+        "2000",
+        "--max-connections",
+        "2048",
+    ]);
     let announce = server.started_in;
     server.get_json("/api/health").await;
     println!(

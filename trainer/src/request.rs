@@ -21,6 +21,69 @@ use std::path::Path;
 /// The preset a request without one starts from.
 pub const DEFAULT_PRESET: &str = "cpu-small";
 
+/// The values a run request may give a numeric option: wide enough for any real run (the paper
+/// preset uses crop 160, batch 64, 75 epochs), narrow enough that no request makes a child that
+/// allocates without end or never finishes (`workers: 100000`, `crop: 65536`, `epochs: 1e12`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct OptionRange {
+    pub min: f64,
+    pub max: f64,
+    /// `min` itself is not allowed (learning rates: positive).
+    pub min_exclusive: bool,
+}
+
+impl OptionRange {
+    const fn closed(min: f64, max: f64) -> Self {
+        Self {
+            min,
+            max,
+            min_exclusive: false,
+        }
+    }
+
+    const fn positive(max: f64) -> Self {
+        Self {
+            min: 0.0,
+            max,
+            min_exclusive: true,
+        }
+    }
+}
+
+impl std::fmt::Display for OptionRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.min_exclusive {
+            write!(f, "more than {} and at most {}", self.min, self.max)
+        } else {
+            write!(f, "{} to {}", self.min, self.max)
+        }
+    }
+}
+
+/// The largest seed: JavaScript's largest exact integer, so that the pages show and send it back
+/// unchanged (and it fits SQLite's signed integers).
+pub const MAX_SEED: u64 = (1 << 53) - 1;
+
+/// Pixels of one segmentation batch at most (`batch_size x crop^2`): 256 crops of 512, 4096 of
+/// 128. Each bound alone would still allow a batch of tens of gigabytes.
+pub const MAX_BATCH_PIXELS: usize = 1 << 26;
+
+/// The allowed range of each numeric run option (named as in JSON); `None` for the others.
+pub fn option_range(name: &str) -> Option<OptionRange> {
+    Some(match name {
+        "epochs" => OptionRange::closed(1.0, 100_000.0),
+        "seed" => OptionRange::closed(0.0, MAX_SEED as f64),
+        "rho" | "lambda" => OptionRange::closed(0.0, 100.0),
+        "lr" | "cls_lr" => OptionRange::positive(10.0),
+        "batch_size" => OptionRange::closed(1.0, 4096.0),
+        "crop" => OptionRange::closed(16.0, 512.0),
+        "steps_per_epoch" | "val_cases" => OptionRange::closed(1.0, 1_000_000.0),
+        "grad_clip" => OptionRange::positive(1_000_000.0),
+        "workers" => OptionRange::closed(0.0, 64.0),
+        _ => return None,
+    })
+}
+
 /// Every training knob of a run. `None` keeps the preset's value.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
@@ -116,7 +179,45 @@ impl RunOptions {
                 });
             }
         }
-        serde_json::from_value(value.clone()).map_err(|e| e.to_string())
+        let options: Self = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+        options.check_ranges()?;
+        Ok(options)
+    }
+
+    /// No numeric option over the top of its [`option_range`] (the bottom is `validate`'s, with
+    /// its own messages); the error names the option, the value and the range.
+    pub fn check_ranges(&self) -> Result<(), String> {
+        let as_f64 = |v: Option<usize>| v.map(|v| v as f64);
+        let values = [
+            ("epochs", as_f64(self.epochs)),
+            ("seed", self.seed.map(|v| v as f64)),
+            ("rho", self.rho),
+            ("lambda", self.lambda),
+            ("lr", self.lr),
+            ("cls_lr", self.cls_lr),
+            ("batch_size", as_f64(self.batch_size)),
+            ("crop", as_f64(self.crop)),
+            ("steps_per_epoch", as_f64(self.steps_per_epoch)),
+            ("val_cases", as_f64(self.val_cases)),
+            ("grad_clip", self.grad_clip),
+            ("workers", as_f64(self.workers)),
+        ];
+        for (name, value) in values {
+            let (Some(value), Some(range)) = (value, option_range(name)) else {
+                continue;
+            };
+            // Values under the minimum get the configuration's own message (`validate`, which
+            // the CLI shares); here the upper bounds. The seed compares exactly (as f64, 2^53
+            // would equal its neighbour).
+            let seed_over = name == "seed" && self.seed.is_some_and(|s| s > MAX_SEED);
+            if seed_over || value > range.max {
+                return Err(format!(
+                    "{name} {value} is out of range: use {range} ({})",
+                    option_help(name)
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The options' names as they appear in JSON (and, with `-` for `_`, as CLI flags).
@@ -130,10 +231,22 @@ impl RunOptions {
     /// The run configuration this request asks for: its preset (or [`DEFAULT_PRESET`]), these
     /// options over it, `data` as the dataset; validated.
     pub fn to_config(&self, data: &Path) -> Result<TrainConfig, String> {
+        self.check_ranges()?;
         let mut cfg = TrainConfig::preset(self.preset.as_deref().unwrap_or(DEFAULT_PRESET))?;
         self.apply(&mut cfg);
         cfg.data = data.to_path_buf();
         cfg.validate()?;
+        let pixels = cfg
+            .sampler
+            .batch_size
+            .saturating_mul(cfg.sampler.crop.saturating_mul(cfg.sampler.crop));
+        if cfg.task == TaskKind::Segmentation && pixels > MAX_BATCH_PIXELS {
+            return Err(format!(
+                "batch_size {} x crop {}^2 is {pixels} pixels per batch, more than the {MAX_BATCH_PIXELS} \
+                 a run may ask for: use a smaller batch_size or crop",
+                cfg.sampler.batch_size, cfg.sampler.crop
+            ));
+        }
         Ok(cfg)
     }
 
@@ -228,8 +341,20 @@ fn option_args() -> Vec<clap::Arg> {
         .collect()
 }
 
-/// Accepts `auto`, `cpu`, `cuda` and `cuda:N` (whether that device exists is the trainer's check
-/// when the run starts: the server may not be the machine that trains).
+/// The CLI help of an option (what the option is, for messages).
+fn option_help(name: &str) -> String {
+    option_args()
+        .iter()
+        .find(|a| a.get_id() == name)
+        .and_then(|a| a.get_help().map(|h| h.to_string()))
+        .unwrap_or_default()
+        .trim_end_matches('.')
+        .to_string()
+}
+
+/// Accepts `auto`, `cpu`, `cuda` and `cuda:N` by their form; [`check_device_present`] also checks
+/// that the device exists on this machine (the server does when its jobs run here; with Slurm the
+/// training machine is another one, and the trainer checks when the run starts).
 pub fn check_device_spec(spec: &str) -> Result<(), String> {
     let s = spec.trim().to_ascii_lowercase();
     let ok = matches!(s.as_str(), "auto" | "cpu" | "cuda")
@@ -240,6 +365,13 @@ pub fn check_device_spec(spec: &str) -> Result<(), String> {
     } else {
         Err(format!("unknown device {spec:?}: use auto, cpu or cuda:N"))
     }
+}
+
+/// [`check_device_spec`], and the device exists on this machine (`cuda:99` without 100 GPUs, or any
+/// `cuda` without CUDA, is refused with the devices there are).
+pub fn check_device_present(spec: &str) -> Result<(), String> {
+    check_device_spec(spec)?;
+    crate::device::parse_device(spec).map(|_| ())
 }
 
 // ------------------------------------------------------------------------------ the vocabulary
@@ -352,6 +484,8 @@ pub struct OptionSpec {
     pub kind: OptionKind,
     /// For [`OptionKind::Choice`]: which list of the vocabulary holds the values.
     pub choices: Option<String>,
+    /// For numbers: the values a request may give (see [`option_range`]).
+    pub range: Option<OptionRange>,
 }
 
 /// Everything the application offers for a run, generated from the trainer's own types.
@@ -475,6 +609,7 @@ fn option_specs() -> Vec<OptionSpec> {
             OptionSpec {
                 flag: format!("--{}", arg.get_long().unwrap_or(&name)),
                 help: arg.get_help().map(|h| h.to_string()).unwrap_or_default(),
+                range: option_range(&name),
                 name,
                 kind,
                 choices,
@@ -573,6 +708,113 @@ mod tests {
             let error = request(json.clone()).unwrap_err();
             assert!(error.contains(expected), "{json} -> {error}");
         }
+    }
+
+    #[test]
+    fn numeric_options_past_their_bounds_are_refused_naming_the_option_value_and_range() {
+        let cases = [
+            (
+                serde_json::json!({ "workers": 100000 }),
+                "workers 100000",
+                "0 to 64",
+            ),
+            (
+                serde_json::json!({ "crop": 65536 }),
+                "crop 65536",
+                "16 to 512",
+            ),
+            (
+                serde_json::json!({ "batch_size": 1000000000u64 }),
+                "batch_size 1000000000",
+                "1 to 4096",
+            ),
+            (
+                serde_json::json!({ "epochs": 1000000000000u64 }),
+                "epochs 1000000000000",
+                "1 to 100000",
+            ),
+            (
+                serde_json::json!({ "steps_per_epoch": 10000000 }),
+                "steps_per_epoch 10000000",
+                "1 to 1000000",
+            ),
+            (
+                serde_json::json!({ "val_cases": 10000000 }),
+                "val_cases 10000000",
+                "1 to 1000000",
+            ),
+            (serde_json::json!({ "lr": 1000.0 }), "lr 1000", "at most 10"),
+            (
+                serde_json::json!({ "cls_lr": 11.0 }),
+                "cls_lr 11",
+                "at most 10",
+            ),
+            (
+                serde_json::json!({ "rho": 1e9 }),
+                "rho 1000000000",
+                "0 to 100",
+            ),
+            (
+                serde_json::json!({ "lambda": 101.0 }),
+                "lambda 101",
+                "0 to 100",
+            ),
+            (
+                serde_json::json!({ "grad_clip": 1e300 }),
+                "grad_clip",
+                "at most 1000000",
+            ),
+            (
+                serde_json::json!({ "seed": u64::MAX }),
+                "seed",
+                "0 to 9007199254740991",
+            ),
+        ];
+        for (json, named, range) in cases {
+            let error = RunOptions::from_json(&json).unwrap_err();
+            assert!(
+                error.contains(named) && error.contains(range) && error.contains("out of range"),
+                "{json} -> {error}"
+            );
+            // The configuration path refuses them too (a caller that built the options itself).
+            let options: RunOptions = serde_json::from_value(json.clone()).unwrap();
+            assert!(options.to_config(Path::new("/d")).is_err(), "{json}");
+        }
+        // A batch within both bounds can still be too many pixels together.
+        let error = request(serde_json::json!({ "batch_size": 4096, "crop": 512 })).unwrap_err();
+        assert!(error.contains("pixels per batch"), "{error}");
+    }
+
+    #[test]
+    fn the_largest_allowed_values_pass_and_the_ranges_are_in_the_vocabulary() {
+        let cfg = request(serde_json::json!({
+            "epochs": 100000, "workers": 64, "crop": 512, "batch_size": 256, "lr": 10.0,
+            "cls_lr": 10.0, "rho": 100.0, "lambda": 100.0, "steps_per_epoch": 1000000,
+            "val_cases": 1000000, "seed": MAX_SEED, "grad_clip": 1000000.0
+        }))
+        .unwrap();
+        assert_eq!((cfg.sampler.workers, cfg.sampler.crop), (64, 512));
+        for preset in TrainConfig::PRESETS {
+            RunOptions::of(&TrainConfig::preset(preset).unwrap())
+                .check_ranges()
+                .unwrap_or_else(|e| panic!("preset {preset}: {e}"));
+        }
+        let v = Vocabulary::current();
+        let workers = v.options.iter().find(|o| o.name == "workers").unwrap();
+        assert_eq!(workers.range, Some(OptionRange::closed(0.0, 64.0)));
+        for option in &v.options {
+            let numeric = matches!(option.kind, OptionKind::Number | OptionKind::Integer);
+            assert_eq!(option.range.is_some(), numeric, "{}", option.name);
+        }
+    }
+
+    #[test]
+    fn a_device_this_machine_does_not_have_is_refused_with_the_ones_it_has() {
+        let error = check_device_present("cuda:99").unwrap_err();
+        assert!(error.contains("cuda:99"), "{error}");
+        check_device_present("cpu").unwrap();
+        check_device_present("auto").unwrap();
+        assert!(check_device_present("tpu").is_err());
     }
 
     #[test]

@@ -101,10 +101,13 @@ fn remove_slurm_dirs(state: &AppState, job_id: i64) -> Result<()> {
 pub(crate) async fn remove_job(state: &AppState, job: &db::Job) -> Result<()> {
     remove_owned_dir(state, &job.out_dir)?;
     remove_slurm_dirs(state, job.id)?;
-    match std::fs::remove_file(state.runner.log_path(job.id)) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e.into()),
+    let log = state.runner.log_path(job.id);
+    for file in [crate::jobs::rotated_log(&log), log] {
+        match std::fs::remove_file(file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     let mut tx = state.pool.begin().await?;
     sqlx::query("DELETE FROM events WHERE job_id = ?")

@@ -2,7 +2,7 @@
 //! in a temporary folder of the data directory and moved into place only when all four pass.
 
 use super::studies::{store_study, StudyView};
-use super::write_field;
+use super::{check_part_count, read_text, write_field};
 use crate::db;
 use crate::dicom::{self, DicomSettings, ImportError};
 use crate::error::{Error, Result};
@@ -103,10 +103,13 @@ async fn save_series(state: &AppState, mut multipart: Multipart) -> Result<Serie
     let dir = state.temp_dir()?;
     let mut series: BTreeMap<&'static str, SentFiles> = BTreeMap::new();
     let mut fields = HashMap::new();
+    let mut parts = 0;
     while let Some(mut field) = multipart.next_field().await? {
+        parts += 1;
+        check_part_count(parts, crate::limits::MAX_DICOM_PARTS)?;
         let name = field.name().unwrap_or_default().to_string();
         let Some(file_name) = field.file_name().map(str::to_string) else {
-            fields.insert(name, field.text().await?);
+            fields.insert(name, read_text(&mut field).await?);
             continue;
         };
         let Some(modality) = MODALITIES.iter().copied().find(|m| *m == name) else {

@@ -119,6 +119,7 @@ pub async fn create(
     let config = options
         .to_config(std::path::Path::new(&dataset.path))
         .map_err(Error::Unprocessable)?;
+    check_device(&state, &config.device)?;
     let config_task = task_of(&config);
     if config_task != facts.task {
         return Err(Error::Unprocessable(format!(
@@ -161,7 +162,37 @@ async fn vocabulary() -> Json<Vocabulary> {
     Json(Vocabulary::current())
 }
 
-/// Stores a queued job; its output folder is `runs/job-<id>` or `predictions/job-<id>`.
+/// The device of a job exists where the job will run: on this machine with the local executor (the
+/// trainer would fail at once otherwise); with Slurm only its form is checked (the node decides).
+pub fn check_device(state: &AppState, device: &str) -> Result<()> {
+    let checked = match state.config.executor {
+        crate::executor::Executor::Local => cggm_trainer::request::check_device_present(device),
+        crate::executor::Executor::Slurm(_) => cggm_trainer::request::check_device_spec(device),
+    };
+    checked.map_err(|e| Error::Unprocessable(format!("device: {e}")))
+}
+
+/// Jobs waiting in the queue now.
+pub async fn queued_jobs(state: &AppState) -> Result<i64> {
+    Ok(
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM jobs WHERE state = 'queued'")
+            .fetch_one(&state.pool)
+            .await?,
+    )
+}
+
+/// The answer when the queue holds `--max-queued-jobs` jobs.
+pub fn queue_full(state: &AppState, adding: usize) -> Error {
+    let max = state.config.bounds.max_queued_jobs;
+    Error::Unavailable(format!(
+        "the job queue is full: at most {max} jobs may wait (--max-queued-jobs) and this request \
+         adds {adding}; wait for queued jobs to start, or cancel some"
+    ))
+}
+
+/// Stores a queued job; its output folder is `runs/job-<id>` or `predictions/job-<id>`. Refused
+/// (503) when the queue already holds `--max-queued-jobs` jobs: the count and the insert are one
+/// statement, so concurrent requests cannot pass the limit together.
 pub async fn insert_job(
     state: &AppState,
     kind: JobKind,
@@ -171,9 +202,10 @@ pub async fn insert_job(
     checkpoint_job_id: Option<i64>,
 ) -> Result<i64> {
     let mut tx = state.pool.begin().await?;
-    let id = sqlx::query(
+    let inserted = sqlx::query(
         "INSERT INTO jobs (kind, state, params, dataset_id, study_id, checkpoint_job_id, out_dir, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, '', ?)",
+         SELECT ?, ?, ?, ?, ?, ?, '', ?
+         WHERE (SELECT COUNT(*) FROM jobs WHERE state = 'queued') < ?",
     )
     .bind(kind)
     .bind(JobState::Queued)
@@ -182,9 +214,13 @@ pub async fn insert_job(
     .bind(study_id)
     .bind(checkpoint_job_id)
     .bind(db::now())
+    .bind(state.config.bounds.max_queued_jobs as i64)
     .execute(&mut *tx)
-    .await?
-    .last_insert_rowid();
+    .await?;
+    if inserted.rows_affected() != 1 {
+        return Err(queue_full(state, 1));
+    }
+    let id = inserted.last_insert_rowid();
     let out_dir = state
         .data_dir()
         .join(kind.folder())
@@ -229,14 +265,19 @@ async fn resume(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Js
     params["resume"] = from_checkpoint.into();
     let updated = sqlx::query(
         "UPDATE jobs SET state = 'queued', params = ?, finished_at = NULL, exit_code = NULL, error = NULL
-         WHERE id = ? AND state = ?",
+         WHERE id = ? AND state = ?
+           AND (SELECT COUNT(*) FROM jobs WHERE state = 'queued') < ?",
     )
     .bind(params.to_string())
     .bind(id)
     .bind(job.state)
+    .bind(state.config.bounds.max_queued_jobs as i64)
     .execute(&state.pool)
     .await?;
     if updated.rows_affected() != 1 {
+        if queued_jobs(&state).await? >= state.config.bounds.max_queued_jobs as i64 {
+            return Err(queue_full(&state, 1));
+        }
         return Err(Error::Conflict(format!("job {id} changed state meanwhile")));
     }
     state.runner.enqueue(id);
@@ -322,6 +363,8 @@ async fn stream_events(
     // Subscribe first, then read: nothing falls between the stored history and the live feed.
     let receiver = state.runner.subscribe(id);
     let job = db::job(&state.pool, id).await?;
+    // Held as long as the stream is open (it moves into the stream below).
+    let permit = state.gates.open_stream(id)?;
     let resume_after = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -410,15 +453,25 @@ async fn stream_events(
         },
     )
     .flat_map(stream::iter);
-    let all = stream::iter(initial).chain(live).map(Ok);
+    let all = stream::iter(initial).chain(live).map(move |event| {
+        let _open = &permit;
+        Ok(event)
+    });
     Ok(Sse::new(all).keep_alive(KeepAlive::default()))
 }
 
 /// The job's log (the child's stderr), at most its last 512 KiB.
 async fn log(State(state): State<AppState>, Path(id): Path<i64>) -> Result<impl IntoResponse> {
     db::job(&state.pool, id).await?;
+    const TAIL: u64 = 512 * 1024;
     let path = state.runner.log_path(id);
-    let tail = crate::jobs::read_tail(&path, 512 * 1024).await?;
+    let mut tail = crate::jobs::read_tail(&path, TAIL).await?;
+    // Just after a rotation the newest log is short: the rest of the tail is in the older part.
+    if (tail.len() as u64) < TAIL {
+        let rotated = crate::jobs::rotated_log(&path);
+        let older = crate::jobs::read_tail(&rotated, TAIL - tail.len() as u64).await?;
+        tail = [older, tail].concat();
+    }
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         String::from_utf8_lossy(&tail).into_owned(),

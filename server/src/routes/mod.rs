@@ -63,15 +63,21 @@ pub struct SavedUpload {
 
 /// Streams every file of a multipart request into a fresh temporary folder under the data
 /// directory. Nothing stored is touched; the caller renames the folder into place once the
-/// content is checked, and the folder disappears on any error.
+/// content is checked, and the folder disappears on any error. At most
+/// [`MAX_UPLOAD_PARTS`](crate::limits::MAX_UPLOAD_PARTS) parts; text fields are read within
+/// their limits, never whole first.
 pub async fn save_upload(state: &AppState, mut multipart: Multipart) -> Result<SavedUpload> {
     let dir = state.temp_dir()?;
     let mut files = Vec::new();
+    let mut names = std::collections::HashSet::new();
     let mut fields = HashMap::new();
+    let mut parts = 0;
     while let Some(mut field) = multipart.next_field().await? {
+        parts += 1;
+        check_part_count(parts, crate::limits::MAX_UPLOAD_PARTS)?;
         let name = field.name().unwrap_or_default().to_string();
         let Some(file_name) = field.file_name().map(str::to_string) else {
-            let text = field.text().await?;
+            let text = read_text(&mut field).await?;
             fields.insert(name, text);
             continue;
         };
@@ -82,7 +88,7 @@ pub async fn save_upload(state: &AppState, mut multipart: Multipart) -> Result<S
             .unwrap_or_default()
             .to_string();
         let base = safe_name(&base).map_err(|e| Error::Unprocessable(format!("file name: {e}")))?;
-        if files.iter().any(|f: &UploadedFile| f.file_name == base) {
+        if !names.insert(base.clone()) {
             return Err(Error::Unprocessable(format!("{base}: sent twice")));
         }
         let path = dir.path().join(&base);
@@ -96,22 +102,46 @@ pub async fn save_upload(state: &AppState, mut multipart: Multipart) -> Result<S
     Ok(SavedUpload { dir, files, fields })
 }
 
-/// Streams one multipart file field into `path`: no total time limit for an upload, but one for
-/// a stalled one.
+/// Refuses the `count`th part of a multipart request past `max` (422, before it is read).
+pub fn check_part_count(count: usize, max: usize) -> Result<()> {
+    if count > max {
+        return Err(Error::Unprocessable(format!(
+            "the upload has more than {max} parts, the most one request may send; send fewer \
+             files per request"
+        )));
+    }
+    Ok(())
+}
+
+/// A multipart text field: a `name` is at most [`MAX_NAME_CHARS`](crate::limits::MAX_NAME_CHARS)
+/// characters (422), any other text field at most
+/// [`MAX_TEXT_FIELD_BYTES`](crate::limits::MAX_TEXT_FIELD_BYTES) (413), each refused as soon as
+/// it passes its limit.
+pub async fn read_text(field: &mut axum::extract::multipart::Field<'_>) -> Result<String> {
+    use crate::limits::{read_text_field, MAX_NAME_CHARS, MAX_TEXT_FIELD_BYTES};
+    if field.name() == Some("name") {
+        // UTF-8 takes at most 4 bytes a character; the character count is checked after.
+        let text = read_text_field(field, MAX_NAME_CHARS * 4)
+            .await
+            .map_err(|e| match e {
+                Error::PayloadTooLarge(_) => Error::Unprocessable(format!(
+                    "name is longer than {MAX_NAME_CHARS} characters; use a shorter name"
+                )),
+                other => other,
+            })?;
+        return crate::limits::check_name("name", &text);
+    }
+    read_text_field(field, MAX_TEXT_FIELD_BYTES).await
+}
+
+/// Streams one multipart file field into `path` (a stalled one ends through the body's idle
+/// timeout, see `crate::limits`).
 pub async fn write_field(
     field: &mut axum::extract::multipart::Field<'_>,
     path: &std::path::Path,
 ) -> Result<()> {
     let mut out = tokio::fs::File::create(path).await?;
-    while let Some(chunk) = tokio::time::timeout(crate::limits::UPLOAD_IDLE_TIMEOUT, field.chunk())
-        .await
-        .map_err(|_| {
-            Error::BadRequest(format!(
-                "the upload stalled (nothing received for {} s); send it again",
-                crate::limits::UPLOAD_IDLE_TIMEOUT.as_secs()
-            ))
-        })??
-    {
+    while let Some(chunk) = field.chunk().await? {
         out.write_all(&chunk).await?;
     }
     out.flush().await?;

@@ -247,6 +247,9 @@ async fn predict(
     State(state): State<AppState>,
     Json(request): Json<PredictRequest>,
 ) -> Result<(StatusCode, Json<JobView>)> {
+    if let Some(device) = &request.device {
+        super::jobs::check_device(&state, device)?;
+    }
     let study: StudyView = db::study(&state.pool, request.study_id).await?.into();
     let run = db::job(&state.pool, request.checkpoint_job_id).await?;
     let run_dir = PathBuf::from(&run.out_dir);

@@ -5,8 +5,8 @@ use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
-/// The most runs one comparison may queue.
-const MAX_CELLS: usize = 500;
+/// The most runs one comparison may queue (and at most `--max-queued-jobs` may wait in all).
+pub const MAX_CELLS: usize = 100;
 
 /// `POST /api/comparisons`.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -80,6 +80,18 @@ pub(super) fn cells(request: &ComparisonRequest) -> Result<Vec<Cell>> {
     } else {
         request.lambda.iter().copied().map(Some).collect()
     };
+    // Counted before anything is built: a 64 KiB request can ask for billions of runs.
+    let per_cggm = rhos.len().saturating_mul(lambdas.len());
+    let count = methods
+        .iter()
+        .map(|m| if m.starts_with("cggm") { per_cggm } else { 1 })
+        .fold(0usize, usize::saturating_add)
+        .saturating_mul(seeds.len());
+    if count > MAX_CELLS {
+        return Err(unprocessable(format!(
+            "{count} runs: at most {MAX_CELLS} per comparison; use fewer seeds or grid values"
+        )));
+    }
     let mut out = Vec::new();
     for method in methods {
         let grid: Vec<(Option<f64>, Option<f64>)> = if method.starts_with("cggm") {
@@ -115,12 +127,6 @@ pub(super) fn cells(request: &ComparisonRequest) -> Result<Vec<Cell>> {
                 });
             }
         }
-    }
-    if out.len() > MAX_CELLS {
-        return Err(unprocessable(format!(
-            "{} runs: at most {MAX_CELLS} per comparison; use fewer seeds or grid values",
-            out.len()
-        )));
     }
     Ok(out)
 }

@@ -60,18 +60,26 @@ async fn create(
 ) -> Result<(StatusCode, Json<serde_json::Value>)> {
     let cells = cells(&request)?;
     let dataset = db::dataset(&state.pool, request.dataset_id).await?;
+    let given_name = match &request.name {
+        Some(name) => Some(crate::limits::check_name("the comparison's name", name)?),
+        None => None,
+    };
     // Every run is checked before any is queued: a bad method or option queues nothing.
     for cell in &cells {
         let options = cggm_trainer::request::RunOptions::from_json(&cell.body)
             .map_err(|e| Error::Unprocessable(format!("{} seed {}: {e}", cell.arm, cell.seed)))?;
-        options
+        let config = options
             .to_config(std::path::Path::new(&dataset.path))
             .map_err(|e| Error::Unprocessable(format!("{} seed {}: {e}", cell.arm, cell.seed)))?;
+        super::jobs::check_device(&state, &config.device)?;
     }
-    let name = request
-        .name
-        .clone()
-        .filter(|n| !n.trim().is_empty())
+    // The whole grid fits the queue, or nothing is queued (a later race is caught per job below).
+    let queued = super::jobs::queued_jobs(&state).await?;
+    if queued as usize + cells.len() > state.config.bounds.max_queued_jobs {
+        return Err(super::jobs::queue_full(&state, cells.len()));
+    }
+    let name = given_name
+        .filter(|n| !n.is_empty())
         .unwrap_or_else(|| format!("{} on {}", request.methods.join(" vs "), dataset.name));
     let id = sqlx::query(
         "INSERT INTO comparisons (name, dataset_id, spec, created_at) VALUES (?, ?, ?, ?)",
@@ -87,7 +95,22 @@ async fn create(
     for cell in cells {
         let mut body = cell.body;
         body["dataset_id"] = dataset.id.into();
-        let (_, Json(view)) = super::jobs::create(State(state.clone()), Json(body)).await?;
+        let created = super::jobs::create(State(state.clone()), Json(body)).await;
+        let view = match created {
+            Ok((_, Json(view))) => view,
+            Err(e) => {
+                // The queue filled meanwhile (or a write failed): no comparison is left half
+                // queued; the runs queued so far are cancelled and the comparison goes.
+                for job in &jobs {
+                    let _ = state.runner.cancel(*job).await;
+                }
+                let _ = sqlx::query("DELETE FROM comparisons WHERE id = ?")
+                    .bind(id)
+                    .execute(&state.pool)
+                    .await;
+                return Err(e);
+            }
+        };
         sqlx::query(
             "INSERT INTO comparison_runs (comparison_id, job_id, arm, method, seed) VALUES (?, ?, ?, ?, ?)",
         )
