@@ -15,7 +15,10 @@ async fn brats_2023_names_are_uploaded_as_the_four_modalities() {
     for (i, suffix) in ["t2f", "t1c", "t1n", "t2w", "seg"].iter().enumerate() {
         let path = app.dir.path().join(format!("{case}-{suffix}.nii.gz"));
         if *suffix == "seg" {
-            write_nifti(&path, &labels([8, 8, 4]).mapv(|v| if v == 4.0 { 3.0 } else { v }));
+            write_nifti(
+                &path,
+                &labels([8, 8, 4]).mapv(|v| if v == 4.0 { 3.0 } else { v }),
+            );
         } else {
             write_nifti(&path, &volume([8, 8, 4], i as f32));
         }
@@ -38,9 +41,11 @@ async fn an_msd_image_carries_its_label_of_the_same_name_in_the_label_field() {
     std::fs::create_dir_all(label.parent().unwrap()).unwrap();
     // MSD numbering: 1 oedema, 2 non-enhancing, 3 enhancing.
     write_nifti(&label, &labels([8, 8, 4]).mapv(|v| v.min(3.0)));
-    let form = Multipart::default()
-        .files(&[image])
-        .file("label", "BRATS_001.nii.gz", std::fs::read(&label).unwrap());
+    let form = Multipart::default().files(&[image]).file(
+        "label",
+        "BRATS_001.nii.gz",
+        std::fs::read(&label).unwrap(),
+    );
     let (status, body) = app.post_multipart("/api/studies", &form).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert!(body["files"]["4d"].is_string(), "{body}");
@@ -57,5 +62,8 @@ async fn an_msd_image_carries_its_label_of_the_same_name_in_the_label_field() {
     let form = Multipart::default().files(&[image, flair]);
     let (status, body) = app.post_multipart("/api/studies", &form).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("send it alone"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("send it alone"),
+        "{body}"
+    );
 }

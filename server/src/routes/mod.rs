@@ -88,6 +88,13 @@ pub async fn save_upload(state: &AppState, mut multipart: Multipart) -> Result<S
             .unwrap_or_default()
             .to_string();
         let base = safe_name(&base).map_err(|e| Error::Unprocessable(format!("file name: {e}")))?;
+        // A label sent in its own field may share its image's name (MSD: imagesTr/X.nii.gz and
+        // labelsTr/X.nii.gz): it is kept under a name of its own.
+        let base = if matches!(name.as_str(), "seg" | "label") {
+            format!("label-{base}")
+        } else {
+            base
+        };
         if !names.insert(base.clone()) {
             return Err(Error::Unprocessable(format!("{base}: sent twice")));
         }
