@@ -73,7 +73,7 @@ pub fn inspect_dataset(dir: &Path, full: bool) -> DatasetReport {
         .iter()
         .map(|p| CaseProblem {
             case: p.case.clone(),
-            error: p.error.to_string(),
+            error: within_dataset(&p.error.to_string(), dir),
         })
         .collect();
     let mut valid = Vec::new();
@@ -86,7 +86,7 @@ pub fn inspect_dataset(dir: &Path, full: bool) -> DatasetReport {
             }
             Err(error) => problems.push(CaseProblem {
                 case: case.id.clone(),
-                error,
+                error: within_dataset(&error, dir),
             }),
         }
     }
@@ -279,6 +279,17 @@ pub fn check_upload(
 
 /// An error message about an uploaded file without the server's temporary folder in it: the
 /// client knows the file by its name, and the data directory's layout is none of its business.
+/// A dataset report's message with the files named relative to the dataset folder: the report
+/// reaches every client of the server, the server's folder layout is none of their business.
+fn within_dataset(message: &str, dir: &Path) -> String {
+    let mut message = message.to_string();
+    let canonical = dir.canonicalize().ok();
+    for folder in canonical.iter().map(PathBuf::as_path).chain([dir]) {
+        message = message.replace(&format!("{}/", folder.display()), "");
+    }
+    message
+}
+
 fn without_folder(message: &str, file: &Path) -> String {
     match file.parent() {
         Some(dir) => message.replace(&format!("{}/", dir.display()), ""),

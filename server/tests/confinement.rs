@@ -61,6 +61,13 @@ async fn links_in_a_registered_dataset_serve_nothing_from_outside_it() {
             "{case} is named in the report: {problems}"
         );
     }
+    // Files are named within the dataset; no server path (nor the link's target) is told.
+    for path in [&root, &outside] {
+        let canonical = path.canonicalize().unwrap();
+        for folder in [path.as_path(), canonical.as_path()] {
+            assert!(!problems.contains(folder.to_str().unwrap()), "{problems}");
+        }
+    }
     let cases = server
         .get_json(&format!("/api/datasets/{id}/case-list"))
         .await;

@@ -144,10 +144,12 @@ pub enum DataError {
     #[error("{} does not match a known case file: {detail}. Give one BraTS case folder, four files ending in _flair/_t1ce/_t1/_t2 (optionally a _seg label), or one 4-D MSD image.", file.display())]
     UnrecognisedInput { file: PathBuf, detail: String },
 
-    #[error("case {case}: {} leads outside the dataset folder {} (through a link), so it was ignored. Copy the file into the dataset folder instead of linking it, or register the folder it really lives in.", file.display(), root.display())]
+    #[error("case {case}: {} leads outside the dataset folder through a link, so it was ignored. Copy the file into the dataset folder instead of linking it, or register the folder it really lives in.", file.display())]
     OutsideDataset {
         case: String,
         file: PathBuf,
+        /// The dataset folder (canonical), for callers; not in the message, which may reach
+        /// clients that have no business knowing where the server keeps its data.
         root: PathBuf,
     },
 
