@@ -90,6 +90,11 @@ fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<
     Ok(())
 }
 
+/// Writes `bytes` to `path` through a flushed temporary file renamed into place.
+pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic(path, |tmp| Ok(std::fs::write(tmp, bytes)?))
+}
+
 pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     write_atomic(path, |tmp| {
         Ok(std::fs::write(tmp, serde_json::to_vec_pretty(value)?)?)

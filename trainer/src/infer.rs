@@ -132,3 +132,151 @@ fn infer_inner(
         seconds_total: t0.elapsed().as_secs_f64(),
     })
 }
+
+/// One case of a batch inference (`cggm infer --input DIR`): a row of its `summary.csv`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BatchCase {
+    pub case: String,
+    /// The segmentation written, absent when the case could not be segmented.
+    pub output: Option<PathBuf>,
+    pub volumes_ml: Option<RegionVolumes>,
+    /// Dice of the segmentation against the case's own label, where it has one.
+    pub dice: Option<crate::events::RegionScores>,
+    /// Why the case was not segmented (the loader's message).
+    pub error: Option<String>,
+    pub seconds: f64,
+}
+
+/// File name of a batch inference's table, in its output folder.
+pub const BATCH_SUMMARY: &str = "summary.csv";
+
+/// Segments every case of the dataset folder `input` (any layout `cggm validate` reads) into
+/// `out_dir/<case>_seg.nii.gz` with one loaded model, and writes `out_dir/summary.csv`: region
+/// volumes per case, Dice against the case's label where it has one, and the error of a case that
+/// could not be loaded (the others go on). `done(k, n, case)` is told after each case.
+pub fn infer_dataset(
+    run_dir: &Path,
+    input: &Path,
+    out_dir: &Path,
+    labels: OutputLabels,
+    device: Option<&str>,
+    done: &mut dyn FnMut(usize, usize, &BatchCase),
+) -> Result<Vec<BatchCase>> {
+    let report = crate::data::discover(input);
+    if report.cases.is_empty() {
+        let reasons: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
+        anyhow::bail!(
+            "no case to segment in {} (layout: {}){}",
+            input.display(),
+            report.layout.describe(),
+            if reasons.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", reasons.join("; "))
+            }
+        );
+    }
+    let trainer = open_run(run_dir, device)?;
+    std::fs::create_dir_all(out_dir)
+        .with_context(|| format!("creating the output folder {}", out_dir.display()))?;
+    let total = report.cases.len() + report.problems.len();
+    let mut rows: Vec<BatchCase> = report
+        .problems
+        .iter()
+        .map(|p| BatchCase {
+            case: p.case.clone(),
+            output: None,
+            volumes_ml: None,
+            dice: None,
+            error: Some(p.to_string()),
+            seconds: 0.0,
+        })
+        .collect();
+    for row in &rows {
+        done(rows.len(), total, row);
+    }
+    for source in &report.cases {
+        let started = Instant::now();
+        let row = match load_study(source) {
+            Err(e) => BatchCase {
+                case: source.id.clone(),
+                output: None,
+                volumes_ml: None,
+                dice: None,
+                error: Some(e.to_string()),
+                seconds: started.elapsed().as_secs_f64(),
+            },
+            Ok(study) => {
+                let pred = trainer.predictor().predict(&study, false, |_| {});
+                let out = out_dir.join(format!("{}_seg.nii.gz", source.id));
+                write_label_volume_as(&out, &pred.fused.view(), &study.header, labels)?;
+                let dice = study
+                    .label
+                    .as_ref()
+                    .map(|truth| crate::metrics::dice_scores(&to_vec(&pred.fused), &to_vec(truth)));
+                BatchCase {
+                    case: source.id.clone(),
+                    output: Some(out),
+                    volumes_ml: Some(region_volumes(&pred.fused, study.voxel_volume_ml)),
+                    dice,
+                    error: None,
+                    seconds: started.elapsed().as_secs_f64(),
+                }
+            }
+        };
+        rows.push(row);
+        done(rows.len(), total, rows.last().expect("just pushed"));
+    }
+    rows.sort_by(|a, b| a.case.cmp(&b.case));
+    write_batch_summary(&out_dir.join(BATCH_SUMMARY), &rows)?;
+    Ok(rows)
+}
+
+/// Voxels in standard (C) order, whatever the array's memory layout.
+fn to_vec(volume: &ndarray::Array3<u8>) -> Vec<u8> {
+    volume.iter().copied().collect()
+}
+
+fn write_batch_summary(path: &Path, rows: &[BatchCase]) -> Result<()> {
+    let mut text = String::from(
+        "case,output,wt_ml,tc_ml,et_ml,ncr_ml,oedema_ml,dice_wt,dice_tc,dice_et,seconds,error\n",
+    );
+    let number = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_default();
+    for row in rows {
+        let v = row.volumes_ml.as_ref();
+        let d = row.dice.as_ref();
+        let fields = [
+            csv_field(&row.case),
+            csv_field(
+                &row.output
+                    .as_ref()
+                    .and_then(|p| p.file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            ),
+            number(v.map(|v| v.wt)),
+            number(v.map(|v| v.tc)),
+            number(v.map(|v| v.et)),
+            number(v.map(|v| v.ncr)),
+            number(v.map(|v| v.oedema)),
+            number(d.map(|d| d.wt)),
+            number(d.map(|d| d.tc)),
+            number(d.map(|d| d.et)),
+            format!("{:.2}", row.seconds),
+            csv_field(row.error.as_deref().unwrap_or("")),
+        ];
+        text.push_str(&fields.join(","));
+        text.push('\n');
+    }
+    crate::checkpoint::write_bytes_atomic(path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// A CSV field, quoted when it holds a comma, a quote or a line break.
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
+}

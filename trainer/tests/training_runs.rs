@@ -7,7 +7,7 @@ use cggm_trainer::data::synth::{write_synthetic_dataset, SynthConfig};
 use cggm_trainer::data::{brats_to_internal, read_volume, OutputLabels};
 use cggm_trainer::eval::evaluate;
 use cggm_trainer::events::{Event, EventSink};
-use cggm_trainer::infer::infer;
+use cggm_trainer::infer::{infer, infer_dataset};
 use cggm_trainer::metrics::dice_scores;
 use cggm_trainer::run::{dataset_split, open_run, train, TrainOptions};
 use cggm_trainer::rundir::RunDir;
@@ -233,6 +233,49 @@ fn inference_from_a_checkpoint_agrees_with_evaluation() {
         let wt_voxels = pred.iter().filter(|&&c| c != 0).count() as f64;
         assert!((summary.volumes_ml.wt - wt_voxels * 0.001).abs() < 1e-9);
     }
+
+    // The whole dataset folder at once, with a broken case beside the good ones: every good case
+    // segmented with the Dice evaluation finds, the broken one named in the table.
+    std::fs::create_dir_all(data.join("Broken_000")).unwrap();
+    std::fs::copy(
+        split.test[0].paths()[0].clone(),
+        data.join("Broken_000/Broken_000_flair.nii.gz"),
+    )
+    .unwrap();
+    let out = tmp.path().join("batch");
+    let mut told = Vec::new();
+    let rows = infer_dataset(
+        &run,
+        &data,
+        &out,
+        OutputLabels::Brats2021,
+        Some("cpu"),
+        &mut |k, n, c| told.push((k, n, c.case.clone())),
+    )
+    .unwrap();
+    assert_eq!(rows.len(), 7);
+    assert_eq!(
+        told.last().unwrap().0,
+        7,
+        "progress reaches the end: {told:?}"
+    );
+    let broken = rows.iter().find(|r| r.case == "Broken_000").unwrap();
+    assert!(
+        broken.error.as_deref().unwrap().contains("missing"),
+        "{broken:?}"
+    );
+    for (case, scores) in split.test.iter().zip(&report.cases) {
+        let row = rows.iter().find(|r| r.case == case.id).unwrap();
+        assert_eq!(row.dice.as_ref().unwrap(), &scores.dice, "case {}", case.id);
+        let (_, written) = read_volume(row.output.as_ref().unwrap()).unwrap();
+        let (_, single) = read_volume(&tmp.path().join(format!("{}-seg.nii.gz", case.id))).unwrap();
+        assert_eq!(written, single, "batch and single inference agree");
+    }
+    let table = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    assert_eq!(table.lines().count(), 8, "{table}");
+    assert!(
+        table.starts_with("case,output,wt_ml,tc_ml,et_ml,ncr_ml,oedema_ml,dice_wt,dice_tc,dice_et")
+    );
 }
 
 #[test]

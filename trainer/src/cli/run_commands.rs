@@ -283,8 +283,13 @@ pub struct InferArgs {
     pub checkpoint: PathBuf,
     /// A BraTS case folder, the four modality files (repeat --case), or one MSD 4-D file.
     /// Not for a feature run (classification or regression), which predicts a split instead.
-    #[arg(long = "case")]
+    #[arg(long = "case", conflicts_with = "input")]
     pub cases: Vec<PathBuf>,
+    /// Segment every case of this dataset folder (any layout `cggm validate` reads) into the
+    /// folder --out: `<case>_seg.nii.gz` each and `summary.csv` (volumes per region, Dice where
+    /// the case has a label).
+    #[arg(long)]
+    pub input: Option<PathBuf>,
     /// Output segmentation (.nii.gz or .nii) in the input's geometry, labels as --labels says.
     /// For a feature run: the predictions, `.csv` (one row per sample) or `.json`.
     #[arg(long)]
@@ -327,8 +332,11 @@ pub fn run_infer(args: InferArgs) -> Result<()> {
         );
         return Ok(());
     }
+    if let Some(input) = &args.input {
+        return infer_folder(&args, input);
+    }
     if args.cases.is_empty() {
-        bail!("nothing to segment: give --case (a BraTS case folder, the four modality files, or one MSD 4-D file)");
+        bail!("nothing to segment: give --case (a BraTS case folder, the four modality files, or one MSD 4-D file), or --input DIR for every case of a dataset folder");
     }
     let out_name = args.out.to_string_lossy().to_ascii_lowercase();
     if !(out_name.ends_with(".nii.gz") || out_name.ends_with(".nii")) {
@@ -366,6 +374,44 @@ pub fn run_infer(args: InferArgs) -> Result<()> {
         summary.volumes_ml.et,
         summary.seconds_total,
         summary_path.display()
+    );
+    Ok(())
+}
+
+/// `cggm infer --input DIR --out OUT_DIR`: every case of a dataset folder, with a progress bar.
+fn infer_folder(args: &InferArgs, input: &std::path::Path) -> Result<()> {
+    let out_name = args.out.to_string_lossy().to_ascii_lowercase();
+    if out_name.ends_with(".nii.gz") || out_name.ends_with(".nii") {
+        bail!(
+            "with --input, --out is a folder for the segmentations and summary.csv, not the file {}",
+            args.out.display()
+        );
+    }
+    let bar: std::cell::OnceCell<Progress> = std::cell::OnceCell::new();
+    let rows = crate::infer::infer_dataset(
+        &args.checkpoint,
+        input,
+        &args.out,
+        args.labels,
+        args.device.as_deref(),
+        &mut |done, total, case| {
+            let bar = bar.get_or_init(|| Progress::new("infer", total as u64, "cases"));
+            bar.set_position(done as u64);
+            if let Some(error) = &case.error {
+                bar.println(format!("{}: not segmented: {error}", case.case));
+            }
+        },
+    )?;
+    if let Some(bar) = bar.get() {
+        bar.finish();
+    }
+    let failed = rows.iter().filter(|r| r.error.is_some()).count();
+    eprintln!(
+        "{} of {} cases segmented into {}; table {}",
+        rows.len() - failed,
+        rows.len(),
+        args.out.display(),
+        args.out.join(crate::infer::BATCH_SUMMARY).display()
     );
     Ok(())
 }
