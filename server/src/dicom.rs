@@ -535,8 +535,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let archive = dir.path().join("many.zip");
         let names: Vec<String> = (0..5).map(|i| format!("s/{i}.dcm")).collect();
-        let entries: Vec<(&str, Vec<u8>)> =
-            names.iter().map(|n| (n.as_str(), vec![7u8; 100])).collect();
+        // Each entry a (tiny) DICOM file: the 128-byte preamble, then the DICM signature.
+        let dicom = || {
+            let mut bytes = vec![0u8; 128];
+            bytes.extend_from_slice(b"DICM");
+            bytes.resize(200, 7);
+            bytes
+        };
+        let entries: Vec<(&str, Vec<u8>)> = names.iter().map(|n| (n.as_str(), dicom())).collect();
         write_zip(&archive, &entries);
         let few = ZipLimits {
             max_entries: 4,
@@ -555,7 +561,7 @@ mod tests {
         assert_eq!(unpacked, 5);
         assert_eq!(
             std::fs::read(dir.path().join("c/s/4.dcm")).unwrap().len(),
-            100
+            200
         );
     }
 
