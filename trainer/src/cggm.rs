@@ -1,6 +1,6 @@
 //! Classifier-guided gradient modulation (CGGM, Guo et al., NeurIPS 2024), the pieces that are
 //! independent of the task: balance coefficients, magnitude modulation of encoder gradients, and
-//! the direction-modulation loss. DESIGN.md restates the method; the numbers below follow it.
+//! the direction-modulation loss. README "What CGGM computes here" restates the method; the numbers below follow it.
 
 use crate::optim::Param;
 use serde::{Deserialize, Serialize};

@@ -1,7 +1,7 @@
 //! One training iteration of the multimodal model for every method (joint, unimodal, CGGM and its
 //! ablations, MRD, MSLR) and every task (segmentation, classification, regression): the CGGM
-//! order of operations from DESIGN.md lives here, written once against the model traits of
-//! `model::network` and the `Task` (loss and per-modality metric).
+//! order of operations of README "What CGGM computes here" lives here, written once against the
+//! model traits of `model::network` and the `Task` (loss and per-modality metric).
 
 use crate::amp::{self, AmpDtype, LossScaler};
 use crate::cggm::authors::{self, LaggedDirection, SavedTensor};

@@ -268,7 +268,7 @@ fn cggm_lifts_the_weak_modalities_on_imbalanced_synthetic_data() {
 }
 
 /// What CGGM's balance coefficients are made of, on a real run: each step's B_i, as the events
-/// name it, is the guarded share formula (DESIGN.md step 4) applied to the change of that
+/// name it, is the guarded share formula (README "What CGGM computes here", step 4) applied to the change of that
 /// modality's classifier batch accuracy since the previous step (eps_i^0 = 0), and the guard flag
 /// says when every B_i was set neutral. A mix-up of modality order between the model, the
 /// classifiers and the events, or a stale eps, fails here.

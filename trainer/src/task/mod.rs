@@ -1,7 +1,7 @@
 //! What the trainer optimises and how CGGM measures each modality: a `Task` gives the loss, the
 //! per-batch "higher is better" metric behind the balance coefficients, and how logits become a
 //! prediction. Segmentation is the product's task; classification and regression plug into the
-//! same trainer through the same trait (their heads: attention layers + linear, see DESIGN.md).
+//! same trainer through the same trait (their heads: attention layers + linear, see README "Feature datasets").
 
 pub mod classification;
 pub mod metrics;
