@@ -88,11 +88,11 @@ pub fn option_range(name: &str) -> Option<OptionRange> {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct RunOptions {
-    /// joint, cggm, cggm-magnitude, cggm-direction, mrd, mslr or unimodal:<modality>.
-    #[arg(long)]
+    /// The training method (the help lists every one, from the vocabulary).
+    #[arg(long, help = method_help())]
     pub method: Option<Method>,
-    /// A named starting configuration (see `GET /api/vocabulary`, or the README's presets).
-    #[arg(long)]
+    /// A named starting configuration (the help lists every one, from the vocabulary).
+    #[arg(long, help = preset_help())]
     pub preset: Option<String>,
     /// Epochs of the schedule.
     #[arg(long)]
@@ -406,6 +406,30 @@ fn _direction_sources_listed(d: DirectionSource) {
     }
 }
 
+/// `--method`'s help: every method of [`METHODS`] and the unimodal form, never retyped.
+fn method_help() -> String {
+    let names: Vec<String> = METHODS.iter().map(|m| m.to_string()).collect();
+    format!(
+        "Training method: {}, or unimodal:<modality> (one modality alone)",
+        names.join(", ")
+    )
+}
+
+/// `--preset`'s help: every preset of [`TrainConfig::PRESETS`] with the task it is made for.
+fn preset_help() -> String {
+    let presets: Vec<String> = TrainConfig::PRESETS
+        .iter()
+        .map(|name| match TrainConfig::preset(name) {
+            Ok(cfg) => format!("{name} ({})", cfg.task),
+            Err(_) => name.to_string(),
+        })
+        .collect();
+    format!(
+        "Starting configuration (default {DEFAULT_PRESET}): {}",
+        presets.join(", ")
+    )
+}
+
 /// The methods that take no argument; `unimodal:<modality>` is built per dataset from
 /// [`Vocabulary::unimodal_prefix`] and the dataset's modalities.
 const METHODS: [Method; 11] = [
@@ -620,6 +644,21 @@ fn option_specs() -> Vec<OptionSpec> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn train_help_lists_every_method_and_preset() {
+        use clap::Args;
+        let help = super::RunOptions::augment_args(clap::Command::new("train"))
+            .render_long_help()
+            .to_string();
+        for method in super::METHODS {
+            assert!(help.contains(&method.to_string()), "{method} missing:\n{help}");
+        }
+        for preset in crate::config::TrainConfig::PRESETS {
+            assert!(help.contains(preset), "{preset} missing:\n{help}");
+        }
+        assert!(help.contains("unimodal:<modality>"));
+    }
+
     use super::*;
     use std::path::PathBuf;
 

@@ -219,6 +219,21 @@ fn prepare(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Pre
     if split.train.is_empty() {
         bail!("the split left no training case: add cases or lower the validation/test fractions");
     }
+    let val_cases: Vec<_> = match cfg.val_cases {
+        Some(n) => split.val.iter().take(n).cloned().collect(),
+        None => split.val.clone(),
+    };
+    // Without a validation case no checkpoint can be chosen and every score is NaN: refuse
+    // rather than "succeed" with a model nobody can judge.
+    if val_cases.is_empty() {
+        bail!(
+            "the split left no validation case ({} usable case(s), val_cases {:?}): a run needs at \
+             least one case to validate on, so at least 2 usable cases; add cases (see `cggm \
+             validate`), give a split file with a \"val\" case, or set val_cases to 1 or more",
+            split.train.len() + split.val.len() + split.test.len(),
+            cfg.val_cases
+        );
+    }
     let spe = steps_per_epoch(cfg, split.train.len());
     let mut trainer = Trainer::new(cfg.clone(), device, spe);
     let progress = match trainer.resume_if(opts.resume, run_dir)? {
@@ -238,21 +253,6 @@ fn prepare(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Pre
         trainer.global_step as u64,
     )
     .context("preparing the training slices")?;
-    let val_cases: Vec<_> = match cfg.val_cases {
-        Some(n) => split.val.iter().take(n).cloned().collect(),
-        None => split.val.clone(),
-    };
-    // Without a validation case no checkpoint can be chosen and every score is NaN: refuse
-    // rather than "succeed" with a model nobody can judge.
-    if val_cases.is_empty() {
-        bail!(
-            "the split left no validation case ({} usable case(s), val_cases {:?}): a run needs at \
-             least one case to validate on, so at least 2 usable cases; add cases (see `cggm \
-             validate`), give a split file with a \"val\" case, or set val_cases to 1 or more",
-            split.train.len() + split.val.len() + split.test.len(),
-            cfg.val_cases
-        );
-    }
     Ok(Prepared {
         split,
         trainer,

@@ -419,6 +419,9 @@ fn a_run_directory_is_never_overwritten_and_resume_refuses_a_changed_config() {
 
 #[test]
 fn a_dataset_with_one_usable_case_refuses_to_train_instead_of_succeeding_with_nan() {
+    // Refused before any model is built, but hold the RNG lock all the same: a trainer built
+    // beside another test's would draw from libtorch's global generator.
+    let _rng = exclusive();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     dataset(&data, 1, [32, 32, 16], 4);
