@@ -651,7 +651,10 @@ mod tests {
             .render_long_help()
             .to_string();
         for method in super::METHODS {
-            assert!(help.contains(&method.to_string()), "{method} missing:\n{help}");
+            assert!(
+                help.contains(&method.to_string()),
+                "{method} missing:\n{help}"
+            );
         }
         for preset in crate::config::TrainConfig::PRESETS {
             assert!(help.contains(preset), "{preset} missing:\n{help}");
