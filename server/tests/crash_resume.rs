@@ -365,19 +365,9 @@ async fn cancel_then_resume_stores_every_step_and_validation_once() {
     server.job_succeeded(job, DEADLINE).await;
 
     let events = server.get_json(&format!("/api/jobs/{job}/events")).await;
-    let mut steps: Vec<i64> = events
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["event"] == "step")
-        .map(|e| e["step"].as_i64().unwrap())
-        .collect();
-    let stored = steps.len();
-    steps.sort();
-    steps.dedup();
-    assert_eq!(stored, steps.len(), "a step is stored twice: {steps:?}");
+    let steps = each_step_once(&events);
     assert_eq!(
-        stored,
+        steps.len(),
         epochs * steps_per_epoch,
         "every step once: {steps:?}"
     );
@@ -435,6 +425,11 @@ async fn resume_of_a_job_stopped_before_its_first_checkpoint_starts_it_again_fro
     assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
     server.job_succeeded(job, DEADLINE).await;
     let events = server.get_json(&format!("/api/jobs/{job}/events")).await;
+    assert_eq!(each_step_once(&events).len(), epochs * steps_per_epoch);
+}
+
+/// The step numbers of a job's stored events, sorted; fails when one is stored twice.
+fn each_step_once(events: &serde_json::Value) -> Vec<i64> {
     let mut steps: Vec<i64> = events
         .as_array()
         .unwrap()
@@ -445,6 +440,6 @@ async fn resume_of_a_job_stopped_before_its_first_checkpoint_starts_it_again_fro
     let stored = steps.len();
     steps.sort();
     steps.dedup();
-    assert_eq!(stored, steps.len(), "a step is stored twice");
-    assert_eq!(stored, epochs * steps_per_epoch);
+    assert_eq!(stored, steps.len(), "a step is stored twice: {steps:?}");
+    steps
 }

@@ -235,14 +235,14 @@ async fn sessions_expire_logout_revokes_and_wrong_tokens_are_slowed() {
         );
         cookie.split(';').next().unwrap().to_string()
     };
+    let read_with = |pair: &str| {
+        let request = get("/api/studies", &[("cookie", pair)]);
+        let app = &app;
+        async move { app.request(request).await.0 }
+    };
     // Logout revokes the session, also for a copy of the cookie.
     let pair = session(&app.app().oneshot(login()).await.unwrap());
-    assert_eq!(
-        app.request(get("/api/studies", &[("cookie", &pair)]))
-            .await
-            .0,
-        StatusCode::OK
-    );
+    assert_eq!(read_with(&pair).await, StatusCode::OK);
     let out = app
         .app()
         .oneshot(with_headers(
@@ -256,27 +256,12 @@ async fn sessions_expire_logout_revokes_and_wrong_tokens_are_slowed() {
         .to_str()
         .unwrap()
         .contains("Max-Age=0"));
-    assert_eq!(
-        app.request(get("/api/studies", &[("cookie", &pair)]))
-            .await
-            .0,
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(read_with(&pair).await, StatusCode::UNAUTHORIZED);
     // A session ends on its own after the lifetime.
     let pair = session(&app.app().oneshot(login()).await.unwrap());
-    assert_eq!(
-        app.request(get("/api/studies", &[("cookie", &pair)]))
-            .await
-            .0,
-        StatusCode::OK
-    );
+    assert_eq!(read_with(&pair).await, StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(1600)).await;
-    assert_eq!(
-        app.request(get("/api/studies", &[("cookie", &pair)]))
-            .await
-            .0,
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(read_with(&pair).await, StatusCode::UNAUTHORIZED);
     // Wrong tokens are answered one at a time, a second each: three guesses at once take >= 3 s.
     let started = std::time::Instant::now();
     let guesses = (0..3).map(|i| {
