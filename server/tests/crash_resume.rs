@@ -333,32 +333,8 @@ async fn cancel_then_resume_stores_every_step_and_validation_once() {
                                        "device": "cpu", "seed": 3, "workers": 1 }),
         )
         .await;
-    let steps_stored = |events: &serde_json::Value| {
-        events
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["event"] == "step")
-            .count()
-    };
     // Cancel in the second epoch, after its first checkpoint and some steps past it.
-    let until = Instant::now() + DEADLINE;
-    loop {
-        let events = server.get_json(&format!("/api/jobs/{job}/events")).await;
-        if steps_stored(&events) >= steps_per_epoch + 2 {
-            break;
-        }
-        assert!(
-            Instant::now() < until,
-            "the run never reached its second epoch"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    server
-        .post_json(&format!("/api/jobs/{job}/cancel"), serde_json::json!({}))
-        .await;
-    let cancelled = server.job_when_ended(job, DEADLINE).await;
-    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+    cancel_after_steps(&server, job, steps_per_epoch + 2).await;
     server
         .post_json(&format!("/api/jobs/{job}/resume"), serde_json::json!({}))
         .await;
@@ -396,25 +372,7 @@ async fn resume_of_a_job_stopped_before_its_first_checkpoint_starts_it_again_fro
         )
         .await;
     // Cancel at the first stored step: long before the epoch's checkpoint.
-    let until = Instant::now() + DEADLINE;
-    loop {
-        let events = server.get_json(&format!("/api/jobs/{job}/events")).await;
-        if events
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["event"] == "step")
-        {
-            break;
-        }
-        assert!(Instant::now() < until, "the run never stepped");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    server
-        .post_json(&format!("/api/jobs/{job}/cancel"), serde_json::json!({}))
-        .await;
-    let cancelled = server.job_when_ended(job, DEADLINE).await;
-    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+    cancel_after_steps(&server, job, 1).await;
     let response = server
         .client
         .post(server.url(&format!("/api/jobs/{job}/resume")))
@@ -426,6 +384,33 @@ async fn resume_of_a_job_stopped_before_its_first_checkpoint_starts_it_again_fro
     server.job_succeeded(job, DEADLINE).await;
     let events = server.get_json(&format!("/api/jobs/{job}/events")).await;
     assert_eq!(each_step_once(&events).len(), epochs * steps_per_epoch);
+}
+
+/// Waits until `job` has stored `steps` step events, cancels it and waits for `cancelled`.
+async fn cancel_after_steps(server: &LiveServer, job: i64, steps: usize) {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let events = server.get_json(&format!("/api/jobs/{job}/events")).await;
+        let stored = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["event"] == "step")
+            .count();
+        if stored >= steps {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "job {job} never stored {steps} steps"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server
+        .post_json(&format!("/api/jobs/{job}/cancel"), serde_json::json!({}))
+        .await;
+    let cancelled = server.job_when_ended(job, DEADLINE).await;
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
 }
 
 /// The step numbers of a job's stored events, sorted; fails when one is stored twice.

@@ -338,8 +338,7 @@ pub fn run_infer(args: InferArgs) -> Result<()> {
     if args.cases.is_empty() {
         bail!("nothing to segment: give --case (a BraTS case folder, the four modality files, or one MSD 4-D file), or --input DIR for every case of a dataset folder");
     }
-    let out_name = args.out.to_string_lossy().to_ascii_lowercase();
-    if !(out_name.ends_with(".nii.gz") || out_name.ends_with(".nii")) {
+    if !names_a_nifti(&args.out) {
         bail!(
             "--out {} must end in .nii.gz or .nii: the segmentation is written as NIfTI",
             args.out.display()
@@ -378,10 +377,15 @@ pub fn run_infer(args: InferArgs) -> Result<()> {
     Ok(())
 }
 
+/// Whether `path` ends in `.nii` or `.nii.gz` (any case): a file, where --input wants a folder.
+fn names_a_nifti(path: &std::path::Path) -> bool {
+    let name = path.to_string_lossy().to_ascii_lowercase();
+    name.ends_with(".nii.gz") || name.ends_with(".nii")
+}
+
 /// `cggm infer --input DIR --out OUT_DIR`: every case of a dataset folder, with a progress bar.
 fn infer_folder(args: &InferArgs, input: &std::path::Path) -> Result<()> {
-    let out_name = args.out.to_string_lossy().to_ascii_lowercase();
-    if out_name.ends_with(".nii.gz") || out_name.ends_with(".nii") {
+    if names_a_nifti(&args.out) {
         bail!(
             "with --input, --out is a folder for the segmentations and summary.csv, not the file {}",
             args.out.display()

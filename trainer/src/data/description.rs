@@ -126,7 +126,7 @@ fn normalised(name: &str) -> String {
 
 /// A channel name as datasets spell it: the file suffixes of [`Modality::parse`] and the longer
 /// forms of MSD and nnU-Net descriptions.
-pub fn modality_of_channel_name(name: &str) -> Option<Modality> {
+fn modality_of_channel_name(name: &str) -> Option<Modality> {
     let key = normalised(name);
     Modality::parse(&key).or(match key.as_str() {
         "t2weightedflair" | "flairt2" | "t2fl" => Some(Modality::Flair),

@@ -435,7 +435,7 @@ fn confine(report: &mut DiscoveryReport, root: &Path) {
 }
 
 /// Whether `path` resolves, after every link, to a place inside `root` (already canonical).
-pub fn is_inside(path: &Path, root: &Path) -> bool {
+fn is_inside(path: &Path, root: &Path) -> bool {
     path.canonicalize().is_ok_and(|p| p.starts_with(root))
 }
 

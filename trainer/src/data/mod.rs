@@ -22,9 +22,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use description::{modality_of_channel_name, CHANNEL_MAP_FILE, DESCRIPTION_FILE};
+pub use description::{CHANNEL_MAP_FILE, DESCRIPTION_FILE};
 pub use error::{CaseProblem, DataError, CONVERT_TO_NIFTI1_HINT};
-pub use layout::{case_from_paths, discover, is_inside, DiscoveryReport, Layout};
+pub use layout::{case_from_paths, discover, DiscoveryReport, Layout};
 pub use nifti_io::{
     header_affine, max_voxels, read_header, read_volume, write_label_volume, write_label_volume_as,
     write_volume_i16, write_volume_u8, HeaderInfo, DEFAULT_MAX_VOXELS,
