@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A one-node Slurm cluster on this machine for the Slurm executor's test (server/tests/slurm.rs):
+# A one-node Slurm cluster on this machine for the Slurm executor's test (cli/tests/slurm.rs):
 # Debian's munge, slurmctld and slurmd, configured for localhost and started without systemd.
 # Idempotent: a second call with the cluster up returns at once. Needs root (or sudo).
 #   scripts/setup-slurm.sh          install, configure, start; wait until the node is idle

@@ -139,6 +139,10 @@ pub struct Config {
     pub secure_cookie: bool,
     /// Connections, bodies, queue and live streams: how many at once, how long a body may stall.
     pub bounds: crate::limits::Bounds,
+    /// CUDA devices on this machine, as the trainer (libtorch) counted them when the binary
+    /// started: the server links no libtorch. The vocabulary offers them; local jobs are checked
+    /// against them.
+    pub cuda_devices: usize,
 }
 
 impl Config {
@@ -159,6 +163,7 @@ impl Config {
             session_lifetime: std::time::Duration::from_secs(12 * 3600),
             secure_cookie: false,
             bounds: Default::default(),
+            cuda_devices: 0,
         }
     }
 }

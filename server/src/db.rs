@@ -20,7 +20,7 @@ pub async fn connect(data_dir: &Path) -> anyhow::Result<SqlitePool> {
 }
 
 pub fn now() -> f64 {
-    cggm_trainer::events::now()
+    cggm_core::events::now()
 }
 
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
@@ -76,8 +76,8 @@ impl Job {
     }
 
     /// The job's run directory (training jobs).
-    pub fn run_dir(&self) -> cggm_trainer::rundir::RunDir {
-        cggm_trainer::rundir::RunDir::new(&self.out_dir)
+    pub fn run_dir(&self) -> cggm_core::rundir::RunDir {
+        cggm_core::rundir::RunDir::new(&self.out_dir)
     }
 }
 

@@ -6,16 +6,16 @@
 
 use crate::db::Dataset;
 use crate::inspect::DatasetReport;
-use cggm_trainer::data::features::safetensors::SafetensorsFile;
-use cggm_trainer::data::features::{split_path, DatasetSpec, LABELS};
-use cggm_trainer::task::TaskKind;
+use cggm_core::data::features::safetensors::SafetensorsFile;
+use cggm_core::data::features::{split_path, DatasetSpec, LABELS};
+use cggm_core::task::TaskKind;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The trainer's format, read by the trainer's own reader (one reader for both): the file that
 /// marks a folder as a feature dataset, the split names, and one modality's shape.
-pub use cggm_trainer::data::features::{FeatureModality, SPEC_FILE, SPLITS};
+pub use cggm_core::data::features::{FeatureModality, SPEC_FILE, SPLITS};
 
 /// A feature dataset's description and sample counts, or what is wrong with it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -45,7 +45,7 @@ pub struct DatasetFacts {
 impl DatasetFacts {
     pub fn of(dataset: &Dataset) -> Self {
         let dir = Path::new(&dataset.path);
-        if cggm_trainer::data::features::is_feature_dataset(dir) {
+        if cggm_core::data::features::is_feature_dataset(dir) {
             let (task, summary) = read_feature_dataset(dir);
             let samples = if summary.problems.is_empty() {
                 summary.samples.get("train").copied().unwrap_or(0)

@@ -20,7 +20,7 @@ pub fn modality_of(file_name: &str) -> Option<&'static str> {
     if matches!(last, "seg" | "label" | "labels" | "mask" | "gt") {
         return Some("seg");
     }
-    cggm_trainer::data::Modality::parse(last).map(|m| m.name())
+    cggm_core::data::Modality::parse(last).map(|m| m.name())
 }
 
 pub fn is_nifti_name(file_name: &str) -> bool {
@@ -44,7 +44,7 @@ pub struct SplitSizes {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct DatasetReport {
-    /// [`cggm_trainer::data::Layout::key`]: "brats2021", "brats2023", "msd", "nnunet-v2" or "empty"
+    /// [`cggm_core::data::Layout::key`]: "brats2021", "brats2023", "msd", "nnunet-v2" or "empty"
     pub layout: String,
     pub cases: usize,
     pub valid_cases: usize,
@@ -57,11 +57,11 @@ pub struct DatasetReport {
     pub problems: Vec<CaseProblem>,
 }
 
-/// Checks a dataset folder the way the trainer sees it (`cggm_trainer::data::discover`). The quick
+/// Checks a dataset folder the way the trainer sees it (`cggm_core::data::discover`). The quick
 /// check (on registration) reads NIfTI headers only, fast even for a full BraTS release; the full
 /// check decodes every case like `cggm validate`.
 pub fn inspect_dataset(dir: &Path, full: bool) -> DatasetReport {
-    use cggm_trainer::data::{discover, split_cases, validate_dataset};
+    use cggm_core::data::{discover, split_cases, validate_dataset};
     let found = if full {
         validate_dataset(dir)
     } else {
@@ -121,7 +121,7 @@ fn header_shapes_agree(paths: &[PathBuf]) -> Result<Vec<usize>, String> {
             .unwrap_or_default()
             .to_string_lossy()
             .to_string();
-        let header = cggm_trainer::data::read_header(path).map_err(|e| format!("{name}: {e}"))?;
+        let header = cggm_core::data::read_header(path).map_err(|e| format!("{name}: {e}"))?;
         let dims: Vec<usize> = header.dims.iter().take(3).copied().collect();
         match &first {
             None => first = Some((name, dims)),
@@ -173,7 +173,7 @@ pub fn check_upload(
                 file.file_name
             ));
         }
-        let shape = cggm_trainer::data::read_header(&file.path)
+        let shape = cggm_core::data::read_header(&file.path)
             .map_err(|e| without_folder(&e.to_string(), &file.path))?
             .dims;
         let labelled_field = matches!(file.field.as_str(), "seg" | "label");
@@ -267,9 +267,9 @@ pub fn check_upload(
     }
     let paths: Vec<PathBuf> = roles.values().map(|i| files[*i].path.clone()).collect();
     let folder = paths.first().cloned().unwrap_or_default();
-    let case = cggm_trainer::data::case_from_paths(&paths)
+    let case = cggm_core::data::case_from_paths(&paths)
         .map_err(|e| without_folder(&e.to_string(), &folder))?;
-    cggm_trainer::data::load_study(&case).map_err(|e| without_folder(&e.to_string(), &folder))?;
+    cggm_core::data::load_study(&case).map_err(|e| without_folder(&e.to_string(), &folder))?;
     Ok(CheckedUpload {
         roles,
         shape: reference,

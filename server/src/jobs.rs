@@ -4,7 +4,7 @@
 
 use crate::db::{self, JobKind, JobState};
 use anyhow::Context;
-use cggm_trainer::events::Event;
+use cggm_core::events::Event;
 use serde::Serialize;
 use sqlx::SqlitePool;
 use std::collections::HashMap;

@@ -13,7 +13,6 @@ pub mod limits;
 pub mod retention;
 pub mod routes;
 pub mod security;
-pub mod study_cli;
 pub mod templates;
 pub mod volume;
 
@@ -180,7 +179,9 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// `cggm serve`: resolves the settings, starts the application and serves until Ctrl-C.
-pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+///
+/// `cuda_devices`: the CUDA devices the trainer sees on this machine (the `cggm` binary asks it).
+pub async fn serve(args: ServeArgs, cuda_devices: usize) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let token = config::resolve_token(&args).map_err(anyhow::Error::msg)?;
     config::check_bind(&args.bind, token.as_deref()).map_err(anyhow::Error::msg)?;
@@ -207,6 +208,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         session_lifetime: session_lifetime(args.session_hours)?,
         secure_cookie: args.secure_cookie,
         bounds: args.bounds(),
+        cuda_devices,
     };
     if let Some(warning) = routes::dicom::converter_warning(&config.dicom) {
         tracing::warn!("{warning}");

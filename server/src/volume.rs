@@ -44,7 +44,7 @@ impl Volume {
 /// NIfTI reader of the project: a hostile file is refused from its header or cut off at the bytes
 /// the header accounts for, so a decode never costs more memory than the voxel limit allows.
 pub fn read_volume(path: &Path) -> Result<Volume, String> {
-    let (header, data) = cggm_trainer::data::read_volume(path).map_err(|e| e.to_string())?;
+    let (header, data) = cggm_core::data::read_volume(path).map_err(|e| e.to_string())?;
     if data.ndim() < 3 || data.ndim() > 4 {
         return Err(format!(
             "expected a 3-D or 4-D volume, found {} dimensions",

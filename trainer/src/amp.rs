@@ -6,32 +6,10 @@
 //! `torch.amp.GradScaler`). On the CPU everything runs in fp32.
 
 use crate::optim::Optimizer;
-use serde::{Deserialize, Serialize};
+
 use tch::Tensor;
 
-/// The reduced precision autocast computes in.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AmpDtype {
-    /// bfloat16: for GPUs with native bf16 (NVIDIA Ampere and later).
-    #[default]
-    Bf16,
-    /// float16 with dynamic loss scaling: for older GPUs.
-    Fp16,
-}
-
-impl std::str::FromStr for AmpDtype {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "bf16" | "bfloat16" => Ok(Self::Bf16),
-            "fp16" | "float16" | "half" => Ok(Self::Fp16),
-            other => Err(format!(
-                "unknown autocast dtype {other:?}: use bf16 or fp16"
-            )),
-        }
-    }
-}
+pub use cggm_core::precision::AmpDtype;
 
 /// Runs `f` with CUDA autocast to `dtype` (`None`: fp32, autocast off): the training forward.
 pub fn autocast<T>(dtype: Option<AmpDtype>, f: impl FnOnce() -> T) -> T {

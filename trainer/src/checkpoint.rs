@@ -51,15 +51,6 @@ pub fn checkpoint_dir(run_dir: &Path) -> PathBuf {
     RunDir::new(run_dir).checkpoints()
 }
 
-fn tmp_path(final_path: &Path) -> PathBuf {
-    // tch picks the format from the extension, so the temporary name keeps it.
-    let name = final_path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("file");
-    final_path.with_file_name(format!(".tmp-{}-{name}", std::process::id()))
-}
-
 /// Where a checkpoint file waits until its whole checkpoint is on disk (a fixed name, so that the
 /// process that resumes after a crash finds it).
 fn pending_path(final_path: &Path) -> PathBuf {
@@ -82,24 +73,7 @@ fn sync_dir(dir: &Path) {
     let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
 }
 
-fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let tmp = tmp_path(path);
-    write(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    sync_file(&tmp)?;
-    std::fs::rename(&tmp, path).with_context(|| format!("moving {} into place", path.display()))?;
-    Ok(())
-}
-
-/// Writes `bytes` to `path` through a flushed temporary file renamed into place.
-pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic(path, |tmp| Ok(std::fs::write(tmp, bytes)?))
-}
-
-pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    write_atomic(path, |tmp| {
-        Ok(std::fs::write(tmp, serde_json::to_vec_pretty(value)?)?)
-    })
-}
+pub use cggm_core::atomic::{write_bytes_atomic, write_json_atomic};
 
 /// The files of checkpoint `name`: weights, optimiser state, and the JSON that names their step.
 fn checkpoint_files(dir: &Path, name: &str) -> [PathBuf; 3] {

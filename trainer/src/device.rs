@@ -16,17 +16,13 @@ pub fn parse_device(spec: &str) -> Result<Device, String> {
 }
 
 fn cuda(n: usize) -> Result<Device, String> {
-    let count = tch::Cuda::device_count() as usize;
-    if n < count {
-        Ok(Device::Cuda(n))
-    } else if count == 0 {
-        Err(format!("cuda:{n} requested but no CUDA device is available (libtorch sees none): use --device cpu"))
-    } else {
-        Err(format!(
-            "cuda:{n} requested but only {count} CUDA device(s) exist: use cuda:0..cuda:{}",
-            count - 1
-        ))
-    }
+    let count = cuda_devices();
+    cggm_core::request::check_cuda_index(n, count).map(|()| Device::Cuda(n))
+}
+
+/// The CUDA devices libtorch sees (the vocabulary and the server's device checks take this count).
+pub fn cuda_devices() -> usize {
+    usize::try_from(tch::Cuda::device_count()).unwrap_or(0)
 }
 
 pub fn describe(device: Device) -> String {

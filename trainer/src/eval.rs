@@ -10,7 +10,7 @@
 use crate::amp;
 use crate::data::{load_study, voxel_spacing_mm, CaseSource, Study};
 use crate::events::RegionScores;
-use crate::metrics::lesion::{lesion_scores, LesionReport};
+use crate::metrics::lesion::lesion_scores;
 use crate::metrics::{dice_scores, hd95_scores_with, mean_scores, Hd95Definition};
 use crate::model::{ModalityClassifiers, MultimodalSegmenter};
 use anyhow::{Context, Result};
@@ -167,19 +167,7 @@ fn write_slices(labels: &mut Array3<u8>, logits: &Tensor, z0: usize, nx: usize, 
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct CaseScores {
-    pub case: String,
-    pub dice: RegionScores,
-    pub hd95: RegionScores,
-    pub modality_dice: BTreeMap<String, RegionScores>,
-    /// The authors' protocol, for comparison only: Dice of one axial slice containing tumour,
-    /// picked at random (seeded by the case id). None when the case has no tumour.
-    pub authors_random_slice_dice: Option<RegionScores>,
-    /// Lesion-wise Dice / HD95 per region (see `metrics::lesion`).
-    #[serde(default)]
-    pub lesion: LesionReport,
-}
+pub use cggm_core::metrics::CaseScores;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct EvalReport {
@@ -329,11 +317,7 @@ pub fn evaluate_saving_predictions(
     )
 }
 
-/// The name of a case's saved prediction inside the folder given to
-/// [`evaluate_saving_predictions`].
-pub fn saved_prediction_name(case: &str) -> String {
-    format!("{case}_seg.nii.gz")
-}
+pub use cggm_core::rundir::saved_prediction_name;
 
 fn evaluate_cases(
     predictor: &Predictor,

@@ -3,8 +3,9 @@
 //! prediction per sample as CSV or JSON).
 
 use crate::checkpoint::{self, write_json_atomic};
-use crate::data::features::{DatasetSpec, FeatureBatch, FeatureSplit, SPLITS};
+use crate::data::features::{DatasetSpec, SPLITS};
 use crate::device::parse_device;
+use crate::features_data::{FeatureBatch, FeatureSplit};
 use crate::model::features::{FeatureInput, FeatureNet};
 use crate::model::network::{ModalityClassifierSet, MultimodalNetwork};
 use crate::step::Trainer;

@@ -5,10 +5,11 @@
 
 use crate::checkpoint::{self, write_json_atomic, CheckpointState};
 use crate::config::TrainConfig;
-use crate::data::features::{DatasetSpec, FeatureSplit};
+use crate::data::features::DatasetSpec;
 use crate::device::{describe, parse_device};
 pub use crate::eval_features::{evaluate_features, input_of, FeatureEvalReport};
 use crate::events::{now, Event, EventSink, RegionScores};
+use crate::features_data::FeatureSplit;
 use crate::model::features::FeatureNet;
 use crate::run::TrainOptions;
 use crate::rundir::RunDir;
@@ -70,7 +71,7 @@ struct Prepared {
 
 fn prepare(cfg: &mut TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Prepared> {
     let spec = DatasetSpec::read(&cfg.data)?;
-    cfg.task = spec.task;
+    cfg.train_task(spec.task).map_err(|e| anyhow!("{e}"))?;
     cfg.validate()
         .map_err(|e| anyhow!("invalid configuration: {e}"))?;
     std::fs::create_dir_all(run_dir)

@@ -6,10 +6,11 @@ mod data_common;
 
 use cggm_trainer::cggm::{balance_outcome, BalanceFormula};
 use cggm_trainer::config::TrainConfig;
-use cggm_trainer::data::features::synth::{write_feature_dataset, FeatureSynthConfig};
-use cggm_trainer::data::features::{validate_features, write_split, DatasetSpec};
+use cggm_trainer::data::features::{validate_features, DatasetSpec};
 use cggm_trainer::eval_features::{evaluate_feature_run, write_feature_predictions};
 use cggm_trainer::events::EventSink;
+use cggm_trainer::features_data::synth::{write_feature_dataset, FeatureSynthConfig};
+use cggm_trainer::features_data::write_split;
 use cggm_trainer::run::TrainOptions;
 use cggm_trainer::run_features::{train_features, FeatureRunMetrics};
 use cggm_trainer::task::metrics::{classification_report, regression_report};

@@ -96,7 +96,7 @@ if (newRun) {
       const task = chosen.dataset.task;
       const modalities = (chosen.dataset.modalities || "").split(",").filter(Boolean);
       fill(f.method, vocab.methods.map((m) => m.name).concat(modalities.map((m) => vocab.unimodal_prefix + m)));
-      const fitting = vocab.presets.filter((p) => p.task === task).map((p) => p.name);
+      const fitting = vocab.presets.filter((p) => (p.tasks || [p.task]).includes(task)).map((p) => p.name);
       const keep = f.preset.value;
       fill(f.preset, fitting);
       if (!fitting.includes(keep) && fitting.includes(vocab.default_preset)) f.preset.value = vocab.default_preset;

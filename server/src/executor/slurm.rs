@@ -14,7 +14,7 @@ use super::{Execution, ExecutorArgs};
 use crate::db::{self, JobState};
 use crate::jobs::Inner;
 use anyhow::Context;
-use cggm_trainer::events::Event;
+use cggm_core::events::Event;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;

@@ -12,9 +12,9 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use cggm_trainer::request::{task_of, RunOptions, Vocabulary};
-use cggm_trainer::rundir::CheckpointName;
-use cggm_trainer::task::TaskKind;
+use cggm_core::request::{RunOptions, Vocabulary};
+use cggm_core::rundir::CheckpointName;
+use cggm_core::task::TaskKind;
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
@@ -116,17 +116,17 @@ pub async fn create(
             dataset.name
         )));
     }
-    let config = options
+    let mut config = options
         .to_config(std::path::Path::new(&dataset.path))
         .map_err(Error::Unprocessable)?;
     check_device(&state, &config.device)?;
-    let config_task = task_of(&config);
-    if config_task != facts.task {
-        return Err(Error::Unprocessable(format!(
-            "preset {} trains {config_task}, but dataset {} holds {} data: choose a {} preset",
-            config.preset, dataset.name, facts.task, facts.task
-        )));
-    }
+    // A feature preset trains the dataset's own task (as `cggm train` does), when it can.
+    config.train_task(facts.task).map_err(|e| {
+        Error::Unprocessable(format!(
+            "dataset {} holds {} data, but {e}",
+            dataset.name, facts.task
+        ))
+    })?;
     let params = serde_json::json!({
         "dataset": dataset.name,
         "data": dataset.path,
@@ -158,16 +158,18 @@ pub async fn create(
 }
 
 /// `GET /api/vocabulary`: every list the new-run form offers, from the trainer's own types.
-async fn vocabulary() -> Json<Vocabulary> {
-    Json(Vocabulary::current())
+async fn vocabulary(State(state): State<AppState>) -> Json<Vocabulary> {
+    Json(Vocabulary::current(state.config.cuda_devices))
 }
 
 /// The device of a job exists where the job will run: on this machine with the local executor (the
 /// trainer would fail at once otherwise); with Slurm only its form is checked (the node decides).
 pub fn check_device(state: &AppState, device: &str) -> Result<()> {
     let checked = match state.config.executor {
-        crate::executor::Executor::Local => cggm_trainer::request::check_device_present(device),
-        crate::executor::Executor::Slurm(_) => cggm_trainer::request::check_device_spec(device),
+        crate::executor::Executor::Local => {
+            cggm_core::request::check_device_present(device, state.config.cuda_devices)
+        }
+        crate::executor::Executor::Slurm(_) => cggm_core::request::check_device_spec(device),
     };
     checked.map_err(|e| Error::Unprocessable(format!("device: {e}")))
 }

@@ -13,7 +13,7 @@ pub mod viewer_pages;
 use crate::error::{Error, Result};
 use crate::inspect::{safe_name, UploadedFile};
 use crate::AppState;
-use axum::extract::Multipart;
+use axum::extract::{Multipart, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use std::collections::HashMap;
@@ -38,10 +38,10 @@ async fn health() -> Json<serde_json::Value> {
 
 /// The choices of a segmentation run, as flat lists (kept for scripts written against it;
 /// `GET /api/vocabulary` has everything, per task).
-async fn options() -> Json<serde_json::Value> {
-    let v = cggm_trainer::request::Vocabulary::current();
+async fn options(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let v = cggm_core::request::Vocabulary::current(state.config.cuda_devices);
     let mut methods: Vec<String> = v.methods.iter().map(|m| m.name.clone()).collect();
-    let segmentation = cggm_trainer::task::TaskKind::Segmentation;
+    let segmentation = cggm_core::task::TaskKind::Segmentation;
     for m in v.modalities.get(segmentation.name()).into_iter().flatten() {
         methods.push(format!("{}{m}", v.unimodal_prefix));
     }

@@ -15,8 +15,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use cggm_trainer::request::{headline_metric, OptionKind, Vocabulary};
-use cggm_trainer::task::TaskKind;
+use cggm_core::request::{headline_metric, OptionKind, Vocabulary};
+use cggm_core::task::TaskKind;
 use std::collections::{BTreeMap, HashMap};
 
 pub fn router() -> Router<AppState> {
@@ -96,7 +96,7 @@ pub fn modality_scores(event: &serde_json::Value, name: &str) -> Vec<(String, f6
             })
             .unwrap_or_default(),
     };
-    let mri = cggm_trainer::data::Modality::ALL;
+    let mri = cggm_core::data::Modality::ALL;
     out.sort_by_key(|(k, _)| mri.iter().position(|m| m.name() == k).unwrap_or(usize::MAX));
     out
 }
@@ -266,7 +266,7 @@ fn feature_row(f: &crate::feature_datasets::FeatureSummary) -> FeatureRow {
 async fn new_run(State(state): State<AppState>) -> Response {
     page(
         async {
-            let vocabulary = Vocabulary::current();
+            let vocabulary = Vocabulary::current(state.config.cuda_devices);
             let datasets: Vec<DatasetChoice> = db::datasets(&state.pool)
                 .await?
                 .into_iter()

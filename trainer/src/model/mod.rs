@@ -11,128 +11,11 @@ pub mod network;
 pub mod resnet;
 pub mod transformer;
 
+pub use cggm_core::model_config::ModelConfig;
 use decoder::{Decoder, DecoderSpec};
 use encoder::{Encoder, EncoderFeatures};
 use network::{ModalityClassifierSet, ModalityInput, MultimodalNetwork, NetworkOutput};
-use resnet::ResNetConfig;
-use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ModelConfig {
-    pub backbone: ResNetConfig,
-    pub aspp_channels: i64,
-    /// Width of the fusion head's refinement and of the input of every "last layer".
-    pub decoder_channels: i64,
-    pub low_level_proj: i64,
-    /// Width the classifiers project h_i to (they stay light: one refinement conv).
-    pub classifier_channels: i64,
-    pub classes: i64,
-}
-
-impl ModelConfig {
-    /// The authors' setting: ResNet-101, output stride 16, 256-channel ASPP and decoder.
-    pub fn paper() -> Self {
-        Self {
-            backbone: ResNetConfig {
-                depth: 101,
-                width: 1.0,
-                output_stride: 16,
-                in_channels: 1,
-            },
-            aspp_channels: 256,
-            decoder_channels: 256,
-            low_level_proj: 48,
-            classifier_channels: 64,
-            classes: 4,
-        }
-    }
-
-    /// ResNet-18 at a quarter width: trains in minutes on two CPU cores.
-    pub fn cpu_small() -> Self {
-        Self {
-            backbone: ResNetConfig {
-                depth: 18,
-                width: 0.25,
-                output_stride: 16,
-                in_channels: 1,
-            },
-            aspp_channels: 64,
-            decoder_channels: 64,
-            low_level_proj: 16,
-            classifier_channels: 32,
-            classes: 4,
-        }
-    }
-
-    /// The smallest useful network, for tests: seconds per epoch.
-    pub fn tiny() -> Self {
-        Self {
-            backbone: ResNetConfig {
-                depth: 18,
-                width: 0.125,
-                output_stride: 16,
-                in_channels: 1,
-            },
-            aspp_channels: 16,
-            decoder_channels: 16,
-            low_level_proj: 8,
-            classifier_channels: 8,
-            classes: 4,
-        }
-    }
-
-    pub fn validate(&self) -> Result<(), String> {
-        self.backbone.validate()?;
-        for (name, v) in [
-            ("aspp_channels", self.aspp_channels),
-            ("decoder_channels", self.decoder_channels),
-            ("low_level_proj", self.low_level_proj),
-            ("classifier_channels", self.classifier_channels),
-        ] {
-            if v < 1 {
-                return Err(format!("{name} must be at least 1, got {v}"));
-            }
-        }
-        if self.classes < 2 {
-            return Err(format!("classes must be at least 2, got {}", self.classes));
-        }
-        Ok(())
-    }
-
-    fn fusion_spec(&self, modalities: usize) -> DecoderSpec {
-        let m = modalities as i64;
-        DecoderSpec {
-            high_in: self.aspp_channels * m,
-            low_in: self.backbone.low_level_channels() * m,
-            high_proj: self.decoder_channels,
-            low_proj: self.low_level_proj,
-            mid: self.decoder_channels,
-            refine_convs: 2,
-            refine_kernel: 3,
-            groups: 1,
-            classes: self.classes,
-        }
-    }
-
-    fn classifier_spec(&self, modalities: usize) -> DecoderSpec {
-        DecoderSpec {
-            high_in: self.aspp_channels,
-            low_in: self.backbone.low_level_channels(),
-            high_proj: self.classifier_channels,
-            low_proj: (self.low_level_proj / 2).max(1),
-            // Same input width as the fusion head's last layer, so the two last layers have
-            // the same shape and their gradients can be compared by cosine.
-            mid: self.decoder_channels,
-            refine_convs: 1,
-            // A 1x1 refinement keeps the classifiers' cost small next to the encoders': they
-            // are the method's overhead.
-            refine_kernel: 1,
-            classes: self.classes,
-            groups: modalities as i64,
-        }
-    }
-}
 
 /// Everything one forward pass of the multimodal model yields.
 pub struct ModelOutput {
@@ -166,7 +49,7 @@ impl MultimodalSegmenter {
             let ep = (&enc_root / *name).set_group(i + 1);
             encoders.push(Encoder::new(&ep, &cfg.backbone, cfg.aspp_channels));
         }
-        let head = Decoder::new(&(p / "fusion"), &cfg.fusion_spec(modality_names.len()));
+        let head = Decoder::new(&(p / "fusion"), &fusion_spec(cfg, modality_names.len()));
         Self {
             encoders,
             head,
@@ -222,7 +105,7 @@ pub struct ModalityClassifiers {
 
 impl ModalityClassifiers {
     pub fn new(p: &nn::Path, cfg: &ModelConfig, modality_names: &[&str]) -> Self {
-        let spec = cfg.classifier_spec(modality_names.len());
+        let spec = classifier_spec(cfg, modality_names.len());
         Self {
             decoder: Decoder::new(
                 &(p / "classifiers").set_group(network::CLASSIFIER_GROUP),
@@ -335,6 +218,41 @@ impl ModalityClassifierSet<ModelOutput> for ModalityClassifiers {
 
     fn last_layer_grad(&self, i: usize) -> Tensor {
         ModalityClassifiers::last_layer_grad(self, i)
+    }
+}
+
+/// The fusion head's decoder for `modalities` encoders.
+fn fusion_spec(cfg: &ModelConfig, modalities: usize) -> DecoderSpec {
+    let m = modalities as i64;
+    DecoderSpec {
+        high_in: cfg.aspp_channels * m,
+        low_in: cfg.backbone.low_level_channels() * m,
+        high_proj: cfg.decoder_channels,
+        low_proj: cfg.low_level_proj,
+        mid: cfg.decoder_channels,
+        refine_convs: 2,
+        refine_kernel: 3,
+        groups: 1,
+        classes: cfg.classes,
+    }
+}
+
+/// The per-modality classifiers' grouped decoder.
+fn classifier_spec(cfg: &ModelConfig, modalities: usize) -> DecoderSpec {
+    DecoderSpec {
+        high_in: cfg.aspp_channels,
+        low_in: cfg.backbone.low_level_channels(),
+        high_proj: cfg.classifier_channels,
+        low_proj: (cfg.low_level_proj / 2).max(1),
+        // Same input width as the fusion head's last layer, so the two last layers have
+        // the same shape and their gradients can be compared by cosine.
+        mid: cfg.decoder_channels,
+        refine_convs: 1,
+        // A 1x1 refinement keeps the classifiers' cost small next to the encoders': they
+        // are the method's overhead.
+        refine_kernel: 1,
+        classes: cfg.classes,
+        groups: modalities as i64,
     }
 }
 

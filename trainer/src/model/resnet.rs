@@ -1,75 +1,8 @@
 //! ResNet backbone (He et al., 2016) for one MRI modality, with the dilated last stages DeepLabv3+
 //! uses (Chen et al., 2018) to reach output stride 16 or 8.
 
-use serde::{Deserialize, Serialize};
+pub use cggm_core::model_config::ResNetConfig;
 use tch::{nn, nn::ModuleT, Kind, Tensor};
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ResNetConfig {
-    /// 18, 34 (basic blocks) or 50, 101 (bottlenecks).
-    pub depth: usize,
-    /// Multiplies every stage's width (1.0 = the standard 64-128-256-512).
-    pub width: f64,
-    /// 16 or 8: the last one or two stages are dilated instead of strided.
-    pub output_stride: usize,
-    pub in_channels: i64,
-}
-
-impl ResNetConfig {
-    fn blocks(&self) -> [usize; 4] {
-        match self.depth {
-            18 => [2, 2, 2, 2],
-            34 | 50 => [3, 4, 6, 3],
-            101 => [3, 4, 23, 3],
-            other => panic!("ResNet depth {other} is not one of 18, 34, 50, 101"),
-        }
-    }
-
-    fn bottleneck(&self) -> bool {
-        self.depth >= 50
-    }
-
-    fn expansion(&self) -> i64 {
-        if self.bottleneck() {
-            4
-        } else {
-            1
-        }
-    }
-
-    fn stage_width(&self, stage: usize) -> i64 {
-        ((64 << stage) as f64 * self.width).round().max(4.0) as i64
-    }
-
-    /// Channels of the low-level feature (end of stage 1, stride 4).
-    pub fn low_level_channels(&self) -> i64 {
-        self.stage_width(0) * self.expansion()
-    }
-
-    /// Channels of the high-level feature (end of stage 4).
-    pub fn high_level_channels(&self) -> i64 {
-        self.stage_width(3) * self.expansion()
-    }
-
-    pub fn validate(&self) -> Result<(), String> {
-        if ![18, 34, 50, 101].contains(&self.depth) {
-            return Err(format!(
-                "backbone depth {} is not one of 18, 34, 50, 101",
-                self.depth
-            ));
-        }
-        if ![8, 16].contains(&self.output_stride) {
-            return Err(format!(
-                "output stride {} is not 8 or 16",
-                self.output_stride
-            ));
-        }
-        if !(self.width > 0.0 && self.width <= 4.0) {
-            return Err(format!("width multiplier {} is not in (0, 4]", self.width));
-        }
-        Ok(())
-    }
-}
 
 pub(crate) fn conv_bn(
     p: &nn::Path,

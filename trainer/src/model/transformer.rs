@@ -3,19 +3,8 @@
 //! positions, pre-norm layers of multi-head self-attention and a ReLU feed-forward block (4x
 //! wide), a final layer norm. Attention is written with matmuls (tch has no attention layer).
 
-use serde::{Deserialize, Serialize};
+pub use cggm_core::model_config::TransformerConfig;
 use tch::{nn, nn::Module, Kind, Tensor};
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TransformerConfig {
-    pub embed_dim: i64,
-    pub heads: i64,
-    pub layers: usize,
-    pub attn_dropout: f64,
-    pub relu_dropout: f64,
-    pub res_dropout: f64,
-    pub embed_dropout: f64,
-}
 
 #[derive(Debug)]
 struct EncoderLayer {

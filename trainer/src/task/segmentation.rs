@@ -7,58 +7,34 @@
 use super::Task;
 use crate::events::RegionScores;
 use crate::metrics::{dice_from_counts, Region};
-use serde::{Deserialize, Serialize};
+pub use cggm_core::loss::{SegmentationLoss, SoftDice};
+pub use kernels::{pooled_foreground_dice, soft_foreground_dice};
 use tch::{Kind, Reduction, Tensor};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SegmentationLoss {
-    pub ce_weight: f64,
-    pub dice_weight: f64,
-    /// Cross-entropy weight per class (background, NCR, ED, ET).
-    pub class_weights: Vec<f64>,
-    /// numbers (issue 8): which soft Dice the loss uses.
-    #[serde(default)]
-    pub dice: SoftDice,
-}
+// Free functions: `SegmentationLoss` is plain configuration that lives in the core crate.
+mod kernels {
+    use super::*;
 
-/// The soft Dice term of the loss.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SoftDice {
-    /// Mean over foreground classes of (2 I_c + 1) / (P_c + T_c + 1).
-    #[default]
-    PerClassMean,
-    /// The authors' code: 2 sum_c I_c / (sum_c P_c + sum_c T_c + 0.01).
-    AuthorsPooled,
-}
-
-impl Default for SegmentationLoss {
-    fn default() -> Self {
-        Self {
-            ce_weight: 0.5,
-            dice_weight: 0.5,
-            class_weights: vec![0.2, 0.3, 0.25, 0.25],
-            dice: SoftDice::PerClassMean,
-        }
-    }
-}
-
-impl SegmentationLoss {
     /// logits: [B, C, H, W] float, target: [B, H, W] int64 classes.
     pub fn soft_foreground_dice(logits: &Tensor, target: &Tensor) -> Tensor {
-        Self::soft_dice_by_slice(logits, target, 1, SoftDice::PerClassMean).squeeze()
+        soft_dice_by_slice(logits, target, 1, SoftDice::PerClassMean).squeeze()
     }
 
     /// The authors' soft Dice: all foreground classes and pixels pooled, smoothing 0.01 in the
     /// denominator only. logits: [B, C, H, W], target: [B, H, W] int64.
     pub fn pooled_foreground_dice(logits: &Tensor, target: &Tensor) -> Tensor {
-        Self::soft_dice_by_slice(logits, target, 1, SoftDice::AuthorsPooled).squeeze()
+        soft_dice_by_slice(logits, target, 1, SoftDice::AuthorsPooled).squeeze()
     }
 
     /// The soft Dice of each of `slices` equal parts of the batch (M classifiers' logits
     /// concatenated along the batch dimension, all for the same target): [slices].
     /// logits: [slices * B, C, H, W] float, target: [B, H, W] int64.
-    fn soft_dice_by_slice(logits: &Tensor, target: &Tensor, slices: i64, form: SoftDice) -> Tensor {
+    pub(super) fn soft_dice_by_slice(
+        logits: &Tensor,
+        target: &Tensor,
+        slices: i64,
+        form: SoftDice,
+    ) -> Tensor {
         let classes = logits.size()[1];
         let probs = logits.softmax(1, Kind::Float).narrow(1, 1, classes - 1);
         let s = probs.size();
@@ -96,9 +72,14 @@ impl SegmentationLoss {
     /// target, in one pass. logits: [slices * B, C, H, W], target: [B, H, W]. Every part has the
     /// same targets, so the class-weighted mean cross-entropy over all parts is the mean of the
     /// parts' own.
-    fn loss_by_slices(&self, logits: &Tensor, target: &Tensor, slices: i64) -> Tensor {
+    pub(super) fn loss_by_slices(
+        loss: &SegmentationLoss,
+        logits: &Tensor,
+        target: &Tensor,
+        slices: i64,
+    ) -> Tensor {
         let logits = logits.to_kind(Kind::Float);
-        let weights = Tensor::from_slice(&self.class_weights)
+        let weights = Tensor::from_slice(&loss.class_weights)
             .to_kind(Kind::Float)
             .to_device(logits.device());
         let repeated = match slices {
@@ -106,14 +87,14 @@ impl SegmentationLoss {
             _ => target.repeat([slices, 1, 1]),
         };
         let ce = logits.cross_entropy_loss(&repeated, Some(weights), Reduction::Mean, -100, 0.0);
-        let dice = Self::soft_dice_by_slice(&logits, target, slices, self.dice);
-        ce * (self.ce_weight * slices as f64)
-            + (dice.sum(Kind::Float).neg() + slices as f64) * self.dice_weight
+        let dice = soft_dice_by_slice(&logits, target, slices, loss.dice);
+        ce * (loss.ce_weight * slices as f64)
+            + (dice.sum(Kind::Float).neg() + slices as f64) * loss.dice_weight
     }
 
     /// Per slice of `slices` equal parts of the flattened predictions [slices, n] and the truth
     /// [1, n]: (intersection, predicted, truth) voxel counts of each region, [regions, 3, slices].
-    fn region_counts(pred: &Tensor, truth: &Tensor) -> Tensor {
+    pub(super) fn region_counts(pred: &Tensor, truth: &Tensor) -> Tensor {
         let member = |x: &Tensor, r: Region| match r {
             Region::Wt => x.ge(1).logical_and(&x.le(3)),
             Region::Tc => x.eq(1).logical_or(&x.eq(3)),
@@ -141,7 +122,7 @@ impl SegmentationLoss {
 
 impl Task for SegmentationLoss {
     fn loss(&self, logits: &Tensor, target: &Tensor) -> Tensor {
-        self.loss_by_slices(logits, target, 1)
+        kernels::loss_by_slices(self, logits, target, 1)
     }
 
     /// The M classifiers' logits concatenated along the batch: one cross-entropy, one softmax,
@@ -151,7 +132,7 @@ impl Task for SegmentationLoss {
         if m == 0 {
             return Tensor::zeros([], (Kind::Float, target.device()));
         }
-        self.loss_by_slices(&Tensor::cat(logits, 0), target, m)
+        kernels::loss_by_slices(self, &Tensor::cat(logits, 0), target, m)
     }
 
     fn batch_metric(&self, logits: &Tensor, target: &Tensor) -> f64 {
@@ -167,7 +148,7 @@ impl Task for SegmentationLoss {
         }
         let pred = super::class_indices(&Tensor::cat(logits, 0)).reshape([m, -1]);
         let truth = target.reshape([1, -1]);
-        let counts = Self::region_counts(&pred, &truth)
+        let counts = kernels::region_counts(&pred, &truth)
             .to_device(tch::Device::Cpu)
             .contiguous();
         let n = counts.numel();
@@ -208,8 +189,8 @@ mod tests {
         let target = Tensor::from_slice(&[2i64, 2, 2, 2, 2, 2, 3, 0]).view([1, 2, 4]);
         let pred = Tensor::from_slice(&[2i64, 2, 2, 2, 2, 2, 0, 0]).view([1, 2, 4]);
         let logits = pred.one_hot(4).permute([0, 3, 1, 2]).to_kind(Kind::Float) * 30.0;
-        let pooled = SegmentationLoss::pooled_foreground_dice(&logits, &target).double_value(&[]);
-        let per_class = SegmentationLoss::soft_foreground_dice(&logits, &target).double_value(&[]);
+        let pooled = pooled_foreground_dice(&logits, &target).double_value(&[]);
+        let per_class = soft_foreground_dice(&logits, &target).double_value(&[]);
         // Pooled: 2 * 6 / (6 + 7 + 0.01); per class: NCR 1 (absent, smoothed), ED 13/13, ET 1/2.
         assert!((pooled - 12.0 / 13.01).abs() < 1e-4, "{pooled}");
         assert!(

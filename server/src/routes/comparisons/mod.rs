@@ -66,7 +66,7 @@ async fn create(
     };
     // Every run is checked before any is queued: a bad method or option queues nothing.
     for cell in &cells {
-        let options = cggm_trainer::request::RunOptions::from_json(&cell.body)
+        let options = cggm_core::request::RunOptions::from_json(&cell.body)
             .map_err(|e| Error::Unprocessable(format!("{} seed {}: {e}", cell.arm, cell.seed)))?;
         let config = options
             .to_config(std::path::Path::new(&dataset.path))

@@ -14,9 +14,9 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use cggm_trainer::data::{discover, CaseFiles, CaseSource, LabelValues, Modality, MSD_CHANNELS};
-use cggm_trainer::events::RegionScores;
-use cggm_trainer::rundir::RunDir;
+use cggm_core::data::{discover, CaseFiles, CaseSource, LabelValues, Modality, MSD_CHANNELS};
+use cggm_core::events::RegionScores;
+use cggm_core::rundir::RunDir;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -294,7 +294,7 @@ async fn case_manifest(
 fn case_shape(case: &CaseSource) -> Vec<usize> {
     case.paths()
         .first()
-        .and_then(|p| cggm_trainer::data::read_header(p).ok())
+        .and_then(|p| cggm_core::data::read_header(p).ok())
         .map(|h| h.dims.iter().take(3).copied().collect())
         .unwrap_or_default()
 }
@@ -328,7 +328,7 @@ pub fn run_test_cases(job: &Job) -> Vec<TestCase> {
     let Some(metrics) = run.read_metrics() else {
         return Vec::new();
     };
-    let cases: Vec<cggm_trainer::eval::CaseScores> =
+    let cases: Vec<cggm_core::metrics::CaseScores> =
         serde_json::from_value(metrics["test"]["cases"].clone()).unwrap_or_default();
     let mut out: Vec<TestCase> = cases
         .into_iter()

@@ -42,8 +42,8 @@ pub fn score_against_truth(
     let flat = |a: &ndarray::Array3<u8>| a.iter().copied().collect::<Vec<u8>>();
     let spacing = truth_spacing(prediction);
     Ok(CaseScores {
-        dice: cggm_trainer::metrics::dice_scores(&flat(&pred), &flat(&truth)),
-        hd95: cggm_trainer::metrics::hd95_scores(&pred.view(), &truth.view(), spacing),
+        dice: cggm_core::metrics::dice_scores(&flat(&pred), &flat(&truth)),
+        hd95: cggm_core::metrics::hd95_scores(&pred.view(), &truth.view(), spacing),
     })
 }
 

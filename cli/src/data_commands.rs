@@ -1,0 +1,282 @@
+//! `cggm synth`, `cggm validate` and `cggm bench-loader`: the data layer's subcommands.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+
+use cggm_trainer::data::features::{is_feature_dataset, validate_features};
+use cggm_trainer::data::synth::{write_synthetic_dataset, SynthConfig};
+use cggm_trainer::data::{validate_dataset_counting, SamplerConfig, SliceLoader};
+use cggm_trainer::features_data::synth::{write_feature_dataset, FeatureSynthConfig};
+use cggm_trainer::progress::Progress;
+use cggm_trainer::task::TaskKind;
+
+fn parse_size(text: &str) -> Result<[usize; 3], String> {
+    let parts: Vec<&str> = text.split(['x', 'X']).collect();
+    let [x, y, z] = parts.as_slice() else {
+        return Err(format!("expected XxYxZ such as 96x96x64, got {text:?}"));
+    };
+    let mut size = [0usize; 3];
+    for (slot, part) in size.iter_mut().zip([x, y, z]) {
+        *slot = part
+            .trim()
+            .parse()
+            .map_err(|_| format!("{part:?} in {text:?} is not a whole number"))?;
+        if !(16..=512).contains(slot) {
+            return Err(format!("each side must be 16..512 voxels, got {slot}"));
+        }
+    }
+    Ok(size)
+}
+
+/// Write a synthetic BraTS-2021-layout dataset (int16 images, uint8 labels 0/1/2/4, .nii.gz).
+#[derive(Debug, clap::Args)]
+pub struct SynthArgs {
+    /// Folder to write the case folders into (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Number of cases.
+    #[arg(long, default_value_t = 8)]
+    pub cases: usize,
+    /// Random seed: the same seed writes the same dataset.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Volume size XxYxZ in 1 mm voxels (BraTS: 240x240x155).
+    #[arg(long, default_value = "96x96x64", value_parser = parse_size)]
+    pub size: [usize; 3],
+    /// How much FLAIR dominates: the tumour contrast of t1ce/t1/t2 shrinks and their noise grows
+    /// with it (0 = equally informative modalities). Feature tasks: how much weaker audio and
+    /// vision are than text.
+    #[arg(long, default_value_t = 1.0)]
+    pub imbalance: f64,
+    /// segmentation (NIfTI phantoms, the default), or classification / regression: a feature
+    /// dataset (dataset.json + train/valid/test.safetensors) with text strong, audio and vision
+    /// weak but needed.
+    #[arg(long, default_value = "segmentation")]
+    pub task: TaskKind,
+    /// Feature tasks: training samples (validation and test get a third as many each).
+    #[arg(long, default_value_t = 480)]
+    pub samples: usize,
+}
+
+pub fn synth(args: SynthArgs) -> anyhow::Result<()> {
+    if !(args.imbalance.is_finite() && args.imbalance >= 0.0) {
+        bail!("--imbalance must be a finite number >= 0");
+    }
+    if args.task != TaskKind::Segmentation {
+        if args.samples < 3 {
+            bail!("--samples must be at least 3 (one per split)");
+        }
+        let cfg = FeatureSynthConfig {
+            task: args.task,
+            seed: args.seed,
+            train: args.samples,
+            valid: (args.samples / 3).max(1),
+            test: (args.samples / 3).max(1),
+            imbalance: args.imbalance,
+        };
+        let started = Instant::now();
+        let spec = write_feature_dataset(&args.out, &cfg)?;
+        println!(
+            "wrote a synthetic {} feature dataset ({} train / {} valid / {} test samples; modalities {}) to {} in {:.1} s",
+            spec.task,
+            cfg.train,
+            cfg.valid,
+            cfg.test,
+            spec.names().join(", "),
+            args.out.display(),
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
+    let config = SynthConfig {
+        cases: args.cases,
+        seed: args.seed,
+        size: args.size,
+        imbalance: args.imbalance,
+    };
+    let started = Instant::now();
+    let folders = write_synthetic_dataset(&args.out, &config)?;
+    println!(
+        "wrote {} synthetic cases of {}x{}x{} to {} in {:.1} s",
+        folders.len(),
+        args.size[0],
+        args.size[1],
+        args.size[2],
+        args.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Check a dataset folder (BraTS 2021/2023+, MSD Task01, nnU-Net v2 raw or a feature dataset),
+/// name the layout found and report every bad case.
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    /// The dataset folder.
+    pub dir: PathBuf,
+}
+
+pub fn validate(args: ValidateArgs) -> anyhow::Result<()> {
+    if !args.dir.is_dir() {
+        bail!(
+            "no such folder: {} (give the folder that holds the dataset's cases, imagesTr/ or \
+             dataset.json)",
+            args.dir.display()
+        );
+    }
+    if is_feature_dataset(&args.dir) {
+        let report = validate_features(&args.dir)?;
+        println!("dataset: {}", args.dir.display());
+        println!("layout: feature dataset ({} task)", report.spec.task);
+        for m in &report.spec.modalities {
+            println!("  modality {}: dim {}, steps {}", m.name, m.dim, m.steps());
+        }
+        if !report.spec.classes.is_empty() {
+            println!("  classes: {}", report.spec.classes.join(", "));
+        }
+        for (split, n) in &report.samples {
+            println!("  {split}: {n} samples");
+        }
+        println!("valid: every split matches dataset.json");
+        return Ok(());
+    }
+    let bar = std::sync::OnceLock::new();
+    let report = validate_dataset_counting(&args.dir, &|done, total| {
+        bar.get_or_init(|| Progress::new("validate", total as u64, "cases"))
+            .set_position(done as u64)
+    });
+    if let Some(bar) = bar.get() {
+        bar.finish();
+    }
+    let labelled = report
+        .cases
+        .iter()
+        .filter(|c| c.label_path().is_some())
+        .count();
+    println!("dataset: {}", args.dir.display());
+    println!("layout: {}", report.layout.describe());
+    println!(
+        "valid cases: {} ({labelled} with labels)",
+        report.cases.len()
+    );
+    println!("skipped cases: {}", report.problems.len());
+    for problem in &report.problems {
+        println!("  - {problem}");
+    }
+    if report.cases.is_empty() {
+        bail!(
+            "no valid case in {}; expected BraTS case folders (CASE/CASE_{{flair,t1ce,t1,t2,seg}}.nii.gz, or BraTS 2023 CASE-{{t2f,t1c,t1n,t2w,seg}}), an MSD Task01 or an nnU-Net v2 imagesTr/ + labelsTr/ folder (README \"Data layouts\")",
+            args.dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Measure the training slice loader: 2-D slices per second and peak memory, printed as JSON.
+#[derive(Debug, clap::Args)]
+pub struct LoaderBenchArgs {
+    /// The dataset folder (every case needs a label).
+    pub dir: PathBuf,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 160)]
+    pub crop: usize,
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    #[arg(long, default_value_t = 4)]
+    pub prefetch: usize,
+    /// Batches to time (after `--warmup` untimed ones).
+    #[arg(long, default_value_t = 200)]
+    pub batches: u64,
+    #[arg(long, default_value_t = 5)]
+    pub warmup: u64,
+    /// Slice cache folder (default: the user cache, see README).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Gaussian noise augmentation (z-score units), as in training; 0 turns it off.
+    #[arg(long, default_value_t = SamplerConfig::default().noise_std)]
+    pub noise_std: f32,
+}
+
+/// A memory figure of this process in MiB from `/proc/self/status` (`VmHWM`, `VmRSS`).
+fn status_mib(field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Peak resident memory of this process in MiB (`VmHWM`), if the platform reports it.
+fn peak_rss_mib() -> Option<f64> {
+    status_mib("VmHWM:")
+}
+
+/// Resets the peak-RSS counter (Linux `clear_refs` 5) so that the streaming phase is measured on
+/// its own; returns whether that worked.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+pub fn bench_loader(args: LoaderBenchArgs) -> anyhow::Result<()> {
+    // The binary maps libtorch (hundreds of MB resident before any data is touched): report that
+    // baseline so the loader's own footprint is the difference.
+    let rss_at_start = status_mib("VmRSS:");
+    let report = cggm_trainer::data::discover(&args.dir);
+    let cases = report.cases;
+    if cases.is_empty() {
+        bail!("no cases found in {}", args.dir.display());
+    }
+    let config = SamplerConfig {
+        batch_size: args.batch_size,
+        crop: args.crop,
+        random_crop: true,
+        workers: args.workers,
+        prefetch: args.prefetch,
+        cache_dir: args.cache_dir.clone(),
+        noise_std: args.noise_std,
+        ..SamplerConfig::default()
+    };
+    let started = Instant::now();
+    let mut loader = SliceLoader::new(&cases, config.clone(), args.seed, 0)
+        .context("preparing the slice cache")?;
+    let prepare_seconds = started.elapsed().as_secs_f64();
+    let peak_prepare = peak_rss_mib();
+    let reset = reset_peak_rss();
+    for _ in 0..args.warmup {
+        loader.next_batch()?;
+    }
+    let timed = Instant::now();
+    let mut checksum = 0f64;
+    for _ in 0..args.batches {
+        let batch = loader.next_batch()?;
+        checksum += batch.labels.iter().filter(|&&l| l != 0).count() as f64;
+    }
+    let seconds = timed.elapsed().as_secs_f64();
+    let slices = args.batches * args.batch_size as u64;
+    let json = serde_json::json!({
+        "dataset": args.dir,
+        "cases": cases.len(),
+        "batch_size": args.batch_size,
+        "crop": args.crop,
+        "workers": args.workers,
+        "prefetch": args.prefetch,
+        "noise_std": args.noise_std,
+        "prepare_seconds": prepare_seconds,
+        "batches": args.batches,
+        "slices": slices,
+        "seconds": seconds,
+        "slices_per_second": slices as f64 / seconds,
+        "tumour_pixels_per_slice": checksum / slices as f64,
+        "rss_mib_at_start": rss_at_start,
+        "peak_rss_mib_prepare": peak_prepare,
+        "peak_rss_mib_streaming": if reset { peak_rss_mib() } else { None },
+        "peak_rss_mib_overall": peak_rss_mib().zip(peak_prepare).map(|(a, b)| a.max(b)),
+        "loader_peak_mib_streaming": if reset { peak_rss_mib().zip(rss_at_start).map(|(a, b)| a - b) } else { None },
+    });
+    println!("{}", serde_json::to_string_pretty(&json)?);
+    Ok(())
+}

@@ -1,0 +1,728 @@
+//! The run configuration: one serialisable struct holding everything a run depends on, named
+//! presets, and the methods a run can use. Saved as `config.json` in the run directory.
+
+use crate::balance::BalanceFormula;
+use crate::data::{Augmentation, Modality, SamplerConfig};
+use crate::loss::{SegmentationLoss, SoftDice};
+use crate::model_config::{FeatureModelConfig, ModelConfig};
+use crate::optim_config::{OptimizerConfig, OptimizerKind};
+use crate::task::TaskKind;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// How the encoders' gradients are treated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// Plain joint training, no modulation.
+    Joint,
+    /// One modality alone (its encoder only).
+    Unimodal(Modality),
+    /// One modality of a feature dataset alone, by name (checked against the dataset at start).
+    UnimodalFeature(ModalityName),
+    /// CGGM: magnitude (B_i scaling) and direction (L_gm) modulation.
+    Cggm,
+    /// CGGM magnitude only (lambda = 0).
+    CggmMagnitude,
+    /// CGGM direction only (no gradient scaling).
+    CggmDirection,
+    /// numbers (issue 8): the fixed-B control. CGGM with every B_i fixed at the neutral
+    /// rho(M-1)/M (encoder gradients scaled by it, L_gm weighted by it): what CGGM does without
+    /// balancing. CGGM minus this control is the effect of balancing itself, not of the lower
+    /// encoder learning rate (0.75x for four modalities) that magnitude modulation also implies.
+    CggmFixed,
+    /// The authors' public code task by task (zrguo/CGGM `src/segtrain.py`, `src/msatrain.py`):
+    /// their eps_i, coefficients `(S + 1e-8 - d_i) / (S + 1e-8)`, and the weight-cosine L_gm
+    /// built at step t - 1 from the pre-update weights (no rho, none at step 0); BraTS scales no
+    /// gradient (their names match no parameter), feature tasks scale `encoders.<i>` (not the
+    /// projection) by rho times the coefficient. `cggm.balance`, `direction` and `eps_ema` are
+    /// ignored. See `step.rs` and README "What differs from the paper".
+    CggmAuthors,
+    /// numbers (issue 8): OGM-GE (Peng et al., CVPR 2022), see `baselines`.
+    OgmGe,
+    /// numbers (issue 8): AGM (Li et al., ICCV 2023), see `baselines`.
+    Agm,
+    /// numbers (issue 8): PMR (Fan et al., CVPR 2023), see `baselines`.
+    Pmr,
+    /// Modality random dropout: each modality's input zeroed with probability `mrd_drop_prob`.
+    Mrd,
+    /// Modality-specific learning rates (`mslr_scales`).
+    Mslr,
+}
+
+impl Method {
+    pub fn modulates_magnitude(self) -> bool {
+        matches!(
+            self,
+            Method::Cggm | Method::CggmMagnitude | Method::CggmFixed
+        )
+    }
+
+    pub fn modulates_direction(self) -> bool {
+        matches!(
+            self,
+            Method::Cggm | Method::CggmDirection | Method::CggmFixed | Method::CggmAuthors
+        )
+    }
+
+    pub fn is_cggm(self) -> bool {
+        self.modulates_magnitude() || self.modulates_direction()
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Method::Joint => f.write_str("joint"),
+            Method::Unimodal(m) => write!(f, "unimodal:{}", m.name()),
+            Method::UnimodalFeature(m) => write!(f, "unimodal:{}", m.as_str()),
+            Method::Cggm => f.write_str("cggm"),
+            Method::CggmMagnitude => f.write_str("cggm-magnitude"),
+            Method::CggmDirection => f.write_str("cggm-direction"),
+            Method::CggmFixed => f.write_str("cggm-fixed"),
+            Method::CggmAuthors => f.write_str("cggm-authors"),
+            Method::OgmGe => f.write_str("ogm-ge"),
+            Method::Agm => f.write_str("agm"),
+            Method::Pmr => f.write_str("pmr"),
+            Method::Mrd => f.write_str("mrd"),
+            Method::Mslr => f.write_str("mslr"),
+        }
+    }
+}
+
+impl FromStr for Method {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim().to_ascii_lowercase();
+        if let Some(m) = s.strip_prefix("unimodal:") {
+            // MRI names are the segmentation modalities; any other name is a feature dataset's
+            // modality, checked against the dataset when the run starts.
+            return match Modality::parse(m) {
+                Some(m) => Ok(Method::Unimodal(m)),
+                None => ModalityName::new(m).map(Method::UnimodalFeature).ok_or_else(|| {
+                    format!("unknown modality {m:?} in {s:?}: use flair, t1ce, t1 or t2 (segmentation) or a modality of the feature dataset (1-32 characters)")
+                }),
+            };
+        }
+        Ok(match s.as_str() {
+            "joint" => Method::Joint,
+            "cggm" => Method::Cggm,
+            "cggm-magnitude" => Method::CggmMagnitude,
+            "cggm-direction" => Method::CggmDirection,
+            "cggm-fixed" => Method::CggmFixed,
+            "cggm-authors" => Method::CggmAuthors,
+            "ogm-ge" => Method::OgmGe,
+            "agm" => Method::Agm,
+            "pmr" => Method::Pmr,
+            "mrd" => Method::Mrd,
+            "mslr" => Method::Mslr,
+            _ => {
+                return Err(format!(
+                    "unknown method {s:?}: use joint, cggm, cggm-magnitude, cggm-direction, cggm-fixed, cggm-authors, ogm-ge, agm, pmr, mrd, mslr or unimodal:<modality>"
+                ))
+            }
+        })
+    }
+}
+
+impl Serialize for Method {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Method {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A modality name that is `Copy` (so `Method` stays `Copy`): at most 32 bytes, no ':' or '/'.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ModalityName {
+    len: u8,
+    bytes: [u8; 32],
+}
+
+impl ModalityName {
+    pub fn new(name: &str) -> Option<Self> {
+        let ok = !name.is_empty() && name.len() <= 32 && !name.contains([':', '/', '.', ' ']);
+        ok.then(|| {
+            let mut bytes = [0u8; 32];
+            bytes[..name.len()].copy_from_slice(name.as_bytes());
+            Self {
+                len: name.len() as u8,
+                bytes,
+            }
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or("")
+    }
+}
+
+impl fmt::Debug for ModalityName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+/// Where the direction term takes its two vectors from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DirectionSource {
+    /// The paper: gradients of the last layers (g_F with create_graph), added in the same step.
+    #[default]
+    Gradient,
+    /// The cosine of the last layers' *weights* (current ones, after this step's classifier
+    /// update) with the previous step's B (rho included), from step 0: a variant near the
+    /// authors' code, not their loop (that is `--method cggm-authors`). For comparison only.
+    AuthorsWeightCosine,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CggmConfig {
+    pub rho: f64,
+    pub lambda: f64,
+    pub balance: BalanceFormula,
+    pub direction: DirectionSource,
+    /// numbers (issue 8): smoothing of the classifier metrics eps_i before d_i is taken: EMA
+    /// factor beta in [0, 1); 0 = off (the paper). See `cggm::BalanceTracker`.
+    #[serde(default)]
+    pub eps_ema: f64,
+}
+
+impl Default for CggmConfig {
+    fn default() -> Self {
+        Self {
+            rho: 1.0,
+            lambda: 0.1,
+            balance: BalanceFormula::Guarded,
+            direction: DirectionSource::Gradient,
+            eps_ema: 0.0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleConfig {
+    pub lr: f64,
+    pub min_lr: f64,
+    pub warmup_epochs: usize,
+    pub warmup_start_lr: f64,
+    /// The classifiers' own learning rate (constant).
+    pub classifier_lr: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SplitConfig {
+    pub val_fraction: f64,
+    pub test_fraction: f64,
+    /// A JSON file {"train": [ids], "val": [...], "test": [...]} overriding the fractions.
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub preset: String,
+    /// Segmentation (NIfTI data, `model`) or a feature task (feature dataset, `features`).
+    #[serde(default)]
+    pub task: TaskKind,
+    pub method: Method,
+    pub data: PathBuf,
+    pub seed: u64,
+    /// auto, cpu or cuda:N
+    pub device: String,
+    pub epochs: usize,
+    /// Optimisation steps per epoch; `None`: `slices_per_case` slices of every training case.
+    pub steps_per_epoch: Option<usize>,
+    pub slices_per_case: usize,
+    pub val_every: usize,
+    /// Validate on at most this many cases each epoch (all of them at the end); None = all.
+    pub val_cases: Option<usize>,
+    pub model: ModelConfig,
+    /// The feature-task model (classification and regression runs).
+    #[serde(default)]
+    pub features: FeatureModelConfig,
+    /// `batch_size` is every task's batch size; the rest is segmentation's slice sampling.
+    pub sampler: SamplerConfig,
+    pub loss: SegmentationLoss,
+    pub optimizer: OptimizerConfig,
+    pub schedule: ScheduleConfig,
+    pub grad_clip: Option<f64>,
+    /// Autocast on CUDA (ignored on the CPU), to `amp_dtype`.
+    pub mixed_precision: bool,
+    /// bf16 (default, no loss scaling needed) or fp16 (with dynamic loss scaling).
+    #[serde(default)]
+    pub amp_dtype: crate::precision::AmpDtype,
+    pub cggm: CggmConfig,
+    pub mrd_drop_prob: f64,
+    /// Learning-rate multiplier per modality for `mslr`.
+    pub mslr_scales: BTreeMap<String, f64>,
+    /// Train the per-modality classifiers for methods that do not need them, so every run reports
+    /// per-modality Dice. They see detached features and never change the model.
+    pub probes: bool,
+    pub split: SplitConfig,
+    /// Slices per forward pass at evaluation and inference.
+    pub eval_batch: usize,
+    /// numbers (issue 8): hyper-parameters of the OGM-GE, AGM and PMR baselines.
+    #[serde(default)]
+    pub baselines: crate::baseline_config::BaselineConfig,
+}
+
+impl TrainConfig {
+    pub const PRESETS: [&'static str; 7] = [
+        "paper",
+        "cpu-small",
+        "tiny",
+        "cpu-features",
+        "paper-mosi",
+        "paper-iemocap",
+        "paper-food101",
+    ];
+
+    /// The tasks preset `name` trains: a segmentation preset segments; `cpu-features` trains
+    /// either feature task (the dataset decides); the paper's feature presets are those of their
+    /// benchmark (CMU-MOSI sentiment is a regression, IEMOCAP and Food-101 classifications).
+    pub fn preset_tasks(name: &str) -> &'static [TaskKind] {
+        match name {
+            "cpu-features" => &[TaskKind::Classification, TaskKind::Regression],
+            "paper-mosi" => &[TaskKind::Regression],
+            "paper-iemocap" | "paper-food101" => &[TaskKind::Classification],
+            _ => &[TaskKind::Segmentation],
+        }
+    }
+
+    /// This configuration trains `task` (a feature dataset's own), when its preset can; else the
+    /// reason, naming the presets that can.
+    pub fn train_task(&mut self, task: TaskKind) -> Result<(), String> {
+        if Self::preset_tasks(&self.preset).contains(&task) {
+            self.task = task;
+            return Ok(());
+        }
+        let fitting: Vec<&str> = Self::PRESETS
+            .into_iter()
+            .filter(|p| Self::preset_tasks(p).contains(&task))
+            .collect();
+        Err(format!(
+            "preset {} trains {}, not {task}: choose {}",
+            self.preset,
+            Self::preset_tasks(&self.preset)
+                .iter()
+                .map(|t| t.name())
+                .collect::<Vec<_>>()
+                .join(" or "),
+            fitting.join(", ")
+        ))
+    }
+
+    pub fn preset(name: &str) -> Result<Self, String> {
+        let base = Self {
+            preset: name.to_string(),
+            task: TaskKind::Segmentation,
+            method: Method::Cggm,
+            data: PathBuf::new(),
+            seed: 0,
+            device: "auto".into(),
+            epochs: 75,
+            steps_per_epoch: None,
+            slices_per_case: 16,
+            val_every: 1,
+            val_cases: None,
+            model: ModelConfig::paper(),
+            features: FeatureModelConfig::cpu(),
+            sampler: SamplerConfig {
+                batch_size: 64,
+                crop: 160,
+                random_crop: false,
+                ..SamplerConfig::default()
+            },
+            loss: SegmentationLoss::default(),
+            optimizer: OptimizerConfig::default(),
+            schedule: ScheduleConfig {
+                lr: 0.01,
+                min_lr: 0.001,
+                warmup_epochs: 10,
+                warmup_start_lr: 4e-4,
+                classifier_lr: 6e-3,
+            },
+            grad_clip: None,
+            mixed_precision: true,
+            amp_dtype: crate::precision::AmpDtype::Bf16,
+            cggm: CggmConfig::default(),
+            mrd_drop_prob: 0.25,
+            mslr_scales: default_mslr_scales(),
+            probes: true,
+            split: SplitConfig {
+                val_fraction: 0.15,
+                test_fraction: 0.15,
+                file: None,
+            },
+            eval_batch: 16,
+            baselines: Default::default(),
+        };
+        match name {
+            // numbers (issue 8): the authors' protocol (zrguo/CGGM datasets/BratsDataset.py and
+            // src/eval_metrics.py): an epoch is one random tumour slice of every training case,
+            // their augmentation, their pooled soft Dice. README "The paper preset" lists what
+            // still differs.
+            "paper" => Ok(Self {
+                slices_per_case: 1,
+                sampler: SamplerConfig {
+                    tumour_fraction: 1.0,
+                    case_sweep: true,
+                    augmentation: Augmentation::Authors,
+                    ..base.sampler.clone()
+                },
+                loss: SegmentationLoss {
+                    dice: SoftDice::AuthorsPooled,
+                    ..SegmentationLoss::default()
+                },
+                ..base
+            }),
+            "cpu-small" => Ok(Self {
+                epochs: 12,
+                slices_per_case: 24,
+                model: ModelConfig::cpu_small(),
+                sampler: SamplerConfig {
+                    batch_size: 16,
+                    crop: 64,
+                    random_crop: true,
+                    ..base.sampler.clone()
+                },
+                optimizer: OptimizerConfig {
+                    kind: OptimizerKind::Adamw,
+                    weight_decay: 1e-4,
+                    ..OptimizerConfig::default()
+                },
+                schedule: ScheduleConfig {
+                    lr: 2e-3,
+                    min_lr: 1e-4,
+                    warmup_epochs: 1,
+                    warmup_start_lr: 2e-4,
+                    classifier_lr: 2e-3,
+                },
+                eval_batch: 32,
+                ..base
+            }),
+            "tiny" => Ok(Self {
+                epochs: 1,
+                steps_per_epoch: Some(3),
+                model: ModelConfig::tiny(),
+                sampler: SamplerConfig {
+                    batch_size: 4,
+                    crop: 32,
+                    random_crop: true,
+                    workers: 1,
+                    prefetch: 2,
+                    ..base.sampler.clone()
+                },
+                optimizer: OptimizerConfig {
+                    kind: OptimizerKind::Adam,
+                    weight_decay: 0.0,
+                    ..OptimizerConfig::default()
+                },
+                schedule: ScheduleConfig {
+                    lr: 1e-3,
+                    min_lr: 1e-4,
+                    warmup_epochs: 0,
+                    warmup_start_lr: 1e-4,
+                    classifier_lr: 1e-3,
+                },
+                eval_batch: 16,
+                ..base
+            }),
+            "cpu-features" | "paper-mosi" | "paper-iemocap" | "paper-food101" => {
+                Ok(Self::feature_preset(name, base))
+            }
+            other => Err(format!(
+                "unknown preset {other:?}: use {}",
+                Self::PRESETS.join(", ")
+            )),
+        }
+    }
+
+    /// Feature-task presets: the CPU preset for the synthetic set (`cggm synth --task ...`), and
+    /// the paper's settings from Appendix B and the authors' run scripts (run/mosi_run.py,
+    /// run/iemo_run.py, run/food_run.py): Adam(W) at 1e-3, classifiers at 5e-4, gradient clipping
+    /// 0.8, rho 1.3, lambda 0.2 (Food-101: 0.05), batch 64 (Food-101: 128), 30 epochs (Food-101:
+    /// 60). They decay the learning rate on a validation plateau (x0.1 after 10 epochs); here the
+    /// rate stays constant (min_lr = lr), and the task kind comes from the dataset.
+    fn feature_preset(name: &str, base: Self) -> Self {
+        let (features, epochs, batch, kind, lambda) = match name {
+            "paper-mosi" => (FeatureModelConfig::mosi(), 30, 64, OptimizerKind::Adam, 0.2),
+            "paper-iemocap" => (
+                FeatureModelConfig::iemocap(),
+                30,
+                64,
+                OptimizerKind::Adam,
+                0.2,
+            ),
+            "paper-food101" => (
+                FeatureModelConfig::food101(),
+                60,
+                128,
+                OptimizerKind::Adamw,
+                0.05,
+            ),
+            _ => (FeatureModelConfig::cpu(), 12, 32, OptimizerKind::Adam, 0.2),
+        };
+        Self {
+            // The first task the preset trains; a run on a dataset takes the dataset's own
+            // (`train_task`).
+            task: Self::preset_tasks(name)[0],
+            epochs,
+            steps_per_epoch: None,
+            features,
+            sampler: SamplerConfig {
+                batch_size: batch,
+                ..base.sampler.clone()
+            },
+            optimizer: OptimizerConfig {
+                kind,
+                weight_decay: if kind == OptimizerKind::Adamw {
+                    1e-2
+                } else {
+                    0.0
+                },
+                ..OptimizerConfig::default()
+            },
+            schedule: ScheduleConfig {
+                lr: 1e-3,
+                min_lr: 1e-3,
+                warmup_epochs: 0,
+                warmup_start_lr: 1e-3,
+                classifier_lr: 5e-4,
+            },
+            grad_clip: Some(0.8),
+            cggm: CggmConfig {
+                rho: 1.3,
+                lambda,
+                ..CggmConfig::default()
+            },
+            // The strong modality of the synthetic set and of MOSI/IEMOCAP (the paper: text).
+            mslr_scales: BTreeMap::from([("text".to_string(), 0.5)]),
+            eval_batch: 256,
+            ..base
+        }
+    }
+
+    /// The modalities the model sees, in the fixed project order (segmentation runs).
+    pub fn modalities(&self) -> Vec<Modality> {
+        match self.method {
+            Method::Unimodal(m) => vec![m],
+            _ => Modality::ALL.to_vec(),
+        }
+    }
+
+    /// Indices into `dataset_modalities` that a feature run trains on.
+    pub fn feature_modalities(&self, dataset_modalities: &[String]) -> Result<Vec<usize>, String> {
+        let only = match self.method {
+            Method::Unimodal(m) => Some(m.name()),
+            Method::UnimodalFeature(ref m) => Some(m.as_str()),
+            _ => None,
+        };
+        match only {
+            None => Ok((0..dataset_modalities.len()).collect()),
+            Some(name) => dataset_modalities
+                .iter()
+                .position(|m| m == name)
+                .map(|i| vec![i])
+                .ok_or_else(|| {
+                    format!(
+                        "the dataset has no modality {name:?}: use unimodal:<{}>",
+                        dataset_modalities.join("|")
+                    )
+                }),
+        }
+    }
+
+    /// Whether per-modality classifiers are trained in this run.
+    pub fn trains_classifiers(&self) -> bool {
+        // OGM-GE reads its scores from the classifiers.
+        self.method.is_cggm() || self.probes || self.method == Method::OgmGe
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.task == TaskKind::Segmentation {
+            self.model.validate()?;
+        } else {
+            self.features.validate()?;
+        }
+        if let (TaskKind::Segmentation, Method::UnimodalFeature(m)) = (self.task, self.method) {
+            return Err(format!(
+                "unknown modality {:?} for segmentation: use unimodal:<flair|t1ce|t1|t2>",
+                m.as_str()
+            ));
+        }
+        self.validate_knobs()?;
+        let positive = [
+            ("epochs", self.epochs),
+            ("batch size", self.sampler.batch_size),
+            ("val_every", self.val_every),
+            ("eval_batch", self.eval_batch),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        let segmentation = self.task == TaskKind::Segmentation;
+        if segmentation && (self.sampler.crop < 16 || !self.sampler.crop.is_multiple_of(16)) {
+            return Err(format!(
+                "crop {} must be a multiple of 16 and at least 16",
+                self.sampler.crop
+            ));
+        }
+        if !(self.cggm.rho.is_finite() && self.cggm.rho >= 0.0) {
+            return Err(format!(
+                "rho must be a finite non-negative number, got {}",
+                self.cggm.rho
+            ));
+        }
+        if !(self.cggm.lambda.is_finite() && self.cggm.lambda >= 0.0) {
+            return Err(format!(
+                "lambda must be a finite non-negative number, got {}",
+                self.cggm.lambda
+            ));
+        }
+        if !(0.0..1.0).contains(&self.cggm.eps_ema) {
+            return Err(format!(
+                "cggm.eps_ema must be in [0, 1) (0 = no smoothing), got {}",
+                self.cggm.eps_ema
+            ));
+        }
+        if !(self.schedule.lr > 0.0 && self.schedule.lr.is_finite()) {
+            return Err(format!(
+                "learning rate must be positive, got {}",
+                self.schedule.lr
+            ));
+        }
+        if !(0.0..1.0).contains(&self.mrd_drop_prob) {
+            return Err(format!(
+                "mrd_drop_prob must be in [0, 1), got {}",
+                self.mrd_drop_prob
+            ));
+        }
+        if segmentation && self.model.classes != self.loss.class_weights.len() as i64 {
+            return Err(format!(
+                "loss.class_weights has {} entries but the model predicts {} classes",
+                self.loss.class_weights.len(),
+                self.model.classes
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// MSLR's default: the dominant modality (FLAIR, which alone finds the whole tumour) learns at
+/// half the rate of the others.
+fn default_mslr_scales() -> BTreeMap<String, f64> {
+    Modality::ALL
+        .iter()
+        .map(|m| {
+            (
+                m.name().to_string(),
+                if *m == Modality::Flair { 0.5 } else { 1.0 },
+            )
+        })
+        .collect()
+}
+
+impl TrainConfig {
+    /// The knobs a run request sets that `validate` above does not cover (part of it): each error
+    /// names the value and what to use instead.
+    fn validate_knobs(&self) -> Result<(), String> {
+        crate::request::check_device_spec(&self.device)?;
+        let cls_lr = self.schedule.classifier_lr;
+        if !(cls_lr.is_finite() && cls_lr > 0.0) {
+            return Err(format!(
+                "classifier learning rate (cls_lr) must be a positive number, got {cls_lr}"
+            ));
+        }
+        if !(self.schedule.min_lr.is_finite() && self.schedule.min_lr >= 0.0) {
+            return Err(format!(
+                "min_lr must be a finite non-negative number, got {}",
+                self.schedule.min_lr
+            ));
+        }
+        if let Some(clip) = self.grad_clip.filter(|c| !(c.is_finite() && *c > 0.0)) {
+            return Err(format!(
+                "grad_clip must be a positive number, got {clip}; leave it out to not clip"
+            ));
+        }
+        for (name, v) in [
+            ("steps_per_epoch", self.steps_per_epoch),
+            ("val_cases", self.val_cases),
+        ] {
+            if v == Some(0) {
+                return Err(format!(
+                    "{name} must be at least 1; leave it out for the preset's rule"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_round_trip_through_their_names() {
+        for s in [
+            "joint",
+            "cggm",
+            "cggm-magnitude",
+            "cggm-direction",
+            "cggm-fixed",
+            "cggm-authors",
+            "ogm-ge",
+            "agm",
+            "pmr",
+            "mrd",
+            "mslr",
+            "unimodal:t1ce",
+        ] {
+            assert_eq!(s.parse::<Method>().unwrap().to_string(), s);
+        }
+        assert!("unimodal:a/b"
+            .parse::<Method>()
+            .unwrap_err()
+            .contains("a/b"));
+        // Any other name is a feature modality, which a segmentation run refuses.
+        let mut cfg = TrainConfig::preset("tiny").unwrap();
+        cfg.method = "unimodal:pet".parse().unwrap();
+        assert!(cfg.validate().unwrap_err().contains("pet"));
+        cfg.task = TaskKind::Classification;
+        assert_eq!(
+            cfg.feature_modalities(&["text".into(), "pet".into()]),
+            Ok(vec![1])
+        );
+    }
+
+    #[test]
+    fn presets_are_valid_and_round_trip_through_json() {
+        for name in TrainConfig::PRESETS {
+            let cfg = TrainConfig::preset(name).unwrap();
+            cfg.validate().unwrap();
+            let json = serde_json::to_string(&cfg).unwrap();
+            assert_eq!(serde_json::from_str::<TrainConfig>(&json).unwrap(), cfg);
+        }
+        let paper = TrainConfig::preset("paper").unwrap();
+        assert_eq!(
+            (
+                paper.model.backbone.depth,
+                paper.sampler.crop,
+                paper.sampler.batch_size
+            ),
+            (101, 160, 64)
+        );
+    }
+}
