@@ -20,9 +20,10 @@ test: web
 	scripts/setup-slurm.sh
 	CGGM_REQUIRE_SLURM=1 $(CARGO) test --workspace --all-targets $(ARGS)
 
-## Build target/release/cggm (rpath to libtorch: runs without LD_LIBRARY_PATH).
+## Build target/release/cggm and target/release/cggm-trainer (the libtorch half, rpath to libtorch:
+## runs without LD_LIBRARY_PATH).
 build: web
-	$(CARGO) build --release -p cggm-server --bin cggm
+	$(CARGO) build --release -p cggm-cli -p cggm-trainer --bins
 
 setup:
 	scripts/setup-python.sh >/dev/null

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Builds a stripped release `cggm` for a GPU machine that has PyTorch but no Rust toolchain and no
+# Builds a stripped release `cggm-trainer` (the libtorch half of `cggm`: train, eval, infer, bench) for a GPU machine that has PyTorch but no Rust toolchain and no
 # network (what scripts/gpu-check.sh runs there). The binary links against the libtorch of the
 # PyTorch *on that machine* (default 2.11.0, CUDA 13, as on the lent H200s): at run time it loads
 # that installation's libraries through LD_LIBRARY_PATH, so nothing but the ~11 MB binary travels.
 #
-#   scripts/build-gpu-binary.sh [OUTPUT]        (default: target/gpu/cggm, ignored by git)
+#   scripts/build-gpu-binary.sh [OUTPUT]        (default: target/gpu/cggm-trainer, ignored by git)
 #   TORCH_VERSION=2.11.0  GPU_BUILD_DIR=~/.cache/cggm-gpu   (environment, optional)
 #
 # How, and why each step:
@@ -23,7 +23,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 version="${TORCH_VERSION:-2.11.0}"
 work="${GPU_BUILD_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cggm-gpu}/torch-$version"
-output="${1:-$root/target/gpu/cggm}"
+output="${1:-$root/target/gpu/cggm-trainer}"
 python="${PYTHON:-python3}"
 mkdir -p "$work"
 
@@ -84,10 +84,10 @@ echo "== building cggm against torch $version (separate target folder $work/targ
     LIBTORCH="$libtorch" LIBTORCH_BYPASS_VERSION_CHECK=1 \
     RUSTFLAGS="-C link-arg=-Wl,--allow-shlib-undefined" \
     CARGO_TARGET_DIR="$work/target" \
-    cargo build --release -p cggm-server --bin cggm \
+    cargo build --release -p cggm-trainer --bin cggm-trainer \
     --config "patch.crates-io.torch-sys.path=\"$vendored\""
 )
 mkdir -p "$(dirname "$output")"
-strip -o "$output" "$work/target/release/cggm"
+strip -o "$output" "$work/target/release/cggm-trainer"
 echo "== $output ($(du -h "$output" | cut -f1)), linked against torch $version:" >&2
 echo "   on the GPU machine: LD_LIBRARY_PATH=\$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib $output --help" >&2

@@ -18,7 +18,7 @@
 # It prints a summary and writes summary.md, results.json and the full log under $OUT.
 #
 # Usage: scripts/gpu-check.sh [--binary PATH] [--device cuda:0] [--quick]
-#   --binary  the prebuilt cggm (default target/gpu/cggm, else target/release/cggm)
+#   --binary  the prebuilt cggm-trainer (default target/gpu/cggm-trainer, else target/release/cggm-trainer)
 #   --quick   small sizes everywhere: the dry run on a CPU is `--device cpu --quick`
 # Environment: OUT (default target/gpu-check), PYTHON (a python with torch), PAPER_STEPS (200),
 #   PAPER_BATCH (64), PAPER_CROP (160), BENCH_STEPS (3).
@@ -37,7 +37,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 if [ -z "$binary" ]; then
-  for b in target/gpu/cggm target/release/cggm; do [ -x "$b" ] && binary="$b" && break; done
+  for b in target/gpu/cggm-trainer target/release/cggm-trainer; do [ -x "$b" ] && binary="$b" && break; done
 fi
 [ -n "$binary" ] && [ -x "$binary" ] || {
   echo "no cggm binary: build one with scripts/build-gpu-binary.sh (or pass --binary PATH)" >&2

@@ -1,9 +1,16 @@
-//! `cggm`: the one user-facing binary. `serve` runs the web application (the server crate), `study`
-//! drives one through its API; synth, validate, train, eval, infer and bench run the trainer.
+//! `cggm`: the one user-facing command. `serve` runs the web application (the server crate),
+//! `study` drives one through its API, `synth` and `validate` are the data layer's; none of them
+//! loads libtorch. `train`, `eval`, `infer` and `bench` are handed, arguments unchanged, to
+//! `cggm-trainer` beside this binary, which replaces this process (same pid, so the server's job
+//! control and Slurm see one process).
 
-use cggm_cli::{commands, study};
+mod study;
+
+use cggm_core::data_commands;
 
 use clap::{Parser, Subcommand};
+use std::ffi::OsString;
+use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -16,7 +23,7 @@ struct Cli {
     command: Command,
 }
 
-// Parsed once per process; boxing the large trainer arguments would buy nothing.
+// Parsed once per process; boxing the large server arguments would buy nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -24,16 +31,37 @@ enum Command {
     Serve(cggm_server::ServeArgs),
     /// Launch a method comparison (methods x seeds on one dataset) on a running server.
     Study(study::StudyArgs),
-    #[command(flatten)]
-    Trainer(commands::Command),
+    /// Write a synthetic dataset: BraTS-2021-layout NIfTI phantoms, or (--task classification |
+    /// regression) an imbalanced feature dataset.
+    Synth(data_commands::SynthArgs),
+    /// Check a dataset folder (every NIfTI case, or a feature dataset) and print a report.
+    Validate(data_commands::ValidateArgs),
+    /// Train a multimodal model (CGGM or a baseline) for segmentation, classification or
+    /// regression (`cggm train --help` lists every option, method and preset).
+    #[command(disable_help_flag = true)]
+    Train(Passed),
+    /// Evaluate a run's best checkpoint per case in 3-D (Dice, HD95, per-modality Dice).
+    #[command(disable_help_flag = true)]
+    Eval(Passed),
+    /// Segment one study, or a folder of cases, with a trained run.
+    #[command(disable_help_flag = true)]
+    Infer(Passed),
+    /// Benchmarks: data loader, training step (joint vs CGGM), inference.
+    #[command(disable_help_flag = true)]
+    Bench(Passed),
+}
+
+/// The arguments of a subcommand that `cggm-trainer` parses (and documents in its `--help`).
+#[derive(Debug, clap::Args)]
+struct Passed {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<OsString>,
 }
 
 fn main() {
-    quiet_error_backtraces();
-    private_files();
+    cggm_core::process::quiet_error_backtraces();
+    cggm_core::process::private_files();
     let result = run(Cli::parse());
-    // Everything of ours is dropped by now (files flushed and closed, the server's runtime and
-    // its jobs stopped); report the error as `main` returning it would.
     let code = match result {
         Ok(()) => 0,
         Err(error) => {
@@ -41,67 +69,79 @@ fn main() {
             1
         }
     };
-    exit_without_library_destructors(code)
+    std::process::exit(code)
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Serve(args) => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info,tower_http=info,sqlx=warn".into()),
-                )
-                .with_writer(std::io::stderr)
-                // Colour codes only for a person at a terminal, never in a log file or journal.
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .init();
-            // The server links no libtorch: the trainer tells it which CUDA devices this machine has.
-            let cuda_devices = cggm_trainer::device::cuda_devices();
-            tokio::runtime::Runtime::new()?.block_on(cggm_server::serve(args, cuda_devices))
-        }
-        Command::Study(args) => study::run(args),
-        Command::Trainer(command) => {
-            cggm_server::exit_with_parent();
-            commands::run(command)
-        }
-    }
+    let (name, passed) = match cli.command {
+        Command::Serve(args) => return serve(args),
+        Command::Study(args) => return study::run(args),
+        Command::Synth(args) => return data_commands::synth(args),
+        Command::Validate(args) => return data_commands::validate(args),
+        Command::Train(p) => ("train", p),
+        Command::Eval(p) => ("eval", p),
+        Command::Infer(p) => ("infer", p),
+        Command::Bench(p) => ("bench", p),
+    };
+    exec_trainer(name, passed.args)
 }
 
-/// A user's mistake (a bad dataset, a wrong flag) is reported as a message, not a stack trace:
-/// unless `RUST_LIB_BACKTRACE` says otherwise, errors capture no backtrace even when
-/// `RUST_BACKTRACE=1` is set for panics. Resolving one reads the binary's debug information —
-/// 260 MB more peak memory for `cggm validate` on a bad folder with a debug build.
-fn quiet_error_backtraces() {
-    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
-        // Edition 2021: safe; called first thing in `main`, before this program starts a thread.
-        std::env::set_var("RUST_LIB_BACKTRACE", "0");
-    }
+fn serve(args: cggm_server::ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tower_http=info,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never in a log file or journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cuda_devices = cuda_devices();
+    tokio::runtime::Runtime::new()?.block_on(cggm_server::serve(args, cuda_devices))
 }
 
-/// Everything this process (server, trainer child, CLI) creates is its owner's alone: patient
-/// data (the database, studies, predictions, runs, logs) must not be readable by other local
-/// users, who never went through the token. Folders become 0700, files 0600.
-#[allow(unsafe_code)]
-fn private_files() {
-    // SAFETY: `umask` only sets the process's file-mode mask and cannot fail.
-    unsafe {
-        libc::umask(0o077);
+/// `cggm-trainer`: `$CGGM_TRAINER`, else the file beside this binary.
+fn trainer_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("CGGM_TRAINER") {
+        return Ok(PathBuf::from(path));
     }
+    let exe = std::env::current_exe()?;
+    Ok(exe.with_file_name(format!("cggm-trainer{}", std::env::consts::EXE_SUFFIX)))
 }
 
-/// Ends the process without running the C and C++ exit handlers. libtorch and its CUDA libraries
-/// tear down their static state there, touching pages nothing else used: measured, that raised the
-/// peak memory of every `cggm` command by ~110 MB (`cggm serve`: 393 MB while running, 502 MB
-/// peak after exit; `cggm validate`: ~500 MB instead of ~390 MB). Nothing of ours depends on
-/// them: Rust's own values are dropped before this is called, and the standard streams are
-/// flushed here.
-#[allow(unsafe_code)]
-fn exit_without_library_destructors(code: i32) -> ! {
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
-    // SAFETY: `_exit` takes no pointers and does not return; the only effect skipped is the
-    // exit handlers described above.
-    unsafe { libc::_exit(code) }
+/// The CUDA devices libtorch sees on this machine, asked of `cggm-trainer devices` once: the
+/// server links no libtorch. 0 (with a warning) when the trainer cannot answer.
+fn cuda_devices() -> usize {
+    let answer = trainer_binary().and_then(|bin| {
+        let out = std::process::Command::new(&bin)
+            .arg("devices")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", bin.display()))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{} devices: {}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<usize>()?)
+    });
+    answer.unwrap_or_else(|e| {
+        eprintln!("cggm: could not count the CUDA devices ({e:#}); offering the CPU only");
+        0
+    })
+}
+
+/// Replaces this process with `cggm-trainer <name> <args>`.
+fn exec_trainer(name: &str, args: Vec<OsString>) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let bin = trainer_binary()?;
+    let error = std::process::Command::new(&bin).arg(name).args(args).exec();
+    anyhow::bail!(
+        "could not start {} ({error}): `cggm {name}` needs the cggm-trainer binary beside cggm \
+         (`make build`, or `cargo build -p cggm-trainer --bins`), or its path in CGGM_TRAINER",
+        bin.display()
+    )
 }

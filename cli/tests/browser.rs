@@ -328,9 +328,11 @@ async fn a_regression_run_starts_from_the_api_and_shows_mae_corr_acc2_and_its_sc
         .status()
         .unwrap();
     assert!(status.success(), "cggm synth --task regression failed");
-    let dataset = server.register_dataset("sentiment", &folder).await;
-    assert_eq!(dataset["task"], "regression", "{dataset}");
-    let dataset = dataset["id"].as_i64().unwrap();
+    let dataset = server.register_dataset("sentiment", &folder).await["id"]
+        .as_i64()
+        .unwrap();
+    let listed = server.get_json("/api/datasets").await;
+    assert_eq!(listed[0]["task"], "regression", "{listed}");
     // The vocabulary offers a preset for regression, and the form lists it for this dataset.
     let vocabulary = server.get_json("/api/vocabulary").await;
     let fitting: Vec<&str> = vocabulary["presets"]

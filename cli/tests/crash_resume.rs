@@ -6,7 +6,8 @@
 
 mod common;
 
-use cggm_trainer::checkpoint::PAUSE_IN_CHECKPOINT_ENV;
+use cggm_core::data::features::safetensors::SafetensorsFile;
+use cggm_core::rundir::{RunDir, PAUSE_IN_CHECKPOINT_ENV};
 use common::live::*;
 use common::procs::{live_processes, run_dir_of};
 use std::path::{Path, PathBuf};
@@ -134,21 +135,25 @@ fn assert_same_numbers(a: &serde_json::Value, b: &serde_json::Value, tol: f64, a
 }
 
 fn checkpoint_dir(run: &Path) -> PathBuf {
-    cggm_trainer::checkpoint::checkpoint_dir(run)
+    RunDir::new(run).checkpoints()
 }
 
 /// The largest absolute difference between the two runs' final weights (`last.safetensors`).
 fn weight_difference(a: &Path, b: &Path) -> f64 {
-    let read = |run: &Path| {
-        tch::Tensor::read_safetensors(checkpoint_dir(run).join("last.safetensors")).unwrap()
-    };
+    // The weights are F32 (read through the core's safetensors reader: this test links no libtorch).
+    let read =
+        |run: &Path| SafetensorsFile::open(&checkpoint_dir(run).join("last.safetensors")).unwrap();
     let (a, b) = (read(a), read(b));
-    assert_eq!(a.len(), b.len());
-    let b: std::collections::HashMap<String, tch::Tensor> = b.into_iter().collect();
-    a.iter()
-        .map(|(name, x)| {
-            let y = b.get(name).unwrap_or_else(|| panic!("{name} missing"));
-            (x - y).abs().max().double_value(&[])
+    assert_eq!(a.tensors.len(), b.tensors.len());
+    a.tensors
+        .keys()
+        .map(|name| {
+            let x = a.read_f32(name).unwrap();
+            let y = b.read_f32(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            x.iter()
+                .zip(&y)
+                .map(|(p, q)| f64::from((p - q).abs()))
+                .fold(0.0, f64::max)
         })
         .fold(0.0, f64::max)
 }

@@ -135,6 +135,12 @@ pub fn saved_prediction_name(case: &str) -> String {
     format!("{case}_seg.nii.gz")
 }
 
+/// Environment variable of the crash tests' hook: `NAME:N:STAGE:MARKER` makes the N-th save of
+/// checkpoint NAME ("last" or "best") stop at STAGE — `weights` (the new weights are on disk, the
+/// optimiser state and JSON are not) or `json` (every pending file is on disk, none renamed) —
+/// write MARKER, and wait there to be killed. Unset in normal use.
+pub const PAUSE_IN_CHECKPOINT_ENV: &str = "CGGM_TEST_PAUSE_IN_CHECKPOINT";
+
 #[cfg(test)]
 mod tests {
     use super::*;

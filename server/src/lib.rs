@@ -31,28 +31,7 @@ use tower_http::trace::TraceLayer;
 
 pub use config::ServeArgs;
 
-/// Set (to "1") in the environment of every job: the job's stdin is a pipe from the server, and
-/// the job exits when it closes, so that no trainer outlives a killed server.
-pub const PARENT_PIPE_ENV: &str = "CGGM_EXIT_WITH_PARENT";
-
-/// In a job started by the server: a thread that waits for the server's pipe on stdin to close
-/// (the server stopped, even by SIGKILL) and then ends the process. Without the variable, nothing.
-pub fn exit_with_parent() {
-    if std::env::var_os(PARENT_PIPE_ENV).is_none_or(|v| v != "1") {
-        return;
-    }
-    std::thread::spawn(|| {
-        use std::io::Read;
-        let mut stdin = std::io::stdin();
-        let mut buffer = [0u8; 64];
-        while matches!(stdin.read(&mut buffer), Ok(n) if n > 0) {}
-        eprintln!(
-            "cggm: the server that started this job has stopped; exiting (resume the run from its \
-             last checkpoint)"
-        );
-        std::process::exit(143);
-    });
-}
+pub use cggm_core::process::{exit_with_parent, PARENT_PIPE_ENV};
 
 #[derive(Clone)]
 pub struct AppState {

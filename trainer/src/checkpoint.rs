@@ -195,11 +195,7 @@ pub fn save<N: MultimodalNetwork>(
     Ok(weights)
 }
 
-/// Environment variable of the crash tests' hook: `NAME:N:STAGE:MARKER` makes the N-th save of
-/// checkpoint NAME ("last" or "best") stop at STAGE — `weights` (the new weights are on disk, the
-/// optimiser state and JSON are not) or `json` (every pending file is on disk, none renamed) —
-/// write MARKER, and wait there to be killed. Unset in normal use.
-pub const PAUSE_IN_CHECKPOINT_ENV: &str = "CGGM_TEST_PAUSE_IN_CHECKPOINT";
+pub use cggm_core::rundir::PAUSE_IN_CHECKPOINT_ENV;
 
 fn pause_for_crash_test(name: &str, stage: &str) {
     use std::sync::atomic::{AtomicUsize, Ordering};

@@ -174,14 +174,14 @@ fn train_epoch(p: &mut Prepared, epoch: usize, events: &EventSink) -> Result<f64
     Ok(loss_sum / p.steps_per_epoch as f64)
 }
 
-/// Validates after epoch `epoch` and saves the checkpoints (best when it is, last always).
-fn validate_and_save(
-    p: &mut Prepared,
-    run_dir: &Path,
-    epoch: usize,
-    train_loss: f64,
-    events: &EventSink,
-) -> Result<()> {
+/// Validates after epoch `epoch` when the schedule says so (every `val_every` epochs and the
+/// last); returns whether these weights are the best so far.
+fn validate(p: &mut Prepared, epoch: usize, train_loss: f64, events: &EventSink) -> bool {
+    let done = epoch + 1;
+    let cfg = &p.trainer.cfg;
+    if !done.is_multiple_of(cfg.val_every) && done != cfg.epochs {
+        return false;
+    }
     let report = evaluate_features(&p.trainer, &p.valid, &p.spec);
     let is_best = p
         .progress
@@ -204,6 +204,18 @@ fn validate_and_save(
         p.progress.best = Some(report);
         p.progress.best_epoch = epoch + 1;
     }
+    is_best
+}
+
+/// Saves the checkpoints after epoch `epoch`: `last` always (a resume continues from any epoch),
+/// `best` when it is.
+fn save_checkpoints(
+    p: &Prepared,
+    run_dir: &Path,
+    epoch: usize,
+    is_best: bool,
+    events: &EventSink,
+) -> Result<()> {
     let state = CheckpointState {
         best_val_report: p.progress.best.clone(),
         balance_sum: p.progress.balance_sum.clone(),
@@ -249,11 +261,9 @@ fn train_features_inner(
         if let Some(event) = p.trainer.balance_diagnostics_event(epoch) {
             events.emit(&event);
         }
+        let is_best = validate(&mut p, epoch, train_loss, events);
+        save_checkpoints(&p, run_dir, epoch, is_best, events)?;
         let done = epoch + 1;
-        if done % cfg.val_every != 0 && done != cfg.epochs {
-            continue;
-        }
-        validate_and_save(&mut p, run_dir, epoch, train_loss, events)?;
         if opts.stop_after_epochs.is_some_and(|n| done >= n) && done < cfg.epochs {
             tracing::info!("stopping after epoch {done} as asked; continue with --resume");
             return Ok(None);

@@ -6,10 +6,10 @@ mod data_common;
 
 use cggm_trainer::cggm::{balance_outcome, BalanceFormula};
 use cggm_trainer::config::TrainConfig;
+use cggm_trainer::data::features::synth::{write_feature_dataset, FeatureSynthConfig};
 use cggm_trainer::data::features::{validate_features, DatasetSpec};
 use cggm_trainer::eval_features::{evaluate_feature_run, write_feature_predictions};
 use cggm_trainer::events::EventSink;
-use cggm_trainer::features_data::synth::{write_feature_dataset, FeatureSynthConfig};
 use cggm_trainer::features_data::write_split;
 use cggm_trainer::run::TrainOptions;
 use cggm_trainer::run_features::{train_features, FeatureRunMetrics};
@@ -596,6 +596,56 @@ fn a_feature_run_stopped_and_resumed_ends_with_the_weights_and_metrics_of_an_uni
     for (m, b) in &straight.mean_balance {
         assert!((b - resumed.mean_balance[m]).abs() < 1e-9, "mean B of {m}");
     }
+}
+
+/// With `val_every` 2 a feature run still saves `last` and checks the stop after every epoch, as
+/// the segmentation loop does (issue 19: the epochs between validations skipped both, so a stop
+/// asked after epoch 1 ran on to epoch 2 and the epoch-1 state was never saved), and the resumed
+/// run ends where an uninterrupted one does.
+#[test]
+fn a_feature_run_validating_every_second_epoch_saves_last_and_stops_after_every_epoch() {
+    let _rng = exclusive();
+    let data = tempfile::tempdir().unwrap();
+    synth(data.path(), TaskKind::Regression, 48, 7);
+    let runs = tempfile::tempdir().unwrap();
+    let mut cfg = config(data.path(), "cggm", 3);
+    cfg.sampler.batch_size = 16;
+    cfg.val_every = 2;
+    let straight = train(cfg.clone(), &runs.path().join("straight"));
+
+    let run = runs.path().join("stopped");
+    let stop = TrainOptions {
+        resume: false,
+        stop_after_epochs: Some(1),
+    };
+    let stopped = train_features(cfg.clone(), &run, &EventSink::none(), &stop).unwrap();
+    assert!(stopped.is_none(), "the run stops after epoch 1 as asked");
+    let last: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("checkpoints/last.json")).expect("last is saved"),
+    )
+    .unwrap();
+    assert_eq!(last["epoch"], 1, "last holds epoch 1: {last}");
+    assert!(
+        !run.join("checkpoints/best.json").exists(),
+        "nothing was validated before epoch 2, so there is no best yet"
+    );
+    let again = TrainOptions {
+        resume: true,
+        stop_after_epochs: None,
+    };
+    let resumed = train_features(cfg, &run, &EventSink::none(), &again)
+        .unwrap()
+        .expect("the resumed run finishes");
+    assert_eq!(resumed.best_epoch, straight.best_epoch);
+    assert_eq!(
+        resumed.test.as_ref().unwrap().metrics,
+        straight.test.as_ref().unwrap().metrics
+    );
+    let d = max_weight_difference(
+        &runs.path().join("straight/checkpoints/last.safetensors"),
+        &run.join("checkpoints/last.safetensors"),
+    );
+    assert!(d < 1e-6, "last weights differ by {d}");
 }
 
 #[test]

@@ -126,9 +126,15 @@ fn cpu_small_learns_to_segment_synthetic_tumours() {
         .expect("a run with classifiers reports B's diagnostics");
     assert_eq!(run_level.steps, 60);
     assert_eq!(run_level.balance_mean.len(), 4);
-    assert_eq!(
-        run_level.total_improvement_z,
-        diagnostics[2].1.total_improvement_z
+    // The same z over the same 60 steps, computed along two paths (the run's and the last
+    // window's running sums): equal up to rounding.
+    let (run_z, window_z) = (
+        run_level.total_improvement_z.unwrap(),
+        diagnostics[2].1.total_improvement_z.unwrap(),
+    );
+    assert!(
+        (run_z - window_z).abs() <= 1e-12 * run_z.abs().max(1.0),
+        "{run_z} vs {window_z}"
     );
     assert!(
         run_level.summary.starts_with("B_i carried"),

@@ -12,7 +12,17 @@ pub const CGGM_BUILT: &str = env!("CARGO_BIN_EXE_cggm");
 /// The binary under test: this package's `cggm`, or `CGGM_BIN` (e.g. the release build, for the
 /// load measurements).
 pub fn cggm() -> String {
-    std::env::var("CGGM_BIN").unwrap_or_else(|_| CGGM_BUILT.to_string())
+    let bin = std::env::var("CGGM_BIN").unwrap_or_else(|_| CGGM_BUILT.to_string());
+    // `cggm train|eval|infer|bench` start `cggm-trainer` from the same folder: another package's
+    // binary, which `cargo test -p cggm-cli` alone does not build.
+    let trainer = Path::new(&bin).with_file_name("cggm-trainer");
+    assert!(
+        std::env::var_os("CGGM_TRAINER").is_some() || trainer.is_file(),
+        "{} is missing: run the tests with `make test` or `cargo test --workspace`, or build it \
+         first (`cargo build -p cggm-trainer --bins`)",
+        trainer.display()
+    );
+    bin
 }
 
 /// An HTTP client that sends what the application's pages send on every request: the

@@ -26,6 +26,11 @@ pub struct DatasetView {
     #[serde(flatten)]
     pub dataset: Dataset,
     pub report: DatasetReport,
+    /// What the dataset trains (a feature dataset's own task, else segmentation).
+    pub task: cggm_core::task::TaskKind,
+    /// A feature dataset's modalities, splits and problems (`report` describes NIfTI cases only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub features: Option<crate::feature_datasets::FeatureSummary>,
     /// A full check ("Validate again") is running; `report` is replaced when it ends.
     pub validating: bool,
 }
@@ -33,9 +38,12 @@ pub struct DatasetView {
 impl From<Dataset> for DatasetView {
     fn from(dataset: Dataset) -> Self {
         let report = serde_json::from_str(&dataset.report).unwrap_or_default();
+        let facts = crate::feature_datasets::DatasetFacts::of(&dataset);
         Self {
             dataset,
             report,
+            task: facts.task,
+            features: facts.features,
             validating: false,
         }
     }

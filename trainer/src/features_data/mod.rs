@@ -1,7 +1,5 @@
-//! Feature datasets as tensors: a split read into memory, its batches, and writing a split (the
-//! files' format and checks are the core crate's `data::features`).
-
-pub mod synth;
+//! Feature datasets as tensors: a split read into memory, its batches, and writing a split from
+//! tensors (the files' format, checks and the synthetic sets are the core crate's `data::features`).
 
 use cggm_core::data::features::safetensors::SafetensorsFile;
 use cggm_core::data::features::*;

@@ -12,6 +12,7 @@
 //! Headers are read first; tensors are read only when needed, in chunks (see [`safetensors`]).
 
 pub mod safetensors;
+pub mod synth;
 
 use crate::task::TaskKind;
 use safetensors::SafetensorsFile;

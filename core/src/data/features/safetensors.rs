@@ -242,6 +242,58 @@ impl SafetensorsFile {
     }
 }
 
+/// The values of one tensor to write.
+pub enum Values<'a> {
+    F32(&'a [f32]),
+    I64(&'a [i64]),
+}
+
+impl Values<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Values::F32(v) => v.len(),
+            Values::I64(v) => v.len(),
+        }
+    }
+}
+
+/// Writes `tensors` (name, shape, values; row-major, little-endian) as one safetensors file,
+/// atomically. The format: an 8-byte header length, a JSON header of dtype/shape/offsets per tensor,
+/// then the bytes.
+pub fn write_safetensors(path: &Path, tensors: &[(&str, &[usize], Values)]) -> anyhow::Result<()> {
+    let mut header = serde_json::Map::new();
+    let mut body = Vec::new();
+    for (name, shape, values) in tensors {
+        anyhow::ensure!(
+            shape.iter().product::<usize>() == values.len(),
+            "tensor {name}: shape {shape:?} does not hold {} values",
+            values.len()
+        );
+        let start = body.len();
+        let dtype = match values {
+            Values::F32(v) => {
+                v.iter()
+                    .for_each(|x| body.extend_from_slice(&x.to_le_bytes()));
+                "F32"
+            }
+            Values::I64(v) => {
+                v.iter()
+                    .for_each(|x| body.extend_from_slice(&x.to_le_bytes()));
+                "I64"
+            }
+        };
+        header.insert(
+            name.to_string(),
+            serde_json::json!({ "dtype": dtype, "shape": shape, "data_offsets": [start, body.len()] }),
+        );
+    }
+    let header = serde_json::to_vec(&header)?;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&header);
+    bytes.extend_from_slice(&body);
+    crate::atomic::write_bytes_atomic(path, &bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

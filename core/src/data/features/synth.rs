@@ -10,14 +10,13 @@
 //! showing its own z (text cleanly, plus a faint trace of z_audio; the others under noise);
 //! Acc-2 needs all three.
 
-use super::write_split;
-use cggm_core::data::features::{split_path, DatasetSpec, FeatureModality};
-use cggm_core::task::TaskKind;
+use super::safetensors::{write_safetensors, Values};
+use super::{split_path, DatasetSpec, FeatureModality, LABELS};
+use crate::task::TaskKind;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use std::path::Path;
-use tch::Tensor;
 
 #[derive(Clone, Debug)]
 pub struct FeatureSynthConfig {
@@ -173,18 +172,26 @@ pub fn write_feature_dataset(dir: &Path, cfg: &FeatureSynthConfig) -> anyhow::Re
             }
         }
         let names = spec.names();
-        let features: Vec<Tensor> = per_modality
+        let shapes: Vec<[usize; 3]> = MODALITIES
             .iter()
-            .zip(MODALITIES)
-            .map(|(v, (_, dim, steps, _))| {
-                Tensor::from_slice(v).view([n as i64, steps as i64, dim as i64])
-            })
+            .map(|(_, dim, steps, _)| [n, *steps, *dim])
             .collect();
-        let labels = match cfg.task {
-            TaskKind::Classification => Tensor::from_slice(&class_labels),
-            _ => Tensor::from_slice(&real_labels),
-        };
-        write_split(&split_path(dir, split), &names, &features, &labels)?;
+        let mut tensors: Vec<(&str, &[usize], Values)> = names
+            .iter()
+            .zip(&shapes)
+            .zip(&per_modality)
+            .map(|((name, shape), v)| (name.as_str(), &shape[..], Values::F32(v)))
+            .collect();
+        let count = [n];
+        tensors.push((
+            LABELS,
+            &count,
+            match cfg.task {
+                TaskKind::Classification => Values::I64(&class_labels),
+                _ => Values::F32(&real_labels),
+            },
+        ));
+        write_safetensors(&split_path(dir, split), &tensors)?;
     }
     spec.write(dir)?;
     Ok(spec)

@@ -1,14 +1,15 @@
-//! The trainer's subcommands of the `cggm` binary (`serve` and `study` are in `main.rs`).
+//! The subcommands that need libtorch. `cggm train|eval|infer|bench` hand their arguments to this
+//! binary unchanged (`cli/src/main.rs`), so the help and the errors a user sees are these.
 
-use crate::{bench, data_commands, run_commands};
+use crate::{bench, run_commands};
+use cggm_core::data_commands;
 use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Write a synthetic dataset: BraTS-2021-layout NIfTI phantoms, or (--task classification |
-    /// regression) an imbalanced feature dataset.
+    /// Write a synthetic dataset (as `cggm synth`).
     Synth(data_commands::SynthArgs),
-    /// Check a dataset folder (every NIfTI case, or a feature dataset) and print a report.
+    /// Check a dataset folder (as `cggm validate`).
     Validate(data_commands::ValidateArgs),
     /// Train a multimodal model (CGGM or a baseline) for segmentation, classification or regression.
     Train(Box<run_commands::TrainArgs>),
@@ -19,6 +20,8 @@ pub enum Command {
     /// Benchmarks: data loader, training step (joint vs CGGM), inference.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Print how many CUDA devices libtorch sees here (the server asks once when it starts).
+    Devices,
 }
 
 pub fn run(command: Command) -> anyhow::Result<()> {
@@ -29,5 +32,9 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Eval(args) => run_commands::run_eval(args),
         Command::Infer(args) => run_commands::run_infer(args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Devices => {
+            println!("{}", cggm_trainer::device::cuda_devices());
+            Ok(())
+        }
     }
 }

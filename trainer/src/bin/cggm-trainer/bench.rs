@@ -1,7 +1,7 @@
 //! `cggm bench`: measured numbers for the README. Timings are ratios against a baseline run in the
 //! same process, interleaved, because the machines are shared and noisy.
 
-use crate::data_commands::{bench_loader, LoaderBenchArgs};
+use crate::loader_bench::{bench_loader, LoaderBenchArgs};
 use anyhow::Result;
 use cggm_trainer::amp::AmpDtype;
 use cggm_trainer::config::{Method, TrainConfig};

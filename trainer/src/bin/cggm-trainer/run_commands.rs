@@ -48,7 +48,8 @@ pub struct TrainArgs {
 /// (`data` from the chosen dataset, `out` and `events` from the job, `config` is how it hands the
 /// request over, `resume` is the Resume button), and `stop_after_epochs` is a scripting aid whose
 /// place in the application Cancel and Resume take.
-pub const FLAGS_THE_SERVER_SETS: [&str; 6] = [
+#[cfg(test)]
+const FLAGS_THE_SERVER_SETS: [&str; 6] = [
     "data",
     "out",
     "config",

@@ -1,0 +1,70 @@
+//! `cggm bench train --against-torch` runs the PyTorch reference (scripts/bench_torch.py, through
+//! `$CGGM_PYTHON`) beside our step and fails when the two models' parameter counts differ: one
+//! short round per task kind shows the reference still copies the project's feature-task network
+//! (classification and regression heads) and segmentation network.
+
+use std::process::Command;
+
+fn one_round(preset: &str) -> Result<(), String> {
+    let python = std::env::var_os("CGGM_PYTHON")
+        .or(option_env!("CGGM_BUILD_PYTHON").map(Into::into))
+        .expect(
+            "CGGM_PYTHON is not set: this test runs the PyTorch reference. Run it through \
+             `scripts/with-torch.sh cargo test ...`, which sets it to the project venv's python.",
+        );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/bench_torch.py");
+    let out = Command::new(env!("CARGO_BIN_EXE_cggm-trainer"))
+        .args([
+            "bench",
+            "train",
+            "--preset",
+            preset,
+            "--batch-size",
+            "4",
+            "--crop",
+            "32",
+        ])
+        .args([
+            "--steps",
+            "1",
+            "--rounds",
+            "1",
+            "--methods",
+            "joint,cggm",
+            "--device",
+            "cpu",
+        ])
+        .args([
+            "--precision",
+            "fp32",
+            "--against-torch",
+            "--no-memory",
+            "--torch-script",
+            script,
+        ])
+        .arg("--python")
+        .arg(python)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn the_pytorch_reference_has_our_feature_classification_model() {
+    one_round("cpu-features").unwrap();
+}
+
+#[test]
+fn the_pytorch_reference_has_our_feature_regression_model() {
+    // paper-mosi: the MOSI shapes, a regression head (one output, L1 loss, Acc-2 as eps).
+    one_round("paper-mosi").unwrap();
+}
+
+#[test]
+fn the_pytorch_reference_has_our_segmentation_model() {
+    one_round("tiny").unwrap();
+}
