@@ -12,6 +12,7 @@ pub mod device;
 pub mod eval;
 pub mod eval_features;
 pub mod events;
+pub mod export;
 pub mod infer;
 pub mod metrics;
 pub mod model;

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod data_commands;
+pub mod export_command;
 pub mod run_commands;
 
 use clap::Subcommand;
@@ -20,6 +21,8 @@ pub enum Command {
     Eval(run_commands::EvalArgs),
     /// Segment one study with a trained run.
     Infer(run_commands::InferArgs),
+    /// Write a run's model as an ONNX file (segmentation or feature model) for other runtimes.
+    Export(export_command::ExportArgs),
     /// Benchmarks: data loader, training step (joint vs CGGM), inference.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -32,6 +35,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Train(args) => run_commands::run_train(*args),
         Command::Eval(args) => run_commands::run_eval(args),
         Command::Infer(args) => run_commands::run_infer(args),
+        Command::Export(args) => export_command::run_export(args),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }
