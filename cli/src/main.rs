@@ -1,6 +1,6 @@
 //! `cggm`: the one user-facing command. `serve` runs the web application (the server crate),
 //! `study` drives one through its API, `synth` and `validate` are the data layer's; none of them
-//! loads libtorch. `train`, `eval`, `infer` and `bench` are handed, arguments unchanged, to
+//! loads libtorch. `train`, `eval`, `infer`, `export` and `bench` are handed, arguments unchanged, to
 //! `cggm-trainer` beside this binary, which replaces this process (same pid, so the server's job
 //! control and Slurm see one process).
 
@@ -46,6 +46,9 @@ enum Command {
     /// Segment one study, or a folder of cases, with a trained run.
     #[command(disable_help_flag = true)]
     Infer(Passed),
+    /// Write a run's model as an ONNX file (`cggm export --help`).
+    #[command(disable_help_flag = true)]
+    Export(Passed),
     /// Benchmarks: data loader, training step (joint vs CGGM), inference.
     #[command(disable_help_flag = true)]
     Bench(Passed),
@@ -81,6 +84,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(p) => ("train", p),
         Command::Eval(p) => ("eval", p),
         Command::Infer(p) => ("infer", p),
+        Command::Export(p) => ("export", p),
         Command::Bench(p) => ("bench", p),
     };
     exec_trainer(name, passed.args)

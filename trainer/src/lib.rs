@@ -14,6 +14,7 @@ pub mod device;
 pub mod eval;
 pub mod eval_features;
 pub mod features_data;
+pub mod export;
 pub mod infer;
 pub mod model;
 pub mod optim;

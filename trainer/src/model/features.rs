@@ -85,19 +85,19 @@ impl NetworkOutput for FeatureOutput {
 }
 
 #[derive(Debug)]
-struct ModalityEncoder {
-    proj: nn::Conv1D,
-    transformer: TransformerEncoder,
+pub(crate) struct ModalityEncoder {
+    pub(crate) proj: nn::Conv1D,
+    pub(crate) transformer: TransformerEncoder,
 }
 
 /// Encoders, Transformer fusion and residual output head.
 #[derive(Debug)]
 pub struct FeatureNet {
-    encoders: Vec<ModalityEncoder>,
-    fusion: TransformerEncoder,
-    proj1: nn::Linear,
-    proj2: nn::Linear,
-    out_layer: nn::Linear,
+    pub(crate) encoders: Vec<ModalityEncoder>,
+    pub(crate) fusion: TransformerEncoder,
+    pub(crate) proj1: nn::Linear,
+    pub(crate) proj2: nn::Linear,
+    pub(crate) out_layer: nn::Linear,
     out_dropout: f64,
     modality_names: Vec<String>,
 }

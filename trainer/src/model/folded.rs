@@ -12,31 +12,31 @@ use super::resnet::{Block, ConvBn, ConvGeometry, FoldedConv, ResNet};
 use super::{ModalityClassifiers, MultimodalSegmenter};
 use tch::{Kind, Tensor};
 
-struct FoldedBlock {
-    convs: Vec<FoldedConv>,
-    downsample: Option<FoldedConv>,
+pub(crate) struct FoldedBlock {
+    pub(crate) convs: Vec<FoldedConv>,
+    pub(crate) downsample: Option<FoldedConv>,
 }
 
-struct FoldedEncoder {
-    stem: FoldedConv,
-    stages: Vec<Vec<FoldedBlock>>,
-    aspp_branches: Vec<FoldedConv>,
-    aspp_pooling: FoldedConv,
-    aspp_project: FoldedConv,
+pub(crate) struct FoldedEncoder {
+    pub(crate) stem: FoldedConv,
+    pub(crate) stages: Vec<Vec<FoldedBlock>>,
+    pub(crate) aspp_branches: Vec<FoldedConv>,
+    pub(crate) aspp_pooling: FoldedConv,
+    pub(crate) aspp_project: FoldedConv,
 }
 
-struct FoldedDecoder {
-    high_proj: FoldedConv,
-    low_proj: FoldedConv,
-    refine: Vec<FoldedConv>,
-    last: FoldedConv,
-    groups: i64,
+pub(crate) struct FoldedDecoder {
+    pub(crate) high_proj: FoldedConv,
+    pub(crate) low_proj: FoldedConv,
+    pub(crate) refine: Vec<FoldedConv>,
+    pub(crate) last: FoldedConv,
+    pub(crate) groups: i64,
 }
 
 /// The segmenter (and optionally its per-modality classifiers) ready for inference.
 pub struct FoldedSegmenter {
-    encoders: Vec<FoldedEncoder>,
-    head: FoldedDecoder,
+    pub(crate) encoders: Vec<FoldedEncoder>,
+    pub(crate) head: FoldedDecoder,
     classifiers: Option<(FoldedDecoder, i64)>,
     kind: Kind,
 }

@@ -7,13 +7,13 @@ pub use cggm_core::model_config::TransformerConfig;
 use tch::{nn, nn::Module, Kind, Tensor};
 
 #[derive(Debug)]
-struct EncoderLayer {
-    attn_norm: nn::LayerNorm,
-    in_proj: nn::Linear,
-    out_proj: nn::Linear,
-    ffn_norm: nn::LayerNorm,
-    fc1: nn::Linear,
-    fc2: nn::Linear,
+pub(crate) struct EncoderLayer {
+    pub(crate) attn_norm: nn::LayerNorm,
+    pub(crate) in_proj: nn::Linear,
+    pub(crate) out_proj: nn::Linear,
+    pub(crate) ffn_norm: nn::LayerNorm,
+    pub(crate) fc1: nn::Linear,
+    pub(crate) fc2: nn::Linear,
 }
 
 impl EncoderLayer {
@@ -69,9 +69,9 @@ impl EncoderLayer {
 /// A stack of pre-norm self-attention layers over a token sequence.
 #[derive(Debug)]
 pub struct TransformerEncoder {
-    cfg: TransformerConfig,
-    layers: Vec<EncoderLayer>,
-    norm: nn::LayerNorm,
+    pub(crate) cfg: TransformerConfig,
+    pub(crate) layers: Vec<EncoderLayer>,
+    pub(crate) norm: nn::LayerNorm,
 }
 
 impl TransformerEncoder {
@@ -98,14 +98,17 @@ impl TransformerEncoder {
     }
 }
 
+/// The d / 2 angular frequencies of [`sinusoidal_positions`]: position p's angles are p * these.
+pub fn position_frequencies(d: i64, device: tch::Device) -> Tensor {
+    let half = d / 2;
+    (Tensor::arange(half, (Kind::Float, device)) * (-(10000f64.ln()) / (half.max(2) - 1) as f64))
+        .exp()
+}
+
 /// Fixed sinusoidal position embeddings (Vaswani et al.): [T, D].
 pub fn sinusoidal_positions(t: i64, d: i64, device: tch::Device) -> Tensor {
-    let half = d / 2;
     let pos = Tensor::arange(t, (Kind::Float, device)).unsqueeze(1);
-    let freq = (Tensor::arange(half, (Kind::Float, device))
-        * (-(10000f64.ln()) / (half.max(2) - 1) as f64))
-        .exp();
-    let angles = pos * freq.unsqueeze(0);
+    let angles = pos * position_frequencies(d, device).unsqueeze(0);
     let emb = Tensor::cat(&[angles.sin(), angles.cos()], 1);
     if d % 2 == 1 {
         Tensor::cat(&[emb, Tensor::zeros([t, 1], (Kind::Float, device))], 1)

@@ -1,7 +1,7 @@
 //! The subcommands that need libtorch. `cggm train|eval|infer|bench` hand their arguments to this
 //! binary unchanged (`cli/src/main.rs`), so the help and the errors a user sees are these.
 
-use crate::{bench, run_commands};
+use crate::{bench, export_command, run_commands};
 use cggm_core::data_commands;
 use clap::Subcommand;
 
@@ -17,6 +17,8 @@ pub enum Command {
     Eval(run_commands::EvalArgs),
     /// Segment one study with a trained run.
     Infer(run_commands::InferArgs),
+    /// Write a run's model as an ONNX file (segmentation or feature model) for other runtimes.
+    Export(export_command::ExportArgs),
     /// Benchmarks: data loader, training step (joint vs CGGM), inference.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -31,6 +33,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Train(args) => run_commands::run_train(*args),
         Command::Eval(args) => run_commands::run_eval(args),
         Command::Infer(args) => run_commands::run_infer(args),
+        Command::Export(args) => export_command::run_export(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Devices => {
             println!("{}", cggm_trainer::device::cuda_devices());

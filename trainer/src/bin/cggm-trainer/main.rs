@@ -4,6 +4,7 @@
 
 mod bench;
 mod commands;
+mod export_command;
 mod loader_bench;
 mod run_commands;
 
