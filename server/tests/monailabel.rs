@@ -139,9 +139,10 @@ async fn send(
     };
     *request.method_mut() = method;
     for (name, value) in headers {
-        request
-            .headers_mut()
-            .insert(*name, axum::http::HeaderValue::from_str(value).unwrap());
+        request.headers_mut().insert(
+            axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            axum::http::HeaderValue::from_str(value).unwrap(),
+        );
     }
     let (status, body, _) = app.request_raw(request).await;
     let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);

@@ -101,21 +101,62 @@ pub fn router() -> Router<AppState> {
         .route("/logs/", get(logs))
 }
 
-/// Label name -> value, as `cggm infer` writes them (BraTS 2021 numbering).
-fn label_names() -> Map<String, Value> {
+/// The labels in value order, as `cggm infer` writes them (BraTS 2021 numbering).
+fn labels_in_order() -> [(&'static str, u8); 3] {
     [
         ("necrotic tumour core", LABEL_NCR),
         ("peritumoral oedema", LABEL_OEDEMA),
         ("enhancing tumour", LABEL_ENHANCING),
     ]
-    .into_iter()
-    .map(|(name, class)| {
-        (
-            name.to_string(),
-            OutputLabels::Brats2021.value_of(class).into(),
-        )
-    })
-    .collect()
+    .map(|(name, class)| (name, OutputLabels::Brats2021.value_of(class)))
+}
+
+/// Label name -> value (a JSON object: its keys come out sorted).
+fn label_names() -> Map<String, Value> {
+    labels_in_order()
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value.into()))
+        .collect()
+}
+
+/// `labels` of `/info/`, written in value order: Slicer makes its segments in the order of these
+/// keys and numbers them 1, 2, 3 when it saves a label (a sorted object would swap them).
+struct OrderedLabels;
+
+impl Serialize for OrderedLabels {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let labels = labels_in_order();
+        let mut map = serializer.serialize_map(Some(labels.len()))?;
+        for (name, value) in labels {
+            map.serialize_entry(name, &value)?;
+        }
+        map.end()
+    }
+}
+
+#[derive(Serialize)]
+struct ModelInfo {
+    r#type: &'static str,
+    dimension: u8,
+    labels: OrderedLabels,
+    description: String,
+    config: Value,
+    job_id: i64,
+}
+
+#[derive(Serialize)]
+struct Info {
+    name: &'static str,
+    description: &'static str,
+    version: &'static str,
+    labels: OrderedLabels,
+    models: BTreeMap<String, ModelInfo>,
+    trainers: Value,
+    strategies: Value,
+    scoring: Value,
+    train_stats: Value,
+    datastore: Value,
 }
 
 fn model_name(job_id: i64) -> String {
@@ -145,21 +186,24 @@ async fn model(state: &AppState, name: &str) -> Result<Job> {
         .ok_or_else(|| Error::NotFound(format!("model {name:?} (GET {PREFIX}/info/ lists them)")))
 }
 
-fn describe_model(job: &Job) -> Value {
+fn describe_model(job: &Job) -> ModelInfo {
     let params = job.params_json();
     let text = |key: &str| params[key].as_str().unwrap_or_default().to_string();
-    json!({
-        "type": "segmentation",
-        "dimension": 3,
-        "labels": label_names(),
-        "description": format!(
+    ModelInfo {
+        r#type: "segmentation",
+        dimension: 3,
+        labels: OrderedLabels,
+        description: format!(
             "CGGM Studio run {}: {} ({} preset) trained on {}; input: FLAIR, T1w, T1gd, T2w as one \
              4-D image in that order",
-            job.id, text("method"), text("preset"), text("dataset")
+            job.id,
+            text("method"),
+            text("preset"),
+            text("dataset")
         ),
-        "config": { "device": "cpu or cuda (default: the server's choice)" },
-        "job_id": job.id,
-    })
+        config: json!({ "device": "cpu or cuda (default: the server's choice)" }),
+        job_id: job.id,
+    }
 }
 
 // ---- images and labels ----
@@ -294,9 +338,9 @@ fn query_escape(text: &str) -> String {
 }
 
 /// `GET /info/`: the application, its labels, models, strategies and datastore counts.
-async fn info(State(state): State<AppState>) -> Result<Json<Value>> {
+async fn info(State(state): State<AppState>) -> Result<Json<Info>> {
     let models = models(&state).await?;
-    let described: Map<String, Value> = models
+    let described = models
         .iter()
         .map(|job| (model_name(job.id), describe_model(job)))
         .collect();
@@ -317,20 +361,20 @@ async fn info(State(state): State<AppState>) -> Result<Json<Value>> {
         .iter()
         .map(|(name, what)| (name.to_string(), json!({ "description": what })))
         .collect();
-    Ok(Json(json!({
-        "name": "CGGM Studio",
-        "description": "Brain tumour segmentation (BraTS labels) by CGGM Studio's trained runs; \
-                        an image is a study's four MRI modalities as one 4-D NIfTI, channels \
-                        FLAIR, T1w, T1gd, T2w",
-        "version": env!("CARGO_PKG_VERSION"),
-        "labels": label_names(),
-        "models": described,
-        "trainers": trainers,
-        "strategies": strategies,
-        "scoring": {},
-        "train_stats": {},
-        "datastore": datastore_status(&state).await?,
-    })))
+    Ok(Json(Info {
+        name: "CGGM Studio",
+        description: "Brain tumour segmentation (BraTS labels) by CGGM Studio's trained runs; an \
+                      image is a study's four MRI modalities as one 4-D NIfTI, channels FLAIR, \
+                      T1w, T1gd, T2w",
+        version: env!("CARGO_PKG_VERSION"),
+        labels: OrderedLabels,
+        models: described,
+        trainers: Value::Object(trainers),
+        strategies: Value::Object(strategies),
+        scoring: json!({}),
+        train_stats: json!({}),
+        datastore: datastore_status(&state).await?,
+    }))
 }
 
 async fn datastore_status(state: &AppState) -> Result<Value> {
@@ -1143,7 +1187,9 @@ async fn task_view(state: &AppState, job: Job) -> Result<Value> {
         "request": view.params,
         "result": view.best_validation,
         "error": view.job.error,
-        "details": format!("/api/jobs/{}", view.job.id),
+        // Slicer shows the last line of `details` when a task has no `result`.
+        "details": [format!("CGGM Studio job {} is {}; its page: /jobs/{}", view.job.id,
+                            view.job.state, view.job.id)],
     }))
 }
 
@@ -1241,15 +1287,19 @@ async fn train_status(
     }
 }
 
-/// `DELETE /train/`: cancels every queued or running segmentation training job.
+/// `DELETE /train/`: cancels every queued or running segmentation training job; the newest of
+/// them as a task (`{}` when none ran).
 async fn train_stop(State(state): State<AppState>) -> Result<Json<Value>> {
-    let mut stopped = Vec::new();
+    let mut stopped = None;
     for job in training_jobs(&state).await? {
         if !job.is_finished() && state.runner.cancel(job.id).await? {
-            stopped.push(job.id.to_string());
+            stopped.get_or_insert(job.id);
         }
     }
-    Ok(Json(json!({ "stopped": stopped })))
+    match stopped {
+        Some(id) => Ok(Json(task_view(&state, db::job(&state.pool, id).await?).await?)),
+        None => Ok(Json(json!({}))),
+    }
 }
 
 // ---- active learning ----
@@ -1343,7 +1393,7 @@ async fn next_sample(
                     .map_err(anyhow::Error::from)?;
                 if let Some(score) = score {
                     if best.is_none_or(|(_, b)| score > b) {
-                        best = Some((entry, score));
+                        best = Some((*entry, score));
                     }
                 }
             }
@@ -1366,9 +1416,14 @@ async fn next_sample(
     let Some((id, study)) = chosen else {
         return Ok(Json(json!({})));
     };
+    // Slicer downloads `{server}/datastore/image?image=ID` and names the file `name`, whose
+    // extension tells it the format.
+    let view = StudyView::from(study.clone());
+    let ext = view.files.get("4d").map_or(".nii.gz", |f| extension(f));
     Ok(Json(json!({
         "id": id,
-        "name": study.name,
+        "name": format!("{id}{ext}"),
+        "study": study.name,
         "path": image_url(id),
         "ts": study.created_at,
         "strategy": strategy,
@@ -1436,9 +1491,12 @@ mod tests {
     }
 
     #[test]
-    fn labels_follow_the_segmentation_numbering() {
-        let names = label_names();
-        let values: Vec<u64> = names.values().filter_map(Value::as_u64).collect();
-        assert_eq!(values, vec![1, 2, 4]);
+    fn labels_follow_the_segmentation_numbering_in_value_order() {
+        let text = serde_json::to_string(&OrderedLabels).unwrap();
+        assert_eq!(
+            text,
+            r#"{"necrotic tumour core":1,"peritumoral oedema":2,"enhancing tumour":4}"#
+        );
+        assert_eq!(label_names()["enhancing tumour"], 4);
     }
 }
