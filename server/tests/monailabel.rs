@@ -95,13 +95,8 @@ async fn monailabel_client_info_upload_session_infer_and_save_label_match_cggm_i
         String::from_utf8_lossy(&output.stderr),
         server.get_text("/monailabel/logs/").await
     );
-    let report: serde_json::Value = serde_json::from_str(
-        stdout
-            .lines()
-            .last()
-            .expect("the script prints its report"),
-    )
-    .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("the script prints its report")).unwrap();
     assert_eq!(report["model"], format!("run-{run}"), "{report}");
     // Voxel for voxel, by nibabel: the label of the uploaded image and of a session.
     for key in ["datastore_label", "session_label", "web_study_label"] {
@@ -208,7 +203,10 @@ async fn routes_need_the_bearer_token_and_refuse_what_a_browser_marks_cross_site
     let (status, _, _) = send(&app, Method::GET, "/monailabel/info/", &[BEARER], None).await;
     assert_eq!(status, StatusCode::OK);
     let (_, stats, _) = send(&app, Method::GET, "/monailabel/datastore/", &[BEARER], None).await;
-    assert_eq!(stats["total"], 0, "nothing was stored by a refused request: {stats}");
+    assert_eq!(
+        stats["total"], 0,
+        "nothing was stored by a refused request: {stats}"
+    );
 
     // The same upload from the same origin passes.
     let same = [("sec-fetch-site", "same-origin"), BEARER];
@@ -256,7 +254,10 @@ async fn the_datastore_keeps_every_label_version_and_uploads_pass_the_study_chec
     let (status, body, _) = put("/monailabel/datastore/?image=flat", form).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert!(
-        body["error"].as_str().unwrap().contains("cannot tell the modality"),
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot tell the modality"),
         "{body}"
     );
     let form = Multipart::default().file("file", "notes.txt", b"hello".to_vec());
@@ -316,8 +317,14 @@ async fn the_datastore_keeps_every_label_version_and_uploads_pass_the_study_chec
 
     // Active learning: only the unlabelled image remains to choose.
     for _ in 0..5 {
-        let (status, next, _) =
-            send(&app, Method::POST, "/monailabel/activelearning/random", &[], None).await;
+        let (status, next, _) = send(
+            &app,
+            Method::POST,
+            "/monailabel/activelearning/random",
+            &[],
+            None,
+        )
+        .await;
         assert_eq!(status, StatusCode::OK, "{next}");
         assert_eq!(next["id"], web_id, "{next}");
     }
@@ -329,7 +336,11 @@ async fn the_datastore_keeps_every_label_version_and_uploads_pass_the_study_chec
         None,
     )
     .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "no two models: {body}");
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "no two models: {body}"
+    );
     let (status, _, _) = send(
         &app,
         Method::POST,

@@ -527,8 +527,13 @@ async fn upload_image(
     let files = image_files(&upload.files);
     let id = match q.image.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         Some(id) => id.to_string(),
-        None => file_stem(&files.first().map(|f| f.file_name.clone()).unwrap_or_default())
-            .to_string(),
+        None => file_stem(
+            &files
+                .first()
+                .map(|f| f.file_name.clone())
+                .unwrap_or_default(),
+        )
+        .to_string(),
     };
     let id = chosen_image_id(&id)?;
     let id = crate::limits::check_name("image", &id)?;
@@ -673,7 +678,11 @@ struct LabelQuery {
 }
 
 fn tag_of(q: &LabelQuery) -> Result<String> {
-    let tag = q.tag.as_deref().filter(|t| !t.is_empty()).unwrap_or(FINAL_TAG);
+    let tag = q
+        .tag
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .unwrap_or(FINAL_TAG);
     safe_name(tag).map_err(|e| Error::BadRequest(format!("tag: {e}")))
 }
 
@@ -733,7 +742,11 @@ async fn save_label(
     let upload = save_upload(&state, multipart).await?;
     let file = match upload.files.as_slice() {
         [one] => one.clone(),
-        [] => return Err(Error::Unprocessable("no label file: send it in the `label` field".into())),
+        [] => {
+            return Err(Error::Unprocessable(
+                "no label file: send it in the `label` field".into(),
+            ))
+        }
         _ => {
             return Err(Error::Unprocessable(
                 "send one label file per request, in the `label` field".into(),
@@ -1072,7 +1085,10 @@ async fn infer(
         Some(multipart) => {
             let upload = save_upload(&state, multipart).await?;
             let files = image_files(&upload.files);
-            (upload.fields, (!files.is_empty()).then_some((upload.dir, files)))
+            (
+                upload.fields,
+                (!files.is_empty()).then_some((upload.dir, files)),
+            )
         }
         None => (HashMap::new(), None),
     };
@@ -1297,7 +1313,9 @@ async fn train_stop(State(state): State<AppState>) -> Result<Json<Value>> {
         }
     }
     match stopped {
-        Some(id) => Ok(Json(task_view(&state, db::job(&state.pool, id).await?).await?)),
+        Some(id) => Ok(Json(
+            task_view(&state, db::job(&state.pool, id).await?).await?,
+        )),
         None => Ok(Json(json!({}))),
     }
 }
