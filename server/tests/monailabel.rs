@@ -107,6 +107,16 @@ async fn monailabel_client_info_upload_session_infer_and_save_label_match_cggm_i
     assert_eq!(report["downloaded_label_is_latest"], true, "{report}");
     assert_eq!(report["downloaded_image_matches"], true, "{report}");
     assert_eq!(report["stacked_image_matches"], true, "{report}");
+    // POST /train/{model} is a new training job; DELETE /train/ cancels it.
+    let task = &report["train_task"];
+    assert_eq!(task["status"], "STOPPED", "{report}");
+    assert_eq!(task["id"], task["first"], "{report}");
+    let job = server
+        .get_json(&format!("/api/jobs/{}", task["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(job["state"], "cancelled", "{job}");
+    assert_eq!(job["dataset_id"], dataset, "{job}");
+    assert_eq!(report["logs_name_the_job"], true, "{report}");
 
     // The inference ran as a prediction job of the study: the same place as the pages'.
     let predictions = server.get_json("/api/predictions").await;

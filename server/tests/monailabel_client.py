@@ -147,6 +147,24 @@ def same_channels(returned):
 report["downloaded_image_matches"] = same_channels(download_image("patient_x"))
 report["stacked_image_matches"] = same_channels(download_image(web_image))
 
+# Training mapped onto a job: a long run of the model's configuration, seen running, then stopped.
+import time  # noqa: E402
+
+task = client().train_start(model, {"epochs": 50, "device": "cpu"})
+expect(task["status"] == "RUNNING" and task["request"]["options"]["epochs"] == 50, task)
+expect(client().train_status(check_if_running=True), "no training reported running")
+client().train_stop()
+deadline = time.time() + 60
+while client().train_status()["status"] == "RUNNING" and time.time() < deadline:
+    time.sleep(0.2)
+final_task = client().train_status()
+report["train_task"] = {"id": final_task["id"], "status": final_task["status"], "first": task["id"]}
+expect(not client().train_status(check_if_running=True), "training still reported running")
+logs = urllib.request.urlopen(
+    urllib.request.Request(f"{url}/logs/", headers={"Authorization": f"Bearer {token}"})
+).read().decode()
+report["logs_name_the_job"] = logs.startswith(f"== job {task['id']} ")
+
 for key in ["datastore_label", "session_label", "web_study_label"]:
     expect(report[key]["differing_voxels"] == 0, f"{key} differs from cggm infer: {report}")
 print(json.dumps(report))
