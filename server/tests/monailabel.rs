@@ -128,6 +128,59 @@ async fn monailabel_client_info_upload_session_infer_and_save_label_match_cggm_i
         .collect();
     assert_eq!(of_study.len(), 1, "{predictions}");
     assert_eq!(of_study[0]["checkpoint_job_id"], run);
+
+    // Active learning by disagreement: a second model segments the one unlabelled image (the
+    // web-uploaded study, which the first model segmented above); the strategy picks it, scored as
+    // the share of voxels, among those either labels, where the two segmentations differ.
+    let second = server
+        .post_job(
+            serde_json::json!({ "dataset_id": dataset, "method": "joint", "preset": "tiny",
+                                      "epochs": 1, "steps_per_epoch": 2, "device": "cpu",
+                                      "seed": 5 }),
+        )
+        .await;
+    server.job_succeeded(second, TRAIN_DEADLINE).await;
+    let study_id = study["id"].as_i64().unwrap();
+    let by_second = server.predict(study_id, second).await;
+    server.job_succeeded(by_second, TRAIN_DEADLINE).await;
+    let by_first = predictions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["study_id"] == study_id && p["checkpoint_job_id"] == run)
+        .expect("the first model's prediction of the web study")["id"]
+        .as_i64()
+        .unwrap();
+    let seg = |job: i64| {
+        let path = server
+            .data_dir
+            .join(format!("predictions/job-{job}/seg.nii.gz"));
+        cggm_trainer::data::read_volume(&path).unwrap().1
+    };
+    let (a, b) = (seg(by_first), seg(by_second));
+    let labelled = a.iter().zip(&b).filter(|(x, y)| **x != 0.0 || **y != 0.0);
+    let (union, differ) = labelled.fold((0, 0), |(u, d), (x, y)| (u + 1, d + (x != y) as usize));
+    let expected = if union == 0 {
+        0.0
+    } else {
+        differ as f64 / union as f64
+    };
+    let response = server
+        .client
+        .post(server.url("/monailabel/activelearning/disagreement"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    let sample: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(sample["id"], web_image, "{sample}");
+    let score = sample["score"].as_f64().unwrap();
+    // The two tiny models (different methods and seeds) do disagree on this case.
+    assert!(expected > 0.0 && union > 0, "{union} {differ}");
+    assert!(
+        (score - expected).abs() < 1e-12,
+        "{score} != {expected}: {sample}"
+    );
 }
 
 /// A request to the in-process application with the given headers (no `X-CGGM-Request`).
