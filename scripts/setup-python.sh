@@ -24,8 +24,29 @@ install_requirements() {
     fi
   ) 9>"$VENV.lock"
 }
+# The MONAI Label client (3D Slicer's and OHIF's way to talk to a segmentation server), which the
+# MONAI Label API's test drives: only its client module is used, so the package comes without its
+# dependencies (MONAI, the server's stack), plus what that module imports (requests; cgi, which
+# Python 3.13 dropped, from legacy-cgi there). Its own stamp: a new pin installs once.
+MONAILABEL_VERSION="0.8.5"
+MONAILABEL_STAMP="$VENV/.cggm-monailabel-$MONAILABEL_VERSION"
+install_monailabel_client() {
+  [ -f "$MONAILABEL_STAMP" ] && return 0
+  (
+    flock 9
+    if [ ! -f "$MONAILABEL_STAMP" ]; then
+      "$VENV/bin/python" -m pip install --quiet requests 'legacy-cgi; python_version >= "3.13"' \
+        "torch==$TORCH_VERSION" >&2
+      "$VENV/bin/python" -m pip install --quiet --no-deps "monailabel==$MONAILABEL_VERSION" >&2
+      "$VENV/bin/python" -c 'from monailabel.client import MONAILabelClient' >&2
+      rm -f "$VENV"/.cggm-monailabel-*
+      touch "$MONAILABEL_STAMP"
+    fi
+  ) 9>"$VENV.lock"
+}
 if [ -f "$STAMP" ]; then
   install_requirements
+  install_monailabel_client
   echo "$VENV"
   exit 0
 fi
@@ -44,4 +65,5 @@ mv "$TMP" "$VENV"
 # only ever call "$VENV/bin/python", so that is enough.
 touch "$STAMP"
 install_requirements
+install_monailabel_client
 echo "$VENV"

@@ -290,7 +290,7 @@ fn within_dataset(message: &str, dir: &Path) -> String {
     message
 }
 
-fn without_folder(message: &str, file: &Path) -> String {
+pub(crate) fn without_folder(message: &str, file: &Path) -> String {
     match file.parent() {
         Some(dir) => message.replace(&format!("{}/", dir.display()), ""),
         None => message.to_string(),

@@ -129,6 +129,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::comparisons::page_router())
         .merge(routes::viewer_pages::router())
         .nest("/api", routes::api_router())
+        .nest(routes::monailabel::PREFIX, routes::monailabel::router())
         .merge(security::router())
         .nest_service("/static", ServeDir::new(web.join("static")))
         .nest_service(

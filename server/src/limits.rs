@@ -252,7 +252,8 @@ pub async fn read_text_field(
 }
 
 fn is_upload(request: &Request) -> bool {
-    request.method() == Method::POST
+    // PUT: MONAI Label's clients upload images and labels with it.
+    matches!(*request.method(), Method::POST | Method::PUT)
         && request
             .headers()
             .get(header::CONTENT_TYPE)

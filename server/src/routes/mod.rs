@@ -5,6 +5,7 @@ pub mod datasets;
 pub mod deletion;
 pub mod dicom;
 pub mod jobs;
+pub mod monailabel;
 pub mod pages;
 pub mod studies;
 pub mod viewer;

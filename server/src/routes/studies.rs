@@ -55,7 +55,7 @@ impl From<Study> for StudyView {
 
 impl StudyView {
     /// The file and channel that hold `modality`.
-    fn source(&self, modality: &str) -> Option<(PathBuf, usize)> {
+    pub(crate) fn source(&self, modality: &str) -> Option<(PathBuf, usize)> {
         let dir = PathBuf::from(&self.study.dir);
         if let Some(file) = self.files.get("4d") {
             // MSD channel order: FLAIR, T1w, T1gd, T2w.
@@ -102,13 +102,7 @@ async fn upload(
     multipart: Multipart,
 ) -> Result<(StatusCode, Json<StudyView>)> {
     let upload = save_upload(&state, multipart).await?;
-    let files = upload.files.clone();
-    let slot = state.volumes.decode_slot().await;
-    let checked = tokio::task::spawn_blocking(move || check_upload(files, false))
-        .await
-        .map_err(anyhow::Error::from)?
-        .map_err(Error::Unprocessable)?;
-    drop(slot);
+    let checked = check_study_files(&state, upload.files.clone()).await?;
     let name = upload
         .fields
         .get("name")
@@ -128,6 +122,19 @@ async fn upload(
         StatusCode::CREATED,
         Json(db::study(&state.pool, id).await?.into()),
     ))
+}
+
+/// [`check_upload`] of a study's files (no label needed) in a decode slot, off the async runtime;
+/// 422 with the reason.
+pub(crate) async fn check_study_files(
+    state: &AppState,
+    files: Vec<crate::inspect::UploadedFile>,
+) -> Result<CheckedUpload> {
+    let _slot = state.volumes.decode_slot().await;
+    tokio::task::spawn_blocking(move || check_upload(files, false))
+        .await
+        .map_err(anyhow::Error::from)?
+        .map_err(Error::Unprocessable)
 }
 
 /// Records a checked study and moves its folder `staged` (on the data directory's file system)
@@ -247,11 +254,33 @@ async fn predict(
     State(state): State<AppState>,
     Json(request): Json<PredictRequest>,
 ) -> Result<(StatusCode, Json<JobView>)> {
-    if let Some(device) = &request.device {
-        super::jobs::check_device(&state, device)?;
-    }
     let study: StudyView = db::study(&state.pool, request.study_id).await?.into();
-    let run = db::job(&state.pool, request.checkpoint_job_id).await?;
+    let id = queue_prediction(
+        &state,
+        &study,
+        Some(study.study.id),
+        request.checkpoint_job_id,
+        request.device,
+    )
+    .await?;
+    let job = db::job(&state.pool, id).await?;
+    Ok((StatusCode::CREATED, Json(job_view(&state, job).await?)))
+}
+
+/// Queues `cggm infer` of `study` with the checkpoint of the training job `checkpoint_job_id`
+/// (422 when it left none); the prediction's job id. `study_id` links the prediction to a stored
+/// study (`None` for images that are not stored studies, such as MONAI Label sessions).
+pub(crate) async fn queue_prediction(
+    state: &AppState,
+    study: &StudyView,
+    study_id: Option<i64>,
+    checkpoint_job_id: i64,
+    device: Option<String>,
+) -> Result<i64> {
+    if let Some(device) = &device {
+        super::jobs::check_device(state, device)?;
+    }
+    let run = db::job(&state.pool, checkpoint_job_id).await?;
     let run_dir = PathBuf::from(&run.out_dir);
     let has_checkpoint = run.kind == JobKind::Train
         && CheckpointName::ALL
@@ -266,21 +295,20 @@ async fn predict(
     let params = serde_json::json!({
         "checkpoint": run_dir.display().to_string(),
         "cases": study.case_paths(),
-        "device": request.device,
+        "device": device,
         "study": study.study.name,
     });
     let id = insert_job(
-        &state,
+        state,
         JobKind::Infer,
         &params,
         run.dataset_id,
-        Some(study.study.id),
+        study_id,
         Some(run.id),
     )
     .await?;
     state.runner.enqueue(id);
-    let job = db::job(&state.pool, id).await?;
-    Ok((StatusCode::CREATED, Json(job_view(&state, job).await?)))
+    Ok(id)
 }
 
 #[derive(Debug, Serialize)]
