@@ -85,7 +85,7 @@ summary="$out/summary.json"
 echo "{" > "$summary"
 mkdir -p "$out/empty"
 base_empty=$(peak_kb "$cggm" validate "$out/empty")
-echo "cggm validate on an empty folder (libtorch loaded, nothing read): peak $((base_empty / 1024)) MB"
+echo "cggm validate on an empty folder (nothing read): peak $((base_empty / 1024)) MB"
 echo "  \"validate_empty_peak_mb\": $((base_empty / 1024))," >> "$summary"
 for file in "$out"/corpus/*.nii.gz; do
   name="$(basename "$file" .nii.gz)"
@@ -114,7 +114,7 @@ hwm() { awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$server/status"; }
 rss() { awk '/VmRSS/ {print int($2 / 1024)}' "/proc/$server/status"; }
 anon() { awk '/RssAnon/ {print int($2 / 1024)}' "/proc/$server/status"; }
 idle=$(hwm)
-echo "server idle: peak $idle MB (anonymous $(anon) MB; the rest is libtorch's shared library pages)"
+echo "server idle: peak $idle MB (anonymous $(anon) MB; the rest is shared library pages: the server links no libtorch)"
 start=$(date +%s.%N)
 pids=()
 count=0

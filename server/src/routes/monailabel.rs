@@ -34,9 +34,9 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use cggm_trainer::data::{LabelValues, OutputLabels, LABEL_ENHANCING, LABEL_NCR, LABEL_OEDEMA};
-use cggm_trainer::rundir::CheckpointName;
-use cggm_trainer::task::TaskKind;
+use cggm_core::data::{LabelValues, OutputLabels, LABEL_ENHANCING, LABEL_NCR, LABEL_OEDEMA};
+use cggm_core::rundir::CheckpointName;
+use cggm_core::task::TaskKind;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -611,7 +611,7 @@ fn stack_channels(sources: &[PathBuf], out: &std::path::Path) -> Result<()> {
     let mut header = None;
     let mut volumes = Vec::new();
     for path in sources {
-        let (h, data) = cggm_trainer::data::read_volume(path).map_err(anyhow::Error::from)?;
+        let (h, data) = cggm_core::data::read_volume(path).map_err(anyhow::Error::from)?;
         let data = data
             .into_dimensionality::<ndarray::Ix3>()
             .map_err(anyhow::Error::from)?;
@@ -703,7 +703,7 @@ fn check_label(file: &UploadedFile, shape: &[usize]) -> Result<(), String> {
             "{name}: not a NIfTI file name (expected .nii or .nii.gz)"
         ));
     }
-    let header = cggm_trainer::data::read_header(&file.path)
+    let header = cggm_core::data::read_header(&file.path)
         .map_err(|e| without_folder(&e.to_string(), &file.path))?;
     let dims = &header.dims;
     let one_channel = dims.len() == 3 || (dims.len() == 4 && dims[3] == 1);
@@ -713,7 +713,7 @@ fn check_label(file: &UploadedFile, shape: &[usize]) -> Result<(), String> {
              the image's grid"
         ));
     }
-    let (_, data) = cggm_trainer::data::read_volume(&file.path)
+    let (_, data) = cggm_core::data::read_volume(&file.path)
         .map_err(|e| without_folder(&e.to_string(), &file.path))?;
     if let Some(bad) = data.iter().find(|&&v| {
         !(v.fract() == 0.0 && (0.0..=255.0).contains(&v))

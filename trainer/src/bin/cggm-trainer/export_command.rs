@@ -1,7 +1,7 @@
 //! `cggm export`: a run's model as an ONNX file (see `crate::export`).
 
-use cggm_trainer::export::{export, ExportFormat};
 use anyhow::Result;
+use cggm_trainer::export::{export, ExportFormat};
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
