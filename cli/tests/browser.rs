@@ -216,32 +216,36 @@ async fn launch_from_the_form_watch_the_curves_and_step_through_the_viewer() {
     browser.quit().await;
 }
 
+/// Writes a synthetic feature dataset (`cggm synth --task TASK`) into `datasets/<name>` and
+/// registers it; its id.
+async fn feature_dataset(
+    server: &LiveServer,
+    task: &str,
+    samples: u32,
+    seed: u64,
+    name: &str,
+) -> i64 {
+    let folder = server.data_dir.join("datasets").join(name);
+    let status = std::process::Command::new(cggm())
+        .args(["synth", "--task", task, "--samples", &samples.to_string()])
+        .args(["--seed", &seed.to_string(), "--out"])
+        .arg(&folder)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "cggm synth --task {task} failed");
+    server.register_dataset(name, &folder).await["id"]
+        .as_i64()
+        .unwrap()
+}
+
 /// A classification run on a synthetic feature dataset (text, audio, vision; 4 classes): the run
 /// page charts its validation accuracy and shows the test report, the per-modality test scores
 /// and the confusion matrix.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_classification_run_shows_accuracy_per_modality_scores_and_its_confusion_matrix() {
     let server = LiveServer::start(&["--no-demo"]);
-    let folder = server.data_dir.join("datasets/feat");
-    let status = std::process::Command::new(cggm())
-        .args([
-            "synth",
-            "--task",
-            "classification",
-            "--samples",
-            "150",
-            "--seed",
-            "3",
-            "--out",
-        ])
-        .arg(&folder)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "cggm synth --task classification failed");
-    let dataset = server.register_dataset("feat", &folder).await["id"]
-        .as_i64()
-        .unwrap();
+    let dataset = feature_dataset(&server, "classification", 150, 3, "feat").await;
     let job = server
         .post_job(serde_json::json!({ "dataset_id": dataset, "method": "cggm", "preset": "cpu-features", "epochs": 2, "device": "cpu", "seed": 1 }))
         .await;
@@ -311,26 +315,7 @@ async fn a_classification_run_shows_accuracy_per_modality_scores_and_its_confusi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_regression_run_starts_from_the_api_and_shows_mae_corr_acc2_and_its_scatter_plot() {
     let server = LiveServer::start(&["--no-demo"]);
-    let folder = server.data_dir.join("datasets/sentiment");
-    let status = std::process::Command::new(cggm())
-        .args([
-            "synth",
-            "--task",
-            "regression",
-            "--samples",
-            "120",
-            "--seed",
-            "4",
-            "--out",
-        ])
-        .arg(&folder)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "cggm synth --task regression failed");
-    let dataset = server.register_dataset("sentiment", &folder).await["id"]
-        .as_i64()
-        .unwrap();
+    let dataset = feature_dataset(&server, "regression", 120, 4, "sentiment").await;
     let listed = server.get_json("/api/datasets").await;
     assert_eq!(listed[0]["task"], "regression", "{listed}");
     // The vocabulary offers a preset for regression, and the form lists it for this dataset.

@@ -22,23 +22,19 @@ fn request(dataset: i64, extra: serde_json::Value) -> serde_json::Value {
     body
 }
 
-/// A safetensors file holding zero-filled F32 tensors of these shapes.
+/// A safetensors file with the given F32 tensors (zeros), through the core's writer.
 fn write_safetensors(path: &Path, tensors: &[(&str, Vec<usize>)]) {
-    let mut header = serde_json::Map::new();
-    let mut offset = 0;
-    for (name, shape) in tensors {
-        let bytes = shape.iter().product::<usize>() * 4;
-        header.insert(
-            name.to_string(),
-            serde_json::json!({ "dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes] }),
-        );
-        offset += bytes;
-    }
-    let header = serde_json::to_vec(&header).unwrap();
-    let mut out = (header.len() as u64).to_le_bytes().to_vec();
-    out.extend(header);
-    out.extend(vec![0u8; offset]);
-    std::fs::write(path, out).unwrap();
+    use cggm_core::data::features::safetensors::{write_safetensors, Values};
+    let zeros: Vec<Vec<f32>> = tensors
+        .iter()
+        .map(|(_, shape)| vec![0.0; shape.iter().product()])
+        .collect();
+    let named: Vec<(&str, &[usize], Values)> = tensors
+        .iter()
+        .zip(&zeros)
+        .map(|((name, shape), z)| (*name, shape.as_slice(), Values::F32(z)))
+        .collect();
+    write_safetensors(path, &named).unwrap();
 }
 
 /// A classification feature dataset (text [5, 8] and audio [3] per sample) in `dir`.
