@@ -193,3 +193,54 @@ async fn cggm_study_launches_a_comparison_with_the_token_and_prints_its_csv() {
     let listed = server.get_json("/api/comparisons").await;
     assert_eq!(listed[0]["name"], "from the command line", "{listed}");
 }
+
+/// A study and its runs are stored together or not at all: when its second run cannot be stored
+/// (its run folder is taken by a file), neither the study nor its first run is left behind
+/// (before: the study was deleted but its first run stayed, cancelled, in the job list).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_study_whose_second_run_cannot_be_stored_leaves_no_study_and_no_run() {
+    let server = LiveServer::start(&["--no-demo"]);
+    let dataset = server.tiny_dataset("tiny").await;
+    let runs = server.data_dir.join("runs");
+    std::fs::create_dir_all(&runs).unwrap();
+    let blocker = runs.join("job-2");
+    std::fs::write(&blocker, "not a folder").unwrap();
+    let body = serde_json::json!({ "dataset_id": dataset, "methods": ["joint"], "seeds": [1, 2],
+                                   "options": { "preset": "tiny", "epochs": 1,
+                                                "steps_per_epoch": 1, "device": "cpu" } });
+    let refused = server
+        .client
+        .post(server.url("/api/comparisons"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = refused.status();
+    let text = refused.text().await.unwrap();
+    assert_eq!(status, 500, "{text}");
+    assert!(
+        text.contains("server log"),
+        "an internal error, logged: {text}"
+    );
+    assert_eq!(
+        server.get_json("/api/jobs").await.as_array().unwrap().len(),
+        0,
+        "no run is left behind"
+    );
+    let studies = server.get_json("/api/comparisons").await;
+    assert_eq!(studies.as_array().unwrap().len(), 0, "{studies}");
+
+    // With the folder free, the same study is stored whole.
+    std::fs::remove_file(&blocker).unwrap();
+    let made = server.post_json("/api/comparisons", body).await;
+    assert_eq!(made["jobs"].as_array().unwrap().len(), 2, "{made}");
+    assert_eq!(
+        server
+            .get_json("/api/comparisons")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}

@@ -17,11 +17,14 @@
 
 use crate::cggm::BalanceTracker;
 use crate::config::TrainConfig;
-use crate::eval_features::FeatureEvalReport;
+use crate::device::parse_device;
 use crate::events::RegionScores;
 use crate::model::network::MultimodalNetwork;
+use crate::model::Model;
 use crate::rundir::RunDir;
 use crate::step::Trainer;
+use crate::task::metrics::FeatureEvalReport;
+use crate::task::TaskKind;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -111,18 +114,18 @@ pub fn complete_pending(run_dir: &Path, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Loads the `best` weights into `trainer`, or `last` when no best exists yet (a run still in
+/// Loads the `best` weights into `model`, or `last` when no best exists yet (a run still in
 /// its first epoch), for evaluation and inference.
 pub fn load_best_or_last<N: MultimodalNetwork>(
     run_dir: &Path,
-    trainer: &mut Trainer<N>,
+    model: &mut Model<N>,
 ) -> Result<CheckpointState> {
     let name = if checkpoint_dir(run_dir).join("best.json").exists() {
         "best"
     } else {
         "last"
     };
-    load_weights(run_dir, name, trainer)
+    load_weights(run_dir, name, model)
 }
 
 /// Saves an epoch's checkpoints: `best` (weights only) when these are the best weights so far,
@@ -168,6 +171,7 @@ pub fn save<N: MultimodalNetwork>(
     let [weights, optim, json] = checkpoint_files(&dir, name);
     let pending = pending_path(&weights);
     trainer
+        .model
         .vs
         .save(&pending)
         .with_context(|| format!("writing {}", pending.display()))?;
@@ -289,26 +293,26 @@ pub fn read_state(run_dir: &Path, name: &str) -> Result<CheckpointState> {
     serde_json::from_str(&text).with_context(|| format!("{} is corrupt", path.display()))
 }
 
-/// Loads weights `name` into the trainer's VarStore after checking that the checkpoint was made
+/// Loads weights `name` into the model's VarStore after checking that the checkpoint was made
 /// with this configuration.
 pub fn load_weights<N: MultimodalNetwork>(
     run_dir: &Path,
     name: &str,
-    trainer: &mut Trainer<N>,
+    model: &mut Model<N>,
 ) -> Result<CheckpointState> {
     let state = read_state(run_dir, name)?;
-    if !same_model(&state.config, &trainer.cfg) {
+    if !same_model(&state.config, &model.cfg) {
         bail!(
             "checkpoint {name} in {} was trained with a different configuration (model {:?}, method {}) than this run (model {:?}, method {}): use the run's own config.json",
             run_dir.display(),
             state.config.model,
             state.config.method,
-            trainer.cfg.model,
-            trainer.cfg.method
+            model.cfg.model,
+            model.cfg.method
         );
     }
     let weights = checkpoint_dir(run_dir).join(format!("{name}.safetensors"));
-    trainer.vs.load(&weights).with_context(|| {
+    model.vs.load(&weights).with_context(|| {
         format!(
             "loading {} (missing or mismatched tensors)",
             weights.display()
@@ -367,7 +371,7 @@ impl<N: MultimodalNetwork> Trainer<N> {
     /// counter and CGGM's state (the metrics of the previous step, the guard's counts, the B of
     /// the previous step). Returns the checkpoint's record (epoch, best scores) for the run loop.
     pub fn restore(&mut self, run_dir: &Path, name: &str) -> Result<CheckpointState> {
-        let state = load_weights(run_dir, name, self)?;
+        let state = load_weights(run_dir, name, &mut self.model)?;
         load_optimizer(run_dir, name, self)?;
         self.global_step = state.global_step;
         self.tracker = state.tracker.clone();
@@ -379,7 +383,7 @@ impl<N: MultimodalNetwork> Trainer<N> {
     /// its best scores so far (segmentation: Dice; feature tasks: the report and B sums).
     pub fn checkpoint_state(&self, epochs_done: usize, best_epoch: usize) -> CheckpointState {
         CheckpointState {
-            config: self.cfg.clone(),
+            config: self.model.cfg.clone(),
             epoch: epochs_done,
             global_step: self.global_step,
             best_epoch,
@@ -406,6 +410,25 @@ impl<N: MultimodalNetwork> Trainer<N> {
             self.global_step
         );
         Ok(Some(state))
+    }
+}
+
+impl Model {
+    /// Opens a segmentation run for evaluation or inference with its best weights (last if no
+    /// best exists yet), on `device` or the run's own.
+    pub fn open_segmentation(run_dir: &Path, device: Option<&str>) -> Result<Self> {
+        let cfg = read_config(run_dir)?;
+        if cfg.task != TaskKind::Segmentation {
+            bail!(
+                "{} is a {} run, not a segmentation run",
+                run_dir.display(),
+                cfg.task
+            );
+        }
+        let device = parse_device(device.unwrap_or(&cfg.device)).map_err(anyhow::Error::msg)?;
+        let mut model = Self::segmentation(cfg, device);
+        load_best_or_last(run_dir, &mut model)?;
+        Ok(model)
     }
 }
 

@@ -30,6 +30,20 @@ pub struct Predictor<'a> {
     pub batch: usize,
 }
 
+impl crate::model::Model {
+    /// The predictor of this model's network and classifiers.
+    pub fn predictor(&self) -> Predictor<'_> {
+        Predictor {
+            model: &self.network,
+            classifiers: self.classifiers.as_ref(),
+            modality_channels: &self.modality_channels,
+            modality_names: self.modality_names.clone(),
+            device: self.device,
+            batch: self.cfg.eval_batch,
+        }
+    }
+}
+
 /// Predicted internal labels [X, Y, Z]: the fused model's, and each classifier's.
 pub struct VolumePrediction {
     pub fused: Array3<u8>,

@@ -8,7 +8,7 @@ use crate::device::parse_device;
 use crate::features_data::{FeatureBatch, FeatureSplit};
 use crate::model::features::{FeatureInput, FeatureNet};
 use crate::model::network::{ModalityClassifierSet, MultimodalNetwork};
-use crate::step::Trainer;
+use crate::model::Model;
 use crate::task::metrics::{
     classification_report, regression_report, ClassificationReport, RegressionReport,
 };
@@ -19,32 +19,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use tch::{Kind, Tensor};
 
-/// Fused and per-modality scores of one split.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct FeatureEvalReport {
-    pub samples: usize,
-    /// The task's metrics by name (the `metrics` of the events).
-    pub metrics: BTreeMap<String, f64>,
-    /// Each modality's own classifier, same metric names.
-    pub modality_metrics: BTreeMap<String, BTreeMap<String, f64>>,
-    /// Classification: per-class scores and the confusion matrix.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub classification: Option<ClassificationReport>,
-    /// Regression: every metric and the (predicted, true) pairs.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub regression: Option<RegressionReport>,
-}
-
-impl FeatureEvalReport {
-    /// Higher is better: accuracy (classification), minus MAE (regression).
-    pub fn selection_score(&self) -> f64 {
-        match (&self.classification, &self.regression) {
-            (Some(c), _) => c.accuracy,
-            (_, Some(r)) => -r.mae,
-            _ => f64::NEG_INFINITY,
-        }
-    }
-}
+pub use crate::task::metrics::FeatureEvalReport;
 
 pub fn input_of(batch: &FeatureBatch) -> FeatureInput {
     FeatureInput {
@@ -94,18 +69,18 @@ fn scores(
 
 /// The model's and every classifier's outputs on a whole split (no gradients, eval mode), on the
 /// CPU: (fused [N, outputs], per modality [N, outputs]; empty without classifiers).
-fn outputs(trainer: &Trainer<FeatureNet>, split: &FeatureSplit) -> (Tensor, Vec<Tensor>) {
+fn outputs(model: &Model<FeatureNet>, split: &FeatureSplit) -> (Tensor, Vec<Tensor>) {
     let _guard = tch::no_grad_guard();
     let mut fused = Vec::new();
-    let mut per_modality: Vec<Vec<Tensor>> = (0..trainer.modality_names.len())
+    let mut per_modality: Vec<Vec<Tensor>> = (0..model.modality_names.len())
         .map(|_| Vec::new())
         .collect();
-    let bs = trainer.cfg.eval_batch.max(1);
+    let bs = model.cfg.eval_batch.max(1);
     let idx: Vec<i64> = (0..split.n as i64).collect();
     for chunk in idx.chunks(bs) {
-        let batch = split.batch(chunk, trainer.device);
-        let out = trainer.model.forward_t(&input_of(&batch), false);
-        if let Some(cls) = &trainer.classifiers {
+        let batch = split.batch(chunk, model.device);
+        let out = model.network.forward_t(&input_of(&batch), false);
+        if let Some(cls) = &model.classifiers {
             for (acc, l) in per_modality.iter_mut().zip(cls.logits_t(&out, false)) {
                 acc.push(l.to_device(tch::Device::Cpu));
             }
@@ -122,14 +97,14 @@ fn outputs(trainer: &Trainer<FeatureNet>, split: &FeatureSplit) -> (Tensor, Vec<
 
 /// Scores the model and every classifier on a whole split.
 pub fn evaluate_features(
-    trainer: &Trainer<FeatureNet>,
+    model: &Model<FeatureNet>,
     split: &FeatureSplit,
     spec: &DatasetSpec,
 ) -> FeatureEvalReport {
-    let (fused, per_modality) = outputs(trainer, split);
+    let (fused, per_modality) = outputs(model, split);
     let labels = &split.labels;
     let (metrics, classification, regression) = scores(spec.task, &fused, labels, &spec.classes);
-    let modality_metrics = trainer
+    let modality_metrics = model
         .modality_names
         .iter()
         .zip(&per_modality)
@@ -144,10 +119,10 @@ pub fn evaluate_features(
     }
 }
 
-/// A finished (or running) feature run opened for evaluation: its trainer with the best weights
-/// (last if no best exists yet), the dataset's spec, and the loaded split.
+/// A finished (or running) feature run opened for evaluation: its model with the best weights
+/// (last if no best exists yet; no optimiser), the dataset's spec, and the loaded split.
 pub struct OpenFeatureRun {
-    pub trainer: Trainer<FeatureNet>,
+    pub model: Model<FeatureNet>,
     pub spec: DatasetSpec,
     pub split: FeatureSplit,
     /// The split's name (train, valid or test).
@@ -186,10 +161,10 @@ pub fn open_feature_run(
         .feature_modalities(&spec.names())
         .map_err(anyhow::Error::msg)?;
     let loaded = FeatureSplit::load(&cfg.data, &spec, &split, &chosen)?;
-    let mut trainer = Trainer::for_features(cfg, &spec, device, 1).map_err(anyhow::Error::msg)?;
-    checkpoint::load_best_or_last(run_dir, &mut trainer)?;
+    let mut model = Model::features(cfg, &spec, device)?;
+    checkpoint::load_best_or_last(run_dir, &mut model)?;
     Ok(OpenFeatureRun {
-        trainer,
+        model,
         spec,
         split: loaded,
         split_name: split,
@@ -204,7 +179,7 @@ pub fn evaluate_feature_run(
     device: Option<&str>,
 ) -> Result<FeatureEvalReport> {
     let run = open_feature_run(run_dir, split, data, device)?;
-    Ok(evaluate_features(&run.trainer, &run.split, &run.spec))
+    Ok(evaluate_features(&run.model, &run.split, &run.spec))
 }
 
 /// One sample's prediction (`cggm infer` on a feature run).
@@ -280,7 +255,7 @@ pub fn predict_features(
     device: Option<&str>,
 ) -> Result<FeaturePredictions> {
     let run = open_feature_run(run_dir, split, data, device)?;
-    let (fused, per_modality) = outputs(&run.trainer, &run.split);
+    let (fused, per_modality) = outputs(&run.model, &run.split);
     let task = run.spec.task;
     let classes = &run.spec.classes;
     let labels: Vec<serde_json::Value> = match task {
@@ -308,7 +283,7 @@ pub fn predict_features(
                 prediction,
                 probabilities,
                 modalities: run
-                    .trainer
+                    .model
                     .modality_names
                     .iter()
                     .zip(&modality_rows)
@@ -330,7 +305,7 @@ pub fn predict_features(
         task,
         split: run.split_name.clone(),
         classes: classes.clone(),
-        modalities: run.trainer.modality_names.clone(),
+        modalities: run.model.modality_names.clone(),
         predictions,
     })
 }

@@ -7,7 +7,7 @@ use crate::data::{
     LABEL_OEDEMA,
 };
 use crate::events::{now, Event, EventSink};
-use crate::run::open_run;
+use crate::model::Model;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -95,14 +95,14 @@ fn infer_inner(
         });
     };
     progress("loading model", 0.0);
-    let trainer = open_run(run_dir, device)?;
+    let model = Model::open_segmentation(run_dir, device)?;
     progress("loading study", 0.05);
     let source = case_from_paths(inputs)?;
     let study = load_study(&source).with_context(|| format!("loading the study {}", source.id))?;
     let seconds_load = t0.elapsed().as_secs_f64();
 
     let t1 = Instant::now();
-    let pred = trainer
+    let pred = model
         .predictor()
         .predict(&study, false, |f| progress("predicting", 0.1 + 0.85 * f));
     let seconds_predict = t1.elapsed().as_secs_f64();
@@ -124,8 +124,8 @@ fn infer_inner(
         voxel_volume_ml: study.voxel_volume_ml,
         volumes_ml: region_volumes(&pred.fused, study.voxel_volume_ml),
         checkpoint: run_dir.to_path_buf(),
-        method: trainer.cfg.method.to_string(),
-        device: crate::device::describe(trainer.device),
+        method: model.cfg.method.to_string(),
+        device: crate::device::describe(model.device),
         seconds_load,
         seconds_predict,
         seconds_write,
@@ -176,7 +176,7 @@ pub fn infer_dataset(
             }
         );
     }
-    let trainer = open_run(run_dir, device)?;
+    let model = Model::open_segmentation(run_dir, device)?;
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("creating the output folder {}", out_dir.display()))?;
     let total = report.cases.len() + report.problems.len();
@@ -207,7 +207,7 @@ pub fn infer_dataset(
                 seconds: started.elapsed().as_secs_f64(),
             },
             Ok(study) => {
-                let pred = trainer.predictor().predict(&study, false, |_| {});
+                let pred = model.predictor().predict(&study, false, |_| {});
                 let out = out_dir.join(format!("{}_seg.nii.gz", source.id));
                 write_label_volume_as(&out, &pred.fused.view(), &study.header, labels)?;
                 let dice = study

@@ -21,5 +21,6 @@ pub mod optim;
 pub mod predict;
 pub mod run;
 pub mod run_features;
+pub mod run_loop;
 pub mod step;
 pub mod task;

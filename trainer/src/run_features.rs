@@ -1,27 +1,25 @@
-//! A training run on a feature dataset (classification or regression): prepare (configuration,
-//! dataset, trainer; restored from the last checkpoint on `--resume`) -> epochs (train, validate,
-//! checkpoint) -> test with the best weights. The step is the same `Trainer::step` as
-//! segmentation's; only the data and the report differ. Scoring lives in `eval_features`.
+//! Classification and regression on a feature dataset as a task of the one run loop
+//! (`run_loop`): the dataset's three splits, shuffled batches, whole-split evaluation
+//! (`eval_features`) and `metrics.json` with the task's metrics.
 
-use crate::checkpoint::{self, write_json_atomic, CheckpointState};
+use crate::checkpoint::CheckpointState;
 use crate::config::TrainConfig;
 use crate::data::features::DatasetSpec;
-use crate::device::{describe, parse_device};
+use crate::device::parse_device;
 pub use crate::eval_features::{evaluate_features, input_of, FeatureEvalReport};
 use crate::events::{now, Event, EventSink, RegionScores};
 use crate::features_data::FeatureSplit;
 use crate::model::features::FeatureNet;
-use crate::run::TrainOptions;
-use crate::rundir::RunDir;
-use crate::step::Trainer;
+use crate::model::Model;
+use crate::run_loop::{self, RunSummary, SplitSizes, TaskRun, TrainOptions};
+use crate::step::{StepReport, Trainer};
 use crate::task::TaskKind;
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Instant;
 
 /// `metrics.json` of a feature run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -45,262 +43,181 @@ pub struct FeatureRunMetrics {
     pub balance_diagnostics: Option<crate::cggm::BalanceDiagnostics>,
 }
 
-/// Where the run stands: the start of a new run, or what the last checkpoint recorded.
-#[derive(Default)]
-struct Progress {
-    /// Epochs already done.
-    start_epoch: usize,
-    best: Option<FeatureEvalReport>,
-    best_epoch: usize,
-    /// Sum of each modality's B_i over the steps done (for `mean_balance`).
-    balance_sum: Vec<f64>,
-}
-
-/// Everything a feature run needs before its next step.
-struct Prepared {
-    spec: DatasetSpec,
-    train: FeatureSplit,
-    valid: FeatureSplit,
-    test: FeatureSplit,
-    trainer: Trainer<FeatureNet>,
-    steps_per_epoch: usize,
-    progress: Progress,
-    /// Held for the whole run: one process per run directory.
-    _lock: std::fs::File,
-}
-
-fn prepare(cfg: &mut TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Prepared> {
-    let spec = DatasetSpec::read(&cfg.data)?;
-    cfg.train_task(spec.task).map_err(|e| anyhow!("{e}"))?;
-    cfg.validate()
-        .map_err(|e| anyhow!("invalid configuration: {e}"))?;
-    std::fs::create_dir_all(run_dir)
-        .with_context(|| format!("creating run directory {}", run_dir.display()))?;
-    let lock = checkpoint::lock_run_dir(run_dir)?;
-    checkpoint::claim_run_dir(run_dir, cfg, opts.resume)?;
-    let chosen = cfg
-        .feature_modalities(&spec.names())
-        .map_err(anyhow::Error::msg)?;
-    let load = |split: &str| FeatureSplit::load(&cfg.data, &spec, split, &chosen);
-    let (train, valid, test) = (load("train")?, load("valid")?, load("test")?);
-    let steps_per_epoch = cfg
-        .steps_per_epoch
-        .unwrap_or_else(|| train.n.div_ceil(cfg.sampler.batch_size))
-        .max(1);
-    let device = parse_device(&cfg.device).map_err(anyhow::Error::msg)?;
-    let mut trainer = Trainer::for_features(cfg.clone(), &spec, device, steps_per_epoch)
-        .map_err(anyhow::Error::msg)?;
-    let modalities = chosen.len();
-    let progress = match trainer.resume_if(opts.resume, run_dir)? {
-        Some(state) => Progress {
-            start_epoch: state.epoch,
-            best: state.best_val_report,
-            best_epoch: state.best_epoch,
-            balance_sum: if state.balance_sum.len() == modalities {
-                state.balance_sum
-            } else {
-                vec![0.0; modalities]
-            },
-        },
-        None => Progress {
-            balance_sum: vec![0.0; modalities],
-            ..Progress::default()
-        },
-    };
-    Ok(Prepared {
-        spec,
-        train,
-        valid,
-        test,
-        trainer,
-        steps_per_epoch,
-        progress,
-        _lock: lock,
-    })
-}
-
-fn by_name(names: &[String], values: &[f64]) -> BTreeMap<String, f64> {
-    names
-        .iter()
-        .cloned()
-        .zip(values.iter().copied())
-        .filter(|(_, v)| v.is_finite())
-        .collect()
-}
-
-/// One epoch of shuffled batches (the order depends only on the seed and the epoch, so a resumed
-/// run sees the same batches); returns the mean loss and adds each step's B to the sum.
-fn train_epoch(p: &mut Prepared, epoch: usize, events: &EventSink) -> Result<f64> {
-    let t = &mut p.trainer;
-    let mut order: Vec<i64> = (0..p.train.n as i64).collect();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
-        t.cfg
-            .seed
-            .wrapping_mul(0x9E37_79B9)
-            .wrapping_add(epoch as u64),
-    );
-    order.shuffle(&mut rng);
-    let bs = t.cfg.sampler.batch_size;
-    let mut loss_sum = 0.0;
-    for step in 0..p.steps_per_epoch {
-        let start = (step * bs) % order.len();
-        let idx: Vec<i64> = (0..bs.min(order.len()))
-            .map(|k| order[(start + k) % order.len()])
-            .collect();
-        let batch = p.train.batch(&idx, t.device);
-        let t0 = Instant::now();
-        let report = t.step(&input_of(&batch), &batch.labels)?;
-        loss_sum += report.loss;
-        for (s, b) in p.progress.balance_sum.iter_mut().zip(&report.balance) {
-            *s += b;
-        }
-        events.emit(&Event::Step {
-            time: now(),
-            epoch,
-            step: t.global_step - 1,
-            loss: report.loss,
-            task_loss: report.task_loss,
-            gm_loss: report.gm_loss,
-            lr: report.lr,
-            balance: by_name(&t.modality_names, &report.balance),
-            cosine: by_name(&t.modality_names, &report.cosine),
-            modality_metric: by_name(&t.modality_names, &report.modality_metric),
-            step_seconds: t0.elapsed().as_secs_f64(),
-            balance_guarded: report.balance_guarded as usize,
-            balance_clamped: report.balance_clamped,
-            baseline_coefficients: by_name(&t.modality_names, &report.baseline_coefficients),
-        });
-    }
-    Ok(loss_sum / p.steps_per_epoch as f64)
-}
-
-/// Validates after epoch `epoch` when the schedule says so (every `val_every` epochs and the
-/// last); returns whether these weights are the best so far.
-fn validate(p: &mut Prepared, epoch: usize, train_loss: f64, events: &EventSink) -> bool {
-    let done = epoch + 1;
-    let cfg = &p.trainer.cfg;
-    if !done.is_multiple_of(cfg.val_every) && done != cfg.epochs {
-        return false;
-    }
-    let report = evaluate_features(&p.trainer, &p.valid, &p.spec);
-    let is_best = p
-        .progress
-        .best
-        .as_ref()
-        .is_none_or(|b| report.selection_score() > b.selection_score());
-    events.emit(&Event::Validation {
-        time: now(),
-        epoch,
-        train_loss,
-        dice: RegionScores::default(),
-        hd95: RegionScores::default(),
-        modality_dice: BTreeMap::new(),
-        best: is_best,
-        metrics: report.metrics.clone(),
-        modality_metrics: report.modality_metrics.clone(),
-    });
-    tracing::info!("epoch {epoch}: validation {:?}", report.metrics);
-    if is_best {
-        p.progress.best = Some(report);
-        p.progress.best_epoch = epoch + 1;
-    }
-    is_best
-}
-
-/// Saves the checkpoints after epoch `epoch`: `last` always (a resume continues from any epoch),
-/// `best` when it is.
-fn save_checkpoints(
-    p: &Prepared,
-    run_dir: &Path,
-    epoch: usize,
-    is_best: bool,
-    events: &EventSink,
-) -> Result<()> {
-    let state = CheckpointState {
-        best_val_report: p.progress.best.clone(),
-        balance_sum: p.progress.balance_sum.clone(),
-        ..p.trainer.checkpoint_state(epoch + 1, p.progress.best_epoch)
-    };
-    checkpoint::save_epoch(run_dir, &p.trainer, &state, epoch, is_best, events)
-}
-
 /// Trains `cfg` (a feature dataset in `cfg.data`) into `run_dir`; a failure is also reported as
-/// a `failed` event. Returns `None` when stopped early by `stop_after_epochs`.
+/// a `failed` event. The run's task is the dataset's. Returns `None` when stopped early by
+/// `stop_after_epochs`.
 pub fn train_features(
-    cfg: TrainConfig,
-    run_dir: &Path,
-    events: &EventSink,
-    opts: &TrainOptions,
-) -> Result<Option<FeatureRunMetrics>> {
-    events.report_failure(train_features_inner(cfg, run_dir, events, opts))
-}
-
-fn train_features_inner(
     mut cfg: TrainConfig,
     run_dir: &Path,
     events: &EventSink,
     opts: &TrainOptions,
 ) -> Result<Option<FeatureRunMetrics>> {
-    let started = Instant::now();
-    let mut p = prepare(&mut cfg, run_dir, opts)?;
-    let spe = p.steps_per_epoch;
-    events.emit(&Event::RunStarted {
-        time: now(),
-        config: serde_json::to_value(&cfg)?,
-        train_cases: p.train.n,
-        val_cases: p.valid.n,
-        test_cases: p.test.n,
-        steps_per_epoch: spe,
-        total_steps: spe * cfg.epochs,
-        device: describe(p.trainer.device),
-        task: cfg.task,
-        modalities: p.trainer.modality_names.clone(),
-    });
-    for epoch in p.progress.start_epoch..cfg.epochs {
-        let train_loss = train_epoch(&mut p, epoch, events)?;
-        if let Some(event) = p.trainer.balance_diagnostics_event(epoch) {
-            events.emit(&event);
+    let configured = DatasetSpec::read(&cfg.data)
+        .map_err(anyhow::Error::from)
+        .and_then(|spec| cfg.train_task(spec.task).map_err(|e| anyhow!("{e}")));
+    if let Err(e) = configured {
+        return events.report_failure(Err(e));
+    }
+    run_loop::run::<FeatureRun>(cfg, run_dir, events, opts)
+}
+
+/// A feature run's data: the dataset's description and its three splits, loaded with the
+/// modalities the configuration chooses.
+pub struct FeatureRun {
+    spec: DatasetSpec,
+    train: FeatureSplit,
+    valid: FeatureSplit,
+    test: FeatureSplit,
+    /// This epoch's shuffled order of the training samples (drawn at its first step).
+    order: Vec<i64>,
+}
+
+impl FeatureRun {
+    /// The order of `epoch`'s samples: it depends only on the seed and the epoch, so a resumed
+    /// run sees the same batches.
+    fn shuffle(&mut self, seed: u64, epoch: usize) {
+        self.order = (0..self.train.n as i64).collect();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+            seed.wrapping_mul(0x9E37_79B9).wrapping_add(epoch as u64),
+        );
+        self.order.shuffle(&mut rng);
+    }
+}
+
+impl TaskRun for FeatureRun {
+    type Net = FeatureNet;
+    type Report = FeatureEvalReport;
+    type Metrics = FeatureRunMetrics;
+
+    fn prepare(cfg: &TrainConfig, _run_dir: &Path) -> Result<(Self, Trainer<FeatureNet>)> {
+        let spec = DatasetSpec::read(&cfg.data)?;
+        let chosen = cfg
+            .feature_modalities(&spec.names())
+            .map_err(anyhow::Error::msg)?;
+        let load = |split: &str| FeatureSplit::load(&cfg.data, &spec, split, &chosen);
+        let (train, valid, test) = (load("train")?, load("valid")?, load("test")?);
+        if train.n == 0 {
+            anyhow::bail!(
+                "the train split of {} has no sample: a run needs training samples",
+                cfg.data.display()
+            );
         }
-        let is_best = validate(&mut p, epoch, train_loss, events);
-        save_checkpoints(&p, run_dir, epoch, is_best, events)?;
-        let done = epoch + 1;
-        if opts.stop_after_epochs.is_some_and(|n| done >= n) && done < cfg.epochs {
-            tracing::info!("stopping after epoch {done} as asked; continue with --resume");
-            return Ok(None);
+        let steps_per_epoch = cfg
+            .steps_per_epoch
+            .unwrap_or_else(|| train.n.div_ceil(cfg.sampler.batch_size))
+            .max(1);
+        let device = parse_device(&cfg.device).map_err(anyhow::Error::msg)?;
+        let model = Model::features(cfg.clone(), &spec, device)?;
+        let run = Self {
+            spec,
+            train,
+            valid,
+            test,
+            order: Vec::new(),
+        };
+        Ok((run, Trainer::new(model, steps_per_epoch)))
+    }
+
+    fn split_sizes(&self) -> SplitSizes {
+        SplitSizes {
+            train: self.train.n,
+            val: self.valid.n,
+            test: self.test.n,
         }
     }
-    checkpoint::load_weights(run_dir, "best", &mut p.trainer)
-        .context("loading the best checkpoint for the test split")?;
-    let test = evaluate_features(&p.trainer, &p.test, &p.spec);
-    let steps = (spe * cfg.epochs).max(1) as f64;
-    let metrics = FeatureRunMetrics {
-        task: cfg.task,
-        method: cfg.method.to_string(),
-        preset: cfg.preset.clone(),
-        best_epoch: p.progress.best_epoch,
-        best_val: p.progress.best.clone(),
-        test: Some(test.clone()),
-        epochs_completed: cfg.epochs,
-        seconds: started.elapsed().as_secs_f64(),
-        mean_balance: by_name(
-            &p.trainer.modality_names,
-            &p.progress
-                .balance_sum
-                .iter()
-                .map(|s| s / steps)
-                .collect::<Vec<_>>(),
-        ),
-        balance_stats: p.trainer.tracker.stats.clone(),
-        balance_diagnostics: p.trainer.balance_diagnostics(false),
-    };
-    write_json_atomic(&RunDir::new(run_dir).metrics(), &metrics)?;
-    events.emit(&Event::Finished {
-        time: now(),
-        best_epoch: p.progress.best_epoch,
-        best_val_dice: RegionScores::default(),
-        test_dice: None,
-        test_modality_dice: BTreeMap::new(),
-        test_metrics: test.metrics.clone(),
-    });
-    Ok(Some(metrics))
+
+    fn train_step(
+        &mut self,
+        trainer: &mut Trainer<FeatureNet>,
+        epoch: usize,
+        step: usize,
+    ) -> Result<StepReport> {
+        if step == 0 {
+            self.shuffle(trainer.model.cfg.seed, epoch);
+        }
+        let order = &self.order;
+        let bs = trainer.model.cfg.sampler.batch_size;
+        let start = (step * bs) % order.len();
+        let idx: Vec<i64> = (0..bs.min(order.len()))
+            .map(|k| order[(start + k) % order.len()])
+            .collect();
+        let batch = self.train.batch(&idx, trainer.model.device);
+        Ok(trainer.step(&input_of(&batch), &batch.labels)?)
+    }
+
+    fn validate(&mut self, model: &Model<FeatureNet>) -> Result<FeatureEvalReport> {
+        let report = evaluate_features(model, &self.valid, &self.spec);
+        tracing::info!("validation {:?}", report.metrics);
+        Ok(report)
+    }
+
+    fn selection_score(report: &FeatureEvalReport) -> f64 {
+        report.selection_score()
+    }
+
+    fn validation_event(
+        report: &FeatureEvalReport,
+        epoch: usize,
+        train_loss: f64,
+        best: bool,
+    ) -> Event {
+        Event::Validation {
+            time: now(),
+            epoch,
+            train_loss,
+            dice: RegionScores::default(),
+            hd95: RegionScores::default(),
+            modality_dice: BTreeMap::new(),
+            best,
+            metrics: report.metrics.clone(),
+            modality_metrics: report.modality_metrics.clone(),
+        }
+    }
+
+    fn test(
+        &mut self,
+        model: &Model<FeatureNet>,
+        _run_dir: &Path,
+    ) -> Result<Option<FeatureEvalReport>> {
+        Ok(Some(evaluate_features(model, &self.test, &self.spec)))
+    }
+
+    fn store_best(best: Option<&FeatureEvalReport>, state: &mut CheckpointState) {
+        state.best_val_report = best.cloned();
+    }
+
+    fn restore_best(state: &CheckpointState) -> Option<FeatureEvalReport> {
+        state.best_val_report.clone()
+    }
+
+    fn finish(&self, summary: RunSummary<FeatureEvalReport>) -> (FeatureRunMetrics, Event) {
+        let cfg = &summary.cfg;
+        let test_metrics = summary
+            .test
+            .as_ref()
+            .map(|t| t.metrics.clone())
+            .unwrap_or_default();
+        let finished = Event::Finished {
+            time: now(),
+            best_epoch: summary.best_epoch,
+            best_val_dice: RegionScores::default(),
+            test_dice: None,
+            test_modality_dice: BTreeMap::new(),
+            test_metrics,
+        };
+        let metrics = FeatureRunMetrics {
+            task: cfg.task,
+            method: cfg.method.to_string(),
+            preset: cfg.preset.clone(),
+            best_epoch: summary.best_epoch,
+            best_val: summary.best,
+            test: summary.test,
+            epochs_completed: cfg.epochs,
+            seconds: summary.seconds,
+            mean_balance: summary.mean_balance,
+            balance_stats: summary.balance_stats,
+            balance_diagnostics: summary.balance_diagnostics,
+        };
+        (metrics, finished)
+    }
 }

@@ -10,12 +10,10 @@ use crate::cggm::{
     BalanceTracker,
 };
 use crate::config::{DirectionSource, Method, TrainConfig};
-use crate::data::features::DatasetSpec;
-use crate::model::features::{FeatureClassifiers, FeatureNet};
 use crate::model::network::{
     ModalityClassifierSet, ModalityInput, MultimodalNetwork, NetworkOutput, CLASSIFIER_GROUP,
 };
-use crate::model::{ModalityClassifiers, MultimodalSegmenter};
+use crate::model::{Model, MultimodalSegmenter};
 use crate::optim::{CosineSchedule, Optimizer, Param};
 use crate::task::{classification::Classification, regression::Regression, Task, TaskKind};
 use rand::{Rng, SeedableRng};
@@ -50,14 +48,11 @@ pub enum StepError {
     },
 }
 
-/// Model, classifiers, their optimisers and the CGGM state of one run. `N` is the model family:
-/// the segmentation DeepLabv3+ (default) or the feature-task Transformer (`FeatureNet`).
+/// A model, its optimisers and the CGGM state of one run. `N` is the model family: the
+/// segmentation DeepLabv3+ (default) or the feature-task Transformer (`FeatureNet`).
 pub struct Trainer<N: MultimodalNetwork = MultimodalSegmenter> {
-    pub cfg: TrainConfig,
-    pub device: Device,
-    pub vs: nn::VarStore,
-    pub model: N,
-    pub classifiers: Option<N::Classifiers>,
+    /// The network, its classifiers, the configuration and the device.
+    pub model: Model<N>,
     pub model_opt: Optimizer,
     pub classifier_opt: Option<Optimizer>,
     pub schedule: CosineSchedule,
@@ -67,11 +62,6 @@ pub struct Trainer<N: MultimodalNetwork = MultimodalSegmenter> {
     pub global_step: usize,
     /// Optimisation steps per epoch (the epoch of a step, for the baselines' windows).
     pub steps_per_epoch: usize,
-    /// Indices into the data's modality order (segmentation: flair, t1ce, t1, t2; features: the
-    /// dataset's) of the model's inputs.
-    pub modality_channels: Vec<i64>,
-    /// The model's modality names, in its order.
-    pub modality_names: Vec<String>,
     task: Box<dyn Task>,
     /// State of the OGM-GE / AGM / PMR baselines.
     pub(crate) baselines: crate::baselines::BaselineState,
@@ -80,124 +70,39 @@ pub struct Trainer<N: MultimodalNetwork = MultimodalSegmenter> {
     found_non_finite: bool,
 }
 
-impl Trainer {
-    /// A segmentation trainer (the modalities and model come from `cfg`).
-    pub fn new(cfg: TrainConfig, device: Device, steps_per_epoch: usize) -> Self {
-        tch::manual_seed(cfg.seed as i64);
-        crate::device::prepare(device);
-        let modalities = cfg.modalities();
-        let names: Vec<&str> = modalities.iter().map(|m| m.name()).collect();
-        let vs = nn::VarStore::new(device);
-        let model = MultimodalSegmenter::new(&vs.root(), &cfg.model, &names);
-        let classifiers = cfg
-            .trains_classifiers()
-            .then(|| ModalityClassifiers::new(&vs.root(), &cfg.model, &names));
-        let modality_channels = modalities.iter().map(|m| m.index() as i64).collect();
-        let task = Box::new(cfg.loss.clone());
-        Self::assemble(
-            cfg,
-            device,
-            steps_per_epoch,
-            vs,
-            model,
-            classifiers,
-            modality_channels,
-            task,
-        )
-    }
-
-    /// Picks the model's modalities out of a [B, 4, H, W] batch.
-    pub fn select_modalities(&self, images: &Tensor) -> Tensor {
-        images.pick_modalities(&self.modality_channels)
+/// The loss and per-modality metric of the configuration's task.
+pub fn task_of(cfg: &TrainConfig) -> Box<dyn Task> {
+    match cfg.task {
+        TaskKind::Segmentation => Box::new(cfg.loss.clone()),
+        TaskKind::Classification => Box::new(Classification),
+        TaskKind::Regression => Box::new(Regression),
     }
 }
 
-impl Trainer<FeatureNet> {
-    /// A classification or regression trainer for a feature dataset described by `spec`.
-    pub fn for_features(
-        cfg: TrainConfig,
-        spec: &DatasetSpec,
-        device: Device,
-        steps_per_epoch: usize,
-    ) -> Result<Self, String> {
-        tch::manual_seed(cfg.seed as i64);
-        let chosen = cfg.feature_modalities(&spec.names())?;
-        let modalities: Vec<(String, i64)> = chosen
-            .iter()
-            .map(|&i| {
-                (
-                    spec.modalities[i].name.clone(),
-                    spec.modalities[i].dim as i64,
-                )
-            })
-            .collect();
-        let names: Vec<String> = modalities.iter().map(|m| m.0.clone()).collect();
-        let vs = nn::VarStore::new(device);
-        let outputs = spec.outputs();
-        let model = FeatureNet::new(&vs.root(), &cfg.features, &modalities, outputs);
-        let classifiers = cfg
-            .trains_classifiers()
-            .then(|| FeatureClassifiers::new(&vs.root(), &cfg.features, &names, outputs));
-        let task: Box<dyn Task> = match spec.task {
-            TaskKind::Classification => Box::new(Classification),
-            TaskKind::Regression => Box::new(Regression),
-            TaskKind::Segmentation => {
-                return Err("a feature dataset cannot be a segmentation task".into())
-            }
-        };
-        // Feature splits are loaded with the chosen modalities only (FeatureSplit::load), so a
-        // batch holds exactly the model's inputs, in order.
-        let channels = (0..chosen.len() as i64).collect();
-        Ok(Self::assemble(
-            cfg,
-            device,
-            steps_per_epoch,
-            vs,
-            model,
-            classifiers,
-            channels,
-            task,
-        ))
+impl Trainer {
+    /// A segmentation trainer on a freshly initialised model (`Model::segmentation`).
+    pub fn segmentation(cfg: TrainConfig, device: Device, steps_per_epoch: usize) -> Self {
+        Self::new(Model::segmentation(cfg, device), steps_per_epoch)
     }
 }
 
 impl<N: MultimodalNetwork> Trainer<N> {
-    /// A trainer for any model family: the parts the two constructors above build (the model
-    /// and classifiers created in `vs`, the indices of the model's inputs in the data's modality
-    /// order, the task). Seeds nothing; tests build small models with it.
-    #[allow(clippy::too_many_arguments)]
-    pub fn from_parts(
-        cfg: TrainConfig,
-        device: Device,
-        steps_per_epoch: usize,
-        vs: nn::VarStore,
-        model: N,
-        classifiers: Option<N::Classifiers>,
-        modality_channels: Vec<i64>,
-        task: Box<dyn Task>,
-    ) -> Self {
-        Self::assemble(
-            cfg,
-            device,
-            steps_per_epoch,
-            vs,
-            model,
-            classifiers,
-            modality_channels,
-            task,
-        )
+    /// A trainer for `model`, with the loss of its configuration's task.
+    pub fn new(model: Model<N>, steps_per_epoch: usize) -> Self {
+        let task = task_of(&model.cfg);
+        Self::with_task(model, steps_per_epoch, task)
     }
 
     /// B's signal-to-noise diagnostics of the run so far (None when the run has no classifiers
     /// to measure B). `window`: over the steps since the last such call (the epoch's, for the
     /// `balance_diagnostics` event), which starts a new window; otherwise the whole run.
     pub fn balance_diagnostics(&mut self, window: bool) -> Option<BalanceDiagnostics> {
-        self.classifiers.as_ref()?;
+        self.model.classifiers.as_ref()?;
         let stats = &mut self.tracker.stats;
         let taken = window.then(|| stats.take_window());
         Some(BalanceDiagnostics::new(
             stats,
-            &self.modality_names,
+            &self.model.modality_names,
             taken.as_ref(),
         ))
     }
@@ -218,20 +123,14 @@ impl<N: MultimodalNetwork> Trainer<N> {
         self.global_step / self.steps_per_epoch.max(1)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn assemble(
-        cfg: TrainConfig,
-        device: Device,
-        steps_per_epoch: usize,
-        vs: nn::VarStore,
-        model: N,
-        classifiers: Option<N::Classifiers>,
-        modality_channels: Vec<i64>,
-        task: Box<dyn Task>,
-    ) -> Self {
-        let (model_params, classifier_params) = named_params(&vs);
+    /// A trainer for `model` with its own task (tests train toy tasks with it): the optimisers
+    /// over the model's parameter groups, the schedule and CGGM's tracker.
+    pub fn with_task(model: Model<N>, steps_per_epoch: usize, task: Box<dyn Task>) -> Self {
+        let cfg = &model.cfg;
+        let (model_params, classifier_params) = named_params(&model.vs);
         let model_opt = Optimizer::new(cfg.optimizer.clone(), model_params);
-        let classifier_opt = classifiers
+        let classifier_opt = model
+            .classifiers
             .as_ref()
             .map(|_| Optimizer::new(cfg.optimizer.clone(), classifier_params));
         let total_steps = cfg.epochs * steps_per_epoch;
@@ -242,34 +141,28 @@ impl<N: MultimodalNetwork> Trainer<N> {
             warmup_steps: (cfg.schedule.warmup_epochs * steps_per_epoch).min(total_steps),
             total_steps,
         };
-        let m = modality_channels.len();
+        let m = model.modality_channels.len();
         let tracker = if cfg.method == Method::CggmAuthors {
             // Their formula, their epsilon, no smoothing: `balance` and `eps_ema` do not apply.
             BalanceTracker::new(m, cfg.cggm.rho, BalanceFormula::Raw)
         } else {
             BalanceTracker::new(m, cfg.cggm.rho, cfg.cggm.balance).with_ema(cfg.cggm.eps_ema)
         };
-        let modality_names = model.modality_names().to_vec();
-        let scaler = (cfg.mixed_precision && device.is_cuda() && cfg.amp_dtype == AmpDtype::Fp16)
-            .then(LossScaler::new);
+        let scaler =
+            (cfg.mixed_precision && model.device.is_cuda() && cfg.amp_dtype == AmpDtype::Fp16)
+                .then(LossScaler::new);
         Self {
             task,
             scaler,
             found_non_finite: false,
             previous_balance: vec![1.0; m],
-            cfg,
-            device,
-            vs,
             model,
-            classifiers,
             model_opt,
             classifier_opt,
             schedule,
             tracker,
             global_step: 0,
             steps_per_epoch,
-            modality_channels,
-            modality_names,
             baselines: Default::default(),
         }
     }
@@ -282,15 +175,15 @@ impl<N: MultimodalNetwork> Trainer<N> {
     /// Modality random dropout: zero each modality of each sample with probability p, keeping at
     /// least one per sample. Seeded by (seed, step) so that a resumed run drops the same inputs.
     fn drop_modalities(&self, xs: &N::Input) -> N::Input {
-        let (b, m) = (xs.batch_size() as usize, self.modality_channels.len());
+        let (b, m) = (xs.batch_size() as usize, self.model.modality_channels.len());
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
-            self.cfg.seed ^ (self.global_step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            self.model.cfg.seed ^ (self.global_step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
         );
         let mut keep = vec![1f32; b * m];
         for s in 0..b {
             let row = &mut keep[s * m..(s + 1) * m];
             for v in row.iter_mut() {
-                if rng.gen::<f64>() < self.cfg.mrd_drop_prob {
+                if rng.gen::<f64>() < self.model.cfg.mrd_drop_prob {
                     *v = 0.0;
                 }
             }
@@ -300,21 +193,21 @@ impl<N: MultimodalNetwork> Trainer<N> {
         }
         let keep = Tensor::from_slice(&keep)
             .view([b as i64, m as i64])
-            .to_device(self.device);
+            .to_device(self.model.device);
         xs.mask_modalities(&keep)
     }
 
     fn group_lr(&self, lr: f64, group: usize) -> f64 {
-        if self.cfg.method != Method::Mslr || group == 0 {
+        if self.model.cfg.method != Method::Mslr || group == 0 {
             return lr;
         }
-        let name = &self.modality_names[group - 1];
-        lr * self.cfg.mslr_scales.get(name).copied().unwrap_or(1.0)
+        let name = &self.model.modality_names[group - 1];
+        lr * self.model.cfg.mslr_scales.get(name).copied().unwrap_or(1.0)
     }
 
     /// One iteration: `compute_gradients`, then the optimiser step. images: every modality of the
     /// data (segmentation: [B, 4, H, W] float in the fixed order), labels: [B, H, W] int64 classes
-    /// (segmentation), [B] int64 (classification) or [B] float (regression); on `self.device`.
+    /// (segmentation), [B] int64 (classification) or [B] float (regression); on `self.model.device`.
     pub fn step(&mut self, images: &N::Input, labels: &Tensor) -> Result<StepReport, StepError> {
         let report = self.compute_gradients(images, labels)?;
         if let Some(scaler) = &mut self.scaler {
@@ -325,7 +218,7 @@ impl<N: MultimodalNetwork> Trainer<N> {
                 return Ok(report);
             }
         }
-        if let Some(max_norm) = self.cfg.grad_clip {
+        if let Some(max_norm) = self.model.cfg.grad_clip {
             let norm = self.model_opt.clip_grad_norm(max_norm);
             if !norm.is_finite() {
                 return Err(StepError::NonFinite {
@@ -335,7 +228,7 @@ impl<N: MultimodalNetwork> Trainer<N> {
                 });
             }
         }
-        let m = self.modality_channels.len();
+        let m = self.model.modality_channels.len();
         let group_lrs: Vec<f64> = (0..=m).map(|g| self.group_lr(report.lr, g)).collect();
         self.model_opt.step(&|g| group_lrs[g.min(m)]);
         self.previous_balance = report.balance.clone();
@@ -346,7 +239,9 @@ impl<N: MultimodalNetwork> Trainer<N> {
     /// Seeds libtorch for this step: dropout and any other randomness depend only on (seed,
     /// step), so resuming from a checkpoint replays the same run.
     pub fn seed_step(&self) {
-        tch::manual_seed((self.cfg.seed as i64).wrapping_add(self.global_step as i64 * 1_000_003));
+        tch::manual_seed(
+            (self.model.cfg.seed as i64).wrapping_add(self.global_step as i64 * 1_000_003),
+        );
     }
 
     /// CGGM step 1: the model's forward pass and task loss on this batch.
@@ -355,11 +250,11 @@ impl<N: MultimodalNetwork> Trainer<N> {
         images: &N::Input,
         labels: &Tensor,
     ) -> Result<(N::Output, Tensor), StepError> {
-        let mut xs = images.pick_modalities(&self.modality_channels);
-        if self.cfg.method == Method::Mrd {
+        let mut xs = images.pick_modalities(&self.model.modality_channels);
+        if self.model.cfg.method == Method::Mrd {
             xs = self.drop_modalities(&xs);
         }
-        let out = amp::autocast(self.amp(), || self.model.forward_t(&xs, true));
+        let out = amp::autocast(self.amp(), || self.model.network.forward_t(&xs, true));
         let task_loss = self.task.loss(out.logits(), labels);
         let value = task_loss.double_value(&[]);
         if !value.is_finite() {
@@ -374,7 +269,8 @@ impl<N: MultimodalNetwork> Trainer<N> {
 
     /// The autocast dtype of this run's forward passes (None: fp32).
     fn amp(&self) -> Option<AmpDtype> {
-        (self.cfg.mixed_precision && self.device.is_cuda()).then_some(self.cfg.amp_dtype)
+        (self.model.cfg.mixed_precision && self.model.device.is_cuda())
+            .then_some(self.model.cfg.amp_dtype)
     }
 
     /// The tensor to call backward on: the loss, times the fp16 loss scale when there is one.
@@ -392,21 +288,21 @@ impl<N: MultimodalNetwork> Trainer<N> {
         out: &N::Output,
         labels: &Tensor,
     ) -> Result<(Vec<f64>, Vec<Tensor>), StepError> {
-        let m = self.modality_channels.len();
+        let m = self.model.modality_channels.len();
         let amp_dtype = self.amp();
-        let (Some(cls), Some(opt)) = (&self.classifiers, &mut self.classifier_opt) else {
+        let (Some(cls), Some(opt)) = (&self.model.classifiers, &mut self.classifier_opt) else {
             return Ok((vec![f64::NAN; m], Vec::new()));
         };
         opt.zero_grad();
         let all = amp::autocast(amp_dtype, || cls.logits_t(out, true));
-        let metrics = if self.cfg.method == Method::CggmAuthors {
-            crate::cggm::authors::batch_metrics(self.cfg.task, &all, labels)
+        let metrics = if self.model.cfg.method == Method::CggmAuthors {
+            crate::cggm::authors::batch_metrics(self.model.cfg.task, &all, labels)
         } else {
             self.task.batch_metrics(&all, labels)
         };
         let cls_loss = self.task.summed_loss(&all, labels);
         // OGM-GE reads its scores from the classifiers.
-        crate::baselines::scores_hook(&mut self.baselines, self.cfg.method, &all, labels);
+        crate::baselines::scores_hook(&mut self.baselines, self.model.cfg.method, &all, labels);
         let value = cls_loss.double_value(&[]);
         if !value.is_finite() {
             return Err(StepError::NonFinite {
@@ -425,7 +321,7 @@ impl<N: MultimodalNetwork> Trainer<N> {
             .collect();
         let finite = self.scaler.as_ref().is_none_or(|s| s.unscale(opt));
         self.found_non_finite |= !finite;
-        let cls_lr = self.cfg.schedule.classifier_lr;
+        let cls_lr = self.model.cfg.schedule.classifier_lr;
         if finite {
             opt.step(&|_| cls_lr);
         }
@@ -440,15 +336,17 @@ impl<N: MultimodalNetwork> Trainer<N> {
         classifier_grads: &[Tensor],
         balance: &[f64],
     ) -> (Option<Tensor>, Vec<f64>) {
-        let m = self.modality_channels.len();
+        let m = self.model.modality_channels.len();
         if classifier_grads.is_empty() {
             return (None, vec![f64::NAN; m]);
         }
-        let w_last = self.model.last_layer_weight();
-        let direct = self.cfg.method.modulates_direction() && self.cfg.cggm.lambda > 0.0;
-        match (direct, self.cfg.cggm.direction) {
+        let w_last = self.model.network.last_layer_weight();
+        let direct =
+            self.model.cfg.method.modulates_direction() && self.model.cfg.cggm.lambda > 0.0;
+        match (direct, self.model.cfg.cggm.direction) {
             (true, DirectionSource::AuthorsWeightCosine) => {
                 let cls = self
+                    .model
                     .classifiers
                     .as_ref()
                     .expect("classifiers exist when their gradients do");
@@ -485,7 +383,7 @@ impl<N: MultimodalNetwork> Trainer<N> {
         images: &N::Input,
         labels: &Tensor,
     ) -> Result<StepReport, StepError> {
-        if self.cfg.method == Method::CggmAuthors {
+        if self.model.cfg.method == Method::CggmAuthors {
             return self.compute_gradients_authors(images, labels);
         }
         let step = self.global_step;
@@ -494,16 +392,16 @@ impl<N: MultimodalNetwork> Trainer<N> {
         let lr = self.schedule.lr(step);
         let (out, task_loss) = self.forward(images, labels)?;
         let (metrics, classifier_grads) = self.classifier_pass(&out, labels)?;
-        let m = self.modality_channels.len();
+        let m = self.model.modality_channels.len();
         // Measured for every run with classifiers, applied only by CGGM.
         let (mut balance, mut guarded, mut clamped) = (vec![1.0; m], false, 0);
-        if self.classifiers.is_some() {
+        if self.model.classifiers.is_some() {
             let outcome = self.tracker.update_outcome(&metrics);
             (balance, guarded, clamped) = (outcome.coefficients, outcome.guarded, outcome.clamped);
         }
         // The fixed-B control measures B but applies the neutral value.
-        if self.cfg.method == Method::CggmFixed {
-            balance = neutral_balance(m, self.cfg.cggm.rho);
+        if self.model.cfg.method == Method::CggmFixed {
+            balance = neutral_balance(m, self.model.cfg.cggm.rho);
         }
         // g_F from the (loss-scaled) task loss: the cosines, and so L_gm, do not depend on scale.
         let (l_gm, cosine) =
@@ -521,7 +419,7 @@ impl<N: MultimodalNetwork> Trainer<N> {
                     step,
                 });
             }
-            total += l_gm * self.cfg.cggm.lambda;
+            total += l_gm * self.model.cfg.cggm.lambda;
         }
         // Baselines: PMR's loss before backward, OGM-GE/AGM's scaling after it.
         let mut baseline_coefficients = Vec::new();
@@ -535,7 +433,7 @@ impl<N: MultimodalNetwork> Trainer<N> {
             // Unscaled before B_i scaling and clipping.
             self.found_non_finite |= !s.unscale(&mut self.model_opt);
         }
-        if self.cfg.method.modulates_magnitude() {
+        if self.model.cfg.method.modulates_magnitude() {
             // Encoder i is optimiser group i + 1: one kernel per encoder on its flat gradients.
             for (i, b) in balance.iter().enumerate() {
                 self.model_opt.scale_group_gradients(i + 1, *b);
@@ -585,12 +483,12 @@ impl<N: MultimodalNetwork> Trainer<N> {
         self.seed_step();
         let lr = self.schedule.lr(step);
         let (out, task_loss) = self.forward(images, labels)?;
-        let m = self.modality_channels.len();
+        let m = self.model.modality_channels.len();
         let mut total = &task_loss * 1.0;
         let mut gm_value = 0.0;
-        let lambda = self.cfg.cggm.lambda;
+        let lambda = self.model.cfg.cggm.lambda;
         if let Some(lag) = self.tracker.authors_lag.as_ref().filter(|_| lambda != 0.0) {
-            let (value, grad) = lag.value_and_gradient(self.device);
+            let (value, grad) = lag.value_and_gradient(self.model.device);
             if !value.is_finite() {
                 return Err(StepError::NonFinite {
                     what: "direction loss L_gm",
@@ -601,13 +499,14 @@ impl<N: MultimodalNetwork> Trainer<N> {
             gm_value = value;
             // A term whose value is L_gm^(t-1) and whose gradient w.r.t. the current weight W_F
             // is the old gradient: <W_F, g> - <W_F, g>.detach() + value.
-            let w_f = self.model.last_layer_weight();
+            let w_f = self.model.network.last_layer_weight();
             let linear = (w_f * grad.to_kind(w_f.kind())).sum(tch::Kind::Float);
             total += (&linear - linear.detach() + value) * lambda;
         }
         // The last layers' weights before either optimiser steps: L_gm^t is built from them.
-        let fusion = SavedTensor::of(self.model.last_layer_weight());
+        let fusion = SavedTensor::of(self.model.network.last_layer_weight());
         let classifier_weights: Vec<Tensor> = self
+            .model
             .classifiers
             .as_ref()
             .map(|cls| {
@@ -619,7 +518,7 @@ impl<N: MultimodalNetwork> Trainer<N> {
         let (metrics, _) = self.classifier_pass(&out, labels)?;
         let outcome = self.tracker.update_outcome(&metrics);
         let coefficients = authors::coefficients(&self.tracker.last_improvements);
-        let w_f_now = fusion.tensor(self.device);
+        let w_f_now = fusion.tensor(self.model.device);
         let cosine: Vec<f64> = classifier_weights
             .iter()
             .map(|w| flat_cosine(&w_f_now, w).double_value(&[]))
@@ -634,9 +533,9 @@ impl<N: MultimodalNetwork> Trainer<N> {
         if let Some(s) = &self.scaler {
             self.found_non_finite |= !s.unscale(&mut self.model_opt);
         }
-        if self.cfg.task != crate::task::TaskKind::Segmentation {
-            let rho = self.cfg.cggm.rho;
-            let names = &self.modality_names;
+        if self.model.cfg.task != crate::task::TaskKind::Segmentation {
+            let rho = self.model.cfg.cggm.rho;
+            let names = &self.model.modality_names;
             tch::no_grad(|| {
                 for p in self.model_opt.params().iter().filter(|p| p.group > 0) {
                     let projection = format!("encoders.{}.proj.", names[p.group - 1]);

@@ -10,6 +10,7 @@ use cggm_trainer::config::{Method, ScheduleConfig, TrainConfig};
 use cggm_trainer::model::network::{
     ModalityClassifierSet, MultimodalNetwork, NetworkOutput, CLASSIFIER_GROUP,
 };
+use cggm_trainer::model::Model;
 use cggm_trainer::optim::{OptimizerConfig, OptimizerKind};
 use cggm_trainer::step::Trainer;
 use cggm_trainer::task::classification::Classification;
@@ -208,16 +209,15 @@ fn trainer(case: &Case) -> Trainer<Toy> {
         TaskKind::Classification => Box::new(Classification),
         TaskKind::Regression => Box::new(Regression),
     };
-    Trainer::from_parts(
+    let model = Model::assemble(
         cfg,
         Device::Cpu,
-        STEPS,
         vs,
         model,
         Some(classifiers),
         (0..M as i64).collect(),
-        task,
-    )
+    );
+    Trainer::with_task(model, STEPS, task)
 }
 
 fn values(t: &Tensor) -> Vec<f64> {
@@ -296,28 +296,29 @@ fn check(case: Case) {
     let mut ours = trainer(&case);
     let data = batches(&case);
     let weights: serde_json::Map<String, Value> = ours
+        .model
         .vs
         .variables()
         .iter()
         .map(|(k, t)| (k.clone(), entry(t)))
         .collect();
     let spec = json!({
-        "task": case.task.name(), "modalities": M, "names": ours.modality_names,
+        "task": case.task.name(), "modalities": M, "names": ours.model.modality_names,
         "hidden": HIDDEN, "mid": MID, "classes": case.classes,
         "weights": weights,
-        "optimizer": { "weight_decay": ours.cfg.optimizer.weight_decay,
-                       "momentum": ours.cfg.optimizer.momentum },
-        "class_weights": ours.cfg.loss.class_weights,
-        "lr": ours.cfg.schedule.lr, "cls_lr": ours.cfg.schedule.classifier_lr,
-        "lambda": ours.cfg.cggm.lambda, "rho": ours.cfg.cggm.rho,
-        "clip": ours.cfg.grad_clip,
+        "optimizer": { "weight_decay": ours.model.cfg.optimizer.weight_decay,
+                       "momentum": ours.model.cfg.optimizer.momentum },
+        "class_weights": ours.model.cfg.loss.class_weights,
+        "lr": ours.model.cfg.schedule.lr, "cls_lr": ours.model.cfg.schedule.classifier_lr,
+        "lambda": ours.model.cfg.cggm.lambda, "rho": ours.model.cfg.cggm.rho,
+        "clip": ours.model.cfg.grad_clip,
         "batches": data.iter().map(|(x, y)| json!({
             "x": entry(x), "y": values(y), "y_shape": y.size(),
         })).collect::<Vec<_>>(),
     });
     let theirs = run_torch(&spec);
     assert_eq!(theirs.len(), STEPS);
-    let rho = ours.cfg.cggm.rho;
+    let rho = ours.model.cfg.cggm.rho;
     let mut coefficients_moved = false;
     for (step, ((x, y), t)) in data.iter().zip(&theirs).enumerate() {
         let r = ours.step(x, y).unwrap();
@@ -347,7 +348,7 @@ fn check(case: Case) {
         for (i, (a, b)) in r.cosine.iter().zip(numbers(&t["cosines"])).enumerate() {
             close(&format!("cos_{i}"), step, *a, b, 1e-5);
         }
-        let vars = ours.vs.variables();
+        let vars = ours.model.vs.variables();
         for (name, want) in t["params"].as_object().unwrap() {
             let got = values(&vars[name]);
             let want = numbers(want);
@@ -402,7 +403,7 @@ fn the_authors_mode_runs_on_the_segmentation_model_and_its_lag_survives_a_checkp
     let mut cfg = TrainConfig::preset("tiny").unwrap();
     cfg.method = Method::CggmAuthors;
     cfg.device = "cpu".into();
-    let mut t = Trainer::new(cfg, Device::Cpu, 3);
+    let mut t = Trainer::segmentation(cfg, Device::Cpu, 3);
     tch::manual_seed(3);
     let images = Tensor::randn([2, 4, 32, 32], (Kind::Float, Device::Cpu));
     let labels = Tensor::randint(4, [2, 32, 32], (Kind::Int64, Device::Cpu));

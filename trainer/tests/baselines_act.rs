@@ -50,11 +50,11 @@ fn head_unchanged(joint: &[(Option<usize>, Tensor)], other: &[(Option<usize>, Te
 fn ogm_ge_damps_the_leading_encoders_and_perturbs_their_gradients() {
     let _rng = exclusive();
     let (images, labels) = batch();
-    let mut joint = Trainer::new(config(Method::Joint), Device::Cpu, 10);
+    let mut joint = Trainer::segmentation(config(Method::Joint), Device::Cpu, 10);
     let mut cfg = config(Method::OgmGe);
     // BalanceBenchmark's window starts at epoch 10; this is step 0.
     cfg.baselines.ogm_start_epoch = 0;
-    let mut ogm = Trainer::new(cfg, Device::Cpu, 10);
+    let mut ogm = Trainer::segmentation(cfg, Device::Cpu, 10);
     joint.compute_gradients(&images, &labels).unwrap();
     let report = ogm.compute_gradients(&images, &labels).unwrap();
     let k = &report.baseline_coefficients;
@@ -83,8 +83,8 @@ fn ogm_ge_leaves_the_gradients_alone_before_its_start_epoch() {
     let _rng = exclusive();
     let (images, labels) = batch();
     assert_eq!(config(Method::OgmGe).baselines.ogm_start_epoch, 10);
-    let mut joint = Trainer::new(config(Method::Joint), Device::Cpu, 10);
-    let mut ogm = Trainer::new(config(Method::OgmGe), Device::Cpu, 10);
+    let mut joint = Trainer::segmentation(config(Method::Joint), Device::Cpu, 10);
+    let mut ogm = Trainer::segmentation(config(Method::OgmGe), Device::Cpu, 10);
     joint.compute_gradients(&images, &labels).unwrap();
     let report = ogm.compute_gradients(&images, &labels).unwrap();
     assert_eq!(report.baseline_coefficients, vec![1.0; 4]);
@@ -105,8 +105,8 @@ fn ogm_ge_leaves_the_gradients_alone_before_its_start_epoch() {
 fn agm_scales_each_encoder_by_its_coefficient() {
     let _rng = exclusive();
     let (images, labels) = batch();
-    let mut joint = Trainer::new(config(Method::Joint), Device::Cpu, 10);
-    let mut agm = Trainer::new(config(Method::Agm), Device::Cpu, 10);
+    let mut joint = Trainer::segmentation(config(Method::Joint), Device::Cpu, 10);
+    let mut agm = Trainer::segmentation(config(Method::Agm), Device::Cpu, 10);
     joint.compute_gradients(&images, &labels).unwrap();
     let report = agm.compute_gradients(&images, &labels).unwrap();
     let k = &report.baseline_coefficients;
@@ -130,8 +130,8 @@ fn agm_scales_each_encoder_by_its_coefficient() {
 fn pmr_adds_a_prototype_loss_only_for_lagging_modalities() {
     let _rng = exclusive();
     let (images, labels) = batch();
-    let mut joint = Trainer::new(config(Method::Joint), Device::Cpu, 10);
-    let mut pmr = Trainer::new(config(Method::Pmr), Device::Cpu, 10);
+    let mut joint = Trainer::segmentation(config(Method::Joint), Device::Cpu, 10);
+    let mut pmr = Trainer::segmentation(config(Method::Pmr), Device::Cpu, 10);
     joint.compute_gradients(&images, &labels).unwrap();
     let report = pmr.compute_gradients(&images, &labels).unwrap();
     let w = &report.baseline_coefficients;
@@ -168,9 +168,9 @@ fn cggm_fixed_scales_every_encoder_by_the_neutral_coefficient() {
     let _rng = exclusive();
     let (images, labels) = batch();
     // lambda = 0 isolates the magnitude part (L_gm is tested with CGGM's own tests).
-    let mut joint = Trainer::new(config(Method::Joint), Device::Cpu, 10);
-    let mut fixed = Trainer::new(config(Method::CggmFixed), Device::Cpu, 10);
-    fixed.cfg.cggm.lambda = 0.0;
+    let mut joint = Trainer::segmentation(config(Method::Joint), Device::Cpu, 10);
+    let mut fixed = Trainer::segmentation(config(Method::CggmFixed), Device::Cpu, 10);
+    fixed.model.cfg.cggm.lambda = 0.0;
     let measured = joint.compute_gradients(&images, &labels).unwrap();
     assert_ne!(
         measured.balance,

@@ -24,8 +24,8 @@ fn magnitude_modulation_scales_each_encoder_gradient_by_its_balance_coefficient(
     let _rng = exclusive();
     let (images, labels) = batch();
     // Same seed, same initialisation; joint (with probes) measures B but does not apply it.
-    let mut joint = Trainer::new(config(Method::Joint), Device::Cpu, 10);
-    let mut cggm = Trainer::new(config(Method::CggmMagnitude), Device::Cpu, 10);
+    let mut joint = Trainer::segmentation(config(Method::Joint), Device::Cpu, 10);
+    let mut cggm = Trainer::segmentation(config(Method::CggmMagnitude), Device::Cpu, 10);
     let plain = joint.compute_gradients(&images, &labels).unwrap();
     let modulated = cggm.compute_gradients(&images, &labels).unwrap();
     assert_eq!(
@@ -72,7 +72,7 @@ fn magnitude_modulation_scales_each_encoder_gradient_by_its_balance_coefficient(
 fn direction_loss_reaches_the_model_and_a_step_on_it_raises_the_weighted_cosine() {
     let _rng = exclusive();
     let (images, labels) = batch();
-    let mut trainer = Trainer::new(config(Method::CggmDirection), Device::Cpu, 10);
+    let mut trainer = Trainer::segmentation(config(Method::CggmDirection), Device::Cpu, 10);
     trainer.seed_step();
     let (out, task_loss) = trainer.forward(&images, &labels).unwrap();
     let (_, g_cls) = trainer.classifier_pass(&out, &labels).unwrap();
@@ -119,7 +119,7 @@ fn direction_loss_reaches_the_model_and_a_step_on_it_raises_the_weighted_cosine(
     let (_, task_loss) = trainer.forward(&images, &labels).unwrap();
     let g_f = Tensor::run_backward(
         &[&task_loss],
-        &[trainer.model.last_layer_weight()],
+        &[trainer.model.network.last_layer_weight()],
         false,
         false,
     )
@@ -140,7 +140,7 @@ fn direction_loss_reaches_the_model_and_a_step_on_it_raises_the_weighted_cosine(
 fn classifier_losses_put_no_gradient_into_the_encoders() {
     let _rng = exclusive();
     let (images, labels) = batch();
-    let mut trainer = Trainer::new(config(Method::Cggm), Device::Cpu, 10);
+    let mut trainer = Trainer::segmentation(config(Method::Cggm), Device::Cpu, 10);
     let (out, _task_loss) = trainer.forward(&images, &labels).unwrap();
     let (metrics, g_cls) = trainer.classifier_pass(&out, &labels).unwrap();
     assert_eq!(g_cls.len(), 4);
@@ -163,7 +163,7 @@ fn classifier_losses_put_no_gradient_into_the_encoders() {
 fn a_non_finite_loss_stops_the_step_before_any_weight_changes() {
     let _rng = exclusive();
     let (images, labels) = batch();
-    let mut trainer = Trainer::new(config(Method::Cggm), Device::Cpu, 10);
+    let mut trainer = Trainer::segmentation(config(Method::Cggm), Device::Cpu, 10);
     let before: Vec<Tensor> = trainer
         .model_opt
         .params()
@@ -186,9 +186,10 @@ fn a_non_finite_loss_stops_the_step_before_any_weight_changes() {
 fn unimodal_training_uses_one_encoder_and_no_modulation() {
     let _rng = exclusive();
     let (images, labels) = batch();
-    let mut trainer = Trainer::new(config("unimodal:t1ce".parse().unwrap()), Device::Cpu, 10);
-    assert_eq!(trainer.model.encoders.len(), 1);
-    assert_eq!(trainer.modality_channels, [1]);
+    let mut trainer =
+        Trainer::segmentation(config("unimodal:t1ce".parse().unwrap()), Device::Cpu, 10);
+    assert_eq!(trainer.model.network.encoders.len(), 1);
+    assert_eq!(trainer.model.modality_channels, [1]);
     let r = trainer.step(&images, &labels).unwrap();
     assert_eq!(r.gm_loss, 0.0);
     assert!(r.loss.is_finite());

@@ -19,7 +19,8 @@ use cggm_trainer::infer::infer;
 use cggm_trainer::model::features::FeatureInput;
 use cggm_trainer::model::folded::FoldedSegmenter;
 use cggm_trainer::model::network::MultimodalNetwork;
-use cggm_trainer::run::{open_run, train, TrainOptions};
+use cggm_trainer::model::Model;
+use cggm_trainer::run::{train, TrainOptions};
 use cggm_trainer::run_features::train_features;
 use cggm_trainer::task::TaskKind;
 use data_common::python;
@@ -183,9 +184,9 @@ fn export_cli(run: &Path, out: &Path) {
 /// The variables are visited in name order: `variables()` is a hash map, and visiting it in its
 /// own order drew different values on every run.
 fn scramble_batch_norm(run: &Path, seed: i64) {
-    let trainer = open_run(run, Some("cpu")).unwrap();
+    let model = Model::open_segmentation(run, Some("cpu")).unwrap();
     tch::manual_seed(seed);
-    let mut variables: Vec<_> = trainer.vs.variables().into_iter().collect();
+    let mut variables: Vec<_> = model.vs.variables().into_iter().collect();
     variables.sort_by(|a, b| a.0.cmp(&b.0));
     tch::no_grad(|| {
         for (name, mut t) in variables {
@@ -207,7 +208,7 @@ fn scramble_batch_norm(run: &Path, seed: i64) {
     for name in ["best", "last"] {
         let file = checkpoint_dir(run).join(format!("{name}.safetensors"));
         if file.exists() {
-            trainer.vs.save(&file).unwrap();
+            model.vs.save(&file).unwrap();
         }
     }
 }
@@ -289,11 +290,11 @@ fn a_segmentation_export_computes_our_logits_and_segments_a_study_like_cggm_infe
     export_cli(&run, &model);
 
     // Logits on random slices of a size the network never saw (48 x 32, batch 3).
-    let trainer = open_run(&run, Some("cpu")).unwrap();
+    let opened = Model::open_segmentation(&run, Some("cpu")).unwrap();
     tch::manual_seed(3);
     let xs = Tensor::randn([3, 4, 48, 32], (Kind::Float, Device::Cpu));
     let ours = tch::no_grad(|| {
-        FoldedSegmenter::new(&trainer.model, None, Kind::Float)
+        FoldedSegmenter::new(&opened.network, None, Kind::Float)
             .forward(&xs)
             .logits
     });
@@ -436,8 +437,8 @@ fn feature_exports_compute_our_logits_with_padding_masks() {
             features: batch.features.iter().map(|f| f.shallow_clone()).collect(),
             padding,
         };
-        let ours = tch::no_grad(|| opened.trainer.model.forward_t(&input, false).logits);
-        let names = opened.trainer.modality_names.clone();
+        let ours = tch::no_grad(|| opened.model.network.forward_t(&input, false).logits);
+        let names = opened.model.modality_names.clone();
         let length_names: Vec<String> = names.iter().map(|n| format!("{n}_lengths")).collect();
         let mut inputs: Vec<(&str, &Tensor)> = Vec::new();
         for (i, n) in names.iter().enumerate() {

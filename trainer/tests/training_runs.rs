@@ -9,7 +9,8 @@ use cggm_trainer::eval::evaluate;
 use cggm_trainer::events::{Event, EventSink};
 use cggm_trainer::infer::{infer, infer_dataset};
 use cggm_trainer::metrics::dice_scores;
-use cggm_trainer::run::{dataset_split, open_run, train, TrainOptions};
+use cggm_trainer::model::Model;
+use cggm_trainer::run::{dataset_split, train, TrainOptions};
 use cggm_trainer::rundir::RunDir;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -185,10 +186,10 @@ fn inference_from_a_checkpoint_agrees_with_evaluation() {
     .unwrap()
     .unwrap();
 
-    let trainer = open_run(&run, Some("cpu")).unwrap();
+    let model = Model::open_segmentation(&run, Some("cpu")).unwrap();
     let split = dataset_split(&read_config(&run).unwrap()).unwrap();
     assert!(split.test.len() >= 2);
-    let report = evaluate(&trainer.predictor(), &split.test, true).unwrap();
+    let report = evaluate(&model.predictor(), &split.test, true).unwrap();
     for (case, scores) in split.test.iter().zip(&report.cases) {
         let out = tmp.path().join(format!("{}-seg.nii.gz", case.id));
         let summary = infer(

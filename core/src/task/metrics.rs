@@ -225,6 +225,33 @@ pub fn regression_report(pred: &[f64], truth: &[f64]) -> RegressionReport {
     }
 }
 
+/// Fused and per-modality scores of one split.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FeatureEvalReport {
+    pub samples: usize,
+    /// The task's metrics by name (the `metrics` of the events).
+    pub metrics: BTreeMap<String, f64>,
+    /// Each modality's own classifier, same metric names.
+    pub modality_metrics: BTreeMap<String, BTreeMap<String, f64>>,
+    /// Classification: per-class scores and the confusion matrix.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classification: Option<ClassificationReport>,
+    /// Regression: every metric and the (predicted, true) pairs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub regression: Option<RegressionReport>,
+}
+
+impl FeatureEvalReport {
+    /// Higher is better: accuracy (classification), minus MAE (regression).
+    pub fn selection_score(&self) -> f64 {
+        match (&self.classification, &self.regression) {
+            (Some(c), _) => c.accuracy,
+            (_, Some(r)) => -r.mae,
+            _ => f64::NEG_INFINITY,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -87,8 +87,32 @@ async fn show(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json
 /// the configuration goes to the child as `request.json` in the run directory.
 pub async fn create(
     State(state): State<AppState>,
-    Json(mut body): Json<serde_json::Value>,
+    Json(body): Json<serde_json::Value>,
 ) -> Result<(StatusCode, Json<JobView>)> {
+    let run = check_train_request(&state, body).await?;
+    let mut tx = state.pool.begin().await?;
+    let id = insert_train_job(&state, &mut tx, &run).await?;
+    tx.commit().await?;
+    state.runner.enqueue(id);
+    let job = db::job(&state.pool, id).await?;
+    Ok((StatusCode::CREATED, Json(job_view(&state, job).await?)))
+}
+
+/// A training request checked against its dataset and this server, ready to be stored.
+pub struct TrainRequest {
+    dataset_id: i64,
+    /// What the jobs table stores (`params`).
+    params: serde_json::Value,
+    /// The run's configuration, written as the run directory's `request.json`.
+    config: cggm_core::config::TrainConfig,
+}
+
+/// Checks a `POST /api/jobs` body (see [`create`]) without storing anything: a comparison checks
+/// every run of its grid this way before it stores any.
+pub async fn check_train_request(
+    state: &AppState,
+    mut body: serde_json::Value,
+) -> Result<TrainRequest> {
     let Some(object) = body.as_object_mut() else {
         return Err(Error::Unprocessable(
             "the run request must be a JSON object: {\"dataset_id\": N, \"method\": ..., ...}"
@@ -119,7 +143,7 @@ pub async fn create(
     let mut config = options
         .to_config(std::path::Path::new(&dataset.path))
         .map_err(Error::Unprocessable)?;
-    check_device(&state, &config.device)?;
+    check_device(state, &config.device)?;
     // A feature preset trains the dataset's own task (as `cggm train` does), when it can.
     config.train_task(facts.task).map_err(|e| {
         Error::Unprocessable(format!(
@@ -136,25 +160,40 @@ pub async fn create(
         "epochs": config.epochs,
         "options": options,
     });
-    let id = insert_job(
-        &state,
+    Ok(TrainRequest {
+        dataset_id: dataset.id,
+        params,
+        config,
+    })
+}
+
+/// Stores a checked training request as a queued job inside `tx` and writes its `request.json`;
+/// returns the job's id. Nothing is enqueued: the caller enqueues once `tx` is committed. If
+/// `tx` is rolled back, the job's run folder may be left with its request only; a folder without
+/// a job is never read.
+pub async fn insert_train_job(
+    state: &AppState,
+    tx: &mut sqlx::SqliteConnection,
+    run: &TrainRequest,
+) -> Result<i64> {
+    let id = insert_job_in(
+        state,
+        tx,
         JobKind::Train,
-        &params,
-        Some(dataset.id),
+        &run.params,
+        Some(run.dataset_id),
         None,
         None,
     )
     .await?;
-    let job = db::job(&state.pool, id).await?;
-    if let Err(e) = job.run_dir().write_request(&config) {
-        sqlx::query("DELETE FROM jobs WHERE id = ?")
-            .bind(id)
-            .execute(&state.pool)
-            .await?;
-        return Err(Error::Internal(e.context("writing the run's request.json")));
-    }
-    state.runner.enqueue(id);
-    Ok((StatusCode::CREATED, Json(job_view(&state, job).await?)))
+    let out_dir: String = sqlx::query_scalar("SELECT out_dir FROM jobs WHERE id = ?")
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+    cggm_core::rundir::RunDir::new(&out_dir)
+        .write_request(&run.config)
+        .map_err(|e| Error::Internal(e.context("writing the run's request.json")))?;
+    Ok(id)
 }
 
 /// `GET /api/vocabulary`: every list the new-run form offers, from the trainer's own types.
@@ -204,6 +243,30 @@ pub async fn insert_job(
     checkpoint_job_id: Option<i64>,
 ) -> Result<i64> {
     let mut tx = state.pool.begin().await?;
+    let id = insert_job_in(
+        state,
+        &mut tx,
+        kind,
+        params,
+        dataset_id,
+        study_id,
+        checkpoint_job_id,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// [`insert_job`] inside a transaction the caller commits.
+pub async fn insert_job_in(
+    state: &AppState,
+    tx: &mut sqlx::SqliteConnection,
+    kind: JobKind,
+    params: &serde_json::Value,
+    dataset_id: Option<i64>,
+    study_id: Option<i64>,
+    checkpoint_job_id: Option<i64>,
+) -> Result<i64> {
     let inserted = sqlx::query(
         "INSERT INTO jobs (kind, state, params, dataset_id, study_id, checkpoint_job_id, out_dir, created_at)
          SELECT ?, ?, ?, ?, ?, ?, '', ?
@@ -232,7 +295,6 @@ pub async fn insert_job(
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    tx.commit().await?;
     Ok(id)
 }
 

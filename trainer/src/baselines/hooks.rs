@@ -67,7 +67,7 @@ impl<N: MultimodalNetwork> Trainer<N> {
         out: &N::Output,
         labels: &Tensor,
     ) -> Option<(Tensor, Vec<f64>)> {
-        if self.cfg.method != Method::Pmr {
+        if self.model.cfg.method != Method::Pmr {
             return None;
         }
         // Regression: the two sign classes.
@@ -76,11 +76,11 @@ impl<N: MultimodalNetwork> Trainer<N> {
         } else {
             2
         };
-        let m = self.modality_channels.len();
+        let m = self.model.modality_channels.len();
         if self.baselines.prototypes.len() != m {
             self.baselines.prototypes = (0..m).map(|_| Prototypes::default()).collect();
         }
-        let momentum = self.cfg.baselines.pmr_momentum;
+        let momentum = self.model.cfg.baselines.pmr_momentum;
         let mut losses = Vec::with_capacity(m);
         let mut scores = Vec::with_capacity(m);
         for i in 0..m {
@@ -98,9 +98,9 @@ impl<N: MultimodalNetwork> Trainer<N> {
                 0.0,
             ));
         }
-        let weights = pmr_weights_by(&scores, self.cfg.baselines.pmr_weight_rule);
-        let alpha = self.cfg.baselines.pmr_alpha;
-        let mut total = Tensor::zeros([], (Kind::Float, self.device));
+        let weights = pmr_weights_by(&scores, self.model.cfg.baselines.pmr_weight_rule);
+        let alpha = self.model.cfg.baselines.pmr_alpha;
+        let mut total = Tensor::zeros([], (Kind::Float, self.model.device));
         for (l, w) in losses.iter().zip(&weights) {
             if *w > 0.0 {
                 total += l * (alpha * w);
@@ -116,24 +116,27 @@ impl<N: MultimodalNetwork> Trainer<N> {
         inputs: &N::Input,
         labels: &Tensor,
     ) -> Vec<f64> {
-        match self.cfg.method {
+        match self.model.cfg.method {
             Method::OgmGe => {
-                let b = &self.cfg.baselines;
+                let b = &self.model.cfg.baselines;
                 if !(b.ogm_start_epoch..=b.ogm_end_epoch).contains(&self.epoch()) {
                     // Outside BalanceBenchmark's modulation window: joint training.
-                    return vec![1.0; self.modality_channels.len()];
+                    return vec![1.0; self.model.modality_channels.len()];
                 }
-                let k = ogm_coefficients(&self.baselines.confidences, self.cfg.baselines.ogm_alpha);
+                let k = ogm_coefficients(
+                    &self.baselines.confidences,
+                    self.model.cfg.baselines.ogm_alpha,
+                );
                 scale_encoder_weight_gradients(
                     self.model_opt.params(),
                     &k,
-                    self.cfg.baselines.ogm_noise,
+                    self.model.cfg.baselines.ogm_noise,
                 );
                 k
             }
             Method::Agm => {
-                let xs = inputs.pick_modalities(&self.modality_channels);
-                let (b, m) = (xs.batch_size(), self.modality_channels.len());
+                let xs = inputs.pick_modalities(&self.model.modality_channels);
+                let (b, m) = (xs.batch_size(), self.model.modality_channels.len());
                 let responses = tch::no_grad(|| {
                     shapley_responses(m, |keep| {
                         let mask: Vec<f32> =
@@ -141,8 +144,11 @@ impl<N: MultimodalNetwork> Trainer<N> {
                         let mask = Tensor::from_slice(&mask)
                             .view([1, m as i64])
                             .repeat([b, 1])
-                            .to_device(self.device);
-                        let out = self.model.forward_t(&xs.mask_modalities(&mask), false);
+                            .to_device(self.model.device);
+                        let out = self
+                            .model
+                            .network
+                            .forward_t(&xs.mask_modalities(&mask), false);
                         out.logits().shallow_clone()
                     })
                 });
@@ -150,7 +156,7 @@ impl<N: MultimodalNetwork> Trainer<N> {
                 let k = self
                     .baselines
                     .agm
-                    .update(&scores, self.cfg.baselines.agm_alpha);
+                    .update(&scores, self.model.cfg.baselines.agm_alpha);
                 scale_encoder_weight_gradients(self.model_opt.params(), &k, false);
                 k
             }

@@ -21,7 +21,7 @@ use crate::checkpoint::{self, checkpoint_dir, CheckpointState};
 use crate::data::features::DatasetSpec;
 use crate::data::{OutputLabels, LABEL_ENHANCING, LABEL_NCR, LABEL_OEDEMA, NUM_CLASSES};
 use crate::model::folded::FoldedSegmenter;
-use crate::step::Trainer;
+use crate::model::Model;
 use crate::task::TaskKind;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -194,13 +194,13 @@ pub fn export(run_dir: &Path, format: ExportFormat, out: &Path) -> Result<Export
             if classes as usize != NUM_CLASSES {
                 bail!("a segmentation model with {classes} classes: the export's label values are for {NUM_CLASSES} (background, NCR, oedema, enhancing)");
             }
-            let mut trainer = Trainer::new(cfg, Device::Cpu, 1);
-            let state = checkpoint::load_best_or_last(run_dir, &mut trainer)?;
-            let net = tch::no_grad(|| FoldedSegmenter::new(&trainer.model, None, Kind::Float));
-            let graph = segmentation::graph(&net, &trainer.modality_names, classes)?;
+            let mut model = Model::segmentation(cfg, Device::Cpu);
+            let state = checkpoint::load_best_or_last(run_dir, &mut model)?;
+            let net = tch::no_grad(|| FoldedSegmenter::new(&model.network, None, Kind::Float));
+            let graph = segmentation::graph(&net, &model.modality_names, classes)?;
             let mut metadata = common_metadata(task, &state, name, run_dir);
-            metadata.extend(segmentation_metadata(&trainer.modality_names, classes));
-            metadata.push(entry("model_config", json(&trainer.cfg.model)));
+            metadata.extend(segmentation_metadata(&model.modality_names, classes));
+            metadata.push(entry("model_config", json(&model.cfg.model)));
             let doc = "CGGM Studio brain-tumour segmentation (DeepLabv3+, one encoder per MRI \
                        modality, batch norm folded), on axial slices";
             (graph, doc, metadata, state)
@@ -212,19 +212,18 @@ pub fn export(run_dir: &Path, format: ExportFormat, out: &Path) -> Result<Export
                     cfg.data.display()
                 )
             })?;
-            let mut trainer =
-                Trainer::for_features(cfg, &spec, Device::Cpu, 1).map_err(anyhow::Error::msg)?;
-            let state = checkpoint::load_best_or_last(run_dir, &mut trainer)?;
+            let mut model = Model::features(cfg, &spec, Device::Cpu)?;
+            let state = checkpoint::load_best_or_last(run_dir, &mut model)?;
             let classification = task == TaskKind::Classification;
-            let graph = features::graph(&trainer.model, classification)?;
+            let graph = features::graph(&model.network, classification)?;
             let mut metadata = common_metadata(task, &state, name, run_dir);
-            let dims: Vec<serde_json::Value> = trainer
+            let dims: Vec<serde_json::Value> = model
                 .modality_names
                 .iter()
-                .zip(&trainer.model.encoders)
+                .zip(&model.network.encoders)
                 .map(|(m, e)| serde_json::json!({"name": m, "dim": e.proj.ws.size()[1], "lengths_input": features::lengths_input(m)}))
                 .collect();
-            metadata.push(entry("modalities", trainer.modality_names.join(",")));
+            metadata.push(entry("modalities", model.modality_names.join(",")));
             metadata.push(entry("modality_inputs", json(&dims)));
             metadata.push(entry(
                 "normalisation",
@@ -235,7 +234,7 @@ pub fn export(run_dir: &Path, format: ExportFormat, out: &Path) -> Result<Export
             } else if let Some(range) = spec.label_range {
                 metadata.push(entry("label_range", json(&range)));
             }
-            metadata.push(entry("model_config", json(&trainer.cfg.features)));
+            metadata.push(entry("model_config", json(&model.cfg.features)));
             let doc = "CGGM Studio multimodal feature model (MulT-style Transformers per modality \
                        and a Transformer fusion), eval mode";
             (graph, doc, metadata, state)

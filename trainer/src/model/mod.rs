@@ -3,6 +3,7 @@
 //! modality (trained on detached features; CGGM reads their gradients).
 
 pub mod aspp;
+pub mod built;
 pub mod decoder;
 pub mod encoder;
 pub mod features;
@@ -11,6 +12,7 @@ pub mod network;
 pub mod resnet;
 pub mod transformer;
 
+pub use built::Model;
 pub use cggm_core::model_config::ModelConfig;
 use decoder::{Decoder, DecoderSpec};
 use encoder::{Encoder, EncoderFeatures};

@@ -26,7 +26,7 @@ use grid::cells;
 pub use grid::ComparisonRequest;
 pub use stats::{interval, Interval};
 
-use crate::db;
+use crate::db::{self, JobKind};
 use crate::error::{Error, Result};
 use crate::templates::HtmlTemplate;
 use crate::AppState;
@@ -64,16 +64,22 @@ async fn create(
         Some(name) => Some(crate::limits::check_name("the comparison's name", name)?),
         None => None,
     };
-    // Every run is checked before any is queued: a bad method or option queues nothing.
+    // Every run is checked before any is stored: a bad method or option queues nothing.
+    let mut runs = Vec::with_capacity(cells.len());
     for cell in &cells {
-        let options = cggm_core::request::RunOptions::from_json(&cell.body)
-            .map_err(|e| Error::Unprocessable(format!("{} seed {}: {e}", cell.arm, cell.seed)))?;
-        let config = options
-            .to_config(std::path::Path::new(&dataset.path))
-            .map_err(|e| Error::Unprocessable(format!("{} seed {}: {e}", cell.arm, cell.seed)))?;
-        super::jobs::check_device(&state, &config.device)?;
+        let mut body = cell.body.clone();
+        body["dataset_id"] = dataset.id.into();
+        let run = super::jobs::check_train_request(&state, body)
+            .await
+            .map_err(|e| match e {
+                Error::Unprocessable(m) => {
+                    Error::Unprocessable(format!("{} seed {}: {m}", cell.arm, cell.seed))
+                }
+                other => other,
+            })?;
+        runs.push(run);
     }
-    // The whole grid fits the queue, or nothing is queued (a later race is caught per job below).
+    // The whole grid fits the queue, or nothing is queued.
     let queued = super::jobs::queued_jobs(&state).await?;
     if queued as usize + cells.len() > state.config.bounds.max_queued_jobs {
         return Err(super::jobs::queue_full(&state, cells.len()));
@@ -81,6 +87,10 @@ async fn create(
     let name = given_name
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| format!("{} on {}", request.methods.join(" vs "), dataset.name));
+    // The comparison, its jobs and their links are one transaction: a job refused on the way
+    // (the queue filled meanwhile, a request that cannot be written) leaves neither an empty
+    // comparison nor orphan jobs behind.
+    let mut tx = state.pool.begin().await?;
     let id = sqlx::query(
         "INSERT INTO comparisons (name, dataset_id, spec, created_at) VALUES (?, ?, ?, ?)",
     )
@@ -88,45 +98,55 @@ async fn create(
     .bind(dataset.id)
     .bind(serde_json::to_string(&request).unwrap_or_default())
     .bind(db::now())
-    .execute(&state.pool)
+    .execute(&mut *tx)
     .await?
     .last_insert_rowid();
     let mut jobs = Vec::new();
-    for cell in cells {
-        let mut body = cell.body;
-        body["dataset_id"] = dataset.id.into();
-        let created = super::jobs::create(State(state.clone()), Json(body)).await;
-        let view = match created {
-            Ok((_, Json(view))) => view,
-            Err(e) => {
-                // The queue filled meanwhile (or a write failed): no comparison is left half
-                // queued; the runs queued so far are cancelled and the comparison goes.
-                for job in &jobs {
-                    let _ = state.runner.cancel(*job).await;
-                }
-                let _ = sqlx::query("DELETE FROM comparisons WHERE id = ?")
-                    .bind(id)
-                    .execute(&state.pool)
-                    .await;
-                return Err(e);
-            }
-        };
-        sqlx::query(
-            "INSERT INTO comparison_runs (comparison_id, job_id, arm, method, seed) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(id)
-        .bind(view.job.id)
-        .bind(&cell.arm)
-        .bind(&cell.method)
-        .bind(cell.seed as i64)
-        .execute(&state.pool)
-        .await?;
-        jobs.push(view.job.id);
+    let stored = store_runs(&state, &mut tx, id, &cells, &runs, &mut jobs).await;
+    if let Err(e) = stored {
+        drop(tx);
+        // The rolled-back jobs' ids will be given again: their requests must not wait there.
+        for job in &jobs {
+            let folder = state.data_dir().join(JobKind::Train.folder());
+            let _ = std::fs::remove_file(folder.join(format!("job-{job}")).join("request.json"));
+        }
+        return Err(e);
+    }
+    tx.commit().await?;
+    for job in &jobs {
+        state.runner.enqueue(*job);
     }
     Ok((
         StatusCode::CREATED,
         Json(serde_json::json!({ "id": id, "name": name, "jobs": jobs })),
     ))
+}
+
+/// Stores each cell's job and its link to comparison `id` inside `tx`; `jobs` collects the ids
+/// stored so far (also on failure, for the caller's clean-up).
+async fn store_runs(
+    state: &AppState,
+    tx: &mut sqlx::SqliteConnection,
+    id: i64,
+    cells: &[grid::Cell],
+    runs: &[super::jobs::TrainRequest],
+    jobs: &mut Vec<i64>,
+) -> Result<()> {
+    for (cell, run) in cells.iter().zip(runs) {
+        let job = super::jobs::insert_train_job(state, tx, run).await?;
+        jobs.push(job);
+        sqlx::query(
+            "INSERT INTO comparison_runs (comparison_id, job_id, arm, method, seed) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(job)
+        .bind(&cell.arm)
+        .bind(&cell.method)
+        .bind(cell.seed as i64)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow)]

@@ -10,6 +10,7 @@ use cggm_trainer::data::Study;
 use cggm_trainer::device::{describe, parse_device};
 use cggm_trainer::model::features::{FeatureInput, FeatureNet};
 use cggm_trainer::model::network::MultimodalNetwork;
+use cggm_trainer::model::Model;
 use cggm_trainer::step::Trainer;
 use cggm_trainer::task::TaskKind;
 use ndarray::Array4;
@@ -431,7 +432,7 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
         None => {
             let mut trainers: Vec<Trainer> = variants
                 .iter()
-                .map(|(_, c)| Trainer::new(c.clone(), device, 1000))
+                .map(|(_, c)| Trainer::segmentation(c.clone(), device, 1000))
                 .collect();
             let (images, labels) = random_batch(base.sampler.batch_size, base.sampler.crop, device);
             let rounds = time_rounds(
@@ -442,14 +443,15 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
                 device,
                 torch.as_ref(),
             );
-            (rounds?, param_counts(&trainers[cggm].vs))
+            (rounds?, param_counts(&trainers[cggm].model.vs))
         }
         Some(spec) => {
             let mut trainers: Vec<Trainer<FeatureNet>> = variants
                 .iter()
-                .map(|(_, c)| Trainer::for_features(c.clone(), spec, device, 1000))
-                .collect::<Result<_, String>>()
-                .map_err(anyhow::Error::msg)?;
+                .map(|(_, c)| {
+                    Model::features(c.clone(), spec, device).map(|m| Trainer::new(m, 1000))
+                })
+                .collect::<Result<_>>()?;
             let (input, labels) = random_feature_batch(spec, base.sampler.batch_size, device);
             let rounds = time_rounds(
                 &mut trainers,
@@ -459,7 +461,7 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
                 device,
                 torch.as_ref(),
             );
-            (rounds?, param_counts(&trainers[cggm].vs))
+            (rounds?, param_counts(&trainers[cggm].model.vs))
         }
     };
     let alone = if args.no_memory {
@@ -613,15 +615,14 @@ fn memory_alone(cfg: TrainConfig, spec: Option<&DatasetSpec>, device: Device) ->
     let b = cfg.sampler.batch_size;
     match spec {
         None => {
-            let mut t = Trainer::new(cfg.clone(), device, 1000);
+            let mut t = Trainer::segmentation(cfg.clone(), device, 1000);
             let (images, labels) = random_batch(b, cfg.sampler.crop, device);
             for _ in 0..3 {
                 t.step(&images, &labels)?;
             }
         }
         Some(spec) => {
-            let mut t =
-                Trainer::for_features(cfg, spec, device, 1000).map_err(anyhow::Error::msg)?;
+            let mut t = Trainer::new(Model::features(cfg, spec, device)?, 1000);
             let (input, labels) = random_feature_batch(spec, b, device);
             for _ in 0..3 {
                 t.step(&input, &labels)?;
@@ -795,11 +796,12 @@ fn bench_infer(args: InferBenchArgs) -> Result<()> {
         .collect::<Result<_, _>>()?;
     anyhow::ensure!(size.len() == 3, "--size must be XxYxZ, got {}", args.size);
     let field = [size[0], size[1], size[2]];
-    let trainer = match &args.run {
-        Some(run) => cggm_trainer::run::open_run(run, Some(&args.device))?,
+    // A model without optimiser: inference allocates no training state.
+    let model = match &args.run {
+        Some(run) => Model::open_segmentation(run, Some(&args.device))?,
         None => {
             let cfg = TrainConfig::preset(&args.preset).map_err(anyhow::Error::msg)?;
-            Trainer::new(cfg, device, 1)
+            Model::segmentation(cfg, device)
         }
     };
     let study = match args.volume.as_str() {
@@ -832,7 +834,7 @@ fn bench_infer(args: InferBenchArgs) -> Result<()> {
         mask
     };
     let brain_voxels = brain.iter().filter(|&&b| b).count();
-    let predictor = trainer.predictor();
+    let predictor = model.predictor();
     let options = PredictOptions::from_env();
     let whole = PredictOptions {
         crop_margin: None,
@@ -915,13 +917,13 @@ fn bench_infer(args: InferBenchArgs) -> Result<()> {
     let default_median = times[default_index][times[default_index].len() / 2];
     let mut out = json!({
         "bench": "inference",
-        "preset": trainer.cfg.preset,
+        "preset": model.cfg.preset,
         "weights": args.run.as_ref().map_or("fresh".to_string(), |r| r.display().to_string()),
         "size": size,
         "volume": args.volume,
         "brain_voxels": brain_voxels,
         "device": describe(device),
-        "eval_batch": trainer.cfg.eval_batch,
+        "eval_batch": model.cfg.eval_batch,
         "precision": format!("{:?}", cggm_trainer::predict::inference_kind(device)),
         "crop_margin_of_cropped_variant": cropped.crop_margin,
         "threads": tch::get_num_threads(),
@@ -951,14 +953,15 @@ fn bench_parity(args: ParityArgs) -> Result<()> {
     if let Some(c) = args.crop {
         cfg.sampler.crop = c;
     }
-    let mut on_cpu = Trainer::new(cfg.clone(), Device::Cpu, 1000);
-    let mut on_device = Trainer::new(cfg.clone(), device, 1000);
-    on_device.vs.copy(&on_cpu.vs)?;
+    let mut on_cpu = Trainer::segmentation(cfg.clone(), Device::Cpu, 1000);
+    let mut on_device = Trainer::segmentation(cfg.clone(), device, 1000);
+    on_device.model.vs.copy(&on_cpu.model.vs)?;
     let (images, labels) = random_batch(cfg.sampler.batch_size, cfg.sampler.crop, Device::Cpu);
     let eval_loss = |t: &Trainer| {
-        let xs = t.select_modalities(&images.to_device(t.device));
-        let out = tch::no_grad(|| t.model.forward_t(&xs, false));
-        cggm_trainer::task::Task::loss(&cfg.loss, &out.logits, &labels.to_device(t.device))
+        let m = &t.model;
+        let xs = m.select_modalities(&images.to_device(m.device));
+        let out = tch::no_grad(|| m.network.forward_t(&xs, false));
+        cggm_trainer::task::Task::loss(&cfg.loss, &out.logits, &labels.to_device(m.device))
             .double_value(&[])
     };
     let (cpu_eval, device_eval) = (eval_loss(&on_cpu), eval_loss(&on_device));

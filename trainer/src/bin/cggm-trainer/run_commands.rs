@@ -10,9 +10,10 @@ use cggm_trainer::eval_features::{evaluate_feature_run, write_feature_prediction
 use cggm_trainer::events::EventSink;
 use cggm_trainer::infer::infer;
 use cggm_trainer::metrics::Hd95Definition;
+use cggm_trainer::model::Model;
 use cggm_trainer::progress::Progress;
 use cggm_trainer::request::{RunOptions, DEFAULT_PRESET};
-use cggm_trainer::run::{dataset_split, open_run, run_split, train, TrainOptions};
+use cggm_trainer::run::{dataset_split, run_split, train, TrainOptions};
 use cggm_trainer::run_features::train_features;
 use cggm_trainer::rundir::RunDir;
 use cggm_trainer::task::TaskKind;
@@ -234,8 +235,8 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     if is_feature_run(&args.checkpoint) {
         return run_eval_features(&args);
     }
-    let trainer = open_run(&args.checkpoint, args.device.as_deref())?;
-    let mut cfg = trainer.cfg.clone();
+    let model = Model::open_segmentation(&args.checkpoint, args.device.as_deref())?;
+    let mut cfg = model.cfg.clone();
     let foreign = args.data.as_ref().is_some_and(|d| d != &cfg.data);
     if let Some(d) = &args.data {
         cfg.data = d.clone();
@@ -261,9 +262,9 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     }
     let bar = Progress::new("eval", cases.len() as u64, "cases");
     let report = evaluate_counting(
-        &trainer.predictor(),
+        &model.predictor(),
         &cases,
-        trainer.classifiers.is_some(),
+        model.classifiers.is_some(),
         args.hd95,
         |done| bar.set_position(done as u64),
     )?;
