@@ -2,7 +2,6 @@
 //! independent of the task: balance coefficients, magnitude modulation of encoder gradients, and
 //! the direction-modulation loss. README "What CGGM computes here" restates the method; the numbers below follow it.
 
-use crate::optim::Param;
 pub use cggm_core::balance::*;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
@@ -86,19 +85,6 @@ impl BalanceTracker {
         self.last_improvements = finite;
         outcome
     }
-}
-
-/// Magnitude modulation: multiplies the gradient of every parameter of encoder i (optimiser
-/// group i + 1; group 0 is the fusion head, left alone) by `balance[i]`.
-pub fn scale_encoder_gradients(params: &[Param], balance: &[f64]) {
-    tch::no_grad(|| {
-        for p in params.iter().filter(|p| p.group > 0) {
-            let mut g = p.tensor.grad();
-            if g.defined() {
-                let _ = g.g_mul_scalar_(balance[p.group - 1]);
-            }
-        }
-    });
 }
 
 /// Cosine of two tensors of the same shape, flattened. Differentiable in both.
@@ -541,7 +527,7 @@ mod tests {
     /// gradient's moments by each other, so c g gives the trajectory of g (up to Adam's epsilon).
     #[test]
     fn a_constant_b_changes_nothing_under_adam_and_scales_the_step_under_sgd() {
-        use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind};
+        use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind, Param};
         let run = |kind: OptimizerKind, b: f64| -> Vec<f32> {
             let w = Tensor::from_slice(&[0.5f32, -1.0, 2.0]).set_requires_grad(true);
             let cfg = OptimizerConfig {

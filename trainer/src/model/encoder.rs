@@ -18,16 +18,6 @@ pub struct EncoderFeatures {
     pub low: Tensor,
 }
 
-impl EncoderFeatures {
-    /// The same features cut from the graph: what the classifiers see (CGGM step 2).
-    pub fn detached(&self) -> EncoderFeatures {
-        EncoderFeatures {
-            high: self.high.detach(),
-            low: self.low.detach(),
-        }
-    }
-}
-
 impl Encoder {
     pub fn new(p: &nn::Path, backbone: &ResNetConfig, aspp_channels: i64) -> Self {
         let rates: Vec<i64> = if backbone.output_stride == 8 {
