@@ -44,17 +44,20 @@ def main():
     ap.add_argument("--presets", default=",".join(PRESETS))
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json-dir", help="keep each preset's JSON report here")
+    ap.add_argument("--precision", default="fp32",
+                    help="ours: fp32 or bf16 (on a CPU PyTorch stays fp32, the baseline)")
     args = ap.parse_args()
     env = dict(os.environ)
     # Idle OpenMP threads sleep instead of spinning: on a shared machine a spinning side would
     # steal the other side's cores.
     env.setdefault("OMP_WAIT_POLICY", "passive")
-    rows = []
+    rows, peaks = [], []
     for preset in args.presets.split(","):
         if preset not in PRESETS:
             sys.exit(f"unknown preset {preset!r}: use some of {', '.join(PRESETS)}")
         cmd = [args.binary, "bench", "train", "--against-torch", "--preset", preset,
-               "--methods", "joint,cggm", "--device", args.device] + PRESETS[preset]
+               "--methods", "joint,cggm", "--device", args.device,
+               "--precision", args.precision] + PRESETS[preset]
         print("$", " ".join(cmd), file=sys.stderr, flush=True)
         out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, check=True, text=True).stdout
         report = json.loads(out)
@@ -65,19 +68,35 @@ def main():
         ours, torch = report["seconds_per_step"], report["torch"]["seconds_per_step"]
         size = (f"b{report['batch_size']} crop {report['crop']}" if report.get("crop")
                 else f"b{report['batch_size']}")
+        u = report.get("utilisation")
+        if u:
+            peak = dict(u["peak"], gemm=u["gemm_flops_per_second"])
+            mfu = (f"{u['flops_per_step']['joint'] / 1e9:.2f} / {u['flops_per_step']['cggm'] / 1e9:.2f} "
+                   f"| {100 * u['mfu']['ours']['joint']:.1f} / {100 * u['mfu']['ours']['cggm']:.1f} % "
+                   f"({100 * u['mfu']['torch']['joint']:.1f} / {100 * u['mfu']['torch']['cggm']:.1f} %)")
+        else:
+            peak, mfu = None, "n/a | n/a"
+        if peak:
+            peaks.append(peak)
         rows.append(
             f"| {preset}, {size} | {ours['joint']:.4f} / {ours['cggm']:.4f} "
             f"| {torch['joint']:.4f} / {torch['cggm']:.4f} "
             f"| {report['ratio_joint_over_torch']:.2f} / {report['ratio_cggm_over_torch']:.2f} "
             f"| {report['ratio_cggm_over_joint']:.2f} ({report['torch']['ratio_cggm_over_joint']:.2f}) "
             f"| {report['params']['model']:,} + {report['params']['classifiers']:,} "
-            f"| {gib(peak_alone(report))} / {gib(report['torch']['peak_rss_bytes'])} |")
+            f"| {gib(peak_alone(report))} / {gib(report['torch']['peak_rss_bytes'])} | {mfu} |")
         print(rows[-1], file=sys.stderr, flush=True)
     print("| preset | ours joint / cggm (s/step) | PyTorch joint / cggm | ours/PyTorch joint / cggm "
           "| cggm/joint ours (PyTorch) | params model + classifiers "
-          "| peak RSS ours (one method alone) / PyTorch |")
-    print("|---|---|---|---|---|---|---|")
+          "| peak RSS ours (one method alone) / PyTorch | GFLOP/step joint / cggm "
+          "| MFU ours joint / cggm (PyTorch) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
+    for who in ("ours", "torch") if peaks else ():
+        p = peaks[-1][who]
+        print(f"\nPeak for {who}: {p['flops_per_second'] / 1e9:.1f} GFLOP/s {p['precision']} "
+              f"= {p['derivation']}; a large {p['precision']} matrix product measured "
+              f"{peaks[-1]['gemm'][who] / 1e9:.1f} GFLOP/s")
 
 
 if __name__ == "__main__":

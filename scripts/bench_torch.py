@@ -584,6 +584,95 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def count_flops(runner, images, labels):
+    """PyTorch's FlopCounterMode on one untimed step: the convolutions' and matrix products'
+    FLOPs (forward and backward; a multiply-add counts 2), in total and by operator. The costliest
+    layers come from a forward pass alone: the counter attributes backward FLOPs to whichever
+    modules are on its stack when autograd runs them, so per-layer backward counts are unreliable.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with counter:
+        runner.step(images, labels)
+    total = counter.get_total_flops()
+    by_op = {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
+    forward = FlopCounterMode(display=False)
+    with forward, torch.no_grad(), runner.autocast():
+        runner.model(images)
+    by_module = forward.get_flop_counts()
+    names = [m for m in by_module if m != "Global"]
+    # A module's count includes its children's: a leaf is a module no other name extends.
+    leaves = [m for m in names if not any(o != m and o.startswith(m + ".") for o in names)]
+    layers = sorted(((m, sum(by_module[m].values())) for m in leaves), key=lambda x: -x[1])
+    return {"total": int(total), "by_op": by_op,
+            "forward": int(forward.get_total_flops()),
+            "top_forward_layers": [{"layer": m, "flops": int(n)} for m, n in layers[:10]]}
+
+
+def profile_layers(runner, images, labels, device, steps, top):
+    """Where a step's forward time goes, layer by layer, against each layer's FLOPs: every leaf
+    module's forward is timed with hooks (the device synchronised around it) over `steps` training
+    steps, and its forward FLOPs counted with FlopCounterMode. A layer far below the machine's
+    peak GFLOP/s, or one with no FLOPs and much time (batch norm, upsampling, pooling), is where
+    the gap to the hardware is. The backward is timed as a whole (autograd runs it outside the
+    modules)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    leaves = [(n, m) for n, m in runner.model.named_modules()
+              if n and not any(True for _ in m.children())]
+    times, calls, started = {}, {}, {}
+
+    def before(name):
+        def hook(_module, _inputs):
+            sync(device)
+            started[name] = time.perf_counter()
+        return hook
+
+    def after(name):
+        def hook(_module, _inputs, _output):
+            sync(device)
+            times[name] = times.get(name, 0.0) + time.perf_counter() - started[name]
+            calls[name] = calls.get(name, 0) + 1
+        return hook
+
+    hooks = [h for n, m in leaves for h in (m.register_forward_pre_hook(before(n)),
+                                            m.register_forward_hook(after(n)))]
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        runner.step(images, labels)
+    sync(device)
+    step_seconds = (time.perf_counter() - t0) / steps
+    for h in hooks:
+        h.remove()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad(), runner.autocast():
+        runner.model(images)
+    # FlopCounterMode names a module "<RootClass>.<path>".
+    flops = {}
+    for name, ops in counter.get_flop_counts().items():
+        if "." in name:
+            flops[name.split(".", 1)[1]] = sum(ops.values())
+    rows = []
+    for name, module in leaves:
+        if name not in times:
+            continue
+        seconds = times[name] / steps
+        n = flops.get(name, 0)
+        rows.append({"layer": name, "type": type(module).__name__, "ms": seconds * 1e3,
+                     "gflop": n / 1e9, "gflops_per_s": (n / seconds / 1e9) if seconds else 0.0})
+    forward_ms = sum(r["ms"] for r in rows)
+    by_type = {}
+    for r in rows:
+        t = by_type.setdefault(r["type"], {"ms": 0.0, "gflop": 0.0, "layers": 0})
+        t["ms"] += r["ms"]
+        t["gflop"] += r["gflop"]
+        t["layers"] += 1
+    rows.sort(key=lambda r: -r["ms"])
+    return {"step_ms": step_seconds * 1e3, "leaf_forward_ms": forward_ms,
+            "by_type": dict(sorted(by_type.items(), key=lambda kv: -kv[1]["ms"])),
+            "top_layers": rows[:top]}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", default="joint,cggm")
@@ -597,6 +686,9 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    ap.add_argument("--profile-layers", type=int, metavar="TOP", default=0,
+                    help="instead of the timing: each method's per-layer forward time against its "
+                         "FLOPs, the TOP slowest layers and the time by layer type")
     args = ap.parse_args()
     cfg = json.load(sys.stdin)
     if args.threads > 0:
@@ -620,7 +712,7 @@ def main():
             return Runner(cfg, method, device, amp)
     out = {"torch": torch.__version__, "threads": torch.get_num_threads(),
            "seconds_per_step": {}, "peak_gpu_bytes": {}, "peak_gpu_reserved_bytes": {},
-           "last_loss": {}, "params": {"model": 0, "classifiers": 0}}
+           "last_loss": {}, "params": {"model": 0, "classifiers": 0}, "flops": {}}
     for method in args.methods.split(","):
         runner = make_runner(method)
         model_params, classifier_params = runner.params()
@@ -628,6 +720,12 @@ def main():
         out["params"]["classifiers"] = max(out["params"]["classifiers"], classifier_params)
         for _ in range(args.warmup):
             runner.step(images, labels)
+        if args.profile_layers:
+            out.setdefault("profile", {})[method] = profile_layers(
+                runner, images, labels, device, args.steps, args.profile_layers)
+            del runner
+            continue
+        out["flops"][method] = count_flops(runner, images, labels)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         sync(device)

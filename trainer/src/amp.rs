@@ -3,7 +3,9 @@
 //! (`LossScaler`): the loss is multiplied by S before backward, the gradients are divided by S
 //! (before CGGM's B_i scaling and before clipping), and a step whose gradients hold an inf or NaN
 //! is skipped and S halved; S doubles after 2000 clean steps (the schedule of
-//! `torch.amp.GradScaler`). On the CPU everything runs in fp32.
+//! `torch.amp.GradScaler`). On a CPU, training autocasts to bf16 only when asked
+//! (`CGGM_CPU_TRAINING_PRECISION=bf16`, or `cggm bench train --precision bf16`; see
+//! `training_dtype`); inference uses bf16 where the CPU computes it natively.
 
 use crate::optim::Optimizer;
 
@@ -11,13 +13,35 @@ use tch::Tensor;
 
 pub use cggm_core::precision::AmpDtype;
 
-/// Runs `f` with CUDA autocast to `dtype` (`None`: fp32, autocast off): the training forward.
-pub fn autocast<T>(dtype: Option<AmpDtype>, f: impl FnOnce() -> T) -> T {
-    match dtype {
-        None => f(),
-        Some(dtype) => autocast_on(ffi::CUDA, dtype, f),
-    }
+/// Runs `f` with autocast on `device` to `dtype` (`None`: fp32, autocast off): the training
+/// forward. The weights stay fp32 (master weights): autocast casts them per op, and their
+/// gradients come back in fp32, so CGGM's B_i scaling, `L_gm` and clipping run in fp32.
+pub fn autocast<T>(device: tch::Device, dtype: Option<AmpDtype>, f: impl FnOnce() -> T) -> T {
+    inference_as(device, dtype, f)
 }
+
+/// The dtype a training step autocasts to (None: fp32). CUDA: `amp_dtype` when
+/// `mixed_precision` is set. CPU: fp32 unless `CGGM_CPU_TRAINING_PRECISION=bf16` (bf16 needs
+/// `mixed_precision` and `amp_dtype` bf16; fp16 is never used on a CPU, it would need loss
+/// scaling for no speed). CPU bf16 is opt-in because it is only worth it where the CPU has
+/// native bf16 (AVX512-BF16 or AMX), and there the measured gain is in the README.
+pub fn training_dtype(
+    device: tch::Device,
+    mixed_precision: bool,
+    amp_dtype: AmpDtype,
+) -> Option<AmpDtype> {
+    if !mixed_precision {
+        return None;
+    }
+    if device.is_cuda() {
+        return Some(amp_dtype);
+    }
+    let asked = std::env::var(CPU_TRAINING_PRECISION).is_ok_and(|v| v == "bf16");
+    (asked && amp_dtype == AmpDtype::Bf16).then_some(AmpDtype::Bf16)
+}
+
+/// The environment variable that turns bf16 training on for CPUs (`bf16`; anything else: fp32).
+pub const CPU_TRAINING_PRECISION: &str = "CGGM_CPU_TRAINING_PRECISION";
 
 /// The precision inference runs in on `device`: bf16 on CUDA and on CPUs with native bf16
 /// arithmetic (AVX512-BF16 or AMX: 2.4x faster than fp32 for the cpu-small model on such a
@@ -53,7 +77,8 @@ pub fn inference_as<T>(device: tch::Device, dtype: Option<AmpDtype>, f: impl FnO
     }
 }
 
-fn cpu_has_native_bf16() -> bool {
+/// Whether this CPU computes bf16 natively (AVX512-BF16 or AMX).
+pub fn cpu_has_native_bf16() -> bool {
     static NATIVE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *NATIVE.get_or_init(|| {
         std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| {
@@ -229,10 +254,11 @@ mod tests {
     #[test]
     fn autocast_sets_the_dtype_through_libtorch_and_restores_the_state() {
         let before = cuda_autocast_state();
-        autocast(Some(AmpDtype::Bf16), || {
+        let cuda = Device::Cuda(0);
+        autocast(cuda, Some(AmpDtype::Bf16), || {
             assert_eq!(cuda_autocast_state(), (true, Some(AmpDtype::Bf16)))
         });
-        autocast(Some(AmpDtype::Fp16), || {
+        autocast(cuda, Some(AmpDtype::Fp16), || {
             assert_eq!(cuda_autocast_state(), (true, Some(AmpDtype::Fp16)))
         });
         assert_eq!(cuda_autocast_state(), before);

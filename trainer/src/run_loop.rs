@@ -177,7 +177,15 @@ fn run_inner<T: TaskRun>(
         test_cases: sizes.test,
         steps_per_epoch: spe,
         total_steps: spe * cfg.epochs,
-        device: describe(trainer.model.device),
+        device: format!(
+            "{}, {}",
+            describe(trainer.model.device),
+            match trainer.amp() {
+                None => "fp32",
+                Some(crate::amp::AmpDtype::Bf16) => "bf16 autocast",
+                Some(crate::amp::AmpDtype::Fp16) => "fp16 autocast + loss scaling",
+            }
+        ),
         task: cfg.task,
         modalities: trainer.model.modality_names.clone(),
     });

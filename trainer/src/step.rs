@@ -254,7 +254,9 @@ impl<N: MultimodalNetwork> Trainer<N> {
         if self.model.cfg.method == Method::Mrd {
             xs = self.drop_modalities(&xs);
         }
-        let out = amp::autocast(self.amp(), || self.model.network.forward_t(&xs, true));
+        let out = amp::autocast(self.model.device, self.amp(), || {
+            self.model.network.forward_t(&xs, true)
+        });
         let task_loss = self.task.loss(out.logits(), labels);
         let value = task_loss.double_value(&[]);
         if !value.is_finite() {
@@ -268,9 +270,12 @@ impl<N: MultimodalNetwork> Trainer<N> {
     }
 
     /// The autocast dtype of this run's forward passes (None: fp32).
-    fn amp(&self) -> Option<AmpDtype> {
-        (self.model.cfg.mixed_precision && self.model.device.is_cuda())
-            .then_some(self.model.cfg.amp_dtype)
+    pub fn amp(&self) -> Option<AmpDtype> {
+        amp::training_dtype(
+            self.model.device,
+            self.model.cfg.mixed_precision,
+            self.model.cfg.amp_dtype,
+        )
     }
 
     /// The tensor to call backward on: the loss, times the fp16 loss scale when there is one.
@@ -294,7 +299,7 @@ impl<N: MultimodalNetwork> Trainer<N> {
             return Ok((vec![f64::NAN; m], Vec::new()));
         };
         opt.zero_grad();
-        let all = amp::autocast(amp_dtype, || cls.logits_t(out, true));
+        let all = amp::autocast(self.model.device, amp_dtype, || cls.logits_t(out, true));
         let metrics = if self.model.cfg.method == Method::CggmAuthors {
             crate::cggm::authors::batch_metrics(self.model.cfg.task, &all, labels)
         } else {

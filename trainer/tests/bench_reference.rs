@@ -6,6 +6,33 @@
 use std::process::Command;
 
 fn one_round(preset: &str) -> Result<(), String> {
+    let report = report_of(preset)?;
+    // Utilisation (issue 22): FLOPs counted by the reference, a peak with its derivation, and an
+    // MFU for each side that is a fraction of that peak.
+    let u = &report["utilisation"];
+    for method in ["joint", "cggm"] {
+        let flops = u["flops_per_step"][method].as_f64().unwrap_or(0.0);
+        if flops <= 0.0 {
+            return Err(format!("{preset}: no FLOPs per step for {method}: {u}"));
+        }
+        for side in ["ours", "torch"] {
+            let mfu = u["mfu"][side][method].as_f64().unwrap_or(-1.0);
+            if !(mfu > 0.0 && mfu < 2.0) {
+                return Err(format!("{preset}: MFU {mfu} of {side} {method}: {u}"));
+            }
+        }
+    }
+    if !u["peak"]["ours"]["derivation"]
+        .as_str()
+        .is_some_and(|d| d.contains("GHz") || d.contains("TFLOP/s"))
+    {
+        return Err(format!("{preset}: the peak does not show its numbers: {u}"));
+    }
+    Ok(())
+}
+
+/// One short `bench train --against-torch` round; its JSON report.
+fn report_of(preset: &str) -> Result<serde_json::Value, String> {
     let python = std::env::var_os("CGGM_PYTHON")
         .or(option_env!("CGGM_BUILD_PYTHON").map(Into::into))
         .expect(
@@ -47,7 +74,7 @@ fn one_round(preset: &str) -> Result<(), String> {
         .output()
         .map_err(|e| e.to_string())?;
     if out.status.success() {
-        Ok(())
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("report: {e}"))
     } else {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }

@@ -7,9 +7,16 @@ use tch::{Kind, Reduction, Tensor};
 pub struct Classification;
 
 impl Task for Classification {
-    /// logits: [B, C], target: [B] int64.
+    /// logits: [B, C] (fp32 or, under autocast, bf16: the loss is taken in fp32), target: [B]
+    /// int64.
     fn loss(&self, logits: &Tensor, target: &Tensor) -> Tensor {
-        logits.cross_entropy_loss::<Tensor>(target, None, Reduction::Mean, -100, 0.0)
+        logits.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(
+            target,
+            None,
+            Reduction::Mean,
+            -100,
+            0.0,
+        )
     }
 
     fn batch_metric(&self, logits: &Tensor, target: &Tensor) -> f64 {

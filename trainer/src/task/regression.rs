@@ -9,12 +9,12 @@ use tch::{Kind, Reduction, Tensor};
 pub struct Regression;
 
 impl Task for Regression {
-    /// logits: [B] or [B, 1], target: [B] float.
+    /// logits: [B] or [B, 1] (under autocast bf16: the loss is taken in fp32), target: [B] float.
     fn loss(&self, logits: &Tensor, target: &Tensor) -> Tensor {
-        logits.flatten(0, -1).l1_loss(
-            &target.flatten(0, -1).to_kind(logits.kind()),
-            Reduction::Mean,
-        )
+        logits
+            .flatten(0, -1)
+            .to_kind(Kind::Float)
+            .l1_loss(&target.flatten(0, -1).to_kind(Kind::Float), Reduction::Mean)
     }
 
     fn batch_metric(&self, logits: &Tensor, target: &Tensor) -> f64 {

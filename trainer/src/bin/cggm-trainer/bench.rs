@@ -53,7 +53,9 @@ pub struct TrainBenchArgs {
     pub methods: String,
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// fp32, bf16 or fp16 (autocast on CUDA; fp16 with loss scaling). The CPU always runs fp32.
+    /// fp32, bf16 or fp16 (autocast, fp32 master weights; fp16 with loss scaling, CUDA only).
+    /// On a CPU, bf16 is fast where it has AVX512-BF16 or AMX; PyTorch (`--against-torch`) then
+    /// still runs fp32, the baseline.
     #[arg(long, default_value = "fp32")]
     pub precision: String,
     /// Also time a PyTorch eager implementation of the same model and step
@@ -185,15 +187,33 @@ fn random_batch(b: usize, crop: usize, device: Device) -> (Tensor, Tensor) {
     (images, labels)
 }
 
-/// Applies `--precision` to a configuration.
-fn set_precision(cfg: &mut TrainConfig, precision: &str) -> Result<()> {
+/// The precision the PyTorch reference runs in: ours on CUDA; fp32 on a CPU, the baseline that
+/// CPU bf16 training is measured against.
+fn torch_precision(device: Device, precision: &str) -> &str {
+    if device.is_cuda() {
+        precision
+    } else {
+        "fp32"
+    }
+}
+
+/// Applies `--precision` to a configuration; on a CPU, bf16 also turns on CPU bf16 training
+/// (`amp::CPU_TRAINING_PRECISION`) for this process.
+fn set_precision(cfg: &mut TrainConfig, precision: &str, device: tch::Device) -> Result<()> {
     if precision == "fp32" {
         cfg.mixed_precision = false;
-    } else {
-        cfg.mixed_precision = true;
-        cfg.amp_dtype = precision
-            .parse::<AmpDtype>()
-            .map_err(|e| anyhow::anyhow!("--precision: {e} (or fp32)"))?;
+        return Ok(());
+    }
+    cfg.mixed_precision = true;
+    cfg.amp_dtype = precision
+        .parse::<AmpDtype>()
+        .map_err(|e| anyhow::anyhow!("--precision: {e} (or fp32)"))?;
+    if !device.is_cuda() {
+        anyhow::ensure!(
+            cfg.amp_dtype == AmpDtype::Bf16,
+            "--precision {precision}: a CPU trains in fp32 or bf16 (fp16 autocast is CUDA-only)"
+        );
+        std::env::set_var(cggm_trainer::amp::CPU_TRAINING_PRECISION, "bf16");
     }
     Ok(())
 }
@@ -378,7 +398,7 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
     if let Some(c) = args.crop {
         base.sampler.crop = c;
     }
-    set_precision(&mut base, &args.precision)?;
+    set_precision(&mut base, &args.precision, device)?;
     let all: [(&str, Method, bool); 4] = [
         ("joint", Method::Joint, false),
         ("joint+probes", Method::Joint, true),
@@ -491,7 +511,7 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
             .map(|m| format!("{}:{}x{}", m.name, m.steps(), m.dim)).collect::<Vec<_>>()),
         "device": describe(device),
         "threads": tch::get_num_threads(),
-        "precision": if device.is_cuda() { args.precision.as_str() } else { "fp32" },
+        "precision": args.precision,
         "rounds": args.rounds,
         "steps_per_round": args.steps,
         "seconds_per_step": named(&per_step),
@@ -572,6 +592,15 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
             "peak_gpu_bytes": last["peak_gpu_bytes"],
             "peak_gpu_reserved_bytes": last["peak_gpu_reserved_bytes"],
         });
+        if let Some(u) = crate::utilisation::train_report(
+            last,
+            (per_step[joint], per_step[cggm]),
+            (tj, tc),
+            device.is_cuda(),
+            (&args.precision, torch_precision(device, &args.precision)),
+        ) {
+            out["utilisation"] = u;
+        }
         out["ratio_joint_over_torch"] = json!(per_step[joint] / tj);
         out["ratio_cggm_over_torch"] = json!(per_step[cggm] / tc);
         eprintln!(
@@ -699,14 +728,10 @@ impl TorchReference {
                 )
             })?,
         };
+        let precision = torch_precision(device, &args.precision);
         let device = match device {
             Device::Cuda(n) => format!("cuda:{n}"),
             _ => "cpu".to_string(),
-        };
-        let precision = if device == "cpu" {
-            "fp32"
-        } else {
-            args.precision.as_str()
         };
         let mut extra = Vec::new();
         if let Some(spec) = spec {

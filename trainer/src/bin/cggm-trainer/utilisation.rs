@@ -1,0 +1,269 @@
+//! Model FLOPs utilisation (MFU) for `cggm bench`: the FLOPs a step does, over its time, over
+//! the machine's peak. The peak is computed from what the machine says it is, with every number
+//! shown so that a reader can redo (or correct) it:
+//! - CPU: cores used x clock x fp32 lanes per vector x 2 (a fused multiply-add is 2 FLOPs) x FMA
+//!   units per core; bf16 doubles the lanes where the CPU has AVX512-BF16.
+//! - CUDA: the device's published dense peak per precision (a table of the devices we know).
+
+use serde::Serialize;
+
+/// A machine's peak rate in one precision, and how it was obtained.
+#[derive(Clone, Debug, Serialize)]
+pub struct Peak {
+    pub flops_per_second: f64,
+    pub precision: String,
+    /// The formula with its numbers, e.g. "2 cores x 2.596 GHz x 16 lanes x 2 x 1 FMA unit".
+    pub derivation: String,
+}
+
+/// The rate libtorch reaches here on one large square matrix product in `precision` (n = 2048
+/// on a CPU, 8192 on CUDA; median of 5 after 2 warm-ups): a measured ceiling beside the nominal
+/// peak, which a CPU's boost clock can exceed (on the development machine a 1x1 convolution ran
+/// at 191 GFLOP/s against a nominal fp32 peak of 166 from the 2.6 GHz that /proc/cpuinfo shows).
+pub fn gemm_rate(device: tch::Device, precision: &str) -> f64 {
+    let kind = match precision {
+        "bf16" => tch::Kind::BFloat16,
+        "fp16" => tch::Kind::Half,
+        _ => tch::Kind::Float,
+    };
+    let n: i64 = if device.is_cuda() { 8192 } else { 2048 };
+    let _guard = tch::no_grad_guard();
+    let a = tch::Tensor::randn([n, n], (kind, device));
+    let b = tch::Tensor::randn([n, n], (kind, device));
+    let sync = || {
+        if let tch::Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    let mut times = Vec::new();
+    for round in 0..7 {
+        sync();
+        let start = std::time::Instant::now();
+        let _ = a.matmul(&b);
+        sync();
+        if round >= 2 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    2.0 * (n as f64).powi(3) / times[times.len() / 2]
+}
+
+/// Achieved FLOP/s over the peak.
+pub fn mfu(flops: f64, seconds: f64, peak: &Peak) -> f64 {
+    flops / seconds / peak.flops_per_second
+}
+
+/// What /proc/cpuinfo says of the first CPU.
+struct CpuInfo {
+    vendor: String,
+    family: u32,
+    mhz: f64,
+    flags: Vec<String>,
+}
+
+fn cpuinfo() -> Option<CpuInfo> {
+    let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    Some(CpuInfo {
+        vendor: field("vendor_id").unwrap_or_default(),
+        family: field("cpu family")?.parse().ok()?,
+        mhz: field("cpu MHz")?.parse().ok()?,
+        flags: field("flags")?
+            .split_whitespace()
+            .map(str::to_string)
+            .collect(),
+    })
+}
+
+/// The CPU's peak with `cores` threads in `precision` ("fp32" or "bf16").
+pub fn cpu_peak(cores: usize, precision: &str) -> Option<Peak> {
+    let info = cpuinfo()?;
+    let has = |f: &str| info.flags.iter().any(|x| x == f);
+    let (lanes, units, why) = if has("avx512f") {
+        // Zen 4 (family 25) runs 512-bit FMAs on its two 256-bit units: one 512-bit FMA per
+        // cycle. Zen 5 (26) and Intel server cores have two.
+        let units = if info.vendor == "AuthenticAMD" && info.family < 26 {
+            1
+        } else {
+            2
+        };
+        (16, units, "AVX-512")
+    } else if has("avx2") && has("fma") {
+        (8, 2, "AVX2 + FMA")
+    } else {
+        (4, 1, "SSE")
+    };
+    let bf16 = precision == "bf16" && has("avx512_bf16");
+    let lanes = if bf16 { lanes * 2 } else { lanes };
+    let ghz = info.mhz / 1000.0;
+    let flops = cores as f64 * ghz * 1e9 * lanes as f64 * 2.0 * units as f64;
+    Some(Peak {
+        flops_per_second: flops,
+        precision: if bf16 { "bf16" } else { "fp32" }.into(),
+        derivation: format!(
+            "{cores} cores x {ghz:.3} GHz x {lanes} {} lanes ({why}{}) x 2 (FMA) x {units} FMA \
+             unit(s) per core ({} family {})",
+            if bf16 { "bf16" } else { "fp32" },
+            if bf16 { ", AVX512-BF16" } else { "" },
+            info.vendor,
+            info.family
+        ),
+    })
+}
+
+/// Published dense peaks (FLOP/s) of the CUDA devices we know: (name part, fp32, tf32, bf16).
+const CUDA_PEAKS: &[(&str, f64, f64, f64)] = &[
+    ("H200", 67e12, 494.7e12, 989.5e12),
+    ("H100 SXM", 67e12, 494.7e12, 989.5e12),
+    ("H100 PCIe", 51e12, 378e12, 756e12),
+    ("A100", 19.5e12, 156e12, 312e12),
+    ("L40S", 91.6e12, 183e12, 362e12),
+];
+
+/// The CUDA device's published peak in `precision` (fp32 counts TF32 tensor cores only when
+/// `tf32`), by its name as `nvidia-smi` reports it.
+pub fn cuda_peak(precision: &str) -> Option<Peak> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=name", "--format=csv,noheader", "-i", "0"])
+        .output()
+        .ok()?;
+    let name = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let &(known, fp32, _tf32, bf16) = CUDA_PEAKS.iter().find(|(n, ..)| name.contains(n))?;
+    let (flops, precision) = match precision {
+        "bf16" | "fp16" => (bf16, precision),
+        _ => (fp32, "fp32"),
+    };
+    Some(Peak {
+        flops_per_second: flops,
+        precision: precision.into(),
+        derivation: format!(
+            "{name}: the published dense {precision} peak of the {known}, {:.1} TFLOP/s",
+            flops / 1e12
+        ),
+    })
+}
+
+/// The `utilisation` block of `cggm bench train --against-torch`: the FLOPs per step that the
+/// PyTorch reference counted (`flops` in its output; the same architecture, whose parameter
+/// counts the bench checks against ours), each side's peak, and the MFU of both implementations
+/// from their seconds per step ((ours joint, ours cggm), (torch joint, torch cggm)). Each side is
+/// measured against the peak of the precision it ran in (`ours` and `torch`: on a CPU ours may
+/// run bf16 while the reference stays fp32). None when the reference counted nothing or a peak is
+/// unknown. Printed to stderr as well.
+pub fn train_report(
+    torch: &serde_json::Map<String, serde_json::Value>,
+    ours: (f64, f64),
+    theirs: (f64, f64),
+    cuda: bool,
+    precision: (&str, &str),
+) -> Option<serde_json::Value> {
+    let peak = |precision: &str| {
+        if cuda {
+            cuda_peak(precision)
+        } else {
+            cpu_peak(tch::get_num_threads().max(1) as usize, precision)
+        }
+    };
+    let (ours_peak, torch_peak) = (peak(precision.0)?, peak(precision.1)?);
+    let device = if cuda {
+        tch::Device::Cuda(0)
+    } else {
+        tch::Device::Cpu
+    };
+    let gemm = (
+        gemm_rate(device, precision.0),
+        gemm_rate(device, precision.1),
+    );
+    let counted = torch.get("flops")?;
+    let flops = |m: &str| counted[m]["total"].as_f64().filter(|f| *f > 0.0);
+    let (fj, fc) = (flops("joint")?, flops("cggm")?);
+    let value = serde_json::json!({
+        "peak": {"ours": ours_peak, "torch": torch_peak},
+        "gemm_flops_per_second": {"ours": gemm.0, "torch": gemm.1},
+        "of_gemm_rate": {
+            "ours": {"joint": fj / ours.0 / gemm.0, "cggm": fc / ours.1 / gemm.0},
+            "torch": {"joint": fj / theirs.0 / gemm.1, "cggm": fc / theirs.1 / gemm.1},
+        },
+        "flops_per_step": {"joint": fj, "cggm": fc},
+        "flops_by_op": {"joint": counted["joint"]["by_op"], "cggm": counted["cggm"]["by_op"]},
+        "achieved_flops_per_second": {
+            "ours": {"joint": fj / ours.0, "cggm": fc / ours.1},
+            "torch": {"joint": fj / theirs.0, "cggm": fc / theirs.1},
+        },
+        "mfu": {
+            "ours": {"joint": mfu(fj, ours.0, &ours_peak), "cggm": mfu(fc, ours.1, &ours_peak)},
+            "torch": {
+                "joint": mfu(fj, theirs.0, &torch_peak),
+                "cggm": mfu(fc, theirs.1, &torch_peak),
+            },
+        },
+        "top_forward_layers": counted["joint"]["top_forward_layers"],
+    });
+    for (who, p, g) in [("ours", &ours_peak, gemm.0), ("torch", &torch_peak, gemm.1)] {
+        eprintln!(
+            "peak for {who}: {:.1} GFLOP/s {} ({}); a {} matrix product measures {:.1} GFLOP/s",
+            p.flops_per_second / 1e9,
+            p.precision,
+            p.derivation,
+            p.precision,
+            g / 1e9
+        );
+    }
+    eprintln!(
+        "MFU: joint {:.2} GFLOP/step, ours {:.1} % ({:.1} GFLOP/s) / torch {:.1} % ({:.1} \
+         GFLOP/s); cggm {:.2} GFLOP/step, ours {:.1} % ({:.1} GFLOP/s) / torch {:.1} % ({:.1} \
+         GFLOP/s)",
+        fj / 1e9,
+        100.0 * mfu(fj, ours.0, &ours_peak),
+        fj / ours.0 / 1e9,
+        100.0 * mfu(fj, theirs.0, &torch_peak),
+        fj / theirs.0 / 1e9,
+        fc / 1e9,
+        100.0 * mfu(fc, ours.1, &ours_peak),
+        fc / ours.1 / 1e9,
+        100.0 * mfu(fc, theirs.1, &torch_peak),
+        fc / theirs.1 / 1e9,
+    );
+    Some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mfu_is_the_achieved_rate_over_the_peak() {
+        let peak = Peak {
+            flops_per_second: 100e9,
+            precision: "fp32".into(),
+            derivation: String::new(),
+        };
+        assert!((mfu(40e9, 2.0, &peak) - 0.2).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_cpu_peak_names_its_numbers_and_doubles_for_bf16_only_where_the_cpu_has_it() {
+        let Some(fp32) = cpu_peak(2, "fp32") else {
+            return; // not Linux: no /proc/cpuinfo
+        };
+        assert!(fp32.flops_per_second > 1e9, "{fp32:?}");
+        assert!(
+            fp32.derivation.starts_with("2 cores x "),
+            "{}",
+            fp32.derivation
+        );
+        let bf16 = cpu_peak(2, "bf16").unwrap();
+        let ratio = bf16.flops_per_second / fp32.flops_per_second;
+        if bf16.precision == "bf16" {
+            assert!((ratio - 2.0).abs() < 1e-9);
+        } else {
+            assert!((ratio - 1.0).abs() < 1e-9);
+        }
+    }
+}
