@@ -44,13 +44,20 @@ def main():
     ap.add_argument("--presets", default=",".join(PRESETS))
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json-dir", help="keep each preset's JSON report here")
+    # passive: idle OpenMP threads sleep (on a shared machine a spinning side would steal the
+    # other side's cores). spin-then-sleep: libgomp's default (spin ~ms, then sleep), what a job
+    # alone on its cores gets. Not `active`: its threads spin forever, also while the other side's
+    # round runs, and so slow down the other side.
+    ap.add_argument("--omp-wait-policy", default=os.environ.get("OMP_WAIT_POLICY", "passive"),
+                    choices=["passive", "spin-then-sleep", "active"])
     ap.add_argument("--precision", default="fp32",
                     help="ours: fp32 or bf16 (on a CPU PyTorch stays fp32, the baseline)")
     args = ap.parse_args()
     env = dict(os.environ)
-    # Idle OpenMP threads sleep instead of spinning: on a shared machine a spinning side would
-    # steal the other side's cores.
-    env.setdefault("OMP_WAIT_POLICY", "passive")
+    if args.omp_wait_policy == "spin-then-sleep":
+        env.pop("OMP_WAIT_POLICY", None)
+    else:
+        env["OMP_WAIT_POLICY"] = args.omp_wait_policy
     rows, peaks = [], []
     for preset in args.presets.split(","):
         if preset not in PRESETS:

@@ -689,6 +689,9 @@ def main():
     ap.add_argument("--profile-layers", type=int, metavar="TOP", default=0,
                     help="instead of the timing: each method's per-layer forward time against its "
                          "FLOPs, the TOP slowest layers and the time by layer type")
+    ap.add_argument("--count-forward", action="store_true",
+                    help="only count the FLOPs of one inference forward pass (eval mode, the fused "
+                         "output) per sample at --crop, for `cggm bench infer --flops`")
     args = ap.parse_args()
     cfg = json.load(sys.stdin)
     if args.threads > 0:
@@ -710,6 +713,16 @@ def main():
 
         def make_runner(method):
             return Runner(cfg, method, device, amp)
+    if args.count_forward:
+        from torch.utils.flop_counter import FlopCounterMode
+        runner = make_runner("joint")
+        runner.model.eval()
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            runner.model(images)
+        print(json.dumps({"forward_flops_per_sample": counter.get_total_flops() / args.batch_size,
+                          "crop": args.crop}))
+        return
     out = {"torch": torch.__version__, "threads": torch.get_num_threads(),
            "seconds_per_step": {}, "peak_gpu_bytes": {}, "peak_gpu_reserved_bytes": {},
            "last_loss": {}, "params": {"model": 0, "classifiers": 0}, "flops": {}}

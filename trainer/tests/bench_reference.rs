@@ -95,3 +95,39 @@ fn the_pytorch_reference_has_our_feature_regression_model() {
 fn the_pytorch_reference_has_our_segmentation_model() {
     one_round("tiny").unwrap();
 }
+
+#[test]
+fn bench_infer_reports_the_flops_of_a_case_and_its_utilisation() {
+    let python = std::env::var_os("CGGM_PYTHON")
+        .or(option_env!("CGGM_BUILD_PYTHON").map(Into::into))
+        .expect("CGGM_PYTHON is not set: run through `scripts/with-torch.sh cargo test ...`");
+    let out = Command::new(env!("CARGO_BIN_EXE_cggm-trainer"))
+        .args(["bench", "infer", "--preset", "tiny", "--size", "32x32x8"])
+        .args([
+            "--repeats",
+            "1",
+            "--no-reference",
+            "--device",
+            "cpu",
+            "--flops",
+        ])
+        .arg("--python")
+        .arg(python)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let u = &report["utilisation"];
+    let slices = u["brain_slices"].as_u64().unwrap();
+    assert!((1..=8).contains(&slices), "{u}");
+    let per_slice = u["forward_flops_per_slice"].as_f64().unwrap();
+    assert!(per_slice > 1e6, "{u}");
+    assert_eq!(
+        u["flops_per_case"].as_f64().unwrap(),
+        per_slice * slices as f64
+    );
+    let mfu = u["mfu"].as_f64().unwrap();
+    assert!(mfu > 0.0 && mfu < 2.0, "{u}");
+    assert!(stderr.contains("MFU"), "{stderr}");
+}

@@ -117,6 +117,14 @@ pub struct InferBenchArgs {
     /// Skip the reference path (only time the fast one).
     #[arg(long)]
     pub no_reference: bool,
+    /// Also report utilisation: the FLOPs of one slice's forward pass counted by the PyTorch
+    /// reference (scripts/bench_torch.py --count-forward, through --python or $CGGM_PYTHON) times
+    /// the slices the default path predicts, over its time, against the machine's peak.
+    #[arg(long)]
+    pub flops: bool,
+    /// The Python with torch for --flops (default: $CGGM_PYTHON, else python3).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -959,8 +967,105 @@ fn bench_infer(args: InferBenchArgs) -> Result<()> {
     if !args.no_reference {
         out["ratio_reference_over_default"] = json!(times[0][times[0].len() / 2] / default_median);
     }
+    if args.flops {
+        out["utilisation"] = infer_utilisation(&args, &model.cfg, &study, device, default_median)?;
+    }
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
+}
+
+/// `bench infer --flops`: the default path's FLOPs per case (one slice's forward, counted by the
+/// PyTorch reference at the slice's in-plane size, times the slices that hold brain) and its MFU.
+fn infer_utilisation(
+    args: &InferBenchArgs,
+    cfg: &TrainConfig,
+    study: &Study,
+    device: Device,
+    seconds: f64,
+) -> Result<serde_json::Value> {
+    let (_, nx, ny, nz) = study.images.dim();
+    anyhow::ensure!(
+        nx == ny && nx % 16 == 0,
+        "--flops counts square slices whose side is a multiple of 16 (the network's stride), \
+         got {nx}x{ny}"
+    );
+    let images = study.images.view();
+    let brain_slices = (0..nz)
+        .filter(|&z| {
+            images
+                .slice(ndarray::s![.., .., .., z])
+                .iter()
+                .any(|&v| v != 0.0)
+        })
+        .count();
+    let python = args
+        .python
+        .clone()
+        .or_else(|| std::env::var_os("CGGM_PYTHON").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench_torch.py");
+    let mut child = std::process::Command::new(&python)
+        .arg(&script)
+        .args([
+            "--count-forward",
+            "--batch-size",
+            "1",
+            "--crop",
+            &nx.to_string(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("--flops: cannot start {} ({e})", python.display()))?;
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(serde_json::to_string(cfg)?.as_bytes())?;
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(out.status.success(), "--flops: {} failed", script.display());
+    let counted: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let per_slice = counted["forward_flops_per_sample"]
+        .as_f64()
+        .ok_or_else(|| anyhow::anyhow!("--flops: no count in {counted}"))?;
+    let flops = per_slice * brain_slices as f64;
+    let precision = match cggm_trainer::predict::inference_kind(device) {
+        tch::Kind::BFloat16 => "bf16",
+        tch::Kind::Half => "fp16",
+        _ => "fp32",
+    };
+    let peak = if device.is_cuda() {
+        crate::utilisation::cuda_peak(precision)
+    } else {
+        crate::utilisation::cpu_peak(tch::get_num_threads().max(1) as usize, precision)
+    }
+    .ok_or_else(|| anyhow::anyhow!("--flops: this machine's peak is unknown"))?;
+    let gemm = crate::utilisation::gemm_rate(device, precision);
+    let mfu = crate::utilisation::mfu(flops, seconds, &peak);
+    eprintln!(
+        "inference: {brain_slices} brain slices x {:.2} GFLOP = {:.1} GFLOP per case in {seconds:.3} \
+         s: {:.1} GFLOP/s, MFU {:.1} % of {:.1} GFLOP/s {} ({}); a {precision} matrix product \
+         measures {:.1} GFLOP/s",
+        per_slice / 1e9,
+        flops / 1e9,
+        flops / seconds / 1e9,
+        100.0 * mfu,
+        peak.flops_per_second / 1e9,
+        peak.precision,
+        peak.derivation,
+        gemm / 1e9
+    );
+    Ok(json!({
+        "brain_slices": brain_slices,
+        "forward_flops_per_slice": per_slice,
+        "flops_per_case": flops,
+        "achieved_flops_per_second": flops / seconds,
+        "peak": peak,
+        "mfu": mfu,
+        "gemm_flops_per_second": gemm,
+        "of_gemm_rate": flops / seconds / gemm,
+    }))
 }
 
 /// CUDA (or any --device) against the CPU from the same weights and the same batch: the
