@@ -26,14 +26,20 @@ pub struct StudyArgs {
     /// CGGM's lambda values to cross with the CGGM methods.
     #[arg(long, value_delimiter = ',')]
     pub lambda: Vec<f64>,
+    /// The preset every run starts from (`cggm train --help` lists them; default: the
+    /// trainer's default for the dataset's task).
     #[arg(long)]
     pub preset: Option<String>,
+    /// Epochs of every run (default: the preset's).
     #[arg(long)]
     pub epochs: Option<u64>,
+    /// Training steps per epoch of every run (default: the preset's).
     #[arg(long)]
     pub steps_per_epoch: Option<u64>,
+    /// Device of every run: auto, cpu or cuda:N (default: the server's choice).
     #[arg(long)]
     pub device: Option<String>,
+    /// The study's name on the compare page (default: "joint vs cggm on DATASET").
     #[arg(long)]
     pub name: Option<String>,
     /// Wait until every run has finished, then print the aggregate as CSV.
@@ -179,4 +185,23 @@ pub fn run(args: StudyArgs) -> anyhow::Result<()> {
         print!("{csv}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StudyArgs;
+    use clap::{Args, Command};
+
+    #[test]
+    fn every_study_option_has_help() {
+        let cmd = StudyArgs::augment_args(Command::new("study"));
+        for arg in cmd.get_arguments() {
+            assert!(
+                arg.get_help()
+                    .is_some_and(|h| !h.to_string().trim().is_empty()),
+                "--{} has no help",
+                arg.get_id()
+            );
+        }
+    }
 }

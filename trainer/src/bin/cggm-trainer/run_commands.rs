@@ -162,6 +162,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
 pub enum EvalSplit {
     /// The run's test split, as saved in its split.json when the run started.
     Test,
+    /// The run's validation split (the cases that chose its best checkpoint).
     Val,
     /// Every case of the dataset.
     All,
@@ -180,6 +181,7 @@ pub struct EvalArgs {
     /// Where to write the JSON report (default RUN_DIR/eval-<split>.json).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// auto, cpu or cuda:N (default: auto).
     #[arg(long)]
     pub device: Option<String>,
     /// brats-pooled (the official BraTS evaluation: 95th percentile of both directed surface
@@ -309,8 +311,10 @@ pub struct InferArgs {
     /// JSON summary path (default: next to --out, `<name>.json`).
     #[arg(long)]
     pub summary: Option<PathBuf>,
+    /// Where progress events go as JSON lines: a file, or `-` for stdout.
     #[arg(long)]
     pub events: Option<PathBuf>,
+    /// auto, cpu or cuda:N (default: auto).
     #[arg(long)]
     pub device: Option<String>,
 }
