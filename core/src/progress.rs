@@ -62,9 +62,13 @@ impl Progress {
         let bar = (display == Display::Bar).then(|| {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
             bar.set_style(
-                ProgressStyle::with_template(&format!(
-                    "{{prefix}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{per_sec}} ETA {{eta}} {{msg}}"
-                ))
+                ProgressStyle::with_template(&if unit == PERCENT {
+                    "{prefix} [{bar:30}] {pos}% ETA {eta} {msg}".to_string()
+                } else {
+                    format!(
+                        "{{prefix}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{per_sec}} ETA {{eta}} {{msg}}"
+                    )
+                })
                 .expect("a valid template")
                 .progress_chars("=> "),
             );
@@ -134,6 +138,9 @@ impl Progress {
         state.finished = true;
         if let Some(bar) = &self.bar {
             bar.finish();
+        } else if self.display == Display::Lines && self.unit == PERCENT {
+            let seconds = state.started.elapsed().as_secs_f64();
+            eprintln!("{}: done in {}", self.label, duration(seconds));
         } else if self.display == Display::Lines {
             let seconds = state.started.elapsed().as_secs_f64();
             eprintln!(
@@ -161,6 +168,10 @@ impl Progress {
         } else {
             "?".into()
         };
+        if self.unit == PERCENT {
+            // A share of the work, not a count: "infer: 84%", not "infer: 84/100 % (84%)".
+            return format!("{}: {:.0}%, ETA {eta}", self.label, 100.0 * done);
+        }
         format!(
             "{}: {}/{} {} ({:.0}%), {}, ETA {eta}",
             self.label,
@@ -264,8 +275,9 @@ impl EventProgress {
             Event::Progress {
                 stage, fraction, ..
             } => {
-                let p = current
-                    .get_or_insert_with(|| Progress::with_display("infer", 100, "%", self.display));
+                let p = current.get_or_insert_with(|| {
+                    Progress::with_display("infer", 100, PERCENT, self.display)
+                });
                 p.set_message(stage.clone());
                 p.set_position((fraction * 100.0).round() as u64);
                 if *fraction >= 1.0 {
@@ -284,9 +296,21 @@ impl EventProgress {
     }
 }
 
+/// The unit of a progress measured in per cent of the work.
+pub const PERCENT: &str = "%";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_share_of_the_work_reads_as_a_percentage_not_a_count() {
+        let p = Progress::with_display("infer", 100, PERCENT, Display::Hidden);
+        p.set_position(84);
+        let line = p.line(&p.lock());
+        assert!(line.starts_with("infer: 84%, ETA "), "{line}");
+        assert!(!line.contains("/100"), "{line}");
+    }
 
     #[test]
     fn durations_and_rates_read_naturally() {
