@@ -173,6 +173,13 @@ pub fn run(args: StudyArgs) -> anyhow::Result<()> {
         "study {id}: {} runs queued; aggregate at {base}/comparisons/{id}",
         made["jobs"].as_array().map_or(0, Vec::len)
     );
+    // The server owns the warnings (too few seeds, ...): print what its aggregate says.
+    let aggregate = api.get(&format!("/api/comparisons/{id}"))?;
+    for warning in aggregate["warnings"].as_array().into_iter().flatten() {
+        if let Some(text) = warning.as_str() {
+            eprintln!("warning: {text}");
+        }
+    }
     if args.wait {
         loop {
             let aggregate = api.get(&format!("/api/comparisons/{id}"))?;

@@ -54,6 +54,8 @@
     try { a = await api("GET", "/api/comparisons/" + id); } catch (err) { toast(err.message, true); return; }
     const finished = a.runs.filter((r) => !["queued", "running"].includes(r.state)).length;
     progress.textContent = finished + " of " + a.runs.length + " runs finished" + (a.done ? "" : " (refreshing)");
+    const warnings = document.querySelector("#comparison-warnings");
+    warnings.replaceChildren(...(a.warnings || []).map((w) => el("p", { class: "notice" }, w)));
     table(document.querySelector("#comparison-summary"), ["method", "runs with a test score"].concat(a.metrics),
       a.arms.map((arm, k) => [swatch(k, arm.arm), arm.finished + " / " + arm.runs].concat(a.metrics.map((m) => fmt(arm.metrics[m])))));
     table(document.querySelector("#comparison-paired"), ["method", "metric", "Δ vs joint", "above joint on"],

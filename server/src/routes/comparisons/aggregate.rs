@@ -67,7 +67,13 @@ pub struct Aggregate {
     pub arms: Vec<ArmSummary>,
     pub paired: Vec<PairedDifference>,
     pub modality: Vec<ModalityScore>,
+    /// What the reader must know before trusting the intervals (e.g. too few seeds).
+    pub warnings: Vec<String>,
 }
+
+/// Seeds below which a 95 % t interval is too wide to decide anything (2 seeds: mean ± 12.7 x
+/// the standard error).
+pub const MIN_SEEDS: usize = 3;
 
 /// Metrics where lower is better are still aggregated the same way; the headline is the first
 /// of these that the runs report.
@@ -96,6 +102,7 @@ pub async fn aggregate(state: &AppState, id: i64) -> Result<Aggregate> {
         arms: summary.arms,
         paired: summary.paired,
         modality: summary.modality,
+        warnings: summary.warnings,
     })
 }
 
@@ -149,6 +156,19 @@ struct Summary {
     arms: Vec<ArmSummary>,
     paired: Vec<PairedDifference>,
     modality: Vec<ModalityScore>,
+    warnings: Vec<String>,
+}
+
+/// The warning for a study of `seeds` distinct seeds, if it has too few.
+pub fn seed_warning(seeds: usize) -> Option<String> {
+    (seeds < MIN_SEEDS).then(|| {
+        format!(
+            "Only {seeds} seed{}: a 95 % interval over fewer than {MIN_SEEDS} seeds is too wide to \
+             decide anything (with 2 seeds it is the mean ± 12.7 standard errors). Run at least \
+             {MIN_SEEDS} seeds, better 5.",
+            if seeds == 1 { "" } else { "s" }
+        )
+    })
 }
 
 /// Per arm (in the order the runs name them): every metric's interval over the seeds, the paired
@@ -214,12 +234,14 @@ fn summarise(runs: &[RunResult]) -> Summary {
         .find(|h| metrics.iter().any(|m| m == *h))
         .map(|h| h.to_string())
         .or_else(|| metrics.first().cloned());
+    let seeds = runs.iter().map(|r| r.seed).collect::<BTreeSet<_>>().len();
     Summary {
         headline,
         metrics,
         arms,
         paired,
         modality,
+        warnings: seed_warning(seeds).into_iter().collect(),
     }
 }
 
@@ -292,5 +314,24 @@ mod tests {
         // Seeds 1 and 2 only (joint has no seed 3): +0.10 and -0.05.
         assert_eq!((accuracy.interval.n, accuracy.above), (2, 1));
         assert!((accuracy.interval.mean - 0.025).abs() < 1e-12);
+        assert!(
+            summary.warnings.is_empty(),
+            "three seeds: {:?}",
+            summary.warnings
+        );
+    }
+
+    #[test]
+    fn a_study_of_fewer_than_three_seeds_says_its_intervals_cannot_decide() {
+        let runs = [
+            run("joint", 1, &[("dice_mean", 0.5)]),
+            run("cggm", 1, &[("dice_mean", 0.6)]),
+            run("joint", 2, &[("dice_mean", 0.4)]),
+            run("cggm", 2, &[("dice_mean", 0.3)]),
+        ];
+        let warnings = summarise(&runs).warnings;
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].starts_with("Only 2 seeds"), "{}", warnings[0]);
+        assert!(seed_warning(1).unwrap().starts_with("Only 1 seed:"));
     }
 }

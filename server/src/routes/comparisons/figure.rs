@@ -452,6 +452,7 @@ mod tests {
             arms,
             paired: vec![],
             modality: vec![],
+            warnings: vec![],
         }
     }
 
