@@ -26,6 +26,18 @@ async fn launch_from_the_form_watch_the_curves_and_step_through_the_viewer() {
 
     // The form: tiny preset, one epoch of three steps on the CPU.
     browser.goto(&server.url("/runs/new")).await;
+    // Presets say what hardware they are for, and the chosen one is described (issue 18).
+    browser
+        .wait_for(
+            "(() => { const f = document.querySelector('#new-run');
+               const paper = [...f.preset.options].find((o) => o.value === 'paper');
+               const small = [...f.preset.options].find((o) => o.value === 'cpu-small');
+               return paper && paper.textContent === 'paper (GPU)' && paper.title.includes('GPU')
+                 && small && small.textContent === 'cpu-small (CPU)'
+                 && document.querySelector('#preset-description').textContent.includes('CPU'); })()",
+            Duration::from_secs(10),
+        )
+        .await;
     browser
         .script(
             "const f = document.querySelector('#new-run');

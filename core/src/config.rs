@@ -286,6 +286,44 @@ impl TrainConfig {
         "paper-food101",
     ];
 
+    /// The hardware preset `name` is made for, and one line on what it is, for the new-run form
+    /// (times measured on the development machine's 2 CPU cores, README "Performance").
+    pub fn preset_hardware(name: &str) -> (&'static str, &'static str) {
+        match name {
+            "paper" => (
+                "GPU",
+                "the paper's BraTS model, 4 x ResNet-101 at crop 160, batch 64: meant for a GPU \
+                 (on 2 CPU cores one step at batch 2, crop 64 takes 1.5-2.5 s)",
+            ),
+            "cpu-small" => (
+                "CPU",
+                "4 x ResNet-18 at 1/4 width, crop 64, batch 16: trains in minutes on 2 CPU cores \
+                 (0.15-0.3 s per step)",
+            ),
+            "tiny" => ("CPU", "a toy model for tests and demos: seconds"),
+            "cpu-features" => (
+                "CPU",
+                "small Transformers for feature datasets: minutes on a CPU",
+            ),
+            "paper-mosi" => (
+                "CPU",
+                "MulT at CMU-MOSI's shapes (the paper's setting), batch 64: ~1 s per step on 2 \
+                 CPU cores",
+            ),
+            "paper-iemocap" => (
+                "CPU",
+                "MulT at IEMOCAP's shapes (the paper's setting), batch 64: ~0.3 s per step on 2 \
+                 CPU cores",
+            ),
+            "paper-food101" => (
+                "CPU",
+                "Food-101's text and image features (the paper's setting), batch 128: ~0.05 s \
+                 per step on 2 CPU cores",
+            ),
+            _ => ("CPU", ""),
+        }
+    }
+
     /// The tasks preset `name` trains: a segmentation preset segments; `cpu-features` trains
     /// either feature task (the dataset decides); the paper's feature presets are those of their
     /// benchmark (CMU-MOSI sentiment is a regression, IEMOCAP and Food-101 classifications).

@@ -515,6 +515,10 @@ pub struct PresetChoice {
     pub task: TaskKind,
     /// Every task the preset trains (`cpu-features`: classification and regression).
     pub tasks: Vec<TaskKind>,
+    /// `CPU` or `GPU`: what the preset is made for.
+    pub hardware: String,
+    /// One line on the preset (model, size, measured step time).
+    pub description: String,
     pub defaults: RunOptions,
 }
 
@@ -599,6 +603,8 @@ impl Vocabulary {
                     name: cfg.preset.clone(),
                     task: cfg.task,
                     tasks: TrainConfig::preset_tasks(&cfg.preset).to_vec(),
+                    hardware: TrainConfig::preset_hardware(&cfg.preset).0.to_string(),
+                    description: TrainConfig::preset_hardware(&cfg.preset).1.to_string(),
                     defaults: RunOptions::of(&cfg),
                 })
                 .collect(),

@@ -93,6 +93,17 @@ pub struct DatasetChoice {
     pub modalities: String,
 }
 
+/// One preset of the form's list.
+pub struct PresetOption {
+    pub name: String,
+    pub task: String,
+    /// Fits the first dataset's task (the others are hidden until another dataset is chosen).
+    pub fits: bool,
+    /// `paper (GPU)`.
+    pub label: String,
+    pub description: String,
+}
+
 /// One run option of the form, described from the trainer's vocabulary.
 pub struct FormField {
     pub name: String,
@@ -108,8 +119,7 @@ pub struct FormField {
 pub struct NewRun {
     pub datasets: Vec<DatasetChoice>,
     pub methods: Vec<String>,
-    /// (name, task, fits the first dataset's task)
-    pub presets: Vec<(String, String, bool)>,
+    pub presets: Vec<PresetOption>,
     pub default_preset: String,
     pub fields: Vec<FormField>,
 }

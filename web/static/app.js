@@ -83,6 +83,7 @@ if (newRun) {
     };
     const placeholders = () => {
       const preset = vocab.presets.find((p) => p.name === f.preset.value);
+      $("#preset-description").textContent = preset ? preset.description : "";
       for (const option of vocab.options) {
         const input = f[option.name];
         if (!input || input.tagName !== "INPUT") continue;
@@ -96,10 +97,13 @@ if (newRun) {
       const task = chosen.dataset.task;
       const modalities = (chosen.dataset.modalities || "").split(",").filter(Boolean);
       fill(f.method, vocab.methods.map((m) => m.name).concat(modalities.map((m) => vocab.unimodal_prefix + m)));
-      const fitting = vocab.presets.filter((p) => (p.tasks || [p.task]).includes(task)).map((p) => p.name);
+      const presets = vocab.presets.filter((p) => (p.tasks || [p.task]).includes(task));
+      const fitting = presets.map((p) => p.name);
       const keep = f.preset.value;
-      fill(f.preset, fitting);
-      if (!fitting.includes(keep) && fitting.includes(vocab.default_preset)) f.preset.value = vocab.default_preset;
+      f.preset.replaceChildren(...presets.map((p) =>
+        el("option", { value: p.name, title: p.description }, p.name + " (" + p.hardware + ")")));
+      if (fitting.includes(keep)) f.preset.value = keep;
+      else if (fitting.includes(vocab.default_preset)) f.preset.value = vocab.default_preset;
       placeholders();
     };
     f.dataset_id.addEventListener("change", fit);

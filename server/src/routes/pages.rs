@@ -310,12 +310,12 @@ async fn new_run(State(state): State<AppState>) -> Response {
             let presets = vocabulary
                 .presets
                 .iter()
-                .map(|p| {
-                    (
-                        p.name.clone(),
-                        p.task.to_string(),
-                        p.task.to_string() == task,
-                    )
+                .map(|p| PresetOption {
+                    name: p.name.clone(),
+                    task: p.task.to_string(),
+                    fits: p.task.to_string() == task,
+                    label: format!("{} ({})", p.name, p.hardware),
+                    description: p.description.clone(),
                 })
                 .collect();
             let default_preset =
