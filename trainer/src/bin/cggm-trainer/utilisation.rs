@@ -18,8 +18,9 @@ pub struct Peak {
 
 /// The rate libtorch reaches here on one large square matrix product in `precision` (n = 2048
 /// on a CPU, 8192 on CUDA; median of 5 after 2 warm-ups): a measured ceiling beside the nominal
-/// peak, which a CPU's boost clock can exceed (on the development machine a 1x1 convolution ran
-/// at 191 GFLOP/s against a nominal fp32 peak of 166 from the 2.6 GHz that /proc/cpuinfo shows).
+/// peak, which a CPU's boost clock can exceed (on the development machine a 3x3 convolution of
+/// the fusion head ran at 191 GFLOP/s against a nominal fp32 peak of 166 from the 2.6 GHz that
+/// /proc/cpuinfo shows).
 pub fn gemm_rate(device: tch::Device, precision: &str) -> f64 {
     let kind = match precision {
         "bf16" => tch::Kind::BFloat16,
