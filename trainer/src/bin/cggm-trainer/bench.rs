@@ -604,7 +604,7 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
             last,
             (per_step[joint], per_step[cggm]),
             (tj, tc),
-            device.is_cuda(),
+            device,
             (&args.precision, torch_precision(device, &args.precision)),
         ) {
             out["utilisation"] = u;
@@ -716,11 +716,7 @@ impl TorchReference {
         spec: Option<&DatasetSpec>,
         device: Device,
     ) -> Result<Self> {
-        let python = args
-            .python
-            .clone()
-            .or_else(|| std::env::var_os("CGGM_PYTHON").map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from("python3"));
+        let python = python_with_torch(args.python.as_ref());
         let script = match &args.torch_script {
             Some(p) => p.clone(),
             None => [
@@ -974,6 +970,14 @@ fn bench_infer(args: InferBenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The Python that runs the PyTorch reference: `--python`, else `$CGGM_PYTHON`, else python3.
+fn python_with_torch(explicit: Option<&PathBuf>) -> PathBuf {
+    explicit
+        .cloned()
+        .or_else(|| std::env::var_os("CGGM_PYTHON").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("python3"))
+}
+
 /// `bench infer --flops`: the default path's FLOPs per case (one slice's forward, counted by the
 /// PyTorch reference at the slice's in-plane size, times the slices that hold brain) and its MFU.
 fn infer_utilisation(
@@ -998,11 +1002,7 @@ fn infer_utilisation(
                 .any(|&v| v != 0.0)
         })
         .count();
-    let python = args
-        .python
-        .clone()
-        .or_else(|| std::env::var_os("CGGM_PYTHON").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("python3"));
+    let python = python_with_torch(args.python.as_ref());
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench_torch.py");
     let mut child = std::process::Command::new(&python)
         .arg(&script)
@@ -1035,12 +1035,8 @@ fn infer_utilisation(
         tch::Kind::Half => "fp16",
         _ => "fp32",
     };
-    let peak = if device.is_cuda() {
-        crate::utilisation::cuda_peak(precision)
-    } else {
-        crate::utilisation::cpu_peak(tch::get_num_threads().max(1) as usize, precision)
-    }
-    .ok_or_else(|| anyhow::anyhow!("--flops: this machine's peak is unknown"))?;
+    let peak = crate::utilisation::peak(device, precision)
+        .ok_or_else(|| anyhow::anyhow!("--flops: this machine's peak is unknown"))?;
     let gemm = crate::utilisation::gemm_rate(device, precision);
     let mfu = crate::utilisation::mfu(flops, seconds, &peak);
     eprintln!(

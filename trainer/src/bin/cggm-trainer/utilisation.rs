@@ -150,6 +150,16 @@ pub fn cuda_peak(precision: &str) -> Option<Peak> {
     })
 }
 
+/// `device`'s peak in `precision`: the CUDA device's published one, or the CPU's with the
+/// threads libtorch uses.
+pub fn peak(device: tch::Device, precision: &str) -> Option<Peak> {
+    if device.is_cuda() {
+        cuda_peak(precision)
+    } else {
+        cpu_peak(tch::get_num_threads().max(1) as usize, precision)
+    }
+}
+
 /// The `utilisation` block of `cggm bench train --against-torch`: the FLOPs per step that the
 /// PyTorch reference counted (`flops` in its output; the same architecture, whose parameter
 /// counts the bench checks against ours), each side's peak, and the MFU of both implementations
@@ -161,22 +171,10 @@ pub fn train_report(
     torch: &serde_json::Map<String, serde_json::Value>,
     ours: (f64, f64),
     theirs: (f64, f64),
-    cuda: bool,
+    device: tch::Device,
     precision: (&str, &str),
 ) -> Option<serde_json::Value> {
-    let peak = |precision: &str| {
-        if cuda {
-            cuda_peak(precision)
-        } else {
-            cpu_peak(tch::get_num_threads().max(1) as usize, precision)
-        }
-    };
-    let (ours_peak, torch_peak) = (peak(precision.0)?, peak(precision.1)?);
-    let device = if cuda {
-        tch::Device::Cuda(0)
-    } else {
-        tch::Device::Cpu
-    };
+    let (ours_peak, torch_peak) = (peak(device, precision.0)?, peak(device, precision.1)?);
     let gemm = (
         gemm_rate(device, precision.0),
         gemm_rate(device, precision.1),
