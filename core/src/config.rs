@@ -273,6 +273,11 @@ pub struct TrainConfig {
     /// numbers (issue 8): hyper-parameters of the OGM-GE, AGM and PMR baselines.
     #[serde(default)]
     pub baselines: crate::baseline_config::BaselineConfig,
+    /// Fine-tuning: the run directory whose weights (best, else last) this run starts from
+    /// instead of a fresh initialisation. The network must be the same; the optimiser, the
+    /// schedule and the step counter start afresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
 }
 
 impl TrainConfig {
@@ -403,6 +408,7 @@ impl TrainConfig {
             },
             eval_batch: 16,
             baselines: Default::default(),
+            init_from: None,
         };
         match name {
             // numbers (issue 8): the authors' protocol (zrguo/CGGM datasets/BratsDataset.py and

@@ -15,6 +15,7 @@ pub mod eval;
 pub mod eval_features;
 pub mod export;
 pub mod features_data;
+pub mod fine_tune;
 pub mod infer;
 pub mod model;
 pub mod optim;

@@ -147,6 +147,17 @@ fn run_inner<T: TaskRun>(
     let started = Instant::now();
     let _lock = claim(&cfg, run_dir, opts)?;
     let (mut task, mut trainer) = T::prepare(&cfg, run_dir)?;
+    if let (Some(source), false) = (&cfg.init_from, opts.resume) {
+        // A resumed run's weights come from its own checkpoint, not from the source again.
+        let from = crate::fine_tune::init_from(source, &mut trainer.model)?;
+        tracing::info!(
+            "initialised from {} ({} checkpoint, epoch {}; classifiers {})",
+            source.display(),
+            from.checkpoint,
+            from.epoch,
+            if from.classifiers { "too" } else { "fresh" }
+        );
+    }
     let modalities = trainer.model.modality_names.len();
     let mut progress = match trainer.resume_if(opts.resume, run_dir)? {
         Some(state) => Progress {

@@ -43,20 +43,27 @@ pub struct TrainArgs {
     /// Stop after N epochs of the schedule (continue later with --resume).
     #[arg(long)]
     pub stop_after_epochs: Option<usize>,
+    /// Fine-tune: start from the weights of the run in this directory (its best checkpoint, else
+    /// its last) instead of a fresh initialisation. Its network (preset, modalities, task) must
+    /// be this run's; the optimiser and schedule start afresh.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub init_from: Option<PathBuf>,
 }
 
 /// The `cggm train` flags that are not run options: the server sets them itself for every job
 /// (`data` from the chosen dataset, `out` and `events` from the job, `config` is how it hands the
-/// request over, `resume` is the Resume button), and `stop_after_epochs` is a scripting aid whose
-/// place in the application Cancel and Resume take.
+/// request over, `resume` is the Resume button), `stop_after_epochs` is a scripting aid whose
+/// place in the application Cancel and Resume take, and `init_from` is a path here but a finished
+/// run's id in a request (the server resolves it: a request never names a folder).
 #[cfg(test)]
-const FLAGS_THE_SERVER_SETS: [&str; 6] = [
+const FLAGS_THE_SERVER_SETS: [&str; 7] = [
     "data",
     "out",
     "config",
     "events",
     "resume",
     "stop_after_epochs",
+    "init_from",
 ];
 
 /// Recursively overlays `patch` onto `base` (objects merge, everything else replaces).
@@ -101,6 +108,16 @@ impl TrainArgs {
             cfg.data = v.clone();
         }
         self.options.apply(&mut cfg);
+        if let Some(source) = &self.init_from {
+            if self.resume {
+                bail!("--init-from starts a new run and --resume continues one: pass only one");
+            }
+            // Absolute, so that config.json says which run it came from wherever it is read.
+            cfg.init_from = Some(
+                std::path::absolute(source)
+                    .with_context(|| format!("--init-from {}", source.display()))?,
+            );
+        }
         if is_feature_dataset(&cfg.data) {
             cfg.task = DatasetSpec::read(&cfg.data)?.task;
         } else if cfg.task != TaskKind::Segmentation && !cfg.data.as_os_str().is_empty() {
