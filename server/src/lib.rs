@@ -9,6 +9,7 @@ pub mod executor;
 pub mod feature_datasets;
 pub mod inspect;
 pub mod jobs;
+pub mod labels;
 pub mod limits;
 pub mod retention;
 pub mod routes;

@@ -19,6 +19,7 @@ pub fn router() -> Router<AppState> {
         .route("/datasets/{id}", get(show))
         .route("/datasets/{id}/validate", post(revalidate))
         .route("/datasets/{id}/cases", post(upload_case))
+        .route("/datasets/{id}/cases/from-study", post(add_study_case))
 }
 
 #[derive(Debug, Serialize)]
@@ -201,7 +202,7 @@ async fn revalidate(
     Ok((StatusCode::ACCEPTED, Json(view(&state, dataset))))
 }
 
-async fn rescan(state: &AppState, id: i64, full: bool) -> Result<Json<DatasetView>> {
+pub(crate) async fn rescan(state: &AppState, id: i64, full: bool) -> Result<Json<DatasetView>> {
     let dataset = db::dataset(&state.pool, id).await?;
     let path = PathBuf::from(&dataset.path);
     let report = tokio::task::spawn_blocking(move || inspect_dataset(&path, full))
@@ -263,6 +264,88 @@ async fn upload_case(
         )));
     }
     std::fs::rename(&staged, &target)?;
+    rescan(&state, id, false)
+        .await
+        .map(|j| (StatusCode::CREATED, j))
+}
+
+#[derive(Debug, Deserialize)]
+struct StudyCase {
+    study_id: i64,
+    /// The case's folder name; `study-<id>` when missing.
+    case: Option<String>,
+}
+
+/// `POST /api/datasets/{id}/cases/from-study` `{"study_id": N, "case": "name"}`: adds a study with
+/// its current ground truth (a corrected label, else the uploaded one) to an uploaded dataset as
+/// a case, copied in the BraTS layout, so that a run can be trained on corrected cases (and
+/// fine-tuned from a finished run with `init_from`). The study keeps its files; an existing case
+/// is never replaced.
+async fn add_study_case(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Json(body): Json<StudyCase>,
+) -> Result<(StatusCode, Json<DatasetView>)> {
+    let dataset = db::dataset(&state.pool, id).await?;
+    if dataset.source != "uploaded" {
+        return Err(Error::Conflict(format!(
+            "dataset {} is a registered folder, which the server never writes to: add the case \
+             to a dataset created here (POST /api/datasets with a name only)",
+            dataset.name
+        )));
+    }
+    let study = db::study(&state.pool, body.study_id).await?;
+    let truth = crate::labels::ground_truth(&state.pool, &study)
+        .await?
+        .ok_or_else(|| {
+            Error::Unprocessable(format!(
+                "study {} has no ground truth: correct its prediction in the viewer and save \
+                 it (or upload the study with its seg file) before adding it to a dataset",
+                study.name
+            ))
+        })?;
+    let view = super::studies::StudyView::from(study.clone());
+    if view.files.contains_key("4d") {
+        return Err(Error::Unprocessable(format!(
+            "study {} was uploaded as one 4-D file; a dataset case holds one file per modality \
+             (BraTS layout): upload the study's four modalities as separate files",
+            study.name
+        )));
+    }
+    let case = body.case.unwrap_or_else(|| format!("study-{}", study.id));
+    let case = safe_name(&case).map_err(|e| Error::BadRequest(format!("field `case`: {e}")))?;
+    let target = PathBuf::from(&dataset.path).join(&case);
+    if target.exists() {
+        return Err(Error::Conflict(format!(
+            "case {case} already exists in {}: choose another name",
+            dataset.name
+        )));
+    }
+    // Staged beside the target and renamed in one step: a failed copy leaves no half case.
+    let staging = tempfile::Builder::new()
+        .prefix(".adding-")
+        .tempdir_in(&dataset.path)?;
+    let nifti_name = |role: &str, source: &std::path::Path| {
+        let gz = source
+            .to_string_lossy()
+            .to_ascii_lowercase()
+            .ends_with(".gz");
+        format!("{case}_{role}.{}", if gz { "nii.gz" } else { "nii" })
+    };
+    let study_dir = PathBuf::from(&study.dir);
+    for modality in crate::inspect::MODALITIES {
+        let file = view.files.get(modality).ok_or_else(|| {
+            Error::Unprocessable(format!("study {} has no {modality} file", study.name))
+        })?;
+        let source = study_dir.join(file);
+        std::fs::copy(&source, staging.path().join(nifti_name(modality, &source)))?;
+    }
+    std::fs::copy(
+        &truth.path,
+        staging.path().join(nifti_name("seg", &truth.path)),
+    )?;
+    std::fs::rename(staging.keep(), &target)?;
+    tracing::info!(dataset = id, study = study.id, case = %case, truth = %truth.key(), "study added to a dataset");
     rescan(&state, id, false)
         .await
         .map(|j| (StatusCode::CREATED, j))

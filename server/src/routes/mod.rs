@@ -5,6 +5,7 @@ pub mod datasets;
 pub mod deletion;
 pub mod dicom;
 pub mod jobs;
+pub mod labels;
 pub mod monailabel;
 pub mod pages;
 pub mod studies;
@@ -14,7 +15,10 @@ pub mod viewer_pages;
 use crate::error::{Error, Result};
 use crate::inspect::{safe_name, UploadedFile};
 use crate::AppState;
+use axum::body::Body;
 use axum::extract::{Multipart, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use std::collections::HashMap;
@@ -27,6 +31,7 @@ pub fn api_router() -> Router<AppState> {
         .merge(datasets::router())
         .merge(jobs::router())
         .merge(studies::router())
+        .merge(labels::router())
         .merge(dicom::router())
         .merge(deletion::router())
         .merge(comparisons::router())
@@ -161,4 +166,25 @@ pub fn parse_ids(text: &str) -> Vec<i64> {
     text.split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect()
+}
+
+/// A file as a download.
+pub(crate) async fn download_response(path: &std::path::Path, download: &str) -> Result<Response> {
+    let file = tokio::fs::File::open(path).await?;
+    let content_type = if download.ends_with(".gz") {
+        "application/gzip"
+    } else {
+        "application/octet-stream"
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{download}\""),
+            ),
+        ],
+        Body::from_stream(studies::file_stream(file)),
+    )
+        .into_response())
 }

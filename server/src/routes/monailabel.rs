@@ -26,15 +26,15 @@ use super::save_upload;
 use super::studies::{check_study_files, queue_prediction, store_study, StudyView};
 use crate::db::{self, Job, JobKind, JobState, Study};
 use crate::error::{Error, Result};
-use crate::inspect::{is_nifti_name, safe_name, without_folder, UploadedFile};
+use crate::inspect::{safe_name, UploadedFile};
 use crate::AppState;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Multipart, Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use cggm_core::data::{LabelValues, OutputLabels, LABEL_ENHANCING, LABEL_NCR, LABEL_OEDEMA};
+use cggm_core::data::{OutputLabels, LABEL_ENHANCING, LABEL_NCR, LABEL_OEDEMA};
 use cggm_core::rundir::CheckpointName;
 use cggm_core::task::TaskKind;
 use serde::{Deserialize, Serialize};
@@ -561,27 +561,6 @@ async fn upload_image(
     Ok(Json(json!({ "image": id, "study_id": study_id })))
 }
 
-/// A file as a download.
-async fn file_response(path: &std::path::Path, download: &str) -> Result<Response> {
-    let file = tokio::fs::File::open(path).await?;
-    let content_type = if download.ends_with(".gz") {
-        "application/gzip"
-    } else {
-        "application/octet-stream"
-    };
-    Ok((
-        [
-            (header::CONTENT_TYPE, content_type.to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{download}\""),
-            ),
-        ],
-        Body::from_stream(super::studies::file_stream(file)),
-    )
-        .into_response())
-}
-
 /// The study as one 4-D NIfTI: its own file when it came as one, else the four files stacked in
 /// [`CHANNELS`] order (written once beside them, as float32 in the first file's geometry).
 async fn four_d_file(state: &AppState, study: &Study) -> Result<PathBuf> {
@@ -664,7 +643,7 @@ async fn download_image(
         Some(m) => format!("_{m}{}", extension(&name)),
         None => extension(&name).to_string(),
     };
-    file_response(&path, &crate::security::download_name(&id, &suffix)).await
+    super::download_response(&path, &crate::security::download_name(&id, &suffix)).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -694,38 +673,6 @@ fn client_id(fields: &HashMap<String, String>) -> Option<String> {
         .map(|s| s.chars().take(200).collect())
 }
 
-/// A label file for a study of `shape`: a NIfTI of that grid (from its header, before any voxel
-/// is read) whose values are BraTS labels (the trainer's reader and numbering).
-fn check_label(file: &UploadedFile, shape: &[usize]) -> Result<(), String> {
-    let name = &file.file_name;
-    if !is_nifti_name(name) {
-        return Err(format!(
-            "{name}: not a NIfTI file name (expected .nii or .nii.gz)"
-        ));
-    }
-    let header = cggm_core::data::read_header(&file.path)
-        .map_err(|e| without_folder(&e.to_string(), &file.path))?;
-    let dims = &header.dims;
-    let one_channel = dims.len() == 3 || (dims.len() == 4 && dims[3] == 1);
-    if !one_channel || dims[..3] != shape[..] {
-        return Err(format!(
-            "{name} has shape {dims:?} but the image has {shape:?}: a label is one 3-D volume on \
-             the image's grid"
-        ));
-    }
-    let (_, data) = cggm_core::data::read_volume(&file.path)
-        .map_err(|e| without_folder(&e.to_string(), &file.path))?;
-    if let Some(bad) = data.iter().find(|&&v| {
-        !(v.fract() == 0.0 && (0.0..=255.0).contains(&v))
-            || LabelValues::Brats.class_of(v as u8).is_none()
-    }) {
-        return Err(format!(
-            "{name}: label value {bad} is not a BraTS label (0, 1 NCR, 2 oedema, 4 enhancing)"
-        ));
-    }
-    Ok(())
-}
-
 /// `PUT /datastore/label?image=ID&tag=final`: a label for the image, checked and stored as the
 /// tag's next version (older versions stay).
 async fn save_label(
@@ -753,40 +700,15 @@ async fn save_label(
             ))
         }
     };
-    let shape: Vec<usize> = serde_json::from_str(&study.shape).unwrap_or_default();
-    {
-        let _slot = state.volumes.decode_slot().await;
-        let checked = file.clone();
-        tokio::task::spawn_blocking(move || check_label(&checked, &shape))
-            .await
-            .map_err(anyhow::Error::from)?
-            .map_err(Error::Unprocessable)?;
-    }
-    let folder = PathBuf::from(&study.dir).join("labels");
-    std::fs::create_dir_all(&folder)?;
-    let mut tx = state.pool.begin().await?;
-    let (version,): (i64,) = sqlx::query_as(
-        "SELECT COALESCE(MAX(version), 0) + 1 FROM study_labels WHERE study_id = ? AND tag = ?",
+    // The same store the viewer's corrections use: a `final` label becomes the study's truth.
+    let version = crate::labels::store(
+        &state,
+        &study,
+        &tag,
+        file,
+        client_id(&upload.fields).as_deref(),
     )
-    .bind(study.id)
-    .bind(&tag)
-    .fetch_one(&mut *tx)
     .await?;
-    let stored = format!("{tag}-v{version}{}", extension(&file.file_name));
-    sqlx::query(
-        "INSERT INTO study_labels (study_id, tag, version, file, client_id, created_at)
-         VALUES (?, ?, ?, ?, ?, ?)",
-    )
-    .bind(study.id)
-    .bind(&tag)
-    .bind(version)
-    .bind(&stored)
-    .bind(client_id(&upload.fields))
-    .bind(db::now())
-    .execute(&mut *tx)
-    .await?;
-    std::fs::rename(&file.path, folder.join(&stored))?;
-    tx.commit().await?;
     tracing::info!(image = %id, tag = %tag, version, "MONAI Label label saved");
     Ok(Json(json!({ "image": id, "tag": tag, "version": version })))
 }
@@ -816,7 +738,7 @@ async fn download_label(
     let (file, _) = row.ok_or_else(|| Error::NotFound(format!("label {tag:?} of image {id:?}")))?;
     let path = PathBuf::from(&study.dir).join("labels").join(&file);
     let suffix = format!("_{tag}{}", extension(&file));
-    file_response(&path, &crate::security::download_name(&id, &suffix)).await
+    super::download_response(&path, &crate::security::download_name(&id, &suffix)).await
 }
 
 // ---- sessions ----
@@ -1169,7 +1091,7 @@ async fn infer(
     let file_name = crate::security::download_name(stem, "_seg.nii.gz");
     match q.output.as_deref() {
         Some("json") => Ok(Json(result).into_response()),
-        Some("image") => file_response(&seg, &file_name).await,
+        Some("image") => super::download_response(&seg, &file_name).await,
         None | Some("") => Ok(multipart_result(
             &result,
             &file_name,

@@ -51,8 +51,17 @@ pub(super) async fn study_nifti(
     State(state): State<AppState>,
     Path((id, file)): Path<(i64, String)>,
 ) -> Result<Response> {
-    let study: StudyView = db::study(&state.pool, id).await?.into();
-    nifti_response(&study_file(&study, &file)?, state.data_dir()).await
+    let study = db::study(&state.pool, id).await?;
+    // `truth`: the current ground truth (the newest corrected version, else the uploaded label).
+    let path = if file == "truth" {
+        crate::labels::ground_truth(&state.pool, &study)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("a ground truth of study {id}")))?
+            .path
+    } else {
+        study_file(&StudyView::from(study), &file)?
+    };
+    nifti_response(&path, state.data_dir()).await
 }
 
 /// A finished prediction's segmentation file.

@@ -233,13 +233,17 @@ async fn prediction_manifest(
             path,
         ));
     }
-    let truth = study_file(&study, "seg").ok();
-    if let Some(path) = &truth {
+    let truth = crate::labels::ground_truth(&state.pool, &study.study).await?;
+    if let Some(t) = &truth {
+        let title = match t.source {
+            crate::labels::TruthSource::Uploaded => "Ground truth".to_string(),
+            crate::labels::TruthSource::Version(v) => format!("Ground truth (corrected, v{v})"),
+        };
         overlays.push(overlay(
             "truth",
-            "Ground truth",
-            format!("/api/studies/{}/nifti/seg", study.study.id),
-            path,
+            &title,
+            format!("/api/studies/{}/nifti/truth?v={}", study.study.id, t.key()),
+            &t.path,
         ));
     }
     let scores_url =

@@ -62,13 +62,22 @@ pub(super) async fn prediction_scores(
     let study: StudyView = db::study(&state.pool, job.study_id.unwrap_or_default())
         .await?
         .into();
-    let truth_path = study_file(&study, "seg").map_err(|_| {
-        Error::NotFound(format!(
-            "a ground truth for prediction {id} (upload the study with its *_seg.nii.gz to \
-             compare)"
-        ))
-    })?;
-    let stored = seg.with_file_name("scores.json");
+    let truth = crate::labels::ground_truth(&state.pool, &study.study)
+        .await?
+        .ok_or_else(|| {
+            Error::NotFound(format!(
+                "a ground truth for prediction {id} (upload the study with its *_seg.nii.gz, or \
+                 correct the prediction in the viewer and save it, to compare)"
+            ))
+        })?;
+    let truth_path = truth.path.clone();
+    // One score file per ground-truth version: a corrected label is scored afresh.
+    let stored = match truth.source {
+        crate::labels::TruthSource::Uploaded => seg.with_file_name("scores.json"),
+        crate::labels::TruthSource::Version(_) => {
+            seg.with_file_name(format!("scores-{}.json", truth.key()))
+        }
+    };
     if let Some(scores) = std::fs::read_to_string(&stored)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
