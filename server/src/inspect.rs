@@ -23,6 +23,20 @@ pub fn modality_of(file_name: &str) -> Option<&'static str> {
     cggm_core::data::Modality::parse(last).map(|m| m.name())
 }
 
+/// `.nii.gz` or `.nii`, as a stored NIfTI's name (or path) ends: the suffix a copy keeps.
+pub fn nifti_extension(name: impl AsRef<std::path::Path>) -> &'static str {
+    if name
+        .as_ref()
+        .to_string_lossy()
+        .to_ascii_lowercase()
+        .ends_with(".gz")
+    {
+        ".nii.gz"
+    } else {
+        ".nii"
+    }
+}
+
 pub fn is_nifti_name(file_name: &str) -> bool {
     let lower = file_name.to_ascii_lowercase();
     lower.ends_with(".nii") || lower.ends_with(".nii.gz")

@@ -6,7 +6,7 @@
 
 use crate::db::{self, Study};
 use crate::error::{Error, Result};
-use crate::inspect::{is_nifti_name, without_folder, UploadedFile};
+use crate::inspect::{is_nifti_name, nifti_extension, without_folder, UploadedFile};
 use crate::AppState;
 use cggm_core::data::LabelValues;
 use serde::Serialize;
@@ -116,6 +116,19 @@ pub async fn ground_truth(pool: &SqlitePool, study: &Study) -> Result<Option<Gro
     }))
 }
 
+/// The one label file of an upload, else what to send instead.
+pub fn the_label_file(files: &[UploadedFile]) -> Result<UploadedFile> {
+    match files {
+        [one] => Ok(one.clone()),
+        [] => Err(Error::Unprocessable(
+            "no label file: send it in the `label` field".into(),
+        )),
+        _ => Err(Error::Unprocessable(
+            "send one label file per request, in the `label` field".into(),
+        )),
+    }
+}
+
 /// A label file for a study of `shape`: a NIfTI of that grid (from its header, before any voxel
 /// is read) whose values are BraTS labels (the trainer's reader and numbering).
 pub fn check_label(file: &UploadedFile, shape: &[usize]) -> Result<()> {
@@ -182,12 +195,7 @@ pub async fn store(
     .bind(tag)
     .fetch_one(&mut *tx)
     .await?;
-    let extension = if file.file_name.to_ascii_lowercase().ends_with(".gz") {
-        ".nii.gz"
-    } else {
-        ".nii"
-    };
-    let stored = format!("{tag}-v{version}{extension}");
+    let stored = format!("{tag}-v{version}{}", nifti_extension(&file.file_name));
     sqlx::query(
         "INSERT INTO study_labels (study_id, tag, version, file, client_id, created_at)
          VALUES (?, ?, ?, ?, ?, ?)",

@@ -120,12 +120,17 @@ pub fn load_best_or_last<N: MultimodalNetwork>(
     run_dir: &Path,
     model: &mut Model<N>,
 ) -> Result<CheckpointState> {
-    let name = if checkpoint_dir(run_dir).join("best.json").exists() {
-        "best"
-    } else {
-        "last"
-    };
-    load_weights(run_dir, name, model)
+    load_weights(run_dir, best_or_last(run_dir).unwrap_or("last"), model)
+}
+
+/// The checkpoint evaluation and fine-tuning read: `best`, else `last` (a run still in its first
+/// validation period), else None (no checkpoint yet).
+pub fn best_or_last(run_dir: &Path) -> Option<&'static str> {
+    ["best", "last"].into_iter().find(|name| {
+        checkpoint_dir(run_dir)
+            .join(format!("{name}.json"))
+            .exists()
+    })
 }
 
 /// Saves an epoch's checkpoints: `best` (weights only) when these are the best weights so far,

@@ -3,7 +3,7 @@
 //! corrected cases. Only the weights come over: the optimiser, the schedule, the step counter and
 //! CGGM's state start afresh, as in a new run.
 
-use crate::checkpoint::{checkpoint_dir, read_config, read_state};
+use crate::checkpoint::{best_or_last, checkpoint_dir, read_config, read_state};
 use crate::config::TrainConfig;
 use crate::model::network::MultimodalNetwork;
 use crate::model::Model;
@@ -70,11 +70,7 @@ pub fn init_from<N: MultimodalNetwork>(source: &Path, model: &mut Model<N>) -> R
             source.display()
         );
     }
-    let checkpoint = if checkpoint_dir(source).join("best.json").exists() {
-        "best"
-    } else if checkpoint_dir(source).join("last.json").exists() {
-        "last"
-    } else {
+    let Some(checkpoint) = best_or_last(source) else {
         bail!(
             "--init-from {}: that run has no checkpoint yet (it saves one after its first epoch)",
             source.display()

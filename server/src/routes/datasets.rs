@@ -4,7 +4,7 @@
 use super::save_upload;
 use crate::db::{self, Dataset};
 use crate::error::{Error, Result};
-use crate::inspect::{check_upload, inspect_dataset, safe_name, DatasetReport};
+use crate::inspect::{check_upload, inspect_dataset, nifti_extension, safe_name, DatasetReport};
 use crate::{contained_path, AppState};
 use axum::extract::{Multipart, Path, State};
 use axum::http::StatusCode;
@@ -325,13 +325,8 @@ async fn add_study_case(
     let staging = tempfile::Builder::new()
         .prefix(".adding-")
         .tempdir_in(&dataset.path)?;
-    let nifti_name = |role: &str, source: &std::path::Path| {
-        let gz = source
-            .to_string_lossy()
-            .to_ascii_lowercase()
-            .ends_with(".gz");
-        format!("{case}_{role}.{}", if gz { "nii.gz" } else { "nii" })
-    };
+    let nifti_name =
+        |role: &str, source: &std::path::Path| format!("{case}_{role}{}", nifti_extension(source));
     let study_dir = PathBuf::from(&study.dir);
     for modality in crate::inspect::MODALITIES {
         let file = view.files.get(modality).ok_or_else(|| {

@@ -4,6 +4,7 @@
 use super::save_upload;
 use crate::db;
 use crate::error::{Error, Result};
+use crate::inspect::nifti_extension;
 use crate::labels::{self, GROUND_TRUTH_TAG};
 use crate::AppState;
 use axum::extract::{Multipart, Path, State};
@@ -76,19 +77,7 @@ async fn save(
 ) -> Result<(StatusCode, Json<Saved>)> {
     let study = db::study(&state.pool, id).await?;
     let upload = save_upload(&state, multipart).await?;
-    let file = match upload.files.as_slice() {
-        [one] if one.field == "label" => one.clone(),
-        [] => {
-            return Err(Error::Unprocessable(
-                "no label file: send the NIfTI in the `label` field".into(),
-            ))
-        }
-        _ => {
-            return Err(Error::Unprocessable(
-                "send exactly one file, the label, in the `label` field".into(),
-            ))
-        }
-    };
+    let file = labels::the_label_file(&upload.files)?;
     let author = upload.fields.get("author").map(String::as_str);
     let version = labels::store(&state, &study, GROUND_TRUTH_TAG, file, author).await?;
     tracing::info!(study = id, version, "corrected label saved");
@@ -118,12 +107,7 @@ async fn download(
             .ok_or_else(|| Error::NotFound(format!("label version {version} of study {id}")))?;
         labels::version_path(&study, &stored)
     };
-    let extension = if path.to_string_lossy().ends_with(".gz") {
-        ".nii.gz"
-    } else {
-        ".nii"
-    };
-    let suffix = format!("_label-v{version}{extension}");
+    let suffix = format!("_label-v{version}{}", nifti_extension(&path));
     super::download_response(&path, &crate::security::download_name(&study.name, &suffix)).await
 }
 

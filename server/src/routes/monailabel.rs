@@ -26,7 +26,7 @@ use super::save_upload;
 use super::studies::{check_study_files, queue_prediction, store_study, StudyView};
 use crate::db::{self, Job, JobKind, JobState, Study};
 use crate::error::{Error, Result};
-use crate::inspect::{safe_name, UploadedFile};
+use crate::inspect::{nifti_extension, safe_name, UploadedFile};
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::{Multipart, Path, Query, State};
@@ -304,14 +304,6 @@ fn latest_labels(labels: Vec<StoredLabel>) -> HashMap<i64, BTreeMap<String, (Sto
     out
 }
 
-fn extension(file_name: &str) -> &'static str {
-    if file_name.to_ascii_lowercase().ends_with(".gz") {
-        ".nii.gz"
-    } else {
-        ".nii"
-    }
-}
-
 fn image_url(id: &str) -> String {
     format!("{PREFIX}/datastore/image?image={}", query_escape(id))
 }
@@ -439,7 +431,10 @@ async fn datastore(
             let mut objects = Map::new();
             for (id, study) in &images {
                 let view = StudyView::from(study.clone());
-                let ext = view.files.get("4d").map_or(".nii.gz", |f| extension(f));
+                let ext = view
+                    .files
+                    .get("4d")
+                    .map_or(".nii.gz", |f| nifti_extension(f));
                 let labels: Map<String, Value> = latest
                     .get(&study.id)
                     .into_iter()
@@ -449,7 +444,7 @@ async fn datastore(
                         info["versions"] = (*versions).into();
                         (
                             tag.clone(),
-                            json!({ "ext": extension(&label.file), "info": info }),
+                            json!({ "ext": nifti_extension(&label.file), "info": info }),
                         )
                     })
                     .collect();
@@ -640,8 +635,8 @@ async fn download_image(
     };
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let suffix = match q.modality.as_deref() {
-        Some(m) => format!("_{m}{}", extension(&name)),
-        None => extension(&name).to_string(),
+        Some(m) => format!("_{m}{}", nifti_extension(&*name)),
+        None => nifti_extension(&*name).to_string(),
     };
     super::download_response(&path, &crate::security::download_name(&id, &suffix)).await
 }
@@ -687,19 +682,7 @@ async fn save_label(
     let study = image(&state, &id).await?;
     let tag = tag_of(&q)?;
     let upload = save_upload(&state, multipart).await?;
-    let file = match upload.files.as_slice() {
-        [one] => one.clone(),
-        [] => {
-            return Err(Error::Unprocessable(
-                "no label file: send it in the `label` field".into(),
-            ))
-        }
-        _ => {
-            return Err(Error::Unprocessable(
-                "send one label file per request, in the `label` field".into(),
-            ))
-        }
-    };
+    let file = crate::labels::the_label_file(&upload.files)?;
     // The same store the viewer's corrections use: a `final` label becomes the study's truth.
     let version = crate::labels::store(
         &state,
@@ -737,7 +720,7 @@ async fn download_label(
     .await?;
     let (file, _) = row.ok_or_else(|| Error::NotFound(format!("label {tag:?} of image {id:?}")))?;
     let path = PathBuf::from(&study.dir).join("labels").join(&file);
-    let suffix = format!("_{tag}{}", extension(&file));
+    let suffix = format!("_{tag}{}", nifti_extension(&file));
     super::download_response(&path, &crate::security::download_name(&id, &suffix)).await
 }
 
@@ -1359,7 +1342,10 @@ async fn next_sample(
     // Slicer downloads `{server}/datastore/image?image=ID` and names the file `name`, whose
     // extension tells it the format.
     let view = StudyView::from(study.clone());
-    let ext = view.files.get("4d").map_or(".nii.gz", |f| extension(f));
+    let ext = view
+        .files
+        .get("4d")
+        .map_or(".nii.gz", |f| nifti_extension(f));
     Ok(Json(json!({
         "id": id,
         "name": format!("{id}{ext}"),

@@ -6,6 +6,7 @@
 use super::studies::{file_stream, StudyView};
 use crate::db::{self, Dataset, Job, JobKind, JobState};
 use crate::error::{Error, Result};
+use crate::inspect::nifti_extension;
 use crate::volume::{self, LabelConvention, TumourClass};
 use crate::AppState;
 use axum::body::Body;
@@ -148,14 +149,6 @@ fn overlay_with(
         name: format!("{key}{}", nifti_extension(path)),
         convention,
         values: convention.values(),
-    }
-}
-
-fn nifti_extension(path: &std::path::Path) -> &'static str {
-    if path.to_string_lossy().to_ascii_lowercase().ends_with(".gz") {
-        ".nii.gz"
-    } else {
-        ".nii"
     }
 }
 
