@@ -108,6 +108,22 @@ for m in methods:
         c = sum(s.get("clamped_steps", 0) for s in st) / steps
         lines.append(f"| {m} | {steps} | {g:.1%} | {c:.1%} |")
 
+lines.append("\n### Does B_i carry a signal? (issue 20: z = mean / SD of sum_k d_k per step; about 0 = batch noise)\n")
+lines.append("| method | z (mean over seeds) | t over the run | lag-1 autocorrelation of d_i (mean over modalities) | mean B (over modalities) |")
+lines.append("|---|---|---|---|---|")
+for m in methods:
+    ds = [r.get("balance_diagnostics") for r in runs[m].values()]
+    ds = [d for d in ds if d and d.get("total_improvement_z") is not None]
+    if not ds:
+        continue
+    z = fmt(*ci([d["total_improvement_z"] for d in ds]), digits=3)
+    t = fmt(*ci([d.get("total_improvement_t") or float("nan") for d in ds]), digits=2)
+    lag = [sum(v for v in d["improvement_lag1_autocorrelation"].values() if v is not None)
+           / max(1, sum(v is not None for v in d["improvement_lag1_autocorrelation"].values())) for d in ds]
+    b = [sum(v for v in d["balance_mean"].values() if v is not None)
+         / max(1, sum(v is not None for v in d["balance_mean"].values())) for d in ds]
+    lines.append(f"| {m} | {z} | {t} | {fmt(*ci(lag))} | {fmt(*ci(b))} |")
+
 os.makedirs(docs, exist_ok=True)
 table = "\n".join(lines) + "\n"
 with open(os.path.join(docs, "study.md"), "w") as f:

@@ -33,6 +33,12 @@ pub enum Method {
     /// balancing. CGGM minus this control is the effect of balancing itself, not of the lower
     /// encoder learning rate (0.75x for four modalities) that magnitude modulation also implies.
     CggmFixed,
+    /// The fixed-B magnitude-only control: every encoder's gradient scaled by the neutral
+    /// rho(M-1)/M, no L_gm; classifiers trained and B measured as in CGGM (same compute). Under
+    /// SGD it is the encoders' learning rate times that constant; under Adam(W) it changes nothing
+    /// (Adam's update does not depend on a constant gradient scale) — see
+    /// `trainer/tests/controls.rs`.
+    CggmMagnitudeFixed,
     /// The authors' public code task by task (zrguo/CGGM `src/segtrain.py`, `src/msatrain.py`):
     /// their eps_i, coefficients `(S + 1e-8 - d_i) / (S + 1e-8)`, and the weight-cosine L_gm
     /// built at step t - 1 from the pre-update weights (no rho, none at step 0); BraTS scales no
@@ -56,7 +62,7 @@ impl Method {
     pub fn modulates_magnitude(self) -> bool {
         matches!(
             self,
-            Method::Cggm | Method::CggmMagnitude | Method::CggmFixed
+            Method::Cggm | Method::CggmMagnitude | Method::CggmFixed | Method::CggmMagnitudeFixed
         )
     }
 
@@ -82,6 +88,7 @@ impl fmt::Display for Method {
             Method::CggmMagnitude => f.write_str("cggm-magnitude"),
             Method::CggmDirection => f.write_str("cggm-direction"),
             Method::CggmFixed => f.write_str("cggm-fixed"),
+            Method::CggmMagnitudeFixed => f.write_str("cggm-magnitude-fixed"),
             Method::CggmAuthors => f.write_str("cggm-authors"),
             Method::OgmGe => f.write_str("ogm-ge"),
             Method::Agm => f.write_str("agm"),
@@ -112,6 +119,7 @@ impl FromStr for Method {
             "cggm-magnitude" => Method::CggmMagnitude,
             "cggm-direction" => Method::CggmDirection,
             "cggm-fixed" => Method::CggmFixed,
+            "cggm-magnitude-fixed" => Method::CggmMagnitudeFixed,
             "cggm-authors" => Method::CggmAuthors,
             "ogm-ge" => Method::OgmGe,
             "agm" => Method::Agm,
@@ -120,7 +128,7 @@ impl FromStr for Method {
             "mslr" => Method::Mslr,
             _ => {
                 return Err(format!(
-                    "unknown method {s:?}: use joint, cggm, cggm-magnitude, cggm-direction, cggm-fixed, cggm-authors, ogm-ge, agm, pmr, mrd, mslr or unimodal:<modality>"
+                    "unknown method {s:?}: use joint, cggm, cggm-magnitude, cggm-direction, cggm-fixed, cggm-magnitude-fixed, cggm-authors, ogm-ge, agm, pmr, mrd, mslr or unimodal:<modality>"
                 ))
             }
         })
@@ -195,6 +203,31 @@ pub struct CggmConfig {
     /// factor beta in [0, 1); 0 = off (the paper). See `cggm::BalanceTracker`.
     #[serde(default)]
     pub eps_ema: f64,
+    /// Where the classifiers' metrics eps_i are measured: on the training batch (the paper) or
+    /// on a fixed probe batch of validation slices (segmentation; a departure from the paper, to
+    /// take the batch's sampling noise out of d_i — issue 20).
+    #[serde(default)]
+    pub eps_source: EpsSource,
+    /// Slices in the probe batch (`eps_source = probe`): tumour slices of the validation cases.
+    #[serde(default = "default_probe_size")]
+    pub probe_size: usize,
+}
+
+fn default_probe_size() -> usize {
+    32
+}
+
+/// Where eps_i comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EpsSource {
+    /// The current training batch (the paper, the authors' code).
+    #[default]
+    Batch,
+    /// One fixed batch of validation tumour slices, drawn once at the start: every step's eps_i
+    /// is measured on the same slices, so d_i follows the classifiers, not the batch. Costs one
+    /// forward pass without gradients per step.
+    Probe,
 }
 
 impl Default for CggmConfig {
@@ -205,6 +238,8 @@ impl Default for CggmConfig {
             balance: BalanceFormula::Guarded,
             direction: DirectionSource::Gradient,
             eps_ema: 0.0,
+            eps_source: EpsSource::Batch,
+            probe_size: default_probe_size(),
         }
     }
 }
@@ -217,6 +252,16 @@ pub struct ScheduleConfig {
     pub warmup_start_lr: f64,
     /// The classifiers' own learning rate (constant).
     pub classifier_lr: f64,
+    /// Multiplier of the encoders' learning rate (the fusion head and classifiers keep theirs):
+    /// 1 normally. The learning-rate-matched control of a CGGM run is `joint` with this set to
+    /// that run's mean B (issue 20: CGGM's magnitude modulation also lowers the encoders'
+    /// effective learning rate by about 26 %).
+    #[serde(default = "one")]
+    pub encoder_lr_scale: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -393,6 +438,7 @@ impl TrainConfig {
                 warmup_epochs: 10,
                 warmup_start_lr: 4e-4,
                 classifier_lr: 6e-3,
+                encoder_lr_scale: 1.0,
             },
             grad_clip: None,
             mixed_precision: true,
@@ -450,6 +496,7 @@ impl TrainConfig {
                     warmup_epochs: 1,
                     warmup_start_lr: 2e-4,
                     classifier_lr: 2e-3,
+                    encoder_lr_scale: 1.0,
                 },
                 eval_batch: 32,
                 ..base
@@ -477,6 +524,7 @@ impl TrainConfig {
                     warmup_epochs: 0,
                     warmup_start_lr: 1e-4,
                     classifier_lr: 1e-3,
+                    encoder_lr_scale: 1.0,
                 },
                 eval_batch: 16,
                 ..base
@@ -542,6 +590,7 @@ impl TrainConfig {
                 warmup_epochs: 0,
                 warmup_start_lr: 1e-3,
                 classifier_lr: 5e-4,
+                encoder_lr_scale: 1.0,
             },
             grad_clip: Some(0.8),
             cggm: CggmConfig {
@@ -635,6 +684,19 @@ impl TrainConfig {
                 self.cggm.lambda
             ));
         }
+        if self.cggm.eps_source == EpsSource::Probe {
+            if self.task != TaskKind::Segmentation {
+                return Err(
+                    "cggm.eps_source \"probe\" is built for segmentation (validation slices); feature runs measure eps on the training batch: remove it".into(),
+                );
+            }
+            if !(1..=4096).contains(&self.cggm.probe_size) {
+                return Err(format!(
+                    "cggm.probe_size must be 1 to 4096 slices, got {}",
+                    self.cggm.probe_size
+                ));
+            }
+        }
         if !(0.0..1.0).contains(&self.cggm.eps_ema) {
             return Err(format!(
                 "cggm.eps_ema must be in [0, 1) (0 = no smoothing), got {}",
@@ -689,6 +751,12 @@ impl TrainConfig {
                 "classifier learning rate (cls_lr) must be a positive number, got {cls_lr}"
             ));
         }
+        let scale = self.schedule.encoder_lr_scale;
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(format!(
+                "encoder_lr_scale must be a positive number (1 = the encoders' usual learning rate), got {scale}"
+            ));
+        }
         if !(self.schedule.min_lr.is_finite() && self.schedule.min_lr >= 0.0) {
             return Err(format!(
                 "min_lr must be a finite non-negative number, got {}",
@@ -726,6 +794,7 @@ mod tests {
             "cggm-magnitude",
             "cggm-direction",
             "cggm-fixed",
+            "cggm-magnitude-fixed",
             "cggm-authors",
             "ogm-ge",
             "agm",

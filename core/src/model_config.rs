@@ -13,6 +13,21 @@ pub struct ModelConfig {
     /// Width the classifiers project h_i to (they stay light: one refinement conv).
     pub classifier_channels: i64,
     pub classes: i64,
+    /// The per-modality classifiers' decoder: `light` (one 1x1 refinement, the default) or
+    /// `full` (two 3x3 refinements like the fusion head, as the authors' classifiers are).
+    #[serde(default)]
+    pub classifier_design: ClassifierDesign,
+}
+
+/// How much decoder each per-modality classifier gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClassifierDesign {
+    /// One 1x1 refinement: the method's overhead stays small next to the encoders.
+    #[default]
+    Light,
+    /// Two 3x3 refinements, the fusion head's decoder: a less noisy eps_i at a higher cost.
+    Full,
 }
 
 impl ModelConfig {
@@ -30,6 +45,7 @@ impl ModelConfig {
             low_level_proj: 48,
             classifier_channels: 64,
             classes: 4,
+            classifier_design: ClassifierDesign::Light,
         }
     }
 
@@ -47,6 +63,7 @@ impl ModelConfig {
             low_level_proj: 16,
             classifier_channels: 32,
             classes: 4,
+            classifier_design: ClassifierDesign::Light,
         }
     }
 
@@ -64,6 +81,7 @@ impl ModelConfig {
             low_level_proj: 8,
             classifier_channels: 8,
             classes: 4,
+            classifier_design: ClassifierDesign::Light,
         }
     }
 

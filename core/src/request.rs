@@ -75,6 +75,7 @@ pub fn option_range(name: &str) -> Option<OptionRange> {
         "seed" => OptionRange::closed(0.0, MAX_SEED as f64),
         "rho" | "lambda" => OptionRange::closed(0.0, 100.0),
         "lr" | "cls_lr" => OptionRange::positive(10.0),
+        "encoder_lr_scale" => OptionRange::positive(100.0),
         "batch_size" => OptionRange::closed(1.0, 4096.0),
         "crop" => OptionRange::closed(16.0, 512.0),
         "steps_per_epoch" | "val_cases" => OptionRange::closed(1.0, 1_000_000.0),
@@ -115,6 +116,10 @@ pub struct RunOptions {
     /// Learning rate of the per-modality classifiers.
     #[arg(long)]
     pub cls_lr: Option<f64>,
+    /// Multiplier of the encoders' learning rate (1 = unchanged): `joint` with a CGGM run's mean
+    /// B is the learning-rate-matched control.
+    #[arg(long)]
+    pub encoder_lr_scale: Option<f64>,
     /// Samples per optimisation step.
     #[arg(long)]
     pub batch_size: Option<usize>,
@@ -195,6 +200,7 @@ impl RunOptions {
             ("lambda", self.lambda),
             ("lr", self.lr),
             ("cls_lr", self.cls_lr),
+            ("encoder_lr_scale", self.encoder_lr_scale),
             ("batch_size", as_f64(self.batch_size)),
             ("crop", as_f64(self.crop)),
             ("steps_per_epoch", as_f64(self.steps_per_epoch)),
@@ -263,6 +269,7 @@ impl RunOptions {
             lambda,
             lr,
             cls_lr,
+            encoder_lr_scale,
             batch_size,
             crop,
             steps_per_epoch,
@@ -287,6 +294,7 @@ impl RunOptions {
         set(&mut cfg.cggm.lambda, lambda);
         set(&mut cfg.schedule.lr, lr);
         set(&mut cfg.schedule.classifier_lr, cls_lr);
+        set(&mut cfg.schedule.encoder_lr_scale, encoder_lr_scale);
         set(&mut cfg.sampler.batch_size, batch_size);
         set(&mut cfg.sampler.crop, crop);
         set(&mut cfg.sampler.workers, workers);
@@ -317,6 +325,7 @@ impl RunOptions {
             lambda: Some(cfg.cggm.lambda),
             lr: Some(cfg.schedule.lr),
             cls_lr: Some(cfg.schedule.classifier_lr),
+            encoder_lr_scale: Some(cfg.schedule.encoder_lr_scale),
             batch_size: Some(cfg.sampler.batch_size),
             crop: Some(cfg.sampler.crop),
             steps_per_epoch: cfg.steps_per_epoch,
@@ -464,12 +473,13 @@ fn preset_help() -> String {
 
 /// The methods that take no argument; `unimodal:<modality>` is built per dataset from
 /// [`Vocabulary::unimodal_prefix`] and the dataset's modalities.
-const METHODS: [Method; 11] = [
+const METHODS: [Method; 12] = [
     Method::Cggm,
     Method::Joint,
     Method::CggmMagnitude,
     Method::CggmDirection,
     Method::CggmFixed,
+    Method::CggmMagnitudeFixed,
     Method::CggmAuthors,
     Method::OgmGe,
     Method::Agm,
@@ -484,6 +494,7 @@ fn _methods_listed(m: Method) {
         | Method::CggmMagnitude
         | Method::CggmDirection
         | Method::CggmFixed
+        | Method::CggmMagnitudeFixed
         | Method::CggmAuthors
         | Method::OgmGe
         | Method::Agm

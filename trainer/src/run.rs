@@ -2,10 +2,10 @@
 //! sampled slice batches, 3-D evaluation of whole cases, and `metrics.json` with region Dice.
 
 use crate::checkpoint::CheckpointState;
-use crate::config::TrainConfig;
+use crate::config::{EpsSource, TrainConfig};
 use crate::data::{
     discover, read_saved_split, resolve_saved_split, split_cases, split_from_file,
-    write_saved_split, CaseSource, SliceBatch, SliceLoader, Split,
+    write_saved_split, Augmentation, CaseSource, SamplerConfig, SliceBatch, SliceLoader, Split,
 };
 use crate::device::parse_device;
 use crate::eval::{evaluate, evaluate_saving_predictions, EvalReport};
@@ -95,6 +95,31 @@ pub fn steps_per_epoch(cfg: &TrainConfig, train_cases: usize) -> usize {
 }
 
 /// Host batch -> (images [B,4,H,W] float, labels [B,H,W] int64) on the device.
+/// `cggm.eps_source = probe`: one batch of tumour slices of the validation cases, drawn once
+/// with the run's seed and without augmentation, on which every step measures eps_i.
+fn probe_batch(
+    cfg: &TrainConfig,
+    val_cases: &[CaseSource],
+    device: Device,
+) -> Result<(Tensor, Tensor)> {
+    let sampler = SamplerConfig {
+        batch_size: cfg.cggm.probe_size,
+        tumour_fraction: 1.0,
+        rotate90: false,
+        flip: false,
+        noise_std: 0.0,
+        augmentation: Augmentation::Project,
+        case_sweep: false,
+        workers: 0,
+        ..cfg.sampler.clone()
+    };
+    // A stream of its own: the training batches stay those of the same run without a probe.
+    let mut loader = SliceLoader::new(val_cases, sampler, cfg.seed ^ 0x5eed_0f_9e0be, 0)
+        .context("preparing the probe batch (cggm.eps_source = probe) from the validation cases")?;
+    let batch = loader.next_batch()?;
+    Ok(batch_tensors(&batch, device))
+}
+
 pub fn batch_tensors(batch: &SliceBatch, device: Device) -> (Tensor, Tensor) {
     let (b, c, h, w) = batch.images.dim();
     let images = Tensor::from_slice(batch.images.as_slice().expect("standard layout"))
@@ -168,7 +193,10 @@ impl TaskRun for SegmentationRun {
             );
         }
         let spe = steps_per_epoch(cfg, split.train.len());
-        let trainer = Trainer::new(Model::segmentation(cfg.clone(), device), spe);
+        let mut trainer = Trainer::new(Model::segmentation(cfg.clone(), device), spe);
+        if cfg.cggm.eps_source == EpsSource::Probe && trainer.model.classifiers.is_some() {
+            trainer.probe = Some(probe_batch(cfg, &val_cases, device)?);
+        }
         let run = Self {
             split,
             val_cases,

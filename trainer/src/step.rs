@@ -68,6 +68,9 @@ pub struct Trainer<N: MultimodalNetwork = MultimodalSegmenter> {
     /// fp16 only: dynamic loss scaling, and whether this iteration found an inf/NaN gradient.
     pub scaler: Option<LossScaler>,
     found_non_finite: bool,
+    /// `cggm.eps_source = probe`: the fixed batch (inputs, labels) every step's eps_i is
+    /// measured on instead of the training batch.
+    pub probe: Option<(N::Input, Tensor)>,
 }
 
 /// The loss and per-modality metric of the configuration's task.
@@ -164,7 +167,23 @@ impl<N: MultimodalNetwork> Trainer<N> {
             global_step: 0,
             steps_per_epoch,
             baselines: Default::default(),
+            probe: None,
         }
+    }
+
+    /// Each classifier's metric on the probe batch with the model as it is before this step (no
+    /// gradients, batch norm in eval mode, as validation runs); None without a probe or
+    /// classifiers.
+    fn probe_metrics(&self) -> Option<Vec<f64>> {
+        let ((images, labels), cls) = (self.probe.as_ref()?, self.model.classifiers.as_ref()?);
+        Some(tch::no_grad(|| {
+            let xs = images.pick_modalities(&self.model.modality_channels);
+            let all = amp::autocast(self.model.device, self.amp(), || {
+                let out = self.model.network.forward_t(&xs, false);
+                cls.logits_t(&out, false)
+            });
+            self.task.batch_metrics(&all, labels)
+        }))
     }
 
     /// The task's loss and metric (segmentation, classification or regression).
@@ -197,12 +216,19 @@ impl<N: MultimodalNetwork> Trainer<N> {
         xs.mask_modalities(&keep)
     }
 
+    /// Group 0 is the fusion head, group i + 1 encoder i: the encoders' rate carries
+    /// `encoder_lr_scale` (the learning-rate-matched control) and, for MSLR, their modality's
+    /// scale.
     fn group_lr(&self, lr: f64, group: usize) -> f64 {
-        if self.model.cfg.method != Method::Mslr || group == 0 {
+        if group == 0 {
             return lr;
         }
+        let encoder_lr = lr * self.model.cfg.schedule.encoder_lr_scale;
+        if self.model.cfg.method != Method::Mslr {
+            return encoder_lr;
+        }
         let name = &self.model.modality_names[group - 1];
-        lr * self.model.cfg.mslr_scales.get(name).copied().unwrap_or(1.0)
+        encoder_lr * self.model.cfg.mslr_scales.get(name).copied().unwrap_or(1.0)
     }
 
     /// One iteration: `compute_gradients`, then the optimiser step. images: every modality of the
@@ -395,8 +421,14 @@ impl<N: MultimodalNetwork> Trainer<N> {
         self.found_non_finite = false;
         self.seed_step();
         let lr = self.schedule.lr(step);
+        // Before this step's forward, which moves batch norm's running statistics: the probe's
+        // eps^t then depends on the model at step t alone, never on step t's batch.
+        let probed = self.probe_metrics();
         let (out, task_loss) = self.forward(images, labels)?;
-        let (metrics, classifier_grads) = self.classifier_pass(&out, labels)?;
+        let (mut metrics, classifier_grads) = self.classifier_pass(&out, labels)?;
+        if let Some(probed) = probed {
+            metrics = probed;
+        }
         let m = self.model.modality_channels.len();
         // Measured for every run with classifiers, applied only by CGGM.
         let (mut balance, mut guarded, mut clamped) = (vec![1.0; m], false, 0);
@@ -404,8 +436,11 @@ impl<N: MultimodalNetwork> Trainer<N> {
             let outcome = self.tracker.update_outcome(&metrics);
             (balance, guarded, clamped) = (outcome.coefficients, outcome.guarded, outcome.clamped);
         }
-        // The fixed-B control measures B but applies the neutral value.
-        if self.model.cfg.method == Method::CggmFixed {
+        // The fixed-B controls measure B but apply the neutral value.
+        if matches!(
+            self.model.cfg.method,
+            Method::CggmFixed | Method::CggmMagnitudeFixed
+        ) {
             balance = neutral_balance(m, self.model.cfg.cggm.rho);
         }
         // g_F from the (loss-scaled) task loss: the cosines, and so L_gm, do not depend on scale.

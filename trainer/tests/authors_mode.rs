@@ -150,6 +150,7 @@ fn config(case: &Case) -> TrainConfig {
         warmup_epochs: 0,
         warmup_start_lr: lr,
         classifier_lr: cls_lr,
+        encoder_lr_scale: 1.0,
     };
     if segmentation {
         // segtrain.py: SGD, momentum 0.9, weight decay 3e-4 (the paper preset's), no clipping.

@@ -176,6 +176,7 @@ fn every_method_trains_on_classification_and_regression_through_the_same_step() 
             "cggm-magnitude",
             "cggm-direction",
             "cggm-fixed",
+            "cggm-magnitude-fixed",
             "cggm-authors",
             "mrd",
             "mslr",

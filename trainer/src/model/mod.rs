@@ -13,6 +13,7 @@ pub mod resnet;
 pub mod transformer;
 
 pub use built::Model;
+pub use cggm_core::model_config::ClassifierDesign;
 pub use cggm_core::model_config::ModelConfig;
 use decoder::{Decoder, DecoderSpec};
 use encoder::{Encoder, EncoderFeatures};
@@ -249,10 +250,16 @@ fn classifier_spec(cfg: &ModelConfig, modalities: usize) -> DecoderSpec {
         // Same input width as the fusion head's last layer, so the two last layers have
         // the same shape and their gradients can be compared by cosine.
         mid: cfg.decoder_channels,
-        refine_convs: 1,
-        // A 1x1 refinement keeps the classifiers' cost small next to the encoders': they
-        // are the method's overhead.
-        refine_kernel: 1,
+        // Light: a 1x1 refinement keeps the classifiers' cost small next to the encoders' (they
+        // are the method's overhead). Full: the fusion head's two 3x3 refinements.
+        refine_convs: match cfg.classifier_design {
+            ClassifierDesign::Light => 1,
+            ClassifierDesign::Full => 2,
+        },
+        refine_kernel: match cfg.classifier_design {
+            ClassifierDesign::Light => 1,
+            ClassifierDesign::Full => 3,
+        },
         classes: cfg.classes,
         groups: modalities as i64,
     }
