@@ -244,3 +244,99 @@ async fn a_study_whose_second_run_cannot_be_stored_leaves_no_study_and_no_run() 
         1
     );
 }
+
+/// `DELETE /api/comparisons/N` (was 405): the study alone, keeping its runs; or with
+/// `?runs=delete` its runs too — refused (409, nothing deleted) while one has not finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_study_can_be_deleted_with_or_without_its_runs() {
+    let server = LiveServer::start(&["--no-demo", "--max-jobs", "1"]);
+    let dataset = server.tiny_dataset("tiny").await;
+    let body = |steps: u64| {
+        serde_json::json!({ "dataset_id": dataset, "methods": ["joint"], "seeds": [1],
+                            "options": { "preset": "tiny", "epochs": 1,
+                                         "steps_per_epoch": steps, "device": "cpu" } })
+    };
+    let delete = |url: String| {
+        let client = server.client.clone();
+        async move { client.delete(url).send().await.unwrap() }
+    };
+
+    // Kept runs: the study goes, its run stays a run.
+    let kept = server.post_json("/api/comparisons", body(1)).await;
+    let (kept_id, kept_job) = (
+        kept["id"].as_i64().unwrap(),
+        kept["jobs"][0].as_i64().unwrap(),
+    );
+    server
+        .poll_json(&format!("/api/comparisons/{kept_id}"), DEADLINE, |a| {
+            a["done"] == true
+        })
+        .await;
+    let gone = delete(server.url(&format!("/api/comparisons/{kept_id}"))).await;
+    assert_eq!(gone.status(), 204, "{}", gone.text().await.unwrap());
+    let after = server
+        .client
+        .get(server.url(&format!("/api/comparisons/{kept_id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 404);
+    let job = server.get_json(&format!("/api/jobs/{kept_job}")).await;
+    assert_eq!(job["state"], "succeeded", "the run stays: {job}");
+    assert!(server
+        .data_dir
+        .join(format!("runs/job-{kept_job}"))
+        .is_dir());
+
+    // With its runs, while the run still trains: refused, nothing deleted.
+    let long = server.post_json("/api/comparisons", body(400)).await;
+    let (long_id, long_job) = (
+        long["id"].as_i64().unwrap(),
+        long["jobs"][0].as_i64().unwrap(),
+    );
+    let refused = delete(server.url(&format!("/api/comparisons/{long_id}?runs=delete"))).await;
+    assert_eq!(refused.status(), 409);
+    let text = refused.text().await.unwrap();
+    assert!(
+        text.contains(&format!("run {long_job}")) && text.contains("cancel"),
+        "{text}"
+    );
+    assert_eq!(
+        server
+            .client
+            .get(server.url(&format!("/api/comparisons/{long_id}")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Cancelled, then deleted with its runs: the run and its folder go too.
+    server
+        .post_json(
+            &format!("/api/jobs/{long_job}/cancel"),
+            serde_json::json!({}),
+        )
+        .await;
+    server
+        .poll_json(&format!("/api/jobs/{long_job}"), DEADLINE, |j| {
+            j["state"] == "cancelled"
+        })
+        .await;
+    let gone = delete(server.url(&format!("/api/comparisons/{long_id}?runs=delete"))).await;
+    assert_eq!(gone.status(), 204, "{}", gone.text().await.unwrap());
+    let run = server
+        .client
+        .get(server.url(&format!("/api/jobs/{long_job}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(run.status(), 404);
+    assert!(!server
+        .data_dir
+        .join(format!("runs/job-{long_job}"))
+        .exists());
+    let studies = server.get_json("/api/comparisons").await;
+    assert_eq!(studies.as_array().unwrap().len(), 0, "{studies}");
+}

@@ -18,6 +18,93 @@ pub fn router() -> Router<AppState> {
         .route("/predictions/{id}", delete(delete_prediction))
         .route("/jobs/{id}", delete(delete_run))
         .route("/datasets/{id}", delete(delete_dataset))
+        .route("/comparisons/{id}", delete(delete_comparison))
+}
+
+/// `DELETE /api/comparisons/N[?runs=delete]`.
+#[derive(serde::Deserialize)]
+struct ComparisonDeletion {
+    /// `keep` (default): the runs stay as ordinary runs; `delete`: they go too.
+    #[serde(default)]
+    runs: RunsOfAComparison,
+}
+
+#[derive(Clone, Copy, Default, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RunsOfAComparison {
+    #[default]
+    Keep,
+    Delete,
+}
+
+/// A comparison (a study of methods): its entry always; its runs only with `runs=delete`, and
+/// then only when every one of them has finished (409 naming those that have not: nothing is
+/// deleted until they are cancelled or done).
+async fn delete_comparison(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    axum::extract::Query(query): axum::extract::Query<ComparisonDeletion>,
+) -> Result<StatusCode> {
+    let exists: Option<(i64,)> = sqlx::query_as("SELECT id FROM comparisons WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&state.pool)
+        .await?;
+    if exists.is_none() {
+        return Err(Error::NotFound(format!("comparison {id}")));
+    }
+    let runs: Vec<db::Job> = sqlx::query_as(
+        "SELECT jobs.* FROM jobs JOIN comparison_runs ON comparison_runs.job_id = jobs.id \
+         WHERE comparison_runs.comparison_id = ? ORDER BY jobs.id",
+    )
+    .bind(id)
+    .fetch_all(&state.pool)
+    .await?;
+    if query.runs == RunsOfAComparison::Delete {
+        let active: Vec<i64> = runs
+            .iter()
+            .filter(|j| !j.is_finished() || state.runner.is_active(j.id))
+            .map(|j| j.id)
+            .collect();
+        if !active.is_empty() {
+            let list: Vec<String> = active.iter().map(|j| format!("run {j}")).collect();
+            return Err(Error::Conflict(format!(
+                "comparison {id} still has {} that {} not finished: cancel {} or wait, then delete \
+                 (or delete the comparison alone, keeping its runs)",
+                list.join(", "),
+                if active.len() == 1 { "has" } else { "have" },
+                if active.len() == 1 { "it" } else { "them" },
+            )));
+        }
+        for job in &runs {
+            refuse_if_used(
+                &format!("the checkpoint of run {}", job.id),
+                &active_jobs(&state, Use::Checkpoint, job.id).await?,
+            )?;
+        }
+    }
+    let mut tx = state.pool.begin().await?;
+    sqlx::query("DELETE FROM comparison_runs WHERE comparison_id = ?")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM comparisons WHERE id = ?")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    let mut removed = 0;
+    if query.runs == RunsOfAComparison::Delete {
+        for job in &runs {
+            remove_job(&state, job).await?;
+            removed += 1;
+        }
+    }
+    tracing::info!(
+        comparison = id,
+        runs_deleted = removed,
+        "comparison deleted"
+    );
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// What a queued or running job may use.
