@@ -12,6 +12,7 @@
 mod data_common;
 
 use cggm_trainer::events::Event;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
