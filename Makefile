@@ -18,7 +18,9 @@ test: web
 	scripts/setup-browser.sh
 	scripts/setup-dicom.sh
 	scripts/setup-slurm.sh
-	CGGM_REQUIRE_SLURM=1 $(CARGO) test --workspace --all-targets $(ARGS)
+	scripts/setup-tracking.sh >/dev/null
+	CGGM_REQUIRE_SLURM=1 CGGM_REQUIRE_TRACKING=1 CGGM_TRACKING_PYTHON="$$(scripts/setup-tracking.sh)/bin/python" \
+	  $(CARGO) test --workspace --all-targets $(ARGS)
 
 ## Build target/release/cggm and target/release/cggm-trainer (the libtorch half, rpath to libtorch:
 ## runs without LD_LIBRARY_PATH).

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Dice (or HD95) per BraTS region and their mean.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -143,11 +143,19 @@ pub fn now() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Something else that sees every event a sink emits, in order: the run trackers of
+/// `cggm train --mlflow / --tensorboard` (the trainer's `tracking` module). It must return
+/// quickly: it runs on the training thread.
+pub trait Observer: Send + Sync {
+    fn observe(&self, event: &Event);
+}
+
 /// Where events go: stdout, a file (appended, flushed per line), or nowhere; and, for the CLI,
-/// to a progress bar on stderr as well.
+/// to a progress bar on stderr as well; and to any observers.
 pub struct EventSink {
     out: Option<Mutex<Box<dyn Write + Send>>>,
     progress: Option<crate::progress::EventProgress>,
+    observers: Vec<Arc<dyn Observer>>,
 }
 
 impl EventSink {
@@ -155,6 +163,7 @@ impl EventSink {
         Self {
             out: Some(Mutex::new(Box::new(std::io::stdout()))),
             progress: None,
+            observers: Vec::new(),
         }
     }
 
@@ -162,6 +171,7 @@ impl EventSink {
         Self {
             out: None,
             progress: None,
+            observers: Vec::new(),
         }
     }
 
@@ -173,6 +183,7 @@ impl EventSink {
         Ok(Self {
             out: Some(Mutex::new(Box::new(file))),
             progress: None,
+            observers: Vec::new(),
         })
     }
 
@@ -193,6 +204,12 @@ impl EventSink {
         self
     }
 
+    /// Also hands every event to `observer`.
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observers.push(observer);
+        self
+    }
+
     /// Passes `result` on; an error is also reported as a `failed` event (the run's last word).
     pub fn report_failure<T>(&self, result: anyhow::Result<T>) -> anyhow::Result<T> {
         if let Err(e) = &result {
@@ -207,6 +224,9 @@ impl EventSink {
     pub fn emit(&self, event: &Event) {
         if let Some(progress) = &self.progress {
             progress.observe(event);
+        }
+        for observer in &self.observers {
+            observer.observe(event);
         }
         let Some(out) = &self.out else { return };
         let Ok(line) = serde_json::to_string(event) else {

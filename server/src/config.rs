@@ -52,6 +52,8 @@ pub struct ServeArgs {
     pub dcm2niix: PathBuf,
     #[command(flatten)]
     pub executor: crate::executor::ExecutorArgs,
+    #[command(flatten)]
+    pub tracking: crate::tracking::TrackingArgs,
     /// A client must send a request's headers within this many seconds, or its connection is
     /// closed (a "slowloris" holding connections open by sending headers a byte at a time).
     #[arg(long, env = "CGGM_HEADER_TIMEOUT_SECS", default_value_t = 20.0)]
@@ -143,6 +145,8 @@ pub struct Config {
     /// started: the server links no libtorch. The vocabulary offers them; local jobs are checked
     /// against them.
     pub cuda_devices: usize,
+    /// Variables every job gets: where training runs are logged (`--mlflow`, `--tensorboard`).
+    pub job_env: Vec<(String, String)>,
 }
 
 impl Config {
@@ -164,6 +168,7 @@ impl Config {
             secure_cookie: false,
             bounds: Default::default(),
             cuda_devices: 0,
+            job_env: Vec::new(),
         }
     }
 }

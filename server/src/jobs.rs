@@ -48,6 +48,8 @@ pub(crate) struct Inner {
     restarted: Mutex<std::collections::HashSet<i64>>,
     /// `--max-jobs`: whether a job has the machine's cores to itself (see `omp_wait_policy`).
     max_jobs: usize,
+    /// Variables every job gets (see `crate::tracking`).
+    job_env: Vec<(String, String)>,
 }
 
 /// OpenMP's wait policy for a local job, and why. Spinning threads (`active`: they spin until
@@ -91,6 +93,7 @@ impl JobRunner {
         max_jobs: usize,
         executor: crate::executor::Executor,
         max_log_bytes: u64,
+        job_env: Vec<(String, String)>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -105,6 +108,7 @@ impl JobRunner {
                 idle: broadcast::channel(1).0,
                 restarted: Mutex::default(),
                 max_jobs,
+                job_env,
             }),
         }
     }
@@ -313,6 +317,10 @@ impl Inner {
         &self.executor
     }
 
+    pub(crate) fn job_env(&self) -> &[(String, String)] {
+        &self.job_env
+    }
+
     pub(crate) fn forget_cancel(&self, job_id: i64) {
         self.cancels
             .lock()
@@ -389,6 +397,7 @@ impl Inner {
         // The child's stdin is a pipe the server never writes to: when the server dies (even by
         // SIGKILL) the pipe closes and the trainer exits (see `cggm`'s main).
         command.env(crate::PARENT_PIPE_ENV, "1");
+        command.envs(self.job_env.iter().map(|(k, v)| (k, v)));
         let mut child = match command
             .args(&args)
             .stdin(Stdio::piped())

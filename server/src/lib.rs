@@ -15,6 +15,7 @@ pub mod retention;
 pub mod routes;
 pub mod security;
 pub mod templates;
+pub mod tracking;
 pub mod volume;
 
 use axum::middleware;
@@ -73,6 +74,7 @@ impl AppState {
             config.max_jobs,
             config.executor.clone(),
             config.bounds.max_log_bytes,
+            config.job_env.clone(),
         );
         runner.recover().await?;
         Ok(Self {
@@ -190,6 +192,7 @@ pub async fn serve(args: ServeArgs, cuda_devices: usize) -> anyhow::Result<()> {
         secure_cookie: args.secure_cookie,
         bounds: args.bounds(),
         cuda_devices,
+        job_env: args.tracking.job_env(),
     };
     if let Some(warning) = routes::dicom::converter_warning(&config.dicom) {
         tracing::warn!("{warning}");

@@ -137,6 +137,8 @@ pub struct JobPage {
     pub params: String,
     pub error: String,
     pub runs: Vec<(i64, String)>,
+    /// Where the run is logged (MLflow, TensorBoard; see `crate::tracking`), or empty.
+    pub tracking: String,
 }
 
 #[derive(Template)]

@@ -25,3 +25,4 @@ pub mod run_features;
 pub mod run_loop;
 pub mod step;
 pub mod task;
+pub mod tracking;

@@ -182,6 +182,8 @@ pub(crate) async fn submit_and_follow(
         .env_remove("CGGM_TOKEN")
         .env_remove("CGGM_TOKEN_FILE")
         .env_remove(crate::PARENT_PIPE_ENV)
+        // sbatch hands its environment to the job: where the runs are logged goes with it.
+        .envs(inner.job_env().iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .output()
         .await;

@@ -425,6 +425,7 @@ async fn job(State(state): State<AppState>, Path(id): Path<i64>) -> Response {
                 params: serde_json::to_string_pretty(p).unwrap_or_default(),
                 error: view.job.error.clone().unwrap_or_default(),
                 runs,
+                tracking: crate::tracking::describe(view.job.run_dir().root()).unwrap_or_default(),
             })
             .into_response())
         }

@@ -17,6 +17,7 @@ use cggm_trainer::run::{dataset_split, run_split, train, TrainOptions};
 use cggm_trainer::run_features::train_features;
 use cggm_trainer::rundir::RunDir;
 use cggm_trainer::task::TaskKind;
+use cggm_trainer::tracking::{end_on_signal, Tracker, TrackingArgs};
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -48,15 +49,20 @@ pub struct TrainArgs {
     /// be this run's; the optimiser and schedule start afresh.
     #[arg(long, value_name = "RUN_DIR")]
     pub init_from: Option<PathBuf>,
+    /// MLflow and TensorBoard logging (tracking/mod.rs).
+    #[command(flatten)]
+    pub tracking: TrackingArgs,
 }
 
 /// The `cggm train` flags that are not run options: the server sets them itself for every job
 /// (`data` from the chosen dataset, `out` and `events` from the job, `config` is how it hands the
 /// request over, `resume` is the Resume button), `stop_after_epochs` is a scripting aid whose
 /// place in the application Cancel and Resume take, and `init_from` is a path here but a finished
-/// run's id in a request (the server resolves it: a request never names a folder).
+/// run's id in a request (the server resolves it: a request never names a folder). Where a run is
+/// logged (`mlflow`, `mlflow_experiment`, `tensorboard`) is the server's own setting, handed to
+/// every training it starts through the flags' environment variables, not a request's.
 #[cfg(test)]
-const FLAGS_THE_SERVER_SETS: [&str; 7] = [
+const FLAGS_THE_SERVER_SETS: [&str; 10] = [
     "data",
     "out",
     "config",
@@ -64,6 +70,9 @@ const FLAGS_THE_SERVER_SETS: [&str; 7] = [
     "resume",
     "stop_after_epochs",
     "init_from",
+    "mlflow",
+    "mlflow_experiment",
+    "tensorboard",
 ];
 
 /// Recursively overlays `patch` onto `base` (objects merge, everything else replaces).
@@ -136,9 +145,18 @@ impl TrainArgs {
 
 pub fn run_train(args: TrainArgs) -> Result<()> {
     let cfg = args.to_config()?;
-    let events = EventSink::from_arg(args.events.as_deref())
+    let mut events = EventSink::from_arg(args.events.as_deref())
         .context("opening the events file")?
         .with_progress();
+    // Ends the tracked run (KILLED) when training returns without finishing or failing.
+    let _tracked = match Tracker::start(&args.tracking, &args.out, args.resume)? {
+        Some(tracker) => {
+            events = events.with_observer(tracker.clone());
+            end_on_signal(tracker.clone())?;
+            Some(tracker.guard())
+        }
+        None => None,
+    };
     let opts = TrainOptions {
         resume: args.resume,
         stop_after_epochs: args.stop_after_epochs,
