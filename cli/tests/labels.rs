@@ -67,6 +67,13 @@ async fn a_saved_correction_is_the_new_ground_truth_and_every_older_version_stay
         .await;
     let truth = truth_overlay(&manifest);
     assert_eq!(truth["title"], "Ground truth", "{truth}");
+    // The viewer's edit mode: where to save, and the pens in the BraTS numbering.
+    assert_eq!(
+        manifest["labels"],
+        serde_json::json!({ "save_url": format!("/api/studies/{id}/labels"),
+                            "pens": [[1, "ncr"], [2, "ed"], [4, "et"]] }),
+        "{manifest}"
+    );
     let (_, scores) = app
         .get_json(&format!("/api/predictions/{prediction}/scores"))
         .await;

@@ -431,3 +431,140 @@ async fn dashboard_and_models_show_a_classification_runs_own_metrics() {
     let (_, page, _) = app.get(&format!("/jobs/{id}")).await;
     assert!(String::from_utf8_lossy(&page).contains("data-headline=\"accuracy\""));
 }
+
+/// POSTs a run request; the 422's error text (fails the test on any other status).
+async fn refusal(app: &TestApp, body: serde_json::Value) -> String {
+    let (status, answer) = app.post_json("/api/jobs", body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    answer["error"].as_str().unwrap().to_string()
+}
+
+/// Fine-tuning from the API (issue 21 item 3): `init_from` names a finished run by its id, the
+/// server resolves it to that run's folder for the trainer (`init_from` in `request.json`), the
+/// form offers the finished runs, and a request that cannot start from the run says why.
+#[tokio::test]
+async fn init_from_a_finished_run_reaches_the_trainer_as_its_folder_and_bad_sources_are_refused() {
+    let app = TestApp::new().await;
+    let source = app.finished_run().await;
+    let dataset = app.get_json("/api/jobs").await.1[0]["dataset_id"]
+        .as_i64()
+        .unwrap();
+    let source_dir = app.data_dir().join(format!("runs/job-{source}"));
+
+    // The form offers the finished run, with its task.
+    let (_, form, _) = app.get("/runs/new").await;
+    let form = String::from_utf8_lossy(&form);
+    assert!(
+        form.contains(&format!(
+            "<option value=\"{source}\" data-task=\"segmentation\">#{source} · cggm · tiny"
+        )),
+        "{form}"
+    );
+
+    let (status, job) = app
+        .post_json(
+            "/api/jobs",
+            request(dataset, serde_json::json!({ "init_from": source })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    assert_eq!(job["params"]["init_from"], source, "{job}");
+    let id = job["id"].as_i64().unwrap();
+    let config: TrainConfig = serde_json::from_str(
+        &std::fs::read_to_string(app.data_dir().join(format!("runs/job-{id}/request.json")))
+            .unwrap(),
+    )
+    .unwrap();
+    let folder = config.init_from.expect("request.json names the source");
+    assert!(folder.is_absolute(), "{}", folder.display());
+    assert_eq!(
+        folder.canonicalize().unwrap(),
+        source_dir.canonicalize().unwrap()
+    );
+    app.wait_for_job(id, &["succeeded"], DEADLINE).await;
+
+    // Refusals name the problem; nothing is queued.
+    let jobs_before = app.get_json("/api/jobs").await.1.as_array().unwrap().len();
+    let with = |v: serde_json::Value| request(dataset, serde_json::json!({ "init_from": v }));
+    let e = refusal(&app, with(serde_json::json!("runs/job-1"))).await;
+    assert!(
+        e.contains("init_from: \"runs/job-1\" is not a run's number"),
+        "{e}"
+    );
+    let e = refusal(&app, with(serde_json::json!(999))).await;
+    assert!(e.contains("init_from: there is no run 999"), "{e}");
+    let study = app.upload_study("patient").await;
+    let prediction = app.segment(study, source).await;
+    let e = refusal(&app, with(serde_json::json!(prediction))).await;
+    assert!(e.contains("is a segmentation, not a training run"), "{e}");
+    // The stand-in trainer fails unimodal:t2 runs: a failed run is no source.
+    let (_, failed) = app
+        .post_json(
+            "/api/jobs",
+            request(dataset, serde_json::json!({ "method": "unimodal:t2" })),
+        )
+        .await;
+    let failed = failed["id"].as_i64().unwrap();
+    app.wait_for_job(failed, &["failed"], DEADLINE).await;
+    let e = refusal(&app, with(serde_json::json!(failed))).await;
+    assert!(
+        e.contains(&format!(
+            "run {failed} is failed: start from a run that finished"
+        )),
+        "{e}"
+    );
+    // Another network: a run of one modality cannot start a four-modality run.
+    let e = refusal(
+        &app,
+        request(
+            dataset,
+            serde_json::json!({ "init_from": source, "method": "unimodal:flair" }),
+        ),
+    )
+    .await;
+    assert!(
+        e.contains(&format!(
+            "run {source} cannot start this run: its network reads flair, t1ce, t1, t2 and this \
+             run's reads flair"
+        )),
+        "{e}"
+    );
+    // Another task: a classification run cannot start a segmentation run.
+    let features = app.data_dir().join("datasets/mosi-like");
+    write_feature_dataset(&features);
+    let (_, registered) = app
+        .post_json(
+            "/api/datasets",
+            serde_json::json!({ "name": "mosi-like", "path": features.display().to_string() }),
+        )
+        .await;
+    let (status, classification) = app
+        .post_json(
+            "/api/jobs",
+            serde_json::json!({ "dataset_id": registered["id"], "preset": "cpu-features", "epochs": 1 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{classification}");
+    let classification = classification["id"].as_i64().unwrap();
+    app.wait_for_job(classification, &["succeeded"], DEADLINE)
+        .await;
+    let e = refusal(&app, with(serde_json::json!(classification))).await;
+    assert!(
+        e.contains(&format!(
+            "run {classification} cannot start this run: it trained classification and this run \
+             trains segmentation"
+        )),
+        "{e}"
+    );
+    // A run whose checkpoints are gone.
+    std::fs::remove_dir_all(source_dir.join("checkpoints")).unwrap();
+    let e = refusal(&app, with(serde_json::json!(source))).await;
+    assert!(
+        e.contains(&format!("run {source} left no checkpoint (best or last)")),
+        "{e}"
+    );
+    let jobs_after = app.get_json("/api/jobs").await.1.as_array().unwrap().len();
+    // The segmentation, the failed and the classification run were queued on purpose; no
+    // refused request was.
+    assert_eq!(jobs_after, jobs_before + 3);
+}

@@ -7,6 +7,7 @@ pub mod dicom;
 pub mod error;
 pub mod executor;
 pub mod feature_datasets;
+pub mod fine_tune;
 pub mod inspect;
 pub mod jobs;
 pub mod labels;

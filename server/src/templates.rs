@@ -122,6 +122,8 @@ pub struct NewRun {
     pub presets: Vec<PresetOption>,
     pub default_preset: String,
     pub fields: Vec<FormField>,
+    /// Finished runs a new run may start from (`init_from`).
+    pub sources: Vec<crate::fine_tune::SourceRun>,
 }
 
 #[derive(Template)]

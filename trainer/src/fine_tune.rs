@@ -4,7 +4,7 @@
 //! CGGM's state start afresh, as in a new run.
 
 use crate::checkpoint::{best_or_last, checkpoint_dir, read_config, read_state};
-use crate::config::TrainConfig;
+pub use crate::config::incompatibility;
 use crate::model::network::MultimodalNetwork;
 use crate::model::Model;
 use anyhow::{bail, Context, Result};
@@ -19,39 +19,6 @@ pub struct InitSource {
     pub epoch: usize,
     /// Whether the per-modality classifiers came over too (both runs train them).
     pub classifiers: bool,
-}
-
-/// Why `source`'s network cannot start `target`'s, or None when it can. The method, the
-/// optimiser, the schedule and the data may differ; the architecture may not.
-pub fn incompatibility(source: &TrainConfig, target: &TrainConfig) -> Option<String> {
-    if source.task != target.task {
-        return Some(format!(
-            "it trained {} and this run trains {}",
-            source.task, target.task
-        ));
-    }
-    if source.modalities() != target.modalities() {
-        let names = |c: &TrainConfig| {
-            c.modalities()
-                .iter()
-                .map(|m| m.name().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        return Some(format!(
-            "its network reads {} and this run's reads {}",
-            names(source),
-            names(target)
-        ));
-    }
-    if source.model != target.model || source.features != target.features {
-        return Some(format!(
-            "its network differs from this run's (preset {:?} against {:?}): choose the source \
-             run's preset, or a source trained with this one",
-            source.preset, target.preset
-        ));
-    }
-    None
 }
 
 /// Loads the weights of the run in `source` (best, else last) into `model`, after checking that

@@ -91,6 +91,14 @@ if (newRun) {
         input.placeholder = v === null || v === undefined ? "preset" : String(v);
       }
     };
+    // Only finished runs of the dataset's task can start a run on it (init_from).
+    const fitSources = (task) => {
+      for (const option of f.init_from.options) {
+        const other = option.value !== "" && option.dataset.task !== task;
+        option.hidden = other; option.disabled = other;
+        if (other && option.selected) f.init_from.value = "";
+      }
+    };
     const fit = () => {
       const chosen = f.dataset_id.selectedOptions[0];
       if (!chosen) return;
@@ -104,10 +112,13 @@ if (newRun) {
         el("option", { value: p.name, title: p.description }, p.name + " (" + p.hardware + ")")));
       if (fitting.includes(keep)) f.preset.value = keep;
       else if (fitting.includes(vocab.default_preset)) f.preset.value = vocab.default_preset;
+      fitSources(task);
       placeholders();
     };
     f.dataset_id.addEventListener("change", fit);
     f.preset.addEventListener("change", placeholders);
+    const first = f.dataset_id.selectedOptions[0];
+    if (first) fitSources(first.dataset.task);
     placeholders();
   }).catch((err) => toast(err.message, true));
 }

@@ -1,7 +1,9 @@
 // The NiiVue viewer (WebGL) for studies, predictions, dataset cases and a run's test cases: the
 // four modalities and the label overlays loaded as NIfTI from the API, multiplanar and 3-D views,
 // per-class toggles in the BraTS colours, crosshair readout, window/level, and the scores of the
-// prediction against the ground truth. The page's manifest (GET data-manifest) says what to load.
+// prediction against the ground truth, and on a study's page an "Edit label" mode (NiiVue's
+// drawing tools) that saves the corrected label as the study's ground truth. The page's manifest
+// (GET data-manifest) says what to load.
 // Without WebGL 2, or for a volume too large for the browser, the server-rendered slices stay.
 // Requests for JSON go through app.js's `api`; NiiVue fetches the volumes itself.
 "use strict";
@@ -47,9 +49,12 @@
   const state = {
     nv: null, manifest: null, modality: null, images: {}, overlays: {},
     shownClasses: new Set(["ncr", "ed", "et"]), opacity: 0.5,
+    // Edit mode: the overlay the drawing started from (hidden under it), strokes undo can take back.
+    editing: null, undoable: 0,
   };
 
   function overlayOpacity(key) {
+    if (state.editing === key) return 0;
     const box = Array.from(document.querySelectorAll("#nv-overlays input")).find((i) => i.value === key);
     return box && !box.checked ? 0 : state.opacity;
   }
@@ -174,7 +179,7 @@
     state.overlays[o.key] = vol;
     const input = el("input", { type: "checkbox", class: "nv-overlay", value: o.key, checked: true });
     input.addEventListener("change", applyLabels);
-    $("#nv-overlays").appendChild(el("label", {}, input, " ", o.title));
+    $("#nv-overlays").appendChild(el("label", { dataset: { overlay: o.key } }, input, " ", o.title));
   }
 
   // Overlays that appeared since the page loaded (a prediction that finished meanwhile).
@@ -187,6 +192,7 @@
     }
     $("#nv-overlays").hidden = manifest.overlays.length === 0;
     state.manifest = manifest;
+    if (manifest.labels && !state.editing) showSources(manifest);
     applyLabels();
   }
 
@@ -218,6 +224,178 @@
       const moves = { ArrowUp: 1, k: 1, ArrowDown: -1, j: -1, PageUp: 10, PageDown: -10 };
       if (e.key in moves && $("#nv-view").value !== "render") { e.preventDefault(); step(moves[e.key]); }
     });
+  }
+
+  // ------------------------------------------------------------------ edit mode (label correction)
+  // NiiVue's drawing layer holds the label being corrected, in NiiVue's RAS-ordered bitmap of the
+  // background's grid. Saving writes it back in the image's own voxel order with the image's
+  // header (NVImage.saveToUint8Array), so the saved label matches the study's grid voxel for voxel.
+
+  function editSay(text) { const p = $("#nv-edit-status"); p.textContent = text; p.hidden = !text; }
+  function editError(text) { const p = $("#nv-edit-error"); p.textContent = text; p.hidden = !text; }
+
+  function penClass(value) {
+    const pen = state.manifest.labels.pens.find(([v]) => v === value);
+    return pen && state.manifest.classes.find((c) => c.class === pen[1]);
+  }
+
+  // The drawing's colours: each pen's value in its class colour, background clear.
+  function drawColours() {
+    const cm = { R: [0], G: [0], B: [0], A: [0], I: [0], labels: ["background"] };
+    for (const [value] of state.manifest.labels.pens) {
+      const c = penClass(value);
+      cm.R.push(c.colour[0]); cm.G.push(c.colour[1]); cm.B.push(c.colour[2]);
+      cm.A.push(255); cm.I.push(value); cm.labels.push(c.name);
+    }
+    return cm;
+  }
+
+  function choosePen() {
+    const chosen = document.querySelector("#nv-pens input:checked");
+    if (chosen && state.nv) state.nv.setPenValue(Number(chosen.value), $("#nv-pen-fill").checked);
+  }
+
+  function showUndo() {
+    $("#nv-undo").disabled = state.undoable < 1;
+    panel.dataset.undoable = String(state.undoable);
+  }
+
+  function buildEditControls(manifest) {
+    if (!manifest.labels) return;
+    const pens = manifest.labels.pens.map(([value]) => {
+      const c = penClass(value);
+      return { value, text: `${c.name} (${value})`, colour: `rgb(${c.colour.map(Number).join(",")})` };
+    }).concat([{ value: 0, text: "erase (0)", colour: "" }]);
+    $("#nv-pens").replaceChildren(...pens.map((p, k) => {
+      const input = el("input", { type: "radio", name: "nv-pen", value: p.value, checked: k === 0 });
+      input.addEventListener("change", choosePen);
+      return el("label", { class: "lab", style: p.colour ? { color: p.colour } : {} }, input, " ", p.text);
+    }));
+    $("#nv-pen-fill").addEventListener("change", choosePen);
+    showSources(manifest);
+    $("#nv-edit-start").addEventListener("click", () => { try { startEditing(); } catch (e) { editError(e.message); } });
+    $("#nv-edit-leave").addEventListener("click", () => leaveEditing());
+    $("#nv-undo").addEventListener("click", () => {
+      if (state.undoable < 1) return;
+      state.nv.drawUndo();
+      state.undoable--;
+      showUndo();
+    });
+    $("#nv-save").addEventListener("click", async () => {
+      const button = $("#nv-save");
+      button.disabled = true;
+      editError("");
+      try { await saveDrawing(); } catch (e) { editError("Not saved: " + e.message); } finally { button.disabled = false; }
+    });
+    $("#nv-edit").hidden = false;
+  }
+
+  // What a correction can start from: the prediction or the current ground truth, or nothing.
+  function showSources(manifest) {
+    const select = $("#nv-edit-source"), keep = select.value;
+    const options = manifest.overlays.map((o) => el("option", { value: o.key }, o.title));
+    select.replaceChildren(...options, el("option", { value: "" }, "an empty label"));
+    if (Array.from(select.options).some((o) => o.value === keep)) select.value = keep;
+  }
+
+  function startEditing() {
+    const nv = state.nv, key = $("#nv-edit-source").value;
+    editError(""); editSay("");
+    nv.setDrawColormap(drawColours());
+    nv.setDrawOpacity(Math.min(1, state.opacity + 0.3));
+    if (key) {
+      const source = state.overlays[key];
+      if (!source) throw new Error(`the ${key} overlay is not loaded`);
+      if (!nv.loadDrawing(source)) throw new Error(`the ${key} label is not on the image's grid`);
+    } else {
+      nv.createEmptyDrawing();
+    }
+    nv.setDrawingEnabled(true);
+    state.editing = key || null;
+    state.undoable = 0;
+    // NiiVue reports each finished stroke (mouse up, a filled outline) as "draw".
+    nv.onDrawingChanged = (action) => {
+      if (action !== "draw") return;
+      state.undoable = Math.min(state.undoable + 1, nv.opts.maxDrawUndoBitmaps - 1);
+      showUndo();
+    };
+    choosePen();
+    showUndo();
+    $("#nv-edit-tools").hidden = false;
+    $("#nv-edit-start").hidden = true;
+    $("#nv-edit-source").disabled = true;
+    panel.dataset.editing = key || "empty";
+    applyLabels();
+  }
+
+  function leaveEditing() {
+    const nv = state.nv;
+    nv.onDrawingChanged = () => {};
+    nv.setDrawingEnabled(false);
+    nv.closeDrawing();
+    state.editing = null;
+    state.undoable = 0;
+    $("#nv-edit-tools").hidden = true;
+    $("#nv-edit-start").hidden = false;
+    $("#nv-edit-source").disabled = false;
+    delete panel.dataset.editing;
+    applyLabels();
+  }
+
+  // The drawing as a gzipped NIfTI on the study's grid (a File for the labels route).
+  async function drawingAsNifti() {
+    const nv = state.nv, bitmap = nv.drawBitmap;
+    if (!bitmap) throw new Error("there is no drawing: press Edit label first");
+    const allowed = [0].concat(state.manifest.labels.pens.map(([v]) => v));
+    const bad = bitmap.find((v) => !allowed.includes(v));
+    if (bad !== undefined) {
+      throw new Error(`the drawing holds the value ${bad}, which is not a label (${allowed.join(", ")}): erase it or undo`);
+    }
+    const nii = await nv.volumes[0].saveToUint8Array("label.nii", bitmap);
+    // A 4-D image (MSD: four modalities in one file) lends a 4-D header: the label is one volume.
+    new DataView(nii.buffer, nii.byteOffset, nii.byteLength).setInt16(40, 3, true);
+    const gz = await new Response(new Blob([nii]).stream().pipeThrough(new CompressionStream("gzip"))).blob();
+    return new File([gz], "label.nii.gz", { type: "application/gzip" });
+  }
+
+  async function saveDrawing() {
+    const author = $("#nv-author").value.trim();
+    if (!author) throw new Error("enter your name as the author");
+    const form = new FormData();
+    form.append("author", author);
+    form.append("label", await drawingAsNifti());
+    const saved = await api("POST", state.manifest.labels.save_url, form);
+    const history = await api("GET", state.manifest.labels.save_url);
+    const version = history.versions.find((v) => v.tag === saved.tag && v.version === saved.version);
+    const when = version ? new Date(version.created_at * 1000).toISOString().replace("T", " ").slice(0, 19) + " UTC" : "";
+    leaveEditing();
+    await reloadTruth();
+    editSay(`saved as ${saved.tag} v${saved.version} by ${version ? version.author : author}${when ? " at " + when : ""}`);
+    panel.dataset.savedVersion = String(saved.version);
+  }
+
+  // The ground truth overlay again from the manifest (a saved correction is the new truth).
+  async function reloadTruth() {
+    const nv = state.nv, manifest = await api("GET", panel.dataset.manifest);
+    const old = state.overlays.truth;
+    if (old) {
+      nv.removeVolume(old);
+      delete state.overlays.truth;
+      const box = document.querySelector('#nv-overlays label[data-overlay="truth"]');
+      if (box) box.remove();
+    }
+    state.manifest = manifest;
+    const o = manifest.overlays.find((x) => x.key === "truth");
+    if (o) {
+      const vol = await niivue.NVImage.loadFromUrl({ url: o.url, name: o.name, opacity: state.opacity });
+      registerOverlay(o, vol);
+      nv.addVolume(vol);
+      panel.dataset.truthUrl = o.url;
+    }
+    $("#nv-overlays").hidden = manifest.overlays.length === 0;
+    showSources(manifest);
+    applyLabels();
+    if (manifest.scores_url) api("GET", manifest.scores_url).then(showScores).catch((e) => say(e.message));
   }
 
   // What the page cost: bytes received (every resource and the page itself) when the first frame
@@ -282,6 +460,7 @@
     manifest.overlays.forEach((o, k) => registerOverlay(o, nv.volumes[k + 1]));
     $("#nv-overlays").hidden = manifest.overlays.length === 0;
     applyLabels();
+    buildEditControls(manifest);
     mark("labels");
     nv.setSliceType(nv.sliceTypeMultiplanar);
     mark("layout");

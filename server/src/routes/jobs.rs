@@ -82,7 +82,8 @@ async fn show(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json
 }
 
 /// `POST /api/jobs`: `{"dataset_id": N, ...run options}` (the trainer's [`RunOptions`]: every
-/// `cggm train` knob, under its JSON name). The server builds the run configuration with the
+/// `cggm train` knob, under its JSON name), plus `"init_from": <run id>` to start from the
+/// weights of a finished run ([`crate::fine_tune`]). The server builds the run configuration with the
 /// trainer's own types and validation and answers 422 with the reason before anything is queued;
 /// the configuration goes to the child as `request.json` in the run directory.
 pub async fn create(
@@ -131,6 +132,8 @@ pub async fn check_train_request(
             ))
         }
     };
+    // A finished run's id, resolved below once the new run's network is known.
+    let init_from = object.remove("init_from").filter(|v| !v.is_null());
     let options = RunOptions::from_json(&body).map_err(Error::Unprocessable)?;
     let dataset = db::dataset(&state.pool, dataset_id).await?;
     let facts = DatasetFacts::of(&dataset);
@@ -151,7 +154,11 @@ pub async fn check_train_request(
             dataset.name, facts.task
         ))
     })?;
-    let params = serde_json::json!({
+    if let Some(source) = &init_from {
+        config.init_from =
+            Some(crate::fine_tune::source_folder(&state.pool, source, &config).await?);
+    }
+    let mut params = serde_json::json!({
         "dataset": dataset.name,
         "data": dataset.path,
         "task": facts.task,
@@ -160,6 +167,9 @@ pub async fn check_train_request(
         "epochs": config.epochs,
         "options": options,
     });
+    if let Some(source) = init_from {
+        params["init_from"] = source;
+    }
     Ok(TrainRequest {
         dataset_id: dataset.id,
         params,

@@ -360,12 +360,14 @@ async fn new_run(State(state): State<AppState>) -> Response {
                         .unwrap_or_default(),
                 })
                 .collect();
+            let sources = crate::fine_tune::sources(&state.pool).await?;
             Ok(HtmlTemplate(NewRun {
                 datasets,
                 methods,
                 presets,
                 default_preset,
                 fields,
+                sources,
             }))
         }
         .await,

@@ -82,6 +82,33 @@ pub struct ViewerManifest {
     pub too_large: Option<String>,
     /// A server-rendered picture of the case, shown when WebGL is missing.
     pub thumbnail_url: Option<String>,
+    /// Set when the page may correct the label and save it as the study's ground truth.
+    pub labels: Option<LabelEditing>,
+}
+
+/// What the viewer's "Edit label" mode needs: where a corrected label goes and the pens.
+#[derive(Debug, Serialize)]
+pub struct LabelEditing {
+    /// `POST` (multipart `label`, `author`): a new `final` version (`server/src/routes/labels.rs`).
+    pub save_url: String,
+    /// The label values the pens draw (the BraTS numbering every saved label uses) and their
+    /// classes, whose names and colours are `classes`.
+    pub pens: Vec<(u8, TumourClass)>,
+}
+
+impl LabelEditing {
+    fn of_study(study_id: i64) -> Self {
+        use cggm_core::data::{internal_to_brats, LABEL_ENHANCING, LABEL_NCR, LABEL_OEDEMA};
+        let pen = |internal, class| (internal_to_brats(internal), class);
+        Self {
+            save_url: format!("/api/studies/{study_id}/labels"),
+            pens: vec![
+                pen(LABEL_NCR, TumourClass::Ncr),
+                pen(LABEL_OEDEMA, TumourClass::Ed),
+                pen(LABEL_ENHANCING, TumourClass::Et),
+            ],
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -254,6 +281,7 @@ async fn prediction_manifest(
             "/api/studies/{}/slice?modality=flair",
             study.study.id
         )),
+        labels: Some(LabelEditing::of_study(study.study.id)),
     }))
 }
 
@@ -284,6 +312,7 @@ async fn case_manifest(
         scores: None,
         scores_url: None,
         thumbnail_url: Some(format!("/api/datasets/{id}/cases/{case}/thumbnail.png")),
+        labels: None,
     }))
 }
 
@@ -416,5 +445,6 @@ async fn test_case_manifest(
         }),
         scores_url: None,
         thumbnail_url: Some(format!("/api/jobs/{id}/test-cases/{case}/thumbnail.png")),
+        labels: None,
     }))
 }
