@@ -18,7 +18,8 @@ test: web
 	scripts/setup-browser.sh
 	scripts/setup-dicom.sh
 	scripts/setup-slurm.sh
-	CGGM_REQUIRE_SLURM=1 $(CARGO) test --workspace --all-targets $(ARGS)
+	scripts/setup-pacs.sh
+	CGGM_REQUIRE_SLURM=1 CGGM_REQUIRE_PACS=1 $(CARGO) test --workspace --all-targets $(ARGS)
 
 ## Build target/release/cggm and target/release/cggm-trainer (the libtorch half, rpath to libtorch:
 ## runs without LD_LIBRARY_PATH).

@@ -11,6 +11,7 @@ pub mod inspect;
 pub mod jobs;
 pub mod labels;
 pub mod limits;
+pub mod pacs;
 pub mod retention;
 pub mod routes;
 pub mod security;
@@ -184,6 +185,7 @@ pub async fn serve(args: ServeArgs, cuda_devices: usize) -> anyhow::Result<()> {
         dataset_roots: args.dataset_roots.clone(),
         web_dir: args.web_dir.clone().unwrap_or_else(config::default_web_dir),
         executor,
+        pacs: pacs::PacsSettings::from_args(&args.pacs).map_err(anyhow::Error::msg)?,
         cggm_bin,
         dicom: dicom::DicomSettings::with_converter(args.dcm2niix.clone()),
         session_lifetime: session_lifetime(args.session_hours)?,
@@ -206,6 +208,9 @@ pub async fn serve(args: ServeArgs, cuda_devices: usize) -> anyhow::Result<()> {
         .is_dir()
     {
         tracing::warn!(web_dir = %config.web_dir.display(), "NiiVue not found: run scripts/setup-web.sh (the viewer falls back to server-rendered slices)");
+    }
+    if let Some(pacs) = &config.pacs {
+        tracing::info!(pacs = %pacs.root, "PACS page and import through DICOMweb");
     }
     if let executor::Executor::Slurm(slurm) = &config.executor {
         tracing::info!(shared_dir = %slurm.shared_dir.display(), "jobs run on Slurm");

@@ -189,6 +189,15 @@ pub struct Segment {
     pub modalities: [&'static str; 4],
 }
 
+/// The PACS page: search, a study's series and the modality mapping (web/static/pacs.js).
+#[derive(Template)]
+#[template(path = "pacs.html")]
+pub struct Pacs {
+    /// The configured DICOMweb root; `None`: the page says how to configure one.
+    pub url: Option<String>,
+    pub modalities: [&'static str; 4],
+}
+
 #[derive(Template)]
 #[template(path = "viewer.html")]
 pub struct Viewer {

@@ -166,6 +166,9 @@ if (compareLink) {
 for (const fill of $$(".bar span[data-width]")) fill.style.width = Number(fill.dataset.width) + "%";
 const checkpointParam = new URLSearchParams(location.search).get("checkpoint");
 if (checkpointParam && $("#predict")) $("#predict").elements.checkpoint_job_id.value = checkpointParam;
+// The PACS page links an imported study here (/segment?study=N).
+const studyParam = new URLSearchParams(location.search).get("study");
+if (studyParam && $("#predict")) $("#predict").elements.study_id.value = studyParam;
 
 // ---------------------------------------------------------------- charts
 const COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];

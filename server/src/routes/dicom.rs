@@ -58,8 +58,14 @@ async fn import(
     }
     let settings = state.config.dicom.clone();
     let work = upload.dir.path().to_path_buf();
+    let name = upload
+        .fields
+        .get("name")
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "DICOM import".to_string());
     let _slot = state.volumes.decode_slot().await;
-    let mut volumes = Vec::new();
+    let mut inputs = Vec::new();
     for modality in MODALITIES {
         let sent = upload.series[modality].clone();
         let limits = settings.zip;
@@ -68,33 +74,55 @@ async fn import(
             tokio::task::spawn_blocking(move || series_folder(&folder, modality, &sent, limits))
                 .await
                 .map_err(anyhow::Error::from)??;
-        let nifti = dicom::convert_series(
-            &settings,
-            modality,
-            &input,
-            &work.join("nifti").join(modality),
-        )
-        .await?;
-        volumes.push((modality.to_string(), nifti));
+        inputs.push((modality, input));
     }
-    let study_dir = work.join("study");
-    let checked = tokio::task::spawn_blocking(move || check_volumes(&study_dir, volumes))
-        .await
-        .map_err(anyhow::Error::from)?
-        .map_err(Error::Unprocessable)?;
-    let name = upload
-        .fields
-        .get("name")
-        .map(|n| n.trim().to_string())
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| "DICOM import".to_string());
-    let id = store_study(&state, &name, &checked, work.join("study")).await?;
+    let id = study_from_series(&state, &work, inputs, &name, false).await?;
     // The DICOM files and the converter's output go with the temporary folder.
     drop(upload);
     Ok((
         StatusCode::CREATED,
         Json(db::study(&state.pool, id).await?.into()),
     ))
+}
+
+/// The checked DICOM series of each modality (folders inside `work`, a temporary folder of the
+/// data directory) converted with dcm2niix, checked as one co-registered study and stored under
+/// `name`; the study's id. The upload and the PACS import both end here. `keep_dicom`: the series
+/// are kept beside the volumes in `<study dir>/dicom/<modality>/` (what a DICOM SEG refers to).
+/// The caller holds a decode slot.
+pub(crate) async fn study_from_series(
+    state: &AppState,
+    work: &Path,
+    inputs: Vec<(&'static str, PathBuf)>,
+    name: &str,
+    keep_dicom: bool,
+) -> Result<i64> {
+    let settings = state.config.dicom.clone();
+    let study_dir = work.join("study");
+    let mut volumes = Vec::new();
+    for (modality, input) in &inputs {
+        let nifti = dicom::convert_series(
+            &settings,
+            modality,
+            input,
+            &work.join("nifti").join(modality),
+        )
+        .await?;
+        volumes.push((modality.to_string(), nifti));
+    }
+    let dir = study_dir.clone();
+    let checked = tokio::task::spawn_blocking(move || check_volumes(&dir, volumes))
+        .await
+        .map_err(anyhow::Error::from)?
+        .map_err(Error::Unprocessable)?;
+    if keep_dicom {
+        for (modality, input) in &inputs {
+            let kept = study_dir.join("dicom").join(modality);
+            std::fs::create_dir_all(study_dir.join("dicom"))?;
+            std::fs::rename(input, &kept)?;
+        }
+    }
+    store_study(state, name, &checked, study_dir).await
 }
 
 /// Streams each file into `input/<modality>/` of a fresh temporary folder, under a name of our own

@@ -7,6 +7,7 @@ pub mod dicom;
 pub mod jobs;
 pub mod labels;
 pub mod monailabel;
+pub mod pacs;
 pub mod pages;
 pub mod studies;
 pub mod viewer;
@@ -33,6 +34,7 @@ pub fn api_router() -> Router<AppState> {
         .merge(studies::router())
         .merge(labels::router())
         .merge(dicom::router())
+        .merge(pacs::router())
         .merge(deletion::router())
         .merge(comparisons::router())
         .merge(viewer::router())

@@ -28,6 +28,7 @@ pub fn router() -> Router<AppState> {
         .route("/compare", get(compare))
         .route("/models", get(models))
         .route("/segment", get(segment))
+        .route("/pacs", get(pacs))
         .route("/predictions/{id}", get(viewer))
         .fallback(not_found)
 }
@@ -566,6 +567,13 @@ async fn segment(State(state): State<AppState>) -> Response {
         }
         .await,
     )
+}
+
+async fn pacs(State(state): State<AppState>) -> HtmlTemplate<Pacs> {
+    HtmlTemplate(Pacs {
+        url: state.config.pacs.as_ref().map(|p| p.root.clone()),
+        modalities: crate::inspect::MODALITIES,
+    })
 }
 
 async fn viewer(State(state): State<AppState>, Path(id): Path<i64>) -> Response {
