@@ -58,7 +58,7 @@ def slice_dataset(pixels, k, args, series_uid, study_uid, frame_uid):
     ds.SeriesInstanceUID = series_uid
     ds.FrameOfReferenceUID = frame_uid
     ds.SeriesNumber = args.series_number
-    ds.SeriesDescription = args.modality
+    ds.SeriesDescription = args.description or args.modality
     ds.StudyDate = "20260101"
     ds.SeriesDate = "20260101"
     ds.AcquisitionTime = "120000"
@@ -91,7 +91,8 @@ def main():
     p.add_argument("--shape", default="32,32,16", help="phantom shape x,y,z (without --nifti)")
     p.add_argument("--seed", type=int, default=0, help="phantom intensity variant")
     p.add_argument("--out", required=True, help="output folder, or a .zip file")
-    p.add_argument("--modality", default="flair", help="SeriesDescription")
+    p.add_argument("--modality", default="flair", help="the series' modality (and SeriesDescription)")
+    p.add_argument("--description", help="SeriesDescription, when other than --modality")
     p.add_argument("--patient", default="SYNTH-001")
     p.add_argument("--series-number", type=int, default=1)
     p.add_argument("--series-uid", help="text the SeriesInstanceUID is derived from (default: modality)")

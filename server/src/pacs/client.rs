@@ -216,7 +216,7 @@ impl DicomWebClient {
             return Ok(Value::Array(Vec::new()));
         }
         let mut bytes = Vec::new();
-        let mut stream = response.bytes_stream();
+        let mut stream = Box::pin(response.bytes_stream());
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| PacsError::Unreachable {
                 url: url.to_string(),

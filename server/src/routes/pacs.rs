@@ -161,7 +161,7 @@ async fn import(
                 other => other,
             })?;
         let checked = folder.clone();
-        let modality_name: &'static str = modality;
+        let modality_name: &'static str = *modality;
         tokio::task::spawn_blocking(move || {
             let display = |path: &std::path::Path| {
                 path.file_name()
@@ -200,14 +200,4 @@ async fn import(
             study_uid,
         }),
     ))
-}
-
-/// Where a study came from, when it came from a PACS: (DICOMweb root, StudyInstanceUID).
-pub(crate) async fn origin(state: &AppState, study_id: i64) -> Result<Option<(String, String)>> {
-    Ok(
-        sqlx::query_as("SELECT pacs_url, study_uid FROM pacs_imports WHERE study_id = ?")
-            .bind(study_id)
-            .fetch_optional(&state.pool)
-            .await?,
-    )
 }
