@@ -17,26 +17,26 @@ pub struct PacsArgs {
     /// DICOMweb root of a PACS to browse, import studies from and send segmentations to, e.g.
     /// `http://127.0.0.1:8042/dicom-web` (Orthanc with its DICOMweb plugin). Unset: no PACS.
     #[arg(long = "pacs", env = "CGGM_PACS_URL")]
-    pub url: Option<String>,
+    pub pacs_url: Option<String>,
     /// User name for HTTP basic authentication at the PACS (the password in CGGM_PACS_PASSWORD).
-    #[arg(long = "pacs-user", env = "CGGM_PACS_USER", requires = "url")]
-    pub user: Option<String>,
+    #[arg(long = "pacs-user", env = "CGGM_PACS_USER", requires = "pacs_url")]
+    pub pacs_user: Option<String>,
     #[arg(
         long = "pacs-password",
         env = "CGGM_PACS_PASSWORD",
         hide_env_values = true,
         hide = true
     )]
-    pub password: Option<String>,
+    pub pacs_password: Option<String>,
     /// Bearer token for the PACS instead of a user (prefer the variable: a flag shows in `ps`).
     #[arg(
         long = "pacs-token",
         env = "CGGM_PACS_TOKEN",
         hide_env_values = true,
-        conflicts_with = "user",
-        requires = "url"
+        conflicts_with = "pacs_user",
+        requires = "pacs_url"
     )]
-    pub token: Option<String>,
+    pub pacs_token: Option<String>,
     /// Longest a search or a store may take at the PACS, in seconds (a series' retrieval gets ten
     /// times as long).
     #[arg(
@@ -44,7 +44,7 @@ pub struct PacsArgs {
         env = "CGGM_PACS_TIMEOUT_SECS",
         default_value_t = 30.0
     )]
-    pub timeout_secs: f64,
+    pub pacs_timeout_secs: f64,
 }
 
 /// How the server signs in at the PACS.
@@ -104,11 +104,11 @@ impl PacsSettings {
 
     /// The settings `args` ask for; `None` when no PACS is configured.
     pub fn from_args(args: &PacsArgs) -> Result<Option<Self>, String> {
-        let Some(url) = args.url.as_deref().filter(|u| !u.trim().is_empty()) else {
+        let Some(url) = args.pacs_url.as_deref().filter(|u| !u.trim().is_empty()) else {
             return Ok(None);
         };
         let mut settings = Self::new(url)?;
-        settings.auth = match (&args.user, &args.password, &args.token) {
+        settings.auth = match (&args.pacs_user, &args.pacs_password, &args.pacs_token) {
             (Some(user), Some(password), None) => PacsAuth::Basic {
                 user: user.clone(),
                 password: password.clone(),
@@ -122,16 +122,16 @@ impl PacsSettings {
             (None, _, Some(token)) => PacsAuth::Bearer(token.trim().to_string()),
             _ => PacsAuth::None,
         };
-        if !(args.timeout_secs.is_finite()
-            && args.timeout_secs > 0.0
-            && args.timeout_secs <= 3600.0)
+        if !(args.pacs_timeout_secs.is_finite()
+            && args.pacs_timeout_secs > 0.0
+            && args.pacs_timeout_secs <= 3600.0)
         {
             return Err(format!(
                 "--pacs-timeout-secs must be more than 0 and at most 3600, got {}",
-                args.timeout_secs
+                args.pacs_timeout_secs
             ));
         }
-        settings.timeout = Duration::from_secs_f64(args.timeout_secs);
+        settings.timeout = Duration::from_secs_f64(args.pacs_timeout_secs);
         settings.retrieve_timeout = settings.timeout * 10;
         Ok(Some(settings))
     }
@@ -159,9 +159,9 @@ mod tests {
         let none = PacsSettings::from_args(&PacsArgs::default()).unwrap();
         assert!(none.is_none());
         let args = PacsArgs {
-            url: Some("http://pacs:8042/dicom-web".into()),
-            user: Some("u".into()),
-            timeout_secs: 30.0,
+            pacs_url: Some("http://pacs:8042/dicom-web".into()),
+            pacs_user: Some("u".into()),
+            pacs_timeout_secs: 30.0,
             ..PacsArgs::default()
         };
         assert!(PacsSettings::from_args(&args)
