@@ -49,7 +49,7 @@ async function pacsOpen(study) {
   for (const select of $$("#pacs-mapping select")) {
     const modality = select.dataset.modality;
     select.replaceChildren(el("option", { value: "" }, "— choose a series —"),
-      series.map((s) => el("option", { value: s.series_uid, selected: s.guess === modality },
+      ...series.map((s) => el("option", { value: s.series_uid, selected: s.guess === modality },
         `#${s.number ?? "?"} ${s.description || "(no description)"} · ${s.modality}`)));
   }
   $("#pacs-imported").hidden = true;
