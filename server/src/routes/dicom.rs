@@ -60,6 +60,7 @@ async fn import(
     let work = upload.dir.path().to_path_buf();
     let _slot = state.volumes.decode_slot().await;
     let mut volumes = Vec::new();
+    let mut series = Vec::new();
     for modality in MODALITIES {
         let sent = upload.series[modality].clone();
         let limits = settings.zip;
@@ -76,12 +77,14 @@ async fn import(
         )
         .await?;
         volumes.push((modality.to_string(), nifti));
+        series.push((modality, input));
     }
     let study_dir = work.join("study");
     let checked = tokio::task::spawn_blocking(move || check_volumes(&study_dir, volumes))
         .await
         .map_err(anyhow::Error::from)?
         .map_err(Error::Unprocessable)?;
+    keep_series(&work.join("study"), &series)?;
     let name = upload
         .fields
         .get("name")
@@ -89,7 +92,7 @@ async fn import(
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| "DICOM import".to_string());
     let id = store_study(&state, &name, &checked, work.join("study")).await?;
-    // The DICOM files and the converter's output go with the temporary folder.
+    // The uploaded zips and the converter's output go with the temporary folder.
     drop(upload);
     Ok((
         StatusCode::CREATED,
@@ -189,6 +192,17 @@ fn check_volumes(
         });
     }
     check_upload(files, false)
+}
+
+/// Keeps each modality's checked DICOM files in `<study>/dicom/<modality>/` (moved, on the same
+/// file system), the series a DICOM SEG of the study refers to (`crate::dicom_seg`).
+fn keep_series(study_dir: &Path, series: &[(&str, PathBuf)]) -> Result<()> {
+    let kept = study_dir.join(crate::dicom_seg::DICOM_FOLDER);
+    std::fs::create_dir_all(&kept)?;
+    for (modality, folder) in series {
+        std::fs::rename(folder, kept.join(modality))?;
+    }
+    Ok(())
 }
 
 /// Whether the converter is installed, for the start-up warning.
