@@ -17,6 +17,7 @@ run: build
 test: web
 	scripts/setup-browser.sh
 	scripts/setup-dicom.sh
+	scripts/setup-dicom3tools.sh
 	scripts/setup-slurm.sh
 	scripts/setup-pacs.sh
 	CGGM_REQUIRE_SLURM=1 CGGM_REQUIRE_PACS=1 $(CARGO) test --workspace --all-targets $(ARGS)

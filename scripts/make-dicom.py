@@ -10,7 +10,9 @@ Each file carries what a converter needs to rebuild the grid: ImagePositionPatie
 thickness apart), ImageOrientationPatient (axial), PixelSpacing, SliceThickness, InstanceNumber,
 SeriesInstanceUID, FrameOfReferenceUID. Options break a series the ways the import must refuse:
 --drop-slice (a missing slice), --origin-shift (another grid: not co-registered), --series-uid
-(two series written into one folder are a mixed upload).
+(two series written into one folder are a mixed upload). --flip-rows writes the rows from
+anterior to posterior (ImageOrientationPatient 1\0\0\0\-1\0, the slice normal pointing down),
+as many scanners store them: a reader must follow the geometry, not assume an order.
 """
 
 import argparse
@@ -65,8 +67,13 @@ def slice_dataset(pixels, k, args, series_uid, study_uid, frame_uid):
     ds.Manufacturer = "CGGM synthetic"
     ds.MagneticFieldStrength = 3
     ds.InstanceNumber = k + 1
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     position = [args.origin[0], args.origin[1], args.origin[2] + args.origin_shift + k * args.spacing[2]]
+    if args.flip_rows:
+        # The first row is the last y: the same voxels, stored from the other end.
+        ds.ImageOrientationPatient = [1, 0, 0, 0, -1, 0]
+        position[1] += (pixels.shape[0] - 1) * args.spacing[1]
+    else:
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     ds.ImagePositionPatient = [float(v) for v in position]
     ds.SliceLocation = float(position[2])
     ds.PixelSpacing = [float(args.spacing[1]), float(args.spacing[0])]
@@ -100,6 +107,7 @@ def main():
     p.add_argument("--origin", default="-16,-16,-8", help="first voxel's position in mm")
     p.add_argument("--origin-shift", type=float, default=0.0, help="move the series along z (mm)")
     p.add_argument("--drop-slice", type=int, action="append", default=[], help="leave out slice K")
+    p.add_argument("--flip-rows", action="store_true", help="store each slice's rows anterior to posterior")
     args = p.parse_args()
     args.spacing = [float(v) for v in args.spacing.split(",")]
     args.origin = [float(v) for v in args.origin.split(",")]
@@ -121,7 +129,10 @@ def main():
         if k in args.drop_slice:
             continue
         # DICOM rows run along y, columns along x.
-        ds = slice_dataset(np.ascontiguousarray(scaled[:, :, k].T), k, args, series_uid, study_uid, frame_uid)
+        pixels = scaled[:, :, k].T
+        if args.flip_rows:
+            pixels = pixels[::-1]
+        ds = slice_dataset(np.ascontiguousarray(pixels), k, args, series_uid, study_uid, frame_uid)
         buffer = io.BytesIO()
         pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
         files.append((f"{args.modality}_{args.series_number:03d}_{k + 1:04d}.dcm", buffer.getvalue()))

@@ -3,7 +3,8 @@
 //! API are found by a QIDO-RS search through our API with their modalities guessed, imported
 //! (WADO-RS, the DICOM import's checks and dcm2niix) into a study whose volumes equal what the zip
 //! import makes of the same series; a mapping that leaves a modality out, or names one series
-//! twice, is refused with its message; a STOW-RS of an instance makes Orthanc list it; a wrong
+//! twice, is refused with its message; a STOW-RS of an instance makes Orthanc list it, and so does
+//! sending the study's segmentation back as a DICOM SEG (`POST /api/predictions/N/pacs`); a wrong
 //! password and a server without a PACS are answered with what to fix.
 
 mod common;
@@ -12,6 +13,9 @@ use common::dicom::*;
 use common::live::*;
 use common::orthanc::{self, Orthanc};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const JOB_DEADLINE: Duration = Duration::from_secs(300);
 
 /// The phantom series of each modality as a folder of files, exactly as [`phantom_zips`] writes
 /// them zipped (same arguments, so the same voxels).
@@ -82,6 +86,9 @@ async fn a_pacs_study_is_found_imported_like_a_dicom_upload_and_stow_stores_back
         orthanc.upload(&files_of(folder)).await;
     }
     let server = pacs_server(&dir.path().join("data"), &orthanc, orthanc::PASSWORD);
+    // A tiny model to segment the imported study with, trained meanwhile.
+    let dataset = server.tiny_dataset("tiny").await;
+    let run = server.tiny_training(dataset).await;
 
     // QIDO-RS through our API: the study, its patient and its four series.
     let studies = server.get_json("/api/pacs/studies?patient=SYNTH").await;
@@ -234,8 +241,50 @@ async fn a_pacs_study_is_found_imported_like_a_dicom_upload_and_stow_stores_back
         "{error}"
     );
 
-    // The page shows the PACS and the mapping selects.
+    // The imported study segmented, and the segmentation sent back as a DICOM SEG (STOW-RS):
+    // Orthanc lists it in the study it came from.
+    server.job_succeeded(run, JOB_DEADLINE).await;
+    let prediction = server.predict(pacs_study, run).await;
+    server.job_succeeded(prediction, JOB_DEADLINE).await;
+    let (status, sent) = post(
+        &server,
+        &format!("/api/predictions/{prediction}/pacs"),
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{sent}");
+    assert_eq!(sent["study_uid"], uid.as_str());
+    assert_eq!(sent["pacs_url"], orthanc.dicomweb());
+    let seg_uid = sent["sop_instance_uid"].as_str().unwrap().to_string();
+    let with_seg = server.get_json("/api/pacs/studies?modality=SEG").await;
+    assert_eq!(with_seg[0]["study_uid"], uid.as_str(), "{with_seg}");
+    let series = server
+        .get_json(&format!("/api/pacs/studies/{uid}/series"))
+        .await;
+    let seg_series: Vec<_> = series
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["modality"] == "SEG")
+        .collect();
+    assert_eq!(seg_series.len(), 1, "{series}");
+    assert_eq!(seg_series[0]["guess"], serde_json::Value::Null);
+    let instances = orthanc.get_json("/instances?expand").await;
+    assert!(
+        instances
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["MainDicomTags"]["SOPInstanceUID"] == seg_uid.as_str()),
+        "Orthanc does not list the SEG {seg_uid}"
+    );
+
+    // The page shows the PACS, the mapping selects and the segmentation to send back.
     let page = server.get_text("/pacs").await;
+    assert!(
+        page.contains(&format!("data-prediction=\"{prediction}\"")),
+        "{page}"
+    );
     assert!(page.contains(&orthanc.dicomweb()), "{page}");
     assert!(page.contains("data-modality=\"t1ce\""), "{page}");
 }

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod db;
 pub mod dicom;
+pub mod dicom_seg;
 pub mod error;
 pub mod executor;
 pub mod feature_datasets;

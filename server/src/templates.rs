@@ -196,6 +196,8 @@ pub struct Pacs {
     /// The configured DICOMweb root; `None`: the page says how to configure one.
     pub url: Option<String>,
     pub modalities: [&'static str; 4],
+    /// Finished segmentations of studies imported from the PACS: (job id, study name).
+    pub predictions: Vec<(i64, String)>,
 }
 
 #[derive(Template)]

@@ -610,6 +610,9 @@ if (viewer) {
       $("#volumes tbody").replaceChildren(...rows.map(([n, ml]) => el("tr", {}, el("td", {}, n), el("td", {}, ml.toFixed(2)))));
       const link = $("#download");
       link.href = p.seg_url; link.hidden = false; link.setAttribute("download", "");
+      // Only a study imported from DICOM has the series a DICOM SEG refers to.
+      const dicom = $("#download-dicom-seg");
+      if (p.dicom_seg_url) { dicom.href = p.dicom_seg_url; dicom.hidden = false; dicom.setAttribute("download", ""); }
     }
     ready = p.state === "succeeded";
     if (!["queued", "running"].includes(p.state)) setProgress(1);

@@ -77,3 +77,15 @@ onSubmit("#pacs-import", async () => {
   $("#pacs-imported").hidden = false;
   toast(`Study #${answer.study_id} imported from the PACS`);
 });
+
+for (const button of $$(".pacs-send")) {
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    try {
+      toast("Writing the DICOM SEG and sending it…");
+      const sent = await api("POST", `/api/predictions/${button.dataset.prediction}/pacs`);
+      button.parentNode.querySelector(".pacs-sent").textContent = `stored as ${sent.sop_instance_uid}`;
+      toast("Segmentation stored at the PACS");
+    } catch (err) { toast(err.message, true); } finally { button.disabled = false; }
+  });
+}

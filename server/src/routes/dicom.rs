@@ -76,8 +76,8 @@ async fn import(
                 .map_err(anyhow::Error::from)??;
         inputs.push((modality, input));
     }
-    let id = study_from_series(&state, &work, inputs, &name, false).await?;
-    // The DICOM files and the converter's output go with the temporary folder.
+    let id = study_from_series(&state, &work, inputs, &name).await?;
+    // The uploaded zips and the converter's output go with the temporary folder.
     drop(upload);
     Ok((
         StatusCode::CREATED,
@@ -87,15 +87,13 @@ async fn import(
 
 /// The checked DICOM series of each modality (folders inside `work`, a temporary folder of the
 /// data directory) converted with dcm2niix, checked as one co-registered study and stored under
-/// `name`; the study's id. The upload and the PACS import both end here. `keep_dicom`: the series
-/// are kept beside the volumes in `<study dir>/dicom/<modality>/` (what a DICOM SEG refers to).
-/// The caller holds a decode slot.
+/// `name`, each series kept in `<study dir>/dicom/<modality>/` (what a DICOM SEG refers to); the
+/// study's id. The upload and the PACS import both end here. The caller holds a decode slot.
 pub(crate) async fn study_from_series(
     state: &AppState,
     work: &Path,
     inputs: Vec<(&'static str, PathBuf)>,
     name: &str,
-    keep_dicom: bool,
 ) -> Result<i64> {
     let settings = state.config.dicom.clone();
     let study_dir = work.join("study");
@@ -115,13 +113,7 @@ pub(crate) async fn study_from_series(
         .await
         .map_err(anyhow::Error::from)?
         .map_err(Error::Unprocessable)?;
-    if keep_dicom {
-        for (modality, input) in &inputs {
-            let kept = study_dir.join("dicom").join(modality);
-            std::fs::create_dir_all(study_dir.join("dicom"))?;
-            std::fs::rename(input, &kept)?;
-        }
-    }
+    keep_series(&study_dir, &inputs)?;
     store_study(state, name, &checked, study_dir).await
 }
 
@@ -217,6 +209,17 @@ fn check_volumes(
         });
     }
     check_upload(files, false)
+}
+
+/// Keeps each modality's checked DICOM files in `<study>/dicom/<modality>/` (moved, on the same
+/// file system), the series a DICOM SEG of the study refers to (`crate::dicom_seg`).
+fn keep_series(study_dir: &Path, series: &[(&str, PathBuf)]) -> Result<()> {
+    let kept = study_dir.join(crate::dicom_seg::DICOM_FOLDER);
+    std::fs::create_dir_all(&kept)?;
+    for (modality, folder) in series {
+        std::fs::rename(folder, kept.join(modality))?;
+    }
+    Ok(())
 }
 
 /// Whether the converter is installed, for the start-up warning.

@@ -4,6 +4,7 @@ pub mod comparisons;
 pub mod datasets;
 pub mod deletion;
 pub mod dicom;
+pub mod dicom_seg;
 pub mod jobs;
 pub mod labels;
 pub mod monailabel;
@@ -35,6 +36,7 @@ pub fn api_router() -> Router<AppState> {
         .merge(labels::router())
         .merge(dicom::router())
         .merge(pacs::router())
+        .merge(dicom_seg::router())
         .merge(deletion::router())
         .merge(comparisons::router())
         .merge(viewer::router())

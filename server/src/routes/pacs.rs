@@ -1,7 +1,9 @@
 //! The PACS through DICOMweb: `GET /api/pacs/studies` (a QIDO-RS search), `GET
 //! /api/pacs/studies/{uid}/series`, and `POST /api/pacs/studies/{uid}/import`, which retrieves the
 //! four chosen series (WADO-RS) and makes a study of them exactly as the DICOM upload does (the
-//! same checks, dcm2niix, the same study checks). Without `--pacs` each answers 503 with the fix.
+//! same checks, dcm2niix, the same study checks); `POST /api/predictions/{id}/pacs` sends a
+//! finished segmentation back as a DICOM Segmentation object (STOW-RS). Without `--pacs` each
+//! answers 503 with the fix.
 
 use super::dicom::study_from_series;
 use super::studies::StudyView;
@@ -24,6 +26,7 @@ pub fn router() -> Router<AppState> {
         .route("/pacs/studies", get(studies))
         .route("/pacs/studies/{uid}/series", get(series))
         .route("/pacs/studies/{uid}/import", post(import))
+        .route("/predictions/{id}/pacs", post(send_prediction))
 }
 
 impl From<PacsError> for Error {
@@ -176,7 +179,7 @@ async fn import(
     }
     let id = {
         let _slot = state.volumes.decode_slot().await;
-        study_from_series(&state, work.path(), inputs, &name, true).await?
+        study_from_series(&state, work.path(), inputs, &name).await?
     };
     let series: BTreeMap<&str, &str> = chosen.iter().map(|(m, uid)| (*m, uid.as_str())).collect();
     sqlx::query(
@@ -200,4 +203,54 @@ async fn import(
             study_uid,
         }),
     ))
+}
+
+#[derive(Debug, Serialize)]
+struct Sent {
+    sop_instance_uid: String,
+    pacs_url: String,
+    /// The PACS study the segmentation belongs to, when the study was imported from this page.
+    study_uid: Option<String>,
+}
+
+/// Writes the prediction as a DICOM SEG (`crate::dicom_seg`, referring to the series the study was
+/// imported from) and stores it at the PACS with STOW-RS; its SOP Instance UID. 409 for a study
+/// uploaded as NIfTI (a SEG needs the DICOM series it refers to).
+async fn send_prediction(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json<Sent>> {
+    let pacs = client(&state)?;
+    let job = db::job(&state.pool, id).await?;
+    let prediction = super::studies::seg_path(&job)?;
+    let study = match job.study_id {
+        Some(s) => Some(db::study(&state.pool, s).await?),
+        None => None,
+    };
+    let series = super::dicom_seg::reference_series(study.as_ref()).map_err(Error::Conflict)?;
+    let algorithm = format!(
+        "CGGM Studio run {}",
+        job.checkpoint_job_id.unwrap_or_default()
+    );
+    let bytes = {
+        let _slot = state.volumes.decode_slot().await;
+        tokio::task::spawn_blocking(move || {
+            crate::dicom_seg::write_segmentation(&crate::dicom_seg::SegmentationSource {
+                prediction: &prediction,
+                reference_series: &series,
+                algorithm: &algorithm,
+            })
+        })
+        .await
+        .map_err(anyhow::Error::from)?
+        .map_err(|e| Error::Unprocessable(e.to_string()))?
+    };
+    let stored = pacs.store(&[bytes]).await?;
+    let study_uid: Option<(String,)> =
+        sqlx::query_as("SELECT study_uid FROM pacs_imports WHERE study_id = ?")
+            .bind(job.study_id)
+            .fetch_optional(&state.pool)
+            .await?;
+    Ok(Json(Sent {
+        sop_instance_uid: stored.into_iter().next().unwrap_or_default(),
+        pacs_url: pacs.root().to_string(),
+        study_uid: study_uid.map(|(uid,)| uid),
+    }))
 }

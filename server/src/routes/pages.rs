@@ -569,11 +569,24 @@ async fn segment(State(state): State<AppState>) -> Response {
     )
 }
 
-async fn pacs(State(state): State<AppState>) -> HtmlTemplate<Pacs> {
-    HtmlTemplate(Pacs {
-        url: state.config.pacs.as_ref().map(|p| p.root.clone()),
-        modalities: crate::inspect::MODALITIES,
-    })
+async fn pacs(State(state): State<AppState>) -> Response {
+    page(
+        async {
+            let predictions: Vec<(i64, String)> = sqlx::query_as(
+                "SELECT j.id, s.name FROM jobs j JOIN pacs_imports p ON p.study_id = j.study_id \
+                 JOIN studies s ON s.id = j.study_id \
+                 WHERE j.kind = 'infer' AND j.state = 'succeeded' ORDER BY j.id DESC",
+            )
+            .fetch_all(&state.pool)
+            .await?;
+            Ok(HtmlTemplate(Pacs {
+                url: state.config.pacs.as_ref().map(|p| p.root.clone()),
+                modalities: crate::inspect::MODALITIES,
+                predictions,
+            }))
+        }
+        .await,
+    )
 }
 
 async fn viewer(State(state): State<AppState>, Path(id): Path<i64>) -> Response {
