@@ -164,7 +164,7 @@ async fn import(
                 other => other,
             })?;
         let checked = folder.clone();
-        let modality_name: &'static str = *modality;
+        let modality_name: &'static str = modality;
         tokio::task::spawn_blocking(move || {
             let display = |path: &std::path::Path| {
                 path.file_name()
