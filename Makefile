@@ -17,9 +17,12 @@ run: build
 test: web
 	scripts/setup-browser.sh
 	scripts/setup-dicom.sh
+	scripts/setup-dicom3tools.sh
 	scripts/setup-slurm.sh
+	scripts/setup-pacs.sh
 	scripts/setup-tracking.sh >/dev/null
-	CGGM_REQUIRE_SLURM=1 CGGM_REQUIRE_TRACKING=1 CGGM_TRACKING_PYTHON="$$(scripts/setup-tracking.sh)/bin/python" \
+	CGGM_REQUIRE_SLURM=1 CGGM_REQUIRE_PACS=1 CGGM_REQUIRE_TRACKING=1 \
+	  CGGM_TRACKING_PYTHON="$$(scripts/setup-tracking.sh)/bin/python" \
 	  $(CARGO) test --workspace --all-targets $(ARGS)
 
 ## Build target/release/cggm and target/release/cggm-trainer (the libtorch half, rpath to libtorch:

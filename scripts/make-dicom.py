@@ -10,7 +10,9 @@ Each file carries what a converter needs to rebuild the grid: ImagePositionPatie
 thickness apart), ImageOrientationPatient (axial), PixelSpacing, SliceThickness, InstanceNumber,
 SeriesInstanceUID, FrameOfReferenceUID. Options break a series the ways the import must refuse:
 --drop-slice (a missing slice), --origin-shift (another grid: not co-registered), --series-uid
-(two series written into one folder are a mixed upload).
+(two series written into one folder are a mixed upload). --flip-rows writes the rows from
+anterior to posterior (ImageOrientationPatient 1\0\0\0\-1\0, the slice normal pointing down),
+as many scanners store them: a reader must follow the geometry, not assume an order.
 """
 
 import argparse
@@ -58,15 +60,20 @@ def slice_dataset(pixels, k, args, series_uid, study_uid, frame_uid):
     ds.SeriesInstanceUID = series_uid
     ds.FrameOfReferenceUID = frame_uid
     ds.SeriesNumber = args.series_number
-    ds.SeriesDescription = args.modality
+    ds.SeriesDescription = args.description or args.modality
     ds.StudyDate = "20260101"
     ds.SeriesDate = "20260101"
     ds.AcquisitionTime = "120000"
     ds.Manufacturer = "CGGM synthetic"
     ds.MagneticFieldStrength = 3
     ds.InstanceNumber = k + 1
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     position = [args.origin[0], args.origin[1], args.origin[2] + args.origin_shift + k * args.spacing[2]]
+    if args.flip_rows:
+        # The first row is the last y: the same voxels, stored from the other end.
+        ds.ImageOrientationPatient = [1, 0, 0, 0, -1, 0]
+        position[1] += (pixels.shape[0] - 1) * args.spacing[1]
+    else:
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     ds.ImagePositionPatient = [float(v) for v in position]
     ds.SliceLocation = float(position[2])
     ds.PixelSpacing = [float(args.spacing[1]), float(args.spacing[0])]
@@ -91,7 +98,8 @@ def main():
     p.add_argument("--shape", default="32,32,16", help="phantom shape x,y,z (without --nifti)")
     p.add_argument("--seed", type=int, default=0, help="phantom intensity variant")
     p.add_argument("--out", required=True, help="output folder, or a .zip file")
-    p.add_argument("--modality", default="flair", help="SeriesDescription")
+    p.add_argument("--modality", default="flair", help="the series' modality (and SeriesDescription)")
+    p.add_argument("--description", help="SeriesDescription, when other than --modality")
     p.add_argument("--patient", default="SYNTH-001")
     p.add_argument("--series-number", type=int, default=1)
     p.add_argument("--series-uid", help="text the SeriesInstanceUID is derived from (default: modality)")
@@ -99,6 +107,7 @@ def main():
     p.add_argument("--origin", default="-16,-16,-8", help="first voxel's position in mm")
     p.add_argument("--origin-shift", type=float, default=0.0, help="move the series along z (mm)")
     p.add_argument("--drop-slice", type=int, action="append", default=[], help="leave out slice K")
+    p.add_argument("--flip-rows", action="store_true", help="store each slice's rows anterior to posterior")
     args = p.parse_args()
     args.spacing = [float(v) for v in args.spacing.split(",")]
     args.origin = [float(v) for v in args.origin.split(",")]
@@ -120,7 +129,10 @@ def main():
         if k in args.drop_slice:
             continue
         # DICOM rows run along y, columns along x.
-        ds = slice_dataset(np.ascontiguousarray(scaled[:, :, k].T), k, args, series_uid, study_uid, frame_uid)
+        pixels = scaled[:, :, k].T
+        if args.flip_rows:
+            pixels = pixels[::-1]
+        ds = slice_dataset(np.ascontiguousarray(pixels), k, args, series_uid, study_uid, frame_uid)
         buffer = io.BytesIO()
         pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
         files.append((f"{args.modality}_{args.series_number:03d}_{k + 1:04d}.dcm", buffer.getvalue()))

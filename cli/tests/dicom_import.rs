@@ -56,9 +56,30 @@ async fn four_zipped_series_become_a_study_of_four_co_registered_volumes() {
         let header = nifti::NiftiHeader::from_file(dir.join(file)).unwrap();
         assert_eq!(&header.dim[1..4], &[32, 32, 16]);
     }
-    // Only the volumes are kept: no DICOM file, no converter output, nothing left in tmp/.
-    let kept: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
-    assert_eq!(kept.len(), 4);
+    // The volumes and each series' DICOM files (for a DICOM SEG) are kept: no zip, no converter
+    // output, nothing left in tmp/.
+    let mut kept: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    kept.sort();
+    assert_eq!(
+        kept,
+        [
+            "dicom",
+            "dicom_flair.nii.gz",
+            "dicom_t1.nii.gz",
+            "dicom_t1ce.nii.gz",
+            "dicom_t2.nii.gz"
+        ]
+    );
+    for m in MODALITIES {
+        assert_eq!(
+            files_under(&dir.join("dicom").join(m)),
+            16,
+            "{m}: the series' slices"
+        );
+    }
     assert_eq!(
         std::fs::read_dir(app.data_dir().join("tmp"))
             .unwrap()

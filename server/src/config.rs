@@ -54,6 +54,8 @@ pub struct ServeArgs {
     pub executor: crate::executor::ExecutorArgs,
     #[command(flatten)]
     pub tracking: crate::tracking::TrackingArgs,
+    #[command(flatten)]
+    pub pacs: crate::pacs::PacsArgs,
     /// A client must send a request's headers within this many seconds, or its connection is
     /// closed (a "slowloris" holding connections open by sending headers a byte at a time).
     #[arg(long, env = "CGGM_HEADER_TIMEOUT_SECS", default_value_t = 20.0)]
@@ -135,6 +137,8 @@ pub struct Config {
     pub dicom: crate::dicom::DicomSettings,
     /// Where jobs run (local child processes by default, or Slurm).
     pub executor: crate::executor::Executor,
+    /// The PACS behind the PACS page (`--pacs`), if any.
+    pub pacs: Option<crate::pacs::PacsSettings>,
     /// How long a login session is valid (`--session-hours`).
     pub session_lifetime: std::time::Duration,
     /// `--secure-cookie`.
@@ -164,6 +168,7 @@ impl Config {
             cggm_bin,
             dicom: Default::default(),
             executor: crate::executor::Executor::Local,
+            pacs: None,
             session_lifetime: std::time::Duration::from_secs(12 * 3600),
             secure_cookie: false,
             bounds: Default::default(),

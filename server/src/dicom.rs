@@ -366,7 +366,8 @@ pub fn check_dicom_files(
     Ok(count)
 }
 
-fn files_under(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+/// Every plain file under `dir`, sorted.
+pub(crate) fn files_under(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(folder) = pending.pop() {

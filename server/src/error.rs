@@ -36,6 +36,10 @@ pub enum Error {
     /// 503: a tool the request needs is not installed; the message names the fix.
     #[error("{0}")]
     Unavailable(String),
+    /// 502: a server this one relies on (the PACS) answered with an error or nonsense; the
+    /// message names it and what to check.
+    #[error("{0}")]
+    BadGateway(String),
     /// 500: logged, never shown.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -53,6 +57,7 @@ impl Error {
             Error::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod db;
 pub mod dicom;
+pub mod dicom_seg;
 pub mod error;
 pub mod executor;
 pub mod feature_datasets;
@@ -12,6 +13,7 @@ pub mod inspect;
 pub mod jobs;
 pub mod labels;
 pub mod limits;
+pub mod pacs;
 pub mod retention;
 pub mod routes;
 pub mod security;
@@ -187,6 +189,7 @@ pub async fn serve(args: ServeArgs, cuda_devices: usize) -> anyhow::Result<()> {
         dataset_roots: args.dataset_roots.clone(),
         web_dir: args.web_dir.clone().unwrap_or_else(config::default_web_dir),
         executor,
+        pacs: pacs::PacsSettings::from_args(&args.pacs).map_err(anyhow::Error::msg)?,
         cggm_bin,
         dicom: dicom::DicomSettings::with_converter(args.dcm2niix.clone()),
         session_lifetime: session_lifetime(args.session_hours)?,
@@ -210,6 +213,9 @@ pub async fn serve(args: ServeArgs, cuda_devices: usize) -> anyhow::Result<()> {
         .is_dir()
     {
         tracing::warn!(web_dir = %config.web_dir.display(), "NiiVue not found: run scripts/setup-web.sh (the viewer falls back to server-rendered slices)");
+    }
+    if let Some(pacs) = &config.pacs {
+        tracing::info!(pacs = %pacs.root, "PACS page and import through DICOMweb");
     }
     if let executor::Executor::Slurm(slurm) = &config.executor {
         tracing::info!(shared_dir = %slurm.shared_dir.display(), "jobs run on Slurm");

@@ -193,6 +193,17 @@ pub struct Segment {
     pub modalities: [&'static str; 4],
 }
 
+/// The PACS page: search, a study's series and the modality mapping (web/static/pacs.js).
+#[derive(Template)]
+#[template(path = "pacs.html")]
+pub struct Pacs {
+    /// The configured DICOMweb root; `None`: the page says how to configure one.
+    pub url: Option<String>,
+    pub modalities: [&'static str; 4],
+    /// Finished segmentations of studies imported from the PACS: (job id, study name).
+    pub predictions: Vec<(i64, String)>,
+}
+
 #[derive(Template)]
 #[template(path = "viewer.html")]
 pub struct Viewer {

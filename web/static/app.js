@@ -177,6 +177,9 @@ if (compareLink) {
 for (const fill of $$(".bar span[data-width]")) fill.style.width = Number(fill.dataset.width) + "%";
 const checkpointParam = new URLSearchParams(location.search).get("checkpoint");
 if (checkpointParam && $("#predict")) $("#predict").elements.checkpoint_job_id.value = checkpointParam;
+// The PACS page links an imported study here (/segment?study=N).
+const studyParam = new URLSearchParams(location.search).get("study");
+if (studyParam && $("#predict")) $("#predict").elements.study_id.value = studyParam;
 
 // ---------------------------------------------------------------- charts
 const COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
@@ -618,6 +621,9 @@ if (viewer) {
       $("#volumes tbody").replaceChildren(...rows.map(([n, ml]) => el("tr", {}, el("td", {}, n), el("td", {}, ml.toFixed(2)))));
       const link = $("#download");
       link.href = p.seg_url; link.hidden = false; link.setAttribute("download", "");
+      // Only a study imported from DICOM has the series a DICOM SEG refers to.
+      const dicom = $("#download-dicom-seg");
+      if (p.dicom_seg_url) { dicom.href = p.dicom_seg_url; dicom.hidden = false; dicom.setAttribute("download", ""); }
     }
     ready = p.state === "succeeded";
     if (!["queued", "running"].includes(p.state)) setProgress(1);

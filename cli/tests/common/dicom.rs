@@ -80,3 +80,12 @@ pub fn zips_from_case(case: &Path, dir: &Path) -> Vec<(String, PathBuf)> {
         })
         .collect()
 }
+
+/// The number of files under `dir`, in any sub-folder (an unpacked zip keeps its folders).
+pub fn files_under(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .map(|p| if p.is_dir() { files_under(&p) } else { 1 })
+        .sum()
+}

@@ -486,6 +486,7 @@ echo "fake cggm $cmd done" >&2
 
 pub mod dicom;
 pub mod live;
+pub mod orthanc;
 pub mod procs;
 pub mod ui;
 pub mod webdriver;

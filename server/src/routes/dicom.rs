@@ -58,8 +58,14 @@ async fn import(
     }
     let settings = state.config.dicom.clone();
     let work = upload.dir.path().to_path_buf();
+    let name = upload
+        .fields
+        .get("name")
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "DICOM import".to_string());
     let _slot = state.volumes.decode_slot().await;
-    let mut volumes = Vec::new();
+    let mut inputs = Vec::new();
     for modality in MODALITIES {
         let sent = upload.series[modality].clone();
         let limits = settings.zip;
@@ -68,33 +74,47 @@ async fn import(
             tokio::task::spawn_blocking(move || series_folder(&folder, modality, &sent, limits))
                 .await
                 .map_err(anyhow::Error::from)??;
-        let nifti = dicom::convert_series(
-            &settings,
-            modality,
-            &input,
-            &work.join("nifti").join(modality),
-        )
-        .await?;
-        volumes.push((modality.to_string(), nifti));
+        inputs.push((modality, input));
     }
-    let study_dir = work.join("study");
-    let checked = tokio::task::spawn_blocking(move || check_volumes(&study_dir, volumes))
-        .await
-        .map_err(anyhow::Error::from)?
-        .map_err(Error::Unprocessable)?;
-    let name = upload
-        .fields
-        .get("name")
-        .map(|n| n.trim().to_string())
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| "DICOM import".to_string());
-    let id = store_study(&state, &name, &checked, work.join("study")).await?;
-    // The DICOM files and the converter's output go with the temporary folder.
+    let id = study_from_series(&state, &work, inputs, &name).await?;
+    // The uploaded zips and the converter's output go with the temporary folder.
     drop(upload);
     Ok((
         StatusCode::CREATED,
         Json(db::study(&state.pool, id).await?.into()),
     ))
+}
+
+/// The checked DICOM series of each modality (folders inside `work`, a temporary folder of the
+/// data directory) converted with dcm2niix, checked as one co-registered study and stored under
+/// `name`, each series kept in `<study dir>/dicom/<modality>/` (what a DICOM SEG refers to); the
+/// study's id. The upload and the PACS import both end here. The caller holds a decode slot.
+pub(crate) async fn study_from_series(
+    state: &AppState,
+    work: &Path,
+    inputs: Vec<(&'static str, PathBuf)>,
+    name: &str,
+) -> Result<i64> {
+    let settings = state.config.dicom.clone();
+    let study_dir = work.join("study");
+    let mut volumes = Vec::new();
+    for (modality, input) in &inputs {
+        let nifti = dicom::convert_series(
+            &settings,
+            modality,
+            input,
+            &work.join("nifti").join(modality),
+        )
+        .await?;
+        volumes.push((modality.to_string(), nifti));
+    }
+    let dir = study_dir.clone();
+    let checked = tokio::task::spawn_blocking(move || check_volumes(&dir, volumes))
+        .await
+        .map_err(anyhow::Error::from)?
+        .map_err(Error::Unprocessable)?;
+    keep_series(&study_dir, &inputs)?;
+    store_study(state, name, &checked, study_dir).await
 }
 
 /// Streams each file into `input/<modality>/` of a fresh temporary folder, under a name of our own
@@ -189,6 +209,17 @@ fn check_volumes(
         });
     }
     check_upload(files, false)
+}
+
+/// Keeps each modality's checked DICOM files in `<study>/dicom/<modality>/` (moved, on the same
+/// file system), the series a DICOM SEG of the study refers to (`crate::dicom_seg`).
+fn keep_series(study_dir: &Path, series: &[(&str, PathBuf)]) -> Result<()> {
+    let kept = study_dir.join(crate::dicom_seg::DICOM_FOLDER);
+    std::fs::create_dir_all(&kept)?;
+    for (modality, folder) in series {
+        std::fs::rename(folder, kept.join(modality))?;
+    }
+    Ok(())
 }
 
 /// Whether the converter is installed, for the start-up warning.

@@ -4,9 +4,11 @@ pub mod comparisons;
 pub mod datasets;
 pub mod deletion;
 pub mod dicom;
+pub mod dicom_seg;
 pub mod jobs;
 pub mod labels;
 pub mod monailabel;
+pub mod pacs;
 pub mod pages;
 pub mod studies;
 pub mod viewer;
@@ -33,6 +35,8 @@ pub fn api_router() -> Router<AppState> {
         .merge(studies::router())
         .merge(labels::router())
         .merge(dicom::router())
+        .merge(pacs::router())
+        .merge(dicom_seg::router())
         .merge(deletion::router())
         .merge(comparisons::router())
         .merge(viewer::router())

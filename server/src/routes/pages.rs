@@ -28,6 +28,7 @@ pub fn router() -> Router<AppState> {
         .route("/compare", get(compare))
         .route("/models", get(models))
         .route("/segment", get(segment))
+        .route("/pacs", get(pacs))
         .route("/predictions/{id}", get(viewer))
         .fallback(not_found)
 }
@@ -565,6 +566,26 @@ async fn segment(State(state): State<AppState>) -> Response {
                 checkpoints,
                 predictions,
                 modalities: crate::inspect::MODALITIES,
+            }))
+        }
+        .await,
+    )
+}
+
+async fn pacs(State(state): State<AppState>) -> Response {
+    page(
+        async {
+            let predictions: Vec<(i64, String)> = sqlx::query_as(
+                "SELECT j.id, s.name FROM jobs j JOIN pacs_imports p ON p.study_id = j.study_id \
+                 JOIN studies s ON s.id = j.study_id \
+                 WHERE j.kind = 'infer' AND j.state = 'succeeded' ORDER BY j.id DESC",
+            )
+            .fetch_all(&state.pool)
+            .await?;
+            Ok(HtmlTemplate(Pacs {
+                url: state.config.pacs.as_ref().map(|p| p.root.clone()),
+                modalities: crate::inspect::MODALITIES,
+                predictions,
             }))
         }
         .await,

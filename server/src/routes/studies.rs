@@ -319,6 +319,8 @@ pub struct PredictionView {
     /// Present once the segmentation exists.
     pub volumes: Option<RegionVolumes>,
     pub seg_url: Option<String>,
+    /// Present once the segmentation exists, for a study imported from DICOM.
+    pub dicom_seg_url: Option<String>,
 }
 
 /// Region volumes of a finished segmentation: computed once (one decode) and kept beside it in
@@ -355,7 +357,7 @@ async fn prediction_view_with(state: &AppState, id: i64, decode: bool) -> Result
     if job.kind != JobKind::Infer {
         return Err(Error::NotFound(format!("prediction {id}")));
     }
-    let study = match job.study_id {
+    let study: Option<StudyView> = match job.study_id {
         Some(s) => db::study(&state.pool, s).await.ok().map(Into::into),
         None => None,
     };
@@ -367,11 +369,14 @@ async fn prediction_view_with(state: &AppState, id: i64, decode: bool) -> Result
         None
     };
     let seg_url = finished.then(|| format!("/api/predictions/{id}/seg.nii.gz"));
+    let has_dicom = super::dicom_seg::reference_series(study.as_ref().map(|s| &s.study)).is_ok();
+    let dicom_seg_url = (finished && has_dicom).then(|| format!("/api/predictions/{id}/dicom-seg"));
     Ok(PredictionView {
         job: job_view(state, job).await?,
         study,
         volumes,
         seg_url,
+        dicom_seg_url,
     })
 }
 
@@ -390,7 +395,7 @@ async fn show_prediction(
     Ok(Json(prediction_view(&state, id).await?))
 }
 
-fn seg_path(job: &db::Job) -> Result<PathBuf> {
+pub(crate) fn seg_path(job: &db::Job) -> Result<PathBuf> {
     let path = PathBuf::from(&job.out_dir).join("seg.nii.gz");
     if job.kind != JobKind::Infer || job.state != JobState::Succeeded || !path.is_file() {
         return Err(Error::NotFound(format!("segmentation of job {}", job.id)));

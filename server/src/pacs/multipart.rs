@@ -1,0 +1,341 @@
+//! `multipart/related` in both directions: WADO-RS answers a series as one part per instance
+//! (each `application/dicom`), STOW-RS takes instances the same way. A response is parsed as it
+//! streams in, each part written to its own file, within limits: a response that is too large,
+//! has too many parts or ends before its closing delimiter is refused with the reason.
+
+use futures_util::{Stream, StreamExt};
+use std::path::{Path, PathBuf};
+use tokio::io::AsyncWriteExt;
+
+/// What one retrieved series may hold.
+#[derive(Clone, Copy, Debug)]
+pub struct PartLimits {
+    /// Instances (parts) at most: a series of 1,024 slices leaves room to spare at 4,096.
+    pub max_parts: usize,
+    /// Bytes of all parts together (the DICOM import's per-series limit).
+    pub max_total_bytes: u64,
+    /// Bytes of one part's headers.
+    pub max_header_bytes: usize,
+}
+
+impl Default for PartLimits {
+    fn default() -> Self {
+        Self {
+            max_parts: crate::limits::MAX_DICOM_PARTS,
+            max_total_bytes: crate::dicom::ZipLimits::default().max_unpacked_bytes,
+            max_header_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// The `boundary` parameter of a `multipart/related` content type; `None` for any other type.
+pub fn boundary_of(content_type: &str) -> Option<String> {
+    let mut params = content_type.split(';');
+    let kind = params.next()?.trim();
+    if !kind.eq_ignore_ascii_case("multipart/related") {
+        return None;
+    }
+    params.find_map(|p| {
+        let (name, value) = p.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("boundary")
+            .then(|| value.trim().trim_matches('"').to_string())
+            .filter(|b| !b.is_empty() && b.len() <= 200)
+    })
+}
+
+/// A `multipart/related; type="application/dicom"` body of `instances`, and its content type.
+pub fn dicom_body(instances: &[Vec<u8>], boundary: &str) -> (Vec<u8>, String) {
+    let mut body = Vec::with_capacity(instances.iter().map(Vec::len).sum::<usize>() + 256);
+    for instance in instances {
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes(),
+        );
+        body.extend_from_slice(instance);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    let content_type =
+        format!("multipart/related; type=\"application/dicom\"; boundary={boundary}");
+    (body, content_type)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || haystack.len() < needle.len() {
+        return None;
+    }
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+enum State {
+    /// Before the first delimiter (a preamble, if any, is skipped).
+    Preamble,
+    /// Just after a delimiter: `--` ends the body, else a part's headers follow.
+    AfterDelimiter,
+    Headers,
+    Body(tokio::fs::File),
+    Done,
+}
+
+/// Writes each `application/dicom` part of the body streamed by `chunks` into `dir`
+/// (`000000.dcm`, `000001.dcm`, ...); the files written. Errors are sentences for the user.
+pub async fn save_parts<S, E>(
+    mut chunks: S,
+    boundary: &str,
+    dir: &Path,
+    limits: PartLimits,
+) -> Result<Vec<PathBuf>, String>
+where
+    S: Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let first = format!("--{boundary}").into_bytes();
+    // Inside the body a delimiter always follows a line break.
+    let delimiter = format!("\r\n--{boundary}").into_bytes();
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut state = State::Preamble;
+    let mut files = Vec::new();
+    let mut total: u64 = 0;
+    let mut ended = false;
+    loop {
+        // Consume what the buffer allows; read more only when nothing can be consumed.
+        let progressed = match &mut state {
+            State::Preamble => match find(&buffer, &first) {
+                Some(at) => {
+                    buffer.drain(..at + first.len());
+                    state = State::AfterDelimiter;
+                    true
+                }
+                None => {
+                    if buffer.len() > limits.max_header_bytes {
+                        return Err(format!(
+                            "no multipart delimiter in the first {} bytes",
+                            limits.max_header_bytes
+                        ));
+                    }
+                    false
+                }
+            },
+            State::AfterDelimiter => {
+                if buffer.len() < 2 {
+                    false
+                } else if buffer.starts_with(b"--") {
+                    state = State::Done;
+                    true
+                } else {
+                    state = State::Headers;
+                    true
+                }
+            }
+            State::Headers => match find(&buffer, b"\r\n\r\n") {
+                Some(end) => {
+                    let headers = String::from_utf8_lossy(&buffer[..end]).to_string();
+                    buffer.drain(..end + 4);
+                    check_part_type(&headers, files.len())?;
+                    if files.len() == limits.max_parts {
+                        return Err(format!(
+                            "more than {} instances in one series, the most a series may hold",
+                            limits.max_parts
+                        ));
+                    }
+                    let path = dir.join(format!("{:06}.dcm", files.len()));
+                    let file = tokio::fs::File::create(&path)
+                        .await
+                        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                    files.push(path);
+                    state = State::Body(file);
+                    true
+                }
+                None => {
+                    if buffer.len() > limits.max_header_bytes {
+                        return Err(format!(
+                            "part {} has more than {} bytes of headers",
+                            files.len() + 1,
+                            limits.max_header_bytes
+                        ));
+                    }
+                    false
+                }
+            },
+            State::Body(file) => {
+                let (take, found) = match find(&buffer, &delimiter) {
+                    Some(at) => (at, true),
+                    // Keep what could be the start of a delimiter split across chunks.
+                    None => (buffer.len().saturating_sub(delimiter.len() - 1), false),
+                };
+                total += take as u64;
+                if total > limits.max_total_bytes {
+                    return Err(format!(
+                        "the series is larger than {} MiB, the most one series may hold",
+                        limits.max_total_bytes / (1024 * 1024)
+                    ));
+                }
+                file.write_all(&buffer[..take])
+                    .await
+                    .map_err(|e| format!("cannot write an instance: {e}"))?;
+                buffer.drain(..take);
+                if found {
+                    file.flush()
+                        .await
+                        .map_err(|e| format!("cannot write an instance: {e}"))?;
+                    buffer.drain(..delimiter.len());
+                    state = State::AfterDelimiter;
+                    true
+                } else {
+                    take > 0 && !ended
+                }
+            }
+            State::Done => return Ok(files),
+        };
+        if progressed {
+            continue;
+        }
+        if ended {
+            return Err(match state {
+                State::Preamble if files.is_empty() => {
+                    "the answer holds no multipart delimiter (an empty or cut-off answer)"
+                        .to_string()
+                }
+                _ => format!(
+                    "the answer ended after {} instance(s) without its closing delimiter: cut \
+                     off (a timeout or a dropped connection on the way)",
+                    files.len()
+                ),
+            });
+        }
+        match chunks.next().await {
+            Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
+            Some(Err(e)) => {
+                return Err(format!(
+                    "the answer broke off after {} instance(s): {e}",
+                    files.len()
+                ))
+            }
+            None => ended = true,
+        }
+    }
+}
+
+/// A part must be `application/dicom` (what the request's `Accept` asked for).
+fn check_part_type(headers: &str, index: usize) -> Result<(), String> {
+    let content_type = headers.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("content-type")
+            .then(|| value.trim().to_string())
+    });
+    match content_type {
+        Some(t)
+            if t.split(';')
+                .next()
+                .is_some_and(|k| k.trim().eq_ignore_ascii_case("application/dicom")) =>
+        {
+            Ok(())
+        }
+        other => Err(format!(
+            "part {} is {}, not application/dicom",
+            index + 1,
+            other.as_deref().unwrap_or("of no content type")
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunked(
+        body: &[u8],
+        size: usize,
+    ) -> impl Stream<Item = Result<bytes::Bytes, String>> + Unpin {
+        let chunks: Vec<Result<bytes::Bytes, String>> = body
+            .chunks(size)
+            .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+            .collect();
+        futures_util::stream::iter(chunks)
+    }
+
+    #[test]
+    fn the_boundary_comes_from_the_content_type() {
+        assert_eq!(
+            boundary_of("multipart/related; type=\"application/dicom\"; boundary=abc-1").as_deref(),
+            Some("abc-1")
+        );
+        assert_eq!(
+            boundary_of("Multipart/Related; boundary=\"q q\"").as_deref(),
+            Some("q q")
+        );
+        assert_eq!(boundary_of("application/json; boundary=x"), None);
+        assert_eq!(boundary_of("multipart/related; type=x"), None);
+    }
+
+    #[tokio::test]
+    async fn parts_are_written_to_files_whatever_the_chunking() {
+        let one = b"first instance \r\n-- not a delimiter".to_vec();
+        let two = vec![7u8; 5000];
+        let (body, _) = dicom_body(&[one.clone(), two.clone()], "B0UNDARY");
+        for size in [1, 3, 7, 64, 100_000] {
+            let dir = tempfile::tempdir().unwrap();
+            let files = save_parts(
+                chunked(&body, size),
+                "B0UNDARY",
+                dir.path(),
+                PartLimits::default(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(files.len(), 2, "chunks of {size}");
+            assert_eq!(std::fs::read(&files[0]).unwrap(), one, "chunks of {size}");
+            assert_eq!(std::fs::read(&files[1]).unwrap(), two, "chunks of {size}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cut_off_answer_is_refused() {
+        let (body, _) = dicom_body(&[vec![1u8; 300], vec![2u8; 300]], "b");
+        let dir = tempfile::tempdir().unwrap();
+        let error = save_parts(
+            chunked(&body[..500], 64),
+            "b",
+            dir.path(),
+            PartLimits::default(),
+        )
+        .await
+        .unwrap_err();
+        assert!(error.contains("without its closing delimiter"), "{error}");
+        let error = save_parts(chunked(b"", 64), "b", dir.path(), PartLimits::default())
+            .await
+            .unwrap_err();
+        assert!(error.contains("no multipart delimiter"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn size_count_and_type_limits_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let (body, _) = dicom_body(&[vec![1u8; 3000], vec![2u8; 3000]], "b");
+        let small = PartLimits {
+            max_total_bytes: 4000,
+            ..PartLimits::default()
+        };
+        let error = save_parts(chunked(&body, 512), "b", dir.path(), small)
+            .await
+            .unwrap_err();
+        assert!(error.contains("larger than"), "{error}");
+        let few = PartLimits {
+            max_parts: 1,
+            ..PartLimits::default()
+        };
+        let error = save_parts(chunked(&body, 512), "b", dir.path(), few)
+            .await
+            .unwrap_err();
+        assert!(error.contains("more than 1 instances"), "{error}");
+        let xml = b"--b\r\nContent-Type: application/dicom+xml\r\n\r\n<x/>\r\n--b--\r\n";
+        let error = save_parts(chunked(xml, 512), "b", dir.path(), PartLimits::default())
+            .await
+            .unwrap_err();
+        assert!(error.contains("not application/dicom"), "{error}");
+    }
+}

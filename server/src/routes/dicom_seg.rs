@@ -1,0 +1,93 @@
+//! `GET /api/predictions/N/dicom-seg`: a finished prediction of a study imported from DICOM, as a
+//! DICOM Segmentation object referring to the study's kept series (`crate::dicom_seg`).
+
+use super::studies::seg_path;
+use crate::db;
+use crate::dicom_seg::{self, SegmentationSource};
+use crate::error::{Error, Result};
+use crate::AppState;
+use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use std::path::PathBuf;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/predictions/{id}/dicom-seg", get(download))
+}
+
+/// The series a SEG of the prediction of `study` refers to, or why it can have none.
+pub(crate) fn reference_series(study: Option<&db::Study>) -> Result<PathBuf, String> {
+    let Some(study) = study else {
+        return Err(
+            "this prediction belongs to no stored study: a DICOM SEG needs the DICOM \
+                    series it refers to; import the study from DICOM and segment it"
+                .into(),
+        );
+    };
+    dicom_seg::reference_series_of(std::path::Path::new(&study.dir)).ok_or_else(|| {
+        "this study was uploaded as NIfTI: a DICOM SEG needs the DICOM series it refers to; \
+         import the study from DICOM (the Segment page, or POST /api/studies/dicom) and segment \
+         it"
+        .to_string()
+    })
+}
+
+async fn download(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Response> {
+    let job = db::job(&state.pool, id).await?;
+    let prediction = seg_path(&job)?;
+    let study = match job.study_id {
+        Some(s) => Some(db::study(&state.pool, s).await?),
+        None => None,
+    };
+    let series = reference_series(study.as_ref()).map_err(Error::Conflict)?;
+    let run = match job.checkpoint_job_id {
+        Some(run) => db::job(&state.pool, run).await.ok(),
+        None => None,
+    };
+    let algorithm = match &run {
+        Some(run) => format!(
+            "CGGM Studio {} run {}",
+            run.params_json()["method"].as_str().unwrap_or("model"),
+            run.id
+        ),
+        None => "CGGM Studio".to_string(),
+    };
+    // Decoding the prediction and encoding every frame: one of the bounded decode slots, off the
+    // async runtime.
+    let bytes = {
+        let _slot = state.volumes.decode_slot().await;
+        tokio::task::spawn_blocking(move || {
+            dicom_seg::write_segmentation(&SegmentationSource {
+                prediction: &prediction,
+                reference_series: &series,
+                algorithm: &algorithm,
+            })
+        })
+        .await
+        .map_err(anyhow::Error::from)?
+        .map_err(|e| Error::Unprocessable(e.to_string()))?
+    };
+    let stem = format!(
+        "{}-run{}",
+        study.as_ref().map(|s| s.name.as_str()).unwrap_or("study"),
+        run.as_ref().map(|r| r.id).unwrap_or_default()
+    );
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/dicom".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!(
+                    "attachment; filename=\"{}\"",
+                    crate::security::download_name(&stem, "-seg.dcm")
+                ),
+            ),
+            // Patient data: never kept by the browser or a proxy.
+            (header::CACHE_CONTROL, "no-store".to_string()),
+        ],
+        bytes,
+    )
+        .into_response())
+}
