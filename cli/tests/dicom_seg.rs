@@ -130,6 +130,7 @@ async fn a_prediction_of_an_imported_study_is_a_seg_that_dciodvfy_and_highdicom_
         std::fs::write(&seg, &bytes).unwrap();
 
         let (_, report) = run("dciodvfy", &[&seg]);
+        eprintln!("flip {flip}: dciodvfy:\n{report}");
         let errors: Vec<&str> = report.lines().filter(|l| l.contains("Error")).collect();
         assert!(
             errors.is_empty(),
@@ -157,6 +158,30 @@ async fn a_prediction_of_an_imported_study_is_a_seg_that_dciodvfy_and_highdicom_
             "flip {flip}: the SEG read back by highdicom differs:\n{report}"
         );
         assert!(report.contains(" 0 mismatching voxels"), "{report}");
+        eprintln!("flip {flip}: check_dicom_seg.py:\n{report}");
+        // The check is not blind: one voxel of ED moved into the background is one mismatch.
+        let altered = work.path().join("altered.nii.gz");
+        let edit = format!(
+            "import nibabel, numpy as np; i = nibabel.load({p:?}); d = np.asarray(i.dataobj).copy(); \
+             d[15, 10, 6] = 0; nibabel.save(nibabel.Nifti1Image(d, i.affine, i.header), {a:?})",
+            p = predicted.display().to_string(),
+            a = altered.display().to_string()
+        );
+        assert!(Command::new(python())
+            .args(["-c", &edit])
+            .status()
+            .unwrap()
+            .success());
+        let (ok, report) = run(
+            python().to_str().unwrap(),
+            &[
+                Path::new(checker),
+                &seg,
+                &altered,
+                &study_dir.join("dicom/flair"),
+            ],
+        );
+        assert!(!ok && report.contains(" 1 mismatching voxels"), "{report}");
     }
 }
 
