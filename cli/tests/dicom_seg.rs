@@ -182,6 +182,40 @@ async fn a_prediction_of_an_imported_study_is_a_seg_that_dciodvfy_and_highdicom_
             ],
         );
         assert!(!ok && report.contains(" 1 mismatching voxels"), "{report}");
+
+        // `cggm dicom-seg` writes the same kind of SEG from the files on disk.
+        let from_cli = work.path().join("cli-seg.dcm");
+        let flair = study_dir.join("dicom/flair");
+        let cli = |prediction: &Path, out: &Path| {
+            Command::new(env!("CARGO_BIN_EXE_cggm"))
+                .arg("dicom-seg")
+                .arg("--prediction")
+                .arg(prediction)
+                .arg("--reference")
+                .arg(&flair)
+                .arg("--out")
+                .arg(out)
+                .output()
+                .unwrap()
+        };
+        let output = cli(&predicted, &from_cli);
+        assert!(output.status.success(), "{output:?}");
+        let (ok, report) = run(
+            python().to_str().unwrap(),
+            &[Path::new(checker), &from_cli, &predicted, &flair],
+        );
+        assert!(ok, "flip {flip}: cggm dicom-seg: {report}");
+        // A prediction on another grid is refused, naming the mismatch.
+        let output = cli(
+            &app.dir.path().join("fake-seg.nii.gz"),
+            &work.path().join("x.dcm"),
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success());
+        assert!(
+            stderr.contains("prediction grid does not match the reference series"),
+            "{stderr}"
+        );
     }
 }
 

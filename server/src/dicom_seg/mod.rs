@@ -245,12 +245,14 @@ mod tests {
 
     /// The 4 × 3 × `z` grid of that series as dcm2niix writes it (RAS: x and y negated).
     fn write_prediction(path: &Path, labels: &ndarray::Array3<u8>) {
-        let mut header = nifti::NiftiHeader::default();
-        header.sform_code = 1;
-        header.srow_x = [-1.0, 0.0, 0.0, 10.0];
-        header.srow_y = [0.0, -2.0, 0.0, 20.0];
-        header.srow_z = [0.0, 0.0, 3.0, -5.0];
-        header.pixdim = [1.0, 1.0, 2.0, 3.0, 1.0, 1.0, 1.0, 1.0];
+        let header = nifti::NiftiHeader {
+            sform_code: 1,
+            srow_x: [-1.0, 0.0, 0.0, 10.0],
+            srow_y: [0.0, -2.0, 0.0, 20.0],
+            srow_z: [0.0, 0.0, 3.0, -5.0],
+            pixdim: [1.0, 1.0, 2.0, 3.0, 1.0, 1.0, 1.0, 1.0],
+            ..Default::default()
+        };
         cggm_core::data::write_volume_u8(path, &labels.view(), &header).unwrap();
     }
 
