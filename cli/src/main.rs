@@ -1,9 +1,10 @@
 //! `cggm`: the one user-facing command. `serve` runs the web application (the server crate),
-//! `study` drives one through its API, `synth` and `validate` are the data layer's; none of them
-//! loads libtorch. `train`, `eval`, `infer`, `export` and `bench` are handed, arguments unchanged, to
-//! `cggm-trainer` beside this binary, which replaces this process (same pid, so the server's job
-//! control and Slurm see one process).
+//! `study` drives one through its API, `synth` and `validate` are the data layer's, `dicom-seg`
+//! writes a DICOM SEG; none of them loads libtorch. `train`, `eval`, `infer`, `export` and
+//! `bench` are handed, arguments unchanged, to `cggm-trainer` beside this binary, which replaces
+//! this process (same pid, so the server's job control and Slurm see one process).
 
+mod dicom_seg;
 mod study;
 
 use cggm_core::data_commands;
@@ -36,6 +37,8 @@ enum Command {
     Synth(data_commands::SynthArgs),
     /// Check a dataset folder (every NIfTI case, or a feature dataset) and print a report.
     Validate(data_commands::ValidateArgs),
+    /// Write a NIfTI prediction as a DICOM SEG referring to the DICOM series it was made on.
+    DicomSeg(dicom_seg::DicomSegArgs),
     /// Train a multimodal model (CGGM or a baseline) for segmentation, classification or
     /// regression (`cggm train --help` lists every option, method and preset).
     #[command(disable_help_flag = true)]
@@ -81,6 +84,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Study(args) => return study::run(args),
         Command::Synth(args) => return data_commands::synth(args),
         Command::Validate(args) => return data_commands::validate(args),
+        Command::DicomSeg(args) => return dicom_seg::run(args),
         Command::Train(p) => ("train", p),
         Command::Eval(p) => ("eval", p),
         Command::Infer(p) => ("infer", p),

@@ -130,6 +130,7 @@ async fn a_prediction_of_an_imported_study_is_a_seg_that_dciodvfy_and_highdicom_
         std::fs::write(&seg, &bytes).unwrap();
 
         let (_, report) = run("dciodvfy", &[&seg]);
+        eprintln!("flip {flip}: dciodvfy:\n{report}");
         let errors: Vec<&str> = report.lines().filter(|l| l.contains("Error")).collect();
         assert!(
             errors.is_empty(),
@@ -157,6 +158,64 @@ async fn a_prediction_of_an_imported_study_is_a_seg_that_dciodvfy_and_highdicom_
             "flip {flip}: the SEG read back by highdicom differs:\n{report}"
         );
         assert!(report.contains(" 0 mismatching voxels"), "{report}");
+        eprintln!("flip {flip}: check_dicom_seg.py:\n{report}");
+        // The check is not blind: one voxel of ED moved into the background is one mismatch.
+        let altered = work.path().join("altered.nii.gz");
+        let edit = format!(
+            "import nibabel, numpy as np; i = nibabel.load({p:?}); d = np.asarray(i.dataobj).copy(); \
+             d[15, 10, 6] = 0; nibabel.save(nibabel.Nifti1Image(d, i.affine, i.header), {a:?})",
+            p = predicted.display().to_string(),
+            a = altered.display().to_string()
+        );
+        assert!(Command::new(python())
+            .args(["-c", &edit])
+            .status()
+            .unwrap()
+            .success());
+        let (ok, report) = run(
+            python().to_str().unwrap(),
+            &[
+                Path::new(checker),
+                &seg,
+                &altered,
+                &study_dir.join("dicom/flair"),
+            ],
+        );
+        assert!(!ok && report.contains(" 1 mismatching voxels"), "{report}");
+
+        // `cggm dicom-seg` writes the same kind of SEG from the files on disk.
+        let from_cli = work.path().join("cli-seg.dcm");
+        let flair = study_dir.join("dicom/flair");
+        let cli = |prediction: &Path, out: &Path| {
+            Command::new(env!("CARGO_BIN_EXE_cggm"))
+                .arg("dicom-seg")
+                .arg("--prediction")
+                .arg(prediction)
+                .arg("--reference")
+                .arg(&flair)
+                .arg("--out")
+                .arg(out)
+                .output()
+                .unwrap()
+        };
+        let output = cli(&predicted, &from_cli);
+        assert!(output.status.success(), "{output:?}");
+        let (ok, report) = run(
+            python().to_str().unwrap(),
+            &[Path::new(checker), &from_cli, &predicted, &flair],
+        );
+        assert!(ok, "flip {flip}: cggm dicom-seg: {report}");
+        // A prediction on another grid is refused, naming the mismatch.
+        let output = cli(
+            &app.dir.path().join("fake-seg.nii.gz"),
+            &work.path().join("x.dcm"),
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success());
+        assert!(
+            stderr.contains("prediction grid does not match the reference series"),
+            "{stderr}"
+        );
     }
 }
 

@@ -227,7 +227,7 @@ impl BitPacker {
     }
 
     pub fn finish(mut self) -> Vec<u8> {
-        if self.bytes.len() % 2 == 1 {
+        if !self.bytes.len().is_multiple_of(2) {
             self.bytes.push(0);
         }
         self.bytes
