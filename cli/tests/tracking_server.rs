@@ -22,14 +22,9 @@ async fn a_server_wide_tensorboard_folder_gets_every_training_and_the_run_page_s
         .follow_training_to_success(job, Duration::from_secs(120))
         .await;
     let run_tb = tb.join(format!("job-{job}"));
+    let log = server.job_log(job).await;
     let files: Vec<_> = std::fs::read_dir(&run_tb)
-        .unwrap_or_else(|e| {
-            panic!(
-                "{}: {e}; log: {}",
-                run_tb.display(),
-                server.job_log(job).await
-            )
-        })
+        .unwrap_or_else(|e| panic!("{}: {e}; log: {log}", run_tb.display()))
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(files.len(), 1, "{files:?}");

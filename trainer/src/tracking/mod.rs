@@ -287,9 +287,12 @@ fn run_name(run_dir: &Path) -> String {
         .unwrap_or_else(|| "run".into())
 }
 
+/// An event's time, step and (name, value) scalars.
+type Moment = (f64, i64, Vec<(String, f64)>);
+
 /// The scalars of an event (finite values only: JSON has no NaN), with its time and step; None for
 /// events that carry none.
-fn scalars(event: &Event, epochs_done: i64) -> Option<(f64, i64, Vec<(String, f64)>)> {
+fn scalars(event: &Event, epochs_done: i64) -> Option<Moment> {
     let mut out: Vec<(String, f64)> = Vec::new();
     let per_modality = |out: &mut Vec<(String, f64)>, prefix: &str, map: &BTreeMap<String, f64>| {
         out.extend(map.iter().map(|(m, v)| (format!("{prefix}/{m}"), *v)));

@@ -209,6 +209,8 @@ mod tests {
         assert_eq!(record.len(), 8 + 4 + data.len() + 4);
         assert_eq!(&record[..8], &(data.len() as u64).to_le_bytes());
         let len_crc = u32::from_le_bytes(record[8..12].try_into().unwrap());
+        // The mask as TFRecord's format spells it, not as the code under test computes it.
+        #[allow(clippy::manual_rotate)]
         let mask = |c: u32| ((c >> 15) | (c << 17)).wrapping_add(0xa282_ead8);
         assert_eq!(len_crc, mask(crc32c(&record[..8])));
         assert_eq!(&record[12..12 + data.len()], data);
