@@ -52,12 +52,18 @@ fn native_voxel(ras: [usize; 3], affine: &[[f64; 4]; 3], dims: &[usize]) -> [usi
     native
 }
 
-/// Draws a line of voxels (RAS order) from `from` to `to` with the page's current pen and ends
-/// the stroke as NiiVue's mouse-up does (an undo step, `onDrawingChanged("draw")`).
+/// Draws lines of voxels (RAS order) with the page's current pen as a drag does (the first point,
+/// then the line on from it, which leaves out its start) and ends the stroke as NiiVue's mouse-up
+/// does (an undo step, `onDrawingChanged("draw")`).
 fn stroke(lines: &[([usize; 3], [usize; 3])]) -> String {
     let draws: String = lines
         .iter()
-        .map(|(a, b)| format!("nv.drawPenLine({a:?}, {b:?}, nv.opts.penValue);"))
+        .map(|(a, b)| {
+            format!(
+                "nv.drawPt({}, {}, {}, nv.opts.penValue); nv.drawPenLine({a:?}, {b:?}, nv.opts.penValue);",
+                a[0], a[1], a[2]
+            )
+        })
         .collect();
     format!(
         "const nv = window.cggmNiivue; {draws} nv.refreshDrawing(true); nv.drawAddUndoBitmap(); \

@@ -292,7 +292,7 @@
 
   // What a correction can start from: the prediction or the current ground truth, or nothing.
   function showSources(manifest) {
-    const select = $("#nv-edit-source"), keep = select.value;
+    const select = $("#nv-edit-source"), keep = select.options.length > 0 ? select.value : null;
     const options = manifest.overlays.map((o) => el("option", { value: o.key }, o.title));
     select.replaceChildren(...options, el("option", { value: "" }, "an empty label"));
     if (Array.from(select.options).some((o) => o.value === keep)) select.value = keep;
