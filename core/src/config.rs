@@ -782,6 +782,40 @@ impl TrainConfig {
     }
 }
 
+/// Why `source`'s network cannot start `target`'s (fine-tuning, `init_from`), or None when it
+/// can. The method, the optimiser, the schedule and the data may differ; the architecture may
+/// not. The trainer checks it before loading weights, the server before queueing a job.
+pub fn incompatibility(source: &TrainConfig, target: &TrainConfig) -> Option<String> {
+    if source.task != target.task {
+        return Some(format!(
+            "it trained {} and this run trains {}",
+            source.task, target.task
+        ));
+    }
+    if source.modalities() != target.modalities() {
+        let names = |c: &TrainConfig| {
+            c.modalities()
+                .iter()
+                .map(|m| m.name().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Some(format!(
+            "its network reads {} and this run's reads {}",
+            names(source),
+            names(target)
+        ));
+    }
+    if source.model != target.model || source.features != target.features {
+        return Some(format!(
+            "its network differs from this run's (preset {:?} against {:?}): choose the source \
+             run's preset, or a source trained with this one",
+            source.preset, target.preset
+        ));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -838,38 +872,4 @@ mod tests {
             (101, 160, 64)
         );
     }
-}
-
-/// Why `source`'s network cannot start `target`'s (fine-tuning, `init_from`), or None when it
-/// can. The method, the optimiser, the schedule and the data may differ; the architecture may
-/// not. The trainer checks it before loading weights, the server before queueing a job.
-pub fn incompatibility(source: &TrainConfig, target: &TrainConfig) -> Option<String> {
-    if source.task != target.task {
-        return Some(format!(
-            "it trained {} and this run trains {}",
-            source.task, target.task
-        ));
-    }
-    if source.modalities() != target.modalities() {
-        let names = |c: &TrainConfig| {
-            c.modalities()
-                .iter()
-                .map(|m| m.name().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        return Some(format!(
-            "its network reads {} and this run's reads {}",
-            names(source),
-            names(target)
-        ));
-    }
-    if source.model != target.model || source.features != target.features {
-        return Some(format!(
-            "its network differs from this run's (preset {:?} against {:?}): choose the source \
-             run's preset, or a source trained with this one",
-            source.preset, target.preset
-        ));
-    }
-    None
 }
