@@ -114,7 +114,7 @@ fn probe_batch(
         ..cfg.sampler.clone()
     };
     // A stream of its own: the training batches stay those of the same run without a probe.
-    let mut loader = SliceLoader::new(val_cases, sampler, cfg.seed ^ 0x5eed_0f_9e0be, 0)
+    let mut loader = SliceLoader::new(val_cases, sampler, cfg.seed ^ 0x05ee_d0f9_e0be, 0)
         .context("preparing the probe batch (cggm.eps_source = probe) from the validation cases")?;
     let batch = loader.next_batch()?;
     Ok(batch_tensors(&batch, device))
