@@ -4,7 +4,9 @@
 //! `bench` are handed, arguments unchanged, to `cggm-trainer` beside this binary, which replaces
 //! this process (same pid, so the server's job control and Slurm see one process).
 
+mod api;
 mod dicom_seg;
+mod pacs;
 mod study;
 
 use cggm_core::data_commands;
@@ -37,6 +39,9 @@ enum Command {
     Synth(data_commands::SynthArgs),
     /// Check a dataset folder (every NIfTI case, or a feature dataset) and print a report.
     Validate(data_commands::ValidateArgs),
+    /// Search a PACS, import a study from it, or send a prediction back as a DICOM SEG, through
+    /// a running `cggm serve --pacs URL`.
+    Pacs(pacs::PacsArgs),
     /// Write a NIfTI prediction as a DICOM SEG referring to the DICOM series it was made on.
     DicomSeg(dicom_seg::DicomSegArgs),
     /// Train a multimodal model (CGGM or a baseline) for segmentation, classification or
@@ -82,6 +87,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let (name, passed) = match cli.command {
         Command::Serve(args) => return serve(args),
         Command::Study(args) => return study::run(args),
+        Command::Pacs(args) => return pacs::run(args),
         Command::Synth(args) => return data_commands::synth(args),
         Command::Validate(args) => return data_commands::validate(args),
         Command::DicomSeg(args) => return dicom_seg::run(args),

@@ -173,6 +173,49 @@ async fn a_pacs_study_is_found_imported_like_a_dicom_upload_and_stow_stores_back
         assert_eq!(std::fs::read_dir(&kept).unwrap().count(), 16, "{m}");
     }
 
+    // The same from the command line: `cggm pacs search` lists the study, `cggm pacs import`
+    // guesses the four series from their descriptions and imports them as another study.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(cggm())
+            .arg("pacs")
+            .args(["--server", &server.base])
+            .args(args)
+            .env_remove("CGGM_TOKEN")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "cggm pacs {args:?}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let listed = tokio::task::block_in_place(|| cli(&["search", "--patient", "SYNTH"]));
+    assert!(
+        listed.starts_with(&format!("{uid}\tSYNTH-001\t20260101\t")),
+        "{listed}"
+    );
+    let imported_by_cli =
+        tokio::task::block_in_place(|| cli(&["import", &uid, "--name", "from-cli"]));
+    assert!(
+        imported_by_cli.starts_with("study ") && imported_by_cli.contains("imported from"),
+        "{imported_by_cli}"
+    );
+    let cli_study: i64 = imported_by_cli["study ".len()..]
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    for m in MODALITIES {
+        assert_eq!(
+            voxels(&server.data_dir, cli_study, m),
+            voxels(&server.data_dir, pacs_study, m),
+            "{m}: the CLI's import differs from the API's"
+        );
+    }
+
     // The same series zipped through today's DICOM import: the same volumes, voxel for voxel.
     let zips = phantom_zips(&dir.path().join("zips"), |_| vec![]);
     let mut form = reqwest::multipart::Form::new().text("name", "zip-import");
@@ -278,6 +321,25 @@ async fn a_pacs_study_is_found_imported_like_a_dicom_upload_and_stow_stores_back
             .any(|i| i["MainDicomTags"]["SOPInstanceUID"] == seg_uid.as_str()),
         "Orthanc does not list the SEG {seg_uid}"
     );
+    // `cggm pacs send` stores another SEG of the same prediction (a new series each time).
+    let sent_by_cli = tokio::task::block_in_place(|| cli(&["send", &prediction.to_string()]));
+    assert!(
+        sent_by_cli.starts_with(&format!(
+            "prediction {prediction}: stored at {} as DICOM SEG ",
+            orthanc.dicomweb()
+        )),
+        "{sent_by_cli}"
+    );
+    let series = server
+        .get_json(&format!("/api/pacs/studies/{uid}/series"))
+        .await;
+    let seg_count = series
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["modality"] == "SEG")
+        .count();
+    assert_eq!(seg_count, 2, "{series}");
 
     // The page shows the PACS, the mapping selects and the segmentation to send back.
     let page = server.get_text("/pacs").await;

@@ -34,7 +34,18 @@ pub(crate) fn reference_series(study: Option<&db::Study>) -> Result<PathBuf, Str
     })
 }
 
-async fn download(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Response> {
+/// A prediction written as a DICOM SEG, with the job, study and run it came from (for names).
+pub(crate) struct PredictionSeg {
+    pub bytes: Vec<u8>,
+    pub job: db::Job,
+    pub study: Option<db::Study>,
+    pub run: Option<db::Job>,
+}
+
+/// Prediction `id` as a DICOM SEG referring to the series its study was imported from: 409 for
+/// a study uploaded as NIfTI, 422 when the prediction does not fit that series. The download and
+/// the PACS's STOW both send this.
+pub(crate) async fn prediction_seg(state: &AppState, id: i64) -> Result<PredictionSeg> {
     let job = db::job(&state.pool, id).await?;
     let prediction = seg_path(&job)?;
     let study = match job.study_id {
@@ -69,6 +80,18 @@ async fn download(State(state): State<AppState>, Path(id): Path<i64>) -> Result<
         .map_err(anyhow::Error::from)?
         .map_err(|e| Error::Unprocessable(e.to_string()))?
     };
+    Ok(PredictionSeg {
+        bytes,
+        job,
+        study,
+        run,
+    })
+}
+
+async fn download(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Response> {
+    let PredictionSeg {
+        bytes, study, run, ..
+    } = prediction_seg(&state, id).await?;
     let stem = format!(
         "{}-run{}",
         study.as_ref().map(|s| s.name.as_str()).unwrap_or("study"),

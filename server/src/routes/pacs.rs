@@ -218,30 +218,8 @@ struct Sent {
 /// uploaded as NIfTI (a SEG needs the DICOM series it refers to).
 async fn send_prediction(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json<Sent>> {
     let pacs = client(&state)?;
-    let job = db::job(&state.pool, id).await?;
-    let prediction = super::studies::seg_path(&job)?;
-    let study = match job.study_id {
-        Some(s) => Some(db::study(&state.pool, s).await?),
-        None => None,
-    };
-    let series = super::dicom_seg::reference_series(study.as_ref()).map_err(Error::Conflict)?;
-    let algorithm = format!(
-        "CGGM Studio run {}",
-        job.checkpoint_job_id.unwrap_or_default()
-    );
-    let bytes = {
-        let _slot = state.volumes.decode_slot().await;
-        tokio::task::spawn_blocking(move || {
-            crate::dicom_seg::write_segmentation(&crate::dicom_seg::SegmentationSource {
-                prediction: &prediction,
-                reference_series: &series,
-                algorithm: &algorithm,
-            })
-        })
-        .await
-        .map_err(anyhow::Error::from)?
-        .map_err(|e| Error::Unprocessable(e.to_string()))?
-    };
+    let super::dicom_seg::PredictionSeg { bytes, job, .. } =
+        super::dicom_seg::prediction_seg(&state, id).await?;
     let stored = pacs.store(&[bytes]).await?;
     let study_uid: Option<(String,)> =
         sqlx::query_as("SELECT study_uid FROM pacs_imports WHERE study_id = ?")
