@@ -289,6 +289,65 @@ async fn a_pacs_study_is_found_imported_like_a_dicom_upload_and_stow_stores_back
     server.job_succeeded(run, JOB_DEADLINE).await;
     let prediction = server.predict(pacs_study, run).await;
     server.job_succeeded(prediction, JOB_DEADLINE).await;
+    // The SEG of this real model's prediction passes dciodvfy and equals it voxel for voxel
+    // when highdicom reads it back (cli/tests/dicom_seg.rs does the same on painted blocks).
+    let seg = dir.path().join("real-model-seg.dcm");
+    std::fs::write(
+        &seg,
+        server
+            .get_bytes(&format!("/api/predictions/{prediction}/dicom-seg"))
+            .await,
+    )
+    .unwrap();
+    let predicted = dir.path().join("real-model-prediction.nii.gz");
+    std::fs::write(
+        &predicted,
+        server
+            .get_bytes(&format!("/api/predictions/{prediction}/seg.nii.gz"))
+            .await,
+    )
+    .unwrap();
+    let dciodvfy = std::process::Command::new("dciodvfy")
+        .arg(&seg)
+        .output()
+        .expect("dciodvfy starts (scripts/setup-dicom3tools.sh installs it)");
+    let report = String::from_utf8_lossy(&dciodvfy.stderr).to_string()
+        + &String::from_utf8_lossy(&dciodvfy.stdout);
+    assert!(
+        !report.lines().any(|l| l.contains("Error")),
+        "dciodvfy reports errors on the real model's SEG:\n{report}"
+    );
+    let checked = std::process::Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scripts/check_dicom_seg.py"
+        ))
+        .arg(&seg)
+        .arg(&predicted)
+        .arg(
+            server
+                .data_dir
+                .join(format!("studies/study-{pacs_study}/dicom/flair")),
+        )
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&checked.stdout).to_string()
+        + &String::from_utf8_lossy(&checked.stderr);
+    assert!(
+        checked.status.success() && report.contains(" 0 mismatching voxels"),
+        "the real model's SEG read back by highdicom differs:\n{report}"
+    );
+    // Not vacuous: the prediction has tumour voxels ("segment s: N voxels in the prediction").
+    let predicted_voxels: u64 = report
+        .lines()
+        .filter(|l| l.starts_with("segment "))
+        .filter_map(|l| l.split(": ").nth(1)?.split(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        predicted_voxels > 0,
+        "an empty prediction tests nothing:\n{report}"
+    );
+
     let (status, sent) = post(
         &server,
         &format!("/api/predictions/{prediction}/pacs"),
