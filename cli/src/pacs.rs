@@ -77,15 +77,13 @@ pub fn run(args: PacsArgs) -> anyhow::Result<()> {
             modality,
             limit,
         } => {
-            let mut query = url_query(&[
+            let query = url_query(&[
                 ("patient", patient),
                 ("patient_id", patient_id),
                 ("date", date),
                 ("modality", modality),
+                ("limit", limit.map(|n| n.to_string()).unwrap_or_default()),
             ]);
-            if let Some(n) = limit {
-                query.push_str(&format!("{}limit={n}", separator(&query)));
-            }
             let studies = api.get(&format!("/api/pacs/studies{query}"))?;
             for s in studies.as_array().into_iter().flatten() {
                 println!(
@@ -183,30 +181,19 @@ fn text(v: &serde_json::Value) -> String {
     v.as_str().map(str::to_string).unwrap_or_default()
 }
 
-fn separator(query: &str) -> &'static str {
-    if query.is_empty() {
-        "?"
-    } else {
-        "&"
-    }
-}
-
-/// `?key=value&…` of the non-empty fields, percent-encoded.
+/// `?key=value&…` of the non-empty fields, form-encoded by the HTTP client's own URL type.
 fn url_query(fields: &[(&str, String)]) -> String {
-    let mut query = String::new();
-    for (key, value) in fields.iter().filter(|(_, v)| !v.is_empty()) {
-        let encoded: String = value
-            .bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'*' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect();
-        query.push_str(&format!("{}{key}={encoded}", separator(&query)));
+    let mut url = reqwest::Url::parse("http://server/").expect("a fixed URL parses");
+    {
+        let mut pairs = url.query_pairs_mut();
+        for (key, value) in fields.iter().filter(|(_, v)| !v.is_empty()) {
+            pairs.append_pair(key, value);
+        }
     }
-    query
+    url.query()
+        .filter(|q| !q.is_empty())
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
