@@ -29,13 +29,8 @@ fn control(method: Method, optimizer: OptimizerKind, weight_decay: f64) -> Train
     cfg
 }
 
-/// Every model parameter (name, value) after `STEPS` steps on the same batch.
-fn trained(cfg: TrainConfig) -> Vec<(String, Tensor)> {
-    let (images, labels) = batch();
-    let mut trainer = Trainer::segmentation(cfg, Device::Cpu, 10);
-    for _ in 0..STEPS {
-        trainer.step(&images, &labels).unwrap();
-    }
+/// Every model parameter (name, value) of `trainer`, copied.
+fn parameters(trainer: &Trainer) -> Vec<(String, Tensor)> {
     trainer
         .model_opt
         .params()
@@ -44,14 +39,18 @@ fn trained(cfg: TrainConfig) -> Vec<(String, Tensor)> {
         .collect()
 }
 
+/// The parameters after `STEPS` steps on the same batch.
+fn trained(cfg: TrainConfig) -> Vec<(String, Tensor)> {
+    let (images, labels) = batch();
+    let mut trainer = Trainer::segmentation(cfg, Device::Cpu, 10);
+    for _ in 0..STEPS {
+        trainer.step(&images, &labels).unwrap();
+    }
+    parameters(&trainer)
+}
+
 fn initial(cfg: TrainConfig) -> Vec<(String, Tensor)> {
-    let trainer = Trainer::segmentation(cfg, Device::Cpu, 10);
-    trainer
-        .model_opt
-        .params()
-        .iter()
-        .map(|p| (p.name.clone(), p.tensor.detach().copy()))
-        .collect()
+    parameters(&Trainer::segmentation(cfg, Device::Cpu, 10))
 }
 
 /// The largest difference between two runs' parameters, relative to the largest distance any
