@@ -532,7 +532,8 @@ def main():
                     help="seeds of the Adam clip-off check (joint and cggm-magnitude-fixed); none: skip")
     ap.add_argument("--jobs", type=int, default=1, help="seeds trained at once")
     ap.add_argument("--work", type=Path, default=Path("/tmp/cggm-feature-study"))
-    ap.add_argument("--docs", type=Path, default=Path("docs/study-features.md"))
+    ap.add_argument("--docs", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "study-features.md",
+                    help="the report (default: docs/study-features.md of this repository)")
     ap.add_argument("--report-only", action="store_true", help="write the report from the runs there are")
     args = ap.parse_args()
     if "joint-lr-matched" in args.arms and ("cggm" not in args.arms
