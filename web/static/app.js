@@ -122,6 +122,32 @@ if (newRun) {
     placeholders();
   }).catch((err) => toast(err.message, true));
 }
+// A run's name, notes and tags, changed on its page (PATCH; the other fields stay as launched).
+onSubmit("#run-labels", async (form) => {
+  const data = new FormData(form);
+  await api("PATCH", `/api/jobs/${form.dataset.job}`, { name: data.get("name"), notes: data.get("notes"), tags: data.get("tags") });
+  location.reload();
+});
+
+// The filter over a list of runs (dashboard, models): each word must appear in the row's name,
+// tags, method, preset, dataset or task (its data-search, lower case); the rest are hidden.
+for (const input of $$("input.list-filter")) {
+  const rows = $$(`${input.dataset.filter} tbody tr`);
+  const count = $(".filter-count", input.closest("p"));
+  const apply = () => {
+    const words = input.value.toLowerCase().split(/\s+/).filter(Boolean);
+    let shown = 0;
+    for (const row of rows) {
+      const text = row.dataset.search || "";
+      row.hidden = !words.every((w) => text.includes(w));
+      if (!row.hidden) shown++;
+    }
+    if (count) count.textContent = words.length ? `${shown} of ${rows.length} shown` : "";
+  };
+  input.addEventListener("input", apply);
+  apply();
+}
+
 onSubmit("#register-dataset", async (form) => {
   await api("POST", "/api/datasets", formJson(form));
   location.reload();
