@@ -311,6 +311,45 @@ async fn a_classification_run_shows_accuracy_per_modality_scores_and_its_confusi
     );
 
     let browser = Browser::start().await;
+    // The new-run form on a feature dataset: options in the user's words, the MRI-only ones
+    // (crop, validation cases, loader threads) hidden, the preset's values as numbers.
+    browser.goto(&server.url("/runs/new")).await;
+    browser
+        .wait_for(
+            "document.querySelector('#preset-values').textContent.includes('batch size')",
+            Duration::from_secs(10),
+        )
+        .await;
+    browser
+        .script(&format!(
+            "const f = document.querySelector('#new-run'); f.dataset_id.value = '{dataset}';
+             f.dataset_id.dispatchEvent(new Event('change'));"
+        ))
+        .await;
+    let shown = |option: &str| {
+        format!("return !document.querySelector('label[data-option=\"{option}\"]').hidden;")
+    };
+    for option in ["crop", "val_cases", "workers"] {
+        assert_eq!(
+            browser.script(&shown(option)).await,
+            false,
+            "{option} shown for features"
+        );
+    }
+    assert_eq!(browser.script(&shown("batch_size")).await, true);
+    let label = browser.text("label[data-option=\"batch_size\"]").await;
+    assert!(label.starts_with("Batch size"), "{label}");
+    assert_eq!(
+        browser
+            .script("return document.querySelector('#new-run').preset.value;")
+            .await,
+        "cpu-features"
+    );
+    let values = browser.text("#preset-values").await;
+    assert!(
+        values.contains("epochs ") && !values.contains("crop"),
+        "{values}"
+    );
     browser.goto(&server.url(&format!("/jobs/{job}"))).await;
     browser
         .wait_for(

@@ -112,7 +112,11 @@ pub struct PresetOption {
 /// One run option of the form, described from the trainer's vocabulary.
 pub struct FormField {
     pub name: String,
+    /// The option's name and one-line help in the user's words (the vocabulary's `OptionSpec`).
     pub label: String,
+    pub help: String,
+    /// The tasks it applies to, comma-separated (the form hides it for the others).
+    pub tasks: String,
     pub flag: String,
     /// number, integer, flag or choice.
     pub kind: &'static str,

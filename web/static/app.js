@@ -81,14 +81,30 @@ if (newRun) {
       select.replaceChildren(...values.map((v) => el("option", { value: v }, v)));
       if (values.includes(keep)) select.value = keep;
     };
+    // The chosen preset's values: as each field's placeholder ("preset: 16" in a list) and, for
+    // the options that apply to the task, as one line of numbers under the preset.
     const placeholders = () => {
       const preset = vocab.presets.find((p) => p.name === f.preset.value);
       $("#preset-description").textContent = preset ? preset.description : "";
+      const values = [];
       for (const option of vocab.options) {
         const input = f[option.name];
-        if (!input || input.tagName !== "INPUT") continue;
+        if (!input || option.name === "method" || option.name === "preset") continue;
         const v = preset && preset.defaults[option.name];
-        input.placeholder = v === null || v === undefined ? "preset" : String(v);
+        const shown = v === null || v === undefined ? "" : String(v);
+        if (input.tagName === "INPUT") input.placeholder = shown || "the preset's rule";
+        else if (input.options.length && input.options[0].value === "") input.options[0].textContent = shown ? "preset: " + shown : "the preset's";
+        const box = input.closest("label");
+        if (shown && !(box && box.hidden)) values.push(option.label.toLowerCase() + " " + shown);
+      }
+      $("#preset-values").textContent = values.length ? "This preset: " + values.join(" · ") : "";
+    };
+    // Options that do not apply to the dataset's task are hidden and not sent.
+    const fitOptions = (task) => {
+      for (const box of $$("label.run-option", newRun)) {
+        const applies = (box.dataset.tasks || "").split(",").includes(task);
+        box.hidden = !applies;
+        if (!applies) { const input = $("input, select", box); if (input) input.value = ""; }
       }
     };
     // Only finished runs of the dataset's task can start a run on it (init_from).
@@ -113,12 +129,13 @@ if (newRun) {
       if (fitting.includes(keep)) f.preset.value = keep;
       else if (fitting.includes(vocab.default_preset)) f.preset.value = vocab.default_preset;
       fitSources(task);
+      fitOptions(task);
       placeholders();
     };
     f.dataset_id.addEventListener("change", fit);
     f.preset.addEventListener("change", placeholders);
     const first = f.dataset_id.selectedOptions[0];
-    if (first) fitSources(first.dataset.task);
+    if (first) { fitSources(first.dataset.task); fitOptions(first.dataset.task); }
     placeholders();
   }).catch((err) => toast(err.message, true));
 }

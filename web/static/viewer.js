@@ -50,7 +50,7 @@
     nv: null, manifest: null, modality: null, images: {}, overlays: {},
     shownClasses: new Set(["ncr", "ed", "et"]), opacity: 0.5,
     // With the ground truth on the page, the prediction is drawn as an outline (a toggle).
-    predictionOutline: true,
+    predictionOutline: true, counts: new WeakMap(),
     // Edit mode: the overlay the drawing started from (hidden under it), strokes undo can take back.
     editing: null, undoable: 0,
   };
@@ -115,7 +115,11 @@
       vol.outlineImg = outline(vol.filledImg, nx, ny, nz);
     }
     vol.img = asOutline ? vol.outlineImg : vol.filledImg;
-    const count = (a) => a.reduce((n, v) => n + (v !== 0 ? 1 : 0), 0);
+    // Labelled voxels held and drawn (for tests and measurements), counted once per array.
+    const count = (a) => {
+      if (!state.counts.has(a)) state.counts.set(a, a.reduce((n, v) => n + (v !== 0 ? 1 : 0), 0));
+      return state.counts.get(a);
+    };
     panel.dataset.predictionStyle = asOutline ? "outline" : "filled";
     panel.dataset.predictionColours = comparing() ? "own" : "classes";
     panel.dataset.predictionVoxels = String(count(vol.filledImg));

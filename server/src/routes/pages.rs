@@ -361,7 +361,14 @@ async fn new_run(State(state): State<AppState>) -> Response {
                 .filter(|o| o.name != "method" && o.name != "preset")
                 .map(|o| FormField {
                     name: o.name.clone(),
-                    label: o.help.trim_end_matches('.').to_string(),
+                    label: o.label.clone(),
+                    help: o.help.clone(),
+                    tasks: o
+                        .tasks
+                        .iter()
+                        .map(|t| t.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
                     flag: o.flag.clone(),
                     kind: match o.kind {
                         OptionKind::Number => "number",
