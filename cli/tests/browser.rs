@@ -44,7 +44,8 @@ async fn launch_from_the_form_watch_the_curves_and_step_through_the_viewer() {
          f.method.value = 'cggm'; f.preset.value = 'tiny'; f.epochs.value = '2';
          f.steps_per_epoch.value = '3'; f.device.value = 'cpu';
          f.elements.name.value = 'first <b>try</b>'; f.elements.tags.value = 'baseline, cpu';
-         f.elements.notes.value = 'two epochs\\nof three steps';",
+         f.elements.notes.value = 'two epochs\\nof three steps';
+         f.preset.dispatchEvent(new Event('change'));",
         )
         .await;
     browser.screenshot(&screenshots().join("new-run.png")).await;

@@ -92,7 +92,7 @@ if (newRun) {
         if (!input || option.name === "method" || option.name === "preset") continue;
         const v = preset && preset.defaults[option.name];
         const shown = v === null || v === undefined ? "" : String(v);
-        if (input.tagName === "INPUT") input.placeholder = shown || "the preset's rule";
+        if (input.tagName === "INPUT") input.placeholder = shown || "not set by the preset";
         else if (input.options.length && input.options[0].value === "") input.options[0].textContent = shown ? "preset: " + shown : "the preset's";
         const box = input.closest("label");
         if (shown && !(box && box.hidden)) values.push(option.label.toLowerCase() + " " + shown);
