@@ -465,6 +465,127 @@ async fn training_job_runs_stores_its_events_and_lists_its_checkpoint() {
     assert!(String::from_utf8_lossy(&log).contains("fake cggm train done"));
 }
 
+async fn patch_json(
+    app: &TestApp,
+    uri: &str,
+    json: serde_json::Value,
+) -> (StatusCode, serde_json::Value) {
+    let request = Request::patch(uri)
+        .header("content-type", "application/json")
+        .body(Body::from(json.to_string()))
+        .unwrap();
+    let (status, body, _) = app.request(request).await;
+    (
+        status,
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// A run's name, notes and tags: given at launch beside the run options, changed with PATCH
+/// (the fields not sent stay), refused with the field's name when out of bounds, shown (escaped)
+/// on the run page, the dashboard and the models list, and gone with the run.
+#[tokio::test]
+async fn a_run_has_a_name_notes_and_tags_set_at_launch_and_edited_later() {
+    let app = TestApp::new().await;
+    let dataset = app.register_dataset("brats", 2).await;
+    let mut request = tiny_training_request(dataset, "cggm");
+    request["name"] = "<b>first</b> try".into();
+    request["tags"] = serde_json::json!(["baseline", "cpu", "baseline"]);
+    request["notes"] = "one epoch".into();
+    let (status, job) = app.post_json("/api/jobs", request).await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let id = job["id"].as_i64().unwrap();
+    assert_eq!(job["name"], "<b>first</b> try");
+    assert_eq!(job["tags"], serde_json::json!(["baseline", "cpu"]));
+    // Not run options: the trainer's request does not carry them.
+    let (_, shown) = app.get_json(&format!("/api/jobs/{id}")).await;
+    assert!(shown["params"]["options"].get("name").is_none(), "{shown}");
+    app.wait_for_job(id, &["succeeded"], DEADLINE).await;
+
+    let (status, patched) = patch_json(
+        &app,
+        &format!("/api/jobs/{id}"),
+        serde_json::json!({ "tags": "kept, cpu" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    assert_eq!(patched["tags"], serde_json::json!(["kept", "cpu"]));
+    assert_eq!(patched["name"], "<b>first</b> try");
+    assert_eq!(patched["notes"], "one epoch");
+
+    let (status, body) = patch_json(
+        &app,
+        &format!("/api/jobs/{id}"),
+        serde_json::json!({ "name": "x".repeat(201) }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("name is 201 characters"),
+        "{body}"
+    );
+    let (status, body) = patch_json(
+        &app,
+        &format!("/api/jobs/{id}"),
+        serde_json::json!({ "epochs": 3 }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("epochs cannot be changed"),
+        "{body}"
+    );
+    let (status, _) = app
+        .post_json("/api/jobs", {
+            let mut r = tiny_training_request(dataset, "cggm");
+            r["tags"] = serde_json::json!(7);
+            r
+        })
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    for page in [
+        format!("/jobs/{id}"),
+        "/".to_string(),
+        "/models".to_string(),
+    ] {
+        let (status, body, _) = app.get(&page).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let html = String::from_utf8(body).unwrap();
+        // Escaped (askama writes &#60; for <).
+        assert!(
+            html.contains("&#60;b&#62;first&#60;/b&#62; try")
+                || html.contains("&lt;b&gt;first&lt;/b&gt; try"),
+            "{page}: {html}"
+        );
+        assert!(!html.contains("<b>first</b>"), "{page}: unescaped");
+        assert!(
+            html.contains(">kept<") || html.contains(">kept, cpu<"),
+            "{page}: {html}"
+        );
+    }
+
+    let (status, _, _) = app
+        .request(
+            Request::delete(format!("/api/jobs/{id}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert!(status.is_success(), "{status}");
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM run_labels")
+        .fetch_one(&app.state.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the run's labels outlive it");
+}
+
 #[tokio::test]
 async fn event_stream_sends_the_whole_history_and_ends_with_the_final_state() {
     let app = TestApp::new().await;
@@ -767,6 +888,60 @@ async fn prediction_runs_as_a_job_and_serves_volumes_slices_and_the_nifti() {
     assert!(content_type.starts_with("text/html"));
     let (_, list) = app.get_json("/api/predictions").await;
     assert_eq!(list[0]["id"], id);
+}
+
+/// Every prediction names its run (a link to the run's page), the checkpoint `cggm infer` read
+/// and the run's method: in its JSON, on its page, in the Segment page's list and in the name of
+/// its download.
+#[tokio::test]
+async fn a_prediction_names_its_run_checkpoint_and_method() {
+    use tower::ServiceExt;
+    let app = TestApp::new().await;
+    let run = app.finished_run().await;
+    let study = app.upload_study("Patient1").await;
+    let id = app.segment(study, run).await;
+
+    let (_, prediction) = app.get_json(&format!("/api/predictions/{id}")).await;
+    let source = &prediction["source"];
+    assert_eq!(source["run_id"], run, "{prediction}");
+    assert_eq!(source["run_url"], format!("/jobs/{run}"));
+    assert_eq!(source["method"], "cggm");
+    assert_eq!(source["preset"], "tiny");
+    // The stand-in trainer writes best and last weights: infer reads best.
+    assert_eq!(source["checkpoint"]["name"], "best", "{source}");
+    let summary = source["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with(&format!("run #{run} · cggm · preset tiny")),
+        "{summary}"
+    );
+    let (_, list) = app.get_json("/api/predictions").await;
+    assert_eq!(list[0]["source"]["run_id"], run);
+
+    for page in [format!("/predictions/{id}"), "/segment".to_string()] {
+        let (status, body, _) = app.get(&page).await;
+        assert_eq!(status, StatusCode::OK);
+        let html = String::from_utf8(body).unwrap();
+        assert!(
+            html.contains(&format!("href=\"/jobs/{run}\"")),
+            "{page}: {html}"
+        );
+        assert!(html.contains("best checkpoint"), "{page}: {html}");
+    }
+
+    let response = app
+        .app()
+        .oneshot(
+            Request::get(format!("/api/predictions/{id}/seg.nii.gz"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let disposition = response.headers()["content-disposition"].to_str().unwrap();
+    assert!(
+        disposition.contains(&format!("Patient1-run{run}_seg.nii.gz")),
+        "{disposition}"
+    );
 }
 
 #[tokio::test]

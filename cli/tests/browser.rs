@@ -42,7 +42,10 @@ async fn launch_from_the_form_watch_the_curves_and_step_through_the_viewer() {
         .script(
             "const f = document.querySelector('#new-run');
          f.method.value = 'cggm'; f.preset.value = 'tiny'; f.epochs.value = '2';
-         f.steps_per_epoch.value = '3'; f.device.value = 'cpu';",
+         f.steps_per_epoch.value = '3'; f.device.value = 'cpu';
+         f.elements.name.value = 'first <b>try</b>'; f.elements.tags.value = 'baseline, cpu';
+         f.elements.notes.value = 'two epochs\\nof three steps';
+         f.preset.dispatchEvent(new Event('change'));",
         )
         .await;
     browser.screenshot(&screenshots().join("new-run.png")).await;
@@ -54,6 +57,15 @@ async fn launch_from_the_form_watch_the_curves_and_step_through_the_viewer() {
         )
         .await;
     let job: i64 = browser.id_in_url().await;
+    // The name given on the form heads the page, as text (issue 18).
+    browser
+        .wait_for(
+            "document.querySelector('#run-name')?.textContent === 'first <b>try</b>'",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(browser.text("#run-tags").await, "baseline, cpu");
+    assert!(browser.text("#run-notes").await.contains("of three steps"));
 
     // A curve point appears live (the loss chart gets its first point).
     browser
@@ -149,12 +161,41 @@ async fn launch_from_the_form_watch_the_curves_and_step_through_the_viewer() {
         .screenshot(&screenshots().join("datasets.png"))
         .await;
 
-    // Dashboard and models list show the run.
+    // The run's tags are edited on its page (PATCH); the dashboard's filter finds it by a tag
+    // and by method, and hides the joint run.
+    browser.goto(&server.url(&format!("/jobs/{job}"))).await;
+    browser
+        .script(
+            "document.querySelector('#run-labels-box').open = true;
+             document.querySelector('#run-labels').elements.tags.value = 'baseline, cpu, kept';",
+        )
+        .await;
+    browser.click("#save-labels").await;
+    browser
+        .wait_for(
+            "document.querySelector('#run-tags')?.textContent === 'baseline, cpu, kept'",
+            Duration::from_secs(10),
+        )
+        .await;
     browser.goto(&server.url("/")).await;
     assert!(browser
         .text("#runs-table")
         .await
         .contains(&format!("#{job}")));
+    let shown = |query: &str| {
+        format!(
+            "const f = document.querySelector('#runs-filter'); f.value = '{query}'; \
+             f.dispatchEvent(new Event('input')); \
+             return Array.from(document.querySelectorAll('#runs-table tbody tr')) \
+               .filter((r) => !r.hidden).map((r) => r.querySelector('a').textContent).join(',');"
+        )
+    };
+    assert_eq!(browser.script(&shown("kept")).await, format!("#{job}"));
+    assert_eq!(browser.script(&shown("JOINT")).await, format!("#{joint}"));
+    assert_eq!(browser.script(&shown("cpu cggm")).await, format!("#{job}"));
+    assert_eq!(browser.script(&shown("nothing-like-this")).await, "");
+    assert!(browser.text(".filter-count").await.contains("0 of 2"));
+    browser.script(&shown("")).await;
     browser
         .screenshot(&screenshots().join("dashboard.png"))
         .await;
@@ -271,6 +312,45 @@ async fn a_classification_run_shows_accuracy_per_modality_scores_and_its_confusi
     );
 
     let browser = Browser::start().await;
+    // The new-run form on a feature dataset: options in the user's words, the MRI-only ones
+    // (crop, validation cases, loader threads) hidden, the preset's values as numbers.
+    browser.goto(&server.url("/runs/new")).await;
+    browser
+        .wait_for(
+            "document.querySelector('#preset-values').textContent.includes('batch size')",
+            Duration::from_secs(10),
+        )
+        .await;
+    browser
+        .script(&format!(
+            "const f = document.querySelector('#new-run'); f.dataset_id.value = '{dataset}';
+             f.dataset_id.dispatchEvent(new Event('change'));"
+        ))
+        .await;
+    let shown = |option: &str| {
+        format!("return !document.querySelector('label[data-option=\"{option}\"]').hidden;")
+    };
+    for option in ["crop", "val_cases", "workers"] {
+        assert_eq!(
+            browser.script(&shown(option)).await,
+            false,
+            "{option} shown for features"
+        );
+    }
+    assert_eq!(browser.script(&shown("batch_size")).await, true);
+    let label = browser.text("label[data-option=\"batch_size\"]").await;
+    assert!(label.starts_with("Batch size"), "{label}");
+    assert_eq!(
+        browser
+            .script("return document.querySelector('#new-run').preset.value;")
+            .await,
+        "cpu-features"
+    );
+    let values = browser.text("#preset-values").await;
+    assert!(
+        values.contains("epochs ") && !values.contains("crop"),
+        "{values}"
+    );
     browser.goto(&server.url(&format!("/jobs/{job}"))).await;
     browser
         .wait_for(
@@ -526,6 +606,17 @@ async fn train_and_segment(server: &LiveServer, dataset: i64, study: i64) -> (i6
     (run, prediction)
 }
 
+/// A number the viewer keeps in `#nv-viewer`'s data attributes.
+async fn viewer_count(browser: &Browser, key: &str) -> u64 {
+    let script = format!("return document.querySelector('#nv-viewer').dataset.{key};");
+    let value = browser.script(&script).await;
+    value
+        .as_str()
+        .unwrap_or_default()
+        .parse()
+        .unwrap_or_else(|_| panic!("{key}: {value}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn niivue_shows_a_prediction_with_its_ground_truth_and_redraws_on_scrolling_and_toggles() {
     let server = LiveServer::start(&["--no-demo"]);
@@ -566,6 +657,52 @@ async fn niivue_shows_a_prediction_with_its_ground_truth_and_redraws_on_scrollin
             .await,
         2
     );
+    // The prediction names its run (a link to the run's page), the checkpoint and the method.
+    let source = browser.text("#prediction-source").await;
+    assert!(
+        source.contains(&format!("run #{run}"))
+            && source.contains("cggm")
+            && source.contains("best checkpoint"),
+        "{source}"
+    );
+    assert_eq!(
+        browser
+            .script("return document.querySelector('#prediction-source a').getAttribute('href');")
+            .await,
+        format!("/jobs/{run}")
+    );
+    // Beside the ground truth, the prediction is drawn as an outline in its own colours: its
+    // colour table differs from the truth's, and it draws no more voxels than it holds.
+    let data_of = |key: &str| format!("return document.querySelector('#nv-viewer').dataset.{key};");
+    assert_eq!(browser.script(&data_of("predictionStyle")).await, "outline");
+    assert_eq!(browser.script(&data_of("predictionColours")).await, "own");
+    assert!(
+        viewer_count(&browser, "predictionDrawn").await
+            <= viewer_count(&browser, "predictionVoxels").await
+    );
+    let luts = "const lut = (name) => Array.from(window.cggmNiivue.volumes.find((v) => v.name.startsWith(name)).colormapLabel.lut).join(','); return lut('prediction') !== lut('truth');";
+    assert_eq!(browser.script(luts).await, true);
+    // The outline of a solid 3x3x3 cube keeps its 26 surface voxels and drops the centre.
+    assert_eq!(
+        browser
+            .script("return window.cggmOutline(new Uint8Array(27).fill(2), 3, 3, 3).filter((v) => v === 2).length;")
+            .await,
+        26
+    );
+    let legend = browser.text("#nv-overlays").await;
+    assert!(
+        legend.contains("outline, own colours") && legend.contains("filled, class colours"),
+        "{legend}"
+    );
+    // Filled again on request, and back.
+    browser.click("#nv-pred-outline").await;
+    assert_eq!(browser.script(&data_of("predictionStyle")).await, "filled");
+    assert_eq!(
+        viewer_count(&browser, "predictionDrawn").await,
+        viewer_count(&browser, "predictionVoxels").await
+    );
+    browser.click("#nv-pred-outline").await;
+    assert_eq!(browser.script(&data_of("predictionStyle")).await, "outline");
     let all_on = browser.element_screenshot("#nv-canvas").await;
 
     // Ground truth off, then on again.

@@ -27,6 +27,79 @@ fn screenshot_paths() -> Vec<PathBuf> {
     paths
 }
 
+/// The study form offers the trainer's methods and the presets of the chosen dataset's task
+/// (from `/api/vocabulary`) instead of free text; the methods ticked and the preset chosen are
+/// what the study is made of (issue 18).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_study_form_picks_methods_and_presets_from_the_vocabulary() {
+    let server = LiveServer::start(&["--no-demo"]);
+    let dataset = server.tiny_dataset("demo-tiny").await;
+    let vocabulary = server.get_json("/api/vocabulary").await;
+    let browser = Browser::start().await;
+    browser.goto(&server.url("/comparisons")).await;
+    browser
+        .wait_for(
+            "document.querySelector('#new-comparison').dataset.ready === '1'",
+            Duration::from_secs(20),
+        )
+        .await;
+    let offered = browser
+        .script("return Array.from(document.querySelectorAll('#methods-pick input')).map((i) => i.value);")
+        .await;
+    let offered: Vec<String> = serde_json::from_value(offered).unwrap();
+    for method in vocabulary["methods"].as_array().unwrap() {
+        let name = method["name"].as_str().unwrap();
+        assert!(
+            offered.iter().any(|m| m == name),
+            "{name} not offered: {offered:?}"
+        );
+    }
+    assert!(offered.iter().any(|m| m == "unimodal:flair"), "{offered:?}");
+    let ticked = browser
+        .script("return Array.from(document.querySelectorAll('#methods-pick input:checked')).map((i) => i.value).join(',');")
+        .await;
+    assert_eq!(ticked, "joint,cggm", "joint and cggm are ticked first");
+    let presets = browser
+        .script("return Array.from(document.querySelector('#new-comparison').preset.options).map((o) => o.value);")
+        .await;
+    let presets: Vec<String> = serde_json::from_value(presets).unwrap();
+    assert!(
+        presets.contains(&"tiny".to_string()) && presets.contains(&"paper".to_string()),
+        "{presets:?}"
+    );
+    assert!(
+        !presets.contains(&"cpu-features".to_string()),
+        "a feature preset offered for MRI: {presets:?}"
+    );
+
+    browser
+        .script(&format!(
+            "const f = document.querySelector('#new-comparison');
+             f.name.value = 'picked'; f.dataset_id.value = '{dataset}';
+             document.querySelector('#methods-pick input[value=cggm]').click();
+             f.seeds.value = '1'; f.preset.value = 'tiny'; f.preset.dispatchEvent(new Event('change'));
+             f.epochs.value = '1'; f.steps_per_epoch.value = '1'; f.device.value = 'cpu';"
+        ))
+        .await;
+    assert!(!browser.text("#study-preset-description").await.is_empty());
+    browser.click("#launch-comparison").await;
+    browser
+        .wait_for(
+            "/^\\/comparisons\\/\\d+$/.test(location.pathname)",
+            Duration::from_secs(30),
+        )
+        .await;
+    let id: i64 = browser.id_in_url().await;
+    let study = server.get_json(&format!("/api/comparisons/{id}")).await;
+    assert_eq!(
+        study["spec"]["methods"],
+        serde_json::json!(["joint"]),
+        "{study}"
+    );
+    assert_eq!(study["spec"]["options"]["preset"], "tiny", "{study}");
+    browser.quit().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_two_by_three_study_launched_from_the_browser_runs_under_slurm_and_shows_table_and_figure(
 ) {
@@ -57,10 +130,17 @@ async fn a_two_by_three_study_launched_from_the_browser_runs_under_slurm_and_sho
     let browser = Browser::start().await;
     browser.goto(&server.url("/comparisons")).await;
     browser
+        .wait_for(
+            "document.querySelector('#new-comparison').dataset.ready === '1'",
+            Duration::from_secs(20),
+        )
+        .await;
+    browser
         .script(&format!(
             "const f = document.querySelector('#new-comparison');
              f.name.value = 'joint vs cggm on the demo'; f.dataset_id.value = '{demo}';
-             f.methods.value = 'joint,cggm'; f.seeds.value = '1,2,3'; f.preset.value = 'tiny';
+             f.dataset_id.dispatchEvent(new Event('change'));
+             f.seeds.value = '1,2,3'; f.preset.value = 'tiny';
              f.epochs.value = '1'; f.steps_per_epoch.value = '2'; f.device.value = 'cpu';"
         ))
         .await;
@@ -122,6 +202,34 @@ async fn a_two_by_three_study_launched_from_the_browser_runs_under_slurm_and_sho
         .iter()
         .position(|h| h == "dice_mean")
         .unwrap_or_else(|| panic!("no dice_mean column in {header}"));
+    // Segmentation studies add lesion-wise Dice (and HD95 where finite) to the table.
+    assert!(
+        header
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h == "lesion_dice_mean"),
+        "no lesion_dice_mean column in {header}"
+    );
+    // The per-modality table: a column per modality, named, and a row per method and metric.
+    let modality_header = browser
+        .script(
+            "return Array.from(document.querySelectorAll('#comparison-modality thead th'))
+               .map((th) => th.textContent);",
+        )
+        .await;
+    let mut modality_header: Vec<String> = serde_json::from_value(modality_header).unwrap();
+    assert_eq!(
+        modality_header[..2],
+        ["method", "metric"],
+        "{modality_header:?}"
+    );
+    modality_header[2..].sort();
+    assert_eq!(
+        modality_header[2..],
+        ["flair", "t1", "t1ce", "t2"],
+        "per-modality table header"
+    );
     let api = server.get_json(&format!("/api/comparisons/{id}")).await;
     for (row, method) in rows.iter().zip(["joint", "cggm"]) {
         assert_eq!(row[0], method, "{row}");

@@ -232,6 +232,24 @@ async fn names_carrying_markup_are_refused_in_dataset_json_and_shown_as_text_on_
         "the run's metrics.json now carries the payloads"
     );
 
+    // The run's name, tags and notes carry payloads too, set through the API as a person would.
+    let run_name = payload("name");
+    let run_tag = payload("tag");
+    let run_notes = payload("notes");
+    let patched = server
+        .client
+        .patch(server.url(&format!("/api/jobs/{job}")))
+        .json(&serde_json::json!({ "name": run_name, "tags": [run_tag], "notes": run_notes }))
+        .send()
+        .await
+        .unwrap();
+    let status = patched.status();
+    assert!(
+        status.is_success(),
+        "PATCH the run's labels: {status} {}",
+        patched.text().await.unwrap()
+    );
+
     // Every page carries the policy.
     for page in ["/", "/datasets", "/models", &format!("/jobs/{job}")] {
         assert_strict_csp(&server.get(page).await, page);
@@ -279,6 +297,7 @@ async fn names_carrying_markup_are_refused_in_dataset_json_and_shown_as_text_on_
         .await;
     let mut expected = classes.clone();
     expected.push(modality.clone());
+    expected.extend([run_name.clone(), run_notes.clone()]);
     assert_shown_as_text(&browser, "run page", &expected).await;
     let header = browser
         .script("return [...document.querySelectorAll('#confusion table tr:first-child th')].slice(1).map((h) => h.textContent);")
@@ -307,7 +326,12 @@ async fn names_carrying_markup_are_refused_in_dataset_json_and_shown_as_text_on_
 
     // The dashboard and the models page (server-rendered, escaped) and the overlay charts.
     browser.goto(&server.url("/")).await;
-    assert_shown_as_text(&browser, "dashboard", std::slice::from_ref(&modality)).await;
+    assert_shown_as_text(
+        &browser,
+        "dashboard",
+        &[modality.clone(), run_name.clone(), run_tag.clone()],
+    )
+    .await;
     let bar = browser
         .script("return document.querySelector('.modbar .bar span').style.width;")
         .await;
@@ -316,7 +340,7 @@ async fn names_carrying_markup_are_refused_in_dataset_json_and_shown_as_text_on_
         "the dashboard's bars get no width: {bar}"
     );
     browser.goto(&server.url("/models")).await;
-    assert_shown_as_text(&browser, "models", &[]).await;
+    assert_shown_as_text(&browser, "models", &[run_name.clone(), run_tag.clone()]).await;
     browser
         .goto(&server.url(&format!("/compare?jobs={job}")))
         .await;

@@ -9,11 +9,15 @@ use std::time::Duration;
 
 const DEADLINE: Duration = Duration::from_secs(300);
 
-fn test_dice(server: &LiveServer, job: i64) -> f64 {
+fn metrics_json(server: &LiveServer, job: i64) -> serde_json::Value {
     let text =
         std::fs::read_to_string(server.data_dir.join(format!("runs/job-{job}/metrics.json")))
             .unwrap();
-    let metrics: serde_json::Value = serde_json::from_str(&text).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn test_dice(server: &LiveServer, job: i64) -> f64 {
+    let metrics = metrics_json(server, job);
     metrics["test"]["dice"]["mean"]
         .as_f64()
         .unwrap_or_else(|| panic!("no test.dice.mean in job {job}'s metrics.json: {metrics}"))
@@ -69,6 +73,20 @@ async fn a_two_by_two_comparison_aggregates_the_runs_own_test_scores() {
         let job = run["job_id"].as_i64().unwrap();
         let own = test_dice(&server, job);
         assert!((run["test_metrics"]["dice_mean"].as_f64().unwrap() - own).abs() < 1e-9);
+        // HD95 and lesion-wise Dice come from the same report (issue 18).
+        let report = metrics_json(&server, job);
+        for (field, prefix) in [("hd95", "hd95"), ("lesion_dice", "lesion_dice")] {
+            for region in ["wt", "tc", "et", "mean"] {
+                let key = format!("{prefix}_{region}");
+                match report["test"][field][region].as_f64() {
+                    Some(v) => assert!(
+                        (run["test_metrics"][&key].as_f64().unwrap() - v).abs() < 1e-9,
+                        "{key}: {run}"
+                    ),
+                    None => assert!(run["test_metrics"].get(&key).is_none(), "{key}: {run}"),
+                }
+            }
+        }
         by_arm
             .entry(run["arm"].as_str().unwrap().to_string())
             .or_default()
@@ -111,6 +129,11 @@ async fn a_two_by_two_comparison_aggregates_the_runs_own_test_scores() {
     assert!(
         !aggregate["modality"].as_array().unwrap().is_empty(),
         "per-modality scores"
+    );
+    let columns = aggregate["metrics"].as_array().unwrap();
+    assert!(
+        columns.iter().any(|m| m == "lesion_dice_mean"),
+        "no lesion-wise Dice column: {columns:?}"
     );
 
     // Exports.

@@ -554,7 +554,12 @@ pub struct OptionSpec {
     pub name: String,
     /// The `cggm train` flag.
     pub flag: String,
+    /// What the form calls the option, in the user's words ("Batch size").
+    pub label: String,
+    /// One line on what the option does, for the form (not the CLI's wording).
     pub help: String,
+    /// The tasks the option applies to (the form hides it for the others).
+    pub tasks: Vec<TaskKind>,
     pub kind: OptionKind,
     /// For [`OptionKind::Choice`]: which list of the vocabulary holds the values.
     pub choices: Option<String>,
@@ -661,6 +666,45 @@ fn choice_list(name: &str) -> Option<&'static str> {
     })
 }
 
+/// An option as the new-run form presents it.
+struct OptionWords {
+    label: &'static str,
+    help: &'static str,
+    tasks: &'static [TaskKind],
+}
+
+const ALL_TASKS: &[TaskKind] = &TaskKind::ALL;
+const SEGMENTATION: &[TaskKind] = &[TaskKind::Segmentation];
+
+/// The form's words for each run option; an option missing here fails
+/// `every_option_has_a_label_and_help` (add its line).
+fn option_words(name: &str) -> OptionWords {
+    let (label, help, tasks) = match name {
+        "method" => ("Method", "How the modalities' gradients are balanced (joint: not at all).", ALL_TASKS),
+        "preset" => ("Preset", "A starting configuration: model, size and schedule.", ALL_TASKS),
+        "epochs" => ("Epochs", "Passes of the schedule over the training data.", ALL_TASKS),
+        "device" => ("Device", "Where the run trains: auto picks the GPU when there is one.", ALL_TASKS),
+        "seed" => ("Seed", "Fixes the initial weights, the split and the batches: same seed, same run.", ALL_TASKS),
+        "rho" => ("CGGM magnitude ρ", "How strongly CGGM scales each modality's gradient (CGGM methods only).", ALL_TASKS),
+        "lambda" => ("CGGM direction weight λ", "Weight of CGGM's gradient-direction loss (CGGM methods only).", ALL_TASKS),
+        "lr" => ("Learning rate", "Peak learning rate of the model.", ALL_TASKS),
+        "cls_lr" => ("Classifier learning rate", "Learning rate of the small per-modality classifiers that CGGM and the baselines read.", ALL_TASKS),
+        "encoder_lr_scale" => ("Encoder learning-rate factor", "Multiplies the encoders' learning rate; 1 leaves it unchanged.", ALL_TASKS),
+        "batch_size" => ("Batch size", "Samples (slices or feature rows) per optimisation step.", ALL_TASKS),
+        "crop" => ("Crop size (pixels)", "Side of the square cut from each MRI slice; a multiple of 16.", SEGMENTATION),
+        "steps_per_epoch" => ("Steps per epoch", "Optimisation steps in one epoch; empty: the preset's rule.", ALL_TASKS),
+        "val_cases" => ("Validation cases per epoch", "Cases scored after each epoch (all of them at the end).", SEGMENTATION),
+        "optimizer" => ("Optimiser", "SGD, Adam or AdamW.", ALL_TASKS),
+        "balance" => ("Balance formula", "Guarded (the default) or raw: the paper's formula without the guard.", ALL_TASKS),
+        "direction" => ("Direction source", "Gradient (the paper) or the authors' weight cosine.", ALL_TASKS),
+        "grad_clip" => ("Gradient clipping", "Largest gradient norm a step may take.", ALL_TASKS),
+        "workers" => ("Loader threads", "Background threads preparing MRI slices.", SEGMENTATION),
+        "mixed_precision" => ("Mixed precision", "Half-precision arithmetic on a GPU: faster, same results within noise; ignored on the CPU.", ALL_TASKS),
+        _ => ("", "", ALL_TASKS),
+    };
+    OptionWords { label, help, tasks }
+}
+
 fn option_specs() -> Vec<OptionSpec> {
     option_args()
         .iter()
@@ -677,9 +721,12 @@ fn option_specs() -> Vec<OptionSpec> {
             } else {
                 OptionKind::Integer
             };
+            let words = option_words(&name);
             OptionSpec {
                 flag: format!("--{}", arg.get_long().unwrap_or(&name)),
-                help: arg.get_help().map(|h| h.to_string()).unwrap_or_default(),
+                label: words.label.to_string(),
+                help: words.help.to_string(),
+                tasks: words.tasks.to_vec(),
                 range: option_range(&name),
                 name,
                 kind,
@@ -691,6 +738,26 @@ fn option_specs() -> Vec<OptionSpec> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_option_has_a_label_and_help() {
+        for o in super::option_specs() {
+            assert!(!o.label.is_empty(), "{}: no label in option_words", o.name);
+            assert!(!o.help.is_empty(), "{}: no help in option_words", o.name);
+            assert!(
+                !o.help.contains("--"),
+                "{}: the help speaks CLI: {}",
+                o.name,
+                o.help
+            );
+            assert!(!o.tasks.is_empty(), "{}", o.name);
+        }
+        let crop = super::option_specs()
+            .into_iter()
+            .find(|o| o.name == "crop")
+            .unwrap();
+        assert_eq!(crop.tasks, [super::TaskKind::Segmentation]);
+    }
+
     #[test]
     fn train_help_lists_every_method_and_preset() {
         use clap::Args;

@@ -26,6 +26,11 @@ impl<T: Template> IntoResponse for HtmlTemplate<T> {
 /// One row of the runs table on the dashboard.
 pub struct RunRow {
     pub id: i64,
+    /// The run's name (empty when it has none) and tags.
+    pub name: String,
+    pub tags: Vec<String>,
+    /// Lower-case text the list's filter matches: name, tags, method, preset, dataset, task.
+    pub search: String,
     pub state: String,
     pub task: String,
     pub method: String,
@@ -107,7 +112,11 @@ pub struct PresetOption {
 /// One run option of the form, described from the trainer's vocabulary.
 pub struct FormField {
     pub name: String,
+    /// The option's name and one-line help in the user's words (the vocabulary's `OptionSpec`).
     pub label: String,
+    pub help: String,
+    /// The tasks it applies to, comma-separated (the form hides it for the others).
+    pub tasks: String,
     pub flag: String,
     /// number, integer, flag or choice.
     pub kind: &'static str,
@@ -141,6 +150,10 @@ pub struct JobPage {
     pub runs: Vec<(i64, String)>,
     /// Where the run is logged (MLflow, TensorBoard; see `crate::tracking`), or empty.
     pub tracking: String,
+    /// The run's name, notes and tags (comma-separated), editable on the page.
+    pub name: String,
+    pub notes: String,
+    pub tags: String,
 }
 
 #[derive(Template)]
@@ -154,6 +167,10 @@ pub struct Compare {
 
 pub struct CheckpointRow {
     pub job_id: i64,
+    pub name: String,
+    pub tags: Vec<String>,
+    /// Lower-case text the list's filter matches: name, tags, method, preset, dataset, task.
+    pub search: String,
     pub state: String,
     pub task: String,
     /// Whether the run segments (and can be used on the Segment page).
@@ -180,7 +197,8 @@ pub struct PredictionRow {
     pub id: i64,
     pub state: String,
     pub study: String,
-    pub checkpoint: i64,
+    /// The run, checkpoint and method it came from (the run links to its page).
+    pub source: Option<crate::provenance::PredictionSource>,
 }
 
 #[derive(Template)]
@@ -213,6 +231,8 @@ pub struct Viewer {
     pub state: String,
     /// [X, Y, Z] of the study.
     pub shape: Vec<usize>,
+    /// The run, checkpoint and method the prediction came from.
+    pub source: Option<crate::provenance::PredictionSource>,
 }
 
 #[derive(Template)]

@@ -81,14 +81,30 @@ if (newRun) {
       select.replaceChildren(...values.map((v) => el("option", { value: v }, v)));
       if (values.includes(keep)) select.value = keep;
     };
+    // The chosen preset's values: as each field's placeholder ("preset: 16" in a list) and, for
+    // the options that apply to the task, as one line of numbers under the preset.
     const placeholders = () => {
       const preset = vocab.presets.find((p) => p.name === f.preset.value);
       $("#preset-description").textContent = preset ? preset.description : "";
+      const values = [];
       for (const option of vocab.options) {
         const input = f[option.name];
-        if (!input || input.tagName !== "INPUT") continue;
+        if (!input || option.name === "method" || option.name === "preset") continue;
         const v = preset && preset.defaults[option.name];
-        input.placeholder = v === null || v === undefined ? "preset" : String(v);
+        const shown = v === null || v === undefined ? "" : String(v);
+        if (input.tagName === "INPUT") input.placeholder = shown || "not set by the preset";
+        else if (input.options.length && input.options[0].value === "") input.options[0].textContent = shown ? "preset: " + shown : "the preset's";
+        const box = input.closest("label");
+        if (shown && !(box && box.hidden)) values.push(option.label.toLowerCase() + " " + shown);
+      }
+      $("#preset-values").textContent = values.length ? "This preset: " + values.join(" · ") : "";
+    };
+    // Options that do not apply to the dataset's task are hidden and not sent.
+    const fitOptions = (task) => {
+      for (const box of $$("label.run-option", newRun)) {
+        const applies = (box.dataset.tasks || "").split(",").includes(task);
+        box.hidden = !applies;
+        if (!applies) { const input = $("input, select", box); if (input) input.value = ""; }
       }
     };
     // Only finished runs of the dataset's task can start a run on it (init_from).
@@ -113,15 +129,42 @@ if (newRun) {
       if (fitting.includes(keep)) f.preset.value = keep;
       else if (fitting.includes(vocab.default_preset)) f.preset.value = vocab.default_preset;
       fitSources(task);
+      fitOptions(task);
       placeholders();
     };
     f.dataset_id.addEventListener("change", fit);
     f.preset.addEventListener("change", placeholders);
     const first = f.dataset_id.selectedOptions[0];
-    if (first) fitSources(first.dataset.task);
+    if (first) { fitSources(first.dataset.task); fitOptions(first.dataset.task); }
     placeholders();
   }).catch((err) => toast(err.message, true));
 }
+// A run's name, notes and tags, changed on its page (PATCH; the other fields stay as launched).
+onSubmit("#run-labels", async (form) => {
+  const data = new FormData(form);
+  await api("PATCH", `/api/jobs/${form.dataset.job}`, { name: data.get("name"), notes: data.get("notes"), tags: data.get("tags") });
+  location.reload();
+});
+
+// The filter over a list of runs (dashboard, models): each word must appear in the row's name,
+// tags, method, preset, dataset or task (its data-search, lower case); the rest are hidden.
+for (const input of $$("input.list-filter")) {
+  const rows = $$(`${input.dataset.filter} tbody tr`);
+  const count = $(".filter-count", input.closest("p"));
+  const apply = () => {
+    const words = input.value.toLowerCase().split(/\s+/).filter(Boolean);
+    let shown = 0;
+    for (const row of rows) {
+      const text = row.dataset.search || "";
+      row.hidden = !words.every((w) => text.includes(w));
+      if (!row.hidden) shown++;
+    }
+    if (count) count.textContent = words.length ? `${shown} of ${rows.length} shown` : "";
+  };
+  input.addEventListener("input", apply);
+  apply();
+}
+
 onSubmit("#register-dataset", async (form) => {
   await api("POST", "/api/datasets", formJson(form));
   location.reload();

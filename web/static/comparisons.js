@@ -26,8 +26,46 @@
     return el("span", {}, el("span", { class: "swatch", style: { background: COLOURS[k % COLOURS.length] } }), text);
   }
 
+  // The method and preset pickers, from the trainer's vocabulary and fitting the chosen dataset's
+  // task and modalities (a choice is kept while it still fits).
+  function fillPickers(form, vocab) {
+    const f = form.elements;
+    const chosen = f.dataset_id.selectedOptions[0];
+    const task = chosen ? chosen.dataset.task : "segmentation";
+    const modalities = chosen ? (chosen.dataset.modalities || "").split(",").filter(Boolean) : [];
+    const box = document.querySelector("#methods-pick");
+    const picked = new Set(Array.from(box.querySelectorAll("input:checked")).map((i) => i.value));
+    if (box.dataset.filled !== "1") ["joint", "cggm"].forEach((m) => picked.add(m));
+    // joint first: the baseline the paired differences are taken against.
+    const names = vocab.methods.filter((m) => (m.tasks || [task]).includes(task)).map((m) => m.name)
+      .sort((a, b) => (b === "joint") - (a === "joint"))
+      .concat(modalities.map((m) => vocab.unimodal_prefix + m));
+    box.querySelectorAll("label").forEach((l) => l.remove());
+    for (const name of names) {
+      const input = el("input", { type: "checkbox", class: "method-pick", value: name, checked: picked.has(name) });
+      box.appendChild(el("label", { class: "pick" }, input, " ", name));
+    }
+    box.dataset.filled = "1";
+    const keep = f.preset.value;
+    const presets = vocab.presets.filter((p) => (p.tasks || [p.task]).includes(task));
+    f.preset.replaceChildren(el("option", { value: "" }, "the task's default (" + (presets.some((p) => p.name === vocab.default_preset) ? vocab.default_preset : presets.length ? presets[0].name : "none") + ")"),
+      ...presets.map((p) => el("option", { value: p.name, title: p.description }, p.name + " (" + p.hardware + ")")));
+    if (presets.some((p) => p.name === keep)) f.preset.value = keep;
+    const describe = () => {
+      const p = vocab.presets.find((x) => x.name === f.preset.value);
+      document.querySelector("#study-preset-description").textContent = p ? p.description : "";
+    };
+    f.preset.onchange = describe;
+    describe();
+  }
+
   const form = document.querySelector("#new-comparison");
   if (form) {
+    api("GET", "/api/vocabulary").then((vocab) => {
+      fillPickers(form, vocab);
+      form.elements.dataset_id.addEventListener("change", () => fillPickers(form, vocab));
+      form.dataset.ready = "1";
+    }).catch((err) => toast(err.message, true));
     form.addEventListener("submit", async (e) => {
       e.preventDefault();
       const f = form.elements;
@@ -35,7 +73,8 @@
       for (const key of ["preset", "device"]) if (f[key].value) options[key] = f[key].value;
       for (const key of ["epochs", "steps_per_epoch"]) if (f[key].value) options[key] = Number(f[key].value);
       const body = {
-        name: f.name.value, dataset_id: Number(f.dataset_id.value), methods: list(f.methods.value),
+        name: f.name.value, dataset_id: Number(f.dataset_id.value),
+        methods: Array.from(form.querySelectorAll("#methods-pick input:checked")).map((i) => i.value),
         seeds: list(f.seeds.value).map(Number), rho: list(f.rho.value).map(Number),
         lambda: list(f.lambda.value).map(Number), options,
       };
@@ -60,8 +99,15 @@
       a.arms.map((arm, k) => [swatch(k, arm.arm), arm.finished + " / " + arm.runs].concat(a.metrics.map((m) => fmt(arm.metrics[m])))));
     table(document.querySelector("#comparison-paired"), ["method", "metric", "Δ vs joint", "above joint on"],
       a.paired.map((p) => [p.arm, p.metric, fmt(p.interval), p.above + " of " + p.interval.n + " seeds"]));
-    table(document.querySelector("#comparison-modality"), ["method", "modality", "metric", "score"],
-      a.modality.map((m) => [m.arm, m.modality, m.metric, fmt(m.interval)]));
+    // One row per method and metric, one column per modality (not one row per triple).
+    const modalities = [...new Set(a.modality.map((m) => m.modality))];
+    const pairs = [];
+    for (const m of a.modality) if (!pairs.some(([arm, metric]) => arm === m.arm && metric === m.metric)) pairs.push([m.arm, m.metric]);
+    table(document.querySelector("#comparison-modality"), ["method", "metric"].concat(modalities),
+      pairs.map(([arm, metric]) => [arm, metric].concat(modalities.map((mod) => {
+        const hit = a.modality.find((m) => m.arm === arm && m.metric === metric && m.modality === mod);
+        return hit ? fmt(hit.interval) : "–";
+      }))));
     table(document.querySelector("#comparison-runs"), ["run", "method", "seed", "state"].concat(a.headline ? [a.headline] : []),
       a.runs.map((r) => {
         const link = document.createElement("a");

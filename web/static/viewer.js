@@ -49,6 +49,8 @@
   const state = {
     nv: null, manifest: null, modality: null, images: {}, overlays: {},
     shownClasses: new Set(["ncr", "ed", "et"]), opacity: 0.5,
+    // With the ground truth on the page, the prediction is drawn as an outline (a toggle).
+    predictionOutline: true, counts: new WeakMap(),
     // Edit mode: the overlay the drawing started from (hidden under it), strokes undo can take back.
     editing: null, undoable: 0,
   };
@@ -59,19 +61,77 @@
     return box && !box.checked ? 0 : state.opacity;
   }
 
-  // An overlay's colour table: its label values in their class colour; hidden classes transparent.
+  // The prediction's own colours, used when the ground truth is on the page too (the truth keeps
+  // the class colours): the two are told apart by colour as well as by the outline.
+  const PREDICTION_COLOURS = { ncr: [255, 80, 255], ed: [40, 220, 255], et: [255, 140, 0] };
+
+  // Whether the page holds both a prediction and a ground truth: then they must look different.
+  function comparing() { return Boolean(state.overlays.prediction && state.overlays.truth); }
+
+  // An overlay's colour table: its label values in their class colour (the prediction's own
+  // colours beside a truth); hidden classes transparent.
   function colourTable(o) {
     const cm = { R: [0], G: [0], B: [0], A: [0], I: [0], labels: ["background"] };
+    const own = o.key === "prediction" && comparing();
     for (const [value, cls] of o.values) {
       const c = state.manifest.classes.find((k) => k.class === cls);
-      cm.R.push(c.colour[0]); cm.G.push(c.colour[1]); cm.B.push(c.colour[2]);
+      const colour = own && PREDICTION_COLOURS[cls] ? PREDICTION_COLOURS[cls] : c.colour;
+      cm.R.push(colour[0]); cm.G.push(colour[1]); cm.B.push(colour[2]);
       cm.A.push(state.shownClasses.has(cls) ? 255 : 0); cm.I.push(value); cm.labels.push(c.name);
     }
     return cm;
   }
 
+  // The boundary of a label volume (file voxel order, dims [nx, ny, nz]): a labelled voxel stays
+  // when one of its six neighbours holds another value or lies outside; the inside becomes 0.
+  function outline(img, nx, ny, nz) {
+    const out = new img.constructor(img.length);
+    const plane = nx * ny;
+    for (let z = 0; z < nz; z++) {
+      for (let y = 0; y < ny; y++) {
+        for (let x = 0; x < nx; x++) {
+          const i = x + y * nx + z * plane, v = img[i];
+          if (v === 0) continue;
+          const edge = x === 0 || y === 0 || z === 0 || x === nx - 1 || y === ny - 1 || z === nz - 1
+            || img[i - 1] !== v || img[i + 1] !== v || img[i - nx] !== v || img[i + nx] !== v
+            || img[i - plane] !== v || img[i + plane] !== v;
+          if (edge) out[i] = v;
+        }
+      }
+    }
+    return out;
+  }
+  window.cggmOutline = outline;
+
+  // Puts the prediction's filled or outlined voxels into the volume NiiVue draws (the filled ones
+  // are kept aside: editing and the readout use them).
+  function drawPrediction() {
+    const vol = state.overlays.prediction;
+    if (!vol || !vol.img || !vol.hdr) return;
+    if (!vol.filledImg) vol.filledImg = vol.img;
+    const asOutline = comparing() && state.predictionOutline;
+    if (asOutline && !vol.outlineImg) {
+      const [, nx, ny, nz] = vol.hdr.dims;
+      vol.outlineImg = outline(vol.filledImg, nx, ny, nz);
+    }
+    vol.img = asOutline ? vol.outlineImg : vol.filledImg;
+    // Labelled voxels held and drawn (for tests and measurements), counted once per array.
+    const count = (a) => {
+      if (!state.counts.has(a)) state.counts.set(a, a.reduce((n, v) => n + (v !== 0 ? 1 : 0), 0));
+      return state.counts.get(a);
+    };
+    panel.dataset.predictionStyle = asOutline ? "outline" : "filled";
+    panel.dataset.predictionColours = comparing() ? "own" : "classes";
+    panel.dataset.predictionVoxels = String(count(vol.filledImg));
+    panel.dataset.predictionDrawn = String(count(vol.img));
+    const toggle = $("#nv-pred-outline");
+    if (toggle) { toggle.closest("label").hidden = !comparing(); toggle.checked = state.predictionOutline; }
+  }
+
   function applyLabels() {
     const nv = state.nv;
+    drawPrediction();
+    showLegends();
     for (const o of state.manifest.overlays) {
       const vol = state.overlays[o.key];
       if (!vol) continue;
@@ -80,6 +140,14 @@
       if (index >= 0) nv.volumes[index].opacity = overlayOpacity(o.key);
     }
     nv.updateGLVolume();
+  }
+
+  // The overlay's checkbox label: its title and, beside a truth, how it is drawn.
+  function overlayLegend(o) {
+    if (!comparing()) return o.title;
+    if (o.key === "truth") return `${o.title} (filled, class colours)`;
+    if (o.key === "prediction") return `${o.title} (${state.predictionOutline ? "outline" : "filled"}, own colours)`;
+    return o.title;
   }
 
   function className(overlay, value) {
@@ -179,7 +247,15 @@
     state.overlays[o.key] = vol;
     const input = el("input", { type: "checkbox", class: "nv-overlay", value: o.key, checked: true });
     input.addEventListener("change", applyLabels);
-    $("#nv-overlays").appendChild(el("label", { dataset: { overlay: o.key } }, input, " ", o.title));
+    $("#nv-overlays").appendChild(el("label", { dataset: { overlay: o.key } }, input, " ", el("span", { class: "nv-overlay-title" }, o.title)));
+    showLegends();
+  }
+
+  function showLegends() {
+    for (const o of state.manifest.overlays) {
+      const span = document.querySelector(`#nv-overlays label[data-overlay="${o.key}"] .nv-overlay-title`);
+      if (span) span.textContent = overlayLegend(o);
+    }
   }
 
   // Overlays that appeared since the page loaded (a prediction that finished meanwhile).
@@ -210,6 +286,7 @@
       $("#nv-classes").appendChild(box);
     }
     $("#nv-opacity").addEventListener("input", (e) => { state.opacity = Number(e.target.value) / 100; applyLabels(); });
+    $("#nv-pred-outline").addEventListener("change", (e) => { state.predictionOutline = e.target.checked; applyLabels(); });
     $("#nv-view").addEventListener("change", (e) => { state.nv.setSliceType(state.nv[VIEWS[e.target.value]]); });
     for (const id of ["#nv-win-min", "#nv-win-max"]) {
       $(id).addEventListener("change", () => {
@@ -306,6 +383,8 @@
     if (key) {
       const source = state.overlays[key];
       if (!source) throw new Error(`the ${key} overlay is not loaded`);
+      // A correction starts from the whole prediction, not from its outline.
+      if (source.filledImg) source.img = source.filledImg;
       if (!nv.loadDrawing(source)) throw new Error(`the ${key} label is not on the image's grid`);
     } else {
       nv.createEmptyDrawing();

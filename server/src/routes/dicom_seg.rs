@@ -57,14 +57,9 @@ pub(crate) async fn prediction_seg(state: &AppState, id: i64) -> Result<Predicti
         Some(run) => db::job(&state.pool, run).await.ok(),
         None => None,
     };
-    let algorithm = match &run {
-        Some(run) => format!(
-            "CGGM Studio {} run {}",
-            run.params_json()["method"].as_str().unwrap_or("model"),
-            run.id
-        ),
-        None => "CGGM Studio".to_string(),
-    };
+    // The segment's algorithm names the run, its method and the checkpoint used.
+    let algorithm = crate::provenance::PredictionSource::new(&job, run.as_ref())
+        .map_or_else(|| "CGGM Studio".to_string(), |s| s.algorithm());
     // Decoding the prediction and encoding every frame: one of the bounded decode slots, off the
     // async runtime.
     let bytes = {

@@ -5,6 +5,7 @@ use crate::db::{self, Job, JobKind, JobState, StoredEvent};
 use crate::error::{Error, Result};
 use crate::feature_datasets::DatasetFacts;
 use crate::jobs::LiveMessage;
+use crate::run_labels::RunLabels;
 use crate::AppState;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -23,7 +24,7 @@ use tokio::sync::broadcast::error::RecvError;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/jobs", get(list).post(create))
-        .route("/jobs/{id}", get(show))
+        .route("/jobs/{id}", get(show).patch(update_labels))
         .route("/jobs/{id}/cancel", post(cancel))
         .route("/jobs/{id}/resume", post(resume))
         .route("/jobs/{id}/events", get(events))
@@ -43,6 +44,9 @@ pub struct JobView {
     pub best_validation: Option<serde_json::Value>,
     /// Where the job runs or ran last: executor, pid or Slurm job id, node and state.
     pub execution: Option<crate::executor::Execution>,
+    /// The run's name, notes and tags (`name`, `notes`, `tags`).
+    #[serde(flatten)]
+    pub labels: RunLabels,
 }
 
 pub async fn job_view(state: &AppState, job: Job) -> Result<JobView> {
@@ -52,8 +56,10 @@ pub async fn job_view(state: &AppState, job: Job) -> Result<JobView> {
         None
     };
     let execution = crate::executor::current(&state.pool, job.id).await?;
+    let labels = crate::run_labels::load(&state.pool, job.id).await?;
     Ok(JobView {
         execution,
+        labels,
         params: job.params_json(),
         job,
         best_validation,
@@ -81,6 +87,36 @@ async fn show(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json
     Ok(Json(job_view(&state, job).await?))
 }
 
+/// `PATCH /api/jobs/N` `{"name": ..., "notes": ..., "tags": [...]}`: changes the labels given
+/// (the others stay) of a training run, in any state.
+async fn update_labels(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Json(mut body): Json<serde_json::Value>,
+) -> Result<Json<JobView>> {
+    let job = db::job(&state.pool, id).await?;
+    if job.kind != JobKind::Train {
+        return Err(Error::Unprocessable(format!(
+            "job {id} is a prediction: only training runs have a name, notes and tags"
+        )));
+    }
+    let Some(object) = body.as_object_mut() else {
+        return Err(Error::Unprocessable(
+            "send a JSON object: {\"name\": ..., \"notes\": ..., \"tags\": [...]}".into(),
+        ));
+    };
+    let mut labels = crate::run_labels::load(&state.pool, id).await?;
+    labels.take_from(object)?;
+    if let Some(unknown) = object.keys().next() {
+        return Err(Error::Unprocessable(format!(
+            "{unknown} cannot be changed after launch: only name, notes and tags can"
+        )));
+    }
+    let mut conn = state.pool.acquire().await?;
+    crate::run_labels::save(&mut conn, id, &labels).await?;
+    Ok(Json(job_view(&state, job).await?))
+}
+
 /// `POST /api/jobs`: `{"dataset_id": N, ...run options}` (the trainer's [`RunOptions`]: every
 /// `cggm train` knob, under its JSON name), plus `"init_from": <run id>` to start from the
 /// weights of a finished run ([`crate::fine_tune`]). The server builds the run configuration with the
@@ -88,11 +124,19 @@ async fn show(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json
 /// the configuration goes to the child as `request.json` in the run directory.
 pub async fn create(
     State(state): State<AppState>,
-    Json(body): Json<serde_json::Value>,
+    Json(mut body): Json<serde_json::Value>,
 ) -> Result<(StatusCode, Json<JobView>)> {
+    // The run's name, notes and tags are not run options: taken out before those are checked.
+    let mut labels = RunLabels::default();
+    if let Some(object) = body.as_object_mut() {
+        labels.take_from(object)?;
+    }
     let run = check_train_request(&state, body).await?;
     let mut tx = state.pool.begin().await?;
     let id = insert_train_job(&state, &mut tx, &run).await?;
+    if labels != RunLabels::default() {
+        crate::run_labels::save(&mut tx, id, &labels).await?;
+    }
     tx.commit().await?;
     state.runner.enqueue(id);
     let job = db::job(&state.pool, id).await?;

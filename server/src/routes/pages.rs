@@ -8,6 +8,7 @@ use super::studies::StudyView;
 use crate::db::{self, JobKind};
 use crate::error::{Error, Result};
 use crate::feature_datasets::DatasetFacts;
+use crate::provenance::PredictionSource;
 use crate::templates::*;
 use crate::AppState;
 use axum::extract::{Path, Query, State};
@@ -139,6 +140,17 @@ fn modality_bars(event: &serde_json::Value, headline: &str) -> Vec<(String, Stri
         .collect()
 }
 
+/// What a list's filter box matches (lower case): the run's name and tags, and `facts` (method,
+/// preset, dataset, task).
+fn search_text(labels: &crate::run_labels::RunLabels, facts: &[&str]) -> String {
+    let mut text = labels.search_text();
+    for f in facts {
+        text.push(' ');
+        text.push_str(f);
+    }
+    text.to_lowercase()
+}
+
 async fn dashboard(State(state): State<AppState>) -> Response {
     page(
         async {
@@ -149,7 +161,16 @@ async fn dashboard(State(state): State<AppState>) -> Response {
                 let headline = headline_metric(task);
                 let best = view.best_validation.clone().unwrap_or_default();
                 let scores = fused_scores(&best, "metrics", "dice");
+                let method = view.params["method"].as_str().unwrap_or_default();
+                let preset = view.params["preset"].as_str().unwrap_or_default();
+                let dataset = view.params["dataset"].as_str().unwrap_or_default();
                 runs.push(RunRow {
+                    search: search_text(
+                        &view.labels,
+                        &[method, preset, dataset, &task.to_string()],
+                    ),
+                    name: view.labels.name.clone(),
+                    tags: view.labels.tags.clone(),
                     id: view.job.id,
                     state: view.job.state.to_string(),
                     task: task.to_string(),
@@ -340,7 +361,14 @@ async fn new_run(State(state): State<AppState>) -> Response {
                 .filter(|o| o.name != "method" && o.name != "preset")
                 .map(|o| FormField {
                     name: o.name.clone(),
-                    label: o.help.trim_end_matches('.').to_string(),
+                    label: o.label.clone(),
+                    help: o.help.clone(),
+                    tasks: o
+                        .tasks
+                        .iter()
+                        .map(|t| t.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
                     flag: o.flag.clone(),
                     kind: match o.kind {
                         OptionKind::Number => "number",
@@ -429,6 +457,9 @@ async fn job(State(state): State<AppState>, Path(id): Path<i64>) -> Response {
                 error: view.job.error.clone().unwrap_or_default(),
                 runs,
                 tracking: crate::tracking::describe(view.job.run_dir().root()).unwrap_or_default(),
+                name: view.labels.name.clone(),
+                notes: view.labels.notes.clone(),
+                tags: view.labels.tags.join(", "),
             })
             .into_response())
         }
@@ -469,7 +500,9 @@ async fn models(State(state): State<AppState>) -> Response {
     page(
         async {
             let mut checkpoints = Vec::new();
+            let labels = crate::run_labels::load_all(&state.pool).await?;
             for c in checkpoint_list(&state).await? {
+                let label = labels.get(&c.job_id).cloned().unwrap_or_default();
                 let headline = headline_metric(c.task);
                 let best = c.best_validation.clone().unwrap_or_default();
                 let finished = db::events(&state.pool, c.job_id, 0, Some("finished"))
@@ -490,6 +523,12 @@ async fn models(State(state): State<AppState>) -> Response {
                     .collect::<Vec<_>>()
                     .join(", ");
                 checkpoints.push(CheckpointRow {
+                    search: search_text(
+                        &label,
+                        &[&c.method, &c.preset, &c.dataset, &c.task.to_string()],
+                    ),
+                    name: label.name,
+                    tags: label.tags,
                     job_id: c.job_id,
                     state: c.state.to_string(),
                     task: c.task.to_string(),
@@ -551,16 +590,15 @@ async fn segment(State(state): State<AppState>) -> Response {
                     )
                 })
                 .collect();
-            let predictions = db::jobs(&state.pool, Some(JobKind::Infer))
-                .await?
-                .into_iter()
-                .map(|j| PredictionRow {
+            let mut predictions = Vec::new();
+            for j in db::jobs(&state.pool, Some(JobKind::Infer)).await? {
+                predictions.push(PredictionRow {
                     id: j.id,
                     state: j.state.to_string(),
                     study: j.params_json()["study"].as_str().unwrap_or("").into(),
-                    checkpoint: j.checkpoint_job_id.unwrap_or_default(),
-                })
-                .collect();
+                    source: PredictionSource::of(&state.pool, &j).await,
+                });
+            }
             Ok(HtmlTemplate(Segment {
                 studies,
                 checkpoints,
@@ -608,6 +646,7 @@ async fn viewer(State(state): State<AppState>, Path(id): Path<i64>) -> Response 
                 study: study.study.name.clone(),
                 state: job.state.to_string(),
                 shape: study.shape.clone(),
+                source: PredictionSource::of(&state.pool, &job).await,
             }))
         }
         .await,

@@ -5,6 +5,7 @@ use super::save_upload;
 use crate::db::{self, JobKind, JobState, Study};
 use crate::error::{Error, Result};
 use crate::inspect::{check_upload, CheckedUpload, MODALITIES};
+use crate::provenance::PredictionSource;
 use crate::volume::{self, Plane, RegionVolumes};
 use crate::AppState;
 use axum::body::Body;
@@ -13,7 +14,6 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use cggm_core::rundir::CheckpointName;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -282,22 +282,23 @@ pub(crate) async fn queue_prediction(
     }
     let run = db::job(&state.pool, checkpoint_job_id).await?;
     let run_dir = PathBuf::from(&run.out_dir);
-    let has_checkpoint = run.kind == JobKind::Train
-        && CheckpointName::ALL
-            .iter()
-            .any(|name| run.run_dir().has_weights(*name));
-    if !has_checkpoint {
+    let chosen = (run.kind == JobKind::Train)
+        .then(|| crate::provenance::chosen_checkpoint(&run.run_dir()))
+        .flatten();
+    let Some(chosen) = chosen else {
         return Err(Error::Unprocessable(format!(
             "job {} has no checkpoint (is it a finished training run?)",
             run.id
         )));
-    }
-    let params = serde_json::json!({
+    };
+    let mut params = serde_json::json!({
         "checkpoint": run_dir.display().to_string(),
         "cases": study.case_paths(),
         "device": device,
         "study": study.study.name,
     });
+    // Which checkpoint `cggm infer` will read, so the prediction can name it later.
+    chosen.record(&mut params);
     let id = insert_job(
         state,
         JobKind::Infer,
@@ -321,6 +322,8 @@ pub struct PredictionView {
     pub seg_url: Option<String>,
     /// Present once the segmentation exists, for a study imported from DICOM.
     pub dicom_seg_url: Option<String>,
+    /// The run, checkpoint and method the prediction came from.
+    pub source: Option<PredictionSource>,
 }
 
 /// Region volumes of a finished segmentation: computed once (one decode) and kept beside it in
@@ -371,7 +374,9 @@ async fn prediction_view_with(state: &AppState, id: i64, decode: bool) -> Result
     let seg_url = finished.then(|| format!("/api/predictions/{id}/seg.nii.gz"));
     let has_dicom = super::dicom_seg::reference_series(study.as_ref().map(|s| &s.study)).is_ok();
     let dicom_seg_url = (finished && has_dicom).then(|| format!("/api/predictions/{id}/dicom-seg"));
+    let source = PredictionSource::of(&state.pool, &job).await;
     Ok(PredictionView {
+        source,
         job: job_view(state, job).await?,
         study,
         volumes,
@@ -410,6 +415,11 @@ async fn download_seg(State(state): State<AppState>, Path(id): Path<i64>) -> Res
         .as_str()
         .unwrap_or("case")
         .to_string();
+    // The file names the run it came from, as the DICOM SEG download does.
+    let stem = match job.checkpoint_job_id {
+        Some(run) => format!("{study}-run{run}"),
+        None => study,
+    };
     let file = tokio::fs::File::open(&path).await?;
     let body = Body::from_stream(file_stream(file));
     Ok((
@@ -419,7 +429,7 @@ async fn download_seg(State(state): State<AppState>, Path(id): Path<i64>) -> Res
                 header::CONTENT_DISPOSITION,
                 format!(
                     "attachment; filename=\"{}\"",
-                    crate::security::download_name(&study, "_seg.nii.gz")
+                    crate::security::download_name(&stem, "_seg.nii.gz")
                 ),
             ),
         ],

@@ -127,11 +127,14 @@ async fn load_runs(state: &AppState, id: i64) -> Result<Vec<RunResult>> {
         .bind(job_id)
         .fetch_optional(&state.pool)
         .await?;
-        let test_metrics = finished
+        let mut test_metrics: BTreeMap<String, f64> = finished
             .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
             .and_then(|v| serde_json::from_value(v["test_metrics"].clone()).ok())
             .filter(|_| job.state == db::JobState::Succeeded)
             .unwrap_or_default();
+        if job.state == db::JobState::Succeeded {
+            test_metrics.extend(segmentation_extras(&job));
+        }
         let modality_metrics = db::best_validation(&state.pool, job_id)
             .await?
             .and_then(|v| serde_json::from_value(v["modality_metrics"].clone()).ok())
@@ -147,6 +150,26 @@ async fn load_runs(state: &AppState, id: i64) -> Result<Vec<RunResult>> {
         });
     }
     Ok(runs)
+}
+
+/// A segmentation run's HD95 (mm) and lesion-wise Dice on the test split, per region and their
+/// mean (`hd95_wt`, ..., `lesion_dice_mean`), from its `metrics.json`: the finished event carries
+/// only the voxel-wise Dice. An HD95 the report leaves out (infinite: a region predicted on no
+/// voxel) is left out here too.
+fn segmentation_extras(job: &db::Job) -> BTreeMap<String, f64> {
+    let Some(metrics) = cggm_core::rundir::RunDir::new(&job.out_dir).read_metrics() else {
+        return BTreeMap::new();
+    };
+    let test = &metrics["test"];
+    let mut out = BTreeMap::new();
+    for (field, prefix) in [("hd95", "hd95"), ("lesion_dice", "lesion_dice")] {
+        for region in ["wt", "tc", "et", "mean"] {
+            if let Some(v) = test[field][region].as_f64().filter(|v| v.is_finite()) {
+                out.insert(format!("{prefix}_{region}"), v);
+            }
+        }
+    }
+    out
 }
 
 /// The statistics of an [`Aggregate`], computed from its runs alone.

@@ -221,7 +221,8 @@ async fn figure_png(State(state): State<AppState>, Path(id): Path<i64>) -> Resul
 #[template(path = "comparisons.html")]
 struct ListPage {
     comparisons: Vec<(i64, String, String)>,
-    datasets: Vec<(i64, String)>,
+    /// (id, name, task, modalities comma-separated): the pickers offer what fits the dataset.
+    datasets: Vec<(i64, String, String, String)>,
 }
 
 async fn list_page(State(state): State<AppState>) -> Response {
@@ -232,7 +233,15 @@ async fn list_page(State(state): State<AppState>) -> Response {
         let datasets = db::datasets(&state.pool)
             .await?
             .into_iter()
-            .map(|d| (d.id, d.name))
+            .map(|d| {
+                let facts = crate::feature_datasets::DatasetFacts::of(&d);
+                (
+                    d.id,
+                    d.name,
+                    facts.task.to_string(),
+                    facts.modalities.join(","),
+                )
+            })
             .collect();
         let comparisons = rows
             .into_iter()
