@@ -242,39 +242,7 @@ pub fn check_upload(
     let mut roles: BTreeMap<String, usize> = BTreeMap::new();
     let mut shapes: Vec<(usize, Vec<usize>)> = Vec::new();
     for (i, file) in files.iter().enumerate() {
-        if !is_nifti_name(&file.file_name) {
-            return Err(UploadError::NotNifti(file.file_name.clone()));
-        }
-        let shape = cggm_core::data::read_header(&file.path)
-            .map_err(|e| UploadError::Unreadable(without_folder(&e.to_string(), &file.path)))?
-            .dims;
-        let labelled_field = matches!(file.field.as_str(), "seg" | "label");
-        let role = if shape.len() == 4 && !labelled_field {
-            if shape[3] != 4 {
-                return Err(UploadError::Channels {
-                    file: file.file_name.clone(),
-                    channels: shape[3],
-                });
-            }
-            "4d".to_string()
-        } else {
-            let from_field = MODALITIES
-                .iter()
-                .chain(["seg"].iter())
-                .find(|m| **m == file.field)
-                .copied()
-                .or(labelled_field.then_some("seg"));
-            match from_field.or_else(|| modality_of(&file.file_name)) {
-                Some(m) => m.to_string(),
-                None => return Err(UploadError::UnknownModality(file.file_name.clone())),
-            }
-        };
-        if shape.len() != 3 && role != "4d" {
-            return Err(UploadError::NotThreeD {
-                file: file.file_name.clone(),
-                shape,
-            });
-        }
+        let (role, shape) = role_of(file)?;
         if let Some(previous) = roles.insert(role.clone(), i) {
             return Err(UploadError::SameRole {
                 first: files[previous].file_name.clone(),
@@ -284,6 +252,66 @@ pub fn check_upload(
         }
         shapes.push((i, shape));
     }
+    check_roles(&roles, need_labels)?;
+    let reference = one_grid(&files, &shapes)?;
+    rename_to_roles(&mut files, &roles)?;
+    // The trainer's own loader as the final word: whatever passes here, `cggm infer` can read.
+    let paths: Vec<PathBuf> = roles.values().map(|i| files[*i].path.clone()).collect();
+    let folder = paths.first().cloned().unwrap_or_default();
+    let unreadable = |e: cggm_core::data::DataError| {
+        UploadError::Unreadable(without_folder(&e.to_string(), &folder))
+    };
+    let case = cggm_core::data::case_from_paths(&paths).map_err(unreadable)?;
+    cggm_core::data::load_study(&case).map_err(unreadable)?;
+    Ok(CheckedUpload {
+        roles,
+        shape: reference,
+        files,
+    })
+}
+
+/// What an uploaded file is (a modality, `seg`, or `4d` for an MSD image), from its form field or
+/// its name, and its shape from its header.
+fn role_of(file: &UploadedFile) -> Result<(String, Vec<usize>), UploadError> {
+    if !is_nifti_name(&file.file_name) {
+        return Err(UploadError::NotNifti(file.file_name.clone()));
+    }
+    let shape = cggm_core::data::read_header(&file.path)
+        .map_err(|e| UploadError::Unreadable(without_folder(&e.to_string(), &file.path)))?
+        .dims;
+    let labelled_field = matches!(file.field.as_str(), "seg" | "label");
+    let role = if shape.len() == 4 && !labelled_field {
+        if shape[3] != 4 {
+            return Err(UploadError::Channels {
+                file: file.file_name.clone(),
+                channels: shape[3],
+            });
+        }
+        "4d".to_string()
+    } else {
+        let from_field = MODALITIES
+            .iter()
+            .chain(["seg"].iter())
+            .find(|m| **m == file.field)
+            .copied()
+            .or(labelled_field.then_some("seg"));
+        match from_field.or_else(|| modality_of(&file.file_name)) {
+            Some(m) => m.to_string(),
+            None => return Err(UploadError::UnknownModality(file.file_name.clone())),
+        }
+    };
+    if shape.len() != 3 && role != "4d" {
+        return Err(UploadError::NotThreeD {
+            file: file.file_name.clone(),
+            shape,
+        });
+    }
+    Ok((role, shape))
+}
+
+/// The roles make one study: a 4-D image alone, or all four modalities; and a label when
+/// `need_labels`.
+fn check_roles(roles: &BTreeMap<String, usize>, need_labels: bool) -> Result<(), UploadError> {
     if roles.contains_key("4d") {
         if let Some(extra) = MODALITIES.iter().find(|m| roles.contains_key(**m)) {
             return Err(UploadError::FourDWith(extra.to_string()));
@@ -301,8 +329,16 @@ pub fn check_upload(
     if need_labels && !roles.contains_key("seg") && !roles.contains_key("4d") {
         return Err(UploadError::NoLabels);
     }
+    Ok(())
+}
+
+/// The spatial shape every file shares (the first file's), or which two differ.
+fn one_grid(
+    files: &[UploadedFile],
+    shapes: &[(usize, Vec<usize>)],
+) -> Result<Vec<usize>, UploadError> {
     let reference = shapes[0].1[..3].to_vec();
-    for (i, shape) in &shapes {
+    for (i, shape) in shapes {
         if shape[..3] != reference[..] {
             return Err(UploadError::Grid {
                 file: files[*i].file_name.clone(),
@@ -312,9 +348,16 @@ pub fn check_upload(
             });
         }
     }
-    // Names the trainer recognises, then the trainer's own loader as the final word: whatever
-    // passes here, `cggm infer` can read.
-    for (role, index) in &roles {
+    Ok(reference)
+}
+
+/// Renames a file whose name does not say its role (it came by its form field) to
+/// `upload_<role>.nii[.gz]`: a name the trainer recognises.
+fn rename_to_roles(
+    files: &mut [UploadedFile],
+    roles: &BTreeMap<String, usize>,
+) -> Result<(), UploadError> {
+    for (role, index) in roles {
         let file = &mut files[*index];
         if role != "4d" && modality_of(&file.file_name) != Some(role.as_str()) {
             let ext = if file.file_name.to_ascii_lowercase().ends_with(".gz") {
@@ -331,18 +374,7 @@ pub fn check_upload(
             file.path = renamed;
         }
     }
-    let paths: Vec<PathBuf> = roles.values().map(|i| files[*i].path.clone()).collect();
-    let folder = paths.first().cloned().unwrap_or_default();
-    let unreadable = |e: cggm_core::data::DataError| {
-        UploadError::Unreadable(without_folder(&e.to_string(), &folder))
-    };
-    let case = cggm_core::data::case_from_paths(&paths).map_err(unreadable)?;
-    cggm_core::data::load_study(&case).map_err(unreadable)?;
-    Ok(CheckedUpload {
-        roles,
-        shape: reference,
-        files,
-    })
+    Ok(())
 }
 
 /// An error message about an uploaded file without the server's temporary folder in it: the

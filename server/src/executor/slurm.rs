@@ -150,7 +150,7 @@ pub(crate) async fn submit_and_follow<H: JobHost>(
     inner: Arc<H>,
     config: &SlurmConfig,
     job_id: i64,
-    mut args: Vec<String>,
+    args: Vec<String>,
     cancel: Arc<Notify>,
 ) -> anyhow::Result<()> {
     let dir = config.job_dir(job_id);
@@ -161,69 +161,15 @@ pub(crate) async fn submit_and_follow<H: JobHost>(
     .bind(job_id)
     .fetch_one(inner.pool())
     .await?;
-    let events = dir.join(format!("events-{attempt}.jsonl"));
-    let output = dir.join(format!("slurm-{attempt}.out"));
-    let _ = std::fs::remove_file(&events);
-    if let Some(at) = args.iter().position(|a| a == "--events") {
-        if let Some(target) = args.get_mut(at + 1) {
-            *target = events.display().to_string();
-        }
-    }
-    let script_path = dir.join(format!("job-{attempt}.sh"));
-    std::fs::write(&script_path, config.script(job_id, attempt, &output, &args))?;
-
+    let batch = Batch::write(config, &dir, job_id, attempt, args)?;
     let submitted_at = db::now();
-    let answer = tokio::process::Command::new("sbatch")
-        .arg("--parsable")
-        .args(&config.sbatch_args)
-        .arg(&script_path)
-        .current_dir(&dir)
-        // The job needs no access to the server: its token stays with the server.
-        .env_remove("CGGM_TOKEN")
-        .env_remove("CGGM_TOKEN_FILE")
-        .env_remove(cggm_core::process::PARENT_PIPE_ENV)
-        // sbatch hands its environment to the job: where the runs are logged goes with it.
-        .envs(inner.job_env().iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .output()
-        .await;
-    let slurm_id = match answer {
-        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .to_string(),
-        Ok(out) => {
-            let message = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            inner.forget_cancel(job_id);
-            let reason = format!(
-                "sbatch refused the job: {}. Check the executor's Slurm settings \
-                 (--slurm-partition, --slurm-account, --slurm-time, --slurm-sbatch-arg) and launch \
-                 it again",
-                if message.is_empty() {
-                    "no message"
-                } else {
-                    &message
-                }
-            );
-            inner
-                .finish(
-                    job_id,
-                    JobState::Failed,
-                    out.status.code().map(i64::from),
-                    Some(reason),
-                )
-                .await?;
-            return Ok(());
-        }
+    let slurm_id = match sbatch(config, &dir, &batch.script, inner.job_env()).await {
+        Ok(slurm_id) => slurm_id,
         Err(e) => {
             inner.forget_cancel(job_id);
-            let reason = format!("could not run sbatch: {e}. Is Slurm's client installed?");
-            inner
-                .finish(job_id, JobState::Failed, None, Some(reason))
-                .await?;
-            return Ok(());
+            return inner
+                .finish(job_id, JobState::Failed, e.code(), Some(e.to_string()))
+                .await;
         }
     };
     let exec_id: i64 = sqlx::query_scalar(
@@ -233,8 +179,8 @@ pub(crate) async fn submit_and_follow<H: JobHost>(
     )
     .bind(job_id)
     .bind(&slurm_id)
-    .bind(events.display().to_string())
-    .bind(output.display().to_string())
+    .bind(batch.events.display().to_string())
+    .bind(batch.output.display().to_string())
     .bind(submitted_at)
     .bind(db::now())
     .fetch_one(inner.pool())
@@ -246,6 +192,108 @@ pub(crate) async fn submit_and_follow<H: JobHost>(
         .fetch_one(inner.pool())
         .await?;
     follow(inner, config, execution, cancel).await
+}
+
+/// One attempt's files in the job's shared folder: its batch script, the events file the job
+/// writes and Slurm's output.
+struct Batch {
+    script: PathBuf,
+    events: PathBuf,
+    output: PathBuf,
+}
+
+impl Batch {
+    /// Writes attempt `attempt`'s batch script, with the job's `--events` pointed at its own
+    /// (emptied) events file.
+    fn write(
+        config: &SlurmConfig,
+        dir: &Path,
+        job_id: i64,
+        attempt: i64,
+        mut args: Vec<String>,
+    ) -> anyhow::Result<Self> {
+        let events = dir.join(format!("events-{attempt}.jsonl"));
+        let output = dir.join(format!("slurm-{attempt}.out"));
+        let _ = std::fs::remove_file(&events);
+        if let Some(at) = args.iter().position(|a| a == "--events") {
+            if let Some(target) = args.get_mut(at + 1) {
+                *target = events.display().to_string();
+            }
+        }
+        let script = dir.join(format!("job-{attempt}.sh"));
+        std::fs::write(&script, config.script(job_id, attempt, &output, &args))?;
+        Ok(Self {
+            script,
+            events,
+            output,
+        })
+    }
+}
+
+/// Why a job could not be submitted (its error).
+#[derive(Debug, thiserror::Error)]
+enum SbatchError {
+    #[error(
+        "sbatch refused the job: {message}. Check the executor's Slurm settings \
+         (--slurm-partition, --slurm-account, --slurm-time, --slurm-sbatch-arg) and launch \
+         it again"
+    )]
+    Refused { code: Option<i64>, message: String },
+    #[error("could not run sbatch: {0}. Is Slurm's client installed?")]
+    NotRun(std::io::Error),
+}
+
+impl SbatchError {
+    /// sbatch's exit code.
+    fn code(&self) -> Option<i64> {
+        match self {
+            SbatchError::Refused { code, .. } => *code,
+            SbatchError::NotRun(_) => None,
+        }
+    }
+}
+
+/// Submits the batch script; Slurm's job id.
+async fn sbatch(
+    config: &SlurmConfig,
+    dir: &Path,
+    script: &Path,
+    job_env: &[(String, String)],
+) -> Result<String, SbatchError> {
+    let answer = tokio::process::Command::new("sbatch")
+        .arg("--parsable")
+        .args(&config.sbatch_args)
+        .arg(script)
+        .current_dir(dir)
+        // The job needs no access to the server: its token stays with the server.
+        .env_remove("CGGM_TOKEN")
+        .env_remove("CGGM_TOKEN_FILE")
+        .env_remove(cggm_core::process::PARENT_PIPE_ENV)
+        // sbatch hands its environment to the job: where the runs are logged goes with it.
+        .envs(job_env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .output()
+        .await;
+    match answer {
+        Ok(out) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .to_string()),
+        Ok(out) => {
+            let message = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            Err(SbatchError::Refused {
+                code: out.status.code().map(i64::from),
+                message: if message.is_empty() {
+                    "no message".into()
+                } else {
+                    message
+                },
+            })
+        }
+        Err(e) => Err(SbatchError::NotRun(e)),
+    }
 }
 
 /// What Slurm says about a job.
