@@ -338,9 +338,13 @@ async fn the_retention_sweep_deletes_old_studies_and_predictions_and_keeps_runs_
 fn a_retention_period_that_is_not_a_positive_number_is_refused_with_the_flag_named() {
     assert!(RetentionPolicy::from_args(None, false).unwrap().is_none());
     for bad in [0.0, -3.0, f64::NAN] {
-        let message = RetentionPolicy::from_args(Some(bad), false).unwrap_err();
+        let message = RetentionPolicy::from_args(Some(bad), false)
+            .unwrap_err()
+            .to_string();
         assert!(message.contains("--retention-days"), "{message}");
     }
-    let message = RetentionPolicy::from_args(None, true).unwrap_err();
+    let message = RetentionPolicy::from_args(None, true)
+        .unwrap_err()
+        .to_string();
     assert!(message.contains("--retention-days"), "{message}");
 }

@@ -305,7 +305,9 @@ fn the_token_is_read_from_a_file_and_an_empty_or_short_one_refuses_the_start() {
     // Asked for but empty, blank or guessable: the server must not start open.
     for content in ["", "\n", "   \t \n", "x\n", "fifteen-chars-x\n"] {
         std::fs::write(&file, content).unwrap();
-        let err = cggm_server::config::resolve_token(&args).unwrap_err();
+        let err = cggm_server::config::resolve_token(&args)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("at least 16"), "{content:?}: {err}");
     }
     for token in ["", "   ", "a"] {
@@ -320,7 +322,9 @@ fn the_token_is_read_from_a_file_and_an_empty_or_short_one_refuses_the_start() {
         assert_eq!(cggm_server::config::resolve_token(&none).unwrap(), None);
     }
     let missing = Cli::parse_from(["cggm", "--token-file", "/nonexistent/token"]).serve;
-    let err = cggm_server::config::resolve_token(&missing).unwrap_err();
+    let err = cggm_server::config::resolve_token(&missing)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("/nonexistent/token"), "{err}");
 }
 

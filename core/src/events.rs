@@ -136,6 +136,51 @@ pub enum Event {
     },
 }
 
+/// An event's tag (`"event"` in the JSON, `events.kind` in the server's database): the names the
+/// server's SQL compares with, from one place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    RunStarted,
+    Step,
+    Validation,
+    BalanceDiagnostics,
+    CheckpointSaved,
+    Progress,
+    Finished,
+    Failed,
+}
+
+impl EventKind {
+    /// The tag serde writes for the variant (`rename_all = "snake_case"` of [`Event`]).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::RunStarted => "run_started",
+            EventKind::Step => "step",
+            EventKind::Validation => "validation",
+            EventKind::BalanceDiagnostics => "balance_diagnostics",
+            EventKind::CheckpointSaved => "checkpoint_saved",
+            EventKind::Progress => "progress",
+            EventKind::Finished => "finished",
+            EventKind::Failed => "failed",
+        }
+    }
+}
+
+impl Event {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Event::RunStarted { .. } => EventKind::RunStarted,
+            Event::Step { .. } => EventKind::Step,
+            Event::Validation { .. } => EventKind::Validation,
+            Event::BalanceDiagnostics { .. } => EventKind::BalanceDiagnostics,
+            Event::CheckpointSaved { .. } => EventKind::CheckpointSaved,
+            Event::Progress { .. } => EventKind::Progress,
+            Event::Finished { .. } => EventKind::Finished,
+            Event::Failed { .. } => EventKind::Failed,
+        }
+    }
+}
+
 pub fn now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -235,5 +280,94 @@ impl EventSink {
         let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
         // A closed pipe (the server went away) must not kill the run.
         let _ = writeln!(out, "{line}").and_then(|_| out.flush());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Event::kind` names each variant as serde tags it, so SQL that compares `events.kind` with
+    /// an `EventKind` finds what the server stored.
+    #[test]
+    fn every_event_kind_is_the_serde_tag() {
+        let time = 1.0;
+        let events = [
+            Event::RunStarted {
+                time,
+                config: serde_json::Value::Null,
+                train_cases: 0,
+                val_cases: 0,
+                test_cases: 0,
+                steps_per_epoch: 0,
+                total_steps: 0,
+                device: "cpu".into(),
+                task: Default::default(),
+                modalities: Vec::new(),
+            },
+            Event::Step {
+                time,
+                epoch: 0,
+                step: 0,
+                loss: 0.0,
+                task_loss: 0.0,
+                gm_loss: 0.0,
+                lr: 0.0,
+                balance: BTreeMap::new(),
+                cosine: BTreeMap::new(),
+                modality_metric: BTreeMap::new(),
+                step_seconds: 0.0,
+                balance_guarded: 0,
+                balance_clamped: 0,
+                baseline_coefficients: BTreeMap::new(),
+            },
+            Event::Validation {
+                time,
+                epoch: 0,
+                train_loss: 0.0,
+                dice: RegionScores::default(),
+                hd95: RegionScores::default(),
+                modality_dice: BTreeMap::new(),
+                best: false,
+                metrics: BTreeMap::new(),
+                modality_metrics: BTreeMap::new(),
+            },
+            Event::BalanceDiagnostics {
+                time,
+                epoch: 0,
+                step: 0,
+                diagnostics: Default::default(),
+            },
+            Event::CheckpointSaved {
+                time,
+                epoch: 0,
+                path: String::new(),
+                best: false,
+            },
+            Event::Progress {
+                time,
+                stage: String::new(),
+                fraction: 0.0,
+            },
+            Event::Finished {
+                time,
+                best_epoch: 0,
+                best_val_dice: RegionScores::default(),
+                test_dice: None,
+                test_modality_dice: BTreeMap::new(),
+                test_metrics: BTreeMap::new(),
+            },
+            Event::Failed {
+                time,
+                reason: String::new(),
+            },
+        ];
+        let mut kinds = std::collections::HashSet::new();
+        for event in &events {
+            let tag = serde_json::to_value(event).unwrap()["event"].clone();
+            assert_eq!(tag, event.kind().as_str(), "{event:?}");
+            kinds.insert(event.kind());
+        }
+        assert_eq!(kinds.len(), events.len(), "one event of each kind");
     }
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod data;
 pub mod data_commands;
 pub mod events;
+pub mod job_state;
 pub mod loss;
 pub mod metrics;
 pub mod model_config;

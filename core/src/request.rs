@@ -588,6 +588,9 @@ pub struct Vocabulary {
     pub options: Vec<OptionSpec>,
     /// The score each task's runs are summarised by (see [`headline_metric`]).
     pub headline_metrics: BTreeMap<String, String>,
+    /// Every job state, with which are terminal and resumable (the pages follow and offer
+    /// Cancel / Resume by these flags).
+    pub job_states: Vec<crate::job_state::JobStateChoice>,
 }
 
 impl Vocabulary {
@@ -638,6 +641,7 @@ impl Vocabulary {
                 .iter()
                 .map(|t| (t.name().to_string(), headline_metric(*t).to_string()))
                 .collect(),
+            job_states: crate::job_state::JobStateChoice::all(),
         }
     }
 }

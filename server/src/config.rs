@@ -183,15 +183,37 @@ pub fn default_web_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../web"))
 }
 
+/// Why `cggm serve` refuses to start with its access settings.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error(
+        "refusing to listen on {0} without a token: anyone on the network could start jobs. \
+         Set --token or CGGM_TOKEN, or bind to 127.0.0.1"
+    )]
+    OpenBind(SocketAddr),
+    #[error(
+        "cannot read the token file {}: {error}. Create it with the token on its first \
+         line (and `chmod 600` it)",
+        path.display()
+    )]
+    TokenFile {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error(
+        "{given_by} gives a token of {chars} characters (after trimming); a token needs at least \
+         {MIN_TOKEN_CHARS}. Generate one with `openssl rand -hex 24`, or unset it to run without \
+         access control on loopback"
+    )]
+    ShortToken { given_by: String, chars: usize },
+}
+
 /// Refuses a non-loopback bind address without a token.
-pub fn check_bind(bind: &SocketAddr, token: Option<&str>) -> Result<(), String> {
+pub fn check_bind(bind: &SocketAddr, token: Option<&str>) -> Result<(), AccessError> {
     if bind.ip().is_loopback() || token.is_some_and(|t| !t.is_empty()) {
         Ok(())
     } else {
-        Err(format!(
-            "refusing to listen on {bind} without a token: anyone on the network could start jobs. \
-             Set --token or CGGM_TOKEN, or bind to 127.0.0.1"
-        ))
+        Err(AccessError::OpenBind(*bind))
     }
 }
 
@@ -201,15 +223,12 @@ pub const MIN_TOKEN_CHARS: usize = 16;
 /// The access token: from --token-file (its first line), else --token / CGGM_TOKEN. `None` only
 /// when no token was asked for: a token that was asked for but is empty, whitespace or shorter
 /// than [`MIN_TOKEN_CHARS`] refuses the start (failing open would serve patient data to anyone).
-pub fn resolve_token(args: &ServeArgs) -> Result<Option<String>, String> {
+pub fn resolve_token(args: &ServeArgs) -> Result<Option<String>, AccessError> {
     let (token, source) = match &args.token_file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                format!(
-                    "cannot read the token file {}: {e}. Create it with the token on its first \
-                     line (and `chmod 600` it)",
-                    path.display()
-                )
+            let text = std::fs::read_to_string(path).map_err(|error| AccessError::TokenFile {
+                path: path.clone(),
+                error,
             })?;
             let first = text.lines().next().unwrap_or("").trim().to_string();
             (first, format!("the token file {}", path.display()))
@@ -221,11 +240,10 @@ pub fn resolve_token(args: &ServeArgs) -> Result<Option<String>, String> {
     };
     let chars = token.chars().count();
     if chars < MIN_TOKEN_CHARS {
-        return Err(format!(
-            "{source} gives a token of {chars} characters (after trimming); a token needs at least \
-             {MIN_TOKEN_CHARS}. Generate one with `openssl rand -hex 24`, or unset it to run without \
-             access control on loopback"
-        ));
+        return Err(AccessError::ShortToken {
+            given_by: source,
+            chars,
+        });
     }
     Ok(Some(token))
 }

@@ -1,6 +1,7 @@
 //! SQLite storage: connection, migrations and the queries the routes and the job runner share.
 
 use crate::error::{Error, Result};
+use cggm_core::events::EventKind;
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use std::path::Path;
@@ -51,6 +52,7 @@ pub struct Study {
 pub struct Job {
     pub id: i64,
     pub kind: JobKind,
+    #[sqlx(try_from = "String")]
     pub state: JobState,
     #[serde(skip)]
     pub params: String,
@@ -115,63 +117,9 @@ impl std::fmt::Display for JobKind {
     }
 }
 
-/// Where a job is in its life. Stored as its name in `jobs.state`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
-#[serde(rename_all = "snake_case")]
-#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
-pub enum JobState {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-    /// The server stopped while the job ran; its files are kept.
-    Interrupted,
-}
-
-impl JobState {
-    pub const ALL: [JobState; 6] = [
-        JobState::Queued,
-        JobState::Running,
-        JobState::Succeeded,
-        JobState::Failed,
-        JobState::Cancelled,
-        JobState::Interrupted,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Queued => "queued",
-            JobState::Running => "running",
-            JobState::Succeeded => "succeeded",
-            JobState::Failed => "failed",
-            JobState::Cancelled => "cancelled",
-            JobState::Interrupted => "interrupted",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|state| state.as_str() == s)
-    }
-
-    pub fn is_terminal(self) -> bool {
-        !matches!(self, JobState::Queued | JobState::Running)
-    }
-
-    /// A stopped training run that Resume may continue.
-    pub fn is_resumable(self) -> bool {
-        matches!(
-            self,
-            JobState::Interrupted | JobState::Failed | JobState::Cancelled
-        )
-    }
-}
-
-impl std::fmt::Display for JobState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Where a job is in its life: core's list (the vocabulary hands the same one to the browser),
+/// stored as its name in `jobs.state` and bound with [`JobState::as_str`].
+pub use cggm_core::job_state::JobState;
 
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct StoredEvent {
@@ -303,20 +251,22 @@ pub async fn best_validation(pool: &SqlitePool, job_id: i64) -> Result<Option<se
     // parsed: a listing of runs with tens of thousands of validation events no longer loads and
     // parses every one of them per run.
     let best: Option<(String,)> = sqlx::query_as(
-        "SELECT data FROM events WHERE job_id = ? AND kind = 'validation'
+        "SELECT data FROM events WHERE job_id = ? AND kind = ?
            AND json_extract(data, '$.best') = 1 ORDER BY seq DESC LIMIT 1",
     )
     .bind(job_id)
+    .bind(EventKind::Validation.as_str())
     .fetch_optional(pool)
     .await?;
     let row = match best {
         Some(row) => Some(row),
         None => {
             sqlx::query_as(
-                "SELECT data FROM events WHERE job_id = ? AND kind = 'validation'
+                "SELECT data FROM events WHERE job_id = ? AND kind = ?
                  ORDER BY seq DESC LIMIT 1",
             )
             .bind(job_id)
+            .bind(EventKind::Validation.as_str())
             .fetch_optional(pool)
             .await?
         }

@@ -100,7 +100,7 @@ pub fn inspect_dataset(dir: &Path, full: bool) -> DatasetReport {
             }
             Err(error) => problems.push(CaseProblem {
                 case: case.id.clone(),
-                error: within_dataset(&error, dir),
+                error: within_dataset(&error.to_string(), dir),
             }),
         }
     }
@@ -126,8 +126,66 @@ pub fn inspect_dataset(dir: &Path, full: bool) -> DatasetReport {
     }
 }
 
+/// Why uploaded files are not one study (answered 422 with this message), or a dataset case's
+/// files do not agree.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("no files uploaded: send the four modalities (flair, t1ce, t1, t2) or one 4-D NIfTI")]
+    NoFiles,
+    #[error("{0}: not a NIfTI file name (expected .nii or .nii.gz)")]
+    NotNifti(String),
+    /// The header reader or the trainer's loader refused a file (named, without its folder).
+    #[error("{0}")]
+    Unreadable(String),
+    #[error("{file}: a 4-D file must have 4 channels (FLAIR, T1w, T1gd, T2w), found {channels}")]
+    Channels { file: String, channels: usize },
+    #[error(
+        "{0}: cannot tell the modality; name it *_flair, *_t1ce, *_t1, *_t2 (or *_seg) .nii.gz"
+    )]
+    UnknownModality(String),
+    #[error("{file}: expected a 3-D volume, found shape {shape:?}")]
+    NotThreeD { file: String, shape: Vec<usize> },
+    #[error("{first} and {second} are both {role}")]
+    SameRole {
+        first: String,
+        second: String,
+        role: String,
+    },
+    #[error(
+        "a 4-D image holds all four modalities: send it alone (with its label in the \
+         `label` field), not with a separate {0} file"
+    )]
+    FourDWith(String),
+    #[error("missing modalities: {} (need flair, t1ce, t1, t2)", .0.join(", "))]
+    Missing(Vec<String>),
+    #[error("missing seg: a training case needs its label file (*_seg.nii.gz)")]
+    NoLabels,
+    #[error(
+        "{file} has shape {shape:?} but {other} has {other_shape:?}: all modalities must be \
+         co-registered to one grid"
+    )]
+    Grid {
+        file: String,
+        shape: Vec<usize>,
+        other: String,
+        other_shape: Vec<usize>,
+    },
+    /// A case's files differ in shape (a dataset report).
+    #[error("{file} has shape {shape:?} but {other} has {other_shape:?}")]
+    Shapes {
+        file: String,
+        shape: Vec<usize>,
+        other: String,
+        other_shape: Vec<usize>,
+    },
+    #[error("{file}: {error}")]
+    File { file: String, error: std::io::Error },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
 /// The spatial shape shared by all files of a case (from their headers), or what differs.
-fn header_shapes_agree(paths: &[PathBuf]) -> Result<Vec<usize>, String> {
+fn header_shapes_agree(paths: &[PathBuf]) -> Result<Vec<usize>, UploadError> {
     let mut first: Option<(String, Vec<usize>)> = None;
     for path in paths {
         let name = path
@@ -135,12 +193,18 @@ fn header_shapes_agree(paths: &[PathBuf]) -> Result<Vec<usize>, String> {
             .unwrap_or_default()
             .to_string_lossy()
             .to_string();
-        let header = cggm_core::data::read_header(path).map_err(|e| format!("{name}: {e}"))?;
+        let header = cggm_core::data::read_header(path)
+            .map_err(|e| UploadError::Unreadable(format!("{name}: {e}")))?;
         let dims: Vec<usize> = header.dims.iter().take(3).copied().collect();
         match &first {
             None => first = Some((name, dims)),
             Some((other, s)) if *s != dims => {
-                return Err(format!("{name} has shape {dims:?} but {other} has {s:?}"));
+                return Err(UploadError::Shapes {
+                    file: name,
+                    shape: dims,
+                    other: other.clone(),
+                    other_shape: s.clone(),
+                });
             }
             _ => {}
         }
@@ -171,100 +235,129 @@ pub struct CheckedUpload {
 pub fn check_upload(
     mut files: Vec<UploadedFile>,
     need_labels: bool,
-) -> Result<CheckedUpload, String> {
+) -> Result<CheckedUpload, UploadError> {
     if files.is_empty() {
-        return Err(
-            "no files uploaded: send the four modalities (flair, t1ce, t1, t2) or one 4-D NIfTI"
-                .into(),
-        );
+        return Err(UploadError::NoFiles);
     }
     let mut roles: BTreeMap<String, usize> = BTreeMap::new();
     let mut shapes: Vec<(usize, Vec<usize>)> = Vec::new();
     for (i, file) in files.iter().enumerate() {
-        if !is_nifti_name(&file.file_name) {
-            return Err(format!(
-                "{}: not a NIfTI file name (expected .nii or .nii.gz)",
-                file.file_name
-            ));
-        }
-        let shape = cggm_core::data::read_header(&file.path)
-            .map_err(|e| without_folder(&e.to_string(), &file.path))?
-            .dims;
-        let labelled_field = matches!(file.field.as_str(), "seg" | "label");
-        let role = if shape.len() == 4 && !labelled_field {
-            if shape[3] != 4 {
-                return Err(format!(
-                    "{}: a 4-D file must have 4 channels (FLAIR, T1w, T1gd, T2w), found {}",
-                    file.file_name, shape[3]
-                ));
-            }
-            "4d".to_string()
-        } else {
-            let from_field = MODALITIES
-                .iter()
-                .chain(["seg"].iter())
-                .find(|m| **m == file.field)
-                .copied()
-                .or(labelled_field.then_some("seg"));
-            match from_field.or_else(|| modality_of(&file.file_name)) {
-                Some(m) => m.to_string(),
-                None => {
-                    return Err(format!(
-                        "{}: cannot tell the modality; name it *_flair, *_t1ce, *_t1, *_t2 (or *_seg) .nii.gz",
-                        file.file_name
-                    ))
-                }
-            }
-        };
-        if shape.len() != 3 && role != "4d" {
-            return Err(format!(
-                "{}: expected a 3-D volume, found shape {shape:?}",
-                file.file_name
-            ));
-        }
+        let (role, shape) = role_of(file)?;
         if let Some(previous) = roles.insert(role.clone(), i) {
-            return Err(format!(
-                "{} and {} are both {role}",
-                files[previous].file_name, file.file_name
-            ));
+            return Err(UploadError::SameRole {
+                first: files[previous].file_name.clone(),
+                second: file.file_name.clone(),
+                role,
+            });
         }
         shapes.push((i, shape));
     }
+    check_roles(&roles, need_labels)?;
+    let reference = one_grid(&files, &shapes)?;
+    rename_to_roles(&mut files, &roles)?;
+    // The trainer's own loader as the final word: whatever passes here, `cggm infer` can read.
+    let paths: Vec<PathBuf> = roles.values().map(|i| files[*i].path.clone()).collect();
+    let folder = paths.first().cloned().unwrap_or_default();
+    let unreadable = |e: cggm_core::data::DataError| {
+        UploadError::Unreadable(without_folder(&e.to_string(), &folder))
+    };
+    let case = cggm_core::data::case_from_paths(&paths).map_err(unreadable)?;
+    cggm_core::data::load_study(&case).map_err(unreadable)?;
+    Ok(CheckedUpload {
+        roles,
+        shape: reference,
+        files,
+    })
+}
+
+/// What an uploaded file is (a modality, `seg`, or `4d` for an MSD image), from its form field or
+/// its name, and its shape from its header.
+fn role_of(file: &UploadedFile) -> Result<(String, Vec<usize>), UploadError> {
+    if !is_nifti_name(&file.file_name) {
+        return Err(UploadError::NotNifti(file.file_name.clone()));
+    }
+    let shape = cggm_core::data::read_header(&file.path)
+        .map_err(|e| UploadError::Unreadable(without_folder(&e.to_string(), &file.path)))?
+        .dims;
+    let labelled_field = matches!(file.field.as_str(), "seg" | "label");
+    let role = if shape.len() == 4 && !labelled_field {
+        if shape[3] != 4 {
+            return Err(UploadError::Channels {
+                file: file.file_name.clone(),
+                channels: shape[3],
+            });
+        }
+        "4d".to_string()
+    } else {
+        let from_field = MODALITIES
+            .iter()
+            .chain(["seg"].iter())
+            .find(|m| **m == file.field)
+            .copied()
+            .or(labelled_field.then_some("seg"));
+        match from_field.or_else(|| modality_of(&file.file_name)) {
+            Some(m) => m.to_string(),
+            None => return Err(UploadError::UnknownModality(file.file_name.clone())),
+        }
+    };
+    if shape.len() != 3 && role != "4d" {
+        return Err(UploadError::NotThreeD {
+            file: file.file_name.clone(),
+            shape,
+        });
+    }
+    Ok((role, shape))
+}
+
+/// The roles make one study: a 4-D image alone, or all four modalities; and a label when
+/// `need_labels`.
+fn check_roles(roles: &BTreeMap<String, usize>, need_labels: bool) -> Result<(), UploadError> {
     if roles.contains_key("4d") {
         if let Some(extra) = MODALITIES.iter().find(|m| roles.contains_key(**m)) {
-            return Err(format!(
-                "a 4-D image holds all four modalities: send it alone (with its label in the \
-                 `label` field), not with a separate {extra} file"
-            ));
+            return Err(UploadError::FourDWith(extra.to_string()));
         }
     } else {
-        let missing: Vec<&str> = MODALITIES
+        let missing: Vec<String> = MODALITIES
             .iter()
-            .copied()
-            .filter(|m| !roles.contains_key(*m))
+            .filter(|m| !roles.contains_key(**m))
+            .map(|m| m.to_string())
             .collect();
         if !missing.is_empty() {
-            return Err(format!(
-                "missing modalities: {} (need flair, t1ce, t1, t2)",
-                missing.join(", ")
-            ));
+            return Err(UploadError::Missing(missing));
         }
     }
     if need_labels && !roles.contains_key("seg") && !roles.contains_key("4d") {
-        return Err("missing seg: a training case needs its label file (*_seg.nii.gz)".into());
+        return Err(UploadError::NoLabels);
     }
+    Ok(())
+}
+
+/// The spatial shape every file shares (the first file's), or which two differ.
+fn one_grid(
+    files: &[UploadedFile],
+    shapes: &[(usize, Vec<usize>)],
+) -> Result<Vec<usize>, UploadError> {
     let reference = shapes[0].1[..3].to_vec();
-    for (i, shape) in &shapes {
+    for (i, shape) in shapes {
         if shape[..3] != reference[..] {
-            return Err(format!(
-                "{} has shape {:?} but {} has {:?}: all modalities must be co-registered to one grid",
-                files[*i].file_name, &shape[..3], files[shapes[0].0].file_name, reference
-            ));
+            return Err(UploadError::Grid {
+                file: files[*i].file_name.clone(),
+                shape: shape[..3].to_vec(),
+                other: files[shapes[0].0].file_name.clone(),
+                other_shape: reference,
+            });
         }
     }
-    // Names the trainer recognises, then the trainer's own loader as the final word: whatever
-    // passes here, `cggm infer` can read.
-    for (role, index) in &roles {
+    Ok(reference)
+}
+
+/// Renames a file whose name does not say its role (it came by its form field) to
+/// `upload_<role>.nii[.gz]`: a name the trainer recognises.
+fn rename_to_roles(
+    files: &mut [UploadedFile],
+    roles: &BTreeMap<String, usize>,
+) -> Result<(), UploadError> {
+    for (role, index) in roles {
         let file = &mut files[*index];
         if role != "4d" && modality_of(&file.file_name) != Some(role.as_str()) {
             let ext = if file.file_name.to_ascii_lowercase().ends_with(".gz") {
@@ -273,22 +366,15 @@ pub fn check_upload(
                 "nii"
             };
             let renamed = file.path.with_file_name(format!("upload_{role}.{ext}"));
-            std::fs::rename(&file.path, &renamed)
-                .map_err(|e| format!("{}: {e}", file.file_name))?;
+            std::fs::rename(&file.path, &renamed).map_err(|error| UploadError::File {
+                file: file.file_name.clone(),
+                error,
+            })?;
             file.file_name = format!("upload_{role}.{ext}");
             file.path = renamed;
         }
     }
-    let paths: Vec<PathBuf> = roles.values().map(|i| files[*i].path.clone()).collect();
-    let folder = paths.first().cloned().unwrap_or_default();
-    let case = cggm_core::data::case_from_paths(&paths)
-        .map_err(|e| without_folder(&e.to_string(), &folder))?;
-    cggm_core::data::load_study(&case).map_err(|e| without_folder(&e.to_string(), &folder))?;
-    Ok(CheckedUpload {
-        roles,
-        shape: reference,
-        files,
-    })
+    Ok(())
 }
 
 /// An error message about an uploaded file without the server's temporary folder in it: the
@@ -311,9 +397,14 @@ pub(crate) fn without_folder(message: &str, file: &Path) -> String {
     }
 }
 
+/// A user-supplied name [`safe_name`] refuses.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid name {0:?}: use 1-128 letters, digits, '-', '_' or '.', not starting with '.'")]
+pub struct UnsafeName(pub String);
+
 /// Safe single path component from a user-supplied name: letters, digits, `-`, `_`, `.`; no
 /// leading dot, no separators. Everything else is rejected rather than rewritten.
-pub fn safe_name(name: &str) -> Result<String, String> {
+pub fn safe_name(name: &str) -> Result<String, UnsafeName> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && !name.starts_with('.')
@@ -323,7 +414,7 @@ pub fn safe_name(name: &str) -> Result<String, String> {
     if ok {
         Ok(name.to_string())
     } else {
-        Err(format!("invalid name {name:?}: use 1-128 letters, digits, '-', '_' or '.', not starting with '.'"))
+        Err(UnsafeName(name.to_string()))
     }
 }
 

@@ -3,8 +3,10 @@
 //! events, which are stored (every point) and broadcast to live viewers; its stderr is the log.
 
 use crate::db::{self, JobKind, JobState};
+use crate::executor::{Executor, JobHost};
+use crate::job_store;
 use anyhow::Context;
-use cggm_core::events::Event;
+use cggm_core::events::{Event, EventKind};
 use serde::Serialize;
 use sqlx::SqlitePool;
 use std::collections::HashMap;
@@ -117,12 +119,9 @@ impl JobRunner {
     /// that still runs is stopped; the other jobs that were running lost their process and are
     /// marked `interrupted` (their run folders and checkpoints stay); queued jobs are queued again.
     pub async fn recover(&self) -> anyhow::Result<()> {
-        crate::executor::recover_running(self, CANCEL_GRACE).await?;
-        let queued: Vec<(i64,)> =
-            sqlx::query_as("SELECT id FROM jobs WHERE state = 'queued' ORDER BY id")
-                .fetch_all(&self.inner.pool)
-                .await?;
-        for (id,) in queued {
+        crate::executor::recover_running(&self.inner, &self.inner.executor, CANCEL_GRACE).await?;
+        let queued = job_store::ids_in(&self.inner.pool, JobState::Queued).await?;
+        for id in queued {
             self.enqueue(id);
         }
         Ok(())
@@ -154,12 +153,7 @@ impl JobRunner {
 
     /// Cancels a queued or running job. Returns false when it had already finished.
     pub async fn cancel(&self, job_id: i64) -> crate::error::Result<bool> {
-        let queued = sqlx::query("UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE id = ? AND state = 'queued'")
-            .bind(db::now())
-            .bind(job_id)
-            .execute(&self.inner.pool)
-            .await?;
-        if queued.rows_affected() == 1 {
+        if job_store::cancel_queued(&self.inner.pool, job_id).await? {
             self.inner.broadcast_state(job_id, JobState::Cancelled);
             self.inner.drop_channel(job_id);
             return Ok(true);
@@ -218,19 +212,6 @@ impl JobRunner {
 
     pub fn log_path(&self, job_id: i64) -> PathBuf {
         log_path(&self.inner.data_dir, job_id)
-    }
-
-    /// Makes a running job live again (active, so that viewers get a channel, and its cancel
-    /// notify), for an executor that re-attaches to it after a restart.
-    pub(crate) fn attach(&self, job_id: i64) -> Arc<Notify> {
-        self.activate(job_id);
-        self.inner
-            .cancels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(job_id)
-            .or_default()
-            .clone()
     }
 }
 
@@ -304,118 +285,154 @@ pub fn log_path(data_dir: &Path, job_id: i64) -> PathBuf {
     data_dir.join("logs").join(format!("job-{job_id}.log"))
 }
 
-impl Inner {
-    pub(crate) fn pool(&self) -> &SqlitePool {
+/// The runner as its executors see it (see `crate::executor::host`).
+impl JobHost for Inner {
+    fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 
-    pub(crate) fn data_dir(&self) -> &Path {
-        &self.data_dir
-    }
-
-    pub(crate) fn executor(&self) -> &crate::executor::Executor {
-        &self.executor
-    }
-
-    pub(crate) fn job_env(&self) -> &[(String, String)] {
+    fn job_env(&self) -> &[(String, String)] {
         &self.job_env
     }
 
-    pub(crate) fn forget_cancel(&self, job_id: i64) {
+    fn log_path(&self, job_id: i64) -> PathBuf {
+        log_path(&self.data_dir, job_id)
+    }
+
+    fn attach(&self, job_id: i64) -> Arc<Notify> {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .active
+            .insert(job_id);
+        self.cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(job_id)
+            .or_default()
+            .clone()
+    }
+
+    fn forget_cancel(&self, job_id: i64) {
         self.cancels
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&job_id);
     }
 
+    fn broadcast_state(&self, job_id: i64, state: JobState) {
+        self.send_state_message(job_id, serde_json::json!({ "state": state.as_str() }));
+    }
+
+    fn send_state_detail(
+        &self,
+        job_id: i64,
+        executor_state: &str,
+        node: Option<&str>,
+        stalled: bool,
+    ) {
+        let data = serde_json::json!({
+            "state": JobState::Running.as_str(), "executor_state": executor_state,
+            "node": node, "stalled": stalled,
+        });
+        self.send_state_message(job_id, data);
+    }
+
+    /// Stores an event (retried a few times) and sends it to live viewers. A database that
+    /// refuses it costs that event its storage, logged, never the training.
+    async fn store_event(&self, job_id: i64, seq: i64, event: &Event) {
+        self.store_and_send(job_id, seq, event).await
+    }
+
+    async fn finish(
+        &self,
+        job_id: i64,
+        state: JobState,
+        code: Option<i64>,
+        error: Option<String>,
+    ) -> anyhow::Result<()> {
+        job_store::finish(&self.pool, job_id, state, code, error).await?;
+        self.broadcast_state(job_id, state);
+        self.drop_channel(job_id);
+        Ok(())
+    }
+}
+
+impl Inner {
     async fn run(self: Arc<Self>, job_id: i64) -> anyhow::Result<()> {
         // The local queue's limit; a cluster schedules its own jobs.
         let _slot = match self.executor {
-            crate::executor::Executor::Local => {
-                Some(self.slots.acquire().await.context("job queue closed")?)
-            }
-            crate::executor::Executor::Slurm(_) => None,
+            Executor::Local => Some(self.slots.acquire().await.context("job queue closed")?),
+            Executor::Slurm(_) => None,
         };
         let job = db::job(&self.pool, job_id)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let args = command_args(&job)?;
         let log_file = self.open_log(job_id)?;
-        // Registered before the state changes: a cancel that sees `running` finds it (a notify
-        // sent before anyone waits is kept for the first waiter).
-        // One notify per job, shared with a duplicate task of the same job (resume, cancel,
-        // resume), which must not replace the running one's.
-        let (cancel, created) = {
-            let mut cancels = self.cancels.lock().unwrap_or_else(|e| e.into_inner());
-            let created = !cancels.contains_key(&job_id);
-            let cancel = cancels.entry(job_id).or_default().clone();
-            (cancel, created)
-        };
+        let (cancel, created) = self.register_cancel(job_id);
         // Only a job still queued starts: one cancelled (or started by someone else) meanwhile
         // stays as it is, and no second trainer ever runs in its directory.
-        let claimed = sqlx::query(
-            "UPDATE jobs SET state = 'running', started_at = ? WHERE id = ? AND state = 'queued'",
-        )
-        .bind(db::now())
-        .bind(job_id)
-        .execute(&self.pool)
-        .await?;
-        if claimed.rows_affected() != 1 {
+        if !job_store::claim(&self.pool, job_id).await? {
             // Cancelled meanwhile (its channel is gone already) or running in another task (whose
             // channel and notify stay).
             if created {
-                self.cancels
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&job_id);
+                self.forget_cancel(job_id);
             }
             return Ok(());
         }
-        if let crate::executor::Executor::Slurm(config) = &self.executor {
-            let config = config.clone();
-            return crate::executor::slurm::submit_and_follow(
-                self.clone(),
-                &config,
-                job_id,
-                args,
-                cancel,
-            )
-            .await;
+        match &self.executor {
+            Executor::Slurm(config) => {
+                let config = config.clone();
+                crate::executor::slurm::submit_and_follow(
+                    self.clone(),
+                    &config,
+                    job_id,
+                    args,
+                    cancel,
+                )
+                .await
+            }
+            Executor::Local => self.run_local(&job, &args, log_file, cancel).await,
         }
+    }
 
-        let mut command = tokio::process::Command::new(&self.cggm_bin);
-        let (policy, why) = omp_wait_policy(self.max_jobs);
-        command.env("OMP_WAIT_POLICY", &policy);
-        {
-            use std::io::Write;
-            let _ = writeln!(&log_file, "cggm serve: OMP_WAIT_POLICY={policy} ({why})");
-        }
-        // A job needs no access to the server: its token stays with the server.
-        command
-            .env_remove("CGGM_TOKEN")
-            .env_remove("CGGM_TOKEN_FILE");
-        // The child's stdin is a pipe the server never writes to: when the server dies (even by
-        // SIGKILL) the pipe closes and the trainer exits (see `cggm`'s main).
-        command.env(crate::PARENT_PIPE_ENV, "1");
-        command.envs(self.job_env.iter().map(|(k, v)| (k, v)));
-        let mut child = match command
-            .args(&args)
+    /// The job's cancel signal, registered before its state changes: a cancel that sees `running`
+    /// finds it (a notify sent before anyone waits is kept for the first waiter). One per job,
+    /// shared with a duplicate task of the same job (resume, cancel, resume), which must not
+    /// replace the running one's; `true` when this call made it.
+    fn register_cancel(&self, job_id: i64) -> (Arc<Notify>, bool) {
+        let mut cancels = self.cancels.lock().unwrap_or_else(|e| e.into_inner());
+        let created = !cancels.contains_key(&job_id);
+        let cancel = cancels.entry(job_id).or_default().clone();
+        (cancel, created)
+    }
+
+    /// Runs a claimed job as a child process here, follows its events to its end and finishes it.
+    async fn run_local(
+        &self,
+        job: &db::Job,
+        args: &[String],
+        log_file: std::fs::File,
+        cancel: Arc<Notify>,
+    ) -> anyhow::Result<()> {
+        let job_id = job.id;
+        let spawned = self
+            .child_command(&log_file)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))
             .kill_on_drop(true)
-            .spawn()
-        {
+            .spawn();
+        let mut child = match spawned {
             Ok(child) => child,
             Err(e) => {
-                self.cancels
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&job_id);
+                self.forget_cancel(job_id);
                 let reason = format!("could not start {}: {e}", self.cggm_bin.display());
-                self.finish(job_id, JobState::Failed, None, Some(reason))
-                    .await?;
-                return Ok(());
+                return self
+                    .finish(job_id, JobState::Failed, None, Some(reason))
+                    .await;
             }
         };
         let _parent_pipe = child.stdin.take();
@@ -428,6 +445,51 @@ impl Inner {
         self.broadcast_state(job_id, JobState::Running);
 
         let stdout = child.stdout.take().context("child stdout")?;
+        let (failure, cancelled) = self.follow_stdout(job_id, stdout, &cancel).await?;
+        let status = if cancelled {
+            stop_gracefully(&mut child).await?
+        } else {
+            child.wait().await?
+        };
+        cap_log(&log_path(&self.data_dir, job_id), self.max_log_bytes);
+        self.forget_cancel(job_id);
+        let code = status.code().map(i64::from);
+        let (state, error) = outcome(cancelled, status, failure);
+        tracing::info!(job_id, state = state.as_str(), "job finished");
+        self.finish(job_id, state, code, error).await
+    }
+
+    /// The `cggm` command of a local job, with its environment; the OpenMP policy it gets is noted
+    /// in its log.
+    fn child_command(&self, log_file: &std::fs::File) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(&self.cggm_bin);
+        let (policy, why) = omp_wait_policy(self.max_jobs);
+        command.env("OMP_WAIT_POLICY", &policy);
+        {
+            use std::io::Write;
+            let mut log = log_file;
+            let _ = writeln!(log, "cggm serve: OMP_WAIT_POLICY={policy} ({why})");
+        }
+        // A job needs no access to the server: its token stays with the server.
+        command
+            .env_remove("CGGM_TOKEN")
+            .env_remove("CGGM_TOKEN_FILE");
+        // The child's stdin is a pipe the server never writes to: when the server dies (even by
+        // SIGKILL) the pipe closes and the trainer exits (see `cggm`'s main).
+        command.env(cggm_core::process::PARENT_PIPE_ENV, "1");
+        command.envs(self.job_env.iter().map(|(k, v)| (k, v)));
+        command
+    }
+
+    /// Stores every event on the child's stdout until it closes or the job is cancelled, keeping
+    /// the log under its cap meanwhile: the trainer's own failure reason (if it sent one) and
+    /// whether it was cancelled.
+    async fn follow_stdout(
+        &self,
+        job_id: i64,
+        stdout: tokio::process::ChildStdout,
+        cancel: &Notify,
+    ) -> anyhow::Result<(Option<String>, bool)> {
         let mut lines = tokio::io::BufReader::new(stdout).lines();
         let mut seq: i64 =
             sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?")
@@ -435,14 +497,13 @@ impl Inner {
                 .fetch_one(&self.pool)
                 .await?;
         let mut failure: Option<String> = None;
-        let mut cancelled = false;
         let log = log_path(&self.data_dir, job_id);
         let mut log_check = tokio::time::interval(LOG_CHECK_EVERY);
         loop {
             tokio::select! {
                 _ = log_check.tick() => cap_log(&log, self.max_log_bytes),
                 line = lines.next_line() => {
-                    let Some(line) = line? else { break };
+                    let Some(line) = line? else { return Ok((failure, false)) };
                     match serde_json::from_str::<Event>(&line) {
                         Ok(event) => {
                             if let Event::Failed { reason, .. } = &event {
@@ -454,39 +515,9 @@ impl Inner {
                         Err(_) => tracing::debug!(job_id, %line, "non-event line on a job's stdout"),
                     }
                 }
-                _ = cancel.notified() => {
-                    cancelled = true;
-                    break;
-                }
+                _ = cancel.notified() => return Ok((failure, true)),
             }
         }
-        let status = if cancelled {
-            stop_gracefully(&mut child).await?
-        } else {
-            child.wait().await?
-        };
-        cap_log(&log, self.max_log_bytes);
-        self.cancels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&job_id);
-        let code = status.code().map(i64::from);
-        let (state, error) = if cancelled {
-            (
-                JobState::Cancelled,
-                Some("cancelled by the user".to_string()),
-            )
-        } else if status.success() && failure.is_none() {
-            (JobState::Succeeded, None)
-        } else {
-            let reason = failure.unwrap_or_else(|| match code {
-                Some(c) => format!("the process exited with code {c}; see the log"),
-                None => "the process was killed by a signal (out of memory?); see the log".into(),
-            });
-            (JobState::Failed, Some(reason))
-        };
-        tracing::info!(job_id, state = state.as_str(), "job finished");
-        self.finish(job_id, state, code, error).await
     }
 
     fn open_log(&self, job_id: i64) -> anyhow::Result<std::fs::File> {
@@ -498,9 +529,8 @@ impl Inner {
             .open(&path)?)
     }
 
-    /// Stores an event (retried a few times) and sends it to live viewers. A database that
-    /// refuses it costs that event its storage, logged, never the training.
-    pub(crate) async fn store_event(&self, job_id: i64, seq: i64, event: &Event) {
+    /// [`JobHost::store_event`].
+    async fn store_and_send(&self, job_id: i64, seq: i64, event: &Event) {
         let value = match serde_json::to_value(event) {
             Ok(value) => value,
             Err(e) => {
@@ -508,17 +538,17 @@ impl Inner {
                 return;
             }
         };
-        let kind = value["event"].as_str().unwrap_or("unknown").to_string();
+        let kind = event.kind().as_str().to_string();
         let time = value["time"].as_f64().unwrap_or_else(db::now);
         let data = value.to_string();
-        match kind.as_str() {
-            "run_started" => {
+        match event.kind() {
+            EventKind::RunStarted => {
                 self.restarted
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(job_id);
             }
-            "step" => {
+            EventKind::Step => {
                 let first = self
                     .restarted
                     .lock()
@@ -569,13 +599,16 @@ impl Inner {
         };
         let deleted = sqlx::query(
             "DELETE FROM events WHERE job_id = ? AND seq < ? AND (
-                 (kind = 'step' AND json_extract(data, '$.step') >= ?)
-                 OR (kind IN ('validation', 'checkpoint_saved', 'balance_diagnostics')
-                     AND json_extract(data, '$.epoch') >= ?))",
+                 (kind = ? AND json_extract(data, '$.step') >= ?)
+                 OR (kind IN (?, ?, ?) AND json_extract(data, '$.epoch') >= ?))",
         )
         .bind(job_id)
         .bind(seq)
+        .bind(EventKind::Step.as_str())
         .bind(step)
+        .bind(EventKind::Validation.as_str())
+        .bind(EventKind::CheckpointSaved.as_str())
+        .bind(EventKind::BalanceDiagnostics.as_str())
         .bind(epoch)
         .execute(&self.pool)
         .await;
@@ -589,47 +622,6 @@ impl Inner {
             Ok(_) => {}
             Err(e) => tracing::warn!(job_id, error = %e, "could not remove superseded events"),
         }
-    }
-
-    pub(crate) async fn finish(
-        &self,
-        job_id: i64,
-        state: JobState,
-        code: Option<i64>,
-        error: Option<String>,
-    ) -> anyhow::Result<()> {
-        sqlx::query(
-            "UPDATE jobs SET state = ?, finished_at = ?, exit_code = ?, error = ? WHERE id = ?",
-        )
-        .bind(state.as_str())
-        .bind(db::now())
-        .bind(code)
-        .bind(error)
-        .bind(job_id)
-        .execute(&self.pool)
-        .await?;
-        self.broadcast_state(job_id, state);
-        self.drop_channel(job_id);
-        Ok(())
-    }
-
-    /// A running job's executor state for live viewers (Slurm's state and node, stalled or not).
-    pub(crate) fn send_state_detail(
-        &self,
-        job_id: i64,
-        executor_state: &str,
-        node: Option<&str>,
-        stalled: bool,
-    ) {
-        let data = serde_json::json!({
-            "state": JobState::Running.as_str(), "executor_state": executor_state,
-            "node": node, "stalled": stalled,
-        });
-        self.send_state_message(job_id, data);
-    }
-
-    pub(crate) fn broadcast_state(&self, job_id: i64, state: JobState) {
-        self.send_state_message(job_id, serde_json::json!({ "state": state.as_str() }));
     }
 
     /// A live `state` message (not stored: it carries no sequence number).
@@ -657,6 +649,29 @@ impl Inner {
         live.channels.remove(&job_id);
         live.active.remove(&job_id);
     }
+}
+
+/// How a local job ended: cancelled, succeeded (exit 0 and no `failed` event), or failed with the
+/// trainer's reason (or the exit code or signal when it gave none).
+fn outcome(
+    cancelled: bool,
+    status: std::process::ExitStatus,
+    failure: Option<String>,
+) -> (JobState, Option<String>) {
+    if cancelled {
+        return (
+            JobState::Cancelled,
+            Some("cancelled by the user".to_string()),
+        );
+    }
+    if status.success() && failure.is_none() {
+        return (JobState::Succeeded, None);
+    }
+    let reason = failure.unwrap_or_else(|| match status.code() {
+        Some(c) => format!("the process exited with code {c}; see the log"),
+        None => "the process was killed by a signal (out of memory?); see the log".into(),
+    });
+    (JobState::Failed, Some(reason))
 }
 
 /// Stops a cancelled job: SIGTERM first, so that it can end what it is writing, then SIGKILL

@@ -10,6 +10,7 @@ pub mod executor;
 pub mod feature_datasets;
 pub mod fine_tune;
 pub mod inspect;
+pub mod job_store;
 pub mod jobs;
 pub mod labels;
 pub mod limits;
@@ -171,8 +172,8 @@ pub fn app(state: AppState) -> Router {
 /// `cuda_devices`: the CUDA devices the trainer sees on this machine (the `cggm` binary asks it).
 pub async fn serve(args: ServeArgs, cuda_devices: usize) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let token = config::resolve_token(&args).map_err(anyhow::Error::msg)?;
-    config::check_bind(&args.bind, token.as_deref()).map_err(anyhow::Error::msg)?;
+    let token = config::resolve_token(&args)?;
+    config::check_bind(&args.bind, token.as_deref())?;
     if args.token.is_some() && args.token_file.is_none() && std::env::var_os("CGGM_TOKEN").is_none()
     {
         tracing::warn!("--token on the command line is visible to every user of this machine (ps): prefer --token-file or CGGM_TOKEN");
@@ -191,7 +192,7 @@ pub async fn serve(args: ServeArgs, cuda_devices: usize) -> anyhow::Result<()> {
         dataset_roots: args.dataset_roots.clone(),
         web_dir: args.web_dir.clone().unwrap_or_else(config::default_web_dir),
         executor,
-        pacs: pacs::PacsSettings::from_args(&args.pacs).map_err(anyhow::Error::msg)?,
+        pacs: pacs::PacsSettings::from_args(&args.pacs)?,
         cggm_bin,
         dicom: dicom::DicomSettings::with_converter(args.dcm2niix.clone()),
         session_lifetime: session_lifetime(args.session_hours)?,
@@ -207,8 +208,7 @@ pub async fn serve(args: ServeArgs, cuda_devices: usize) -> anyhow::Result<()> {
         tracing::warn!(web_dir = %config.web_dir.display(), "uPlot not found: run scripts/setup-web.sh (charts will be missing)");
     }
     let retention =
-        retention::RetentionPolicy::from_args(args.retention_days, args.retention_include_runs)
-            .map_err(anyhow::Error::msg)?;
+        retention::RetentionPolicy::from_args(args.retention_days, args.retention_include_runs)?;
     if !config
         .web_dir
         .join("node_modules/@niivue/niivue/dist")

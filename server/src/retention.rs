@@ -24,11 +24,11 @@ impl RetentionPolicy {
     pub fn from_args(
         days: Option<f64>,
         include_runs: bool,
-    ) -> std::result::Result<Option<Self>, String> {
+    ) -> std::result::Result<Option<Self>, PolicyError> {
         match days {
             None => {
                 if include_runs {
-                    return Err("--retention-include-runs needs --retention-days N".into());
+                    return Err(PolicyError::RunsWithoutDays);
                 }
                 Ok(None)
             }
@@ -36,11 +36,18 @@ impl RetentionPolicy {
                 days: d,
                 include_runs,
             })),
-            Some(d) => Err(format!(
-                "--retention-days must be a positive number of days, got {d}"
-            )),
+            Some(d) => Err(PolicyError::Days(d)),
         }
     }
+}
+
+/// A retention flag `cggm serve` refuses.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("--retention-include-runs needs --retention-days N")]
+    RunsWithoutDays,
+    #[error("--retention-days must be a positive number of days, got {0}")]
+    Days(f64),
 }
 
 /// What one sweep deleted (ids), and what it skipped because a job uses it.
@@ -57,15 +64,9 @@ pub struct SweepReport {
 pub async fn sweep(state: &AppState, policy: RetentionPolicy, now: f64) -> Result<SweepReport> {
     let cutoff = now - policy.days * 86_400.0;
     let mut report = SweepReport::default();
-    let predictions: Vec<(i64,)> = sqlx::query_as(
-        "SELECT id FROM jobs WHERE kind = 'infer' \
-         AND state IN ('succeeded', 'failed', 'cancelled', 'interrupted') \
-         AND COALESCE(finished_at, created_at) < ? ORDER BY id",
-    )
-    .bind(cutoff)
-    .fetch_all(&state.pool)
-    .await?;
-    for (id,) in predictions {
+    let predictions =
+        crate::job_store::finished_before(&state.pool, JobKind::Infer, cutoff).await?;
+    for id in predictions {
         match deletion::finished_job(state, id, JobKind::Infer, "prediction").await {
             Ok(job) => {
                 deletion::remove_job(state, &job).await?;
@@ -90,15 +91,8 @@ pub async fn sweep(state: &AppState, policy: RetentionPolicy, now: f64) -> Resul
         }
     }
     if policy.include_runs {
-        let runs: Vec<(i64,)> = sqlx::query_as(
-            "SELECT id FROM jobs WHERE kind = 'train' \
-             AND state IN ('succeeded', 'failed', 'cancelled', 'interrupted') \
-             AND COALESCE(finished_at, created_at) < ? ORDER BY id",
-        )
-        .bind(cutoff)
-        .fetch_all(&state.pool)
-        .await?;
-        for (id,) in runs {
+        let runs = crate::job_store::finished_before(&state.pool, JobKind::Train, cutoff).await?;
+        for id in runs {
             match deletion::remove_run(state, id).await {
                 Ok(()) => report.runs.push(id),
                 Err(Error::Conflict(why)) => report.skipped.push(why),

@@ -228,8 +228,40 @@ impl Refusal {
     }
 }
 
-fn forbidden(message: String) -> Refusal {
-    let body = axum::Json(serde_json::json!({ "error": message }));
+/// Why the guard refuses a request (answered 403 with this message).
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error(
+        "host {host:?} is not served here (DNS rebinding protection): open the application \
+         through http://127.0.0.1 or http://localhost, or start the server with \
+         --allowed-host {name}"
+    )]
+    Host { host: String, name: String },
+    #[error(
+        "cross-site request refused (Sec-Fetch-Site: {0}): changes can only be made \
+         from this application's own pages"
+    )]
+    CrossSite(String),
+    #[error(
+        "cross-origin request refused (Origin: {0}): changes can only be made from \
+         this application's own pages"
+    )]
+    CrossOrigin(String),
+    #[error(
+        "the X-CGGM-Request header must be 1, got {0:?}: changes are accepted only from this \
+         application's pages, or from scripts that send `X-CGGM-Request: 1`"
+    )]
+    AppHeaderValue(String),
+    #[error(
+        "missing the X-CGGM-Request header: changes are accepted only from this \
+         application's pages (their requests carry it) or from scripts that send it \
+         (curl -H 'X-CGGM-Request: 1' ...)"
+    )]
+    AppHeaderMissing,
+}
+
+fn forbidden(refused: Refused) -> Refusal {
+    let body = axum::Json(serde_json::json!({ "error": refused.to_string() }));
     Refusal((StatusCode::FORBIDDEN, body).into_response())
 }
 
@@ -259,7 +291,7 @@ fn is_loopback_name(host: &str) -> bool {
 /// page on `attacker.example` whose name was rebound to 127.0.0.1 sends its own name and is
 /// refused. Bound elsewhere, `--allowed-host` (when given) lists the accepted names. A request
 /// without `Host` (not from a browser) passes.
-fn check_host(state: &AppState, headers: &HeaderMap) -> Result<(), String> {
+fn check_host(state: &AppState, headers: &HeaderMap) -> Result<(), Refused> {
     let Some(host) = headers.get(header::HOST) else {
         return Ok(());
     };
@@ -278,11 +310,10 @@ fn check_host(state: &AppState, headers: &HeaderMap) -> Result<(), String> {
     if allowed {
         Ok(())
     } else {
-        Err(format!(
-            "host {host:?} is not served here (DNS rebinding protection): open the application \
-             through http://127.0.0.1 or http://localhost, or start the server with \
-             --allowed-host {name}"
-        ))
+        Err(Refused::Host {
+            host: host.to_string(),
+            name,
+        })
     }
 }
 
@@ -291,14 +322,11 @@ fn check_host(state: &AppState, headers: &HeaderMap) -> Result<(), String> {
 /// (when sent) must name the `Host` the request went to, or an `--allowed-host` (a reverse proxy
 /// may rewrite `Host`). Scripts and curl send neither and pass (they are not a browser another
 /// site can steer).
-fn check_same_origin(state: &AppState, headers: &HeaderMap) -> Result<(), String> {
+fn check_same_origin(state: &AppState, headers: &HeaderMap) -> Result<(), Refused> {
     if let Some(site) = headers.get("sec-fetch-site") {
         let site = site.to_str().unwrap_or("");
         if !matches!(site, "same-origin" | "none") {
-            return Err(format!(
-                "cross-site request refused (Sec-Fetch-Site: {site}): changes can only be made \
-                 from this application's own pages"
-            ));
+            return Err(Refused::CrossSite(site.to_string()));
         }
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
@@ -323,30 +351,20 @@ fn check_same_origin(state: &AppState, headers: &HeaderMap) -> Result<(), String
                 _ => false,
             };
         if !same {
-            return Err(format!(
-                "cross-origin request refused (Origin: {origin}): changes can only be made from \
-                 this application's own pages"
-            ));
+            return Err(Refused::CrossOrigin(origin.to_string()));
         }
     }
     Ok(())
 }
 
 /// See [`APP_REQUEST_HEADER`].
-fn check_app_header(headers: &HeaderMap) -> Result<(), String> {
+fn check_app_header(headers: &HeaderMap) -> Result<(), Refused> {
     match headers.get(APP_REQUEST_HEADER).map(HeaderValue::as_bytes) {
         Some(b"1") => Ok(()),
-        Some(other) => Err(format!(
-            "the X-CGGM-Request header must be 1, got {:?}: changes are accepted only from this \
-             application's pages, or from scripts that send `X-CGGM-Request: 1`",
-            String::from_utf8_lossy(other)
+        Some(other) => Err(Refused::AppHeaderValue(
+            String::from_utf8_lossy(other).into_owned(),
         )),
-        None => Err(
-            "missing the X-CGGM-Request header: changes are accepted only from this \
-             application's pages (their requests carry it) or from scripts that send it \
-             (curl -H 'X-CGGM-Request: 1' ...)"
-                .to_string(),
-        ),
+        None => Err(Refused::AppHeaderMissing),
     }
 }
 

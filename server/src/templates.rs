@@ -143,7 +143,8 @@ pub struct JobPage {
     /// The task's headline metric (name in the events) and its label.
     pub headline: String,
     pub headline_label: String,
-    pub state: String,
+    /// Shown by name; its flags decide which of Cancel and Resume the page shows.
+    pub state: crate::db::JobState,
     pub summary: String,
     pub params: String,
     pub error: String,

@@ -40,16 +40,38 @@ impl Volume {
     }
 }
 
+/// Why a volume could not be read or a slice of it drawn.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error(transparent)]
+    Read(#[from] cggm_core::data::DataError),
+    #[error("expected a 3-D or 4-D volume, found {0} dimensions")]
+    Dimensions(usize),
+    #[error("the label volume is {labels:?} but the image is {image:?}")]
+    LabelShape {
+        labels: [usize; 3],
+        image: [usize; 3],
+    },
+    #[error("slice {index} is outside 0..{depth} for the {plane:?} plane")]
+    Slice {
+        index: usize,
+        depth: usize,
+        plane: Plane,
+    },
+    #[error(transparent)]
+    Png(#[from] png::EncodingError),
+    /// The blocking decode task panicked or was cancelled.
+    #[error(transparent)]
+    Decode(#[from] tokio::task::JoinError),
+}
+
 /// Reads a .nii or .nii.gz file (NIfTI-1 or NIfTI-2) fully with the trainer's reader, the one
 /// NIfTI reader of the project: a hostile file is refused from its header or cut off at the bytes
 /// the header accounts for, so a decode never costs more memory than the voxel limit allows.
-pub fn read_volume(path: &Path) -> Result<Volume, String> {
-    let (header, data) = cggm_core::data::read_volume(path).map_err(|e| e.to_string())?;
+pub fn read_volume(path: &Path) -> Result<Volume, VolumeError> {
+    let (header, data) = cggm_core::data::read_volume(path)?;
     if data.ndim() < 3 || data.ndim() > 4 {
-        return Err(format!(
-            "expected a 3-D or 4-D volume, found {} dimensions",
-            data.ndim()
-        ));
+        return Err(VolumeError::Dimensions(data.ndim()));
     }
     let spacing = [
         header.pixdim[1].abs(),
@@ -146,7 +168,7 @@ pub fn render_slice(
     plane: Plane,
     index: usize,
     channel: usize,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, VolumeError> {
     let shape = volume.shape3();
     check_index(plane, shape, index)?;
     let (w, h) = plane.frame(shape);
@@ -254,16 +276,15 @@ pub fn render_thumbnail(
     channel: usize,
     labels: Option<(&Volume, LabelConvention)>,
     index: usize,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, VolumeError> {
     let shape = image.shape3();
     check_index(Plane::Axial, shape, index)?;
     if let Some((l, _)) = labels {
         if l.shape3() != shape {
-            return Err(format!(
-                "the label volume is {:?} but the image is {:?}",
-                l.shape3(),
-                shape
-            ));
+            return Err(VolumeError::LabelShape {
+                labels: l.shape3(),
+                image: shape,
+            });
         }
     }
     let (w, h) = Plane::Axial.frame(shape);
@@ -295,7 +316,7 @@ pub fn render_labels(
     plane: Plane,
     index: usize,
     shown: &[u8],
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, VolumeError> {
     let shape = volume.shape3();
     check_index(plane, shape, index)?;
     let (w, h) = plane.frame(shape);
@@ -314,12 +335,14 @@ pub fn render_labels(
     encode_png(w, h, png::ColorType::Rgba, &pixels)
 }
 
-fn check_index(plane: Plane, shape: [usize; 3], index: usize) -> Result<(), String> {
+fn check_index(plane: Plane, shape: [usize; 3], index: usize) -> Result<(), VolumeError> {
     let depth = plane.depth(shape);
     if index >= depth {
-        return Err(format!(
-            "slice {index} is outside 0..{depth} for the {plane:?} plane"
-        ));
+        return Err(VolumeError::Slice {
+            index,
+            depth,
+            plane,
+        });
     }
     Ok(())
 }
@@ -329,15 +352,15 @@ fn encode_png(
     h: usize,
     colour: png::ColorType,
     pixels: &[u8],
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, VolumeError> {
     let mut out = Vec::with_capacity(pixels.len() / 2 + 64);
     let mut encoder = png::Encoder::new(&mut out, w as u32, h as u32);
     encoder.set_color(colour);
     encoder.set_depth(png::BitDepth::Eight);
     encoder.set_compression(png::Compression::Fast);
-    let mut writer = encoder.write_header().map_err(|e| e.to_string())?;
-    writer.write_image_data(pixels).map_err(|e| e.to_string())?;
-    writer.finish().map_err(|e| e.to_string())?;
+    let mut writer = encoder.write_header()?;
+    writer.write_image_data(pixels)?;
+    writer.finish()?;
     Ok(out)
 }
 
@@ -409,7 +432,7 @@ impl VolumeCache {
     }
 
     /// The decoded volume at `path`, reading it (on a blocking thread) when not cached.
-    pub async fn get(&self, path: &Path) -> Result<Arc<Volume>, String> {
+    pub async fn get(&self, path: &Path) -> Result<Arc<Volume>, VolumeError> {
         if let Some(hit) = self.lookup(path) {
             return Ok(hit);
         }
@@ -427,9 +450,7 @@ impl VolumeCache {
             }
             let _slot = self.decode_slot().await;
             let owned = path.to_path_buf();
-            let volume = tokio::task::spawn_blocking(move || read_volume(&owned))
-                .await
-                .map_err(|e| e.to_string())??;
+            let volume = tokio::task::spawn_blocking(move || read_volume(&owned)).await??;
             Ok(self.insert(path, volume))
         }
         .await;

@@ -267,17 +267,34 @@ function byModalityOrder(entries) {
   return entries.sort((a, b) => rank(a[0]) - rank(b[0]));
 }
 
+// GET /api/vocabulary, fetched once per page.
+let vocabularyLoaded = null;
+function vocabulary() {
+  if (!vocabularyLoaded) vocabularyLoaded = api("GET", "/api/vocabulary");
+  return vocabularyLoaded;
+}
+
 // The methods that scale encoder gradients by B_i, from the vocabulary (loaded once): only their
 // balance guard is news (other methods report B_i they compute but never apply).
 let methodsByName = null;
 function vocabularyMethods() {
   if (!methodsByName) {
-    methodsByName = api("GET", "/api/vocabulary")
+    methodsByName = vocabulary()
       .then((v) => Object.fromEntries((v.methods || []).map((m) => [m.name, m])))
       .catch((err) => { toast(err.message, true); return {}; });
   }
   return methodsByName;
 }
+
+// Which job states are terminal (the page stops following the job) and resumable, from the
+// vocabulary's job_states: no page retypes the list. Until it loads, and for a state it does not
+// know, a job counts as still active (followed, cancellable).
+let jobStateFlags = {};
+const jobStatesLoaded = vocabulary()
+  .then((v) => { jobStateFlags = Object.fromEntries((v.job_states || []).map((s) => [s.name, s])); })
+  .catch((err) => toast(err.message, true));
+const isTerminal = (state) => Boolean(jobStateFlags[state] && jobStateFlags[state].terminal);
+const isResumable = (state) => Boolean(jobStateFlags[state] && jobStateFlags[state].resumable);
 
 // The balance guard's running tally for one run, updated by a step event: steps seen, steps the
 // guard set every B_i to neutral on, coefficients pinned at 0 or rho (in total, and on how many
@@ -494,9 +511,9 @@ function setState(state, error) {
   if (badge) { badge.textContent = state; badge.className = "state state-" + state; }
   if (error !== undefined && $("#job-error")) $("#job-error").textContent = error || "";
   const cancel = $("#cancel-job");
-  if (cancel) cancel.hidden = !(state === "queued" || state === "running");
+  if (cancel) cancel.hidden = isTerminal(state);
   const resume = $("#resume-job");
-  if (resume) resume.hidden = !["interrupted", "failed", "cancelled"].includes(state);
+  if (resume) resume.hidden = !isResumable(state);
 }
 
 function setProgress(fraction, time) {
@@ -572,7 +589,7 @@ if (chartsBox) {
   handle("failed", (e) => { $("#job-error").textContent = e.reason; });
   handle("state", (e) => {
     setState(e.state, e.error);
-    if (!["queued", "running"].includes(e.state)) {
+    if (isTerminal(e.state)) {
       source.close(); refreshLog(id); if (finished) loadTestReport(id, finished);
       if (window.progressEta) window.progressEta.hide();
     }
@@ -580,6 +597,7 @@ if (chartsBox) {
   (async () => {
     let after = 0;
     charts.methods = await vocabularyMethods();
+    await jobStatesLoaded;
     try {
       const history = await storedEvents(id);
       history.forEach((e) => { if (handlers[e.event]) handlers[e.event](e); });
@@ -669,20 +687,21 @@ if (viewer) {
       if (p.dicom_seg_url) { dicom.href = p.dicom_seg_url; dicom.hidden = false; dicom.setAttribute("download", ""); }
     }
     ready = p.state === "succeeded";
-    if (!["queued", "running"].includes(p.state)) setProgress(1);
+    if (isTerminal(p.state)) setProgress(1);
     render();
     viewer.dispatchEvent(new CustomEvent("cggm:result", { detail: p })); // viewer.js (NiiVue)
   }
   resetPlane();
-  showResult();
-  if (!["succeeded", "failed", "cancelled", "interrupted"].includes(viewer.dataset.state)) {
+  jobStatesLoaded.then(() => {
+    showResult();
+    if (isTerminal(viewer.dataset.state)) return;
     const source = new EventSource(`/api/jobs/${id}/stream`);
     source.addEventListener("progress", (m) => setProgress(JSON.parse(m.data).fraction));
     source.addEventListener("failed", (m) => { $("#job-error").textContent = JSON.parse(m.data).reason; });
     source.addEventListener("state", (m) => {
       const e = JSON.parse(m.data);
       setState(e.state, e.error);
-      if (!["queued", "running"].includes(e.state)) { source.close(); setProgress(1); showResult(); }
+      if (isTerminal(e.state)) { source.close(); setProgress(1); showResult(); }
     });
-  }
+  });
 }

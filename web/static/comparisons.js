@@ -91,7 +91,8 @@
   async function refresh() {
     let a;
     try { a = await api("GET", "/api/comparisons/" + id); } catch (err) { toast(err.message, true); return; }
-    const finished = a.runs.filter((r) => !["queued", "running"].includes(r.state)).length;
+    await jobStatesLoaded; // app.js: the vocabulary's job states
+    const finished = a.runs.filter((r) => isTerminal(r.state)).length;
     progress.textContent = finished + " of " + a.runs.length + " runs finished" + (a.done ? "" : " (refreshing)");
     const warnings = document.querySelector("#comparison-warnings");
     warnings.replaceChildren(...(a.warnings || []).map((w) => el("p", { class: "notice" }, w)));

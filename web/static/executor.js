@@ -27,7 +27,8 @@
     line.textContent = text ? "Runs on: " + text : "";
     line.hidden = !text;
     line.classList.toggle("error", Boolean(job.execution && job.execution.stalled));
-    if (job.state === "queued" || job.state === "running") setTimeout(refresh, 3000);
+    await jobStatesLoaded; // app.js: the vocabulary's job states
+    if (!isTerminal(job.state)) setTimeout(refresh, 3000);
   }
   window.addEventListener("DOMContentLoaded", refresh);
 })();

@@ -10,11 +10,11 @@
 //! memory, node failure) fails with Slurm's reason; Resume submits a new batch job that continues
 //! from the last checkpoint.
 
-use super::{Execution, ExecutorArgs};
+use super::args::ExecutorArgs;
+use super::host::{Execution, JobHost};
 use crate::db::{self, JobState};
-use crate::jobs::Inner;
 use anyhow::Context;
-use cggm_core::events::Event;
+use cggm_core::events::{Event, EventKind};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -146,11 +146,11 @@ fn shell_quote(text: &str) -> String {
 }
 
 /// Submits a claimed job and follows it to its end.
-pub(crate) async fn submit_and_follow(
-    inner: Arc<Inner>,
+pub(crate) async fn submit_and_follow<H: JobHost>(
+    inner: Arc<H>,
     config: &SlurmConfig,
     job_id: i64,
-    mut args: Vec<String>,
+    args: Vec<String>,
     cancel: Arc<Notify>,
 ) -> anyhow::Result<()> {
     let dir = config.job_dir(job_id);
@@ -161,69 +161,15 @@ pub(crate) async fn submit_and_follow(
     .bind(job_id)
     .fetch_one(inner.pool())
     .await?;
-    let events = dir.join(format!("events-{attempt}.jsonl"));
-    let output = dir.join(format!("slurm-{attempt}.out"));
-    let _ = std::fs::remove_file(&events);
-    if let Some(at) = args.iter().position(|a| a == "--events") {
-        if let Some(target) = args.get_mut(at + 1) {
-            *target = events.display().to_string();
-        }
-    }
-    let script_path = dir.join(format!("job-{attempt}.sh"));
-    std::fs::write(&script_path, config.script(job_id, attempt, &output, &args))?;
-
+    let batch = Batch::write(config, &dir, job_id, attempt, args)?;
     let submitted_at = db::now();
-    let answer = tokio::process::Command::new("sbatch")
-        .arg("--parsable")
-        .args(&config.sbatch_args)
-        .arg(&script_path)
-        .current_dir(&dir)
-        // The job needs no access to the server: its token stays with the server.
-        .env_remove("CGGM_TOKEN")
-        .env_remove("CGGM_TOKEN_FILE")
-        .env_remove(crate::PARENT_PIPE_ENV)
-        // sbatch hands its environment to the job: where the runs are logged goes with it.
-        .envs(inner.job_env().iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .output()
-        .await;
-    let slurm_id = match answer {
-        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .to_string(),
-        Ok(out) => {
-            let message = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            inner.forget_cancel(job_id);
-            let reason = format!(
-                "sbatch refused the job: {}. Check the executor's Slurm settings \
-                 (--slurm-partition, --slurm-account, --slurm-time, --slurm-sbatch-arg) and launch \
-                 it again",
-                if message.is_empty() {
-                    "no message"
-                } else {
-                    &message
-                }
-            );
-            inner
-                .finish(
-                    job_id,
-                    JobState::Failed,
-                    out.status.code().map(i64::from),
-                    Some(reason),
-                )
-                .await?;
-            return Ok(());
-        }
+    let slurm_id = match sbatch(config, &dir, &batch.script, inner.job_env()).await {
+        Ok(slurm_id) => slurm_id,
         Err(e) => {
             inner.forget_cancel(job_id);
-            let reason = format!("could not run sbatch: {e}. Is Slurm's client installed?");
-            inner
-                .finish(job_id, JobState::Failed, None, Some(reason))
-                .await?;
-            return Ok(());
+            return inner
+                .finish(job_id, JobState::Failed, e.code(), Some(e.to_string()))
+                .await;
         }
     };
     let exec_id: i64 = sqlx::query_scalar(
@@ -233,8 +179,8 @@ pub(crate) async fn submit_and_follow(
     )
     .bind(job_id)
     .bind(&slurm_id)
-    .bind(events.display().to_string())
-    .bind(output.display().to_string())
+    .bind(batch.events.display().to_string())
+    .bind(batch.output.display().to_string())
     .bind(submitted_at)
     .bind(db::now())
     .fetch_one(inner.pool())
@@ -246,6 +192,108 @@ pub(crate) async fn submit_and_follow(
         .fetch_one(inner.pool())
         .await?;
     follow(inner, config, execution, cancel).await
+}
+
+/// One attempt's files in the job's shared folder: its batch script, the events file the job
+/// writes and Slurm's output.
+struct Batch {
+    script: PathBuf,
+    events: PathBuf,
+    output: PathBuf,
+}
+
+impl Batch {
+    /// Writes attempt `attempt`'s batch script, with the job's `--events` pointed at its own
+    /// (emptied) events file.
+    fn write(
+        config: &SlurmConfig,
+        dir: &Path,
+        job_id: i64,
+        attempt: i64,
+        mut args: Vec<String>,
+    ) -> anyhow::Result<Self> {
+        let events = dir.join(format!("events-{attempt}.jsonl"));
+        let output = dir.join(format!("slurm-{attempt}.out"));
+        let _ = std::fs::remove_file(&events);
+        if let Some(at) = args.iter().position(|a| a == "--events") {
+            if let Some(target) = args.get_mut(at + 1) {
+                *target = events.display().to_string();
+            }
+        }
+        let script = dir.join(format!("job-{attempt}.sh"));
+        std::fs::write(&script, config.script(job_id, attempt, &output, &args))?;
+        Ok(Self {
+            script,
+            events,
+            output,
+        })
+    }
+}
+
+/// Why a job could not be submitted (its error).
+#[derive(Debug, thiserror::Error)]
+enum SbatchError {
+    #[error(
+        "sbatch refused the job: {message}. Check the executor's Slurm settings \
+         (--slurm-partition, --slurm-account, --slurm-time, --slurm-sbatch-arg) and launch \
+         it again"
+    )]
+    Refused { code: Option<i64>, message: String },
+    #[error("could not run sbatch: {0}. Is Slurm's client installed?")]
+    NotRun(std::io::Error),
+}
+
+impl SbatchError {
+    /// sbatch's exit code.
+    fn code(&self) -> Option<i64> {
+        match self {
+            SbatchError::Refused { code, .. } => *code,
+            SbatchError::NotRun(_) => None,
+        }
+    }
+}
+
+/// Submits the batch script; Slurm's job id.
+async fn sbatch(
+    config: &SlurmConfig,
+    dir: &Path,
+    script: &Path,
+    job_env: &[(String, String)],
+) -> Result<String, SbatchError> {
+    let answer = tokio::process::Command::new("sbatch")
+        .arg("--parsable")
+        .args(&config.sbatch_args)
+        .arg(script)
+        .current_dir(dir)
+        // The job needs no access to the server: its token stays with the server.
+        .env_remove("CGGM_TOKEN")
+        .env_remove("CGGM_TOKEN_FILE")
+        .env_remove(cggm_core::process::PARENT_PIPE_ENV)
+        // sbatch hands its environment to the job: where the runs are logged goes with it.
+        .envs(job_env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .output()
+        .await;
+    match answer {
+        Ok(out) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .to_string()),
+        Ok(out) => {
+            let message = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            Err(SbatchError::Refused {
+                code: out.status.code().map(i64::from),
+                message: if message.is_empty() {
+                    "no message".into()
+                } else {
+                    message
+                },
+            })
+        }
+        Err(e) => Err(SbatchError::NotRun(e)),
+    }
 }
 
 /// What Slurm says about a job.
@@ -419,48 +467,106 @@ async fn read_new(path: &Path, offset: i64) -> (Vec<u8>, i64) {
 
 /// Follows a submitted job (just submitted, or re-attached after a restart) until Slurm ends it,
 /// then finishes it in the database.
-pub(crate) async fn follow(
-    inner: Arc<Inner>,
+pub(crate) async fn follow<H: JobHost>(
+    inner: Arc<H>,
     config: &SlurmConfig,
     execution: Execution,
     cancel: Arc<Notify>,
 ) -> anyhow::Result<()> {
     let job_id = execution.job_id;
     let slurm_id = execution.slurm_job_id.clone().unwrap_or_default();
-    let mut stalled = execution.stalled;
-    let mut first_event_at = execution.first_event_at;
-    let mut last_growth = Instant::now();
     let seq: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?")
         .bind(job_id)
         .fetch_one(inner.pool())
         .await?;
-    let mut cancelled = false;
-    let mut cursor = Cursor {
-        events_path: PathBuf::from(execution.events_path.clone().unwrap_or_default()),
-        events_offset: execution.events_offset,
-        output_path: PathBuf::from(execution.output_path.clone().unwrap_or_default()),
-        output_offset: execution.output_offset,
-        seq,
-        check_stored: true,
+    let mut watch = Watch {
+        stalled: execution.stalled,
+        first_event_at: execution.first_event_at,
+        last_growth: Instant::now(),
+        last: None,
+        cursor: Cursor {
+            events_path: PathBuf::from(execution.events_path.clone().unwrap_or_default()),
+            events_offset: execution.events_offset,
+            output_path: PathBuf::from(execution.output_path.clone().unwrap_or_default()),
+            output_offset: execution.output_offset,
+            seq,
+            check_stored: true,
+        },
     };
-    let mut last: Option<SlurmStatus> = None;
+    let mut cancelled = false;
     let end: Option<SlurmStatus> = loop {
-        let status = ask(&slurm_id).await;
+        if let Some(end) = watch.poll(&*inner, config, &execution, &slurm_id).await? {
+            break end;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(config.poll) => {}
+            _ = cancel.notified(), if !cancelled => {
+                cancelled = true;
+                scancel(job_id, &slurm_id).await;
+            }
+        }
+    };
+    inner.forget_cancel(job_id);
+    let code = end
+        .as_ref()
+        .and_then(|s| s.exit_code.as_deref())
+        .and_then(|c| c.split(':').next())
+        .and_then(|c| c.parse::<i64>().ok());
+    let (state, error) = if cancelled {
+        (
+            JobState::Cancelled,
+            Some("cancelled by the user".to_string()),
+        )
+    } else {
+        ending(inner.pool(), &execution, &slurm_id, end.as_ref()).await?
+    };
+    tracing::info!(job_id, slurm_job_id = %slurm_id, state = state.as_str(), "Slurm job finished");
+    inner.finish(job_id, state, code, error).await
+}
+
+/// What [`follow`] knows of a job between polls.
+struct Watch {
+    stalled: bool,
+    first_event_at: Option<f64>,
+    /// When the events file last grew.
+    last_growth: Instant,
+    /// The last active state Slurm reported.
+    last: Option<SlurmStatus>,
+    cursor: Cursor,
+}
+
+impl Watch {
+    /// Asks Slurm, stores what the files gained, tells viewers of a change and records where it
+    /// is; `Some(end)` when Slurm ended the job (`Some(None)`: Slurm no longer knows it).
+    async fn poll<H: JobHost>(
+        &mut self,
+        inner: &H,
+        config: &SlurmConfig,
+        execution: &Execution,
+        slurm_id: &str,
+    ) -> anyhow::Result<Option<Option<SlurmStatus>>> {
+        let job_id = execution.job_id;
+        let status = ask(slurm_id).await;
         // Read after asking: a job Slurm calls ended has written everything it will write.
-        let grew = drain(&inner, job_id, &mut cursor).await;
+        let grew = drain(inner, job_id, &mut self.cursor).await;
         if grew {
-            last_growth = Instant::now();
-            first_event_at.get_or_insert_with(db::now);
+            self.last_growth = Instant::now();
+            self.first_event_at.get_or_insert_with(db::now);
         }
         let finished = match status {
             Answer::Known(status) if status.is_active() => {
                 let now_stalled =
-                    status.state == "RUNNING" && last_growth.elapsed() >= config.stall_after;
-                if now_stalled != stalled || last.as_ref() != Some(&status) {
-                    stalled = now_stalled;
-                    inner.send_state_detail(job_id, &status.state, status.node.as_deref(), stalled);
+                    status.state == "RUNNING" && self.last_growth.elapsed() >= config.stall_after;
+                if now_stalled != self.stalled || self.last.as_ref() != Some(&status) {
+                    self.stalled = now_stalled;
+                    inner.send_state_detail(
+                        job_id,
+                        &status.state,
+                        status.node.as_deref(),
+                        now_stalled,
+                    );
                 }
-                last = Some(status);
+                self.last = Some(status);
                 None
             }
             Answer::Known(status) => Some(Some(status)),
@@ -470,7 +576,21 @@ pub(crate) async fn follow(
                 None
             }
         };
-        let shown = finished.clone().flatten().or_else(|| last.clone());
+        let shown = finished.clone().flatten().or_else(|| self.last.clone());
+        self.record(inner.pool(), execution.id, shown.as_ref(), grew)
+            .await?;
+        Ok(finished)
+    }
+
+    /// Stores the offsets read, the state shown and when events last arrived in the execution's
+    /// row: a restarted server continues from there.
+    async fn record(
+        &self,
+        pool: &sqlx::SqlitePool,
+        execution_id: i64,
+        shown: Option<&SlurmStatus>,
+        grew: bool,
+    ) -> sqlx::Result<()> {
         sqlx::query(
             "UPDATE job_executions SET events_offset = ?, output_offset = ?, stalled = ?,
                  slurm_state = COALESCE(?, slurm_state), slurm_node = COALESCE(?, slurm_node),
@@ -478,63 +598,60 @@ pub(crate) async fn follow(
                  updated_at = ?
              WHERE id = ?",
         )
-        .bind(cursor.events_offset)
-        .bind(cursor.output_offset)
-        .bind(stalled)
-        .bind(shown.as_ref().map(|s| s.state.clone()))
-        .bind(shown.as_ref().and_then(|s| s.node.clone()))
-        .bind(shown.as_ref().and_then(|s| s.reason.clone()))
-        .bind(first_event_at)
+        .bind(self.cursor.events_offset)
+        .bind(self.cursor.output_offset)
+        .bind(self.stalled)
+        .bind(shown.map(|s| s.state.clone()))
+        .bind(shown.and_then(|s| s.node.clone()))
+        .bind(shown.and_then(|s| s.reason.clone()))
+        .bind(self.first_event_at)
         .bind(grew)
         .bind(db::now())
         .bind(db::now())
-        .bind(execution.id)
-        .execute(inner.pool())
+        .bind(execution_id)
+        .execute(pool)
         .await?;
-        if let Some(end) = finished {
-            break end;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(config.poll) => {}
-            _ = cancel.notified(), if !cancelled => {
-                cancelled = true;
-                let out = tokio::process::Command::new("scancel")
-                    .arg(&slurm_id)
-                    .stdin(Stdio::null())
-                    .output()
-                    .await;
-                if let Ok(out) = out {
-                    if !out.status.success() {
-                        tracing::warn!(job_id, slurm_job_id = %slurm_id,
-                            message = %String::from_utf8_lossy(&out.stderr), "scancel failed");
-                    }
-                }
-            }
-        }
-    };
-    inner.forget_cancel(job_id);
+        Ok(())
+    }
+}
 
+/// Asks Slurm to cancel the job; a refusal is logged (the next poll still sees how it ends).
+async fn scancel(job_id: i64, slurm_id: &str) {
+    let out = tokio::process::Command::new("scancel")
+        .arg(slurm_id)
+        .stdin(Stdio::null())
+        .output()
+        .await;
+    if let Ok(out) = out {
+        if !out.status.success() {
+            tracing::warn!(job_id, slurm_job_id = %slurm_id,
+                message = %String::from_utf8_lossy(&out.stderr), "scancel failed");
+        }
+    }
+}
+
+/// How a job that was not cancelled ended: Slurm's final state (`end`; None when Slurm no longer
+/// knows the job) and the trainer's own events of this attempt.
+async fn ending(
+    pool: &sqlx::SqlitePool,
+    execution: &Execution,
+    slurm_id: &str,
+    end: Option<&SlurmStatus>,
+) -> anyhow::Result<(JobState, Option<String>)> {
+    let job_id = execution.job_id;
     // The trainer's own last word, when it reported a failure during this attempt.
     let failure: Option<String> = sqlx::query_scalar(
-        "SELECT data FROM events WHERE job_id = ? AND kind = 'failed' AND time >= ?
+        "SELECT data FROM events WHERE job_id = ? AND kind = ? AND time >= ?
          ORDER BY seq DESC LIMIT 1",
     )
     .bind(job_id)
+    .bind(EventKind::Failed.as_str())
     .bind(execution.submitted_at)
-    .fetch_optional(inner.pool())
+    .fetch_optional(pool)
     .await?
     .and_then(|data: String| serde_json::from_str::<serde_json::Value>(&data).ok())
     .and_then(|v| v["reason"].as_str().map(str::to_string));
-    let code = end
-        .as_ref()
-        .and_then(|s| s.exit_code.as_deref())
-        .and_then(|c| c.split(':').next())
-        .and_then(|c| c.parse::<i64>().ok());
-    let (state, error) = match &end {
-        _ if cancelled => (
-            JobState::Cancelled,
-            Some("cancelled by the user".to_string()),
-        ),
+    Ok(match end {
         Some(status) if status.state == "COMPLETED" && failure.is_none() => {
             (JobState::Succeeded, None)
         }
@@ -542,16 +659,17 @@ pub(crate) async fn follow(
             JobState::Failed,
             Some(match failure {
                 Some(reason) => format!("{reason} (Slurm job {slurm_id}: {})", status.state),
-                None => status.failure(&slurm_id),
+                None => status.failure(slurm_id),
             }),
         ),
         None => {
             let finished: bool = sqlx::query_scalar(
-                "SELECT COUNT(*) > 0 FROM events WHERE job_id = ? AND kind = 'finished' AND time >= ?",
+                "SELECT COUNT(*) > 0 FROM events WHERE job_id = ? AND kind = ? AND time >= ?",
             )
             .bind(job_id)
+            .bind(EventKind::Finished.as_str())
             .bind(execution.submitted_at)
-            .fetch_one(inner.pool())
+            .fetch_one(pool)
             .await?;
             if finished && failure.is_none() {
                 (JobState::Succeeded, None)
@@ -566,9 +684,7 @@ pub(crate) async fn follow(
                 )
             }
         }
-    };
-    tracing::info!(job_id, slurm_job_id = %slurm_id, state = state.as_str(), "Slurm job finished");
-    inner.finish(job_id, state, code, error).await
+    })
 }
 
 /// How far a job's files have been read, and the last stored event's number.
@@ -585,7 +701,7 @@ struct Cursor {
 
 /// Reads what the events and output files gained: events are stored and broadcast, output goes
 /// to the job's log. True when there were new events.
-async fn drain(inner: &Inner, job_id: i64, cursor: &mut Cursor) -> bool {
+async fn drain<H: JobHost>(inner: &H, job_id: i64, cursor: &mut Cursor) -> bool {
     let (bytes, offset) = read_new(&cursor.events_path, cursor.events_offset).await;
     cursor.events_offset = offset;
     let mut grew = false;
@@ -598,7 +714,7 @@ async fn drain(inner: &Inner, job_id: i64, cursor: &mut Cursor) -> bool {
                         "SELECT seq FROM events WHERE job_id = ? AND kind = ? AND time = ?",
                     )
                     .bind(job_id)
-                    .bind(value["event"].as_str().unwrap_or("unknown"))
+                    .bind(event.kind().as_str())
                     .bind(value["time"].as_f64().unwrap_or_default())
                     .fetch_optional(inner.pool())
                     .await
@@ -617,7 +733,7 @@ async fn drain(inner: &Inner, job_id: i64, cursor: &mut Cursor) -> bool {
     }
     let (bytes, offset) = read_new(&cursor.output_path, cursor.output_offset).await;
     if !bytes.is_empty() {
-        let log = crate::jobs::log_path(inner.data_dir(), job_id);
+        let log = inner.log_path(job_id);
         let appended = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -328,9 +328,9 @@ impl DicomWebClient {
             self.settings.limits,
         )
         .await
-        .map_err(|reason| PacsError::Invalid {
+        .map_err(|e| PacsError::Invalid {
             url: url.clone(),
-            reason,
+            reason: e.to_string(),
         })?;
         if files.is_empty() {
             return Err(PacsError::Invalid {

@@ -59,6 +59,34 @@ pub enum PacsAuth {
     Bearer(String),
 }
 
+/// A PACS flag `cggm serve` refuses.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error(
+        "--pacs {root:?} is not a URL ({error}); give the DICOMweb root, e.g. \
+         http://127.0.0.1:8042/dicom-web"
+    )]
+    NotUrl {
+        root: String,
+        /// The URL parser's words.
+        error: String,
+    },
+    #[error(
+        "--pacs {0:?}: only http:// PACS URLs are supported (this build has no TLS \
+         client); reach an https PACS through a local TLS proxy or an SSH tunnel"
+    )]
+    NotHttp(String),
+    #[error(
+        "--pacs {0:?}: give the DICOMweb root without a query, e.g. \
+         http://127.0.0.1:8042/dicom-web"
+    )]
+    Query(String),
+    #[error("--pacs-user needs its password in CGGM_PACS_PASSWORD (or --pacs-password)")]
+    NoPassword,
+    #[error("--pacs-timeout-secs must be more than 0 and at most 3600, got {0}")]
+    Timeout(f64),
+}
+
 /// A configured PACS.
 #[derive(Clone, Debug)]
 pub struct PacsSettings {
@@ -74,24 +102,16 @@ pub struct PacsSettings {
 
 impl PacsSettings {
     /// A PACS at `root` (an `http://` URL) without authentication and with the default limits.
-    pub fn new(root: &str) -> Result<Self, String> {
-        let url = reqwest::Url::parse(root.trim()).map_err(|e| {
-            format!(
-                "--pacs {root:?} is not a URL ({e}); give the DICOMweb root, e.g. \
-                 http://127.0.0.1:8042/dicom-web"
-            )
+    pub fn new(root: &str) -> Result<Self, SettingsError> {
+        let url = reqwest::Url::parse(root.trim()).map_err(|e| SettingsError::NotUrl {
+            root: root.to_string(),
+            error: e.to_string(),
         })?;
         if url.scheme() != "http" {
-            return Err(format!(
-                "--pacs {root:?}: only http:// PACS URLs are supported (this build has no TLS \
-                 client); reach an https PACS through a local TLS proxy or an SSH tunnel"
-            ));
+            return Err(SettingsError::NotHttp(root.to_string()));
         }
         if url.query().is_some() || url.fragment().is_some() {
-            return Err(format!(
-                "--pacs {root:?}: give the DICOMweb root without a query, e.g. \
-                 http://127.0.0.1:8042/dicom-web"
-            ));
+            return Err(SettingsError::Query(root.to_string()));
         }
         Ok(Self {
             root: url.as_str().trim_end_matches('/').to_string(),
@@ -103,7 +123,7 @@ impl PacsSettings {
     }
 
     /// The settings `args` ask for; `None` when no PACS is configured.
-    pub fn from_args(args: &PacsArgs) -> Result<Option<Self>, String> {
+    pub fn from_args(args: &PacsArgs) -> Result<Option<Self>, SettingsError> {
         let Some(url) = args.pacs_url.as_deref().filter(|u| !u.trim().is_empty()) else {
             return Ok(None);
         };
@@ -113,12 +133,7 @@ impl PacsSettings {
                 user: user.clone(),
                 password: password.clone(),
             },
-            (Some(_), None, _) => {
-                return Err(
-                    "--pacs-user needs its password in CGGM_PACS_PASSWORD (or --pacs-password)"
-                        .to_string(),
-                )
-            }
+            (Some(_), None, _) => return Err(SettingsError::NoPassword),
             (None, _, Some(token)) => PacsAuth::Bearer(token.trim().to_string()),
             _ => PacsAuth::None,
         };
@@ -126,10 +141,7 @@ impl PacsSettings {
             && args.pacs_timeout_secs > 0.0
             && args.pacs_timeout_secs <= 3600.0)
         {
-            return Err(format!(
-                "--pacs-timeout-secs must be more than 0 and at most 3600, got {}",
-                args.pacs_timeout_secs
-            ));
+            return Err(SettingsError::Timeout(args.pacs_timeout_secs));
         }
         settings.timeout = Duration::from_secs_f64(args.pacs_timeout_secs);
         settings.retrieve_timeout = settings.timeout * 10;
@@ -152,9 +164,11 @@ mod tests {
         assert_eq!(s.root, "http://127.0.0.1:8042/dicom-web");
         assert!(PacsSettings::new("not a url")
             .unwrap_err()
+            .to_string()
             .contains("not a URL"));
         assert!(PacsSettings::new("https://pacs/dicom-web")
             .unwrap_err()
+            .to_string()
             .contains("only http://"));
         let none = PacsSettings::from_args(&PacsArgs::default()).unwrap();
         assert!(none.is_none());
@@ -166,6 +180,7 @@ mod tests {
         };
         assert!(PacsSettings::from_args(&args)
             .unwrap_err()
+            .to_string()
             .contains("CGGM_PACS_PASSWORD"));
     }
 }

@@ -77,6 +77,39 @@ enum State {
     Done,
 }
 
+/// Why a multipart answer was not saved: sentences for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum PartsError {
+    #[error("cannot create {}: {error}", dir.display())]
+    CreateDir { dir: PathBuf, error: std::io::Error },
+    #[error("no multipart delimiter in the first {0} bytes")]
+    NoDelimiterWithin(usize),
+    #[error("part {part} has more than {max} bytes of headers")]
+    Headers { part: usize, max: usize },
+    #[error("more than {0} instances in one series, the most a series may hold")]
+    TooManyParts(usize),
+    #[error("cannot write {}: {error}", path.display())]
+    Create {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("the series is larger than {0} MiB, the most one series may hold")]
+    TooLarge(u64),
+    #[error("cannot write an instance: {0}")]
+    Write(std::io::Error),
+    #[error("the answer holds no multipart delimiter (an empty or cut-off answer)")]
+    NoDelimiter,
+    #[error(
+        "the answer ended after {0} instance(s) without its closing delimiter: cut \
+         off (a timeout or a dropped connection on the way)"
+    )]
+    CutOff(usize),
+    #[error("the answer broke off after {after} instance(s): {error}")]
+    BrokeOff { after: usize, error: String },
+    #[error("part {part} is {found}, not application/dicom")]
+    NotDicom { part: usize, found: String },
+}
+
 /// Writes each `application/dicom` part of the body streamed by `chunks` into `dir`
 /// (`000000.dcm`, `000001.dcm`, ...); the files written. Errors are sentences for the user.
 pub async fn save_parts<S, E>(
@@ -84,14 +117,17 @@ pub async fn save_parts<S, E>(
     boundary: &str,
     dir: &Path,
     limits: PartLimits,
-) -> Result<Vec<PathBuf>, String>
+) -> Result<Vec<PathBuf>, PartsError>
 where
     S: Stream<Item = Result<bytes::Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
     tokio::fs::create_dir_all(dir)
         .await
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        .map_err(|error| PartsError::CreateDir {
+            dir: dir.to_path_buf(),
+            error,
+        })?;
     let first = format!("--{boundary}").into_bytes();
     // Inside the body a delimiter always follows a line break.
     let delimiter = format!("\r\n--{boundary}").into_bytes();
@@ -111,10 +147,7 @@ where
                 }
                 None => {
                     if buffer.len() > limits.max_header_bytes {
-                        return Err(format!(
-                            "no multipart delimiter in the first {} bytes",
-                            limits.max_header_bytes
-                        ));
+                        return Err(PartsError::NoDelimiterWithin(limits.max_header_bytes));
                     }
                     false
                 }
@@ -136,26 +169,25 @@ where
                     buffer.drain(..end + 4);
                     check_part_type(&headers, files.len())?;
                     if files.len() == limits.max_parts {
-                        return Err(format!(
-                            "more than {} instances in one series, the most a series may hold",
-                            limits.max_parts
-                        ));
+                        return Err(PartsError::TooManyParts(limits.max_parts));
                     }
                     let path = dir.join(format!("{:06}.dcm", files.len()));
-                    let file = tokio::fs::File::create(&path)
-                        .await
-                        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                    let file = tokio::fs::File::create(&path).await.map_err(|error| {
+                        PartsError::Create {
+                            path: path.clone(),
+                            error,
+                        }
+                    })?;
                     files.push(path);
                     state = State::Body(file);
                     true
                 }
                 None => {
                     if buffer.len() > limits.max_header_bytes {
-                        return Err(format!(
-                            "part {} has more than {} bytes of headers",
-                            files.len() + 1,
-                            limits.max_header_bytes
-                        ));
+                        return Err(PartsError::Headers {
+                            part: files.len() + 1,
+                            max: limits.max_header_bytes,
+                        });
                     }
                     false
                 }
@@ -168,19 +200,14 @@ where
                 };
                 total += take as u64;
                 if total > limits.max_total_bytes {
-                    return Err(format!(
-                        "the series is larger than {} MiB, the most one series may hold",
-                        limits.max_total_bytes / (1024 * 1024)
-                    ));
+                    return Err(PartsError::TooLarge(limits.max_total_bytes / (1024 * 1024)));
                 }
                 file.write_all(&buffer[..take])
                     .await
-                    .map_err(|e| format!("cannot write an instance: {e}"))?;
+                    .map_err(PartsError::Write)?;
                 buffer.drain(..take);
                 if found {
-                    file.flush()
-                        .await
-                        .map_err(|e| format!("cannot write an instance: {e}"))?;
+                    file.flush().await.map_err(PartsError::Write)?;
                     buffer.drain(..delimiter.len());
                     state = State::AfterDelimiter;
                     true
@@ -195,24 +222,17 @@ where
         }
         if ended {
             return Err(match state {
-                State::Preamble if files.is_empty() => {
-                    "the answer holds no multipart delimiter (an empty or cut-off answer)"
-                        .to_string()
-                }
-                _ => format!(
-                    "the answer ended after {} instance(s) without its closing delimiter: cut \
-                     off (a timeout or a dropped connection on the way)",
-                    files.len()
-                ),
+                State::Preamble if files.is_empty() => PartsError::NoDelimiter,
+                _ => PartsError::CutOff(files.len()),
             });
         }
         match chunks.next().await {
             Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
             Some(Err(e)) => {
-                return Err(format!(
-                    "the answer broke off after {} instance(s): {e}",
-                    files.len()
-                ))
+                return Err(PartsError::BrokeOff {
+                    after: files.len(),
+                    error: e.to_string(),
+                })
             }
             None => ended = true,
         }
@@ -220,7 +240,7 @@ where
 }
 
 /// A part must be `application/dicom` (what the request's `Accept` asked for).
-fn check_part_type(headers: &str, index: usize) -> Result<(), String> {
+fn check_part_type(headers: &str, index: usize) -> Result<(), PartsError> {
     let content_type = headers.lines().find_map(|line| {
         let (name, value) = line.split_once(':')?;
         name.trim()
@@ -235,11 +255,10 @@ fn check_part_type(headers: &str, index: usize) -> Result<(), String> {
         {
             Ok(())
         }
-        other => Err(format!(
-            "part {} is {}, not application/dicom",
-            index + 1,
-            other.as_deref().unwrap_or("of no content type")
-        )),
+        other => Err(PartsError::NotDicom {
+            part: index + 1,
+            found: other.unwrap_or_else(|| "of no content type".into()),
+        }),
     }
 }
 
@@ -250,8 +269,8 @@ mod tests {
     fn chunked(
         body: &[u8],
         size: usize,
-    ) -> impl Stream<Item = Result<bytes::Bytes, String>> + Unpin {
-        let chunks: Vec<Result<bytes::Bytes, String>> = body
+    ) -> impl Stream<Item = Result<bytes::Bytes, std::io::Error>> + Unpin {
+        let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = body
             .chunks(size)
             .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
             .collect();
@@ -304,11 +323,13 @@ mod tests {
             PartLimits::default(),
         )
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(error.contains("without its closing delimiter"), "{error}");
         let error = save_parts(chunked(b"", 64), "b", dir.path(), PartLimits::default())
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("no multipart delimiter"), "{error}");
     }
 
@@ -322,7 +343,8 @@ mod tests {
         };
         let error = save_parts(chunked(&body, 512), "b", dir.path(), small)
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("larger than"), "{error}");
         let few = PartLimits {
             max_parts: 1,
@@ -330,12 +352,14 @@ mod tests {
         };
         let error = save_parts(chunked(&body, 512), "b", dir.path(), few)
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("more than 1 instances"), "{error}");
         let xml = b"--b\r\nContent-Type: application/dicom+xml\r\n\r\n<x/>\r\n--b--\r\n";
         let error = save_parts(chunked(xml, 512), "b", dir.path(), PartLimits::default())
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("not application/dicom"), "{error}");
     }
 }

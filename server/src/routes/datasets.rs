@@ -84,7 +84,7 @@ async fn create(
     State(state): State<AppState>,
     Json(body): Json<CreateDataset>,
 ) -> Result<(StatusCode, Json<DatasetView>)> {
-    let name = safe_name(&body.name).map_err(Error::BadRequest)?;
+    let name = safe_name(&body.name).map_err(|e| Error::BadRequest(e.to_string()))?;
     let (path, source) = match body.path.as_deref().filter(|p| !p.trim().is_empty()) {
         Some(requested) => {
             let requested = PathBuf::from(requested.trim());
@@ -239,7 +239,7 @@ async fn upload_case(
     let checked = tokio::task::spawn_blocking(move || check_upload(files, true))
         .await
         .map_err(anyhow::Error::from)?
-        .map_err(Error::Unprocessable)?;
+        .map_err(|e| Error::Unprocessable(e.to_string()))?;
     drop(slot);
     if checked.roles.contains_key("4d") {
         return Err(Error::Unprocessable(

@@ -5,6 +5,7 @@
 
 use crate::db;
 use crate::error::{Error, Result};
+use crate::job_store::Input as Use;
 use crate::AppState;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -107,30 +108,9 @@ async fn delete_comparison(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// What a queued or running job may use.
-#[derive(Clone, Copy)]
-enum Use {
-    Study,
-    Dataset,
-    Checkpoint,
-}
-
 /// Ids of queued or running jobs that use the study, dataset or run `id`.
 async fn active_jobs(state: &AppState, what: Use, id: i64) -> Result<Vec<i64>> {
-    let sql = match what {
-        Use::Study => {
-            "SELECT id FROM jobs WHERE state IN ('queued', 'running') AND study_id = ? ORDER BY id"
-        }
-        Use::Dataset => {
-            "SELECT id FROM jobs WHERE state IN ('queued', 'running') AND dataset_id = ? ORDER BY id"
-        }
-        Use::Checkpoint => {
-            "SELECT id FROM jobs WHERE state IN ('queued', 'running') AND checkpoint_job_id = ? \
-             ORDER BY id"
-        }
-    };
-    let rows: Vec<(i64,)> = sqlx::query_as(sql).bind(id).fetch_all(&state.pool).await?;
-    Ok(rows.into_iter().map(|r| r.0).collect())
+    Ok(crate::job_store::active_using(&state.pool, what, id).await?)
 }
 
 fn refuse_if_used(what: &str, users: &[i64]) -> Result<()> {

@@ -112,7 +112,7 @@ pub(crate) async fn study_from_series(
     let checked = tokio::task::spawn_blocking(move || check_volumes(&dir, volumes))
         .await
         .map_err(anyhow::Error::from)?
-        .map_err(Error::Unprocessable)?;
+        .map_err(|e| Error::Unprocessable(e.to_string()))?;
     keep_series(&study_dir, &inputs)?;
     store_study(state, name, &checked, study_dir).await
 }
@@ -195,13 +195,13 @@ fn series_folder(
 fn check_volumes(
     study_dir: &Path,
     volumes: Vec<(String, PathBuf)>,
-) -> Result<crate::inspect::CheckedUpload, String> {
-    std::fs::create_dir_all(study_dir).map_err(|e| e.to_string())?;
+) -> Result<crate::inspect::CheckedUpload, crate::inspect::UploadError> {
+    std::fs::create_dir_all(study_dir)?;
     let mut files = Vec::new();
     for (modality, path) in &volumes {
         let file_name = format!("dicom_{modality}.nii.gz");
         let target = study_dir.join(&file_name);
-        std::fs::rename(path, &target).map_err(|e| e.to_string())?;
+        std::fs::rename(path, &target)?;
         files.push(UploadedFile {
             file_name,
             field: modality.clone(),

@@ -17,21 +17,26 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/predictions/{id}/dicom-seg", get(download))
 }
 
-/// The series a SEG of the prediction of `study` refers to, or why it can have none.
-pub(crate) fn reference_series(study: Option<&db::Study>) -> Result<PathBuf, String> {
-    let Some(study) = study else {
-        return Err(
-            "this prediction belongs to no stored study: a DICOM SEG needs the DICOM \
+/// Why a prediction can have no DICOM SEG (answered 409).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum NoReferenceSeries {
+    #[error(
+        "this prediction belongs to no stored study: a DICOM SEG needs the DICOM \
                     series it refers to; import the study from DICOM and segment it"
-                .into(),
-        );
-    };
-    dicom_seg::reference_series_of(std::path::Path::new(&study.dir)).ok_or_else(|| {
+    )]
+    NoStudy,
+    #[error(
         "this study was uploaded as NIfTI: a DICOM SEG needs the DICOM series it refers to; \
          import the study from DICOM (the Segment page, or POST /api/studies/dicom) and segment \
          it"
-        .to_string()
-    })
+    )]
+    Nifti,
+}
+
+/// The series a SEG of the prediction of `study` refers to, or why it can have none.
+pub(crate) fn reference_series(study: Option<&db::Study>) -> Result<PathBuf, NoReferenceSeries> {
+    let study = study.ok_or(NoReferenceSeries::NoStudy)?;
+    dicom_seg::reference_series_of(std::path::Path::new(&study.dir)).ok_or(NoReferenceSeries::Nifti)
 }
 
 /// A prediction written as a DICOM SEG, with the job, study and run it came from (for names).
@@ -52,7 +57,7 @@ pub(crate) async fn prediction_seg(state: &AppState, id: i64) -> Result<Predicti
         Some(s) => Some(db::study(&state.pool, s).await?),
         None => None,
     };
-    let series = reference_series(study.as_ref()).map_err(Error::Conflict)?;
+    let series = reference_series(study.as_ref()).map_err(|e| Error::Conflict(e.to_string()))?;
     let run = match job.checkpoint_job_id {
         Some(run) => db::job(&state.pool, run).await.ok(),
         None => None,

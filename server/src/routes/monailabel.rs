@@ -1257,13 +1257,7 @@ fn disagreement(segs: &[std::sync::Arc<crate::volume::Volume>]) -> Option<f64> {
 
 /// The newest successful segmentation of `study` by each model.
 async fn segmentations_by_model(state: &AppState, study: i64) -> Result<Vec<PathBuf>> {
-    let jobs: Vec<Job> = sqlx::query_as(
-        "SELECT * FROM jobs WHERE kind = 'infer' AND state = 'succeeded' AND study_id = ?
-         AND checkpoint_job_id IS NOT NULL ORDER BY id DESC",
-    )
-    .bind(study)
-    .fetch_all(&state.pool)
-    .await?;
+    let jobs = crate::job_store::segmentations_of(&state.pool, study).await?;
     let mut seen = std::collections::HashSet::new();
     Ok(jobs
         .into_iter()

@@ -451,7 +451,7 @@ async fn job(State(state): State<AppState>, Path(id): Path<i64>) -> Response {
                 task: task.to_string(),
                 headline: headline_metric(task).to_string(),
                 headline_label: metric_label(headline_metric(task)),
-                state: view.job.state.to_string(),
+                state: view.job.state,
                 summary,
                 params: serde_json::to_string_pretty(p).unwrap_or_default(),
                 error: view.job.error.clone().unwrap_or_default(),
@@ -505,11 +505,16 @@ async fn models(State(state): State<AppState>) -> Response {
                 let label = labels.get(&c.job_id).cloned().unwrap_or_default();
                 let headline = headline_metric(c.task);
                 let best = c.best_validation.clone().unwrap_or_default();
-                let finished = db::events(&state.pool, c.job_id, 0, Some("finished"))
-                    .await?
-                    .last()
-                    .and_then(|e| serde_json::from_str::<serde_json::Value>(&e.data).ok())
-                    .unwrap_or_default();
+                let finished = db::events(
+                    &state.pool,
+                    c.job_id,
+                    0,
+                    Some(cggm_core::events::EventKind::Finished.as_str()),
+                )
+                .await?
+                .last()
+                .and_then(|e| serde_json::from_str::<serde_json::Value>(&e.data).ok())
+                .unwrap_or_default();
                 let mut test = fused_scores(&finished, "test_metrics", "test_dice");
                 if test.is_empty() {
                     if let Some(metrics) = &c.metrics {
@@ -613,13 +618,7 @@ async fn segment(State(state): State<AppState>) -> Response {
 async fn pacs(State(state): State<AppState>) -> Response {
     page(
         async {
-            let predictions: Vec<(i64, String)> = sqlx::query_as(
-                "SELECT j.id, s.name FROM jobs j JOIN pacs_imports p ON p.study_id = j.study_id \
-                 JOIN studies s ON s.id = j.study_id \
-                 WHERE j.kind = 'infer' AND j.state = 'succeeded' ORDER BY j.id DESC",
-            )
-            .fetch_all(&state.pool)
-            .await?;
+            let predictions = crate::job_store::pacs_segmentations(&state.pool).await?;
             Ok(HtmlTemplate(Pacs {
                 url: state.config.pacs.as_ref().map(|p| p.root.clone()),
                 modalities: crate::inspect::MODALITIES,

@@ -134,7 +134,7 @@ pub(crate) async fn check_study_files(
     tokio::task::spawn_blocking(move || check_upload(files, false))
         .await
         .map_err(anyhow::Error::from)?
-        .map_err(Error::Unprocessable)
+        .map_err(|e| Error::Unprocessable(e.to_string()))
 }
 
 /// Records a checked study and moves its folder `staged` (on the data directory's file system)
@@ -182,7 +182,9 @@ async fn render_png(
     state: &AppState,
     path: &std::path::Path,
     q: &SliceQuery,
-    render: impl FnOnce(&volume::Volume, Plane, usize) -> Result<Vec<u8>, String> + Send + 'static,
+    render: impl FnOnce(&volume::Volume, Plane, usize) -> Result<Vec<u8>, volume::VolumeError>
+        + Send
+        + 'static,
 ) -> Result<Response> {
     let volume = state
         .volumes
@@ -194,7 +196,7 @@ async fn render_png(
     let bytes = tokio::task::spawn_blocking(move || render(&volume, plane, index))
         .await
         .map_err(anyhow::Error::from)?
-        .map_err(Error::BadRequest)?;
+        .map_err(|e| Error::BadRequest(e.to_string()))?;
     Ok(png(bytes))
 }
 

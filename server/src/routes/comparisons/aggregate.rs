@@ -19,7 +19,7 @@ pub struct RunResult {
     pub arm: String,
     pub method: String,
     pub seed: i64,
-    pub state: String,
+    pub state: db::JobState,
     /// The run's test metrics (its `finished` event); empty until it finished.
     pub test_metrics: BTreeMap<String, f64>,
     /// Per-modality classifier scores of the best validation.
@@ -94,9 +94,7 @@ pub async fn aggregate(state: &AppState, id: i64) -> Result<Aggregate> {
         dataset_id: row.dataset_id,
         spec: serde_json::from_str(&row.spec).unwrap_or_default(),
         headline: summary.headline,
-        done: runs
-            .iter()
-            .all(|r| !matches!(r.state.as_str(), "queued" | "running")),
+        done: runs.iter().all(|r| r.state.is_terminal()),
         metrics: summary.metrics,
         runs,
         arms: summary.arms,
@@ -122,9 +120,10 @@ async fn load_runs(state: &AppState, id: i64) -> Result<Vec<RunResult>> {
             continue; // deleted since
         };
         let finished: Option<String> = sqlx::query_scalar(
-            "SELECT data FROM events WHERE job_id = ? AND kind = 'finished' ORDER BY seq DESC LIMIT 1",
+            "SELECT data FROM events WHERE job_id = ? AND kind = ? ORDER BY seq DESC LIMIT 1",
         )
         .bind(job_id)
+        .bind(cggm_core::events::EventKind::Finished.as_str())
         .fetch_optional(&state.pool)
         .await?;
         let mut test_metrics: BTreeMap<String, f64> = finished
@@ -144,7 +143,7 @@ async fn load_runs(state: &AppState, id: i64) -> Result<Vec<RunResult>> {
             arm,
             method,
             seed,
-            state: job.state.to_string(),
+            state: job.state,
             test_metrics,
             modality_metrics,
         });
@@ -304,7 +303,7 @@ mod tests {
             arm: arm.into(),
             method: arm.split(' ').next().unwrap().into(),
             seed,
-            state: "succeeded".into(),
+            state: db::JobState::Succeeded,
             test_metrics: metrics.iter().map(|(m, v)| (m.to_string(), *v)).collect(),
             modality_metrics: BTreeMap::new(),
         }

@@ -308,7 +308,7 @@ pub fn render_svg(a: &Aggregate) -> String {
 /// The same figure as a PNG without its text (the server has no font rasteriser): bars, whiskers,
 /// seeds' dots, the y axis with a tick and a grid line at each tick of the SVG. The page's "PNG"
 /// button rasterises the SVG in the browser instead, text included.
-pub fn render_png(a: &Aggregate) -> std::result::Result<Vec<u8>, String> {
+pub fn render_png(a: &Aggregate) -> std::result::Result<Vec<u8>, png::EncodingError> {
     let f = figure_layout(a);
     let (width, height) = (f.width.ceil() as usize, f.height.ceil() as usize);
     let mut pixels = vec![255u8; width * height * 3];
@@ -394,11 +394,9 @@ pub fn render_png(a: &Aggregate) -> std::result::Result<Vec<u8>, String> {
     let mut encoder = png::Encoder::new(&mut out, width as u32, height as u32);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
-    let mut writer = encoder.write_header().map_err(|e| e.to_string())?;
-    writer
-        .write_image_data(&pixels)
-        .map_err(|e| e.to_string())?;
-    writer.finish().map_err(|e| e.to_string())?;
+    let mut writer = encoder.write_header()?;
+    writer.write_image_data(&pixels)?;
+    writer.finish()?;
     Ok(out)
 }
 
@@ -418,7 +416,7 @@ mod tests {
                 arm: arm.to_string(),
                 method: arm.to_string(),
                 seed: *seed,
-                state: "succeeded".into(),
+                state: crate::db::JobState::Succeeded,
                 test_metrics: BTreeMap::from([("dice_mean".to_string(), *v)]),
                 modality_metrics: BTreeMap::new(),
             })

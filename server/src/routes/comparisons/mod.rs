@@ -203,7 +203,7 @@ async fn figure_svg(State(state): State<AppState>, Path(id): Path<i64>) -> Resul
 
 async fn figure_png(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Response> {
     let a = aggregate(&state, id).await?;
-    let bytes = render_png(&a).map_err(|e| Error::Internal(anyhow::anyhow!(e)))?;
+    let bytes = render_png(&a).map_err(|e| Error::Internal(e.into()))?;
     Ok((
         [
             (header::CONTENT_TYPE, "image/png".to_string()),

@@ -23,19 +23,28 @@ pub(super) fn internal_labels(
     })
 }
 
+/// A prediction and a ground truth of different shapes: no voxel-wise score.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the prediction is {prediction:?} voxels but the ground truth is {truth:?}: they are not on \
+     the same grid"
+)]
+pub struct NotOneGrid {
+    pub prediction: [usize; 3],
+    pub truth: [usize; 3],
+}
+
 /// Dice and the official HD95 of a prediction against a ground truth on the same voxel grid.
 pub fn score_against_truth(
     prediction: &volume::Volume,
     truth: &volume::Volume,
     truth_convention: LabelConvention,
-) -> Result<CaseScores, String> {
+) -> Result<CaseScores, NotOneGrid> {
     if prediction.shape3() != truth.shape3() {
-        return Err(format!(
-            "the prediction is {:?} voxels but the ground truth is {:?}: they are not on the \
-             same grid",
-            prediction.shape3(),
-            truth.shape3()
-        ));
+        return Err(NotOneGrid {
+            prediction: prediction.shape3(),
+            truth: truth.shape3(),
+        });
     }
     let pred = internal_labels(prediction, LabelConvention::Brats);
     let truth = internal_labels(truth, truth_convention);
@@ -88,18 +97,18 @@ pub(super) async fn prediction_scores(
         .volumes
         .get(&seg)
         .await
-        .map_err(Error::Unprocessable)?;
+        .map_err(|e| Error::Unprocessable(e.to_string()))?;
     let truth = state
         .volumes
         .get(&truth_path)
         .await
-        .map_err(Error::Unprocessable)?;
+        .map_err(|e| Error::Unprocessable(e.to_string()))?;
     let scores = tokio::task::spawn_blocking(move || {
         score_against_truth(&prediction, &truth, LabelConvention::Brats)
     })
     .await
     .map_err(anyhow::Error::from)?
-    .map_err(Error::Unprocessable)?;
+    .map_err(|e| Error::Unprocessable(e.to_string()))?;
     if let Ok(text) = serde_json::to_string(&scores) {
         let _ = std::fs::write(&stored, text);
     }
@@ -127,14 +136,14 @@ pub(super) async fn thumbnail(
         .volumes
         .get(&image.0)
         .await
-        .map_err(Error::Unprocessable)?;
+        .map_err(|e| Error::Unprocessable(e.to_string()))?;
     let labels = match labels {
         Some((path, convention)) => Some((
             state
                 .volumes
                 .get(&path)
                 .await
-                .map_err(Error::Unprocessable)?,
+                .map_err(|e| Error::Unprocessable(e.to_string()))?,
             convention,
         )),
         None => None,
@@ -152,7 +161,7 @@ pub(super) async fn thumbnail(
     })
     .await
     .map_err(anyhow::Error::from)?
-    .map_err(Error::Unprocessable)?;
+    .map_err(|e| Error::Unprocessable(e.to_string()))?;
     Ok((
         [
             (header::CONTENT_TYPE, "image/png"),
