@@ -1,6 +1,7 @@
 //! `cggm train`, `cggm eval` and `cggm infer`.
 
 use anyhow::{bail, Context, Result};
+use cggm_core::unknown_name::UnknownName;
 use cggm_trainer::checkpoint;
 use cggm_trainer::config::TrainConfig;
 use cggm_trainer::data::features::{is_feature_dataset, DatasetSpec};
@@ -225,9 +226,9 @@ pub struct EvalArgs {
     pub hd95: Hd95Definition,
 }
 
-fn parse_hd95(s: &str) -> Result<Hd95Definition, String> {
+fn parse_hd95(s: &str) -> Result<Hd95Definition, UnknownName> {
     serde_json::from_value(serde_json::Value::String(s.to_string()))
-        .map_err(|_| format!("unknown HD95 definition {s:?}: use brats-pooled or max-of-directed"))
+        .map_err(|_| UnknownName::new("HD95 definition", s, "use brats-pooled or max-of-directed"))
 }
 
 /// Whether `run_dir` holds a classification or regression run (its config.json says so).
