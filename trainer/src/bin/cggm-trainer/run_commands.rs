@@ -12,7 +12,7 @@ use cggm_trainer::events::EventSink;
 use cggm_trainer::infer::infer;
 use cggm_trainer::metrics::Hd95Definition;
 use cggm_trainer::model::Model;
-use cggm_trainer::progress::Progress;
+use cggm_trainer::progress::{EventProgress, Progress};
 use cggm_trainer::request::{RunOptions, DEFAULT_PRESET};
 use cggm_trainer::run::{dataset_split, run_split, train, TrainOptions};
 use cggm_trainer::run_features::train_features;
@@ -148,7 +148,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     let cfg = args.to_config()?;
     let mut events = EventSink::from_arg(args.events.as_deref())
         .context("opening the events file")?
-        .with_progress();
+        .with_observer(EventProgress::on_stderr());
     // Ends the tracked run (KILLED) when training returns without finishing or failing.
     let _tracked = match Tracker::start(&args.tracking, &args.out, args.resume)? {
         Some(tracker) => {
@@ -388,7 +388,7 @@ pub fn run_infer(args: InferArgs) -> Result<()> {
     }
     let events = EventSink::from_arg(args.events.as_deref())
         .context("opening the events file")?
-        .with_progress();
+        .with_observer(EventProgress::on_stderr());
     let summary = infer(
         &args.checkpoint,
         &args.cases,
