@@ -3,15 +3,81 @@
 
 use crate::balance::BalanceFormula;
 use crate::data::{Augmentation, Modality, SamplerConfig};
+use crate::device_spec::DeviceError;
 use crate::loss::{SegmentationLoss, SoftDice};
-use crate::model_config::{FeatureModelConfig, ModelConfig};
+use crate::model_config::{FeatureModelConfig, ModelConfig, ModelConfigError};
 use crate::optim_config::{OptimizerConfig, OptimizerKind};
 use crate::task::TaskKind;
+use crate::unknown_name::UnknownName;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+
+/// Why a run configuration (or a method or preset name) was refused: each message names the value
+/// and what to use instead (the server shows it to the browser, the CLI prints it).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// An unknown method or preset name.
+    #[error(transparent)]
+    Unknown(#[from] UnknownName),
+    #[error("unknown modality {modality:?} in {method:?}: use flair, t1ce, t1 or t2 (segmentation) or a modality of the feature dataset (1-32 characters)")]
+    MethodModality { modality: String, method: String },
+    #[error("unknown modality {0:?} for segmentation: use unimodal:<flair|t1ce|t1|t2>")]
+    SegmentationModality(String),
+    #[error("the dataset has no modality {modality:?}: use unimodal:<{}>", .available.join("|"))]
+    DatasetModality {
+        modality: String,
+        available: Vec<String>,
+    },
+    #[error("preset {preset} trains {}, not {task}: choose {}", names(.trains, " or "), .fitting.join(", "))]
+    PresetTask {
+        preset: String,
+        trains: &'static [TaskKind],
+        task: TaskKind,
+        fitting: Vec<&'static str>,
+    },
+    #[error(transparent)]
+    Model(#[from] ModelConfigError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    #[error("{0} must be at least 1; leave it out for the preset's rule")]
+    ZeroCount(&'static str),
+    #[error("crop {0} must be a multiple of 16 and at least 16")]
+    Crop(usize),
+    /// rho, lambda and min_lr.
+    #[error("{name} must be a finite non-negative number, got {value}")]
+    Negative { name: &'static str, value: f64 },
+    #[error("cggm.eps_source \"probe\" is built for segmentation (validation slices); feature runs measure eps on the training batch: remove it")]
+    ProbeForFeatures,
+    #[error("cggm.probe_size must be 1 to 4096 slices, got {0}")]
+    ProbeSize(usize),
+    #[error("cggm.eps_ema must be in [0, 1) (0 = no smoothing), got {0}")]
+    EpsEma(f64),
+    #[error("learning rate must be positive, got {0}")]
+    LearningRate(f64),
+    #[error("mrd_drop_prob must be in [0, 1), got {0}")]
+    DropProb(f64),
+    #[error("loss.class_weights has {weights} entries but the model predicts {classes} classes")]
+    ClassWeights { weights: usize, classes: i64 },
+    #[error("classifier learning rate (cls_lr) must be a positive number, got {0}")]
+    ClassifierLr(f64),
+    #[error("encoder_lr_scale must be a positive number (1 = the encoders' usual learning rate), got {0}")]
+    EncoderLrScale(f64),
+    #[error("grad_clip must be a positive number, got {0}; leave it out to not clip")]
+    GradClip(f64),
+}
+
+fn names(tasks: &[TaskKind], separator: &str) -> String {
+    tasks
+        .iter()
+        .map(|t| t.name())
+        .collect::<Vec<_>>()
+        .join(separator)
+}
 
 /// How the encoders' gradients are treated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,17 +166,20 @@ impl fmt::Display for Method {
 }
 
 impl FromStr for Method {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
         let s = s.trim().to_ascii_lowercase();
         if let Some(m) = s.strip_prefix("unimodal:") {
             // MRI names are the segmentation modalities; any other name is a feature dataset's
             // modality, checked against the dataset when the run starts.
             return match Modality::parse(m) {
                 Some(m) => Ok(Method::Unimodal(m)),
-                None => ModalityName::new(m).map(Method::UnimodalFeature).ok_or_else(|| {
-                    format!("unknown modality {m:?} in {s:?}: use flair, t1ce, t1 or t2 (segmentation) or a modality of the feature dataset (1-32 characters)")
-                }),
+                None => ModalityName::new(m)
+                    .map(Method::UnimodalFeature)
+                    .ok_or_else(|| ConfigError::MethodModality {
+                        modality: m.to_string(),
+                        method: s.clone(),
+                    }),
             };
         }
         Ok(match s.as_str() {
@@ -127,9 +196,12 @@ impl FromStr for Method {
             "mrd" => Method::Mrd,
             "mslr" => Method::Mslr,
             _ => {
-                return Err(format!(
-                    "unknown method {s:?}: use joint, cggm, cggm-magnitude, cggm-direction, cggm-fixed, cggm-magnitude-fixed, cggm-authors, ogm-ge, agm, pmr, mrd, mslr or unimodal:<modality>"
-                ))
+                return Err(UnknownName::new(
+                    "method",
+                    &s,
+                    "use joint, cggm, cggm-magnitude, cggm-direction, cggm-fixed, cggm-magnitude-fixed, cggm-authors, ogm-ge, agm, pmr, mrd, mslr or unimodal:<modality>",
+                )
+                .into())
             }
         })
     }
@@ -388,28 +460,23 @@ impl TrainConfig {
 
     /// This configuration trains `task` (a feature dataset's own), when its preset can; else the
     /// reason, naming the presets that can.
-    pub fn train_task(&mut self, task: TaskKind) -> Result<(), String> {
+    pub fn train_task(&mut self, task: TaskKind) -> Result<(), ConfigError> {
         if Self::preset_tasks(&self.preset).contains(&task) {
             self.task = task;
             return Ok(());
         }
-        let fitting: Vec<&str> = Self::PRESETS
-            .into_iter()
-            .filter(|p| Self::preset_tasks(p).contains(&task))
-            .collect();
-        Err(format!(
-            "preset {} trains {}, not {task}: choose {}",
-            self.preset,
-            Self::preset_tasks(&self.preset)
-                .iter()
-                .map(|t| t.name())
-                .collect::<Vec<_>>()
-                .join(" or "),
-            fitting.join(", ")
-        ))
+        Err(ConfigError::PresetTask {
+            preset: self.preset.clone(),
+            trains: Self::preset_tasks(&self.preset),
+            task,
+            fitting: Self::PRESETS
+                .into_iter()
+                .filter(|p| Self::preset_tasks(p).contains(&task))
+                .collect(),
+        })
     }
 
-    pub fn preset(name: &str) -> Result<Self, String> {
+    pub fn preset(name: &str) -> Result<Self, ConfigError> {
         let base = Self {
             preset: name.to_string(),
             task: TaskKind::Segmentation,
@@ -532,10 +599,12 @@ impl TrainConfig {
             "cpu-features" | "paper-mosi" | "paper-iemocap" | "paper-food101" => {
                 Ok(Self::feature_preset(name, base))
             }
-            other => Err(format!(
-                "unknown preset {other:?}: use {}",
-                Self::PRESETS.join(", ")
-            )),
+            other => {
+                Err(
+                    UnknownName::new("preset", other, format!("use {}", Self::PRESETS.join(", ")))
+                        .into(),
+                )
+            }
         }
     }
 
@@ -614,7 +683,10 @@ impl TrainConfig {
     }
 
     /// Indices into `dataset_modalities` that a feature run trains on.
-    pub fn feature_modalities(&self, dataset_modalities: &[String]) -> Result<Vec<usize>, String> {
+    pub fn feature_modalities(
+        &self,
+        dataset_modalities: &[String],
+    ) -> Result<Vec<usize>, ConfigError> {
         let only = match self.method {
             Method::Unimodal(m) => Some(m.name()),
             Method::UnimodalFeature(ref m) => Some(m.as_str()),
@@ -626,11 +698,9 @@ impl TrainConfig {
                 .iter()
                 .position(|m| m == name)
                 .map(|i| vec![i])
-                .ok_or_else(|| {
-                    format!(
-                        "the dataset has no modality {name:?}: use unimodal:<{}>",
-                        dataset_modalities.join("|")
-                    )
+                .ok_or_else(|| ConfigError::DatasetModality {
+                    modality: name.to_string(),
+                    available: dataset_modalities.to_vec(),
                 }),
         }
     }
@@ -641,17 +711,14 @@ impl TrainConfig {
         self.method.is_cggm() || self.probes || self.method == Method::OgmGe
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.task == TaskKind::Segmentation {
             self.model.validate()?;
         } else {
             self.features.validate()?;
         }
         if let (TaskKind::Segmentation, Method::UnimodalFeature(m)) = (self.task, self.method) {
-            return Err(format!(
-                "unknown modality {:?} for segmentation: use unimodal:<flair|t1ce|t1|t2>",
-                m.as_str()
-            ));
+            return Err(ConfigError::SegmentationModality(m.as_str().to_string()));
         }
         self.validate_knobs()?;
         let positive = [
@@ -662,65 +729,40 @@ impl TrainConfig {
         ];
         for (name, v) in positive {
             if v == 0 {
-                return Err(format!("{name} must be at least 1"));
+                return Err(ConfigError::Zero(name));
             }
         }
         let segmentation = self.task == TaskKind::Segmentation;
         if segmentation && (self.sampler.crop < 16 || !self.sampler.crop.is_multiple_of(16)) {
-            return Err(format!(
-                "crop {} must be a multiple of 16 and at least 16",
-                self.sampler.crop
-            ));
+            return Err(ConfigError::Crop(self.sampler.crop));
         }
-        if !(self.cggm.rho.is_finite() && self.cggm.rho >= 0.0) {
-            return Err(format!(
-                "rho must be a finite non-negative number, got {}",
-                self.cggm.rho
-            ));
-        }
-        if !(self.cggm.lambda.is_finite() && self.cggm.lambda >= 0.0) {
-            return Err(format!(
-                "lambda must be a finite non-negative number, got {}",
-                self.cggm.lambda
-            ));
+        for (name, value) in [("rho", self.cggm.rho), ("lambda", self.cggm.lambda)] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(ConfigError::Negative { name, value });
+            }
         }
         if self.cggm.eps_source == EpsSource::Probe {
             if self.task != TaskKind::Segmentation {
-                return Err(
-                    "cggm.eps_source \"probe\" is built for segmentation (validation slices); feature runs measure eps on the training batch: remove it".into(),
-                );
+                return Err(ConfigError::ProbeForFeatures);
             }
             if !(1..=4096).contains(&self.cggm.probe_size) {
-                return Err(format!(
-                    "cggm.probe_size must be 1 to 4096 slices, got {}",
-                    self.cggm.probe_size
-                ));
+                return Err(ConfigError::ProbeSize(self.cggm.probe_size));
             }
         }
         if !(0.0..1.0).contains(&self.cggm.eps_ema) {
-            return Err(format!(
-                "cggm.eps_ema must be in [0, 1) (0 = no smoothing), got {}",
-                self.cggm.eps_ema
-            ));
+            return Err(ConfigError::EpsEma(self.cggm.eps_ema));
         }
         if !(self.schedule.lr > 0.0 && self.schedule.lr.is_finite()) {
-            return Err(format!(
-                "learning rate must be positive, got {}",
-                self.schedule.lr
-            ));
+            return Err(ConfigError::LearningRate(self.schedule.lr));
         }
         if !(0.0..1.0).contains(&self.mrd_drop_prob) {
-            return Err(format!(
-                "mrd_drop_prob must be in [0, 1), got {}",
-                self.mrd_drop_prob
-            ));
+            return Err(ConfigError::DropProb(self.mrd_drop_prob));
         }
         if segmentation && self.model.classes != self.loss.class_weights.len() as i64 {
-            return Err(format!(
-                "loss.class_weights has {} entries but the model predicts {} classes",
-                self.loss.class_weights.len(),
-                self.model.classes
-            ));
+            return Err(ConfigError::ClassWeights {
+                weights: self.loss.class_weights.len(),
+                classes: self.model.classes,
+            });
         }
         Ok(())
     }
@@ -743,39 +785,31 @@ fn default_mslr_scales() -> BTreeMap<String, f64> {
 impl TrainConfig {
     /// The knobs a run request sets that `validate` above does not cover (part of it): each error
     /// names the value and what to use instead.
-    fn validate_knobs(&self) -> Result<(), String> {
-        crate::request::check_device_spec(&self.device)?;
+    fn validate_knobs(&self) -> Result<(), ConfigError> {
+        crate::device_spec::check_device_spec(&self.device)?;
         let cls_lr = self.schedule.classifier_lr;
         if !(cls_lr.is_finite() && cls_lr > 0.0) {
-            return Err(format!(
-                "classifier learning rate (cls_lr) must be a positive number, got {cls_lr}"
-            ));
+            return Err(ConfigError::ClassifierLr(cls_lr));
         }
         let scale = self.schedule.encoder_lr_scale;
         if !(scale.is_finite() && scale > 0.0) {
-            return Err(format!(
-                "encoder_lr_scale must be a positive number (1 = the encoders' usual learning rate), got {scale}"
-            ));
+            return Err(ConfigError::EncoderLrScale(scale));
         }
         if !(self.schedule.min_lr.is_finite() && self.schedule.min_lr >= 0.0) {
-            return Err(format!(
-                "min_lr must be a finite non-negative number, got {}",
-                self.schedule.min_lr
-            ));
+            return Err(ConfigError::Negative {
+                name: "min_lr",
+                value: self.schedule.min_lr,
+            });
         }
         if let Some(clip) = self.grad_clip.filter(|c| !(c.is_finite() && *c > 0.0)) {
-            return Err(format!(
-                "grad_clip must be a positive number, got {clip}; leave it out to not clip"
-            ));
+            return Err(ConfigError::GradClip(clip));
         }
         for (name, v) in [
             ("steps_per_epoch", self.steps_per_epoch),
             ("val_cases", self.val_cases),
         ] {
             if v == Some(0) {
-                return Err(format!(
-                    "{name} must be at least 1; leave it out for the preset's rule"
-                ));
+                return Err(ConfigError::ZeroCount(name));
             }
         }
         Ok(())
@@ -842,11 +876,12 @@ mod tests {
         assert!("unimodal:a/b"
             .parse::<Method>()
             .unwrap_err()
+            .to_string()
             .contains("a/b"));
         // Any other name is a feature modality, which a segmentation run refuses.
         let mut cfg = TrainConfig::preset("tiny").unwrap();
         cfg.method = "unimodal:pet".parse().unwrap();
-        assert!(cfg.validate().unwrap_err().contains("pet"));
+        assert!(cfg.validate().unwrap_err().to_string().contains("pet"));
         cfg.task = TaskKind::Classification;
         assert_eq!(
             cfg.feature_modalities(&["text".into(), "pet".into()]),

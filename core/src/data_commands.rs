@@ -12,19 +12,30 @@ use crate::data::validate_dataset_counting;
 use crate::progress::Progress;
 use crate::task::TaskKind;
 
-fn parse_size(text: &str) -> Result<[usize; 3], String> {
+/// Why `--size` was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    #[error("expected XxYxZ such as 96x96x64, got {0:?}")]
+    Form(String),
+    #[error("{part:?} in {text:?} is not a whole number")]
+    NotANumber { part: String, text: String },
+    #[error("each side must be 16..512 voxels, got {0}")]
+    Side(usize),
+}
+
+fn parse_size(text: &str) -> Result<[usize; 3], SizeError> {
     let parts: Vec<&str> = text.split(['x', 'X']).collect();
     let [x, y, z] = parts.as_slice() else {
-        return Err(format!("expected XxYxZ such as 96x96x64, got {text:?}"));
+        return Err(SizeError::Form(text.to_string()));
     };
     let mut size = [0usize; 3];
     for (slot, part) in size.iter_mut().zip([x, y, z]) {
-        *slot = part
-            .trim()
-            .parse()
-            .map_err(|_| format!("{part:?} in {text:?} is not a whole number"))?;
+        *slot = part.trim().parse().map_err(|_| SizeError::NotANumber {
+            part: part.to_string(),
+            text: text.to_string(),
+        })?;
         if !(16..=512).contains(slot) {
-            return Err(format!("each side must be 16..512 voxels, got {slot}"));
+            return Err(SizeError::Side(*slot));
         }
     }
     Ok(size)

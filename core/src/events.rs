@@ -195,11 +195,10 @@ pub trait Observer: Send + Sync {
     fn observe(&self, event: &Event);
 }
 
-/// Where events go: stdout, a file (appended, flushed per line), or nowhere; and, for the CLI,
-/// to a progress bar on stderr as well; and to any observers.
+/// Where events go: stdout, a file (appended, flushed per line), or nowhere; and to any observers
+/// (for the CLI, a progress bar on stderr: `crate::progress::EventProgress`).
 pub struct EventSink {
     out: Option<Mutex<Box<dyn Write + Send>>>,
-    progress: Option<crate::progress::EventProgress>,
     observers: Vec<Arc<dyn Observer>>,
 }
 
@@ -207,7 +206,6 @@ impl EventSink {
     pub fn stdout() -> Self {
         Self {
             out: Some(Mutex::new(Box::new(std::io::stdout()))),
-            progress: None,
             observers: Vec::new(),
         }
     }
@@ -215,7 +213,6 @@ impl EventSink {
     pub fn none() -> Self {
         Self {
             out: None,
-            progress: None,
             observers: Vec::new(),
         }
     }
@@ -227,7 +224,6 @@ impl EventSink {
             .open(path)?;
         Ok(Self {
             out: Some(Mutex::new(Box::new(file))),
-            progress: None,
             observers: Vec::new(),
         })
     }
@@ -239,14 +235,6 @@ impl EventSink {
             Some(p) if p.as_os_str() == "-" => Ok(Self::stdout()),
             Some(p) => Self::file(p),
         }
-    }
-
-    /// Also shows the events as progress on stderr (see [`crate::progress`]).
-    pub fn with_progress(mut self) -> Self {
-        self.progress = Some(crate::progress::EventProgress::new(
-            crate::progress::Display::detect(),
-        ));
-        self
     }
 
     /// Also hands every event to `observer`.
@@ -267,9 +255,6 @@ impl EventSink {
     }
 
     pub fn emit(&self, event: &Event) {
-        if let Some(progress) = &self.progress {
-            progress.observe(event);
-        }
         for observer in &self.observers {
             observer.observe(event);
         }

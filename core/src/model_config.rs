@@ -3,6 +3,29 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Why a network shape was refused: the field, its value and the values it may take.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ModelConfigError {
+    #[error("backbone depth {0} is not one of 18, 34, 50, 101")]
+    Depth(usize),
+    #[error("output stride {0} is not 8 or 16")]
+    OutputStride(usize),
+    #[error("width multiplier {0} is not in (0, 4]")]
+    Width(f64),
+    #[error("{name} must be at least 1, got {value}")]
+    Channels { name: &'static str, value: i64 },
+    #[error("classes must be at least 2, got {0}")]
+    Classes(i64),
+    #[error(
+        "features.proj_dim ({proj_dim}) must be a positive multiple of features.heads ({heads})"
+    )]
+    ProjDim { proj_dim: i64, heads: i64 },
+    #[error("features.layers and features.classifier_layers must be at least 1")]
+    Layers,
+    #[error("features.{name} must be in [0, 1), got {value}")]
+    Dropout { name: &'static str, value: f64 },
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
     pub backbone: ResNetConfig,
@@ -85,7 +108,7 @@ impl ModelConfig {
         }
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ModelConfigError> {
         self.backbone.validate()?;
         for (name, v) in [
             ("aspp_channels", self.aspp_channels),
@@ -94,11 +117,11 @@ impl ModelConfig {
             ("classifier_channels", self.classifier_channels),
         ] {
             if v < 1 {
-                return Err(format!("{name} must be at least 1, got {v}"));
+                return Err(ModelConfigError::Channels { name, value: v });
             }
         }
         if self.classes < 2 {
-            return Err(format!("classes must be at least 2, got {}", self.classes));
+            return Err(ModelConfigError::Classes(self.classes));
         }
         Ok(())
     }
@@ -151,21 +174,15 @@ impl ResNetConfig {
         self.stage_width(3) * self.expansion()
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ModelConfigError> {
         if ![18, 34, 50, 101].contains(&self.depth) {
-            return Err(format!(
-                "backbone depth {} is not one of 18, 34, 50, 101",
-                self.depth
-            ));
+            return Err(ModelConfigError::Depth(self.depth));
         }
         if ![8, 16].contains(&self.output_stride) {
-            return Err(format!(
-                "output stride {} is not 8 or 16",
-                self.output_stride
-            ));
+            return Err(ModelConfigError::OutputStride(self.output_stride));
         }
         if !(self.width > 0.0 && self.width <= 4.0) {
-            return Err(format!("width multiplier {} is not in (0, 4]", self.width));
+            return Err(ModelConfigError::Width(self.width));
         }
         Ok(())
     }
@@ -243,15 +260,15 @@ impl FeatureModelConfig {
         }
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ModelConfigError> {
         if self.proj_dim < 1 || self.heads < 1 || self.proj_dim % self.heads != 0 {
-            return Err(format!(
-                "features.proj_dim ({}) must be a positive multiple of features.heads ({})",
-                self.proj_dim, self.heads
-            ));
+            return Err(ModelConfigError::ProjDim {
+                proj_dim: self.proj_dim,
+                heads: self.heads,
+            });
         }
         if self.layers < 1 || self.classifier_layers < 1 {
-            return Err("features.layers and features.classifier_layers must be at least 1".into());
+            return Err(ModelConfigError::Layers);
         }
         for (name, p) in [
             ("attn_dropout", self.attn_dropout),
@@ -261,7 +278,7 @@ impl FeatureModelConfig {
             ("out_dropout", self.out_dropout),
         ] {
             if !(0.0..1.0).contains(&p) {
-                return Err(format!("features.{name} must be in [0, 1), got {p}"));
+                return Err(ModelConfigError::Dropout { name, value: p });
             }
         }
         Ok(())

@@ -11,14 +11,16 @@ pub enum OptimizerKind {
 }
 
 impl std::str::FromStr for OptimizerKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = crate::unknown_name::UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
             "sgd" => Ok(Self::Sgd),
             "adam" => Ok(Self::Adam),
             "adamw" => Ok(Self::Adamw),
-            other => Err(format!(
-                "unknown optimizer {other:?}: use sgd, adam or adamw"
+            other => Err(crate::unknown_name::UnknownName::new(
+                "optimizer",
+                other,
+                "use sgd, adam or adamw",
             )),
         }
     }

@@ -14,13 +14,15 @@ pub enum AmpDtype {
 }
 
 impl std::str::FromStr for AmpDtype {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = crate::unknown_name::UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
             "bf16" | "bfloat16" => Ok(Self::Bf16),
             "fp16" | "float16" | "half" => Ok(Self::Fp16),
-            other => Err(format!(
-                "unknown autocast dtype {other:?}: use bf16 or fp16"
+            other => Err(crate::unknown_name::UnknownName::new(
+                "autocast dtype",
+                other,
+                "use bf16 or fp16",
             )),
         }
     }

@@ -2,10 +2,10 @@
 //! with rate and ETA when stderr is a terminal (indicatif), otherwise one plain line per tenth of
 //! the work and one at the end, so that logs and pipes stay short and greppable.
 //!
-//! Training and inference feed it from their progress events ([`EventProgress`], attached to the
-//! `EventSink` by the CLI); evaluation and validation count cases.
+//! Training and inference feed it from their progress events ([`EventProgress`], an observer of
+//! the `EventSink` the CLI attaches); evaluation and validation count cases.
 
-use crate::events::Event;
+use crate::events::{Event, Observer};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::sync::Mutex;
@@ -230,7 +230,14 @@ impl EventProgress {
         }
     }
 
-    pub fn observe(&self, event: &Event) {
+    /// Progress on stderr, drawn as the terminal allows, to hand to `EventSink::with_observer`.
+    pub fn on_stderr() -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self::new(Display::detect()))
+    }
+}
+
+impl Observer for EventProgress {
+    fn observe(&self, event: &Event) {
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         match event {
             Event::RunStarted { total_steps, .. } => {

@@ -9,14 +9,54 @@
 //! the same message the trainer would print.
 
 use crate::balance::BalanceFormula;
-use crate::config::{DirectionSource, Method, TrainConfig};
+use crate::config::{ConfigError, DirectionSource, Method, TrainConfig};
 use crate::data::Modality;
 use crate::optim_config::OptimizerKind;
 use crate::task::TaskKind;
+use crate::unknown_name::UnknownName;
 use serde::{Deserialize, Serialize};
 use std::any::TypeId;
 use std::collections::BTreeMap;
 use std::path::Path;
+
+// The device checks live below the configuration (which validates the device too); the server
+// takes them from here, with the other checks of a request.
+pub use crate::device_spec::{
+    check_cuda_index, check_device_present, check_device_spec, DeviceError,
+};
+
+/// Why a run request was refused: the option, the value and what to send instead (the server
+/// answers 422 with this message).
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("the run request must be a JSON object")]
+    NotAnObject,
+    #[error("{key:?} is not a run option: use one of {}", .names.join(", "))]
+    NotAnOption { key: String, names: Vec<String> },
+    /// serde's message for a value of the wrong type, after the option's name.
+    #[error("{key}: {message}")]
+    BadValue { key: String, message: String },
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("{name} {value} is out of range: use {range} ({help})")]
+    OutOfRange {
+        name: &'static str,
+        value: f64,
+        range: OptionRange,
+        help: String,
+    },
+    #[error(
+        "batch_size {batch_size} x crop {crop}^2 is {pixels} pixels per batch, more than the {MAX_BATCH_PIXELS} \
+         a run may ask for: use a smaller batch_size or crop"
+    )]
+    TooManyPixels {
+        batch_size: usize,
+        crop: usize,
+        pixels: usize,
+    },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
 
 /// The preset a request without one starts from.
 pub const DEFAULT_PRESET: &str = "cpu-small";
@@ -152,46 +192,51 @@ pub struct RunOptions {
     pub mixed_precision: Option<bool>,
 }
 
-fn parse_balance(s: &str) -> Result<BalanceFormula, String> {
+fn parse_balance(s: &str) -> Result<BalanceFormula, UnknownName> {
     serde_json::from_value(serde_json::Value::String(s.to_string()))
-        .map_err(|_| format!("unknown balance formula {s:?}: use guarded or raw"))
+        .map_err(|_| UnknownName::new("balance formula", s, "use guarded or raw"))
 }
 
-fn parse_direction(s: &str) -> Result<DirectionSource, String> {
+fn parse_direction(s: &str) -> Result<DirectionSource, UnknownName> {
     serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
-        format!("unknown direction source {s:?}: use gradient or authors-weight-cosine")
+        UnknownName::new(
+            "direction source",
+            s,
+            "use gradient or authors-weight-cosine",
+        )
     })
 }
 
 impl RunOptions {
     /// Reads a request body's options (a JSON object), naming the field of the first bad value.
-    pub fn from_json(value: &serde_json::Value) -> Result<Self, String> {
-        let object = value
-            .as_object()
-            .ok_or_else(|| "the run request must be a JSON object".to_string())?;
+    pub fn from_json(value: &serde_json::Value) -> Result<Self, RequestError> {
+        let object = value.as_object().ok_or(RequestError::NotAnObject)?;
         // One field at a time first, so the error names the field (serde's own message does not).
         for (key, v) in object {
             let single = serde_json::json!({ key.as_str(): v });
             if let Err(e) = serde_json::from_value::<RunOptions>(single) {
                 let message = e.to_string();
                 return Err(if message.starts_with("unknown field") {
-                    format!(
-                        "{key:?} is not a run option: use one of {}",
-                        Self::names().join(", ")
-                    )
+                    RequestError::NotAnOption {
+                        key: key.clone(),
+                        names: Self::names(),
+                    }
                 } else {
-                    format!("{key}: {message}")
+                    RequestError::BadValue {
+                        key: key.clone(),
+                        message,
+                    }
                 });
             }
         }
-        let options: Self = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+        let options: Self = serde_json::from_value(value.clone())?;
         options.check_ranges()?;
         Ok(options)
     }
 
     /// No numeric option over the top of its [`option_range`] (the bottom is `validate`'s, with
     /// its own messages); the error names the option, the value and the range.
-    pub fn check_ranges(&self) -> Result<(), String> {
+    pub fn check_ranges(&self) -> Result<(), RequestError> {
         let as_f64 = |v: Option<usize>| v.map(|v| v as f64);
         let values = [
             ("epochs", as_f64(self.epochs)),
@@ -217,10 +262,12 @@ impl RunOptions {
             // would equal its neighbour).
             let seed_over = name == "seed" && self.seed.is_some_and(|s| s > MAX_SEED);
             if seed_over || value > range.max {
-                return Err(format!(
-                    "{name} {value} is out of range: use {range} ({})",
-                    option_help(name)
-                ));
+                return Err(RequestError::OutOfRange {
+                    name,
+                    value,
+                    range,
+                    help: option_help(name),
+                });
             }
         }
         Ok(())
@@ -236,7 +283,7 @@ impl RunOptions {
 
     /// The run configuration this request asks for: its preset (or [`DEFAULT_PRESET`]), these
     /// options over it, `data` as the dataset; validated.
-    pub fn to_config(&self, data: &Path) -> Result<TrainConfig, String> {
+    pub fn to_config(&self, data: &Path) -> Result<TrainConfig, RequestError> {
         self.check_ranges()?;
         let mut cfg = TrainConfig::preset(self.preset.as_deref().unwrap_or(DEFAULT_PRESET))?;
         self.apply(&mut cfg);
@@ -247,11 +294,11 @@ impl RunOptions {
             .batch_size
             .saturating_mul(cfg.sampler.crop.saturating_mul(cfg.sampler.crop));
         if cfg.task == TaskKind::Segmentation && pixels > MAX_BATCH_PIXELS {
-            return Err(format!(
-                "batch_size {} x crop {}^2 is {pixels} pixels per batch, more than the {MAX_BATCH_PIXELS} \
-                 a run may ask for: use a smaller batch_size or crop",
-                cfg.sampler.batch_size, cfg.sampler.crop
-            ));
+            return Err(RequestError::TooManyPixels {
+                batch_size: cfg.sampler.batch_size,
+                crop: cfg.sampler.crop,
+                pixels,
+            });
         }
         Ok(cfg)
     }
@@ -359,53 +406,6 @@ fn option_help(name: &str) -> String {
         .unwrap_or_default()
         .trim_end_matches('.')
         .to_string()
-}
-
-/// Accepts `auto`, `cpu`, `cuda` and `cuda:N` by their form; [`check_device_present`] also checks
-/// that the device exists on this machine (the server does when its jobs run here; with Slurm the
-/// training machine is another one, and the trainer checks when the run starts).
-pub fn check_device_spec(spec: &str) -> Result<(), String> {
-    let s = spec.trim().to_ascii_lowercase();
-    let ok = matches!(s.as_str(), "auto" | "cpu" | "cuda")
-        || s.strip_prefix("cuda:")
-            .is_some_and(|n| n.parse::<usize>().is_ok());
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("unknown device {spec:?}: use auto, cpu or cuda:N"))
-    }
-}
-
-/// [`check_device_spec`], and the device exists on a machine with `cuda_devices` CUDA devices
-/// (`cuda:99` without 100 GPUs, or any `cuda` without CUDA, is refused with the devices there are).
-/// The count is the trainer's (libtorch's) at start-up: the server itself links no libtorch.
-pub fn check_device_present(spec: &str, cuda_devices: usize) -> Result<(), String> {
-    check_device_spec(spec)?;
-    let s = spec.trim().to_ascii_lowercase();
-    match s.as_str() {
-        "auto" | "cpu" => Ok(()),
-        "cuda" => check_cuda_index(0, cuda_devices),
-        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => check_cuda_index(n, cuda_devices),
-            _ => Err(format!("unknown device {spec:?}: use auto, cpu or cuda:N")),
-        },
-    }
-}
-
-/// `cuda:n` exists among `count` CUDA devices, or the reason it does not and what to use instead.
-pub fn check_cuda_index(n: usize, count: usize) -> Result<(), String> {
-    if n < count {
-        Ok(())
-    } else if count == 0 {
-        Err(format!(
-            "cuda:{n} requested but no CUDA device is available (libtorch sees none): use --device cpu"
-        ))
-    } else {
-        Err(format!(
-            "cuda:{n} requested but only {count} CUDA device(s) exist: use cuda:0..cuda:{}",
-            count - 1
-        ))
-    }
 }
 
 // ------------------------------------------------------------------------------ the vocabulary
@@ -783,7 +783,7 @@ mod tests {
     use super::*;
     use std::path::PathBuf;
 
-    fn request(json: serde_json::Value) -> Result<TrainConfig, String> {
+    fn request(json: serde_json::Value) -> Result<TrainConfig, RequestError> {
         RunOptions::from_json(&json)?.to_config(Path::new("/data/brats"))
     }
 
@@ -865,7 +865,7 @@ mod tests {
             (serde_json::json!([1, 2]), "JSON object"),
         ];
         for (json, expected) in cases {
-            let error = request(json.clone()).unwrap_err();
+            let error = request(json.clone()).unwrap_err().to_string();
             assert!(error.contains(expected), "{json} -> {error}");
         }
     }
@@ -931,7 +931,7 @@ mod tests {
             ),
         ];
         for (json, named, range) in cases {
-            let error = RunOptions::from_json(&json).unwrap_err();
+            let error = RunOptions::from_json(&json).unwrap_err().to_string();
             assert!(
                 error.contains(named) && error.contains(range) && error.contains("out of range"),
                 "{json} -> {error}"
@@ -941,7 +941,9 @@ mod tests {
             assert!(options.to_config(Path::new("/d")).is_err(), "{json}");
         }
         // A batch within both bounds can still be too many pixels together.
-        let error = request(serde_json::json!({ "batch_size": 4096, "crop": 512 })).unwrap_err();
+        let error = request(serde_json::json!({ "batch_size": 4096, "crop": 512 }))
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("pixels per batch"), "{error}");
     }
 
@@ -965,31 +967,6 @@ mod tests {
         for option in &v.options {
             let numeric = matches!(option.kind, OptionKind::Number | OptionKind::Integer);
             assert_eq!(option.range.is_some(), numeric, "{}", option.name);
-        }
-    }
-
-    #[test]
-    fn a_device_this_machine_does_not_have_is_refused_with_the_ones_it_has() {
-        let error = check_device_present("cuda:99", 0).unwrap_err();
-        assert!(
-            error.contains("cuda:99") && error.contains("no CUDA device"),
-            "{error}"
-        );
-        let error = check_device_present("cuda:2", 2).unwrap_err();
-        assert!(error.contains("cuda:0..cuda:1"), "{error}");
-        check_device_present("cuda:1", 2).unwrap();
-        check_device_present("cpu", 0).unwrap();
-        check_device_present("auto", 0).unwrap();
-        assert!(check_device_present("tpu", 4).is_err());
-    }
-
-    #[test]
-    fn device_specs_are_checked_by_their_form_only() {
-        for ok in ["auto", "cpu", "cuda", "cuda:3", "CUDA:0"] {
-            check_device_spec(ok).unwrap();
-        }
-        for bad in ["tpu", "cuda:", "cuda:x", "gpu0"] {
-            assert!(check_device_spec(bad).is_err(), "{bad}");
         }
     }
 

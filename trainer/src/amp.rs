@@ -13,13 +13,6 @@ use tch::Tensor;
 
 pub use cggm_core::precision::AmpDtype;
 
-/// Runs `f` with autocast on `device` to `dtype` (`None`: fp32, autocast off): the training
-/// forward. The weights stay fp32 (master weights): autocast casts them per op, and their
-/// gradients come back in fp32, so CGGM's B_i scaling, `L_gm` and clipping run in fp32.
-pub fn autocast<T>(device: tch::Device, dtype: Option<AmpDtype>, f: impl FnOnce() -> T) -> T {
-    inference_as(device, dtype, f)
-}
-
 /// The dtype a training step autocasts to (None: fp32). CUDA: `amp_dtype` when
 /// `mixed_precision` is set. CPU: fp32 unless `CGGM_CPU_TRAINING_PRECISION=bf16` (bf16 needs
 /// `mixed_precision` and `amp_dtype` bf16; fp16 is never used on a CPU, it would need loss
@@ -58,11 +51,14 @@ pub fn inference_dtype(device: tch::Device) -> Option<AmpDtype> {
 
 /// Runs an inference forward pass `f` in `inference_dtype(device)`.
 pub fn inference<T>(device: tch::Device, f: impl FnOnce() -> T) -> T {
-    inference_as(device, inference_dtype(device), f)
+    autocast(device, inference_dtype(device), f)
 }
 
-/// Runs an inference forward pass `f` with autocast to `dtype` on `device` (None: fp32).
-pub fn inference_as<T>(device: tch::Device, dtype: Option<AmpDtype>, f: impl FnOnce() -> T) -> T {
+/// Runs `f` with autocast on `device` to `dtype` (`None`: fp32, autocast off): the training
+/// forward (dtype from `training_dtype`) and inference (`inference_dtype`) alike. In training the
+/// weights stay fp32 (master weights): autocast casts them per op, and their gradients come back
+/// in fp32, so CGGM's B_i scaling, `L_gm` and clipping run in fp32.
+pub fn autocast<T>(device: tch::Device, dtype: Option<AmpDtype>, f: impl FnOnce() -> T) -> T {
     match dtype {
         None => f(),
         Some(dtype) => autocast_on(

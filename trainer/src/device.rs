@@ -1,8 +1,9 @@
 //! `--device auto|cpu|cuda:N`, and the per-process settings of the chosen device.
 
+use cggm_core::device_spec::{check_cuda_index, unknown_device, DeviceError};
 use tch::Device;
 
-pub fn parse_device(spec: &str) -> Result<Device, String> {
+pub fn parse_device(spec: &str) -> Result<Device, DeviceError> {
     let spec = spec.trim().to_ascii_lowercase();
     match spec.as_str() {
         "auto" => Ok(Device::cuda_if_available()),
@@ -10,14 +11,13 @@ pub fn parse_device(spec: &str) -> Result<Device, String> {
         "cuda" => cuda(0),
         other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(n)) => cuda(n),
-            _ => Err(format!("unknown device {spec:?}: use auto, cpu or cuda:N")),
+            _ => Err(unknown_device(&spec)),
         },
     }
 }
 
-fn cuda(n: usize) -> Result<Device, String> {
-    let count = cuda_devices();
-    cggm_core::request::check_cuda_index(n, count).map(|()| Device::Cuda(n))
+fn cuda(n: usize) -> Result<Device, DeviceError> {
+    check_cuda_index(n, cuda_devices()).map(|()| Device::Cuda(n))
 }
 
 /// The CUDA devices libtorch sees (the vocabulary and the server's device checks take this count).

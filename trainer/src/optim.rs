@@ -8,6 +8,28 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use tch::{Device, Tensor};
 
+/// Why a checkpoint's optimiser state does not fit this optimiser.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("bad optimizer state key {0:?}")]
+    Key(String),
+    #[error("optimizer state names parameter {0:?} that the model does not have")]
+    UnknownParameter(String),
+    #[error("optimizer state of {name:?} has {found} tensors but {kind:?} keeps {expected}: the checkpoint was written with another optimizer setting; resume with the run's own config.json")]
+    Count {
+        name: String,
+        found: usize,
+        kind: OptimizerKind,
+        expected: usize,
+    },
+    #[error("optimizer state of {name:?} has shape {found:?}, the parameter {expected:?}")]
+    Shape {
+        name: String,
+        found: Vec<i64>,
+        expected: Vec<i64>,
+    },
+}
+
 /// A trainable parameter with its name and optimiser group.
 pub struct Param {
     pub name: String,
@@ -333,28 +355,26 @@ impl Optimizer {
         out
     }
 
-    pub fn load_state(&mut self, tensors: Vec<(String, Tensor)>) -> Result<(), String> {
+    pub fn load_state(&mut self, tensors: Vec<(String, Tensor)>) -> Result<(), StateError> {
         let mut pieces: HashMap<String, Vec<(usize, Tensor)>> = HashMap::new();
         for (key, t) in tensors {
             if key == "__steps" {
                 self.steps = t.int64_value(&[0]);
                 continue;
             }
-            let (name, idx) = key
+            let Some((name, Ok(idx))) = key
                 .rsplit_once('#')
-                .ok_or_else(|| format!("bad optimizer state key {key:?}"))?;
-            let idx: usize = idx
-                .parse()
-                .map_err(|_| format!("bad optimizer state key {key:?}"))?;
+                .map(|(name, idx)| (name, idx.parse::<usize>()))
+            else {
+                return Err(StateError::Key(key));
+            };
             pieces.entry(name.to_string()).or_default().push((idx, t));
         }
         if let Some(name) = pieces
             .keys()
             .find(|n| !self.params.iter().any(|p| &p.name == *n))
         {
-            return Err(format!(
-                "optimizer state names parameter {name:?} that the model does not have"
-            ));
+            return Err(StateError::UnknownParameter(name.clone()));
         }
         let expected = self.state_count();
         for b in &mut self.buckets {
@@ -373,21 +393,20 @@ impl Optimizer {
                 let p = &self.params[b.members[k]];
                 bufs.sort_by_key(|(j, _)| *j);
                 if bufs.len() != expected {
-                    return Err(format!(
-                        "optimizer state of {:?} has {} tensors but {:?} keeps {expected}: the checkpoint was written with another optimizer setting; resume with the run's own config.json",
-                        p.name,
-                        bufs.len(),
-                        self.cfg.kind
-                    ));
+                    return Err(StateError::Count {
+                        name: p.name.clone(),
+                        found: bufs.len(),
+                        kind: self.cfg.kind,
+                        expected,
+                    });
                 }
                 for (s, (_, t)) in b.state.iter().zip(bufs) {
                     if t.numel() as i64 != b.spans[k].1 {
-                        return Err(format!(
-                            "optimizer state of {:?} has shape {:?}, the parameter {:?}",
-                            p.name,
-                            t.size(),
-                            p.tensor.size()
-                        ));
+                        return Err(StateError::Shape {
+                            name: p.name.clone(),
+                            found: t.size(),
+                            expected: p.tensor.size(),
+                        });
                     }
                     tch::no_grad(|| {
                         Bucket::member_slot(s, b.spans[k])

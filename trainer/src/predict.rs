@@ -23,9 +23,9 @@
 use crate::amp::{self, AmpDtype};
 use crate::data::synth::{phantom, synthetic_header, SynthConfig};
 use crate::data::Study;
-use crate::eval::{Predictor, VolumePrediction};
 use crate::model::folded::FoldedSegmenter;
-use ndarray::{s, Array3, Array4};
+use crate::model::{ModalityClassifiers, MultimodalSegmenter};
+use ndarray::{s, Array3, Array4, Axis};
 use tch::{Device, Kind, Tensor};
 
 /// In-plane margin (voxels) kept around the brain's bounding box when cropping is on.
@@ -97,6 +97,167 @@ fn window(n: usize, lo: usize, hi: usize, margin: Option<usize>) -> (usize, usiz
     (start, kept, kept.div_ceil(STRIDE) * STRIDE)
 }
 
+/// What a trained run needs to predict.
+pub struct Predictor<'a> {
+    pub model: &'a MultimodalSegmenter,
+    pub classifiers: Option<&'a ModalityClassifiers>,
+    /// Channel of each model input in the study's fixed modality order.
+    pub modality_channels: &'a [i64],
+    pub modality_names: Vec<String>,
+    pub device: Device,
+    pub batch: usize,
+}
+
+impl crate::model::Model {
+    /// The predictor of this model's network and classifiers.
+    pub fn predictor(&self) -> Predictor<'_> {
+        Predictor {
+            model: &self.network,
+            classifiers: self.classifiers.as_ref(),
+            modality_channels: &self.modality_channels,
+            modality_names: self.modality_names.clone(),
+            device: self.device,
+            batch: self.cfg.eval_batch,
+        }
+    }
+}
+
+/// Predicted internal labels [X, Y, Z]: the fused model's, and each classifier's.
+pub struct VolumePrediction {
+    pub fused: Array3<u8>,
+    pub per_modality: Vec<Array3<u8>>,
+}
+
+/// Pads a side up to the next multiple of the network's total stride.
+fn padded(n: usize) -> usize {
+    n.div_ceil(16) * 16
+}
+
+impl Predictor<'_> {
+    /// Predicts every axial slice of the study (`with_classifiers`: also each modality's own
+    /// classifier), masked to the brain: the fast path of `crate::predict` with its defaults and
+    /// the `CGGM_INFERENCE_CROP` override.
+    pub fn predict(
+        &self,
+        study: &Study,
+        with_classifiers: bool,
+        progress: impl FnMut(f64),
+    ) -> VolumePrediction {
+        self.predict_with(
+            study,
+            with_classifiers,
+            PredictOptions::from_env(),
+            progress,
+        )
+    }
+
+    /// The reference path: the training modules in eval mode (autocast to the inference dtype),
+    /// every slice whole. `predict` must agree with it (tests in `crate::predict`); benchmarks
+    /// time both.
+    pub fn predict_reference(
+        &self,
+        study: &Study,
+        with_classifiers: bool,
+        progress: impl FnMut(f64),
+    ) -> VolumePrediction {
+        let dtype = amp::inference_dtype(self.device);
+        self.predict_reference_as(study, with_classifiers, dtype, progress)
+    }
+
+    /// [`Predictor::predict_reference`] with autocast to `dtype` (None: fp32).
+    pub fn predict_reference_as(
+        &self,
+        study: &Study,
+        with_classifiers: bool,
+        dtype: Option<amp::AmpDtype>,
+        mut progress: impl FnMut(f64),
+    ) -> VolumePrediction {
+        let (_, nx, ny, nz) = study.images.dim();
+        let (px, py) = (padded(nx), padded(ny));
+        let m = self.modality_channels.len();
+        let want_cls = with_classifiers && self.classifiers.is_some();
+        let mut fused = Array3::<u8>::zeros((nx, ny, nz));
+        let mut per_modality = if want_cls {
+            vec![Array3::<u8>::zeros((nx, ny, nz)); m]
+        } else {
+            Vec::new()
+        };
+        let mut z0 = 0;
+        while z0 < nz {
+            let z1 = (z0 + self.batch).min(nz);
+            let b = z1 - z0;
+            // [4, X, Y, b] -> [b, M, px, py], zero padding (= background after z-scoring).
+            let mut input = vec![0f32; b * m * px * py];
+            for (ci, &ch) in self.modality_channels.iter().enumerate() {
+                let vol = study.images.index_axis(Axis(0), ch as usize);
+                for (bi, z) in (z0..z1).enumerate() {
+                    let slice = vol.slice(s![.., .., z]);
+                    let base = (bi * m + ci) * px * py;
+                    for ((x, y), v) in slice.indexed_iter() {
+                        input[base + x * py + y] = *v;
+                    }
+                }
+            }
+            let xs = Tensor::from_slice(&input)
+                .view([b as i64, m as i64, px as i64, py as i64])
+                .to_device(self.device);
+            // bf16 where the device computes it natively (see `amp::inference_dtype`).
+            tch::no_grad(|| {
+                let out = amp::autocast(self.device, dtype, || self.model.forward_t(&xs, false));
+                write_slices(&mut fused, &out.logits, z0, nx, ny);
+                if want_cls {
+                    let cls = self.classifiers.expect("checked above");
+                    let all = amp::autocast(self.device, dtype, || {
+                        cls.forward_t(&out, (px as i64, py as i64), false)
+                    });
+                    for (i, pm) in per_modality.iter_mut().enumerate() {
+                        write_slices(pm, &cls.logits_of(&all, i), z0, nx, ny);
+                    }
+                }
+            });
+            z0 = z1;
+            progress(z0 as f64 / nz as f64);
+        }
+        mask_to_brain(&mut fused, study);
+        for pm in &mut per_modality {
+            mask_to_brain(pm, study);
+        }
+        VolumePrediction {
+            fused,
+            per_modality,
+        }
+    }
+}
+
+/// Sets every voxel outside the brain (all four modalities exactly zero) to background.
+pub fn mask_to_brain(labels: &mut Array3<u8>, study: &Study) {
+    let images = &study.images;
+    for ((x, y, z), label) in labels.indexed_iter_mut() {
+        if *label != 0 && (0..images.dim().0).all(|c| images[[c, x, y, z]] == 0.0) {
+            *label = 0;
+        }
+    }
+}
+
+/// argmax of logits [b, C, px, py] into labels[.., .., z0..z0+b], cropping the padding.
+fn write_slices(labels: &mut Array3<u8>, logits: &Tensor, z0: usize, nx: usize, ny: usize) {
+    let pred = crate::task::class_indices(logits)
+        .to_kind(Kind::Uint8)
+        .to_device(Device::Cpu)
+        .contiguous();
+    let size = pred.size();
+    let (b, px, py) = (size[0] as usize, size[1] as usize, size[2] as usize);
+    let mut host = vec![0u8; b * px * py];
+    pred.copy_data(&mut host, b * px * py);
+    for bi in 0..b {
+        for x in 0..nx {
+            for y in 0..ny {
+                labels[[x, y, z0 + bi]] = host[(bi * px + x) * py + y];
+            }
+        }
+    }
+}
+
 impl Predictor<'_> {
     /// [`Predictor::predict`] with explicit options.
     pub fn predict_with(
@@ -121,7 +282,7 @@ impl Predictor<'_> {
             ny as i64,
             nz as i64,
         ]);
-        // The brain: any modality nonzero (the rule of `eval::mask_to_brain`).
+        // The brain: any modality nonzero (the rule of `mask_to_brain`).
         let brain = volume.ne(0.0).any_dim(0, false); // [X, Y, Z]
         let in_x = brain.any_dim(2, false).any_dim(1, false);
         let in_y = brain.any_dim(2, false).any_dim(0, false);
@@ -269,6 +430,24 @@ fn z_score(volume: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn predictions_outside_the_brain_are_set_to_background() {
+        let mut images = ndarray::Array4::<f32>::zeros((4, 4, 4, 2));
+        images[[0, 1, 1, 0]] = 0.3; // brain in FLAIR only
+        images[[2, 2, 2, 1]] = -1.2; // brain in T1 only
+        let study = Study {
+            id: "c".into(),
+            images,
+            label: None,
+            header: nifti::NiftiHeader::default(),
+            voxel_volume_ml: 0.001,
+        };
+        let mut pred = Array3::<u8>::from_elem((4, 4, 2), 2);
+        mask_to_brain(&mut pred, &study);
+        assert_eq!(pred.iter().filter(|&&v| v != 0).count(), 2);
+        assert_eq!((pred[[1, 1, 0]], pred[[2, 2, 1]]), (2, 2));
+    }
 
     #[test]
     fn windows_start_on_the_stride_grid_and_cover_the_brain_with_its_margin() {

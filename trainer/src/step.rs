@@ -65,6 +65,9 @@ pub struct Trainer<N: MultimodalNetwork = MultimodalSegmenter> {
     task: Box<dyn Task>,
     /// State of the OGM-GE / AGM / PMR baselines.
     pub(crate) baselines: crate::baselines::BaselineState,
+    /// The autocast dtype of the forward passes (None: fp32), decided once from the
+    /// configuration, the device and `CGGM_CPU_TRAINING_PRECISION` when the trainer is built.
+    amp: Option<AmpDtype>,
     /// fp16 only: dynamic loss scaling, and whether this iteration found an inf/NaN gradient.
     pub scaler: Option<LossScaler>,
     found_non_finite: bool,
@@ -154,8 +157,10 @@ impl<N: MultimodalNetwork> Trainer<N> {
         let scaler =
             (cfg.mixed_precision && model.device.is_cuda() && cfg.amp_dtype == AmpDtype::Fp16)
                 .then(LossScaler::new);
+        let amp = amp::training_dtype(model.device, cfg.mixed_precision, cfg.amp_dtype);
         Self {
             task,
+            amp,
             scaler,
             found_non_finite: false,
             previous_balance: vec![1.0; m],
@@ -295,13 +300,10 @@ impl<N: MultimodalNetwork> Trainer<N> {
         Ok((out, task_loss))
     }
 
-    /// The autocast dtype of this run's forward passes (None: fp32).
+    /// The autocast dtype of this run's forward passes (None: fp32), as decided when the trainer
+    /// was built.
     pub fn amp(&self) -> Option<AmpDtype> {
-        amp::training_dtype(
-            self.model.device,
-            self.model.cfg.mixed_precision,
-            self.model.cfg.amp_dtype,
-        )
+        self.amp
     }
 
     /// The tensor to call backward on: the loss, times the fp16 loss scale when there is one.

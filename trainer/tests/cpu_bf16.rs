@@ -98,3 +98,16 @@ fn bf16_training_on_the_cpu_tracks_fp32_from_the_same_initialisation() {
         );
     }
 }
+
+#[test]
+fn the_cpu_training_precision_is_read_once_when_the_trainer_is_built() {
+    let _rng = exclusive();
+    std::env::set_var(CPU_TRAINING_PRECISION, "bf16");
+    let mut cfg = config(Method::Joint);
+    cfg.mixed_precision = true;
+    cfg.amp_dtype = AmpDtype::Bf16;
+    let trainer = Trainer::segmentation(cfg, Device::Cpu, 10);
+    std::env::remove_var(CPU_TRAINING_PRECISION);
+    // The environment changing later does not switch a built trainer's forward passes.
+    assert_eq!(trainer.amp(), Some(AmpDtype::Bf16));
+}

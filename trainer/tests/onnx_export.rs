@@ -475,7 +475,7 @@ fn feature_exports_compute_our_logits_with_padding_masks() {
 
 #[test]
 fn export_refuses_unknown_formats_folders_without_a_run_and_runs_without_a_checkpoint() {
-    let err = "tflite".parse::<ExportFormat>().unwrap_err();
+    let err = "tflite".parse::<ExportFormat>().unwrap_err().to_string();
     assert!(
         err.contains("unknown export format") && err.contains("onnx"),
         "{err}"

@@ -50,7 +50,53 @@ pub struct NnUnetDescription {
 }
 
 /// Why a description was refused: the layout it claims and what is wrong.
-pub type DescriptionError = (Layout, String);
+pub type DescriptionError = (Layout, DescriptionProblem);
+
+/// What is wrong with a `dataset.json` (or `cggm-channels.json`): each message names the field
+/// and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum DescriptionProblem {
+    #[error("cannot read it: {0}")]
+    Unreadable(std::io::Error),
+    #[error(
+        "it is {0} bytes, more than the {MAX_DESCRIPTION_BYTES} a dataset description may have"
+    )]
+    TooLarge(u64),
+    #[error("not valid JSON ({0})")]
+    NotJson(serde_json::Error),
+    /// A problem of the channel map beside `dataset.json`.
+    #[error("{CHANNEL_MAP_FILE}: {0}")]
+    ChannelMap(Box<DescriptionProblem>),
+    #[error("\"file_ending\" is {0}; CGGM Studio reads NIfTI: \".nii.gz\" or \".nii\"")]
+    FileEnding(Value),
+    #[error("\"{field}\" must map channel numbers to names, e.g. {{\"0\": \"FLAIR\", \"1\": \"T1w\", \"2\": \"T1gd\", \"3\": \"T2w\"}}")]
+    ChannelsNotAMap { field: String },
+    #[error("\"{field}\" has channel {key:?}; CGGM Studio needs exactly four channels numbered 0 to 3 (FLAIR, T1, T1ce, T2)")]
+    ChannelNumber { field: String, key: String },
+    #[error("\"{field}\" names channel {index} {value}, which is not a recognised MRI contrast (FLAIR, T1, T1ce/T1gd, T2 and their BraTS 2023 names t2f, t1n, t1c, t2w); map the channels yourself in {CHANNEL_MAP_FILE} beside dataset.json, e.g. {{\"0\": \"flair\", \"1\": \"t1\", \"2\": \"t1ce\", \"3\": \"t2\"}}")]
+    UnknownContrast {
+        field: String,
+        index: usize,
+        value: Value,
+    },
+    #[error("\"{field}\" names both channel {other} and channel {index} {}; each contrast must appear once", .modality.name())]
+    ContrastTwice {
+        field: String,
+        other: usize,
+        index: usize,
+        modality: Modality,
+    },
+    #[error("\"{field}\" has no channel {missing}; CGGM Studio needs the four contrasts FLAIR, T1, T1ce and T2")]
+    MissingChannel { field: String, missing: usize },
+    #[error("\"labels\" must map names to values, e.g. {{\"background\": 0, \"edema\": 1, \"non-enhancing tumor\": 2, \"enhancing tumour\": 3}}")]
+    LabelsNotAMap,
+    #[error("\"labels\" has {0:?}, which is not a BraTS tumour region (background, edema, non-enhancing/necrotic core, enhancing tumour, or nnU-Net's regions whole tumor / tumor core / enhancing tumor)")]
+    UnknownLabel(String),
+    #[error("\"labels\".{name:?} is {value}; give a label value 0–255 or a list of them")]
+    LabelValue { name: String, value: Value },
+    #[error("\"labels\" number the tumour classes {0:?} (value, class 1 NCR / 2 oedema / 3 enhancing); CGGM Studio reads the MSD numbering (1 oedema, 2 non-enhancing, 3 enhancing) or the BraTS one (1 NCR, 2 oedema, 3 or 4 enhancing): relabel the files")]
+    LabelNumbering(Vec<(usize, u8)>),
+}
 
 impl TaskDescription {
     pub fn read(root: &Path) -> Result<Self, DescriptionError> {
@@ -60,7 +106,12 @@ impl TaskDescription {
         };
         let overrides = match read_json(&root.join(CHANNEL_MAP_FILE)) {
             Ok(map) => map,
-            Err(e) => return Err((Layout::NnUnetV2, format!("{CHANNEL_MAP_FILE}: {e}"))),
+            Err(e) => {
+                return Err((
+                    Layout::NnUnetV2,
+                    DescriptionProblem::ChannelMap(Box::new(e)),
+                ))
+            }
         };
         if let Some(names) = json.get("channel_names") {
             let names = overrides.as_ref().unwrap_or(names);
@@ -74,11 +125,15 @@ impl TaskDescription {
                 .unwrap_or(LabelValues::Msd);
             let file_ending = match json.get("file_ending") {
                 None => ".nii.gz".to_string(),
-                Some(Value::String(e)) if matches!(e.to_ascii_lowercase().as_str(), ".nii" | ".nii.gz") => e.clone(),
+                Some(Value::String(e))
+                    if matches!(e.to_ascii_lowercase().as_str(), ".nii" | ".nii.gz") =>
+                {
+                    e.clone()
+                }
                 Some(other) => {
                     return Err((
                         Layout::NnUnetV2,
-                        format!("\"file_ending\" is {other}; CGGM Studio reads NIfTI: \".nii.gz\" or \".nii\""),
+                        DescriptionProblem::FileEnding(other.clone()),
                     ))
                 }
             };
@@ -98,22 +153,19 @@ impl TaskDescription {
 }
 
 /// `Ok(None)` when the file does not exist.
-fn read_json(path: &Path) -> Result<Option<Value>, String> {
+fn read_json(path: &Path) -> Result<Option<Value>, DescriptionProblem> {
     let metadata = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot read it: {e}")),
+        Err(e) => return Err(DescriptionProblem::Unreadable(e)),
     };
     if metadata.len() > MAX_DESCRIPTION_BYTES {
-        return Err(format!(
-            "it is {} bytes, more than the {MAX_DESCRIPTION_BYTES} a dataset description may have",
-            metadata.len()
-        ));
+        return Err(DescriptionProblem::TooLarge(metadata.len()));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let text = std::fs::read_to_string(path).map_err(DescriptionProblem::Unreadable)?;
     serde_json::from_str(&text)
         .map(Some)
-        .map_err(|e| format!("not valid JSON ({e})"))
+        .map_err(DescriptionProblem::NotJson)
 }
 
 /// Lower case, letters and digits only: "T1-Gd" -> "t1gd", "T2 FLAIR" -> "t2flair".
@@ -139,40 +191,38 @@ fn modality_of_channel_name(name: &str) -> Option<Modality> {
 }
 
 /// `{"0": "FLAIR", "1": "T1w", …}` -> the modality of each channel; exactly the four contrasts.
-fn channels_from(names: &Value, field: &str) -> Result<[Modality; 4], String> {
+fn channels_from(names: &Value, field: &str) -> Result<[Modality; 4], DescriptionProblem> {
+    let field = field.to_string();
     let Value::Object(map) = names else {
-        return Err(format!("\"{field}\" must map channel numbers to names, e.g. {{\"0\": \"FLAIR\", \"1\": \"T1w\", \"2\": \"T1gd\", \"3\": \"T2w\"}}"));
+        return Err(DescriptionProblem::ChannelsNotAMap { field });
     };
     let mut channels: [Option<Modality>; 4] = [None; 4];
     for (key, value) in map {
-        let index: usize = key
-            .trim()
-            .parse()
-            .ok()
-            .filter(|i| *i < 4)
-            .ok_or_else(|| {
-                format!(
-                    "\"{field}\" has channel {key:?}; CGGM Studio needs exactly four channels numbered 0 to 3 (FLAIR, T1, T1ce, T2)"
-                )
-            })?;
-        let name = value.as_str().unwrap_or_default();
-        let modality = modality_of_channel_name(name).ok_or_else(|| {
-            format!(
-                "\"{field}\" names channel {index} {value}, which is not a recognised MRI contrast (FLAIR, T1, T1ce/T1gd, T2 and their BraTS 2023 names t2f, t1n, t1c, t2w); map the channels yourself in {CHANNEL_MAP_FILE} beside dataset.json, e.g. {{\"0\": \"flair\", \"1\": \"t1\", \"2\": \"t1ce\", \"3\": \"t2\"}}"
-            )
+        let index: usize = key.trim().parse().ok().filter(|i| *i < 4).ok_or_else(|| {
+            DescriptionProblem::ChannelNumber {
+                field: field.clone(),
+                key: key.clone(),
+            }
         })?;
+        let name = value.as_str().unwrap_or_default();
+        let modality =
+            modality_of_channel_name(name).ok_or_else(|| DescriptionProblem::UnknownContrast {
+                field: field.clone(),
+                index,
+                value: value.clone(),
+            })?;
         if let Some(other) = channels.iter().position(|c| *c == Some(modality)) {
-            return Err(format!(
-                "\"{field}\" names both channel {other} and channel {index} {}; each contrast must appear once",
-                modality.name()
-            ));
+            return Err(DescriptionProblem::ContrastTwice {
+                field,
+                other,
+                index,
+                modality,
+            });
         }
         channels[index] = Some(modality);
     }
     if let Some(missing) = (0..4).find(|i| channels[*i].is_none()) {
-        return Err(format!(
-            "\"{field}\" has no channel {missing}; CGGM Studio needs the four contrasts FLAIR, T1, T1ce and T2"
-        ));
+        return Err(DescriptionProblem::MissingChannel { field, missing });
     }
     Ok(channels.map(|c| c.expect("checked above")))
 }
@@ -217,26 +267,26 @@ fn label_name(name: &str) -> Option<LabelName> {
 }
 
 /// The label numbering an nnU-Net `labels` map describes, if it is one CGGM Studio reads.
-fn nnunet_label_values(labels: &Value) -> Result<LabelValues, String> {
+fn nnunet_label_values(labels: &Value) -> Result<LabelValues, DescriptionProblem> {
     let Value::Object(map) = labels else {
-        return Err("\"labels\" must map names to values, e.g. {\"background\": 0, \"edema\": 1, \"non-enhancing tumor\": 2, \"enhancing tumour\": 3}".into());
+        return Err(DescriptionProblem::LabelsNotAMap);
     };
     // For each label value: the tumour class it is, from plain labels or from the regions it is in.
     let mut class_of = [None::<u8>; 256];
     let mut regions = [(false, false, false); 256];
     for (name, value) in map {
-        let kind = label_name(name).ok_or_else(|| {
-            format!("\"labels\" has {name:?}, which is not a BraTS tumour region (background, edema, non-enhancing/necrotic core, enhancing tumour, or nnU-Net's regions whole tumor / tumor core / enhancing tumor)")
-        })?;
+        let kind =
+            label_name(name).ok_or_else(|| DescriptionProblem::UnknownLabel(name.clone()))?;
         let values: Vec<u64> = match value {
             Value::Number(n) => n.as_u64().into_iter().collect(),
             Value::Array(items) => items.iter().filter_map(Value::as_u64).collect(),
             _ => Vec::new(),
         };
         if values.is_empty() || values.iter().any(|v| *v > 255) {
-            return Err(format!(
-                "\"labels\".{name:?} is {value}; give a label value 0–255 or a list of them"
-            ));
+            return Err(DescriptionProblem::LabelValue {
+                name: name.clone(),
+                value: value.clone(),
+            });
         }
         for v in values.into_iter().map(|v| v as usize) {
             match kind {
@@ -280,9 +330,7 @@ fn nnunet_label_values(labels: &Value) -> Result<LabelValues, String> {
             return Ok(candidate);
         }
     }
-    Err(format!(
-        "\"labels\" number the tumour classes {used:?} (value, class 1 NCR / 2 oedema / 3 enhancing); CGGM Studio reads the MSD numbering (1 oedema, 2 non-enhancing, 3 enhancing) or the BraTS one (1 NCR, 2 oedema, 3 or 4 enhancing): relabel the files"
-    ))
+    Err(DescriptionProblem::LabelNumbering(used))
 }
 
 #[cfg(test)]
@@ -309,7 +357,9 @@ mod tests {
     #[test]
     fn unknown_or_repeated_channels_name_the_fix() {
         let unknown = json!({"0": "DWI", "1": "T1", "2": "T1ce", "3": "T2"});
-        let message = channels_from(&unknown, "channel_names").unwrap_err();
+        let message = channels_from(&unknown, "channel_names")
+            .unwrap_err()
+            .to_string();
         assert!(
             message.contains("DWI") && message.contains(CHANNEL_MAP_FILE),
             "{message}"
@@ -317,10 +367,12 @@ mod tests {
         let twice = json!({"0": "T1", "1": "T1w", "2": "T1ce", "3": "T2"});
         assert!(channels_from(&twice, "channel_names")
             .unwrap_err()
+            .to_string()
             .contains("once"));
         let three = json!({"0": "T1", "1": "T1ce", "2": "T2"});
         assert!(channels_from(&three, "channel_names")
             .unwrap_err()
+            .to_string()
             .contains("no channel 3"));
     }
 
@@ -334,10 +386,14 @@ mod tests {
         let brats = json!({"background": 0, "NCR": 1, "ED": 2, "ET": 3});
         assert_eq!(nnunet_label_values(&brats).unwrap(), LabelValues::Brats);
         let odd = json!({"background": 0, "ET": 1, "ED": 2, "NCR": 3});
-        assert!(nnunet_label_values(&odd).unwrap_err().contains("relabel"));
+        assert!(nnunet_label_values(&odd)
+            .unwrap_err()
+            .to_string()
+            .contains("relabel"));
         let unknown = json!({"background": 0, "vessel": 1});
         assert!(nnunet_label_values(&unknown)
             .unwrap_err()
+            .to_string()
             .contains("vessel"));
     }
 }

@@ -228,7 +228,9 @@ fn discover_task(root: &Path) -> DiscoveryReport {
                 .into(),
         ),
         Ok(TaskDescription::Missing) => discover_msd(root, &MsdDescription::default()),
-        Err((layout, detail)) => dataset_problem(layout, &root.join(DESCRIPTION_FILE), detail),
+        Err((layout, detail)) => {
+            dataset_problem(layout, &root.join(DESCRIPTION_FILE), detail.to_string())
+        }
     }
 }
 

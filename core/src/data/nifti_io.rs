@@ -304,129 +304,167 @@ fn parse_header_2(path: &Path, bytes: &[u8]) -> Result<(NiftiHeader, Vec<u64>, u
             got: bytes.len() as u64,
         });
     }
-    let big = i32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")) != NIFTI2_HEADER_SIZE;
-    let magic = &bytes[4..8];
-    if magic != b"n+2\0" {
-        let detail = if magic == b"ni2\0" {
-            "it is the header of a two-file NIfTI-2 .hdr/.img pair; convert it to a single .nii.gz"
-                .to_string()
-        } else {
-            format!("NIfTI-2 size but magic {magic:?} instead of \"n+2\"")
-        };
-        return Err(DataError::NotNifti {
-            case: String::new(),
-            file: path.to_path_buf(),
-            detail,
-        });
-    }
-    let field = |at: usize, n: usize| -> &[u8] { &bytes[at..at + n] };
-    let i16_at = |at: usize| {
-        let b: [u8; 2] = field(at, 2).try_into().expect("2 bytes");
-        if big {
-            i16::from_be_bytes(b)
-        } else {
-            i16::from_le_bytes(b)
-        }
+    check_magic_2(path, &bytes[4..8])?;
+    let fields = Fields2 {
+        bytes,
+        big: i32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")) != NIFTI2_HEADER_SIZE,
     };
-    let i32_at = |at: usize| {
-        let b: [u8; 4] = field(at, 4).try_into().expect("4 bytes");
-        if big {
+    let (dims, vox_offset) = dims_2(path, &fields)?;
+    Ok((header_from_2(&fields, &dims, vox_offset), dims, vox_offset))
+}
+
+/// A single-file NIfTI-2 has the magic `n+2`; the two-file form and anything else are refused.
+fn check_magic_2(path: &Path, magic: &[u8]) -> Result<(), DataError> {
+    if magic == b"n+2\0" {
+        return Ok(());
+    }
+    let detail = if magic == b"ni2\0" {
+        "it is the header of a two-file NIfTI-2 .hdr/.img pair; convert it to a single .nii.gz"
+            .to_string()
+    } else {
+        format!("NIfTI-2 size but magic {magic:?} instead of \"n+2\"")
+    };
+    Err(DataError::NotNifti {
+        case: String::new(),
+        file: path.to_path_buf(),
+        detail,
+    })
+}
+
+/// The fields of a NIfTI-2 header at their byte offsets, in the header's byte order (`big`: the
+/// size field did not read 540 little-endian). Offsets are within the checked 540 bytes.
+struct Fields2<'a> {
+    bytes: &'a [u8],
+    big: bool,
+}
+
+impl Fields2<'_> {
+    fn raw<const N: usize>(&self, at: usize) -> [u8; N] {
+        self.bytes[at..at + N]
+            .try_into()
+            .expect("offset within the header")
+    }
+
+    fn i32(&self, at: usize) -> i32 {
+        let b = self.raw(at);
+        if self.big {
             i32::from_be_bytes(b)
         } else {
             i32::from_le_bytes(b)
         }
-    };
-    let i64_at = |at: usize| {
-        let b: [u8; 8] = field(at, 8).try_into().expect("8 bytes");
-        if big {
+    }
+
+    fn i16(&self, at: usize) -> i16 {
+        let b = self.raw(at);
+        if self.big {
+            i16::from_be_bytes(b)
+        } else {
+            i16::from_le_bytes(b)
+        }
+    }
+
+    fn i64(&self, at: usize) -> i64 {
+        let b = self.raw(at);
+        if self.big {
             i64::from_be_bytes(b)
         } else {
             i64::from_le_bytes(b)
         }
-    };
-    let f64_at = |at: usize| {
-        let b: [u8; 8] = field(at, 8).try_into().expect("8 bytes");
-        if big {
+    }
+
+    /// A double field, narrowed to the NIfTI-1 header's single precision.
+    fn f32(&self, at: usize) -> f32 {
+        let b = self.raw(at);
+        (if self.big {
             f64::from_be_bytes(b)
         } else {
             f64::from_le_bytes(b)
-        }
-    };
-    let rank = i64_at(16);
+        }) as f32
+    }
+}
+
+/// The dimensions (`dim[1..=dim[0]]`, each positive) and the voxel offset (not negative).
+fn dims_2(path: &Path, fields: &Fields2) -> Result<(Vec<u64>, u64), DataError> {
+    let rank = fields.i64(16);
     if !(1..=7).contains(&rank) {
         return Err(bad_header(path, format!("dim[0] = {rank} must be 1..7")));
     }
     let mut dims = Vec::new();
     for i in 1..=rank as usize {
-        let d = i64_at(16 + 8 * i);
+        let d = fields.i64(16 + 8 * i);
         if d <= 0 {
             return Err(bad_header(path, format!("dim[{i}] = {d} must be positive")));
         }
         dims.push(d as u64);
     }
-    let vox_offset = i64_at(168);
+    let vox_offset = fields.i64(168);
     if vox_offset < 0 {
         return Err(bad_header(
             path,
             format!("vox_offset {vox_offset} is negative"),
         ));
     }
+    Ok((dims, vox_offset as u64))
+}
+
+/// The NIfTI-1 header of a checked NIfTI-2 one (NIfTI-2 offsets, in `fields`' byte order).
+fn header_from_2(fields: &Fields2, dims: &[u64], vox_offset: u64) -> NiftiHeader {
     let mut header = NiftiHeader {
         sizeof_hdr: NIFTI1_HEADER_SIZE as i32,
-        datatype: i16_at(12),
-        bitpix: i16_at(14),
+        datatype: fields.i16(12),
+        bitpix: fields.i16(14),
         ..NiftiHeader::default()
     };
     header.dim = [1; 8];
-    header.dim[0] = rank as u16;
+    header.dim[0] = dims.len() as u16;
     for (i, &d) in dims.iter().enumerate() {
         // Larger dimensions exceed any voxel limit we accept; `checked_size` names the problem.
         header.dim[i + 1] = u16::try_from(d).unwrap_or(u16::MAX);
     }
-    header.intent_p1 = f64_at(80) as f32;
-    header.intent_p2 = f64_at(88) as f32;
-    header.intent_p3 = f64_at(96) as f32;
+    header.intent_p1 = fields.f32(80);
+    header.intent_p2 = fields.f32(88);
+    header.intent_p3 = fields.f32(96);
     for (i, p) in header.pixdim.iter_mut().enumerate() {
-        *p = f64_at(104 + 8 * i) as f32;
+        *p = fields.f32(104 + 8 * i);
     }
     header.vox_offset = vox_offset as f32;
-    header.scl_slope = f64_at(176) as f32;
-    header.scl_inter = f64_at(184) as f32;
-    header.cal_max = f64_at(192) as f32;
-    header.cal_min = f64_at(200) as f32;
-    header.slice_duration = f64_at(208) as f32;
-    header.toffset = f64_at(216) as f32;
-    header.descrip = field(240, 80).to_vec();
-    header.aux_file = field(320, 24).try_into().expect("24 bytes");
-    header.qform_code = i32_at(344) as i16;
-    header.sform_code = i32_at(348) as i16;
-    header.quatern_b = f64_at(352) as f32;
-    header.quatern_c = f64_at(360) as f32;
-    header.quatern_d = f64_at(368) as f32;
-    header.quatern_x = f64_at(376) as f32;
-    header.quatern_y = f64_at(384) as f32;
-    header.quatern_z = f64_at(392) as f32;
+    header.scl_slope = fields.f32(176);
+    header.scl_inter = fields.f32(184);
+    header.cal_max = fields.f32(192);
+    header.cal_min = fields.f32(200);
+    header.slice_duration = fields.f32(208);
+    header.toffset = fields.f32(216);
+    header.descrip = fields.bytes[240..320].to_vec();
+    header.aux_file = fields.raw(320);
+    header.qform_code = fields.i32(344) as i16;
+    header.sform_code = fields.i32(348) as i16;
+    header.quatern_b = fields.f32(352);
+    header.quatern_c = fields.f32(360);
+    header.quatern_d = fields.f32(368);
+    header.quatern_x = fields.f32(376);
+    header.quatern_y = fields.f32(384);
+    header.quatern_z = fields.f32(392);
     for (row, at) in [
         (&mut header.srow_x, 400),
         (&mut header.srow_y, 432),
         (&mut header.srow_z, 464),
     ] {
         for (c, v) in row.iter_mut().enumerate() {
-            *v = f64_at(at + 8 * c) as f32;
+            *v = fields.f32(at + 8 * c);
         }
     }
-    header.slice_code = i32_at(496) as u8;
-    header.xyzt_units = i32_at(500) as u8;
-    header.intent_code = i32_at(504) as i16;
-    header.intent_name = field(508, 16).try_into().expect("16 bytes");
-    header.dim_info = bytes[524];
+    header.slice_code = fields.i32(496) as u8;
+    header.xyzt_units = fields.i32(500) as u8;
+    header.intent_code = fields.i32(504) as i16;
+    header.intent_name = fields.raw(508);
+    header.dim_info = fields.bytes[524];
     header.magic = *b"n+1\0";
-    header.endianness = if big {
+    header.endianness = if fields.big {
         Endianness::Big
     } else {
         Endianness::Little
     };
-    Ok((header, dims, vox_offset as u64))
+    header
 }
 
 /// Decodes a volume, streaming: the header is read and checked first (size limit, datatype), then

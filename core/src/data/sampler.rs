@@ -18,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
-use super::cache::{default_cache_dir, f16_to_f32, prepare, CachedCase};
+use super::cache::{default_cache_dir, f16_to_f32, prepare, CacheIndex, CachedCase, StoredSlice};
 use super::{CaseSource, DataError};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -399,112 +399,160 @@ fn make_batch(shared: &Shared, k: u64) -> Result<SliceBatch, DataError> {
             !(index.tumour_slices.is_empty() && index.other_brain_slices.is_empty())
         })
         .collect();
+    let plane = crop * crop;
     let mut draws = Vec::with_capacity(b);
     for item in 0..b {
-        let case_index = if config.case_sweep {
-            swept_case(shared.seed, k * b as u64 + item as u64, &sampleable)
-        } else {
-            sampleable[rng.gen_range(0..sampleable.len())]
-        };
-        let case = &shared.cases[case_index];
-        let index = &case.index;
-        let want_tumour = rng.gen_bool(config.tumour_fraction);
-        let list = match (
-            want_tumour,
-            index.tumour_slices.is_empty(),
-            index.other_brain_slices.is_empty(),
-        ) {
-            (true, false, _) | (false, false, true) => &index.tumour_slices,
-            _ => &index.other_brain_slices,
-        };
-        let z = list[rng.gen_range(0..list.len())] as usize;
-        let tumour_slice = std::ptr::eq(list, &index.tumour_slices);
-        let x0 = crop_start(index.shape[0], crop, config.random_crop, &mut rng);
-        let y0 = crop_start(index.shape[1], crop, config.random_crop, &mut rng);
-        let authors = config.augmentation == Augmentation::Authors;
-        let rotation = match (config.rotate90, authors) {
-            (false, _) => 0,
-            (true, false) => rng.gen_range(0..4u8),
-            (true, true) => rng.gen_range(0..3u8),
-        };
-        let (flip_rows, flip_cols) = match (config.flip, authors) {
-            (false, _) => (false, false),
-            (true, false) => (rng.gen_bool(0.5), rng.gen_bool(0.5)),
-            (true, true) => {
-                let rows = rng.gen_bool(0.5);
-                (rows, !rows)
-            }
-        };
-        let slice = case.read_slice(z)?;
-        let (bx, by) = index.box_size();
-        let (box_x, box_y) = (index.x_range[0] as isize, index.y_range[0] as isize);
-        let last = crop - 1;
-        let plane = crop * crop;
-        let box_plane = bx * by;
+        let sweep_position = k * b as u64 + item as u64;
+        let (mut draw, origin) = draw_sample(shared, sweep_position, &sampleable, &mut rng);
+        let case = &shared.cases[draw.case];
+        let slice = case.read_slice(draw.z as usize)?;
         let out_images = &mut images
             .as_slice_mut()
             .expect("freshly allocated, standard layout")[item * 4 * plane..(item + 1) * 4 * plane];
         let out_labels = &mut labels
             .as_slice_mut()
             .expect("freshly allocated, standard layout")[item * plane..(item + 1) * plane];
-        for i in 0..crop {
-            for j in 0..crop {
-                // Output pixel (i, j) shows crop pixel (u, v): flips, then a rotation by 90° steps.
-                let (i2, j2) = (
-                    if flip_rows { last - i } else { i },
-                    if flip_cols { last - j } else { j },
-                );
-                let (u, v) = match rotation {
-                    0 => (i2, j2),
-                    1 => (j2, last - i2),
-                    2 => (last - i2, last - j2),
-                    _ => (last - j2, i2),
-                };
-                let bxi = x0 + u as isize - box_x;
-                let byi = y0 + v as isize - box_y;
-                if bxi < 0 || byi < 0 || bxi >= bx as isize || byi >= by as isize {
-                    continue;
-                }
-                let offset = bxi as usize * by + byi as usize;
-                let pixel = i * crop + j;
-                out_labels[pixel] = slice.labels[offset];
-                for c in 0..4 {
-                    out_images[c * plane + pixel] =
-                        f16_to_f32(slice.images[c * box_plane + offset]);
-                }
-            }
-        }
-        let mut noise_std = 0.0;
-        if authors {
-            if rng.gen_bool(0.1) {
-                noise_std = rng.gen_range(0.0..0.1f32);
-                add_noise_everywhere(
-                    images.index_axis_mut(ndarray::Axis(0), item),
-                    noise_std,
-                    rng.gen::<u64>(),
-                );
-            }
-        } else if config.noise_std > 0.0 {
-            noise_std = config.noise_std;
-            add_noise(
-                images.index_axis_mut(ndarray::Axis(0), item),
-                config.noise_std,
-                rng.gen::<u64>(),
-            );
-        }
-        draws.push(SampleDraw {
-            case: case_index,
-            z: z as u16,
-            tumour_slice,
-            rotation,
-            flip_rows,
-            flip_cols,
-            noise_std,
-        });
+        copy_crop(
+            &slice,
+            &case.index,
+            crop,
+            origin,
+            &draw,
+            out_images,
+            out_labels,
+        );
+        draw.noise_std = add_sample_noise(
+            config,
+            images.index_axis_mut(ndarray::Axis(0), item),
+            &mut rng,
+        );
+        draws.push(draw);
     }
     Ok(SliceBatch {
         images,
         labels,
         draws,
     })
+}
+
+/// Draws one sample of a batch from `rng` (in this order: case unless swept, tumour or not,
+/// slice, crop origin, rotation, flips; the batch's reproducibility depends on it): the draw
+/// (without noise yet) and the crop's origin in the slice.
+fn draw_sample(
+    shared: &Shared,
+    sweep_position: u64,
+    sampleable: &[usize],
+    rng: &mut ChaCha8Rng,
+) -> (SampleDraw, (isize, isize)) {
+    let config = &shared.config;
+    let case_index = if config.case_sweep {
+        swept_case(shared.seed, sweep_position, sampleable)
+    } else {
+        sampleable[rng.gen_range(0..sampleable.len())]
+    };
+    let index = &shared.cases[case_index].index;
+    let want_tumour = rng.gen_bool(config.tumour_fraction);
+    let list = match (
+        want_tumour,
+        index.tumour_slices.is_empty(),
+        index.other_brain_slices.is_empty(),
+    ) {
+        (true, false, _) | (false, false, true) => &index.tumour_slices,
+        _ => &index.other_brain_slices,
+    };
+    let z = list[rng.gen_range(0..list.len())] as usize;
+    let tumour_slice = std::ptr::eq(list, &index.tumour_slices);
+    let x0 = crop_start(index.shape[0], config.crop, config.random_crop, rng);
+    let y0 = crop_start(index.shape[1], config.crop, config.random_crop, rng);
+    let authors = config.augmentation == Augmentation::Authors;
+    let rotation = match (config.rotate90, authors) {
+        (false, _) => 0,
+        (true, false) => rng.gen_range(0..4u8),
+        (true, true) => rng.gen_range(0..3u8),
+    };
+    let (flip_rows, flip_cols) = match (config.flip, authors) {
+        (false, _) => (false, false),
+        (true, false) => (rng.gen_bool(0.5), rng.gen_bool(0.5)),
+        (true, true) => {
+            let rows = rng.gen_bool(0.5);
+            (rows, !rows)
+        }
+    };
+    let draw = SampleDraw {
+        case: case_index,
+        z: z as u16,
+        tumour_slice,
+        rotation,
+        flip_rows,
+        flip_cols,
+        noise_std: 0.0,
+    };
+    (draw, (x0, y0))
+}
+
+/// Writes the `crop` x `crop` window at `origin` of a cached slice into one sample's images
+/// (4 planes) and labels, flipped and rotated as `draw` says; pixels outside the slice's stored
+/// box stay zero (background).
+fn copy_crop(
+    slice: &StoredSlice,
+    index: &CacheIndex,
+    crop: usize,
+    (x0, y0): (isize, isize),
+    draw: &SampleDraw,
+    out_images: &mut [f32],
+    out_labels: &mut [u8],
+) {
+    let (bx, by) = index.box_size();
+    let (box_x, box_y) = (index.x_range[0] as isize, index.y_range[0] as isize);
+    let last = crop - 1;
+    let plane = crop * crop;
+    let box_plane = bx * by;
+    for i in 0..crop {
+        for j in 0..crop {
+            // Output pixel (i, j) shows crop pixel (u, v): flips, then a rotation by 90° steps.
+            let (i2, j2) = (
+                if draw.flip_rows { last - i } else { i },
+                if draw.flip_cols { last - j } else { j },
+            );
+            let (u, v) = match draw.rotation {
+                0 => (i2, j2),
+                1 => (j2, last - i2),
+                2 => (last - i2, last - j2),
+                _ => (last - j2, i2),
+            };
+            let bxi = x0 + u as isize - box_x;
+            let byi = y0 + v as isize - box_y;
+            if bxi < 0 || byi < 0 || bxi >= bx as isize || byi >= by as isize {
+                continue;
+            }
+            let offset = bxi as usize * by + byi as usize;
+            let pixel = i * crop + j;
+            out_labels[pixel] = slice.labels[offset];
+            for c in 0..4 {
+                out_images[c * plane + pixel] = f16_to_f32(slice.images[c * box_plane + offset]);
+            }
+        }
+    }
+}
+
+/// The noise augmentation of one sample (the authors' recipe, or `noise_std` on the brain), drawn
+/// from `rng` after the sample's other draws; returns the standard deviation added (0 = none).
+fn add_sample_noise(
+    config: &SamplerConfig,
+    sample: ndarray::ArrayViewMut3<f32>,
+    rng: &mut ChaCha8Rng,
+) -> f32 {
+    if config.augmentation == Augmentation::Authors {
+        if rng.gen_bool(0.1) {
+            let noise_std = rng.gen_range(0.0..0.1f32);
+            add_noise_everywhere(sample, noise_std, rng.gen::<u64>());
+            return noise_std;
+        }
+        0.0
+    } else if config.noise_std > 0.0 {
+        add_noise(sample, config.noise_std, rng.gen::<u64>());
+        config.noise_std
+    } else {
+        0.0
+    }
 }

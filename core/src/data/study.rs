@@ -1,7 +1,7 @@
 //! One case in memory: the four modalities checked against each other, z-scored, and the label
 //! mapped to the internal classes. Also the full dataset check behind `cggm validate`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ndarray::{Array3, Array4, ArrayView3, ShapeBuilder};
 use nifti::NiftiHeader;
@@ -242,115 +242,127 @@ fn store_modality(
 /// Reads, checks and normalises one case: every modality present and 3-D, all volumes (label
 /// included) on one grid with one affine, finite intensities, label values in the convention.
 pub fn load_study(source: &CaseSource) -> Result<Study, DataError> {
-    let case = source.id.as_str();
-    let ensure_brain = |data: &[f32], file: &Path| {
-        if data.iter().all(|&v| v == 0.0) {
-            Err(DataError::EmptyVolume {
-                case: case.to_string(),
-                file: file.to_path_buf(),
-            })
-        } else {
-            Ok(())
-        }
-    };
-    match &source.files {
+    let (images, checked, label) = match &source.files {
         CaseFiles::Separate {
-            images: files,
+            images,
             label,
             label_values,
         } => {
-            // The four files decode at once (inflating gzip is most of a case's load time);
-            // the checks then run in modality order, so the problem reported is the one reading
-            // them one by one would meet first.
-            let volumes: Vec<_> = std::thread::scope(|scope| {
-                let decoders: Vec<_> = Modality::ALL
-                    .iter()
-                    .map(|m| {
-                        let file = &files[m.index()];
-                        scope.spawn(move || read_raw_volume(file))
-                    })
-                    .collect();
-                decoders
-                    .into_iter()
-                    .map(|d| d.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                    .collect()
-            });
-            let mut checked: Option<Checked> = None;
-            let mut images = Array4::<f32>::zeros((0, 0, 0, 0));
-            for (m, volume) in Modality::ALL.into_iter().zip(volumes) {
-                let file = &files[m.index()];
-                let volume = volume.map_err(|e| e.in_case(case))?;
-                let shape = spatial_dims(&volume, file).map_err(|e| e.in_case(case))?;
-                match &checked {
-                    None => {
-                        images = Array4::zeros((4, shape[0], shape[1], shape[2]));
-                        checked = Some(Checked {
-                            reference_file: file.clone(),
-                            reference_header: volume.header.clone(),
-                            shape,
-                        });
-                    }
-                    Some(c) => c.same_grid(case, file, &volume.header, shape)?,
-                }
-                check_finite(&volume.data, shape, file).map_err(|e| e.in_case(case))?;
-                ensure_brain(&volume.data, file)?;
-                store_modality(&mut images, m, shape, volume.data);
-            }
-            let checked = checked.expect("four modalities");
-            let label = match label {
-                Some(file) => Some(read_label(case, file, &checked, *label_values)?),
-                None => None,
-            };
-            Ok(Study {
-                id: source.id.clone(),
-                images,
-                label,
-                voxel_volume_ml: voxel_volume_ml(&checked.reference_header),
-                header: checked.reference_header,
-            })
+            let (volumes, checked) = load_separate(&source.id, images)?;
+            (volumes, checked, label.as_ref().map(|l| (l, *label_values)))
         }
         CaseFiles::Msd4d {
             image,
             label,
             channels,
         } => {
-            let volume = read_raw_volume(image).map_err(|e| e.in_case(case))?;
-            let dims = volume.dims.clone();
-            if dims.len() != 4 || dims[3] != 4 {
-                return Err(DataError::NotThreeD {
-                    case: case.to_string(),
-                    file: image.clone(),
-                    dims,
+            let (volumes, checked) = load_msd4d(&source.id, image, channels)?;
+            (
+                volumes,
+                checked,
+                label.as_ref().map(|l| (l, LabelValues::Msd)),
+            )
+        }
+    };
+    let label = match label {
+        Some((file, values)) => Some(read_label(&source.id, file, &checked, values)?),
+        None => None,
+    };
+    Ok(Study {
+        id: source.id.clone(),
+        images,
+        label,
+        voxel_volume_ml: voxel_volume_ml(&checked.reference_header),
+        header: checked.reference_header,
+    })
+}
+
+/// A modality that is zero everywhere holds no brain (a blank or wrongly exported file).
+fn ensure_brain(case: &str, data: &[f32], file: &Path) -> Result<(), DataError> {
+    if data.iter().all(|&v| v == 0.0) {
+        Err(DataError::EmptyVolume {
+            case: case.to_string(),
+            file: file.to_path_buf(),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// The four modalities of a case stored one file each, checked to share one grid: the images
+/// `[4, X, Y, Z]` and the grid the label must match.
+fn load_separate(case: &str, files: &[PathBuf; 4]) -> Result<(Array4<f32>, Checked), DataError> {
+    // The four files decode at once (inflating gzip is most of a case's load time); the checks
+    // then run in modality order, so the problem reported is the one reading them one by one
+    // would meet first.
+    let volumes: Vec<_> = std::thread::scope(|scope| {
+        let decoders: Vec<_> = Modality::ALL
+            .iter()
+            .map(|m| {
+                let file = &files[m.index()];
+                scope.spawn(move || read_raw_volume(file))
+            })
+            .collect();
+        decoders
+            .into_iter()
+            .map(|d| d.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    let mut checked: Option<Checked> = None;
+    let mut images = Array4::<f32>::zeros((0, 0, 0, 0));
+    for (m, volume) in Modality::ALL.into_iter().zip(volumes) {
+        let file = &files[m.index()];
+        let volume = volume.map_err(|e| e.in_case(case))?;
+        let shape = spatial_dims(&volume, file).map_err(|e| e.in_case(case))?;
+        match &checked {
+            None => {
+                images = Array4::zeros((4, shape[0], shape[1], shape[2]));
+                checked = Some(Checked {
+                    reference_file: file.clone(),
+                    reference_header: volume.header.clone(),
+                    shape,
                 });
             }
-            let shape = [dims[0], dims[1], dims[2]];
-            let per_channel = shape.iter().product::<usize>();
-            check_finite(&volume.data[..], [shape[0], shape[1], shape[2] * 4], image)
-                .map_err(|e| e.in_case(case))?;
-            let mut images = Array4::zeros((4, shape[0], shape[1], shape[2]));
-            for (channel, &m) in channels.iter().enumerate() {
-                let data = volume.data[channel * per_channel..(channel + 1) * per_channel].to_vec();
-                ensure_brain(&data, image)?;
-                store_modality(&mut images, m, shape, data);
-            }
-            let checked = Checked {
-                reference_file: image.clone(),
-                reference_header: volume.header,
-                shape,
-            };
-            let label = match label {
-                Some(file) => Some(read_label(case, file, &checked, LabelValues::Msd)?),
-                None => None,
-            };
-            Ok(Study {
-                id: source.id.clone(),
-                images,
-                label,
-                voxel_volume_ml: voxel_volume_ml(&checked.reference_header),
-                header: checked.reference_header,
-            })
+            Some(c) => c.same_grid(case, file, &volume.header, shape)?,
         }
+        check_finite(&volume.data, shape, file).map_err(|e| e.in_case(case))?;
+        ensure_brain(case, &volume.data, file)?;
+        store_modality(&mut images, m, shape, volume.data);
     }
+    Ok((images, checked.expect("four modalities")))
+}
+
+/// The four modalities of an MSD case stored as one 4-D file, channel `i` being `channels[i]`.
+fn load_msd4d(
+    case: &str,
+    image: &Path,
+    channels: &[Modality; 4],
+) -> Result<(Array4<f32>, Checked), DataError> {
+    let volume = read_raw_volume(image).map_err(|e| e.in_case(case))?;
+    let dims = volume.dims.clone();
+    if dims.len() != 4 || dims[3] != 4 {
+        return Err(DataError::NotThreeD {
+            case: case.to_string(),
+            file: image.to_path_buf(),
+            dims,
+        });
+    }
+    let shape = [dims[0], dims[1], dims[2]];
+    let per_channel = shape.iter().product::<usize>();
+    check_finite(&volume.data[..], [shape[0], shape[1], shape[2] * 4], image)
+        .map_err(|e| e.in_case(case))?;
+    let mut images = Array4::zeros((4, shape[0], shape[1], shape[2]));
+    for (channel, &m) in channels.iter().enumerate() {
+        let data = volume.data[channel * per_channel..(channel + 1) * per_channel].to_vec();
+        ensure_brain(case, &data, image)?;
+        store_modality(&mut images, m, shape, data);
+    }
+    let checked = Checked {
+        reference_file: image.to_path_buf(),
+        reference_header: volume.header,
+        shape,
+    };
+    Ok((images, checked))
 }
 
 /// Discovers the dataset under `dir`, then fully loads and checks every case (in parallel). Bad

@@ -41,14 +41,18 @@ impl std::fmt::Display for TaskKind {
 }
 
 impl std::str::FromStr for TaskKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = crate::unknown_name::UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim().to_ascii_lowercase();
         TaskKind::ALL
             .into_iter()
             .find(|k| k.name() == s)
             .ok_or_else(|| {
-                format!("unknown task {s:?}: use segmentation, classification or regression")
+                crate::unknown_name::UnknownName::new(
+                    "task",
+                    &s,
+                    "use segmentation, classification or regression",
+                )
             })
     }
 }

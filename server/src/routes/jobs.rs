@@ -178,7 +178,7 @@ pub async fn check_train_request(
     };
     // A finished run's id, resolved below once the new run's network is known.
     let init_from = object.remove("init_from").filter(|v| !v.is_null());
-    let options = RunOptions::from_json(&body).map_err(Error::Unprocessable)?;
+    let options = RunOptions::from_json(&body).map_err(|e| Error::Unprocessable(e.to_string()))?;
     let dataset = db::dataset(&state.pool, dataset_id).await?;
     let facts = DatasetFacts::of(&dataset);
     if facts.samples == 0 {
@@ -189,7 +189,7 @@ pub async fn check_train_request(
     }
     let mut config = options
         .to_config(std::path::Path::new(&dataset.path))
-        .map_err(Error::Unprocessable)?;
+        .map_err(|e| Error::Unprocessable(e.to_string()))?;
     check_device(state, &config.device)?;
     // A feature preset trains the dataset's own task (as `cggm train` does), when it can.
     config.train_task(facts.task).map_err(|e| {

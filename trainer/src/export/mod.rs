@@ -35,13 +35,15 @@ pub enum ExportFormat {
 }
 
 impl std::str::FromStr for ExportFormat {
-    type Err = String;
+    type Err = cggm_core::unknown_name::UnknownName;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
             "onnx" => Ok(ExportFormat::Onnx),
-            other => Err(format!(
-                "unknown export format {other:?}: the format cggm exports is onnx"
+            other => Err(cggm_core::unknown_name::UnknownName::new(
+                "export format",
+                other,
+                "the format cggm exports is onnx",
             )),
         }
     }

@@ -8,7 +8,7 @@
 //! Build it from the trained model right before predicting (weights change while training).
 
 use super::decoder::Decoder;
-use super::resnet::{Block, ConvBn, ConvGeometry, FoldedConv, ResNet};
+use super::resnet::{channels_last, Block, ConvBn, ConvGeometry, FoldedConv, ResNet};
 use super::{ModalityClassifiers, MultimodalSegmenter};
 use tch::{Kind, Tensor};
 
@@ -56,13 +56,6 @@ impl FoldedOutput {
             .as_ref()
             .map(|all| all.narrow(1, i as i64 * self.classes, self.classes))
     }
-}
-
-/// The same [N, C, H, W] tensor laid out channels-last (NHWC strides). Convolutions (oneDNN)
-/// keep that layout for their outputs, and on the CPU max pooling and the final argmax over
-/// classes are several times faster on it than on NCHW (bf16 max pooling 4x, argmax 12x).
-pub(crate) fn channels_last(t: &Tensor) -> Tensor {
-    t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 
 fn fold_all(convs: &[ConvBn], kind: Kind) -> Vec<FoldedConv> {

@@ -32,6 +32,36 @@ pub enum FeatureError {
     File { path: PathBuf, problem: String },
 }
 
+/// Why a `dataset.json` contradicts itself (see [`DatasetSpec::check`]).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum SpecError {
+    #[error("task \"segmentation\" is for NIfTI datasets; a feature dataset is \"classification\" or \"regression\"")]
+    Segmentation,
+    #[error("a classification dataset needs at least 2 class names in \"classes\", got {0}")]
+    TooFewClasses(usize),
+    #[error("label_range [{lo}, {hi}] must be two finite numbers, low < high")]
+    LabelRange { lo: f64, hi: f64 },
+    #[error("\"modalities\" is empty: list at least one {{\"name\", \"dim\", \"seq_len\"}}")]
+    NoModalities,
+    #[error(
+        "{what} name {name:?} is not usable: use 1-{max} letters, digits, spaces (not at either \
+         end) and {}",
+        .punctuation.chars().map(|c| format!("'{c}'")).collect::<Vec<_>>().join(" ")
+    )]
+    UnsafeName {
+        what: &'static str,
+        name: String,
+        max: usize,
+        punctuation: &'static str,
+    },
+    #[error("modality name {LABELS:?} is taken by the labels tensor: rename the modality")]
+    LabelsName,
+    #[error("modality {0:?} is listed twice")]
+    Twice(String),
+    #[error("modality {0:?}: dim and seq_len must be at least 1")]
+    EmptyModality(String),
+}
+
 fn file_error(path: &Path, problem: impl Into<String>) -> FeatureError {
     FeatureError::File {
         path: path.to_path_buf(),
@@ -89,33 +119,26 @@ impl DatasetSpec {
         let spec: Self = serde_json::from_str(&text).map_err(|e| {
             file_error(&path, format!("not a valid feature dataset description ({e}); see README \"Feature datasets\" for the fields"))
         })?;
-        spec.check().map_err(|p| file_error(&path, p))?;
+        spec.check().map_err(|p| file_error(&path, p.to_string()))?;
         Ok(spec)
     }
 
     /// Internal consistency of the description itself.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), SpecError> {
         match self.task {
-            TaskKind::Segmentation => {
-                return Err("task \"segmentation\" is for NIfTI datasets; a feature dataset is \"classification\" or \"regression\"".into())
-            }
+            TaskKind::Segmentation => return Err(SpecError::Segmentation),
             TaskKind::Classification if self.classes.len() < 2 => {
-                return Err(format!("a classification dataset needs at least 2 class names in \"classes\", got {}", self.classes.len()))
+                return Err(SpecError::TooFewClasses(self.classes.len()))
             }
             _ => {}
         }
         if let Some([lo, hi]) = self.label_range {
             if !(lo.is_finite() && hi.is_finite() && lo < hi) {
-                return Err(format!(
-                    "label_range [{lo}, {hi}] must be two finite numbers, low < high"
-                ));
+                return Err(SpecError::LabelRange { lo, hi });
             }
         }
         if self.modalities.is_empty() {
-            return Err(
-                "\"modalities\" is empty: list at least one {\"name\", \"dim\", \"seq_len\"}"
-                    .into(),
-            );
+            return Err(SpecError::NoModalities);
         }
         for class in &self.classes {
             safe_name("class", class, 64, NAME_PUNCTUATION)?;
@@ -125,18 +148,13 @@ impl DatasetSpec {
             // No '.' or '/': `<modality>.lengths` names a tensor in the split files.
             safe_name("modality", &m.name, 32, MODALITY_PUNCTUATION)?;
             if m.name == LABELS {
-                return Err(format!(
-                    "modality name {LABELS:?} is taken by the labels tensor: rename the modality"
-                ));
+                return Err(SpecError::LabelsName);
             }
             if !seen.insert(&m.name) {
-                return Err(format!("modality {:?} is listed twice", m.name));
+                return Err(SpecError::Twice(m.name.clone()));
             }
             if m.dim == 0 || m.seq_len == Some(0) {
-                return Err(format!(
-                    "modality {:?}: dim and seq_len must be at least 1",
-                    m.name
-                ));
+                return Err(SpecError::EmptyModality(m.name.clone()));
             }
         }
         Ok(())
@@ -171,21 +189,23 @@ const MODALITY_PUNCTUATION: &str = "-_+()";
 /// Names from `dataset.json` end up in pages, charts and file names: letters, digits, spaces and
 /// a little punctuation only (no `<`, `>`, `&`, quotes or `=`, so no name can be read as markup),
 /// 1 to `max` characters, no space at either end.
-fn safe_name(what: &str, name: &str, max: usize, punctuation: &str) -> Result<(), String> {
+fn safe_name(
+    what: &'static str,
+    name: &str,
+    max: usize,
+    punctuation: &'static str,
+) -> Result<(), SpecError> {
     let length = name.chars().count();
     let allowed = |c: char| c.is_alphanumeric() || c == ' ' || punctuation.contains(c);
     if (1..=max).contains(&length) && name.trim() == name && name.chars().all(allowed) {
         return Ok(());
     }
-    Err(format!(
-        "{what} name {name:?} is not usable: use 1-{max} letters, digits, spaces (not at either \
-         end) and {}",
-        punctuation
-            .chars()
-            .map(|c| format!("'{c}'"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    ))
+    Err(SpecError::UnsafeName {
+        what,
+        name: name.to_string(),
+        max,
+        punctuation,
+    })
 }
 
 /// Whether `dir` is a feature dataset: its `dataset.json` says `"format": "cggm-features"`, or (as
@@ -376,7 +396,10 @@ mod tests {
         assert_eq!(spec("audio (MFCC+delta)", &["a", "b"]).check(), Ok(()));
 
         let payload = "<img src=x onerror=alert(1)>";
-        let err = spec("text", &["a", payload]).check().unwrap_err();
+        let err = spec("text", &["a", payload])
+            .check()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(&format!("{payload:?}")), "{err}");
         assert!(err.contains("class name") && err.contains("'('"), "{err}");
         for bad in [
@@ -394,7 +417,10 @@ mod tests {
         }
         assert_eq!(spec("text", &["a", &"c".repeat(64)]).check(), Ok(()));
 
-        let err = spec("<b>x</b>", &["a", "b"]).check().unwrap_err();
+        let err = spec("<b>x</b>", &["a", "b"])
+            .check()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("modality name \"<b>x</b>\""), "{err}");
         for bad in [
             "",

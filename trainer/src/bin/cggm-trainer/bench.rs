@@ -882,7 +882,7 @@ fn bench_infer(args: InferBenchArgs) -> Result<()> {
     // (opt-in), and the default (folded, whole slices, brain slices only).
     type Variant<'a> = (
         &'a str,
-        Box<dyn Fn() -> cggm_trainer::eval::VolumePrediction + 'a>,
+        Box<dyn Fn() -> cggm_trainer::predict::VolumePrediction + 'a>,
     );
     let mut variants: Vec<Variant> = Vec::new();
     if !args.no_reference {

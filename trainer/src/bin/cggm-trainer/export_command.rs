@@ -18,7 +18,7 @@ pub struct ExportArgs {
     pub out: PathBuf,
 }
 
-fn parse_format(s: &str) -> Result<ExportFormat, String> {
+fn parse_format(s: &str) -> Result<ExportFormat, cggm_core::unknown_name::UnknownName> {
     s.parse()
 }
 

@@ -1,6 +1,7 @@
 //! `cggm train`, `cggm eval` and `cggm infer`.
 
 use anyhow::{bail, Context, Result};
+use cggm_core::unknown_name::UnknownName;
 use cggm_trainer::checkpoint;
 use cggm_trainer::config::TrainConfig;
 use cggm_trainer::data::features::{is_feature_dataset, DatasetSpec};
@@ -11,7 +12,7 @@ use cggm_trainer::events::EventSink;
 use cggm_trainer::infer::infer;
 use cggm_trainer::metrics::Hd95Definition;
 use cggm_trainer::model::Model;
-use cggm_trainer::progress::Progress;
+use cggm_trainer::progress::{EventProgress, Progress};
 use cggm_trainer::request::{RunOptions, DEFAULT_PRESET};
 use cggm_trainer::run::{dataset_split, run_split, train, TrainOptions};
 use cggm_trainer::run_features::train_features;
@@ -147,7 +148,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     let cfg = args.to_config()?;
     let mut events = EventSink::from_arg(args.events.as_deref())
         .context("opening the events file")?
-        .with_progress();
+        .with_observer(EventProgress::on_stderr());
     // Ends the tracked run (KILLED) when training returns without finishing or failing.
     let _tracked = match Tracker::start(&args.tracking, &args.out, args.resume)? {
         Some(tracker) => {
@@ -225,9 +226,9 @@ pub struct EvalArgs {
     pub hd95: Hd95Definition,
 }
 
-fn parse_hd95(s: &str) -> Result<Hd95Definition, String> {
+fn parse_hd95(s: &str) -> Result<Hd95Definition, UnknownName> {
     serde_json::from_value(serde_json::Value::String(s.to_string()))
-        .map_err(|_| format!("unknown HD95 definition {s:?}: use brats-pooled or max-of-directed"))
+        .map_err(|_| UnknownName::new("HD95 definition", s, "use brats-pooled or max-of-directed"))
 }
 
 /// Whether `run_dir` holds a classification or regression run (its config.json says so).
@@ -387,7 +388,7 @@ pub fn run_infer(args: InferArgs) -> Result<()> {
     }
     let events = EventSink::from_arg(args.events.as_deref())
         .context("opening the events file")?
-        .with_progress();
+        .with_observer(EventProgress::on_stderr());
     let summary = infer(
         &args.checkpoint,
         &args.cases,
