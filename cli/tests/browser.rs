@@ -351,6 +351,28 @@ async fn a_classification_run_shows_accuracy_per_modality_scores_and_its_confusi
         values.contains("epochs ") && !values.contains("crop"),
         "{values}"
     );
+    // The duration estimate: cpu-features' measured step time × its 12 epochs × the steps of
+    // 150 samples' training share (70 %) in batches of the preset's size; it follows the form.
+    let estimate = browser.text("#duration-estimate").await;
+    assert!(
+        estimate.starts_with("Estimated training time on 2 CPU cores: about")
+            && estimate.contains(" epochs × "),
+        "{estimate}"
+    );
+    browser
+        .script(
+            "const f = document.querySelector('#new-run'); f.steps_per_epoch.value = '100'; f.epochs.value = '3';
+             f.epochs.dispatchEvent(new Event('input'));",
+        )
+        .await;
+    let estimate = browser.text("#duration-estimate").await;
+    assert!(
+        estimate.contains("3 epochs × 100 steps × 0.07 s per step"),
+        "{estimate}"
+    );
+    browser
+        .script("const f = document.querySelector('#new-run'); f.steps_per_epoch.value = ''; f.epochs.value = '';")
+        .await;
     browser.goto(&server.url(&format!("/jobs/{job}"))).await;
     browser
         .wait_for(

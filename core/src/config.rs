@@ -446,6 +446,40 @@ impl TrainConfig {
         }
     }
 
+    /// Seconds one training step of preset `name` at its own settings took on the development
+    /// machine's 2 CPU cores (README "Performance": the FLOPs per step over the achieved rate),
+    /// for the new-run form's duration estimate; `None` where no such measurement exists (the
+    /// GPU preset at batch 64, crop 160; `tiny`, whose runs last seconds).
+    pub fn preset_cpu_step_seconds(name: &str) -> Option<f64> {
+        match name {
+            "cpu-small" => Some(0.25),
+            "cpu-features" => Some(0.07),
+            "paper-mosi" => Some(1.0),
+            "paper-iemocap" => Some(0.35),
+            "paper-food101" => Some(0.05),
+            _ => None,
+        }
+    }
+
+    /// Slices drawn from one training sample per epoch: `slices_per_case` of an MRI case, one
+    /// feature sample.
+    pub fn slices_per_sample(&self) -> usize {
+        if self.task == TaskKind::Segmentation {
+            self.slices_per_case.max(1)
+        } else {
+            1
+        }
+    }
+
+    /// Steps in one epoch when `steps_per_epoch` is not set: every training sample once per
+    /// epoch (segmentation: `slices_per_case` slices of each case), in batches. The trainer's
+    /// rule for segmentation and feature runs alike.
+    pub fn default_steps_per_epoch(&self, train_samples: usize) -> usize {
+        (train_samples * self.slices_per_sample())
+            .div_ceil(self.sampler.batch_size.max(1))
+            .max(1)
+    }
+
     /// The tasks preset `name` trains: a segmentation preset segments; `cpu-features` trains
     /// either feature task (the dataset decides); the paper's feature presets are those of their
     /// benchmark (CMU-MOSI sentiment is a regression, IEMOCAP and Food-101 classifications).
@@ -852,6 +886,36 @@ pub fn incompatibility(source: &TrainConfig, target: &TrainConfig) -> Option<Str
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn every_cpu_preset_but_the_toy_has_a_step_time_for_the_duration_estimate() {
+        for name in TrainConfig::PRESETS {
+            let (hardware, _) = TrainConfig::preset_hardware(name);
+            let seconds = TrainConfig::preset_cpu_step_seconds(name);
+            assert_eq!(
+                seconds.is_some(),
+                hardware == "CPU" && name != "tiny",
+                "{name}: {hardware}, {seconds:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_epoch_without_steps_per_epoch_draws_every_training_sample_once() {
+        let seg = TrainConfig::preset("cpu-small").unwrap();
+        // 10 cases x 16 slices in batches of 16.
+        assert_eq!(
+            seg.default_steps_per_epoch(10),
+            (10 * seg.slices_per_case).div_ceil(16)
+        );
+        assert_eq!(seg.sampler.batch_size, 16);
+        let mut features = TrainConfig::preset("cpu-features").unwrap();
+        features.slices_per_case = 24; // ignored: a feature sample is drawn once
+        let batch = features.sampler.batch_size;
+        assert_eq!(features.default_steps_per_epoch(batch * 3 + 1), 4);
+        assert_eq!(features.default_steps_per_epoch(0), 1);
+    }
+
     use super::*;
 
     #[test]

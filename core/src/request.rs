@@ -531,6 +531,14 @@ pub struct PresetChoice {
     /// One line on the preset (model, size, measured step time).
     pub description: String,
     pub defaults: RunOptions,
+    /// Measured seconds per training step on 2 CPU cores (`None`: not measured), for the form's
+    /// duration estimate.
+    pub cpu_step_seconds: Option<f64>,
+    /// Slices drawn from each training case per epoch (segmentation; 1 for feature samples) and
+    /// the share of a dataset that trains: with the batch size, the steps of an epoch when
+    /// `steps_per_epoch` is not set (`TrainConfig::default_steps_per_epoch`).
+    pub slices_per_case: usize,
+    pub train_fraction: f64,
 }
 
 /// How an option is entered.
@@ -625,6 +633,10 @@ impl Vocabulary {
                     hardware: TrainConfig::preset_hardware(&cfg.preset).0.to_string(),
                     description: TrainConfig::preset_hardware(&cfg.preset).1.to_string(),
                     defaults: RunOptions::of(&cfg),
+                    cpu_step_seconds: TrainConfig::preset_cpu_step_seconds(&cfg.preset),
+                    slices_per_case: cfg.slices_per_sample(),
+                    train_fraction: (1.0 - cfg.split.val_fraction - cfg.split.test_fraction)
+                        .max(0.0),
                 })
                 .collect(),
             default_preset: DEFAULT_PRESET.to_string(),

@@ -90,7 +90,7 @@ pub fn run_split(cfg: &TrainConfig, run_dir: &Path, save: bool) -> Result<Split>
 
 pub fn steps_per_epoch(cfg: &TrainConfig, train_cases: usize) -> usize {
     cfg.steps_per_epoch
-        .unwrap_or_else(|| (train_cases * cfg.slices_per_case).div_ceil(cfg.sampler.batch_size))
+        .unwrap_or_else(|| cfg.default_steps_per_epoch(train_cases))
         .max(1)
 }
 

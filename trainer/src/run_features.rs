@@ -104,7 +104,7 @@ impl TaskRun for FeatureRun {
         }
         let steps_per_epoch = cfg
             .steps_per_epoch
-            .unwrap_or_else(|| train.n.div_ceil(cfg.sampler.batch_size))
+            .unwrap_or_else(|| cfg.default_steps_per_epoch(train.n))
             .max(1);
         let device = parse_device(&cfg.device).map_err(anyhow::Error::msg)?;
         let model = Model::features(cfg.clone(), &spec, device)?;

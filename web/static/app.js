@@ -98,7 +98,38 @@ if (newRun) {
         if (shown && !(box && box.hidden)) values.push(option.label.toLowerCase() + " " + shown);
       }
       $("#preset-values").textContent = values.length ? "This preset: " + values.join(" · ") : "";
+      estimate(preset);
     };
+    // The run's duration from the preset's measured step time: epochs × steps per epoch × seconds
+    // per step. Steps per epoch as entered, else the preset's, else the trainer's rule (every
+    // training sample once: its share of the dataset × slices per sample / batch size).
+    const estimate = (preset) => {
+      const out = $("#duration-estimate");
+      if (!preset) { out.textContent = ""; return; }
+      if (!preset.cpu_step_seconds) {
+        out.textContent = "No measured step time for " + preset.name + " on a CPU, so no duration estimate.";
+        return;
+      }
+      const number = (name) => {
+        const entered = Number(f[name] ? f[name].value : "");
+        return entered > 0 ? entered : Number(preset.defaults[name]) || 0;
+      };
+      const epochs = number("epochs"), batch = number("batch_size");
+      let steps = number("steps_per_epoch");
+      const chosen = f.dataset_id.selectedOptions[0];
+      if (!steps && chosen && batch) {
+        const train = Math.round(Number(chosen.dataset.samples || 0) * preset.train_fraction);
+        steps = Math.max(1, Math.ceil(train * preset.slices_per_case / batch));
+      }
+      if (!(epochs > 0 && steps > 0)) { out.textContent = ""; return; }
+      const seconds = epochs * steps * preset.cpu_step_seconds;
+      out.dataset.seconds = String(seconds);
+      out.textContent = "Estimated training time on 2 CPU cores: about " + formatEta(seconds) + " (" + epochs +
+        " epochs × " + steps + " steps × " + preset.cpu_step_seconds + " s per step, validation not counted).";
+    };
+    for (const name of ["epochs", "steps_per_epoch", "batch_size"]) {
+      if (f[name]) f[name].addEventListener("input", () => estimate(vocab.presets.find((p) => p.name === f.preset.value)));
+    }
     // Options that do not apply to the dataset's task are hidden and not sent.
     const fitOptions = (task) => {
       for (const box of $$("label.run-option", newRun)) {
