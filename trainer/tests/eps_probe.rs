@@ -7,7 +7,7 @@ mod step_common;
 use cggm_trainer::config::{EpsSource, Method};
 use cggm_trainer::model::ClassifierDesign;
 use cggm_trainer::step::Trainer;
-use step_common::{batch, config, exclusive};
+use step_common::{batch, config, exclusive, synthetic_dataset, train_run};
 use tch::{Device, Tensor};
 
 /// A second batch: the first one's samples mirrored, so its tumours sit elsewhere.
@@ -112,23 +112,10 @@ fn full_classifiers_have_the_fusion_heads_last_layer_and_more_decoder() {
 
 #[test]
 fn a_run_with_the_signal_profile_trains_and_reports_its_diagnostics() {
-    use cggm_trainer::data::synth::{write_synthetic_dataset, SynthConfig};
-    use cggm_trainer::events::EventSink;
-    use cggm_trainer::run::{train, TrainOptions};
-
     let _rng = exclusive();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    write_synthetic_dataset(
-        &data,
-        &SynthConfig {
-            cases: 6,
-            seed: 5,
-            size: [40, 40, 20],
-            imbalance: 2.0,
-        },
-    )
-    .unwrap();
+    synthetic_dataset(&data, 6, [40, 40, 20], 5, 2.0);
     // scripts/study.sh PROFILE=signal EPS_SOURCE=probe, on the tiny model.
     let mut cfg = config(Method::Cggm);
     cfg.data = data.clone();
@@ -141,11 +128,8 @@ fn a_run_with_the_signal_profile_trains_and_reports_its_diagnostics() {
     cfg.cggm.eps_ema = 0.9;
     cfg.cggm.eps_source = EpsSource::Probe;
     cfg.cggm.probe_size = 4;
+    train_run(cfg, tmp.path());
     let run = tmp.path().join("run");
-    let events = EventSink::file(&tmp.path().join("events.jsonl")).unwrap();
-    train(cfg, &run, &events, &TrainOptions::default())
-        .unwrap()
-        .unwrap();
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
     let diagnostics = &metrics["balance_diagnostics"];

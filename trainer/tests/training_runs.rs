@@ -1,9 +1,10 @@
 //! Whole training runs on small synthetic BraTS datasets (CPU): learning, checkpoint -> infer ->
 //! eval agreement, exact resume, and refusing to clobber a run.
 
+mod step_common;
+
 use cggm_trainer::checkpoint::read_config;
 use cggm_trainer::config::TrainConfig;
-use cggm_trainer::data::synth::{write_synthetic_dataset, SynthConfig};
 use cggm_trainer::data::{brats_to_internal, read_volume, OutputLabels};
 use cggm_trainer::eval::evaluate;
 use cggm_trainer::events::{Event, EventSink};
@@ -23,16 +24,7 @@ fn exclusive() -> MutexGuard<'static, ()> {
 }
 
 fn dataset(dir: &Path, cases: usize, size: [usize; 3], seed: u64) {
-    write_synthetic_dataset(
-        dir,
-        &SynthConfig {
-            cases,
-            seed,
-            size,
-            imbalance: 1.0,
-        },
-    )
-    .unwrap();
+    step_common::synthetic_dataset(dir, cases, size, seed, 1.0);
 }
 
 fn tiny(data: &Path, epochs: usize) -> TrainConfig {

@@ -16,6 +16,43 @@ pub fn exclusive() -> MutexGuard<'static, ()> {
     TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A synthetic BraTS-style dataset of `cases` cases of `size` voxels in `dir`.
+pub fn synthetic_dataset(
+    dir: &std::path::Path,
+    cases: usize,
+    size: [usize; 3],
+    seed: u64,
+    imbalance: f64,
+) {
+    use cggm_trainer::data::synth::{write_synthetic_dataset, SynthConfig};
+    write_synthetic_dataset(
+        dir,
+        &SynthConfig {
+            cases,
+            seed,
+            size,
+            imbalance,
+        },
+    )
+    .unwrap();
+}
+
+/// A whole `train` of `cfg` into `dir/run` with its events in `dir/events.jsonl`; returns the
+/// run's metrics and the events file.
+pub fn train_run(
+    cfg: TrainConfig,
+    dir: &std::path::Path,
+) -> (cggm_trainer::run::RunMetrics, std::path::PathBuf) {
+    use cggm_trainer::events::EventSink;
+    use cggm_trainer::run::{train, TrainOptions};
+    let events_path = dir.join("events.jsonl");
+    let events = EventSink::file(&events_path).unwrap();
+    let metrics = train(cfg, &dir.join("run"), &events, &TrainOptions::default())
+        .unwrap()
+        .unwrap();
+    (metrics, events_path)
+}
+
 pub fn config(method: Method) -> TrainConfig {
     let mut cfg = TrainConfig::preset("tiny").unwrap();
     cfg.method = method;
