@@ -148,7 +148,8 @@ def figure(path):
     from PIL import Image, ImageDraw, ImageFont
 
     names = [m for m in methods if m in diffs]
-    width, height, left, right, top, bottom = 720, 420, 90, 30, 50, 70
+    # Wide enough for every method's name (eight arms in study v2).
+    width, height, left, right, top, bottom = max(720, 90 + 30 + 150 * len(names)), 420, 90, 30, 50, 70
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
     try:
@@ -180,7 +181,8 @@ def figure(path):
             for v in (mean - half, mean + half):
                 draw.line([(cx + 39, y_of(v)), (cx + 51, y_of(v))], fill="black", width=2)
         draw.rectangle([cx + 41, y_of(mean) - 4, cx + 49, y_of(mean) + 4], fill=(200, 60, 50))
-        draw.text((cx - 40, height - bottom + 12), m, fill="black", font=font)
+        # Names alternate between two rows so that long ones never overlap.
+        draw.text((cx - 55, height - bottom + 12 + 22 * (i % 2)), m, fill="black", font=font)
     img.save(path)
 
 
