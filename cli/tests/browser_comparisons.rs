@@ -193,9 +193,22 @@ async fn a_two_by_three_study_launched_from_the_browser_runs_under_slurm_and_sho
     let header = browser
         .script(
             "return Array.from(document.querySelectorAll('#comparison-summary thead th'))
+               .map((th) => th.dataset.metric || th.textContent);",
+        )
+        .await;
+    // Metric columns read in words; their keys stay in data-metric (the CSV's names).
+    let words = browser
+        .script(
+            "return Array.from(document.querySelectorAll('#comparison-summary thead th[data-metric]'))
                .map((th) => th.textContent);",
         )
         .await;
+    let words: Vec<String> = serde_json::from_value(words).unwrap();
+    assert!(
+        words.iter().any(|w| w == "Dice mean")
+            && words.iter().any(|w| w == "lesion-wise Dice mean"),
+        "{words:?}"
+    );
     let dice_column = header
         .as_array()
         .unwrap()

@@ -8,10 +8,22 @@
   const list = (text) => (text || "").split(",").map((s) => s.trim()).filter(Boolean);
   const fmt = (i) => !i ? "–" : i.half == null ? i.mean.toFixed(4) : i.mean.toFixed(4) + " ± " + i.half.toFixed(4);
 
+  // A metric key in the user's words: dice_wt -> "Dice WT", hd95_mean -> "HD95 mean (mm)",
+  // lesion_dice_tc -> "lesion-wise Dice TC", acc2 -> "Acc-2"; unknown words stay as they are.
+  const WORDS = { dice: "Dice", hd95: "HD95", lesion: "lesion-wise", wt: "WT", tc: "TC", et: "ET",
+    mae: "MAE", corr: "Corr", acc2: "Acc-2", f1: "F1", auc: "AUC" };
+  const metricLabel = (key) => {
+    const text = key.split("_").map((w) => WORDS[w] || w).join(" ");
+    return key.startsWith("hd95") ? text + " (mm)" : text;
+  };
+  const metricColumn = (key) => ({ key, text: metricLabel(key) });
+
   function table(target, header, rows) {
     target.replaceChildren();
     const head = target.createTHead().insertRow();
-    header.forEach((h) => head.appendChild(el("th", {}, h)));
+    // A metric's column reads in words ("HD95 WT (mm)"), its key stays in data-metric (the CSV's).
+    header.forEach((h) => head.appendChild(typeof h === "object"
+      ? el("th", { dataset: { metric: h.key }, title: h.key }, h.text) : el("th", {}, h)));
     const body = target.createTBody();
     rows.forEach((cells) => {
       const tr = body.insertRow();
@@ -96,16 +108,16 @@
     progress.textContent = finished + " of " + a.runs.length + " runs finished" + (a.done ? "" : " (refreshing)");
     const warnings = document.querySelector("#comparison-warnings");
     warnings.replaceChildren(...(a.warnings || []).map((w) => el("p", { class: "notice" }, w)));
-    table(document.querySelector("#comparison-summary"), ["method", "runs with a test score"].concat(a.metrics),
+    table(document.querySelector("#comparison-summary"), ["method", "runs with a test score"].concat(a.metrics.map(metricColumn)),
       a.arms.map((arm, k) => [swatch(k, arm.arm), arm.finished + " / " + arm.runs].concat(a.metrics.map((m) => fmt(arm.metrics[m])))));
     table(document.querySelector("#comparison-paired"), ["method", "metric", "Δ vs joint", "above joint on"],
-      a.paired.map((p) => [p.arm, p.metric, fmt(p.interval), p.above + " of " + p.interval.n + " seeds"]));
+      a.paired.map((p) => [p.arm, metricLabel(p.metric), fmt(p.interval), p.above + " of " + p.interval.n + " seeds"]));
     // One row per method and metric, one column per modality (not one row per triple).
     const modalities = [...new Set(a.modality.map((m) => m.modality))];
     const pairs = [];
     for (const m of a.modality) if (!pairs.some(([arm, metric]) => arm === m.arm && metric === m.metric)) pairs.push([m.arm, m.metric]);
     table(document.querySelector("#comparison-modality"), ["method", "metric"].concat(modalities),
-      pairs.map(([arm, metric]) => [arm, metric].concat(modalities.map((mod) => {
+      pairs.map(([arm, metric]) => [arm, metricLabel(metric)].concat(modalities.map((mod) => {
         const hit = a.modality.find((m) => m.arm === arm && m.metric === metric && m.modality === mod);
         return hit ? fmt(hit.interval) : "–";
       }))));
