@@ -30,6 +30,19 @@ fn screenshot_paths() -> Vec<PathBuf> {
 /// The study form offers the trainer's methods and the presets of the chosen dataset's task
 /// (from `/api/vocabulary`) instead of free text; the methods ticked and the preset chosen are
 /// what the study is made of (issue 18).
+
+/// Clicks "Launch" on the filled study form and waits for the study's page: its id.
+async fn launch(browser: &Browser) -> i64 {
+    browser.click("#launch-comparison").await;
+    browser
+        .wait_for(
+            "/^\\/comparisons\\/\\d+$/.test(location.pathname)",
+            Duration::from_secs(30),
+        )
+        .await;
+    browser.id_in_url().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_study_form_picks_methods_and_presets_from_the_vocabulary() {
     let server = LiveServer::start(&["--no-demo"]);
@@ -82,14 +95,7 @@ async fn the_study_form_picks_methods_and_presets_from_the_vocabulary() {
         ))
         .await;
     assert!(!browser.text("#study-preset-description").await.is_empty());
-    browser.click("#launch-comparison").await;
-    browser
-        .wait_for(
-            "/^\\/comparisons\\/\\d+$/.test(location.pathname)",
-            Duration::from_secs(30),
-        )
-        .await;
-    let id: i64 = browser.id_in_url().await;
+    let id = launch(&browser).await;
     let study = server.get_json(&format!("/api/comparisons/{id}")).await;
     assert_eq!(
         study["spec"]["methods"],
@@ -144,14 +150,7 @@ async fn a_two_by_three_study_launched_from_the_browser_runs_under_slurm_and_sho
              f.epochs.value = '1'; f.steps_per_epoch.value = '2'; f.device.value = 'cpu';"
         ))
         .await;
-    browser.click("#launch-comparison").await;
-    browser
-        .wait_for(
-            "/^\\/comparisons\\/\\d+$/.test(location.pathname)",
-            Duration::from_secs(30),
-        )
-        .await;
-    let id: i64 = browser.id_in_url().await;
+    let id = launch(&browser).await;
 
     // Every run of the grid is a Slurm job.
     let aggregate = server.get_json(&format!("/api/comparisons/{id}")).await;
