@@ -27,10 +27,6 @@ fn screenshot_paths() -> Vec<PathBuf> {
     paths
 }
 
-/// The study form offers the trainer's methods and the presets of the chosen dataset's task
-/// (from `/api/vocabulary`) instead of free text; the methods ticked and the preset chosen are
-/// what the study is made of (issue 18).
-
 /// Clicks "Launch" on the filled study form and waits for the study's page: its id.
 async fn launch(browser: &Browser) -> i64 {
     browser.click("#launch-comparison").await;
@@ -43,6 +39,9 @@ async fn launch(browser: &Browser) -> i64 {
     browser.id_in_url().await
 }
 
+/// The study form offers the trainer's methods and the presets of the chosen dataset's task
+/// (from `/api/vocabulary`) instead of free text; the methods ticked and the preset chosen are
+/// what the study is made of (issue 18).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_study_form_picks_methods_and_presets_from_the_vocabulary() {
     let server = LiveServer::start(&["--no-demo"]);
