@@ -80,8 +80,8 @@ impl From<std::io::Error> for Error {
 
 impl From<axum::extract::multipart::MultipartError> for Error {
     fn from(e: axum::extract::multipart::MultipartError) -> Self {
-        if let Some(idle) = crate::limits::stalled_body(&e) {
-            Error::RequestTimeout(crate::limits::BodyStalled(idle).to_string())
+        if let Some(idle) = crate::body_stall::stalled_body(&e) {
+            Error::RequestTimeout(crate::body_stall::BodyStalled(idle).to_string())
         } else if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Error::PayloadTooLarge(
                 "upload is larger than the server's limit (CGGM_MAX_UPLOAD_MB); \

@@ -1,6 +1,7 @@
 //! CGGM Studio web application: the axum server behind `cggm serve` — pages, JSON API, job runner
 //! (training and inference as child processes), SQLite storage and the slice viewer.
 
+pub mod body_stall;
 pub mod config;
 pub mod db;
 pub mod dicom;

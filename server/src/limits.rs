@@ -4,6 +4,7 @@
 //! event streams, and the text limits of multipart fields and names ([`Bounds`] holds the
 //! configurable ones, with their `cggm serve` flags).
 
+use crate::body_stall::BodyStalled;
 use crate::error::Error;
 use crate::AppState;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -160,12 +161,6 @@ impl Drop for StreamPermit {
     }
 }
 
-/// The error a body's stream gives when nothing arrived for `idle`: extractors report it as their
-/// own failure to read, and [`stalled_body`] finds it in their error's sources.
-#[derive(Debug, thiserror::Error)]
-#[error("the request body stalled: nothing received for {} s; send it again", .0.as_secs_f64())]
-pub struct BodyStalled(pub Duration);
-
 /// `body`, failing with [`BodyStalled`] when a read waits longer than `idle` for the next chunk
 /// (a client that stops sending inside a text field holds its connection only this long);
 /// `stalled` is set when that happens, whatever the extractor then makes of the error. After each
@@ -199,18 +194,6 @@ fn idle_limited(
             }
         },
     ))
-}
-
-/// The stall inside an extractor's error, if that is what it is.
-pub fn stalled_body(error: &(dyn std::error::Error + 'static)) -> Option<Duration> {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if let Some(stalled) = e.downcast_ref::<BodyStalled>() {
-            return Some(stalled.0);
-        }
-        current = e.source();
-    }
-    None
 }
 
 /// Whether the request carries a body (one announced, chunked, or in-process).
