@@ -81,6 +81,15 @@ impl Job {
     pub fn run_dir(&self) -> cggm_core::rundir::RunDir {
         cggm_core::rundir::RunDir::new(&self.out_dir)
     }
+
+    /// A finished prediction's segmentation file; 404 for any other job, or before it exists.
+    pub fn segmentation(&self) -> Result<std::path::PathBuf> {
+        let path = Path::new(&self.out_dir).join("seg.nii.gz");
+        if self.kind != JobKind::Infer || self.state != JobState::Succeeded || !path.is_file() {
+            return Err(Error::NotFound(format!("segmentation of job {}", self.id)));
+        }
+        Ok(path)
+    }
 }
 
 /// What a job runs. Stored as its name (`train`, `infer`) in `jobs.kind`.

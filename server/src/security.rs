@@ -168,6 +168,16 @@ async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
     response
 }
 
+/// Where the MONAI Label API is mounted: its clients (3D Slicer, OHIF) are not browsers, so
+/// [`guard`] checks its routes differently.
+pub const MONAILABEL_PREFIX: &str = "/monailabel";
+
+/// Whether `path` is one of the MONAI Label API's routes.
+pub fn is_monailabel(path: &str) -> bool {
+    path.strip_prefix(MONAILABEL_PREFIX)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 /// Every request passes here first: `Host`, then (for state-changing methods) the origin, then
 /// the token; every response leaves with the security headers.
 pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -181,7 +191,7 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
     );
     // MONAI Label's clients (3D Slicer, OHIF) cannot send `X-CGGM-Request`: their routes refuse
     // what a browser marks as coming from another site or origin instead, whatever the method.
-    let monailabel = crate::routes::monailabel::is_monailabel(request.uri().path());
+    let monailabel = is_monailabel(request.uri().path());
     if mutating || monailabel {
         if let Err(message) = check_same_origin(&state, headers) {
             return forbidden(message).with_headers();
@@ -454,6 +464,14 @@ pub fn download_name(stem: &str, suffix: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_monailabel_prefix_matches_whole_path_segments_only() {
+        assert!(is_monailabel("/monailabel"));
+        assert!(is_monailabel("/monailabel/info/"));
+        assert!(!is_monailabel("/monailabelx/info/"));
+        assert!(!is_monailabel("/api/monailabel/info/"));
+    }
 
     #[test]
     fn host_names_drop_the_port_and_keep_ipv6_brackets() {

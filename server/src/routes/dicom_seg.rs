@@ -1,7 +1,6 @@
 //! `GET /api/predictions/N/dicom-seg`: a finished prediction of a study imported from DICOM, as a
 //! DICOM Segmentation object referring to the study's kept series (`crate::dicom_seg`).
 
-use super::studies::seg_path;
 use crate::db;
 use crate::dicom_seg::{self, SegmentationSource};
 use crate::error::{Error, Result};
@@ -52,7 +51,7 @@ pub(crate) struct PredictionSeg {
 /// the PACS's STOW both send this.
 pub(crate) async fn prediction_seg(state: &AppState, id: i64) -> Result<PredictionSeg> {
     let job = db::job(&state.pool, id).await?;
-    let prediction = seg_path(&job)?;
+    let prediction = job.segmentation()?;
     let study = match job.study_id {
         Some(s) => Some(db::study(&state.pool, s).await?),
         None => None,

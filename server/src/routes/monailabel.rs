@@ -43,8 +43,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Where the API lives: a MONAI Label client's server URL is `http://HOST:PORT/monailabel`.
-pub const PREFIX: &str = "/monailabel";
+/// Where the API lives: a MONAI Label client's server URL is `http://HOST:PORT/monailabel`
+/// (defined with the guard, which treats these routes apart).
+pub use crate::security::MONAILABEL_PREFIX as PREFIX;
 
 /// The channel order of an image as one 4-D NIfTI (MSD Task01): FLAIR, T1w, T1gd, T2w.
 pub const CHANNELS: [&str; 4] = ["flair", "t1", "t1ce", "t2"];
@@ -68,12 +69,6 @@ const STRATEGIES: [(&str, &str); 2] = [
          (needs predictions of at least two models for an image)",
     ),
 ];
-
-/// Whether `path` is one of this API's routes.
-pub fn is_monailabel(path: &str) -> bool {
-    path.strip_prefix(PREFIX)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-}
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -1391,14 +1386,6 @@ async fn logs(State(state): State<AppState>, Query(q): Query<LogsQuery>) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_prefix_matches_whole_path_segments_only() {
-        assert!(is_monailabel("/monailabel"));
-        assert!(is_monailabel("/monailabel/info/"));
-        assert!(!is_monailabel("/monailabelx/info/"));
-        assert!(!is_monailabel("/api/monailabel/info/"));
-    }
 
     #[test]
     fn default_image_ids_are_reserved() {

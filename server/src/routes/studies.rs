@@ -402,17 +402,9 @@ async fn show_prediction(
     Ok(Json(prediction_view(&state, id).await?))
 }
 
-pub(crate) fn seg_path(job: &db::Job) -> Result<PathBuf> {
-    let path = PathBuf::from(&job.out_dir).join("seg.nii.gz");
-    if job.kind != JobKind::Infer || job.state != JobState::Succeeded || !path.is_file() {
-        return Err(Error::NotFound(format!("segmentation of job {}", job.id)));
-    }
-    Ok(path)
-}
-
 async fn download_seg(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Response> {
     let job = db::job(&state.pool, id).await?;
-    let path = seg_path(&job)?;
+    let path = job.segmentation()?;
     let study = job.params_json()["study"]
         .as_str()
         .unwrap_or("case")
@@ -468,7 +460,7 @@ async fn label_slice(
     Query(q): Query<SliceQuery>,
 ) -> Result<Response> {
     let job = db::job(&state.pool, id).await?;
-    let path = seg_path(&job)?;
+    let path = job.segmentation()?;
     let shown: Vec<u8> = match &q.labels {
         Some(text) => text
             .split(',')

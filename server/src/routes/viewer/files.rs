@@ -64,21 +64,12 @@ pub(super) async fn study_nifti(
     nifti_response(&path, state.data_dir()).await
 }
 
-/// A finished prediction's segmentation file.
-pub(super) fn prediction_seg(job: &Job) -> Result<PathBuf> {
-    let path = PathBuf::from(&job.out_dir).join("seg.nii.gz");
-    if job.kind != JobKind::Infer || job.state != JobState::Succeeded || !path.is_file() {
-        return Err(Error::NotFound(format!("segmentation of job {}", job.id)));
-    }
-    Ok(path)
-}
-
 pub(super) async fn prediction_nifti(
     State(state): State<AppState>,
     Path(id): Path<i64>,
 ) -> Result<Response> {
     let job = db::job(&state.pool, id).await?;
-    nifti_response(&prediction_seg(&job)?, state.data_dir()).await
+    nifti_response(&job.segmentation()?, state.data_dir()).await
 }
 
 /// The case `case` of a registered or uploaded dataset (found by name, never by path).

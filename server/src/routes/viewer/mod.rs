@@ -4,7 +4,7 @@
 //! ground truth (the trainer's metric code), and PNG thumbnails of cases.
 
 use super::studies::{file_stream, StudyView};
-use crate::db::{self, Dataset, Job, JobKind, JobState};
+use crate::db::{self, Dataset, Job, JobKind};
 use crate::error::{Error, Result};
 use crate::inspect::nifti_extension;
 use crate::volume::{self, LabelConvention, TumourClass};
@@ -244,7 +244,7 @@ async fn prediction_manifest(
         .await?
         .into();
     let mut overlays = Vec::new();
-    let seg = prediction_seg(&job).ok();
+    let seg = job.segmentation().ok();
     if let Some(path) = &seg {
         overlays.push(overlay(
             "prediction",

@@ -67,7 +67,7 @@ pub(super) async fn prediction_scores(
     Path(id): Path<i64>,
 ) -> Result<Json<CaseScores>> {
     let job = db::job(&state.pool, id).await?;
-    let seg = prediction_seg(&job)?;
+    let seg = job.segmentation()?;
     let study: StudyView = db::study(&state.pool, job.study_id.unwrap_or_default())
         .await?
         .into();
