@@ -4,6 +4,7 @@ use crate::error::{Error, Result};
 use cggm_core::events::EventKind;
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use std::collections::HashMap;
 use std::path::Path;
 
 pub async fn connect(data_dir: &Path) -> anyhow::Result<SqlitePool> {
@@ -189,6 +190,16 @@ pub async fn jobs(pool: &SqlitePool, kind: Option<JobKind>) -> Result<Vec<Job>> 
                 .await?
         }
     })
+}
+
+/// The jobs with these ids, by id, in one query (ids that name no job are left out).
+pub async fn jobs_by_id(pool: &SqlitePool, ids: &[i64]) -> Result<HashMap<i64, Job>> {
+    let jobs: Vec<Job> =
+        sqlx::query_as("SELECT * FROM jobs WHERE id IN (SELECT value FROM json_each(?))")
+            .bind(serde_json::json!(ids).to_string())
+            .fetch_all(pool)
+            .await?;
+    Ok(jobs.into_iter().map(|job| (job.id, job)).collect())
 }
 
 /// Events of a job with `seq > after`, optionally of one kind, in order.

@@ -127,6 +127,23 @@ impl PredictionSource {
         Self::new(prediction, run.as_ref())
     }
 
+    /// The sources of `predictions`, in their order, reading all their runs in one query (a list
+    /// of N predictions would otherwise cost N).
+    pub async fn of_all(
+        pool: &SqlitePool,
+        predictions: &[Job],
+    ) -> crate::error::Result<Vec<Option<Self>>> {
+        let ids: Vec<i64> = predictions
+            .iter()
+            .filter_map(|p| p.checkpoint_job_id)
+            .collect();
+        let runs = db::jobs_by_id(pool, &ids).await?;
+        Ok(predictions
+            .iter()
+            .map(|p| Self::new(p, p.checkpoint_job_id.and_then(|id| runs.get(&id))))
+            .collect())
+    }
+
     /// The segment algorithm name of a DICOM SEG (a LO of at most 64 characters):
     /// "CGGM Studio cggm run 7 best".
     pub fn algorithm(&self) -> String {
@@ -190,6 +207,57 @@ mod tests {
             }
         );
         assert_eq!(best.describe(), "best checkpoint (after epoch 3, step 120)");
+    }
+
+    /// The list's sources (one query for all runs) are those each prediction gets alone: runs
+    /// shared by several predictions and a prediction naming no run.
+    #[tokio::test]
+    async fn a_list_of_predictions_gets_the_sources_each_gets_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = db::connect(dir.path()).await.unwrap();
+        let insert = |kind: &'static str, params: serde_json::Value, run: Option<i64>| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>(
+                    "INSERT INTO jobs (kind, state, params, checkpoint_job_id, out_dir, created_at)
+                     VALUES (?, 'succeeded', ?, ?, '', 0) RETURNING id",
+                )
+                .bind(kind)
+                .bind(params.to_string())
+                .bind(run)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+            }
+        };
+        let run = |method: &str| serde_json::json!({"method": method, "preset": "tiny", "dataset": "demo"});
+        let a = insert("train", run("cggm"), None).await;
+        let b = insert("train", run("joint"), None).await;
+        let mut recorded = serde_json::json!({"study": "p1"});
+        ChosenCheckpoint {
+            name: "best".into(),
+            epoch: Some(2),
+            step: Some(8),
+        }
+        .record(&mut recorded);
+        for (params, of) in [
+            (recorded.clone(), Some(a)),
+            (serde_json::json!({"study": "p2"}), Some(b)),
+            (recorded, Some(b)),
+            (serde_json::json!({}), None),
+        ] {
+            insert("infer", params, of).await;
+        }
+        let predictions = db::jobs(&pool, Some(db::JobKind::Infer)).await.unwrap();
+        assert_eq!(predictions.len(), 4);
+        let listed = PredictionSource::of_all(&pool, &predictions).await.unwrap();
+        let mut alone = Vec::new();
+        for p in &predictions {
+            alone.push(PredictionSource::of(&pool, p).await);
+        }
+        let json = |sources: &[Option<PredictionSource>]| serde_json::to_value(sources).unwrap();
+        assert_eq!(json(&listed), json(&alone));
+        assert_eq!(listed.iter().filter(|s| s.is_some()).count(), 3);
     }
 
     #[test]

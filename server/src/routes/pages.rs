@@ -595,15 +595,18 @@ async fn segment(State(state): State<AppState>) -> Response {
                     )
                 })
                 .collect();
-            let mut predictions = Vec::new();
-            for j in db::jobs(&state.pool, Some(JobKind::Infer)).await? {
-                predictions.push(PredictionRow {
+            let jobs = db::jobs(&state.pool, Some(JobKind::Infer)).await?;
+            let sources = PredictionSource::of_all(&state.pool, &jobs).await?;
+            let predictions = jobs
+                .iter()
+                .zip(sources)
+                .map(|(j, source)| PredictionRow {
                     id: j.id,
                     state: j.state.to_string(),
                     study: j.params_json()["study"].as_str().unwrap_or("").into(),
-                    source: PredictionSource::of(&state.pool, &j).await,
-                });
-            }
+                    source,
+                })
+                .collect();
             Ok(HtmlTemplate(Segment {
                 studies,
                 checkpoints,

@@ -354,14 +354,22 @@ async fn region_volumes_of(
 }
 
 async fn prediction_view(state: &AppState, id: i64) -> Result<PredictionView> {
-    prediction_view_with(state, id, true).await
-}
-
-async fn prediction_view_with(state: &AppState, id: i64, decode: bool) -> Result<PredictionView> {
     let job = db::job(&state.pool, id).await?;
     if job.kind != JobKind::Infer {
         return Err(Error::NotFound(format!("prediction {id}")));
     }
+    let source = PredictionSource::of(&state.pool, &job).await;
+    prediction_view_of(state, job, source, true).await
+}
+
+/// The view of prediction `job` (an inference job) whose source is already read.
+async fn prediction_view_of(
+    state: &AppState,
+    job: db::Job,
+    source: Option<PredictionSource>,
+    decode: bool,
+) -> Result<PredictionView> {
+    let id = job.id;
     let study: Option<StudyView> = match job.study_id {
         Some(s) => db::study(&state.pool, s).await.ok().map(Into::into),
         None => None,
@@ -376,7 +384,6 @@ async fn prediction_view_with(state: &AppState, id: i64, decode: bool) -> Result
     let seg_url = finished.then(|| format!("/api/predictions/{id}/seg.nii.gz"));
     let has_dicom = super::dicom_seg::reference_series(study.as_ref().map(|s| &s.study)).is_ok();
     let dicom_seg_url = (finished && has_dicom).then(|| format!("/api/predictions/{id}/dicom-seg"));
-    let source = PredictionSource::of(&state.pool, &job).await;
     Ok(PredictionView {
         source,
         job: job_view(state, job).await?,
@@ -387,10 +394,13 @@ async fn prediction_view_with(state: &AppState, id: i64, decode: bool) -> Result
     })
 }
 
+/// Every prediction, newest first; their runs are read in one query.
 pub async fn list_predictions(State(state): State<AppState>) -> Result<Json<Vec<PredictionView>>> {
+    let jobs = db::jobs(&state.pool, Some(JobKind::Infer)).await?;
+    let sources = PredictionSource::of_all(&state.pool, &jobs).await?;
     let mut out = Vec::new();
-    for job in db::jobs(&state.pool, Some(JobKind::Infer)).await? {
-        out.push(prediction_view_with(&state, job.id, false).await?);
+    for (job, source) in jobs.into_iter().zip(sources) {
+        out.push(prediction_view_of(&state, job, source, false).await?);
     }
     Ok(Json(out))
 }
