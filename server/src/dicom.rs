@@ -126,8 +126,32 @@ pub fn unpack_zip(
             limits.max_entries
         )));
     }
-    // First the declared sizes and the names, so that a bomb or a name the file system cannot
-    // hold is refused before a byte is unpacked.
+    let declared = check_entries(&mut zip, label)?;
+    check_unpacked_size(label, declared, stored, limits)?;
+    let mut unpacked: u64 = 0;
+    let mut count = 0;
+    for i in 0..zip.len() {
+        let mut entry = zip
+            .by_index(i)
+            .map_err(|e| refused(format!("{label}: entry {i} is unreadable ({e})")))?;
+        let relative = entry.enclosed_name().expect("checked above");
+        if entry.is_dir() || is_clutter(&relative) {
+            continue;
+        }
+        let budget = limits.max_unpacked_bytes.saturating_sub(unpacked);
+        unpacked += unpack_entry(&mut entry, &relative, label, dest, budget)?;
+        check_unpacked_size(label, unpacked, stored, limits)?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// The declared sizes and the names of every entry, read before a byte is unpacked so that a
+/// bomb or a name the file system cannot hold is refused first; the declared total.
+fn check_entries<R: Read + std::io::Seek>(
+    zip: &mut zip::ZipArchive<R>,
+    label: &str,
+) -> Result<u64, ImportError> {
     let mut declared: u64 = 0;
     let mut names = EntryNames::default();
     for i in 0..zip.len() {
@@ -153,56 +177,50 @@ pub fn unpack_zip(
         }
         declared = declared.saturating_add(entry.size());
     }
-    check_unpacked_size(label, declared, stored, limits)?;
-    let mut unpacked: u64 = 0;
-    let mut count = 0;
-    for i in 0..zip.len() {
-        let mut entry = zip
-            .by_index(i)
-            .map_err(|e| refused(format!("{label}: entry {i} is unreadable ({e})")))?;
-        let relative = entry.enclosed_name().expect("checked above");
-        if entry.is_dir() || is_clutter(&relative) {
-            continue;
-        }
-        let damaged = |e: std::io::Error| {
-            refused(format!("{label}: {} is damaged ({e})", relative.display()))
-        };
-        // The signature from the entry's first bytes: a file that is not DICOM is refused before
-        // the rest of it (or of the archive) is unpacked.
-        let mut head = Vec::with_capacity(DICOM_HEAD);
-        (&mut entry)
-            .take(DICOM_HEAD as u64)
-            .read_to_end(&mut head)
-            .map_err(damaged)?;
-        if !has_dicom_signature(&head) {
-            return Err(refused(format!(
-                "{label}: {} is not a DICOM file (no DICM signature); send only the series' \
-                 DICOM images",
-                relative.display()
-            )));
-        }
-        let target = dest.join(&relative);
-        let unwritable = |e: std::io::Error| {
-            refused(format!(
-                "{label}: entry {} cannot be unpacked ({e}); rename it and zip the series again",
-                relative.display()
-            ))
-        };
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(unwritable)?;
-        }
-        let mut out = std::fs::File::create(&target).map_err(unwritable)?;
-        std::io::Write::write_all(&mut out, &head)?;
-        let budget = limits
-            .max_unpacked_bytes
-            .saturating_sub(unpacked + head.len() as u64);
-        let written =
-            std::io::copy(&mut (&mut entry).take(budget + 1), &mut out).map_err(damaged)?;
-        unpacked += head.len() as u64 + written;
-        check_unpacked_size(label, unpacked, stored, limits)?;
-        count += 1;
+    Ok(declared)
+}
+
+/// Unpacks one entry to `dest/relative`, reading at most one byte more than `budget` (what the
+/// series may still grow by); the bytes written. Refused at once when its first bytes are not a
+/// DICOM file's.
+fn unpack_entry(
+    entry: &mut impl Read,
+    relative: &Path,
+    label: &str,
+    dest: &Path,
+    budget: u64,
+) -> Result<u64, ImportError> {
+    let damaged =
+        |e: std::io::Error| refused(format!("{label}: {} is damaged ({e})", relative.display()));
+    // The signature from the entry's first bytes: a file that is not DICOM is refused before
+    // the rest of it (or of the archive) is unpacked.
+    let mut head = Vec::with_capacity(DICOM_HEAD);
+    (&mut *entry)
+        .take(DICOM_HEAD as u64)
+        .read_to_end(&mut head)
+        .map_err(damaged)?;
+    if !has_dicom_signature(&head) {
+        return Err(refused(format!(
+            "{label}: {} is not a DICOM file (no DICM signature); send only the series' \
+             DICOM images",
+            relative.display()
+        )));
     }
-    Ok(count)
+    let target = dest.join(relative);
+    let unwritable = |e: std::io::Error| {
+        refused(format!(
+            "{label}: entry {} cannot be unpacked ({e}); rename it and zip the series again",
+            relative.display()
+        ))
+    };
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent).map_err(unwritable)?;
+    }
+    let mut out = std::fs::File::create(&target).map_err(unwritable)?;
+    std::io::Write::write_all(&mut out, &head)?;
+    let budget = budget.saturating_sub(head.len() as u64);
+    let written = std::io::copy(&mut (&mut *entry).take(budget + 1), &mut out).map_err(damaged)?;
+    Ok(head.len() as u64 + written)
 }
 
 /// Bytes of a DICOM Part 10 file's start: a 128-byte preamble, then `DICM`.
@@ -402,27 +420,7 @@ pub async fn convert_series(
     output: &Path,
 ) -> Result<PathBuf, ImportError> {
     std::fs::create_dir_all(output)?;
-    let mut command = tokio::process::Command::new(&settings.dcm2niix);
-    command
-        .args(["-z", "y", "-b", "n", "-f", "series%s_%d", "-o"])
-        .arg(output)
-        .arg(input)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let child = command.output();
-    let finished = tokio::time::timeout(settings.convert_timeout, child)
-        .await
-        .map_err(|_| {
-            refused(format!(
-                "{modality}: the conversion took longer than {} s and was stopped; send a smaller \
-                 series",
-                settings.convert_timeout.as_secs()
-            ))
-        })?
-        .map_err(|source| ConverterMissing {
-            path: settings.dcm2niix.display().to_string(),
-            source,
-        })?;
+    let finished = run_dcm2niix(settings, modality, input, output).await?;
     let log = format!(
         "{}{}",
         String::from_utf8_lossy(&finished.stdout),
@@ -449,37 +447,74 @@ pub async fn convert_series(
             std::fs::rename(&volumes[0], &target)?;
             Ok(target)
         }
-        0 => {
-            let reason: Vec<&str> = log
-                .lines()
-                .filter(|l| l.contains("Error") || l.contains("Warning"))
-                .collect();
-            Err(refused(format!(
-                "{modality}: dcm2niix made no volume from the series ({}); send an MR series of \
-                 axial slices",
-                if reason.is_empty() {
-                    format!("exit status {}", finished.status)
-                } else {
-                    reason.join("; ")
-                }
-            )))
-        }
-        n => {
-            let names: Vec<String> = volumes
-                .iter()
-                .map(|p| {
-                    let name = p.file_name().unwrap_or_default().to_string_lossy();
-                    name.trim_end_matches(".gz")
-                        .trim_end_matches(".nii")
-                        .to_string()
-                })
-                .collect();
-            Err(refused(format!(
-                "{modality}: the upload holds {n} series ({}); send one series per modality",
-                names.join(", ")
-            )))
-        }
+        0 => Err(no_volume(modality, &log, finished.status)),
+        _ => Err(several_series(modality, &volumes)),
     }
+}
+
+/// dcm2niix on `input`, within the settings' time limit.
+async fn run_dcm2niix(
+    settings: &DicomSettings,
+    modality: &str,
+    input: &Path,
+    output: &Path,
+) -> Result<std::process::Output, ImportError> {
+    let mut command = tokio::process::Command::new(&settings.dcm2niix);
+    command
+        .args(["-z", "y", "-b", "n", "-f", "series%s_%d", "-o"])
+        .arg(output)
+        .arg(input)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let child = command.output();
+    Ok(tokio::time::timeout(settings.convert_timeout, child)
+        .await
+        .map_err(|_| {
+            refused(format!(
+                "{modality}: the conversion took longer than {} s and was stopped; send a smaller \
+                 series",
+                settings.convert_timeout.as_secs()
+            ))
+        })?
+        .map_err(|source| ConverterMissing {
+            path: settings.dcm2niix.display().to_string(),
+            source,
+        })?)
+}
+
+/// dcm2niix wrote nothing: its errors and warnings, or its exit status.
+fn no_volume(modality: &str, log: &str, status: std::process::ExitStatus) -> ImportError {
+    let reason: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Error") || l.contains("Warning"))
+        .collect();
+    refused(format!(
+        "{modality}: dcm2niix made no volume from the series ({}); send an MR series of \
+         axial slices",
+        if reason.is_empty() {
+            format!("exit status {status}")
+        } else {
+            reason.join("; ")
+        }
+    ))
+}
+
+/// dcm2niix wrote several volumes: the upload held several series (named by their files).
+fn several_series(modality: &str, volumes: &[PathBuf]) -> ImportError {
+    let names: Vec<String> = volumes
+        .iter()
+        .map(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            name.trim_end_matches(".gz")
+                .trim_end_matches(".nii")
+                .to_string()
+        })
+        .collect();
+    refused(format!(
+        "{modality}: the upload holds {} series ({}); send one series per modality",
+        volumes.len(),
+        names.join(", ")
+    ))
 }
 
 #[cfg(test)]

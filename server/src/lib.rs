@@ -182,8 +182,29 @@ pub async fn serve(args: ServeArgs, cuda_devices: usize) -> anyhow::Result<()> {
     let cggm_bin = std::env::current_exe()?;
     // Held for the server's life; taken before the executor checks its folders.
     let _data_dir_lock = lock_data_dir(&args.data_dir)?;
+    let config = serve_config(&args, token, cggm_bin, cuda_devices)?;
+    let retention =
+        retention::RetentionPolicy::from_args(args.retention_days, args.retention_include_runs)?;
+    log_setup(&config);
+    let state = AppState::new(config).await?;
+    if let Some(policy) = retention {
+        retention::spawn_periodic(state.clone(), policy, Duration::from_secs(3600));
+    }
+    if !args.no_demo {
+        routes::datasets::ensure_demo_dataset(state.clone()).await?;
+    }
+    listen(state, &args, started).await
+}
+
+/// The server's configuration from `cggm serve`'s flags (the executor checks its folders here).
+fn serve_config(
+    args: &ServeArgs,
+    token: Option<String>,
+    cggm_bin: PathBuf,
+    cuda_devices: usize,
+) -> anyhow::Result<Config> {
     let executor = executor::Executor::from_args(&args.executor, &args.data_dir, &cggm_bin)?;
-    let config = Config {
+    Ok(Config {
         data_dir: args.data_dir.clone(),
         token,
         loopback_only: args.bind.ip().is_loopback(),
@@ -201,15 +222,17 @@ pub async fn serve(args: ServeArgs, cuda_devices: usize) -> anyhow::Result<()> {
         bounds: args.bounds(),
         cuda_devices,
         job_env: args.tracking.job_env(),
-    };
+    })
+}
+
+/// Warnings for what is missing (dcm2niix, the web libraries) and what the server talks to.
+fn log_setup(config: &Config) {
     if let Some(warning) = routes::dicom::converter_warning(&config.dicom) {
         tracing::warn!("{warning}");
     }
     if !config.web_dir.join("node_modules/uplot/dist").is_dir() {
         tracing::warn!(web_dir = %config.web_dir.display(), "uPlot not found: run scripts/setup-web.sh (charts will be missing)");
     }
-    let retention =
-        retention::RetentionPolicy::from_args(args.retention_days, args.retention_include_runs)?;
     if !config
         .web_dir
         .join("node_modules/@niivue/niivue/dist")
@@ -223,13 +246,14 @@ pub async fn serve(args: ServeArgs, cuda_devices: usize) -> anyhow::Result<()> {
     if let executor::Executor::Slurm(slurm) = &config.executor {
         tracing::info!(shared_dir = %slurm.shared_dir.display(), "jobs run on Slurm");
     }
-    let state = AppState::new(config).await?;
-    if let Some(policy) = retention {
-        retention::spawn_periodic(state.clone(), policy, Duration::from_secs(3600));
-    }
-    if !args.no_demo {
-        routes::datasets::ensure_demo_dataset(state.clone()).await?;
-    }
+}
+
+/// Binds `args.bind` and serves until a shutdown signal.
+async fn listen(
+    state: AppState,
+    args: &ServeArgs,
+    started: std::time::Instant,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.bind).await?;
     let address = listener.local_addr()?;
     tracing::info!(

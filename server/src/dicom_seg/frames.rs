@@ -45,9 +45,9 @@ pub fn map_slices(
     instances: &[SourceInstance],
     grid: &Grid,
 ) -> Result<Vec<SliceMap>, DicomSegError> {
-    let mismatch = |detail: String| DicomSegError::GridMismatch(detail);
-    let inverse =
-        invert(grid).ok_or_else(|| mismatch("the prediction's affine is singular".to_string()))?;
+    let inverse = invert(grid).ok_or_else(|| {
+        DicomSegError::GridMismatch("the prediction's affine is singular".to_string())
+    })?;
     let strides = [
         1i64,
         grid.dims[0] as i64,
@@ -56,95 +56,147 @@ pub fn map_slices(
     let mut covered = Vec::new();
     let mut maps = Vec::with_capacity(instances.len());
     for instance in instances {
-        let uid = &instance.sop_instance_uid;
-        let start = inverse.voxel(lps_to_ras(instance.position));
-        let along_row = scale(instance.row_direction(), instance.pixel_spacing[1]);
-        let along_column = scale(instance.column_direction(), instance.pixel_spacing[0]);
-        let step_c = inverse.direction(lps_to_ras(along_row));
-        let step_r = inverse.direction(lps_to_ras(along_column));
-        let columns = instance.columns as usize;
-        let rows = instance.rows as usize;
-        let (axis_c, sign_c) = unit_step(step_c, columns).ok_or_else(|| {
-            mismatch(format!(
-                "one column of slice {uid} is a step of {step_c:.3?} voxels on the prediction's \
-                 grid, not one voxel along one axis"
-            ))
-        })?;
-        let (axis_r, sign_r) = unit_step(step_r, rows).ok_or_else(|| {
-            mismatch(format!(
-                "one row of slice {uid} is a step of {step_r:.3?} voxels on the prediction's \
-                 grid, not one voxel along one axis"
-            ))
-        })?;
-        if axis_c == axis_r {
-            return Err(mismatch(format!(
-                "rows and columns of slice {uid} run along the same axis of the prediction"
-            )));
-        }
-        let axis_s = 3 - axis_c - axis_r;
-        let first = start.map(f64::round);
-        if start
-            .iter()
-            .zip(&first)
-            .any(|(v, r)| (v - r).abs() > TOLERANCE)
-        {
-            return Err(mismatch(format!(
-                "the first pixel of slice {uid} lies between the prediction's voxels (at voxel \
-                 {start:.3?})"
-            )));
-        }
-        let first = first.map(|v| v as i64);
-        if columns != grid.dims[axis_c] || rows != grid.dims[axis_r] {
-            return Err(mismatch(format!(
-                "the slices are {rows} rows × {columns} columns, the prediction's grid is \
-                 {:?} voxels",
-                grid.dims
-            )));
-        }
-        let end_c = first[axis_c] + sign_c * (columns as i64 - 1);
-        let end_r = first[axis_r] + sign_r * (rows as i64 - 1);
-        let inside = |v: i64, axis: usize| v >= 0 && v < grid.dims[axis] as i64;
-        if ![
-            (first[axis_c], axis_c),
-            (end_c, axis_c),
-            (first[axis_r], axis_r),
-            (end_r, axis_r),
-            (first[axis_s], axis_s),
-        ]
-        .iter()
-        .all(|(v, axis)| inside(*v, *axis))
-        {
-            return Err(mismatch(format!(
-                "slice {uid} lies (partly) outside the prediction's grid"
-            )));
-        }
+        let placed = place_slice(instance, grid, &inverse)?;
+        let [.., axis_s] = placed.axes;
         if covered.is_empty() {
             covered = vec![false; grid.dims[axis_s]];
         }
-        let plane = first[axis_s] as usize;
+        let plane = placed.first[axis_s] as usize;
         if covered.len() != grid.dims[axis_s] || std::mem::replace(&mut covered[plane], true) {
-            return Err(mismatch(format!(
-                "slice {uid} falls on a plane of the prediction that another slice covers"
+            return Err(DicomSegError::GridMismatch(format!(
+                "slice {} falls on a plane of the prediction that another slice covers",
+                instance.sop_instance_uid
             )));
         }
-        maps.push(SliceMap {
-            origin: (0..3).map(|a| first[a] * strides[a]).sum(),
-            row_step: sign_r * strides[axis_r],
-            col_step: sign_c * strides[axis_c],
-            rows,
-            columns,
-        });
+        maps.push(placed.map(strides));
     }
     let planes = covered.len();
     let missing = covered.iter().filter(|c| !**c).count();
     if missing > 0 {
-        return Err(mismatch(format!(
+        return Err(DicomSegError::GridMismatch(format!(
             "the series has {} slices, the prediction {planes} planes along the slice direction \
              ({missing} without a slice)",
             instances.len()
         )));
     }
     Ok(maps)
+}
+
+/// One slice on the grid: the voxel of its first pixel, the axes of its columns, rows and
+/// normal, and the signs of the column and row steps.
+struct Placed {
+    first: [i64; 3],
+    /// Column, row and slice axis.
+    axes: [usize; 3],
+    sign_c: i64,
+    sign_r: i64,
+    rows: usize,
+    columns: usize,
+}
+
+impl Placed {
+    fn map(&self, strides: [i64; 3]) -> SliceMap {
+        let [axis_c, axis_r, _] = self.axes;
+        SliceMap {
+            origin: (0..3).map(|a| self.first[a] * strides[a]).sum(),
+            row_step: self.sign_r * strides[axis_r],
+            col_step: self.sign_c * strides[axis_c],
+            rows: self.rows,
+            columns: self.columns,
+        }
+    }
+}
+
+/// Where `instance` lies on `grid`: its pixels must be voxels (one step, one voxel, along one
+/// axis each for rows and columns), its first pixel a voxel centre, all of it inside the grid.
+fn place_slice(
+    instance: &SourceInstance,
+    grid: &Grid,
+    inverse: &Inverse,
+) -> Result<Placed, DicomSegError> {
+    let mismatch = |detail: String| DicomSegError::GridMismatch(detail);
+    let uid = &instance.sop_instance_uid;
+    let start = inverse.voxel(lps_to_ras(instance.position));
+    let columns = instance.columns as usize;
+    let rows = instance.rows as usize;
+    let (axis_c, sign_c, axis_r, sign_r) = slice_axes(instance, inverse)?;
+    let axis_s = 3 - axis_c - axis_r;
+    let first = start.map(f64::round);
+    if start
+        .iter()
+        .zip(&first)
+        .any(|(v, r)| (v - r).abs() > TOLERANCE)
+    {
+        return Err(mismatch(format!(
+            "the first pixel of slice {uid} lies between the prediction's voxels (at voxel \
+             {start:.3?})"
+        )));
+    }
+    let first = first.map(|v| v as i64);
+    if columns != grid.dims[axis_c] || rows != grid.dims[axis_r] {
+        return Err(mismatch(format!(
+            "the slices are {rows} rows × {columns} columns, the prediction's grid is \
+             {:?} voxels",
+            grid.dims
+        )));
+    }
+    let end_c = first[axis_c] + sign_c * (columns as i64 - 1);
+    let end_r = first[axis_r] + sign_r * (rows as i64 - 1);
+    let inside = |v: i64, axis: usize| v >= 0 && v < grid.dims[axis] as i64;
+    if ![
+        (first[axis_c], axis_c),
+        (end_c, axis_c),
+        (first[axis_r], axis_r),
+        (end_r, axis_r),
+        (first[axis_s], axis_s),
+    ]
+    .iter()
+    .all(|(v, axis)| inside(*v, *axis))
+    {
+        return Err(mismatch(format!(
+            "slice {uid} lies (partly) outside the prediction's grid"
+        )));
+    }
+    Ok(Placed {
+        first,
+        axes: [axis_c, axis_r, axis_s],
+        sign_c,
+        sign_r,
+        rows,
+        columns,
+    })
+}
+
+/// The grid axis and sign of one column step and of one row step of `instance`; refused unless
+/// each is one voxel along one axis, and the two axes differ.
+fn slice_axes(
+    instance: &SourceInstance,
+    inverse: &Inverse,
+) -> Result<(usize, i64, usize, i64), DicomSegError> {
+    let mismatch = |detail: String| DicomSegError::GridMismatch(detail);
+    let uid = &instance.sop_instance_uid;
+    let along_row = scale(instance.row_direction(), instance.pixel_spacing[1]);
+    let along_column = scale(instance.column_direction(), instance.pixel_spacing[0]);
+    let step_c = inverse.direction(lps_to_ras(along_row));
+    let step_r = inverse.direction(lps_to_ras(along_column));
+    let (axis_c, sign_c) = unit_step(step_c, instance.columns as usize).ok_or_else(|| {
+        mismatch(format!(
+            "one column of slice {uid} is a step of {step_c:.3?} voxels on the prediction's \
+             grid, not one voxel along one axis"
+        ))
+    })?;
+    let (axis_r, sign_r) = unit_step(step_r, instance.rows as usize).ok_or_else(|| {
+        mismatch(format!(
+            "one row of slice {uid} is a step of {step_r:.3?} voxels on the prediction's \
+             grid, not one voxel along one axis"
+        ))
+    })?;
+    if axis_c == axis_r {
+        return Err(mismatch(format!(
+            "rows and columns of slice {uid} run along the same axis of the prediction"
+        )));
+    }
+    Ok((axis_c, sign_c, axis_r, sign_r))
 }
 
 /// The axis and sign of a step that is one voxel along one axis, within tolerance over `count`

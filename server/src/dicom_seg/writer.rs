@@ -62,15 +62,34 @@ pub fn pixel_data(content: &Content, frames: &[(&Segment, usize)]) -> Vec<u8> {
     packer.finish()
 }
 
+/// The whole object: each module's attributes (the data set keeps them in tag order, so the
+/// order they are put in does not matter).
 pub fn build(content: &Content, id: &Identity) -> InMemDicomObject {
     let reference = content.reference;
-    let first = &reference.instances[0];
     let frames = frame_list(content);
     let mut obj = InMemDicomObject::new_empty();
     let mut put = |e: InMemElement| {
         obj.put(e);
     };
-    // SOP Common; UTF-8 for whatever the copied names hold.
+    sop_common(&mut put, id);
+    patient_and_study(&mut put, reference);
+    series_and_frame_of_reference(&mut put, reference, id);
+    equipment(&mut put);
+    segmentation_image(&mut put, content, id);
+    image_pixel(&mut put, &reference.instances[0]);
+    functional_groups(&mut put, reference, &frames);
+    dimensions(&mut put, id);
+    instance_references(&mut put, reference);
+    put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OB,
+        PrimitiveValue::from(pixel_data(content, &frames)),
+    ));
+    obj
+}
+
+/// SOP Common; UTF-8 for whatever the copied names hold.
+fn sop_common(put: &mut impl FnMut(InMemElement), id: &Identity) {
     put(text(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192"));
     put(text(
         tags::SOP_CLASS_UID,
@@ -80,7 +99,10 @@ pub fn build(content: &Content, id: &Identity) -> InMemDicomObject {
     put(text(tags::SOP_INSTANCE_UID, VR::UI, &id.sop_instance_uid));
     put(text(tags::INSTANCE_CREATION_DATE, VR::DA, &id.date));
     put(text(tags::INSTANCE_CREATION_TIME, VR::TM, &id.time));
-    // Patient and General Study: copied from the reference series (empty when it has none).
+}
+
+/// Patient and General Study: copied from the reference series (empty when it has none).
+fn patient_and_study(put: &mut impl FnMut(InMemElement), reference: &ReferenceSeries) {
     for (tag, vr) in [
         (tags::PATIENT_NAME, VR::PN),
         (tags::PATIENT_ID, VR::LO),
@@ -102,7 +124,14 @@ pub fn build(content: &Content, id: &Identity) -> InMemDicomObject {
         VR::UI,
         &reference.study_instance_uid,
     ));
-    // General Series and Segmentation Series.
+}
+
+/// General Series, Segmentation Series and Frame of Reference.
+fn series_and_frame_of_reference(
+    put: &mut impl FnMut(InMemElement),
+    reference: &ReferenceSeries,
+    id: &Identity,
+) {
     put(text(tags::MODALITY, VR::CS, "SEG"));
     put(text(
         tags::SERIES_INSTANCE_UID,
@@ -122,7 +151,6 @@ pub fn build(content: &Content, id: &Identity) -> InMemDicomObject {
         VR::LO,
         "CGGM Studio tumour segmentation",
     ));
-    // Frame of Reference.
     put(text(
         tags::FRAME_OF_REFERENCE_UID,
         VR::UI,
@@ -133,7 +161,10 @@ pub fn build(content: &Content, id: &Identity) -> InMemDicomObject {
         tags::POSITION_REFERENCE_INDICATOR,
         VR::LO,
     ));
-    // General and Enhanced General Equipment.
+}
+
+/// General and Enhanced General Equipment.
+fn equipment(put: &mut impl FnMut(InMemElement)) {
     put(text(tags::MANUFACTURER, VR::LO, "CGGM Studio"));
     put(text(tags::MANUFACTURER_MODEL_NAME, VR::LO, "CGGM Studio"));
     put(text(tags::DEVICE_SERIAL_NUMBER, VR::LO, "cggm-studio"));
@@ -142,8 +173,11 @@ pub fn build(content: &Content, id: &Identity) -> InMemDicomObject {
         VR::LO,
         env!("CARGO_PKG_VERSION"),
     ));
-    // General Image, Segmentation Image (Content Identification) and Multi-frame Functional
-    // Groups' own attributes.
+}
+
+/// General Image, Segmentation Image (Content Identification, the segments) and the
+/// Multi-frame Functional Groups' own attributes.
+fn segmentation_image(put: &mut impl FnMut(InMemElement), content: &Content, id: &Identity) {
     put(text(tags::INSTANCE_NUMBER, VR::IS, "1"));
     put(text(tags::CONTENT_DATE, VR::DA, &id.date));
     put(text(tags::CONTENT_TIME, VR::TM, &id.time));
@@ -168,7 +202,10 @@ pub fn build(content: &Content, id: &Identity) -> InMemDicomObject {
             .map(|s| segment_item(s, content.algorithm))
             .collect(),
     ));
-    // Image Pixel: one bit a pixel.
+}
+
+/// Image Pixel: one bit a pixel, on the grid of the reference's instances.
+fn image_pixel(put: &mut impl FnMut(InMemElement), first: &SourceInstance) {
     put(DataElement::new(
         tags::SAMPLES_PER_PIXEL,
         VR::US,
@@ -190,7 +227,14 @@ pub fn build(content: &Content, id: &Identity) -> InMemDicomObject {
         put(DataElement::new(tag, VR::US, PrimitiveValue::from(value)));
     }
     put(text(tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "00"));
-    // Multi-frame Functional Groups and Multi-frame Dimension.
+}
+
+/// Multi-frame Functional Groups: the frame count, the shared and the per-frame groups.
+fn functional_groups(
+    put: &mut impl FnMut(InMemElement),
+    reference: &ReferenceSeries,
+    frames: &[(&'static Segment, usize)],
+) {
     put(text(
         tags::NUMBER_OF_FRAMES,
         VR::IS,
@@ -207,6 +251,10 @@ pub fn build(content: &Content, id: &Identity) -> InMemDicomObject {
             .map(|(segment, slice)| frame_groups(segment, *slice, &reference.instances[*slice]))
             .collect(),
     ));
+}
+
+/// Multi-frame Dimension: frames are indexed by segment, then by position.
+fn dimensions(put: &mut impl FnMut(InMemElement), id: &Identity) {
     put(sequence(
         tags::DIMENSION_ORGANIZATION_SEQUENCE,
         vec![object([text(
@@ -250,7 +298,10 @@ pub fn build(content: &Content, id: &Identity) -> InMemDicomObject {
             ),
         ],
     ));
-    // Common Instance Reference: every instance of the reference series.
+}
+
+/// Common Instance Reference: every instance of the reference series.
+fn instance_references(put: &mut impl FnMut(InMemElement), reference: &ReferenceSeries) {
     put(sequence(
         tags::REFERENCED_SERIES_SEQUENCE,
         vec![object([
@@ -265,12 +316,6 @@ pub fn build(content: &Content, id: &Identity) -> InMemDicomObject {
             ),
         ])],
     ));
-    put(DataElement::new(
-        tags::PIXEL_DATA,
-        VR::OB,
-        PrimitiveValue::from(pixel_data(content, &frames)),
-    ));
-    obj
 }
 
 fn segment_item(segment: &Segment, algorithm: &str) -> InMemDicomObject {

@@ -128,114 +128,162 @@ where
             dir: dir.to_path_buf(),
             error,
         })?;
-    let first = format!("--{boundary}").into_bytes();
-    // Inside the body a delimiter always follows a line break.
-    let delimiter = format!("\r\n--{boundary}").into_bytes();
-    let mut buffer: Vec<u8> = Vec::new();
-    let mut state = State::Preamble;
-    let mut files = Vec::new();
-    let mut total: u64 = 0;
-    let mut ended = false;
+    let mut parts = Parts::new(boundary, dir, limits);
     loop {
+        if let State::Done = parts.state {
+            return Ok(parts.files);
+        }
         // Consume what the buffer allows; read more only when nothing can be consumed.
-        let progressed = match &mut state {
-            State::Preamble => match find(&buffer, &first) {
-                Some(at) => {
-                    buffer.drain(..at + first.len());
-                    state = State::AfterDelimiter;
-                    true
-                }
-                None => {
-                    if buffer.len() > limits.max_header_bytes {
-                        return Err(PartsError::NoDelimiterWithin(limits.max_header_bytes));
-                    }
-                    false
-                }
-            },
-            State::AfterDelimiter => {
-                if buffer.len() < 2 {
-                    false
-                } else if buffer.starts_with(b"--") {
-                    state = State::Done;
-                    true
-                } else {
-                    state = State::Headers;
-                    true
-                }
-            }
-            State::Headers => match find(&buffer, b"\r\n\r\n") {
-                Some(end) => {
-                    let headers = String::from_utf8_lossy(&buffer[..end]).to_string();
-                    buffer.drain(..end + 4);
-                    check_part_type(&headers, files.len())?;
-                    if files.len() == limits.max_parts {
-                        return Err(PartsError::TooManyParts(limits.max_parts));
-                    }
-                    let path = dir.join(format!("{:06}.dcm", files.len()));
-                    let file = tokio::fs::File::create(&path).await.map_err(|error| {
-                        PartsError::Create {
-                            path: path.clone(),
-                            error,
-                        }
-                    })?;
-                    files.push(path);
-                    state = State::Body(file);
-                    true
-                }
-                None => {
-                    if buffer.len() > limits.max_header_bytes {
-                        return Err(PartsError::Headers {
-                            part: files.len() + 1,
-                            max: limits.max_header_bytes,
-                        });
-                    }
-                    false
-                }
-            },
-            State::Body(file) => {
-                let (take, found) = match find(&buffer, &delimiter) {
-                    Some(at) => (at, true),
-                    // Keep what could be the start of a delimiter split across chunks.
-                    None => (buffer.len().saturating_sub(delimiter.len() - 1), false),
-                };
-                total += take as u64;
-                if total > limits.max_total_bytes {
-                    return Err(PartsError::TooLarge(limits.max_total_bytes / (1024 * 1024)));
-                }
-                file.write_all(&buffer[..take])
-                    .await
-                    .map_err(PartsError::Write)?;
-                buffer.drain(..take);
-                if found {
-                    file.flush().await.map_err(PartsError::Write)?;
-                    buffer.drain(..delimiter.len());
-                    state = State::AfterDelimiter;
-                    true
-                } else {
-                    take > 0 && !ended
-                }
-            }
-            State::Done => return Ok(files),
-        };
-        if progressed {
+        if parts.consume().await? {
             continue;
         }
-        if ended {
-            return Err(match state {
-                State::Preamble if files.is_empty() => PartsError::NoDelimiter,
-                _ => PartsError::CutOff(files.len()),
+        if parts.ended {
+            return Err(match parts.state {
+                State::Preamble if parts.files.is_empty() => PartsError::NoDelimiter,
+                _ => PartsError::CutOff(parts.files.len()),
             });
         }
         match chunks.next().await {
-            Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
+            Some(Ok(chunk)) => parts.buffer.extend_from_slice(&chunk),
             Some(Err(e)) => {
                 return Err(PartsError::BrokeOff {
-                    after: files.len(),
+                    after: parts.files.len(),
                     error: e.to_string(),
                 })
             }
-            None => ended = true,
+            None => parts.ended = true,
         }
+    }
+}
+
+/// The parser of one body between chunks: what is buffered, where it is, what it wrote.
+struct Parts<'a> {
+    dir: &'a Path,
+    limits: PartLimits,
+    /// The first delimiter.
+    first: Vec<u8>,
+    /// Inside the body a delimiter always follows a line break.
+    delimiter: Vec<u8>,
+    buffer: Vec<u8>,
+    state: State,
+    files: Vec<PathBuf>,
+    /// Bytes of all parts so far.
+    total: u64,
+    /// The stream has ended.
+    ended: bool,
+}
+
+impl<'a> Parts<'a> {
+    fn new(boundary: &str, dir: &'a Path, limits: PartLimits) -> Self {
+        Self {
+            dir,
+            limits,
+            first: format!("--{boundary}").into_bytes(),
+            delimiter: format!("\r\n--{boundary}").into_bytes(),
+            buffer: Vec::new(),
+            state: State::Preamble,
+            files: Vec::new(),
+            total: 0,
+            ended: false,
+        }
+    }
+
+    /// Consumes what the buffer allows in the current state; false when it needs more.
+    async fn consume(&mut self) -> Result<bool, PartsError> {
+        match self.state {
+            State::Preamble => self.preamble(),
+            State::AfterDelimiter => Ok(self.after_delimiter()),
+            State::Headers => self.headers().await,
+            State::Body(_) => self.body().await,
+            State::Done => Ok(false),
+        }
+    }
+
+    fn preamble(&mut self) -> Result<bool, PartsError> {
+        match find(&self.buffer, &self.first) {
+            Some(at) => {
+                self.buffer.drain(..at + self.first.len());
+                self.state = State::AfterDelimiter;
+                Ok(true)
+            }
+            None if self.buffer.len() > self.limits.max_header_bytes => {
+                Err(PartsError::NoDelimiterWithin(self.limits.max_header_bytes))
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn after_delimiter(&mut self) -> bool {
+        if self.buffer.len() < 2 {
+            return false;
+        }
+        self.state = if self.buffer.starts_with(b"--") {
+            State::Done
+        } else {
+            State::Headers
+        };
+        true
+    }
+
+    /// A part's headers, once complete: checked, and its file created.
+    async fn headers(&mut self) -> Result<bool, PartsError> {
+        let Some(end) = find(&self.buffer, b"\r\n\r\n") else {
+            if self.buffer.len() > self.limits.max_header_bytes {
+                return Err(PartsError::Headers {
+                    part: self.files.len() + 1,
+                    max: self.limits.max_header_bytes,
+                });
+            }
+            return Ok(false);
+        };
+        let headers = String::from_utf8_lossy(&self.buffer[..end]).to_string();
+        self.buffer.drain(..end + 4);
+        check_part_type(&headers, self.files.len())?;
+        if self.files.len() == self.limits.max_parts {
+            return Err(PartsError::TooManyParts(self.limits.max_parts));
+        }
+        let path = self.dir.join(format!("{:06}.dcm", self.files.len()));
+        let file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|error| PartsError::Create {
+                path: path.clone(),
+                error,
+            })?;
+        self.files.push(path);
+        self.state = State::Body(file);
+        Ok(true)
+    }
+
+    /// A part's bytes up to the next delimiter (or what cannot be the start of one).
+    async fn body(&mut self) -> Result<bool, PartsError> {
+        let State::Body(file) = &mut self.state else {
+            unreachable!("body() is called in the Body state only");
+        };
+        let (take, found) = match find(&self.buffer, &self.delimiter) {
+            Some(at) => (at, true),
+            // Keep what could be the start of a delimiter split across chunks.
+            None => (
+                self.buffer.len().saturating_sub(self.delimiter.len() - 1),
+                false,
+            ),
+        };
+        self.total += take as u64;
+        if self.total > self.limits.max_total_bytes {
+            return Err(PartsError::TooLarge(
+                self.limits.max_total_bytes / (1024 * 1024),
+            ));
+        }
+        file.write_all(&self.buffer[..take])
+            .await
+            .map_err(PartsError::Write)?;
+        self.buffer.drain(..take);
+        if !found {
+            return Ok(take > 0 && !self.ended);
+        }
+        file.flush().await.map_err(PartsError::Write)?;
+        self.buffer.drain(..self.delimiter.len());
+        self.state = State::AfterDelimiter;
+        Ok(true)
     }
 }
 

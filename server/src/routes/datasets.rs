@@ -276,6 +276,34 @@ struct StudyCase {
     case: Option<String>,
 }
 
+/// Copies the study's modalities and its ground truth `truth` into `target` as case `case`
+/// (BraTS names), staged beside it and renamed in one step: a failed copy leaves no half case.
+fn copy_case(
+    dataset: &db::Dataset,
+    study: &db::Study,
+    view: &super::studies::StudyView,
+    truth: &std::path::Path,
+    case: &str,
+    target: &std::path::Path,
+) -> Result<()> {
+    let staging = tempfile::Builder::new()
+        .prefix(".adding-")
+        .tempdir_in(&dataset.path)?;
+    let nifti_name =
+        |role: &str, source: &std::path::Path| format!("{case}_{role}{}", nifti_extension(source));
+    let study_dir = PathBuf::from(&study.dir);
+    for modality in crate::inspect::MODALITIES {
+        let file = view.files.get(modality).ok_or_else(|| {
+            Error::Unprocessable(format!("study {} has no {modality} file", study.name))
+        })?;
+        let source = study_dir.join(file);
+        std::fs::copy(&source, staging.path().join(nifti_name(modality, &source)))?;
+    }
+    std::fs::copy(truth, staging.path().join(nifti_name("seg", truth)))?;
+    std::fs::rename(staging.keep(), target)?;
+    Ok(())
+}
+
 /// `POST /api/datasets/{id}/cases/from-study` `{"study_id": N, "case": "name"}`: adds a study with
 /// its current ground truth (a corrected label, else the uploaded one) to an uploaded dataset as
 /// a case, copied in the BraTS layout, so that a run can be trained on corrected cases (and
@@ -321,25 +349,7 @@ async fn add_study_case(
             dataset.name
         )));
     }
-    // Staged beside the target and renamed in one step: a failed copy leaves no half case.
-    let staging = tempfile::Builder::new()
-        .prefix(".adding-")
-        .tempdir_in(&dataset.path)?;
-    let nifti_name =
-        |role: &str, source: &std::path::Path| format!("{case}_{role}{}", nifti_extension(source));
-    let study_dir = PathBuf::from(&study.dir);
-    for modality in crate::inspect::MODALITIES {
-        let file = view.files.get(modality).ok_or_else(|| {
-            Error::Unprocessable(format!("study {} has no {modality} file", study.name))
-        })?;
-        let source = study_dir.join(file);
-        std::fs::copy(&source, staging.path().join(nifti_name(modality, &source)))?;
-    }
-    std::fs::copy(
-        &truth.path,
-        staging.path().join(nifti_name("seg", &truth.path)),
-    )?;
-    std::fs::rename(staging.keep(), &target)?;
+    copy_case(&dataset, &study, &view, &truth.path, &case, &target)?;
     tracing::info!(dataset = id, study = study.id, case = %case, truth = %truth.key(), "study added to a dataset");
     rescan(&state, id, false)
         .await

@@ -38,6 +38,33 @@ enum RunsOfAComparison {
     Delete,
 }
 
+/// Every run of comparison `id` has finished and no active job uses its checkpoint; 409 naming
+/// those that have not, or the job that uses one.
+async fn check_runs_deletable(state: &AppState, id: i64, runs: &[db::Job]) -> Result<()> {
+    let active: Vec<i64> = runs
+        .iter()
+        .filter(|j| !j.is_finished() || state.runner.is_active(j.id))
+        .map(|j| j.id)
+        .collect();
+    if !active.is_empty() {
+        let list: Vec<String> = active.iter().map(|j| format!("run {j}")).collect();
+        return Err(Error::Conflict(format!(
+            "comparison {id} still has {} that {} not finished: cancel {} or wait, then delete \
+             (or delete the comparison alone, keeping its runs)",
+            list.join(", "),
+            if active.len() == 1 { "has" } else { "have" },
+            if active.len() == 1 { "it" } else { "them" },
+        )));
+    }
+    for job in runs {
+        refuse_if_used(
+            &format!("the checkpoint of run {}", job.id),
+            &active_jobs(state, Use::Checkpoint, job.id).await?,
+        )?;
+    }
+    Ok(())
+}
+
 /// A comparison (a study of methods): its entry always; its runs only with `runs=delete`, and
 /// then only when every one of them has finished (409 naming those that have not: nothing is
 /// deleted until they are cancelled or done).
@@ -61,27 +88,7 @@ async fn delete_comparison(
     .fetch_all(&state.pool)
     .await?;
     if query.runs == RunsOfAComparison::Delete {
-        let active: Vec<i64> = runs
-            .iter()
-            .filter(|j| !j.is_finished() || state.runner.is_active(j.id))
-            .map(|j| j.id)
-            .collect();
-        if !active.is_empty() {
-            let list: Vec<String> = active.iter().map(|j| format!("run {j}")).collect();
-            return Err(Error::Conflict(format!(
-                "comparison {id} still has {} that {} not finished: cancel {} or wait, then delete \
-                 (or delete the comparison alone, keeping its runs)",
-                list.join(", "),
-                if active.len() == 1 { "has" } else { "have" },
-                if active.len() == 1 { "it" } else { "them" },
-            )));
-        }
-        for job in &runs {
-            refuse_if_used(
-                &format!("the checkpoint of run {}", job.id),
-                &active_jobs(&state, Use::Checkpoint, job.id).await?,
-            )?;
-        }
+        check_runs_deletable(&state, id, &runs).await?;
     }
     let mut tx = state.pool.begin().await?;
     sqlx::query("DELETE FROM comparison_runs WHERE comparison_id = ?")

@@ -152,6 +152,20 @@ pub struct TrainRequest {
     config: cggm_core::config::TrainConfig,
 }
 
+/// The run request's `dataset_id`, taken out of it (the run options do not hold it).
+fn take_dataset_id(object: &mut serde_json::Map<String, serde_json::Value>) -> Result<i64> {
+    match object.remove("dataset_id") {
+        Some(v) => v.as_i64().ok_or_else(|| {
+            Error::Unprocessable(format!(
+                "dataset_id must be a dataset's number (see GET /api/datasets), got {v}"
+            ))
+        }),
+        None => Err(Error::Unprocessable(
+            "dataset_id is missing: choose a dataset (GET /api/datasets lists them)".into(),
+        )),
+    }
+}
+
 /// Checks a `POST /api/jobs` body (see [`create`]) without storing anything: a comparison checks
 /// every run of its grid this way before it stores any.
 pub async fn check_train_request(
@@ -164,18 +178,7 @@ pub async fn check_train_request(
                 .into(),
         ));
     };
-    let dataset_id = match object.remove("dataset_id") {
-        Some(v) => v.as_i64().ok_or_else(|| {
-            Error::Unprocessable(format!(
-                "dataset_id must be a dataset's number (see GET /api/datasets), got {v}"
-            ))
-        })?,
-        None => {
-            return Err(Error::Unprocessable(
-                "dataset_id is missing: choose a dataset (GET /api/datasets lists them)".into(),
-            ))
-        }
-    };
+    let dataset_id = take_dataset_id(object)?;
     // A finished run's id, resolved below once the new run's network is known.
     let init_from = object.remove("init_from").filter(|v| !v.is_null());
     let options = RunOptions::from_json(&body).map_err(|e| Error::Unprocessable(e.to_string()))?;
@@ -470,9 +473,33 @@ async fn stream_events(
         .or(q.after)
         .unwrap_or(0);
     let keep = page_limit(q.history, STREAM_HISTORY_DEFAULT);
+    let (initial, last) = stored_history(&state, &job, resume_after, keep).await?;
+    let feed = LiveFeed {
+        rx: receiver,
+        last,
+        done: job.is_finished(),
+        pool: state.pool.clone(),
+        id,
+    };
+    let live = stream::unfold(feed, LiveFeed::next).flat_map(stream::iter);
+    let all = stream::iter(initial).chain(live).map(move |event| {
+        let _open = &permit;
+        Ok(event)
+    });
+    Ok(Sse::new(all).keep_alive(KeepAlive::default()))
+}
+
+/// The events stored after `resume_after` (at most `keep`, with a `history` event saying what
+/// was left out), then the job's state; and the last event's number.
+async fn stored_history(
+    state: &AppState,
+    job: &Job,
+    resume_after: i64,
+    keep: i64,
+) -> Result<(Vec<SseEvent>, i64)> {
     let mut history = db::events_page(
         &state.pool,
-        id,
+        job.id,
         resume_after,
         Some(i64::MAX),
         None,
@@ -489,73 +516,98 @@ async fn stream_events(
     let last = history.last().map_or(resume_after, |e| e.seq);
     // The state follows the history: a client that closes on a final state has drawn it all.
     initial.extend(history.iter().map(sse_stored));
-    initial.push(sse_state(&job));
-    let pool = state.pool.clone();
-    let live = stream::unfold(
-        (receiver, last, job.is_finished(), pool),
-        move |(mut rx, mut last, done, pool)| async move {
-            if done {
-                return None;
-            }
-            loop {
-                match rx.recv().await {
-                    Ok(LiveMessage { kind, data, .. }) if kind == "state" => {
-                        let terminal = serde_json::from_str::<serde_json::Value>(&data)
-                            .ok()
-                            .and_then(|v| v["state"].as_str().and_then(JobState::parse))
-                            .is_some_and(JobState::is_terminal);
-                        let mut out = Vec::new();
-                        if terminal {
-                            // Anything stored after the last live message (none, normally).
-                            if let Ok(rest) = db::events(&pool, id, last, None).await {
-                                out.extend(rest.iter().map(sse_stored));
-                            }
-                            match db::job(&pool, id).await {
-                                Ok(job) => out.push(sse_state(&job)),
-                                Err(_) => out.push(SseEvent::default().event("state").data(data)),
-                            }
-                        } else {
-                            out.push(SseEvent::default().event("state").data(data));
-                        }
-                        return Some((out, (rx, last, terminal, pool)));
+    initial.push(sse_state(job));
+    Ok((initial, last))
+}
+
+/// The live part of a job's event stream: what the runner broadcasts after event `last`, until
+/// the job ends (`done`).
+struct LiveFeed {
+    rx: tokio::sync::broadcast::Receiver<LiveMessage>,
+    last: i64,
+    done: bool,
+    pool: sqlx::SqlitePool,
+    id: i64,
+}
+
+impl LiveFeed {
+    /// The next events to send, or `None` once the job has ended.
+    async fn next(mut self) -> Option<(Vec<SseEvent>, Self)> {
+        if self.done {
+            return None;
+        }
+        loop {
+            match self.rx.recv().await {
+                Ok(LiveMessage { kind, data, .. }) if kind == "state" => {
+                    let (out, terminal) = self.on_state(data).await;
+                    self.done = terminal;
+                    return Some((out, self));
+                }
+                Ok(message) if message.seq <= self.last => continue,
+                Ok(message) => {
+                    self.last = message.seq;
+                    let event = SseEvent::default()
+                        .event(&message.kind)
+                        .id(message.seq.to_string())
+                        .data(&message.data);
+                    return Some((vec![event], self));
+                }
+                Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => {
+                    // A slow viewer (or a finished job): catch up from the database.
+                    let (out, finished) = self.catch_up().await;
+                    if finished {
+                        self.done = true;
+                        return Some((out, self));
                     }
-                    Ok(message) if message.seq <= last => continue,
-                    Ok(message) => {
-                        last = message.seq;
-                        let event = SseEvent::default()
-                            .event(&message.kind)
-                            .id(message.seq.to_string())
-                            .data(&message.data);
-                        return Some((vec![event], (rx, last, false, pool)));
+                    if out.is_empty() {
+                        continue;
                     }
-                    Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => {
-                        // A slow viewer (or a finished job): catch up from the database.
-                        let rest = db::events(&pool, id, last, None).await.unwrap_or_default();
-                        last = rest.last().map_or(last, |e| e.seq);
-                        let job = db::job(&pool, id).await.ok();
-                        let finished = job.as_ref().is_none_or(Job::is_finished);
-                        let mut out: Vec<SseEvent> = rest.iter().map(sse_stored).collect();
-                        if finished {
-                            if let Some(job) = &job {
-                                out.push(sse_state(job));
-                            }
-                            return Some((out, (rx, last, true, pool)));
-                        }
-                        if out.is_empty() {
-                            continue;
-                        }
-                        return Some((out, (rx, last, false, pool)));
-                    }
+                    return Some((out, self));
                 }
             }
-        },
-    )
-    .flat_map(stream::iter);
-    let all = stream::iter(initial).chain(live).map(move |event| {
-        let _open = &permit;
-        Ok(event)
-    });
-    Ok(Sse::new(all).keep_alive(KeepAlive::default()))
+        }
+    }
+
+    /// A state message: sent as it is, or, when it is a final state, after anything stored since
+    /// the last live message and as the stored job's state; whether it was final.
+    async fn on_state(&self, data: String) -> (Vec<SseEvent>, bool) {
+        let terminal = serde_json::from_str::<serde_json::Value>(&data)
+            .ok()
+            .and_then(|v| v["state"].as_str().and_then(JobState::parse))
+            .is_some_and(JobState::is_terminal);
+        let mut out = Vec::new();
+        if terminal {
+            // Anything stored after the last live message (none, normally).
+            if let Ok(rest) = db::events(&self.pool, self.id, self.last, None).await {
+                out.extend(rest.iter().map(sse_stored));
+            }
+            match db::job(&self.pool, self.id).await {
+                Ok(job) => out.push(sse_state(&job)),
+                Err(_) => out.push(SseEvent::default().event("state").data(data)),
+            }
+        } else {
+            out.push(SseEvent::default().event("state").data(data));
+        }
+        (out, terminal)
+    }
+
+    /// The events stored since the last one sent, and the job's state when it has ended (or is
+    /// gone); whether it has.
+    async fn catch_up(&mut self) -> (Vec<SseEvent>, bool) {
+        let rest = db::events(&self.pool, self.id, self.last, None)
+            .await
+            .unwrap_or_default();
+        self.last = rest.last().map_or(self.last, |e| e.seq);
+        let job = db::job(&self.pool, self.id).await.ok();
+        let finished = job.as_ref().is_none_or(Job::is_finished);
+        let mut out: Vec<SseEvent> = rest.iter().map(sse_stored).collect();
+        if finished {
+            if let Some(job) = &job {
+                out.push(sse_state(job));
+            }
+        }
+        (out, finished)
+    }
 }
 
 /// The job's log (the child's stderr), at most its last 512 KiB.

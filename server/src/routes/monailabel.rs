@@ -965,33 +965,8 @@ async fn infer(
     Query(q): Query<InferQuery>,
     request: axum::extract::Request,
 ) -> Result<Response> {
-    use axum::extract::FromRequest;
     let run = model(&state, &model_id).await?;
-    let form = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("multipart/form-data"));
-    let multipart = if form {
-        Some(
-            Multipart::from_request(request, &state)
-                .await
-                .map_err(|e| Error::BadRequest(e.body_text()))?,
-        )
-    } else {
-        None
-    };
-    let (fields, sent) = match multipart {
-        Some(multipart) => {
-            let upload = save_upload(&state, multipart).await?;
-            let files = image_files(&upload.files);
-            (
-                upload.fields,
-                (!files.is_empty()).then_some((upload.dir, files)),
-            )
-        }
-        None => (HashMap::new(), None),
-    };
+    let (fields, sent) = sent_image(&state, request).await?;
     let params: Value = fields
         .get("params")
         .and_then(|p| serde_json::from_str(p).ok())
@@ -1006,25 +981,7 @@ async fn infer(
             (session_study(session, &info, &dir), None, None)
         }
         (None, Some((dir, files))) => {
-            let checked = check_study_files(&state, files).await?;
-            let files: BTreeMap<String, String> = checked
-                .roles
-                .iter()
-                .map(|(role, i)| (role.clone(), checked.files[*i].file_name.clone()))
-                .collect();
-            let info = SessionInfo {
-                name: "image sent with the request".into(),
-                files,
-                shape: checked.shape.clone(),
-                create_ts: db::now(),
-                last_access_ts: db::now(),
-                expiry: 0,
-                client_id: None,
-            };
-            let view = StudyView::from(Study {
-                dir: dir.path().display().to_string(),
-                ..session_study("request", &info, dir.path()).study
-            });
+            let view = sent_study(&state, &dir, files).await?;
             _sent_dir = Some(dir);
             (view, None, None)
         }
@@ -1038,35 +995,11 @@ async fn infer(
         }
     };
     let job_id = queue_prediction(&state, &view, study_id, run.id, device).await?;
-    let job = job_ended(&state, job_id).await?;
-    if job.state != JobState::Succeeded {
-        return Err(Error::Unprocessable(format!(
-            "inference job {job_id} {}: {}; its log: /api/jobs/{job_id}/log",
-            job.state,
-            job.error.unwrap_or_default()
-        )));
-    }
-    let out = PathBuf::from(&job.out_dir);
-    let seg = out.join("seg.nii.gz");
-    let summary: Value = std::fs::read_to_string(out.join("summary.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
-    let result = json!({
-        "label_names": label_names(),
-        "model": model_id,
-        "image": image_id,
-        "session_id": session,
-        "job_id": job_id,
-        "prediction": format!("/api/predictions/{job_id}"),
-        "volumes_ml": summary["volumes_ml"],
-        "latencies": {
-            "pre": summary["seconds_load"], "infer": summary["seconds_predict"],
-            "post": summary["seconds_write"], "total": summary["seconds_total"],
-        },
-    });
+    let out = succeeded_prediction(&state, job_id).await?;
+    let result = infer_result(&out, &model_id, image_id.as_deref(), session, job_id);
     let stem = image_id.as_deref().or(session).unwrap_or("image");
     let file_name = crate::security::download_name(stem, "_seg.nii.gz");
+    let seg = out.join("seg.nii.gz");
     match q.output.as_deref() {
         Some("json") => Ok(Json(result).into_response()),
         Some("image") => super::download_response(&seg, &file_name).await,
@@ -1079,6 +1012,104 @@ async fn infer(
             "output={other:?}: use json or image, or leave it out"
         ))),
     }
+}
+
+/// An image sent with an infer request: its form's text fields, and its folder and files when
+/// it holds any image (a request without a form sends none).
+async fn sent_image(
+    state: &AppState,
+    request: axum::extract::Request,
+) -> Result<(
+    HashMap<String, String>,
+    Option<(tempfile::TempDir, Vec<UploadedFile>)>,
+)> {
+    use axum::extract::FromRequest;
+    let form = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    if !form {
+        return Ok((HashMap::new(), None));
+    }
+    let multipart = Multipart::from_request(request, state)
+        .await
+        .map_err(|e| Error::BadRequest(e.body_text()))?;
+    let upload = save_upload(state, multipart).await?;
+    let files = image_files(&upload.files);
+    Ok((
+        upload.fields,
+        (!files.is_empty()).then_some((upload.dir, files)),
+    ))
+}
+
+/// The study an image sent with the request makes, once checked like an upload.
+async fn sent_study(
+    state: &AppState,
+    dir: &tempfile::TempDir,
+    files: Vec<UploadedFile>,
+) -> Result<StudyView> {
+    let checked = check_study_files(state, files).await?;
+    let files: BTreeMap<String, String> = checked
+        .roles
+        .iter()
+        .map(|(role, i)| (role.clone(), checked.files[*i].file_name.clone()))
+        .collect();
+    let info = SessionInfo {
+        name: "image sent with the request".into(),
+        files,
+        shape: checked.shape.clone(),
+        create_ts: db::now(),
+        last_access_ts: db::now(),
+        expiry: 0,
+        client_id: None,
+    };
+    Ok(StudyView::from(Study {
+        dir: dir.path().display().to_string(),
+        ..session_study("request", &info, dir.path()).study
+    }))
+}
+
+/// The output folder of inference job `job_id` once it has succeeded; 422 naming its log
+/// otherwise.
+async fn succeeded_prediction(state: &AppState, job_id: i64) -> Result<PathBuf> {
+    let job = job_ended(state, job_id).await?;
+    if job.state != JobState::Succeeded {
+        return Err(Error::Unprocessable(format!(
+            "inference job {job_id} {}: {}; its log: /api/jobs/{job_id}/log",
+            job.state,
+            job.error.unwrap_or_default()
+        )));
+    }
+    Ok(PathBuf::from(&job.out_dir))
+}
+
+/// The JSON part of an infer answer: labels, what was segmented, and the job's volumes and
+/// latencies from its `summary.json`.
+fn infer_result(
+    out: &std::path::Path,
+    model_id: &str,
+    image_id: Option<&str>,
+    session: Option<&str>,
+    job_id: i64,
+) -> Value {
+    let summary: Value = std::fs::read_to_string(out.join("summary.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    json!({
+        "label_names": label_names(),
+        "model": model_id,
+        "image": image_id,
+        "session_id": session,
+        "job_id": job_id,
+        "prediction": format!("/api/predictions/{job_id}"),
+        "volumes_ml": summary["volumes_ml"],
+        "latencies": {
+            "pre": summary["seconds_load"], "infer": summary["seconds_predict"],
+            "post": summary["seconds_write"], "total": summary["seconds_total"],
+        },
+    })
 }
 
 // ---- training ----
@@ -1262,6 +1293,46 @@ async fn segmentations_by_model(state: &AppState, study: i64) -> Result<Vec<Path
         .collect())
 }
 
+/// One of `open` at random (`None` when there is none).
+fn random_pick<'a>(open: &[&'a (String, Study)]) -> Option<&'a (String, Study)> {
+    use std::hash::BuildHasher;
+    let pick = std::collections::hash_map::RandomState::new().hash_one(db::now().to_bits());
+    match open.len() {
+        0 => None,
+        n => Some(open[(pick % n as u64) as usize]),
+    }
+}
+
+/// The image of `open` whose segmentations by different models disagree most, with that score;
+/// images with fewer than two models' segmentations are passed over.
+async fn most_disagreed<'a>(
+    state: &AppState,
+    open: &[&'a (String, Study)],
+) -> Result<Option<(&'a (String, Study), f64)>> {
+    let mut best: Option<(&(String, Study), f64)> = None;
+    for entry in open {
+        let paths = segmentations_by_model(state, entry.1.id).await?;
+        if paths.len() < 2 {
+            continue;
+        }
+        let mut segs = Vec::new();
+        for path in &paths {
+            segs.push(state.volumes.get(path).await.map_err(|e| {
+                Error::Internal(anyhow::anyhow!("reading {}: {e}", path.display()))
+            })?);
+        }
+        let score = tokio::task::spawn_blocking(move || disagreement(&segs))
+            .await
+            .map_err(anyhow::Error::from)?;
+        if let Some(score) = score {
+            if best.is_none_or(|(_, b)| score > b) {
+                best = Some((*entry, score));
+            }
+        }
+    }
+    Ok(best)
+}
+
 /// `POST /activelearning/{strategy}`: the next image to label (`{}` when every image has a
 /// final label), by one of [`STRATEGIES`].
 async fn next_sample(
@@ -1279,36 +1350,9 @@ async fn next_sample(
         })
         .collect();
     let (chosen, score) = match strategy.as_str() {
-        "random" => {
-            use std::hash::BuildHasher;
-            let pick = std::collections::hash_map::RandomState::new().hash_one(db::now().to_bits());
-            match open.len() {
-                0 => (None, None),
-                n => (Some(open[(pick % n as u64) as usize]), None),
-            }
-        }
+        "random" => (random_pick(&open), None),
         "disagreement" => {
-            let mut best: Option<(&(String, Study), f64)> = None;
-            for entry in &open {
-                let paths = segmentations_by_model(&state, entry.1.id).await?;
-                if paths.len() < 2 {
-                    continue;
-                }
-                let mut segs = Vec::new();
-                for path in &paths {
-                    segs.push(state.volumes.get(path).await.map_err(|e| {
-                        Error::Internal(anyhow::anyhow!("reading {}: {e}", path.display()))
-                    })?);
-                }
-                let score = tokio::task::spawn_blocking(move || disagreement(&segs))
-                    .await
-                    .map_err(anyhow::Error::from)?;
-                if let Some(score) = score {
-                    if best.is_none_or(|(_, b)| score > b) {
-                        best = Some((*entry, score));
-                    }
-                }
-            }
+            let best = most_disagreed(&state, &open).await?;
             if best.is_none() && !open.is_empty() {
                 return Err(Error::Unprocessable(
                     "no image without a final label has segmentations by two models yet: run \

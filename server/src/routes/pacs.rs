@@ -136,6 +136,58 @@ fn chosen_series(
     Ok(chosen)
 }
 
+/// Retrieves one series into `folder` and checks its files like an uploaded series; errors
+/// name the modality.
+async fn retrieve_checked(
+    pacs: &DicomWebClient,
+    study_uid: &str,
+    modality: &'static str,
+    series_uid: &str,
+    folder: &std::path::Path,
+) -> Result<()> {
+    pacs.retrieve_series(study_uid, series_uid, folder)
+        .await
+        .map_err(|e| match Error::from(e) {
+            Error::Unprocessable(m) => Error::Unprocessable(format!("{modality}: {m}")),
+            other => other,
+        })?;
+    let checked = folder.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let display = |path: &std::path::Path| {
+            path.file_name()
+                .map(|n| format!("instance {}", n.to_string_lossy()))
+                .unwrap_or_default()
+        };
+        crate::dicom::check_dicom_files(modality, &checked, &display)
+    })
+    .await
+    .map_err(anyhow::Error::from)??;
+    Ok(())
+}
+
+/// Records where study `id` came from: the PACS, the study and each modality's series.
+async fn record_import(
+    state: &AppState,
+    id: i64,
+    pacs_url: &str,
+    study_uid: &str,
+    chosen: &[(&'static str, String)],
+) -> Result<()> {
+    let series: BTreeMap<&str, &str> = chosen.iter().map(|(m, uid)| (*m, uid.as_str())).collect();
+    sqlx::query(
+        "INSERT INTO pacs_imports (study_id, pacs_url, study_uid, series, imported_at) \
+         VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(id)
+    .bind(pacs_url)
+    .bind(study_uid)
+    .bind(serde_json::to_string(&series).map_err(anyhow::Error::from)?)
+    .bind(db::now())
+    .execute(&state.pool)
+    .await?;
+    Ok(())
+}
+
 /// Retrieves the chosen series into a temporary folder of the data directory, checks each like an
 /// uploaded series and imports them like the DICOM upload; 201 with the new study.
 async fn import(
@@ -157,42 +209,14 @@ async fn import(
     let mut inputs = Vec::new();
     for (modality, series_uid) in &chosen {
         let folder = work.path().join("series").join(modality);
-        pacs.retrieve_series(&study_uid, series_uid, &folder)
-            .await
-            .map_err(|e| match Error::from(e) {
-                Error::Unprocessable(m) => Error::Unprocessable(format!("{modality}: {m}")),
-                other => other,
-            })?;
-        let checked = folder.clone();
-        let modality_name: &'static str = modality;
-        tokio::task::spawn_blocking(move || {
-            let display = |path: &std::path::Path| {
-                path.file_name()
-                    .map(|n| format!("instance {}", n.to_string_lossy()))
-                    .unwrap_or_default()
-            };
-            crate::dicom::check_dicom_files(modality_name, &checked, &display)
-        })
-        .await
-        .map_err(anyhow::Error::from)??;
+        retrieve_checked(&pacs, &study_uid, modality, series_uid, &folder).await?;
         inputs.push((*modality, folder));
     }
     let id = {
         let _slot = state.volumes.decode_slot().await;
         study_from_series(&state, work.path(), inputs, &name).await?
     };
-    let series: BTreeMap<&str, &str> = chosen.iter().map(|(m, uid)| (*m, uid.as_str())).collect();
-    sqlx::query(
-        "INSERT INTO pacs_imports (study_id, pacs_url, study_uid, series, imported_at) \
-         VALUES (?, ?, ?, ?, ?)",
-    )
-    .bind(id)
-    .bind(pacs.root())
-    .bind(&study_uid)
-    .bind(serde_json::to_string(&series).map_err(anyhow::Error::from)?)
-    .bind(db::now())
-    .execute(&state.pool)
-    .await?;
+    record_import(&state, id, pacs.root(), &study_uid, &chosen).await?;
     drop(work);
     Ok((
         StatusCode::CREATED,

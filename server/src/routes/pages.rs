@@ -200,53 +200,7 @@ async fn datasets(State(state): State<AppState>) -> Response {
             let rows = db::datasets(&state.pool)
                 .await?
                 .into_iter()
-                .map(|d| {
-                    let facts = DatasetFacts::of(&d);
-                    let view = DatasetView::from(d);
-                    let features = facts.features.as_ref().map(feature_row);
-                    let mut problems: Vec<(String, String)> = facts
-                        .features
-                        .iter()
-                        .flat_map(|f| f.problems.iter())
-                        .map(|p| ("dataset".to_string(), p.clone()))
-                        .collect();
-                    problems.extend(
-                        view.report
-                            .problems
-                            .iter()
-                            .filter(|_| facts.features.is_none())
-                            .map(|p| (p.case.clone(), p.error.clone())),
-                    );
-                    DatasetRow {
-                        task: facts.task.to_string(),
-                        features,
-                        id: view.dataset.id,
-                        name: view.dataset.name.clone(),
-                        path: view.dataset.path.clone(),
-                        source: view.dataset.source.clone(),
-                        layout: view.report.layout.clone(),
-                        cases: view.report.cases,
-                        valid_cases: view.report.valid_cases,
-                        shape: view
-                            .report
-                            .shape
-                            .as_ref()
-                            .map(|s| {
-                                s.iter()
-                                    .map(|d| d.to_string())
-                                    .collect::<Vec<_>>()
-                                    .join("×")
-                            })
-                            .unwrap_or_default(),
-                        split: format!(
-                            "{} train / {} val / {} test",
-                            view.report.split.train, view.report.split.val, view.report.split.test
-                        ),
-                        full_check: view.report.full_check,
-                        modalities: view.report.modalities.join(", "),
-                        problems,
-                    }
-                })
+                .map(dataset_row)
                 .collect();
             Ok(HtmlTemplate(Datasets {
                 datasets: rows,
@@ -255,6 +209,56 @@ async fn datasets(State(state): State<AppState>) -> Response {
         }
         .await,
     )
+}
+
+/// One dataset of the Datasets page, with its problems (a feature dataset's own, else its
+/// cases').
+fn dataset_row(d: db::Dataset) -> DatasetRow {
+    let facts = DatasetFacts::of(&d);
+    let view = DatasetView::from(d);
+    let features = facts.features.as_ref().map(feature_row);
+    let mut problems: Vec<(String, String)> = facts
+        .features
+        .iter()
+        .flat_map(|f| f.problems.iter())
+        .map(|p| ("dataset".to_string(), p.clone()))
+        .collect();
+    problems.extend(
+        view.report
+            .problems
+            .iter()
+            .filter(|_| facts.features.is_none())
+            .map(|p| (p.case.clone(), p.error.clone())),
+    );
+    DatasetRow {
+        task: facts.task.to_string(),
+        features,
+        id: view.dataset.id,
+        name: view.dataset.name.clone(),
+        path: view.dataset.path.clone(),
+        source: view.dataset.source.clone(),
+        layout: view.report.layout.clone(),
+        cases: view.report.cases,
+        valid_cases: view.report.valid_cases,
+        shape: view
+            .report
+            .shape
+            .as_ref()
+            .map(|s| {
+                s.iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("×")
+            })
+            .unwrap_or_default(),
+        split: format!(
+            "{} train / {} val / {} test",
+            view.report.split.train, view.report.split.val, view.report.split.test
+        ),
+        full_check: view.report.full_check,
+        modalities: view.report.modalities.join(", "),
+        problems,
+    }
 }
 
 fn feature_row(f: &crate::feature_datasets::FeatureSummary) -> FeatureRow {
@@ -289,110 +293,17 @@ async fn new_run(State(state): State<AppState>) -> Response {
     page(
         async {
             let vocabulary = Vocabulary::current(state.config.cuda_devices);
-            let datasets: Vec<DatasetChoice> = db::datasets(&state.pool)
-                .await?
-                .into_iter()
-                .map(|d| {
-                    let facts = DatasetFacts::of(&d);
-                    DatasetChoice {
-                        id: d.id,
-                        name: d.name.clone(),
-                        task: facts.task.to_string(),
-                        samples: facts.samples,
-                        unit: if facts.task == TaskKind::Segmentation {
-                            "cases"
-                        } else {
-                            "training samples"
-                        },
-                        modalities: facts.modalities.join(","),
-                    }
-                })
-                .collect();
+            let datasets = dataset_choices(db::datasets(&state.pool).await?);
             // The first dataset's task decides what the form offers until the browser refines it.
             let task = datasets
                 .first()
                 .map_or(TaskKind::Segmentation.to_string(), |d| d.task.clone());
-            let modalities: Vec<String> = datasets
-                .first()
-                .map(|d| {
-                    d.modalities
-                        .split(',')
-                        .filter(|m| !m.is_empty())
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default();
-            let mut methods: Vec<String> =
-                vocabulary.methods.iter().map(|m| m.name.clone()).collect();
-            methods.extend(
-                modalities
-                    .iter()
-                    .map(|m| format!("{}{m}", vocabulary.unimodal_prefix)),
-            );
-            let presets = vocabulary
-                .presets
-                .iter()
-                .map(|p| PresetOption {
-                    name: p.name.clone(),
-                    task: p.task.to_string(),
-                    fits: p.task.to_string() == task,
-                    label: format!("{} ({})", p.name, p.hardware),
-                    description: p.description.clone(),
-                })
-                .collect();
-            let default_preset =
-                vocabulary
-                    .presets
-                    .iter()
-                    .find(|p| p.task.to_string() == task)
-                    .map_or(vocabulary.default_preset.clone(), |p| {
-                        if vocabulary.presets.iter().any(|q| {
-                            q.name == vocabulary.default_preset && q.task.to_string() == task
-                        }) {
-                            vocabulary.default_preset.clone()
-                        } else {
-                            p.name.clone()
-                        }
-                    });
-            let lists = serde_json::to_value(&vocabulary).map_err(anyhow::Error::from)?;
-            let fields = vocabulary
-                .options
-                .iter()
-                .filter(|o| o.name != "method" && o.name != "preset")
-                .map(|o| FormField {
-                    name: o.name.clone(),
-                    label: o.label.clone(),
-                    help: o.help.clone(),
-                    tasks: o
-                        .tasks
-                        .iter()
-                        .map(|t| t.to_string())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    flag: o.flag.clone(),
-                    kind: match o.kind {
-                        OptionKind::Number => "number",
-                        OptionKind::Integer => "integer",
-                        OptionKind::Flag => "flag",
-                        OptionKind::Choice => "choice",
-                    },
-                    choices: o
-                        .choices
-                        .as_ref()
-                        .and_then(|list| lists[list].as_array())
-                        .map(|items| {
-                            items
-                                .iter()
-                                .filter_map(|i| i.as_str().map(str::to_string))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                })
-                .collect();
+            let (presets, default_preset) = preset_options(&vocabulary, &task);
+            let fields = form_fields(&vocabulary)?;
             let sources = crate::fine_tune::sources(&state.pool).await?;
             Ok(HtmlTemplate(NewRun {
+                methods: method_names(&vocabulary, datasets.first()),
                 datasets,
-                methods,
                 presets,
                 default_preset,
                 fields,
@@ -401,6 +312,120 @@ async fn new_run(State(state): State<AppState>) -> Response {
         }
         .await,
     )
+}
+
+/// The form's datasets, with their task, size and modalities.
+fn dataset_choices(datasets: Vec<db::Dataset>) -> Vec<DatasetChoice> {
+    datasets
+        .into_iter()
+        .map(|d| {
+            let facts = DatasetFacts::of(&d);
+            DatasetChoice {
+                id: d.id,
+                name: d.name.clone(),
+                task: facts.task.to_string(),
+                samples: facts.samples,
+                unit: if facts.task == TaskKind::Segmentation {
+                    "cases"
+                } else {
+                    "training samples"
+                },
+                modalities: facts.modalities.join(","),
+            }
+        })
+        .collect()
+}
+
+/// Every method, then a unimodal one for each modality of `first` (the dataset shown first).
+fn method_names(vocabulary: &Vocabulary, first: Option<&DatasetChoice>) -> Vec<String> {
+    let modalities: Vec<String> = first
+        .map(|d| {
+            d.modalities
+                .split(',')
+                .filter(|m| !m.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut methods: Vec<String> = vocabulary.methods.iter().map(|m| m.name.clone()).collect();
+    methods.extend(
+        modalities
+            .iter()
+            .map(|m| format!("{}{m}", vocabulary.unimodal_prefix)),
+    );
+    methods
+}
+
+/// The presets, marked whether they fit `task`, and the one chosen at first: the vocabulary's
+/// default where it fits `task`, else the first that does.
+fn preset_options(vocabulary: &Vocabulary, task: &str) -> (Vec<PresetOption>, String) {
+    let presets = vocabulary
+        .presets
+        .iter()
+        .map(|p| PresetOption {
+            name: p.name.clone(),
+            task: p.task.to_string(),
+            fits: p.task.to_string() == task,
+            label: format!("{} ({})", p.name, p.hardware),
+            description: p.description.clone(),
+        })
+        .collect();
+    let default_preset = vocabulary
+        .presets
+        .iter()
+        .find(|p| p.task.to_string() == task)
+        .map_or(vocabulary.default_preset.clone(), |p| {
+            if vocabulary
+                .presets
+                .iter()
+                .any(|q| q.name == vocabulary.default_preset && q.task.to_string() == task)
+            {
+                vocabulary.default_preset.clone()
+            } else {
+                p.name.clone()
+            }
+        });
+    (presets, default_preset)
+}
+
+/// The run options of the form (method and preset have their own lists), with the choices of
+/// those that choose from one of the vocabulary's lists.
+fn form_fields(vocabulary: &Vocabulary) -> Result<Vec<FormField>> {
+    let lists = serde_json::to_value(vocabulary).map_err(anyhow::Error::from)?;
+    Ok(vocabulary
+        .options
+        .iter()
+        .filter(|o| o.name != "method" && o.name != "preset")
+        .map(|o| FormField {
+            name: o.name.clone(),
+            label: o.label.clone(),
+            help: o.help.clone(),
+            tasks: o
+                .tasks
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            flag: o.flag.clone(),
+            kind: match o.kind {
+                OptionKind::Number => "number",
+                OptionKind::Integer => "integer",
+                OptionKind::Flag => "flag",
+                OptionKind::Choice => "choice",
+            },
+            choices: o
+                .choices
+                .as_ref()
+                .and_then(|list| lists[list].as_array())
+                .map(|items| {
+                    items
+                        .iter()
+                        .filter_map(|i| i.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+        .collect())
 }
 
 async fn run_choices(state: &AppState) -> Result<Vec<(i64, String)>> {
@@ -496,6 +521,30 @@ async fn compare(
     )
 }
 
+/// The data of a run's last `finished` event (`null` before it has one).
+async fn finished_event(state: &AppState, job_id: i64) -> Result<serde_json::Value> {
+    Ok(db::events(
+        &state.pool,
+        job_id,
+        0,
+        Some(cggm_core::events::EventKind::Finished.as_str()),
+    )
+    .await?
+    .last()
+    .and_then(|e| serde_json::from_str::<serde_json::Value>(&e.data).ok())
+    .unwrap_or_default())
+}
+
+/// "best, last": the checkpoints a run has.
+fn checkpoint_files(best: bool, last: bool) -> String {
+    [(best, "best"), (last, "last")]
+        .iter()
+        .filter(|(has, _)| *has)
+        .map(|(_, n)| *n)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 async fn models(State(state): State<AppState>) -> Response {
     page(
         async {
@@ -505,28 +554,14 @@ async fn models(State(state): State<AppState>) -> Response {
                 let label = labels.get(&c.job_id).cloned().unwrap_or_default();
                 let headline = headline_metric(c.task);
                 let best = c.best_validation.clone().unwrap_or_default();
-                let finished = db::events(
-                    &state.pool,
-                    c.job_id,
-                    0,
-                    Some(cggm_core::events::EventKind::Finished.as_str()),
-                )
-                .await?
-                .last()
-                .and_then(|e| serde_json::from_str::<serde_json::Value>(&e.data).ok())
-                .unwrap_or_default();
+                let finished = finished_event(&state, c.job_id).await?;
                 let mut test = fused_scores(&finished, "test_metrics", "test_dice");
                 if test.is_empty() {
                     if let Some(metrics) = &c.metrics {
                         test = fused_scores(metrics, "test_metrics", "test_dice");
                     }
                 }
-                let files = [(c.best_checkpoint, "best"), (c.last_checkpoint, "last")]
-                    .iter()
-                    .filter(|(has, _)| *has)
-                    .map(|(_, n)| *n)
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let files = checkpoint_files(c.best_checkpoint, c.last_checkpoint);
                 checkpoints.push(CheckpointRow {
                     search: search_text(
                         &label,

@@ -208,46 +208,14 @@ fn summarise(runs: &[RunResult]) -> Summary {
             arm_order.push(run.arm.clone());
         }
     }
-    let by_seed = |arm: &str, metric: &str| -> BTreeMap<i64, f64> {
-        runs.iter()
-            .filter(|r| r.arm == arm)
-            .filter_map(|r| r.test_metrics.get(metric).map(|v| (r.seed, *v)))
-            .filter(|(_, v)| v.is_finite())
-            .collect()
-    };
     let mut arms = Vec::new();
     let mut paired = Vec::new();
     let mut modality = Vec::new();
     for arm in &arm_order {
         let members: Vec<&RunResult> = runs.iter().filter(|r| &r.arm == arm).collect();
-        let mut summary = BTreeMap::new();
-        for metric in &metrics {
-            let values: Vec<f64> = by_seed(arm, metric).into_values().collect();
-            if let Some(i) = interval(&values) {
-                summary.insert(metric.clone(), i);
-            }
-        }
-        arms.push(ArmSummary {
-            arm: arm.clone(),
-            runs: members.len(),
-            finished: members
-                .iter()
-                .filter(|r| !r.test_metrics.is_empty())
-                .count(),
-            metrics: summary,
-        });
+        arms.push(arm_summary(runs, arm, &members, &metrics));
         if arm != BASELINE {
-            for metric in &metrics {
-                let diffs = paired_differences(&by_seed(arm, metric), &by_seed(BASELINE, metric));
-                if let Some(i) = interval(&diffs) {
-                    paired.push(PairedDifference {
-                        arm: arm.clone(),
-                        metric: metric.clone(),
-                        above: diffs.iter().filter(|d| **d > 0.0).count(),
-                        interval: i,
-                    });
-                }
-            }
+            paired.extend(paired_against_baseline(runs, arm, &metrics));
         }
         modality.extend(modality_scores(arm, &members));
     }
@@ -265,6 +233,65 @@ fn summarise(runs: &[RunResult]) -> Summary {
         modality,
         warnings: seed_warning(seeds).into_iter().collect(),
     }
+}
+
+/// The finite scores of `metric` by the runs of `arm`, by seed.
+fn by_seed(runs: &[RunResult], arm: &str, metric: &str) -> BTreeMap<i64, f64> {
+    runs.iter()
+        .filter(|r| r.arm == arm)
+        .filter_map(|r| r.test_metrics.get(metric).map(|v| (r.seed, *v)))
+        .filter(|(_, v)| v.is_finite())
+        .collect()
+}
+
+/// An arm's run counts and the interval of each metric over its seeds.
+fn arm_summary(
+    runs: &[RunResult],
+    arm: &str,
+    members: &[&RunResult],
+    metrics: &[String],
+) -> ArmSummary {
+    let mut summary = BTreeMap::new();
+    for metric in metrics {
+        let values: Vec<f64> = by_seed(runs, arm, metric).into_values().collect();
+        if let Some(i) = interval(&values) {
+            summary.insert(metric.clone(), i);
+        }
+    }
+    ArmSummary {
+        arm: arm.to_string(),
+        runs: members.len(),
+        finished: members
+            .iter()
+            .filter(|r| !r.test_metrics.is_empty())
+            .count(),
+        metrics: summary,
+    }
+}
+
+/// For each metric, the interval of `arm`'s differences from [`BASELINE`] over their shared
+/// seeds.
+fn paired_against_baseline(
+    runs: &[RunResult],
+    arm: &str,
+    metrics: &[String],
+) -> Vec<PairedDifference> {
+    let mut paired = Vec::new();
+    for metric in metrics {
+        let diffs = paired_differences(
+            &by_seed(runs, arm, metric),
+            &by_seed(runs, BASELINE, metric),
+        );
+        if let Some(i) = interval(&diffs) {
+            paired.push(PairedDifference {
+                arm: arm.to_string(),
+                metric: metric.clone(),
+                above: diffs.iter().filter(|d| **d > 0.0).count(),
+                interval: i,
+            });
+        }
+    }
+    paired
 }
 
 /// The interval of each (modality, metric) score over an arm's finished runs.

@@ -91,51 +91,10 @@ fn figure_layout(a: &Aggregate) -> Figure {
     let height = 300.0 + bottom_margin;
     let plot_width = width - left - right;
     let slot = plot_width / a.arms.len().max(1) as f64;
+    // Every value drawn, for the axis's range.
     let mut values = Vec::new();
-    let arms: Vec<FigureArm> = a
-        .arms
-        .iter()
-        .enumerate()
-        .map(|(k, arm)| {
-            let x = left + slot * (k as f64 + 0.5);
-            let interval = arm.metrics.get(&metric).cloned();
-            if let Some(i) = &interval {
-                values.push(i.mean);
-                if let Some(h) = i.half {
-                    values.extend([i.mean - h, i.mean + h]);
-                }
-            }
-            let mut scored: Vec<(i64, f64)> = a
-                .runs
-                .iter()
-                .filter(|r| r.arm == arm.arm)
-                .filter_map(|r| r.test_metrics.get(&metric).map(|v| (r.seed, *v)))
-                .filter(|(_, v)| v.is_finite())
-                .collect();
-            scored.sort_by_key(|(seed, _)| *seed);
-            let n = scored.len().max(1) as f64;
-            // Side by side across the bar's middle half, so that equal scores stay visible.
-            let points = scored
-                .into_iter()
-                .enumerate()
-                .map(|(j, (seed, v))| {
-                    values.push(v);
-                    let offset = if n > 1.0 {
-                        (j as f64 / (n - 1.0) - 0.5) * 30.0
-                    } else {
-                        0.0
-                    };
-                    (seed, v, x + offset)
-                })
-                .collect();
-            FigureArm {
-                name: arm.arm.clone(),
-                colour: COLOURS[k % COLOURS.len()],
-                x,
-                interval,
-                points,
-            }
-        })
+    let arms: Vec<FigureArm> = (0..a.arms.len())
+        .map(|k| figure_arm(a, k, &metric, left + slot * (k as f64 + 0.5), &mut values))
         .collect();
     let lowest = values.iter().copied().fold(0.0f64, f64::min);
     let highest = values.iter().copied().fold(0.0f64, f64::max);
@@ -156,6 +115,49 @@ fn figure_layout(a: &Aggregate) -> Figure {
         bar_width: (slot * 0.55).min(64.0),
         rotate_labels,
         arms,
+    }
+}
+
+/// Arm `k` of the figure centred at `x`: its interval of `metric` and its seeds' dots; the values
+/// it draws are added to `values`.
+fn figure_arm(a: &Aggregate, k: usize, metric: &str, x: f64, values: &mut Vec<f64>) -> FigureArm {
+    let arm = &a.arms[k];
+    let interval = arm.metrics.get(metric).cloned();
+    if let Some(i) = &interval {
+        values.push(i.mean);
+        if let Some(h) = i.half {
+            values.extend([i.mean - h, i.mean + h]);
+        }
+    }
+    let mut scored: Vec<(i64, f64)> = a
+        .runs
+        .iter()
+        .filter(|r| r.arm == arm.arm)
+        .filter_map(|r| r.test_metrics.get(metric).map(|v| (r.seed, *v)))
+        .filter(|(_, v)| v.is_finite())
+        .collect();
+    scored.sort_by_key(|(seed, _)| *seed);
+    let n = scored.len().max(1) as f64;
+    // Side by side across the bar's middle half, so that equal scores stay visible.
+    let points = scored
+        .into_iter()
+        .enumerate()
+        .map(|(j, (seed, v))| {
+            values.push(v);
+            let offset = if n > 1.0 {
+                (j as f64 / (n - 1.0) - 0.5) * 30.0
+            } else {
+                0.0
+            };
+            (seed, v, x + offset)
+        })
+        .collect();
+    FigureArm {
+        name: arm.arm.clone(),
+        colour: COLOURS[k % COLOURS.len()],
+        x,
+        interval,
+        points,
     }
 }
 
@@ -183,6 +185,17 @@ fn hex(c: [u8; 3]) -> String {
 /// names (and how many seeds scored) below. SVG, so the text needs no font on the server.
 pub fn render_svg(a: &Aggregate) -> String {
     let f = figure_layout(a);
+    let mut s = svg_heading(&f);
+    let base = svg_axes(&f, &mut s);
+    for arm in &f.arms {
+        svg_arm(&f, arm, base, &mut s);
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// The SVG's opening, its background, the title and the line saying what is drawn.
+fn svg_heading(f: &Figure) -> String {
     let mut s = String::new();
     let w = f.width;
     s.push_str(&format!(
@@ -209,6 +222,13 @@ pub fn render_svg(a: &Aggregate) -> String {
         w / 2.0,
         xml(&subtitle)
     ));
+    s
+}
+
+/// The grid lines and ticks, the y axis with the metric's name and the zero line; the zero
+/// line's y (where the bars start).
+fn svg_axes(f: &Figure, s: &mut String) -> f64 {
+    let w = f.width;
     for tick in &f.ticks {
         let y = f.y(*tick);
         s.push_str(&format!(
@@ -240,69 +260,75 @@ pub fn render_svg(a: &Aggregate) -> String {
         f.left,
         w - f.right
     ));
-    for arm in &f.arms {
-        let colour = hex(arm.colour);
-        s.push_str(&format!(
-            "<g class=\"arm\" data-arm=\"{}\">\n",
-            xml(&arm.name)
-        ));
-        if let Some(i) = &arm.interval {
-            let y = f.y(i.mean);
-            let (top, height) = if y < base {
-                (y, base - y)
-            } else {
-                (base, y - base)
-            };
-            let ci = i.half.map_or(String::new(), |h| format!(" ± {h:.4}"));
-            s.push_str(&format!(
-                "<rect x=\"{:.1}\" y=\"{top:.1}\" width=\"{:.1}\" height=\"{height:.1}\" fill=\"{colour}\" \
-                 fill-opacity=\"0.8\"><title>{}: mean {:.4}{ci} (n = {})</title></rect>\n",
-                arm.x - f.bar_width / 2.0,
-                f.bar_width,
-                xml(&arm.name),
-                i.mean,
-                i.n
-            ));
-            if let Some(h) = i.half {
-                let (hi, lo) = (f.y(i.mean + h), f.y(i.mean - h));
-                s.push_str(&format!(
-                    "<path class=\"whisker\" d=\"M{x:.1} {hi:.1}V{lo:.1}M{a:.1} {hi:.1}H{b:.1}M{a:.1} {lo:.1}H{b:.1}\" \
-                     stroke=\"#111111\" stroke-width=\"1.6\" fill=\"none\"/>\n",
-                    x = arm.x,
-                    a = arm.x - 10.0,
-                    b = arm.x + 10.0
-                ));
-            }
-        }
-        for (seed, v, x) in &arm.points {
-            s.push_str(&format!(
-                "<circle class=\"seed\" cx=\"{x:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"#ffffff\" stroke=\"#111111\">\
-                 <title>seed {seed}: {v:.4}</title></circle>\n",
-                f.y(*v)
-            ));
-        }
-        let n = arm.interval.as_ref().map_or(0, |i| i.n);
-        let label_y = f.bottom + 18.0;
-        if f.rotate_labels {
-            s.push_str(&format!(
-                "<text x=\"{x:.1}\" y=\"{label_y:.1}\" text-anchor=\"end\" transform=\"rotate(-35 {x:.1} {label_y:.1})\">{} (n = {n})</text>\n",
-                xml(&arm.name),
-                x = arm.x + 4.0
-            ));
-        } else {
-            s.push_str(&format!(
-                "<text x=\"{:.1}\" y=\"{label_y:.1}\" text-anchor=\"middle\">{}</text>\n\
-                 <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#666666\" font-size=\"11\">n = {n}</text>\n",
-                arm.x,
-                xml(&arm.name),
-                arm.x,
-                label_y + 15.0
-            ));
-        }
-        s.push_str("</g>\n");
+    base
+}
+
+/// One arm's group: bar and whisker, the seeds' dots and its label below.
+fn svg_arm(f: &Figure, arm: &FigureArm, base: f64, s: &mut String) {
+    s.push_str(&format!(
+        "<g class=\"arm\" data-arm=\"{}\">\n",
+        xml(&arm.name)
+    ));
+    if let Some(i) = &arm.interval {
+        svg_bar(f, arm, i, base, s);
     }
-    s.push_str("</svg>\n");
-    s
+    for (seed, v, x) in &arm.points {
+        s.push_str(&format!(
+            "<circle class=\"seed\" cx=\"{x:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"#ffffff\" stroke=\"#111111\">\
+             <title>seed {seed}: {v:.4}</title></circle>\n",
+            f.y(*v)
+        ));
+    }
+    let n = arm.interval.as_ref().map_or(0, |i| i.n);
+    let label_y = f.bottom + 18.0;
+    if f.rotate_labels {
+        s.push_str(&format!(
+            "<text x=\"{x:.1}\" y=\"{label_y:.1}\" text-anchor=\"end\" transform=\"rotate(-35 {x:.1} {label_y:.1})\">{} (n = {n})</text>\n",
+            xml(&arm.name),
+            x = arm.x + 4.0
+        ));
+    } else {
+        s.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{label_y:.1}\" text-anchor=\"middle\">{}</text>\n\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#666666\" font-size=\"11\">n = {n}</text>\n",
+            arm.x,
+            xml(&arm.name),
+            arm.x,
+            label_y + 15.0
+        ));
+    }
+    s.push_str("</g>\n");
+}
+
+/// An arm's bar from the zero line to the mean, with its interval's whisker.
+fn svg_bar(f: &Figure, arm: &FigureArm, i: &Interval, base: f64, s: &mut String) {
+    let colour = hex(arm.colour);
+    let y = f.y(i.mean);
+    let (top, height) = if y < base {
+        (y, base - y)
+    } else {
+        (base, y - base)
+    };
+    let ci = i.half.map_or(String::new(), |h| format!(" ± {h:.4}"));
+    s.push_str(&format!(
+        "<rect x=\"{:.1}\" y=\"{top:.1}\" width=\"{:.1}\" height=\"{height:.1}\" fill=\"{colour}\" \
+         fill-opacity=\"0.8\"><title>{}: mean {:.4}{ci} (n = {})</title></rect>\n",
+        arm.x - f.bar_width / 2.0,
+        f.bar_width,
+        xml(&arm.name),
+        i.mean,
+        i.n
+    ));
+    if let Some(h) = i.half {
+        let (hi, lo) = (f.y(i.mean + h), f.y(i.mean - h));
+        s.push_str(&format!(
+            "<path class=\"whisker\" d=\"M{x:.1} {hi:.1}V{lo:.1}M{a:.1} {hi:.1}H{b:.1}M{a:.1} {lo:.1}H{b:.1}\" \
+             stroke=\"#111111\" stroke-width=\"1.6\" fill=\"none\"/>\n",
+            x = arm.x,
+            a = arm.x - 10.0,
+            b = arm.x + 10.0
+        ));
+    }
 }
 
 /// The same figure as a PNG without its text (the server has no font rasteriser): bars, whiskers,
@@ -310,94 +336,124 @@ pub fn render_svg(a: &Aggregate) -> String {
 /// button rasterises the SVG in the browser instead, text included.
 pub fn render_png(a: &Aggregate) -> std::result::Result<Vec<u8>, png::EncodingError> {
     let f = figure_layout(a);
-    let (width, height) = (f.width.ceil() as usize, f.height.ceil() as usize);
-    let mut pixels = vec![255u8; width * height * 3];
-    let mut put = |x: f64, y: f64, c: [u8; 3]| {
-        if x >= 0.0 && y >= 0.0 {
-            let (x, y) = (x as usize, y as usize);
-            if x < width && y < height {
-                let i = (y * width + x) * 3;
-                pixels[i..i + 3].copy_from_slice(&c);
-            }
-        }
-    };
-    let hline = |put: &mut dyn FnMut(f64, f64, [u8; 3]), x0: f64, x1: f64, y: f64, c| {
-        let mut x = x0;
-        while x <= x1 {
-            put(x, y, c);
-            x += 1.0;
-        }
-    };
+    let mut canvas = Canvas::new(f.width.ceil() as usize, f.height.ceil() as usize);
+    const AXIS: [u8; 3] = [0x40, 0x40, 0x40];
     for tick in &f.ticks {
         let y = f.y(*tick).round();
-        hline(&mut put, f.left, f.width - f.right, y, [0xe0, 0xe0, 0xe0]);
-        hline(&mut put, f.left - 5.0, f.left, y, [0x40, 0x40, 0x40]);
+        canvas.hline(f.left, f.width - f.right, y, [0xe0, 0xe0, 0xe0]);
+        canvas.hline(f.left - 5.0, f.left, y, AXIS);
     }
-    let mut y = f.top;
-    while y <= f.bottom {
-        put(f.left, y, [0x40, 0x40, 0x40]);
-        y += 1.0;
-    }
+    canvas.vline(f.left, f.top, f.bottom, AXIS);
     let base = f.y(0.0_f64.clamp(f.lo, f.hi)).round();
     for arm in &f.arms {
         if let Some(i) = &arm.interval {
-            let top = f.y(i.mean).round();
-            let (y0, y1) = if top < base { (top, base) } else { (base, top) };
-            let mut y = y0;
-            while y <= y1 {
-                hline(
-                    &mut put,
-                    (arm.x - f.bar_width / 2.0).round(),
-                    (arm.x + f.bar_width / 2.0).round(),
-                    y,
-                    arm.colour,
-                );
-                y += 1.0;
-            }
-            if let Some(h) = i.half {
-                let (hi, lo) = (f.y(i.mean + h).round(), f.y(i.mean - h).round());
-                let mut y = hi;
-                while y <= lo {
-                    put(arm.x.round(), y, [0x11, 0x11, 0x11]);
-                    put(arm.x.round() + 1.0, y, [0x11, 0x11, 0x11]);
-                    y += 1.0;
-                }
-                hline(&mut put, arm.x - 10.0, arm.x + 10.0, hi, [0x11, 0x11, 0x11]);
-                hline(&mut put, arm.x - 10.0, arm.x + 10.0, lo, [0x11, 0x11, 0x11]);
-            }
+            png_bar(&mut canvas, &f, arm, i, base);
         }
         for (_, v, x) in &arm.points {
-            let (cx, cy) = (x.round(), f.y(*v).round());
-            for dy in -4i32..=4 {
-                for dx in -4i32..=4 {
-                    let d = ((dx * dx + dy * dy) as f64).sqrt();
-                    let c = if d <= 2.5 {
-                        [0xff, 0xff, 0xff]
-                    } else if d <= 4.0 {
-                        [0x11, 0x11, 0x11]
-                    } else {
-                        continue;
-                    };
-                    put(cx + dx as f64, cy + dy as f64, c);
-                }
+            canvas.dot(x.round(), f.y(*v).round());
+        }
+    }
+    canvas.hline(f.left, f.width - f.right, base, AXIS);
+    canvas.encode()
+}
+
+/// An arm's bar from the zero line to the mean, with its interval's whisker (two pixels wide).
+fn png_bar(canvas: &mut Canvas, f: &Figure, arm: &FigureArm, i: &Interval, base: f64) {
+    const WHISKER: [u8; 3] = [0x11, 0x11, 0x11];
+    let top = f.y(i.mean).round();
+    let (y0, y1) = if top < base { (top, base) } else { (base, top) };
+    let mut y = y0;
+    while y <= y1 {
+        canvas.hline(
+            (arm.x - f.bar_width / 2.0).round(),
+            (arm.x + f.bar_width / 2.0).round(),
+            y,
+            arm.colour,
+        );
+        y += 1.0;
+    }
+    if let Some(h) = i.half {
+        let (hi, lo) = (f.y(i.mean + h).round(), f.y(i.mean - h).round());
+        canvas.vline(arm.x.round(), hi, lo, WHISKER);
+        canvas.vline(arm.x.round() + 1.0, hi, lo, WHISKER);
+        canvas.hline(arm.x - 10.0, arm.x + 10.0, hi, WHISKER);
+        canvas.hline(arm.x - 10.0, arm.x + 10.0, lo, WHISKER);
+    }
+}
+
+/// An RGB image drawn pixel by pixel; what falls outside is dropped.
+struct Canvas {
+    width: usize,
+    height: usize,
+    pixels: Vec<u8>,
+}
+
+impl Canvas {
+    /// A white canvas.
+    fn new(width: usize, height: usize) -> Self {
+        Self {
+            width,
+            height,
+            pixels: vec![255u8; width * height * 3],
+        }
+    }
+
+    fn put(&mut self, x: f64, y: f64, c: [u8; 3]) {
+        if x >= 0.0 && y >= 0.0 {
+            let (x, y) = (x as usize, y as usize);
+            if x < self.width && y < self.height {
+                let i = (y * self.width + x) * 3;
+                self.pixels[i..i + 3].copy_from_slice(&c);
             }
         }
     }
-    hline(
-        &mut put,
-        f.left,
-        f.width - f.right,
-        base,
-        [0x40, 0x40, 0x40],
-    );
-    let mut out = Vec::new();
-    let mut encoder = png::Encoder::new(&mut out, width as u32, height as u32);
-    encoder.set_color(png::ColorType::Rgb);
-    encoder.set_depth(png::BitDepth::Eight);
-    let mut writer = encoder.write_header()?;
-    writer.write_image_data(&pixels)?;
-    writer.finish()?;
-    Ok(out)
+
+    /// Pixels from `x0` to `x1` (inclusive, in steps of one) on row `y`.
+    fn hline(&mut self, x0: f64, x1: f64, y: f64, c: [u8; 3]) {
+        let mut x = x0;
+        while x <= x1 {
+            self.put(x, y, c);
+            x += 1.0;
+        }
+    }
+
+    /// Pixels from `y0` to `y1` (inclusive, in steps of one) in column `x`.
+    fn vline(&mut self, x: f64, y0: f64, y1: f64, c: [u8; 3]) {
+        let mut y = y0;
+        while y <= y1 {
+            self.put(x, y, c);
+            y += 1.0;
+        }
+    }
+
+    /// A seed's dot: white inside, a dark ring.
+    fn dot(&mut self, cx: f64, cy: f64) {
+        for dy in -4i32..=4 {
+            for dx in -4i32..=4 {
+                let d = ((dx * dx + dy * dy) as f64).sqrt();
+                let c = if d <= 2.5 {
+                    [0xff, 0xff, 0xff]
+                } else if d <= 4.0 {
+                    [0x11, 0x11, 0x11]
+                } else {
+                    continue;
+                };
+                self.put(cx + dx as f64, cy + dy as f64, c);
+            }
+        }
+    }
+
+    /// The image as an 8-bit RGB PNG.
+    fn encode(&self) -> std::result::Result<Vec<u8>, png::EncodingError> {
+        let mut out = Vec::new();
+        let mut encoder = png::Encoder::new(&mut out, self.width as u32, self.height as u32);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header()?;
+        writer.write_image_data(&self.pixels)?;
+        writer.finish()?;
+        Ok(out)
+    }
 }
 
 #[cfg(test)]

@@ -39,6 +39,58 @@ pub(super) struct Cell {
 
 /// The request's runs, checked for size and for options that belong in the request's own fields.
 pub(super) fn cells(request: &ComparisonRequest) -> Result<Vec<Cell>> {
+    check_fields(request)?;
+    let methods: Vec<&String> = {
+        let mut seen = BTreeSet::new();
+        request.methods.iter().filter(|m| seen.insert(*m)).collect()
+    };
+    let seeds: Vec<u64> = {
+        let mut seen = BTreeSet::new();
+        request
+            .seeds
+            .iter()
+            .copied()
+            .filter(|s| seen.insert(*s))
+            .collect()
+    };
+    let optional = |values: &[f64]| -> Vec<Option<f64>> {
+        if values.is_empty() {
+            vec![None]
+        } else {
+            values.iter().copied().map(Some).collect()
+        }
+    };
+    let (rhos, lambdas) = (optional(&request.rho), optional(&request.lambda));
+    // Counted before anything is built: a 64 KiB request can ask for billions of runs.
+    let per_cggm = rhos.len().saturating_mul(lambdas.len());
+    let count = methods
+        .iter()
+        .map(|m| if m.starts_with("cggm") { per_cggm } else { 1 })
+        .fold(0usize, usize::saturating_add)
+        .saturating_mul(seeds.len());
+    if count > MAX_CELLS {
+        return Err(Error::Unprocessable(format!(
+            "{count} runs: at most {MAX_CELLS} per comparison; use fewer seeds or grid values"
+        )));
+    }
+    let mut out = Vec::new();
+    for method in methods {
+        let grid: Vec<(Option<f64>, Option<f64>)> = if method.starts_with("cggm") {
+            rhos.iter()
+                .flat_map(|r| lambdas.iter().map(move |l| (*r, *l)))
+                .collect()
+        } else {
+            vec![(None, None)]
+        };
+        for (rho, lambda) in grid {
+            out.extend(arm_cells(request, method, rho, lambda, &seeds));
+        }
+    }
+    Ok(out)
+}
+
+/// Methods and seeds are given, and the shared options leave the request's own fields alone.
+fn check_fields(request: &ComparisonRequest) -> Result<()> {
     let unprocessable = |m: String| Error::Unprocessable(m);
     if request.methods.is_empty() {
         return Err(unprocessable(
@@ -57,78 +109,44 @@ pub(super) fn cells(request: &ComparisonRequest) -> Result<Vec<Cell>> {
             )));
         }
     }
-    let methods: Vec<&String> = {
-        let mut seen = BTreeSet::new();
-        request.methods.iter().filter(|m| seen.insert(*m)).collect()
-    };
-    let seeds: Vec<u64> = {
-        let mut seen = BTreeSet::new();
-        request
-            .seeds
-            .iter()
-            .copied()
-            .filter(|s| seen.insert(*s))
-            .collect()
-    };
-    let rhos: Vec<Option<f64>> = if request.rho.is_empty() {
-        vec![None]
-    } else {
-        request.rho.iter().copied().map(Some).collect()
-    };
-    let lambdas: Vec<Option<f64>> = if request.lambda.is_empty() {
-        vec![None]
-    } else {
-        request.lambda.iter().copied().map(Some).collect()
-    };
-    // Counted before anything is built: a 64 KiB request can ask for billions of runs.
-    let per_cggm = rhos.len().saturating_mul(lambdas.len());
-    let count = methods
-        .iter()
-        .map(|m| if m.starts_with("cggm") { per_cggm } else { 1 })
-        .fold(0usize, usize::saturating_add)
-        .saturating_mul(seeds.len());
-    if count > MAX_CELLS {
-        return Err(unprocessable(format!(
-            "{count} runs: at most {MAX_CELLS} per comparison; use fewer seeds or grid values"
-        )));
+    Ok(())
+}
+
+/// The runs of one arm (`method` with this rho and lambda, where given): one per seed.
+fn arm_cells(
+    request: &ComparisonRequest,
+    method: &str,
+    rho: Option<f64>,
+    lambda: Option<f64>,
+    seeds: &[u64],
+) -> Vec<Cell> {
+    let mut arm = method.to_string();
+    if let Some(rho) = rho {
+        arm.push_str(&format!(" rho={rho}"));
     }
-    let mut out = Vec::new();
-    for method in methods {
-        let grid: Vec<(Option<f64>, Option<f64>)> = if method.starts_with("cggm") {
-            rhos.iter()
-                .flat_map(|r| lambdas.iter().map(move |l| (*r, *l)))
-                .collect()
-        } else {
-            vec![(None, None)]
-        };
-        for (rho, lambda) in grid {
-            let mut arm = method.clone();
+    if let Some(lambda) = lambda {
+        arm.push_str(&format!(" lambda={lambda}"));
+    }
+    seeds
+        .iter()
+        .map(|&seed| {
+            let mut body = request.options.clone();
+            body.insert("method".into(), method.into());
+            body.insert("seed".into(), seed.into());
             if let Some(rho) = rho {
-                arm.push_str(&format!(" rho={rho}"));
+                body.insert("rho".into(), rho.into());
             }
             if let Some(lambda) = lambda {
-                arm.push_str(&format!(" lambda={lambda}"));
+                body.insert("lambda".into(), lambda.into());
             }
-            for &seed in &seeds {
-                let mut body = request.options.clone();
-                body.insert("method".into(), method.clone().into());
-                body.insert("seed".into(), seed.into());
-                if let Some(rho) = rho {
-                    body.insert("rho".into(), rho.into());
-                }
-                if let Some(lambda) = lambda {
-                    body.insert("lambda".into(), lambda.into());
-                }
-                out.push(Cell {
-                    arm: arm.clone(),
-                    method: method.clone(),
-                    seed,
-                    body: serde_json::Value::Object(body),
-                });
+            Cell {
+                arm: arm.clone(),
+                method: method.to_string(),
+                seed,
+                body: serde_json::Value::Object(body),
             }
-        }
-    }
-    Ok(out)
+        })
+        .collect()
 }
 
 #[cfg(test)]

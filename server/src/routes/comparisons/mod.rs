@@ -64,12 +64,37 @@ async fn create(
         Some(name) => Some(crate::limits::check_name("the comparison's name", name)?),
         None => None,
     };
-    // Every run is checked before any is stored: a bad method or option queues nothing.
+    let runs = checked_runs(&state, &cells, dataset.id).await?;
+    // The whole grid fits the queue, or nothing is queued.
+    let queued = super::jobs::queued_jobs(&state).await?;
+    if queued as usize + cells.len() > state.config.bounds.max_queued_jobs {
+        return Err(super::jobs::queue_full(&state, cells.len()));
+    }
+    let name = given_name
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| format!("{} on {}", request.methods.join(" vs "), dataset.name));
+    let (id, jobs) = store_comparison(&state, &name, dataset.id, &request, &cells, &runs).await?;
+    for job in &jobs {
+        state.runner.enqueue(*job);
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "id": id, "name": name, "jobs": jobs })),
+    ))
+}
+
+/// Every cell's run request, checked before any is stored (a bad method or option queues
+/// nothing); a refusal names the cell's arm and seed.
+async fn checked_runs(
+    state: &AppState,
+    cells: &[grid::Cell],
+    dataset_id: i64,
+) -> Result<Vec<super::jobs::TrainRequest>> {
     let mut runs = Vec::with_capacity(cells.len());
-    for cell in &cells {
+    for cell in cells {
         let mut body = cell.body.clone();
-        body["dataset_id"] = dataset.id.into();
-        let run = super::jobs::check_train_request(&state, body)
+        body["dataset_id"] = dataset_id.into();
+        let run = super::jobs::check_train_request(state, body)
             .await
             .map_err(|e| match e {
                 Error::Unprocessable(m) => {
@@ -79,30 +104,33 @@ async fn create(
             })?;
         runs.push(run);
     }
-    // The whole grid fits the queue, or nothing is queued.
-    let queued = super::jobs::queued_jobs(&state).await?;
-    if queued as usize + cells.len() > state.config.bounds.max_queued_jobs {
-        return Err(super::jobs::queue_full(&state, cells.len()));
-    }
-    let name = given_name
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| format!("{} on {}", request.methods.join(" vs "), dataset.name));
-    // The comparison, its jobs and their links are one transaction: a job refused on the way
-    // (the queue filled meanwhile, a request that cannot be written) leaves neither an empty
-    // comparison nor orphan jobs behind.
+    Ok(runs)
+}
+
+/// Stores the comparison, its jobs and their links as one transaction: a job refused on the way
+/// (the queue filled meanwhile, a request that cannot be written) leaves neither an empty
+/// comparison nor orphan jobs behind. The comparison's id and its jobs', not yet queued.
+async fn store_comparison(
+    state: &AppState,
+    name: &str,
+    dataset_id: i64,
+    request: &ComparisonRequest,
+    cells: &[grid::Cell],
+    runs: &[super::jobs::TrainRequest],
+) -> Result<(i64, Vec<i64>)> {
     let mut tx = state.pool.begin().await?;
     let id = sqlx::query(
         "INSERT INTO comparisons (name, dataset_id, spec, created_at) VALUES (?, ?, ?, ?)",
     )
-    .bind(&name)
-    .bind(dataset.id)
-    .bind(serde_json::to_string(&request).unwrap_or_default())
+    .bind(name)
+    .bind(dataset_id)
+    .bind(serde_json::to_string(request).unwrap_or_default())
     .bind(db::now())
     .execute(&mut *tx)
     .await?
     .last_insert_rowid();
     let mut jobs = Vec::new();
-    let stored = store_runs(&state, &mut tx, id, &cells, &runs, &mut jobs).await;
+    let stored = store_runs(state, &mut tx, id, cells, runs, &mut jobs).await;
     if let Err(e) = stored {
         drop(tx);
         // The rolled-back jobs' ids will be given again: their requests must not wait there.
@@ -113,13 +141,7 @@ async fn create(
         return Err(e);
     }
     tx.commit().await?;
-    for job in &jobs {
-        state.runner.enqueue(*job);
-    }
-    Ok((
-        StatusCode::CREATED,
-        Json(serde_json::json!({ "id": id, "name": name, "jobs": jobs })),
-    ))
+    Ok((id, jobs))
 }
 
 /// Stores each cell's job and its link to comparison `id` inside `tx`; `jobs` collects the ids
