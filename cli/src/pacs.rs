@@ -76,40 +76,17 @@ pub fn run(args: PacsArgs) -> anyhow::Result<()> {
             date,
             modality,
             limit,
-        } => {
-            let query = url_query(&[
+        } => search(
+            &api,
+            &[
                 ("patient", patient),
                 ("patient_id", patient_id),
                 ("date", date),
                 ("modality", modality),
                 ("limit", limit.map(|n| n.to_string()).unwrap_or_default()),
-            ]);
-            let studies = api.get(&format!("/api/pacs/studies{query}"))?;
-            for s in studies.as_array().into_iter().flatten() {
-                println!(
-                    "{}\t{}\t{}\t{}\t{}",
-                    text(&s["study_uid"]),
-                    text(&s["patient_name"]),
-                    text(&s["date"]),
-                    text(&s["description"]),
-                    s["modalities"]
-                        .as_array()
-                        .map(|m| m.iter().map(text).collect::<Vec<_>>().join(","))
-                        .unwrap_or_default()
-                );
-            }
-        }
-        PacsCommand::Series { study_uid } => {
-            for s in series_of(&api, &study_uid)? {
-                println!(
-                    "{}\t{}\t{}\t{}",
-                    text(&s["series_uid"]),
-                    text(&s["modality"]),
-                    text(&s["description"]),
-                    s["guess"].as_str().unwrap_or("-")
-                );
-            }
-        }
+            ],
+        ),
+        PacsCommand::Series { study_uid } => series(&api, &study_uid),
         PacsCommand::Import {
             study_uid,
             flair,
@@ -117,45 +94,91 @@ pub fn run(args: PacsArgs) -> anyhow::Result<()> {
             t1,
             t2,
             name,
-        } => {
-            let series = series_of(&api, &study_uid)?;
-            let mut chosen = serde_json::Map::new();
-            for (modality, given) in [("flair", flair), ("t1ce", t1ce), ("t1", t1), ("t2", t2)] {
-                let uid = match given {
-                    Some(uid) => uid,
-                    None => guessed(&series, modality).with_context(|| {
-                        format!(
-                            "no series of study {study_uid} names {modality} in its description: \
-                             give --{modality} SERIES_UID (`cggm pacs series {study_uid}` lists them)"
-                        )
-                    })?,
-                };
-                chosen.insert(modality.into(), uid.into());
-            }
-            let imported = api.post(
-                &format!("/api/pacs/studies/{study_uid}/import"),
-                &serde_json::json!({ "series": chosen, "name": name }),
-            )?;
-            println!(
-                "study {}: imported from {} (study {study_uid}); segment it at {}/segment?study={}",
-                imported["study_id"],
-                text(&imported["pacs_url"]),
-                api.base,
-                imported["study_id"]
-            );
-        }
-        PacsCommand::Send { prediction } => {
-            let sent = api.post(
-                &format!("/api/predictions/{prediction}/pacs"),
-                &serde_json::json!({}),
-            )?;
-            println!(
-                "prediction {prediction}: stored at {} as DICOM SEG {}",
-                text(&sent["pacs_url"]),
-                text(&sent["sop_instance_uid"])
-            );
-        }
+        } => import(&api, &study_uid, [flair, t1ce, t1, t2], name),
+        PacsCommand::Send { prediction } => send(&api, prediction),
     }
+}
+
+/// `cggm pacs search`: one line per study found.
+fn search(api: &Api, fields: &[(&str, String)]) -> anyhow::Result<()> {
+    let studies = api.get(&format!("/api/pacs/studies{}", url_query(fields)))?;
+    for s in studies.as_array().into_iter().flatten() {
+        println!(
+            "{}\t{}\t{}\t{}\t{}",
+            text(&s["study_uid"]),
+            text(&s["patient_name"]),
+            text(&s["date"]),
+            text(&s["description"]),
+            s["modalities"]
+                .as_array()
+                .map(|m| m.iter().map(text).collect::<Vec<_>>().join(","))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// `cggm pacs series`: one line per series of the study, with the modality guessed.
+fn series(api: &Api, study_uid: &str) -> anyhow::Result<()> {
+    for s in series_of(api, study_uid)? {
+        println!(
+            "{}\t{}\t{}\t{}",
+            text(&s["series_uid"]),
+            text(&s["modality"]),
+            text(&s["description"]),
+            s["guess"].as_str().unwrap_or("-")
+        );
+    }
+    Ok(())
+}
+
+/// `cggm pacs import`: the given series UIDs (flair, t1ce, t1, t2), each guessed from the
+/// descriptions where not given.
+fn import(
+    api: &Api,
+    study_uid: &str,
+    given: [Option<String>; 4],
+    name: Option<String>,
+) -> anyhow::Result<()> {
+    let series = series_of(api, study_uid)?;
+    let mut chosen = serde_json::Map::new();
+    for (modality, given) in ["flair", "t1ce", "t1", "t2"].into_iter().zip(given) {
+        let uid = match given {
+            Some(uid) => uid,
+            None => guessed(&series, modality).with_context(|| {
+                format!(
+                    "no series of study {study_uid} names {modality} in its description: \
+                     give --{modality} SERIES_UID (`cggm pacs series {study_uid}` lists them)"
+                )
+            })?,
+        };
+        chosen.insert(modality.into(), uid.into());
+    }
+    let imported = api.post(
+        &format!("/api/pacs/studies/{study_uid}/import"),
+        &serde_json::json!({ "series": chosen, "name": name }),
+    )?;
+    println!(
+        "study {}: imported from {} (study {study_uid}); segment it at {}/segment?study={}",
+        imported["study_id"],
+        text(&imported["pacs_url"]),
+        api.base,
+        imported["study_id"]
+    );
+    Ok(())
+}
+
+/// `cggm pacs send`: a prediction back to the PACS as DICOM SEG.
+fn send(api: &Api, prediction: i64) -> anyhow::Result<()> {
+    let sent = api.post(
+        &format!("/api/predictions/{prediction}/pacs"),
+        &serde_json::json!({}),
+    )?;
+    println!(
+        "prediction {prediction}: stored at {} as DICOM SEG {}",
+        text(&sent["pacs_url"]),
+        text(&sent["sop_instance_uid"])
+    );
     Ok(())
 }
 

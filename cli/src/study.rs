@@ -51,42 +51,13 @@ pub struct StudyArgs {
 pub fn run(args: StudyArgs) -> anyhow::Result<()> {
     let api = Api::new(&args.server)?;
     let base = api.base.clone();
-    let dataset_id = match args.dataset.parse::<i64>() {
-        Ok(id) => id,
-        Err(_) => {
-            let datasets = api.get("/api/datasets")?;
-            datasets
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|d| d["name"] == args.dataset.as_str())
-                .and_then(|d| d["id"].as_i64())
-                .with_context(|| {
-                    format!(
-                        "no dataset named {:?} on {base} (see its Datasets page)",
-                        args.dataset
-                    )
-                })?
-        }
-    };
-    let mut options = serde_json::Map::new();
-    if let Some(p) = &args.preset {
-        options.insert("preset".into(), p.clone().into());
-    }
-    if let Some(e) = args.epochs {
-        options.insert("epochs".into(), e.into());
-    }
-    if let Some(s) = args.steps_per_epoch {
-        options.insert("steps_per_epoch".into(), s.into());
-    }
-    if let Some(d) = &args.device {
-        options.insert("device".into(), d.clone().into());
-    }
+    let dataset_id = dataset_id(&api, &args.dataset)?;
     let made = api.post(
         "/api/comparisons",
         &serde_json::json!({
             "name": args.name, "dataset_id": dataset_id, "methods": args.methods,
-            "seeds": args.seeds, "rho": args.rho, "lambda": args.lambda, "options": options,
+            "seeds": args.seeds, "rho": args.rho, "lambda": args.lambda,
+            "options": run_options(&args),
         }),
     )?;
     let id = made["id"]
@@ -104,16 +75,60 @@ pub fn run(args: StudyArgs) -> anyhow::Result<()> {
         }
     }
     if args.wait {
-        loop {
-            let aggregate = api.get(&format!("/api/comparisons/{id}"))?;
-            if aggregate["done"] == true {
-                break;
-            }
-            std::thread::sleep(Duration::from_secs(5));
-        }
-        let csv = api.get_text(&format!("/api/comparisons/{id}/csv"))?;
-        print!("{csv}");
+        wait_and_print_csv(&api, id)?;
     }
+    Ok(())
+}
+
+/// `--dataset`: an id, or the name of one of the server's datasets.
+fn dataset_id(api: &Api, dataset: &str) -> anyhow::Result<i64> {
+    if let Ok(id) = dataset.parse::<i64>() {
+        return Ok(id);
+    }
+    let datasets = api.get("/api/datasets")?;
+    datasets
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|d| d["name"] == dataset)
+        .and_then(|d| d["id"].as_i64())
+        .with_context(|| {
+            format!(
+                "no dataset named {dataset:?} on {} (see its Datasets page)",
+                api.base
+            )
+        })
+}
+
+/// The runs' options the flags set (preset, epochs, steps per epoch, device).
+fn run_options(args: &StudyArgs) -> serde_json::Map<String, serde_json::Value> {
+    let mut options = serde_json::Map::new();
+    if let Some(p) = &args.preset {
+        options.insert("preset".into(), p.clone().into());
+    }
+    if let Some(e) = args.epochs {
+        options.insert("epochs".into(), e.into());
+    }
+    if let Some(s) = args.steps_per_epoch {
+        options.insert("steps_per_epoch".into(), s.into());
+    }
+    if let Some(d) = &args.device {
+        options.insert("device".into(), d.clone().into());
+    }
+    options
+}
+
+/// `--wait`: polls the comparison until every run is done, then prints its CSV.
+fn wait_and_print_csv(api: &Api, id: i64) -> anyhow::Result<()> {
+    loop {
+        let aggregate = api.get(&format!("/api/comparisons/{id}"))?;
+        if aggregate["done"] == true {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    let csv = api.get_text(&format!("/api/comparisons/{id}/csv"))?;
+    print!("{csv}");
     Ok(())
 }
 

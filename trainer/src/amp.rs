@@ -138,26 +138,19 @@ pub fn cuda_autocast_state() -> (bool, Option<AmpDtype>) {
 }
 
 /// tch 0.26 wraps CUDA's `at::autocast::set_enabled` only, and no setter of the autocast dtype
-/// (whose CUDA default is fp16). These functions of libtorch's device-generic C++ autocast API
-/// (exported by libtorch_cpu since 2.4; present in 2.11 and 2.13) fill the gap. The enums are
-/// `int8_t`-sized and passed as integers.
+/// (whose CUDA default is fp16). libtorch's device-generic C++ autocast API fills the gap through
+/// `extern "C"` functions of csrc/amp_shim.cpp (compiled against libtorch's headers by
+/// build.rs). The enums are `int8_t`-sized and passed as integers.
 #[allow(unsafe_code)]
 mod ffi {
     extern "C" {
-        #[link_name = "_ZN2at8autocast18set_autocast_dtypeEN3c1010DeviceTypeENS1_10ScalarTypeE"]
-        fn at_set_autocast_dtype(device_type: i8, dtype: i8);
-        #[link_name = "_ZN2at8autocast18get_autocast_dtypeEN3c1010DeviceTypeE"]
-        fn at_get_autocast_dtype(device_type: i8) -> i8;
-        #[link_name = "_ZN2at8autocast20set_autocast_enabledEN3c1010DeviceTypeEb"]
-        fn at_set_autocast_enabled(device_type: i8, enabled: bool);
-        #[link_name = "_ZN2at8autocast19is_autocast_enabledEN3c1010DeviceTypeE"]
-        fn at_is_autocast_enabled(device_type: i8) -> bool;
-        #[link_name = "_ZN2at8autocast17increment_nestingEv"]
-        fn at_increment_nesting() -> i32;
-        #[link_name = "_ZN2at8autocast17decrement_nestingEv"]
-        fn at_decrement_nesting() -> i32;
-        #[link_name = "_ZN2at8autocast11clear_cacheEv"]
-        fn at_clear_cache();
+        fn cggm_amp_set_dtype(device_type: i8, dtype: i8);
+        fn cggm_amp_get_dtype(device_type: i8) -> i8;
+        fn cggm_amp_set_enabled(device_type: i8, enabled: bool);
+        fn cggm_amp_is_enabled(device_type: i8) -> bool;
+        fn cggm_amp_increment_nesting() -> i32;
+        fn cggm_amp_decrement_nesting() -> i32;
+        fn cggm_amp_clear_cache();
     }
     /// c10::DeviceType::CPU and CUDA.
     pub const CPU: i8 = 0;
@@ -166,25 +159,25 @@ mod ffi {
     // SAFETY (all below): setters and getters of libtorch's thread-local autocast state; no
     // pointers cross.
     pub fn set_dtype(device_type: i8, dtype: i8) {
-        unsafe { at_set_autocast_dtype(device_type, dtype) }
+        unsafe { cggm_amp_set_dtype(device_type, dtype) }
     }
     pub fn get_dtype(device_type: i8) -> i8 {
-        unsafe { at_get_autocast_dtype(device_type) }
+        unsafe { cggm_amp_get_dtype(device_type) }
     }
     pub fn set_enabled(device_type: i8, enabled: bool) {
-        unsafe { at_set_autocast_enabled(device_type, enabled) }
+        unsafe { cggm_amp_set_enabled(device_type, enabled) }
     }
     pub fn is_enabled(device_type: i8) -> bool {
-        unsafe { at_is_autocast_enabled(device_type) }
+        unsafe { cggm_amp_is_enabled(device_type) }
     }
     pub fn increment_nesting() -> i32 {
-        unsafe { at_increment_nesting() }
+        unsafe { cggm_amp_increment_nesting() }
     }
     pub fn decrement_nesting() -> i32 {
-        unsafe { at_decrement_nesting() }
+        unsafe { cggm_amp_decrement_nesting() }
     }
     pub fn clear_cache() {
-        unsafe { at_clear_cache() }
+        unsafe { cggm_amp_clear_cache() }
     }
 }
 

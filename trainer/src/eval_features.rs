@@ -258,16 +258,7 @@ pub fn predict_features(
     let (fused, per_modality) = outputs(&run.model, &run.split);
     let task = run.spec.task;
     let classes = &run.spec.classes;
-    let labels: Vec<serde_json::Value> = match task {
-        TaskKind::Classification => class_indices(&run.split.labels)
-            .into_iter()
-            .map(|c| serde_json::json!(classes.get(c).cloned().unwrap_or_else(|| c.to_string())))
-            .collect(),
-        _ => values(&run.split.labels)
-            .into_iter()
-            .map(|v| serde_json::json!(v))
-            .collect(),
-    };
+    let labels = label_values(task, &run.split.labels, classes);
     let modality_rows: Vec<Vec<_>> = per_modality
         .iter()
         .map(|l| decode(task, l, classes))
@@ -308,6 +299,20 @@ pub fn predict_features(
         modalities: run.model.modality_names.clone(),
         predictions,
     })
+}
+
+/// The true labels as the predictions show them: class names (classification) or values.
+fn label_values(task: TaskKind, labels: &Tensor, classes: &[String]) -> Vec<serde_json::Value> {
+    match task {
+        TaskKind::Classification => class_indices(labels)
+            .into_iter()
+            .map(|c| serde_json::json!(classes.get(c).cloned().unwrap_or_else(|| c.to_string())))
+            .collect(),
+        _ => values(labels)
+            .into_iter()
+            .map(|v| serde_json::json!(v))
+            .collect(),
+    }
 }
 
 fn cell(v: &serde_json::Value) -> String {

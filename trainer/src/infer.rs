@@ -3,8 +3,8 @@
 //! JSON summary (region volumes in ml, timings).
 
 use crate::data::{
-    case_from_paths, load_study, write_label_volume_as, OutputLabels, LABEL_ENHANCING, LABEL_NCR,
-    LABEL_OEDEMA,
+    case_from_paths, load_study, write_label_volume_as, OutputLabels, Study, LABEL_ENHANCING,
+    LABEL_NCR, LABEL_OEDEMA,
 };
 use crate::events::{now, Event, EventSink};
 use crate::model::Model;
@@ -164,16 +164,11 @@ pub fn infer_dataset(
 ) -> Result<Vec<BatchCase>> {
     let report = crate::data::discover(input);
     if report.cases.is_empty() {
-        let reasons: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
         anyhow::bail!(
             "no case to segment in {} (layout: {}){}",
             input.display(),
             report.layout.describe(),
-            if reasons.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", reasons.join("; "))
-            }
+            problems_suffix(&report.problems)
         );
     }
     let model = Model::open_segmentation(run_dir, device)?;
@@ -183,14 +178,7 @@ pub fn infer_dataset(
     let mut rows: Vec<BatchCase> = report
         .problems
         .iter()
-        .map(|p| BatchCase {
-            case: p.case.clone(),
-            output: None,
-            volumes_ml: None,
-            dice: None,
-            error: Some(p.to_string()),
-            seconds: 0.0,
-        })
+        .map(|p| failed_case(p.case.clone(), p.to_string(), 0.0))
         .collect();
     for row in &rows {
         done(rows.len(), total, row);
@@ -198,31 +186,12 @@ pub fn infer_dataset(
     for source in &report.cases {
         let started = Instant::now();
         let row = match load_study(source) {
-            Err(e) => BatchCase {
-                case: source.id.clone(),
-                output: None,
-                volumes_ml: None,
-                dice: None,
-                error: Some(e.to_string()),
-                seconds: started.elapsed().as_secs_f64(),
-            },
-            Ok(study) => {
-                let pred = model.predictor().predict(&study, false, |_| {});
-                let out = out_dir.join(format!("{}_seg.nii.gz", source.id));
-                write_label_volume_as(&out, &pred.fused.view(), &study.header, labels)?;
-                let dice = study
-                    .label
-                    .as_ref()
-                    .map(|truth| crate::metrics::dice_scores(&to_vec(&pred.fused), &to_vec(truth)));
-                BatchCase {
-                    case: source.id.clone(),
-                    output: Some(out),
-                    volumes_ml: Some(region_volumes(&pred.fused, study.voxel_volume_ml)),
-                    dice,
-                    error: None,
-                    seconds: started.elapsed().as_secs_f64(),
-                }
-            }
+            Err(e) => failed_case(
+                source.id.clone(),
+                e.to_string(),
+                started.elapsed().as_secs_f64(),
+            ),
+            Ok(study) => segment_case(&model, &study, &source.id, out_dir, labels, started)?,
         };
         rows.push(row);
         done(rows.len(), total, rows.last().expect("just pushed"));
@@ -230,6 +199,54 @@ pub fn infer_dataset(
     rows.sort_by(|a, b| a.case.cmp(&b.case));
     write_batch_summary(&out_dir.join(BATCH_SUMMARY), &rows)?;
     Ok(rows)
+}
+
+/// ": reason; reason" of the problems found while discovering cases (empty without any).
+fn problems_suffix(problems: &[impl std::fmt::Display]) -> String {
+    let reasons: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    if reasons.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", reasons.join("; "))
+    }
+}
+
+/// The row of a case that could not be segmented.
+fn failed_case(case: String, error: String, seconds: f64) -> BatchCase {
+    BatchCase {
+        case,
+        output: None,
+        volumes_ml: None,
+        dice: None,
+        error: Some(error),
+        seconds,
+    }
+}
+
+/// Segments one loaded case into `out_dir/<id>_seg.nii.gz`; its row (Dice when it has a label).
+fn segment_case(
+    model: &Model,
+    study: &Study,
+    id: &str,
+    out_dir: &Path,
+    labels: OutputLabels,
+    started: Instant,
+) -> Result<BatchCase> {
+    let pred = model.predictor().predict(study, false, |_| {});
+    let out = out_dir.join(format!("{id}_seg.nii.gz"));
+    write_label_volume_as(&out, &pred.fused.view(), &study.header, labels)?;
+    let dice = study
+        .label
+        .as_ref()
+        .map(|truth| crate::metrics::dice_scores(&to_vec(&pred.fused), &to_vec(truth)));
+    Ok(BatchCase {
+        case: id.to_string(),
+        output: Some(out),
+        volumes_ml: Some(region_volumes(&pred.fused, study.voxel_volume_ml)),
+        dice,
+        error: None,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 /// Voxels in standard (C) order, whatever the array's memory layout.

@@ -356,6 +356,39 @@ impl Optimizer {
     }
 
     pub fn load_state(&mut self, tensors: Vec<(String, Tensor)>) -> Result<(), StateError> {
+        let mut pieces = self.state_pieces(tensors)?;
+        let expected = self.state_count();
+        for b in &mut self.buckets {
+            b.state.clear();
+            let saved: Vec<(usize, Vec<(usize, Tensor)>)> = b
+                .members
+                .iter()
+                .enumerate()
+                .filter_map(|(k, &i)| pieces.remove(&self.params[i].name).map(|s| (k, s)))
+                .collect();
+            if saved.is_empty() {
+                continue;
+            }
+            b.state = (0..expected).map(|_| b.weights.zeros_like()).collect();
+            for (k, bufs) in saved {
+                load_member(
+                    b,
+                    k,
+                    bufs,
+                    &self.params[b.members[k]],
+                    self.cfg.kind,
+                    expected,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The saved buffers (`name#j`) grouped by parameter name; `__steps` sets the step count.
+    fn state_pieces(
+        &mut self,
+        tensors: Vec<(String, Tensor)>,
+    ) -> Result<HashMap<String, Vec<(usize, Tensor)>>, StateError> {
         let mut pieces: HashMap<String, Vec<(usize, Tensor)>> = HashMap::new();
         for (key, t) in tensors {
             if key == "__steps" {
@@ -376,47 +409,43 @@ impl Optimizer {
         {
             return Err(StateError::UnknownParameter(name.clone()));
         }
-        let expected = self.state_count();
-        for b in &mut self.buckets {
-            b.state.clear();
-            let saved: Vec<(usize, Vec<(usize, Tensor)>)> = b
-                .members
-                .iter()
-                .enumerate()
-                .filter_map(|(k, &i)| pieces.remove(&self.params[i].name).map(|s| (k, s)))
-                .collect();
-            if saved.is_empty() {
-                continue;
-            }
-            b.state = (0..expected).map(|_| b.weights.zeros_like()).collect();
-            for (k, mut bufs) in saved {
-                let p = &self.params[b.members[k]];
-                bufs.sort_by_key(|(j, _)| *j);
-                if bufs.len() != expected {
-                    return Err(StateError::Count {
-                        name: p.name.clone(),
-                        found: bufs.len(),
-                        kind: self.cfg.kind,
-                        expected,
-                    });
-                }
-                for (s, (_, t)) in b.state.iter().zip(bufs) {
-                    if t.numel() as i64 != b.spans[k].1 {
-                        return Err(StateError::Shape {
-                            name: p.name.clone(),
-                            found: t.size(),
-                            expected: p.tensor.size(),
-                        });
-                    }
-                    tch::no_grad(|| {
-                        Bucket::member_slot(s, b.spans[k])
-                            .copy_(&t.reshape([-1]).to_device(s.device()).to_kind(s.kind()));
-                    });
-                }
-            }
-        }
-        Ok(())
+        Ok(pieces)
     }
+}
+
+/// Copies member `k`'s (parameter `p`'s) saved buffers into the bucket's state, checking their
+/// count (`expected` for optimiser `kind`) and sizes.
+fn load_member(
+    b: &Bucket,
+    k: usize,
+    mut bufs: Vec<(usize, Tensor)>,
+    p: &Param,
+    kind: OptimizerKind,
+    expected: usize,
+) -> Result<(), StateError> {
+    bufs.sort_by_key(|(j, _)| *j);
+    if bufs.len() != expected {
+        return Err(StateError::Count {
+            name: p.name.clone(),
+            found: bufs.len(),
+            kind,
+            expected,
+        });
+    }
+    for (s, (_, t)) in b.state.iter().zip(bufs) {
+        if t.numel() as i64 != b.spans[k].1 {
+            return Err(StateError::Shape {
+                name: p.name.clone(),
+                found: t.size(),
+                expected: p.tensor.size(),
+            });
+        }
+        tch::no_grad(|| {
+            Bucket::member_slot(s, b.spans[k])
+                .copy_(&t.reshape([-1]).to_device(s.device()).to_kind(s.kind()));
+        });
+    }
+    Ok(())
 }
 
 /// Hands the heap's free pages back to the operating system (glibc's `malloc_trim`; elsewhere a
@@ -432,69 +461,77 @@ fn release_freed_heap() {
 
 /// The update of one bucket, on the flat buffers.
 fn update(cfg: &OptimizerConfig, b: &mut Bucket, lr: f64, t: f64, state_count: usize) {
-    let mut w = b.weights.shallow_clone();
-    let g = &b.grads;
     let fresh = b.state.is_empty() && state_count > 0;
     match cfg.kind {
-        OptimizerKind::Sgd => {
-            // In place on the gradient buffer (zeroed before the next backward anyway): a
-            // fresh full-size temporary every step is mapped and page-faulted anew, and a kept
-            // one would hold another copy of the model (0.9 GB for the paper model).
-            let scalar = |v: f64| Tensor::from(v).to_kind(w.kind()).to_device(w.device());
-            let mut d = g.shallow_clone();
-            if cfg.weight_decay != 0.0 {
-                let _ = d.addcmul_(&w, &scalar(cfg.weight_decay));
-            }
-            let d = if cfg.momentum == 0.0 {
-                d
-            } else if fresh {
-                // PyTorch's convention: the first buffer is the gradient itself.
-                let buf = d.copy();
-                b.state = vec![buf.shallow_clone()];
-                buf
-            } else {
-                let mut buf = b.state[0].shallow_clone();
-                let _ = buf.g_mul_scalar_(cfg.momentum).g_add_(&d);
-                buf
-            };
-            let _ = w.addcmul_(&d, &scalar(-lr));
-        }
-        OptimizerKind::Adam | OptimizerKind::Adamw => {
-            // In place: Adam's L2 term g + wd * w on the gradient buffer as for SGD, the
-            // moments' update and the step on one work buffer kept between steps.
-            let (kind, device) = (w.kind(), w.device());
-            let scalar = |v: f64| Tensor::from(v).to_kind(kind).to_device(device);
-            let mut g = g.shallow_clone();
-            if cfg.kind == OptimizerKind::Adam && cfg.weight_decay != 0.0 {
-                let _ = g.addcmul_(&w, &scalar(cfg.weight_decay));
-            }
-            if cfg.kind == OptimizerKind::Adamw && cfg.weight_decay != 0.0 {
-                let _ = w.g_mul_scalar_(1.0 - lr * cfg.weight_decay);
-            }
-            if fresh {
-                b.state = vec![w.zeros_like(), w.zeros_like()];
-            }
-            let (b1, b2) = cfg.betas;
-            let (mut m, mut v) = (b.state[0].shallow_clone(), b.state[1].shallow_clone());
-            let mut work = b
-                .scratch
-                .get_or_insert_with(|| w.zeros_like())
-                .shallow_clone();
-            let _ = m.lerp_(&g, 1.0 - b1);
-            // v = b2 v + (1 - b2) g^2
-            let _ = g.mul_out(&work, &g);
-            let _ = v.g_mul_scalar_(b2).addcmul_(&work, &scalar(1.0 - b2));
-            let step_size = lr / (1.0 - b1.powf(t));
-            let bias_correction2_sqrt = (1.0 - b2.powf(t)).sqrt();
-            // denom = sqrt(v) / sqrt(1 - b2^t) + eps; w -= step_size * m / denom
-            let _ = v.sqrt_out(&work);
-            let _ = work
-                .g_div_scalar_(bias_correction2_sqrt)
-                .g_add_scalar_(cfg.eps);
-            let _ = m.div_out(&work, &work);
-            let _ = w.addcmul_(&work, &scalar(-step_size));
-        }
+        OptimizerKind::Sgd => sgd_update(cfg, b, lr, fresh),
+        OptimizerKind::Adam | OptimizerKind::Adamw => adam_update(cfg, b, lr, t, fresh),
     }
+}
+
+/// SGD with momentum and L2 weight decay (`fresh`: the bucket has no momentum buffer yet).
+fn sgd_update(cfg: &OptimizerConfig, b: &mut Bucket, lr: f64, fresh: bool) {
+    let mut w = b.weights.shallow_clone();
+    let g = &b.grads;
+    // In place on the gradient buffer (zeroed before the next backward anyway): a
+    // fresh full-size temporary every step is mapped and page-faulted anew, and a kept
+    // one would hold another copy of the model (0.9 GB for the paper model).
+    let scalar = |v: f64| Tensor::from(v).to_kind(w.kind()).to_device(w.device());
+    let mut d = g.shallow_clone();
+    if cfg.weight_decay != 0.0 {
+        let _ = d.addcmul_(&w, &scalar(cfg.weight_decay));
+    }
+    let d = if cfg.momentum == 0.0 {
+        d
+    } else if fresh {
+        // PyTorch's convention: the first buffer is the gradient itself.
+        let buf = d.copy();
+        b.state = vec![buf.shallow_clone()];
+        buf
+    } else {
+        let mut buf = b.state[0].shallow_clone();
+        let _ = buf.g_mul_scalar_(cfg.momentum).g_add_(&d);
+        buf
+    };
+    let _ = w.addcmul_(&d, &scalar(-lr));
+}
+
+/// Adam (L2 weight decay) or AdamW (decoupled) at step `t` (`fresh`: no moments yet).
+fn adam_update(cfg: &OptimizerConfig, b: &mut Bucket, lr: f64, t: f64, fresh: bool) {
+    let mut w = b.weights.shallow_clone();
+    let g = &b.grads;
+    // In place: Adam's L2 term g + wd * w on the gradient buffer as for SGD, the
+    // moments' update and the step on one work buffer kept between steps.
+    let (kind, device) = (w.kind(), w.device());
+    let scalar = |v: f64| Tensor::from(v).to_kind(kind).to_device(device);
+    let mut g = g.shallow_clone();
+    if cfg.kind == OptimizerKind::Adam && cfg.weight_decay != 0.0 {
+        let _ = g.addcmul_(&w, &scalar(cfg.weight_decay));
+    }
+    if cfg.kind == OptimizerKind::Adamw && cfg.weight_decay != 0.0 {
+        let _ = w.g_mul_scalar_(1.0 - lr * cfg.weight_decay);
+    }
+    if fresh {
+        b.state = vec![w.zeros_like(), w.zeros_like()];
+    }
+    let (b1, b2) = cfg.betas;
+    let (mut m, mut v) = (b.state[0].shallow_clone(), b.state[1].shallow_clone());
+    let mut work = b
+        .scratch
+        .get_or_insert_with(|| w.zeros_like())
+        .shallow_clone();
+    let _ = m.lerp_(&g, 1.0 - b1);
+    // v = b2 v + (1 - b2) g^2
+    let _ = g.mul_out(&work, &g);
+    let _ = v.g_mul_scalar_(b2).addcmul_(&work, &scalar(1.0 - b2));
+    let step_size = lr / (1.0 - b1.powf(t));
+    let bias_correction2_sqrt = (1.0 - b2.powf(t)).sqrt();
+    // denom = sqrt(v) / sqrt(1 - b2^t) + eps; w -= step_size * m / denom
+    let _ = v.sqrt_out(&work);
+    let _ = work
+        .g_div_scalar_(bias_correction2_sqrt)
+        .g_add_scalar_(cfg.eps);
+    let _ = m.div_out(&work, &work);
+    let _ = w.addcmul_(&work, &scalar(-step_size));
 }
 
 /// Cosine decay from `base` to `min` after a linear warm-up from `warmup_start`.

@@ -185,22 +185,7 @@ impl Predictor<'_> {
         let mut z0 = 0;
         while z0 < nz {
             let z1 = (z0 + self.batch).min(nz);
-            let b = z1 - z0;
-            // [4, X, Y, b] -> [b, M, px, py], zero padding (= background after z-scoring).
-            let mut input = vec![0f32; b * m * px * py];
-            for (ci, &ch) in self.modality_channels.iter().enumerate() {
-                let vol = study.images.index_axis(Axis(0), ch as usize);
-                for (bi, z) in (z0..z1).enumerate() {
-                    let slice = vol.slice(s![.., .., z]);
-                    let base = (bi * m + ci) * px * py;
-                    for ((x, y), v) in slice.indexed_iter() {
-                        input[base + x * py + y] = *v;
-                    }
-                }
-            }
-            let xs = Tensor::from_slice(&input)
-                .view([b as i64, m as i64, px as i64, py as i64])
-                .to_device(self.device);
+            let xs = self.reference_input(study, z0..z1, (px, py));
             // bf16 where the device computes it natively (see `amp::inference_dtype`).
             tch::no_grad(|| {
                 let out = amp::autocast(self.device, dtype, || self.model.forward_t(&xs, false));
@@ -226,6 +211,32 @@ impl Predictor<'_> {
             fused,
             per_modality,
         }
+    }
+
+    /// The slices `zs` of the model's modalities as a batch [b, M, px, py] on the device, zero
+    /// padded (= background after z-scoring).
+    fn reference_input(
+        &self,
+        study: &Study,
+        zs: std::ops::Range<usize>,
+        (px, py): (usize, usize),
+    ) -> Tensor {
+        let m = self.modality_channels.len();
+        let b = zs.len();
+        let mut input = vec![0f32; b * m * px * py];
+        for (ci, &ch) in self.modality_channels.iter().enumerate() {
+            let vol = study.images.index_axis(Axis(0), ch as usize);
+            for (bi, z) in zs.clone().enumerate() {
+                let slice = vol.slice(s![.., .., z]);
+                let base = (bi * m + ci) * px * py;
+                for ((x, y), v) in slice.indexed_iter() {
+                    input[base + x * py + y] = *v;
+                }
+            }
+        }
+        Tensor::from_slice(&input)
+            .view([b as i64, m as i64, px as i64, py as i64])
+            .to_device(self.device)
     }
 }
 
@@ -268,13 +279,7 @@ impl Predictor<'_> {
         mut progress: impl FnMut(f64),
     ) -> VolumePrediction {
         let (channels, nx, ny, nz) = study.images.dim();
-        let m = self.modality_channels.len();
         let want_cls = with_classifiers && self.classifiers.is_some();
-        let outputs = if want_cls { 1 + m } else { 1 };
-        let empty = || VolumePrediction {
-            fused: Array3::zeros((nx, ny, nz)),
-            per_modality: vec![Array3::zeros((nx, ny, nz)); outputs - 1],
-        };
         let images = study.images.as_standard_layout();
         let volume = Tensor::from_slice(images.as_slice().expect("standard layout")).view([
             channels as i64,
@@ -282,43 +287,60 @@ impl Predictor<'_> {
             ny as i64,
             nz as i64,
         ]);
-        // The brain: any modality nonzero (the rule of `mask_to_brain`).
-        let brain = volume.ne(0.0).any_dim(0, false); // [X, Y, Z]
-        let in_x = brain.any_dim(2, false).any_dim(1, false);
-        let in_y = brain.any_dim(2, false).any_dim(0, false);
-        let in_z = brain.any_dim(1, false).any_dim(0, false);
-        let (Some((bx0, bx1)), Some((by0, by1))) = (true_range(&in_x), true_range(&in_y)) else {
+        let Some(window) = BrainWindow::of(&volume, options.crop_margin) else {
             progress(1.0);
-            return empty();
+            let outputs = if want_cls {
+                self.modality_channels.len()
+            } else {
+                0
+            };
+            return VolumePrediction {
+                fused: Array3::zeros((nx, ny, nz)),
+                per_modality: vec![Array3::zeros((nx, ny, nz)); outputs],
+            };
         };
-        let slices = in_z.nonzero().view([-1]); // z of every slice with brain
-        let n_slices = slices.size()[0];
-        let (x0, wx, px) = window(nx, bx0, bx1, options.crop_margin);
-        let (y0, wy, py) = window(ny, by0, by1, options.crop_margin);
-
-        // [M, wx, wy, Z] -> the brain slices [S, M, px, py], zero padded (= background after
-        // z-scoring): one reordering copy for the whole volume.
-        let channel_index = Tensor::from_slice(self.modality_channels);
         let kind = options.kind.unwrap_or_else(|| inference_kind(self.device));
-        let stack = volume
-            .index_select(0, &channel_index)
-            .narrow(1, x0 as i64, wx as i64)
-            .narrow(2, y0 as i64, wy as i64)
-            .index_select(3, &slices)
-            .permute([3, 0, 1, 2])
-            .to_kind(kind)
-            .constant_pad_nd([0, (py - wy) as i64, 0, (px - wx) as i64]);
+        let stack = window.stack(&volume, self.modality_channels, kind);
         drop(volume);
         let classifiers = if want_cls { self.classifiers } else { None };
         let network = FoldedSegmenter::new(self.model, classifiers, kind);
+        let outputs = if want_cls {
+            1 + self.modality_channels.len()
+        } else {
+            1
+        };
+        let labels = self.label_batches(&network, &stack, &window, outputs, &mut progress);
+        drop(stack);
+        let mut per_modality: Vec<Array3<u8>> = labels
+            .iter()
+            .map(|p| window.place(p, [nx, ny, nz]))
+            .collect();
+        let fused = per_modality.remove(0);
+        VolumePrediction {
+            fused,
+            per_modality,
+        }
+    }
+
+    /// The labels of the stacked brain slices, a batch at a time: the fused head's, then each
+    /// folded classifier's ([b, wx, wy] uint8 on the CPU per batch).
+    fn label_batches(
+        &self,
+        network: &FoldedSegmenter,
+        stack: &Tensor,
+        window: &BrainWindow,
+        outputs: usize,
+        progress: &mut impl FnMut(f64),
+    ) -> Vec<Vec<Tensor>> {
         let mut labels: Vec<Vec<Tensor>> = (0..outputs).map(|_| Vec::new()).collect();
         let batch = self.batch.max(1) as i64;
+        let n_slices = window.slices.size()[0];
         let argmax = |logits: &Tensor| {
             logits
                 .argmax(1, false)
                 .to_kind(Kind::Uint8)
-                .narrow(1, 0, wx as i64)
-                .narrow(2, 0, wy as i64)
+                .narrow(1, 0, window.wx as i64)
+                .narrow(2, 0, window.wy as i64)
                 .to_device(Device::Cpu)
         };
         tch::no_grad(|| {
@@ -335,30 +357,79 @@ impl Predictor<'_> {
                 progress(start as f64 / n_slices as f64);
             }
         });
-        drop(stack);
-        // Back into [X, Y, Z], masked to the brain.
-        let brain = brain.to_kind(Kind::Uint8);
-        let place = |parts: &[Tensor]| -> Array3<u8> {
-            let full = Tensor::zeros(
-                [nx as i64, ny as i64, nz as i64],
-                (Kind::Uint8, Device::Cpu),
-            );
-            let pred = Tensor::cat(parts, 0).permute([1, 2, 0]); // [wx, wy, S]
-            let _ = full
-                .narrow(0, x0 as i64, wx as i64)
-                .narrow(1, y0 as i64, wy as i64)
-                .index_copy_(2, &slices, &pred);
-            let masked = (full * &brain).contiguous();
-            let mut host = vec![0u8; nx * ny * nz];
-            masked.copy_data(&mut host, nx * ny * nz);
-            Array3::from_shape_vec((nx, ny, nz), host).expect("shape matches")
-        };
-        let mut per_modality: Vec<Array3<u8>> = labels.iter().map(|p| place(p)).collect();
-        let fused = per_modality.remove(0);
-        VolumePrediction {
-            fused,
-            per_modality,
-        }
+        labels
+    }
+}
+
+/// Where the fast path predicts: the slices that hold brain, and in-plane the brain's bounding
+/// box widened by the crop margin (or whole slices), padded to the network's stride.
+struct BrainWindow {
+    /// Any modality nonzero (the rule of `mask_to_brain`), [X, Y, Z] uint8.
+    brain: Tensor,
+    /// z of every slice with brain.
+    slices: Tensor,
+    x0: usize,
+    wx: usize,
+    px: usize,
+    y0: usize,
+    wy: usize,
+    py: usize,
+}
+
+impl BrainWindow {
+    /// The window of `volume` [C, X, Y, Z]; None when it holds no brain.
+    fn of(volume: &Tensor, crop_margin: Option<usize>) -> Option<Self> {
+        let size = volume.size();
+        let (nx, ny) = (size[1] as usize, size[2] as usize);
+        let brain = volume.ne(0.0).any_dim(0, false); // [X, Y, Z]
+        let in_x = brain.any_dim(2, false).any_dim(1, false);
+        let in_y = brain.any_dim(2, false).any_dim(0, false);
+        let in_z = brain.any_dim(1, false).any_dim(0, false);
+        let ((bx0, bx1), (by0, by1)) = (true_range(&in_x)?, true_range(&in_y)?);
+        let slices = in_z.nonzero().view([-1]);
+        let (x0, wx, px) = window(nx, bx0, bx1, crop_margin);
+        let (y0, wy, py) = window(ny, by0, by1, crop_margin);
+        Some(Self {
+            brain: brain.to_kind(Kind::Uint8),
+            slices,
+            x0,
+            wx,
+            px,
+            y0,
+            wy,
+            py,
+        })
+    }
+
+    /// [C, X, Y, Z] -> the brain slices of the model's `channels` [S, M, px, py] in `kind`,
+    /// zero padded (= background after z-scoring): one reordering copy for the whole volume.
+    fn stack(&self, volume: &Tensor, channels: &[i64], kind: Kind) -> Tensor {
+        let channel_index = Tensor::from_slice(channels);
+        volume
+            .index_select(0, &channel_index)
+            .narrow(1, self.x0 as i64, self.wx as i64)
+            .narrow(2, self.y0 as i64, self.wy as i64)
+            .index_select(3, &self.slices)
+            .permute([3, 0, 1, 2])
+            .to_kind(kind)
+            .constant_pad_nd([0, (self.py - self.wy) as i64, 0, (self.px - self.wx) as i64])
+    }
+
+    /// Batches of window labels [b, wx, wy] back into the `[X, Y, Z]` volume, masked to the brain.
+    fn place(&self, parts: &[Tensor], [nx, ny, nz]: [usize; 3]) -> Array3<u8> {
+        let full = Tensor::zeros(
+            [nx as i64, ny as i64, nz as i64],
+            (Kind::Uint8, Device::Cpu),
+        );
+        let pred = Tensor::cat(parts, 0).permute([1, 2, 0]); // [wx, wy, S]
+        let _ = full
+            .narrow(0, self.x0 as i64, self.wx as i64)
+            .narrow(1, self.y0 as i64, self.wy as i64)
+            .index_copy_(2, &self.slices, &pred);
+        let masked = (full * &self.brain).contiguous();
+        let mut host = vec![0u8; nx * ny * nz];
+        masked.copy_data(&mut host, nx * ny * nz);
+        Array3::from_shape_vec((nx, ny, nz), host).expect("shape matches")
     }
 }
 

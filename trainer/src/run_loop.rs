@@ -149,57 +149,11 @@ fn run_inner<T: TaskRun>(
     let (mut task, mut trainer) = T::prepare(&cfg, run_dir)?;
     if let (Some(source), false) = (&cfg.init_from, opts.resume) {
         // A resumed run's weights come from its own checkpoint, not from the source again.
-        let from = crate::fine_tune::init_from(source, &mut trainer.model)?;
-        tracing::info!(
-            "initialised from {} ({} checkpoint, epoch {}; classifiers {})",
-            source.display(),
-            from.checkpoint,
-            from.epoch,
-            if from.classifiers { "too" } else { "fresh" }
-        );
+        init_from(source, &mut trainer)?;
     }
-    let modalities = trainer.model.modality_names.len();
-    let mut progress = match trainer.resume_if(opts.resume, run_dir)? {
-        Some(state) => Progress {
-            start_epoch: state.epoch,
-            best_epoch: state.best_epoch,
-            best: T::restore_best(&state),
-            balance_sum: if state.balance_sum.len() == modalities {
-                state.balance_sum
-            } else {
-                vec![0.0; modalities]
-            },
-        },
-        None => Progress {
-            start_epoch: 0,
-            best_epoch: 0,
-            best: None,
-            balance_sum: vec![0.0; modalities],
-        },
-    };
+    let mut progress = resume_progress::<T>(&mut trainer, opts.resume, run_dir)?;
     task.start(&trainer)?;
-    let spe = trainer.steps_per_epoch;
-    let sizes = task.split_sizes();
-    events.emit(&Event::RunStarted {
-        time: now(),
-        config: serde_json::to_value(&cfg)?,
-        train_cases: sizes.train,
-        val_cases: sizes.val,
-        test_cases: sizes.test,
-        steps_per_epoch: spe,
-        total_steps: spe * cfg.epochs,
-        device: format!(
-            "{}, {}",
-            describe(trainer.model.device),
-            match trainer.amp() {
-                None => "fp32",
-                Some(crate::amp::AmpDtype::Bf16) => "bf16 autocast",
-                Some(crate::amp::AmpDtype::Fp16) => "fp16 autocast + loss scaling",
-            }
-        ),
-        task: cfg.task,
-        modalities: trainer.model.modality_names.clone(),
-    });
+    events.emit(&run_started(&cfg, &task, &trainer)?);
     for epoch in progress.start_epoch..cfg.epochs {
         let train_loss = train_epoch(&mut task, &mut trainer, &mut progress, epoch, events)?;
         if let Some(event) = trainer.balance_diagnostics_event(epoch) {
@@ -221,9 +175,95 @@ fn run_inner<T: TaskRun>(
         }
     }
     let test = test_best(&mut task, &mut trainer, run_dir)?;
-    let steps = (spe * cfg.epochs).max(1) as f64;
+    let summary = summary(cfg, &mut trainer, progress, test, started);
+    let (metrics, finished) = task.finish(summary);
+    checkpoint::write_json_atomic(&RunDir::new(run_dir).metrics(), &metrics)?;
+    events.emit(&finished);
+    Ok(Some(metrics))
+}
+
+/// Initialises a new run's model from the run or checkpoint `source` (`init_from`).
+fn init_from<N: MultimodalNetwork>(source: &Path, trainer: &mut Trainer<N>) -> Result<()> {
+    let from = crate::fine_tune::init_from(source, &mut trainer.model)?;
+    tracing::info!(
+        "initialised from {} ({} checkpoint, epoch {}; classifiers {})",
+        source.display(),
+        from.checkpoint,
+        from.epoch,
+        if from.classifiers { "too" } else { "fresh" }
+    );
+    Ok(())
+}
+
+/// Where the run starts: what `checkpoints/last` recorded (`--resume`, the trainer restored
+/// from it), else a new run's start.
+fn resume_progress<T: TaskRun>(
+    trainer: &mut Trainer<T::Net>,
+    resume: bool,
+    run_dir: &Path,
+) -> Result<Progress<T::Report>> {
+    let modalities = trainer.model.modality_names.len();
+    Ok(match trainer.resume_if(resume, run_dir)? {
+        Some(state) => Progress {
+            start_epoch: state.epoch,
+            best_epoch: state.best_epoch,
+            best: T::restore_best(&state),
+            balance_sum: if state.balance_sum.len() == modalities {
+                state.balance_sum
+            } else {
+                vec![0.0; modalities]
+            },
+        },
+        None => Progress {
+            start_epoch: 0,
+            best_epoch: 0,
+            best: None,
+            balance_sum: vec![0.0; modalities],
+        },
+    })
+}
+
+/// The `run_started` event: the configuration, the split sizes, the schedule and the device.
+fn run_started<T: TaskRun>(
+    cfg: &TrainConfig,
+    task: &T,
+    trainer: &Trainer<T::Net>,
+) -> Result<Event> {
+    let spe = trainer.steps_per_epoch;
+    let sizes = task.split_sizes();
+    Ok(Event::RunStarted {
+        time: now(),
+        config: serde_json::to_value(cfg)?,
+        train_cases: sizes.train,
+        val_cases: sizes.val,
+        test_cases: sizes.test,
+        steps_per_epoch: spe,
+        total_steps: spe * cfg.epochs,
+        device: format!(
+            "{}, {}",
+            describe(trainer.model.device),
+            match trainer.amp() {
+                None => "fp32",
+                Some(crate::amp::AmpDtype::Bf16) => "bf16 autocast",
+                Some(crate::amp::AmpDtype::Fp16) => "fp16 autocast + loss scaling",
+            }
+        ),
+        task: cfg.task,
+        modalities: trainer.model.modality_names.clone(),
+    })
+}
+
+/// What the finished run reports: the best and test reports, the time, and B over the run.
+fn summary<N: MultimodalNetwork, R>(
+    cfg: TrainConfig,
+    trainer: &mut Trainer<N>,
+    progress: Progress<R>,
+    test: Option<R>,
+    started: Instant,
+) -> RunSummary<R> {
+    let steps = (trainer.steps_per_epoch * cfg.epochs).max(1) as f64;
     let mean: Vec<f64> = progress.balance_sum.iter().map(|s| s / steps).collect();
-    let summary = RunSummary {
+    RunSummary {
         best_epoch: progress.best_epoch,
         best: progress.best,
         test,
@@ -232,11 +272,7 @@ fn run_inner<T: TaskRun>(
         balance_stats: trainer.tracker.stats.clone(),
         balance_diagnostics: trainer.balance_diagnostics(false),
         cfg,
-    };
-    let (metrics, finished) = task.finish(summary);
-    checkpoint::write_json_atomic(&RunDir::new(run_dir).metrics(), &metrics)?;
-    events.emit(&finished);
-    Ok(Some(metrics))
+    }
 }
 
 /// One epoch of the task's batches; returns the mean loss and adds each step's B to the sum.

@@ -410,19 +410,43 @@ impl<N: MultimodalNetwork> Trainer<N> {
 
     /// Everything of one iteration except the optimiser step of the model: forward, classifiers
     /// (stepped), balance coefficients, L_gm, backward, magnitude modulation. Leaves the model's
-    /// modulated gradients in place.
+    /// modulated gradients in place. The method's part is `modulated_iteration` or, for
+    /// `cggm-authors`, `authors_iteration`; both backpropagate through `backward`.
     pub fn compute_gradients(
         &mut self,
         images: &N::Input,
         labels: &Tensor,
     ) -> Result<StepReport, StepError> {
-        if self.model.cfg.method == Method::CggmAuthors {
-            return self.compute_gradients_authors(images, labels);
-        }
         let step = self.global_step;
         self.found_non_finite = false;
         self.seed_step();
         let lr = self.schedule.lr(step);
+        let iteration = if self.model.cfg.method == Method::CggmAuthors {
+            self.authors_iteration(images, labels, step)?
+        } else {
+            self.modulated_iteration(images, labels, step)?
+        };
+        Ok(iteration.report(lr))
+    }
+
+    /// Zeroes the model's gradients and backpropagates `total` (loss-scaled under fp16); the
+    /// gradients are unscaled before any B_i scaling and clipping.
+    fn backward(&mut self, total: &Tensor) {
+        self.model_opt.zero_grad();
+        self.scaled(total).backward();
+        if let Some(s) = &self.scaler {
+            self.found_non_finite |= !s.unscale(&mut self.model_opt);
+        }
+    }
+
+    /// Every method but `cggm-authors`: CGGM's order of operations (README "What CGGM computes
+    /// here") with the baselines' hooks.
+    fn modulated_iteration(
+        &mut self,
+        images: &N::Input,
+        labels: &Tensor,
+        step: usize,
+    ) -> Result<Iteration, StepError> {
         // Before this step's forward, which moves batch norm's running statistics: the probe's
         // eps^t then depends on the model at step t alone, never on step t's batch.
         let probed = self.probe_metrics();
@@ -431,20 +455,7 @@ impl<N: MultimodalNetwork> Trainer<N> {
         if let Some(probed) = probed {
             metrics = probed;
         }
-        let m = self.model.modality_channels.len();
-        // Measured for every run with classifiers, applied only by CGGM.
-        let (mut balance, mut guarded, mut clamped) = (vec![1.0; m], false, 0);
-        if self.model.classifiers.is_some() {
-            let outcome = self.tracker.update_outcome(&metrics);
-            (balance, guarded, clamped) = (outcome.coefficients, outcome.guarded, outcome.clamped);
-        }
-        // The fixed-B controls measure B but apply the neutral value.
-        if matches!(
-            self.model.cfg.method,
-            Method::CggmFixed | Method::CggmMagnitudeFixed
-        ) {
-            balance = neutral_balance(m, self.model.cfg.cggm.rho);
-        }
+        let (balance, guarded, clamped) = self.balance_of(&metrics);
         // g_F from the (loss-scaled) task loss: the cosines, and so L_gm, do not depend on scale.
         let (l_gm, cosine) =
             self.direction_term(&self.scaled(&task_loss), &classifier_grads, &balance);
@@ -453,14 +464,7 @@ impl<N: MultimodalNetwork> Trainer<N> {
         let mut total = &task_loss * 1.0;
         let mut gm_value = 0.0;
         if let Some(l_gm) = l_gm {
-            gm_value = l_gm.double_value(&[]);
-            if !gm_value.is_finite() {
-                return Err(StepError::NonFinite {
-                    what: "direction loss L_gm",
-                    value: gm_value,
-                    step,
-                });
-            }
+            gm_value = finite_direction_loss(l_gm.double_value(&[]), step)?;
             total += l_gm * self.model.cfg.cggm.lambda;
         }
         // Baselines: PMR's loss before backward, OGM-GE/AGM's scaling after it.
@@ -469,12 +473,7 @@ impl<N: MultimodalNetwork> Trainer<N> {
             total += l_pmr;
             baseline_coefficients = weights;
         }
-        self.model_opt.zero_grad();
-        self.scaled(&total).backward();
-        if let Some(s) = &self.scaler {
-            // Unscaled before B_i scaling and clipping.
-            self.found_non_finite |= !s.unscale(&mut self.model_opt);
-        }
+        self.backward(&total);
         if self.model.cfg.method.modulates_magnitude() {
             // Encoder i is optimiser group i + 1: one kernel per encoder on its flat gradients.
             for (i, b) in balance.iter().enumerate() {
@@ -485,11 +484,10 @@ impl<N: MultimodalNetwork> Trainer<N> {
         if !scaled.is_empty() {
             baseline_coefficients = scaled;
         }
-        Ok(StepReport {
-            loss: total.double_value(&[]),
-            task_loss: task_loss.double_value(&[]),
+        Ok(Iteration {
+            total,
+            task_loss,
             gm_loss: gm_value,
-            lr,
             balance,
             cosine,
             modality_metric: metrics,
@@ -497,6 +495,68 @@ impl<N: MultimodalNetwork> Trainer<N> {
             balance_clamped: clamped,
             baseline_coefficients,
         })
+    }
+
+    /// The balance coefficients B of this step from the classifiers' metrics, whether the guard
+    /// set them neutral, and how many it clamped. Measured for every run with classifiers,
+    /// applied only by CGGM; the fixed-B controls measure B but apply the neutral value.
+    fn balance_of(&mut self, metrics: &[f64]) -> (Vec<f64>, bool, usize) {
+        let m = self.model.modality_channels.len();
+        let (mut balance, mut guarded, mut clamped) = (vec![1.0; m], false, 0);
+        if self.model.classifiers.is_some() {
+            let outcome = self.tracker.update_outcome(metrics);
+            (balance, guarded, clamped) = (outcome.coefficients, outcome.guarded, outcome.clamped);
+        }
+        if matches!(
+            self.model.cfg.method,
+            Method::CggmFixed | Method::CggmMagnitudeFixed
+        ) {
+            balance = neutral_balance(m, self.model.cfg.cggm.rho);
+        }
+        (balance, guarded, clamped)
+    }
+}
+
+/// `value` of L_gm, or the error that training diverged at `step`.
+fn finite_direction_loss(value: f64, step: usize) -> Result<f64, StepError> {
+    if value.is_finite() {
+        Ok(value)
+    } else {
+        Err(StepError::NonFinite {
+            what: "direction loss L_gm",
+            value,
+            step,
+        })
+    }
+}
+
+/// One iteration's losses (the total backpropagated, the task's part) and what it measured.
+struct Iteration {
+    total: Tensor,
+    task_loss: Tensor,
+    gm_loss: f64,
+    balance: Vec<f64>,
+    cosine: Vec<f64>,
+    modality_metric: Vec<f64>,
+    balance_guarded: bool,
+    balance_clamped: usize,
+    baseline_coefficients: Vec<f64>,
+}
+
+impl Iteration {
+    fn report(self, lr: f64) -> StepReport {
+        StepReport {
+            loss: self.total.double_value(&[]),
+            task_loss: self.task_loss.double_value(&[]),
+            gm_loss: self.gm_loss,
+            lr,
+            balance: self.balance,
+            cosine: self.cosine,
+            modality_metric: self.modality_metric,
+            balance_guarded: self.balance_guarded,
+            balance_clamped: self.balance_clamped,
+            baseline_coefficients: self.baseline_coefficients,
+        }
     }
 }
 
@@ -515,48 +575,18 @@ impl<N: MultimodalNetwork> Trainer<N> {
     ///    by rho c_i, BraTS scales nothing (their code names `vision_encoder`/`text_encoder`,
     ///    which their segmentation model does not have); gradient clipping (`grad_clip`: 0.8 in
     ///    the feature presets, none in `paper`) and the optimiser step follow in `step`.
-    fn compute_gradients_authors(
+    fn authors_iteration(
         &mut self,
         images: &N::Input,
         labels: &Tensor,
-    ) -> Result<StepReport, StepError> {
-        let step = self.global_step;
-        self.found_non_finite = false;
-        self.seed_step();
-        let lr = self.schedule.lr(step);
+        step: usize,
+    ) -> Result<Iteration, StepError> {
         let (out, task_loss) = self.forward(images, labels)?;
-        let m = self.model.modality_channels.len();
         let mut total = &task_loss * 1.0;
-        let mut gm_value = 0.0;
-        let lambda = self.model.cfg.cggm.lambda;
-        if let Some(lag) = self.tracker.authors_lag.as_ref().filter(|_| lambda != 0.0) {
-            let (value, grad) = lag.value_and_gradient(self.model.device);
-            if !value.is_finite() {
-                return Err(StepError::NonFinite {
-                    what: "direction loss L_gm",
-                    value,
-                    step,
-                });
-            }
-            gm_value = value;
-            // A term whose value is L_gm^(t-1) and whose gradient w.r.t. the current weight W_F
-            // is the old gradient: <W_F, g> - <W_F, g>.detach() + value.
-            let w_f = self.model.network.last_layer_weight();
-            let linear = (w_f * grad.to_kind(w_f.kind())).sum(tch::Kind::Float);
-            total += (&linear - linear.detach() + value) * lambda;
-        }
+        let gm_value = self.add_lagged_direction_term(&mut total, step)?;
         // The last layers' weights before either optimiser steps: L_gm^t is built from them.
         let fusion = SavedTensor::of(self.model.network.last_layer_weight());
-        let classifier_weights: Vec<Tensor> = self
-            .model
-            .classifiers
-            .as_ref()
-            .map(|cls| {
-                (0..m)
-                    .map(|i| cls.last_layer_weight(i).detach().copy())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let classifier_weights = self.classifier_last_weights();
         let (metrics, _) = self.classifier_pass(&out, labels)?;
         let outcome = self.tracker.update_outcome(&metrics);
         let coefficients = authors::coefficients(&self.tracker.last_improvements);
@@ -570,32 +600,14 @@ impl<N: MultimodalNetwork> Trainer<N> {
             classifiers: classifier_weights.iter().map(SavedTensor::of).collect(),
             coefficients: coefficients.clone(),
         });
-        self.model_opt.zero_grad();
-        self.scaled(&total).backward();
-        if let Some(s) = &self.scaler {
-            self.found_non_finite |= !s.unscale(&mut self.model_opt);
-        }
+        self.backward(&total);
         if self.model.cfg.task != crate::task::TaskKind::Segmentation {
-            let rho = self.model.cfg.cggm.rho;
-            let names = &self.model.modality_names;
-            tch::no_grad(|| {
-                for p in self.model_opt.params().iter().filter(|p| p.group > 0) {
-                    let projection = format!("encoders.{}.proj.", names[p.group - 1]);
-                    if p.name.starts_with(&projection) {
-                        continue;
-                    }
-                    let mut g = p.tensor.grad();
-                    if g.defined() {
-                        let _ = g.g_mul_scalar_(rho * coefficients[p.group - 1]);
-                    }
-                }
-            });
+            self.scale_encoder_gradients_authors(&coefficients);
         }
-        Ok(StepReport {
-            loss: total.double_value(&[]),
-            task_loss: task_loss.double_value(&[]),
+        Ok(Iteration {
+            total,
+            task_loss,
             gm_loss: gm_value,
-            lr,
             balance: outcome.coefficients,
             cosine,
             modality_metric: metrics,
@@ -603,6 +615,56 @@ impl<N: MultimodalNetwork> Trainer<N> {
             balance_clamped: 0,
             baseline_coefficients: Vec::new(),
         })
+    }
+
+    /// Adds lambda L_gm^(t-1) to `total` when the previous step built one (and lambda is not 0);
+    /// its value (0 otherwise).
+    fn add_lagged_direction_term(&self, total: &mut Tensor, step: usize) -> Result<f64, StepError> {
+        let lambda = self.model.cfg.cggm.lambda;
+        let Some(lag) = self.tracker.authors_lag.as_ref().filter(|_| lambda != 0.0) else {
+            return Ok(0.0);
+        };
+        let (value, grad) = lag.value_and_gradient(self.model.device);
+        let value = finite_direction_loss(value, step)?;
+        // A term whose value is L_gm^(t-1) and whose gradient w.r.t. the current weight W_F
+        // is the old gradient: <W_F, g> - <W_F, g>.detach() + value.
+        let w_f = self.model.network.last_layer_weight();
+        let linear = (w_f * grad.to_kind(w_f.kind())).sum(tch::Kind::Float);
+        *total += (&linear - linear.detach() + value) * lambda;
+        Ok(value)
+    }
+
+    /// Copies of the classifiers' last-layer weights (none without classifiers).
+    fn classifier_last_weights(&self) -> Vec<Tensor> {
+        let m = self.model.modality_channels.len();
+        self.model
+            .classifiers
+            .as_ref()
+            .map(|cls| {
+                (0..m)
+                    .map(|i| cls.last_layer_weight(i).detach().copy())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The authors' feature-task modulation: the gradients of encoder i (optimiser group i + 1),
+    /// except its input projection, times rho c_i.
+    fn scale_encoder_gradients_authors(&self, coefficients: &[f64]) {
+        let rho = self.model.cfg.cggm.rho;
+        let names = &self.model.modality_names;
+        tch::no_grad(|| {
+            for p in self.model_opt.params().iter().filter(|p| p.group > 0) {
+                let projection = format!("encoders.{}.proj.", names[p.group - 1]);
+                if p.name.starts_with(&projection) {
+                    continue;
+                }
+                let mut g = p.tensor.grad();
+                if g.defined() {
+                    let _ = g.g_mul_scalar_(rho * coefficients[p.group - 1]);
+                }
+            }
+        });
     }
 }
 

@@ -7,7 +7,7 @@
 
 use super::onnx::{attr_float, attr_int, attr_ints, free, Dim, GraphBuilder};
 use super::onnx_proto::data_type;
-use crate::model::features::FeatureNet;
+use crate::model::features::{FeatureNet, ModalityEncoder};
 use crate::model::network::MultimodalNetwork;
 use crate::model::transformer::{position_frequencies, EncoderLayer, TransformerEncoder};
 use anyhow::{bail, Result};
@@ -168,6 +168,22 @@ fn padding_mask(g: &mut GraphBuilder, x: &str, lengths: &str) -> String {
 /// `<name>_lengths` [N] int64; outputs [`LOGITS`] and, for classification, [`LABELS`].
 pub fn graph(net: &FeatureNet, classification: bool) -> Result<GraphBuilder> {
     let names = net.modality_names();
+    check_input_names(names)?;
+    let mut g = GraphBuilder::default();
+    let mut hidden = Vec::new();
+    let mut masks = Vec::new();
+    for (enc, name) in net.encoders.iter().zip(names) {
+        let (h, mask) = encoder(&mut g, enc, name);
+        hidden.push(h);
+        masks.push(mask);
+    }
+    let logits = fusion_head(&mut g, net, &hidden, &masks);
+    outputs(&mut g, &logits, net.out_layer.ws.size()[0], classification);
+    Ok(g)
+}
+
+/// Every modality's two graph inputs (features, lengths) have names of their own.
+fn check_input_names(names: &[String]) -> Result<()> {
     let mut taken = std::collections::BTreeSet::from([LOGITS.to_string(), LABELS.to_string()]);
     for name in names {
         for input in [name.clone(), lengths_input(name)] {
@@ -176,62 +192,75 @@ pub fn graph(net: &FeatureNet, classification: bool) -> Result<GraphBuilder> {
             }
         }
     }
-    let mut g = GraphBuilder::default();
-    let mut hidden = Vec::new();
-    let mut masks = Vec::new();
-    for (enc, name) in net.encoders.iter().zip(names) {
-        let ws = &enc.proj.ws; // [proj_dim, D, 1]
-        let dim = ws.size()[1];
-        let x = g.input(
-            name,
-            data_type::FLOAT,
-            &[
-                free("batch"),
-                free(&format!("{name}_steps")),
-                Dim::Fixed(dim),
-            ],
-            "features [batch, time steps, feature dim]",
-        );
-        let lengths = g.input(
-            &lengths_input(name),
-            data_type::INT64,
-            &[free("batch")],
-            "valid time steps per sample (the rest is padding); the number of steps for none",
-        );
-        let prefix = format!("encoders.{name}");
-        let w = g.weight(&format!("{prefix}.proj.weight_t"), &ws.squeeze_dim(2).tr());
-        let mut h = g.node("MatMul", &[&x, &w], vec![]);
-        if let Some(bs) = &enc.proj.bs {
-            let b = g.weight(&format!("{prefix}.proj.bias"), bs);
-            h = g.node("Add", &[&h, &b], vec![]);
-        }
-        let mask = padding_mask(&mut g, &x, &lengths);
-        hidden.push(transformer(
-            &mut g,
-            &h,
-            &mask,
-            &enc.transformer,
-            &format!("{prefix}.transformer"),
-        ));
-        masks.push(mask);
+    Ok(())
+}
+
+/// One modality's inputs and encoder: its hidden tokens and padding mask.
+fn encoder(g: &mut GraphBuilder, enc: &ModalityEncoder, name: &str) -> (String, String) {
+    let ws = &enc.proj.ws; // [proj_dim, D, 1]
+    let dim = ws.size()[1];
+    let x = g.input(
+        name,
+        data_type::FLOAT,
+        &[
+            free("batch"),
+            free(&format!("{name}_steps")),
+            Dim::Fixed(dim),
+        ],
+        "features [batch, time steps, feature dim]",
+    );
+    let lengths = g.input(
+        &lengths_input(name),
+        data_type::INT64,
+        &[free("batch")],
+        "valid time steps per sample (the rest is padding); the number of steps for none",
+    );
+    let prefix = format!("encoders.{name}");
+    let w = g.weight(&format!("{prefix}.proj.weight_t"), &ws.squeeze_dim(2).tr());
+    let mut h = g.node("MatMul", &[&x, &w], vec![]);
+    if let Some(bs) = &enc.proj.bs {
+        let b = g.weight(&format!("{prefix}.proj.bias"), bs);
+        h = g.node("Add", &[&h, &b], vec![]);
     }
+    let mask = padding_mask(g, &x, &lengths);
+    let hidden = transformer(
+        g,
+        &h,
+        &mask,
+        &enc.transformer,
+        &format!("{prefix}.transformer"),
+    );
+    (hidden, mask)
+}
+
+/// The fusion transformer over every modality's tokens, its first token through the residual
+/// projection and the output layer: the logits.
+fn fusion_head(
+    g: &mut GraphBuilder,
+    net: &FeatureNet,
+    hidden: &[String],
+    masks: &[String],
+) -> String {
     let cat = |g: &mut GraphBuilder, parts: &[String]| {
         let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
         g.node("Concat", &refs, vec![attr_int("axis", 1)])
     };
-    let tokens = cat(&mut g, &hidden);
-    let mask = cat(&mut g, &masks);
-    let fused = transformer(&mut g, &tokens, &mask, &net.fusion, "fusion.transformer");
+    let tokens = cat(g, hidden);
+    let mask = cat(g, masks);
+    let fused = transformer(g, &tokens, &mask, &net.fusion, "fusion.transformer");
     let first = g.const_i64(&[], &[0]);
     let fused = g.node("Gather", &[&fused, &first], vec![attr_int("axis", 1)]);
-    let r = linear(&mut g, &fused, &net.proj1, "fusion.proj1");
-    let r = relu(&mut g, &r);
-    let r = linear(&mut g, &r, &net.proj2, "fusion.proj2");
+    let r = linear(g, &fused, &net.proj1, "fusion.proj1");
+    let r = relu(g, &r);
+    let r = linear(g, &r, &net.proj2, "fusion.proj2");
     let residual = g.node("Add", &[&r, &fused], vec![]);
-    let logits = linear(&mut g, &residual, &net.out_layer, "fusion.out_layer");
-    let outputs = net.out_layer.ws.size()[0];
+    linear(g, &residual, &net.out_layer, "fusion.out_layer")
+}
+
+/// The graph's outputs: the logits (`outputs` wide) and, for classification, their argmax.
+fn outputs(g: &mut GraphBuilder, logits: &str, outputs: i64, classification: bool) {
     g.output(
-        &logits,
+        logits,
         LOGITS,
         data_type::FLOAT,
         &[free("batch"), Dim::Fixed(outputs)],
@@ -244,7 +273,7 @@ pub fn graph(net: &FeatureNet, classification: bool) -> Result<GraphBuilder> {
     if classification {
         let labels = g.node(
             "ArgMax",
-            &[&logits],
+            &[logits],
             vec![attr_int("axis", 1), attr_int("keepdims", 0)],
         );
         g.output(
@@ -255,5 +284,4 @@ pub fn graph(net: &FeatureNet, classification: bool) -> Result<GraphBuilder> {
             "argmax over classes: the index into the class names of the metadata",
         );
     }
-    Ok(g)
 }

@@ -17,7 +17,9 @@ pub mod onnx;
 pub mod onnx_proto;
 pub mod segmentation;
 
+use self::onnx::GraphBuilder;
 use crate::checkpoint::{self, checkpoint_dir, CheckpointState};
+use crate::config::TrainConfig;
 use crate::data::features::DatasetSpec;
 use crate::data::{OutputLabels, LABEL_ENHANCING, LABEL_NCR, LABEL_OEDEMA, NUM_CLASSES};
 use crate::model::folded::FoldedSegmenter;
@@ -190,67 +192,93 @@ pub fn export(run_dir: &Path, format: ExportFormat, out: &Path) -> Result<Export
     let cfg = checkpoint::read_config(run_dir)?;
     let name = checkpoint_name(run_dir)?;
     let task = cfg.task;
-    let (graph, doc, metadata, state) = match task {
-        TaskKind::Segmentation => {
-            let classes = cfg.model.classes;
-            if classes as usize != NUM_CLASSES {
-                bail!("a segmentation model with {classes} classes: the export's label values are for {NUM_CLASSES} (background, NCR, oedema, enhancing)");
-            }
-            let mut model = Model::segmentation(cfg, Device::Cpu);
-            let state = checkpoint::load_best_or_last(run_dir, &mut model)?;
-            let net = tch::no_grad(|| FoldedSegmenter::new(&model.network, None, Kind::Float));
-            let graph = segmentation::graph(&net, &model.modality_names, classes)?;
-            let mut metadata = common_metadata(task, &state, name, run_dir);
-            metadata.extend(segmentation_metadata(&model.modality_names, classes));
-            metadata.push(entry("model_config", json(&model.cfg.model)));
-            let doc = "CGGM Studio brain-tumour segmentation (DeepLabv3+, one encoder per MRI \
-                       modality, batch norm folded), on axial slices";
-            (graph, doc, metadata, state)
-        }
-        TaskKind::Classification | TaskKind::Regression => {
-            let spec = DatasetSpec::read(&cfg.data).with_context(|| {
-                format!(
-                    "a feature run's model is built from its dataset's description: {} must still be there",
-                    cfg.data.display()
-                )
-            })?;
-            let mut model = Model::features(cfg, &spec, Device::Cpu)?;
-            let state = checkpoint::load_best_or_last(run_dir, &mut model)?;
-            let classification = task == TaskKind::Classification;
-            let graph = features::graph(&model.network, classification)?;
-            let mut metadata = common_metadata(task, &state, name, run_dir);
-            let dims: Vec<serde_json::Value> = model
-                .modality_names
-                .iter()
-                .zip(&model.network.encoders)
-                .map(|(m, e)| serde_json::json!({"name": m, "dim": e.proj.ws.size()[1], "lengths_input": features::lengths_input(m)}))
-                .collect();
-            metadata.push(entry("modalities", model.modality_names.join(",")));
-            metadata.push(entry("modality_inputs", json(&dims)));
-            metadata.push(entry(
-                "normalisation",
-                "none: the features as stored in the dataset's split files",
-            ));
-            if classification {
-                metadata.push(entry("classes", json(&spec.classes)));
-            } else if let Some(range) = spec.label_range {
-                metadata.push(entry("label_range", json(&range)));
-            }
-            metadata.push(entry("model_config", json(&model.cfg.features)));
-            let doc = "CGGM Studio multimodal feature model (MulT-style Transformers per modality \
-                       and a Transformer fusion), eval mode";
-            (graph, doc, metadata, state)
-        }
+    let built = match task {
+        TaskKind::Segmentation => segmentation_model(cfg, run_dir, name)?,
+        TaskKind::Classification | TaskKind::Regression => feature_model(cfg, run_dir, name)?,
     };
-    let (inputs, outputs) = graph.io_names();
-    let bytes = write_model(out, graph, doc, &metadata)?;
+    let (inputs, outputs) = built.graph.io_names();
+    let bytes = write_model(out, built.graph, built.doc, &built.metadata)?;
     Ok(ExportSummary {
         task,
         out: out.to_path_buf(),
         checkpoint: name.to_string(),
-        epoch: state.epoch,
+        epoch: built.state.epoch,
         inputs,
         outputs,
         bytes,
+    })
+}
+
+/// A run's model as an ONNX graph, with its description, metadata and the checkpoint it is of.
+struct Built {
+    graph: GraphBuilder,
+    doc: &'static str,
+    metadata: Vec<(String, String)>,
+    state: CheckpointState,
+}
+
+/// The segmentation model of a run, batch norm folded, from checkpoint `name`.
+fn segmentation_model(cfg: TrainConfig, run_dir: &Path, name: &'static str) -> Result<Built> {
+    let (task, classes) = (cfg.task, cfg.model.classes);
+    if classes as usize != NUM_CLASSES {
+        bail!("a segmentation model with {classes} classes: the export's label values are for {NUM_CLASSES} (background, NCR, oedema, enhancing)");
+    }
+    let mut model = Model::segmentation(cfg, Device::Cpu);
+    let state = checkpoint::load_best_or_last(run_dir, &mut model)?;
+    let net = tch::no_grad(|| FoldedSegmenter::new(&model.network, None, Kind::Float));
+    let graph = segmentation::graph(&net, &model.modality_names, classes)?;
+    let mut metadata = common_metadata(task, &state, name, run_dir);
+    metadata.extend(segmentation_metadata(&model.modality_names, classes));
+    metadata.push(entry("model_config", json(&model.cfg.model)));
+    let doc = "CGGM Studio brain-tumour segmentation (DeepLabv3+, one encoder per MRI \
+               modality, batch norm folded), on axial slices";
+    Ok(Built {
+        graph,
+        doc,
+        metadata,
+        state,
+    })
+}
+
+/// The feature model (classification or regression) of a run, in eval mode, from checkpoint
+/// `name`; its dataset's description must still be where the run read it.
+fn feature_model(cfg: TrainConfig, run_dir: &Path, name: &'static str) -> Result<Built> {
+    let task = cfg.task;
+    let spec = DatasetSpec::read(&cfg.data).with_context(|| {
+        format!(
+            "a feature run's model is built from its dataset's description: {} must still be there",
+            cfg.data.display()
+        )
+    })?;
+    let mut model = Model::features(cfg, &spec, Device::Cpu)?;
+    let state = checkpoint::load_best_or_last(run_dir, &mut model)?;
+    let classification = task == TaskKind::Classification;
+    let graph = features::graph(&model.network, classification)?;
+    let mut metadata = common_metadata(task, &state, name, run_dir);
+    let dims: Vec<serde_json::Value> = model
+        .modality_names
+        .iter()
+        .zip(&model.network.encoders)
+        .map(|(m, e)| serde_json::json!({"name": m, "dim": e.proj.ws.size()[1], "lengths_input": features::lengths_input(m)}))
+        .collect();
+    metadata.push(entry("modalities", model.modality_names.join(",")));
+    metadata.push(entry("modality_inputs", json(&dims)));
+    metadata.push(entry(
+        "normalisation",
+        "none: the features as stored in the dataset's split files",
+    ));
+    if classification {
+        metadata.push(entry("classes", json(&spec.classes)));
+    } else if let Some(range) = spec.label_range {
+        metadata.push(entry("label_range", json(&range)));
+    }
+    metadata.push(entry("model_config", json(&model.cfg.features)));
+    let doc = "CGGM Studio multimodal feature model (MulT-style Transformers per modality \
+               and a Transformer fusion), eval mode";
+    Ok(Built {
+        graph,
+        doc,
+        metadata,
+        state,
     })
 }

@@ -139,6 +139,39 @@ fn decoder(
     Ok(resize_like(g, &logits, like))
 }
 
+/// The graph's outputs: the logits (`classes` wide) and their argmax as uint8 labels.
+fn outputs(g: &mut GraphBuilder, logits: &str, classes: i64) {
+    let argmax = g.node(
+        "ArgMax",
+        &[logits],
+        vec![attr_int("axis", 1), attr_int("keepdims", 0)],
+    );
+    let labels = g.node(
+        "Cast",
+        &[&argmax],
+        vec![attr_int("to", data_type::UINT8 as i64)],
+    );
+    g.output(
+        logits,
+        LOGITS,
+        data_type::FLOAT,
+        &[
+            free("batch"),
+            Dim::Fixed(classes),
+            free("height"),
+            free("width"),
+        ],
+        "class logits per pixel",
+    );
+    g.output(
+        &labels,
+        LABELS,
+        data_type::UINT8,
+        &[free("batch"), free("height"), free("width")],
+        "argmax over classes: 0 background, 1 NCR, 2 oedema, 3 enhancing (internal classes)",
+    );
+}
+
 /// The graph of `net` (folded in fp32): input [`INPUT`], outputs [`LOGITS`] and [`LABELS`].
 pub fn graph(net: &FoldedSegmenter, modalities: &[String], classes: i64) -> Result<GraphBuilder> {
     if net.kind() != tch::Kind::Float {
@@ -182,34 +215,6 @@ pub fn graph(net: &FoldedSegmenter, modalities: &[String], classes: i64) -> Resu
     let high = cat(&mut g, &highs);
     let low = cat(&mut g, &lows);
     let logits = decoder(&mut g, &high, &low, &image, &net.head, "fusion")?;
-    let argmax = g.node(
-        "ArgMax",
-        &[&logits],
-        vec![attr_int("axis", 1), attr_int("keepdims", 0)],
-    );
-    let labels = g.node(
-        "Cast",
-        &[&argmax],
-        vec![attr_int("to", data_type::UINT8 as i64)],
-    );
-    g.output(
-        &logits,
-        LOGITS,
-        data_type::FLOAT,
-        &[
-            free("batch"),
-            Dim::Fixed(classes),
-            free("height"),
-            free("width"),
-        ],
-        "class logits per pixel",
-    );
-    g.output(
-        &labels,
-        LABELS,
-        data_type::UINT8,
-        &[free("batch"), free("height"), free("width")],
-        "argmax over classes: 0 background, 1 NCR, 2 oedema, 3 enhancing (internal classes)",
-    );
+    outputs(&mut g, &logits, classes);
     Ok(g)
 }

@@ -286,65 +286,96 @@ pub fn key(name: &str) -> String {
 }
 
 fn worker(api: Api, run_id: String, inbox: mpsc::Receiver<Message>, done: mpsc::Sender<()>) {
-    let mut metrics: Vec<Metric> = Vec::new();
-    let mut params: Vec<(String, String)> = Vec::new();
-    let mut warned = false;
-    let mut last = Instant::now();
-    let mut send = |metrics: &mut Vec<Metric>, params: &mut Vec<(String, String)>| {
-        let result = params
-            .chunks(PARAMS_PER_BATCH)
-            .try_for_each(|chunk| api.log_batch(&run_id, &[], chunk))
-            .and_then(|()| {
-                metrics
-                    .chunks(METRICS_PER_BATCH)
-                    .try_for_each(|chunk| api.log_batch(&run_id, chunk, &[]))
-            });
-        if let Err(e) = result {
-            if !warned {
-                warned = true;
-                eprintln!(
-                    "warning: {e:#}; training goes on, these metrics are not logged to MLflow"
-                );
-            }
-        }
-        metrics.clear();
-        params.clear();
+    let mut outbox = Outbox {
+        api,
+        run_id,
+        metrics: Vec::new(),
+        params: Vec::new(),
+        warned: false,
     };
+    let mut last = Instant::now();
     loop {
         let wait = FLUSH_EVERY.saturating_sub(last.elapsed());
         match inbox.recv_timeout(wait) {
-            Ok(Message::Metrics(m)) => metrics.extend(m),
-            Ok(Message::Params(p)) => params.extend(p.into_iter().map(|(k, mut v)| {
-                if v.chars().count() > PARAM_VALUE_CHARS {
-                    v = v.chars().take(PARAM_VALUE_CHARS).collect();
-                }
-                (k, v)
-            })),
+            Ok(Message::Metrics(m)) => outbox.metrics.extend(m),
+            Ok(Message::Params(p)) => outbox
+                .params
+                .extend(p.into_iter().map(|(k, v)| (k, truncated(v)))),
             Ok(Message::End(status)) => {
-                send(&mut metrics, &mut params);
-                let closed = api.post(
-                    "runs/update",
-                    &json!({
-                        "run_id": run_id,
-                        "status": status.name(),
-                        "end_time": millis(cggm_core::events::now()),
-                    }),
-                );
-                if let Err(e) = closed {
-                    eprintln!(
-                        "warning: {e:#}: the MLflow run was not closed as {}",
-                        status.name()
-                    );
-                }
+                outbox.close(status);
                 let _ = done.send(());
                 return;
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
-        if last.elapsed() >= FLUSH_EVERY || metrics.len() >= METRICS_PER_BATCH {
-            send(&mut metrics, &mut params);
+        if last.elapsed() >= FLUSH_EVERY || outbox.metrics.len() >= METRICS_PER_BATCH {
+            outbox.send();
             last = Instant::now();
+        }
+    }
+}
+
+/// A parameter value cut to the `PARAM_VALUE_CHARS` characters MLflow accepts.
+fn truncated(v: String) -> String {
+    if v.chars().count() > PARAM_VALUE_CHARS {
+        v.chars().take(PARAM_VALUE_CHARS).collect()
+    } else {
+        v
+    }
+}
+
+/// What the worker has yet to log to its run.
+struct Outbox {
+    api: Api,
+    run_id: String,
+    metrics: Vec<Metric>,
+    params: Vec<(String, String)>,
+    /// A failed batch was reported once; later failures are silent.
+    warned: bool,
+}
+
+impl Outbox {
+    /// Logs the pending params, then metrics, in batches of MLflow's limits; a failure warns once
+    /// and drops them (training goes on).
+    fn send(&mut self) {
+        let result = self
+            .params
+            .chunks(PARAMS_PER_BATCH)
+            .try_for_each(|chunk| self.api.log_batch(&self.run_id, &[], chunk))
+            .and_then(|()| {
+                self.metrics
+                    .chunks(METRICS_PER_BATCH)
+                    .try_for_each(|chunk| self.api.log_batch(&self.run_id, chunk, &[]))
+            });
+        if let Err(e) = result {
+            if !self.warned {
+                self.warned = true;
+                eprintln!(
+                    "warning: {e:#}; training goes on, these metrics are not logged to MLflow"
+                );
+            }
+        }
+        self.metrics.clear();
+        self.params.clear();
+    }
+
+    /// Sends what is pending and ends the run as `status`.
+    fn close(&mut self, status: Status) {
+        self.send();
+        let closed = self.api.post(
+            "runs/update",
+            &json!({
+                "run_id": self.run_id,
+                "status": status.name(),
+                "end_time": millis(cggm_core::events::now()),
+            }),
+        );
+        if let Err(e) = closed {
+            eprintln!(
+                "warning: {e:#}: the MLflow run was not closed as {}",
+                status.name()
+            );
         }
     }
 }

@@ -294,87 +294,111 @@ type Moment = (f64, i64, Vec<(String, f64)>);
 /// events that carry none.
 fn scalars(event: &Event, epochs_done: i64) -> Option<Moment> {
     let mut out: Vec<(String, f64)> = Vec::new();
-    let per_modality = |out: &mut Vec<(String, f64)>, prefix: &str, map: &BTreeMap<String, f64>| {
-        out.extend(map.iter().map(|(m, v)| (format!("{prefix}/{m}"), *v)));
-    };
-    let regions = |out: &mut Vec<(String, f64)>, prefix: &str, r: &RegionScores| {
-        for (name, v) in [("wt", r.wt), ("tc", r.tc), ("et", r.et), ("mean", r.mean)] {
-            out.push((format!("{prefix}_{name}"), v));
-        }
-    };
-    let (time, step) = match event {
-        Event::Step {
-            time,
-            step,
-            loss,
-            task_loss,
-            gm_loss,
-            lr,
-            balance,
-            cosine,
-            modality_metric,
-            step_seconds,
-            baseline_coefficients,
-            ..
-        } => {
-            out.extend([
-                ("loss".to_string(), *loss),
-                ("task_loss".into(), *task_loss),
-                ("gm_loss".into(), *gm_loss),
-                ("lr".into(), *lr),
-                ("step_seconds".into(), *step_seconds),
-            ]);
-            per_modality(&mut out, "balance", balance);
-            per_modality(&mut out, "cosine", cosine);
-            per_modality(&mut out, "modality_metric", modality_metric);
-            per_modality(&mut out, "baseline_coefficient", baseline_coefficients);
-            (*time, *step as i64)
-        }
-        Event::Validation {
-            time,
-            epoch,
-            train_loss,
-            hd95,
-            metrics,
-            modality_metrics,
-            ..
-        } => {
-            out.push(("val/train_loss".into(), *train_loss));
-            out.extend(metrics.iter().map(|(k, v)| (format!("val/{k}"), *v)));
-            if metrics.contains_key("dice_mean") {
-                regions(&mut out, "val/hd95", hd95);
-            }
-            for (modality, metrics) in modality_metrics {
-                out.extend(
-                    metrics
-                        .iter()
-                        .map(|(k, v)| (format!("val/{modality}/{k}"), *v)),
-                );
-            }
-            (*time, *epoch as i64 + 1)
-        }
-        Event::Finished {
-            time,
-            best_epoch,
-            best_val_dice,
-            test_modality_dice,
-            test_metrics,
-            ..
-        } => {
-            out.push(("best_epoch".into(), *best_epoch as f64));
-            if test_metrics.contains_key("dice_mean") || test_metrics.is_empty() {
-                regions(&mut out, "best_val/dice", best_val_dice);
-            }
-            out.extend(test_metrics.iter().map(|(k, v)| (format!("test/{k}"), *v)));
-            for (modality, dice) in test_modality_dice {
-                regions(&mut out, &format!("test/{modality}/dice"), dice);
-            }
-            (*time, epochs_done)
-        }
-        _ => return None,
-    };
+    let (time, step) = step_scalars(event, &mut out)
+        .or_else(|| validation_scalars(event, &mut out))
+        .or_else(|| finished_scalars(event, epochs_done, &mut out))?;
     out.retain(|(_, v)| v.is_finite());
     Some((time, step, out))
+}
+
+type Scalars = Vec<(String, f64)>;
+
+/// `prefix/<modality>` of each value of a modality map.
+fn per_modality(out: &mut Scalars, prefix: &str, map: &BTreeMap<String, f64>) {
+    out.extend(map.iter().map(|(m, v)| (format!("{prefix}/{m}"), *v)));
+}
+
+/// `prefix_wt`, `_tc`, `_et` and `_mean` of region scores.
+fn regions(out: &mut Scalars, prefix: &str, r: &RegionScores) {
+    for (name, v) in [("wt", r.wt), ("tc", r.tc), ("et", r.et), ("mean", r.mean)] {
+        out.push((format!("{prefix}_{name}"), v));
+    }
+}
+
+/// A `step` event's scalars into `out`; its time and step (None for another event).
+fn step_scalars(event: &Event, out: &mut Scalars) -> Option<(f64, i64)> {
+    let Event::Step {
+        time,
+        step,
+        loss,
+        task_loss,
+        gm_loss,
+        lr,
+        balance,
+        cosine,
+        modality_metric,
+        step_seconds,
+        baseline_coefficients,
+        ..
+    } = event
+    else {
+        return None;
+    };
+    out.extend([
+        ("loss".to_string(), *loss),
+        ("task_loss".into(), *task_loss),
+        ("gm_loss".into(), *gm_loss),
+        ("lr".into(), *lr),
+        ("step_seconds".into(), *step_seconds),
+    ]);
+    per_modality(out, "balance", balance);
+    per_modality(out, "cosine", cosine);
+    per_modality(out, "modality_metric", modality_metric);
+    per_modality(out, "baseline_coefficient", baseline_coefficients);
+    Some((*time, *step as i64))
+}
+
+/// A `validation` event's scalars (`val/...`) into `out`; its time and the epochs done.
+fn validation_scalars(event: &Event, out: &mut Scalars) -> Option<(f64, i64)> {
+    let Event::Validation {
+        time,
+        epoch,
+        train_loss,
+        hd95,
+        metrics,
+        modality_metrics,
+        ..
+    } = event
+    else {
+        return None;
+    };
+    out.push(("val/train_loss".into(), *train_loss));
+    out.extend(metrics.iter().map(|(k, v)| (format!("val/{k}"), *v)));
+    if metrics.contains_key("dice_mean") {
+        regions(out, "val/hd95", hd95);
+    }
+    for (modality, metrics) in modality_metrics {
+        out.extend(
+            metrics
+                .iter()
+                .map(|(k, v)| (format!("val/{modality}/{k}"), *v)),
+        );
+    }
+    Some((*time, *epoch as i64 + 1))
+}
+
+/// A `finished` event's scalars (best and test) into `out`; its time and `epochs_done`.
+fn finished_scalars(event: &Event, epochs_done: i64, out: &mut Scalars) -> Option<(f64, i64)> {
+    let Event::Finished {
+        time,
+        best_epoch,
+        best_val_dice,
+        test_modality_dice,
+        test_metrics,
+        ..
+    } = event
+    else {
+        return None;
+    };
+    out.push(("best_epoch".into(), *best_epoch as f64));
+    if test_metrics.contains_key("dice_mean") || test_metrics.is_empty() {
+        regions(out, "best_val/dice", best_val_dice);
+    }
+    out.extend(test_metrics.iter().map(|(k, v)| (format!("test/{k}"), *v)));
+    for (modality, dice) in test_modality_dice {
+        regions(out, &format!("test/{modality}/dice"), dice);
+    }
+    Some((*time, epochs_done))
 }
 
 /// The params of `run_started`: the configuration flattened (`optimizer.lr`), then the run's

@@ -7,7 +7,6 @@ mod commands;
 mod export_command;
 mod loader_bench;
 mod run_commands;
-mod utilisation;
 
 use clap::Parser;
 

@@ -1,7 +1,7 @@
-//! Shared build script: makes every binary, test and bench of the package find libtorch at run
-//! time without `LD_LIBRARY_PATH`. torch-sys (`links = "tch"`) publishes the library folder it
+//! Makes every binary, test and bench of the package find libtorch at run time without
+//! `LD_LIBRARY_PATH`. torch-sys (`links = "tch"`) publishes the library folder it
 //! linked against as `DEP_TCH_LIBTORCH_LIB` to packages that depend on it directly.
-fn main() {
+pub fn emit() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         return;

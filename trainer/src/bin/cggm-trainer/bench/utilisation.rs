@@ -5,6 +5,7 @@
 //!   units per core; bf16 doubles the lanes where the CPU has AVX512-BF16.
 //! - CUDA: the device's published dense peak per precision (a table of the devices we know).
 
+use super::report::{PerMethod, Sides};
 use serde::Serialize;
 
 /// A machine's peak rate in one precision, and how it was obtained.
@@ -163,73 +164,161 @@ pub fn peak(device: tch::Device, precision: &str) -> Option<Peak> {
 /// The `utilisation` block of `cggm bench train --against-torch`: the FLOPs per step that the
 /// PyTorch reference counted (`flops` in its output; the same architecture, whose parameter
 /// counts the bench checks against ours), each side's peak, and the MFU of both implementations
-/// from their seconds per step ((ours joint, ours cggm), (torch joint, torch cggm)). Each side is
-/// measured against the peak of the precision it ran in (`ours` and `torch`: on a CPU ours may
-/// run bf16 while the reference stays fp32). None when the reference counted nothing or a peak is
-/// unknown. Printed to stderr as well.
+/// from their seconds per step. Each side is measured against the peak of the precision it ran in
+/// (`ours` and `torch`: on a CPU ours may run bf16 while the reference stays fp32).
+#[derive(Serialize)]
+pub struct TrainUtilisation {
+    peak: Sides<Peak>,
+    gemm_flops_per_second: Sides<f64>,
+    of_gemm_rate: Sides<PerMethod>,
+    flops_per_step: PerMethod,
+    flops_by_op: PerMethod<serde_json::Value>,
+    achieved_flops_per_second: Sides<PerMethod>,
+    mfu: Sides<PerMethod>,
+    top_forward_layers: serde_json::Value,
+}
+
+/// `TrainUtilisation` from the reference's last round `torch` and both sides' seconds per step
+/// (`ours`, `theirs`) in their precisions (ours, torch). None when the reference counted nothing
+/// or a peak is unknown. Printed to stderr as well.
 pub fn train_report(
     torch: &serde_json::Map<String, serde_json::Value>,
-    ours: (f64, f64),
-    theirs: (f64, f64),
+    ours: PerMethod,
+    theirs: PerMethod,
     device: tch::Device,
     precision: (&str, &str),
-) -> Option<serde_json::Value> {
-    let (ours_peak, torch_peak) = (peak(device, precision.0)?, peak(device, precision.1)?);
-    let gemm = (
-        gemm_rate(device, precision.0),
-        gemm_rate(device, precision.1),
-    );
+) -> Option<TrainUtilisation> {
+    let peak = Sides {
+        ours: peak(device, precision.0)?,
+        torch: peak(device, precision.1)?,
+    };
+    let gemm = Sides {
+        ours: gemm_rate(device, precision.0),
+        torch: gemm_rate(device, precision.1),
+    };
     let counted = torch.get("flops")?;
-    let flops = |m: &str| counted[m]["total"].as_f64().filter(|f| *f > 0.0);
-    let (fj, fc) = (flops("joint")?, flops("cggm")?);
-    let value = serde_json::json!({
-        "peak": {"ours": ours_peak, "torch": torch_peak},
-        "gemm_flops_per_second": {"ours": gemm.0, "torch": gemm.1},
-        "of_gemm_rate": {
-            "ours": {"joint": fj / ours.0 / gemm.0, "cggm": fc / ours.1 / gemm.0},
-            "torch": {"joint": fj / theirs.0 / gemm.1, "cggm": fc / theirs.1 / gemm.1},
+    let total = |m: &str| counted[m]["total"].as_f64().filter(|f| *f > 0.0);
+    let flops = PerMethod {
+        joint: total("joint")?,
+        cggm: total("cggm")?,
+    };
+    // Per method: `f(flops, seconds)` of each side.
+    let each = |f: &dyn Fn(f64, f64, &Peak, f64) -> f64| Sides {
+        ours: PerMethod {
+            joint: f(flops.joint, ours.joint, &peak.ours, gemm.ours),
+            cggm: f(flops.cggm, ours.cggm, &peak.ours, gemm.ours),
         },
-        "flops_per_step": {"joint": fj, "cggm": fc},
-        "flops_by_op": {"joint": counted["joint"]["by_op"], "cggm": counted["cggm"]["by_op"]},
-        "achieved_flops_per_second": {
-            "ours": {"joint": fj / ours.0, "cggm": fc / ours.1},
-            "torch": {"joint": fj / theirs.0, "cggm": fc / theirs.1},
+        torch: PerMethod {
+            joint: f(flops.joint, theirs.joint, &peak.torch, gemm.torch),
+            cggm: f(flops.cggm, theirs.cggm, &peak.torch, gemm.torch),
         },
-        "mfu": {
-            "ours": {"joint": mfu(fj, ours.0, &ours_peak), "cggm": mfu(fc, ours.1, &ours_peak)},
-            "torch": {
-                "joint": mfu(fj, theirs.0, &torch_peak),
-                "cggm": mfu(fc, theirs.1, &torch_peak),
-            },
+    };
+    let report = TrainUtilisation {
+        of_gemm_rate: each(&|f, s, _, g| f / s / g),
+        achieved_flops_per_second: each(&|f, s, _, _| f / s),
+        mfu: each(&|f, s, p, _| mfu(f, s, p)),
+        flops_by_op: PerMethod {
+            joint: counted["joint"]["by_op"].clone(),
+            cggm: counted["cggm"]["by_op"].clone(),
         },
-        "top_forward_layers": counted["joint"]["top_forward_layers"],
-    });
-    for (who, p, g) in [("ours", &ours_peak, gemm.0), ("torch", &torch_peak, gemm.1)] {
+        top_forward_layers: counted["joint"]["top_forward_layers"].clone(),
+        peak,
+        gemm_flops_per_second: gemm,
+        flops_per_step: flops,
+    };
+    report.print();
+    Some(report)
+}
+
+impl TrainUtilisation {
+    /// Each side's peak and both methods' MFU, on stderr.
+    fn print(&self) {
+        for (who, p, g) in [
+            ("ours", &self.peak.ours, self.gemm_flops_per_second.ours),
+            ("torch", &self.peak.torch, self.gemm_flops_per_second.torch),
+        ] {
+            eprintln!(
+                "peak for {who}: {:.1} GFLOP/s {} ({}); a {} matrix product measures {:.1} GFLOP/s",
+                p.flops_per_second / 1e9,
+                p.precision,
+                p.derivation,
+                p.precision,
+                g / 1e9
+            );
+        }
+        let (f, mfu, rate) = (
+            &self.flops_per_step,
+            &self.mfu,
+            &self.achieved_flops_per_second,
+        );
         eprintln!(
-            "peak for {who}: {:.1} GFLOP/s {} ({}); a {} matrix product measures {:.1} GFLOP/s",
-            p.flops_per_second / 1e9,
-            p.precision,
-            p.derivation,
-            p.precision,
-            g / 1e9
+            "MFU: joint {:.2} GFLOP/step, ours {:.1} % ({:.1} GFLOP/s) / torch {:.1} % ({:.1} \
+             GFLOP/s); cggm {:.2} GFLOP/step, ours {:.1} % ({:.1} GFLOP/s) / torch {:.1} % ({:.1} \
+             GFLOP/s)",
+            f.joint / 1e9,
+            100.0 * mfu.ours.joint,
+            rate.ours.joint / 1e9,
+            100.0 * mfu.torch.joint,
+            rate.torch.joint / 1e9,
+            f.cggm / 1e9,
+            100.0 * mfu.ours.cggm,
+            rate.ours.cggm / 1e9,
+            100.0 * mfu.torch.cggm,
+            rate.torch.cggm / 1e9,
         );
     }
+}
+
+/// The `utilisation` block of `cggm bench infer --flops`.
+#[derive(Serialize)]
+pub struct InferUtilisation {
+    brain_slices: usize,
+    forward_flops_per_slice: f64,
+    flops_per_case: f64,
+    achieved_flops_per_second: f64,
+    peak: Peak,
+    mfu: f64,
+    gemm_flops_per_second: f64,
+    of_gemm_rate: f64,
+}
+
+/// `InferUtilisation` of a case of `brain_slices` slices of `per_slice` FLOPs each predicted in
+/// `seconds` in `precision`; printed to stderr as well.
+pub fn infer_report(
+    per_slice: f64,
+    brain_slices: usize,
+    seconds: f64,
+    device: tch::Device,
+    precision: &str,
+) -> anyhow::Result<InferUtilisation> {
+    let flops = per_slice * brain_slices as f64;
+    let peak = peak(device, precision)
+        .ok_or_else(|| anyhow::anyhow!("--flops: this machine's peak is unknown"))?;
+    let gemm = gemm_rate(device, precision);
+    let mfu = mfu(flops, seconds, &peak);
     eprintln!(
-        "MFU: joint {:.2} GFLOP/step, ours {:.1} % ({:.1} GFLOP/s) / torch {:.1} % ({:.1} \
-         GFLOP/s); cggm {:.2} GFLOP/step, ours {:.1} % ({:.1} GFLOP/s) / torch {:.1} % ({:.1} \
-         GFLOP/s)",
-        fj / 1e9,
-        100.0 * mfu(fj, ours.0, &ours_peak),
-        fj / ours.0 / 1e9,
-        100.0 * mfu(fj, theirs.0, &torch_peak),
-        fj / theirs.0 / 1e9,
-        fc / 1e9,
-        100.0 * mfu(fc, ours.1, &ours_peak),
-        fc / ours.1 / 1e9,
-        100.0 * mfu(fc, theirs.1, &torch_peak),
-        fc / theirs.1 / 1e9,
+        "inference: {brain_slices} brain slices x {:.2} GFLOP = {:.1} GFLOP per case in {seconds:.3} \
+         s: {:.1} GFLOP/s, MFU {:.1} % of {:.1} GFLOP/s {} ({}); a {precision} matrix product \
+         measures {:.1} GFLOP/s",
+        per_slice / 1e9,
+        flops / 1e9,
+        flops / seconds / 1e9,
+        100.0 * mfu,
+        peak.flops_per_second / 1e9,
+        peak.precision,
+        peak.derivation,
+        gemm / 1e9
     );
-    Some(value)
+    Ok(InferUtilisation {
+        brain_slices,
+        forward_flops_per_slice: per_slice,
+        flops_per_case: flops,
+        achieved_flops_per_second: flops / seconds,
+        peak,
+        mfu,
+        gemm_flops_per_second: gemm,
+        of_gemm_rate: flops / seconds / gemm,
+    })
 }
 
 #[cfg(test)]
