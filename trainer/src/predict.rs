@@ -598,33 +598,38 @@ mod tests {
 
     #[test]
     fn folded_network_computes_the_eval_mode_forward_of_model_and_classifiers() {
-        let (_vs, model, cls) = tiny_model(3);
+        let (_vs, mut model, cls) = tiny_model(3);
         let xs = Tensor::randn([3, 4, 48, 32], (Kind::Float, Device::Cpu));
+        // The reference: the separate encoders' eval-mode forward.
+        model.grouped_encoders = false;
         let (out, all) = tch::no_grad(|| {
             let out = model.forward_t(&xs, false);
             let all = cls.forward_t(&out, (48, 32), false);
             (out, all)
         });
-        let folded =
-            tch::no_grad(|| FoldedSegmenter::new(&model, Some(&cls), Kind::Float).forward(&xs));
         let scale = out.logits.abs().max().double_value(&[]);
-        let diff = (&folded.logits - &out.logits).abs().max().double_value(&[]);
         assert!(
             scale > 0.1,
             "logits are not degenerate: max |logit| {scale}"
         );
-        assert!(
-            diff <= 1e-5 * scale.max(1.0),
-            "folded logits differ by {diff} (scale {scale})"
-        );
-        for i in 0..4 {
-            let theirs = cls.logits_of(&all, i);
-            let ours = folded.classifier(i).expect("classifiers folded");
-            let diff = (&ours - &theirs).abs().max().double_value(&[]);
+        for grouped in [false, true] {
+            model.grouped_encoders = grouped;
+            let folded =
+                tch::no_grad(|| FoldedSegmenter::new(&model, Some(&cls), Kind::Float).forward(&xs));
+            let diff = (&folded.logits - &out.logits).abs().max().double_value(&[]);
             assert!(
                 diff <= 1e-5 * scale.max(1.0),
-                "classifier {i} differs by {diff}"
+                "folded logits (grouped {grouped}) differ by {diff} (scale {scale})"
             );
+            for i in 0..4 {
+                let theirs = cls.logits_of(&all, i);
+                let ours = folded.classifier(i).expect("classifiers folded");
+                let diff = (&ours - &theirs).abs().max().double_value(&[]);
+                assert!(
+                    diff <= 1e-5 * scale.max(1.0),
+                    "classifier {i} (grouped {grouped}) differs by {diff}"
+                );
+            }
         }
     }
 

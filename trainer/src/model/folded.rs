@@ -99,7 +99,9 @@ fn fold_decoder(d: &Decoder, kind: Kind) -> FoldedDecoder {
 }
 
 impl FoldedSegmenter {
-    /// Folds `model` (and `classifiers`, if given) into `kind` (Float, BFloat16 or Half).
+    /// Folds `model` (and `classifiers`, if given) into `kind` (Float, BFloat16 or Half). The
+    /// encoders stay separate even where training groups them (`grouped.rs`): one grouped
+    /// bf16 channels-last encoder measured 1.2-1.4x slower per case on the CPU.
     pub fn new(
         model: &MultimodalSegmenter,
         classifiers: Option<&ModalityClassifiers>,

@@ -8,6 +8,7 @@ pub mod decoder;
 pub mod encoder;
 pub mod features;
 pub mod folded;
+mod grouped;
 pub mod network;
 pub mod resnet;
 pub mod transformer;
@@ -39,6 +40,8 @@ pub struct MultimodalSegmenter {
     pub head: Decoder,
     /// The modality of each encoder, in order (encoder i is optimiser group i + 1).
     pub modality_names: Vec<String>,
+    /// Run the encoders as one grouped network (`grouped.rs`): same function, fewer calls.
+    pub grouped_encoders: bool,
 }
 
 impl MultimodalSegmenter {
@@ -53,36 +56,23 @@ impl MultimodalSegmenter {
             encoders.push(Encoder::new(&ep, &cfg.backbone, cfg.aspp_channels));
         }
         let head = Decoder::new(&(p / "fusion"), &fusion_spec(cfg, modality_names.len()));
+        let on_cpu = p.device() == tch::Device::Cpu;
         Self {
             encoders,
             head,
             modality_names: modality_names.iter().map(|m| m.to_string()).collect(),
+            grouped_encoders: cfg.encoders.grouped(&cfg.backbone, on_cpu),
         }
     }
 
     /// xs: [B, M, H, W] (channel i is modality i) -> logits [B, classes, H, W]
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> ModelOutput {
         let (h, w) = (xs.size()[2], xs.size()[3]);
-        let features: Vec<EncoderFeatures> = self
-            .encoders
-            .iter()
-            .enumerate()
-            .map(|(i, enc)| enc.forward_t(&xs.narrow(1, i as i64, 1), train))
-            .collect();
-        let high = Tensor::cat(
-            &features
-                .iter()
-                .map(|f| f.high.shallow_clone())
-                .collect::<Vec<_>>(),
-            1,
-        );
-        let low = Tensor::cat(
-            &features
-                .iter()
-                .map(|f| f.low.shallow_clone())
-                .collect::<Vec<_>>(),
-            1,
-        );
+        let (features, high, low) = if self.grouped_encoders {
+            self.encode_grouped(xs, train)
+        } else {
+            self.encode_separately(xs, train)
+        };
         let logits = self.head.forward_t(&high, &low, (h, w), train);
         ModelOutput {
             logits,
@@ -90,6 +80,39 @@ impl MultimodalSegmenter {
             high,
             low,
         }
+    }
+
+    fn encode_separately(
+        &self,
+        xs: &Tensor,
+        train: bool,
+    ) -> (Vec<EncoderFeatures>, Tensor, Tensor) {
+        let features: Vec<EncoderFeatures> = self
+            .encoders
+            .iter()
+            .enumerate()
+            .map(|(i, enc)| enc.forward_t(&xs.narrow(1, i as i64, 1), train))
+            .collect();
+        let side_by_side = |part: fn(&EncoderFeatures) -> &Tensor| {
+            Tensor::cat(&features.iter().map(part).collect::<Vec<_>>(), 1)
+        };
+        let high = side_by_side(|f| &f.high);
+        let low = side_by_side(|f| &f.low);
+        (features, high, low)
+    }
+
+    /// The same features from one grouped network; each encoder's are views of the whole.
+    fn encode_grouped(&self, xs: &Tensor, train: bool) -> (Vec<EncoderFeatures>, Tensor, Tensor) {
+        let (high, low) = grouped::forward(&self.encoders, xs, train);
+        let m = self.encoders.len() as i64;
+        let (ch, cl) = (high.size()[1] / m, low.size()[1] / m);
+        let features = (0..m)
+            .map(|i| EncoderFeatures {
+                high: high.narrow(1, i * ch, ch),
+                low: low.narrow(1, i * cl, cl),
+            })
+            .collect();
+        (features, high, low)
     }
 
     /// Weight of the head's last layer (the 1x1 conv to class logits): where g_F is taken.

@@ -136,6 +136,67 @@ impl FoldedConv {
     }
 }
 
+impl ConvBn {
+    /// `set` (one ConvBn per encoder, equal shapes) as one convolution with `set.len()` groups
+    /// and one batch norm over the concatenated channels: xs [B, n * cin, h, w] -> [B, n * cout,
+    /// h', w'], group i being `set[i]` applied to input group i. The weights are concatenated
+    /// in the graph, so each layer's gradient reaches its own parameters; in training the
+    /// updated running statistics are copied back to each layer.
+    pub(crate) fn forward_grouped(set: &[&ConvBn], xs: &Tensor, train: bool) -> Tensor {
+        let g = set[0].geometry;
+        let groups = set.len() as i64 * g.groups;
+        let ws = Tensor::cat(&set.iter().map(|c| &c.conv.ws).collect::<Vec<_>>(), 0);
+        let ys = xs.conv2d(
+            &ws,
+            None::<Tensor>,
+            [g.stride, g.stride],
+            [g.padding, g.padding],
+            [g.dilation, g.dilation],
+            groups,
+        );
+        let cat_of = |part: fn(&nn::BatchNorm) -> Option<&Tensor>| -> Option<Tensor> {
+            let parts: Option<Vec<&Tensor>> = set.iter().map(|c| part(&c.bn)).collect();
+            parts.map(|parts| Tensor::cat(&parts, 0))
+        };
+        let gamma = cat_of(|bn| bn.ws.as_ref());
+        let beta = cat_of(|bn| bn.bs.as_ref());
+        let mean = cat_of(|bn| Some(&bn.running_mean)).expect("batch norm has running stats");
+        let var = cat_of(|bn| Some(&bn.running_var)).expect("batch norm has running stats");
+        let config = nn::BatchNormConfig::default();
+        let out = ys.batch_norm(
+            gamma.as_ref(),
+            beta.as_ref(),
+            Some(&mean),
+            Some(&var),
+            train,
+            config.momentum,
+            config.eps,
+            config.cudnn_enabled,
+        );
+        if train {
+            copy_back_running_stats(set, &mean, &var);
+        }
+        out
+    }
+}
+
+/// batch_norm updated the concatenated running statistics in place: give each layer its part.
+fn copy_back_running_stats(set: &[&ConvBn], mean: &Tensor, var: &Tensor) {
+    tch::no_grad(|| {
+        let mut start = 0;
+        for c in set {
+            let n = c.bn.running_mean.size()[0];
+            c.bn.running_mean
+                .shallow_clone()
+                .copy_(&mean.narrow(0, start, n));
+            c.bn.running_var
+                .shallow_clone()
+                .copy_(&var.narrow(0, start, n));
+            start += n;
+        }
+    });
+}
+
 impl ModuleT for ConvBn {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         xs.apply(&self.conv).apply_t(&self.bn, train)

@@ -47,6 +47,10 @@ pub struct InferBenchArgs {
     /// The Python with torch for --flops (default: $CGGM_PYTHON, else python3).
     #[arg(long)]
     pub python: Option<PathBuf>,
+    /// How the encoders of the preset's fresh model run: auto, grouped or separate (a --run
+    /// keeps its own configuration).
+    #[arg(long, default_value = "auto")]
+    pub encoders: String,
 }
 
 pub fn bench_infer(args: InferBenchArgs) -> Result<()> {
@@ -56,7 +60,8 @@ pub fn bench_infer(args: InferBenchArgs) -> Result<()> {
     let model = match &args.run {
         Some(run) => Model::open_segmentation(run, Some(&args.device))?,
         None => {
-            let cfg = TrainConfig::preset(&args.preset).map_err(anyhow::Error::msg)?;
+            let mut cfg = TrainConfig::preset(&args.preset).map_err(anyhow::Error::msg)?;
+            cfg.model.encoders = super::encoder_layout(&args.encoders)?;
             Model::segmentation(cfg, device)
         }
     };

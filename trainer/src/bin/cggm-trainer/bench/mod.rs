@@ -14,6 +14,7 @@ mod utilisation;
 
 use crate::loader_bench::{bench_loader, LoaderBenchArgs};
 use anyhow::Result;
+use cggm_core::model_config::EncoderLayout;
 use tch::Device;
 
 #[derive(Debug, clap::Subcommand)]
@@ -97,4 +98,10 @@ pub(super) fn median(values: &[f64]) -> f64 {
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
+}
+
+/// `--encoders auto|grouped|separate` of `bench train` and `bench infer`.
+fn encoder_layout(text: &str) -> Result<EncoderLayout> {
+    serde_json::from_value(serde_json::json!(text))
+        .map_err(|_| anyhow::anyhow!("--encoders {text}: use auto, grouped or separate"))
 }

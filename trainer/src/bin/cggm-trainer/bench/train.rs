@@ -61,6 +61,10 @@ pub struct TrainBenchArgs {
     /// Skip measuring each method's peak memory alone in a child process.
     #[arg(long)]
     pub no_memory: bool,
+    /// How the segmentation encoders run: auto (grouped where measured faster), grouped or
+    /// separate (core/src/model_config.rs `EncoderLayout`).
+    #[arg(long, default_value = "auto")]
+    pub encoders: String,
     /// Internal: build only this method's trainer, take a few steps and print its peak memory
     /// (the parent runs one such child per method; timing keeps every trainer in one process).
     #[arg(long, hide = true)]
@@ -148,6 +152,7 @@ fn base_config(
     if let Some(c) = args.crop {
         base.sampler.crop = c;
     }
+    base.model.encoders = super::encoder_layout(&args.encoders)?;
     set_precision(&mut base, &args.precision, device)?;
     Ok(base)
 }
@@ -225,6 +230,7 @@ fn time_variants(
 struct TrainReport {
     bench: &'static str,
     preset: String,
+    encoders: String,
     task: TaskKind,
     batch_size: usize,
     crop: Option<usize>,
@@ -287,6 +293,7 @@ impl TrainReport {
         Self {
             bench: "train-step",
             preset: args.preset.clone(),
+            encoders: args.encoders.clone(),
             task: base.task,
             batch_size: base.sampler.batch_size,
             crop: spec.is_none().then_some(base.sampler.crop),
@@ -608,7 +615,8 @@ fn measure_alone(args: &TrainBenchArgs, method: &str) -> Result<Memory> {
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
     cmd.args(["bench", "train", "--preset", &args.preset])
         .args(["--methods", &args.methods, "--memory-of", method])
-        .args(["--device", &args.device, "--precision", &args.precision]);
+        .args(["--device", &args.device, "--precision", &args.precision])
+        .args(["--encoders", &args.encoders]);
     if let Some(b) = args.batch_size {
         cmd.args(["--batch-size", &b.to_string()]);
     }
