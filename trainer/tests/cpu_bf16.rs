@@ -106,3 +106,69 @@ fn bf16_training_on_the_cpu_tracks_fp32_from_the_same_initialisation() {
         );
     }
 }
+
+#[test]
+fn the_cpu_training_precision_is_read_once_when_the_trainer_is_built() {
+    let _rng = exclusive();
+    std::env::set_var(CPU_TRAINING_PRECISION, "bf16");
+    let mut cfg = config(Method::Joint);
+    cfg.mixed_precision = true;
+    cfg.amp_dtype = AmpDtype::Bf16;
+    let trainer = Trainer::segmentation(cfg, Device::Cpu, 10);
+    std::env::remove_var(CPU_TRAINING_PRECISION);
+    // The environment changing later does not switch a built trainer's forward passes.
+    assert_eq!(trainer.amp(), Some(AmpDtype::Bf16));
+}
+
+/// Best validation Dice (mean over WT/TC/ET) of a short cpu-small run, bf16 or fp32.
+fn short_run_validation_dice(data: &std::path::Path, seed: u64, bf16: bool) -> f64 {
+    use cggm_trainer::config::TrainConfig;
+
+    if bf16 {
+        std::env::set_var(CPU_TRAINING_PRECISION, "bf16");
+    } else {
+        std::env::remove_var(CPU_TRAINING_PRECISION);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = TrainConfig::preset("cpu-small").unwrap();
+    cfg.data = data.to_path_buf();
+    cfg.device = "cpu".into();
+    cfg.seed = seed;
+    cfg.epochs = 3;
+    cfg.steps_per_epoch = Some(20);
+    cfg.mixed_precision = true;
+    cfg.amp_dtype = AmpDtype::Bf16;
+    cfg.sampler.cache_dir = Some(tmp.path().join("cache"));
+    let (metrics, events_path) = train_run(cfg, tmp.path());
+    std::env::remove_var(CPU_TRAINING_PRECISION);
+    let started = std::fs::read_to_string(&events_path).unwrap();
+    assert_eq!(
+        started.contains("bf16 autocast"),
+        bf16,
+        "the run's device line says whether bf16 autocast ran"
+    );
+    metrics.best_val_dice.unwrap().mean
+}
+
+/// Issue 22: a short bf16 run reaches the fp32 run's validation Dice within noise, where noise is
+/// what changing the seed alone does to the same fp32 run.
+#[test]
+fn a_short_bf16_run_reaches_the_fp32_runs_validation_dice_within_seed_noise() {
+    let _rng = exclusive();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    synthetic_dataset(&data, 10, [64, 64, 40], 3, 1.0);
+    let fp32 = short_run_validation_dice(&data, 0, false);
+    let fp32_other_seed = short_run_validation_dice(&data, 1, false);
+    let bf16 = short_run_validation_dice(&data, 0, true);
+    let noise = (fp32 - fp32_other_seed).abs();
+    eprintln!(
+        "best validation mean Dice: fp32 {fp32:.4}, fp32 seed 1 {fp32_other_seed:.4}, bf16 {bf16:.4}"
+    );
+    // Both learned (an untrained model predicts no tumour: Dice 0).
+    assert!(fp32 > 0.3 && bf16 > 0.3, "fp32 {fp32}, bf16 {bf16}");
+    assert!(
+        (bf16 - fp32).abs() <= noise.max(0.05),
+        "bf16 {bf16:.4} vs fp32 {fp32:.4}: further apart than the seed-to-seed change {noise:.4} (or 0.05)"
+    );
+}
