@@ -1,23 +1,21 @@
-//! `--device auto|cpu|cuda:N`, and the per-process settings of the chosen device.
+//! `--device auto|cpu|cuda:N`, and the per-process settings of the chosen device. The grammar is
+//! core's ([`DeviceSpec`]); this maps a spec to a libtorch device on this machine.
 
-use cggm_core::device_spec::{check_cuda_index, unknown_device, DeviceError};
+use cggm_core::device_spec::{DeviceError, DeviceSpec};
 use tch::Device;
 
+/// The libtorch device `spec` names, checked against the CUDA devices libtorch sees here.
 pub fn parse_device(spec: &str) -> Result<Device, DeviceError> {
-    let spec = spec.trim().to_ascii_lowercase();
-    match spec.as_str() {
-        "auto" => Ok(Device::cuda_if_available()),
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => cuda(0),
-        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => cuda(n),
-            _ => Err(unknown_device(&spec)),
-        },
-    }
+    to_device(DeviceSpec::parse(spec)?)
 }
 
-fn cuda(n: usize) -> Result<Device, DeviceError> {
-    check_cuda_index(n, cuda_devices()).map(|()| Device::Cuda(n))
+/// `spec` on this machine: `auto` is the first CUDA device if there is one, else the CPU.
+pub fn to_device(spec: DeviceSpec) -> Result<Device, DeviceError> {
+    Ok(match spec.check_present(cuda_devices())? {
+        DeviceSpec::Auto => Device::cuda_if_available(),
+        DeviceSpec::Cpu => Device::Cpu,
+        DeviceSpec::Cuda(n) => Device::Cuda(n),
+    })
 }
 
 /// The CUDA devices libtorch sees (the vocabulary and the server's device checks take this count).
@@ -38,5 +36,28 @@ pub fn describe(device: Device) -> String {
 pub fn prepare(device: Device) {
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_map_to_libtorch_devices_with_the_cores_messages() {
+        assert_eq!(parse_device(" CPU ").unwrap(), Device::Cpu);
+        assert_eq!(parse_device("auto").unwrap(), Device::cuda_if_available());
+        assert_eq!(
+            parse_device("tpu").unwrap_err().to_string(),
+            "unknown device \"tpu\": use auto, cpu or cuda:N"
+        );
+        let beyond = cuda_devices() + 1;
+        let error = parse_device(&format!("cuda:{beyond}")).unwrap_err();
+        assert_eq!(
+            error,
+            DeviceSpec::Cuda(beyond)
+                .check_present(cuda_devices())
+                .unwrap_err()
+        );
     }
 }
