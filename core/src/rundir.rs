@@ -114,6 +114,16 @@ impl RunDir {
         self.weights(name).is_file()
     }
 
+    /// The checkpoint evaluation, inference, export, fine-tuning and a prediction's provenance
+    /// read: `best`, else `last` (a run still in its first validation period), else None (no
+    /// checkpoint yet). A checkpoint counts once its state file is on disk: it is written last,
+    /// after the weights it names.
+    pub fn best_or_last(&self) -> Option<CheckpointName> {
+        CheckpointName::ALL
+            .into_iter()
+            .find(|name| self.checkpoint_state(*name).is_file())
+    }
+
     /// The run's `metrics.json` as JSON, if it has been written and parses.
     pub fn read_metrics(&self) -> Option<serde_json::Value> {
         let text = std::fs::read_to_string(self.metrics()).ok()?;
@@ -172,6 +182,23 @@ mod tests {
             run.test_prediction("BraTS2021_00001"),
             Path::new("/runs/job-3/test-predictions/BraTS2021_00001_seg.nii.gz")
         );
+    }
+
+    #[test]
+    fn best_is_chosen_before_last_once_its_state_file_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        assert_eq!(run.best_or_last(), None);
+        std::fs::create_dir_all(run.checkpoints()).unwrap();
+        std::fs::write(run.weights(CheckpointName::Last), "w").unwrap();
+        assert_eq!(run.best_or_last(), None, "weights without their state file");
+        std::fs::write(run.checkpoint_state(CheckpointName::Last), "{}").unwrap();
+        assert_eq!(run.best_or_last(), Some(CheckpointName::Last));
+        // A best checkpoint being saved: its weights are in place, its state file is not yet.
+        std::fs::write(run.weights(CheckpointName::Best), "w").unwrap();
+        assert_eq!(run.best_or_last(), Some(CheckpointName::Last));
+        std::fs::write(run.checkpoint_state(CheckpointName::Best), "{}").unwrap();
+        assert_eq!(run.best_or_last(), Some(CheckpointName::Best));
     }
 
     #[test]

@@ -5,17 +5,15 @@
 //! run shows its new name.
 
 use crate::db::{self, Job};
-use cggm_core::rundir::{CheckpointName, RunDir};
+use cggm_core::rundir::RunDir;
 use serde::Serialize;
 use sqlx::SqlitePool;
 
-/// The checkpoint a prediction of `run` uses, as `cggm infer` picks it
-/// (`trainer/src/checkpoint.rs`, `best_or_last`): `best`, else `last`; with the epochs completed
-/// and the global step when it was saved, where its state file says so.
+/// The checkpoint a prediction of `run` uses, by the rule `cggm infer` applies
+/// ([`RunDir::best_or_last`]: `best`, else `last`); with the epochs completed and the global step
+/// when it was saved, where its state file says so.
 pub fn chosen_checkpoint(run: &RunDir) -> Option<ChosenCheckpoint> {
-    let name = CheckpointName::ALL
-        .into_iter()
-        .find(|name| run.has_weights(*name))?;
+    let name = run.best_or_last()?;
     let state: serde_json::Value = std::fs::read_to_string(run.checkpoint_state(name))
         .ok()
         .and_then(|text| serde_json::from_str(&text).ok())
@@ -164,6 +162,7 @@ impl PredictionSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cggm_core::rundir::CheckpointName;
 
     fn job(id: i64, params: serde_json::Value) -> Job {
         Job {
@@ -190,8 +189,12 @@ mod tests {
         assert_eq!(chosen_checkpoint(&run), None);
         std::fs::create_dir_all(run.checkpoints()).unwrap();
         std::fs::write(run.weights(CheckpointName::Last), "w").unwrap();
+        std::fs::write(run.checkpoint_state(CheckpointName::Last), "{}").unwrap();
         assert_eq!(chosen_checkpoint(&run).unwrap().name, "last");
+        // Best's weights are in place but its state file is not written yet: `cggm infer` would
+        // still load last, and so the prediction names last.
         std::fs::write(run.weights(CheckpointName::Best), "w").unwrap();
+        assert_eq!(chosen_checkpoint(&run).unwrap().name, "last");
         std::fs::write(
             run.checkpoint_state(CheckpointName::Best),
             r#"{"epoch": 3, "global_step": 120}"#,

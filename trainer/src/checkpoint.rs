@@ -21,7 +21,7 @@ use crate::device::parse_device;
 use crate::events::RegionScores;
 use crate::model::network::MultimodalNetwork;
 use crate::model::Model;
-use crate::rundir::RunDir;
+use crate::rundir::{CheckpointName, RunDir};
 use crate::step::Trainer;
 use crate::task::metrics::FeatureEvalReport;
 use crate::task::TaskKind;
@@ -123,14 +123,12 @@ pub fn load_best_or_last<N: MultimodalNetwork>(
     load_weights(run_dir, best_or_last(run_dir).unwrap_or("last"), model)
 }
 
-/// The checkpoint evaluation and fine-tuning read: `best`, else `last` (a run still in its first
-/// validation period), else None (no checkpoint yet).
+/// The checkpoint evaluation and fine-tuning read: core's rule, [`RunDir::best_or_last`] (the
+/// server's provenance of a prediction applies the same one).
 pub fn best_or_last(run_dir: &Path) -> Option<&'static str> {
-    ["best", "last"].into_iter().find(|name| {
-        checkpoint_dir(run_dir)
-            .join(format!("{name}.json"))
-            .exists()
-    })
+    RunDir::new(run_dir)
+        .best_or_last()
+        .map(CheckpointName::as_str)
 }
 
 /// Saves an epoch's checkpoints: `best` (weights only) when these are the best weights so far,

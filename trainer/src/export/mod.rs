@@ -69,12 +69,10 @@ pub const METADATA_PREFIX: &str = "cggm.";
 
 /// The checkpoint `load_best_or_last` picks, or a clear error when the run has none yet.
 fn checkpoint_name(run_dir: &Path) -> Result<&'static str> {
-    let dir = checkpoint_dir(run_dir);
-    for name in ["best", "last"] {
-        if dir.join(format!("{name}.json")).is_file() {
-            return Ok(name);
-        }
+    if let Some(name) = checkpoint::best_or_last(run_dir) {
+        return Ok(name);
     }
+    let dir = checkpoint_dir(run_dir);
     bail!(
         "{} has no checkpoint yet (neither {} nor {}): train it (or let its first epoch finish) before exporting",
         run_dir.display(),
