@@ -1,12 +1,13 @@
-//! The run configuration: one serialisable struct holding everything a run depends on, named
-//! presets, and the methods a run can use. Saved as `config.json` in the run directory.
+//! The run configuration: one serialisable struct holding everything a run depends on, and the
+//! methods a run can use. Saved as `config.json` in the run directory; the named presets that
+//! fill it are `crate::preset`'s table.
 
 use crate::balance::BalanceFormula;
-use crate::data::{Augmentation, Modality, SamplerConfig};
-use crate::device_spec::DeviceError;
-use crate::loss::{SegmentationLoss, SoftDice};
+use crate::data::{Modality, SamplerConfig};
+use crate::device_spec::{DeviceError, DeviceSpec};
+use crate::loss::SegmentationLoss;
 use crate::model_config::{FeatureModelConfig, ModelConfig, ModelConfigError};
-use crate::optim_config::{OptimizerConfig, OptimizerKind};
+use crate::optim_config::OptimizerConfig;
 use crate::task::TaskKind;
 use crate::unknown_name::UnknownName;
 use serde::{Deserialize, Serialize};
@@ -398,69 +399,6 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
-    pub const PRESETS: [&'static str; 7] = [
-        "paper",
-        "cpu-small",
-        "tiny",
-        "cpu-features",
-        "paper-mosi",
-        "paper-iemocap",
-        "paper-food101",
-    ];
-
-    /// The hardware preset `name` is made for, and one line on what it is, for the new-run form
-    /// (times measured on the development machine's 2 CPU cores, README "Performance").
-    pub fn preset_hardware(name: &str) -> (&'static str, &'static str) {
-        match name {
-            "paper" => (
-                "GPU",
-                "the paper's BraTS model, 4 x ResNet-101 at crop 160, batch 64: meant for a GPU \
-                 (on 2 CPU cores one step at batch 2, crop 64 takes 1.5-2.5 s)",
-            ),
-            "cpu-small" => (
-                "CPU",
-                "4 x ResNet-18 at 1/4 width, crop 64, batch 16: trains in minutes on 2 CPU cores \
-                 (0.15-0.3 s per step)",
-            ),
-            "tiny" => ("CPU", "a toy model for tests and demos: seconds"),
-            "cpu-features" => (
-                "CPU",
-                "small Transformers for feature datasets: minutes on a CPU",
-            ),
-            "paper-mosi" => (
-                "CPU",
-                "MulT at CMU-MOSI's shapes (the paper's setting), batch 64: ~1 s per step on 2 \
-                 CPU cores",
-            ),
-            "paper-iemocap" => (
-                "CPU",
-                "MulT at IEMOCAP's shapes (the paper's setting), batch 64: ~0.3 s per step on 2 \
-                 CPU cores",
-            ),
-            "paper-food101" => (
-                "CPU",
-                "Food-101's text and image features (the paper's setting), batch 128: ~0.05 s \
-                 per step on 2 CPU cores",
-            ),
-            _ => ("CPU", ""),
-        }
-    }
-
-    /// Seconds one training step of preset `name` at its own settings took on the development
-    /// machine's 2 CPU cores (README "Performance": the FLOPs per step over the achieved rate),
-    /// for the new-run form's duration estimate; `None` where no such measurement exists (the
-    /// GPU preset at batch 64, crop 160; `tiny`, whose runs last seconds).
-    pub fn preset_cpu_step_seconds(name: &str) -> Option<f64> {
-        match name {
-            "cpu-small" => Some(0.25),
-            "cpu-features" => Some(0.07),
-            "paper-mosi" => Some(1.0),
-            "paper-iemocap" => Some(0.35),
-            "paper-food101" => Some(0.05),
-            _ => None,
-        }
-    }
-
     /// Slices drawn from one training sample per epoch: `slices_per_case` of an MRI case, one
     /// feature sample.
     pub fn slices_per_sample(&self) -> usize {
@@ -478,234 +416,6 @@ impl TrainConfig {
         (train_samples * self.slices_per_sample())
             .div_ceil(self.sampler.batch_size.max(1))
             .max(1)
-    }
-
-    /// The tasks preset `name` trains: a segmentation preset segments; `cpu-features` trains
-    /// either feature task (the dataset decides); the paper's feature presets are those of their
-    /// benchmark (CMU-MOSI sentiment is a regression, IEMOCAP and Food-101 classifications).
-    pub fn preset_tasks(name: &str) -> &'static [TaskKind] {
-        match name {
-            "cpu-features" => &[TaskKind::Classification, TaskKind::Regression],
-            "paper-mosi" => &[TaskKind::Regression],
-            "paper-iemocap" | "paper-food101" => &[TaskKind::Classification],
-            _ => &[TaskKind::Segmentation],
-        }
-    }
-
-    /// This configuration trains `task` (a feature dataset's own), when its preset can; else the
-    /// reason, naming the presets that can.
-    pub fn train_task(&mut self, task: TaskKind) -> Result<(), ConfigError> {
-        if Self::preset_tasks(&self.preset).contains(&task) {
-            self.task = task;
-            return Ok(());
-        }
-        Err(ConfigError::PresetTask {
-            preset: self.preset.clone(),
-            trains: Self::preset_tasks(&self.preset),
-            task,
-            fitting: Self::PRESETS
-                .into_iter()
-                .filter(|p| Self::preset_tasks(p).contains(&task))
-                .collect(),
-        })
-    }
-
-    pub fn preset(name: &str) -> Result<Self, ConfigError> {
-        let base = Self {
-            preset: name.to_string(),
-            task: TaskKind::Segmentation,
-            method: Method::Cggm,
-            data: PathBuf::new(),
-            seed: 0,
-            device: "auto".into(),
-            epochs: 75,
-            steps_per_epoch: None,
-            slices_per_case: 16,
-            val_every: 1,
-            val_cases: None,
-            model: ModelConfig::paper(),
-            features: FeatureModelConfig::cpu(),
-            sampler: SamplerConfig {
-                batch_size: 64,
-                crop: 160,
-                random_crop: false,
-                ..SamplerConfig::default()
-            },
-            loss: SegmentationLoss::default(),
-            optimizer: OptimizerConfig::default(),
-            schedule: ScheduleConfig {
-                lr: 0.01,
-                min_lr: 0.001,
-                warmup_epochs: 10,
-                warmup_start_lr: 4e-4,
-                classifier_lr: 6e-3,
-                encoder_lr_scale: 1.0,
-            },
-            grad_clip: None,
-            mixed_precision: true,
-            amp_dtype: crate::precision::AmpDtype::Bf16,
-            cggm: CggmConfig::default(),
-            mrd_drop_prob: 0.25,
-            mslr_scales: default_mslr_scales(),
-            probes: true,
-            split: SplitConfig {
-                val_fraction: 0.15,
-                test_fraction: 0.15,
-                file: None,
-            },
-            eval_batch: 16,
-            baselines: Default::default(),
-            init_from: None,
-        };
-        match name {
-            // numbers (issue 8): the authors' protocol (zrguo/CGGM datasets/BratsDataset.py and
-            // src/eval_metrics.py): an epoch is one random tumour slice of every training case,
-            // their augmentation, their pooled soft Dice. README "The paper preset" lists what
-            // still differs.
-            "paper" => Ok(Self {
-                slices_per_case: 1,
-                sampler: SamplerConfig {
-                    tumour_fraction: 1.0,
-                    case_sweep: true,
-                    augmentation: Augmentation::Authors,
-                    ..base.sampler.clone()
-                },
-                loss: SegmentationLoss {
-                    dice: SoftDice::AuthorsPooled,
-                    ..SegmentationLoss::default()
-                },
-                ..base
-            }),
-            "cpu-small" => Ok(Self {
-                epochs: 12,
-                slices_per_case: 24,
-                model: ModelConfig::cpu_small(),
-                sampler: SamplerConfig {
-                    batch_size: 16,
-                    crop: 64,
-                    random_crop: true,
-                    ..base.sampler.clone()
-                },
-                optimizer: OptimizerConfig {
-                    kind: OptimizerKind::Adamw,
-                    weight_decay: 1e-4,
-                    ..OptimizerConfig::default()
-                },
-                schedule: ScheduleConfig {
-                    lr: 2e-3,
-                    min_lr: 1e-4,
-                    warmup_epochs: 1,
-                    warmup_start_lr: 2e-4,
-                    classifier_lr: 2e-3,
-                    encoder_lr_scale: 1.0,
-                },
-                eval_batch: 32,
-                ..base
-            }),
-            "tiny" => Ok(Self {
-                epochs: 1,
-                steps_per_epoch: Some(3),
-                model: ModelConfig::tiny(),
-                sampler: SamplerConfig {
-                    batch_size: 4,
-                    crop: 32,
-                    random_crop: true,
-                    workers: 1,
-                    prefetch: 2,
-                    ..base.sampler.clone()
-                },
-                optimizer: OptimizerConfig {
-                    kind: OptimizerKind::Adam,
-                    weight_decay: 0.0,
-                    ..OptimizerConfig::default()
-                },
-                schedule: ScheduleConfig {
-                    lr: 1e-3,
-                    min_lr: 1e-4,
-                    warmup_epochs: 0,
-                    warmup_start_lr: 1e-4,
-                    classifier_lr: 1e-3,
-                    encoder_lr_scale: 1.0,
-                },
-                eval_batch: 16,
-                ..base
-            }),
-            "cpu-features" | "paper-mosi" | "paper-iemocap" | "paper-food101" => {
-                Ok(Self::feature_preset(name, base))
-            }
-            other => {
-                Err(
-                    UnknownName::new("preset", other, format!("use {}", Self::PRESETS.join(", ")))
-                        .into(),
-                )
-            }
-        }
-    }
-
-    /// Feature-task presets: the CPU preset for the synthetic set (`cggm synth --task ...`), and
-    /// the paper's settings from Appendix B and the authors' run scripts (run/mosi_run.py,
-    /// run/iemo_run.py, run/food_run.py): Adam(W) at 1e-3, classifiers at 5e-4, gradient clipping
-    /// 0.8, rho 1.3, lambda 0.2 (Food-101: 0.05), batch 64 (Food-101: 128), 30 epochs (Food-101:
-    /// 60). They decay the learning rate on a validation plateau (x0.1 after 10 epochs); here the
-    /// rate stays constant (min_lr = lr), and the task kind comes from the dataset.
-    fn feature_preset(name: &str, base: Self) -> Self {
-        let (features, epochs, batch, kind, lambda) = match name {
-            "paper-mosi" => (FeatureModelConfig::mosi(), 30, 64, OptimizerKind::Adam, 0.2),
-            "paper-iemocap" => (
-                FeatureModelConfig::iemocap(),
-                30,
-                64,
-                OptimizerKind::Adam,
-                0.2,
-            ),
-            "paper-food101" => (
-                FeatureModelConfig::food101(),
-                60,
-                128,
-                OptimizerKind::Adamw,
-                0.05,
-            ),
-            _ => (FeatureModelConfig::cpu(), 12, 32, OptimizerKind::Adam, 0.2),
-        };
-        Self {
-            // The first task the preset trains; a run on a dataset takes the dataset's own
-            // (`train_task`).
-            task: Self::preset_tasks(name)[0],
-            epochs,
-            steps_per_epoch: None,
-            features,
-            sampler: SamplerConfig {
-                batch_size: batch,
-                ..base.sampler.clone()
-            },
-            optimizer: OptimizerConfig {
-                kind,
-                weight_decay: if kind == OptimizerKind::Adamw {
-                    1e-2
-                } else {
-                    0.0
-                },
-                ..OptimizerConfig::default()
-            },
-            schedule: ScheduleConfig {
-                lr: 1e-3,
-                min_lr: 1e-3,
-                warmup_epochs: 0,
-                warmup_start_lr: 1e-3,
-                classifier_lr: 5e-4,
-                encoder_lr_scale: 1.0,
-            },
-            grad_clip: Some(0.8),
-            cggm: CggmConfig {
-                rho: 1.3,
-                lambda,
-                ..CggmConfig::default()
-            },
-            // The strong modality of the synthetic set and of MOSI/IEMOCAP (the paper: text).
-            mslr_scales: BTreeMap::from([("text".to_string(), 0.5)]),
-            eval_batch: 256,
-            ..base
-        }
     }
 
     /// The modalities the model sees, in the fixed project order (segmentation runs).
@@ -804,7 +514,7 @@ impl TrainConfig {
 
 /// MSLR's default: the dominant modality (FLAIR, which alone finds the whole tumour) learns at
 /// half the rate of the others.
-fn default_mslr_scales() -> BTreeMap<String, f64> {
+pub(crate) fn default_mslr_scales() -> BTreeMap<String, f64> {
     Modality::ALL
         .iter()
         .map(|m| {
@@ -820,7 +530,7 @@ impl TrainConfig {
     /// The knobs a run request sets that `validate` above does not cover (part of it): each error
     /// names the value and what to use instead.
     fn validate_knobs(&self) -> Result<(), ConfigError> {
-        crate::device_spec::check_device_spec(&self.device)?;
+        DeviceSpec::parse(&self.device)?;
         let cls_lr = self.schedule.classifier_lr;
         if !(cls_lr.is_finite() && cls_lr > 0.0) {
             return Err(ConfigError::ClassifierLr(cls_lr));
@@ -888,19 +598,6 @@ pub fn incompatibility(source: &TrainConfig, target: &TrainConfig) -> Option<Str
 mod tests {
 
     #[test]
-    fn every_cpu_preset_but_the_toy_has_a_step_time_for_the_duration_estimate() {
-        for name in TrainConfig::PRESETS {
-            let (hardware, _) = TrainConfig::preset_hardware(name);
-            let seconds = TrainConfig::preset_cpu_step_seconds(name);
-            assert_eq!(
-                seconds.is_some(),
-                hardware == "CPU" && name != "tiny",
-                "{name}: {hardware}, {seconds:?}"
-            );
-        }
-    }
-
-    #[test]
     fn an_epoch_without_steps_per_epoch_draws_every_training_sample_once() {
         let seg = TrainConfig::preset("cpu-small").unwrap();
         // 10 cases x 16 slices in batches of 16.
@@ -950,25 +647,6 @@ mod tests {
         assert_eq!(
             cfg.feature_modalities(&["text".into(), "pet".into()]),
             Ok(vec![1])
-        );
-    }
-
-    #[test]
-    fn presets_are_valid_and_round_trip_through_json() {
-        for name in TrainConfig::PRESETS {
-            let cfg = TrainConfig::preset(name).unwrap();
-            cfg.validate().unwrap();
-            let json = serde_json::to_string(&cfg).unwrap();
-            assert_eq!(serde_json::from_str::<TrainConfig>(&json).unwrap(), cfg);
-        }
-        let paper = TrainConfig::preset("paper").unwrap();
-        assert_eq!(
-            (
-                paper.model.backbone.depth,
-                paper.sampler.crop,
-                paper.sampler.batch_size
-            ),
-            (101, 160, 64)
         );
     }
 }

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod model_config;
 pub mod optim_config;
 pub mod precision;
+pub mod preset;
 pub mod process;
 pub mod progress;
 pub mod request;

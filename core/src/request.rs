@@ -12,6 +12,7 @@ use crate::balance::BalanceFormula;
 use crate::config::{ConfigError, DirectionSource, Method, TrainConfig};
 use crate::data::Modality;
 use crate::optim_config::OptimizerKind;
+use crate::preset::Preset;
 use crate::task::TaskKind;
 use crate::unknown_name::UnknownName;
 use serde::{Deserialize, Serialize};
@@ -59,7 +60,7 @@ pub enum RequestError {
 }
 
 /// The preset a request without one starts from.
-pub const DEFAULT_PRESET: &str = "cpu-small";
+pub const DEFAULT_PRESET: &str = Preset::DEFAULT.name();
 
 /// The values a run request may give a numeric option: wide enough for any real run (the paper
 /// preset uses crop 160, batch 64, 75 epochs), narrow enough that no request makes a child that
@@ -449,20 +450,13 @@ fn method_help() -> String {
     )
 }
 
-/// `--preset`'s help: every preset of [`TrainConfig::PRESETS`] with the task it is made for.
+/// `--preset`'s help: every preset of [`Preset::ALL`] with the tasks it is made for.
 fn preset_help() -> String {
-    let presets: Vec<String> = TrainConfig::PRESETS
+    let presets: Vec<String> = Preset::ALL
         .iter()
-        .map(|name| match TrainConfig::preset(name) {
-            Ok(_) => format!(
-                "{name} ({})",
-                TrainConfig::preset_tasks(name)
-                    .iter()
-                    .map(|t| t.name())
-                    .collect::<Vec<_>>()
-                    .join("/")
-            ),
-            Err(_) => name.to_string(),
+        .map(|preset| {
+            let tasks: Vec<&str> = preset.tasks().iter().map(|t| t.name()).collect();
+            format!("{preset} ({})", tasks.join("/"))
         })
         .collect();
     format!(
@@ -534,11 +528,29 @@ pub struct PresetChoice {
     /// Measured seconds per training step on 2 CPU cores (`None`: not measured), for the form's
     /// duration estimate.
     pub cpu_step_seconds: Option<f64>,
-    /// Slices drawn from each training case per epoch (segmentation; 1 for feature samples) and
-    /// the share of a dataset that trains: with the batch size, the steps of an epoch when
-    /// `steps_per_epoch` is not set (`TrainConfig::default_steps_per_epoch`).
-    pub slices_per_case: usize,
+    /// Slices drawn from each training sample per epoch (`TrainConfig::slices_per_sample`: a
+    /// segmentation case's `slices_per_case`, 1 for a feature sample) and the share of a dataset
+    /// that trains: with the batch size, the steps of an epoch when `steps_per_epoch` is not set
+    /// (`TrainConfig::default_steps_per_epoch`).
+    pub slices_per_sample: usize,
     pub train_fraction: f64,
+}
+
+impl PresetChoice {
+    fn of(preset: Preset) -> Self {
+        let cfg = preset.config();
+        Self {
+            name: preset.name().to_string(),
+            task: cfg.task,
+            tasks: preset.tasks().to_vec(),
+            hardware: preset.hardware().name().to_string(),
+            description: preset.description(),
+            defaults: RunOptions::of(&cfg),
+            cpu_step_seconds: preset.cpu_step_seconds(),
+            slices_per_sample: cfg.slices_per_sample(),
+            train_fraction: (1.0 - cfg.split.val_fraction - cfg.split.test_fraction).max(0.0),
+        }
+    }
 }
 
 /// How an option is entered.
@@ -623,22 +635,7 @@ impl Vocabulary {
                 })
                 .collect(),
             unimodal_prefix,
-            presets: TrainConfig::PRESETS
-                .iter()
-                .filter_map(|name| TrainConfig::preset(name).ok())
-                .map(|cfg| PresetChoice {
-                    name: cfg.preset.clone(),
-                    task: cfg.task,
-                    tasks: TrainConfig::preset_tasks(&cfg.preset).to_vec(),
-                    hardware: TrainConfig::preset_hardware(&cfg.preset).0.to_string(),
-                    description: TrainConfig::preset_hardware(&cfg.preset).1.to_string(),
-                    defaults: RunOptions::of(&cfg),
-                    cpu_step_seconds: TrainConfig::preset_cpu_step_seconds(&cfg.preset),
-                    slices_per_case: cfg.slices_per_sample(),
-                    train_fraction: (1.0 - cfg.split.val_fraction - cfg.split.test_fraction)
-                        .max(0.0),
-                })
-                .collect(),
+            presets: Preset::ALL.into_iter().map(PresetChoice::of).collect(),
             default_preset: DEFAULT_PRESET.to_string(),
             modalities: BTreeMap::from([(
                 TaskKind::Segmentation.name().to_string(),
@@ -786,8 +783,8 @@ mod tests {
                 "{method} missing:\n{help}"
             );
         }
-        for preset in crate::config::TrainConfig::PRESETS {
-            assert!(help.contains(preset), "{preset} missing:\n{help}");
+        for preset in Preset::ALL {
+            assert!(help.contains(preset.name()), "{preset} missing:\n{help}");
         }
         assert!(help.contains("unimodal:<modality>"));
     }
@@ -968,8 +965,8 @@ mod tests {
         }))
         .unwrap();
         assert_eq!((cfg.sampler.workers, cfg.sampler.crop), (64, 512));
-        for preset in TrainConfig::PRESETS {
-            RunOptions::of(&TrainConfig::preset(preset).unwrap())
+        for preset in Preset::ALL {
+            RunOptions::of(&preset.config())
                 .check_ranges()
                 .unwrap_or_else(|e| panic!("preset {preset}: {e}"));
         }
@@ -986,7 +983,7 @@ mod tests {
     fn the_vocabulary_comes_from_the_trainers_types() {
         let v = Vocabulary::current(0);
         assert_eq!(v.tasks, TaskKind::ALL.to_vec());
-        for name in TrainConfig::PRESETS {
+        for name in Preset::ALL.map(Preset::name) {
             let preset = v.presets.iter().find(|p| p.name == name).unwrap();
             assert_eq!(preset.defaults.preset.as_deref(), Some(name));
         }
@@ -1035,6 +1032,25 @@ mod tests {
                 assert!(json[list].is_array(), "{} -> {list}", option.name);
             }
         }
+    }
+
+    #[test]
+    fn a_presets_slices_per_sample_is_its_configurations() {
+        let json = serde_json::to_value(Vocabulary::current(0)).unwrap();
+        for preset in json["presets"].as_array().unwrap() {
+            let cfg = TrainConfig::preset(preset["name"].as_str().unwrap()).unwrap();
+            assert_eq!(
+                preset["slices_per_sample"],
+                cfg.slices_per_sample(),
+                "{preset}"
+            );
+            assert!(preset.get("slices_per_case").is_none(), "{preset}");
+        }
+        let small = &json["presets"][1];
+        assert_eq!(
+            (&small["name"], &small["slices_per_sample"]),
+            (&"cpu-small".into(), &24.into())
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `cggm train`, `cggm eval` and `cggm infer`.
 
 use anyhow::{bail, Context, Result};
+use cggm_core::preset::Preset;
 use cggm_core::unknown_name::UnknownName;
 use cggm_trainer::checkpoint;
 use cggm_trainer::config::TrainConfig;
@@ -96,7 +97,7 @@ impl TrainArgs {
             checkpoint::read_config(&self.out)?
         } else {
             let default = if features {
-                "cpu-features"
+                Preset::DEFAULT_FEATURES.name()
             } else {
                 DEFAULT_PRESET
             };
