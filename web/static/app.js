@@ -119,7 +119,7 @@ if (newRun) {
       const chosen = f.dataset_id.selectedOptions[0];
       if (!steps && chosen && batch) {
         const train = Math.round(Number(chosen.dataset.samples || 0) * preset.train_fraction);
-        steps = Math.max(1, Math.ceil(train * preset.slices_per_case / batch));
+        steps = Math.max(1, Math.ceil(train * preset.slices_per_sample / batch));
       }
       if (!(epochs > 0 && steps > 0)) { out.textContent = ""; return; }
       const seconds = epochs * steps * preset.cpu_step_seconds;
