@@ -5,8 +5,9 @@
 //! Training and inference feed it from their progress events ([`EventProgress`], an observer of
 //! the `EventSink` the CLI attaches); evaluation and validation count cases.
 
-use crate::events::{Event, Observer};
+use crate::events::{Event, Observer, RegionScores};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -264,18 +265,7 @@ impl Observer for EventProgress {
                 ..
             } => {
                 if let Some(p) = current.as_ref() {
-                    let score = if metrics.is_empty() || metrics.contains_key("dice_mean") {
-                        format!(
-                            "mean Dice {:.4} (WT {:.4}, TC {:.4}, ET {:.4})",
-                            dice.mean, dice.wt, dice.tc, dice.et
-                        )
-                    } else {
-                        metrics
-                            .iter()
-                            .map(|(k, v)| format!("{k} {v:.4}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    };
+                    let score = validation_score(dice, metrics);
                     p.println(format!("epoch {}: validation {score}", epoch + 1));
                 }
             }
@@ -300,6 +290,22 @@ impl Observer for EventProgress {
             | Event::Failed { .. }
             | Event::BalanceDiagnostics { .. } => {}
         }
+    }
+}
+
+/// A validation's scores in a line: segmentation's Dice by region, else the task's metrics.
+fn validation_score(dice: &RegionScores, metrics: &BTreeMap<String, f64>) -> String {
+    if metrics.is_empty() || metrics.contains_key("dice_mean") {
+        format!(
+            "mean Dice {:.4} (WT {:.4}, TC {:.4}, ET {:.4})",
+            dice.mean, dice.wt, dice.tc, dice.et
+        )
+    } else {
+        metrics
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.4}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 

@@ -17,6 +17,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
+use ndarray::{Array3, Array4};
 use serde::{Deserialize, Serialize};
 
 use super::nifti_io::write_atomically;
@@ -189,22 +190,7 @@ pub(crate) fn prepare(case: &CaseSource, cache_dir: &Path) -> Result<CachedCase,
     let study = load_study(case)?;
     let label = study.label.as_ref().expect("label checked above");
     let (_, nx, ny, nz) = study.images.dim();
-    // Brain bounding box: voxels non-zero in any modality.
-    let (mut x_range, mut y_range, mut z_range) = ([nx, 0], [ny, 0], [nz, 0]);
-    for ((_, x, y, z), &v) in study.images.indexed_iter() {
-        if v != 0.0 {
-            x_range = [x_range[0].min(x), x_range[1].max(x + 1)];
-            y_range = [y_range[0].min(y), y_range[1].max(y + 1)];
-            z_range = [z_range[0].min(z), z_range[1].max(z + 1)];
-        }
-    }
-    for ((x, y, z), &l) in label.indexed_iter() {
-        if l != 0 {
-            x_range = [x_range[0].min(x), x_range[1].max(x + 1)];
-            y_range = [y_range[0].min(y), y_range[1].max(y + 1)];
-            z_range = [z_range[0].min(z), z_range[1].max(z + 1)];
-        }
-    }
+    let [x_range, y_range, z_range] = brain_box(&study.images, label);
     let mut index = CacheIndex {
         version: FORMAT_VERSION,
         case: case.id.clone(),
@@ -217,6 +203,40 @@ pub(crate) fn prepare(case: &CaseSource, cache_dir: &Path) -> Result<CachedCase,
         other_brain_slices: Vec::new(),
         voxel_volume_ml: study.voxel_volume_ml,
     };
+    let body = slice_records(&study.images, label, &mut index);
+    write_atomically(&slices_path, |w| w.write_all(&body))?;
+    let json = serde_json::to_vec(&index).expect("index serialises");
+    write_atomically(&index_path, |w| w.write_all(&json))?;
+    Ok(CachedCase { slices_path, index })
+}
+
+/// The brain's bounding box `[x, y, z]` as half-open ranges: voxels non-zero in any modality or
+/// in the label.
+fn brain_box(images: &Array4<f32>, label: &Array3<u8>) -> [[usize; 2]; 3] {
+    let (_, nx, ny, nz) = images.dim();
+    let mut ranges = [[nx, 0], [ny, 0], [nz, 0]];
+    let mut include = |at: [usize; 3]| {
+        for (range, v) in ranges.iter_mut().zip(at) {
+            *range = [range[0].min(v), range[1].max(v + 1)];
+        }
+    };
+    for ((_, x, y, z), &v) in images.indexed_iter() {
+        if v != 0.0 {
+            include([x, y, z]);
+        }
+    }
+    for ((x, y, z), &l) in label.indexed_iter() {
+        if l != 0 {
+            include([x, y, z]);
+        }
+    }
+    ranges
+}
+
+/// The cache file's body: per slice of the box, the four modalities as f16 then the labels; the
+/// index learns which slices hold tumour and which only brain.
+fn slice_records(images: &Array4<f32>, label: &Array3<u8>, index: &mut CacheIndex) -> Vec<u8> {
+    let [x_range, y_range, z_range] = [index.x_range, index.y_range, index.z_range];
     let (bx, by) = index.box_size();
     let mut body = Vec::with_capacity((z_range[1] - z_range[0]) * index.record_bytes());
     for z in z_range[0]..z_range[1] {
@@ -225,7 +245,7 @@ pub(crate) fn prepare(case: &CaseSource, cache_dir: &Path) -> Result<CachedCase,
         for c in 0..4 {
             for x in x_range[0]..x_range[1] {
                 for y in y_range[0]..y_range[1] {
-                    let v = study.images[[c, x, y, z]];
+                    let v = images[[c, x, y, z]];
                     brain |= v != 0.0;
                     body.extend_from_slice(&f32_to_f16(v).to_le_bytes());
                 }
@@ -245,10 +265,7 @@ pub(crate) fn prepare(case: &CaseSource, cache_dir: &Path) -> Result<CachedCase,
         }
     }
     debug_assert_eq!(body.len(), (z_range[1] - z_range[0]) * bx * by * 9);
-    write_atomically(&slices_path, |w| w.write_all(&body))?;
-    let json = serde_json::to_vec(&index).expect("index serialises");
-    write_atomically(&index_path, |w| w.write_all(&json))?;
-    Ok(CachedCase { slices_path, index })
+    body
 }
 
 /// f32 → IEEE half (round to nearest even). Non-zero values never round to zero, so that brain

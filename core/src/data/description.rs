@@ -277,18 +277,7 @@ fn nnunet_label_values(labels: &Value) -> Result<LabelValues, DescriptionProblem
     for (name, value) in map {
         let kind =
             label_name(name).ok_or_else(|| DescriptionProblem::UnknownLabel(name.clone()))?;
-        let values: Vec<u64> = match value {
-            Value::Number(n) => n.as_u64().into_iter().collect(),
-            Value::Array(items) => items.iter().filter_map(Value::as_u64).collect(),
-            _ => Vec::new(),
-        };
-        if values.is_empty() || values.iter().any(|v| *v > 255) {
-            return Err(DescriptionProblem::LabelValue {
-                name: name.clone(),
-                value: value.clone(),
-            });
-        }
-        for v in values.into_iter().map(|v| v as usize) {
+        for v in label_entry_values(name, value)? {
             match kind {
                 LabelName::Background => {}
                 LabelName::Class(c) if !matches!(value, Value::Array(_)) => {
@@ -302,6 +291,28 @@ fn nnunet_label_values(labels: &Value) -> Result<LabelValues, DescriptionProblem
             }
         }
     }
+    apply_regions(&mut class_of, &regions);
+    numbering_of(&class_of)
+}
+
+/// The label values one `labels` entry names: a number or a list of them, each 0..=255.
+fn label_entry_values(name: &str, value: &Value) -> Result<Vec<usize>, DescriptionProblem> {
+    let values: Vec<u64> = match value {
+        Value::Number(n) => n.as_u64().into_iter().collect(),
+        Value::Array(items) => items.iter().filter_map(Value::as_u64).collect(),
+        _ => Vec::new(),
+    };
+    if values.is_empty() || values.iter().any(|v| *v > 255) {
+        return Err(DescriptionProblem::LabelValue {
+            name: name.to_string(),
+            value: value.clone(),
+        });
+    }
+    Ok(values.into_iter().map(|v| v as usize).collect())
+}
+
+/// A value inside regions (whole tumour, tumour core, enhancing) is the class of the innermost.
+fn apply_regions(class_of: &mut [Option<u8>; 256], regions: &[(bool, bool, bool); 256]) {
     for (v, &(wt, tc, et)) in regions.iter().enumerate() {
         let class = if et {
             Some(LABEL_ENHANCING)
@@ -316,6 +327,10 @@ fn nnunet_label_values(labels: &Value) -> Result<LabelValues, DescriptionProblem
             class_of[v] = class;
         }
     }
+}
+
+/// The numbering (MSD or BraTS) whose every used value is the class found for it.
+fn numbering_of(class_of: &[Option<u8>; 256]) -> Result<LabelValues, DescriptionProblem> {
     let used: Vec<(usize, u8)> = class_of
         .iter()
         .enumerate()

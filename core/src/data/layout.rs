@@ -273,6 +273,23 @@ fn discover_msd(root: &Path, description: &MsdDescription) -> DiscoveryReport {
 
 fn discover_nnunet(root: &Path, description: &NnUnetDescription) -> DiscoveryReport {
     let mut report = empty_report(Layout::NnUnetV2);
+    let channels_of = nnunet_channel_files(root, description, &mut report.problems);
+    for (case, files) in channels_of {
+        match nnunet_case(root, description, case, &files) {
+            Ok(case) => report.cases.push(case),
+            Err(problem) => report.problems.push(problem),
+        }
+    }
+    report
+}
+
+/// `imagesTr`'s files by case: each case's `(channel, file)` pairs from the `CASE_XXXX` names; a
+/// name without a channel number is a problem.
+fn nnunet_channel_files(
+    root: &Path,
+    description: &NnUnetDescription,
+    problems: &mut Vec<CaseProblem>,
+) -> std::collections::BTreeMap<String, Vec<(usize, PathBuf)>> {
     let ending = description.file_ending.to_ascii_lowercase();
     let mut channels_of: std::collections::BTreeMap<String, Vec<(usize, PathBuf)>> =
         Default::default();
@@ -296,7 +313,7 @@ fn discover_nnunet(root: &Path, description: &NnUnetDescription) -> DiscoveryRep
                 .entry(case.to_string())
                 .or_default()
                 .push((channel, file.clone())),
-            None => report.problems.push(CaseProblem {
+            None => problems.push(CaseProblem {
                 case: stem.to_string(),
                 error: DataError::UnrecognisedInput {
                     file: file.clone(),
@@ -307,39 +324,46 @@ fn discover_nnunet(root: &Path, description: &NnUnetDescription) -> DiscoveryRep
             }),
         }
     }
-    for (case, files) in channels_of {
-        let mut images: [Option<PathBuf>; 4] = Default::default();
-        let mut missing = Vec::new();
-        for (channel, modality) in description.channels.iter().enumerate() {
-            match files.iter().find(|(c, _)| *c == channel) {
-                Some((_, file)) => images[modality.index()] = Some(file.clone()),
-                None => missing.push(*modality),
-            }
+    channels_of
+}
+
+/// One nnU-Net case from its channel files (in the project's modality order, by
+/// `dataset.json`'s channel names) and its label in `labelsTr` when there is one.
+fn nnunet_case(
+    root: &Path,
+    description: &NnUnetDescription,
+    case: String,
+    files: &[(usize, PathBuf)],
+) -> Result<CaseSource, CaseProblem> {
+    let mut images: [Option<PathBuf>; 4] = Default::default();
+    let mut missing = Vec::new();
+    for (channel, modality) in description.channels.iter().enumerate() {
+        match files.iter().find(|(c, _)| *c == channel) {
+            Some((_, file)) => images[modality.index()] = Some(file.clone()),
+            None => missing.push(*modality),
         }
-        if let Some(&modality) = missing.first() {
-            report.problems.push(CaseProblem {
-                case: case.clone(),
-                error: DataError::MissingModality {
-                    case,
-                    modality,
-                    dir: root.join("imagesTr"),
-                },
-            });
-            continue;
-        }
-        let label = root
-            .join("labelsTr")
-            .join(format!("{case}{}", description.file_ending));
-        report.cases.push(CaseSource {
-            id: case,
-            files: CaseFiles::Separate {
-                images: images.map(|p| p.expect("checked above")),
-                label: label.is_file().then_some(label),
-                label_values: description.label_values,
+    }
+    if let Some(&modality) = missing.first() {
+        return Err(CaseProblem {
+            case: case.clone(),
+            error: DataError::MissingModality {
+                case,
+                modality,
+                dir: root.join("imagesTr"),
             },
         });
     }
-    report
+    let label = root
+        .join("labelsTr")
+        .join(format!("{case}{}", description.file_ending));
+    Ok(CaseSource {
+        id: case,
+        files: CaseFiles::Separate {
+            images: images.map(|p| p.expect("checked above")),
+            label: label.is_file().then_some(label),
+            label_values: description.label_values,
+        },
+    })
 }
 
 fn discover_brats(dir: &Path, depth: usize) -> DiscoveryReport {
@@ -479,26 +503,7 @@ pub fn discover(dir: &Path) -> DiscoveryReport {
 /// file in a `labelsTr` folder).
 pub fn case_from_paths(paths: &[PathBuf]) -> Result<CaseSource, DataError> {
     if paths.len() == 1 && paths[0].is_dir() {
-        let dir = &paths[0];
-        let files = nifti_files(dir);
-        if files.is_empty() {
-            return Err(DataError::UnrecognisedInput {
-                file: dir.clone(),
-                detail: "the folder holds no .nii or .nii.gz file".into(),
-            });
-        }
-        if files.len() <= 2
-            && !files
-                .iter()
-                .any(|f| matches!(file_role(f).0, FileRole::Image(_)))
-        {
-            return case_from_paths(&files);
-        }
-        let id = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        return brats_case(&id, dir, &files);
+        return case_from_folder(&paths[0]);
     }
     if paths.is_empty() {
         return Err(DataError::UnrecognisedInput {
@@ -506,34 +511,9 @@ pub fn case_from_paths(paths: &[PathBuf]) -> Result<CaseSource, DataError> {
             detail: "no file given".into(),
         });
     }
-    let in_label_folder = |p: &Path| {
-        p.parent()
-            .and_then(|d| d.file_name())
-            .map(|n| {
-                n.to_string_lossy()
-                    .to_ascii_lowercase()
-                    .starts_with("label")
-            })
-            .unwrap_or(false)
-    };
-    let mut unknown = Vec::new();
-    let mut label = None;
-    let mut has_modality_files = false;
-    let mut id = None;
-    for path in paths {
-        let (role, prefix) = file_role(path);
-        match role {
-            FileRole::Label => label = Some(path.clone()),
-            FileRole::Image(_) => {
-                has_modality_files = true;
-                id.get_or_insert(prefix);
-            }
-            FileRole::Unknown if in_label_folder(path) => label = Some(path.clone()),
-            FileRole::Unknown => unknown.push(path.clone()),
-        }
-    }
-    if has_modality_files {
-        if let Some(extra) = unknown.first() {
+    let files = GivenFiles::sort(paths);
+    if files.has_modality_files {
+        if let Some(extra) = files.unknown.first() {
             return Err(DataError::UnrecognisedInput {
                 file: extra.clone(),
                 detail:
@@ -541,16 +521,16 @@ pub fn case_from_paths(paths: &[PathBuf]) -> Result<CaseSource, DataError> {
                         .into(),
             });
         }
-        let id = id.unwrap_or_default();
+        let id = files.id.unwrap_or_default();
         let dir = paths[0].parent().unwrap_or(Path::new(".")).to_path_buf();
         return brats_case(&id, &dir, paths);
     }
-    match unknown.as_slice() {
+    match files.unknown.as_slice() {
         [image] => Ok(CaseSource {
             id: nifti_stem(image),
             files: CaseFiles::Msd4d {
                 image: image.clone(),
-                label,
+                label: files.label,
                 channels: MSD_CHANNELS,
             },
         }),
@@ -563,4 +543,75 @@ pub fn case_from_paths(paths: &[PathBuf]) -> Result<CaseSource, DataError> {
             detail: "several files without a modality suffix; name them CASE_flair/_t1ce/_t1/_t2, or give one 4-D MSD image".into(),
         }),
     }
+}
+
+/// A case folder: a BraTS case, or (at most two files, none a modality file) an MSD image and
+/// its label.
+fn case_from_folder(dir: &Path) -> Result<CaseSource, DataError> {
+    let files = nifti_files(dir);
+    if files.is_empty() {
+        return Err(DataError::UnrecognisedInput {
+            file: dir.to_path_buf(),
+            detail: "the folder holds no .nii or .nii.gz file".into(),
+        });
+    }
+    if files.len() <= 2
+        && !files
+            .iter()
+            .any(|f| matches!(file_role(f).0, FileRole::Image(_)))
+    {
+        return case_from_paths(&files);
+    }
+    let id = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    brats_case(&id, dir, &files)
+}
+
+/// Given files sorted by their names' role.
+struct GivenFiles {
+    /// Neither a modality file nor a label.
+    unknown: Vec<PathBuf>,
+    /// `_seg`, or a file in a `label*` folder (the last one given).
+    label: Option<PathBuf>,
+    has_modality_files: bool,
+    /// The case id: the first modality file's name before its suffix.
+    id: Option<String>,
+}
+
+impl GivenFiles {
+    fn sort(paths: &[PathBuf]) -> Self {
+        let mut files = GivenFiles {
+            unknown: Vec::new(),
+            label: None,
+            has_modality_files: false,
+            id: None,
+        };
+        for path in paths {
+            let (role, prefix) = file_role(path);
+            match role {
+                FileRole::Label => files.label = Some(path.clone()),
+                FileRole::Image(_) => {
+                    files.has_modality_files = true;
+                    files.id.get_or_insert(prefix);
+                }
+                FileRole::Unknown if in_label_folder(path) => files.label = Some(path.clone()),
+                FileRole::Unknown => files.unknown.push(path.clone()),
+            }
+        }
+        files
+    }
+}
+
+/// The file lies in a folder whose name starts with "label" (`labelsTr`).
+fn in_label_folder(p: &Path) -> bool {
+    p.parent()
+        .and_then(|d| d.file_name())
+        .map(|n| {
+            n.to_string_lossy()
+                .to_ascii_lowercase()
+                .starts_with("label")
+        })
+        .unwrap_or(false)
 }

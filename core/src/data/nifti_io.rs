@@ -474,6 +474,33 @@ fn header_from_2(fields: &Fields2, dims: &[u64], vox_offset: u64) -> NiftiHeader
 pub(crate) fn read_raw_volume(path: &Path) -> Result<RawVolume, DataError> {
     let (mut stream, file_length) = open_stream(path)?;
     let info = read_header_from(path, &mut *stream)?;
+    let payload = read_payload(path, &mut *stream, &info, file_length)?;
+    let header = info.header;
+    let big = header.endianness == Endianness::Big;
+    let data = decode_voxels(&payload, header.datatype, big);
+    drop(payload);
+    let (slope, inter) = (header.scl_slope, header.scl_inter);
+    let data =
+        if slope != 0.0 && slope.is_finite() && inter.is_finite() && (slope, inter) != (1.0, 0.0) {
+            data.into_iter().map(|v| v * slope + inter).collect()
+        } else {
+            data
+        };
+    Ok(RawVolume {
+        header,
+        dims: info.dims,
+        data,
+    })
+}
+
+/// The voxel bytes `info` promises, from `stream` just past the header (`file_length`: the
+/// uncompressed file's length, `None` for gzip); then the gzip trailer, to check its CRC.
+fn read_payload(
+    path: &Path,
+    stream: &mut dyn Read,
+    info: &HeaderInfo,
+    file_length: Option<u64>,
+) -> Result<Vec<u8>, DataError> {
     let truncated = |got: u64| DataError::TruncatedData {
         case: String::new(),
         file: path.to_path_buf(),
@@ -504,7 +531,7 @@ pub(crate) fn read_raw_volume(path: &Path) -> Result<RawVolume, DataError> {
             dims: info.dims.iter().map(|&d| d as u64).collect(),
             limit: max_voxels(),
         })?;
-    read_up_to(path, &mut *stream, info.data_bytes, &mut payload)?;
+    read_up_to(path, stream, info.data_bytes, &mut payload)?;
     if (payload.len() as u64) < info.data_bytes {
         return Err(truncated(payload.len() as u64));
     }
@@ -516,22 +543,7 @@ pub(crate) fn read_raw_volume(path: &Path) -> Result<RawVolume, DataError> {
         )
         .map_err(|e| gzip_error(path, &e))?;
     }
-    let header = info.header;
-    let big = header.endianness == Endianness::Big;
-    let data = decode_voxels(&payload, header.datatype, big);
-    drop(payload);
-    let (slope, inter) = (header.scl_slope, header.scl_inter);
-    let data =
-        if slope != 0.0 && slope.is_finite() && inter.is_finite() && (slope, inter) != (1.0, 0.0) {
-            data.into_iter().map(|v| v * slope + inter).collect()
-        } else {
-            data
-        };
-    Ok(RawVolume {
-        header,
-        dims: info.dims,
-        data,
-    })
+    Ok(payload)
 }
 
 fn decode_voxels(payload: &[u8], datatype: i16, big: bool) -> Vec<f32> {
@@ -625,47 +637,65 @@ pub(crate) fn qform_affine(h: &NiftiHeader) -> [[f64; 4]; 3] {
 /// reads it.
 fn header_bytes(h: &NiftiHeader) -> Vec<u8> {
     let mut out = Vec::with_capacity(NIFTI1_HEADER_SIZE);
-    let i16s = |out: &mut Vec<u8>, v: i16| out.extend_from_slice(&v.to_le_bytes());
-    let f32s = |out: &mut Vec<u8>, v: f32| out.extend_from_slice(&v.to_le_bytes());
+    header_key_and_dims(h, &mut out);
+    data_history(h, &mut out);
+    debug_assert_eq!(out.len(), NIFTI1_HEADER_SIZE);
+    out
+}
+
+fn i16s(out: &mut Vec<u8>, v: i16) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn f32s(out: &mut Vec<u8>, v: f32) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+/// The header's first two sections (bytes 0-147): `header_key` and `image_dimension`.
+fn header_key_and_dims(h: &NiftiHeader, out: &mut Vec<u8>) {
     out.extend_from_slice(&(NIFTI1_HEADER_SIZE as i32).to_le_bytes());
     out.extend_from_slice(&h.data_type);
     out.extend_from_slice(&h.db_name);
     out.extend_from_slice(&h.extents.to_le_bytes());
-    i16s(&mut out, h.session_error);
+    i16s(out, h.session_error);
     out.push(h.regular);
     out.push(h.dim_info);
     for d in h.dim {
         out.extend_from_slice(&d.to_le_bytes());
     }
-    f32s(&mut out, h.intent_p1);
-    f32s(&mut out, h.intent_p2);
-    f32s(&mut out, h.intent_p3);
-    i16s(&mut out, h.intent_code);
-    i16s(&mut out, h.datatype);
-    i16s(&mut out, h.bitpix);
-    i16s(&mut out, h.slice_start);
+    f32s(out, h.intent_p1);
+    f32s(out, h.intent_p2);
+    f32s(out, h.intent_p3);
+    i16s(out, h.intent_code);
+    i16s(out, h.datatype);
+    i16s(out, h.bitpix);
+    i16s(out, h.slice_start);
     for p in h.pixdim {
-        f32s(&mut out, p);
+        f32s(out, p);
     }
-    f32s(&mut out, h.vox_offset);
-    f32s(&mut out, h.scl_slope);
-    f32s(&mut out, h.scl_inter);
-    i16s(&mut out, h.slice_end);
+    f32s(out, h.vox_offset);
+    f32s(out, h.scl_slope);
+    f32s(out, h.scl_inter);
+    i16s(out, h.slice_end);
     out.push(h.slice_code);
     out.push(h.xyzt_units);
-    f32s(&mut out, h.cal_max);
-    f32s(&mut out, h.cal_min);
-    f32s(&mut out, h.slice_duration);
-    f32s(&mut out, h.toffset);
+    f32s(out, h.cal_max);
+    f32s(out, h.cal_min);
+    f32s(out, h.slice_duration);
+    f32s(out, h.toffset);
     out.extend_from_slice(&h.glmax.to_le_bytes());
     out.extend_from_slice(&h.glmin.to_le_bytes());
+}
+
+/// The last section (bytes 148-347): `data_history` (description, orientation) and the magic.
+fn data_history(h: &NiftiHeader, out: &mut Vec<u8>) {
     let mut descrip = [0u8; 80];
     let n = h.descrip.len().min(80);
     descrip[..n].copy_from_slice(&h.descrip[..n]);
     out.extend_from_slice(&descrip);
     out.extend_from_slice(&h.aux_file);
-    i16s(&mut out, h.qform_code);
-    i16s(&mut out, h.sform_code);
+    i16s(out, h.qform_code);
+    i16s(out, h.sform_code);
     for v in [
         h.quatern_b,
         h.quatern_c,
@@ -674,17 +704,15 @@ fn header_bytes(h: &NiftiHeader) -> Vec<u8> {
         h.quatern_y,
         h.quatern_z,
     ] {
-        f32s(&mut out, v);
+        f32s(out, v);
     }
     for row in [h.srow_x, h.srow_y, h.srow_z] {
         for v in row {
-            f32s(&mut out, v);
+            f32s(out, v);
         }
     }
     out.extend_from_slice(&h.intent_name);
     out.extend_from_slice(b"n+1\0");
-    debug_assert_eq!(out.len(), NIFTI1_HEADER_SIZE);
-    out
 }
 
 /// A temporary sibling of `path` for atomic writes (same directory, so rename stays atomic).

@@ -128,58 +128,71 @@ impl Wobble {
 /// Anatomy + tumour labels: tissue class per voxel (`BACKGROUND` outside the brain).
 fn tissue_map(size: [usize; 3], rng: &mut ChaCha8Rng) -> (Array3<u8>, bool) {
     let [nx, ny, nz] = size;
-    let centre = [
-        nx as f32 / 2.0 + rng.gen_range(-0.02..0.02) * nx as f32,
-        ny as f32 / 2.0 + rng.gen_range(-0.02..0.02) * ny as f32,
-        nz as f32 / 2.0 + rng.gen_range(-0.02..0.02) * nz as f32,
-    ];
-    let semi = [
-        0.36 * nx as f32 * rng.gen_range(0.92..1.05),
-        0.42 * ny as f32 * rng.gen_range(0.92..1.05),
-        0.40 * nz as f32 * rng.gen_range(0.92..1.05),
-    ];
-    let brain_shape = Wobble::new(rng, 0.05);
-    let fold_phase: [f32; 3] = std::array::from_fn(|_| rng.gen_range(0.0..std::f32::consts::TAU));
-    let fold_freq = rng.gen_range(9.0..14.0f32);
-
-    // Tumour: centre inside the brain, away from the surface.
-    let tumour_q = loop {
-        let q: [f32; 3] = std::array::from_fn(|_| rng.gen_range(-0.55..0.55f32));
-        if q.iter().map(|v| v * v).sum::<f32>() < 0.55 * 0.55 {
-            break q;
-        }
-    };
-    let tumour_centre: [f32; 3] = std::array::from_fn(|i| centre[i] + tumour_q[i] * semi[i]);
-    let shortest = nx.min(ny).min(nz) as f32;
-    let radius = rng.gen_range(0.09..0.2f32) * shortest;
-    let tumour_axes: [f32; 3] = std::array::from_fn(|_| radius * rng.gen_range(0.75..1.3f32));
-    let tumour_shape = Wobble::new(rng, 0.18);
-    let has_enhancing = rng.gen_bool(0.8);
-    let necrotic_fraction = if has_enhancing && rng.gen_bool(0.85) {
-        rng.gen_range(0.35..0.7f32)
-    } else {
-        0.0
-    };
-    let oedema_scale = rng.gen_range(1.5..2.6f32);
-    let oedema_shape = Wobble::new(rng, 0.3);
-
+    // The draw order is part of the dataset: the brain's, then the tumour's.
+    let brain = Brain::draw(size, rng);
+    let tumour = Tumour::draw(size, &brain, rng);
     let mut tissue = Array3::from_elem((nx, ny, nz), BACKGROUND);
     for ((x, y, z), t) in tissue.indexed_iter_mut() {
         let p = [x as f32 + 0.5, y as f32 + 0.5, z as f32 + 0.5];
-        let q: [f32; 3] = std::array::from_fn(|i| (p[i] - centre[i]) / semi[i]);
+        if let Some(class) = brain.class_at(p) {
+            *t = tumour.class_at(p, class) as u8;
+        }
+    }
+    (tissue, tumour.has_enhancing)
+}
+
+/// The brain: an ellipsoid with a wobbly surface and folded grey matter.
+struct Brain {
+    centre: [f32; 3],
+    semi: [f32; 3],
+    shape: Wobble,
+    fold_phase: [f32; 3],
+    fold_freq: f32,
+}
+
+impl Brain {
+    fn draw(size: [usize; 3], rng: &mut ChaCha8Rng) -> Self {
+        let [nx, ny, nz] = size;
+        let centre = [
+            nx as f32 / 2.0 + rng.gen_range(-0.02..0.02) * nx as f32,
+            ny as f32 / 2.0 + rng.gen_range(-0.02..0.02) * ny as f32,
+            nz as f32 / 2.0 + rng.gen_range(-0.02..0.02) * nz as f32,
+        ];
+        let semi = [
+            0.36 * nx as f32 * rng.gen_range(0.92..1.05),
+            0.42 * ny as f32 * rng.gen_range(0.92..1.05),
+            0.40 * nz as f32 * rng.gen_range(0.92..1.05),
+        ];
+        let shape = Wobble::new(rng, 0.05);
+        let fold_phase = std::array::from_fn(|_| rng.gen_range(0.0..std::f32::consts::TAU));
+        let fold_freq = rng.gen_range(9.0..14.0f32);
+        Self {
+            centre,
+            semi,
+            shape,
+            fold_phase,
+            fold_freq,
+        }
+    }
+
+    /// The healthy tissue at point `p` (CSF rim, grey and white matter, ventricles, deep grey
+    /// nuclei), or None outside the brain.
+    fn class_at(&self, p: [f32; 3]) -> Option<usize> {
+        let q: [f32; 3] = std::array::from_fn(|i| (p[i] - self.centre[i]) / self.semi[i]);
         let r = (q[0] * q[0] + q[1] * q[1] + q[2] * q[2]).sqrt().max(1e-6);
         let u = q.map(|v| v / r);
-        let boundary = brain_shape.at(u);
+        let boundary = self.shape.at(u);
         if r >= boundary {
-            continue;
+            return None;
         }
         let depth = 1.0 - r / boundary;
+        let (freq, phase) = (self.fold_freq, self.fold_phase);
         let mut class = if depth < 0.025 {
             CSF
         } else if depth < 0.2 {
-            let fold = (fold_freq * u[0] + fold_phase[0]).sin()
-                * (fold_freq * u[1] + fold_phase[1]).sin()
-                * (fold_freq * 0.8 * u[2] + fold_phase[2]).sin();
+            let fold = (freq * u[0] + phase[0]).sin()
+                * (freq * u[1] + phase[1]).sin()
+                * (freq * 0.8 * u[2] + phase[2]).sin();
             if depth < 0.11 + 0.06 * fold {
                 GM
             } else {
@@ -201,29 +214,82 @@ fn tissue_map(size: [usize; 3], rng: &mut ChaCha8Rng) -> (Array3<u8>, bool) {
         {
             class = GM;
         }
-        // Tumour.
-        let d: [f32; 3] = std::array::from_fn(|i| p[i] - tumour_centre[i]);
-        let dn: [f32; 3] = std::array::from_fn(|i| d[i] / tumour_axes[i]);
+        Some(class)
+    }
+}
+
+/// The tumour: a wobbly core (necrosis inside an enhancing rim, or all non-enhancing) in a
+/// wobbly oedema.
+struct Tumour {
+    centre: [f32; 3],
+    axes: [f32; 3],
+    shape: Wobble,
+    has_enhancing: bool,
+    necrotic_fraction: f32,
+    oedema_scale: f32,
+    oedema_shape: Wobble,
+}
+
+impl Tumour {
+    /// A tumour centred inside `brain`, away from its surface.
+    fn draw(size: [usize; 3], brain: &Brain, rng: &mut ChaCha8Rng) -> Self {
+        let [nx, ny, nz] = size;
+        let q = loop {
+            let q: [f32; 3] = std::array::from_fn(|_| rng.gen_range(-0.55..0.55f32));
+            if q.iter().map(|v| v * v).sum::<f32>() < 0.55 * 0.55 {
+                break q;
+            }
+        };
+        let centre = std::array::from_fn(|i| brain.centre[i] + q[i] * brain.semi[i]);
+        let shortest = nx.min(ny).min(nz) as f32;
+        let radius = rng.gen_range(0.09..0.2f32) * shortest;
+        let axes = std::array::from_fn(|_| radius * rng.gen_range(0.75..1.3f32));
+        let shape = Wobble::new(rng, 0.18);
+        let has_enhancing = rng.gen_bool(0.8);
+        let necrotic_fraction = if has_enhancing && rng.gen_bool(0.85) {
+            rng.gen_range(0.35..0.7f32)
+        } else {
+            0.0
+        };
+        let oedema_scale = rng.gen_range(1.5..2.6f32);
+        let oedema_shape = Wobble::new(rng, 0.3);
+        Self {
+            centre,
+            axes,
+            shape,
+            has_enhancing,
+            necrotic_fraction,
+            oedema_scale,
+            oedema_shape,
+        }
+    }
+
+    /// The class at point `p` of healthy tissue `class`: the tumour's where it reaches (oedema
+    /// spares CSF and most grey matter), else `class`.
+    fn class_at(&self, p: [f32; 3], class: usize) -> usize {
+        let d: [f32; 3] = std::array::from_fn(|i| p[i] - self.centre[i]);
+        let dn: [f32; 3] = std::array::from_fn(|i| d[i] / self.axes[i]);
         let tr = (dn[0] * dn[0] + dn[1] * dn[1] + dn[2] * dn[2])
             .sqrt()
             .max(1e-6);
-        if tr < 2.0 * oedema_scale {
-            let tu = dn.map(|v| v / tr);
-            let core = tr / tumour_shape.at(tu).max(0.3);
-            let oedema = tr / (oedema_scale * oedema_shape.at(tu).max(0.3));
-            if core < 1.0 {
-                class = if !has_enhancing || core < necrotic_fraction {
-                    NCR
-                } else {
-                    ET
-                };
-            } else if oedema < 1.0 && class != CSF && (class != GM || oedema < 0.75) {
-                class = ED;
-            }
+        if tr >= 2.0 * self.oedema_scale {
+            return class;
         }
-        *t = class as u8;
+        let tu = dn.map(|v| v / tr);
+        let core = tr / self.shape.at(tu).max(0.3);
+        let oedema = tr / (self.oedema_scale * self.oedema_shape.at(tu).max(0.3));
+        if core < 1.0 {
+            if !self.has_enhancing || core < self.necrotic_fraction {
+                NCR
+            } else {
+                ET
+            }
+        } else if oedema < 1.0 && class != CSF && (class != GM || oedema < 0.75) {
+            ED
+        } else {
+            class
+        }
     }
-    (tissue, has_enhancing)
 }
 
 /// Separable [0.15, 0.7, 0.15] blur along each axis: partial-volume softness.

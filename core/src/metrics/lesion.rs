@@ -225,64 +225,114 @@ pub fn linear_sum_assignment(cost: &[Vec<f64>]) -> Vec<(usize, usize)> {
             .map(|(j, i)| (i, j))
             .collect();
     }
-    let (n, m) = (rows, cols);
-    let inf = f64::INFINITY;
-    // 1-based arrays as in the classic formulation.
-    let mut u = vec![0.0; n + 1];
-    let mut v = vec![0.0; m + 1];
-    let mut p = vec![0usize; m + 1];
-    let mut way = vec![0usize; m + 1];
-    for i in 1..=n {
-        p[0] = i;
+    let mut hungarian = Hungarian::new(rows, cols);
+    for i in 1..=rows {
+        hungarian.add_row(cost, i);
+    }
+    hungarian.pairs()
+}
+
+/// The state of the Hungarian algorithm over `n` rows and `m >= n` columns, in 1-based arrays as
+/// in the classic formulation: the potentials `u` (rows) and `v` (columns), `p[j]` the row
+/// assigned to column j (0: none), `way[j]` the previous column on the augmenting path.
+struct Hungarian {
+    m: usize,
+    u: Vec<f64>,
+    v: Vec<f64>,
+    p: Vec<usize>,
+    way: Vec<usize>,
+}
+
+impl Hungarian {
+    fn new(n: usize, m: usize) -> Self {
+        Self {
+            m,
+            u: vec![0.0; n + 1],
+            v: vec![0.0; m + 1],
+            p: vec![0usize; m + 1],
+            way: vec![0usize; m + 1],
+        }
+    }
+
+    /// Assigns row `i` (1-based), re-assigning earlier rows along the shortest augmenting path.
+    fn add_row(&mut self, cost: &[Vec<f64>], i: usize) {
+        self.p[0] = i;
         let mut j0 = 0usize;
-        let mut minv = vec![inf; m + 1];
-        let mut used = vec![false; m + 1];
+        let mut minv = vec![f64::INFINITY; self.m + 1];
+        let mut used = vec![false; self.m + 1];
         loop {
             used[j0] = true;
-            let i0 = p[j0];
-            let mut delta = inf;
-            let mut j1 = 0usize;
-            for j in 1..=m {
-                if !used[j] {
-                    let cur = cost[i0 - 1][j - 1] - u[i0] - v[j];
-                    if cur < minv[j] {
-                        minv[j] = cur;
-                        way[j] = j0;
-                    }
-                    if minv[j] < delta {
-                        delta = minv[j];
-                        j1 = j;
-                    }
-                }
-            }
-            for j in 0..=m {
-                if used[j] {
-                    u[p[j]] += delta;
-                    v[j] -= delta;
-                } else {
-                    minv[j] -= delta;
-                }
-            }
+            let (delta, j1) = self.relax(cost, j0, &mut minv, &used);
+            self.shift(delta, &mut minv, &used);
             j0 = j1;
-            if p[j0] == 0 {
+            if self.p[j0] == 0 {
                 break;
             }
         }
+        self.augment(j0);
+    }
+
+    /// Updates the reduced costs from column `j0`'s row; the smallest one among the columns not
+    /// yet used and its column.
+    fn relax(
+        &mut self,
+        cost: &[Vec<f64>],
+        j0: usize,
+        minv: &mut [f64],
+        used: &[bool],
+    ) -> (f64, usize) {
+        let i0 = self.p[j0];
+        let mut delta = f64::INFINITY;
+        let mut j1 = 0usize;
+        for j in 1..=self.m {
+            if !used[j] {
+                let cur = cost[i0 - 1][j - 1] - self.u[i0] - self.v[j];
+                if cur < minv[j] {
+                    minv[j] = cur;
+                    self.way[j] = j0;
+                }
+                if minv[j] < delta {
+                    delta = minv[j];
+                    j1 = j;
+                }
+            }
+        }
+        (delta, j1)
+    }
+
+    /// Moves the potentials by `delta`: used columns' rows up, their columns down.
+    fn shift(&mut self, delta: f64, minv: &mut [f64], used: &[bool]) {
+        for j in 0..=self.m {
+            if used[j] {
+                self.u[self.p[j]] += delta;
+                self.v[j] -= delta;
+            } else {
+                minv[j] -= delta;
+            }
+        }
+    }
+
+    /// Flips the assignment along the path that ends at the free column `j0`.
+    fn augment(&mut self, mut j0: usize) {
         loop {
-            let j1 = way[j0];
-            p[j0] = p[j1];
+            let j1 = self.way[j0];
+            self.p[j0] = self.p[j1];
             j0 = j1;
             if j0 == 0 {
                 break;
             }
         }
     }
-    let mut out: Vec<(usize, usize)> = (1..=m)
-        .filter(|&j| p[j] != 0)
-        .map(|j| (p[j] - 1, j - 1))
-        .collect();
-    out.sort();
-    out
+
+    /// The (row, column) pairs, 0-based, sorted.
+    fn pairs(&self) -> Vec<(usize, usize)> {
+        let mut out: Vec<(usize, usize)> = (1..=self.m)
+            .filter(|&j| self.p[j] != 0)
+            .map(|j| (self.p[j] - 1, j - 1))
+            .collect();
+        out.sort();
+        out
+    }
 }
 
 #[cfg(test)]

@@ -247,6 +247,21 @@ pub struct FeatureReport {
 /// shapes and dtypes, lengths, label kind and range, every feature value finite (streamed).
 pub fn check_split(spec: &DatasetSpec, path: &Path) -> Result<usize, FeatureError> {
     let file = SafetensorsFile::open(path)?;
+    let n = check_label_tensor(spec, &file, path)?;
+    check_label_values(spec, &file, path)?;
+    for m in &spec.modalities {
+        check_modality(m, n, &file, path)?;
+        check_lengths(m, n, &file, path)?;
+    }
+    Ok(n)
+}
+
+/// The labels tensor's presence, shape and dtype; its sample count.
+fn check_label_tensor(
+    spec: &DatasetSpec,
+    file: &SafetensorsFile,
+    path: &Path,
+) -> Result<usize, FeatureError> {
     let bad = |p: String| file_error(path, p);
     let labels = file.info(LABELS).ok_or_else(|| {
         bad(format!(
@@ -269,6 +284,15 @@ pub fn check_split(spec: &DatasetSpec, path: &Path) -> Result<usize, FeatureErro
         }
         _ => {}
     }
+    Ok(n)
+}
+
+/// Every label is a class index (classification) or a finite value in `label_range`.
+fn check_label_values(
+    spec: &DatasetSpec,
+    file: &SafetensorsFile,
+    path: &Path,
+) -> Result<(), FeatureError> {
     let classes = spec.classes.len() as f64;
     let range = spec.label_range;
     file.for_each_chunk(LABELS, |start, values| {
@@ -285,68 +309,94 @@ pub fn check_split(spec: &DatasetSpec, path: &Path) -> Result<usize, FeatureErro
                     (_, Some([lo, hi])) => format!("a finite value in label_range [{lo}, {hi}]"),
                     _ => "a finite value".into(),
                 };
-                return Err(bad(format!(
-                    "label {} is {v}, expected {expect}: fix the labels or dataset.json",
-                    start + k
-                )));
+                return Err(file_error(
+                    path,
+                    format!(
+                        "label {} is {v}, expected {expect}: fix the labels or dataset.json",
+                        start + k
+                    ),
+                ));
             }
         }
         Ok(())
+    })
+}
+
+/// A modality's tensor: present, floats, the shape dataset.json and the `n` labels give, finite.
+fn check_modality(
+    m: &FeatureModality,
+    n: usize,
+    file: &SafetensorsFile,
+    path: &Path,
+) -> Result<(), FeatureError> {
+    let bad = |p: String| file_error(path, p);
+    let info = file.info(&m.name).ok_or_else(|| {
+        bad(format!("modality {:?} is missing: add a tensor named {:?} ([N, T, D] or [N, D]) or remove it from dataset.json", m.name, m.name))
     })?;
-    for m in &spec.modalities {
-        let info = file.info(&m.name).ok_or_else(|| {
-            bad(format!("modality {:?} is missing: add a tensor named {:?} ([N, T, D] or [N, D]) or remove it from dataset.json", m.name, m.name))
-        })?;
-        if !info.dtype.is_float() {
-            return Err(bad(format!(
-                "modality {:?} has dtype {:?}; features must be floats (F32)",
-                m.name, info.dtype
-            )));
-        }
-        let expected: Vec<usize> = match m.seq_len {
-            Some(t) => vec![n, t, m.dim],
-            None => vec![n, m.dim],
-        };
-        let vector_ok = m.steps() == 1 && info.shape == [n, m.dim];
-        if info.shape != expected && !vector_ok {
-            return Err(bad(format!(
-                "modality {:?} has shape {:?} but dataset.json and the {n} labels say {:?}: fix dim/seq_len in dataset.json or the tensor",
-                m.name, info.shape, expected
-            )));
-        }
-        let row = m.steps() * m.dim;
-        file.for_each_chunk(&m.name, |start, values| {
-            if let Some(k) = values.iter().position(|v| !v.is_finite()) {
-                let at = start + k;
-                return Err(bad(format!(
-                    "modality {:?} holds a non-finite value ({}) at sample {}: replace NaN/inf (scripts/import-features.py does) and write the file again",
-                    m.name, values[k], at / row
-                )));
-            }
-            Ok(())
-        })?;
-        let len_name = format!("{}.lengths", m.name);
-        if let Some(info) = file.info(&len_name) {
-            if info.shape != [n] || info.dtype.is_float() {
-                return Err(bad(format!(
-                    "{len_name:?} must be [N] integers, got {:?} {:?}",
-                    info.shape, info.dtype
-                )));
-            }
-            let steps = m.steps() as f64;
-            file.for_each_chunk(&len_name, |start, values| {
-                if let Some(k) = values.iter().position(|v| *v < 1.0 || *v > steps) {
-                    return Err(bad(format!(
-                        "{len_name:?}[{}] is {}, must be 1..={steps}",
-                        start + k,
-                        values[k]
-                    )));
-                }
-                Ok(())
-            })?;
-        }
+    if !info.dtype.is_float() {
+        return Err(bad(format!(
+            "modality {:?} has dtype {:?}; features must be floats (F32)",
+            m.name, info.dtype
+        )));
     }
-    Ok(n)
+    let expected: Vec<usize> = match m.seq_len {
+        Some(t) => vec![n, t, m.dim],
+        None => vec![n, m.dim],
+    };
+    let vector_ok = m.steps() == 1 && info.shape == [n, m.dim];
+    if info.shape != expected && !vector_ok {
+        return Err(bad(format!(
+            "modality {:?} has shape {:?} but dataset.json and the {n} labels say {:?}: fix dim/seq_len in dataset.json or the tensor",
+            m.name, info.shape, expected
+        )));
+    }
+    let row = m.steps() * m.dim;
+    file.for_each_chunk(&m.name, |start, values| {
+        if let Some(k) = values.iter().position(|v| !v.is_finite()) {
+            let at = start + k;
+            return Err(bad(format!(
+                "modality {:?} holds a non-finite value ({}) at sample {}: replace NaN/inf (scripts/import-features.py does) and write the file again",
+                m.name, values[k], at / row
+            )));
+        }
+        Ok(())
+    })
+}
+
+/// A modality's optional `<name>.lengths`: `n` integers in 1..=steps.
+fn check_lengths(
+    m: &FeatureModality,
+    n: usize,
+    file: &SafetensorsFile,
+    path: &Path,
+) -> Result<(), FeatureError> {
+    let len_name = format!("{}.lengths", m.name);
+    let Some(info) = file.info(&len_name) else {
+        return Ok(());
+    };
+    if info.shape != [n] || info.dtype.is_float() {
+        return Err(file_error(
+            path,
+            format!(
+                "{len_name:?} must be [N] integers, got {:?} {:?}",
+                info.shape, info.dtype
+            ),
+        ));
+    }
+    let steps = m.steps() as f64;
+    file.for_each_chunk(&len_name, |start, values| {
+        if let Some(k) = values.iter().position(|v| *v < 1.0 || *v > steps) {
+            return Err(file_error(
+                path,
+                format!(
+                    "{len_name:?}[{}] is {}, must be 1..={steps}",
+                    start + k,
+                    values[k]
+                ),
+            ));
+        }
+        Ok(())
+    })
 }
 
 /// Checks a whole feature dataset: the description and every split.

@@ -92,14 +92,23 @@ pub struct SafetensorsFile {
 /// Headers larger than this are not feature files (safetensors itself caps them at 100 MB).
 const MAX_HEADER: u64 = 100 << 20;
 
-impl SafetensorsFile {
-    /// Reads and checks the header only: every tensor's byte range must fit its dtype and shape
-    /// and lie inside the file (a truncated file or a lying header is reported here).
-    pub fn open(path: &Path) -> Result<Self, FeatureError> {
-        let bad = |problem: String| FeatureError::File {
-            path: path.to_path_buf(),
-            problem,
-        };
+/// A file's parsed JSON header, with what checking its tensors needs.
+struct Header<'a> {
+    path: &'a Path,
+    json: serde_json::Map<String, serde_json::Value>,
+    /// Where the tensors' bytes start (their offsets count from here).
+    data_start: u64,
+    file_len: u64,
+}
+
+impl<'a> Header<'a> {
+    fn bad(&self, problem: String) -> FeatureError {
+        file_problem(self.path, problem)
+    }
+
+    /// The 8-byte length, then that many bytes of JSON, checked against the file's size.
+    fn read(path: &'a Path) -> Result<Self, FeatureError> {
+        let bad = |problem: String| file_problem(path, problem);
         let mut file = File::open(path).map_err(|e| bad(format!("cannot open it: {e}")))?;
         let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
         let mut len_bytes = [0u8; 8];
@@ -115,63 +124,89 @@ impl SafetensorsFile {
         let mut header = vec![0u8; header_len as usize];
         file.read_exact(&mut header)
             .map_err(|e| bad(format!("reading the header: {e}")))?;
-        let json: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
-            .map_err(|e| {
-                bad(format!(
-                    "its header is not valid JSON ({e}): the file is not safetensors"
-                ))
-            })?;
-        let data_start = 8 + header_len;
+        let json = serde_json::from_slice(&header).map_err(|e| {
+            bad(format!(
+                "its header is not valid JSON ({e}): the file is not safetensors"
+            ))
+        })?;
+        Ok(Self {
+            path,
+            json,
+            data_start: 8 + header_len,
+            file_len,
+        })
+    }
+
+    /// Tensor `name`'s entry: a known dtype, a shape and two offsets whose range holds exactly
+    /// the shape's bytes, inside the file.
+    fn tensor(&self, name: &str, value: &serde_json::Value) -> Result<TensorInfo, FeatureError> {
+        let dtype_name = value["dtype"].as_str().unwrap_or("?");
+        let dtype = Dtype::parse(dtype_name).ok_or_else(|| {
+            self.bad(format!(
+                "tensor {name:?} has dtype {dtype_name}; feature files hold F32, F64 or F16 features and I64, I32 or F32 labels: convert it"
+            ))
+        })?;
+        let shape: Option<Vec<usize>> = value["shape"].as_array().map(|a| {
+            a.iter()
+                .filter_map(|d| d.as_u64().map(|d| d as usize))
+                .collect()
+        });
+        let offsets: Option<Vec<u64>> = value["data_offsets"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|d| d.as_u64()).collect());
+        let (Some(shape), Some(offsets)) = (shape, offsets) else {
+            return Err(self.bad(format!(
+                "tensor {name:?} has no valid shape or data_offsets in the header"
+            )));
+        };
+        let [begin, end] = offsets[..] else {
+            return Err(self.bad(format!(
+                "tensor {name:?}: data_offsets must hold two numbers"
+            )));
+        };
+        let info = TensorInfo {
+            dtype,
+            begin: self.data_start + begin,
+            end: self.data_start + end,
+            shape,
+        };
+        let expected = (info.numel() * dtype.size()) as u64;
+        if end < begin || end - begin != expected {
+            return Err(self.bad(format!(
+                "tensor {name:?} claims shape {:?} of {dtype_name} ({expected} bytes) but its data range holds {} bytes: the header lies; write the file again",
+                info.shape,
+                end.saturating_sub(begin)
+            )));
+        }
+        if info.end > self.file_len {
+            return Err(self.bad(format!(
+                "tensor {name:?} ends at byte {} but the file has {}: the file is truncated; copy or write it again",
+                info.end, self.file_len
+            )));
+        }
+        Ok(info)
+    }
+}
+
+fn file_problem(path: &Path, problem: String) -> FeatureError {
+    FeatureError::File {
+        path: path.to_path_buf(),
+        problem,
+    }
+}
+
+impl SafetensorsFile {
+    /// Reads and checks the header only: every tensor's byte range must fit its dtype and shape
+    /// and lie inside the file (a truncated file or a lying header is reported here).
+    pub fn open(path: &Path) -> Result<Self, FeatureError> {
+        let header = Header::read(path)?;
         let mut tensors = BTreeMap::new();
-        for (name, value) in json {
+        for (name, value) in &header.json {
             if name == "__metadata__" {
                 continue;
             }
-            let dtype_name = value["dtype"].as_str().unwrap_or("?");
-            let dtype = Dtype::parse(dtype_name).ok_or_else(|| {
-                bad(format!(
-                    "tensor {name:?} has dtype {dtype_name}; feature files hold F32, F64 or F16 features and I64, I32 or F32 labels: convert it"
-                ))
-            })?;
-            let shape: Option<Vec<usize>> = value["shape"].as_array().map(|a| {
-                a.iter()
-                    .filter_map(|d| d.as_u64().map(|d| d as usize))
-                    .collect()
-            });
-            let offsets: Option<Vec<u64>> = value["data_offsets"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|d| d.as_u64()).collect());
-            let (Some(shape), Some(offsets)) = (shape, offsets) else {
-                return Err(bad(format!(
-                    "tensor {name:?} has no valid shape or data_offsets in the header"
-                )));
-            };
-            let [begin, end] = offsets[..] else {
-                return Err(bad(format!(
-                    "tensor {name:?}: data_offsets must hold two numbers"
-                )));
-            };
-            let info = TensorInfo {
-                dtype,
-                begin: data_start + begin,
-                end: data_start + end,
-                shape,
-            };
-            let expected = (info.numel() * dtype.size()) as u64;
-            if end < begin || end - begin != expected {
-                return Err(bad(format!(
-                    "tensor {name:?} claims shape {:?} of {dtype_name} ({expected} bytes) but its data range holds {} bytes: the header lies; write the file again",
-                    info.shape,
-                    end.saturating_sub(begin)
-                )));
-            }
-            if info.end > file_len {
-                return Err(bad(format!(
-                    "tensor {name:?} ends at byte {} but the file has {file_len}: the file is truncated; copy or write it again",
-                    info.end
-                )));
-            }
-            tensors.insert(name, info);
+            let info = header.tensor(name, value)?;
+            tensors.insert(name.clone(), info);
         }
         Ok(Self {
             path: path.to_path_buf(),

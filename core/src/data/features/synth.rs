@@ -115,7 +115,26 @@ pub fn write_feature_dataset(dir: &Path, cfg: &FeatureSynthConfig) -> anyhow::Re
         cfg.train > 0 && cfg.valid > 0 && cfg.test > 0,
         "every split needs at least one sample"
     );
-    let spec = DatasetSpec {
+    let spec = synthetic_spec(cfg);
+    std::fs::create_dir_all(dir)?;
+    // One generator across the splits, in this order: the splits are one stream of samples.
+    let mut gen = Generator::new(cfg.seed);
+    for (split, n) in [
+        ("train", cfg.train),
+        ("valid", cfg.valid),
+        ("test", cfg.test),
+    ] {
+        let samples = Samples::draw(&mut gen, cfg, n);
+        write_split(&split_path(dir, split), &spec, &samples, n)?;
+    }
+    spec.write(dir)?;
+    Ok(spec)
+}
+
+/// The synthetic set's description: its modalities from [`MODALITIES`], four classes or a
+/// label range.
+fn synthetic_spec(cfg: &FeatureSynthConfig) -> DatasetSpec {
+    DatasetSpec {
         format: "cggm-features".into(),
         task: cfg.task,
         modalities: MODALITIES
@@ -135,34 +154,42 @@ pub fn write_feature_dataset(dir: &Path, cfg: &FeatureSynthConfig) -> anyhow::Re
             "synthetic, seed {}, imbalance {}: text strong, audio and vision weak but needed",
             cfg.seed, cfg.imbalance
         ),
-    };
-    std::fs::create_dir_all(dir)?;
-    let mut gen = Generator::new(cfg.seed);
-    for (split, n) in [
-        ("train", cfg.train),
-        ("valid", cfg.valid),
-        ("test", cfg.test),
-    ] {
-        let mut per_modality: Vec<Vec<f32>> = vec![Vec::new(); MODALITIES.len()];
-        let mut class_labels = Vec::with_capacity(n);
-        let mut real_labels = Vec::with_capacity(n);
+    }
+}
+
+/// One split's samples: the features per modality (row-major) and the labels of the task.
+struct Samples {
+    per_modality: Vec<Vec<f32>>,
+    class_labels: Vec<i64>,
+    real_labels: Vec<f32>,
+}
+
+impl Samples {
+    fn draw(gen: &mut Generator, cfg: &FeatureSynthConfig, n: usize) -> Self {
+        let mut samples = Samples {
+            per_modality: vec![Vec::new(); MODALITIES.len()],
+            class_labels: Vec::with_capacity(n),
+            real_labels: Vec::with_capacity(n),
+        };
         for _ in 0..n {
             // Latent signals per modality: +-1 bits (classification) or N(0, 1) (regression).
             let signals: [f64; 3] = match cfg.task {
                 TaskKind::Classification => {
                     let c: i64 = gen.rng.gen_range(0..4);
-                    class_labels.push(c);
+                    samples.class_labels.push(c);
                     let hi = if c >= 2 { 1.0 } else { -1.0 };
                     let lo = if c % 2 == 1 { 1.0 } else { -1.0 };
                     [hi, lo, lo]
                 }
                 _ => {
                     let z: [f64; 3] = std::array::from_fn(|_| gen.rng.sample(StandardNormal));
-                    real_labels.push((1.5 * z[0] + z[1] + z[2]).clamp(-3.0, 3.0) as f32);
+                    samples
+                        .real_labels
+                        .push((1.5 * z[0] + z[1] + z[2]).clamp(-3.0, 3.0) as f32);
                     z
                 }
             };
-            for (m, out) in per_modality.iter_mut().enumerate() {
+            for (m, out) in samples.per_modality.iter_mut().enumerate() {
                 let second = if m == 0 {
                     TEXT_SECOND_SIGNAL * signals[1]
                 } else {
@@ -171,28 +198,32 @@ pub fn write_feature_dataset(dir: &Path, cfg: &FeatureSynthConfig) -> anyhow::Re
                 gen.sample(m, signals[m], amplitude(m, cfg.imbalance), second, out);
             }
         }
-        let names = spec.names();
-        let shapes: Vec<[usize; 3]> = MODALITIES
-            .iter()
-            .map(|(_, dim, steps, _)| [n, *steps, *dim])
-            .collect();
-        let mut tensors: Vec<(&str, &[usize], Values)> = names
-            .iter()
-            .zip(&shapes)
-            .zip(&per_modality)
-            .map(|((name, shape), v)| (name.as_str(), &shape[..], Values::F32(v)))
-            .collect();
-        let count = [n];
-        tensors.push((
-            LABELS,
-            &count,
-            match cfg.task {
-                TaskKind::Classification => Values::I64(&class_labels),
-                _ => Values::F32(&real_labels),
-            },
-        ));
-        write_safetensors(&split_path(dir, split), &tensors)?;
+        samples
     }
-    spec.write(dir)?;
-    Ok(spec)
+}
+
+/// One split's safetensors file: a `[n, steps, dim]` tensor per modality and the labels.
+fn write_split(path: &Path, spec: &DatasetSpec, samples: &Samples, n: usize) -> anyhow::Result<()> {
+    let names = spec.names();
+    let shapes: Vec<[usize; 3]> = MODALITIES
+        .iter()
+        .map(|(_, dim, steps, _)| [n, *steps, *dim])
+        .collect();
+    let mut tensors: Vec<(&str, &[usize], Values)> = names
+        .iter()
+        .zip(&shapes)
+        .zip(&samples.per_modality)
+        .map(|((name, shape), v)| (name.as_str(), &shape[..], Values::F32(v)))
+        .collect();
+    let count = [n];
+    tensors.push((
+        LABELS,
+        &count,
+        match spec.task {
+            TaskKind::Classification => Values::I64(&samples.class_labels),
+            _ => Values::F32(&samples.real_labels),
+        },
+    ));
+    write_safetensors(path, &tensors)?;
+    Ok(())
 }
