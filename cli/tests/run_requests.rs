@@ -7,6 +7,7 @@ mod common;
 
 use axum::http::StatusCode;
 use cggm_core::config::{Method, TrainConfig};
+use cggm_core::preset::Preset;
 use cggm_core::request::RunOptions;
 use common::*;
 use std::path::Path;
@@ -238,7 +239,7 @@ async fn the_vocabulary_lists_what_the_trainer_offers() {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    for name in TrainConfig::PRESETS {
+    for name in Preset::ALL.map(Preset::name) {
         assert!(presets.contains(&name), "{name} missing from {presets:?}");
     }
     let options: Vec<String> = v["options"]
@@ -363,6 +364,7 @@ async fn stored_classification_run(app: &TestApp) -> i64 {
     let out = app.data_dir().join("runs/job-1");
     std::fs::create_dir_all(out.join("checkpoints")).unwrap();
     std::fs::write(out.join("checkpoints/best.safetensors"), b"weights").unwrap();
+    std::fs::write(out.join("checkpoints/best.json"), br#"{"epoch": 1}"#).unwrap();
     std::fs::write(
         out.join("metrics.json"),
         r#"{"test": {"confusion_matrix": [[5, 1], [2, 4]], "class_names": ["cat", "dog"]}}"#,

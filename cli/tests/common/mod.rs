@@ -455,10 +455,12 @@ while [ $# -gt 0 ]; do
   shift
 done
 if [ "$method" = "unimodal:t2" ]; then echo "CUDA out of memory (simulated)" >&2; exit 3; fi
-if [ "$cmd" = train ]; then mkdir -p "$out/checkpoints"; echo weights > "$out/checkpoints/last.safetensors"; fi
+# Like the trainer: a checkpoint's weights, then its state file (which makes it count).
+if [ "$cmd" = train ]; then mkdir -p "$out/checkpoints"; echo weights > "$out/checkpoints/last.safetensors"; echo '{{"epoch": 1, "global_step": 3}}' > "$out/checkpoints/last.json"; fi
 sleep {pause}
 if [ "$cmd" = train ]; then
   echo weights > "$out/checkpoints/best.safetensors"
+  echo '{{"epoch": 1, "global_step": 3}}' > "$out/checkpoints/best.json"
   echo '{{"test_dice": {{"wt": 0.8, "tc": 0.7, "et": 0.6, "mean": 0.7}}}}' > "$out/metrics.json"
   cat <<'EVENTS'
 {events}
