@@ -275,9 +275,8 @@ fn discover_nnunet(root: &Path, description: &NnUnetDescription) -> DiscoveryRep
     let mut report = empty_report(Layout::NnUnetV2);
     let channels_of = nnunet_channel_files(root, description, &mut report.problems);
     for (case, files) in channels_of {
-        match nnunet_case(root, description, case, &files) {
-            Ok(case) => report.cases.push(case),
-            Err(problem) => report.problems.push(problem),
+        if let Some(case) = nnunet_case(root, description, case, &files, &mut report.problems) {
+            report.cases.push(case);
         }
     }
     report
@@ -328,13 +327,15 @@ fn nnunet_channel_files(
 }
 
 /// One nnU-Net case from its channel files (in the project's modality order, by
-/// `dataset.json`'s channel names) and its label in `labelsTr` when there is one.
+/// `dataset.json`'s channel names) and its label in `labelsTr` when there is one; a case missing
+/// a channel is a problem instead.
 fn nnunet_case(
     root: &Path,
     description: &NnUnetDescription,
     case: String,
     files: &[(usize, PathBuf)],
-) -> Result<CaseSource, CaseProblem> {
+    problems: &mut Vec<CaseProblem>,
+) -> Option<CaseSource> {
     let mut images: [Option<PathBuf>; 4] = Default::default();
     let mut missing = Vec::new();
     for (channel, modality) in description.channels.iter().enumerate() {
@@ -344,7 +345,7 @@ fn nnunet_case(
         }
     }
     if let Some(&modality) = missing.first() {
-        return Err(CaseProblem {
+        problems.push(CaseProblem {
             case: case.clone(),
             error: DataError::MissingModality {
                 case,
@@ -352,11 +353,12 @@ fn nnunet_case(
                 dir: root.join("imagesTr"),
             },
         });
+        return None;
     }
     let label = root
         .join("labelsTr")
         .join(format!("{case}{}", description.file_ending));
-    Ok(CaseSource {
+    Some(CaseSource {
         id: case,
         files: CaseFiles::Separate {
             images: images.map(|p| p.expect("checked above")),
