@@ -4,6 +4,7 @@
 use super::reference::{self, ReferenceError};
 use super::{process_cpu_seconds, sync, utilisation};
 use anyhow::Result;
+use cggm_core::preset::Preset;
 use cggm_trainer::config::TrainConfig;
 use cggm_trainer::data::Study;
 use cggm_trainer::device::{describe, parse_device};
@@ -19,7 +20,7 @@ use tch::Device;
 
 #[derive(Debug, clap::Args)]
 pub struct InferBenchArgs {
-    #[arg(long, default_value = "cpu-small")]
+    #[arg(long, default_value = Preset::DEFAULT.name())]
     pub preset: String,
     /// Volume size XxYxZ.
     #[arg(long, default_value = "240x240x155")]

@@ -1,5 +1,6 @@
 //! The random inputs the benchmarks time on: a segmentation batch with a plausible label map, and
 //! a feature batch of a preset's shapes.
+use cggm_core::preset::Preset;
 use cggm_trainer::data::features::{DatasetSpec, FeatureModality};
 use cggm_trainer::model::features::FeatureInput;
 use cggm_trainer::task::TaskKind;
@@ -47,23 +48,23 @@ pub fn random_batch(b: usize, crop: usize, device: Device) -> (Tensor, Tensor) {
 /// regression, IEMOCAP 4 emotions); Food-101: one BERT text token (768) and one ViT image token
 /// (768), 101 classes.
 pub fn bench_feature_spec(preset: &str) -> Option<DatasetSpec> {
-    let (task, classes, mods): (TaskKind, usize, &[(&str, usize, usize)]) = match preset {
-        "cpu-features" => (
+    let (task, classes, mods): (TaskKind, usize, &[(&str, usize, usize)]) = match preset.parse() {
+        Ok(Preset::CpuFeatures) => (
             TaskKind::Classification,
             4,
             &[("text", 16, 4), ("audio", 12, 8), ("vision", 8, 6)],
         ),
-        "paper-mosi" => (
+        Ok(Preset::PaperMosi) => (
             TaskKind::Regression,
             0,
             &[("text", 300, 50), ("audio", 5, 50), ("vision", 20, 50)],
         ),
-        "paper-iemocap" => (
+        Ok(Preset::PaperIemocap) => (
             TaskKind::Classification,
             4,
             &[("text", 300, 20), ("audio", 74, 20), ("vision", 35, 20)],
         ),
-        "paper-food101" => (
+        Ok(Preset::PaperFood101) => (
             TaskKind::Classification,
             101,
             &[("text", 768, 1), ("image", 768, 1)],

@@ -1,6 +1,7 @@
 //! `cggm bench parity`: the CPU against --device from the same weights and the same batch.
 use super::inputs::random_batch;
 use anyhow::Result;
+use cggm_core::preset::Preset;
 use cggm_trainer::config::TrainConfig;
 use cggm_trainer::device::{describe, parse_device};
 use cggm_trainer::step::Trainer;
@@ -9,7 +10,7 @@ use tch::Device;
 
 #[derive(Debug, clap::Args)]
 pub struct ParityArgs {
-    #[arg(long, default_value = "tiny")]
+    #[arg(long, default_value = Preset::Tiny.name())]
     pub preset: String,
     #[arg(long, default_value = "cggm")]
     pub method: String,

@@ -6,6 +6,7 @@ use super::reference::{self, ReferenceError};
 use super::report::{self, Memory, Params, PerMethod};
 use super::{gpu_memory_bytes, median, peak_rss_bytes, process_cpu_seconds, sync, utilisation};
 use anyhow::Result;
+use cggm_core::preset::Preset;
 use cggm_trainer::amp::AmpDtype;
 use cggm_trainer::config::{Method, TrainConfig};
 use cggm_trainer::data::features::DatasetSpec;
@@ -23,7 +24,7 @@ use tch::{Device, Tensor};
 
 #[derive(Debug, clap::Args)]
 pub struct TrainBenchArgs {
-    #[arg(long, default_value = "cpu-small")]
+    #[arg(long, default_value = Preset::DEFAULT.name())]
     pub preset: String,
     #[arg(long)]
     pub batch_size: Option<usize>,
