@@ -6,7 +6,7 @@
 use crate::db::{self, Job, JobKind, JobState};
 use crate::error::{Error, Result};
 use cggm_core::config::{incompatibility, TrainConfig};
-use cggm_core::rundir::{CheckpointName, RunDir};
+use cggm_core::rundir::RunDir;
 use sqlx::SqlitePool;
 use std::path::PathBuf;
 
@@ -28,9 +28,7 @@ fn run_config(run: &RunDir) -> Option<TrainConfig> {
 }
 
 fn has_checkpoint(job: &Job) -> bool {
-    CheckpointName::ALL
-        .iter()
-        .any(|name| job.run_dir().has_weights(*name))
+    job.run_dir().best_or_last().is_some()
 }
 
 /// The folder (absolute) of the run `value` names, once it is a finished training run with a

@@ -35,7 +35,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use cggm_core::data::{OutputLabels, LABEL_ENHANCING, LABEL_NCR, LABEL_OEDEMA};
-use cggm_core::rundir::CheckpointName;
 use cggm_core::task::TaskKind;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -166,9 +165,7 @@ async fn models(state: &AppState) -> Result<Vec<Job>> {
         .filter(|job| {
             job.state == JobState::Succeeded
                 && job_task(&job.params_json()) == TaskKind::Segmentation
-                && CheckpointName::ALL
-                    .iter()
-                    .any(|name| job.run_dir().has_weights(*name))
+                && job.run_dir().best_or_last().is_some()
         })
         .collect())
 }
