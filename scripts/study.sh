@@ -22,6 +22,8 @@
 # only, batch 32, the authors' fuller 3x3 classifiers, eps smoothed (eps_ema 0.9); with
 # EPS_SOURCE=probe eps_i is measured on a fixed batch of validation slices (a departure from the
 # paper). docs/study.md then reports the diagnostics (z) per arm.
+# ENCODERS=separate  model.encoders for every run (default auto: grouped on a CPU for cpu-small;
+#                    the studies in docs/ ran before that default, with separate encoders).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${1:-/tmp/cggm-study}"
@@ -37,6 +39,8 @@ TEST_FRACTION="${TEST_FRACTION:-0.25}"
 DOCS="${DOCS:-1}"
 PROFILE="${PROFILE:-paper}"
 EPS_SOURCE="${EPS_SOURCE:-batch}"
+# auto (the default) groups cpu-small's encoders on a CPU; separate repeats studies run before it.
+ENCODERS="${ENCODERS:-auto}"
 [ -x "$BIN" ] || { echo "no $BIN: run \`make build\` or set CGGM_BIN" >&2; exit 1; }
 mkdir -p "$OUT/runs"
 [ -d "$OUT/data" ] || "$BIN" synth --out "$OUT/data" --cases "$CASES" --seed 1 --size "$SIZE" --imbalance 2.0
@@ -65,6 +69,15 @@ PY
     ;;
   *) echo "PROFILE=$PROFILE: use paper or signal" >&2; exit 1 ;;
 esac
+if [ "$ENCODERS" != auto ]; then
+  "$PY" - "$OUT/study-config.json" "$ENCODERS" <<'PY'
+import json, sys
+path, encoders = sys.argv[1], sys.argv[2]
+cfg = json.load(open(path))
+cfg.setdefault("model", {})["encoders"] = encoders
+json.dump(cfg, open(path, "w"), indent=2)
+PY
+fi
 run() { # arm seed
   local dir="$OUT/runs/${1//:/-}-s$2" method="$1" extra=()
   [ -f "$dir/metrics.json" ] && return 0
