@@ -73,7 +73,7 @@ impl EncoderLayout {
     /// crop 64: 1.36x (slower), so bottleneck backbones stay separate. Not measured on CUDA.
     pub fn grouped(&self, backbone: &ResNetConfig, on_cpu: bool) -> bool {
         match self {
-            EncoderLayout::Auto => on_cpu && !backbone.bottleneck() && backbone.in_channels == 1,
+            EncoderLayout::Auto => on_cpu && !backbone.bottleneck(),
             EncoderLayout::Separate => false,
             EncoderLayout::Grouped => true,
         }

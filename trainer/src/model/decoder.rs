@@ -77,7 +77,7 @@ impl Decoder {
     /// high: [B, groups * high_in, H/OS, W/OS], low: [B, groups * low_in, H/4, W/4] (group i's
     /// channels contiguous).
     pub fn penultimate(&self, high: &Tensor, low: &Tensor, train: bool) -> Tensor {
-        let (b, h, w) = (low.size()[0], low.size()[2], low.size()[3]);
+        let (h, w) = (low.size()[2], low.size()[3]);
         let high = self
             .high_proj
             .forward_t(high, train)
@@ -85,16 +85,7 @@ impl Decoder {
             .upsample_bilinear2d([h, w], false, None, None);
         let low = self.low_proj.forward_t(low, train).relu();
         // Each group's refinement sees its own [high_i, low_i]: interleave per group.
-        let g = self.groups;
-        let mut ys = if g == 1 {
-            Tensor::cat(&[high, low], 1)
-        } else {
-            Tensor::cat(
-                &[high.view([b, g, -1, h, w]), low.view([b, g, -1, h, w])],
-                2,
-            )
-            .view([b, -1, h, w])
-        };
+        let mut ys = interleave_groups(&[high, low], self.groups);
         for conv in &self.refine {
             ys = conv.forward_t(&ys, train).relu();
         }
@@ -113,4 +104,17 @@ impl Decoder {
             .apply(&self.last)
             .upsample_bilinear2d([out_hw.0, out_hw.1], false, None, None)
     }
+}
+
+/// Tensors [B, n * c_k, h, w] that each hold n groups -> [B, n * sum(c_k), h, w] with group i's
+/// parts of every tensor side by side (what concatenating group by group gives); n = 1 is a
+/// plain concatenation. `reshape`, not `view`: channels-last inputs (inference) are accepted.
+pub(crate) fn interleave_groups(parts: &[Tensor], n: i64) -> Tensor {
+    if n == 1 {
+        return Tensor::cat(parts, 1);
+    }
+    let size = parts[0].size();
+    let (b, h, w) = (size[0], size[2], size[3]);
+    let grouped: Vec<Tensor> = parts.iter().map(|t| t.reshape([b, n, -1, h, w])).collect();
+    Tensor::cat(&grouped, 2).view([b, -1, h, w])
 }

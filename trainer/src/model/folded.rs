@@ -7,7 +7,7 @@
 //!
 //! Build it from the trained model right before predicting (weights change while training).
 
-use super::decoder::Decoder;
+use super::decoder::{interleave_groups, Decoder};
 use super::resnet::{channels_last, Block, ConvBn, ConvGeometry, FoldedConv, ResNet};
 use super::{ModalityClassifiers, MultimodalSegmenter};
 use tch::{Kind, Tensor};
@@ -218,25 +218,13 @@ impl FoldedEncoder {
 
 impl FoldedDecoder {
     fn forward(&self, high: &Tensor, low: &Tensor, out_hw: (i64, i64)) -> Tensor {
-        let (b, h, w) = (low.size()[0], low.size()[2], low.size()[3]);
+        let (h, w) = (low.size()[2], low.size()[3]);
         let mut hp = self.high_proj.forward(high);
         let _ = hp.relu_();
         let high = hp.upsample_bilinear2d([h, w], false, None, None);
         let mut low = self.low_proj.forward(low);
         let _ = low.relu_();
-        let g = self.groups;
-        let mut ys = if g == 1 {
-            Tensor::cat(&[high, low], 1)
-        } else {
-            Tensor::cat(
-                &[
-                    high.reshape([b, g, -1, h, w]),
-                    low.reshape([b, g, -1, h, w]),
-                ],
-                2,
-            )
-            .view([b, -1, h, w])
-        };
+        let mut ys = interleave_groups(&[high, low], self.groups);
         for conv in &self.refine {
             ys = conv.forward(&ys);
             let _ = ys.relu_();

@@ -6,6 +6,7 @@
 //! per-call overhead dominates, run about twice as fast this way.
 
 use super::aspp::Aspp;
+use super::decoder::interleave_groups;
 use super::encoder::Encoder;
 use super::resnet::{Block, ConvBn, ResNet};
 use tch::Tensor;
@@ -82,15 +83,6 @@ fn aspp(set: &[&Aspp], xs: &Tensor, train: bool) -> Tensor {
     ConvBn::forward_grouped(&project, &ys, train)
         .relu()
         .dropout(0.1, train)
-}
-
-/// Tensors [B, n * c_k, h, w] holding n groups each -> [B, n * sum(c_k), h, w] with group i's
-/// parts of every tensor next to each other (what concatenating per group gives).
-fn interleave_groups(parts: &[Tensor], n: i64) -> Tensor {
-    let size = parts[0].size();
-    let (b, h, w) = (size[0], size[2], size[3]);
-    let grouped: Vec<Tensor> = parts.iter().map(|t| t.view([b, n, -1, h, w])).collect();
-    Tensor::cat(&grouped, 2).view([b, -1, h, w])
 }
 
 #[cfg(test)]

@@ -160,8 +160,11 @@ impl ConvBn {
         };
         let gamma = cat_of(|bn| bn.ws.as_ref());
         let beta = cat_of(|bn| bn.bs.as_ref());
-        let mean = cat_of(|bn| Some(&bn.running_mean)).expect("batch norm has running stats");
-        let var = cat_of(|bn| Some(&bn.running_var)).expect("batch norm has running stats");
+        let running = |part: fn(&nn::BatchNorm) -> &Tensor| {
+            Tensor::cat(&set.iter().map(|c| part(&c.bn)).collect::<Vec<_>>(), 0)
+        };
+        let mean = running(|bn| &bn.running_mean);
+        let var = running(|bn| &bn.running_var);
         let config = nn::BatchNormConfig::default();
         let out = ys.batch_norm(
             gamma.as_ref(),
