@@ -92,7 +92,7 @@ mod tests {
     use cggm_core::model_config::EncoderLayout;
     use tch::{nn, Device, Kind};
 
-    pub(super) const NAMES: [&str; 4] = ["flair", "t1ce", "t1", "t2"];
+    const NAMES: [&str; 4] = ["flair", "t1ce", "t1", "t2"];
 
     fn model(cfg: &ModelConfig) -> (nn::VarStore, MultimodalSegmenter) {
         tch::manual_seed(7);
@@ -241,40 +241,5 @@ mod tests {
         assert!(!EncoderLayout::Auto.grouped(&cfg.backbone, true));
         assert!(EncoderLayout::Grouped.grouped(&cfg.backbone, true));
         assert!(!EncoderLayout::Separate.grouped(&ModelConfig::tiny().backbone, true));
-    }
-}
-
-#[cfg(test)]
-mod timing {
-    use super::super::{ModelConfig, MultimodalSegmenter};
-    use tch::{nn, Device, Kind, Tensor};
-
-    /// Not a test of speed (never asserted): prints grouped vs separate forward+backward times.
-    #[test]
-    #[ignore]
-    fn print_grouped_and_separate_step_times() {
-        let vs = nn::VarStore::new(Device::Cpu);
-        let mut model =
-            MultimodalSegmenter::new(&vs.root(), &ModelConfig::cpu_small(), &super::tests::NAMES);
-        let xs = Tensor::randn([16, 4, 64, 64], (Kind::Float, Device::Cpu));
-        let mut times = [Vec::new(), Vec::new()];
-        for round in 0..8 {
-            for (k, grouped) in [true, false].into_iter().enumerate() {
-                model.grouped_encoders = grouped;
-                let t = std::time::Instant::now();
-                let out = model.forward_t(&xs, true);
-                out.logits.square().mean(Kind::Float).backward();
-                if round > 0 {
-                    times[k].push(t.elapsed().as_secs_f64());
-                }
-            }
-        }
-        for t in &mut times {
-            t.sort_by(f64::total_cmp);
-        }
-        eprintln!(
-            "grouped {:.4} s, separate {:.4} s",
-            times[0][3], times[1][3]
-        );
     }
 }

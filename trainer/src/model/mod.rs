@@ -4,6 +4,7 @@
 
 pub mod aspp;
 pub mod built;
+mod conv;
 pub mod decoder;
 pub mod encoder;
 pub mod features;

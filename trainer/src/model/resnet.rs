@@ -1,6 +1,7 @@
 //! ResNet backbone (He et al., 2016) for one MRI modality, with the dilated last stages DeepLabv3+
 //! uses (Chen et al., 2018) to reach output stride 16 or 8.
 
+use super::conv::conv2d;
 pub use cggm_core::model_config::ResNetConfig;
 use tch::{nn, nn::ModuleT, Kind, Tensor};
 
@@ -124,15 +125,7 @@ impl FoldedConv {
     }
 
     pub(crate) fn forward(&self, xs: &Tensor) -> Tensor {
-        let g = self.geometry;
-        xs.conv2d(
-            &self.ws,
-            self.bs.as_ref(),
-            [g.stride, g.stride],
-            [g.padding, g.padding],
-            [g.dilation, g.dilation],
-            g.groups,
-        )
+        conv2d(xs, &self.ws, self.bs.as_ref(), self.geometry)
     }
 }
 
@@ -146,14 +139,7 @@ impl ConvBn {
         let g = set[0].geometry;
         let groups = set.len() as i64 * g.groups;
         let ws = Tensor::cat(&set.iter().map(|c| &c.conv.ws).collect::<Vec<_>>(), 0);
-        let ys = xs.conv2d(
-            &ws,
-            None::<Tensor>,
-            [g.stride, g.stride],
-            [g.padding, g.padding],
-            [g.dilation, g.dilation],
-            groups,
-        );
+        let ys = conv2d(xs, &ws, None, ConvGeometry { groups, ..g });
         let cat_of = |part: fn(&nn::BatchNorm) -> Option<&Tensor>| -> Option<Tensor> {
             let parts: Option<Vec<&Tensor>> = set.iter().map(|c| part(&c.bn)).collect();
             parts.map(|parts| Tensor::cat(&parts, 0))
@@ -202,7 +188,7 @@ fn copy_back_running_stats(set: &[&ConvBn], mean: &Tensor, var: &Tensor) {
 
 impl ModuleT for ConvBn {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        xs.apply(&self.conv).apply_t(&self.bn, train)
+        conv2d(xs, &self.conv.ws, self.conv.bs.as_ref(), self.geometry).apply_t(&self.bn, train)
     }
 }
 
