@@ -1,4 +1,5 @@
-//! Compiles csrc/amp_shim.cpp against the headers of the libtorch that torch-sys links, found
+//! Compiles the C++ shims (csrc/amp_shim.cpp: autocast state; csrc/fused_optim.cpp: fused
+//! optimiser kernels) against the headers of the libtorch that torch-sys links, found
 //! the way torch-sys's own build script finds them (torch-sys 0.26 `build.rs`, `SystemInfo::new`):
 //! `LIBTORCH_USE_PYTORCH` asks the Python on PATH (`python` in a virtualenv, else `python3`) for
 //! `torch.utils.cpp_extension.include_paths()` and the C++11 ABI flag; otherwise `LIBTORCH_INCLUDE`
@@ -8,10 +9,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const SOURCE: &str = "csrc/amp_shim.cpp";
+const SOURCES: [&str; 2] = ["csrc/amp_shim.cpp", "csrc/fused_optim.cpp"];
 
 pub fn compile() {
-    println!("cargo:rerun-if-changed={SOURCE}");
+    for source in SOURCES {
+        println!("cargo:rerun-if-changed={source}");
+    }
     let (includes, cxx11_abi) = headers();
     let probe = includes.iter().map(|d| d.join("ATen/autocast_mode.h"));
     if !probe.clone().any(|p| p.is_file()) {
@@ -30,8 +33,8 @@ pub fn compile() {
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={cxx11_abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
-        .file(SOURCE)
-        .compile("cggm_amp_shim");
+        .files(SOURCES)
+        .compile("cggm_libtorch_shims");
 }
 
 /// The include folders and the `_GLIBCXX_USE_CXX11_ABI` value ("0" or "1").

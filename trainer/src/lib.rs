@@ -16,6 +16,7 @@ pub mod eval_features;
 pub mod export;
 pub mod features_data;
 pub mod fine_tune;
+mod fused_optim;
 pub mod infer;
 pub mod model;
 pub mod optim;

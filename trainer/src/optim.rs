@@ -1,8 +1,10 @@
 //! Optimisers (SGD with momentum, Adam, AdamW) with per-group learning rates and state that is
 //! saved in checkpoints, so a resumed run continues exactly where it stopped; and the cosine
 //! learning-rate schedule with linear warm-up. Each group's parameters, gradients and state live in
-//! flat buffers (multi-tensor updates: a few kernels per group per step).
+//! flat buffers, updated by libtorch's fused kernels (trainer/src/fused_optim.rs: one pass per group
+//! per step).
 
+use crate::fused_optim;
 pub use cggm_core::optim_config::{OptimizerConfig, OptimizerKind};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -58,8 +60,6 @@ struct Bucket {
     /// Momentum buffer (SGD) or first and second moments (Adam), flat like `weights`; empty
     /// before the first step, as in `torch.optim`.
     state: Vec<Tensor>,
-    /// Work buffer of Adam's update, allocated at the first step and reused.
-    scratch: Option<Tensor>,
     /// `grads` has been filled by a `sync` (before that it is uninitialised memory).
     synced: bool,
 }
@@ -120,7 +120,6 @@ impl Bucket {
             weights,
             grads,
             state: Vec::new(),
-            scratch: None,
             synced: false,
         }
     }
@@ -297,9 +296,8 @@ impl Optimizer {
     }
 
     /// One update; `lr(group)` gives the learning rate of each group. Follows `torch.optim`'s
-    /// SGD (momentum, no dampening, no Nesterov), Adam and AdamW operation by operation. The
-    /// gradients are used up: weight decay is added into them in place (the next `zero_grad`
-    /// clears them), so read them before the step.
+    /// SGD (momentum, no dampening, no Nesterov), Adam and AdamW: their fused kernels, which
+    /// `torch.optim` runs with `fused=True`. Read the gradients before the step.
     pub fn step(&mut self, lr: &dyn Fn(usize) -> f64) {
         self.steps += 1;
         let t = self.steps as f64;
@@ -468,70 +466,44 @@ fn update(cfg: &OptimizerConfig, b: &mut Bucket, lr: f64, t: f64, state_count: u
     }
 }
 
-/// SGD with momentum and L2 weight decay (`fresh`: the bucket has no momentum buffer yet).
+/// SGD with momentum and L2 weight decay (`fresh`: the bucket has no momentum buffer yet), by
+/// libtorch's fused kernel (one pass over the buffers).
 fn sgd_update(cfg: &OptimizerConfig, b: &mut Bucket, lr: f64, fresh: bool) {
-    let mut w = b.weights.shallow_clone();
-    let g = &b.grads;
-    // In place on the gradient buffer (zeroed before the next backward anyway): a
-    // fresh full-size temporary every step is mapped and page-faulted anew, and a kept
-    // one would hold another copy of the model (0.9 GB for the paper model).
-    let scalar = |v: f64| Tensor::from(v).to_kind(w.kind()).to_device(w.device());
-    let mut d = g.shallow_clone();
-    if cfg.weight_decay != 0.0 {
-        let _ = d.addcmul_(&w, &scalar(cfg.weight_decay));
+    if cfg.momentum != 0.0 && fresh {
+        // Filled by the kernel: PyTorch's convention, the first buffer is the gradient itself.
+        b.state = vec![b.weights.zeros_like()];
     }
-    let d = if cfg.momentum == 0.0 {
-        d
-    } else if fresh {
-        // PyTorch's convention: the first buffer is the gradient itself.
-        let buf = d.copy();
-        b.state = vec![buf.shallow_clone()];
-        buf
-    } else {
-        let mut buf = b.state[0].shallow_clone();
-        let _ = buf.g_mul_scalar_(cfg.momentum).g_add_(&d);
-        buf
-    };
-    let _ = w.addcmul_(&d, &scalar(-lr));
+    let buffer = (cfg.momentum != 0.0).then(|| &b.state[0]);
+    fused_optim::sgd(
+        &b.weights,
+        &b.grads,
+        buffer,
+        cfg.weight_decay,
+        cfg.momentum,
+        lr,
+        fresh,
+    );
 }
 
-/// Adam (L2 weight decay) or AdamW (decoupled) at step `t` (`fresh`: no moments yet).
+/// Adam (L2 weight decay) or AdamW (decoupled) at step `t` (`fresh`: no moments yet), by
+/// libtorch's fused kernel.
 fn adam_update(cfg: &OptimizerConfig, b: &mut Bucket, lr: f64, t: f64, fresh: bool) {
-    let mut w = b.weights.shallow_clone();
-    let g = &b.grads;
-    // In place: Adam's L2 term g + wd * w on the gradient buffer as for SGD, the
-    // moments' update and the step on one work buffer kept between steps.
-    let (kind, device) = (w.kind(), w.device());
-    let scalar = |v: f64| Tensor::from(v).to_kind(kind).to_device(device);
-    let mut g = g.shallow_clone();
-    if cfg.kind == OptimizerKind::Adam && cfg.weight_decay != 0.0 {
-        let _ = g.addcmul_(&w, &scalar(cfg.weight_decay));
-    }
-    if cfg.kind == OptimizerKind::Adamw && cfg.weight_decay != 0.0 {
-        let _ = w.g_mul_scalar_(1.0 - lr * cfg.weight_decay);
-    }
     if fresh {
-        b.state = vec![w.zeros_like(), w.zeros_like()];
+        b.state = vec![b.weights.zeros_like(), b.weights.zeros_like()];
     }
-    let (b1, b2) = cfg.betas;
-    let (mut m, mut v) = (b.state[0].shallow_clone(), b.state[1].shallow_clone());
-    let mut work = b
-        .scratch
-        .get_or_insert_with(|| w.zeros_like())
-        .shallow_clone();
-    let _ = m.lerp_(&g, 1.0 - b1);
-    // v = b2 v + (1 - b2) g^2
-    let _ = g.mul_out(&work, &g);
-    let _ = v.g_mul_scalar_(b2).addcmul_(&work, &scalar(1.0 - b2));
-    let step_size = lr / (1.0 - b1.powf(t));
-    let bias_correction2_sqrt = (1.0 - b2.powf(t)).sqrt();
-    // denom = sqrt(v) / sqrt(1 - b2^t) + eps; w -= step_size * m / denom
-    let _ = v.sqrt_out(&work);
-    let _ = work
-        .g_div_scalar_(bias_correction2_sqrt)
-        .g_add_scalar_(cfg.eps);
-    let _ = m.div_out(&work, &work);
-    let _ = w.addcmul_(&work, &scalar(-step_size));
+    let step = Tensor::from(t as f32).to_device(b.weights.device());
+    fused_optim::adam(
+        &b.weights,
+        &b.grads,
+        &b.state[0],
+        &b.state[1],
+        &step,
+        lr,
+        cfg.betas,
+        cfg.weight_decay,
+        cfg.eps,
+        cfg.kind == OptimizerKind::Adamw,
+    );
 }
 
 /// Cosine decay from `base` to `min` after a linear warm-up from `warmup_start`.
