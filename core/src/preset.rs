@@ -95,7 +95,7 @@ impl Preset {
                 hardware: Hardware::Gpu,
                 model_words: "the paper's BraTS model, ",
                 cost_words: "meant for a GPU (on 2 CPU cores one step at batch 2, crop 64 takes \
-                             1.5-2.5 s)",
+                             0.9-1.5 s in fp32)",
                 cpu_step_seconds: None,
                 build: paper,
             },
@@ -105,7 +105,7 @@ impl Preset {
                 hardware: Hardware::Cpu,
                 model_words: "",
                 cost_words: "trains in minutes",
-                cpu_step_seconds: Some(0.25),
+                cpu_step_seconds: Some(0.15),
                 build: cpu_small,
             },
             Preset::Tiny => Row {
@@ -547,7 +547,7 @@ mod tests {
         }
         assert_eq!(
             Preset::CpuSmall.description(),
-            "4 x ResNet-18 at 1/4 width, crop 64, batch 16: trains in minutes, ~0.25 s per step \
+            "4 x ResNet-18 at 1/4 width, crop 64, batch 16: trains in minutes, ~0.15 s per step \
              on 2 CPU cores"
         );
         assert_eq!(
