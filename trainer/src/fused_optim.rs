@@ -9,6 +9,7 @@ use tch::Tensor;
 
 /// SGD with momentum (None: plain SGD) and L2 weight decay, no dampening, as torch.optim.SGD:
 /// d = g + wd w; buf = d on the first step, else momentum buf + d; w -= lr buf.
+#[allow(unsafe_code)]
 pub fn sgd(
     weights: &Tensor,
     grads: &Tensor,
@@ -18,12 +19,18 @@ pub fn sgd(
     lr: f64,
     first_step: bool,
 ) {
-    ffi::check(|error, len| {
-        ffi::sgd(
-            weights,
-            grads,
-            momentum_buffer,
-            [weight_decay, momentum, lr],
+    let buffer = momentum_buffer.map_or(std::ptr::null(), Tensor::as_ptr);
+    // SAFETY: tch tensors borrowed for the call (the kernel updates them in place through
+    // libtorch's own reference counting, as tch's in-place operations do); the buffer is null
+    // only when absent, which the shim checks.
+    ffi::check(|error, len| unsafe {
+        ffi::cggm_fused_sgd(
+            weights.as_ptr(),
+            grads.as_ptr(),
+            buffer,
+            weight_decay,
+            momentum,
+            lr,
             first_step,
             error,
             len,
@@ -33,7 +40,7 @@ pub fn sgd(
 
 /// Adam with L2 weight decay (`decoupled` false) or AdamW (true), as torch.optim's; `step` is a
 /// one-element float tensor on the weights' device holding this update's 1-based step count.
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, unsafe_code)]
 pub fn adam(
     weights: &Tensor,
     grads: &Tensor,
@@ -46,10 +53,19 @@ pub fn adam(
     eps: f64,
     decoupled: bool,
 ) {
-    ffi::check(|error, len| {
-        ffi::adam(
-            [weights, grads, exp_avg, exp_avg_sq, step],
-            [lr, beta1, beta2, weight_decay, eps],
+    // SAFETY: as for `sgd`; no pointer is null.
+    ffi::check(|error, len| unsafe {
+        ffi::cggm_fused_adam(
+            weights.as_ptr(),
+            grads.as_ptr(),
+            exp_avg.as_ptr(),
+            exp_avg_sq.as_ptr(),
+            step.as_ptr(),
+            lr,
+            beta1,
+            beta2,
+            weight_decay,
+            eps,
             decoupled,
             error,
             len,
@@ -60,11 +76,10 @@ pub fn adam(
 #[allow(unsafe_code)]
 mod ffi {
     use std::ffi::{c_char, CStr};
-    use tch::Tensor;
     use torch_sys::C_tensor;
 
     extern "C" {
-        fn cggm_fused_sgd(
+        pub fn cggm_fused_sgd(
             weights: *const C_tensor,
             grads: *const C_tensor,
             momentum_buffer: *const C_tensor,
@@ -75,7 +90,7 @@ mod ffi {
             error: *mut c_char,
             error_len: usize,
         ) -> i32;
-        fn cggm_fused_adam(
+        pub fn cggm_fused_adam(
             weights: *const C_tensor,
             grads: *const C_tensor,
             exp_avg: *const C_tensor,
@@ -99,60 +114,6 @@ mod ffi {
             // SAFETY: the shim wrote a NUL-terminated string (snprintf) into `error`.
             let message = unsafe { CStr::from_ptr(error.as_ptr()) };
             panic!("fused optimiser step: {}", message.to_string_lossy());
-        }
-    }
-
-    // SAFETY (both below): the pointers are tch tensors borrowed for the call (the kernels update
-    // them in place through libtorch's own reference counting, as tch's in-place operations do);
-    // null only for an absent momentum buffer, which the shim checks.
-    pub fn sgd(
-        weights: &Tensor,
-        grads: &Tensor,
-        momentum_buffer: Option<&Tensor>,
-        [weight_decay, momentum, lr]: [f64; 3],
-        first_step: bool,
-        error: *mut c_char,
-        len: usize,
-    ) -> i32 {
-        let buffer = momentum_buffer.map_or(std::ptr::null(), Tensor::as_ptr);
-        unsafe {
-            cggm_fused_sgd(
-                weights.as_ptr(),
-                grads.as_ptr(),
-                buffer,
-                weight_decay,
-                momentum,
-                lr,
-                first_step,
-                error,
-                len,
-            )
-        }
-    }
-
-    pub fn adam(
-        [weights, grads, exp_avg, exp_avg_sq, step]: [&Tensor; 5],
-        [lr, beta1, beta2, weight_decay, eps]: [f64; 5],
-        decoupled: bool,
-        error: *mut c_char,
-        len: usize,
-    ) -> i32 {
-        unsafe {
-            cggm_fused_adam(
-                weights.as_ptr(),
-                grads.as_ptr(),
-                exp_avg.as_ptr(),
-                exp_avg_sq.as_ptr(),
-                step.as_ptr(),
-                lr,
-                beta1,
-                beta2,
-                weight_decay,
-                eps,
-                decoupled,
-                error,
-                len,
-            )
         }
     }
 }
